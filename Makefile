@@ -1,0 +1,35 @@
+# Tidemark — the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export CHROMEDRIVER := /usr/bin/chromedriver
+PORT ?= 8787
+
+.PHONY: setup build test test-native test-browser test-e2e demo bench clean
+
+setup:
+	@./scripts/setup.sh
+
+# The wasm package the demo page and the end-to-end tests import.
+build: setup
+	wasm-pack build --release --target web --out-dir pkg --no-pack
+
+test: setup test-native test-browser test-e2e
+
+test-native:
+	cargo test --workspace
+
+# Real IndexedDB in headless Chromium through wasm-bindgen-test.
+test-browser:
+	wasm-pack test --headless --chrome
+
+test-e2e: build
+	node --test tests/e2e/
+
+demo: build
+	node scripts/serve.mjs --port $(PORT)
+
+bench: build
+	@echo "benchmarks arrive with issue 6"
+
+clean:
+	cargo clean; rm -rf pkg node_modules

@@ -1,0 +1,1 @@
+fn main() { println!("tidemark-server: coming with issue 3"); }

@@ -1,0 +1,106 @@
+//! The errors each operation can return. Every error has a stable `code()` that the JS
+//! layer puts on the `Error` object, so apps can branch on it without parsing messages.
+
+use thiserror::Error;
+
+/// Something wrong with a schema the app passed in.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SchemaError {
+    #[error("invalid schema: {0}")]
+    Invalid(String),
+}
+
+/// Why a write (put, patch, delete) was refused. Nothing was stored.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum WriteError {
+    #[error("unknown collection {0:?}: declare it in schema.collections")]
+    UnknownCollection(String),
+    #[error("document has no string primary key {field:?}: give every document a non-empty string `{field}`")]
+    MissingPrimaryKey { field: String },
+    #[error("invalid document: {0}")]
+    InvalidDocument(String),
+    #[error("value is not JSON: {0}")]
+    NotJson(String),
+    #[error("invalid patch: {0}")]
+    InvalidPatch(String),
+    #[error("document {id:?} does not exist in {collection:?}: put it before patching it")]
+    NotFound { collection: String, id: String },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// Why a query was refused.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum QueryError {
+    #[error("unknown collection {0:?}: declare it in schema.collections")]
+    UnknownCollection(String),
+    #[error("invalid query: {0}")]
+    Invalid(String),
+}
+
+/// A failure of the storage underneath (IndexedDB, memory, SQLite).
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum StoreError {
+    #[error("storage quota exceeded: free space or call navigator.storage.persist(); nothing was written")]
+    QuotaExceeded,
+    #[error("the replica is closed")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+/// Why a replica could not be opened.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum OpenError {
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    #[error("stored data has schema version {stored} but the app opened version {opened}: {hint}")]
+    SchemaMismatch { stored: u32, opened: u32, hint: String },
+}
+
+/// Any Tidemark error.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
+impl Error {
+    /// The stable, machine-readable code of this error (`err.code` in JS).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Schema(SchemaError::Invalid(_)) => "INVALID_SCHEMA",
+            Error::Write(e) => match e {
+                WriteError::UnknownCollection(_) => "UNKNOWN_COLLECTION",
+                WriteError::MissingPrimaryKey { .. } => "MISSING_PRIMARY_KEY",
+                WriteError::InvalidDocument(_) => "INVALID_DOCUMENT",
+                WriteError::NotJson(_) => "NOT_JSON",
+                WriteError::InvalidPatch(_) => "INVALID_PATCH",
+                WriteError::NotFound { .. } => "NOT_FOUND",
+                WriteError::InvalidArgument(_) => "INVALID_ARGUMENT",
+            },
+            Error::Query(QueryError::UnknownCollection(_)) => "UNKNOWN_COLLECTION",
+            Error::Query(QueryError::Invalid(_)) => "INVALID_QUERY",
+            Error::Store(e) => match e {
+                StoreError::QuotaExceeded => "QUOTA_EXCEEDED",
+                StoreError::Closed => "CLOSED",
+                StoreError::Corrupt(_) => "CORRUPT",
+                StoreError::Backend(_) => "STORAGE_ERROR",
+            },
+            Error::Open(OpenError::InvalidOptions(_)) => "INVALID_OPTIONS",
+            Error::Open(OpenError::SchemaMismatch { .. }) => "SCHEMA_MISMATCH",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,122 @@
+//! Operations: the unit of change that is logged, synced and merged.
+//!
+//! Every write becomes one op. Ops are immutable facts; documents are derived from them
+//! by `merge`, so any replica that has the same set of ops has the same documents.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::clock::Stamp;
+use crate::error::WriteError;
+use crate::path::{is_ancestor, Path};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The whole document: fields it lacks are removed as of its timestamp.
+    Put,
+    /// Some fields, addressed by dotted path.
+    Patch,
+    /// A tombstone: hides every field older than it.
+    Delete,
+}
+
+/// One write, as logged and as sent over the wire (DESIGN §3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Op {
+    /// Db id of the replica that wrote the op.
+    pub origin: String,
+    /// The row the op got in its origin's log.
+    pub origin_row: u64,
+    pub ts: Stamp,
+    pub schema_version: u32,
+    pub collection: String,
+    pub id: String,
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Map<String, Value>>,
+}
+
+impl Op {
+    /// Checks the shape rules every op must follow, local or remote: puts carry an object
+    /// whose primary key is the op's id, patches carry non-overlapping paths that leave the
+    /// primary key alone, deletes carry nothing.
+    pub fn check(&self, primary_key: &str) -> Result<(), WriteError> {
+        match (self.kind, &self.fields) {
+            (Kind::Put, Some(f)) => match f.get(primary_key) {
+                Some(Value::String(id)) if *id == self.id => Ok(()),
+                _ => Err(WriteError::MissingPrimaryKey { field: primary_key.to_string() }),
+            },
+            (Kind::Patch, Some(f)) => check_patch(f, primary_key),
+            (Kind::Delete, None) => Ok(()),
+            _ => Err(WriteError::InvalidDocument(format!("{:?} op has the wrong payload", self.kind))),
+        }
+    }
+}
+
+/// The rules for a patch's field map.
+pub fn check_patch(fields: &Map<String, Value>, primary_key: &str) -> Result<(), WriteError> {
+    if fields.is_empty() {
+        return Err(WriteError::InvalidPatch("a patch needs at least one field".into()));
+    }
+    let mut keys: Vec<&str> = Vec::with_capacity(fields.len());
+    for k in fields.keys() {
+        let path = Path::parse(k).ok_or_else(|| {
+            WriteError::InvalidPatch(format!("{k:?} is not a field path (use names joined by dots)"))
+        })?;
+        if path.parts()[0] == primary_key {
+            return Err(WriteError::InvalidPatch(format!("the primary key {primary_key:?} cannot be patched")));
+        }
+        keys.push(k);
+    }
+    // Sorted, an ancestor comes right before its first descendant.
+    keys.sort_unstable();
+    for w in keys.windows(2) {
+        if is_ancestor(w[0], w[1]) {
+            return Err(WriteError::InvalidPatch(format!("paths {:?} and {:?} overlap", w[0], w[1])));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn op(kind: Kind, fields: Option<Value>) -> Op {
+        Op {
+            origin: "o".into(),
+            origin_row: 1,
+            ts: Stamp::zero(),
+            schema_version: 1,
+            collection: "c".into(),
+            id: "a".into(),
+            kind,
+            fields: fields.map(|v| v.as_object().unwrap().clone()),
+        }
+    }
+
+    #[test]
+    fn wire_shape_matches_design() {
+        let o = op(Kind::Delete, None);
+        let v = serde_json::to_value(&o).unwrap();
+        assert_eq!(v["kind"], "delete");
+        assert_eq!(v["originRow"], 1);
+        assert!(v.get("fields").is_none());
+        assert_eq!(serde_json::from_value::<Op>(v).unwrap(), o);
+    }
+
+    #[test]
+    fn shape_rules() {
+        assert!(op(Kind::Put, Some(json!({"id": "a", "x": 1}))).check("id").is_ok());
+        assert!(op(Kind::Put, Some(json!({"id": "b"}))).check("id").is_err());
+        assert!(op(Kind::Put, Some(json!({"x": 1}))).check("id").is_err());
+        assert!(op(Kind::Patch, Some(json!({"x.y": 1, "z": 2}))).check("id").is_ok());
+        assert!(op(Kind::Patch, Some(json!({"x": 1, "x.y": 2}))).check("id").is_err());
+        assert!(op(Kind::Patch, Some(json!({"id": "q"}))).check("id").is_err());
+        assert!(op(Kind::Patch, Some(json!({}))).check("id").is_err());
+        assert!(op(Kind::Delete, Some(json!({}))).check("id").is_err());
+    }
+}

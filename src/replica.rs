@@ -1,0 +1,232 @@
+//! A replica: the engine's public face. It turns writes into ops, merges them into
+//! documents, keeps index keys current, and answers queries, over any `Store`.
+
+use serde_json::{Map, Value};
+
+use crate::clock::{Clock, Stamp};
+use crate::error::{Error, QueryError, WriteError};
+use crate::key::encode;
+use crate::merge::DocState;
+use crate::op::{check_patch, Kind, Op};
+use crate::query::{Plan, Query};
+use crate::schema::{Collection, Schema};
+use crate::store::{Commit, DocKey, Head, Row, Store, StoredDoc};
+
+/// One write an app asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    Put { collection: String, doc: Map<String, Value> },
+    Patch { collection: String, id: String, fields: Map<String, Value> },
+    Delete { collection: String, id: String },
+}
+
+impl Write {
+    fn collection(&self) -> &str {
+        match self {
+            Write::Put { collection, .. } | Write::Patch { collection, .. } | Write::Delete { collection, .. } => collection,
+        }
+    }
+}
+
+/// A source of wall-clock milliseconds (skewable in tests).
+pub type WallClock = Box<dyn Fn() -> u64>;
+
+/// Local status, as `db.status()` reports it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub db_id: String,
+    pub schema_version: u32,
+    pub max_row: u64,
+}
+
+pub struct Replica<S: Store> {
+    store: S,
+    schema: Schema,
+    now: WallClock,
+    head: std::cell::RefCell<Head>,
+}
+
+/// A fresh random db id: 16 hex digits.
+pub fn new_db_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the platform has a random source");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl<S: Store> Replica<S> {
+    /// Opens a replica over `store`, initializing a fresh store with a new db id.
+    pub async fn open(store: S, schema: Schema, now: WallClock) -> Result<Replica<S>, Error> {
+        schema.validate()?;
+        let head = match store.head().await? {
+            Some(h) => h,
+            None => {
+                let version = schema.version;
+                let commit = store
+                    .commit(&[], move |existing, _| {
+                        // Another opener may have initialized the store meanwhile.
+                        let head = existing.unwrap_or_else(|| {
+                            let db_id = new_db_id();
+                            Head { clock: Stamp { wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version }
+                        });
+                        Ok(Commit { head: Some(head), ..Commit::default() })
+                    })
+                    .await?;
+                commit.head.expect("init writes the head")
+            }
+        };
+        Ok(Replica { store, schema, now, head: std::cell::RefCell::new(head) })
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn status(&self) -> Status {
+        let h = self.head.borrow();
+        Status { db_id: h.db_id.clone(), schema_version: self.schema.version, max_row: h.max_row }
+    }
+
+    fn collection(&self, name: &str) -> Result<&Collection, WriteError> {
+        self.schema.collection(name).ok_or_else(|| WriteError::UnknownCollection(name.to_string()))
+    }
+
+    pub async fn put(&self, collection: &str, doc: Map<String, Value>) -> Result<(), Error> {
+        self.write(vec![Write::Put { collection: collection.into(), doc }]).await
+    }
+
+    pub async fn patch(&self, collection: &str, id: &str, fields: Map<String, Value>) -> Result<(), Error> {
+        self.write(vec![Write::Patch { collection: collection.into(), id: id.into(), fields }]).await
+    }
+
+    pub async fn delete(&self, collection: &str, id: &str) -> Result<(), Error> {
+        self.write(vec![Write::Delete { collection: collection.into(), id: id.into() }]).await
+    }
+
+    /// Applies several writes atomically: one transaction, one group of log rows.
+    pub async fn write(&self, writes: Vec<Write>) -> Result<(), Error> {
+        // Validate everything before touching storage.
+        let mut keys: Vec<DocKey> = Vec::with_capacity(writes.len());
+        let mut slots = Vec::with_capacity(writes.len());
+        let mut index = std::collections::HashMap::new();
+        for w in &writes {
+            let coll = self.collection(w.collection())?;
+            let id = match w {
+                Write::Put { doc, .. } => match doc.get(&coll.primary_key) {
+                    Some(Value::String(id)) if !id.is_empty() => id.clone(),
+                    _ => return Err(WriteError::MissingPrimaryKey { field: coll.primary_key.clone() }.into()),
+                },
+                Write::Patch { id, fields, .. } => {
+                    check_id(id)?;
+                    check_patch(fields, &coll.primary_key)?;
+                    id.clone()
+                }
+                Write::Delete { id, .. } => {
+                    check_id(id)?;
+                    id.clone()
+                }
+            };
+            let key = (w.collection().to_string(), id);
+            let slot = *index.entry(key.clone()).or_insert_with(|| {
+                keys.push(key);
+                keys.len() - 1
+            });
+            slots.push(slot);
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let now = (self.now)();
+        let schema = &self.schema;
+        let commit = self
+            .store
+            .commit(&keys, |head, current| {
+                let mut head = head.ok_or_else(|| crate::error::StoreError::Corrupt("store has no head".into()))?;
+                let mut clock = Clock::new(head.db_id.clone(), Some(head.clock.clone()));
+                let mut states: Vec<Option<DocState>> = current.iter().map(|d| d.as_ref().map(StoredDoc::state)).collect();
+                let mut rows = Vec::with_capacity(writes.len());
+                for (w, slot) in writes.into_iter().zip(&slots) {
+                    let (collection, id, kind, fields) = match w {
+                        Write::Put { collection, doc } => {
+                            let id = keys[*slot].1.clone();
+                            (collection, id, Kind::Put, Some(doc))
+                        }
+                        Write::Patch { collection, id, fields } => {
+                            if !states[*slot].as_ref().is_some_and(DocState::exists) {
+                                return Err(WriteError::NotFound { collection, id }.into());
+                            }
+                            (collection, id, Kind::Patch, Some(fields))
+                        }
+                        Write::Delete { collection, id } => (collection, id, Kind::Delete, None),
+                    };
+                    head.max_row += 1;
+                    let op = Op {
+                        origin: head.db_id.clone(),
+                        origin_row: head.max_row,
+                        ts: clock.tick(now),
+                        schema_version: schema.version,
+                        collection,
+                        id,
+                        kind,
+                        fields,
+                    };
+                    states[*slot].get_or_insert_with(DocState::default).apply(&op);
+                    rows.push(Row { row: head.max_row, op, from: None });
+                }
+                head.clock = clock.last().clone();
+                let docs = keys
+                    .iter()
+                    .zip(states)
+                    .filter_map(|((c, id), st)| st.map(|st| (c.clone(), stored_doc(schema, c, id, &st))))
+                    .collect();
+                Ok(Commit { head: Some(head), docs, rows })
+            })
+            .await?;
+        if let Some(h) = commit.head {
+            *self.head.borrow_mut() = h;
+        }
+        Ok(())
+    }
+
+    /// The document, or `None` if it doesn't exist (or was deleted).
+    pub async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, Error> {
+        self.schema.collection(collection).ok_or_else(|| QueryError::UnknownCollection(collection.to_string()))?;
+        Ok(self.store.get(collection, id).await?.filter(|d| d.d.is_some()))
+    }
+
+    pub async fn query(&self, collection: &str, query: &Value) -> Result<Vec<S::Doc>, Error> {
+        let (coll, plan) = self.plan(collection, query)?;
+        Ok(self.store.query(collection, &coll.primary_key, &plan).await?)
+    }
+
+    /// Parses and plans a query without running it.
+    pub fn plan(&self, collection: &str, query: &Value) -> Result<(&Collection, Plan), Error> {
+        let coll = self.schema.collection(collection).ok_or_else(|| QueryError::UnknownCollection(collection.to_string()))?;
+        Ok((coll, Query::parse(query)?.plan(coll)))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), WriteError> {
+    if id.is_empty() {
+        return Err(WriteError::InvalidArgument("a document id is a non-empty string".into()));
+    }
+    Ok(())
+}
+
+/// The stored form of a document state: materialized view plus index keys.
+pub fn stored_doc(schema: &Schema, collection: &str, id: &str, state: &DocState) -> StoredDoc {
+    let coll = schema.collection(collection).expect("known collection");
+    let d = state.materialize(&coll.primary_key, id);
+    let mut i = Map::new();
+    if let Some(doc) = &d {
+        for index in coll.index_list() {
+            let key: Vec<Value> = index.fields.iter().map(|f| encode(f.get(doc))).collect();
+            i.insert(index.name, Value::Array(key));
+        }
+    }
+    StoredDoc { id: id.to_string(), d, s: state.stamps.clone(), t: state.deleted, v: schema.version, i }
+}

@@ -1,0 +1,157 @@
+//! The app's schema: its version, collections, primary keys and secondary indexes.
+//!
+//! The schema is the contract between the app and the stored data: it decides which
+//! object stores and indexes a generation has (DESIGN §4), and its version stamps every
+//! op (DESIGN §6).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SchemaError;
+use crate::path::Path;
+
+/// One schema version as the app declares it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schema {
+    pub version: u32,
+    pub collections: BTreeMap<String, Collection>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Collection {
+    pub primary_key: String,
+    #[serde(default)]
+    pub indexes: BTreeMap<String, IndexFields>,
+}
+
+/// An index over one field (`'done'`) or several (`['list', 'createdAt']`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IndexFields {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl IndexFields {
+    pub fn fields(&self) -> Vec<&str> {
+        match self {
+            IndexFields::One(f) => vec![f.as_str()],
+            IndexFields::Many(fs) => fs.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// A validated index: its name and parsed field paths.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Index {
+    pub name: String,
+    pub fields: Vec<Path>,
+}
+
+impl Schema {
+    /// Parses and validates a schema given as JSON.
+    pub fn from_json(value: serde_json::Value) -> Result<Schema, SchemaError> {
+        let schema: Schema = serde_json::from_value(value).map_err(|e| SchemaError::Invalid(e.to_string()))?;
+        schema.validate()?;
+        Ok(schema)
+    }
+
+    pub fn validate(&self) -> Result<(), SchemaError> {
+        let bad = |m: String| Err(SchemaError::Invalid(m));
+        if self.version == 0 {
+            return bad("version must be an integer >= 1".into());
+        }
+        if self.collections.is_empty() {
+            return bad("declare at least one collection".into());
+        }
+        for (name, c) in &self.collections {
+            if name.is_empty() {
+                return bad("collection names must not be empty".into());
+            }
+            if Path::parse(&c.primary_key).map(|p| p.len() != 1).unwrap_or(true) {
+                return bad(format!("collection {name:?}: primaryKey must be a top-level field name"));
+            }
+            for (iname, fields) in &c.indexes {
+                if !is_identifier(iname) {
+                    return bad(format!("collection {name:?}: index name {iname:?} must be an identifier (letters, digits, _ and $)"));
+                }
+                let fs = fields.fields();
+                if fs.is_empty() {
+                    return bad(format!("collection {name:?}: index {iname:?} has no fields"));
+                }
+                for f in fs {
+                    if Path::parse(f).is_none() {
+                        return bad(format!("collection {name:?}: index {iname:?} has an invalid field path {f:?}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn collection(&self, name: &str) -> Option<&Collection> {
+        self.collections.get(name)
+    }
+
+    /// What decides the physical layout of a generation: two schemas with the same layout
+    /// can share stored data without a rebuild.
+    pub fn layout(&self) -> String {
+        serde_json::to_string(&self.collections).expect("schema serializes")
+    }
+}
+
+impl Collection {
+    /// The validated indexes, in name order.
+    pub fn index_list(&self) -> Vec<Index> {
+        self.indexes
+            .iter()
+            .map(|(name, f)| Index {
+                name: name.clone(),
+                fields: f.fields().into_iter().map(|p| Path::parse(p).expect("validated")).collect(),
+            })
+            .collect()
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == '$')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_the_design_example() {
+        let s = Schema::from_json(json!({"version": 2, "collections": {"todos": {"primaryKey": "id",
+            "indexes": {"byDone": "done", "byListDate": ["list", "createdAt"]}}}}))
+        .unwrap();
+        let idx = s.collection("todos").unwrap().index_list();
+        assert_eq!(idx.len(), 2);
+        assert_eq!(idx[0].name, "byDone");
+        assert_eq!(idx[1].fields.len(), 2);
+    }
+
+    #[test]
+    fn rejects_bad_schemas() {
+        for bad in [
+            json!({"version": 0, "collections": {"t": {"primaryKey": "id"}}}),
+            json!({"version": 1, "collections": {}}),
+            json!({"version": 1, "collections": {"t": {"primaryKey": ""}}}),
+            json!({"version": 1, "collections": {"t": {"primaryKey": "a.b"}}}),
+            json!({"version": 1, "collections": {"t": {"primaryKey": "id", "indexes": {"bad name": "x"}}}}),
+            json!({"version": 1, "collections": {"t": {"primaryKey": "id", "indexes": {"i": []}}}}),
+            json!({"version": 1, "collections": {"t": {"primaryKey": "id", "indexes": {"i": "a..b"}}}}),
+            json!({"version": "1", "collections": {"t": {"primaryKey": "id"}}}),
+            json!({"version": 1, "collections": {"t": {"primaryKey": "id", "oops": 1}}}),
+        ] {
+            assert!(Schema::from_json(bad.clone()).is_err(), "{bad}");
+        }
+    }
+}
