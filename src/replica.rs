@@ -38,6 +38,13 @@ pub struct Status {
     pub db_id: String,
     pub schema_version: u32,
     pub max_row: u64,
+    /// Last row merged from each peer, by the peer's db id.
+    pub incoming: std::collections::BTreeMap<String, u64>,
+    /// Last own row each peer acknowledged, by the peer's db id.
+    pub outgoing: std::collections::BTreeMap<String, u64>,
+    pub online: bool,
+    /// Local rows no server has acknowledged yet.
+    pub pending: u64,
 }
 
 pub struct Replica<S: Store> {
@@ -88,7 +95,16 @@ impl<S: Store> Replica<S> {
 
     pub fn status(&self) -> Status {
         let h = self.head.borrow();
-        Status { db_id: h.db_id.clone(), schema_version: self.schema.version, max_row: h.max_row }
+        // Until sync exists every row is a local write nobody has acknowledged.
+        Status {
+            db_id: h.db_id.clone(),
+            schema_version: self.schema.version,
+            max_row: h.max_row,
+            incoming: Default::default(),
+            outgoing: Default::default(),
+            online: false,
+            pending: h.max_row,
+        }
     }
 
     fn collection(&self, name: &str) -> Result<&Collection, WriteError> {

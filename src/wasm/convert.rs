@@ -1,0 +1,74 @@
+//! JS values ↔ JSON. Documents cross the boundary as JSON text: one native
+//! `JSON.stringify` (with a replacer that refuses what JSON cannot hold) is both the
+//! fastest way across and the strictest validation, and cyclic objects make it throw
+//! instead of overflowing the wasm stack.
+
+use serde_json::{Map, Value};
+use wasm_bindgen::prelude::*;
+
+use crate::error::{Error, WriteError};
+
+#[wasm_bindgen(inline_js = r#"
+export function tm_to_json(value) {
+  return JSON.stringify(value, function (key, v) {
+    const t = typeof v;
+    const at = key === '' ? 'the top level' : JSON.stringify(key);
+    if (t === 'function' || t === 'symbol' || t === 'bigint' || t === 'undefined') {
+      throw new TypeError(`a ${t} at ${at} is not JSON`);
+    }
+    if (t === 'number' && !Number.isFinite(v)) throw new TypeError(`${v} at ${at} is not JSON`);
+    if (v !== null && t === 'object' && !Array.isArray(v)) {
+      const p = Object.getPrototypeOf(v);
+      if (p !== Object.prototype && p !== null) {
+        throw new TypeError(`a ${(v.constructor && v.constructor.name) || 'non-plain object'} at ${at} is not JSON (use plain objects and arrays)`);
+      }
+    }
+    return v;
+  });
+}
+"#)]
+extern "C" {
+    #[wasm_bindgen(catch)]
+    fn tm_to_json(value: &JsValue) -> Result<String, JsValue>;
+}
+
+/// Converts any JS value to JSON, refusing functions, symbols, bigints, undefined,
+/// non-finite numbers, class instances and cycles.
+pub fn to_json(value: &JsValue) -> Result<Value, Error> {
+    let text = tm_to_json(value).map_err(|e| {
+        let msg = e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).unwrap_or_else(|| format!("{e:?}"));
+        WriteError::NotJson(msg)
+    })?;
+    serde_json::from_str(&text).map_err(|e| WriteError::NotJson(e.to_string()).into())
+}
+
+/// Converts a JS value that must be a plain object.
+pub fn to_object(value: &JsValue, what: &str) -> Result<Map<String, Value>, Error> {
+    match to_json(value)? {
+        Value::Object(m) => Ok(m),
+        other => Err(WriteError::InvalidDocument(format!("{what} must be an object, got {}", type_name(&other))).into()),
+    }
+}
+
+pub fn to_string(value: &JsValue, what: &str) -> Result<String, Error> {
+    value
+        .as_string()
+        .ok_or_else(|| WriteError::InvalidArgument(format!("{what} must be a string")).into())
+}
+
+/// JSON → a JS value (objects as plain objects).
+pub fn to_js<T: serde::Serialize + ?Sized>(value: &T) -> JsValue {
+    let text = serde_json::to_string(value).expect("JSON values serialize");
+    js_sys::JSON::parse(&text).expect("serde_json writes valid JSON")
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

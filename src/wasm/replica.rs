@@ -1,0 +1,169 @@
+//! The `Replica` class and `openReplica`: what `import { openReplica } from 'tidemark'`
+//! reaches through the JS wrapper.
+//!
+//! ```js
+//! const db = await openReplica({ name: 'app', schema });
+//! await db.put('todos', { id: 'a', title: 'Milk' });
+//! const open = await db.query('todos', { where: { done: false }, limit: 50 });
+//! ```
+
+use std::rc::Rc;
+
+use serde_json::Value;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use super::convert::{to_js, to_json, to_object, to_string};
+use super::error::to_js as err_to_js;
+use crate::error::{Error, OpenError};
+use crate::idb::IdbStore;
+use crate::replica::{Replica, Write};
+use crate::schema::Schema;
+
+/// Options `openReplica` understands; later capabilities add to this list.
+const OPTION_KEYS: [&str; 5] = ["name", "schema", "history", "migrations", "sync"];
+
+/// A replica open in this page: documents, queries and (later) sync.
+#[wasm_bindgen(js_name = Replica)]
+pub struct JsReplica {
+    inner: Rc<Replica<IdbStore>>,
+}
+
+fn get(obj: &JsValue, key: &str) -> JsValue {
+    js_sys::Reflect::get(obj, &key.into()).unwrap_or(JsValue::UNDEFINED)
+}
+
+fn bad_options(msg: impl Into<String>) -> Error {
+    OpenError::InvalidOptions(msg.into()).into()
+}
+
+/// Opens (or creates) the replica `options.name` with `options.schema`.
+#[wasm_bindgen(js_name = openReplica)]
+pub async fn open_replica(options: JsValue) -> Result<JsReplica, JsValue> {
+    open(options).await.map_err(err_to_js)
+}
+
+async fn open(options: JsValue) -> Result<JsReplica, Error> {
+    if !options.is_object() {
+        return Err(bad_options("openReplica needs an options object: { name, schema }"));
+    }
+    let keys = js_sys::Object::keys(options.unchecked_ref());
+    for k in keys.iter() {
+        let k = k.as_string().unwrap_or_default();
+        if !OPTION_KEYS.contains(&k.as_str()) {
+            return Err(bad_options(format!("unknown option {k:?}: expected one of {OPTION_KEYS:?}")));
+        }
+    }
+    let name = get(&options, "name")
+        .as_string()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad_options("options.name must be a non-empty string"))?;
+    let schema_js = get(&options, "schema");
+    if schema_js.is_undefined() {
+        return Err(bad_options("options.schema is required: { version, collections }"));
+    }
+    let schema = Schema::from_json(to_json(&schema_js).map_err(|e| crate::error::SchemaError::Invalid(e.to_string()))?)?;
+    let store = IdbStore::open(&name, &schema).await?;
+    let replica = Replica::open(store, schema, Box::new(|| js_sys::Date::now() as u64)).await?;
+    Ok(JsReplica { inner: Rc::new(replica) })
+}
+
+/// Deletes every database of the replica `name` (close it first).
+#[wasm_bindgen(js_name = deleteReplica)]
+pub async fn delete_replica(name: String) -> Result<(), JsValue> {
+    IdbStore::delete_replica(&name).await.map_err(err_to_js)
+}
+
+/// Runs `f` on the replica as a promise; errors become `Error`s with a `code`.
+fn run<F, Fut>(inner: &Rc<Replica<IdbStore>>, f: F) -> js_sys::Promise
+where
+    F: FnOnce(Rc<Replica<IdbStore>>) -> Fut,
+    Fut: std::future::Future<Output = Result<JsValue, Error>> + 'static,
+{
+    let fut = f(inner.clone());
+    future_to_promise(async move { fut.await.map_err(err_to_js) })
+}
+
+/// Validates arguments synchronously, so a bad call rejects without touching storage.
+fn reject(e: Error) -> js_sys::Promise {
+    js_sys::Promise::reject(&err_to_js(e))
+}
+
+#[wasm_bindgen(js_class = Replica)]
+impl JsReplica {
+    /// Writes a whole document (`doc[primaryKey]` names it).
+    pub fn put(&self, collection: JsValue, doc: JsValue) -> js_sys::Promise {
+        match (to_string(&collection, "collection"), to_object(&doc, "the document")) {
+            (Ok(c), Ok(doc)) => run(&self.inner, |r| async move { r.put(&c, doc).await.map(|_| JsValue::UNDEFINED) }),
+            (Err(e), _) | (_, Err(e)) => reject(e),
+        }
+    }
+
+    /// Writes many whole documents in one transaction.
+    #[wasm_bindgen(js_name = putMany)]
+    pub fn put_many(&self, collection: JsValue, docs: JsValue) -> js_sys::Promise {
+        let parsed = to_string(&collection, "collection").and_then(|c| match to_json(&docs)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|d| match d {
+                    Value::Object(doc) => Ok(Write::Put { collection: c.clone(), doc }),
+                    _ => Err(crate::error::WriteError::InvalidDocument("putMany takes an array of objects".into()).into()),
+                })
+                .collect::<Result<Vec<_>, Error>>(),
+            _ => Err(crate::error::WriteError::InvalidArgument("putMany takes an array of documents".into()).into()),
+        });
+        match parsed {
+            Ok(writes) => run(&self.inner, |r| async move { r.write(writes).await.map(|_| JsValue::UNDEFINED) }),
+            Err(e) => reject(e),
+        }
+    }
+
+    /// Sets some fields; keys may be dotted paths (`'address.city'`).
+    pub fn patch(&self, collection: JsValue, id: JsValue, fields: JsValue) -> js_sys::Promise {
+        let args = (|| Ok::<_, Error>((to_string(&collection, "collection")?, to_string(&id, "id")?, to_object(&fields, "the patch")?)))();
+        match args {
+            Ok((c, id, f)) => run(&self.inner, |r| async move { r.patch(&c, &id, f).await.map(|_| JsValue::UNDEFINED) }),
+            Err(e) => reject(e),
+        }
+    }
+
+    pub fn delete(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
+        match (to_string(&collection, "collection"), to_string(&id, "id")) {
+            (Ok(c), Ok(id)) => run(&self.inner, |r| async move { r.delete(&c, &id).await.map(|_| JsValue::UNDEFINED) }),
+            (Err(e), _) | (_, Err(e)) => reject(e),
+        }
+    }
+
+    /// The document, or `undefined`.
+    pub fn get(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
+        match (to_string(&collection, "collection"), to_string(&id, "id")) {
+            (Ok(c), Ok(id)) => run(&self.inner, |r| async move {
+                Ok(r.get(&c, &id).await?.and_then(|d| d.d).map(|d| to_js(&d)).unwrap_or(JsValue::UNDEFINED))
+            }),
+            (Err(e), _) | (_, Err(e)) => reject(e),
+        }
+    }
+
+    /// Documents matching `{ where, orderBy, limit }`, as an array.
+    pub fn query(&self, collection: JsValue, query: JsValue) -> js_sys::Promise {
+        let q = if query.is_undefined() { Ok(Value::Null) } else { to_json(&query).map_err(|e| crate::error::QueryError::Invalid(e.to_string()).into()) };
+        match (to_string(&collection, "collection"), q) {
+            (Ok(c), Ok(q)) => run(&self.inner, |r| async move {
+                let docs = r.query(&c, &q).await?;
+                Ok(docs.into_iter().collect::<js_sys::Array>().into())
+            }),
+            (Err(e), _) | (_, Err(e)) => reject(e),
+        }
+    }
+
+    /// `{ dbId, schemaVersion, maxRow, … }` — synchronous, from memory.
+    pub fn status(&self) -> JsValue {
+        to_js(&self.inner.status())
+    }
+
+    /// Closes the replica's databases; later calls reject with code `CLOSED`.
+    pub fn close(&self) -> js_sys::Promise {
+        self.inner.store().close();
+        js_sys::Promise::resolve(&JsValue::UNDEFINED)
+    }
+}
