@@ -12,6 +12,7 @@ setup:
 # The wasm package the demo page and the end-to-end tests import.
 build: setup
 	wasm-pack build --release --target web --out-dir pkg --no-pack
+	rm -rf js/pkg && mkdir -p js/pkg && cp -r pkg/tidemark.js pkg/tidemark_bg.wasm pkg/tidemark.d.ts pkg/snippets js/pkg/
 
 test: setup test-native test-browser test-e2e
 

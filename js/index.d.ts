@@ -1,0 +1,103 @@
+// Type declarations for the `tidemark` package (DESIGN §7).
+
+/** A JSON value, as documents hold them. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+/** A document: a JSON object with a string primary key. */
+export type Doc = { [key: string]: Json };
+
+export interface CollectionSchema {
+  /** The top-level field that holds each document's string id. */
+  primaryKey: string;
+  /** Index name → one field path or several (compound). Index names are identifiers. */
+  indexes?: { [name: string]: string | string[] };
+}
+
+export interface Schema {
+  /** Integer >= 1; every op is stamped with it. */
+  version: number;
+  collections: { [name: string]: CollectionSchema };
+}
+
+export interface SyncOptions {
+  url: string;
+  library: string;
+  token?: string;
+  perDiff?: number;
+  maxDiffs?: number;
+}
+
+export interface OpenOptions {
+  /** IndexedDB name prefix: replicas with different names never share data. */
+  name: string;
+  schema: Schema;
+  /** Older schemas (schema evolution arrives with migrations). */
+  history?: Schema[];
+  migrations?: { [version: number]: (doc: Doc, collection: string) => Doc | null };
+  sync?: SyncOptions;
+}
+
+/** A condition on one field: a plain value means equality. */
+export type Condition =
+  | Json
+  | { eq: Json }
+  | { gt?: number | string; gte?: number | string; lt?: number | string; lte?: number | string }
+  | { startsWith: string };
+
+export interface Query {
+  where?: { [fieldPath: string]: Condition };
+  /** A field name (ascending) or `{ field: 'asc' | 'desc' }`. */
+  orderBy?: string | { [fieldPath: string]: 'asc' | 'desc' };
+  limit?: number;
+}
+
+export interface Status {
+  dbId: string;
+  schemaVersion: number;
+  maxRow: number;
+  incoming: { [dbId: string]: number };
+  outgoing: { [dbId: string]: number };
+  online: boolean;
+  pending: number;
+}
+
+/** Every error Tidemark throws is an `Error` with one of these codes. */
+export type ErrorCode =
+  | 'INVALID_OPTIONS'
+  | 'INVALID_SCHEMA'
+  | 'SCHEMA_MISMATCH'
+  | 'UNKNOWN_COLLECTION'
+  | 'MISSING_PRIMARY_KEY'
+  | 'INVALID_DOCUMENT'
+  | 'NOT_JSON'
+  | 'INVALID_PATCH'
+  | 'INVALID_ARGUMENT'
+  | 'NOT_FOUND'
+  | 'INVALID_QUERY'
+  | 'QUOTA_EXCEEDED'
+  | 'CLOSED'
+  | 'CORRUPT'
+  | 'STORAGE_ERROR';
+
+export interface TidemarkError extends Error {
+  name: 'TidemarkError';
+  code: ErrorCode;
+}
+
+export declare class Replica {
+  /** Writes a whole document; fields it lacks are removed. */
+  put(collection: string, doc: Doc): Promise<void>;
+  /** Writes many whole documents in one transaction. */
+  putMany(collection: string, docs: Doc[]): Promise<void>;
+  /** Sets some fields of an existing document; keys may be dotted paths. */
+  patch(collection: string, id: string, fields: { [fieldPath: string]: Json }): Promise<void>;
+  delete(collection: string, id: string): Promise<void>;
+  get(collection: string, id: string): Promise<Doc | undefined>;
+  query(collection: string, query?: Query): Promise<Doc[]>;
+  status(): Status;
+  close(): Promise<void>;
+}
+
+export declare function openReplica(options: OpenOptions): Promise<Replica>;
+export declare function deleteReplica(name: string): Promise<void>;
+/** Loads the wasm module ahead of time (optional; openReplica does it on first use). */
+export declare function load(wasmUrl?: string | URL): Promise<unknown>;

@@ -1,0 +1,35 @@
+// Shared set-up for the browser end-to-end tests: a static server on a free loopback
+// port and Debian's Chromium driven by playwright-core (never a downloaded browser).
+import { chromium } from 'playwright-core';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startServer } from '../../scripts/serve.mjs';
+
+export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+/** Starts the server and a persistent browser profile (so IndexedDB survives reloads). */
+export async function setup() {
+  const { server, url } = await startServer();
+  const profile = await mkdtemp(join(tmpdir(), 'tidemark-e2e-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: CHROMIUM_ARGS,
+  });
+  const errors = [];
+  async function openPage() {
+    const page = await context.newPage();
+    page.on('pageerror', (e) => errors.push(e));
+    await page.goto(`${url}/tests/e2e/page.html`);
+    await page.waitForFunction(() => window.ready === true);
+    return page;
+  }
+  async function teardown() {
+    await context.close();
+    await new Promise((ok) => server.close(ok));
+    await rm(profile, { recursive: true, force: true });
+  }
+  return { url, context, openPage, teardown, errors };
+}

@@ -1,0 +1,125 @@
+// The local replica through the public JS API, in real Chromium with real IndexedDB:
+// persistence across reloads, index queries, isolation, and errors with codes.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { setup } from './harness.mjs';
+
+const SCHEMA = { version: 1, collections: { todos: { primaryKey: 'id',
+  indexes: { byDone: 'done', byListDate: ['list', 'createdAt'] } } } };
+
+let h;
+before(async () => { h = await setup(); });
+after(async () => { await h.teardown(); });
+
+test('10,000 documents survive a page reload and index queries stay exact', async () => {
+  const page = await h.openPage();
+  await page.evaluate(async (schema) => {
+    const db = await window.tidemark.openReplica({ name: 'reload', schema });
+    for (let b = 0; b < 10; b++) {
+      const docs = [];
+      for (let i = b * 1000; i < (b + 1) * 1000; i++) {
+        docs.push({ id: `t${String(i).padStart(5, '0')}`, title: `task ${i}`, done: i % 7 === 0,
+          list: ['inbox', 'work', 'home'][i % 3], createdAt: i });
+      }
+      await db.putMany('todos', docs);
+    }
+    await db.patch('todos', 't00003', { title: 'patched', 'meta.by': 'e2e' });
+    await db.delete('todos', 't00004');
+    await db.close();
+  }, SCHEMA);
+  await page.reload();
+  await page.waitForFunction(() => window.ready === true);
+  const got = await page.evaluate(async (schema) => {
+    const db = await window.tidemark.openReplica({ name: 'reload', schema });
+    const all = await db.query('todos', {});
+    const done = await db.query('todos', { where: { done: true } });
+    const range = await db.query('todos', { where: { list: 'work', createdAt: { gte: 100, lt: 200 } },
+      orderBy: { createdAt: 'desc' }, limit: 5 });
+    const prefix = await db.query('todos', { where: { title: { startsWith: 'task 999' } }, orderBy: 'createdAt' });
+    const out = { count: all.length, done: done.length, range: range.map((d) => d.id), prefix: prefix.map((d) => d.id),
+      patched: await db.get('todos', 't00003'), deleted: await db.get('todos', 't00004'), status: db.status() };
+    await db.close();
+    return out;
+  }, SCHEMA);
+  assert.equal(got.count, 9999);
+  assert.equal(got.done, Array.from({ length: 10000 }, (_, i) => i).filter((i) => i % 7 === 0 && i !== 4).length);
+  assert.deepEqual(got.range, ['t00199', 't00196', 't00193', 't00190', 't00187']);
+  assert.deepEqual(got.prefix, ['t00999', 't09990', 't09991', 't09992', 't09993', 't09994', 't09995', 't09996', 't09997', 't09998', 't09999']);
+  assert.deepEqual(got.patched, { id: 't00003', title: 'patched', done: false, list: 'inbox', createdAt: 3, meta: { by: 'e2e' } });
+  assert.equal(got.deleted, undefined);
+  assert.equal(got.status.maxRow, 10002);
+  assert.match(got.status.dbId, /^[0-9a-f]{16}$/);
+  await page.close();
+});
+
+test('replicas with different names do not see each other', async () => {
+  const page = await h.openPage();
+  const got = await page.evaluate(async (schema) => {
+    const a = await window.tidemark.openReplica({ name: 'iso-a', schema });
+    const b = await window.tidemark.openReplica({ name: 'iso-b', schema });
+    await a.put('todos', { id: 'x', title: 'only in a' });
+    const r = { inB: await b.get('todos', 'x'), inA: await a.get('todos', 'x'), bAll: (await b.query('todos')).length,
+      ids: [a.status().dbId, b.status().dbId] };
+    await a.close(); await b.close();
+    return r;
+  }, SCHEMA);
+  assert.equal(got.inB, undefined);
+  assert.equal(got.inA.title, 'only in a');
+  assert.equal(got.bAll, 0);
+  assert.notEqual(got.ids[0], got.ids[1]);
+  await page.close();
+});
+
+test('bad input gives an Error with a code and changes nothing', async () => {
+  const page = await h.openPage();
+  const got = await page.evaluate(async (schema) => {
+    const db = await window.tidemark.openReplica({ name: 'bad-input', schema });
+    await db.put('todos', { id: 'keep', title: 'safe' });
+    const cyclic = { id: 'cyc' }; cyclic.self = cyclic;
+    const attempts = {
+      unknownCollection: () => db.put('nope', { id: 'a' }),
+      missingKey: () => db.put('todos', { title: 'no id' }),
+      numberKey: () => db.put('todos', { id: 7 }),
+      fn: () => db.put('todos', { id: 'f', run() {} }),
+      cyclic: () => db.put('todos', cyclic),
+      bigint: () => db.put('todos', { id: 'b', n: 10n }),
+      map: () => db.put('todos', { id: 'm', m: new Map() }),
+      notObject: () => db.put('todos', 'just a string'),
+      collectionType: () => db.put(42, { id: 'a' }),
+      patchMissing: () => db.patch('todos', 'ghost', { x: 1 }),
+      patchKey: () => db.patch('todos', 'keep', { id: 'other' }),
+      idType: () => db.get('todos', {}),
+      badQuery: () => db.query('todos', { where: { createdAt: { gt: 1, nope: 2 } } }),
+      queryType: () => db.query('todos', 'all'),
+      manyNotArray: () => db.putMany('todos', { id: 'x' }),
+      manyOneBad: () => db.putMany('todos', [{ id: 'ok1' }, { title: 'no id' }]),
+    };
+    const codes = {};
+    for (const [k, f] of Object.entries(attempts)) {
+      try { await f(); codes[k] = 'no error'; } catch (e) { codes[k] = e instanceof Error ? e.code : `not an Error: ${e}`; }
+    }
+    let openCode;
+    try { await window.tidemark.openReplica({ name: 'x', schema: { version: 0, collections: {} } }); } catch (e) { openCode = e.code; }
+    let optCode;
+    try { await window.tidemark.openReplica({ name: 'x', schema, bogus: 1 }); } catch (e) { optCode = e.code; }
+    const all = (await db.query('todos')).map((d) => d.id);
+    const status = db.status();
+    await db.close();
+    let closedCode;
+    try { await db.get('todos', 'keep'); } catch (e) { closedCode = e.code; }
+    return { codes, all, maxRow: status.maxRow, openCode, optCode, closedCode };
+  }, SCHEMA);
+  assert.deepEqual(got.codes, {
+    unknownCollection: 'UNKNOWN_COLLECTION', missingKey: 'MISSING_PRIMARY_KEY', numberKey: 'MISSING_PRIMARY_KEY',
+    fn: 'NOT_JSON', cyclic: 'NOT_JSON', bigint: 'NOT_JSON', map: 'NOT_JSON', notObject: 'INVALID_DOCUMENT',
+    collectionType: 'INVALID_ARGUMENT', patchMissing: 'NOT_FOUND', patchKey: 'INVALID_PATCH', idType: 'INVALID_ARGUMENT',
+    badQuery: 'INVALID_QUERY', queryType: 'INVALID_QUERY', manyNotArray: 'INVALID_ARGUMENT', manyOneBad: 'MISSING_PRIMARY_KEY',
+  });
+  assert.deepEqual(got.all, ['keep']);
+  assert.equal(got.maxRow, 1);
+  assert.equal(got.openCode, 'INVALID_SCHEMA');
+  assert.equal(got.optCode, 'INVALID_OPTIONS');
+  assert.equal(got.closedCode, 'CLOSED');
+  assert.deepEqual(h.errors, []);
+  await page.close();
+});
