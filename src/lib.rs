@@ -4,6 +4,8 @@
 
 pub mod clock;
 pub mod error;
+#[cfg(target_arch = "wasm32")]
+pub mod idb;
 pub mod key;
 pub mod memory;
 pub mod merge;

@@ -1,0 +1,127 @@
+//! Generation databases `tidemark:{replica}:g{n}`: one per physical layout of a replica's
+//! data. Each holds `meta` (the head), `log` (one record per commit) and one store per
+//! collection, `c:{collection}`, keyed by document id with one native index per schema
+//! index over the engine-written key `i.{index}`.
+//!
+//! The object stores and indexes are only ever created when the database is new, because
+//! indexed_db_futures' upgrade callback cannot reach the versionchange transaction to
+//! add an index to an existing store (DESIGN §4): a different layout is a new generation.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use indexed_db_futures::database::Database;
+use indexed_db_futures::prelude::*;
+use indexed_db_futures::KeyPath;
+
+use crate::error::StoreError;
+use crate::schema::Schema;
+
+use super::error::{from_idb, from_open};
+
+pub const META: &str = "meta";
+pub const LOG: &str = "log";
+pub const HEAD: &str = "head";
+
+pub fn name(replica: &str, generation: u32) -> String {
+    format!("tidemark:{replica}:g{generation}")
+}
+
+pub fn collection_store(collection: &str) -> String {
+    format!("c:{collection}")
+}
+
+pub fn index_key_path(index: &str) -> String {
+    format!("i.{index}")
+}
+
+/// Opens generation database `db_name`, creating its stores for `schema` if it is new.
+/// Returns whether it was created by this call.
+pub async fn open(db_name: &str, schema: &Schema) -> Result<(Database, bool), StoreError> {
+    let created = Rc::new(Cell::new(false));
+    let flag = created.clone();
+    let schema = schema.clone();
+    let db = Database::open(db_name)
+        .with_version(1u32)
+        .with_on_upgrade_needed(move |_, db| {
+            flag.set(true);
+            build(&db, &schema)
+        })
+        .await
+        .map_err(from_open)?;
+    Ok((db, created.get()))
+}
+
+/// Creates generation `n` of `replica` for `schema` and returns it open.
+///
+/// An existing database of that name with the same structure is reused: for generation 1
+/// that is another tab opening the same new replica at the same moment. Callers that are
+/// about to fill a generation with data (migrations, resets) delete it first, so a
+/// half-built leftover of a crashed rebuild is never mistaken for a fresh one.
+pub async fn create(replica: &str, n: u32, schema: &Schema) -> Result<Database, StoreError> {
+    let db_name = name(replica, n);
+    let (db, created) = open(&db_name, schema).await?;
+    if created || has_layout(&db, schema)? {
+        return Ok(db);
+    }
+    // A leftover with another structure is never live (the caller checked), so it is garbage.
+    db.close();
+    delete(&db_name).await?;
+    let (db, _) = open(&db_name, schema).await?;
+    if !has_layout(&db, schema)? {
+        db.close();
+        return Err(StoreError::Backend(format!("could not create {db_name} with the schema's stores and indexes")));
+    }
+    Ok(db)
+}
+
+pub async fn delete(db_name: &str) -> Result<(), StoreError> {
+    Database::delete_by_name(db_name).map_err(from_open)?.await.map_err(from_idb)
+}
+
+fn build(db: &Database, schema: &Schema) -> indexed_db_futures::Result<()> {
+    db.create_object_store(META).build()?;
+    db.create_object_store(LOG).build()?;
+    for (collection, c) in &schema.collections {
+        let store = db.create_object_store(collection_store(collection)).with_key_path(KeyPath::One("id")).build()?;
+        for index in c.index_list() {
+            store.create_index(&index.name, KeyPath::One(index_key_path(&index.name))).build()?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether an existing generation has exactly the stores and indexes `schema` needs.
+pub fn has_layout(db: &Database, schema: &Schema) -> Result<bool, StoreError> {
+    let mut want: Vec<String> = vec![META.into(), LOG.into()];
+    want.extend(schema.collections.keys().map(|c| collection_store(c)));
+    want.sort();
+    let mut have: Vec<String> = db.object_store_names().collect();
+    have.sort();
+    if have != want {
+        return Ok(false);
+    }
+    let stores: Vec<String> = schema.collections.keys().map(|c| collection_store(c)).collect();
+    let tx = db.transaction(stores.as_slice()).build().map_err(from_idb)?;
+    for (collection, c) in &schema.collections {
+        let store = tx.object_store(&collection_store(collection)).map_err(from_idb)?;
+        if store.key_path() != Some(KeyPath::One("id".to_string())) {
+            return Ok(false);
+        }
+        let mut want: Vec<(String, String)> = c.index_list().into_iter().map(|i| (index_key_path(&i.name), i.name)).collect();
+        want.sort();
+        let mut have = Vec::new();
+        for index in store.index_names() {
+            let path = match store.index(&index).map_err(from_idb)?.key_path() {
+                Some(KeyPath::One(p)) => p,
+                _ => return Ok(false),
+            };
+            have.push((path, index));
+        }
+        have.sort();
+        if have != want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,242 @@
+//! Reads: the head, single documents, planned queries and the op log.
+//!
+//! Queries hand back the stored `d` objects themselves whenever the plan needs no
+//! filtering or sorting, so a result crosses into JS without being converted at all.
+//! Otherwise documents go through `serde_json` and the planner's own `matches`/`finish`,
+//! exactly as in the in-memory store, so both stores answer identically.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use indexed_db_futures::cursor::CursorDirection;
+use indexed_db_futures::database::Database;
+use indexed_db_futures::prelude::*;
+use serde_json::{Map, Value};
+use wasm_bindgen::prelude::*;
+
+use crate::error::StoreError;
+use crate::key;
+use crate::query::{Bound, Plan, Source};
+use crate::store::{Head, Row, StoredDoc};
+
+use super::codec::{self, doc_of, LogRecord};
+use super::error::{from_idb, from_js};
+use super::generation::{collection_store, HEAD, LOG, META};
+
+/// Reads one record of `store` in its own readonly transaction.
+async fn get_record(db: &Database, store: &str, key: JsValue) -> Result<Option<JsValue>, StoreError> {
+    let tx = db.transaction(store).build().map_err(from_idb)?;
+    let os = tx.object_store(store).map_err(from_idb)?;
+    os.get::<JsValue, _, _>(key).primitive().map_err(from_idb)?.await.map_err(from_idb)
+}
+
+pub async fn head(db: &Database) -> Result<Option<Head>, StoreError> {
+    get_record(db, META, JsValue::from_str(HEAD)).await?.map(|v| codec::from_js(&v)).transpose()
+}
+
+pub async fn get(db: &Database, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
+    get_record(db, &collection_store(collection), JsValue::from_str(id)).await?.map(|v| codec::from_js(&v)).transpose()
+}
+
+/// The IDBKeyRange for an index scan; `Ok(None)` when the bounds admit no key at all
+/// (IndexedDB would throw where the in-memory store simply finds nothing).
+pub fn key_range(lower: Option<&Bound>, upper: Option<&Bound>) -> Result<Option<JsValue>, StoreError> {
+    if let (Some(lo), Some(hi)) = (lower, upper) {
+        match key::cmp(&lo.key, &hi.key) {
+            Ordering::Greater => return Ok(None),
+            Ordering::Equal if lo.open || hi.open => return Ok(None),
+            _ => {}
+        }
+    }
+    let range = match (lower, upper) {
+        (None, None) => return Ok(Some(JsValue::UNDEFINED)),
+        (Some(lo), None) => web_sys::IdbKeyRange::lower_bound_with_open(&codec::to_js(&lo.key)?, lo.open),
+        (None, Some(hi)) => web_sys::IdbKeyRange::upper_bound_with_open(&codec::to_js(&hi.key)?, hi.open),
+        (Some(lo), Some(hi)) => {
+            web_sys::IdbKeyRange::bound_with_lower_open_and_upper_open(&codec::to_js(&lo.key)?, &codec::to_js(&hi.key)?, lo.open, hi.open)
+        }
+    };
+    range.map(|r| Some(r.into())).map_err(|e| from_js(&e))
+}
+
+/// Where the scan reads from: the collection's object store or one of its indexes. Both
+/// order their records the way the in-memory store does (index key, then id).
+enum Scan<'a> {
+    Store(&'a indexed_db_futures::object_store::ObjectStore<'a>),
+    Index(indexed_db_futures::index::Index<'a>),
+}
+
+macro_rules! on_source {
+    ($scan:expr, $s:ident => $body:expr) => {
+        match $scan {
+            Scan::Store($s) => $body,
+            Scan::Index($s) => $body,
+        }
+    };
+}
+
+impl Scan<'_> {
+    /// Up to `limit` records in ascending order, in one request.
+    async fn get_all(&self, range: &JsValue, limit: Option<usize>) -> Result<Vec<JsValue>, StoreError> {
+        let records = on_source!(self, s => {
+            let req = s.get_all::<JsValue>().with_query::<JsValue, _>(range.clone());
+            match limit {
+                Some(n) => req.with_limit(u32::try_from(n).unwrap_or(u32::MAX)).primitive().map_err(from_idb)?.await,
+                None => req.primitive().map_err(from_idb)?.await,
+            }
+        })
+        .map_err(from_idb)?;
+        records.collect::<Result<Vec<_>, _>>().map_err(from_idb)
+    }
+
+    /// Walks the records in `direction`, handing each document (tombstones skipped) to
+    /// `keep` until it says stop.
+    async fn walk(&self, range: &JsValue, reverse: bool, mut keep: impl FnMut(JsValue) -> Result<bool, StoreError>) -> Result<(), StoreError> {
+        let direction = if reverse { CursorDirection::Prev } else { CursorDirection::Next };
+        on_source!(self, s => {
+            let opened = s.open_cursor().with_query::<JsValue, _>(range.clone()).with_direction(direction).primitive().map_err(from_idb)?.await;
+            let Some(mut cursor) = opened.map_err(from_idb)? else { return Ok(()) };
+            while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
+                if let Some(doc) = doc_of(&record) {
+                    if !keep(doc)? {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The documents of the whole range in scan order (tombstones skipped).
+    async fn docs(&self, range: &JsValue, reverse: bool) -> Result<Vec<JsValue>, StoreError> {
+        let mut docs: Vec<JsValue> = self.get_all(range, None).await?.iter().filter_map(doc_of).collect();
+        if reverse {
+            docs.reverse();
+        }
+        Ok(docs)
+    }
+}
+
+pub async fn query(db: &Database, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<JsValue>, StoreError> {
+    if plan.limit == Some(0) {
+        return Ok(Vec::new());
+    }
+    let store_name = collection_store(collection);
+    let tx = db.transaction(store_name.as_str()).build().map_err(from_idb)?;
+    let os = tx.object_store(&store_name).map_err(from_idb)?;
+    let (scan, range) = match &plan.source {
+        Source::Get(id) => {
+            let record: Option<JsValue> = os.get(JsValue::from_str(id)).primitive().map_err(from_idb)?.await.map_err(from_idb)?;
+            let docs: Vec<JsValue> = record.as_ref().and_then(doc_of).into_iter().collect();
+            return if plan.is_direct() { Ok(docs) } else { filter(docs, plan, primary_key) };
+        }
+        Source::Primary => (Scan::Store(&os), JsValue::UNDEFINED),
+        Source::Index { name, lower, upper } => match key_range(lower.as_ref(), upper.as_ref())? {
+            None => return Ok(Vec::new()),
+            Some(range) => (Scan::Index(os.index(name).map_err(from_idb)?), range),
+        },
+    };
+    // The scan may stop after `limit` hits only when nothing reorders them afterwards.
+    let stop_after = if plan.sort.is_none() { plan.limit } else { None };
+    if plan.is_direct() {
+        return match stop_after {
+            None => scan.docs(&range, plan.reverse).await,
+            Some(n) if !plan.reverse => {
+                let records = scan.get_all(&range, Some(n)).await?;
+                let full = records.len() == n;
+                let docs: Vec<JsValue> = records.iter().filter_map(doc_of).collect();
+                if docs.len() == records.len() || !full {
+                    return Ok(docs);
+                }
+                // Tombstones (only the primary store holds them) took some of the slots.
+                collect(&scan, &range, false, n).await
+            }
+            Some(n) => collect(&scan, &range, true, n).await,
+        };
+    }
+    match stop_after {
+        None => filter(scan.docs(&range, plan.reverse).await?, plan, primary_key),
+        Some(n) => {
+            let mut kept = Vec::new();
+            scan.walk(&range, plan.reverse, |doc| {
+                let map: Map<String, Value> = codec::from_js(&doc)?;
+                if plan.matches(&map) {
+                    kept.push((map, doc));
+                }
+                Ok(kept.len() < n)
+            })
+            .await?;
+            finish(kept, plan, primary_key)
+        }
+    }
+}
+
+/// The first `n` documents of a cursor walk.
+async fn collect(scan: &Scan<'_>, range: &JsValue, reverse: bool, n: usize) -> Result<Vec<JsValue>, StoreError> {
+    let mut docs = Vec::with_capacity(n);
+    scan.walk(range, reverse, |doc| {
+        docs.push(doc);
+        Ok(docs.len() < n)
+    })
+    .await?;
+    Ok(docs)
+}
+
+/// Applies the plan's residual conditions, order and limit to scanned documents.
+fn filter(docs: Vec<JsValue>, plan: &Plan, primary_key: &str) -> Result<Vec<JsValue>, StoreError> {
+    if docs.is_empty() {
+        return Ok(docs);
+    }
+    // One stringify for the whole candidate set.
+    let maps: Vec<Map<String, Value>> = codec::from_js(&docs.iter().collect::<js_sys::Array>())?;
+    let kept = maps.into_iter().zip(docs).filter(|(m, _)| plan.matches(m)).collect();
+    finish(kept, plan, primary_key)
+}
+
+/// `plan.finish`, then back to the JS objects the documents came from.
+fn finish(kept: Vec<(Map<String, Value>, JsValue)>, plan: &Plan, primary_key: &str) -> Result<Vec<JsValue>, StoreError> {
+    let id_of = |m: &Map<String, Value>| m.get(primary_key).and_then(Value::as_str).map(str::to_string);
+    let (mut maps, objects): (Vec<_>, Vec<_>) = kept.into_iter().unzip();
+    let mut by_id: HashMap<String, JsValue> = maps.iter().zip(objects).filter_map(|(m, o)| Some((id_of(m)?, o))).collect();
+    plan.finish(&mut maps, primary_key);
+    maps.iter()
+        .map(|m| match id_of(m).and_then(|id| by_id.remove(&id)) {
+            Some(o) => Ok(o),
+            None => codec::to_js(m),
+        })
+        .collect()
+}
+
+pub async fn rows_after(db: &Database, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
+    let mut rows = Vec::new();
+    if limit == 0 {
+        return Ok(rows);
+    }
+    let tx = db.transaction(LOG).build().map_err(from_idb)?;
+    let log = tx.object_store(LOG).map_err(from_idb)?;
+    // The record holding row `after + 1` is the last one keyed at or below it.
+    let below = web_sys::IdbKeyRange::upper_bound(&JsValue::from_f64((after + 1) as f64)).map_err(|e| from_js(&e))?;
+    let opened = log.open_key_cursor().with_query::<JsValue, JsValue>(below.into()).with_direction(CursorDirection::Prev).primitive().map_err(from_idb)?.await;
+    let start = match opened.map_err(from_idb)? {
+        Some(mut c) => c.next_key::<f64>().await.map_err(from_idb)?,
+        None => None,
+    };
+    let range: JsValue = match start {
+        Some(k) => web_sys::IdbKeyRange::lower_bound(&JsValue::from_f64(k)).map_err(|e| from_js(&e))?.into(),
+        None => JsValue::UNDEFINED,
+    };
+    let opened = log.open_cursor().with_query::<JsValue, _>(range).primitive().map_err(from_idb)?.await;
+    let Some(mut cursor) = opened.map_err(from_idb)? else { return Ok(rows) };
+    while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
+        let batch: Vec<Row> = codec::from_js(&record.unchecked_ref::<LogRecord>().rows())?;
+        for row in batch {
+            if row.row > after {
+                rows.push(row);
+                if rows.len() == limit {
+                    return Ok(rows);
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
