@@ -60,6 +60,20 @@ pub enum OpenError {
     SchemaMismatch { stored: u32, opened: u32, hint: String },
 }
 
+/// Why a sync pass stopped. Whatever was committed before the failure stays committed and
+/// consistent; the next pass resumes from the stored points.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SyncError {
+    #[error("connection failed: {0}")]
+    Connection(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the peer refused: {code}: {message}")]
+    Remote { code: String, message: String },
+    #[error("sync is not configured: pass `sync: {{ url, library }}` to openReplica")]
+    NotConfigured,
+}
+
 /// Any Tidemark error.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum Error {
@@ -73,6 +87,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Open(#[from] OpenError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
 }
 
 impl Error {
@@ -99,6 +115,12 @@ impl Error {
             },
             Error::Open(OpenError::InvalidOptions(_)) => "INVALID_OPTIONS",
             Error::Open(OpenError::SchemaMismatch { .. }) => "SCHEMA_MISMATCH",
+            Error::Sync(e) => match e {
+                SyncError::Connection(_) => "SYNC_CONNECTION",
+                SyncError::Protocol(_) => "SYNC_PROTOCOL",
+                SyncError::Remote { .. } => "SYNC_REFUSED",
+                SyncError::NotConfigured => "SYNC_NOT_CONFIGURED",
+            },
         }
     }
 }

@@ -10,13 +10,15 @@ use serde_json::{Map, Value};
 use crate::error::{Error, StoreError};
 use crate::key::{cmp, cmp_utf16};
 use crate::query::{Plan, Source};
-use crate::store::{Commit, DocKey, Head, Row, Store, StoredDoc};
+use crate::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
+use crate::sync::peer::PeerRecord;
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Inner {
     head: Option<Head>,
     docs: BTreeMap<String, BTreeMap<String, StoredDoc>>,
     log: Vec<Row>,
+    peers: BTreeMap<String, PeerRecord>,
     closed: bool,
 }
 
@@ -41,6 +43,11 @@ impl MemoryStore {
     pub fn close(&self) {
         self.inner.lock().unwrap().closed = true;
     }
+
+    /// A copy of everything stored, as a backup would hold it (for restore tests).
+    pub fn backup(&self) -> MemoryStore {
+        MemoryStore { inner: Mutex::new(self.inner.lock().unwrap().clone()) }
+    }
 }
 
 impl Store for MemoryStore {
@@ -62,12 +69,23 @@ impl Store for MemoryStore {
     where
         F: FnOnce(Option<Head>, Vec<Option<StoredDoc>>) -> Result<Commit, Error>,
     {
+        self.commit_sync(keys, &[], |l| f(l.head, l.docs)).await
+    }
+
+    async fn commit_sync<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
+    where
+        F: FnOnce(Loaded) -> Result<Commit, Error>,
+    {
         let mut inner = self.inner.lock().unwrap();
         if inner.closed {
             return Err(StoreError::Closed.into());
         }
-        let current = keys.iter().map(|(c, id)| inner.docs.get(c).and_then(|m| m.get(id)).cloned()).collect();
-        let commit = f(inner.head.clone(), current)?;
+        let loaded = Loaded {
+            head: inner.head.clone(),
+            docs: keys.iter().map(|(c, id)| inner.docs.get(c).and_then(|m| m.get(id)).cloned()).collect(),
+            peers: peers.iter().map(|p| inner.peers.get(p).cloned()).collect(),
+        };
+        let commit = f(loaded)?;
         if let Some(h) = &commit.head {
             inner.head = Some(h.clone());
         }
@@ -75,7 +93,21 @@ impl Store for MemoryStore {
             inner.docs.entry(c.clone()).or_default().insert(d.id.clone(), d.clone());
         }
         inner.log.extend(commit.rows.iter().cloned());
+        for (id, rec) in &commit.peers {
+            inner.peers.insert(id.clone(), rec.clone());
+        }
         Ok(commit)
+    }
+
+    async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
+        Ok(self.inner.lock().unwrap().peers.clone())
+    }
+
+    async fn all_docs(&self) -> Result<(Head, Vec<(String, StoredDoc)>), StoreError> {
+        let inner = self.inner.lock().unwrap();
+        let head = inner.head.clone().ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+        let docs = inner.docs.iter().flat_map(|(c, m)| m.values().map(move |d| (c.clone(), d.clone()))).collect();
+        Ok((head, docs))
     }
 
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<Map<String, Value>>, StoreError> {

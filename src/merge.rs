@@ -77,7 +77,73 @@ impl DocState {
         self.stamps.values().max()
     }
 
-    fn apply_register(&mut self, path: &str, ts: &Stamp, value: Option<Value>) -> bool {
+    /// Every live register as (path, stamp, value); values are read from the materialized
+    /// document, which always shows a live register's value (`None` for a tombstone).
+    pub fn registers(&self) -> Vec<(String, Stamp, Option<Value>)> {
+        let mut out: Vec<_> = self
+            .stamps
+            .iter()
+            .map(|(p, s)| {
+                let v = if p == ROOT {
+                    (!self.deleted).then(|| Value::Object(self.doc.clone()))
+                } else {
+                    Some(Path::parse(p).and_then(|pp| pp.get(&self.doc).cloned()).unwrap_or(Value::Null))
+                };
+                (p.clone(), s.clone(), v)
+            })
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
+    /// Merges another replica's state of the same document (a snapshot), register by
+    /// register, and returns the registers that changed this state — what must be logged
+    /// so the change can be forwarded.
+    pub fn merge_state(&mut self, other: &DocState) -> Vec<(String, Stamp, Option<Value>)> {
+        other
+            .registers()
+            .into_iter()
+            .filter(|(p, s, v)| self.apply_register(p, s, v.clone()))
+            .collect()
+    }
+
+    /// Rebuilds ops equivalent to a set of registers: the root as a put or delete, other
+    /// registers grouped by stamp into patches. Their origin is the stamp's writer; their
+    /// origin row is 0 because a state no longer knows the op that wrote it.
+    pub fn registers_to_ops(collection: &str, id: &str, version: u32, regs: Vec<(String, Stamp, Option<Value>)>) -> Vec<Op> {
+        let mut ops: Vec<Op> = Vec::new();
+        for (path, ts, value) in regs {
+            let (kind, fields) = if path == ROOT {
+                match value {
+                    Some(Value::Object(m)) => (Kind::Put, Some(m)),
+                    _ => (Kind::Delete, None),
+                }
+            } else {
+                if let Some(last) = ops.last_mut() {
+                    if last.kind == Kind::Patch && last.ts == ts {
+                        last.fields.get_or_insert_with(Map::new).insert(path, value.unwrap_or(Value::Null));
+                        continue;
+                    }
+                }
+                let mut m = Map::new();
+                m.insert(path, value.unwrap_or(Value::Null));
+                (Kind::Patch, Some(m))
+            };
+            ops.push(Op {
+                origin: ts.node.clone(),
+                origin_row: 0,
+                ts,
+                schema_version: version,
+                collection: collection.to_string(),
+                id: id.to_string(),
+                kind,
+                fields,
+            });
+        }
+        ops
+    }
+
+    pub(crate) fn apply_register(&mut self, path: &str, ts: &Stamp, value: Option<Value>) -> bool {
         if self.dominated(path, ts) {
             return false;
         }
@@ -205,6 +271,27 @@ mod tests {
         s.apply(&op(3, Kind::Patch, Some(json!({"addr.city": "B"}))));
         s.apply(&op(2, Kind::Patch, Some(json!({"addr": {"city": "C"}}))));
         assert_eq!(doc(&s), Some(json!({"id": "a", "addr": {"city": "B"}})));
+    }
+
+    #[test]
+    fn merging_a_state_equals_merging_its_ops() {
+        let a_ops = [op(1, Kind::Put, Some(json!({"id": "a", "x": 1, "b": {"q": 0}}))), op(4, Kind::Patch, Some(json!({"b.q": 5})))];
+        let b_ops = [op(2, Kind::Patch, Some(json!({"b": {"y": 1}}))), op(3, Kind::Delete, None), op(5, Kind::Patch, Some(json!({"z": 1})))];
+        let mut all = DocState::default();
+        let mut a = DocState::default();
+        let mut b = DocState::default();
+        for o in &a_ops { a.apply(o); all.apply(o); }
+        for o in &b_ops { b.apply(o); all.apply(o); }
+        let changed = a.merge_state(&b);
+        assert_eq!(doc(&a), doc(&all));
+        assert_eq!(a.stamps, all.stamps);
+        // The changed registers, replayed as ops onto the old state, give the same result.
+        let ops = DocState::registers_to_ops("c", "a", 1, changed);
+        let mut replay = DocState::default();
+        for o in &a_ops { replay.apply(o); }
+        for o in &ops { replay.apply(o); }
+        assert_eq!(replay.stamps, all.stamps);
+        assert_eq!(doc(&replay), doc(&all));
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub struct Status {
 
 pub struct Replica<S: Store> {
     store: S,
-    schema: Schema,
+    /// `None` for a relay (the server): it stores and forwards every collection without
+    /// knowing the app's schema, and accepts no local writes.
+    schema: Option<Schema>,
     now: WallClock,
     head: std::cell::RefCell<Head>,
 }
@@ -65,10 +67,19 @@ impl<S: Store> Replica<S> {
     /// Opens a replica over `store`, initializing a fresh store with a new db id.
     pub async fn open(store: S, schema: Schema, now: WallClock) -> Result<Replica<S>, Error> {
         schema.validate()?;
+        Self::open_with(store, Some(schema), now).await
+    }
+
+    /// Opens a relay replica: a server's copy of a library, schema-agnostic.
+    pub async fn open_relay(store: S, now: WallClock) -> Result<Replica<S>, Error> {
+        Self::open_with(store, None, now).await
+    }
+
+    async fn open_with(store: S, schema: Option<Schema>, now: WallClock) -> Result<Replica<S>, Error> {
         let head = match store.head().await? {
             Some(h) => h,
             None => {
-                let version = schema.version;
+                let version = schema.as_ref().map_or(0, |s| s.version);
                 let commit = store
                     .commit(&[], move |existing, _| {
                         // Another opener may have initialized the store meanwhile.
@@ -85,8 +96,20 @@ impl<S: Store> Replica<S> {
         Ok(Replica { store, schema, now, head: std::cell::RefCell::new(head) })
     }
 
-    pub fn schema(&self) -> &Schema {
-        &self.schema
+    pub fn schema(&self) -> Option<&Schema> {
+        self.schema.as_ref()
+    }
+
+    /// The head as of the last commit this replica made or loaded.
+    pub fn head(&self) -> Head {
+        self.head.borrow().clone()
+    }
+
+    pub(crate) fn set_head(&self, head: Head) {
+        let mut h = self.head.borrow_mut();
+        if head.max_row >= h.max_row {
+            *h = head;
+        }
     }
 
     pub fn store(&self) -> &S {
@@ -98,7 +121,7 @@ impl<S: Store> Replica<S> {
         // Until sync exists every row is a local write nobody has acknowledged.
         Status {
             db_id: h.db_id.clone(),
-            schema_version: self.schema.version,
+            schema_version: self.schema.as_ref().map_or(h.schema_version, |s| s.version),
             max_row: h.max_row,
             incoming: Default::default(),
             outgoing: Default::default(),
@@ -108,7 +131,7 @@ impl<S: Store> Replica<S> {
     }
 
     fn collection(&self, name: &str) -> Result<&Collection, WriteError> {
-        self.schema.collection(name).ok_or_else(|| WriteError::UnknownCollection(name.to_string()))
+        self.schema.as_ref().and_then(|s| s.collection(name)).ok_or_else(|| WriteError::UnknownCollection(name.to_string()))
     }
 
     pub async fn put(&self, collection: &str, doc: Map<String, Value>) -> Result<(), Error> {
@@ -157,7 +180,7 @@ impl<S: Store> Replica<S> {
             return Ok(());
         }
         let now = (self.now)();
-        let schema = &self.schema;
+        let schema = self.schema.as_ref().expect("writes were validated against the schema");
         let commit = self
             .store
             .commit(&keys, |head, current| {
@@ -197,20 +220,20 @@ impl<S: Store> Replica<S> {
                 let docs = keys
                     .iter()
                     .zip(states)
-                    .filter_map(|((c, id), st)| st.map(|st| (c.clone(), stored_doc(schema, c, id, &st))))
+                    .filter_map(|((c, id), st)| st.map(|st| (c.clone(), stored_doc(Some(schema), c, id, &st, schema.version))))
                     .collect();
-                Ok(Commit { head: Some(head), docs, rows })
+                Ok(Commit { head: Some(head), docs, rows, peers: vec![] })
             })
             .await?;
         if let Some(h) = commit.head {
-            *self.head.borrow_mut() = h;
+            self.set_head(h);
         }
         Ok(())
     }
 
     /// The document, or `None` if it doesn't exist (or was deleted).
     pub async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, Error> {
-        self.schema.collection(collection).ok_or_else(|| QueryError::UnknownCollection(collection.to_string()))?;
+        self.query_collection(collection)?;
         Ok(self.store.get(collection, id).await?.filter(|d| d.d.is_some()))
     }
 
@@ -221,8 +244,12 @@ impl<S: Store> Replica<S> {
 
     /// Parses and plans a query without running it.
     pub fn plan(&self, collection: &str, query: &Value) -> Result<(&Collection, Plan), Error> {
-        let coll = self.schema.collection(collection).ok_or_else(|| QueryError::UnknownCollection(collection.to_string()))?;
+        let coll = self.query_collection(collection)?;
         Ok((coll, Query::parse(query)?.plan(coll)))
+    }
+
+    fn query_collection(&self, collection: &str) -> Result<&Collection, QueryError> {
+        self.schema.as_ref().and_then(|s| s.collection(collection)).ok_or_else(|| QueryError::UnknownCollection(collection.to_string()))
     }
 }
 
@@ -233,16 +260,21 @@ fn check_id(id: &str) -> Result<(), WriteError> {
     Ok(())
 }
 
-/// The stored form of a document state: materialized view plus index keys.
-pub fn stored_doc(schema: &Schema, collection: &str, id: &str, state: &DocState) -> StoredDoc {
-    let coll = schema.collection(collection).expect("known collection");
-    let d = state.materialize(&coll.primary_key, id);
+/// The stored form of a document state: the materialized view plus, for collections the
+/// schema declares, the primary key and index keys. A relay (no schema) stores the state
+/// as it is.
+pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: &DocState, version: u32) -> StoredDoc {
+    let coll = schema.and_then(|s| s.collection(collection));
+    let d = match coll {
+        Some(c) => state.materialize(&c.primary_key, id),
+        None => state.exists().then(|| state.doc.clone()),
+    };
     let mut i = Map::new();
-    if let Some(doc) = &d {
+    if let (Some(doc), Some(coll)) = (&d, coll) {
         for index in coll.index_list() {
             let key: Vec<Value> = index.fields.iter().map(|f| encode(f.get(doc))).collect();
             i.insert(index.name, Value::Array(key));
         }
     }
-    StoredDoc { id: id.to_string(), d, s: state.stamps.clone(), t: state.deleted, v: schema.version, i }
+    StoredDoc { id: id.to_string(), d, s: state.stamps.clone(), t: state.deleted, v: version, i }
 }

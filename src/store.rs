@@ -16,6 +16,7 @@ use crate::error::{Error, StoreError};
 use crate::merge::DocState;
 use crate::op::Op;
 use crate::query::Plan;
+use crate::sync::peer::PeerRecord;
 
 /// The replica's identity and positions, rewritten by every commit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +70,16 @@ pub struct Commit {
     pub head: Option<Head>,
     pub docs: Vec<(String, StoredDoc)>,
     pub rows: Vec<Row>,
+    /// Peer records (sync points and sessions) to replace, by peer db id.
+    pub peers: Vec<(String, PeerRecord)>,
+}
+
+/// What a sync commit reads before computing its writes.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    pub head: Option<Head>,
+    pub docs: Vec<Option<StoredDoc>>,
+    pub peers: Vec<Option<PeerRecord>>,
 }
 
 /// The storage backend of one replica generation.
@@ -98,4 +109,24 @@ pub trait Store {
 
     /// Log rows with `row > after`, ascending, at most `limit`.
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError>;
+
+    /// Like `commit`, but also reads and writes the records of the peers named in `peers`
+    /// in the same transaction, so sync points move atomically with the data they cover.
+    async fn commit_sync<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
+    where
+        F: FnOnce(Loaded) -> Result<Commit, Error>,
+    {
+        let n = peers.len();
+        self.commit(keys, move |head, docs| f(Loaded { head, docs, peers: vec![None; n] })).await
+    }
+
+    /// Every peer record, by peer db id.
+    async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// The head and every stored document, read in one consistent view (for snapshots).
+    async fn all_docs(&self) -> Result<(Head, Vec<(String, StoredDoc)>), StoreError> {
+        Err(StoreError::Backend("this store cannot produce snapshots yet".into()))
+    }
 }

@@ -1,6 +1,8 @@
 //! The replica's local rules, natively over the in-memory store: writes, validation that
 //! changes nothing, queries through the planner.
 
+#![cfg(not(target_arch = "wasm32"))]
+
 use serde_json::{json, Map, Value};
 use tidemark::memory::MemoryStore;
 use tidemark::store::Store;

@@ -1,0 +1,229 @@
+//! Applying what a pass delivers, each step in ONE store transaction together with the
+//! sync points it justifies: a batch of rows with `incoming[S]`, a snapshot chunk with its
+//! log rows, the end of a pass with its session and the forwarded table.
+//!
+//! Only ops that change a document are logged again (with the sender as `from`): an op
+//! that changes nothing is already reflected by newer registers that are in the log, so
+//! re-sent and echoed rows are never stored twice.
+
+use std::collections::HashMap;
+
+use serde_json::Map;
+
+use super::message::{SnapshotDoc, TableEntry};
+use super::peer::{PeerRecord, Point};
+use crate::clock::Clock;
+use crate::error::{Error, StoreError, SyncError};
+use crate::merge::DocState;
+use crate::op::Op;
+use crate::replica::{stored_doc, Replica};
+use crate::store::{Commit, DocKey, Row, Store, StoredDoc};
+
+/// Whether this replica keeps documents of `collection` (a relay keeps them all).
+fn keeps<S: Store>(replica: &Replica<S>, collection: &str) -> bool {
+    replica.schema().is_none_or(|s| s.collection(collection).is_some())
+}
+
+/// Checks a remote op before anything is stored.
+fn check_remote<S: Store>(replica: &Replica<S>, op: &Op) -> Result<(), SyncError> {
+    if op.collection.is_empty() || op.id.is_empty() || op.origin.is_empty() {
+        return Err(SyncError::Protocol("an op needs a collection, an id and an origin".into()));
+    }
+    let pk = replica.schema().and_then(|s| s.collection(&op.collection)).map(|c| c.primary_key.as_str());
+    match pk {
+        Some(pk) => op.check(pk),
+        // Without a schema, check the shape only: the primary key is unknown here.
+        None => match (op.kind, &op.fields) {
+            (crate::op::Kind::Delete, None) => Ok(()),
+            (crate::op::Kind::Put, Some(_)) => Ok(()),
+            (crate::op::Kind::Patch, Some(f)) => crate::op::check_patch(f, "\u{0}"),
+            _ => Err(crate::error::WriteError::InvalidDocument("op has the wrong payload".into())),
+        },
+    }
+    .map_err(|e| SyncError::Protocol(format!("bad op {}/{}: {e}", op.collection, op.id)))
+}
+
+fn unique_keys<'a>(items: impl Iterator<Item = (&'a str, &'a str)>) -> (Vec<DocKey>, HashMap<DocKey, usize>) {
+    let mut keys = Vec::new();
+    let mut index = HashMap::new();
+    for (c, id) in items {
+        let k = (c.to_string(), id.to_string());
+        if !index.contains_key(&k) {
+            index.insert(k.clone(), keys.len());
+            keys.push(k);
+        }
+    }
+    (keys, index)
+}
+
+/// Merges a batch of rows from `peer` and sets `incoming[peer] = covers` in the same
+/// transaction — also when every row was stale or an echo.
+pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &str, rows: Vec<Row>, covers: Point) -> Result<(), Error> {
+    for r in &rows {
+        check_remote(replica, &r.op)?;
+    }
+    let (keys, index) = unique_keys(rows.iter().filter(|r| keeps(replica, &r.op.collection)).map(|r| (r.op.collection.as_str(), r.op.id.as_str())));
+    let schema = replica.schema();
+    let version = replica.head().schema_version;
+    let commit = replica
+        .store()
+        .commit_sync(&keys, &[peer.to_string()], |loaded| {
+            let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+            let mut clock = Clock::new(head.db_id.clone(), Some(head.clock.clone()));
+            let mut states: Vec<Option<DocState>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::state)).collect();
+            let mut versions: Vec<u32> = loaded.docs.iter().map(|d| d.as_ref().map_or(0, |d| d.v)).collect();
+            let mut changed = vec![false; keys.len()];
+            let mut logged = Vec::new();
+            for r in rows {
+                clock.observe(&r.op.ts);
+                let slot = index.get(&(r.op.collection.clone(), r.op.id.clone())).copied();
+                let keep = match slot {
+                    Some(i) => {
+                        let did = states[i].get_or_insert_with(DocState::default).apply(&r.op);
+                        if did {
+                            changed[i] = true;
+                            versions[i] = versions[i].max(r.op.schema_version);
+                        }
+                        did
+                    }
+                    // A collection this replica does not keep: log it, for forwarding.
+                    None => true,
+                };
+                if keep {
+                    head.max_row += 1;
+                    logged.push(Row { row: head.max_row, op: r.op, from: Some(peer.to_string()) });
+                }
+            }
+            head.clock = clock.last().clone();
+            let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
+            rec.note_incoming(session, covers, false);
+            let docs = doc_writes(schema, &keys, states, &changed, &versions, version);
+            Ok(Commit { head: Some(head), docs, rows: logged, peers: vec![(peer.to_string(), rec)] })
+        })
+        .await?;
+    if let Some(h) = commit.head {
+        replica.set_head(h);
+    }
+    Ok(())
+}
+
+fn doc_writes(
+    schema: Option<&crate::schema::Schema>,
+    keys: &[DocKey],
+    states: Vec<Option<DocState>>,
+    changed: &[bool],
+    versions: &[u32],
+    version: u32,
+) -> Vec<(String, StoredDoc)> {
+    keys.iter()
+        .zip(states)
+        .enumerate()
+        .filter(|(i, _)| changed[*i])
+        .filter_map(|(i, ((c, id), st))| {
+            // A replica with a schema keeps its documents at its own version; a relay
+            // records the newest version that wrote each one.
+            let v = if schema.is_some() { version } else { versions[i] };
+            st.map(|st| (c.clone(), stored_doc(schema, c, id, &st, v)))
+        })
+        .collect()
+}
+
+/// Merges one chunk of a snapshot from `peer`: each document's registers merge into the
+/// local state (never overwriting newer local writes), and the registers that changed it
+/// are logged as ops so they can be forwarded.
+pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<(), Error> {
+    for d in &docs {
+        if d.c.is_empty() || d.id.is_empty() || d.s.is_empty() {
+            return Err(SyncError::Protocol("a snapshot document needs a collection, an id and stamps".into()).into());
+        }
+    }
+    let (keys, index) = unique_keys(docs.iter().filter(|d| keeps(replica, &d.c)).map(|d| (d.c.as_str(), d.id.as_str())));
+    let schema = replica.schema();
+    let version = replica.head().schema_version;
+    let commit = replica
+        .store()
+        .commit_sync(&keys, &[], |loaded| {
+            let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+            let mut clock = Clock::new(head.db_id.clone(), Some(head.clock.clone()));
+            let mut states: Vec<Option<DocState>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::state)).collect();
+            let mut versions: Vec<u32> = loaded.docs.iter().map(|d| d.as_ref().map_or(0, |d| d.v)).collect();
+            let mut changed = vec![false; keys.len()];
+            let mut logged = Vec::new();
+            for d in docs {
+                let theirs = DocState { doc: d.d.clone().unwrap_or_else(Map::new), stamps: d.s.clone(), deleted: d.t };
+                for s in theirs.stamps.values() {
+                    clock.observe(s);
+                }
+                let regs = match index.get(&(d.c.clone(), d.id.clone())) {
+                    Some(&i) => {
+                        let regs = states[i].get_or_insert_with(DocState::default).merge_state(&theirs);
+                        if !regs.is_empty() {
+                            changed[i] = true;
+                            versions[i] = versions[i].max(d.v);
+                        }
+                        regs
+                    }
+                    None => theirs.registers(),
+                };
+                for op in DocState::registers_to_ops(&d.c, &d.id, d.v, regs) {
+                    head.max_row += 1;
+                    logged.push(Row { row: head.max_row, op, from: Some(peer.to_string()) });
+                }
+            }
+            head.clock = clock.last().clone();
+            let docs = doc_writes(schema, &keys, states, &changed, &versions, version);
+            Ok(Commit { head: Some(head), docs, rows: logged, peers: vec![] })
+        })
+        .await?;
+    if let Some(h) = commit.head {
+        replica.set_head(h);
+    }
+    Ok(())
+}
+
+/// Closes a received pass: records the session at its final point (for a snapshot, the
+/// sender's max row) and max-merges the sender's forwarded table as transitive entries.
+pub async fn finish_incoming<S: Store>(
+    replica: &Replica<S>,
+    peer: &str,
+    session: &str,
+    end: Point,
+    table: Vec<TableEntry>,
+) -> Result<(), Error> {
+    let me = replica.head().db_id;
+    let table: Vec<TableEntry> = table.into_iter().filter(|e| e.db_id != me && e.db_id != peer && !e.db_id.is_empty()).collect();
+    let mut ids = vec![peer.to_string()];
+    ids.extend(table.iter().map(|e| e.db_id.clone()));
+    ids.dedup();
+    replica
+        .store()
+        .commit_sync(&[], &ids, |loaded| {
+            let mut recs: Vec<PeerRecord> = loaded.peers.into_iter().map(|p| p.unwrap_or_else(PeerRecord::new)).collect();
+            recs[0].note_incoming(session, end, false);
+            for e in &table {
+                if let Some(i) = ids.iter().position(|id| *id == e.db_id) {
+                    recs[i].note_incoming(&e.session, e.row, true);
+                }
+            }
+            Ok(Commit { peers: ids.iter().cloned().zip(recs).collect(), ..Commit::default() })
+        })
+        .await?;
+    Ok(())
+}
+
+/// Records on the sending side that the peer acknowledged own rows up to `row` in
+/// `session`; after a complete pass also `outgoing[peer]`.
+pub async fn note_sent<S: Store>(replica: &Replica<S>, peer: &str, session: &str, row: Point, complete: bool) -> Result<(), Error> {
+    replica
+        .store()
+        .commit_sync(&[], &[peer.to_string()], |loaded| {
+            let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
+            rec.note_outgoing(session, row);
+            if complete {
+                rec.merge_outgoing(row);
+            }
+            Ok(Commit { peers: vec![(peer.to_string(), rec)], ..Commit::default() })
+        })
+        .await?;
+    Ok(())
+}

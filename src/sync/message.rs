@@ -1,0 +1,150 @@
+//! The wire messages of the replication protocol (DESIGN §5), as JSON text frames in a
+//! versioned envelope: `{ "v": 1, "type": "batch", ... }`.
+//!
+//! A connection opens with `hello`/`welcome` (identities); each pass then starts with
+//! `start`, runs preflight (`preflight`/`point`), `begin`, then `batch`es or `snapshot`
+//! chunks each answered by `ack`, and closes with `end`/`done`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::peer::{Entry, Point};
+use crate::clock::Stamp;
+use crate::store::Row;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Which way rows flow in a pass, seen from the side that starts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The starter sends its rows.
+    Push,
+    /// The starter receives the other side's rows.
+    Pull,
+}
+
+/// One document's full merge state, as snapshots carry it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotDoc {
+    pub c: String,
+    pub id: String,
+    pub d: Option<Map<String, Value>>,
+    pub s: BTreeMap<String, Stamp>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub t: bool,
+    /// The schema version the document's state is at.
+    pub v: u32,
+}
+
+/// One row of a sender's `incoming` table, forwarded after a complete pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableEntry {
+    pub db_id: String,
+    pub row: Point,
+    pub session: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum Message {
+    Hello { library: String, #[serde(default)] token: Option<String>, db_id: String, schema_version: u32 },
+    Welcome { db_id: String, max_row: u64, schema_version: u32 },
+    Start { session: String, direction: Direction, per_diff: usize, max_diffs: usize },
+    /// Sender → receiver: who I am and which sessions with you I remember (with the row
+    /// each one reached).
+    Preflight { session: String, db_id: String, max_row: u64, schema_version: u32, sessions: Vec<Entry> },
+    /// Receiver → sender: the point of our newest common session, the transitive entries
+    /// that could fast-forward further, and the sessions I sent under to you (so you can
+    /// tell whether I forgot rows I once gave you).
+    Point {
+        session: String,
+        db_id: String,
+        max_row: u64,
+        schema_version: u32,
+        point: Point,
+        matched: Option<String>,
+        candidates: Vec<Entry>,
+        sent_sessions: Vec<String>,
+    },
+    /// Sender → receiver: the pass starts after `start`, by diffs or by snapshot.
+    Begin { session: String, start: Point, snapshot: bool },
+    Batch { session: String, after: Point, covers: Point, rows: Vec<Row> },
+    Snapshot { session: String, docs: Vec<SnapshotDoc> },
+    Ack { session: String, point: Point },
+    /// `max_row`: for a snapshot, the sender's max row it represents. `incoming`: the
+    /// sender's table taken before the pass, present only when the pass is complete.
+    End { session: String, complete: bool, max_row: u64, #[serde(default)] incoming: Option<Vec<TableEntry>> },
+    Done { session: String },
+    Error { code: String, message: String },
+}
+
+/// The versioned envelope every frame travels in.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    v: u32,
+    #[serde(flatten)]
+    msg: Message,
+}
+
+impl Message {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, msg: self.clone() }).expect("messages serialize")
+    }
+
+    /// Decodes one frame. Refuses other protocol versions, unknown types and malformed
+    /// JSON with a message fit to send back as a protocol error.
+    pub fn decode(text: &str) -> Result<Message, String> {
+        let raw: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+        match raw.get("v").and_then(Value::as_u64) {
+            Some(v) if v == PROTOCOL_VERSION as u64 => {}
+            Some(v) => return Err(format!("unsupported protocol version {v}; this side speaks {PROTOCOL_VERSION}")),
+            None => return Err("missing protocol version `v`".into()),
+        }
+        let env: Envelope = serde_json::from_value(raw).map_err(|e| format!("invalid message: {e}"))?;
+        Ok(env.msg)
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Welcome { .. } => "welcome",
+            Message::Start { .. } => "start",
+            Message::Preflight { .. } => "preflight",
+            Message::Point { .. } => "point",
+            Message::Begin { .. } => "begin",
+            Message::Batch { .. } => "batch",
+            Message::Snapshot { .. } => "snapshot",
+            Message::Ack { .. } => "ack",
+            Message::End { .. } => "end",
+            Message::Done { .. } => "done",
+            Message::Error { .. } => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_in_envelope() {
+        let m = Message::Ack { session: "s".into(), point: 7 };
+        let text = m.encode();
+        assert!(text.contains("\"v\":1") && text.contains("\"type\":\"ack\""));
+        assert_eq!(Message::decode(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_bad_frames() {
+        assert!(Message::decode("garbage").is_err());
+        assert!(Message::decode(r#"{"type":"ack","session":"s","point":1}"#).is_err());
+        assert!(Message::decode(r#"{"v":2,"type":"ack","session":"s","point":1}"#).is_err());
+        assert!(Message::decode(r#"{"v":1,"type":"nope"}"#).is_err());
+        assert!(Message::decode(r#"{"v":1,"type":"ack","session":"s"}"#).is_err());
+        assert!(Message::decode(r#"{"v":1,"type":"ack","session":"s","point":1,"extra":2}"#).is_err());
+    }
+}
