@@ -29,7 +29,7 @@ impl Write {
 }
 
 /// A source of wall-clock milliseconds (skewable in tests).
-pub type WallClock = Box<dyn Fn() -> u64>;
+pub type WallClock = Box<dyn Fn() -> u64 + Send + Sync>;
 
 /// Local status, as `db.status()` reports it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -53,7 +53,7 @@ pub struct Replica<S: Store> {
     /// knowing the app's schema, and accepts no local writes.
     schema: Option<Schema>,
     now: WallClock,
-    head: std::cell::RefCell<Head>,
+    head: std::sync::Mutex<Head>,
 }
 
 /// A fresh random db id: 16 hex digits.
@@ -93,7 +93,7 @@ impl<S: Store> Replica<S> {
                 commit.head.expect("init writes the head")
             }
         };
-        Ok(Replica { store, schema, now, head: std::cell::RefCell::new(head) })
+        Ok(Replica { store, schema, now, head: std::sync::Mutex::new(head) })
     }
 
     pub fn schema(&self) -> Option<&Schema> {
@@ -102,11 +102,11 @@ impl<S: Store> Replica<S> {
 
     /// The head as of the last commit this replica made or loaded.
     pub fn head(&self) -> Head {
-        self.head.borrow().clone()
+        self.head.lock().expect("head lock").clone()
     }
 
     pub(crate) fn set_head(&self, head: Head) {
-        let mut h = self.head.borrow_mut();
+        let mut h = self.head.lock().expect("head lock");
         if head.max_row >= h.max_row {
             *h = head;
         }
@@ -117,7 +117,7 @@ impl<S: Store> Replica<S> {
     }
 
     pub fn status(&self) -> Status {
-        let h = self.head.borrow();
+        let h = self.head.lock().expect("head lock").clone();
         // Until sync exists every row is a local write nobody has acknowledged.
         Status {
             db_id: h.db_id.clone(),

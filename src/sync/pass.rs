@@ -81,7 +81,7 @@ pub async fn send<S: Store, T: Transport>(
     peer: &str,
     session: &str,
     limits: Limits,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut impl FnMut(Progress),
 ) -> Result<PassReport, Error> {
     let limits = Limits { per_diff: limits.per_diff.max(1), max_diffs: limits.max_diffs.max(1) };
     // The table we may forward is the one from before the pass began.
@@ -222,7 +222,7 @@ pub async fn receive<S: Store, T: Transport>(
     t: &mut T,
     peer: &str,
     session: &str,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut impl FnMut(Progress),
 ) -> Result<PassReport, Error> {
     let their_max = match t.recv().await? {
         Message::Preflight { session: s, db_id, max_row, sessions, .. } if s == session => {

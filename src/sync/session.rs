@@ -47,7 +47,7 @@ pub async fn round<S: Store, T: Transport>(
     t: &mut T,
     server: &str,
     limits: Limits,
-    progress: &mut dyn FnMut(Direction, Progress),
+    progress: &mut impl FnMut(Direction, Progress),
 ) -> Result<RoundReport, Error> {
     let push = push(replica, t, server, limits, &mut |p| progress(Direction::Push, p)).await?;
     let pull = pull(replica, t, server, limits, &mut |p| progress(Direction::Pull, p)).await?;
@@ -63,13 +63,13 @@ pub async fn round<S: Store, T: Transport>(
     })
 }
 
-pub async fn push<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, server: &str, limits: Limits, progress: &mut dyn FnMut(Progress)) -> Result<PassReport, Error> {
+pub async fn push<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, server: &str, limits: Limits, progress: &mut impl FnMut(Progress)) -> Result<PassReport, Error> {
     let session = new_session();
     t.send(&Message::Start { session: session.clone(), direction: Direction::Push, per_diff: limits.per_diff, max_diffs: limits.max_diffs }).await?;
     pass::send(replica, t, server, &session, limits, progress).await
 }
 
-pub async fn pull<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, server: &str, limits: Limits, progress: &mut dyn FnMut(Progress)) -> Result<PassReport, Error> {
+pub async fn pull<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, server: &str, limits: Limits, progress: &mut impl FnMut(Progress)) -> Result<PassReport, Error> {
     let session = new_session();
     t.send(&Message::Start { session: session.clone(), direction: Direction::Pull, per_diff: limits.per_diff, max_diffs: limits.max_diffs }).await?;
     pass::receive(replica, t, server, &session, progress).await
