@@ -166,6 +166,27 @@ proptest! {
     }
 
     #[test]
+    fn merging_a_snapshot_equals_merging_the_ops(ops in ops(), cut in any::<prop::sample::Index>()) {
+        // Replica A saw some ops, replica B the rest; B's state (a snapshot) merged into A
+        // gives what merging every op gives, and replaying the registers that changed A as
+        // ops (what A logs for forwarding) gives the same again.
+        let k = cut.index(ops.len() + 1);
+        let (left, right) = ops.split_at(k);
+        let mut a = merge_all(left);
+        let b = merge_all(right);
+        let mut replay = merge_all(left);
+        for (id, theirs) in &b {
+            let changed = a.entry(id.clone()).or_default().merge_state(theirs);
+            for op in DocState::registers_to_ops("t", id, 1, changed) {
+                replay.entry(id.clone()).or_default().apply(&op);
+            }
+        }
+        let all = merge_all(&ops);
+        prop_assert_eq!(bytes(&a), bytes(&all));
+        prop_assert_eq!(bytes(&replay), bytes(&all));
+    }
+
+    #[test]
     fn hlc_never_goes_backwards(steps in prop::collection::vec((any::<bool>(), 0u64..2_000, 0u32..4, any::<bool>()), 1..200)) {
         let mut clock = Clock::new("me", None);
         let mut last = clock.last().clone();
