@@ -15,6 +15,7 @@ pub mod query;
 pub mod replica;
 pub mod schema;
 pub mod store;
+pub mod sync;
 
 pub use error::{Error, Result};
 pub use memory::MemoryStore;
