@@ -76,14 +76,69 @@ export type ErrorCode =
   | 'QUOTA_EXCEEDED'
   | 'CLOSED'
   | 'CORRUPT'
-  | 'STORAGE_ERROR';
+  | 'STORAGE_ERROR'
+  | 'SYNC_NOT_CONFIGURED'
+  | 'SYNC_CONNECTION'
+  | 'SYNC_PROTOCOL'
+  | 'SYNC_REFUSED';
 
 export interface TidemarkError extends Error {
   name: 'TidemarkError';
   code: ErrorCode;
 }
 
+/** What one pass did. `start`/`end` are points in the sender's row space. */
+export interface PassReport {
+  sent: number;
+  received: number;
+  batches: number;
+  capped: boolean;
+  snapshot: boolean;
+  start: number;
+  end: number;
+}
+
+/** What one `syncNow()` round did. */
+export interface SyncReport {
+  /** Rows (or snapshot documents) pushed to the server. */
+  sent: number;
+  /** Rows (or snapshot documents) pulled from the server. */
+  received: number;
+  batches: number;
+  /** A pass stopped at `maxDiffs`: call `syncNow()` again to continue. */
+  capped: boolean;
+  /** The server answered with a snapshot instead of rows. */
+  snapshot: boolean;
+  /** The local store was rebuilt from older-version data. */
+  reset: boolean;
+  push: PassReport;
+  pull: PassReport;
+}
+
+export interface Progress {
+  direction: 'push' | 'pull';
+  done: number;
+  total: number;
+}
+
+export interface EventMap {
+  sync: SyncReport;
+  progress: Progress;
+  reset: unknown;
+  error: TidemarkError;
+  futureVersion: unknown;
+  online: boolean;
+}
+
 export declare class Replica {
+  /** Subscribes to an event; returns a function that unsubscribes. */
+  on<K extends keyof EventMap>(type: K, handler: (payload: EventMap[K]) => void): () => void;
+  off<K extends keyof EventMap>(type: K, handler: (payload: EventMap[K]) => void): void;
+  /** One sync round: push local rows, then pull the server's. */
+  syncNow(): Promise<SyncReport>;
+  /** Live sync with reconnect and exponential backoff. */
+  connect(): void;
+  disconnect(): void;
   /** Writes a whole document; fields it lacks are removed. */
   put(collection: string, doc: Doc): Promise<void>;
   /** Writes many whole documents in one transaction. */

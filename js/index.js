@@ -25,14 +25,46 @@ export async function deleteReplica(name) {
   return deleteRaw(name);
 }
 
+const EVENTS = ['sync', 'progress', 'reset', 'error', 'futureVersion', 'online'];
+
 /** A replica open in this page. */
 export class Replica {
   #inner;
   #closed = false;
+  #handlers = new Map(EVENTS.map((e) => [e, new Set()]));
 
   constructor(inner) {
     this.#inner = inner;
+    inner.setEmitter((type, payload) => {
+      for (const h of this.#handlers.get(type) ?? []) {
+        try { h(payload); } catch (e) { queueMicrotask(() => { throw e; }); }
+      }
+    });
   }
+
+  /**
+   * Listens to 'sync' | 'progress' | 'reset' | 'error' | 'futureVersion' | 'online'.
+   * Returns a function that removes the handler.
+   */
+  on(type, handler) {
+    const set = this.#handlers.get(type);
+    if (!set) {
+      const e = new Error(`unknown event ${JSON.stringify(type)}: use one of ${EVENTS.join(', ')}`);
+      e.name = 'TidemarkError';
+      e.code = 'INVALID_ARGUMENT';
+      throw e;
+    }
+    set.add(handler);
+    return () => set.delete(handler);
+  }
+
+  off(type, handler) { this.#handlers.get(type)?.delete(handler); }
+
+  /** One sync round (push, then pull); resolves to { sent, received, batches, capped, snapshot, reset }. */
+  syncNow() { return this.#inner.syncNow(); }
+  /** Live sync: reconnects with exponential backoff and pushes local writes as they happen. */
+  connect() { this.#inner.connect(); }
+  disconnect() { this.#inner.disconnect(); }
 
   put(collection, doc) { return this.#inner.put(collection, doc); }
   putMany(collection, docs) { return this.#inner.putMany(collection, docs); }
@@ -46,5 +78,6 @@ export class Replica {
     if (this.#closed) return;
     this.#closed = true;
     await this.#inner.close();
+    for (const set of this.#handlers.values()) set.clear();
   }
 }

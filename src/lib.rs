@@ -16,6 +16,8 @@ pub mod replica;
 pub mod schema;
 pub mod store;
 pub mod sync;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 pub use error::{Error, Result};
 pub use memory::MemoryStore;

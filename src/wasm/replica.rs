@@ -13,6 +13,7 @@ use serde_json::Value;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
+use super::client::{self, Client, SyncConfig};
 use super::convert::{to_js, to_json, to_object, to_string};
 use super::error::to_js as err_to_js;
 use crate::error::{Error, OpenError};
@@ -27,6 +28,7 @@ const OPTION_KEYS: [&str; 5] = ["name", "schema", "history", "migrations", "sync
 #[wasm_bindgen(js_name = Replica)]
 pub struct JsReplica {
     inner: Rc<Replica<IdbStore>>,
+    client: Rc<Client>,
 }
 
 fn get(obj: &JsValue, key: &str) -> JsValue {
@@ -47,7 +49,7 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
     if !options.is_object() {
         return Err(bad_options("openReplica needs an options object: { name, schema }"));
     }
-    let keys = js_sys::Object::keys(options.unchecked_ref());
+    let keys = js_sys::Object::keys(options.unchecked_ref::<js_sys::Object>());
     for k in keys.iter() {
         let k = k.as_string().unwrap_or_default();
         if !OPTION_KEYS.contains(&k.as_str()) {
@@ -63,9 +65,22 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
         return Err(bad_options("options.schema is required: { version, collections }"));
     }
     let schema = Schema::from_json(to_json(&schema_js).map_err(|e| crate::error::SchemaError::Invalid(e.to_string()))?)?;
+    let sync_js = get(&options, "sync");
+    let sync = if sync_js.is_undefined() || sync_js.is_null() {
+        None
+    } else {
+        let v = to_json(&sync_js).map_err(|e| bad_options(e.to_string()))?;
+        Some(SyncConfig::from_json(&v).map_err(bad_options)?)
+    };
     let store = IdbStore::open(&name, &schema).await?;
     let replica = Replica::open(store, schema, Box::new(|| js_sys::Date::now() as u64)).await?;
-    Ok(JsReplica { inner: Rc::new(replica) })
+    let client = Client::new(sync);
+    if client.config.is_some() {
+        client.refresh(&replica).await?;
+    } else {
+        client.wrote(replica.head().max_row);
+    }
+    Ok(JsReplica { inner: Rc::new(replica), client: Rc::new(client) })
 }
 
 /// Deletes every database of the replica `name` (close it first).
@@ -84,6 +99,21 @@ where
     future_to_promise(async move { fut.await.map_err(err_to_js) })
 }
 
+/// Like `run` for writes: on success, counts `n` pending rows and wakes live sync.
+fn write<F, Fut>(this: &JsReplica, n: u64, f: F) -> js_sys::Promise
+where
+    F: FnOnce(Rc<Replica<IdbStore>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>> + 'static,
+{
+    let fut = f(this.inner.clone());
+    let client = this.client.clone();
+    future_to_promise(async move {
+        fut.await.map_err(err_to_js)?;
+        client.wrote(n);
+        Ok(JsValue::UNDEFINED)
+    })
+}
+
 /// Validates arguments synchronously, so a bad call rejects without touching storage.
 fn reject(e: Error) -> js_sys::Promise {
     js_sys::Promise::reject(&err_to_js(e))
@@ -94,7 +124,7 @@ impl JsReplica {
     /// Writes a whole document (`doc[primaryKey]` names it).
     pub fn put(&self, collection: JsValue, doc: JsValue) -> js_sys::Promise {
         match (to_string(&collection, "collection"), to_object(&doc, "the document")) {
-            (Ok(c), Ok(doc)) => run(&self.inner, |r| async move { r.put(&c, doc).await.map(|_| JsValue::UNDEFINED) }),
+            (Ok(c), Ok(doc)) => write(self, 1, |r| async move { r.put(&c, doc).await }),
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
     }
@@ -113,7 +143,7 @@ impl JsReplica {
             _ => Err(crate::error::WriteError::InvalidArgument("putMany takes an array of documents".into()).into()),
         });
         match parsed {
-            Ok(writes) => run(&self.inner, |r| async move { r.write(writes).await.map(|_| JsValue::UNDEFINED) }),
+            Ok(writes) => write(self, writes.len() as u64, |r| async move { r.write(writes).await }),
             Err(e) => reject(e),
         }
     }
@@ -122,14 +152,14 @@ impl JsReplica {
     pub fn patch(&self, collection: JsValue, id: JsValue, fields: JsValue) -> js_sys::Promise {
         let args = (|| Ok::<_, Error>((to_string(&collection, "collection")?, to_string(&id, "id")?, to_object(&fields, "the patch")?)))();
         match args {
-            Ok((c, id, f)) => run(&self.inner, |r| async move { r.patch(&c, &id, f).await.map(|_| JsValue::UNDEFINED) }),
+            Ok((c, id, f)) => write(self, 1, |r| async move { r.patch(&c, &id, f).await }),
             Err(e) => reject(e),
         }
     }
 
     pub fn delete(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
         match (to_string(&collection, "collection"), to_string(&id, "id")) {
-            (Ok(c), Ok(id)) => run(&self.inner, |r| async move { r.delete(&c, &id).await.map(|_| JsValue::UNDEFINED) }),
+            (Ok(c), Ok(id)) => write(self, 1, |r| async move { r.delete(&c, &id).await }),
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
     }
@@ -156,13 +186,50 @@ impl JsReplica {
         }
     }
 
-    /// `{ dbId, schemaVersion, maxRow, … }` — synchronous, from memory.
+    /// `{ dbId, schemaVersion, maxRow, incoming, outgoing, online, pending }` —
+    /// synchronous, from memory (points as of the last sync round).
     pub fn status(&self) -> JsValue {
-        to_js(&self.inner.status())
+        let mut s = self.inner.status();
+        for (id, p) in self.client.peers() {
+            if p.incoming >= 0 {
+                s.incoming.insert(id.clone(), p.incoming as u64);
+            }
+            if p.outgoing >= 0 {
+                s.outgoing.insert(id, p.outgoing as u64);
+            }
+        }
+        s.online = self.client.online();
+        s.pending = self.client.pending();
+        to_js(&s)
+    }
+
+    /// One sync round (push, then pull) over a fresh connection; resolves to
+    /// `{ sent, received, batches, capped, snapshot, reset }`.
+    #[wasm_bindgen(js_name = syncNow)]
+    pub fn sync_now(&self) -> js_sys::Promise {
+        let client = self.client.clone();
+        run(&self.inner, |r| async move { client::sync_now(&r, &client).await.map(|rep| to_js(&rep)) })
+    }
+
+    /// Starts live sync: reconnects with exponential backoff, pushes local writes at once.
+    pub fn connect(&self) -> Result<(), JsValue> {
+        client::connect(self.inner.clone(), self.client.clone()).map_err(err_to_js)
+    }
+
+    /// Stops live sync.
+    pub fn disconnect(&self) {
+        client::disconnect(&self.client);
+    }
+
+    /// The wrapper's event dispatcher: `(type, payload) => void`.
+    #[wasm_bindgen(js_name = setEmitter)]
+    pub fn set_emitter(&self, f: Option<js_sys::Function>) {
+        self.client.set_emitter(f);
     }
 
     /// Closes the replica's databases; later calls reject with code `CLOSED`.
     pub fn close(&self) -> js_sys::Promise {
+        client::disconnect(&self.client);
         self.inner.store().close();
         js_sys::Promise::resolve(&JsValue::UNDEFINED)
     }
