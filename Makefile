@@ -4,7 +4,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export CHROMEDRIVER := /usr/bin/chromedriver
 PORT ?= 8787
 
-.PHONY: setup build test test-native test-browser test-e2e demo bench clean
+.PHONY: setup build build-server test test-native test-browser test-e2e demo bench clean
 
 setup:
 	@./scripts/setup.sh
@@ -23,11 +23,15 @@ test-native:
 test-browser:
 	wasm-pack test --headless --chrome
 
-test-e2e: build
-	node --test tests/e2e/
+build-server: setup
+	cargo build --release -p tidemark-server
 
-demo: build
-	node scripts/serve.mjs --port $(PORT)
+test-e2e: build build-server
+	node --test --test-concurrency=1 tests/e2e/
+
+demo: build build-server
+	mkdir -p data
+	./target/release/tidemark-server --listen 127.0.0.1:$(PORT) --data ./data --www ./www --pkg ./js
 
 bench: build
 	@echo "benchmarks arrive with issue 6"
