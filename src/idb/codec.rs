@@ -1,14 +1,103 @@
-//! Moving records between Rust and JS as JSON text. One `JSON.parse` per written batch
-//! and one `JSON.stringify` per read batch cost far less than walking every field across
-//! the wasm boundary (what serde-wasm-bindgen does).
+//! Records between Rust and JS, and their shape in IndexedDB.
+//!
+//! Records cross the wasm boundary as JSON text: one `JSON.parse` per written batch and
+//! one `JSON.stringify` per read batch cost far less than walking every field across the
+//! boundary (what serde-wasm-bindgen does).
+//!
+//! A document is stored as `{ id, d, m, i }`: `d` is the app's document, handed to JS as
+//! is; `m` is the rest of the engine's `StoredDoc` (merge stamps, tombstone flag, schema
+//! version) as one JSON string; `i` holds each index key in the string form of `keys`,
+//! for the native indexes (`i.{index}`), absent for tombstones. Every JS object and every
+//! byte of a record is rebuilt by every read that returns it, so the parts only Rust
+//! reads are kept as one short string. The engine's own index keys are derived from `d`
+//! on read, and carried in `m` only in the unusual case that they differ from that.
+
+use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use wasm_bindgen::prelude::*;
 
+use crate::clock::Stamp;
 use crate::error::StoreError;
+use crate::key::encode;
+use crate::schema::Index;
+use crate::store::StoredDoc;
 
 use super::error::from_js as js_error;
+use super::keys::key_string;
+
+/// A document as written to IndexedDB.
+#[derive(Serialize)]
+pub struct DocOut<'a> {
+    id: &'a str,
+    d: &'a Option<Map<String, Value>>,
+    m: String,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    i: Map<String, Value>,
+}
+
+/// What `m` holds: everything of a `StoredDoc` but its id, its document and (usually)
+/// its index keys.
+#[derive(Serialize)]
+struct MergeOut<'a> {
+    s: &'a BTreeMap<String, Stamp>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    t: bool,
+    v: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    i: Option<&'a Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct MergeIn {
+    s: BTreeMap<String, Stamp>,
+    #[serde(default)]
+    t: bool,
+    v: u32,
+    #[serde(default)]
+    i: Option<Map<String, Value>>,
+}
+
+/// A document as read from IndexedDB (its string index keys are not needed back).
+#[derive(Deserialize)]
+pub struct DocIn {
+    id: String,
+    d: Option<Map<String, Value>>,
+    m: String,
+}
+
+impl<'a> DocOut<'a> {
+    /// `indexes` are the document's collection's, as `Collection::index_list` gives them.
+    pub fn new(doc: &'a StoredDoc, indexes: &[Index]) -> Result<DocOut<'a>, StoreError> {
+        let derived = doc.i == index_keys(&doc.d, indexes);
+        let merge = MergeOut { s: &doc.s, t: doc.t, v: doc.v, i: (!derived).then_some(&doc.i) };
+        let m = serde_json::to_string(&merge).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
+        let i = doc.i.iter().map(|(name, key)| (name.clone(), Value::String(key_string(key)))).collect();
+        Ok(DocOut { id: &doc.id, d: &doc.d, m, i })
+    }
+}
+
+impl DocIn {
+    pub fn into_stored(self, indexes: &[Index]) -> Result<StoredDoc, StoreError> {
+        let m: MergeIn = serde_json::from_str(&self.m).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?;
+        let i = m.i.unwrap_or_else(|| index_keys(&self.d, indexes));
+        Ok(StoredDoc { id: self.id, d: self.d, s: m.s, t: m.t, v: m.v, i })
+    }
+}
+
+/// A stored document from its IndexedDB record.
+pub fn stored_doc(record: &JsValue, indexes: &[Index]) -> Result<StoredDoc, StoreError> {
+    from_js::<DocIn>(record)?.into_stored(indexes)
+}
+
+/// The index keys the engine gives a document (`replica::stored_doc`): each index's
+/// fields encoded, none for a tombstone.
+fn index_keys(d: &Option<Map<String, Value>>, indexes: &[Index]) -> Map<String, Value> {
+    let Some(doc) = d else { return Map::new() };
+    indexes.iter().map(|index| (index.name.clone(), Value::Array(index.fields.iter().map(|f| encode(f.get(doc))).collect()))).collect()
+}
 
 pub fn to_js<T: Serialize + ?Sized>(value: &T) -> Result<JsValue, StoreError> {
     let text = serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;

@@ -1,7 +1,10 @@
-//! One write = one readwrite transaction (DESIGN §4): read the head and the touched
-//! documents, let the engine compute, write documents, one log record and the head, and
-//! commit. Nothing but IndexedDB requests is awaited while the transaction is open, or it
-//! would auto-commit half-done.
+//! One write = one readwrite transaction (DESIGN §4): read the head, the touched
+//! documents and peer records, let the engine compute, write documents, one log record,
+//! the peer records and the head, and commit. A sync batch and the point it advances are
+//! thus stored together or not at all. Nothing but IndexedDB requests is awaited while
+//! the transaction is open, or it would auto-commit half-done.
+
+use std::collections::HashSet;
 
 use indexed_db_futures::database::Database;
 use indexed_db_futures::internals::SystemRepr;
@@ -12,18 +15,21 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::error::{Error, StoreError};
-use crate::store::{Commit, DocKey, Head, Row, StoredDoc};
+use crate::schema::{Index, Schema};
+use crate::store::{Commit, DocKey, Head, Loaded, Row, StoredDoc};
+use crate::sync::peer::PeerRecord;
 
 use super::codec;
-use super::error::{from_idb, from_tx};
-use super::generation::{collection_store, HEAD, LOG, META};
+use super::error::{from_idb, from_js, from_tx};
+use super::generation::{collection_store, HEAD, LOG, META, PEERS};
 
 /// Everything a commit writes, encoded in one go so it crosses into JS with a single
 /// `JSON.parse`.
 #[derive(Serialize)]
 struct Batch<'a> {
-    docs: Vec<&'a StoredDoc>,
+    docs: Vec<codec::DocOut<'a>>,
     log: Option<LogValue<'a>>,
+    peers: Vec<&'a PeerRecord>,
     head: Option<&'a Head>,
 }
 
@@ -41,65 +47,75 @@ extern "C" {
     #[wasm_bindgen(method, getter)]
     fn log(this: &BatchJs) -> JsValue;
     #[wasm_bindgen(method, getter)]
+    fn peers(this: &BatchJs) -> js_sys::Array;
+    #[wasm_bindgen(method, getter)]
     fn head(this: &BatchJs) -> JsValue;
 }
 
-pub async fn commit<F>(db: &Database, keys: &[DocKey], f: F) -> Result<Commit, Error>
+/// `Store::commit_sync`: reads the head, the documents at `keys` and the records of
+/// `peers`, and writes what `f` makes of them.
+pub async fn commit<F>(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
 where
-    F: FnOnce(Option<Head>, Vec<Option<StoredDoc>>) -> Result<Commit, Error>,
+    F: FnOnce(Loaded) -> Result<Commit, Error>,
 {
     let mut collections: Vec<&str> = keys.iter().map(|(c, _)| c.as_str()).collect();
     collections.sort_unstable();
     collections.dedup();
-    let mut scope = vec![META.to_string(), LOG.to_string()];
+    // The peers store is always in scope: any commit may move a sync point.
+    let mut scope = vec![META.to_string(), LOG.to_string(), PEERS.to_string()];
     scope.extend(collections.iter().map(|c| collection_store(c)));
+    let indexes: Vec<Vec<Index>> = collections.iter().map(|c| schema.collection(c).map(|c| c.index_list()).unwrap_or_default()).collect();
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     let commit = {
         let meta = tx.object_store(META).map_err(from_idb)?;
         let log = tx.object_store(LOG).map_err(from_idb)?;
+        let peer_store = tx.object_store(PEERS).map_err(from_idb)?;
         let stores = collections.iter().map(|c| tx.object_store(&collection_store(c))).collect::<Result<Vec<ObjectStore>, _>>().map_err(from_idb)?;
-        let store_of = |collection: &str| collections.binary_search(&collection).ok().map(|i| &stores[i]);
+        let slot = |collection: &str| collections.binary_search(&collection).ok();
 
-        // All reads go out before the first await; requests complete in the order they
-        // were made, so once the last one is in, the others are ready without waiting.
         let head_req = meta.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?;
-        let mut doc_reqs = Vec::with_capacity(keys.len());
-        for (c, id) in keys {
-            let store = store_of(c).expect("scope holds every key's collection");
-            doc_reqs.push(store.get::<JsValue, _, _>(JsValue::from_str(id)).primitive().map_err(from_idb)?);
-        }
-        let found = js_sys::Array::new_with_length(keys.len() as u32);
-        for (i, req) in doc_reqs.into_iter().enumerate().rev() {
-            if let Some(record) = req.await.map_err(from_idb)? {
-                found.set(i as u32, record);
-            }
-        }
+        let peer_reqs = peers.iter().map(|p| peer_store.get::<JsValue, _, _>(JsValue::from_str(p)).primitive()).collect::<Result<Vec<_>, _>>().map_err(from_idb)?;
+        let found = read_docs(keys, &collections, &stores).await?;
+        // Issued first, so these completed before the documents did.
         let head = match head_req.await.map_err(from_idb)? {
             Some(h) => Some(codec::from_js::<Head>(&h)?),
             None => None,
         };
-        let current: Vec<Option<StoredDoc>> = if keys.is_empty() { Vec::new() } else { codec::from_js(&found)? };
+        let mut loaded_peers = Vec::with_capacity(peers.len());
+        for req in peer_reqs {
+            loaded_peers.push(req.await.map_err(from_idb)?.map(|p| codec::from_js::<PeerRecord>(&p)).transpose()?);
+        }
+        let current: Vec<Option<StoredDoc>> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            let records: Vec<Option<codec::DocIn>> = codec::from_js(&found)?;
+            let indexes_of = |(c, _): &DocKey| &indexes[slot(c).expect("scope holds every key's collection")];
+            records.into_iter().zip(keys).map(|(d, key)| d.map(|d| d.into_stored(indexes_of(key))).transpose()).collect::<Result<_, _>>()?
+        };
 
         // An error here drops `tx`, which aborts it: nothing is written.
-        let commit = f(head, current)?;
+        let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
 
         let batch = Batch {
-            docs: commit.docs.iter().map(|(_, d)| d).collect(),
+            docs: commit.docs.iter().map(|(c, d)| codec::DocOut::new(d, slot(c).map_or(&[][..], |i| &indexes[i]))).collect::<Result<_, _>>()?,
             log: (!commit.rows.is_empty()).then_some(LogValue { rows: &commit.rows }),
+            peers: commit.peers.iter().map(|(_, p)| p).collect(),
             head: commit.head.as_ref(),
         };
         let js: BatchJs = codec::to_js(&batch)?.unchecked_into();
         let docs = js.docs();
         for (i, (c, d)) in commit.docs.iter().enumerate() {
-            let store = store_of(c).ok_or_else(|| {
-                StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id))
-            })?;
-            store.put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+            let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
+            stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
         }
         if let Some(first) = commit.rows.first() {
             log.put(js.log()).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
+        }
+        let peer_values = js.peers();
+        for (i, (id, _)) in commit.peers.iter().enumerate() {
+            peer_store.put(peer_values.get(i as u32)).with_key(JsValue::from_str(id)).without_key_type().primitive().map_err(from_idb)?;
         }
         if commit.head.is_some() {
             meta.put(js.head()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
@@ -108,4 +124,53 @@ where
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
     Ok(commit)
+}
+
+/// Below this many keys in one collection, plain gets are cheaper than a probe first.
+const PROBE_MIN: usize = 16;
+
+/// The stored records at `keys` (`undefined` where there is none), in key order.
+///
+/// A batch of new documents is the common large write, and a get per document only to
+/// learn that none exists costs about as much as writing them. So for larger batches one
+/// `getAllKeys` over the batch's id range (capped, keys only) says which ids exist, and
+/// only those are read. If the range holds more ids than the cap, every key is read.
+async fn read_docs(keys: &[DocKey], collections: &[&str], stores: &[ObjectStore<'_>]) -> Result<js_sys::Array, Error> {
+    let found = js_sys::Array::new_with_length(keys.len() as u32);
+    let mut probes = Vec::new();
+    for (c, store) in collections.iter().zip(stores) {
+        let mut ids: Vec<&str> = keys.iter().filter(|(k, _)| k == c).map(|(_, id)| id.as_str()).collect();
+        if ids.len() < PROBE_MIN {
+            continue;
+        }
+        ids.sort_unstable_by(|a, b| crate::key::cmp_utf16(a, b));
+        let range = web_sys::IdbKeyRange::bound(&JsValue::from_str(ids[0]), &JsValue::from_str(ids[ids.len() - 1])).map_err(|e| from_js(&e))?;
+        let cap = 2 * ids.len() + 64;
+        let req = store.get_all_keys::<JsValue>().with_query::<JsValue, JsValue>(range.into()).with_limit(cap as u32).primitive().map_err(from_idb)?;
+        probes.push((*c, cap, req));
+    }
+    // Collections whose existing ids are known: (collection, ids that exist).
+    let mut known: Vec<(&str, HashSet<String>)> = Vec::new();
+    for (c, cap, req) in probes {
+        let existing = req.await.map_err(from_idb)?.map(|k| k.map(|k| k.as_string().unwrap_or_default())).collect::<Result<HashSet<String>, _>>().map_err(from_idb)?;
+        if existing.len() < cap {
+            known.push((c, existing));
+        }
+    }
+    // All gets go out before the first await; requests complete in the order they were
+    // made, so once the last one is in, the others are ready without waiting.
+    let mut reqs = Vec::with_capacity(keys.len());
+    for (i, (c, id)) in keys.iter().enumerate() {
+        if known.iter().any(|(k, existing)| k == c && !existing.contains(id)) {
+            continue;
+        }
+        let store = &stores[collections.binary_search(&c.as_str()).expect("scope holds every key's collection")];
+        reqs.push((i, store.get::<JsValue, _, _>(JsValue::from_str(id)).primitive().map_err(from_idb)?));
+    }
+    for (i, req) in reqs.into_iter().rev() {
+        if let Some(record) = req.await.map_err(from_idb)? {
+            found.set(i as u32, record);
+        }
+    }
+    Ok(found)
 }

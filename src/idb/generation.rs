@@ -1,7 +1,7 @@
 //! Generation databases `tidemark:{replica}:g{n}`: one per physical layout of a replica's
-//! data. Each holds `meta` (the head), `log` (one record per commit) and one store per
-//! collection, `c:{collection}`, keyed by document id with one native index per schema
-//! index over the engine-written key `i.{index}`.
+//! data. Each holds `meta` (the head), `log` (one record per commit), `peers` (sync
+//! points and sessions, keyed by peer db id) and one store per collection, `c:{collection}`, keyed by document id with one native index per schema
+//! index over the key `i.{index}` (see `codec` for the records, `keys` for the keys).
 //!
 //! The object stores and indexes are only ever created when the database is new, because
 //! indexed_db_futures' upgrade callback cannot reach the versionchange transaction to
@@ -21,6 +21,7 @@ use super::error::{from_idb, from_open};
 
 pub const META: &str = "meta";
 pub const LOG: &str = "log";
+pub const PEERS: &str = "peers";
 pub const HEAD: &str = "head";
 
 pub fn name(replica: &str, generation: u32) -> String {
@@ -82,6 +83,7 @@ pub async fn delete(db_name: &str) -> Result<(), StoreError> {
 fn build(db: &Database, schema: &Schema) -> indexed_db_futures::Result<()> {
     db.create_object_store(META).build()?;
     db.create_object_store(LOG).build()?;
+    db.create_object_store(PEERS).build()?;
     for (collection, c) in &schema.collections {
         let store = db.create_object_store(collection_store(collection)).with_key_path(KeyPath::One("id")).build()?;
         for index in c.index_list() {
@@ -93,7 +95,7 @@ fn build(db: &Database, schema: &Schema) -> indexed_db_futures::Result<()> {
 
 /// Whether an existing generation has exactly the stores and indexes `schema` needs.
 pub fn has_layout(db: &Database, schema: &Schema) -> Result<bool, StoreError> {
-    let mut want: Vec<String> = vec![META.into(), LOG.into()];
+    let mut want: Vec<String> = vec![META.into(), LOG.into(), PEERS.into()];
     want.extend(schema.collections.keys().map(|c| collection_store(c)));
     want.sort();
     let mut have: Vec<String> = db.object_store_names().collect();

@@ -1,12 +1,14 @@
 //! IndexedDB storage for the browser (DESIGN §4): `IdbStore` implements the engine's
 //! `Store` over a directory database that names the live generation, and one database
-//! per generation holding the head, the op log and the documents with native indexes.
+//! per generation holding the head, the op log, the peers' sync points and the documents
+//! with native indexes.
 //!
 //! - `directory`: the live pointer and its compare-and-set flip.
 //! - `generation`: creating, checking and deleting generation databases.
 //! - `commit`: the one-transaction write path.
 //! - `read`: head, get, queries, log reads.
-//! - `codec`: records across the wasm boundary as JSON text.
+//! - `codec`: the records' IndexedDB shape, and their way across the wasm boundary.
+//! - `keys`: index keys as order-preserving strings for the native indexes.
 //! - `error`: IndexedDB failures as `StoreError`s.
 //! - `persist`: asking for persistent storage.
 
@@ -15,10 +17,12 @@ pub mod commit;
 pub mod directory;
 pub mod error;
 pub mod generation;
+pub mod keys;
 pub mod persist;
 pub mod read;
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use indexed_db_futures::database::Database;
@@ -28,7 +32,8 @@ use wasm_bindgen::prelude::*;
 use crate::error::{Error, OpenError, StoreError};
 use crate::query::Plan;
 use crate::schema::Schema;
-use crate::store::{Commit, DocKey, Head, Row, Store, StoredDoc};
+use crate::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
+use crate::sync::peer::PeerRecord;
 
 use directory::{Flip, Live};
 
@@ -212,21 +217,36 @@ impl Store for IdbStore {
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
         self.check_open()?;
-        if !self.knows(collection) {
-            return Ok(None);
-        }
-        read::get(&self.db, collection, id).await
+        let Some(c) = self.schema.collection(collection) else { return Ok(None) };
+        read::get(&self.db, collection, &c.index_list(), id).await
     }
 
     async fn commit<F>(&self, keys: &[DocKey], f: F) -> Result<Commit, Error>
     where
         F: FnOnce(Option<Head>, Vec<Option<StoredDoc>>) -> Result<Commit, Error>,
     {
+        self.commit_sync(keys, &[], |loaded| f(loaded.head, loaded.docs)).await
+    }
+
+    async fn commit_sync<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
+    where
+        F: FnOnce(Loaded) -> Result<Commit, Error>,
+    {
         self.check_open()?;
         if let Some((c, _)) = keys.iter().find(|(c, _)| !self.knows(c)) {
             return Err(StoreError::Backend(format!("collection {c:?} is not in this store's schema")).into());
         }
-        commit::commit(&self.db, keys, f).await
+        commit::commit(&self.db, &self.schema, keys, peers, f).await
+    }
+
+    async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
+        self.check_open()?;
+        read::peers(&self.db).await
+    }
+
+    async fn all_docs(&self) -> Result<(Head, Vec<(String, StoredDoc)>), StoreError> {
+        self.check_open()?;
+        read::all_docs(&self.db, &self.schema).await
     }
 
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<JsValue>, StoreError> {

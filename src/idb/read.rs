@@ -1,4 +1,5 @@
-//! Reads: the head, single documents, planned queries and the op log.
+//! Reads: the head, single documents, planned queries, the op log, peer records and
+//! whole-store snapshots.
 //!
 //! Queries hand back the stored `d` objects themselves whenever the plan needs no
 //! filtering or sorting, so a result crosses into JS without being converted at all.
@@ -6,7 +7,7 @@
 //! exactly as in the in-memory store, so both stores answer identically.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use indexed_db_futures::cursor::CursorDirection;
 use indexed_db_futures::database::Database;
@@ -17,11 +18,14 @@ use wasm_bindgen::prelude::*;
 use crate::error::StoreError;
 use crate::key;
 use crate::query::{Bound, Plan, Source};
+use crate::schema::{Index, Schema};
 use crate::store::{Head, Row, StoredDoc};
+use crate::sync::peer::PeerRecord;
 
 use super::codec::{self, doc_of, LogRecord};
 use super::error::{from_idb, from_js};
-use super::generation::{collection_store, HEAD, LOG, META};
+use super::generation::{collection_store, HEAD, LOG, META, PEERS};
+use super::keys::key_string;
 
 /// Reads one record of `store` in its own readonly transaction.
 async fn get_record(db: &Database, store: &str, key: JsValue) -> Result<Option<JsValue>, StoreError> {
@@ -34,12 +38,14 @@ pub async fn head(db: &Database) -> Result<Option<Head>, StoreError> {
     get_record(db, META, JsValue::from_str(HEAD)).await?.map(|v| codec::from_js(&v)).transpose()
 }
 
-pub async fn get(db: &Database, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
-    get_record(db, &collection_store(collection), JsValue::from_str(id)).await?.map(|v| codec::from_js(&v)).transpose()
+/// `indexes` are the collection's, to rebuild the engine's index keys.
+pub async fn get(db: &Database, collection: &str, indexes: &[Index], id: &str) -> Result<Option<StoredDoc>, StoreError> {
+    get_record(db, &collection_store(collection), JsValue::from_str(id)).await?.map(|v| codec::stored_doc(&v, indexes)).transpose()
 }
 
-/// The IDBKeyRange for an index scan; `Ok(None)` when the bounds admit no key at all
-/// (IndexedDB would throw where the in-memory store simply finds nothing).
+/// The IDBKeyRange for an index scan over the string form of the bounds (see `keys`);
+/// `Ok(None)` when the bounds admit no key at all (IndexedDB would throw where the
+/// in-memory store simply finds nothing).
 pub fn key_range(lower: Option<&Bound>, upper: Option<&Bound>) -> Result<Option<JsValue>, StoreError> {
     if let (Some(lo), Some(hi)) = (lower, upper) {
         match key::cmp(&lo.key, &hi.key) {
@@ -50,13 +56,15 @@ pub fn key_range(lower: Option<&Bound>, upper: Option<&Bound>) -> Result<Option<
     }
     let range = match (lower, upper) {
         (None, None) => return Ok(Some(JsValue::UNDEFINED)),
-        (Some(lo), None) => web_sys::IdbKeyRange::lower_bound_with_open(&codec::to_js(&lo.key)?, lo.open),
-        (None, Some(hi)) => web_sys::IdbKeyRange::upper_bound_with_open(&codec::to_js(&hi.key)?, hi.open),
-        (Some(lo), Some(hi)) => {
-            web_sys::IdbKeyRange::bound_with_lower_open_and_upper_open(&codec::to_js(&lo.key)?, &codec::to_js(&hi.key)?, lo.open, hi.open)
-        }
+        (Some(lo), None) => web_sys::IdbKeyRange::lower_bound_with_open(&string_key(lo), lo.open),
+        (None, Some(hi)) => web_sys::IdbKeyRange::upper_bound_with_open(&string_key(hi), hi.open),
+        (Some(lo), Some(hi)) => web_sys::IdbKeyRange::bound_with_lower_open_and_upper_open(&string_key(lo), &string_key(hi), lo.open, hi.open),
     };
     range.map(|r| Some(r.into())).map_err(|e| from_js(&e))
+}
+
+fn string_key(bound: &Bound) -> JsValue {
+    JsValue::from_str(&key_string(&bound.key))
 }
 
 /// Where the scan reads from: the collection's object store or one of its indexes. Both
@@ -239,4 +247,41 @@ pub async fn rows_after(db: &Database, after: u64, limit: usize) -> Result<Vec<R
         }
     }
     Ok(rows)
+}
+
+/// Every peer record, keyed by peer db id, from one transaction.
+pub async fn peers(db: &Database) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
+    let tx = db.transaction(PEERS).build().map_err(from_idb)?;
+    let store = tx.object_store(PEERS).map_err(from_idb)?;
+    let keys = store.get_all_keys::<JsValue>().primitive().map_err(from_idb)?;
+    let values = store.get_all::<JsValue>().primitive().map_err(from_idb)?;
+    let keys = keys.await.map_err(from_idb)?.map(|k| k.map(|k| k.as_string().unwrap_or_default())).collect::<Result<Vec<String>, _>>().map_err(from_idb)?;
+    let values = values.await.map_err(from_idb)?.collect::<Result<js_sys::Array, _>>().map_err(from_idb)?;
+    let records: Vec<PeerRecord> = codec::from_js(&values)?;
+    Ok(keys.into_iter().zip(records).collect())
+}
+
+/// The head and every stored document (tombstones included) as of one transaction, so a
+/// snapshot never mixes two states. Collections in name order, documents in id order.
+pub async fn all_docs(db: &Database, schema: &Schema) -> Result<(Head, Vec<(String, StoredDoc)>), StoreError> {
+    let mut scope = vec![META.to_string()];
+    scope.extend(schema.collections.keys().map(|c| collection_store(c)));
+    let tx = db.transaction(scope.as_slice()).build().map_err(from_idb)?;
+    let head_req = tx.object_store(META).map_err(from_idb)?.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?;
+    let mut reqs = Vec::new();
+    for (name, collection) in &schema.collections {
+        let store = tx.object_store(&collection_store(name)).map_err(from_idb)?;
+        reqs.push((name, collection.index_list(), store.get_all::<JsValue>().primitive().map_err(from_idb)?));
+    }
+    let head = head_req.await.map_err(from_idb)?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+    let head: Head = codec::from_js(&head)?;
+    let mut docs = Vec::new();
+    for (name, indexes, req) in reqs {
+        let records = req.await.map_err(from_idb)?.collect::<Result<js_sys::Array, _>>().map_err(from_idb)?;
+        let records: Vec<codec::DocIn> = codec::from_js(&records)?;
+        for record in records {
+            docs.push((name.clone(), record.into_stored(&indexes)?));
+        }
+    }
+    Ok((head, docs))
 }
