@@ -133,8 +133,10 @@ fn doc_writes(
 /// are logged as ops so they can be forwarded.
 pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<(), Error> {
     for d in &docs {
-        if d.c.is_empty() || d.id.is_empty() || d.s.is_empty() {
-            return Err(SyncError::Protocol("a snapshot document needs a collection, an id and stamps".into()).into());
+        // Stamp keys become register paths, which merging assumes are valid.
+        let bad_path = d.s.keys().any(|p| p != crate::merge::ROOT && crate::path::Path::parse(p).is_none());
+        if d.c.is_empty() || d.id.is_empty() || d.s.is_empty() || bad_path {
+            return Err(SyncError::Protocol("a snapshot document needs a collection, an id and stamps at valid paths".into()).into());
         }
     }
     let (keys, index) = unique_keys(docs.iter().filter(|d| keeps(replica, &d.c)).map(|d| (d.c.as_str(), d.id.as_str())));

@@ -263,7 +263,7 @@ pub async fn receive<S: Store, T: Transport>(
     let (sender_max, start, snapshot) = their_max;
     let mut report = PassReport { start, end: start, snapshot, ..Default::default() };
     let mut expected = start;
-    let total = (sender_max as Point - start).max(0) as u64;
+    let total = (sender_max as Point).saturating_sub(start).max(0) as u64;
     loop {
         match t.recv().await? {
             Message::Batch { session: s, after, covers, rows } if s == session && !snapshot => {
@@ -279,7 +279,7 @@ pub async fn receive<S: Store, T: Transport>(
                 report.received += n;
                 report.batches += 1;
                 report.end = covers;
-                progress(Progress { done: (covers - start) as u64, total });
+                progress(Progress { done: covers.saturating_sub(start) as u64, total });
             }
             Message::Snapshot { session: s, docs } if s == session && snapshot => {
                 let n = docs.len() as u64;
