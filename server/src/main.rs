@@ -1,1 +1,167 @@
-fn main() { println!("tidemark-server: coming with issue 3"); }
+//! The `tidemark-server` binary: command-line flags, logging, and the listening socket.
+//!
+//! `tidemark-server [--listen ADDR] [--data DIR] [--www DIR] [--pkg DIR] …` serves;
+//! `tidemark-server token --secret S --library L --user U` prints an access token (the
+//! format is documented in `auth`).
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use tidemark::sync::Limits;
+use tidemark_server::app::DEFAULT_MAX_FRAME;
+use tidemark_server::{auth, http, App, Settings};
+
+#[derive(Parser)]
+#[command(name = "tidemark-server", version, about = "Sync server for Tidemark replicas", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Serve,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print an access token for one library and user, signed with the server's secret.
+    Token {
+        #[arg(long, env = "TIDEMARK_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(long)]
+        library: String,
+        #[arg(long)]
+        user: String,
+        /// Validity in seconds from now (default: no expiry).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+}
+
+#[derive(Args)]
+struct Serve {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// Directory holding one `<library>.sqlite` per library.
+    #[arg(long, default_value = "./data")]
+    data: PathBuf,
+    /// The demo page, served at `/`.
+    #[arg(long, default_value = "./www")]
+    www: PathBuf,
+    /// The npm package directory, served at `/js/`.
+    #[arg(long, default_value = "./js")]
+    pkg: PathBuf,
+    /// Most rows per batch the server sends.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    per_diff: u64,
+    /// Most batches per pass the server sends before the pass ends capped.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    max_diffs: u64,
+    /// Require tokens signed with this secret (see `tidemark-server token`).
+    #[arg(long, env = "TIDEMARK_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Largest WebSocket message accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME)]
+    max_frame: usize,
+    /// Seconds a new connection has to send `hello`.
+    #[arg(long, default_value_t = 10)]
+    hello_timeout: u64,
+    /// Seconds of silence (unanswered pings) after which a connection is dropped.
+    #[arg(long, default_value_t = 120)]
+    idle_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token { secret, library, user, ttl }) => {
+            if !tidemark_server::library::valid_name(&library) {
+                eprintln!("invalid library name {library:?}: use 1 to 64 letters, digits, '_' or '-'");
+                return ExitCode::from(2);
+            }
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let claims = auth::Claims { library, user, exp: ttl.map(|t| now.saturating_add(t)) };
+            println!("{}", auth::issue(secret.as_bytes(), &claims));
+            ExitCode::SUCCESS
+        }
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(args: Serve) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    if args.secret.as_deref() == Some("") {
+        eprintln!("--secret must not be empty");
+        return ExitCode::from(2);
+    }
+    let settings = Settings {
+        data: args.data,
+        www: args.www,
+        pkg: args.pkg,
+        limits: Limits { per_diff: args.per_diff as usize, max_diffs: args.max_diffs as usize },
+        secret: args.secret.map(String::into_bytes),
+        max_frame: args.max_frame.max(1024),
+        hello_timeout: Duration::from_secs(args.hello_timeout.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+    };
+    if let Err(e) = std::fs::create_dir_all(&settings.data) {
+        eprintln!("cannot create the data directory {}: {e}", settings.data.display());
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args.listen, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tidemark-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data = %settings.data.display(), tokens = settings.secret.is_some(), "tidemark-server listening");
+    // Tests (and scripts) read the chosen address from this line.
+    println!("tidemark-server listening on http://{addr}/");
+    let _ = std::io::stdout().flush();
+    let app = Arc::new(App::new(settings));
+    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown()).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM. Commits are atomic, so stopping mid-pass is safe.
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}

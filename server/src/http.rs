@@ -1,0 +1,97 @@
+//! The HTTP surface: routes, the status endpoint, and static files.
+//!
+//! - `GET /healthz` → `ok` (for load balancers and tests);
+//! - `GET /v1/libraries/<library>/status` → the library's db id, max row and every peer's
+//!   points, as JSON; with a secret configured it needs `Authorization: Bearer <token>`
+//!   for that library, since it lists the library's replicas;
+//! - `/v1/sync` → the WebSocket endpoint (`ws`);
+//! - `/js/…` → the npm package directory (`--pkg`), so the demo's import map works;
+//! - everything else → the demo page directory (`--www`).
+//!
+//! Errors are JSON `{ "error": { "code", "message" } }` with a fitting status code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+use tidemark::store::Store;
+use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::app::App;
+use crate::auth;
+use crate::library::LibraryError;
+use crate::ws;
+
+/// All routes, over shared state.
+pub fn router(app: Arc<App>) -> Router {
+    let s = &app.settings;
+    // Static files are the developer's working copy: never let a browser cache them stale.
+    let no_cache = SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/libraries/{library}/status", get(status))
+        .route("/v1/sync", get(ws::upgrade))
+        .nest_service("/js", ServeDir::new(&s.pkg))
+        .fallback_service(ServeDir::new(&s.www))
+        .layer(no_cache)
+        .with_state(app)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": { "code": code, "message": message.into() } }))).into_response()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PeerStatus {
+    incoming: i64,
+    outgoing: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LibraryStatus {
+    library: String,
+    db_id: String,
+    max_row: u64,
+    peers: BTreeMap<String, PeerStatus>,
+}
+
+async fn status(Path(library): Path<String>, State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(secret) = &app.settings.secret {
+        let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if let Err(e) = auth::verify(secret, token, &library) {
+            let status = if e.code() == "FORBIDDEN" { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+            return error(status, e.code(), e.to_string());
+        }
+    }
+    let lib = match app.registry.existing(&library).await {
+        Ok(lib) => lib,
+        Err(e) => {
+            let status = match e {
+                LibraryError::InvalidName(_) => StatusCode::BAD_REQUEST,
+                LibraryError::NotFound(_) => StatusCode::NOT_FOUND,
+                LibraryError::Open { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error(status, e.code(), e.to_string());
+        }
+    };
+    // Read from the store, not the head cache: the status reports what is durable.
+    let (head, peers) = match (lib.store().head().await, lib.store().peers().await) {
+        (Ok(Some(head)), Ok(peers)) => (head, peers),
+        (Ok(None), _) => return error(StatusCode::INTERNAL_SERVER_ERROR, "CORRUPT", "the library has no head"),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(library, error = %e, "status read failed");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "STORAGE_ERROR", e.to_string());
+        }
+    };
+    let peers = peers.into_iter().map(|(id, p)| (id, PeerStatus { incoming: p.incoming, outgoing: p.outgoing })).collect();
+    Json(LibraryStatus { library, db_id: head.db_id, max_row: head.max_row, peers }).into_response()
+}

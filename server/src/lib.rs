@@ -1,0 +1,18 @@
+//! `tidemark-server`: the Tidemark sync server as a library, so integration tests and
+//! embedders can reach its parts. The binary (`main.rs`) only parses flags and starts it.
+//!
+//! The server is a relay replica per library (DESIGN §8): it stores and forwards every
+//! collection without knowing the app's schema, and all merge and protocol rules come from
+//! the `tidemark` engine — this crate only adds durable storage (`sqlite`), the network
+//! (`http`, `ws`, `socket`), access control (`auth`) and the library registry (`library`).
+
+pub mod app;
+pub mod auth;
+pub mod http;
+pub mod library;
+pub mod socket;
+pub mod sqlite;
+pub mod ws;
+
+pub use app::{App, Settings};
+pub use sqlite::SqliteStore;

@@ -1,0 +1,121 @@
+//! `WsTransport`: the engine's `Transport` over an axum WebSocket.
+//!
+//! Protocol messages are JSON text frames. Everything else a client might put on the wire
+//! (binary frames, invalid UTF-8, frames over the size limit, undecodable JSON) becomes a
+//! `SyncError::Protocol` — never a panic — and the transport remembers *why* (`fault`), so
+//! the connection can tell the client with the right error code before closing. Silence is
+//! detected with pings: a client that answers nothing for `idle` is dropped.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket};
+use tidemark::error::SyncError;
+use tidemark::sync::{Message, Transport};
+
+/// Why the transport failed, as a protocol error to send back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub struct WsTransport {
+    socket: WebSocket,
+    max_frame: usize,
+    idle: Duration,
+    last_heard: Instant,
+    /// Set when a `Message::Error` went out (the engine refused something itself), so the
+    /// connection does not send a second error.
+    pub refused: bool,
+    /// The last transport-level fault, if any.
+    pub fault: Option<Fault>,
+}
+
+impl WsTransport {
+    pub fn new(socket: WebSocket, max_frame: usize, idle: Duration) -> WsTransport {
+        WsTransport { socket, max_frame, idle, last_heard: Instant::now(), refused: false, fault: None }
+    }
+
+    fn protocol(&mut self, code: &'static str, message: String) -> SyncError {
+        self.fault = Some(Fault { code, message: message.clone() });
+        SyncError::Protocol(message)
+    }
+
+    /// Sends a close frame and waits briefly for the client's, so the close is clean.
+    pub async fn close(mut self, code: u16, reason: &str) {
+        // Close reasons are limited to 123 bytes by the WebSocket protocol.
+        let mut reason = reason.to_string();
+        while reason.len() > 120 {
+            reason.pop();
+        }
+        let frame = Frame::Close(Some(CloseFrame { code, reason: reason.into() }));
+        if self.socket.send(frame).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(f)) = self.socket.recv().await {
+                if matches!(f, Frame::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Maps a socket error to a transport error, recognizing the ones worth answering.
+    fn socket_error(&mut self, e: axum::Error) -> SyncError {
+        let text = e.to_string();
+        match e.into_inner().downcast::<tungstenite::Error>().map(|b| *b) {
+            Ok(tungstenite::Error::Capacity(c)) => {
+                self.protocol("FRAME_TOO_LARGE", format!("{c}; the limit is {} bytes: send smaller batches (perDiff)", self.max_frame))
+            }
+            Ok(tungstenite::Error::Utf8(_)) => self.protocol("PROTOCOL", "a text frame is not valid UTF-8".into()),
+            Ok(tungstenite::Error::Protocol(p)) => self.protocol("PROTOCOL", format!("WebSocket protocol violation: {p}")),
+            _ => SyncError::Connection(text),
+        }
+    }
+}
+
+impl Transport for WsTransport {
+    async fn send(&mut self, msg: &Message) -> Result<(), SyncError> {
+        if matches!(msg, Message::Error { .. }) {
+            self.refused = true;
+        }
+        self.socket.send(Frame::Text(msg.encode().into())).await.map_err(|e| SyncError::Connection(e.to_string()))
+    }
+
+    async fn recv(&mut self) -> Result<Message, SyncError> {
+        let ping_every = (self.idle / 3).max(Duration::from_millis(100));
+        loop {
+            let frame = match tokio::time::timeout(ping_every, self.socket.recv()).await {
+                Err(_) => {
+                    if self.last_heard.elapsed() >= self.idle {
+                        self.fault = Some(Fault { code: "TIMEOUT", message: format!("no message for {} s", self.idle.as_secs()) });
+                        return Err(SyncError::Connection("idle timeout".into()));
+                    }
+                    // Any answer (a pong) counts as a sign of life.
+                    let _ = self.socket.send(Frame::Ping(Default::default())).await;
+                    continue;
+                }
+                Ok(None) => return Err(SyncError::Connection("the client went away".into())),
+                Ok(Some(Err(e))) => return Err(self.socket_error(e)),
+                Ok(Some(Ok(f))) => f,
+            };
+            self.last_heard = Instant::now();
+            match frame {
+                Frame::Text(text) => {
+                    if text.len() > self.max_frame {
+                        let m = format!("a frame of {} bytes is over the limit of {} bytes", text.len(), self.max_frame);
+                        return Err(self.protocol("FRAME_TOO_LARGE", m));
+                    }
+                    return Message::decode(text.as_str()).map_err(|m| self.protocol("PROTOCOL", m));
+                }
+                Frame::Binary(_) => {
+                    return Err(self.protocol("PROTOCOL", "binary frames are not part of the protocol: send JSON text frames".into()))
+                }
+                Frame::Ping(_) | Frame::Pong(_) => continue,
+                Frame::Close(_) => return Err(SyncError::Connection("the client closed the connection".into())),
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The `/v1/sync` WebSocket endpoint: the handshake, then the engine's `serve()`.
+//!
+//! A connection must open with `hello` within the hello timeout. The server checks the
+//! library name, the client's db id and (with a secret) the token, opens the library,
+//! answers `welcome` and hands the socket to `tidemark::sync::session::serve`, which runs
+//! every pass with the engine's own rules. Any refusal — bad frame, bad message, wrong
+//! order, wrong library, bad token — is answered with one protocol `error` message and a
+//! close frame. Nothing from the network is trusted enough to panic on, and nothing is
+//! stored before the engine has validated it (it commits each batch atomically with the
+//! point it justifies, so a connection cut anywhere leaves consistent data).
+
+use std::sync::Arc;
+
+use axum::extract::ws::{close_code, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use tidemark::error::{Error, SyncError};
+use tidemark::sync::{session, Message, Transport};
+
+use crate::app::App;
+use crate::auth;
+use crate::library::valid_name;
+use crate::socket::{Fault, WsTransport};
+
+/// `GET /v1/sync`: upgrades to a WebSocket with the configured size limits.
+pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>) -> Response {
+    let max = app.settings.max_frame;
+    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| connection(app, socket))
+}
+
+/// How a connection ended.
+enum Outcome {
+    /// The client finished or went away: nothing to say.
+    Quiet,
+    /// Refused: tell the client why, then close.
+    Refused(Fault),
+}
+
+fn fault(code: &'static str, message: impl Into<String>) -> Outcome {
+    Outcome::Refused(Fault { code, message: message.into() })
+}
+
+async fn connection(app: Arc<App>, socket: WebSocket) {
+    let s = &app.settings;
+    let mut t = WsTransport::new(socket, s.max_frame, s.idle_timeout);
+    let outcome = run(&app, &mut t).await;
+    match outcome {
+        Outcome::Quiet => {
+            let already = t.refused;
+            t.close(if already { close_code::PROTOCOL } else { close_code::NORMAL }, "").await;
+        }
+        Outcome::Refused(f) => {
+            tracing::warn!(code = f.code, message = %f.message, "refused a sync connection");
+            if !t.refused {
+                let _ = t.send(&Message::Error { code: f.code.into(), message: f.message.clone() }).await;
+            }
+            let close = match f.code {
+                "FRAME_TOO_LARGE" => close_code::SIZE,
+                "UNAUTHORIZED" | "FORBIDDEN" | "BAD_LIBRARY" | "TIMEOUT" => close_code::POLICY,
+                "PROTOCOL" => close_code::PROTOCOL,
+                _ => close_code::ERROR,
+            };
+            t.close(close, f.code).await;
+        }
+    }
+}
+
+/// Whether a client's db id is plausible: the engine mints 16 hex digits; accept the same
+/// alphabet as library names so ids stay printable and bounded.
+fn valid_db_id(id: &str) -> bool {
+    valid_name(id)
+}
+
+async fn run(app: &App, t: &mut WsTransport) -> Outcome {
+    let s = &app.settings;
+    let hello = match tokio::time::timeout(s.hello_timeout, t.recv()).await {
+        Err(_) => return fault("TIMEOUT", format!("no hello within {} s", s.hello_timeout.as_secs())),
+        Ok(Err(e)) => return transport_failure(t, e),
+        Ok(Ok(m)) => m,
+    };
+    let Message::Hello { library, token, db_id, .. } = hello else {
+        return fault("PROTOCOL", format!("expected hello, got {}", hello.kind()));
+    };
+    if !valid_name(&library) {
+        return fault("BAD_LIBRARY", format!("invalid library name {library:?}: use 1 to 64 letters, digits, '_' or '-'"));
+    }
+    if !valid_db_id(&db_id) {
+        return fault("PROTOCOL", "hello needs the client's db id (1 to 64 letters, digits, '_' or '-')");
+    }
+    let user = match &s.secret {
+        Some(secret) => match auth::verify(secret, token.as_deref(), &library) {
+            Ok(claims) => Some(claims.user),
+            Err(e) => return fault(e.code(), e.to_string()),
+        },
+        None => None,
+    };
+    let lib = match app.registry.open(&library).await {
+        Ok(lib) => lib,
+        Err(e) => {
+            tracing::error!(library, error = %e, "cannot open library");
+            return fault(e.code(), e.to_string());
+        }
+    };
+    let head = lib.head();
+    if head.db_id == db_id {
+        return fault("PROTOCOL", "the client's db id equals the server's: a replica cannot sync with itself");
+    }
+    let welcome = Message::Welcome { db_id: head.db_id.clone(), max_row: head.max_row, schema_version: head.schema_version };
+    if t.send(&welcome).await.is_err() {
+        return Outcome::Quiet;
+    }
+    tracing::info!(library, client = db_id, user = user.as_deref().unwrap_or("-"), "sync connection");
+    match session::serve(&lib, t, &db_id, s.limits).await {
+        Ok(()) => Outcome::Quiet,
+        Err(Error::Sync(e)) => transport_failure(t, e),
+        Err(e) => {
+            tracing::error!(library, client = db_id, error = %e, "sync failed");
+            fault(e.code(), e.to_string())
+        }
+    }
+}
+
+/// What to tell the client after a protocol-level failure.
+fn transport_failure(t: &WsTransport, e: SyncError) -> Outcome {
+    if let Some(f) = &t.fault {
+        return Outcome::Refused(f.clone());
+    }
+    match e {
+        SyncError::Protocol(m) => fault("PROTOCOL", m),
+        // The client went away, or refused something itself and said so.
+        SyncError::Connection(_) | SyncError::Remote { .. } | SyncError::NotConfigured => Outcome::Quiet,
+    }
+}

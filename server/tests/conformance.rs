@@ -1,0 +1,228 @@
+//! DESIGN §9's protocol scenarios against the server's `SqliteStore` (on temp files), with
+//! backups taken both ways an operator would: `VACUUM INTO` on the live database, and a
+//! plain file copy after a WAL checkpoint. The same bodies also run against `MemoryStore`,
+//! the engine's reference, so the two stores are held to one behaviour. Below them, the
+//! store's own contract: atomic commits, durability across reopen, identical queries.
+
+mod scenarios;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+
+use futures::executor::block_on;
+use serde_json::{json, Map, Value};
+use tidemark::error::{Error, StoreError};
+use tidemark::memory::MemoryStore;
+use tidemark::store::{Commit, Row, Store, StoredDoc};
+use tidemark::{Replica, Write};
+use tidemark_server::SqliteStore;
+
+use scenarios::Backend;
+
+struct Memory;
+
+impl Backend for Memory {
+    type S = MemoryStore;
+    fn fresh(&self) -> MemoryStore {
+        MemoryStore::new()
+    }
+    fn backup(&self, store: &MemoryStore) -> MemoryStore {
+        store.backup()
+    }
+    fn dump(&self, store: &MemoryStore, collection: &str) -> Vec<StoredDoc> {
+        store.dump(collection)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BackupBy {
+    /// `VACUUM INTO` from a second connection while the store stays open.
+    VacuumInto,
+    /// Checkpoint the WAL into the main file, then copy the file alone.
+    CheckpointAndCopy,
+}
+
+struct Sqlite {
+    dir: tempfile::TempDir,
+    next: Cell<u32>,
+    by: BackupBy,
+}
+
+impl Sqlite {
+    fn new(by: BackupBy) -> Sqlite {
+        Sqlite { dir: tempfile::tempdir().unwrap(), next: Cell::new(0), by }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.next.set(self.next.get() + 1);
+        self.dir.path().join(format!("db{}.sqlite", self.next.get()))
+    }
+}
+
+impl Backend for Sqlite {
+    type S = SqliteStore;
+    fn fresh(&self) -> SqliteStore {
+        SqliteStore::open(self.file()).unwrap()
+    }
+    fn backup(&self, store: &SqliteStore) -> SqliteStore {
+        let to = self.file();
+        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        match self.by {
+            BackupBy::VacuumInto => {
+                conn.execute("VACUUM INTO ?1", [to.to_str().unwrap()]).unwrap();
+            }
+            BackupBy::CheckpointAndCopy => {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+                std::fs::copy(store.path(), &to).unwrap();
+            }
+        }
+        SqliteStore::open(to).unwrap()
+    }
+    fn dump(&self, store: &SqliteStore, collection: &str) -> Vec<StoredDoc> {
+        store.dump(collection).unwrap()
+    }
+}
+
+conformance!(memory, Memory);
+conformance!(sqlite, Sqlite::new(BackupBy::VacuumInto));
+conformance!(sqlite_file_copy, Sqlite::new(BackupBy::CheckpointAndCopy));
+
+// ---- The store's own contract ----
+
+fn doc(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("s.sqlite")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn a_failing_commit_writes_nothing() {
+    let (_dir, store) = temp_store();
+    let r = scenarios::replica_at(store, 1_000);
+    block_on(r.put("docs", doc(json!({"id": "a", "n": 1})))).unwrap();
+    let before = (block_on(r.store().head()).unwrap(), r.store().dump("docs").unwrap(), r.store().log_len().unwrap());
+    // The closure fails after computing writes: nothing of them may land.
+    let res = block_on(r.store().commit(&[("docs".into(), "a".into())], |head, docs| {
+        assert!(docs[0].is_some());
+        let _would_write = Commit { head, ..Commit::default() };
+        Err(Error::Store(StoreError::Backend("refused".into())))
+    }));
+    assert!(res.is_err());
+    // A commit whose rows collide with logged rows fails as a whole, head and docs included.
+    let head = block_on(r.store().head()).unwrap().unwrap();
+    let row = block_on(r.store().rows_after(0, 1)).unwrap().remove(0);
+    let mut bumped = head.clone();
+    bumped.max_row += 10;
+    let mut d = r.store().dump("docs").unwrap().remove(0);
+    d.d = Some(doc(json!({"id": "a", "n": 99})));
+    let res = block_on(r.store().commit(&[], move |_, _| {
+        Ok(Commit { head: Some(bumped), docs: vec![("docs".into(), d)], rows: vec![Row { row: row.row, op: row.op, from: None }], peers: vec![] })
+    }));
+    assert!(res.is_err(), "a duplicate row number is refused");
+    let after = (block_on(r.store().head()).unwrap(), r.store().dump("docs").unwrap(), r.store().log_len().unwrap());
+    assert_eq!(before, after);
+}
+
+#[test]
+fn everything_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sqlite");
+    let (db_id, docs_before, peers_before) = {
+        let r = scenarios::replica_at(SqliteStore::open(&path).unwrap(), 1_000);
+        let other = scenarios::replica_at(MemoryStore::new(), 2_000);
+        block_on(other.put("docs", doc(json!({"id": "x", "n": 5})))).unwrap();
+        scenarios::pass(&other, &r, Default::default());
+        block_on(r.put("docs", doc(json!({"id": "a", "n": 1, "deep": {"k": [1, 2]}})))).unwrap();
+        block_on(r.delete("docs", "x")).unwrap();
+        (r.head().db_id, scenarios::docs(&r), block_on(r.store().peers()).unwrap())
+    };
+    let r = scenarios::replica_at(SqliteStore::open(&path).unwrap(), 1_000);
+    assert_eq!(r.head().db_id, db_id);
+    assert_eq!(r.head().max_row, 3);
+    assert_eq!(scenarios::docs(&r), docs_before);
+    assert_eq!(block_on(r.store().peers()).unwrap(), peers_before);
+    let rows = block_on(r.store().rows_after(0, 100)).unwrap();
+    assert_eq!(rows.iter().map(|r| r.row).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(rows[0].from.is_some() && rows[1].from.is_none());
+    assert_eq!(block_on(r.store().rows_after(1, 1)).unwrap().len(), 1);
+    assert!(block_on(r.store().rows_after(u64::MAX, 10)).unwrap().is_empty());
+}
+
+#[test]
+fn a_newer_storage_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sqlite");
+    drop(SqliteStore::open(&path).unwrap());
+    rusqlite::Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+    assert!(matches!(SqliteStore::open(&path), Err(StoreError::Corrupt(_))));
+}
+
+/// Random writes through both stores, then a set of queries covering every plan source
+/// (get, primary scan, index ranges, prefixes, order, limit): identical answers.
+#[test]
+fn queries_answer_exactly_like_the_memory_store() {
+    let (_dir, store) = temp_store();
+    let sq = block_on(Replica::open(store, query_schema(), Box::new(|| 1_000))).unwrap();
+    let mem = block_on(Replica::open(MemoryStore::new(), query_schema(), Box::new(|| 1_000))).unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rand = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let titles = ["Milk", "Mint", "bread", "Ä", "😀", "", "Mi"];
+    for i in 0..400 {
+        let id = format!("{}{}", ["a", "B", "é", "z"][rand(4) as usize], rand(60));
+        let w = match rand(5) {
+            0 => Write::Delete { collection: "todos".into(), id },
+            _ => {
+                let (title, list) = (titles[rand(7) as usize], ["inbox", "work"][rand(2) as usize]);
+                let mut d = doc(json!({"id": id, "title": title, "createdAt": rand(30), "list": list}));
+                if rand(3) == 0 {
+                    d.insert("done".into(), json!(rand(2) == 0));
+                }
+                if rand(7) == 0 {
+                    d.insert("createdAt".into(), json!(format!("s{i}")));
+                }
+                Write::Put { collection: "todos".into(), doc: d }
+            }
+        };
+        block_on(sq.write(vec![w.clone()])).unwrap();
+        block_on(mem.write(vec![w])).unwrap();
+    }
+    let queries = [
+        json!({}),
+        json!({"where": {"id": "a3"}}),
+        json!({"where": {"done": false}}),
+        json!({"where": {"done": true}, "orderBy": "createdAt", "limit": 5}),
+        json!({"where": {"list": "inbox", "createdAt": {"gte": 10, "lt": 20}}, "orderBy": {"createdAt": "desc"}}),
+        json!({"where": {"title": {"startsWith": "Mi"}}}),
+        json!({"where": {"createdAt": {"gt": 5}}, "limit": 7}),
+        json!({"orderBy": {"title": "desc"}, "limit": 12}),
+        json!({"where": {"list": "work"}, "orderBy": "createdAt"}),
+        json!({"where": {"createdAt": {"lte": 3}}, "orderBy": {"createdAt": "desc"}, "limit": 3}),
+    ];
+    for q in &queries {
+        let a = block_on(sq.query("todos", q)).unwrap();
+        let b = block_on(mem.query("todos", q)).unwrap();
+        assert_eq!(a, b, "query {q}");
+    }
+    // Stored documents match too, all but the stamps' node (each replica has its own id).
+    let strip = |docs: Vec<StoredDoc>| docs.into_iter().map(|d| (d.id, d.d, d.t, d.v, d.i, d.s.len())).collect::<Vec<_>>();
+    assert_eq!(strip(sq.store().dump("todos").unwrap()), strip(mem.store().dump("todos")));
+    let (h1, d1) = block_on(sq.store().all_docs()).unwrap();
+    let (h2, d2) = block_on(mem.store().all_docs()).unwrap();
+    assert_eq!(h1.max_row, h2.max_row);
+    assert_eq!(d1.len(), d2.len());
+}
+
+fn query_schema() -> tidemark::Schema {
+    tidemark::Schema::from_json(json!({"version": 1, "collections": {"todos": {"primaryKey": "id",
+        "indexes": {"byDone": "done", "byListDate": ["list", "createdAt"], "byTitle": "title", "byDate": "createdAt"}}}}))
+    .unwrap()
+}

@@ -1,0 +1,402 @@
+//! The protocol conformance scenarios of DESIGN §9, generic over the store.
+//!
+//! These are the scenarios of the engine's `tests/sync_conformance.rs` (written there
+//! against `MemoryStore`), factored so one body runs against any `Backend`: the in-memory
+//! reference and the server's `SqliteStore`, whose behaviour must be identical. A backend
+//! also says how to take a backup, so the restore scenarios exercise real SQLite file copies.
+
+#![allow(dead_code)]
+
+use futures::executor::block_on;
+use serde_json::{json, Map, Value};
+use tidemark::merge::DocState;
+use tidemark::store::{Store, StoredDoc};
+use tidemark::sync::pass::{self, wants_snapshot, Limits, PassReport};
+use tidemark::sync::transport::pipe;
+use tidemark::{Replica, Schema, Write};
+
+/// Where a scenario's replicas keep their data.
+pub trait Backend {
+    type S: Store<Doc = Map<String, Value>>;
+    /// A new, empty store.
+    fn fresh(&self) -> Self::S;
+    /// A copy of what `store` holds right now, as a restored backup would hold it.
+    fn backup(&self, store: &Self::S) -> Self::S;
+    /// Every stored document of a collection, ordered by id.
+    fn dump(&self, store: &Self::S, collection: &str) -> Vec<StoredDoc>;
+}
+
+pub fn schema() -> Schema {
+    Schema::from_json(json!({"version": 1, "collections": {"docs": {"primaryKey": "id", "indexes": {"byN": "n"}}}})).unwrap()
+}
+
+pub fn replica_at<S: Store>(store: S, wall: u64) -> Replica<S> {
+    block_on(Replica::open(store, schema(), Box::new(move || wall))).unwrap()
+}
+
+fn replica<B: Backend>(b: &B, wall: u64) -> Replica<B::S> {
+    replica_at(b.fresh(), wall)
+}
+
+fn put_all<S: Store>(r: &Replica<S>, ids: impl Iterator<Item = String>, n: i64) {
+    let writes: Vec<Write> = ids
+        .map(|id| Write::Put { collection: "docs".into(), doc: json!({"id": id, "n": n}).as_object().unwrap().clone() })
+        .collect();
+    for chunk in writes.chunks(500) {
+        block_on(r.write(chunk.to_vec())).unwrap();
+    }
+}
+
+/// One pass from `s` to `r` over an in-memory pipe (through the wire format).
+pub fn pass<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits) -> PassReport {
+    try_pass(s, r, limits, None).expect("the pass succeeds")
+}
+
+/// A pass that may be cut after `cut` messages from the sender; `None` if it failed.
+pub fn try_pass<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits, cut: Option<usize>) -> Option<PassReport> {
+    let (mut a, mut b) = pipe();
+    a.cut_after = cut;
+    let (sid, rid) = (s.head().db_id, r.head().db_id);
+    let session = tidemark::sync::peer::new_session();
+    let (sent, got) = block_on(futures::future::join(
+        pass::send(s, &mut a, &rid, &session, limits, &mut |_| {}),
+        pass::receive(r, &mut b, &sid, &session, &mut |_| {}),
+    ));
+    match (sent, got) {
+        (Ok(sent), Ok(got)) => {
+            assert_eq!(sent.end, got.end);
+            Some(sent)
+        }
+        _ if cut.is_some() => None,
+        (s, g) => panic!("pass failed: {s:?} / {g:?}"),
+    }
+}
+
+pub fn docs<S: Store<Doc = Map<String, Value>>>(r: &Replica<S>) -> Vec<Map<String, Value>> {
+    block_on(r.query("docs", &json!({}))).unwrap()
+}
+
+fn incoming<S: Store, F: Store>(r: &Replica<S>, from: &Replica<F>) -> i64 {
+    block_on(r.store().peers()).unwrap().get(&from.head().db_id).map_or(-1, |p| p.incoming)
+}
+
+fn outgoing<S: Store, T: Store>(r: &Replica<S>, to: &Replica<T>) -> i64 {
+    block_on(r.store().peers()).unwrap().get(&to.head().db_id).map_or(-1, |p| p.outgoing)
+}
+
+const SMALL: Limits = Limits { per_diff: 10, max_diffs: 3 };
+
+pub fn a_batch_of_only_stale_rows_still_advances_incoming<B: Backend>(b: &B) {
+    let s = replica(b, 1_000);
+    let r = replica(b, 9_000);
+    put_all(&s, (0..5).map(|i| format!("d{i}")), 1);
+    put_all(&r, (0..5).map(|i| format!("d{i}")), 2);
+    let before = r.head().max_row;
+    let rep = pass(&s, &r, SMALL);
+    assert_eq!(rep.sent, 5);
+    assert_eq!(incoming(&r, &s), 5);
+    assert!(docs(&r).iter().all(|d| d["n"] == 2), "newer versions kept");
+    assert_eq!(r.head().max_row, before, "stale rows are not logged again");
+    // The next pass has nothing to send and does not restart at the same place.
+    let again = pass(&s, &r, SMALL);
+    assert_eq!((again.start, again.sent, again.batches), (5, 0, 0));
+}
+
+pub fn diff_capped_pass_resumes_and_completes<B: Backend>(b: &B) {
+    let s = replica(b, 1_000);
+    let r = replica(b, 9_000);
+    put_all(&r, (0..100).map(|i| format!("d{i:03}")), 2);
+    put_all(&s, (0..50).map(|i| format!("d{i:03}")), 1);
+    put_all(&s, std::iter::once("new".to_string()), 1);
+    let first = pass(&s, &r, SMALL);
+    assert!(first.capped && !first.snapshot);
+    assert_eq!((first.batches, first.end), (3, 30));
+    assert_eq!(incoming(&r, &s), 30);
+    let second = pass(&s, &r, SMALL);
+    assert!(!second.capped);
+    assert_eq!(second.start, 30);
+    assert_eq!(incoming(&r, &s), 51);
+    let all = docs(&r);
+    assert_eq!(all.len(), 101);
+    assert!(all.iter().filter(|d| d["id"] != "new").all(|d| d["n"] == 2));
+    assert!(all.iter().any(|d| d["id"] == "new"));
+}
+
+pub fn a_capped_pass_forwards_no_third_party_points_and_records_no_outgoing<B: Backend>(b: &B) {
+    let x = replica(b, 1_000);
+    let s = replica(b, 2_000);
+    let r = replica(b, 3_000);
+    put_all(&x, (0..3).map(|i| format!("x{i}")), 1);
+    pass(&x, &s, Limits::default());
+    put_all(&s, (0..40).map(|i| format!("s{i}")), 1);
+    put_all(&r, (0..40).map(|i| format!("r{i}")), 1);
+    let rep = pass(&s, &r, SMALL);
+    assert!(rep.capped);
+    assert_eq!(incoming(&r, &x), -1, "no third-party point");
+    assert_eq!(outgoing(&s, &r), -1, "no outgoing after a capped pass");
+    while pass(&s, &r, SMALL).capped {}
+    assert_eq!(incoming(&r, &x), 3, "forwarded after the complete pass");
+    assert_eq!(outgoing(&s, &r), s.head().max_row as i64);
+}
+
+/// Points merged 5, then 4, then −1 stay 5 — here through the store, so the durable
+/// record (not only the in-memory type) keeps the maximum.
+pub fn points_only_move_forward<B: Backend>(b: &B) {
+    let r = replica(b, 1_000);
+    for row in [5, 4, -1] {
+        block_on(tidemark::sync::apply::finish_incoming(&r, "peer", "s", row, vec![])).unwrap();
+    }
+    let peers = block_on(r.store().peers()).unwrap();
+    assert_eq!(peers["peer"].incoming, 5);
+}
+
+pub fn fifty_percent_rule<B: Backend>(b: &B) {
+    assert!(wants_snapshot(20, 9, 10));
+    assert!(!wants_snapshot(20, 10, 10));
+    for (r_rows, snap) in [(9, true), (10, false)] {
+        let s = replica(b, 1_000);
+        let r = replica(b, 2_000);
+        put_all(&s, (0..20).map(|i| format!("s{i}")), 1);
+        put_all(&r, (0..r_rows).map(|i| format!("r{i}")), 1);
+        let rep = pass(&s, &r, Limits { per_diff: 10, max_diffs: 10 });
+        assert_eq!(rep.snapshot, snap);
+        assert_eq!(docs(&r).len(), 20 + r_rows);
+        assert_eq!(incoming(&r, &s), 20);
+    }
+}
+
+pub fn a_snapshot_merges_and_keeps_unsynced_local_writes<B: Backend>(b: &B) {
+    let s = replica(b, 1_000);
+    let r = replica(b, 5_000);
+    put_all(&s, (0..30).map(|i| format!("d{i}")), 1);
+    put_all(&r, (0..2).map(|i| format!("d{i}")), 7);
+    let rep = pass(&s, &r, SMALL);
+    assert!(rep.snapshot);
+    let all = docs(&r);
+    assert_eq!(all.len(), 30);
+    assert!(all.iter().filter(|d| d["id"] == "d0" || d["id"] == "d1").all(|d| d["n"] == 7));
+    // R's own writes still flow back to S, and S converges.
+    while pass(&r, &s, Limits::default()).capped {}
+    assert_eq!(docs(&s), docs(&r));
+}
+
+pub fn a_rebuilt_replica_gets_a_new_db_id_and_peers_start_over<B: Backend>(b: &B) {
+    let s = replica(b, 1_000);
+    let r = replica(b, 2_000);
+    put_all(&s, (0..5).map(|i| format!("d{i}")), 1);
+    pass(&s, &r, Limits::default());
+    let rebuilt = replica(b, 2_000);
+    assert_ne!(rebuilt.head().db_id, r.head().db_id);
+    let rep = pass(&s, &rebuilt, Limits { per_diff: 100, max_diffs: 10 });
+    assert_eq!(rep.start, -1);
+    assert_eq!(docs(&rebuilt).len(), 5);
+}
+
+pub fn transitive_fast_forward<B: Backend>(b: &B) {
+    let a = replica(b, 1_000);
+    let bb = replica(b, 2_000);
+    let c = replica(b, 3_000);
+    put_all(&a, (0..20).map(|i| format!("a{i}")), 1);
+    pass(&a, &bb, Limits::default());
+    put_all(&bb, (0..20).map(|i| format!("b{i}")), 1);
+    pass(&bb, &c, Limits::default());
+    assert_eq!(incoming(&c, &a), 20);
+    let rep = pass(&a, &c, Limits::default());
+    assert_eq!(rep.start, 20, "A→C starts where C already is for A");
+    assert_eq!(rep.sent, 0);
+}
+
+pub fn a_restored_replica_is_not_fast_forwarded_past_rows_it_lost<B: Backend>(b: &B) {
+    let client = replica(b, 1_000);
+    let server = replica(b, 2_000);
+    put_all(&client, (0..10).map(|i| format!("d{i}")), 1);
+    pass(&client, &server, Limits::default());
+    let backup = b.backup(server.store());
+    put_all(&client, (10..20).map(|i| format!("d{i}")), 1);
+    pass(&client, &server, Limits::default());
+    assert_eq!(incoming(&server, &client), 20);
+    // Restore the server from the backup: same db id, rows 11..20 of the client lost.
+    let restored = replica_at(backup, 2_000);
+    assert_eq!(restored.head().db_id, server.head().db_id);
+    let rep = pass(&client, &restored, Limits::default());
+    assert_eq!(rep.start, 10, "resumes from the newest session the backup remembers");
+    assert_eq!(docs(&restored).len(), 20);
+}
+
+pub fn a_restored_sender_does_not_reuse_forgotten_points<B: Backend>(b: &B) {
+    // The server (sender) is restored; a client that pulled rows the server lost must not
+    // skip the server's new rows that reuse those row numbers.
+    let server = replica(b, 1_000);
+    let client = replica(b, 2_000);
+    put_all(&server, (0..10).map(|i| format!("a{i}")), 1);
+    pass(&server, &client, Limits { per_diff: 100, max_diffs: 10 });
+    let backup = b.backup(server.store());
+    put_all(&server, (0..10).map(|i| format!("lost{i}")), 1);
+    pass(&server, &client, Limits { per_diff: 100, max_diffs: 10 });
+    let restored = replica_at(backup, 3_000);
+    put_all(&restored, (0..10).map(|i| format!("new{i}")), 1);
+    let rep = pass(&restored, &client, Limits { per_diff: 100, max_diffs: 10 });
+    assert_eq!(rep.start, 10);
+    let ids: Vec<String> = docs(&client).iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    assert!(ids.iter().filter(|i| i.starts_with("new")).count() == 10, "{ids:?}");
+    // And the client gives the restored server back what it lost.
+    while pass(&client, &restored, Limits::default()).capped {}
+    assert_eq!(docs(&restored).len(), 30);
+}
+
+pub fn echoes_are_not_sent_back_but_points_advance<B: Backend>(b: &B) {
+    let a = replica(b, 1_000);
+    let bb = replica(b, 2_000);
+    put_all(&a, (0..10).map(|i| format!("a{i}")), 1);
+    pass(&a, &bb, Limits::default());
+    // B's log now holds A's rows; sending to A skips them but covers them.
+    let rep = pass(&bb, &a, Limits::default());
+    assert_eq!(rep.sent, 0);
+    assert_eq!(rep.end, bb.head().max_row as i64);
+    assert_eq!(incoming(&a, &bb), bb.head().max_row as i64);
+}
+
+/// A relay (the server's kind of replica, no schema) in the middle: two clients converge
+/// through it, and it keeps every collection it is given.
+pub fn clients_converge_through_a_relay<B: Backend>(b: &B) {
+    let relay = block_on(Replica::open_relay(b.fresh(), Box::new(|| 5_000))).unwrap();
+    let c1 = replica(b, 1_000);
+    let c2 = replica(b, 2_000);
+    put_all(&c1, (0..30).map(|i| format!("d{i:02}")), 1);
+    put_all(&c2, (15..45).map(|i| format!("d{i:02}")), 2);
+    for _ in 0..2 {
+        for c in [&c1, &c2] {
+            while pass(c, &relay, SMALL).capped {}
+            while pass(&relay, c, SMALL).capped {}
+        }
+    }
+    assert_eq!(docs(&c1), docs(&c2));
+    assert_eq!(docs(&c1).len(), 45);
+    assert_eq!(b.dump(relay.store(), "docs").len(), 45);
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// DESIGN §9's last scenario: five replicas, random writes, random partitions, capped and
+/// cut passes; after healing all hold identical documents, equal to merging every write.
+pub fn five_replicas_converge<B: Backend>(b: &B, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let replicas: Vec<Replica<B::S>> = (0..5).map(|i| replica(b, 1_000 + i * 7)).collect();
+    for step in 0..200 {
+        let who = rng.below(5) as usize;
+        if rng.below(3) > 0 {
+            let id = format!("d{}", rng.below(12));
+            let w = match rng.below(4) {
+                0 => Write::Delete { collection: "docs".into(), id },
+                1 => Write::Patch { collection: "docs".into(), id, fields: json!({"b.x": step, "n": rng.below(4)}).as_object().unwrap().clone() },
+                _ => Write::Put { collection: "docs".into(), doc: json!({"id": id, "n": rng.below(4), "b": {"y": step}}).as_object().unwrap().clone() },
+            };
+            let _ = block_on(replicas[who].write(vec![w]));
+        } else {
+            let to = rng.below(5) as usize;
+            let partitioned = step < 100 && ((who < 2 && to >= 3) || (who >= 3 && to < 2));
+            if to != who && !partitioned {
+                let cut = (rng.below(5) == 0).then(|| rng.below(6) as usize);
+                let limits = Limits { per_diff: 1 + rng.below(4) as usize, max_diffs: 1 + rng.below(3) as usize };
+                try_pass(&replicas[who], &replicas[to], limits, cut);
+            }
+        }
+    }
+    let full = Limits { per_diff: 7, max_diffs: 2 };
+    for _ in 0..4 {
+        for i in 0..5 {
+            for j in [(i + 1) % 5, (i + 4) % 5] {
+                while pass(&replicas[i], &replicas[j], full).capped {}
+            }
+        }
+    }
+    let mut reference: std::collections::BTreeMap<String, DocState> = Default::default();
+    for r in &replicas {
+        for row in block_on(r.store().rows_after(0, usize::MAX)).unwrap() {
+            if row.from.is_none() {
+                reference.entry(row.op.id.clone()).or_default().apply(&row.op);
+            }
+        }
+    }
+    let expected: Vec<Map<String, Value>> = reference.iter().filter_map(|(id, st)| st.materialize("id", id)).collect();
+    let first = serde_json::to_string(&b.dump(replicas[0].store(), "docs")).unwrap();
+    for r in &replicas {
+        assert_eq!(serde_json::to_string(&b.dump(r.store(), "docs")).unwrap(), first, "seed {seed}: replicas differ");
+        assert_eq!(docs(r), expected, "seed {seed}: a write was lost or resurrected");
+    }
+}
+
+/// Declares one `#[test]` per scenario for a backend expression.
+#[macro_export]
+macro_rules! conformance {
+    ($name:ident, $backend:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn a_batch_of_only_stale_rows_still_advances_incoming() {
+                scenarios::a_batch_of_only_stale_rows_still_advances_incoming(&$backend);
+            }
+            #[test]
+            fn diff_capped_pass_resumes_and_completes() {
+                scenarios::diff_capped_pass_resumes_and_completes(&$backend);
+            }
+            #[test]
+            fn a_capped_pass_forwards_no_third_party_points_and_records_no_outgoing() {
+                scenarios::a_capped_pass_forwards_no_third_party_points_and_records_no_outgoing(&$backend);
+            }
+            #[test]
+            fn points_only_move_forward() {
+                scenarios::points_only_move_forward(&$backend);
+            }
+            #[test]
+            fn fifty_percent_rule() {
+                scenarios::fifty_percent_rule(&$backend);
+            }
+            #[test]
+            fn a_snapshot_merges_and_keeps_unsynced_local_writes() {
+                scenarios::a_snapshot_merges_and_keeps_unsynced_local_writes(&$backend);
+            }
+            #[test]
+            fn a_rebuilt_replica_gets_a_new_db_id_and_peers_start_over() {
+                scenarios::a_rebuilt_replica_gets_a_new_db_id_and_peers_start_over(&$backend);
+            }
+            #[test]
+            fn transitive_fast_forward() {
+                scenarios::transitive_fast_forward(&$backend);
+            }
+            #[test]
+            fn a_restored_replica_is_not_fast_forwarded_past_rows_it_lost() {
+                scenarios::a_restored_replica_is_not_fast_forwarded_past_rows_it_lost(&$backend);
+            }
+            #[test]
+            fn a_restored_sender_does_not_reuse_forgotten_points() {
+                scenarios::a_restored_sender_does_not_reuse_forgotten_points(&$backend);
+            }
+            #[test]
+            fn echoes_are_not_sent_back_but_points_advance() {
+                scenarios::echoes_are_not_sent_back_but_points_advance(&$backend);
+            }
+            #[test]
+            fn clients_converge_through_a_relay() {
+                scenarios::clients_converge_through_a_relay(&$backend);
+            }
+            #[test]
+            fn five_replicas_converge() {
+                for seed in [1, 0x9e37_79b9_7f4a_7c15, 42, 7_777] {
+                    scenarios::five_replicas_converge(&$backend, seed);
+                }
+            }
+        }
+    };
+}
