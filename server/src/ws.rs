@@ -9,11 +9,13 @@
 //! stored before the engine has validated it (it commits each batch atomically with the
 //! point it justifies, so a connection cut anywhere leaves consistent data).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use axum::extract::ws::{close_code, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use futures::FutureExt;
 use tidemark::error::{Error, SyncError};
 use tidemark::sync::{session, Message, Transport};
 
@@ -43,7 +45,15 @@ fn fault(code: &'static str, message: impl Into<String>) -> Outcome {
 async fn connection(app: Arc<App>, socket: WebSocket) {
     let s = &app.settings;
     let mut t = WsTransport::new(socket, s.max_frame, s.idle_timeout);
-    let outcome = run(&app, &mut t).await;
+    // Input cannot make the engine panic (the tests try), but if a bug ever did, answer
+    // like any other failure instead of dropping the socket without a word.
+    let outcome = match AssertUnwindSafe(run(&app, &mut t)).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::error!("a sync connection panicked; its last commit was atomic, nothing is half-written");
+            fault("INTERNAL", "the server failed on this request; please report it")
+        }
+    };
     match outcome {
         Outcome::Quiet => {
             let already = t.refused;

@@ -1,0 +1,216 @@
+//! Helpers for tests that drive the real `tidemark-server` binary: start and kill it, a
+//! native sync client (the engine's `Transport` over tokio-tungstenite), raw WebSockets for
+//! hostile input, and a tiny HTTP GET.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tidemark::error::{Error, SyncError};
+use tidemark::memory::MemoryStore;
+use tidemark::sync::pass::Limits;
+use tidemark::sync::session::{self, RoundReport};
+use tidemark::sync::{Message, Transport};
+use tidemark::{Replica, Schema, Write};
+use tokio::net::TcpStream as TokioTcp;
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const LIB: &str = "lib";
+
+/// A running server process; killed (SIGKILL) when dropped.
+pub struct Server {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+}
+
+impl Server {
+    /// Starts the binary on a free port with `data` as its data directory.
+    pub fn start(data: &Path, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(data).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark-server"))
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(["--www", env!("CARGO_MANIFEST_DIR"), "--pkg", env!("CARGO_MANIFEST_DIR")])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("TIDEMARK_SECRET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("the server binary starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        // Read the "listening on" line, with a deadline so a broken build cannot hang tests.
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            let _ = tx.send(line);
+            stdout
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let stdout = reader.join().unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("tidemark-server listening on http://")
+            .and_then(|s| s.trim_end_matches('/').parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("the server did not start: {line:?}; see {}", data.with_extension("log").display())
+            });
+        Server { child, _stdout: stdout, addr, data: data.to_path_buf() }
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/sync", self.addr)
+    }
+
+    pub fn get(&self, path: &str, bearer: Option<&str>) -> (u16, String) {
+        http_get(self.addr, path, bearer)
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.get("/healthz", None) == (200, "ok".to_string())
+    }
+
+    pub fn status(&self, library: &str, bearer: Option<&str>) -> Value {
+        let (code, body) = self.get(&format!("/v1/libraries/{library}/status"), bearer);
+        assert_eq!(code, 200, "status: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn max_row(&self, library: &str, bearer: Option<&str>) -> u64 {
+        self.status(library, bearer)["maxRow"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP/1.0 GET: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n{auth}\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_string())
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TokioTcp>>;
+
+pub async fn raw_ws(server: &Server) -> Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("websocket connects");
+    ws
+}
+
+/// The engine's transport over a tokio-tungstenite client socket.
+pub struct Client {
+    pub ws: Ws,
+}
+
+impl Client {
+    pub async fn connect(server: &Server) -> Result<Client, Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .map_err(|e| SyncError::Connection(format!("cannot connect: {e}")))?;
+        Ok(Client { ws })
+    }
+}
+
+impl Transport for Client {
+    async fn send(&mut self, msg: &Message) -> Result<(), SyncError> {
+        self.ws.send(Frame::Text(msg.encode().into())).await.map_err(|e| SyncError::Connection(e.to_string()))
+    }
+
+    async fn recv(&mut self) -> Result<Message, SyncError> {
+        loop {
+            match self.ws.next().await {
+                None => return Err(SyncError::Connection("closed".into())),
+                Some(Err(e)) => return Err(SyncError::Connection(e.to_string())),
+                Some(Ok(Frame::Text(t))) => return Message::decode(t.as_str()).map_err(SyncError::Protocol),
+                Some(Ok(Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_))) => continue,
+                Some(Ok(Frame::Close(_))) => return Err(SyncError::Connection("closed by the server".into())),
+                Some(Ok(Frame::Binary(_))) => return Err(SyncError::Protocol("binary frame".into())),
+            }
+        }
+    }
+}
+
+pub fn schema() -> Schema {
+    Schema::from_json(json!({"version": 1, "collections": {"docs": {"primaryKey": "id", "indexes": {"byN": "n"}}}})).unwrap()
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A native client replica (in memory).
+pub async fn client() -> Replica<MemoryStore> {
+    Replica::open(MemoryStore::new(), schema(), Box::new(now_ms)).await.unwrap()
+}
+
+pub async fn put_all(r: &Replica<MemoryStore>, ids: impl Iterator<Item = String>, n: i64) {
+    let writes: Vec<Write> = ids
+        .map(|id| Write::Put { collection: "docs".into(), doc: json!({"id": id, "n": n}).as_object().unwrap().clone() })
+        .collect();
+    for chunk in writes.chunks(500) {
+        r.write(chunk.to_vec()).await.unwrap();
+    }
+}
+
+/// Connects and greets the server; returns the transport and the server's db id.
+pub async fn hello(r: &Replica<MemoryStore>, server: &Server, token: Option<String>) -> Result<(Client, String), Error> {
+    let mut t = Client::connect(server).await?;
+    let id = session::hello(r, &mut t, LIB, token).await?;
+    Ok((t, id))
+}
+
+/// One round (push then pull) over a fresh connection, like `syncNow()`.
+pub async fn round(r: &Replica<MemoryStore>, server: &Server, limits: Limits, token: Option<String>) -> Result<RoundReport, Error> {
+    let (mut t, id) = hello(r, server, token).await?;
+    let report = session::round(r, &mut t, &id, limits, &mut |_, _| {}).await;
+    let _ = t.ws.close(None).await;
+    report
+}
+
+/// Rounds until one is complete (not capped); returns how many it took.
+pub async fn sync_fully(r: &Replica<MemoryStore>, server: &Server, limits: Limits, token: Option<String>) -> usize {
+    for n in 1..=200 {
+        if !round(r, server, limits, token.clone()).await.unwrap().capped {
+            return n;
+        }
+    }
+    panic!("sync did not complete in 200 rounds");
+}
+
+pub async fn docs(r: &Replica<MemoryStore>) -> Vec<serde_json::Map<String, Value>> {
+    r.query("docs", &json!({})).await.unwrap()
+}
