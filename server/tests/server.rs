@@ -370,3 +370,29 @@ async fn concurrent_clients_on_one_library() {
     sync_fully(&check, &server, Limits::default(), None).await;
     assert_eq!(docs(&check).await.len(), 1_200);
 }
+
+/// The demo page and the package are served as files; `/healthz` answers; SIGTERM stops
+/// the server promptly even with a sync connection open.
+#[tokio::test]
+async fn serves_files_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (www, pkg) = (dir.path().join("www"), dir.path().join("js"));
+    std::fs::create_dir_all(pkg.join("pkg")).unwrap();
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "<!doctype html><title>demo</title>").unwrap();
+    std::fs::write(pkg.join("index.js"), "export const x = 1;").unwrap();
+    std::fs::write(pkg.join("pkg/tidemark_bg.wasm"), b"\0asm").unwrap();
+    let mut server = Server::start(&dir.path().join("data"), &["--www", www.to_str().unwrap(), "--pkg", pkg.to_str().unwrap()]);
+    assert!(server.healthy());
+    let (code, body) = server.get("/", None);
+    assert_eq!((code, body.contains("<title>demo</title>")), (200, true));
+    assert_eq!(server.get("/js/index.js", None), (200, "export const x = 1;".to_string()));
+    assert_eq!(server.get("/js/pkg/tidemark_bg.wasm", None).0, 200);
+    assert_eq!(server.get("/missing.html", None).0, 404);
+    assert_eq!(server.get("/js/../../etc/passwd", None).0 / 100, 4);
+    // An open sync connection does not keep the server from stopping.
+    let c = client().await;
+    let (_t, _) = hello(&c, &server, None).await.unwrap();
+    let status = server.terminate().expect("the server exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}

@@ -41,7 +41,6 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark-server"))
             .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(data)
-            .args(["--www", env!("CARGO_MANIFEST_DIR"), "--pkg", env!("CARGO_MANIFEST_DIR")])
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("TIDEMARK_SECRET")
@@ -70,6 +69,18 @@ impl Server {
                 panic!("the server did not start: {line:?}; see {}", data.with_extension("log").display())
             });
         Server { child, _stdout: stdout, addr, data: data.to_path_buf() }
+    }
+
+    /// SIGTERM, then wait (up to 10 s) for the process to exit by itself.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// SIGKILL: no chance to flush or close anything.
