@@ -640,6 +640,24 @@ export async function rawW3(db) {
   if (all.length !== 1000) throw new Error('raw W3 returned ' + all.length);
 }
 export async function deleteDb(name) { await req(indexedDB.deleteDatabase(name)); }
+export async function rawW2(db) {
+  const times = [];
+  for (let i = 0; i < 1000; i++) {
+    const t0 = performance.now();
+    const tx = db.transaction('docs', 'readwrite'); tx.objectStore('docs').put(doc(20000 + i)); await done(tx);
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  return times[500];
+}
+export async function rawW4(db) {
+  const t0 = performance.now();
+  for (let i = 0; i < 1000; i++) {
+    const tx = db.transaction('docs'); await req(tx.objectStore('docs').get('doc-' + String((i * 7) % 10000).padStart(5, '0')));
+  }
+  return performance.now() - t0;
+}
+export function sleep(ms) { return new Promise((ok) => setTimeout(ok, ms)); }
 "#)]
 extern "C" {
     #[wasm_bindgen(js_name = perfDoc)]
@@ -654,6 +672,11 @@ extern "C" {
     async fn raw_w3(db: &JsValue);
     #[wasm_bindgen(js_name = deleteDb)]
     async fn delete_db(name: &str);
+    async fn sleep(ms: u32);
+    #[wasm_bindgen(js_name = rawW2)]
+    async fn raw_w2(db: &JsValue) -> JsValue;
+    #[wasm_bindgen(js_name = rawW4)]
+    async fn raw_w4(db: &JsValue) -> JsValue;
 }
 
 /// W1 (10 commits of 1,000 puts) and W3 (an index query returning 1,000 of 10,000 docs)
@@ -663,7 +686,7 @@ extern "C" {
 #[wasm_bindgen_test]
 async fn performance_against_raw_indexeddb() {
     // Unoptimized builds only check that the benchmark runs.
-    let (runs, rounds, queries) = if cfg!(debug_assertions) { (1, 1, 1) } else { (3, 7, 10) };
+    let (runs, rounds, queries) = if cfg!(debug_assertions) { (1, 1, 1) } else { (3, 11, 10) };
     let schema = Schema::from_json(json!({"version": 1, "collections": {"docs": {"primaryKey": "id",
         "indexes": {"byKind": "kind", "byKindN": ["kind", "n"]}}}}))
     .unwrap();
@@ -697,6 +720,9 @@ async fn performance_against_raw_indexeddb() {
 
     let q = json!({"where": {"kind": "k3"}});
     assert_eq!(idb.query("docs", &q).await.unwrap().len(), 1000);
+    // Both databases were just written; let the browser's background compaction of the
+    // one written last (ours) finish, or it competes with the reads for the CPU.
+    sleep(if cfg!(debug_assertions) { 0 } else { 2000 }).await;
     let (mut raw_w3_ms, mut w3_ms) = (f64::MAX, f64::MAX);
     for _ in 0..rounds {
         let t0 = perf_now();
@@ -710,10 +736,31 @@ async fn performance_against_raw_indexeddb() {
         }
         w3_ms = w3_ms.min((perf_now() - t0) / queries as f64);
     }
+    // W2 and W4 are reported, not enforced here: single awaited writes and point gets.
+    let (mut raw_w2_ms, mut w2_ms, mut raw_w4_ms, mut w4_ms) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+    if !cfg!(debug_assertions) {
+        raw_w2_ms = raw_w2(&raw).await.as_f64().unwrap();
+        let mut times = Vec::with_capacity(1000);
+        for i in 0..1000 {
+            let doc = serde_json::from_str(&perf_doc(20_000 + i)).unwrap();
+            let t0 = perf_now();
+            idb.put("docs", doc).await.unwrap();
+            times.push(perf_now() - t0);
+        }
+        times.sort_by(f64::total_cmp);
+        w2_ms = times[500];
+        raw_w4_ms = raw_w4(&raw).await.as_f64().unwrap();
+        let t0 = perf_now();
+        for i in 0..1000 {
+            idb.get("docs", &format!("doc-{:05}", (i * 7) % 10_000)).await.unwrap().unwrap();
+        }
+        w4_ms = perf_now() - t0;
+    }
     raw.unchecked_ref::<web_sys::IdbDatabase>().close();
     delete_db(&raw_name).await;
     idb.store().close();
     IdbStore::delete_replica(&name).await.unwrap();
+    console_log!("W2 p50: raw {raw_w2_ms:.2} ms, tidemark {w2_ms:.2} ms; W4: raw {raw_w4_ms:.0} ms, tidemark {w4_ms:.0} ms");
 
     let report = format!(
         "W1: raw {raw_w1_ms:.0} ms, tidemark {w1_ms:.0} ms ({:.2}x raw throughput); W3: raw {raw_w3_ms:.2} ms, tidemark {w3_ms:.2} ms ({:.2}x raw time)",

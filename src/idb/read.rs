@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use indexed_db_futures::cursor::CursorDirection;
 use indexed_db_futures::database::Database;
+use indexed_db_futures::internals::SystemRepr;
 use indexed_db_futures::prelude::*;
 use serde_json::{Map, Value};
 use wasm_bindgen::prelude::*;
@@ -28,10 +29,26 @@ use super::generation::{collection_store, HEAD, LOG, META, PEERS};
 use super::keys::key_string;
 
 /// Reads one record of `store` in its own readonly transaction.
+///
+/// Point reads are the hot path of apps (DESIGN §10, W4), so this one goes to web-sys
+/// directly: the transaction commits by itself once the request is done, as in plain JS,
+/// instead of being wrapped with listeners and aborted on drop, and the request is awaited
+/// through a promise wired straight to its success and error handlers.
 async fn get_record(db: &Database, store: &str, key: JsValue) -> Result<Option<JsValue>, StoreError> {
-    let tx = db.transaction(store).build().map_err(from_idb)?;
-    let os = tx.object_store(store).map_err(from_idb)?;
-    os.get::<JsValue, _, _>(key).primitive().map_err(from_idb)?.await.map_err(from_idb)
+    let tx = db.as_sys().transaction_with_str(store).map_err(|e| from_js(&e))?;
+    let req = tx.object_store(store).and_then(|os| os.get(&key)).map_err(|e| from_js(&e))?;
+    let done = js_sys::Promise::new(&mut |resolve, reject| {
+        req.set_onsuccess(Some(&resolve));
+        req.set_onerror(Some(&reject));
+    });
+    if wasm_bindgen_futures::JsFuture::from(done).await.is_err() {
+        return Err(match req.error() {
+            Ok(Some(e)) => from_js(&e.into()),
+            _ => StoreError::Backend(format!("reading {store} failed")),
+        });
+    }
+    let value = req.result().map_err(|e| from_js(&e))?;
+    Ok((!value.is_undefined()).then_some(value))
 }
 
 pub async fn head(db: &Database) -> Result<Option<Head>, StoreError> {
