@@ -17,6 +17,10 @@ use crate::error::{Error, SyncError};
 use crate::replica::Replica;
 use crate::store::{Row, Store};
 
+/// How many rows one batch may scan past (echoes) per row it may send, so a batch over
+/// a long run of echoes still ends in bounded time.
+const SCAN_FACTOR: usize = 50;
+
 /// Batch size and per-pass cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -162,21 +166,44 @@ pub async fn send<S: Store, T: Transport>(
     }
 
     let total = (head.max_row as Point - start).max(0) as u64;
+    let sendable = |r: &Row| !continuous || (r.op.origin != peer && r.from.as_deref() != Some(peer));
     let mut cursor = start;
     let complete = loop {
         if report.batches as usize >= limits.max_diffs {
             break replica.store().rows_after(cursor.max(0) as u64, 1).await?.is_empty();
         }
-        let rows = replica.store().rows_after(cursor.max(0) as u64, limits.per_diff).await?;
-        let Some(last) = rows.last() else {
+        // Fill a batch with up to `per_diff` rows to send. Echoes are skipped without
+        // counting, but the batch still covers them so the receiver's point moves past.
+        let mut rows: Vec<Row> = Vec::new();
+        let mut covers = cursor;
+        let mut at_end = false;
+        let mut scanned = 0usize;
+        'fill: while rows.len() < limits.per_diff && scanned < limits.per_diff.saturating_mul(SCAN_FACTOR) {
+            let chunk = replica.store().rows_after(covers.max(0) as u64, limits.per_diff).await?;
+            if chunk.len() < limits.per_diff {
+                at_end = true;
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            for r in chunk {
+                covers = r.row as Point;
+                scanned += 1;
+                if sendable(&r) {
+                    rows.push(r);
+                    if rows.len() == limits.per_diff {
+                        at_end = false;
+                        break 'fill;
+                    }
+                }
+            }
+            if at_end {
+                break;
+            }
+        }
+        if covers == cursor {
             break true;
-        };
-        let covers = last.row as Point;
-        let n = rows.len() as u64;
-        let rows: Vec<Row> = rows
-            .into_iter()
-            .filter(|r| !continuous || (r.op.origin != peer && r.from.as_deref() != Some(peer)))
-            .collect();
+        }
         report.sent += rows.len() as u64;
         t.send(&Message::Batch { session: session.into(), after: cursor, covers, rows }).await?;
         expect_ack(t, session, covers).await?;
@@ -184,7 +211,10 @@ pub async fn send<S: Store, T: Transport>(
         cursor = covers;
         report.end = cursor;
         apply::note_sent(replica, peer, session, cursor, false).await?;
-        progress(Progress { done: (cursor - start).max(0) as u64, total: total.max(n) });
+        progress(Progress { done: (cursor - start).max(0) as u64, total: total.max((cursor - start).max(0) as u64) });
+        if at_end && replica.store().rows_after(cursor.max(0) as u64, 1).await?.is_empty() {
+            break true;
+        }
     };
     report.capped = !complete;
     t.send(&Message::End {

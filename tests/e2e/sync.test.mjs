@@ -63,11 +63,24 @@ test('two browser replicas with offline writes converge through the server', asy
   } finally { await srv.stop(); }
 });
 
+/** Puts `n` documents `${prefix}${i}` and syncs until nothing is capped. */
+async function seed(page, name, sync, prefix, n) {
+  return withReplica(page, name, sync, async (db, { prefix, n }) => {
+    const docs = Array.from({ length: n }, (_, i) => ({ id: `${prefix}${i}`, n: i }));
+    for (let i = 0; i < docs.length; i += 500) await db.putMany('todos', docs.slice(i, i + 500));
+    for (;;) { if (!(await db.syncNow()).capped) break; }
+  }, { prefix, n });
+}
+
 test('2,500 writes arrive over several capped passes (perDiff 100, maxDiffs 3)', async () => {
   const srv = await startServer({ perDiff: 100, maxDiffs: 3 });
   try {
     const page = await h.openPage();
     const sync = { url: srv.wsUrl, library: 'capped', perDiff: 100, maxDiffs: 3 };
+    // The server and the reader already hold 2,500 rows, so by the 50% rule the new
+    // writes travel as diffs (an empty receiver would get one snapshot instead).
+    await seed(page, 'cap-seed', sync, 's', 2500);
+    await withReplica(page, 'cap-r', sync, async (db) => { for (;;) { if (!(await db.syncNow()).capped) break; } });
     const pushed = await withReplica(page, 'cap-w', sync, async (db) => {
       const docs = Array.from({ length: 2500 }, (_, i) => ({ id: `d${i}`, n: i }));
       for (let i = 0; i < docs.length; i += 500) await db.putMany('todos', docs.slice(i, i + 500));
@@ -75,17 +88,20 @@ test('2,500 writes arrive over several capped passes (perDiff 100, maxDiffs 3)',
       for (;;) { const r = await db.syncNow(); reports.push(r); if (!r.capped) break; }
       return { reports, status: db.status() };
     });
-    assert.ok(pushed.reports.length >= 8, `expected several capped rounds, got ${pushed.reports.length}`);
-    assert.ok(pushed.reports.slice(0, -1).every((r) => r.capped));
-    assert.equal(pushed.reports.reduce((n, r) => n + r.sent, 0), 2500);
+    const pushes = pushed.reports.map((r) => r.push);
+    assert.ok(pushes.length >= 9, `expected several capped passes, got ${pushes.length}`);
+    assert.ok(pushes.slice(0, 8).every((p) => p.capped && !p.snapshot && p.batches === 3 && p.sent === 300));
+    assert.equal(pushes.reduce((n, p) => n + p.sent, 0), 2500);
     assert.equal(pushed.status.pending, 0);
-    assert.equal((await srv.status('capped')).maxRow, 2500);
+    assert.equal((await srv.status('capped')).maxRow, 5000);
     const pulled = await withReplica(page, 'cap-r', sync, async (db) => {
       const reports = [];
       for (;;) { const r = await db.syncNow(); reports.push(r); if (!r.capped) break; }
-      return { reports, count: (await db.query('todos')).length, last: await db.get('todos', 'd2499') };
+      return { pulls: reports.map((r) => r.pull), count: (await db.query('todos')).length, last: await db.get('todos', 'd2499') };
     });
-    assert.equal(pulled.count, 2500);
+    assert.ok(pulled.pulls.length >= 9 && pulled.pulls.slice(0, -1).every((p) => p.capped && !p.snapshot));
+    assert.equal(pulled.pulls.reduce((n, p) => n + p.received, 0), 2500);
+    assert.equal(pulled.count, 5000);
     assert.deepEqual(pulled.last, { id: 'd2499', n: 2499 });
     await page.close();
   } finally { await srv.stop(); }
@@ -96,26 +112,28 @@ test('a server killed between batches resumes with no row lost or doubled', asyn
   try {
     const page = await h.openPage();
     const sync = { url: srv.wsUrl, library: 'killed', perDiff: 100, maxDiffs: 3 };
+    await seed(page, 'kill-seed', sync, 's', 1000);
     const first = await withReplica(page, 'kill-w', sync, async (db) => {
+      for (;;) { if (!(await db.syncNow()).capped) break; }
       await db.putMany('todos', Array.from({ length: 1000 }, (_, i) => ({ id: `k${i}`, n: i })));
       return db.syncNow();
     });
-    assert.ok(first.capped);
+    assert.ok(first.push.capped && !first.push.snapshot);
     await srv.restart('SIGKILL');
-    const before = (await srv.status('killed')).maxRow;
-    assert.equal(before, 300);
+    assert.equal((await srv.status('killed')).maxRow, 1300, 'the acknowledged batches survived the kill');
     const rest = await withReplica(page, 'kill-w', sync, async (db) => {
       const reports = [];
       for (;;) { const r = await db.syncNow(); reports.push(r); if (!r.capped) break; }
       return reports;
     });
-    assert.equal(rest[0].push.start, 300, 'resumes from the stored point');
-    assert.equal((await srv.status('killed')).maxRow, 1000, 'no row applied twice');
+    assert.equal(rest[0].push.start, first.push.end, 'resumes from the stored point');
+    assert.equal(rest.reduce((n, r) => n + r.push.sent, 0), 700);
+    assert.equal((await srv.status('killed')).maxRow, 2000, 'no row applied twice');
     const count = await withReplica(page, 'kill-r', sync, async (db) => {
       for (;;) { if (!(await db.syncNow()).capped) break; }
       return (await db.query('todos')).length;
     });
-    assert.equal(count, 1000);
+    assert.equal(count, 2000);
     await page.close();
   } finally { await srv.stop(); }
 });
