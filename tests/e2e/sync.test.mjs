@@ -182,3 +182,45 @@ test('a server restored from an older backup gets back every row it lost', async
     await page.close();
   } finally { await srv.stop(); await rm(backup, { recursive: true, force: true }); }
 });
+
+test('live sync: connect() pushes writes as they happen and reconnects after a server restart', async () => {
+  const srv = await startServer();
+  try {
+    const pageA = await h.openPage();
+    const pageB = await h.openPage();
+    const open = (page, name) => page.evaluate(async ({ name, schema, url }) => {
+      window.db = await window.tidemark.openReplica({ name, schema, sync: { url, library: 'live' } });
+      window.events = { sync: 0, online: [], errors: [] };
+      window.db.on('sync', () => { window.events.sync++; });
+      window.db.on('online', (on) => window.events.online.push(on));
+      window.db.on('error', (e) => window.events.errors.push(e.code));
+      window.db.connect();
+    }, { name, schema: SCHEMA, url: srv.wsUrl });
+    await open(pageA, 'live-a');
+    await open(pageB, 'live-b');
+    await pageA.waitForFunction(() => window.db.status().online === true);
+    await pageA.evaluate(() => window.db.put('todos', { id: 'live1', title: 'typed in A', n: 1 }));
+    // B sees A's write without calling syncNow.
+    await pageB.waitForFunction(async () => (await window.db.get('todos', 'live1'))?.title === 'typed in A', null, { timeout: 10000 });
+    // The server goes away: both go offline, keep working, and come back by themselves.
+    await srv.kill('SIGKILL');
+    await pageA.waitForFunction(() => window.db.status().online === false, null, { timeout: 10000 });
+    await pageA.evaluate(() => window.db.put('todos', { id: 'offline1', title: 'written offline', n: 2 }));
+    assert.ok((await pageA.evaluate(() => window.db.status().pending)) >= 1);
+    await srv.start();
+    await pageB.waitForFunction(async () => (await window.db.get('todos', 'offline1'))?.title === 'written offline', null, { timeout: 20000 });
+    await pageA.waitForFunction(() => window.db.status().pending === 0, null, { timeout: 10000 });
+    const a = await pageA.evaluate(async () => ({ status: window.db.status(), events: window.events }));
+    assert.equal(a.status.online, true);
+    assert.ok(a.events.sync > 0);
+    assert.ok(a.events.online.includes(true) && a.events.online.includes(false));
+    assert.ok(a.events.errors.includes('SYNC_CONNECTION'));
+    // disconnect() stops live sync: later writes stay pending.
+    await pageA.evaluate(() => window.db.disconnect());
+    await pageA.waitForFunction(() => window.db.status().online === false, null, { timeout: 5000 });
+    await pageA.evaluate(() => window.db.put('todos', { id: 'after-disconnect', n: 3 }));
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(await pageB.evaluate(async () => await window.db.get('todos', 'after-disconnect')), undefined);
+    for (const p of [pageA, pageB]) { await p.evaluate(() => window.db.close()); await p.close(); }
+  } finally { await srv.stop(); }
+});
