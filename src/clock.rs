@@ -1,9 +1,12 @@
 //! Hybrid logical clock: the timestamps that order every write.
 //!
-//! A stamp is (wall ms, counter, node). Wall time keeps stamps close to real time so
-//! last-writer-wins feels right to people; the counter keeps them strictly increasing on
-//! one replica even when the wall clock stalls or jumps back; the node (the writer's db
-//! id) breaks ties between replicas deterministically.
+//! A stamp is (schema version, wall ms, counter, node). The schema version comes first so
+//! that everything written under a newer schema orders after everything written under an
+//! older one: migration output (stamped at the new version with wall 0) then lands after
+//! every op of the old version and before any real write of the new one (DESIGN §6).
+//! Wall time keeps stamps close to real time so last-writer-wins feels right to people;
+//! the counter keeps them strictly increasing on one replica even when the wall clock
+//! stalls or jumps back; the node (the writer's db id) breaks ties deterministically.
 //!
 //! Stamps travel and are stored as one fixed-width string whose byte order equals the
 //! stamp order, so storage engines and JS can compare them without parsing.
@@ -13,6 +16,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Hex digits of the schema version part.
+const VERSION_DIGITS: usize = 4;
 /// Hex digits of the wall-clock part: enough for ms timestamps until the year 2527.
 const WALL_DIGITS: usize = 11;
 /// Hex digits of the counter part.
@@ -25,6 +30,7 @@ pub const MAX_WALL: u64 = (1 << (4 * WALL_DIGITS)) - 1;
 /// One point in hybrid-logical time.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct Stamp {
+    pub version: u32,
     pub wall: u64,
     pub counter: u32,
     pub node: String,
@@ -33,24 +39,34 @@ pub struct Stamp {
 impl Stamp {
     /// The smallest stamp: older than anything a clock produces.
     pub fn zero() -> Stamp {
-        Stamp { wall: 0, counter: 0, node: String::new() }
+        Stamp { version: 0, wall: 0, counter: 0, node: String::new() }
     }
 
     pub fn encode(&self) -> String {
-        format!("{:0w$x}{:0c$x}{}", self.wall, self.counter, self.node, w = WALL_DIGITS, c = COUNTER_DIGITS)
+        format!(
+            "{:0v$x}{:0w$x}{:0c$x}{}",
+            self.version,
+            self.wall,
+            self.counter,
+            self.node,
+            v = VERSION_DIGITS,
+            w = WALL_DIGITS,
+            c = COUNTER_DIGITS
+        )
     }
 
     pub fn parse(s: &str) -> Option<Stamp> {
-        let head = WALL_DIGITS + COUNTER_DIGITS;
+        let head = VERSION_DIGITS + WALL_DIGITS + COUNTER_DIGITS;
         if s.len() < head || !s.is_char_boundary(head) {
             return None;
         }
         let hex = |t: &str| t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        let (w, c) = (&s[..WALL_DIGITS], &s[WALL_DIGITS..head]);
-        if !hex(w) || !hex(c) {
+        let (v, w, c) = (&s[..VERSION_DIGITS], &s[VERSION_DIGITS..VERSION_DIGITS + WALL_DIGITS], &s[VERSION_DIGITS + WALL_DIGITS..head]);
+        if !hex(v) || !hex(w) || !hex(c) {
             return None;
         }
         Some(Stamp {
+            version: u32::from_str_radix(v, 16).ok()?,
             wall: u64::from_str_radix(w, 16).ok()?,
             counter: u32::from_str_radix(c, 16).ok()?,
             node: s[head..].to_string(),
@@ -60,7 +76,7 @@ impl Stamp {
 
 impl Ord for Stamp {
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.wall, self.counter, &self.node).cmp(&(other.wall, other.counter, &other.node))
+        (self.version, self.wall, self.counter, &self.node).cmp(&(other.version, other.wall, other.counter, &other.node))
     }
 }
 
@@ -90,6 +106,7 @@ impl<'de> Deserialize<'de> for Stamp {
 }
 
 /// The clock of one replica. It only ever hands out stamps larger than any it has seen.
+/// Its stamps carry the schema version the replica writes under.
 #[derive(Clone, Debug)]
 pub struct Clock {
     node: String,
@@ -97,10 +114,12 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// A clock for `node` that resumes after `last` (the newest stamp the replica stored).
-    pub fn new(node: impl Into<String>, last: Option<Stamp>) -> Clock {
+    /// A clock for `node` writing under schema `version`, resuming after `last` (the newest
+    /// stamp the replica stored).
+    pub fn new(node: impl Into<String>, version: u32, last: Option<Stamp>) -> Clock {
         let node = node.into();
-        let last = last.unwrap_or_else(|| Stamp { wall: 0, counter: 0, node: node.clone() });
+        let mut last = last.unwrap_or_else(|| Stamp { version, wall: 0, counter: 0, node: node.clone() });
+        last.version = version;
         Clock { node, last }
     }
 
@@ -113,7 +132,7 @@ impl Clock {
     pub fn tick(&mut self, now_ms: u64) -> Stamp {
         let now = now_ms.min(MAX_WALL);
         let next = if now > self.last.wall {
-            Stamp { wall: now, counter: 0, node: self.node.clone() }
+            Stamp { version: self.last.version, wall: now, counter: 0, node: self.node.clone() }
         } else {
             self.successor(self.last.wall, self.last.counter)
         };
@@ -126,16 +145,16 @@ impl Clock {
         if remote.wall > self.last.wall
             || (remote.wall == self.last.wall && remote.counter > self.last.counter)
         {
-            self.last = Stamp { wall: remote.wall, counter: remote.counter, node: self.node.clone() };
+            self.last = Stamp { version: self.last.version, wall: remote.wall, counter: remote.counter, node: self.node.clone() };
         }
     }
 
     fn successor(&self, wall: u64, counter: u32) -> Stamp {
         if counter >= MAX_COUNTER {
             // Counter exhausted within one millisecond: borrow the next millisecond.
-            Stamp { wall: (wall + 1).min(MAX_WALL), counter: 0, node: self.node.clone() }
+            Stamp { version: self.last.version, wall: (wall + 1).min(MAX_WALL), counter: 0, node: self.node.clone() }
         } else {
-            Stamp { wall, counter: counter + 1, node: self.node.clone() }
+            Stamp { version: self.last.version, wall, counter: counter + 1, node: self.node.clone() }
         }
     }
 }
@@ -146,18 +165,19 @@ mod tests {
 
     #[test]
     fn encoding_round_trips_and_sorts_like_stamps() {
-        let a = Stamp { wall: 1_700_000_000_000, counter: 3, node: "ab12".into() };
-        let b = Stamp { wall: 1_700_000_000_000, counter: 12, node: "0000".into() };
+        let a = Stamp { version: 1, wall: 1_700_000_000_000, counter: 3, node: "ab12".into() };
+        let b = Stamp { version: 1, wall: 1_700_000_000_000, counter: 12, node: "0000".into() };
+        let newer_schema = Stamp { version: 2, wall: 0, counter: 0, node: "".into() };
         assert_eq!(Stamp::parse(&a.encode()), Some(a.clone()));
-        assert!(a < b);
-        assert!(a.encode() < b.encode());
+        assert!(a < b && b < newer_schema);
+        assert!(a.encode() < b.encode() && b.encode() < newer_schema.encode());
         assert_eq!(Stamp::parse("zz"), None);
-        assert_eq!(Stamp::parse("0000000000g00000ab"), None);
+        assert_eq!(Stamp::parse("00010000000000g00000ab"), None);
     }
 
     #[test]
     fn tick_survives_a_clock_that_jumps_back() {
-        let mut c = Clock::new("n1", None);
+        let mut c = Clock::new("n1", 1, None);
         let a = c.tick(1000);
         let b = c.tick(500);
         let d = c.tick(1000);
@@ -167,9 +187,9 @@ mod tests {
 
     #[test]
     fn observe_orders_later_local_writes_after_remote_ones() {
-        let mut c = Clock::new("n1", None);
+        let mut c = Clock::new("n1", 1, None);
         c.tick(10);
-        let remote = Stamp { wall: 99_999, counter: 7, node: "zz".into() };
+        let remote = Stamp { version: 1, wall: 99_999, counter: 7, node: "zz".into() };
         c.observe(&remote);
         let next = c.tick(10);
         assert!(next > remote);
@@ -178,7 +198,7 @@ mod tests {
 
     #[test]
     fn counter_overflow_borrows_a_millisecond() {
-        let mut c = Clock::new("n", Some(Stamp { wall: 5, counter: MAX_COUNTER, node: "n".into() }));
+        let mut c = Clock::new("n", 1, Some(Stamp { version: 1, wall: 5, counter: MAX_COUNTER, node: "n".into() }));
         let s = c.tick(5);
         assert_eq!((s.wall, s.counter), (6, 0));
     }

@@ -208,7 +208,7 @@ mod tests {
     use serde_json::json;
 
     fn st(wall: u64) -> Stamp {
-        Stamp { wall, counter: 0, node: "n".into() }
+        Stamp { version: 1, wall, counter: 0, node: "n".into() }
     }
 
     fn op(wall: u64, kind: Kind, fields: Option<Value>) -> Op {

@@ -85,7 +85,7 @@ impl<S: Store> Replica<S> {
                         // Another opener may have initialized the store meanwhile.
                         let head = existing.unwrap_or_else(|| {
                             let db_id = new_db_id();
-                            Head { clock: Stamp { wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version }
+                            Head { clock: Stamp { version, wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version }
                         });
                         Ok(Commit { head: Some(head), ..Commit::default() })
                     })
@@ -185,7 +185,7 @@ impl<S: Store> Replica<S> {
             .store
             .commit(&keys, |head, current| {
                 let mut head = head.ok_or_else(|| crate::error::StoreError::Corrupt("store has no head".into()))?;
-                let mut clock = Clock::new(head.db_id.clone(), Some(head.clock.clone()));
+                let mut clock = Clock::new(head.db_id.clone(), schema.version, Some(head.clock.clone()));
                 let mut states: Vec<Option<DocState>> = current.iter().map(|d| d.as_ref().map(StoredDoc::state)).collect();
                 let mut rows = Vec::with_capacity(writes.len());
                 for (w, slot) in writes.into_iter().zip(&slots) {

@@ -73,7 +73,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
                 Op {
                     origin: origin.clone(),
                     origin_row: n as u64 + 1,
-                    ts: Stamp { wall, counter: n as u32, node: origin },
+                    ts: Stamp { version: 1, wall, counter: n as u32, node: origin },
                     schema_version: 1,
                     collection: "t".into(),
                     id,
@@ -188,7 +188,7 @@ proptest! {
 
     #[test]
     fn hlc_never_goes_backwards(steps in prop::collection::vec((any::<bool>(), 0u64..2_000, 0u32..4, any::<bool>()), 1..200)) {
-        let mut clock = Clock::new("me", None);
+        let mut clock = Clock::new("me", 1, None);
         let mut last = clock.last().clone();
         let mut seen = Stamp::zero();
         for (is_tick, wall, counter, skew_back) in steps {
@@ -200,7 +200,7 @@ proptest! {
                 prop_assert!(s.wall > seen.wall || (s.wall == seen.wall && s.counter > seen.counter) || seen.wall == 0 && seen.counter == 0);
                 last = s;
             } else {
-                let remote = Stamp { wall, counter, node: "other".into() };
+                let remote = Stamp { version: 1, wall, counter, node: "other".into() };
                 clock.observe(&remote);
                 if remote > seen { seen = remote; }
             }

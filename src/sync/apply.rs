@@ -69,7 +69,7 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
         .store()
         .commit_sync(&keys, &[peer.to_string()], |loaded| {
             let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-            let mut clock = Clock::new(head.db_id.clone(), Some(head.clock.clone()));
+            let mut clock = Clock::new(head.db_id.clone(), head.schema_version, Some(head.clock.clone()));
             let mut states: Vec<Option<DocState>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::state)).collect();
             let mut versions: Vec<u32> = loaded.docs.iter().map(|d| d.as_ref().map_or(0, |d| d.v)).collect();
             let mut changed = vec![false; keys.len()];
@@ -146,7 +146,7 @@ pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Ve
         .store()
         .commit_sync(&keys, &[], |loaded| {
             let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-            let mut clock = Clock::new(head.db_id.clone(), Some(head.clock.clone()));
+            let mut clock = Clock::new(head.db_id.clone(), head.schema_version, Some(head.clock.clone()));
             let mut states: Vec<Option<DocState>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::state)).collect();
             let mut versions: Vec<u32> = loaded.docs.iter().map(|d| d.as_ref().map_or(0, |d| d.v)).collect();
             let mut changed = vec![false; keys.len()];
