@@ -74,6 +74,22 @@ pub enum SyncError {
     NotConfigured,
 }
 
+/// Why data could not be brought to the app's schema version. The live store is
+/// untouched.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum MigrateError {
+    #[error("no schema for version {0}: add it to `history` so stored data of that version can be migrated")]
+    MissingSchema(u32),
+    #[error("no migration to version {0}: add `migrations[{0}]` (a function, or null if only indexes, collections or defaults change)")]
+    MissingMigration(u32),
+    #[error("stored data has schema version {stored}, newer than this app's {current}: upgrade the app")]
+    Newer { stored: u32, current: u32 },
+    #[error("invalid history: {0}")]
+    BadHistory(String),
+    #[error("a migration failed: {0}")]
+    Failed(String),
+}
+
 /// Any Tidemark error.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum Error {
@@ -89,6 +105,8 @@ pub enum Error {
     Open(#[from] OpenError),
     #[error(transparent)]
     Sync(#[from] SyncError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
 }
 
 impl Error {
@@ -115,6 +133,13 @@ impl Error {
             },
             Error::Open(OpenError::InvalidOptions(_)) => "INVALID_OPTIONS",
             Error::Open(OpenError::SchemaMismatch { .. }) => "SCHEMA_MISMATCH",
+            Error::Migrate(e) => match e {
+                MigrateError::MissingSchema(_) => "MISSING_SCHEMA",
+                MigrateError::MissingMigration(_) => "MISSING_MIGRATION",
+                MigrateError::Newer { .. } => "VERSION_TOO_OLD",
+                MigrateError::BadHistory(_) => "INVALID_SCHEMA",
+                MigrateError::Failed(_) => "MIGRATION_FAILED",
+            },
             Error::Sync(e) => match e {
                 SyncError::Connection(_) => "SYNC_CONNECTION",
                 SyncError::Protocol(_) => "SYNC_PROTOCOL",

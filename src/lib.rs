@@ -9,6 +9,7 @@ pub mod idb;
 pub mod key;
 pub mod memory;
 pub mod merge;
+pub mod migrate;
 pub mod op;
 pub mod path;
 pub mod query;

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::error::SchemaError;
 use crate::path::Path;
@@ -25,6 +26,10 @@ pub struct Collection {
     pub primary_key: String,
     #[serde(default)]
     pub indexes: BTreeMap<String, IndexFields>,
+    /// Values given to top-level fields a document lacks when it is migrated to this
+    /// version (a declarative change that needs no migration function).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub defaults: Map<String, Value>,
 }
 
 /// An index over one field (`'done'`) or several (`['list', 'createdAt']`).

@@ -1,0 +1,406 @@
+//! Schema versions and migrations (DESIGN §6): which schemas the app knows, how a
+//! document of one version becomes the next, and a document's view at the app's version.
+//!
+//! A document keeps one *layer* per schema version it was written under: the merge state
+//! of the ops of that version only. Its view at version V is computed, never stored as
+//! truth: migrate the view at V−1 (the app's function, then the declarative changes of
+//! schema V: dropped collections, field defaults), put that in as a root register stamped
+//! `(V, wall 0, …)` — after every op of older versions, before any real write of V — and
+//! merge layer V over it. Because the view is recomputed from layers, an op of an older
+//! version that arrives late simply lands in its layer and the document is migrated
+//! forward again; ops of a newer version wait in their layer until the app upgrades.
+//!
+//! Migration output is also written as ops (stamped as above) so that schema-agnostic
+//! replicas such as the server hold the migrated state; replicas that can migrate
+//! recompute it themselves and ignore such ops.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value};
+
+use crate::clock::Stamp;
+use crate::error::{Error, MigrateError};
+use crate::merge::{DocState, ROOT};
+use crate::op::{Kind, Op};
+use crate::schema::Schema;
+
+/// Node prefix of the stamps of migration output.
+pub const MIGRATION_NODE: &str = "~m";
+
+/// Turns documents of version `to − 1` into version `to`.
+pub trait Migrator {
+    /// Whether the app declared the step to version `to` (a function, or `null` for "the
+    /// declarative changes only").
+    fn has_step(&self, to: u32) -> bool;
+
+    /// Runs the app's function for the step to `to` over documents of `collection`, in
+    /// order; `None` drops a document. Steps declared as `null` return the input.
+    fn migrate(&self, to: u32, collection: &str, docs: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, MigrateError>;
+}
+
+/// No migrations at all: every step is missing.
+pub struct NoMigrations;
+
+impl Migrator for NoMigrations {
+    fn has_step(&self, _to: u32) -> bool {
+        false
+    }
+    fn migrate(&self, to: u32, _c: &str, _d: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+        Err(MigrateError::MissingMigration(to))
+    }
+}
+
+/// The app's current schema and the older ones it still knows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Schemas {
+    pub current: Schema,
+    pub history: BTreeMap<u32, Schema>,
+}
+
+impl Schemas {
+    pub fn new(current: Schema, history: Vec<Schema>) -> Result<Schemas, Error> {
+        let mut map = BTreeMap::new();
+        for s in history {
+            s.validate()?;
+            if s.version >= current.version {
+                return Err(MigrateError::BadHistory(format!("history has version {} but the current schema is version {}", s.version, current.version)).into());
+            }
+            if map.insert(s.version, s).is_some() {
+                return Err(MigrateError::BadHistory("two history schemas share a version".into()).into());
+            }
+        }
+        Ok(Schemas { current, history: map })
+    }
+
+    pub fn get(&self, version: u32) -> Option<&Schema> {
+        if version == self.current.version {
+            Some(&self.current)
+        } else {
+            self.history.get(&version)
+        }
+    }
+
+    /// Checks that data of version `from` can be brought to the current version: every
+    /// schema on the way is known and every step is declared.
+    pub fn check_path(&self, from: u32, migrator: &dyn Migrator) -> Result<(), MigrateError> {
+        if from > self.current.version {
+            return Err(MigrateError::Newer { stored: from, current: self.current.version });
+        }
+        for v in from..=self.current.version {
+            if self.get(v).is_none() {
+                return Err(MigrateError::MissingSchema(v));
+            }
+            if v > from && !migrator.has_step(v) {
+                return Err(MigrateError::MissingMigration(v));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lowest version from which `to` can be reached.
+    fn reachable_from(&self, to: u32, migrator: &dyn Migrator) -> u32 {
+        let mut v = to;
+        while v > 0 && migrator.has_step(v) && self.get(v - 1).is_some() {
+            v -= 1;
+        }
+        v
+    }
+}
+
+/// A document's layers, one merge state per schema version.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Layers(pub BTreeMap<u32, DocState>);
+
+impl Layers {
+    /// Merges an op into the layer of its version. Returns whether anything changed.
+    pub fn apply(&mut self, op: &Op) -> bool {
+        self.0.entry(op.schema_version).or_default().apply(op)
+    }
+
+    /// Merges another replica's layers (a snapshot) and returns the registers that
+    /// changed, per version. `skip_migrations` drops migration output (replicas that
+    /// can migrate compute it themselves).
+    pub fn merge(&mut self, other: &Layers, skip_migrations: bool) -> Vec<(u32, Vec<(String, Stamp, Option<Value>)>)> {
+        let mut out = Vec::new();
+        for (v, theirs) in &other.0 {
+            let mut theirs = theirs.clone();
+            if skip_migrations {
+                strip_migrations(&mut theirs);
+                if theirs.stamps.is_empty() {
+                    continue;
+                }
+            }
+            let changed = self.0.entry(*v).or_default().merge_state(&theirs);
+            if !changed.is_empty() {
+                out.push((*v, changed));
+            }
+        }
+        out
+    }
+
+    /// The newest stamp among layers below `version`.
+    fn newest_below(&self, version: u32) -> Option<Stamp> {
+        self.0.range(..version).filter_map(|(_, l)| l.newest().cloned()).max()
+    }
+}
+
+/// Whether a stamp marks migration output.
+pub fn is_migration(ts: &Stamp) -> bool {
+    ts.wall == 0 && ts.node.starts_with(MIGRATION_NODE)
+}
+
+fn strip_migrations(state: &mut DocState) {
+    if state.stamps.get(ROOT).is_some_and(is_migration) {
+        // A migration root only ever sits under newer real registers of its layer, which
+        // stay valid without it; without the root the layer's own doc is just those.
+        let regs: Vec<_> = state.registers().into_iter().filter(|(_, s, _)| !is_migration(s)).collect();
+        let mut fresh = DocState::default();
+        for (p, s, v) in regs {
+            fresh.apply_register(&p, &s, v);
+        }
+        *state = fresh;
+    }
+}
+
+/// A document's view at the app's version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct View {
+    /// The document as the app sees it (with its primary key), or `None`.
+    pub doc: Option<Map<String, Value>>,
+    /// The migration output the view is built on, as an op to log, when the view came
+    /// from older layers.
+    pub migration: Option<Op>,
+}
+
+/// One document to compute a view for.
+pub struct Item<'a> {
+    pub collection: &'a str,
+    pub id: &'a str,
+    pub layers: &'a Layers,
+}
+
+/// Computes the views at the current version of many documents, calling the migrator
+/// once per step and collection rather than once per document.
+pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[Item]) -> Result<Vec<View>, Error> {
+    let target = schemas.current.version;
+    let floor = schemas.reachable_from(target, migrator);
+    // Per item: the version its history starts at (its lowest usable layer).
+    let starts: Vec<Option<u32>> = items.iter().map(|it| it.layers.0.range(floor..=target).next().map(|(v, _)| *v)).collect();
+    let mut prev: Vec<Option<Map<String, Value>>> = vec![None; items.len()];
+    let mut bases: Vec<Option<(Stamp, Option<Map<String, Value>>)>> = vec![None; items.len()];
+    let lowest = starts.iter().flatten().min().copied().unwrap_or(target);
+    for v in lowest..=target {
+        let schema = schemas.get(v).expect("reachable versions have schemas");
+        // Migrate the previous views into v, grouped by collection.
+        let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, it) in items.iter().enumerate() {
+            if starts[i].is_some_and(|s| s < v) && prev[i].is_some() {
+                groups.entry(it.collection).or_default().push(i);
+            }
+        }
+        let mut migrated: Vec<Option<Option<Map<String, Value>>>> = vec![None; items.len()];
+        for (coll, idx) in groups {
+            let out = match schema.collection(coll) {
+                // Dropped in v: nothing survives.
+                None => vec![None; idx.len()],
+                Some(c) => {
+                    let docs: Vec<_> = idx.iter().map(|&i| prev[i].clone().expect("grouped")).collect();
+                    let out = migrator.migrate(v, coll, docs)?;
+                    if out.len() != idx.len() {
+                        return Err(MigrateError::Failed(format!("migration to {v} returned {} documents for {}", out.len(), idx.len())).into());
+                    }
+                    out.into_iter()
+                        .map(|d| {
+                            d.map(|mut d| {
+                                for (k, dv) in &c.defaults {
+                                    d.entry(k.clone()).or_insert_with(|| dv.clone());
+                                }
+                                d
+                            })
+                        })
+                        .collect()
+                }
+            };
+            for (&i, d) in idx.iter().zip(out) {
+                migrated[i] = Some(d);
+            }
+        }
+        for (i, it) in items.iter().enumerate() {
+            let Some(start) = starts[i] else { continue };
+            if start > v {
+                continue;
+            }
+            let Some(coll) = schema.collection(it.collection) else {
+                prev[i] = None;
+                continue;
+            };
+            let mut state = DocState::default();
+            if let Some(base) = migrated[i].take() {
+                let stamp = migration_stamp(v, it.layers, &base);
+                state.apply_register(ROOT, &stamp, base.clone().map(Value::Object));
+                if v == target {
+                    bases[i] = Some((stamp, base));
+                }
+            }
+            if let Some(layer) = it.layers.0.get(&v) {
+                let mut own = layer.clone();
+                strip_migrations(&mut own);
+                state.merge_state(&own);
+            }
+            prev[i] = state.materialize(&coll.primary_key, it.id);
+        }
+    }
+    Ok(items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| View {
+            doc: prev[i].take(),
+            migration: bases[i].take().map(|(ts, base)| Op {
+                origin: origin.to_string(),
+                origin_row: 0,
+                ts,
+                schema_version: target,
+                collection: it.collection.to_string(),
+                id: it.id.to_string(),
+                kind: if base.is_some() { Kind::Put } else { Kind::Delete },
+                fields: base,
+            }),
+        })
+        .collect())
+}
+
+/// The stamp of migration output at version `v`: below every real write of v, above
+/// every op of older versions, and different whenever the input or the output differs,
+/// so every replica that migrates the same input writes the very same op.
+fn migration_stamp(v: u32, layers: &Layers, out: &Option<Map<String, Value>>) -> Stamp {
+    let input = layers.newest_below(v).map(|s| s.encode()).unwrap_or_default();
+    let text = serde_json::to_string(out).unwrap_or_default();
+    Stamp { version: v, wall: 0, counter: 0, node: format!("{MIGRATION_NODE}{input}.{:016x}", fnv1a(text.as_bytes())) }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Test migrations: 2 renames `title` → `name`; 3 is declarative only.
+    struct Steps;
+    impl Migrator for Steps {
+        fn has_step(&self, to: u32) -> bool {
+            to == 2 || to == 3
+        }
+        fn migrate(&self, to: u32, _c: &str, docs: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+            Ok(docs
+                .into_iter()
+                .map(|mut d| {
+                    if to == 2 {
+                        if let Some(t) = d.remove("title") {
+                            d.insert("name".into(), t);
+                        }
+                        if d.get("drop") == Some(&json!(true)) {
+                            return None;
+                        }
+                    }
+                    Some(d)
+                })
+                .collect())
+        }
+    }
+
+    fn schemas() -> Schemas {
+        let s = |v: u32, extra: Value| {
+            let mut colls = json!({"todos": {"primaryKey": "id"}, "old": {"primaryKey": "id"}});
+            if v == 3 {
+                colls = json!({"todos": {"primaryKey": "id", "defaults": {"list": "inbox"}}});
+            }
+            let _ = extra;
+            Schema::from_json(json!({"version": v, "collections": colls})).unwrap()
+        };
+        Schemas::new(s(3, json!(null)), vec![s(1, json!(null)), s(2, json!(null))]).unwrap()
+    }
+
+    fn op(v: u32, wall: u64, kind: Kind, fields: Option<Value>) -> Op {
+        Op {
+            origin: "w".into(),
+            origin_row: wall,
+            ts: Stamp { version: v, wall, counter: 0, node: "w".into() },
+            schema_version: v,
+            collection: "todos".into(),
+            id: "a".into(),
+            kind,
+            fields: fields.map(|f| f.as_object().unwrap().clone()),
+        }
+    }
+
+    fn view(layers: &Layers) -> View {
+        views(&schemas(), &Steps, "me", &[Item { collection: "todos", id: "a", layers }]).unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_v1_document_is_migrated_through_every_step() {
+        let mut l = Layers::default();
+        l.apply(&op(1, 10, Kind::Put, Some(json!({"id": "a", "title": "Milk"}))));
+        let v = view(&l);
+        assert_eq!(v.doc.map(Value::Object), Some(json!({"id": "a", "name": "Milk", "list": "inbox"})));
+        let m = v.migration.unwrap();
+        assert!(is_migration(&m.ts) && m.ts.version == 3 && m.kind == Kind::Put);
+    }
+
+    #[test]
+    fn real_writes_of_the_new_version_win_over_migration_output() {
+        let mut l = Layers::default();
+        l.apply(&op(1, 10, Kind::Put, Some(json!({"id": "a", "title": "Milk"}))));
+        l.apply(&op(3, 5, Kind::Patch, Some(json!({"list": "work"}))));
+        // A late v1 write (even with a later wall clock) is migrated forward again.
+        l.apply(&op(1, 99, Kind::Patch, Some(json!({"title": "Oat milk"}))));
+        assert_eq!(view(&l).doc.map(Value::Object), Some(json!({"id": "a", "name": "Oat milk", "list": "work"})));
+    }
+
+    #[test]
+    fn migrations_can_drop_documents_and_ignore_received_migration_output() {
+        let mut l = Layers::default();
+        l.apply(&op(1, 10, Kind::Put, Some(json!({"id": "a", "drop": true}))));
+        assert_eq!(view(&l).doc, None);
+        // Someone else's migration output in layer 3 does not override ours.
+        let mut foreign = op(3, 0, Kind::Put, Some(json!({"id": "a", "name": "x"})));
+        foreign.ts.node = format!("{MIGRATION_NODE}zzz");
+        l.apply(&foreign);
+        assert_eq!(view(&l).doc, None);
+    }
+
+    #[test]
+    fn same_input_gives_the_same_migration_op_anywhere() {
+        let mut a = Layers::default();
+        let mut b = Layers::default();
+        let o1 = op(1, 10, Kind::Put, Some(json!({"id": "a", "title": "x"})));
+        let o2 = op(1, 11, Kind::Patch, Some(json!({"title": "y"})));
+        a.apply(&o1);
+        a.apply(&o2);
+        b.apply(&o2);
+        b.apply(&o1);
+        assert_eq!(view(&a).migration, view(&b).migration);
+        a.apply(&op(1, 12, Kind::Patch, Some(json!({"title": "z"}))));
+        assert!(view(&a).migration.unwrap().ts > view(&b).migration.unwrap().ts);
+    }
+
+    #[test]
+    fn future_layers_wait() {
+        let mut l = Layers::default();
+        l.apply(&op(3, 10, Kind::Put, Some(json!({"id": "a", "name": "now"}))));
+        l.apply(&op(4, 11, Kind::Patch, Some(json!({"name": "future"}))));
+        assert_eq!(view(&l).doc.map(Value::Object), Some(json!({"id": "a", "name": "now"})));
+    }
+
+    #[test]
+    fn paths_need_every_schema_and_step() {
+        let s = schemas();
+        assert!(s.check_path(1, &Steps).is_ok());
+        assert_eq!(s.check_path(0, &Steps), Err(MigrateError::MissingSchema(0)));
+        assert_eq!(s.check_path(1, &NoMigrations), Err(MigrateError::MissingMigration(2)));
+        assert!(matches!(s.check_path(4, &Steps), Err(MigrateError::Newer { .. })));
+    }
+}
