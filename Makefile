@@ -33,8 +33,14 @@ demo: build build-server
 	mkdir -p data
 	./target/release/tidemark-server --listen 127.0.0.1:$(PORT) --data ./data --www ./www --pkg ./js
 
-bench: build
-	@echo "benchmarks arrive with issue 6"
+# Benchmarks (not part of `make test`): the native engine (criterion), then W1–W4, cold
+# open, sync and size in headless Chromium against raw IndexedDB, Dexie, PouchDB and RxDB.
+# Writes bench/results.json and bench/RESULTS.md. The peers live in bench/node_modules only.
+bench: build build-server
+	@if [ ! -d bench/node_modules ] || [ bench/package-lock.json -nt bench/node_modules/.package-lock.json ]; then \
+		echo "bench: installing the benchmark peers (bench/package-lock.json)"; \
+		cd bench && npm ci --no-audit --no-fund; fi
+	TIDEMARK_SERVER=$${TIDEMARK_SERVER:-$${CARGO_TARGET_DIR:-target}/release/tidemark-server} node bench/run.mjs
 
 clean:
 	cargo clean; rm -rf pkg node_modules

@@ -1,0 +1,331 @@
+// `make bench`: runs every benchmark and writes bench/results.json and bench/RESULTS.md.
+//
+//   engine   criterion benches of the native engine (benches/engine.rs)
+//   size     gzip bytes of the JS + wasm a browser downloads for each library
+//   browser  W1–W4 and cold open for raw IndexedDB, Tidemark, Dexie, PouchDB, RxDB —
+//            same page, same browser, same run, libraries interleaved in rotating order
+//   sync     initial sync of 10,000 documents and catch-up of 1,000 writes through a real
+//            tidemark-server
+//   migrate  reset + migrate of 10,000 documents, once the product supports it
+//
+// Environment: BENCH_RUNS (default 5), BENCH_ONLY=engine,size,... (a subset; sections not
+// run keep their previous results), TIDEMARK_SERVER (server binary), CHROMIUM,
+// CARGO_TARGET_DIR (passed to cargo).
+import { chromium } from 'playwright-core';
+import { spawn, execFileSync } from 'node:child_process';
+import { readFile, writeFile, mkdtemp, rm, readdir } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
+import { tmpdir, cpus, loadavg } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { bundle } from './build.mjs';
+import { startStatic } from './serve.mjs';
+import { CHROMIUM_ARGS } from '../tests/e2e/harness.mjs';
+import { startServer as startTidemarkServer } from '../tests/e2e/server.mjs';
+import { render } from './report.mjs';
+
+const BENCH = fileURLToPath(new URL('.', import.meta.url));
+const ROOT = resolve(BENCH, '..');
+const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 5));
+const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',')) : null;
+const wants = (s) => !ONLY || ONLY.has(s);
+const LIBS = ['raw', 'tidemark', 'dexie', 'pouchdb', 'rxdb'];
+const log = (...a) => console.log('bench:', ...a);
+
+// ---------------------------------------------------------------- statistics
+
+export function stats(values) {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!v.length) return null;
+  const mid = v.length >> 1;
+  const median = v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+  return { median, min: v[0], max: v[v.length - 1], n: v.length };
+}
+
+// ---------------------------------------------------------------- engine (criterion)
+
+async function engine() {
+  const home = join(BENCH, 'out/criterion');
+  await rm(home, { recursive: true, force: true });
+  log('engine: cargo bench --bench engine');
+  await new Promise((ok, fail) => {
+    const p = spawn('cargo', ['bench', '--bench', 'engine'], { cwd: ROOT, stdio: 'inherit', env: { ...process.env, CRITERION_HOME: home } });
+    p.on('exit', (code) => (code === 0 ? ok() : fail(new Error(`cargo bench exited with ${code}`))));
+  });
+  const out = {};
+  for (const group of await readdir(home)) {
+    if (group === 'report') continue;
+    for (const name of await readdir(join(home, group))) {
+      const dir = join(home, group, name);
+      if (!existsSync(join(dir, 'new/sample.json'))) continue;
+      const sample = JSON.parse(await readFile(join(dir, 'new/sample.json'), 'utf8'));
+      const meta = JSON.parse(await readFile(join(dir, 'new/benchmark.json'), 'utf8'));
+      const elements = meta.throughput?.Elements ?? null;
+      const perIter = sample.times.map((t, i) => t / sample.iters[i] / 1e6); // ms per iteration
+      const time = stats(perIter);
+      out[`${group}/${name}`] = {
+        elements,
+        time_ms: time,
+        per_s: elements ? { median: elements / (time.median / 1000), min: elements / (time.max / 1000), max: elements / (time.min / 1000) } : null,
+        samples: sample.times.length,
+      };
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- download size
+
+async function sizes() {
+  const dir = join(BENCH, 'dist/size');
+  const files = { tidemark: ['tidemark.js', 'tidemark_bg.wasm'], dexie: ['dexie.js'], pouchdb: ['pouchdb.js'], rxdb: ['rxdb.js'] };
+  const out = {};
+  for (const [lib, names] of Object.entries(files)) {
+    const entry = { files: {}, bytes: 0, gzip: 0 };
+    for (const f of names) {
+      const body = await readFile(join(dir, f));
+      const gz = gzipSync(body, { level: 9 }).length;
+      entry.files[f] = { bytes: body.length, gzip: gz };
+      entry.bytes += body.length;
+      entry.gzip += gz;
+    }
+    out[lib] = entry;
+  }
+  // The wasm's `name` custom section (function names) is shipped as built; how much of the
+  // download it is tells whether stripping it would matter.
+  const wasm = await readFile(join(dir, 'tidemark_bg.wasm'));
+  out.tidemark.wasm_sections = wasmSections(wasm);
+  return out;
+}
+
+function wasmSections(b) {
+  const names = { 0: 'custom', 1: 'type', 2: 'import', 3: 'function', 4: 'table', 5: 'memory', 6: 'global', 7: 'export', 8: 'start', 9: 'element', 10: 'code', 11: 'data', 12: 'datacount' };
+  let p = 8;
+  const leb = () => { let r = 0, s = 0, x; do { x = b[p++]; r += (x & 127) * 2 ** s; s += 7; } while (x & 128); return r; };
+  const out = {};
+  while (p < b.length) {
+    const id = b[p++];
+    const len = leb();
+    const start = p;
+    let name = names[id] ?? `section${id}`;
+    if (id === 0) { const n = leb(); name = `custom:${b.subarray(p, p + n).toString()}`; }
+    out[name] = (out[name] ?? 0) + len;
+    p = start + len;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- browser
+
+async function withBrowser(fn) {
+  const { server, url } = await startStatic();
+  const profile = await mkdtemp(join(tmpdir(), 'tidemark-bench-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: CHROMIUM_ARGS,
+  });
+  const errors = [];
+  const openPage = async () => {
+    const page = await context.newPage();
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(`${url}/bench/page.html`);
+    await page.waitForFunction(() => window.ready === true);
+    const isolated = await page.evaluate(() => crossOriginIsolated);
+    if (!isolated) log('warning: the page is not cross-origin isolated (timer resolution 100 µs)');
+    return page;
+  };
+  try {
+    return await fn({ context, openPage, errors, version: chromiumVersion() });
+  } finally {
+    await context.close();
+    await new Promise((ok) => server.close(ok));
+    await rm(profile, { recursive: true, force: true });
+  }
+}
+
+function chromiumVersion() {
+  try { return execFileSync(process.env.CHROMIUM ?? '/usr/bin/chromium', ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(); } catch { return 'unknown'; }
+}
+
+const METRICS = ['w1_docs_per_s', 'w1_ms', 'w2_p50_ms', 'w2_p95_ms', 'w2_total_ms', 'w3_ms', 'w3_first_ms', 'w4_ms', 'cold_open_ms', 'cold_load_ms', 'settle_ms'];
+
+async function browserWorkloads(b) {
+  const perRun = Object.fromEntries(LIBS.map((l) => [l, []]));
+  const failures = {};
+  for (let r = 0; r < RUNS; r++) {
+    // Rotate the order every run, so no library always goes first (or last).
+    const order = LIBS.map((_, i) => LIBS[(i + r) % LIBS.length]);
+    for (const lib of order) {
+      if (failures[lib]) continue;
+      const name = `bench-${lib}-${r}`;
+      const page = await b.openPage();
+      try {
+        const w = await page.evaluate(([l, n]) => window.bench.write(l, n), [lib, name]);
+        await page.reload();
+        await page.waitForFunction(() => window.ready === true);
+        const rd = await page.evaluate(([l, n]) => window.bench.read(l, n), [lib, name]);
+        await page.evaluate(([l, n]) => window.bench.destroy(l, n), [lib, name]);
+        perRun[lib].push({ ...w, ...rd });
+        log(`run ${r + 1}/${RUNS} ${lib}: W1 ${w.w1_docs_per_s.toFixed(0)} docs/s, W2 p50 ${rd.w2_p50_ms.toFixed(2)} ms, W3 ${w.w3_ms.toFixed(1)} ms, W4 ${rd.w4_ms.toFixed(0)} ms, cold ${rd.cold_open_ms.toFixed(0)} ms`);
+      } catch (e) {
+        failures[lib] = String(e?.message ?? e).slice(0, 500);
+        log(`${lib} failed: ${failures[lib]}`);
+      } finally {
+        await page.close();
+      }
+    }
+  }
+  const out = {};
+  for (const lib of LIBS) {
+    if (failures[lib]) { out[lib] = { error: failures[lib] }; continue; }
+    out[lib] = Object.fromEntries(METRICS.map((m) => [m, { ...stats(perRun[lib].map((x) => x[m])), runs: perRun[lib].map((x) => x[m]) }]));
+  }
+  // Tidemark ÷ library, paired within each run (both measured minutes apart on the same
+  // machine), then summarized: steadier than a ratio of medians on a shared box.
+  const ratios = {};
+  for (const lib of LIBS.filter((l) => l !== 'tidemark')) {
+    if (failures[lib] || failures.tidemark) continue;
+    ratios[lib] = Object.fromEntries(METRICS.map((m) => [m, stats(perRun.tidemark.map((t, i) => t[m] / perRun[lib][i][m]))]));
+  }
+  const vsRaw = {};
+  for (const lib of LIBS.filter((l) => l !== 'raw')) {
+    if (failures[lib] || failures.raw) continue;
+    vsRaw[lib] = Object.fromEntries(METRICS.map((m) => [m, stats(perRun[lib].map((t, i) => t[m] / perRun.raw[i][m]))]));
+  }
+  return { results: out, tidemark_vs: ratios, vs_raw: vsRaw };
+}
+
+// ---------------------------------------------------------------- sync
+
+async function syncWorkloads(b) {
+  const srv = await startTidemarkServer();
+  try {
+    const page = await b.openPage();
+    const library = 'bench';
+    const seed = await page.evaluate(([u, l]) => window.bench.syncSeed(u, l), [srv.wsUrl, library]);
+    log(`sync: server seeded with 10,000 documents (${seed.reports.length} rounds)`);
+    await page.close();
+    const runs = [];
+    for (let r = 0; r < RUNS; r++) {
+      const p = await b.openPage();
+      try {
+        const x = await p.evaluate(([u, l, i]) => window.bench.syncRun(u, l, i), [srv.wsUrl, library, r]);
+        runs.push(x);
+        const snap = x.initial_reports.some((rep) => rep.snapshot);
+        log(`sync run ${r + 1}/${RUNS}: initial ${x.initial_sync_ms.toFixed(0)} ms (${x.initial_reports.length} rounds${snap ? ', snapshot' : ''}), catch-up ${x.catch_up_ms.toFixed(0)} ms`);
+      } finally { await p.close(); }
+    }
+    return {
+      docs: 10000,
+      catch_up_writes: 1000,
+      initial_sync_ms: { ...stats(runs.map((x) => x.initial_sync_ms)), runs: runs.map((x) => x.initial_sync_ms) },
+      catch_up_ms: { ...stats(runs.map((x) => x.catch_up_ms)), runs: runs.map((x) => x.catch_up_ms) },
+      initial_mode: runs[0]?.initial_reports.some((rep) => rep.snapshot) ? 'snapshot' : 'diffs',
+      initial_rounds: runs[0]?.initial_reports.length,
+      catch_up_rounds: runs[0]?.catch_up_reports.length,
+      // Progress events of the first run (ms since the phase began): when each chunk of
+      // the initial snapshot was applied, and what the catch-up round pushed and pulled.
+      initial_progress: runs[0]?.progress.filter((p) => p.phase === 'initial'),
+      catch_up_progress: runs[0]?.progress.filter((p) => p.phase === 'catch_up'),
+    };
+  } finally { await srv.stop(); }
+}
+
+// ---------------------------------------------------------------- reset + migrate
+
+async function migrateWorkload(b) {
+  const srv = await startTidemarkServer();
+  try {
+    const page = await b.openPage();
+    const probe = await page.evaluate(([u]) => window.bench.migrateProbe(u, 'probe'), [srv.wsUrl]);
+    await page.close();
+    if (!probe.ok) {
+      log(`migrate: not measured (${probe.reason})`);
+      return { measured: false, reason: 'schema migrations not built yet', probe: probe.reason };
+    }
+    const p0 = await b.openPage();
+    await p0.evaluate(([u]) => window.bench.migrateSeed(u, 'bench-migrate'), [srv.wsUrl]);
+    await p0.close();
+    const runs = [];
+    for (let r = 0; r < RUNS; r++) {
+      const p = await b.openPage();
+      try {
+        const x = await p.evaluate(([u, i]) => window.bench.migrateRun(u, 'bench-migrate', i), [srv.wsUrl, r]);
+        runs.push(x.reset_migrate_ms);
+        log(`migrate run ${r + 1}/${RUNS}: ${x.reset_migrate_ms.toFixed(0)} ms`);
+      } finally { await p.close(); }
+    }
+    return { measured: true, docs: 10000, reset_migrate_ms: { ...stats(runs), runs } };
+  } finally { await srv.stop(); }
+}
+
+// ---------------------------------------------------------------- main
+
+function gitInfo() {
+  try {
+    const commit = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src', 'js', 'server', 'Cargo.toml', 'Cargo.lock'], { cwd: ROOT, encoding: 'utf8' }).trim() !== '';
+    return { commit, dirty };
+  } catch {
+    // Run from an exported tree (`git archive`): the caller names the commit.
+    return { commit: process.env.BENCH_COMMIT ?? 'unknown', dirty: process.env.BENCH_COMMIT ? false : null };
+  }
+}
+
+function pkgVersion(name) {
+  try { return JSON.parse(readFileSync(join(BENCH, 'node_modules', name, 'package.json'), 'utf8')).version; } catch { return null; }
+}
+
+async function main() {
+  const path = join(BENCH, 'results.json');
+  const prev = existsSync(path) && ONLY ? JSON.parse(await readFile(path, 'utf8')) : {};
+  const t0 = Date.now();
+  await bundle();
+  const results = {
+    format: 1,
+    generated: new Date().toISOString(),
+    ...gitInfo(),
+    runs: RUNS,
+    machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version, chromium: null, loadavg_start: loadavg().map((x) => +x.toFixed(2)) },
+    libraries: {
+      raw: { label: 'raw IndexedDB', version: null },
+      tidemark: { label: 'Tidemark', version: JSON.parse(readFileSync(join(ROOT, 'js/package.json'), 'utf8')).version },
+      dexie: { label: 'Dexie', version: pkgVersion('dexie') },
+      pouchdb: { label: 'PouchDB', version: pkgVersion('pouchdb-browser') },
+      rxdb: { label: 'RxDB (Dexie storage)', version: pkgVersion('rxdb') },
+      verdant: { label: 'Verdant', version: null, available: false,
+        reason: '@verdant-web/store 5.5.0 does not install from the registry: npm ETARGET, no matching version for @verdant-web/common@3.2.2' },
+    },
+    workload: { docs: 10000, doc_bytes: 208, batch: 1000, single: 1000, indexes: ['kind', '[kind, n]'],
+      w3: 'kind = k, 0 <= n < 500 on the [kind, n] index: 1,000 of 10,000 documents' },
+    engine: prev.engine ?? null,
+    size: prev.size ?? null,
+    browser: prev.browser ?? null,
+    sync: prev.sync ?? null,
+    reset_migrate: prev.reset_migrate ?? null,
+  };
+  if (wants('engine')) results.engine = await engine();
+  if (wants('size')) results.size = await sizes();
+  if (wants('browser') || wants('sync') || wants('migrate')) {
+    await withBrowser(async (b) => {
+      results.machine.chromium = b.version;
+      if (wants('browser')) results.browser = await browserWorkloads(b);
+      if (wants('sync')) results.sync = await syncWorkloads(b);
+      if (wants('migrate')) results.reset_migrate = await migrateWorkload(b);
+      if (b.errors.length) results.page_errors = b.errors.slice(0, 20);
+    });
+  } else {
+    results.machine.chromium = prev.machine?.chromium ?? chromiumVersion();
+  }
+  results.machine.loadavg_end = loadavg().map((x) => +x.toFixed(2));
+  results.duration_s = Math.round((Date.now() - t0) / 1000);
+  await writeFile(path, JSON.stringify(results, null, 2) + '\n');
+  await writeFile(join(BENCH, 'RESULTS.md'), render(results));
+  log(`wrote bench/results.json and bench/RESULTS.md in ${results.duration_s} s`);
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  main().catch((e) => { console.error(e); process.exit(1); });
+}

@@ -1,0 +1,210 @@
+// In-page measurements. bench/run.mjs calls these through Playwright; every library runs
+// the same code through its adapter (src/adapters/*.js, bundled into bench/dist/).
+// Timings use performance.now(); the page is cross-origin isolated (bench/serve.mjs), so
+// Chromium gives it 5 µs resolution instead of 100 µs.
+import { N, BATCH, SINGLE, KINDS, RANGE, doc, id, SCHEMA } from './workload.js';
+
+const now = () => performance.now();
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+const load = (lib) => import(`/bench/dist/${lib}.js`);
+const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+
+function expectRange(rows, what) {
+  if (!Array.isArray(rows) || rows.length !== 1000) throw new Error(`${what} returned ${rows?.length} rows, not 1000`);
+}
+
+/** W1, then W3: 10,000 documents in batches of 1,000 into a fresh database, then range queries. */
+async function write(lib, name) {
+  const A = await load(lib);
+  await A.destroy(name).catch(() => {});
+  const db = await A.open(name);
+  const batches = [];
+  for (let b = 0; b < N / BATCH; b++) batches.push(A.prepare(Array.from({ length: BATCH }, (_, i) => doc(b * BATCH + i))));
+  let t = now();
+  for (const batch of batches) await A.putBatch(db, batch);
+  const w1 = now() - t;
+  // Let the browser settle (IndexedDB compacts in the background after a burst of writes).
+  await sleep(500);
+  t = now();
+  expectRange(await A.range(db, 'k0', ...RANGE), `${lib} W3`);
+  const w3First = now() - t;
+  // Distinct queries (one per kind), so no library answers from a cached result.
+  const each = [];
+  for (let k = 1; k < KINDS; k++) {
+    t = now();
+    expectRange(await A.range(db, 'k' + k, ...RANGE), `${lib} W3`);
+    each.push(now() - t);
+  }
+  // Work a library deferred (PouchDB's lazy indexes), done before the reload; 0 if none.
+  t = now();
+  if (A.settle) await A.settle(db);
+  const settle = now() - t;
+  await A.close(db);
+  return { settle_ms: settle, w1_ms: w1, w1_docs_per_s: N / (w1 / 1000), w3_first_ms: w3First, w3_ms: each.reduce((a, b) => a + b) / each.length };
+}
+
+/** After a reload: cold open (load the library, open, first query), then W4 and W2. */
+async function read(lib, name) {
+  const t0 = now();
+  const A = await load(lib);
+  if (A.init) await A.init();
+  const t1 = now();
+  const db = await A.open(name);
+  expectRange(await A.range(db, 'k0', ...RANGE), `${lib} cold query`);
+  const cold = now() - t0;
+  // W4: 1,000 awaited point gets, spread over the whole key space.
+  const ids = Array.from({ length: SINGLE }, (_, i) => id((i * 7) % N));
+  let t = now();
+  for (const k of ids) if (!(await A.get(db, k))) throw new Error(`${lib} W4: ${k} missing`);
+  const w4 = now() - t;
+  // W2: 1,000 awaited single-document writes of new documents.
+  const docs = A.prepare(Array.from({ length: SINGLE }, (_, i) => doc(N + i)));
+  const times = [];
+  const t2 = now();
+  for (const d of docs) {
+    t = now();
+    await A.put(db, d);
+    times.push(now() - t);
+  }
+  const w2Total = now() - t2;
+  times.sort((a, b) => a - b);
+  await A.close(db);
+  return { cold_open_ms: cold, cold_load_ms: t1 - t0, w4_ms: w4, w2_p50_ms: pct(times, 0.5), w2_p95_ms: pct(times, 0.95), w2_total_ms: w2Total };
+}
+
+async function destroy(lib, name) {
+  const A = await load(lib);
+  await A.destroy(name);
+}
+
+async function untilDone(db) {
+  const reports = [];
+  for (let i = 0; i < 1000; i++) {
+    const r = await db.syncNow();
+    reports.push(r);
+    if (!r.capped) return reports;
+  }
+  throw new Error('sync never completed');
+}
+
+/** The writer replica puts 10,000 documents and pushes them to the server. */
+async function syncSeed(url, library) {
+  const T = await load('tidemark');
+  await T.deleteReplica('sync-writer').catch(() => {});
+  const db = await T.openReplica({ name: 'sync-writer', schema: SCHEMA, sync: { url, library } });
+  for (let b = 0; b < N / BATCH; b++) await db.putMany('docs', Array.from({ length: BATCH }, (_, i) => doc(b * BATCH + i)));
+  const reports = await untilDone(db);
+  await db.close();
+  return { reports };
+}
+
+/**
+ * Initial sync: a fresh replica opens and syncs until its 10,000 documents are queryable.
+ * Catch-up: the writer rewrites 1,000 documents and pushes them; the replica syncs again
+ * until the new versions are queryable.
+ */
+async function syncRun(url, library, run) {
+  const T = await load('tidemark');
+  const name = `sync-reader-${run}`;
+  await T.deleteReplica(name).catch(() => {});
+  const sync = { url, library };
+  await T.init(); // the wasm module is loaded once per page, not per replica
+  let t = now();
+  const db = await T.openReplica({ name, schema: SCHEMA, sync });
+  const marks = [];
+  let phase = 'initial';
+  db.on('progress', (p) => marks.push({ phase, ms: now() - t, ...p }));
+  const initialReports = await untilDone(db);
+  expectRange(await db.query('docs', { where: { kind: 'k0', n: { gte: RANGE[0], lt: RANGE[1] } } }), 'initial sync query');
+  const initial = now() - t;
+  const all = await db.query('docs', {});
+  if (all.length !== N) throw new Error(`initial sync: ${all.length} documents, not ${N}`);
+
+  const writer = await T.openReplica({ name: 'sync-writer', schema: SCHEMA, sync });
+  const first = (run * SINGLE) % N;
+  const title = `rewritten in run ${run}`;
+  await writer.putMany('docs', Array.from({ length: SINGLE }, (_, i) => ({ ...doc(first + i), title })));
+  await untilDone(writer);
+  await writer.close();
+
+  phase = 'catch_up';
+  t = now();
+  const catchReports = await untilDone(db);
+  const last = await db.get('docs', id(first + SINGLE - 1));
+  const catchUp = now() - t;
+  if (last?.title !== title) throw new Error(`catch-up: ${id(first + SINGLE - 1)} has title ${last?.title}`);
+  const changed = (await db.query('docs', {})).filter((d) => d.title === title).length;
+  if (changed !== SINGLE) throw new Error(`catch-up: ${changed} rewritten documents, not ${SINGLE}`);
+  await db.close();
+  await T.deleteReplica(name);
+  return { initial_sync_ms: initial, catch_up_ms: catchUp, initial_reports: initialReports, catch_up_reports: catchReports, progress: marks };
+}
+
+// Reset + migrate (DESIGN §6): the server holds data written under schema version 1; a
+// replica at version 2 (history [v1], a migration to 2) with unsynced writes of its own
+// syncs, gets a snapshot of older-version data, and must migrate it and keep its writes.
+const V2 = { version: 2, collections: SCHEMA.collections };
+const MIGRATIONS = { 2: (d) => ({ ...d, migrated: true }) };
+const LOCAL = 10;
+
+async function migrateSeedN(url, library, n) {
+  const T = await load('tidemark');
+  const name = `mig-writer-${library}`;
+  await T.deleteReplica(name).catch(() => {});
+  const db = await T.openReplica({ name, schema: SCHEMA, sync: { url, library } });
+  for (let b = 0; b < n; b += BATCH) await db.putMany('docs', Array.from({ length: Math.min(BATCH, n - b) }, (_, i) => doc(b + i)));
+  await untilDone(db);
+  await db.close();
+  await T.deleteReplica(name);
+}
+
+/** Opens a v2 replica with unsynced writes, syncs it, and checks the outcome. */
+async function migrateOnce(url, library, name, n) {
+  const T = await load('tidemark');
+  await T.deleteReplica(name).catch(() => {});
+  const sync = { url, library };
+  const db = await T.openReplica({ name, schema: V2, history: [SCHEMA], migrations: MIGRATIONS, sync });
+  try {
+    await db.putMany('docs', Array.from({ length: LOCAL }, (_, i) => ({ ...doc(N + i), id: `local-${i}`, kind: 'local' })));
+    const t = now();
+    const reports = await untilDone(db);
+    const first = await db.query('docs', { where: { kind: 'k0', n: { gte: RANGE[0], lt: RANGE[1] } } });
+    const ms = now() - t;
+    const all = await db.query('docs', {});
+    const migrated = all.filter((d) => d.id.startsWith('doc-') && d.migrated === true).length;
+    const local = all.filter((d) => d.id.startsWith('local-')).length;
+    const again = await db.syncNow();
+    const problems = [];
+    if (!reports.some((r) => r.reset)) problems.push('no sync report says reset');
+    if (migrated !== n) problems.push(`${migrated} of ${n} documents migrated`);
+    if (local !== LOCAL) problems.push(`${local} of ${LOCAL} unsynced local writes kept`);
+    if (again.reset) problems.push('reset again on the next sync');
+    if (db.status().schemaVersion !== 2) problems.push(`schemaVersion ${db.status().schemaVersion}`);
+    return { ms, rows: first.length, problems };
+  } finally {
+    await db.close();
+    await T.deleteReplica(name).catch(() => {});
+  }
+}
+
+async function migrateProbe(url, library) {
+  try {
+    await migrateSeedN(url, library, 2 * BATCH);
+    const r = await migrateOnce(url, library, 'mig-probe', 2 * BATCH);
+    return r.problems.length ? { ok: false, reason: r.problems.join('; ') } : { ok: true };
+  } catch (e) {
+    return { ok: false, reason: `${e.code ?? e.name}: ${e.message}`.slice(0, 300) };
+  }
+}
+
+const migrateSeed = (url, library) => migrateSeedN(url, library, N);
+
+async function migrateRun(url, library, run) {
+  const r = await migrateOnce(url, library, `mig-reader-${run}`, N);
+  if (r.problems.length) throw new Error(`reset + migrate: ${r.problems.join('; ')}`);
+  if (r.rows !== 1000) throw new Error(`reset + migrate: first query returned ${r.rows} rows`);
+  return { reset_migrate_ms: r.ms };
+}
+
+window.bench = { write, read, destroy, syncSeed, syncRun, migrateProbe, migrateSeed, migrateRun };
+window.ready = true;

@@ -1,0 +1,4 @@
+import PouchDB from 'pouchdb-browser';
+import find from 'pouchdb-find';
+PouchDB.plugin(find);
+export default PouchDB;

@@ -1,0 +1,2 @@
+export { createRxDatabase, removeRxDatabase } from 'rxdb';
+export { getRxStorageDexie } from 'rxdb/plugins/storage-dexie';
