@@ -62,31 +62,31 @@ export function render(r) {
 
     p('### Each library relative to raw IndexedDB');
     p();
-    p('Time ÷ raw IndexedDB time, paired within each run (for W1 the ratio of the insert times, i.e. raw throughput ÷ library throughput): ' +
-      '1.00× is the raw limit, above 1 is slower.');
+    p('The library\'s figure ÷ raw IndexedDB\'s, paired within each run, median (min–max). W1 is a throughput: 0.80× means 80% of raw\'s docs/s. ' +
+      'The others are times: 2.00× means twice as long as raw.');
     p();
-    p('| library | W1 | W2 p50 | W2 p95 | W3 | W4 | cold open | gzip |');
+    p('| library | W1 docs/s | W2 p50 | W2 p95 | W3 | W3 first | W4 | cold open |');
     p('|---|---|---|---|---|---|---|---|');
     for (const l of ORDER.filter((x) => x !== 'raw')) {
       const v = r.browser.vs_raw?.[l];
       if (!v) continue;
-      p(`| ${name(l)} | ${ratio(v.w1_ms)} | ${ratio(v.w2_p50_ms)} | ${ratio(v.w2_p95_ms)} | ${ratio(v.w3_ms)} | ${ratio(v.w4_ms)} | ${ratio(v.cold_open_ms)} | — |`);
+      p(`| ${name(l)} | ${ratio(v.w1_docs_per_s)} | ${ratio(v.w2_p50_ms)} | ${ratio(v.w2_p95_ms)} | ${ratio(v.w3_ms)} | ${ratio(v.w3_first_ms)} | ${ratio(v.w4_ms)} | ${ratio(v.cold_open_ms)} |`);
     }
     p();
 
     p('### Tidemark relative to each library');
     p();
-    p('Tidemark time ÷ the other library\'s time, paired within each run (W1: insert time, so 2.00× means half the throughput); ' +
-      'below 1 Tidemark is faster. gzip: Tidemark\'s download ÷ the library\'s.');
+    p('Tidemark\'s figure ÷ the other library\'s, paired within each run, median (min–max). W1 (docs/s): above 1 Tidemark is faster. ' +
+      'Times and size: below 1 Tidemark is faster (smaller).');
     p();
     p(`| workload | ${PEERS.map(name).join(' | ')} |`);
     p(`|---|${PEERS.map(() => '---').join('|')}|`);
     const T = r.browser.tidemark_vs ?? {};
-    const rows = [['W1 (10k inserts)', 'w1_ms'], ['W2 p50', 'w2_p50_ms'], ['W2 p95', 'w2_p95_ms'], ['W3 range query', 'w3_ms'],
-      ['W3 first query', 'w3_first_ms'], ['W4 (1k gets)', 'w4_ms'], ['cold open', 'cold_open_ms']];
+    const rows = [['W1 docs/s ↑', 'w1_docs_per_s'], ['W2 p50 ↓', 'w2_p50_ms'], ['W2 p95 ↓', 'w2_p95_ms'], ['W3 range query ↓', 'w3_ms'],
+      ['W3 first query ↓', 'w3_first_ms'], ['W4 1k gets ↓', 'w4_ms'], ['cold open ↓', 'cold_open_ms']];
     for (const [label, m] of rows) p(`| ${label} | ${PEERS.map((l) => ratio(T[l]?.[m])).join(' | ')} |`);
     if (r.size) {
-      p(`| gzip size | ${PEERS.map((l) => (r.size[l] ? `${(r.size.tidemark.gzip / r.size[l].gzip).toFixed(2)}×` : '—')).join(' | ')} |`);
+      p(`| gzip size ↓ | ${PEERS.map((l) => (r.size[l] ? `${(r.size.tidemark.gzip / r.size[l].gzip).toFixed(2)}×` : '—')).join(' | ')} |`);
     }
     p();
   }
@@ -184,9 +184,38 @@ export function targets(r) {
   return t;
 }
 
+/** The compact table the README shows: medians, and each library's time relative to raw. */
+export function readme(r) {
+  const B = r.browser?.results ?? {};
+  const V = r.browser?.vs_raw ?? {};
+  const L = r.libraries ?? {};
+  const head = ORDER.map((l) => (l === 'tidemark' ? '**Tidemark**' : `${L[l]?.label ?? l}${L[l]?.version ? ' ' + L[l].version : ''}`));
+  const out = [`| median of ${r.runs} runs | ${head.join(' | ')} |`, `|---|${ORDER.map(() => '---').join('|')}|`];
+  const row = (label, m, unit, fromRatio) => {
+    const cells = ORDER.map((l) => {
+      const x = B[l]?.[m];
+      if (!x || !Number.isFinite(x.median)) return '—';
+      const rel = l === 'raw' ? '' : `, ${rx(fromRatio(V[l]))}×`;
+      return `${num(x.median)}${unit} (${num(x.min)}–${num(x.max)})${rel}`;
+    });
+    out.push(`| ${label} | ${cells.join(' | ')} |`);
+  };
+  row('W1: insert 10k docs, batches of 1k (docs/s)', 'w1_docs_per_s', '', (v) => v?.w1_docs_per_s?.median);
+  row('W2: awaited single write, p50', 'w2_p50_ms', ' ms', (v) => v?.w2_p50_ms?.median);
+  row('W3: range query, 1k of 10k docs', 'w3_ms', ' ms', (v) => v?.w3_ms?.median);
+  row('W4: 1k awaited point gets', 'w4_ms', ' ms', (v) => v?.w4_ms?.median);
+  row('cold open + first query', 'cold_open_ms', ' ms', (v) => v?.cold_open_ms?.median);
+  out.push(`| download, gzip | — | ${['tidemark', 'dexie', 'pouchdb', 'rxdb'].map((l) => (r.size?.[l] ? kib(r.size[l].gzip) : '—')).join(' | ')} |`);
+  return out.join('\n');
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const dir = fileURLToPath(new URL('.', import.meta.url));
   const r = JSON.parse(await readFile(join(dir, 'results.json'), 'utf8'));
-  await writeFile(join(dir, 'RESULTS.md'), render(r));
-  console.log('bench: wrote bench/RESULTS.md');
+  if (process.argv.includes('--readme')) {
+    console.log(readme(r));
+  } else {
+    await writeFile(join(dir, 'RESULTS.md'), render(r));
+    console.log('bench: wrote bench/RESULTS.md');
+  }
 }
