@@ -119,7 +119,10 @@ function wasmSections(b) {
 // ---------------------------------------------------------------- browser
 
 async function withBrowser(fn) {
-  const { server, url } = await startStatic();
+  // One origin (port) per library, so each has its own IndexedDB backing store and none
+  // pays for compacting another's deleted data.
+  const servers = new Map();
+  for (const key of [...LIBS, 'sync']) servers.set(key, await startStatic());
   const profile = await mkdtemp(join(tmpdir(), 'tidemark-bench-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
@@ -127,10 +130,10 @@ async function withBrowser(fn) {
     args: CHROMIUM_ARGS,
   });
   const errors = [];
-  const openPage = async () => {
+  const openPage = async (key) => {
     const page = await context.newPage();
     page.on('pageerror', (e) => errors.push(String(e)));
-    await page.goto(`${url}/bench/page.html`);
+    await page.goto(`${servers.get(key).url}/bench/page.html`);
     await page.waitForFunction(() => window.ready === true);
     const isolated = await page.evaluate(() => crossOriginIsolated);
     if (!isolated) log('warning: the page is not cross-origin isolated (timer resolution 100 µs)');
@@ -140,7 +143,7 @@ async function withBrowser(fn) {
     return await fn({ context, openPage, errors, version: chromiumVersion() });
   } finally {
     await context.close();
-    await new Promise((ok) => server.close(ok));
+    for (const { server } of servers.values()) await new Promise((ok) => server.close(ok));
     await rm(profile, { recursive: true, force: true });
   }
 }
@@ -160,7 +163,7 @@ async function browserWorkloads(b) {
     for (const lib of order) {
       if (failures[lib]) continue;
       const name = `bench-${lib}-${r}`;
-      const page = await b.openPage();
+      const page = await b.openPage(lib);
       try {
         const w = await page.evaluate(([l, n]) => window.bench.write(l, n), [lib, name]);
         await page.reload();
@@ -202,14 +205,14 @@ async function browserWorkloads(b) {
 async function syncWorkloads(b) {
   const srv = await startTidemarkServer();
   try {
-    const page = await b.openPage();
+    const page = await b.openPage('sync');
     const library = 'bench';
     const seed = await page.evaluate(([u, l]) => window.bench.syncSeed(u, l), [srv.wsUrl, library]);
     log(`sync: server seeded with 10,000 documents (${seed.reports.length} rounds)`);
     await page.close();
     const runs = [];
     for (let r = 0; r < RUNS; r++) {
-      const p = await b.openPage();
+      const p = await b.openPage('sync');
       try {
         const x = await p.evaluate(([u, l, i]) => window.bench.syncRun(u, l, i), [srv.wsUrl, library, r]);
         runs.push(x);
@@ -229,6 +232,8 @@ async function syncWorkloads(b) {
       // the initial snapshot was applied, and what the catch-up round pushed and pulled.
       initial_progress: runs[0]?.progress.filter((p) => p.phase === 'initial'),
       catch_up_progress: runs[0]?.progress.filter((p) => p.phase === 'catch_up'),
+      initial_reports: runs[0]?.initial_reports,
+      catch_up_reports: runs[0]?.catch_up_reports,
     };
   } finally { await srv.stop(); }
 }
@@ -238,19 +243,19 @@ async function syncWorkloads(b) {
 async function migrateWorkload(b) {
   const srv = await startTidemarkServer();
   try {
-    const page = await b.openPage();
+    const page = await b.openPage('sync');
     const probe = await page.evaluate(([u]) => window.bench.migrateProbe(u, 'probe'), [srv.wsUrl]);
     await page.close();
     if (!probe.ok) {
       log(`migrate: not measured (${probe.reason})`);
       return { measured: false, reason: 'schema migrations not built yet', probe: probe.reason };
     }
-    const p0 = await b.openPage();
+    const p0 = await b.openPage('sync');
     await p0.evaluate(([u]) => window.bench.migrateSeed(u, 'bench-migrate'), [srv.wsUrl]);
     await p0.close();
     const runs = [];
     for (let r = 0; r < RUNS; r++) {
-      const p = await b.openPage();
+      const p = await b.openPage('sync');
       try {
         const x = await p.evaluate(([u, i]) => window.bench.migrateRun(u, 'bench-migrate', i), [srv.wsUrl, r]);
         runs.push(x.reset_migrate_ms);
