@@ -1,12 +1,15 @@
 //! A replica: the engine's public face. It turns writes into ops, merges them into
 //! documents, keeps index keys current, and answers queries, over any `Store`.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, Stamp};
 use crate::error::{Error, QueryError, WriteError};
 use crate::key::encode;
 use crate::merge::DocState;
+use crate::migrate::{views, Item, Layers, Migrator, NoMigrations, Schemas};
 use crate::op::{check_patch, Kind, Op};
 use crate::query::{Plan, Query};
 use crate::schema::{Collection, Schema};
@@ -51,7 +54,8 @@ pub struct Replica<S: Store> {
     store: S,
     /// `None` for a relay (the server): it stores and forwards every collection without
     /// knowing the app's schema, and accepts no local writes.
-    schema: Option<Schema>,
+    schemas: Option<Schemas>,
+    migrator: Box<dyn Migrator>,
     now: WallClock,
     head: std::sync::Mutex<Head>,
 }
@@ -67,19 +71,26 @@ impl<S: Store> Replica<S> {
     /// Opens a replica over `store`, initializing a fresh store with a new db id.
     pub async fn open(store: S, schema: Schema, now: WallClock) -> Result<Replica<S>, Error> {
         schema.validate()?;
-        Self::open_with(store, Some(schema), now).await
+        Self::open_with(store, Some(Schemas::new(schema, vec![])?), Box::new(NoMigrations), now).await
+    }
+
+    /// Opens a replica that knows older schemas and how to migrate from them: documents
+    /// and ops of older versions are migrated forward as they are read or arrive.
+    pub async fn open_migrating(store: S, schemas: Schemas, migrator: Box<dyn Migrator>, now: WallClock) -> Result<Replica<S>, Error> {
+        schemas.current.validate()?;
+        Self::open_with(store, Some(schemas), migrator, now).await
     }
 
     /// Opens a relay replica: a server's copy of a library, schema-agnostic.
     pub async fn open_relay(store: S, now: WallClock) -> Result<Replica<S>, Error> {
-        Self::open_with(store, None, now).await
+        Self::open_with(store, None, Box::new(NoMigrations), now).await
     }
 
-    async fn open_with(store: S, schema: Option<Schema>, now: WallClock) -> Result<Replica<S>, Error> {
+    async fn open_with(store: S, schemas: Option<Schemas>, migrator: Box<dyn Migrator>, now: WallClock) -> Result<Replica<S>, Error> {
         let head = match store.head().await? {
             Some(h) => h,
             None => {
-                let version = schema.as_ref().map_or(0, |s| s.version);
+                let version = schemas.as_ref().map_or(0, |s| s.current.version);
                 let commit = store
                     .commit(&[], move |existing, _| {
                         // Another opener may have initialized the store meanwhile.
@@ -93,11 +104,16 @@ impl<S: Store> Replica<S> {
                 commit.head.expect("init writes the head")
             }
         };
-        Ok(Replica { store, schema, now, head: std::sync::Mutex::new(head) })
+        Ok(Replica { store, schemas, migrator, now, head: std::sync::Mutex::new(head) })
     }
 
     pub fn schema(&self) -> Option<&Schema> {
-        self.schema.as_ref()
+        self.schemas.as_ref().map(|s| &s.current)
+    }
+
+    /// How this replica turns document layers into stored documents.
+    pub(crate) fn rebuild(&self) -> Rebuild<'_> {
+        Rebuild { schemas: self.schemas.as_ref(), migrator: self.migrator.as_ref() }
     }
 
     /// The head as of the last commit this replica made or loaded.
@@ -121,7 +137,7 @@ impl<S: Store> Replica<S> {
         // Until sync exists every row is a local write nobody has acknowledged.
         Status {
             db_id: h.db_id.clone(),
-            schema_version: self.schema.as_ref().map_or(h.schema_version, |s| s.version),
+            schema_version: self.schema().map_or(h.schema_version, |s| s.version),
             max_row: h.max_row,
             incoming: Default::default(),
             outgoing: Default::default(),
@@ -131,7 +147,7 @@ impl<S: Store> Replica<S> {
     }
 
     fn collection(&self, name: &str) -> Result<&Collection, WriteError> {
-        self.schema.as_ref().and_then(|s| s.collection(name)).ok_or_else(|| WriteError::UnknownCollection(name.to_string()))
+        self.schema().and_then(|s| s.collection(name)).ok_or_else(|| WriteError::UnknownCollection(name.to_string()))
     }
 
     pub async fn put(&self, collection: &str, doc: Map<String, Value>) -> Result<(), Error> {
@@ -180,27 +196,34 @@ impl<S: Store> Replica<S> {
             return Ok(());
         }
         let now = (self.now)();
-        let schema = self.schema.as_ref().expect("writes were validated against the schema");
+        let schema = self.schema().expect("writes were validated against the schema");
+        let rebuild = self.rebuild();
         let commit = self
             .store
             .commit(&keys, |head, current| {
                 let mut head = head.ok_or_else(|| crate::error::StoreError::Corrupt("store has no head".into()))?;
                 let mut clock = Clock::new(head.db_id.clone(), schema.version, Some(head.clock.clone()));
-                let mut states: Vec<Option<DocState>> = current.iter().map(|d| d.as_ref().map(StoredDoc::state)).collect();
+                let mut layers: Vec<Option<Layers>> = current.iter().map(|d| d.as_ref().map(StoredDoc::layers)).collect();
+                let mut exists: Vec<bool> = current.iter().map(|d| d.as_ref().is_some_and(|d| d.d.is_some())).collect();
+                let marks: Vec<Option<Stamp>> = current.iter().map(|d| d.as_ref().and_then(|d| d.m.clone())).collect();
                 let mut rows = Vec::with_capacity(writes.len());
                 for (w, slot) in writes.into_iter().zip(&slots) {
                     let (collection, id, kind, fields) = match w {
                         Write::Put { collection, doc } => {
                             let id = keys[*slot].1.clone();
+                            exists[*slot] = true;
                             (collection, id, Kind::Put, Some(doc))
                         }
                         Write::Patch { collection, id, fields } => {
-                            if !states[*slot].as_ref().is_some_and(DocState::exists) {
+                            if !exists[*slot] {
                                 return Err(WriteError::NotFound { collection, id }.into());
                             }
                             (collection, id, Kind::Patch, Some(fields))
                         }
-                        Write::Delete { collection, id } => (collection, id, Kind::Delete, None),
+                        Write::Delete { collection, id } => {
+                            exists[*slot] = false;
+                            (collection, id, Kind::Delete, None)
+                        }
                     };
                     head.max_row += 1;
                     let op = Op {
@@ -213,15 +236,12 @@ impl<S: Store> Replica<S> {
                         kind,
                         fields,
                     };
-                    states[*slot].get_or_insert_with(DocState::default).apply(&op);
+                    layers[*slot].get_or_insert_with(Layers::default).apply(&op);
                     rows.push(Row { row: head.max_row, op, from: None });
                 }
                 head.clock = clock.last().clone();
-                let docs = keys
-                    .iter()
-                    .zip(states)
-                    .filter_map(|((c, id), st)| st.map(|st| (c.clone(), stored_doc(Some(schema), c, id, &st, schema.version))))
-                    .collect();
+                let items = keys.iter().zip(layers).zip(marks).filter_map(|((k, l), m)| l.map(|l| (k.clone(), l, m))).collect();
+                let docs = rebuild.docs(items, &mut head, &mut rows)?;
                 Ok(Commit { head: Some(head), docs, rows, peers: vec![] })
             })
             .await?;
@@ -249,7 +269,7 @@ impl<S: Store> Replica<S> {
     }
 
     fn query_collection(&self, collection: &str) -> Result<&Collection, QueryError> {
-        self.schema.as_ref().and_then(|s| s.collection(collection)).ok_or_else(|| QueryError::UnknownCollection(collection.to_string()))
+        self.schema().and_then(|s| s.collection(collection)).ok_or_else(|| QueryError::UnknownCollection(collection.to_string()))
     }
 }
 
@@ -260,21 +280,92 @@ fn check_id(id: &str) -> Result<(), WriteError> {
     Ok(())
 }
 
-/// The stored form of a document state: the materialized view plus, for collections the
-/// schema declares, the primary key and index keys. A relay (no schema) stores the state
-/// as it is.
+/// The stored form of a single-layer document state: the materialized view plus, for
+/// collections the schema declares, the primary key and index keys. A relay (no schema)
+/// stores the state as it is.
 pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: &DocState, version: u32) -> StoredDoc {
     let coll = schema.and_then(|s| s.collection(collection));
     let d = match coll {
         Some(c) => state.materialize(&c.primary_key, id),
         None => state.exists().then(|| state.doc.clone()),
     };
+    let i = coll.map(|c| index_keys(c, &d)).unwrap_or_default();
+    StoredDoc { id: id.to_string(), d, s: state.stamps.clone(), t: state.deleted, v: version, i, x: None, l: BTreeMap::new(), m: None }
+}
+
+/// Each index's key for a document (none when it does not exist).
+fn index_keys(coll: &Collection, d: &Option<Map<String, Value>>) -> Map<String, Value> {
     let mut i = Map::new();
-    if let (Some(doc), Some(coll)) = (&d, coll) {
+    if let Some(doc) = d {
         for index in coll.index_list() {
             let key: Vec<Value> = index.fields.iter().map(|f| encode(f.get(doc))).collect();
             i.insert(index.name, Value::Array(key));
         }
     }
-    StoredDoc { id: id.to_string(), d, s: state.stamps.clone(), t: state.deleted, v: version, i }
+    i
+}
+
+/// Turns document layers into stored documents: one layer at the app's version is stored
+/// as is; anything else gets its view migrated forward (`migrate::views`), and the
+/// migration output is logged as a local row when it changed, so it reaches the server.
+pub(crate) struct Rebuild<'a> {
+    pub schemas: Option<&'a Schemas>,
+    pub migrator: &'a dyn Migrator,
+}
+
+impl Rebuild<'_> {
+    /// `items`: (key, layers, last migration stamp written). Appends migration rows to
+    /// `rows`, numbering them after `head.max_row`.
+    pub fn docs(&self, items: Vec<(DocKey, Layers, Option<Stamp>)>, head: &mut Head, rows: &mut Vec<Row>) -> Result<Vec<(String, StoredDoc)>, Error> {
+        let Some(schemas) = self.schemas else {
+            // A relay keeps every layer; its document is the newest one.
+            return Ok(items
+                .into_iter()
+                .map(|((c, id), mut layers, m)| {
+                    let v = layers.0.keys().next_back().copied().unwrap_or(0);
+                    let state = layers.0.remove(&v).unwrap_or_default();
+                    let d = state.exists().then(|| state.doc.clone());
+                    (c, StoredDoc { id, d, s: state.stamps, t: state.deleted, v, i: Map::new(), x: None, l: layers.0, m })
+                })
+                .collect());
+        };
+        let current = schemas.current.version;
+        let mut out: Vec<Option<(String, StoredDoc)>> = vec![None; items.len()];
+        let mut slow = Vec::new();
+        for (n, ((c, id), layers, m)) in items.iter().enumerate() {
+            if layers.0.keys().all(|v| *v == current) {
+                let state = layers.0.get(&current).cloned().unwrap_or_default();
+                let mut doc = stored_doc(Some(&schemas.current), c, id, &state, current);
+                doc.m = m.clone();
+                out[n] = Some((c.clone(), doc));
+            } else {
+                slow.push(n);
+            }
+        }
+        if !slow.is_empty() {
+            let batch: Vec<Item> = slow.iter().map(|&n| Item { collection: &items[n].0 .0, id: &items[n].0 .1, layers: &items[n].1 }).collect();
+            let views = views(schemas, self.migrator, &head.db_id, &batch)?;
+            for (&n, view) in slow.iter().zip(views) {
+                let ((c, id), layers, m) = &items[n];
+                let own = layers.0.get(&current).cloned().unwrap_or_default();
+                let coll = schemas.current.collection(c);
+                let i = coll.map(|cl| index_keys(cl, &view.doc)).unwrap_or_default();
+                let mut m = m.clone();
+                if let Some(mut op) = view.migration {
+                    if m.as_ref() != Some(&op.ts) {
+                        m = Some(op.ts.clone());
+                        head.max_row += 1;
+                        op.origin_row = head.max_row;
+                        rows.push(Row { row: head.max_row, op, from: None });
+                    }
+                }
+                let l = layers.0.iter().filter(|(v, _)| **v != current).map(|(v, st)| (*v, st.clone())).collect();
+                out[n] = Some((
+                    c.clone(),
+                    StoredDoc { id: id.clone(), d: view.doc, s: own.stamps, t: own.deleted, v: current, i, x: Some(own.doc), l, m },
+                ));
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("every item built")).collect())
+    }
 }

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::clock::Stamp;
 use crate::error::{Error, StoreError};
 use crate::merge::DocState;
+use crate::migrate::Layers;
 use crate::op::Op;
 use crate::query::Plan;
 use crate::sync::peer::PeerRecord;
@@ -40,9 +41,11 @@ pub struct Row {
     pub from: Option<String>,
 }
 
-/// A document as stored: what apps read (`d`), what merging needs (`s`, `t`), the schema
-/// version its state is at (`v`), and its index keys (`i`, absent when deleted so deleted
-/// documents drop out of every index).
+/// A document as stored: what apps read (`d`, the view at the replica's schema version
+/// `v`), what merging needs (`s`, `t`: the layer of version `v`; `x`: that layer's own
+/// fields when the view was migrated from older layers; `l`: the layers of other
+/// versions), the last migration op written for it (`m`), and its index keys (`i`,
+/// absent when the document does not exist so it drops out of every index).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredDoc {
     pub id: String,
@@ -53,11 +56,27 @@ pub struct StoredDoc {
     pub v: u32,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub i: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub l: BTreeMap<u32, DocState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<Stamp>,
 }
 
 impl StoredDoc {
+    /// The merge state of the layer of version `v`.
     pub fn state(&self) -> DocState {
-        DocState { doc: self.d.clone().unwrap_or_default(), stamps: self.s.clone(), deleted: self.t }
+        DocState { doc: self.x.clone().or_else(|| self.d.clone()).unwrap_or_default(), stamps: self.s.clone(), deleted: self.t }
+    }
+
+    /// Every layer, by schema version.
+    pub fn layers(&self) -> Layers {
+        let mut l = self.l.clone();
+        if !self.s.is_empty() {
+            l.insert(self.v, self.state());
+        }
+        Layers(l)
     }
 }
 

@@ -213,25 +213,32 @@ async fn stored_documents_read_back_exactly() {
         StoredDoc {
             id: "a".into(),
             d: Some(obj(json!({"id": "a", "kind": "k1", "n": 3.5}))),
-            s: [("".to_string(), stamp("0000000000010000aa")), ("n".to_string(), stamp("0000000000020000aa"))].into(),
+            s: [("".to_string(), stamp("00010000000000010000aa")), ("n".to_string(), stamp("00010000000000020000aa"))].into(),
             t: false,
             v: 2,
             i: obj(json!({"byKind": [[4, "k1"]], "byKindN": [[4, "k1"], [3, 3.5]], "byN": [[3, 3.5]]})),
+            // A migrated document: its own layer, an older layer, the migration op written.
+            x: Some(obj(json!({"n": 3.5}))),
+            l: [(1u32, serde_json::from_value(json!({"doc": {"title": "old"}, "stamps": {"": "00010000000000010000aa"}, "deleted": false})).unwrap())].into(),
+            m: Some(stamp("00020000000000000000~m.1")),
         },
         // Index keys the engine might one day compute differently.
         StoredDoc {
             id: "b\u{0}\u{1F600}".into(),
             d: Some(obj(json!({"id": "b\u{0}\u{1F600}", "kind": "k\u{0}"}))),
-            s: [("".to_string(), stamp("0000000000030000bb"))].into(),
+            s: [("".to_string(), stamp("00010000000000030000bb"))].into(),
             t: false,
             v: 1,
             i: obj(json!({"byKind": [[4, "other"]]})),
+            x: None,
+            l: Default::default(),
+            m: None,
         },
         // A tombstone.
-        StoredDoc { id: "c".into(), d: None, s: [("".to_string(), stamp("0000000000040000cc"))].into(), t: true, v: 1, i: Map::new() },
+        StoredDoc { id: "c".into(), d: None, s: [("".to_string(), stamp("00010000000000040000cc"))].into(), t: true, v: 1, i: Map::new(), x: None, l: Default::default(), m: None },
     ];
     let keys: Vec<(String, String)> = docs.iter().map(|d| (ITEMS.to_string(), d.id.clone())).collect();
-    let head = Head { db_id: "00ff".into(), max_row: 7, clock: stamp("0000000000040000cc"), schema_version: 2 };
+    let head = Head { db_id: "00ff".into(), max_row: 7, clock: stamp("00010000000000040000cc"), schema_version: 2 };
     let write = |_: Option<Head>, current: Vec<Option<StoredDoc>>| {
         assert!(current.iter().all(Option::is_none));
         Ok(Commit { head: Some(head.clone()), docs: docs.iter().map(|d| (ITEMS.to_string(), d.clone())).collect(), ..Commit::default() })
@@ -274,7 +281,7 @@ async fn peer_records_commit_with_their_batch_and_persist() {
     let first = |loaded: tidemark::store::Loaded| {
         assert_eq!(loaded.peers, vec![None, None]);
         let head = loaded.head.unwrap();
-        let doc = StoredDoc { id: "p1".into(), d: Some(obj(json!({"id": "p1", "kind": "k1"}))), s: Default::default(), t: false, v: 1, i: obj(json!({"byKind": [[4, "k1"]], "byKindN": [[4, "k1"], [0]], "byN": [[0]]})) };
+        let doc = StoredDoc { id: "p1".into(), d: Some(obj(json!({"id": "p1", "kind": "k1"}))), s: Default::default(), t: false, v: 1, i: obj(json!({"byKind": [[4, "k1"]], "byKindN": [[4, "k1"], [0]], "byN": [[0]]})), x: None, l: Default::default(), m: None };
         Ok(Commit { head: Some(head), docs: vec![(ITEMS.into(), doc)], peers: vec![("peer-a".into(), record(10, "s1"))], ..Commit::default() })
     };
     idb.store().commit_sync(&keys, &peers, first).await.unwrap();

@@ -22,6 +22,7 @@ use wasm_bindgen::prelude::*;
 use crate::clock::Stamp;
 use crate::error::StoreError;
 use crate::key::encode;
+use crate::merge::DocState;
 use crate::schema::Index;
 use crate::store::StoredDoc;
 
@@ -48,6 +49,16 @@ struct MergeOut<'a> {
     v: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     i: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "no_layers")]
+    l: &'a BTreeMap<u32, DocState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    m: Option<&'a Stamp>,
+}
+
+fn no_layers(l: &&BTreeMap<u32, DocState>) -> bool {
+    l.is_empty()
 }
 
 #[derive(Deserialize)]
@@ -58,6 +69,12 @@ struct MergeIn {
     v: u32,
     #[serde(default)]
     i: Option<Map<String, Value>>,
+    #[serde(default)]
+    x: Option<Map<String, Value>>,
+    #[serde(default)]
+    l: BTreeMap<u32, DocState>,
+    #[serde(default)]
+    m: Option<Stamp>,
 }
 
 /// A document as read from IndexedDB (its string index keys are not needed back).
@@ -72,7 +89,7 @@ impl<'a> DocOut<'a> {
     /// `indexes` are the document's collection's, as `Collection::index_list` gives them.
     pub fn new(doc: &'a StoredDoc, indexes: &[Index]) -> Result<DocOut<'a>, StoreError> {
         let derived = doc.i == index_keys(&doc.d, indexes);
-        let merge = MergeOut { s: &doc.s, t: doc.t, v: doc.v, i: (!derived).then_some(&doc.i) };
+        let merge = MergeOut { s: &doc.s, t: doc.t, v: doc.v, i: (!derived).then_some(&doc.i), x: doc.x.as_ref(), l: &doc.l, m: doc.m.as_ref() };
         let m = serde_json::to_string(&merge).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
         let i = doc.i.iter().map(|(name, key)| (name.clone(), Value::String(key_string(key)))).collect();
         Ok(DocOut { id: &doc.id, d: &doc.d, m, i })
@@ -83,7 +100,7 @@ impl DocIn {
     pub fn into_stored(self, indexes: &[Index]) -> Result<StoredDoc, StoreError> {
         let m: MergeIn = serde_json::from_str(&self.m).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?;
         let i = m.i.unwrap_or_else(|| index_keys(&self.d, indexes));
-        Ok(StoredDoc { id: self.id, d: self.d, s: m.s, t: m.t, v: m.v, i })
+        Ok(StoredDoc { id: self.id, d: self.d, s: m.s, t: m.t, v: m.v, i, x: m.x, l: m.l, m: m.m })
     }
 }
 

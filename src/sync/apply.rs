@@ -8,15 +8,15 @@
 
 use std::collections::HashMap;
 
-use serde_json::Map;
 
 use super::message::{SnapshotDoc, TableEntry};
 use super::peer::{PeerRecord, Point};
-use crate::clock::Clock;
+use crate::clock::{Clock, Stamp};
 use crate::error::{Error, StoreError, SyncError};
 use crate::merge::DocState;
 use crate::op::Op;
-use crate::replica::{stored_doc, Replica};
+use crate::migrate::{is_migration, Layers};
+use crate::replica::Replica;
 use crate::store::{Commit, DocKey, Row, Store, StoredDoc};
 
 /// Whether this replica keeps documents of `collection` (a relay keeps them all).
@@ -28,6 +28,9 @@ fn keeps<S: Store>(replica: &Replica<S>, collection: &str) -> bool {
 fn check_remote<S: Store>(replica: &Replica<S>, op: &Op) -> Result<(), SyncError> {
     if op.collection.is_empty() || op.id.is_empty() || op.origin.is_empty() {
         return Err(SyncError::Protocol("an op needs a collection, an id and an origin".into()));
+    }
+    if op.ts.version != op.schema_version {
+        return Err(SyncError::Protocol(format!("op {}/{}: its stamp's version differs from its schemaVersion", op.collection, op.id)));
     }
     let pk = replica.schema().and_then(|s| s.collection(&op.collection)).map(|c| c.primary_key.as_str());
     match pk {
@@ -58,32 +61,38 @@ fn unique_keys<'a>(items: impl Iterator<Item = (&'a str, &'a str)>) -> (Vec<DocK
 
 /// Merges a batch of rows from `peer` and sets `incoming[peer] = covers` in the same
 /// transaction — also when every row was stale or an echo.
-pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &str, rows: Vec<Row>, covers: Point) -> Result<(), Error> {
+pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &str, rows: Vec<Row>, covers: Point) -> Result<Applied, Error> {
     for r in &rows {
         check_remote(replica, &r.op)?;
     }
+    let migrates = replica.schema().is_some();
+    let current = replica.schema().map(|s| s.version);
     let (keys, index) = unique_keys(rows.iter().filter(|r| keeps(replica, &r.op.collection)).map(|r| (r.op.collection.as_str(), r.op.id.as_str())));
-    let schema = replica.schema();
-    let version = replica.head().schema_version;
+    let rebuild = replica.rebuild();
+    let mut applied = Applied::default();
     let commit = replica
         .store()
         .commit_sync(&keys, &[peer.to_string()], |loaded| {
             let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
             let mut clock = Clock::new(head.db_id.clone(), head.schema_version, Some(head.clock.clone()));
-            let mut states: Vec<Option<DocState>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::state)).collect();
-            let mut versions: Vec<u32> = loaded.docs.iter().map(|d| d.as_ref().map_or(0, |d| d.v)).collect();
+            let mut layers: Vec<Option<Layers>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::layers)).collect();
+            let marks: Vec<Option<Stamp>> = loaded.docs.iter().map(|d| d.as_ref().and_then(|d| d.m.clone())).collect();
             let mut changed = vec![false; keys.len()];
             let mut logged = Vec::new();
             for r in rows {
                 clock.observe(&r.op.ts);
+                // Replicas that can migrate compute migration output themselves.
+                if migrates && is_migration(&r.op.ts) {
+                    continue;
+                }
+                if current.is_some_and(|c| r.op.schema_version > c) {
+                    applied.future_version = applied.future_version.max(r.op.schema_version);
+                }
                 let slot = index.get(&(r.op.collection.clone(), r.op.id.clone())).copied();
                 let keep = match slot {
                     Some(i) => {
-                        let did = states[i].get_or_insert_with(DocState::default).apply(&r.op);
-                        if did {
-                            changed[i] = true;
-                            versions[i] = versions[i].max(r.op.schema_version);
-                        }
+                        let did = layers[i].get_or_insert_with(Layers::default).apply(&r.op);
+                        changed[i] |= did;
                         did
                     }
                     // A collection this replica does not keep: log it, for forwarding.
@@ -97,90 +106,97 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
             head.clock = clock.last().clone();
             let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
             rec.note_incoming(session, covers, false);
-            let docs = doc_writes(schema, &keys, states, &changed, &versions, version);
+            let items = changed_items(&keys, layers, marks, &changed);
+            let docs = rebuild.docs(items, &mut head, &mut logged)?;
             Ok(Commit { head: Some(head), docs, rows: logged, peers: vec![(peer.to_string(), rec)] })
         })
         .await?;
     if let Some(h) = commit.head {
         replica.set_head(h);
     }
-    Ok(())
+    Ok(applied)
 }
 
-fn doc_writes(
-    schema: Option<&crate::schema::Schema>,
-    keys: &[DocKey],
-    states: Vec<Option<DocState>>,
-    changed: &[bool],
-    versions: &[u32],
-    version: u32,
-) -> Vec<(String, StoredDoc)> {
+/// What applying a batch or snapshot chunk noticed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// The newest schema version of ops stored but not applied (0: none).
+    pub future_version: u32,
+    /// The chunk carried data written under an older schema version.
+    pub older_version: bool,
+}
+
+fn changed_items(keys: &[DocKey], layers: Vec<Option<Layers>>, marks: Vec<Option<Stamp>>, changed: &[bool]) -> Vec<(DocKey, Layers, Option<Stamp>)> {
     keys.iter()
-        .zip(states)
+        .zip(layers)
+        .zip(marks)
         .enumerate()
         .filter(|(i, _)| changed[*i])
-        .filter_map(|(i, ((c, id), st))| {
-            // A replica with a schema keeps its documents at its own version; a relay
-            // records the newest version that wrote each one.
-            let v = if schema.is_some() { version } else { versions[i] };
-            st.map(|st| (c.clone(), stored_doc(schema, c, id, &st, v)))
-        })
+        .filter_map(|(_, ((k, l), m))| l.map(|l| (k.clone(), l, m)))
         .collect()
 }
 
 /// Merges one chunk of a snapshot from `peer`: each document's registers merge into the
 /// local state (never overwriting newer local writes), and the registers that changed it
 /// are logged as ops so they can be forwarded.
-pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<(), Error> {
+pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
+    // Stamp keys become register paths, which merging assumes are valid.
+    let bad_path = |s: &std::collections::BTreeMap<String, Stamp>| s.keys().any(|p| p != crate::merge::ROOT && crate::path::Path::parse(p).is_none());
     for d in &docs {
-        // Stamp keys become register paths, which merging assumes are valid.
-        let bad_path = d.s.keys().any(|p| p != crate::merge::ROOT && crate::path::Path::parse(p).is_none());
-        if d.c.is_empty() || d.id.is_empty() || d.s.is_empty() || bad_path {
+        if d.c.is_empty() || d.id.is_empty() || (d.s.is_empty() && d.l.is_empty()) || bad_path(&d.s) || d.l.values().any(|l| bad_path(&l.stamps)) {
             return Err(SyncError::Protocol("a snapshot document needs a collection, an id and stamps at valid paths".into()).into());
         }
     }
+    let migrates = replica.schema().is_some();
+    let current = replica.schema().map(|s| s.version);
     let (keys, index) = unique_keys(docs.iter().filter(|d| keeps(replica, &d.c)).map(|d| (d.c.as_str(), d.id.as_str())));
-    let schema = replica.schema();
-    let version = replica.head().schema_version;
+    let rebuild = replica.rebuild();
+    let mut applied = Applied::default();
     let commit = replica
         .store()
         .commit_sync(&keys, &[], |loaded| {
             let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
             let mut clock = Clock::new(head.db_id.clone(), head.schema_version, Some(head.clock.clone()));
-            let mut states: Vec<Option<DocState>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::state)).collect();
-            let mut versions: Vec<u32> = loaded.docs.iter().map(|d| d.as_ref().map_or(0, |d| d.v)).collect();
+            let mut layers: Vec<Option<Layers>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::layers)).collect();
+            let marks: Vec<Option<Stamp>> = loaded.docs.iter().map(|d| d.as_ref().and_then(|d| d.m.clone())).collect();
             let mut changed = vec![false; keys.len()];
             let mut logged = Vec::new();
             for d in docs {
-                let theirs = DocState { doc: d.d.clone().unwrap_or_else(Map::new), stamps: d.s.clone(), deleted: d.t };
-                for s in theirs.stamps.values() {
+                let theirs = d.layers();
+                for s in theirs.0.values().flat_map(|l| l.stamps.values()) {
                     clock.observe(s);
+                }
+                if let Some(c) = current {
+                    applied.older_version |= theirs.0.keys().any(|v| *v < c);
+                    if let Some(v) = theirs.0.keys().next_back().filter(|v| **v > c) {
+                        applied.future_version = applied.future_version.max(*v);
+                    }
                 }
                 let regs = match index.get(&(d.c.clone(), d.id.clone())) {
                     Some(&i) => {
-                        let regs = states[i].get_or_insert_with(DocState::default).merge_state(&theirs);
-                        if !regs.is_empty() {
-                            changed[i] = true;
-                            versions[i] = versions[i].max(d.v);
-                        }
+                        let regs = layers[i].get_or_insert_with(Layers::default).merge(&theirs, migrates);
+                        changed[i] |= !regs.is_empty();
                         regs
                     }
-                    None => theirs.registers(),
+                    None => theirs.0.iter().map(|(v, l)| (*v, l.registers())).collect(),
                 };
-                for op in DocState::registers_to_ops(&d.c, &d.id, d.v, regs) {
-                    head.max_row += 1;
-                    logged.push(Row { row: head.max_row, op, from: Some(peer.to_string()) });
+                for (v, regs) in regs {
+                    for op in DocState::registers_to_ops(&d.c, &d.id, v, regs) {
+                        head.max_row += 1;
+                        logged.push(Row { row: head.max_row, op, from: Some(peer.to_string()) });
+                    }
                 }
             }
             head.clock = clock.last().clone();
-            let docs = doc_writes(schema, &keys, states, &changed, &versions, version);
+            let items = changed_items(&keys, layers, marks, &changed);
+            let docs = rebuild.docs(items, &mut head, &mut logged)?;
             Ok(Commit { head: Some(head), docs, rows: logged, peers: vec![] })
         })
         .await?;
     if let Some(h) = commit.head {
         replica.set_head(h);
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// Closes a received pass: records the session at its final point (for a snapshot, the

@@ -12,7 +12,9 @@ use serde_json::{Map, Value};
 
 use super::peer::{Entry, Point};
 use crate::clock::Stamp;
-use crate::store::Row;
+use crate::merge::DocState;
+use crate::migrate::Layers;
+use crate::store::{Row, StoredDoc};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -35,8 +37,50 @@ pub struct SnapshotDoc {
     pub s: BTreeMap<String, Stamp>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub t: bool,
-    /// The schema version the document's state is at.
+    /// The schema version of the layer in `s`/`t` (and of the view `d`).
     pub v: u32,
+    /// That layer's own fields, when `d` is a view migrated from older layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<Map<String, Value>>,
+    /// Layers of other schema versions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "version_keys")]
+    pub l: BTreeMap<u32, DocState>,
+}
+
+/// Version-keyed maps travel with string keys: messages are internally tagged enums,
+/// which serde buffers, and buffered map keys only read back as strings.
+mod version_keys {
+    use std::collections::BTreeMap;
+
+    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::merge::DocState;
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u32, DocState>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<String, &DocState>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, DocState>, D::Error> {
+        BTreeMap::<String, DocState>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| k.parse::<u32>().map(|k| (k, v)).map_err(|_| D::Error::custom(format!("layer version {k:?} is not a number"))))
+            .collect()
+    }
+}
+
+impl SnapshotDoc {
+    pub fn from_stored(c: &str, d: &StoredDoc) -> SnapshotDoc {
+        SnapshotDoc { c: c.to_string(), id: d.id.clone(), d: d.d.clone(), s: d.s.clone(), t: d.t, v: d.v, x: d.x.clone(), l: d.l.clone() }
+    }
+
+    /// Every layer, by schema version (as `StoredDoc::layers`).
+    pub fn layers(&self) -> Layers {
+        let mut l = self.l.clone();
+        if !self.s.is_empty() {
+            l.insert(self.v, DocState { doc: self.x.clone().or_else(|| self.d.clone()).unwrap_or_default(), stamps: self.s.clone(), deleted: self.t });
+        }
+        Layers(l)
+    }
 }
 
 /// One row of a sender's `incoming` table, forwarded after a complete pass.

@@ -45,6 +45,12 @@ pub struct PassReport {
     pub batches: u64,
     pub capped: bool,
     pub snapshot: bool,
+    /// The pass received a snapshot with data written under an older schema version,
+    /// migrated forward on arrival.
+    pub reset: bool,
+    /// The newest schema version of ops received but not applied (newer than the app's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub future_version: Option<u32>,
     /// Where the pass started in the sender's row space, and where it ended.
     pub start: Point,
     pub end: Point,
@@ -147,10 +153,7 @@ pub async fn send<S: Store, T: Transport>(
         let (snap_head, docs) = replica.store().all_docs().await?;
         let total = docs.len() as u64;
         for chunk in docs.chunks(limits.per_diff) {
-            let docs: Vec<SnapshotDoc> = chunk
-                .iter()
-                .map(|(c, d)| SnapshotDoc { c: c.clone(), id: d.id.clone(), d: d.d.clone(), s: d.s.clone(), t: d.t, v: d.v })
-                .collect();
+            let docs: Vec<SnapshotDoc> = chunk.iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect();
             t.send(&Message::Snapshot { session: session.into(), docs }).await?;
             expect_ack(t, session, start).await?;
             report.sent += chunk.len() as u64;
@@ -301,8 +304,9 @@ pub async fn receive<S: Store, T: Transport>(
                     return Err(refuse(t, SyncError::Protocol(format!("batch ({after}, {covers}] does not follow {expected}"))).await);
                 }
                 let n = rows.len() as u64;
-                if let Err(e) = apply::apply_rows(replica, peer, session, rows, covers).await {
-                    return Err(refuse(t, to_protocol(e)).await);
+                match apply::apply_rows(replica, peer, session, rows, covers).await {
+                    Ok(a) => note(&mut report, a),
+                    Err(e) => return Err(refuse(t, to_protocol(e)).await),
                 }
                 t.send(&Message::Ack { session: session.into(), point: covers }).await?;
                 expected = covers;
@@ -313,8 +317,9 @@ pub async fn receive<S: Store, T: Transport>(
             }
             Message::Snapshot { session: s, docs } if s == session && snapshot => {
                 let n = docs.len() as u64;
-                if let Err(e) = apply::apply_snapshot(replica, peer, docs).await {
-                    return Err(refuse(t, to_protocol(e)).await);
+                match apply::apply_snapshot(replica, peer, docs).await {
+                    Ok(a) => note(&mut report, a),
+                    Err(e) => return Err(refuse(t, to_protocol(e)).await),
                 }
                 t.send(&Message::Ack { session: session.into(), point: expected }).await?;
                 report.received += n;
@@ -335,6 +340,13 @@ pub async fn receive<S: Store, T: Transport>(
             }
             other => return Err(refuse(t, unexpected(&other, "batch, snapshot or end")).await),
         }
+    }
+}
+
+fn note(report: &mut PassReport, a: apply::Applied) {
+    report.reset |= a.older_version;
+    if a.future_version > 0 {
+        report.future_version = Some(report.future_version.unwrap_or(0).max(a.future_version));
     }
 }
 

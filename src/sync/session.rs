@@ -57,7 +57,7 @@ pub async fn round<S: Store, T: Transport>(
         batches: push.batches + pull.batches,
         capped: push.capped || pull.capped,
         snapshot: pull.snapshot,
-        reset: false,
+        reset: pull.reset,
         push,
         pull,
     })
