@@ -88,11 +88,14 @@ pub struct DocIn {
 impl<'a> DocOut<'a> {
     /// `indexes` are the document's collection's, as `Collection::index_list` gives them.
     pub fn new(doc: &'a StoredDoc, indexes: &[Index]) -> Result<DocOut<'a>, StoreError> {
-        let derived = doc.i == index_keys(&doc.d, indexes);
-        let merge = MergeOut { s: &doc.s, t: doc.t, v: doc.v, i: (!derived).then_some(&doc.i), x: doc.x.as_ref(), l: &doc.l, m: doc.m.as_ref() };
+        // Naming every field (no `..`) turns a field added to `StoredDoc` into a compile
+        // error here, rather than a field silently left out of the stored record.
+        let StoredDoc { id, d, s, t, v, i, x, l, m } = doc;
+        let derived = *i == index_keys(d, indexes);
+        let merge = MergeOut { s, t: *t, v: *v, i: (!derived).then_some(i), x: x.as_ref(), l, m: m.as_ref() };
         let m = serde_json::to_string(&merge).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
-        let i = doc.i.iter().map(|(name, key)| (name.clone(), Value::String(key_string(key)))).collect();
-        Ok(DocOut { id: &doc.id, d: &doc.d, m, i })
+        let i = i.iter().map(|(name, key)| (name.clone(), Value::String(key_string(key)))).collect();
+        Ok(DocOut { id, d, m, i })
     }
 }
 
