@@ -10,6 +10,8 @@ export interface CollectionSchema {
   primaryKey: string;
   /** Index name → one field path or several (compound). Index names are identifiers. */
   indexes?: { [name: string]: string | string[] };
+  /** Values for top-level fields a document lacks when it is migrated to this version. */
+  defaults?: { [field: string]: Json };
 }
 
 export interface Schema {
@@ -30,10 +32,19 @@ export interface OpenOptions {
   /** IndexedDB name prefix: replicas with different names never share data. */
   name: string;
   schema: Schema;
-  /** Older schemas (schema evolution arrives with migrations). */
+  /** Older schemas: every version the stored data (or a lagging peer) may be at. */
   history?: Schema[];
-  migrations?: { [version: number]: (doc: Doc, collection: string) => Doc | null };
+  /**
+   * One entry per version step: `migrations[v]` turns a document of version v−1 into
+   * version v (return `null` to drop it); `null` declares a step whose changes are all
+   * declarative (indexes, added or dropped collections, `defaults`). Functions must be
+   * synchronous and deterministic: every replica migrating the same document must compute
+   * the same result.
+   */
+  migrations?: { [version: number]: ((doc: Doc, collection: string) => Doc | null) | null };
   sync?: SyncOptions;
+  /** Progress of a migration run while opening (data stored under an older version). */
+  onProgress?: (p: { phase: 'upgrade'; done: number; total: number }) => void;
 }
 
 /** A condition on one field: a plain value means equality. */
@@ -77,6 +88,10 @@ export type ErrorCode =
   | 'CLOSED'
   | 'CORRUPT'
   | 'STORAGE_ERROR'
+  | 'MISSING_SCHEMA'
+  | 'MISSING_MIGRATION'
+  | 'VERSION_TOO_OLD'
+  | 'MIGRATION_FAILED'
   | 'SYNC_NOT_CONFIGURED'
   | 'SYNC_CONNECTION'
   | 'SYNC_PROTOCOL'
@@ -94,6 +109,9 @@ export interface PassReport {
   batches: number;
   capped: boolean;
   snapshot: boolean;
+  reset: boolean;
+  /** The newest schema version of ops received but not applied (newer than the app's). */
+  futureVersion?: number;
   start: number;
   end: number;
 }
@@ -109,7 +127,7 @@ export interface SyncReport {
   capped: boolean;
   /** The server answered with a snapshot instead of rows. */
   snapshot: boolean;
-  /** The local store was rebuilt from older-version data. */
+  /** The server answered with a snapshot of older-version data, migrated on arrival. */
   reset: boolean;
   push: PassReport;
   pull: PassReport;
@@ -124,9 +142,9 @@ export interface Progress {
 export interface EventMap {
   sync: SyncReport;
   progress: Progress;
-  reset: unknown;
+  reset: SyncReport;
   error: TidemarkError;
-  futureVersion: unknown;
+  futureVersion: { version: number; current: number };
   online: boolean;
 }
 

@@ -11,6 +11,7 @@
 //! - `keys`: index keys as order-preserving strings for the native indexes.
 //! - `error`: IndexedDB failures as `StoreError`s.
 //! - `persist`: asking for persistent storage.
+//! - `upgrade`: opening data of an older schema version into a new generation.
 
 pub mod codec;
 pub mod commit;
@@ -20,6 +21,7 @@ pub mod generation;
 pub mod keys;
 pub mod persist;
 pub mod read;
+pub mod upgrade;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;

@@ -172,6 +172,12 @@ async fn round_on(replica: &Replica<IdbStore>, client: &Client, t: &mut WsTransp
     })
     .await?;
     client.refresh(replica).await?;
+    if report.reset {
+        client.emit("reset", &to_js(&report));
+    }
+    if let Some(version) = report.pull.future_version {
+        client.emit("futureVersion", &to_js(&serde_json::json!({ "version": version, "current": replica.head().schema_version })));
+    }
     client.emit("sync", &to_js(&report));
     Ok(report)
 }

@@ -6,6 +6,7 @@
 mod client;
 mod convert;
 mod error;
+mod migrations;
 mod replica;
 mod socket;
 

@@ -19,10 +19,12 @@ use super::error::to_js as err_to_js;
 use crate::error::{Error, OpenError};
 use crate::idb::IdbStore;
 use crate::replica::{Replica, Write};
+use crate::migrate::Schemas;
 use crate::schema::Schema;
+use super::migrations::JsMigrator;
 
 /// Options `openReplica` understands; later capabilities add to this list.
-const OPTION_KEYS: [&str; 5] = ["name", "schema", "history", "migrations", "sync"];
+const OPTION_KEYS: [&str; 6] = ["name", "schema", "history", "migrations", "sync", "onProgress"];
 
 /// A replica open in this page: documents, queries and (later) sync.
 #[wasm_bindgen(js_name = Replica)]
@@ -65,6 +67,18 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
         return Err(bad_options("options.schema is required: { version, collections }"));
     }
     let schema = Schema::from_json(to_json(&schema_js).map_err(|e| crate::error::SchemaError::Invalid(e.to_string()))?)?;
+    let history_js = get(&options, "history");
+    let history = if history_js.is_undefined() || history_js.is_null() {
+        vec![]
+    } else {
+        match to_json(&history_js).map_err(|e| crate::error::SchemaError::Invalid(e.to_string()))? {
+            Value::Array(items) => items.into_iter().map(Schema::from_json).collect::<Result<Vec<_>, _>>()?,
+            _ => return Err(bad_options("history must be an array of older schemas")),
+        }
+    };
+    let schemas = Schemas::new(schema, history)?;
+    let migrator = JsMigrator::from_js(&get(&options, "migrations")).map_err(bad_options)?;
+    let on_progress = get(&options, "onProgress").dyn_into::<js_sys::Function>().ok();
     let sync_js = get(&options, "sync");
     let sync = if sync_js.is_undefined() || sync_js.is_null() {
         None
@@ -72,8 +86,13 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
         let v = to_json(&sync_js).map_err(|e| bad_options(e.to_string()))?;
         Some(SyncConfig::from_json(&v).map_err(bad_options)?)
     };
-    let store = IdbStore::open(&name, &schema).await?;
-    let replica = Replica::open(store, schema, Box::new(|| js_sys::Date::now() as u64)).await?;
+    let mut progress = |p: crate::sync::Progress| {
+        if let Some(f) = &on_progress {
+            let _ = f.call1(&JsValue::NULL, &to_js(&serde_json::json!({"phase": "upgrade", "done": p.done, "total": p.total})));
+        }
+    };
+    let store = IdbStore::open_migrating(&name, &schemas, &migrator, &mut progress).await?;
+    let replica = Replica::open_migrating(store, schemas, Box::new(migrator), Box::new(|| js_sys::Date::now() as u64)).await?;
     let client = Client::new(sync);
     if client.config.is_some() {
         client.refresh(&replica).await?;
