@@ -195,3 +195,105 @@ fn mixed_versions_converge_and_future_ops_wait_for_the_upgrade() {
     let r = at(upgraded, schemas(v2()), 4_000);
     assert_eq!(q(&r, "todos", json!({"orderBy": "id"})), q(&new_writer, "todos", json!({"orderBy": "id"})));
 }
+
+/// A store that fails its `fail_at`-th commit (counting from 1), to cut an upgrade short
+/// at every step.
+struct Flaky {
+    inner: MemoryStore,
+    commits: std::cell::Cell<usize>,
+    fail_at: usize,
+}
+
+impl Store for Flaky {
+    type Doc = Map<String, Value>;
+    async fn head(&self) -> Result<Option<tidemark::store::Head>, tidemark::error::StoreError> {
+        self.inner.head().await
+    }
+    async fn get(&self, c: &str, id: &str) -> Result<Option<tidemark::store::StoredDoc>, tidemark::error::StoreError> {
+        self.inner.get(c, id).await
+    }
+    async fn commit<F>(&self, keys: &[tidemark::store::DocKey], f: F) -> Result<tidemark::store::Commit, tidemark::Error>
+    where
+        F: FnOnce(Option<tidemark::store::Head>, Vec<Option<tidemark::store::StoredDoc>>) -> Result<tidemark::store::Commit, tidemark::Error>,
+    {
+        self.commit_sync(keys, &[], |l| f(l.head, l.docs)).await
+    }
+    async fn commit_sync<F>(&self, keys: &[tidemark::store::DocKey], peers: &[String], f: F) -> Result<tidemark::store::Commit, tidemark::Error>
+    where
+        F: FnOnce(tidemark::store::Loaded) -> Result<tidemark::store::Commit, tidemark::Error>,
+    {
+        self.commits.set(self.commits.get() + 1);
+        if self.commits.get() == self.fail_at {
+            return Err(tidemark::error::StoreError::Backend("page closed".into()).into());
+        }
+        self.inner.commit_sync(keys, peers, f).await
+    }
+    async fn query(&self, c: &str, pk: &str, plan: &tidemark::query::Plan) -> Result<Vec<Map<String, Value>>, tidemark::error::StoreError> {
+        self.inner.query(c, pk, plan).await
+    }
+    async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<tidemark::store::Row>, tidemark::error::StoreError> {
+        self.inner.rows_after(after, limit).await
+    }
+    async fn peers(&self) -> Result<std::collections::BTreeMap<String, tidemark::sync::PeerRecord>, tidemark::error::StoreError> {
+        self.inner.peers().await
+    }
+    async fn all_docs(&self) -> Result<(tidemark::store::Head, Vec<(String, tidemark::store::StoredDoc)>), tidemark::error::StoreError> {
+        self.inner.all_docs().await
+    }
+}
+
+#[test]
+fn an_upgrade_cut_at_any_step_leaves_the_old_generation_whole_and_can_start_again() {
+    let old = at(MemoryStore::new(), schemas(v1()), 1_000);
+    block_on(old.write((0..2500).map(|i| Write::Put { collection: "todos".into(), doc: obj(json!({"id": format!("t{i:04}"), "title": "x"})) }).collect())).unwrap();
+    let before = serde_json::to_string(&old.store().dump("todos")).unwrap();
+    // 3 log chunks + 3 document chunks + 1 head/peers commit.
+    for fail_at in 1..=7 {
+        let target = Flaky { inner: MemoryStore::new(), commits: Default::default(), fail_at };
+        assert!(block_on(migrate::upgrade(old.store(), &target, &schemas(v3()), &Steps, &mut |_| {})).is_err(), "step {fail_at}");
+        assert_eq!(serde_json::to_string(&old.store().dump("todos")).unwrap(), before, "old generation untouched at step {fail_at}");
+    }
+    // The next attempt (into a fresh generation) completes.
+    let fresh = MemoryStore::new();
+    block_on(migrate::upgrade(old.store(), &fresh, &schemas(v3()), &Steps, &mut |_| {})).unwrap();
+    let r = at(fresh, schemas(v3()), 2_000);
+    assert_eq!(q(&r, "todos", json!({"where": {"list": "inbox"}})).len(), 2500);
+}
+
+#[test]
+fn a_reset_cut_between_any_two_messages_loses_nothing_and_ends_migrated() {
+    let server = relay();
+    let writer = at(MemoryStore::new(), schemas(v1()), 1_000);
+    block_on(writer.write((0..300).map(|i| Write::Put { collection: "todos".into(), doc: obj(json!({"id": format!("s{i:03}"), "title": format!("v1 {i}")})) }).collect())).unwrap();
+    pass(&writer, &server);
+    // The server sends six messages in a snapshot pass of 300 documents in chunks of 100
+    // (preflight, begin, 3 snapshot chunks, end), each answered by the replica. Cut the
+    // connection before each of them, then sync again.
+    for k in 0..6 {
+        let fresh = at(MemoryStore::new(), schemas(v2()), 9_000);
+        block_on(fresh.put("todos", obj(json!({"id": "mine", "name": "unsynced"})))).unwrap();
+        block_on(fresh.put("todos", obj(json!({"id": "s001", "name": "local edit"})))).unwrap();
+        let (mut a, mut b) = pipe();
+        a.cut_after = Some(k);
+        let session = tidemark::sync::peer::new_session();
+        let (sid, rid) = (server.head().db_id, fresh.head().db_id);
+        let limits = Limits { per_diff: 100, max_diffs: 100 };
+        let (s, r) = (&server, &fresh);
+        let session2 = session.clone();
+        let (sent, got) = block_on(futures::future::join(
+            async move { pass::send(s, &mut a, &rid, &session, limits, &mut |_| {}).await },
+            async move { pass::receive(r, &mut b, &sid, &session2, &mut |_| {}).await },
+        ));
+        assert!(sent.is_err() && got.is_err(), "cut after {k} messages");
+        // The pass claimed nothing, so the next one starts over (a snapshot, or diffs if
+        // enough chunks had landed for the 50% rule).
+        let again = pass(&server, &fresh);
+        assert_eq!(again.start, -1, "cut {k}");
+        let docs = q(&fresh, "todos", json!({"orderBy": "id"}));
+        assert_eq!(docs.len(), 301, "cut {k}");
+        assert!(docs.contains(&json!({"id": "mine", "name": "unsynced"})));
+        assert!(docs.contains(&json!({"id": "s001", "name": "local edit"})));
+        assert!(docs.contains(&json!({"id": "s299", "name": "v1 299"})));
+        assert!(!again.capped && pass(&server, &fresh).sent == 0, "and no reset loop (cut {k})");
+    }
+}
