@@ -1,9 +1,8 @@
 //! The protocol conformance scenarios of DESIGN §9, generic over the store.
 //!
-//! These are the scenarios of the engine's `tests/sync_conformance.rs` (written there
-//! against `MemoryStore`), factored so one body runs against any `Backend`: the in-memory
-//! reference and the server's `SqliteStore`, whose behaviour must be identical. A backend
-//! also says how to take a backup, so the restore scenarios exercise real SQLite file copies.
+//! One body per scenario runs against any `Backend`: the in-memory reference store and
+//! the server's `SqliteStore`, whose behaviour must be identical. A backend also says how
+//! to take a backup, so the restore scenarios exercise real SQLite file copies.
 
 #![allow(dead_code)]
 
