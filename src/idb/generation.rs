@@ -1,7 +1,8 @@
 //! Generation databases `tidemark:{replica}:g{n}`: one per physical layout of a replica's
 //! data. Each holds `meta` (the head), `log` (one record per commit), `peers` (sync
-//! points and sessions, keyed by peer db id) and one store per collection, `c:{collection}`, keyed by document id with one native index per schema
-//! index over the key `i.{index}` (see `codec` for the records, `keys` for the keys).
+//! points and sessions, keyed by peer db id) and one store per collection,
+//! `c:{collection}`, keyed by document id, with one native index per schema index over
+//! the key `i.{index}` (see `codec` for the records, `keys` for the keys).
 //!
 //! The object stores and indexes are only ever created when the database is new, because
 //! indexed_db_futures' upgrade callback cannot reach the versionchange transaction to
