@@ -69,6 +69,25 @@ export interface Status {
   outgoing: { [dbId: string]: number };
   online: boolean;
   pending: number;
+  /** Whether this tab runs live sync for the replica (one tab per replica does). */
+  leader?: boolean;
+}
+
+/** One op-log row, as `recentOps` returns it. */
+export interface LogRow {
+  row: number;
+  op: {
+    origin: string;
+    originRow: number;
+    ts: string;
+    schemaVersion: number;
+    collection: string;
+    id: string;
+    kind: 'put' | 'patch' | 'delete';
+    fields?: { [key: string]: Json };
+  };
+  /** The peer the row came from; absent for local writes. */
+  from?: string;
 }
 
 /** Every error Tidemark throws is an `Error` with one of these codes. */
@@ -146,6 +165,8 @@ export interface EventMap {
   error: TidemarkError;
   futureVersion: { version: number; current: number };
   online: boolean;
+  /** Collections a committed transaction (in this tab or another) changed. */
+  change: { collections: string[] };
 }
 
 export declare class Replica {
@@ -166,6 +187,14 @@ export declare class Replica {
   delete(collection: string, id: string): Promise<void>;
   get(collection: string, id: string): Promise<Doc | undefined>;
   query(collection: string, query?: Query): Promise<Doc[]>;
+  /**
+   * A live query: `callback` runs at once with the results, then after every change (this
+   * tab, other tabs, sync, migrations, resets) that alters them. Returns an unsubscribe
+   * function.
+   */
+  subscribe(collection: string, query: Query | undefined, callback: (docs: Doc[]) => void): () => void;
+  /** The newest op-log rows, newest first. */
+  recentOps(limit?: number): Promise<LogRow[]>;
   status(): Status;
   close(): Promise<void>;
 }

@@ -121,6 +121,14 @@ impl<S: Store> Replica<S> {
         self.head.lock().expect("head lock").clone()
     }
 
+    /// Re-reads the head from the store (another tab may have written).
+    pub async fn reload_head(&self) -> Result<(), Error> {
+        if let Some(h) = self.store.head().await? {
+            self.set_head(h);
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_head(&self, head: Head) {
         let mut h = self.head.lock().expect("head lock");
         if head.max_row >= h.max_row {

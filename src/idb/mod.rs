@@ -50,6 +50,9 @@ pub struct IdbStore {
     /// Closes both connections when another tab deletes or upgrades one of the
     /// databases, so it is never blocked by this one; kept alive as long as the store.
     _on_version_change: Closure<dyn FnMut()>,
+    /// Told the collections each committed transaction changed, after it committed (live
+    /// queries and other tabs re-read from there).
+    on_change: std::cell::RefCell<Option<js_sys::Function>>,
 }
 
 impl IdbStore {
@@ -121,7 +124,22 @@ impl IdbStore {
         };
         dir.as_sys().set_onversionchange(Some(on_version_change.as_ref().unchecked_ref()));
         db.as_sys().set_onversionchange(Some(on_version_change.as_ref().unchecked_ref()));
-        IdbStore { replica: name.to_string(), schema: schema.clone(), live, dir, db, closed, _on_version_change: on_version_change }
+        IdbStore {
+            replica: name.to_string(),
+            schema: schema.clone(),
+            live,
+            dir,
+            db,
+            closed,
+            _on_version_change: on_version_change,
+            on_change: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// Sets the function called with the array of collection names a committed
+    /// transaction changed.
+    pub fn set_on_change(&self, f: Option<js_sys::Function>) {
+        *self.on_change.borrow_mut() = f;
     }
 
     /// Closes the connections; every later call fails with `CLOSED`.
@@ -238,7 +256,18 @@ impl Store for IdbStore {
         if let Some((c, _)) = keys.iter().find(|(c, _)| !self.knows(c)) {
             return Err(StoreError::Backend(format!("collection {c:?} is not in this store's schema")).into());
         }
-        commit::commit(&self.db, &self.schema, keys, peers, f).await
+        let commit = commit::commit(&self.db, &self.schema, keys, peers, f).await?;
+        if !commit.docs.is_empty() {
+            let f = self.on_change.borrow().clone();
+            if let Some(f) = f {
+                let mut names: Vec<&str> = commit.docs.iter().map(|(c, _)| c.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                let arr: js_sys::Array = names.into_iter().map(JsValue::from_str).collect();
+                let _ = f.call1(&JsValue::NULL, &arr);
+            }
+        }
+        Ok(commit)
     }
 
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {

@@ -21,6 +21,7 @@ use crate::idb::IdbStore;
 use crate::replica::{Replica, Write};
 use crate::migrate::Schemas;
 use crate::schema::Schema;
+use crate::store::Store;
 use super::migrations::JsMigrator;
 
 /// Options `openReplica` understands; later capabilities add to this list.
@@ -244,6 +245,36 @@ impl JsReplica {
     #[wasm_bindgen(js_name = setEmitter)]
     pub fn set_emitter(&self, f: Option<js_sys::Function>) {
         self.client.set_emitter(f);
+    }
+
+    /// Called with the array of collections every committed transaction changed (local
+    /// writes, sync, migrations): what live queries and other tabs listen to.
+    #[wasm_bindgen(js_name = setOnChange)]
+    pub fn set_on_change(&self, f: Option<js_sys::Function>) {
+        self.inner.store().set_on_change(f);
+    }
+
+    /// Re-reads the head and sync points, after another tab wrote or synced.
+    pub fn refresh(&self) -> js_sys::Promise {
+        let client = self.client.clone();
+        run(&self.inner, |r| async move {
+            r.reload_head().await?;
+            client.refresh(&r).await?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// The newest `limit` rows of the op log, newest first: `[{ row, op, from }]`.
+    #[wasm_bindgen(js_name = recentOps)]
+    pub fn recent_ops(&self, limit: JsValue) -> js_sys::Promise {
+        let limit = limit.as_f64().filter(|n| *n >= 0.0).map_or(20, |n| n.min(10_000.0) as u64);
+        run(&self.inner, |r| async move {
+            r.reload_head().await?;
+            let max = r.head().max_row;
+            let mut rows = r.store().rows_after(max.saturating_sub(limit), limit as usize).await?;
+            rows.reverse();
+            Ok(to_js(&rows))
+        })
     }
 
     /// Closes the replica's databases; later calls reject with code `CLOSED`.

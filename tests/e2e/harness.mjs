@@ -9,16 +9,13 @@ import { startServer } from '../../scripts/serve.mjs';
 export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-/** Starts the server and a persistent browser profile (so IndexedDB survives reloads). */
-export async function setup() {
-  const { server, url } = await startServer();
+async function launch(url, errors) {
   const profile = await mkdtemp(join(tmpdir(), 'tidemark-e2e-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
     args: CHROMIUM_ARGS,
   });
-  const errors = [];
   async function openPage() {
     const page = await context.newPage();
     page.on('pageerror', (e) => errors.push(e));
@@ -26,10 +23,23 @@ export async function setup() {
     await page.waitForFunction(() => window.ready === true);
     return page;
   }
-  async function teardown() {
+  async function close() {
     await context.close();
-    await new Promise((ok) => server.close(ok));
     await rm(profile, { recursive: true, force: true });
   }
-  return { url, context, openPage, teardown, errors };
+  return { context, openPage, close };
+}
+
+/** Starts the server and a persistent browser profile (so IndexedDB survives reloads). */
+export async function setup() {
+  const { server, url } = await startServer();
+  const errors = [];
+  const main = await launch(url, errors);
+  async function teardown() {
+    await main.close();
+    await new Promise((ok) => server.close(ok));
+  }
+  /** A second, separate browser (its own profile and IndexedDB): another user's device. */
+  const newContext = () => launch(url, errors);
+  return { url, context: main.context, openPage: main.openPage, newContext, teardown, errors };
 }

@@ -1,0 +1,161 @@
+// Live queries and several tabs of one replica, in real Chromium with real IndexedDB:
+// subscriptions fire for changes that alter their results (and only those), a big sync
+// fires a few callbacks, tabs see each other's writes live, exactly one tab runs sync
+// and another takes over when it closes, and a same-field conflict resolves alike.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { setup } from './harness.mjs';
+import { startServer } from './server.mjs';
+
+const SCHEMA = { version: 1, collections: { todos: { primaryKey: 'id', indexes: { byList: 'list' } }, other: { primaryKey: 'id' } } };
+
+let h;
+before(async () => { h = await setup(); });
+after(async () => { await h.teardown(); });
+
+async function open(page, name, sync) {
+  await page.evaluate(async ({ name, schema, sync }) => {
+    window.db = await window.tidemark.openReplica({ name, schema, sync });
+    window.calls = [];
+    window.stop = window.db.subscribe('todos', { where: { list: 'inbox' }, orderBy: 'id' }, (docs) => window.calls.push(docs.map((d) => `${d.id}:${d.title}`)));
+  }, { name, schema: SCHEMA, sync });
+  await page.waitForFunction(() => window.calls.length === 1);
+}
+const calls = (page) => page.evaluate(() => window.calls);
+const settle = (ms = 300) => new Promise((r) => setTimeout(r, ms));
+
+test('a live query fires at once, on changes that alter it, and not on others', async () => {
+  const page = await h.openPage();
+  await open(page, 'live-q');
+  assert.deepEqual(await calls(page), [[]]);
+  await page.evaluate(() => window.db.put('todos', { id: 'a', title: 'Milk', list: 'inbox' }));
+  await page.waitForFunction(() => window.calls.length === 2);
+  // Changes that do not touch the result: another list, another collection.
+  await page.evaluate(async () => {
+    await window.db.put('todos', { id: 'w', title: 'Work', list: 'work' });
+    await window.db.put('other', { id: 'x' });
+  });
+  await settle();
+  assert.equal((await calls(page)).length, 2);
+  await page.evaluate(() => window.db.patch('todos', 'a', { title: 'Oat milk' }));
+  await page.waitForFunction(() => window.calls.length === 3);
+  await page.evaluate(() => window.db.delete('todos', 'a'));
+  await page.waitForFunction(() => window.calls.length === 4);
+  assert.deepEqual(await calls(page), [[], ['a:Milk'], ['a:Oat milk'], []]);
+  // 10,000 documents in 10 transactions fire a few callbacks, not thousands.
+  await page.evaluate(async () => {
+    for (let b = 0; b < 10; b++) {
+      await window.db.putMany('todos', Array.from({ length: 1000 }, (_, i) => ({ id: `b${b}-${i}`, title: 't', list: 'inbox' })));
+    }
+  });
+  await page.waitForFunction(() => window.calls.at(-1).length === 10000);
+  const n = (await calls(page)).length - 4;
+  assert.ok(n >= 1 && n <= 10, `${n} callbacks for 10 transactions`);
+  // Unsubscribed: no more calls.
+  await page.evaluate(async () => { window.stop(); await window.db.put('todos', { id: 'late', title: 'x', list: 'inbox' }); });
+  await settle();
+  assert.equal((await calls(page)).length, 4 + n);
+  await page.evaluate(() => window.db.close());
+  await page.close();
+});
+
+test('a sync that brings 10,000 rows fires a few callbacks', async () => {
+  const srv = await startServer();
+  try {
+    const sync = { url: srv.wsUrl, library: 'live-sync' };
+    const writer = await h.openPage();
+    await writer.evaluate(async ({ schema, sync }) => {
+      const db = await window.tidemark.openReplica({ name: 'ls-w', schema, sync });
+      for (let b = 0; b < 10; b++) await db.putMany('todos', Array.from({ length: 1000 }, (_, i) => ({ id: `s${b}-${i}`, title: 's', list: 'inbox' })));
+      await db.syncNow();
+      await db.close();
+    }, { schema: SCHEMA, sync });
+    const reader = await h.openPage();
+    await open(reader, 'ls-r', sync);
+    await reader.evaluate(async () => { for (;;) { if (!(await window.db.syncNow()).capped) break; } });
+    await reader.waitForFunction(() => window.calls.at(-1).length === 10000);
+    const n = (await calls(reader)).length - 1;
+    assert.ok(n >= 1 && n <= 12, `${n} callbacks for a 10,000-row sync`);
+    await reader.evaluate(() => window.db.close());
+    await writer.close(); await reader.close();
+  } finally { await srv.stop(); }
+});
+
+test('two tabs of one replica see each other\'s writes live', async () => {
+  const a = await h.openPage();
+  const b = await h.openPage();
+  await open(a, 'tabs');
+  await open(b, 'tabs');
+  await a.evaluate(() => window.db.put('todos', { id: 't1', title: 'from tab A', list: 'inbox' }));
+  await b.waitForFunction(() => window.calls.at(-1).includes('t1:from tab A'));
+  await b.evaluate(() => window.db.patch('todos', 't1', { title: 'edited in tab B' }));
+  await a.waitForFunction(() => window.calls.at(-1).includes('t1:edited in tab B'));
+  // One op log: both tabs' writes got distinct rows.
+  const rows = await a.evaluate(async () => (await window.db.recentOps(5)).map((r) => r.row));
+  assert.deepEqual(rows, [2, 1]);
+  for (const p of [a, b]) { await p.evaluate(() => window.db.close()); await p.close(); }
+});
+
+test('exactly one tab runs sync; when it closes another takes over without losing writes', async () => {
+  const srv = await startServer();
+  try {
+    const sync = { url: srv.wsUrl, library: 'leader' };
+    const a = await h.openPage();
+    const b = await h.openPage();
+    await open(a, 'lead', sync);
+    await open(b, 'lead', sync);
+    await a.evaluate(() => window.db.connect());
+    await a.waitForFunction(() => window.db.status().leader && window.db.status().online);
+    await b.evaluate(() => window.db.connect());
+    await settle(500);
+    assert.equal(await b.evaluate(() => window.db.status().leader), false, 'only one leader');
+    // A write in the follower tab is pushed by the leader.
+    await b.evaluate(() => window.db.put('todos', { id: 'by-b', title: 'queued in B', list: 'inbox' }));
+    const observer = await h.openPage();
+    const seen = (id) => observer.evaluate(async ({ id, schema, sync }) => {
+      const db = await window.tidemark.openReplica({ name: 'lead-observer', schema, sync });
+      for (let i = 0; i < 50; i++) {
+        await db.syncNow();
+        if (await db.get('todos', id)) { await db.close(); return true; }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      await db.close();
+      return false;
+    }, { id, schema: SCHEMA, sync });
+    assert.ok(await seen('by-b'));
+    // The leader tab closes: B takes over, and its new writes reach the server.
+    await a.close();
+    await b.waitForFunction(() => window.db.status().leader && window.db.status().online, null, { timeout: 10000 });
+    await b.evaluate(() => window.db.put('todos', { id: 'after', title: 'written after takeover', list: 'inbox' }));
+    assert.ok(await seen('after'));
+    await b.evaluate(() => window.db.close());
+    await b.close(); await observer.close();
+  } finally { await srv.stop(); }
+});
+
+test('a conflict on the same field resolves the same way in two browsers', async () => {
+  const srv = await startServer();
+  const other = await h.newContext();
+  try {
+    const sync = { url: srv.wsUrl, library: 'conflict' };
+    const p1 = await h.openPage();
+    const p2 = await other.openPage();
+    const run = (page, fn, arg) => page.evaluate(async ({ fn, arg, schema, sync }) => {
+      const db = await window.tidemark.openReplica({ name: 'conflict', schema, sync });
+      try { return await (0, eval)(`(${fn})`)(db, arg); } finally { await db.close(); }
+    }, { fn: fn.toString(), arg, schema: SCHEMA, sync });
+    await run(p1, async (db) => { await db.put('todos', { id: 'c', title: 'base', list: 'inbox', done: false }); await db.syncNow(); });
+    await run(p2, (db) => db.syncNow());
+    // Both edit the same field offline, plus one field each.
+    await run(p1, (db) => db.patch('todos', 'c', { title: 'title from browser 1', done: true }));
+    await run(p2, (db) => db.patch('todos', 'c', { title: 'title from browser 2', list: 'work' }));
+    for (const p of [p1, p2, p1]) await run(p, (db) => db.syncNow());
+    const d1 = await run(p1, (db) => db.get('todos', 'c'));
+    const d2 = await run(p2, (db) => db.get('todos', 'c'));
+    assert.deepEqual(d1, d2);
+    assert.equal(d1.title, 'title from browser 2', 'the later write wins the field');
+    assert.equal(d1.done, true, 'a field only one side wrote is kept');
+    assert.equal(d1.list, 'work');
+    await p1.close(); await p2.close();
+  } finally { await other.close(); await srv.stop(); }
+});
