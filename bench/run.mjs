@@ -157,7 +157,9 @@ const METRICS = ['w1_docs_per_s', 'w1_ms', 'w2_p50_ms', 'w2_p95_ms', 'w2_total_m
 async function browserWorkloads(b) {
   const perRun = Object.fromEntries(LIBS.map((l) => [l, []]));
   const failures = {};
+  const load = [];
   for (let r = 0; r < RUNS; r++) {
+    load.push(+loadavg()[0].toFixed(2));
     // Rotate the order every run, so no library always goes first (or last).
     const order = LIBS.map((_, i) => LIBS[(i + r) % LIBS.length]);
     for (const lib of order) {
@@ -197,7 +199,8 @@ async function browserWorkloads(b) {
     if (failures[lib] || failures.raw) continue;
     vsRaw[lib] = Object.fromEntries(METRICS.map((m) => [m, stats(perRun[lib].map((t, i) => t[m] / perRun.raw[i][m]))]));
   }
-  return { results: out, tidemark_vs: ratios, vs_raw: vsRaw };
+  // The 1-minute load average as each run began: the box is shared, this shows how much.
+  return { results: out, tidemark_vs: ratios, vs_raw: vsRaw, loadavg_per_run: load };
 }
 
 // ---------------------------------------------------------------- sync
