@@ -208,6 +208,15 @@ pub async fn finish_incoming<S: Store>(
     end: Point,
     table: Vec<TableEntry>,
 ) -> Result<(), Error> {
+    finish(replica, peer, Some((session, end)), table).await
+}
+
+/// Closes an idle pass (see `pass`): records no session, only max-merges the table.
+pub async fn finish_idle<S: Store>(replica: &Replica<S>, peer: &str, table: Vec<TableEntry>) -> Result<(), Error> {
+    finish(replica, peer, None, table).await
+}
+
+async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&str, Point)>, table: Vec<TableEntry>) -> Result<(), Error> {
     let me = replica.head().db_id;
     let table: Vec<TableEntry> = table.into_iter().filter(|e| e.db_id != me && e.db_id != peer && !e.db_id.is_empty()).collect();
     let mut ids = vec![peer.to_string()];
@@ -216,14 +225,35 @@ pub async fn finish_incoming<S: Store>(
     replica
         .store()
         .commit_sync(&[], &ids, |loaded| {
-            let mut recs: Vec<PeerRecord> = loaded.peers.into_iter().map(|p| p.unwrap_or_else(PeerRecord::new)).collect();
-            recs[0].note_incoming(session, end, false);
+            let before = loaded.peers;
+            let mut recs: Vec<PeerRecord> = before.iter().map(|p| p.clone().unwrap_or_else(PeerRecord::new)).collect();
+            if let Some((session, end)) = reached {
+                recs[0].note_incoming(session, end, false);
+            }
             for e in &table {
                 if let Some(i) = ids.iter().position(|id| *id == e.db_id) {
                     recs[i].note_incoming(&e.session, e.row, true);
                 }
             }
-            Ok(Commit { peers: ids.iter().cloned().zip(recs).collect(), ..Commit::default() })
+            // Only records that changed are written (an idle pass usually changes none).
+            let changed = ids.iter().cloned().zip(recs).zip(before).filter(|((_, r), b)| b.as_ref() != Some(r)).map(|(p, _)| p);
+            Ok(Commit { peers: changed.collect(), ..Commit::default() })
+        })
+        .await?;
+    Ok(())
+}
+
+/// Records `outgoing[peer]` after a complete idle pass, without a session (see `pass`).
+pub async fn note_idle_sent<S: Store>(replica: &Replica<S>, peer: &str, row: Point) -> Result<(), Error> {
+    replica
+        .store()
+        .commit_sync(&[], &[peer.to_string()], |loaded| {
+            let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
+            if rec.outgoing >= row {
+                return Ok(Commit::default());
+            }
+            rec.merge_outgoing(row);
+            Ok(Commit { peers: vec![(peer.to_string(), rec)], ..Commit::default() })
         })
         .await?;
     Ok(())

@@ -7,7 +7,11 @@
 //! - a diff-capped pass claims nothing beyond its batches: no table, no `outgoing`;
 //! - the sender's `incoming` table (taken before the pass) is forwarded only after a
 //!   complete pass, with each entry's session so the origin can vouch for it later;
-//! - a point is used only through a session both sides remember.
+//! - a point is used only through a session both sides remember;
+//! - an *idle* pass (complete, no batch, starting at the point of a session both sides
+//!   already share) records no new session on either side, so replicas that poll each
+//!   other do not push the sessions their points rely on out of the short history. Both
+//!   sides decide this from the same facts (`matched`, `point`, `start`, the end).
 
 use super::apply;
 use super::message::{Message, SnapshotDoc, TableEntry};
@@ -137,6 +141,7 @@ pub async fn send<S: Store, T: Transport>(
         && mine.in_history.iter().filter(|e| !e.transitive).all(|e| sent_sessions.contains(&e.session));
 
     let snapshot = (start as i128) < head.max_row as i128 && wants_snapshot(head.max_row, their_max, limits.per_diff);
+    let idle = |end: Point| is_idle(matched.is_some(), point, start, end, snapshot);
     t.send(&Message::Begin { session: session.into(), start, snapshot }).await?;
     let mut report = PassReport { start, end: start, snapshot, ..Default::default() };
 
@@ -228,7 +233,9 @@ pub async fn send<S: Store, T: Transport>(
     })
     .await?;
     expect_done(t, session).await?;
-    if complete {
+    if complete && idle(cursor) {
+        apply::note_idle_sent(replica, peer, cursor).await?;
+    } else if complete {
         apply::note_sent(replica, peer, session, cursor, true).await?;
     }
     Ok(report)
@@ -247,6 +254,12 @@ async fn expect_done<T: Transport>(t: &mut T, session: &str) -> Result<(), Error
         Message::Done { session: s } if s == session => Ok(()),
         other => Err(refuse(t, unexpected(&other, "done")).await),
     }
+}
+
+/// Whether a complete pass is idle: it started at the point of a session both sides
+/// share (`matched`), was not fast-forwarded, and covered nothing.
+fn is_idle(matched: bool, point: Point, start: Point, end: Point, snapshot: bool) -> bool {
+    matched && !snapshot && start == point && end == start
 }
 
 /// Runs the receiving side of a pass from `peer` (its db id).
@@ -269,6 +282,7 @@ pub async fn receive<S: Store, T: Transport>(
             };
             let candidates: Vec<Entry> = rec.in_history.iter().filter(|e| e.row > point && Some(&e.session) != matched.as_ref()).cloned().collect();
             let head = replica.head();
+            let shared = matched.is_some();
             t.send(&Message::Point {
                 session: session.into(),
                 db_id: head.db_id.clone(),
@@ -286,14 +300,14 @@ pub async fn receive<S: Store, T: Transport>(
                     if start < -1 || start > ceiling || start > max_row as Point {
                         return Err(refuse(t, SyncError::Protocol(format!("begin at {start} is past what we agreed ({ceiling})"))).await);
                     }
-                    (max_row, start, snapshot)
+                    (max_row, start, snapshot, shared, point)
                 }
                 other => return Err(refuse(t, unexpected(&other, "begin")).await),
             }
         }
         other => return Err(refuse(t, unexpected(&other, "preflight")).await),
     };
-    let (sender_max, start, snapshot) = their_max;
+    let (sender_max, start, snapshot, shared, point) = their_max;
     let mut report = PassReport { start, end: start, snapshot, ..Default::default() };
     let mut expected = start;
     let total = (sender_max as Point).saturating_sub(start).max(0) as u64;
@@ -332,7 +346,11 @@ pub async fn receive<S: Store, T: Transport>(
                 }
                 let end = if snapshot { max_row as Point } else { expected };
                 let table = if complete { incoming.unwrap_or_default() } else { Vec::new() };
-                apply::finish_incoming(replica, peer, session, end, table).await?;
+                if complete && is_idle(shared, point, start, end, snapshot) {
+                    apply::finish_idle(replica, peer, table).await?;
+                } else {
+                    apply::finish_incoming(replica, peer, session, end, table).await?;
+                }
                 t.send(&Message::Done { session: session.into() }).await?;
                 report.capped = !complete;
                 report.end = end;

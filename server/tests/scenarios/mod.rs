@@ -274,6 +274,222 @@ pub fn clients_converge_through_a_relay<B: Backend>(b: &B) {
     assert_eq!(b.dump(relay.store(), "docs").len(), 45);
 }
 
+// ---- Checkpoints between servers (CouchDB-style cases, issue 7) ----
+//
+// Servers are relays (no schema), as `tidemark-server` opens them; each pass runs through
+// the wire format. "Data-moving" passes are those that cover rows; idle passes (nothing to
+// move from a session both sides share) record no new session.
+
+fn relay<B: Backend>(b: &B, wall: u64) -> Replica<B::S> {
+    block_on(Replica::open_relay(b.fresh(), Box::new(move || wall))).unwrap()
+}
+
+fn relay_over<S: Store>(store: S, wall: u64) -> Replica<S> {
+    block_on(Replica::open_relay(store, Box::new(move || wall))).unwrap()
+}
+
+fn record<S: Store, P: Store>(r: &Replica<S>, peer: &Replica<P>) -> tidemark::sync::PeerRecord {
+    block_on(r.store().peers()).unwrap().get(&peer.head().db_id).cloned().unwrap_or_else(tidemark::sync::PeerRecord::new)
+}
+
+/// Rewrites `r`'s record of `peer` (as if a checkpoint had been lost).
+fn edit_record<S: Store, P: Store>(r: &Replica<S>, peer: &Replica<P>, f: impl FnOnce(&mut tidemark::sync::PeerRecord)) {
+    let id = peer.head().db_id;
+    let mut rec = record(r, peer);
+    f(&mut rec);
+    block_on(r.store().commit_sync(&[], &[id.clone()], move |_| Ok(tidemark::store::Commit { peers: vec![(id, rec)], ..Default::default() })))
+        .unwrap();
+}
+
+/// Relays take no local writes: a fresh client writes the documents and pushes them.
+fn feed<B: Backend>(b: &B, r: &Replica<B::S>, ids: impl Iterator<Item = String>) {
+    let w = replica(b, 500);
+    put_all(&w, ids, 1);
+    pass(&w, r, Limits { per_diff: 100, max_diffs: 100 });
+}
+
+fn log_len<S: Store>(r: &Replica<S>) -> usize {
+    block_on(r.store().rows_after(0, usize::MAX)).unwrap().len()
+}
+
+/// Three data-moving passes from `s1` to `s2` ending at rows 10, 20 and 30 of `s1`.
+fn three_sessions<B: Backend>(b: &B, s1: &Replica<B::S>, s2: &Replica<B::S>) {
+    for k in 0..3 {
+        feed(b, s1, (0..10).map(|i| format!("k{k}-{i}")));
+        let rep = pass(s1, s2, Limits::default());
+        assert_eq!((rep.start, rep.end), (if k == 0 { -1 } else { k * 10 }, k * 10 + 10));
+    }
+}
+
+/// Matching sessions resume: each pass starts where the last one both sides recorded
+/// ended, and the two sides record the same session.
+pub fn matching_sessions_resume<B: Backend>(b: &B) {
+    let s1 = relay(b, 1_000);
+    let s2 = relay(b, 2_000);
+    three_sessions(b, &s1, &s2);
+    let (out, inn) = (record(&s1, &s2), record(&s2, &s1));
+    assert_eq!(out.newest_out().map(|e| (&e.session, e.row)), inn.newest_in().map(|e| (&e.session, e.row)));
+    feed(b, &s1, (0..5).map(|i| format!("more{i}")));
+    let rep = pass(&s1, &s2, Limits::default());
+    assert_eq!((rep.start, rep.sent, rep.end), (30, 5, 35));
+    assert_eq!(b.dump(s2.store(), "docs"), b.dump(s1.store(), "docs"));
+}
+
+/// A peer that lost its last checkpoint (either side's record of the newest session)
+/// resumes from the newest session both still remember, not from the beginning.
+pub fn a_lost_checkpoint_resumes_from_the_newest_common_session<B: Backend>(b: &B) {
+    for receiver_lost in [true, false] {
+        let s1 = relay(b, 1_000);
+        let s2 = relay(b, 2_000);
+        three_sessions(b, &s1, &s2);
+        if receiver_lost {
+            edit_record(&s2, &s1, |r| {
+                r.in_history.pop();
+            });
+        } else {
+            edit_record(&s1, &s2, |r| {
+                r.out_history.pop();
+            });
+        }
+        feed(b, &s1, (0..5).map(|i| format!("more{i}")));
+        let before = log_len(&s2);
+        let rep = pass(&s1, &s2, Limits::default());
+        assert_eq!((rep.start, rep.sent), (20, 15), "receiver lost it: {receiver_lost}");
+        assert_eq!(log_len(&s2), before + 5, "re-sent rows are not stored twice");
+        assert_eq!(b.dump(s2.store(), "docs"), b.dump(s1.store(), "docs"));
+    }
+}
+
+/// A peer restored from a backup resumes from the session the backup remembers — in both
+/// roles — and gets back the rows it lost; polling (idle passes) in between changes nothing.
+pub fn a_restored_peer_resumes_from_the_backups_session<B: Backend>(b: &B) {
+    // The receiver is restored.
+    let s1 = relay(b, 1_000);
+    let s2 = relay(b, 2_000);
+    three_sessions(b, &s1, &s2);
+    let saved = b.backup(s2.store());
+    feed(b, &s1, (0..10).map(|i| format!("lost{i}")));
+    pass(&s1, &s2, Limits::default());
+    for _ in 0..3 * tidemark::sync::peer::HISTORY {
+        assert_eq!(pass(&s1, &s2, Limits::default()).sent, 0);
+        assert_eq!(pass(&s2, &s1, Limits::default()).sent, 0);
+    }
+    let s2 = relay_over(saved, 2_000);
+    let rep = pass(&s1, &s2, Limits::default());
+    assert_eq!((rep.start, rep.sent), (30, 10), "from the backup's session, not from the start");
+    assert_eq!(b.dump(s2.store(), "docs"), b.dump(s1.store(), "docs"));
+
+    // The sender is restored: the receiver pulls from the backup's session, and gets the
+    // sender's new rows even though they reuse row numbers it saw before.
+    let s1 = relay(b, 1_000);
+    let s2 = relay(b, 2_000);
+    three_sessions(b, &s1, &s2);
+    let saved = b.backup(s1.store());
+    feed(b, &s1, (0..10).map(|i| format!("lost{i}")));
+    pass(&s1, &s2, Limits::default());
+    let s1 = relay_over(saved, 1_000);
+    feed(b, &s1, (0..10).map(|i| format!("new{i}")));
+    let rep = pass(&s1, &s2, Limits::default());
+    assert_eq!((rep.start, rep.sent), (30, 10));
+    while pass(&s2, &s1, Limits::default()).capped {}
+    assert_eq!(b.dump(s1.store(), "docs").len(), 50);
+    assert_eq!(b.dump(s2.store(), "docs"), b.dump(s1.store(), "docs"));
+}
+
+/// No common history (the backup predates every session still remembered): the pass starts
+/// from the beginning, and re-sent rows are merged without being stored twice.
+pub fn no_common_history_starts_from_the_beginning<B: Backend>(b: &B) {
+    let s1 = relay(b, 1_000);
+    let s2 = relay(b, 2_000);
+    feed(b, &s2, (0..5).map(|i| format!("own{i}")));
+    let saved = b.backup(s2.store());
+    for k in 0..tidemark::sync::peer::HISTORY as i64 + 2 {
+        feed(b, &s1, std::iter::once(format!("k{k}")));
+        assert_eq!(pass(&s1, &s2, Limits::default()).start, if k == 0 { -1 } else { k });
+    }
+    let s2 = relay_over(saved, 2_000);
+    feed(b, &s1, std::iter::once("last".to_string()));
+    let rep = pass(&s1, &s2, Limits { per_diff: 100, max_diffs: 10 });
+    assert_eq!((rep.start, rep.sent), (-1, s1.head().max_row));
+    assert_eq!(log_len(&s2), 5 + s1.head().max_row as usize);
+    // Starting over with a replica that kept everything stores nothing twice either.
+    let s3 = relay(b, 3_000);
+    pass(&s1, &s3, Limits { per_diff: 100, max_diffs: 10 });
+    edit_record(&s3, &s1, |r| *r = tidemark::sync::PeerRecord::new());
+    let before = log_len(&s3);
+    let rep = pass(&s1, &s3, Limits { per_diff: 100, max_diffs: 10 });
+    assert_eq!(rep.start, -1);
+    assert_eq!(log_len(&s3), before);
+}
+
+/// A→B and B→C complete, then A→C starts at the point C holds for A — only because A
+/// still remembers the session that point came from: a restored A that forgot it starts
+/// over. With a relay in every role.
+pub fn transitive_fast_forward_is_verified_with_the_origins_sessions<B: Backend>(b: &B) {
+    let a = relay(b, 1_000);
+    let bb = relay(b, 2_000);
+    let c = relay(b, 3_000);
+    feed(b, &a, (0..20).map(|i| format!("a{i}")));
+    let saved = b.backup(a.store());
+    pass(&a, &bb, Limits::default());
+    feed(b, &bb, (0..20).map(|i| format!("b{i}")));
+    pass(&bb, &c, Limits::default());
+    assert_eq!(incoming(&c, &a), 20);
+    // Polling in between (idle passes) does not make A forget the session.
+    for _ in 0..3 * tidemark::sync::peer::HISTORY {
+        pass(&a, &bb, Limits::default());
+        pass(&bb, &c, Limits::default());
+    }
+    let restored = relay_over(b.backup(a.store()), 1_000);
+    let rep = pass(&a, &c, Limits::default());
+    assert_eq!((rep.start, rep.sent), (20, 0), "A→C starts where C already is for A");
+    // A copy of A from before it met B does not remember that session: no fast-forward.
+    let forgot = relay_over(saved, 1_000);
+    let c2 = relay(b, 4_000);
+    pass(&bb, &c2, Limits::default());
+    assert_eq!(incoming(&c2, &a), 20);
+    let rep = pass(&forgot, &c2, Limits::default());
+    assert_eq!(rep.start, -1, "an unconfirmed transitive point is never used");
+    // A restored after meeting B still remembers it.
+    let c3 = relay(b, 5_000);
+    pass(&bb, &c3, Limits::default());
+    assert_eq!(pass(&restored, &c3, Limits::default()).start, 20);
+}
+
+/// After a capped B→C pass, C claims nothing for A: an A→C pass starts from the beginning.
+pub fn a_capped_pass_claims_nothing_for_third_parties<B: Backend>(b: &B) {
+    let a = relay(b, 1_000);
+    let bb = relay(b, 2_000);
+    let c = relay(b, 3_000);
+    feed(b, &a, (0..5).map(|i| format!("a{i}")));
+    pass(&a, &bb, Limits::default());
+    feed(b, &bb, (0..40).map(|i| format!("b{i}")));
+    feed(b, &c, (0..40).map(|i| format!("c{i}")));
+    assert!(pass(&bb, &c, SMALL).capped);
+    assert_eq!(incoming(&c, &a), -1);
+    let rep = pass(&a, &c, Limits::default());
+    assert_eq!((rep.start, rep.sent), (-1, 5));
+}
+
+/// Idle passes record no session, so a replica polling its peers keeps the sessions that
+/// transitive points and restores rely on (the history is short: `peer::HISTORY`).
+pub fn idle_passes_record_no_session<B: Backend>(b: &B) {
+    let s1 = relay(b, 1_000);
+    let s2 = relay(b, 2_000);
+    three_sessions(b, &s1, &s2);
+    let (out, inn) = (record(&s1, &s2).out_history, record(&s2, &s1).in_history);
+    for _ in 0..3 * tidemark::sync::peer::HISTORY {
+        let rep = pass(&s1, &s2, Limits::default());
+        assert_eq!((rep.start, rep.end, rep.sent), (30, 30, 0));
+    }
+    assert_eq!(record(&s1, &s2).out_history, out);
+    assert_eq!(record(&s2, &s1).in_history, inn);
+    // A pass that moves rows records its session as before.
+    feed(b, &s1, std::iter::once("x".to_string()));
+    pass(&s1, &s2, Limits::default());
+    assert_eq!(record(&s1, &s2).out_history.len(), out.len() + 1);
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -389,6 +605,34 @@ macro_rules! conformance {
             #[test]
             fn clients_converge_through_a_relay() {
                 scenarios::clients_converge_through_a_relay(&$backend);
+            }
+            #[test]
+            fn matching_sessions_resume() {
+                scenarios::matching_sessions_resume(&$backend);
+            }
+            #[test]
+            fn a_lost_checkpoint_resumes_from_the_newest_common_session() {
+                scenarios::a_lost_checkpoint_resumes_from_the_newest_common_session(&$backend);
+            }
+            #[test]
+            fn a_restored_peer_resumes_from_the_backups_session() {
+                scenarios::a_restored_peer_resumes_from_the_backups_session(&$backend);
+            }
+            #[test]
+            fn no_common_history_starts_from_the_beginning() {
+                scenarios::no_common_history_starts_from_the_beginning(&$backend);
+            }
+            #[test]
+            fn transitive_fast_forward_is_verified_with_the_origins_sessions() {
+                scenarios::transitive_fast_forward_is_verified_with_the_origins_sessions(&$backend);
+            }
+            #[test]
+            fn a_capped_pass_claims_nothing_for_third_parties() {
+                scenarios::a_capped_pass_claims_nothing_for_third_parties(&$backend);
+            }
+            #[test]
+            fn idle_passes_record_no_session() {
+                scenarios::idle_passes_record_no_session(&$backend);
             }
             #[test]
             fn five_replicas_converge() {
