@@ -9,10 +9,12 @@ use wasm_bindgen::prelude::*;
 use crate::error::{Error, WriteError};
 
 #[wasm_bindgen(inline_js = r#"
-export function tm_to_json(value) {
+export function tm_to_json(value, loose) {
   return JSON.stringify(value, function (key, v) {
     const t = typeof v;
     const at = key === '' ? 'the top level' : JSON.stringify(key);
+    // In queries and options an undefined property means "not given".
+    if (loose && t === 'undefined' && key !== '' && !Array.isArray(this)) return undefined;
     if (t === 'function' || t === 'symbol' || t === 'bigint' || t === 'undefined') {
       throw new TypeError(`a ${t} at ${at} is not JSON`);
     }
@@ -29,13 +31,23 @@ export function tm_to_json(value) {
 "#)]
 extern "C" {
     #[wasm_bindgen(catch)]
-    fn tm_to_json(value: &JsValue) -> Result<String, JsValue>;
+    fn tm_to_json(value: &JsValue, loose: bool) -> Result<String, JsValue>;
 }
 
 /// Converts any JS value to JSON, refusing functions, symbols, bigints, undefined,
-/// non-finite numbers, class instances and cycles.
+/// non-finite numbers, class instances and cycles (documents must be exactly JSON).
 pub fn to_json(value: &JsValue) -> Result<Value, Error> {
-    let text = tm_to_json(value).map_err(|e| {
+    convert(value, false)
+}
+
+/// Like `to_json`, but object properties that are `undefined` are left out, as
+/// `JSON.stringify` does: for queries and options, where they mean "not given".
+pub fn to_json_loose(value: &JsValue) -> Result<Value, Error> {
+    convert(value, true)
+}
+
+fn convert(value: &JsValue, loose: bool) -> Result<Value, Error> {
+    let text = tm_to_json(value, loose).map_err(|e| {
         let msg = e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).unwrap_or_else(|| format!("{e:?}"));
         WriteError::NotJson(msg)
     })?;

@@ -14,7 +14,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use super::client::{self, Client, SyncConfig};
-use super::convert::{to_js, to_json, to_object, to_string};
+use super::convert::{to_js, to_json, to_json_loose, to_object, to_string};
 use super::error::to_js as err_to_js;
 use crate::error::{Error, OpenError};
 use crate::idb::IdbStore;
@@ -84,7 +84,7 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
     let sync = if sync_js.is_undefined() || sync_js.is_null() {
         None
     } else {
-        let v = to_json(&sync_js).map_err(|e| bad_options(e.to_string()))?;
+        let v = to_json_loose(&sync_js).map_err(|e| bad_options(e.to_string()))?;
         Some(SyncConfig::from_json(&v).map_err(bad_options)?)
     };
     let mut progress = |p: crate::sync::Progress| {
@@ -196,7 +196,7 @@ impl JsReplica {
 
     /// Documents matching `{ where, orderBy, limit }`, as an array.
     pub fn query(&self, collection: JsValue, query: JsValue) -> js_sys::Promise {
-        let q = if query.is_undefined() { Ok(Value::Null) } else { to_json(&query).map_err(|e| crate::error::QueryError::Invalid(e.to_string()).into()) };
+        let q = if query.is_undefined() { Ok(Value::Null) } else { to_json_loose(&query).map_err(|e| crate::error::QueryError::Invalid(e.to_string()).into()) };
         match (to_string(&collection, "collection"), q) {
             (Ok(c), Ok(q)) => run(&self.inner, |r| async move {
                 let docs = r.query(&c, &q).await?;

@@ -81,6 +81,7 @@ test('bad input gives an Error with a code and changes nothing', async () => {
       missingKey: () => db.put('todos', { title: 'no id' }),
       numberKey: () => db.put('todos', { id: 7 }),
       fn: () => db.put('todos', { id: 'f', run() {} }),
+      undefinedField: () => db.put('todos', { id: 'u', x: undefined }),
       cyclic: () => db.put('todos', cyclic),
       bigint: () => db.put('todos', { id: 'b', n: 10n }),
       map: () => db.put('todos', { id: 'm', m: new Map() }),
@@ -102,20 +103,23 @@ test('bad input gives an Error with a code and changes nothing', async () => {
     try { await window.tidemark.openReplica({ name: 'x', schema: { version: 0, collections: {} } }); } catch (e) { openCode = e.code; }
     let optCode;
     try { await window.tidemark.openReplica({ name: 'x', schema, bogus: 1 }); } catch (e) { optCode = e.code; }
+    // In queries, an undefined property means "not given" (as in JSON.stringify).
+    const loose = (await db.query('todos', { where: undefined, orderBy: undefined, limit: undefined })).length;
     const all = (await db.query('todos')).map((d) => d.id);
     const status = db.status();
     await db.close();
     let closedCode;
     try { await db.get('todos', 'keep'); } catch (e) { closedCode = e.code; }
-    return { codes, all, maxRow: status.maxRow, openCode, optCode, closedCode };
+    return { codes, all, loose, maxRow: status.maxRow, openCode, optCode, closedCode };
   }, SCHEMA);
   assert.deepEqual(got.codes, {
     unknownCollection: 'UNKNOWN_COLLECTION', missingKey: 'MISSING_PRIMARY_KEY', numberKey: 'MISSING_PRIMARY_KEY',
-    fn: 'NOT_JSON', cyclic: 'NOT_JSON', bigint: 'NOT_JSON', map: 'NOT_JSON', notObject: 'INVALID_DOCUMENT',
+    fn: 'NOT_JSON', undefinedField: 'NOT_JSON', cyclic: 'NOT_JSON', bigint: 'NOT_JSON', map: 'NOT_JSON', notObject: 'INVALID_DOCUMENT',
     collectionType: 'INVALID_ARGUMENT', patchMissing: 'NOT_FOUND', patchKey: 'INVALID_PATCH', idType: 'INVALID_ARGUMENT',
     badQuery: 'INVALID_QUERY', queryType: 'INVALID_QUERY', manyNotArray: 'INVALID_ARGUMENT', manyOneBad: 'MISSING_PRIMARY_KEY',
   });
   assert.deepEqual(got.all, ['keep']);
+  assert.equal(got.loose, 1);
   assert.equal(got.maxRow, 1);
   assert.equal(got.openCode, 'INVALID_SCHEMA');
   assert.equal(got.optCode, 'INVALID_OPTIONS');
