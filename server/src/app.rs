@@ -1,7 +1,7 @@
 //! The state every request shares: the server's settings and the library registry.
 //!
 //! Settings are fixed at start-up (from the command line), so handlers read them without
-//! locks; the registry is the only shared mutable part.
+//! locks; the registry and the peer board are the only shared mutable parts.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +9,8 @@ use std::time::Duration;
 use tidemark::sync::Limits;
 
 use crate::library::Registry;
+use crate::peers::{Board, Timing};
+use crate::upstream::PeerUrl;
 
 /// Default cap on one WebSocket message: large enough for a 1000-row batch of sizeable
 /// documents, small enough that one client cannot make the server buffer without bound.
@@ -29,6 +31,12 @@ pub struct Settings {
     pub hello_timeout: Duration,
     /// How long a connection may stay silent (pings unanswered) before it is dropped.
     pub idle_timeout: Duration,
+    /// Servers this one replicates every library with (`--peer`).
+    pub peers: Vec<PeerUrl>,
+    /// Signs the tokens this server presents to its peers (by default its own secret).
+    pub peer_secret: Option<Vec<u8>>,
+    /// How often peer rounds run and retry.
+    pub peer_timing: Timing,
 }
 
 impl Settings {
@@ -43,6 +51,9 @@ impl Settings {
             max_frame: DEFAULT_MAX_FRAME,
             hello_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            peers: Vec::new(),
+            peer_secret: None,
+            peer_timing: Timing::from_poll(Duration::from_secs(1)),
         }
     }
 }
@@ -51,11 +62,14 @@ impl Settings {
 pub struct App {
     pub settings: Settings,
     pub registry: Registry,
+    /// What each peer link last saw (`GET /v1/peers`).
+    pub board: Board,
 }
 
 impl App {
     pub fn new(settings: Settings) -> App {
         let registry = Registry::new(settings.data.clone());
-        App { settings, registry }
+        let board = Board::new(&settings.peers);
+        App { settings, registry, board }
     }
 }

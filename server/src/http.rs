@@ -1,9 +1,13 @@
 //! The HTTP surface: routes, the status endpoint, and static files.
 //!
 //! - `GET /healthz` → `ok` (for load balancers and tests);
+//! - `GET /v1/libraries` → `{ "libraries": [names] }`: what this server stores, so peers
+//!   replicate every library (with a secret: a token for library `*`);
 //! - `GET /v1/libraries/<library>/status` → the library's db id, max row and every peer's
 //!   points, as JSON; with a secret configured it needs `Authorization: Bearer <token>`
 //!   for that library, since it lists the library's replicas;
+//! - `GET /v1/peers` → each `--peer`'s links: points, lag, last round, last error (with a
+//!   secret: a token for library `*`);
 //! - `/v1/sync` → the WebSocket endpoint (`ws`);
 //! - `/js/…` → the npm package directory (`--pkg`), so the demo's import map works;
 //! - everything else → the demo page directory (`--www`).
@@ -27,7 +31,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::app::App;
 use crate::auth;
 use crate::library::LibraryError;
-use crate::ws;
+use crate::{listing, peers, ws};
 
 /// All routes, over shared state.
 pub fn router(app: Arc<App>) -> Router {
@@ -36,7 +40,9 @@ pub fn router(app: Arc<App>) -> Router {
     let no_cache = SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/libraries", get(libraries))
         .route("/v1/libraries/{library}/status", get(status))
+        .route("/v1/peers", get(peer_status))
         .route("/v1/sync", get(ws::upgrade))
         .nest_service("/js", ServeDir::new(&s.pkg))
         .fallback_service(ServeDir::new(&s.www))
@@ -64,13 +70,33 @@ struct LibraryStatus {
     peers: BTreeMap<String, PeerStatus>,
 }
 
+/// With a secret configured, the request must carry a token for `library`: the refusal
+/// to answer if it does not.
+fn refusal(app: &App, headers: &HeaderMap, library: &str) -> Option<Response> {
+    let secret = app.settings.secret.as_ref()?;
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let e = auth::verify(secret, token, library).err()?;
+    let status = if e.code() == "FORBIDDEN" { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
+    Some(error(status, e.code(), e.to_string()))
+}
+
+async fn libraries(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&app, &headers, peers::ANY_LIBRARY) {
+        return r;
+    }
+    Json(json!({ "libraries": listing::local(app.registry.data_dir()) })).into_response()
+}
+
+async fn peer_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&app, &headers, peers::ANY_LIBRARY) {
+        return r;
+    }
+    Json(peers::report(&app).await).into_response()
+}
+
 async fn status(Path(library): Path<String>, State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(secret) = &app.settings.secret {
-        let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if let Err(e) = auth::verify(secret, token, &library) {
-            let status = if e.code() == "FORBIDDEN" { StatusCode::FORBIDDEN } else { StatusCode::UNAUTHORIZED };
-            return error(status, e.code(), e.to_string());
-        }
+    if let Some(r) = refusal(&app, &headers, &library) {
+        return r;
     }
     let lib = match app.registry.existing(&library).await {
         Ok(lib) => lib,

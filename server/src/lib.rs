@@ -4,14 +4,19 @@
 //! The server is a relay replica per library (DESIGN §8): it stores and forwards every
 //! collection without knowing the app's schema, and all merge and protocol rules come from
 //! the `tidemark` engine — this crate only adds durable storage (`sqlite`), the network
-//! (`http`, `ws`, `socket`), access control (`auth`) and the library registry (`library`).
+//! (`http`, `ws`, `socket`), access control (`auth`), the library registry (`library`) and
+//! replication with other servers (`peers`, over `upstream` connections, with `listing`
+//! to learn which libraries a peer holds).
 
 pub mod app;
 pub mod auth;
 pub mod http;
 pub mod library;
+pub mod listing;
+pub mod peers;
 pub mod socket;
 pub mod sqlite;
+pub mod upstream;
 pub mod ws;
 
 pub use app::{App, Settings};

@@ -1,8 +1,8 @@
 //! The `tidemark-server` binary: command-line flags, logging, and the listening socket.
 //!
-//! `tidemark-server [--listen ADDR] [--data DIR] [--www DIR] [--pkg DIR] …` serves;
-//! `tidemark-server token --secret S --library L --user U` prints an access token (the
-//! format is documented in `auth`).
+//! `tidemark-server [--listen ADDR] [--data DIR] [--www DIR] [--pkg DIR] [--peer URL]… …`
+//! serves (and replicates with its peers); `tidemark-server token --secret S --library L
+//! --user U` prints an access token (the format is documented in `auth`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use tidemark::sync::Limits;
 use tidemark_server::app::DEFAULT_MAX_FRAME;
+use tidemark_server::peers::{self, Timing};
+use tidemark_server::upstream::PeerUrl;
 use tidemark_server::{auth, http, App, Settings};
 
 #[derive(Parser)]
@@ -27,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print an access token for one library and user, signed with the server's secret.
+    /// Print an access token for one library (or `*`: listing and peer status) and user,
+    /// signed with the server's secret.
     Token {
         #[arg(long, env = "TIDEMARK_SECRET", hide_env_values = true)]
         secret: String,
@@ -73,13 +76,22 @@ struct Serve {
     /// Seconds of silence (unanswered pings) after which a connection is dropped.
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
+    /// Another server to replicate every library with (ws://HOST:PORT/v1/sync); repeatable.
+    #[arg(long = "peer", value_name = "URL")]
+    peers: Vec<String>,
+    /// Milliseconds between rounds with each peer once caught up.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    peer_poll_ms: u64,
+    /// Secret to sign the tokens presented to peers (default: --secret).
+    #[arg(long, env = "TIDEMARK_PEER_SECRET", hide_env_values = true)]
+    peer_secret: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token { secret, library, user, ttl }) => {
-            if !tidemark_server::library::valid_name(&library) {
+            if library != peers::ANY_LIBRARY && !tidemark_server::library::valid_name(&library) {
                 eprintln!("invalid library name {library:?}: use 1 to 64 letters, digits, '_' or '-'");
                 return ExitCode::from(2);
             }
@@ -98,10 +110,22 @@ fn serve(args: Serve) -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    if args.secret.as_deref() == Some("") {
-        eprintln!("--secret must not be empty");
+    if args.secret.as_deref() == Some("") || args.peer_secret.as_deref() == Some("") {
+        eprintln!("--secret and --peer-secret must not be empty");
         return ExitCode::from(2);
     }
+    let mut peer_urls = Vec::new();
+    for p in &args.peers {
+        match PeerUrl::parse(p) {
+            Ok(u) if !peer_urls.contains(&u) => peer_urls.push(u),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let peer_secret = args.peer_secret.clone().or_else(|| args.secret.clone()).map(String::into_bytes);
     let settings = Settings {
         data: args.data,
         www: args.www,
@@ -111,6 +135,9 @@ fn serve(args: Serve) -> ExitCode {
         max_frame: args.max_frame.max(1024),
         hello_timeout: Duration::from_secs(args.hello_timeout.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        peers: peer_urls,
+        peer_secret,
+        peer_timing: Timing::from_poll(Duration::from_millis(args.peer_poll_ms)),
     };
     if let Err(e) = std::fs::create_dir_all(&settings.data) {
         eprintln!("cannot create the data directory {}: {e}", settings.data.display());
@@ -140,6 +167,10 @@ async fn run(listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
     println!("tidemark-server listening on http://{addr}/");
     let _ = std::io::stdout().flush();
     let app = Arc::new(App::new(settings));
+    if !app.board.is_empty() {
+        tracing::info!(peers = ?app.settings.peers.iter().map(|p| p.url.as_str()).collect::<Vec<_>>(), "replicating with peers");
+        peers::spawn(app.clone());
+    }
     axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown()).await
 }
 
