@@ -297,8 +297,8 @@ fn edit_record<S: Store, P: Store>(r: &Replica<S>, peer: &Replica<P>, f: impl Fn
     let id = peer.head().db_id;
     let mut rec = record(r, peer);
     f(&mut rec);
-    block_on(r.store().commit_sync(&[], &[id.clone()], move |_| Ok(tidemark::store::Commit { peers: vec![(id, rec)], ..Default::default() })))
-        .unwrap();
+    let keys = vec![id.clone()];
+    block_on(r.store().commit_sync(&[], &keys, move |_| Ok(tidemark::store::Commit { peers: vec![(id, rec)], ..Default::default() }))).unwrap();
 }
 
 /// Relays take no local writes: a fresh client writes the documents and pushes them.

@@ -33,13 +33,24 @@ pub struct Server {
     pub data: PathBuf,
 }
 
+/// A free local address to listen on (for servers that must know each other's address
+/// before they start, or restart on the same one).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
 impl Server {
     /// Starts the binary on a free port with `data` as its data directory.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
+        Server::start_at(data, "127.0.0.1:0", extra)
+    }
+
+    /// Starts the binary listening on `listen`.
+    pub fn start_at(data: &Path, listen: &str, extra: &[&str]) -> Server {
         std::fs::create_dir_all(data).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark-server"))
-            .args(["--listen", "127.0.0.1:0", "--data"])
+            .args(["--listen", listen, "--data"])
             .arg(data)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -113,6 +124,37 @@ impl Server {
 
     pub fn max_row(&self, library: &str, bearer: Option<&str>) -> u64 {
         self.status(library, bearer)["maxRow"].as_u64().unwrap()
+    }
+
+    pub fn db_id(&self, library: &str) -> String {
+        self.status(library, None)["dbId"].as_str().unwrap().to_string()
+    }
+
+    /// `GET /v1/peers`, parsed.
+    pub fn peers(&self, bearer: Option<&str>) -> Value {
+        let (code, body) = self.get("/v1/peers", bearer);
+        assert_eq!(code, 200, "peers: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Every stored document of a library's collection, read from the SQLite file (the
+    /// server keeps running): id → `{d, s, t}` (view, stamps, tombstone).
+    pub fn stored(&self, library: &str, collection: &str) -> std::collections::BTreeMap<String, Value> {
+        let file = self.data.join(format!("{library}.sqlite"));
+        if !file.is_file() {
+            return Default::default();
+        }
+        let conn = rusqlite::Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        // A file being created has no tables yet.
+        let Ok(mut stmt) = conn.prepare("SELECT id, state FROM docs WHERE collection = ?1") else { return Default::default() };
+        let rows = stmt.query_map([collection], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).unwrap();
+        rows.map(|r| {
+            let (id, state) = r.unwrap();
+            let v: Value = serde_json::from_str(&state).unwrap();
+            (id, json!({"d": v.get("d"), "s": v.get("s"), "t": v.get("t")}))
+        })
+        .collect()
     }
 }
 
@@ -199,14 +241,22 @@ pub async fn put_all(r: &Replica<MemoryStore>, ids: impl Iterator<Item = String>
 
 /// Connects and greets the server; returns the transport and the server's db id.
 pub async fn hello(r: &Replica<MemoryStore>, server: &Server, token: Option<String>) -> Result<(Client, String), Error> {
+    hello_lib(r, server, LIB, token).await
+}
+
+pub async fn hello_lib(r: &Replica<MemoryStore>, server: &Server, library: &str, token: Option<String>) -> Result<(Client, String), Error> {
     let mut t = Client::connect(server).await?;
-    let id = session::hello(r, &mut t, LIB, token).await?;
+    let id = session::hello(r, &mut t, library, token).await?;
     Ok((t, id))
 }
 
 /// One round (push then pull) over a fresh connection, like `syncNow()`.
 pub async fn round(r: &Replica<MemoryStore>, server: &Server, limits: Limits, token: Option<String>) -> Result<RoundReport, Error> {
-    let (mut t, id) = hello(r, server, token).await?;
+    round_lib(r, server, LIB, limits, token).await
+}
+
+pub async fn round_lib(r: &Replica<MemoryStore>, server: &Server, library: &str, limits: Limits, token: Option<String>) -> Result<RoundReport, Error> {
+    let (mut t, id) = hello_lib(r, server, library, token).await?;
     let report = session::round(r, &mut t, &id, limits, &mut |_, _| {}).await;
     let _ = t.ws.close(None).await;
     report
