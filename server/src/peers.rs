@@ -282,7 +282,7 @@ async fn connection(app: &App, peer: &Peer, library: &str) -> (u64, String) {
         Ok(lib) => lib,
         Err(e) => return (0, e.to_string()),
     };
-    let mut t = match Upstream::connect(&peer.url, s.max_frame, s.hello_timeout).await {
+    let mut t = match Upstream::connect(&peer.url, s.max_frame, s.hello_timeout, s.idle_timeout).await {
         Ok(t) => t,
         Err(e) => return (0, Error::from(e).to_string()),
     };

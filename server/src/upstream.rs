@@ -82,16 +82,17 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Opens the WebSocket, within `timeout`, accepting messages up to `max_frame` bytes.
-    pub async fn connect(peer: &PeerUrl, max_frame: usize, timeout: Duration) -> Result<Upstream, SyncError> {
+    /// Opens the WebSocket within `connect`, accepting messages up to `max_frame` bytes;
+    /// then every send and receive must finish within `each`.
+    pub async fn connect(peer: &PeerUrl, max_frame: usize, connect: Duration, each: Duration) -> Result<Upstream, SyncError> {
         let config = WebSocketConfig::default().max_message_size(Some(max_frame)).max_frame_size(Some(max_frame));
         let open = tokio_tungstenite::connect_async_with_config(peer.url.as_str(), Some(config), true);
-        let (ws, _) = match tokio::time::timeout(timeout, open).await {
-            Err(_) => return Err(SyncError::Connection(format!("no answer from {} within {} s", peer.url, timeout.as_secs()))),
+        let (ws, _) = match tokio::time::timeout(connect, open).await {
+            Err(_) => return Err(SyncError::Connection(format!("no answer from {} within {} s", peer.url, connect.as_secs()))),
             Ok(Err(e)) => return Err(SyncError::Connection(format!("cannot connect to {}: {e}", peer.url))),
             Ok(Ok(pair)) => pair,
         };
-        Ok(Upstream { ws, timeout, peer_max_row: None })
+        Ok(Upstream { ws, timeout: each, peer_max_row: None })
     }
 
     /// Closes cleanly, without waiting long for the peer.

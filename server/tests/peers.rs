@@ -330,7 +330,7 @@ async fn servers_with_a_secret_replicate_with_their_own_tokens() {
     let secret = "shared-s3cret";
     let two = Node::start(dir.path().join("two"), free_addr().to_string(), vec!["--secret".into(), secret.into()]);
     let mut args = vec!["--secret".into(), secret.into(), "--peer-poll-ms".into(), POLL_MS.into(), "--peer".into(), two.url()];
-    let one = Node::start(dir.path().join("one"), free_addr().to_string(), args.clone());
+    let mut one = Node::start(dir.path().join("one"), free_addr().to_string(), args.clone());
     args[1] = "another-secret".into();
     let stranger = Node::start(dir.path().join("stranger"), free_addr().to_string(), args);
     let token = |library: &str| auth::issue(secret.as_bytes(), &auth::Claims { library: library.into(), user: "t".into(), exp: None });
@@ -359,6 +359,9 @@ async fn servers_with_a_secret_replicate_with_their_own_tokens() {
     // A "*" token cannot open a sync connection.
     let probe = client().await;
     assert!(round_lib(&probe, &two.server, "*", Limits::default(), Some(token("*"))).await.is_err());
+    // Peer links (outgoing and incoming) do not keep a server from stopping on SIGTERM.
+    let status = one.server.terminate().expect("the server exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
 }
 
 /// Bad `--peer` values stop the server at start with a clear message.
