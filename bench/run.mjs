@@ -249,23 +249,32 @@ async function migrateWorkload(b) {
     const page = await b.openPage('sync');
     const probe = await page.evaluate(([u]) => window.bench.migrateProbe(u, 'probe'), [srv.wsUrl]);
     await page.close();
+    let first = null;
     if (!probe.ok) {
       log(`migrate: not measured (${probe.reason})`);
       return { measured: false, reason: 'schema migrations not built yet', probe: probe.reason };
     }
-    const p0 = await b.openPage('sync');
-    await p0.evaluate(([u]) => window.bench.migrateSeed(u, 'bench-migrate'), [srv.wsUrl]);
-    await p0.close();
     const runs = [];
     for (let r = 0; r < RUNS; r++) {
+      // A fresh library per run: after a run the server holds that replica's migrated
+      // (version 2) documents, and the next reset would no longer start from version 1.
+      const library = `bench-migrate-${r}`;
       const p = await b.openPage('sync');
       try {
-        const x = await p.evaluate(([u, i]) => window.bench.migrateRun(u, 'bench-migrate', i), [srv.wsUrl, r]);
+        await p.evaluate(([u, l]) => window.bench.migrateSeed(u, l), [srv.wsUrl, library]);
+        const x = await p.evaluate(([u, l, i]) => window.bench.migrateRun(u, l, i), [srv.wsUrl, library, r]);
         runs.push(x.reset_migrate_ms);
-        log(`migrate run ${r + 1}/${RUNS}: ${x.reset_migrate_ms.toFixed(0)} ms`);
+        log(`migrate run ${r + 1}/${RUNS}: ${x.reset_migrate_ms.toFixed(0)} ms (${x.reports.length} round${x.reports.length === 1 ? '' : 's'})`);
+        if (r === 0) first = x;
       } finally { await p.close(); }
     }
-    return { measured: true, docs: 10000, reset_migrate_ms: { ...stats(runs), runs } };
+    return {
+      measured: true, docs: 10000, local_writes: 10, reset_migrate_ms: { ...stats(runs), runs },
+      // The first run's sync reports and progress events (ms since syncNow was called).
+      reports: first?.reports, progress: first?.progress,
+      // The round after the reset (untimed): it pushes the migration's ops to the server.
+      next_round: first?.next_round,
+    };
   } finally { await srv.stop(); }
 }
 

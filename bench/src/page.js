@@ -167,6 +167,8 @@ async function migrateOnce(url, library, name, n) {
   try {
     await db.putMany('docs', Array.from({ length: LOCAL }, (_, i) => ({ ...doc(N + i), id: `local-${i}`, kind: 'local' })));
     const t = now();
+    const progress = [];
+    db.on('progress', (p) => progress.push({ ms: now() - t, ...p }));
     const reports = await untilDone(db);
     const first = await db.query('docs', { where: { kind: 'k0', n: { gte: RANGE[0], lt: RANGE[1] } } });
     const ms = now() - t;
@@ -180,7 +182,7 @@ async function migrateOnce(url, library, name, n) {
     if (local !== LOCAL) problems.push(`${local} of ${LOCAL} unsynced local writes kept`);
     if (again.reset) problems.push('reset again on the next sync');
     if (db.status().schemaVersion !== 2) problems.push(`schemaVersion ${db.status().schemaVersion}`);
-    return { ms, rows: first.length, problems };
+    return { ms, rows: first.length, problems, reports, progress, again };
   } finally {
     await db.close();
     await T.deleteReplica(name).catch(() => {});
@@ -203,7 +205,7 @@ async function migrateRun(url, library, run) {
   const r = await migrateOnce(url, library, `mig-reader-${run}`, N);
   if (r.problems.length) throw new Error(`reset + migrate: ${r.problems.join('; ')}`);
   if (r.rows !== 1000) throw new Error(`reset + migrate: first query returned ${r.rows} rows`);
-  return { reset_migrate_ms: r.ms };
+  return { reset_migrate_ms: r.ms, reports: r.reports, progress: r.progress, next_round: r.again };
 }
 
 window.bench = { write, read, destroy, syncSeed, syncRun, migrateProbe, migrateSeed, migrateRun };
