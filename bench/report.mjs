@@ -206,6 +206,10 @@ export function readme(r) {
   row('W4: 1k awaited point gets', 'w4_ms', ' ms', (v) => v?.w4_ms?.median);
   row('cold open + first query', 'cold_open_ms', ' ms', (v) => v?.cold_open_ms?.median);
   out.push(`| download, gzip | — | ${['tidemark', 'dexie', 'pouchdb', 'rxdb'].map((l) => (r.size?.[l] ? kib(r.size[l].gzip) : '—')).join(' | ')} |`);
+  const only = (label, s) => out.push(`| ${label} | — | ${s ? `${num(s.median)} ms (${num(s.min)}–${num(s.max)})` : 'not yet measured'} | — | — | — |`);
+  only('initial sync: 10k docs from tidemark-server, until queryable', r.sync?.initial_sync_ms);
+  only('catch-up: 1k new writes, until queryable', r.sync?.catch_up_ms);
+  only('reset + migrate: 10k docs of an older schema version', r.reset_migrate?.measured ? r.reset_migrate.reset_migrate_ms : null);
   return out.join('\n');
 }
 

@@ -9,8 +9,8 @@
 //   migrate  reset + migrate of 10,000 documents, once the product supports it
 //
 // Environment: BENCH_RUNS (default 5), BENCH_ONLY=engine,size,... (a subset; sections not
-// run keep their previous results), TIDEMARK_SERVER (server binary), CHROMIUM,
-// CARGO_TARGET_DIR (passed to cargo).
+// run keep their previous results), BENCH_LIBS=raw,tidemark (the browser libraries to run),
+// TIDEMARK_SERVER (server binary), CHROMIUM, CARGO_TARGET_DIR (passed to cargo).
 import { chromium } from 'playwright-core';
 import { spawn, execFileSync } from 'node:child_process';
 import { readFile, writeFile, mkdtemp, rm, readdir } from 'node:fs/promises';
@@ -30,7 +30,7 @@ const ROOT = resolve(BENCH, '..');
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 5));
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',')) : null;
 const wants = (s) => !ONLY || ONLY.has(s);
-const LIBS = ['raw', 'tidemark', 'dexie', 'pouchdb', 'rxdb'];
+const LIBS = process.env.BENCH_LIBS ? process.env.BENCH_LIBS.split(',') : ['raw', 'tidemark', 'dexie', 'pouchdb', 'rxdb'];
 const log = (...a) => console.log('bench:', ...a);
 
 // ---------------------------------------------------------------- statistics
