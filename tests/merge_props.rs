@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use futures::executor::block_on;
 use serde_json::{json, Map, Value};
 use tidemark::clock::{Clock, Stamp};
 use tidemark::memory::MemoryStore;
@@ -99,16 +100,6 @@ fn bytes(docs: &BTreeMap<String, DocState>) -> String {
     serde_json::to_string(&stored).unwrap()
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    // The memory store never suspends, so one poll finishes any of its futures.
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => panic!("memory store suspended"),
-    }
-}
 
 fn query_all(docs: &BTreeMap<String, DocState>) -> Vec<Vec<Map<String, Value>>> {
     let s = schema();

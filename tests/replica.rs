@@ -3,20 +3,12 @@
 
 #![cfg(not(target_arch = "wasm32"))]
 
+use futures::executor::block_on;
 use serde_json::{json, Map, Value};
 use tidemark::memory::MemoryStore;
 use tidemark::store::Store;
 use tidemark::{Replica, Schema, Write};
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => panic!("memory store suspended"),
-    }
-}
 
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().unwrap().clone()

@@ -16,8 +16,8 @@ use crate::error::{Error, StoreError, SyncError};
 use crate::merge::DocState;
 use crate::op::Op;
 use crate::migrate::{is_migration, Layers};
-use crate::replica::Replica;
-use crate::store::{Commit, DocKey, Row, Store, StoredDoc};
+use crate::replica::{Rebuild, Replica};
+use crate::store::{Commit, DocKey, Head, Row, Store, StoredDoc};
 
 /// Whether this replica keeps documents of `collection` (a relay keeps them all).
 fn keeps<S: Store>(replica: &Replica<S>, collection: &str) -> bool {
@@ -73,14 +73,9 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     let commit = replica
         .store()
         .commit_sync(&keys, &[peer.to_string()], |loaded| {
-            let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-            let mut clock = Clock::new(head.db_id.clone(), head.schema_version, Some(head.clock.clone()));
-            let mut layers: Vec<Option<Layers>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::layers)).collect();
-            let marks: Vec<Option<Stamp>> = loaded.docs.iter().map(|d| d.as_ref().and_then(|d| d.m.clone())).collect();
-            let mut changed = vec![false; keys.len()];
-            let mut logged = Vec::new();
+            let mut w = Work::load(loaded.head, &loaded.docs)?;
             for r in rows {
-                clock.observe(&r.op.ts);
+                w.clock.observe(&r.op.ts);
                 // Replicas that can migrate compute migration output themselves.
                 if migrates && is_migration(&r.op.ts) {
                     continue;
@@ -91,24 +86,20 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
                 let slot = index.get(&(r.op.collection.clone(), r.op.id.clone())).copied();
                 let keep = match slot {
                     Some(i) => {
-                        let did = layers[i].get_or_insert_with(Layers::default).apply(&r.op);
-                        changed[i] |= did;
+                        let did = w.layers[i].get_or_insert_with(Layers::default).apply(&r.op);
+                        w.changed[i] |= did;
                         did
                     }
                     // A collection this replica does not keep: log it, for forwarding.
                     None => true,
                 };
                 if keep {
-                    head.max_row += 1;
-                    logged.push(Row { row: head.max_row, op: r.op, from: Some(peer.to_string()) });
+                    w.log(r.op, peer);
                 }
             }
-            head.clock = clock.last().clone();
             let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
             rec.note_incoming(session, covers, false);
-            let items = changed_items(&keys, layers, marks, &changed);
-            let docs = rebuild.docs(items, &mut head, &mut logged)?;
-            Ok(Commit { head: Some(head), docs, rows: logged, peers: vec![(peer.to_string(), rec)] })
+            w.finish(&rebuild, &keys, vec![(peer.to_string(), rec)])
         })
         .await?;
     if let Some(h) = commit.head {
@@ -126,14 +117,52 @@ pub struct Applied {
     pub older_version: bool,
 }
 
-fn changed_items(keys: &[DocKey], layers: Vec<Option<Layers>>, marks: Vec<Option<Stamp>>, changed: &[bool]) -> Vec<(DocKey, Layers, Option<Stamp>)> {
-    keys.iter()
-        .zip(layers)
-        .zip(marks)
-        .enumerate()
-        .filter(|(i, _)| changed[*i])
-        .filter_map(|(_, ((k, l), m))| l.map(|l| (k.clone(), l, m)))
-        .collect()
+/// What a sync commit works on: the head and clock it advances, the touched documents'
+/// layers and last migration stamps, which of them changed, and the rows it logs.
+struct Work {
+    head: Head,
+    clock: Clock,
+    layers: Vec<Option<Layers>>,
+    marks: Vec<Option<Stamp>>,
+    changed: Vec<bool>,
+    logged: Vec<Row>,
+}
+
+impl Work {
+    fn load(head: Option<Head>, docs: &[Option<StoredDoc>]) -> Result<Work, Error> {
+        let head = head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+        let clock = Clock::new(head.db_id.clone(), head.schema_version, Some(head.clock.clone()));
+        Ok(Work {
+            clock,
+            head,
+            layers: docs.iter().map(|d| d.as_ref().map(StoredDoc::layers)).collect(),
+            marks: docs.iter().map(|d| d.as_ref().and_then(|d| d.m.clone())).collect(),
+            changed: vec![false; docs.len()],
+            logged: Vec::new(),
+        })
+    }
+
+    /// Logs a received op as this replica's next row.
+    fn log(&mut self, op: Op, from: &str) {
+        self.head.max_row += 1;
+        self.logged.push(Row { row: self.head.max_row, op, from: Some(from.to_string()) });
+    }
+
+    /// Rebuilds the changed documents (migrating them forward, logging migration output)
+    /// and returns what to commit.
+    fn finish(mut self, rebuild: &Rebuild, keys: &[DocKey], peers: Vec<(String, PeerRecord)>) -> Result<Commit, Error> {
+        self.head.clock = self.clock.last().clone();
+        let items = keys
+            .iter()
+            .zip(self.layers)
+            .zip(self.marks)
+            .zip(&self.changed)
+            .filter(|(_, changed)| **changed)
+            .filter_map(|(((k, l), m), _)| l.map(|l| (k.clone(), l, m)))
+            .collect();
+        let docs = rebuild.docs(items, &mut self.head, &mut self.logged)?;
+        Ok(Commit { head: Some(self.head), docs, rows: self.logged, peers })
+    }
 }
 
 /// Merges one chunk of a snapshot from `peer`: each document's registers merge into the
@@ -155,16 +184,11 @@ pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Ve
     let commit = replica
         .store()
         .commit_sync(&keys, &[], |loaded| {
-            let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-            let mut clock = Clock::new(head.db_id.clone(), head.schema_version, Some(head.clock.clone()));
-            let mut layers: Vec<Option<Layers>> = loaded.docs.iter().map(|d| d.as_ref().map(StoredDoc::layers)).collect();
-            let marks: Vec<Option<Stamp>> = loaded.docs.iter().map(|d| d.as_ref().and_then(|d| d.m.clone())).collect();
-            let mut changed = vec![false; keys.len()];
-            let mut logged = Vec::new();
+            let mut w = Work::load(loaded.head, &loaded.docs)?;
             for d in docs {
                 let theirs = d.layers();
                 for s in theirs.0.values().flat_map(|l| l.stamps.values()) {
-                    clock.observe(s);
+                    w.clock.observe(s);
                 }
                 if let Some(c) = current {
                     applied.older_version |= theirs.0.keys().any(|v| *v < c);
@@ -174,23 +198,19 @@ pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Ve
                 }
                 let regs = match index.get(&(d.c.clone(), d.id.clone())) {
                     Some(&i) => {
-                        let regs = layers[i].get_or_insert_with(Layers::default).merge(&theirs, migrates);
-                        changed[i] |= !regs.is_empty();
+                        let regs = w.layers[i].get_or_insert_with(Layers::default).merge(&theirs, migrates);
+                        w.changed[i] |= !regs.is_empty();
                         regs
                     }
                     None => theirs.0.iter().map(|(v, l)| (*v, l.registers())).collect(),
                 };
                 for (v, regs) in regs {
                     for op in DocState::registers_to_ops(&d.c, &d.id, v, regs) {
-                        head.max_row += 1;
-                        logged.push(Row { row: head.max_row, op, from: Some(peer.to_string()) });
+                        w.log(op, peer);
                     }
                 }
             }
-            head.clock = clock.last().clone();
-            let items = changed_items(&keys, layers, marks, &changed);
-            let docs = rebuild.docs(items, &mut head, &mut logged)?;
-            Ok(Commit { head: Some(head), docs, rows: logged, peers: vec![] })
+            w.finish(&rebuild, &keys, vec![])
         })
         .await?;
     if let Some(h) = commit.head {
