@@ -2,7 +2,7 @@
 // serves them. Serves the repository root; `/` is the demo page in www/.
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
-import { extname, join, normalize, resolve } from 'node:path';
+import { extname, join, normalize, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
@@ -10,13 +10,15 @@ const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '
   '.wasm': 'application/wasm', '.css': 'text/css', '.json': 'application/json', '.svg': 'image/svg+xml',
   '.ts': 'text/plain' };
 
-export function startServer({ port = 0, host = '127.0.0.1' } = {}) {
+/** Serves `root` (default: the repository) on `host:port`; `/` is `index`. */
+export function startServer({ port = 0, host = '127.0.0.1', root = ROOT, index = '/www/index.html' } = {}) {
+  const base = resolve(root);
   const server = createServer(async (req, res) => {
     const url = new URL(req.url, 'http://x');
     let path = decodeURIComponent(url.pathname);
-    if (path === '/') path = '/www/index.html';
-    const file = normalize(join(ROOT, path));
-    if (!file.startsWith(ROOT)) { res.writeHead(403).end(); return; }
+    if (path === '/') path = index;
+    const file = normalize(join(base, path));
+    if (file !== base && !file.startsWith(base + sep)) { res.writeHead(403).end(); return; }
     try {
       const body = await readFile(file);
       res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' });

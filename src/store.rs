@@ -72,12 +72,18 @@ impl StoredDoc {
 
     /// Every layer, by schema version.
     pub fn layers(&self) -> Layers {
-        let mut l = self.l.clone();
-        if !self.s.is_empty() {
-            l.insert(self.v, self.state());
-        }
-        Layers(l)
+        layers_of(self.v, &self.s, self.t, self.x.as_ref().or(self.d.as_ref()), &self.l)
     }
+}
+
+/// A record's layers: those of other versions (`l`) plus the one of version `v`, whose
+/// fields are `own` (its own fields, or the view when it was not migrated).
+pub fn layers_of(v: u32, s: &BTreeMap<String, Stamp>, t: bool, own: Option<&Map<String, Value>>, l: &BTreeMap<u32, DocState>) -> Layers {
+    let mut l = l.clone();
+    if !s.is_empty() {
+        l.insert(v, DocState { doc: own.cloned().unwrap_or_default(), stamps: s.clone(), deleted: t });
+    }
+    Layers(l)
 }
 
 /// A document key: (collection, id).

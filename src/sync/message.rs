@@ -14,7 +14,7 @@ use super::peer::{Entry, Point};
 use crate::clock::Stamp;
 use crate::merge::DocState;
 use crate::migrate::Layers;
-use crate::store::{Row, StoredDoc};
+use crate::store::{layers_of, Row, StoredDoc};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -75,11 +75,7 @@ impl SnapshotDoc {
 
     /// Every layer, by schema version (as `StoredDoc::layers`).
     pub fn layers(&self) -> Layers {
-        let mut l = self.l.clone();
-        if !self.s.is_empty() {
-            l.insert(self.v, DocState { doc: self.x.clone().or_else(|| self.d.clone()).unwrap_or_default(), stamps: self.s.clone(), deleted: self.t });
-        }
-        Layers(l)
+        layers_of(self.v, &self.s, self.t, self.x.as_ref().or(self.d.as_ref()), &self.l)
     }
 }
 

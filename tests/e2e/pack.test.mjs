@@ -5,15 +5,15 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { createServer } from 'node:http';
 import { cp, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { extname, join, normalize, resolve, sep } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
 import { CHROMIUM_ARGS } from './harness.mjs';
+import { startServer } from '../../scripts/serve.mjs';
 
 const run = promisify(execFile);
 const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -67,7 +67,7 @@ test('installed into a sample app, openReplica, put, query and subscribe work fr
   assert.equal(installed.name, 'tidemark');
   assert.ok(existsSync(join(app, 'node_modules/tidemark/pkg/tidemark_bg.wasm')));
 
-  const { server, url } = await serveStatic(app);
+  const { server, url } = await startServer({ root: app, index: '/index.html' });
   const profile = await mkdtemp(join(tmpdir(), 'tidemark-pack-profile-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
@@ -100,24 +100,3 @@ test('installed into a sample app, openReplica, put, query and subscribe work fr
     await rm(profile, { recursive: true, force: true });
   }
 });
-
-const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript',
-  '.wasm': 'application/wasm', '.json': 'application/json', '.css': 'text/css', '.ts': 'text/plain' };
-
-/** A tiny static file server for `dir` on a free loopback port. */
-function serveStatic(dir) {
-  const root = resolve(dir);
-  const server = createServer(async (req, res) => {
-    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-    const file = normalize(join(root, path === '/' ? '/index.html' : path));
-    if (file !== root && !file.startsWith(root + sep)) { res.writeHead(403).end(); return; }
-    try {
-      const body = await readFile(file);
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' });
-      res.end(body);
-    } catch {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
-    }
-  });
-  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok({ server, url: `http://127.0.0.1:${server.address().port}` })));
-}
