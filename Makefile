@@ -21,7 +21,7 @@ test-native:
 
 # Real IndexedDB in headless Chromium through wasm-bindgen-test.
 test-browser:
-	wasm-pack test --headless --chrome
+	WASM_BINDGEN_TEST_TIMEOUT=$${WASM_BINDGEN_TEST_TIMEOUT:-180} wasm-pack test --headless --chrome
 
 build-server: setup
 	cargo build --release -p tidemark-server

@@ -11,7 +11,7 @@
 //!   document states (`DocState::merge_state`).
 //! - `snapshot/merge_state_10k_into_existing`: the same snapshot merged into a replica
 //!   that already holds every document, half of them with a newer local patch.
-//! - `snapshot/stored_doc_10k`: `replica::stored_doc` for 10,000 states (materialized
+//! - `snapshot/stored_doc_10k`: `rebuild::stored_doc` for 10,000 states (materialized
 //!   document, primary key, the two index keys `kind` and `[kind, n]`).
 
 use std::hint::black_box;
@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 use tidemark::clock::{Clock, Stamp};
 use tidemark::merge::DocState;
 use tidemark::op::{Kind, Op};
-use tidemark::replica::stored_doc;
+use tidemark::rebuild::stored_doc;
 use tidemark::Schema;
 
 const VERSION: u32 = 1;
@@ -225,7 +225,7 @@ fn snapshot(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0usize;
             for (id, s) in &snap {
-                n += stored_doc(Some(&schema), "docs", id, s, VERSION).i.len();
+                n += stored_doc(Some(&schema), "docs", id, s, VERSION).index_keys.len();
             }
             black_box(n)
         })

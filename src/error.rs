@@ -143,10 +143,92 @@ impl Error {
             Error::Sync(e) => match e {
                 SyncError::Connection(_) => "SYNC_CONNECTION",
                 SyncError::Protocol(_) => "SYNC_PROTOCOL",
-                SyncError::Remote { .. } => "SYNC_REFUSED",
+                // The peer's own code, when it is one of the vocabulary.
+                SyncError::Remote { code, .. } => CODES.iter().find(|c| **c == code).copied().unwrap_or("SYNC_REFUSED"),
                 SyncError::NotConfigured => "SYNC_NOT_CONFIGURED",
             },
         }
+    }
+}
+
+/// Every error code, on both sides of a connection: a protocol `error` message carries
+/// one of these, and a refusal received from a peer keeps its code (`SYNC_REFUSED` for
+/// one outside the vocabulary). The last group is only ever sent by servers.
+pub const CODES: &[&str] = &[
+    "INVALID_SCHEMA",
+    "UNKNOWN_COLLECTION",
+    "MISSING_PRIMARY_KEY",
+    "INVALID_DOCUMENT",
+    "NOT_JSON",
+    "INVALID_PATCH",
+    "NOT_FOUND",
+    "INVALID_ARGUMENT",
+    "INVALID_QUERY",
+    "QUOTA_EXCEEDED",
+    "CLOSED",
+    "CORRUPT",
+    "STORAGE_ERROR",
+    "INVALID_OPTIONS",
+    "SCHEMA_MISMATCH",
+    "MISSING_SCHEMA",
+    "MISSING_MIGRATION",
+    "VERSION_TOO_OLD",
+    "MIGRATION_FAILED",
+    "SYNC_CONNECTION",
+    "SYNC_PROTOCOL",
+    "SYNC_REFUSED",
+    "SYNC_NOT_CONFIGURED",
+    // Server refusals and faults.
+    "UNAUTHORIZED",
+    "FORBIDDEN",
+    "BAD_LIBRARY",
+    "UNKNOWN_LIBRARY",
+    "TIMEOUT",
+    "FRAME_TOO_LARGE",
+    "INTERNAL",
+    "DISK_FULL",
+    "SYNC_TOKEN_EXPIRED",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_in_the_vocabulary_and_remote_codes_are_kept() {
+        let errors: Vec<Error> = vec![
+            SchemaError::Invalid(String::new()).into(),
+            WriteError::UnknownCollection(String::new()).into(),
+            WriteError::MissingPrimaryKey { field: String::new() }.into(),
+            WriteError::InvalidDocument(String::new()).into(),
+            WriteError::NotJson(String::new()).into(),
+            WriteError::InvalidPatch(String::new()).into(),
+            WriteError::NotFound { collection: String::new(), id: String::new() }.into(),
+            WriteError::InvalidArgument(String::new()).into(),
+            QueryError::UnknownCollection(String::new()).into(),
+            QueryError::Invalid(String::new()).into(),
+            StoreError::QuotaExceeded.into(),
+            StoreError::Closed.into(),
+            StoreError::Corrupt(String::new()).into(),
+            StoreError::Backend(String::new()).into(),
+            OpenError::InvalidOptions(String::new()).into(),
+            OpenError::SchemaMismatch { stored: 1, opened: 2, hint: String::new() }.into(),
+            MigrateError::MissingSchema(1).into(),
+            MigrateError::MissingMigration(1).into(),
+            MigrateError::Newer { stored: 2, current: 1 }.into(),
+            MigrateError::BadHistory(String::new()).into(),
+            MigrateError::Failed(String::new()).into(),
+            SyncError::Connection(String::new()).into(),
+            SyncError::Protocol(String::new()).into(),
+            SyncError::NotConfigured.into(),
+        ];
+        for e in &errors {
+            assert!(CODES.contains(&e.code()), "{} is not in CODES", e.code());
+        }
+        let remote = |code: &str| Error::from(SyncError::Remote { code: code.into(), message: String::new() }).code();
+        assert_eq!(remote("FRAME_TOO_LARGE"), "FRAME_TOO_LARGE");
+        assert_eq!(remote("SYNC_PROTOCOL"), "SYNC_PROTOCOL");
+        assert_eq!(remote("made up"), "SYNC_REFUSED");
     }
 }
 

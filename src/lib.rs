@@ -7,18 +7,25 @@ pub mod error;
 #[cfg(target_arch = "wasm32")]
 pub mod idb;
 pub mod key;
+pub mod layers;
 pub mod memory;
 pub mod merge;
 pub mod migrate;
 pub mod op;
 pub mod path;
+pub mod peer;
+pub mod progress;
 pub mod query;
+pub mod rebuild;
 pub mod replica;
+pub mod scan;
 pub mod schema;
 pub mod store;
 pub mod sync;
+pub mod upgrade;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
+pub mod work;
 
 pub use error::{Error, Result};
 pub use memory::MemoryStore;

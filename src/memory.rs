@@ -8,10 +8,11 @@ use std::sync::Mutex;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, StoreError};
-use crate::key::{cmp, cmp_utf16};
+use crate::key::cmp_utf16;
 use crate::query::{Plan, Source};
+use crate::scan::select;
+use crate::peer::PeerRecord;
 use crate::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
-use crate::sync::peer::PeerRecord;
 
 #[derive(Default, Clone)]
 struct Inner {
@@ -54,7 +55,11 @@ impl Store for MemoryStore {
     type Doc = Map<String, Value>;
 
     async fn head(&self) -> Result<Option<Head>, StoreError> {
-        Ok(self.inner.lock().unwrap().head.clone())
+        let inner = self.inner.lock().unwrap();
+        if inner.closed {
+            return Err(StoreError::Closed);
+        }
+        Ok(inner.head.clone())
     }
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
@@ -65,14 +70,7 @@ impl Store for MemoryStore {
         Ok(inner.docs.get(collection).and_then(|c| c.get(id)).cloned())
     }
 
-    async fn commit<F>(&self, keys: &[DocKey], f: F) -> Result<Commit, Error>
-    where
-        F: FnOnce(Option<Head>, Vec<Option<StoredDoc>>) -> Result<Commit, Error>,
-    {
-        self.commit_sync(keys, &[], |l| f(l.head, l.docs)).await
-    }
-
-    async fn commit_sync<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
+    async fn commit<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>,
     {
@@ -85,7 +83,9 @@ impl Store for MemoryStore {
             docs: keys.iter().map(|(c, id)| inner.docs.get(c).and_then(|m| m.get(id)).cloned()).collect(),
             peers: peers.iter().map(|p| inner.peers.get(p).cloned()).collect(),
         };
+        let loaded_head = loaded.head.clone();
         let commit = f(loaded)?;
+        commit.check(loaded_head.as_ref())?;
         if let Some(h) = &commit.head {
             inner.head = Some(h.clone());
         }
@@ -100,14 +100,44 @@ impl Store for MemoryStore {
     }
 
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
-        Ok(self.inner.lock().unwrap().peers.clone())
+        let inner = self.inner.lock().unwrap();
+        if inner.closed {
+            return Err(StoreError::Closed);
+        }
+        Ok(inner.peers.clone())
     }
 
-    async fn all_docs(&self) -> Result<(Head, Vec<(String, StoredDoc)>), StoreError> {
+    async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         let inner = self.inner.lock().unwrap();
-        let head = inner.head.clone().ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-        let docs = inner.docs.iter().flat_map(|(c, m)| m.values().map(move |d| (c.clone(), d.clone()))).collect();
-        Ok((head, docs))
+        if inner.closed {
+            return Err(StoreError::Closed);
+        }
+        let mut out = Vec::new();
+        for (c, docs) in &inner.docs {
+            if after.is_some_and(|(ac, _)| c < ac) {
+                continue;
+            }
+            let mut ids: Vec<&StoredDoc> = docs.values().collect();
+            ids.sort_by(|a, b| cmp_utf16(&a.id, &b.id));
+            for d in ids {
+                if after.is_some_and(|(ac, aid)| c == ac && cmp_utf16(&d.id, aid) != Ordering::Greater) {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok(out);
+                }
+                out.push((c.clone(), d.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn doc_count(&self) -> Result<u64, StoreError> {
+        let inner = self.inner.lock().unwrap();
+        if inner.closed {
+            return Err(StoreError::Closed);
+        }
+        Ok(inner.docs.values().map(|m| m.len() as u64).sum())
     }
 
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<Map<String, Value>>, StoreError> {
@@ -115,54 +145,18 @@ impl Store for MemoryStore {
         if inner.closed {
             return Err(StoreError::Closed);
         }
-        let empty = BTreeMap::new();
-        let docs = inner.docs.get(collection).unwrap_or(&empty);
-        let mut candidates: Vec<&StoredDoc> = match &plan.source {
-            Source::Get(id) => docs.get(id).into_iter().collect(),
-            Source::Primary => {
-                let mut all: Vec<&StoredDoc> = docs.values().collect();
-                all.sort_by(|a, b| cmp_utf16(&a.id, &b.id));
-                all
-            }
-            Source::Index { name, lower, upper } => {
-                let mut hits: Vec<(&Value, &StoredDoc)> = docs
-                    .values()
-                    .filter_map(|d| d.i.get(name).map(|k| (k, d)))
-                    .filter(|(k, _)| {
-                        lower.as_ref().is_none_or(|b| match cmp(k, &b.key) {
-                            Ordering::Greater => true,
-                            Ordering::Equal => !b.open,
-                            Ordering::Less => false,
-                        }) && upper.as_ref().is_none_or(|b| match cmp(k, &b.key) {
-                            Ordering::Less => true,
-                            Ordering::Equal => !b.open,
-                            Ordering::Greater => false,
-                        })
-                    })
-                    .collect();
-                hits.sort_by(|a, b| cmp(a.0, b.0).then_with(|| cmp_utf16(&a.1.id, &b.1.id)));
-                hits.into_iter().map(|(_, d)| d).collect()
-            }
-        };
-        if plan.reverse {
-            candidates.reverse();
-        }
-        let mut out = Vec::new();
-        for d in candidates {
-            let Some(doc) = &d.d else { continue };
-            if plan.matches(doc) {
-                out.push(doc.clone());
-                if plan.sort.is_none() && plan.limit.is_some_and(|n| out.len() >= n) {
-                    break;
-                }
-            }
-        }
-        plan.finish(&mut out, primary_key);
-        Ok(out)
+        let Some(docs) = inner.docs.get(collection) else { return Ok(Vec::new()) };
+        Ok(match &plan.source {
+            Source::Get(id) => select(docs.get(id), primary_key, plan),
+            _ => select(docs.values(), primary_key, plan),
+        })
     }
 
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
         let inner = self.inner.lock().unwrap();
+        if inner.closed {
+            return Err(StoreError::Closed);
+        }
         let start = inner.log.partition_point(|r| r.row <= after);
         Ok(inner.log[start..].iter().take(limit).cloned().collect())
     }

@@ -19,16 +19,11 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Map, Value};
 
 use crate::clock::Stamp;
-use crate::error::{Error, MigrateError, StoreError};
+use crate::error::{Error, MigrateError};
+use crate::layers::{strip_migrations, Layers, MIGRATION_NODE};
 use crate::merge::{DocState, ROOT};
 use crate::op::{Kind, Op};
-use crate::replica::Rebuild;
 use crate::schema::Schema;
-use crate::store::{Commit, DocKey, Head, Store};
-use crate::sync::pass::Progress;
-
-/// Node prefix of the stamps of migration output.
-pub const MIGRATION_NODE: &str = "~m";
 
 /// Turns documents of version `to − 1` into version `to`.
 pub trait Migrator: Send + Sync {
@@ -107,61 +102,6 @@ impl Schemas {
             v -= 1;
         }
         v
-    }
-}
-
-/// A document's layers, one merge state per schema version.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Layers(pub BTreeMap<u32, DocState>);
-
-impl Layers {
-    /// Merges an op into the layer of its version. Returns whether anything changed.
-    pub fn apply(&mut self, op: &Op) -> bool {
-        self.0.entry(op.schema_version).or_default().apply(op)
-    }
-
-    /// Merges another replica's layers (a snapshot) and returns the registers that
-    /// changed, per version. `skip_migrations` drops migration output (replicas that
-    /// can migrate compute it themselves).
-    pub fn merge(&mut self, other: &Layers, skip_migrations: bool) -> Vec<(u32, Vec<(String, Stamp, Option<Value>)>)> {
-        let mut out = Vec::new();
-        for (v, theirs) in &other.0 {
-            let mut theirs = theirs.clone();
-            if skip_migrations {
-                strip_migrations(&mut theirs);
-                if theirs.stamps.is_empty() {
-                    continue;
-                }
-            }
-            let changed = self.0.entry(*v).or_default().merge_state(&theirs);
-            if !changed.is_empty() {
-                out.push((*v, changed));
-            }
-        }
-        out
-    }
-
-    /// The newest stamp among layers below `version`.
-    fn newest_below(&self, version: u32) -> Option<Stamp> {
-        self.0.range(..version).filter_map(|(_, l)| l.newest().cloned()).max()
-    }
-}
-
-/// Whether a stamp marks migration output.
-pub fn is_migration(ts: &Stamp) -> bool {
-    ts.wall == 0 && ts.node.starts_with(MIGRATION_NODE)
-}
-
-fn strip_migrations(state: &mut DocState) {
-    if state.stamps.get(ROOT).is_some_and(is_migration) {
-        // A migration root only ever sits under newer real registers of its layer, which
-        // stay valid without it; without the root the layer's own doc is just those.
-        let regs: Vec<_> = state.registers().into_iter().filter(|(_, s, _)| !is_migration(s)).collect();
-        let mut fresh = DocState::default();
-        for (p, s, v) in regs {
-            fresh.apply_register(&p, &s, v);
-        }
-        *state = fresh;
     }
 }
 
@@ -288,6 +228,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::is_migration;
     use serde_json::json;
 
     /// Test migrations: 2 renames `title` → `name`; 3 is declarative only.
@@ -407,65 +348,3 @@ mod tests {
         assert!(matches!(s.check_path(4, &Steps), Err(MigrateError::Newer { .. })));
     }
 }
-
-/// Builds `to`, an empty store for a new generation, from `from`, the live one written
-/// under an older schema (DESIGN §6, "Opening at a newer version"): the same op log row
-/// for row (so the db id, the sync points and the peers stay valid), and every document
-/// rebuilt from the log at the current version — migrated forward, with ops of newer
-/// versions and of collections the old schema lacked applied now that the app knows
-/// them. Migration output is appended as local rows so it reaches the server.
-///
-/// `from` is only read: a crash at any point leaves it intact, and the caller flips the
-/// live pointer to `to` only after this returns.
-pub async fn upgrade<A: Store, B: Store>(
-    from: &A,
-    to: &B,
-    schemas: &Schemas,
-    migrator: &dyn Migrator,
-    progress: &mut impl FnMut(Progress),
-) -> Result<Head, Error> {
-    let old = from.head().await?.ok_or_else(|| StoreError::Corrupt("the old generation has no head".into()))?;
-    schemas.check_path(old.schema_version.min(schemas.current.version), migrator)?;
-    let peers = from.peers().await?;
-    let current = schemas.current.version;
-    let mut docs: BTreeMap<DocKey, Layers> = BTreeMap::new();
-    let mut after = 0u64;
-    let total = old.max_row;
-    loop {
-        let rows = from.rows_after(after, UPGRADE_CHUNK).await?;
-        let Some(last) = rows.last() else { break };
-        after = last.row;
-        for r in &rows {
-            if !is_migration(&r.op.ts) && schemas.current.collection(&r.op.collection).is_some() {
-                docs.entry((r.op.collection.clone(), r.op.id.clone())).or_default().apply(&r.op);
-            }
-        }
-        to.commit(&[], |_, _| Ok(Commit { rows, ..Commit::default() })).await?;
-        progress(Progress { done: after.min(total), total: total * 2 });
-    }
-    let mut head = Head { schema_version: current, ..old.clone() };
-    head.clock.version = current;
-    let rebuild = Rebuild { schemas: Some(schemas), migrator };
-    let mut docs: Vec<(DocKey, Layers)> = docs.into_iter().collect();
-    let n = docs.len().max(1) as u64;
-    let mut done = 0u64;
-    while !docs.is_empty() {
-        let rest = docs.split_off(docs.len().min(UPGRADE_CHUNK));
-        let chunk = std::mem::replace(&mut docs, rest);
-        let keys: Vec<DocKey> = chunk.iter().map(|(k, _)| k.clone()).collect();
-        let items: Vec<(DocKey, Layers, Option<Stamp>)> = chunk.into_iter().map(|(k, l)| (k, l, None)).collect();
-        let mut rows = Vec::new();
-        let built = rebuild.docs(items, &mut head, &mut rows)?;
-        done += keys.len() as u64;
-        let h = head.clone();
-        to.commit(&keys, move |_, _| Ok(Commit { head: Some(h), docs: built, rows, peers: vec![] })).await?;
-        progress(Progress { done: total + done * total.max(1) / n, total: total * 2 });
-    }
-    let ids: Vec<String> = peers.keys().cloned().collect();
-    let h = head.clone();
-    to.commit_sync(&[], &ids, move |_| Ok(Commit { head: Some(h), peers: peers.into_iter().collect(), ..Commit::default() })).await?;
-    Ok(head)
-}
-
-/// Rows, then documents, per upgrade transaction.
-const UPGRADE_CHUNK: usize = 1000;

@@ -1,19 +1,22 @@
-//! A replica: the engine's public face. It turns writes into ops, merges them into
-//! documents, keeps index keys current, and answers queries, over any `Store`.
+//! A replica: the engine's public face. It turns writes into ops (through `work`, the one
+//! write path), answers reads and queries, and keeps the status apps see (`db.status()`),
+//! over any `Store`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
-use crate::clock::{Clock, Stamp};
+use crate::clock::Stamp;
 use crate::error::{Error, QueryError, WriteError};
-use crate::key::encode;
-use crate::merge::DocState;
-use crate::migrate::{views, Item, Layers, Migrator, NoMigrations, Schemas};
-use crate::op::{check_patch, Kind, Op};
+use crate::migrate::{Migrator, NoMigrations, Schemas};
+use crate::op::{check_patch, Kind};
+use crate::peer::PeerRecord;
 use crate::query::{Plan, Query};
+use crate::rebuild::Rebuild;
 use crate::schema::{Collection, Schema};
-use crate::store::{Commit, DocKey, Head, Row, Store, StoredDoc};
+use crate::store::{Commit, DocKey, Head, Store, StoredDoc};
+use crate::work::Work;
 
 /// One write an app asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,12 +45,21 @@ pub struct Status {
     pub schema_version: u32,
     pub max_row: u64,
     /// Last row merged from each peer, by the peer's db id.
-    pub incoming: std::collections::BTreeMap<String, u64>,
+    pub incoming: BTreeMap<String, u64>,
     /// Last own row each peer acknowledged, by the peer's db id.
-    pub outgoing: std::collections::BTreeMap<String, u64>,
+    pub outgoing: BTreeMap<String, u64>,
+    /// Whether a live connection is up (set by the connection driver; a replica alone
+    /// is never online).
     pub online: bool,
-    /// Local rows no server has acknowledged yet.
+    /// Local rows no peer has acknowledged yet.
     pub pending: u64,
+}
+
+/// What the replica remembers for `status()` between reads of the store.
+#[derive(Clone, Debug, Default)]
+struct Known {
+    peers: BTreeMap<String, PeerRecord>,
+    pending: u64,
 }
 
 pub struct Replica<S: Store> {
@@ -57,7 +69,8 @@ pub struct Replica<S: Store> {
     schemas: Option<Schemas>,
     migrator: Box<dyn Migrator>,
     now: WallClock,
-    head: std::sync::Mutex<Head>,
+    head: Mutex<Head>,
+    known: Mutex<Known>,
 }
 
 /// A fresh random db id: 16 hex digits.
@@ -92,9 +105,9 @@ impl<S: Store> Replica<S> {
             None => {
                 let version = schemas.as_ref().map_or(0, |s| s.current.version);
                 let commit = store
-                    .commit(&[], move |existing, _| {
+                    .commit(&[], &[], move |loaded| {
                         // Another opener may have initialized the store meanwhile.
-                        let head = existing.unwrap_or_else(|| {
+                        let head = loaded.head.unwrap_or_else(|| {
                             let db_id = new_db_id();
                             Head { clock: Stamp { version, wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version }
                         });
@@ -104,15 +117,27 @@ impl<S: Store> Replica<S> {
                 commit.head.expect("init writes the head")
             }
         };
-        Ok(Replica { store, schemas, migrator, now, head: std::sync::Mutex::new(head) })
+        let replica = Replica { store, schemas, migrator, now, head: Mutex::new(head), known: Mutex::new(Known::default()) };
+        replica.refresh_status().await?;
+        Ok(replica)
     }
 
     pub fn schema(&self) -> Option<&Schema> {
         self.schemas.as_ref().map(|s| &s.current)
     }
 
+    /// The schema version this replica writes under (a relay: its head's).
+    pub fn version(&self) -> u32 {
+        self.schema().map_or_else(|| self.head().schema_version, |s| s.version)
+    }
+
+    /// The wall clock, in milliseconds.
+    pub fn now(&self) -> u64 {
+        (self.now)()
+    }
+
     /// How this replica turns document layers into stored documents.
-    pub(crate) fn rebuild(&self) -> Rebuild<'_> {
+    pub fn rebuild(&self) -> Rebuild<'_> {
         Rebuild { schemas: self.schemas.as_ref(), migrator: self.migrator.as_ref() }
     }
 
@@ -121,18 +146,31 @@ impl<S: Store> Replica<S> {
         self.head.lock().expect("head lock").clone()
     }
 
-    /// Re-reads the head from the store (another tab may have written).
+    /// Re-reads the head and the sync status from the store (another tab may have written).
     pub async fn reload_head(&self) -> Result<(), Error> {
         if let Some(h) = self.store.head().await? {
             self.set_head(h);
         }
-        Ok(())
+        self.refresh_status().await
     }
 
-    pub(crate) fn set_head(&self, head: Head) {
+    fn set_head(&self, head: Head) {
         let mut h = self.head.lock().expect("head lock");
         if head.max_row >= h.max_row {
             *h = head;
+        }
+    }
+
+    /// Takes note of what a commit wrote: its head, and the peer records it replaced.
+    pub fn committed(&self, commit: &Commit) {
+        if let Some(h) = &commit.head {
+            self.set_head(h.clone());
+        }
+        if !commit.peers.is_empty() {
+            let mut known = self.known.lock().expect("status lock");
+            for (id, rec) in &commit.peers {
+                known.peers.insert(id.clone(), rec.clone());
+            }
         }
     }
 
@@ -140,18 +178,37 @@ impl<S: Store> Replica<S> {
         &self.store
     }
 
+    /// The status as of the last commit or `refresh_status`: db id, points, pending rows.
     pub fn status(&self) -> Status {
-        let h = self.head.lock().expect("head lock").clone();
-        // Until sync exists every row is a local write nobody has acknowledged.
+        let h = self.head();
+        let known = self.known.lock().expect("status lock").clone();
+        let point = |p: i64| (p >= 0).then_some(p as u64);
         Status {
             db_id: h.db_id.clone(),
-            schema_version: self.schema().map_or(h.schema_version, |s| s.version),
+            schema_version: self.version(),
             max_row: h.max_row,
-            incoming: Default::default(),
-            outgoing: Default::default(),
+            incoming: known.peers.iter().filter_map(|(id, p)| Some((id.clone(), point(p.incoming)?))).collect(),
+            outgoing: known.peers.iter().filter_map(|(id, p)| Some((id.clone(), point(p.outgoing)?))).collect(),
             online: false,
-            pending: h.max_row,
+            pending: known.pending,
         }
+    }
+
+    /// Re-reads the peer records and counts the local rows no peer has acknowledged.
+    pub async fn refresh_status(&self) -> Result<(), Error> {
+        let peers = self.store.peers().await?;
+        let acked = peers.values().filter(|p| !p.out_history.is_empty()).map(|p| p.outgoing).max().unwrap_or(-1);
+        let me = self.head().db_id;
+        let mut pending = 0u64;
+        let mut after = acked.max(0) as u64;
+        loop {
+            let rows = self.store.rows_after(after, 2000).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.row;
+            pending += rows.iter().filter(|r| r.from.is_none() && r.op.origin == me).count() as u64;
+        }
+        *self.known.lock().expect("status lock") = Known { peers, pending };
+        Ok(())
     }
 
     fn collection(&self, name: &str) -> Result<&Collection, WriteError> {
@@ -175,7 +232,7 @@ impl<S: Store> Replica<S> {
         // Validate everything before touching storage.
         let mut keys: Vec<DocKey> = Vec::with_capacity(writes.len());
         let mut slots = Vec::with_capacity(writes.len());
-        let mut index = std::collections::HashMap::new();
+        let mut index = HashMap::new();
         for w in &writes {
             let coll = self.collection(w.collection())?;
             let id = match w {
@@ -203,66 +260,35 @@ impl<S: Store> Replica<S> {
         if writes.is_empty() {
             return Ok(());
         }
-        let now = (self.now)();
-        let schema = self.schema().expect("writes were validated against the schema");
+        let now = self.now();
+        let version = self.version();
         let rebuild = self.rebuild();
         let commit = self
             .store
-            .commit(&keys, |head, current| {
-                let mut head = head.ok_or_else(|| crate::error::StoreError::Corrupt("store has no head".into()))?;
-                let mut clock = Clock::new(head.db_id.clone(), schema.version, Some(head.clock.clone()));
-                let mut layers: Vec<Option<Layers>> = current.iter().map(|d| d.as_ref().map(StoredDoc::layers)).collect();
-                let mut exists: Vec<bool> = current.iter().map(|d| d.as_ref().is_some_and(|d| d.d.is_some())).collect();
-                let marks: Vec<Option<Stamp>> = current.iter().map(|d| d.as_ref().and_then(|d| d.m.clone())).collect();
-                let mut rows = Vec::with_capacity(writes.len());
-                for (w, slot) in writes.into_iter().zip(&slots) {
-                    let (collection, id, kind, fields) = match w {
-                        Write::Put { collection, doc } => {
-                            let id = keys[*slot].1.clone();
-                            exists[*slot] = true;
-                            (collection, id, Kind::Put, Some(doc))
-                        }
-                        Write::Patch { collection, id, fields } => {
-                            if !exists[*slot] {
-                                return Err(WriteError::NotFound { collection, id }.into());
-                            }
-                            (collection, id, Kind::Patch, Some(fields))
-                        }
-                        Write::Delete { collection, id } => {
-                            exists[*slot] = false;
-                            (collection, id, Kind::Delete, None)
-                        }
-                    };
-                    head.max_row += 1;
-                    let op = Op {
-                        origin: head.db_id.clone(),
-                        origin_row: head.max_row,
-                        ts: clock.tick(now),
-                        schema_version: schema.version,
-                        collection,
-                        id,
-                        kind,
-                        fields,
-                    };
-                    layers[*slot].get_or_insert_with(Layers::default).apply(&op);
-                    rows.push(Row { row: head.max_row, op, from: None });
+            .commit(&keys, &[], |loaded| {
+                let mut work = Work::load(loaded.head, &loaded.docs, version)?;
+                for (w, &slot) in writes.into_iter().zip(&slots) {
+                    let id = keys[slot].1.clone();
+                    match w {
+                        Write::Put { collection, doc } => work.write(slot, Kind::Put, collection, id, Some(doc), now)?,
+                        Write::Patch { collection, fields, .. } => work.write(slot, Kind::Patch, collection, id, Some(fields), now)?,
+                        Write::Delete { collection, .. } => work.write(slot, Kind::Delete, collection, id, None, now)?,
+                    }
                 }
-                head.clock = clock.last().clone();
-                let items = keys.iter().zip(layers).zip(marks).filter_map(|((k, l), m)| l.map(|l| (k.clone(), l, m))).collect();
-                let docs = rebuild.docs(items, &mut head, &mut rows)?;
-                Ok(Commit { head: Some(head), docs, rows, peers: vec![] })
+                work.finish(&rebuild, &keys, vec![])
             })
             .await?;
-        if let Some(h) = commit.head {
-            self.set_head(h);
-        }
+        let me = self.head().db_id;
+        let local = commit.rows.iter().filter(|r| r.from.is_none() && r.op.origin == me).count() as u64;
+        self.committed(&commit);
+        self.known.lock().expect("status lock").pending += local;
         Ok(())
     }
 
     /// The document, or `None` if it doesn't exist (or was deleted).
     pub async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, Error> {
         self.query_collection(collection)?;
-        Ok(self.store.get(collection, id).await?.filter(|d| d.d.is_some()))
+        Ok(self.store.get(collection, id).await?.filter(|d| d.doc.is_some()))
     }
 
     pub async fn query(&self, collection: &str, query: &Value) -> Result<Vec<S::Doc>, Error> {
@@ -286,94 +312,4 @@ fn check_id(id: &str) -> Result<(), WriteError> {
         return Err(WriteError::InvalidArgument("a document id is a non-empty string".into()));
     }
     Ok(())
-}
-
-/// The stored form of a single-layer document state: the materialized view plus, for
-/// collections the schema declares, the primary key and index keys. A relay (no schema)
-/// stores the state as it is.
-pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: &DocState, version: u32) -> StoredDoc {
-    let coll = schema.and_then(|s| s.collection(collection));
-    let d = match coll {
-        Some(c) => state.materialize(&c.primary_key, id),
-        None => state.exists().then(|| state.doc.clone()),
-    };
-    let i = coll.map(|c| index_keys(c, &d)).unwrap_or_default();
-    StoredDoc { id: id.to_string(), d, s: state.stamps.clone(), t: state.deleted, v: version, i, x: None, l: BTreeMap::new(), m: None }
-}
-
-/// Each index's key for a document (none when it does not exist).
-fn index_keys(coll: &Collection, d: &Option<Map<String, Value>>) -> Map<String, Value> {
-    let mut i = Map::new();
-    if let Some(doc) = d {
-        for index in coll.index_list() {
-            let key: Vec<Value> = index.fields.iter().map(|f| encode(f.get(doc))).collect();
-            i.insert(index.name, Value::Array(key));
-        }
-    }
-    i
-}
-
-/// Turns document layers into stored documents: one layer at the app's version is stored
-/// as is; anything else gets its view migrated forward (`migrate::views`), and the
-/// migration output is logged as a local row when it changed, so it reaches the server.
-pub(crate) struct Rebuild<'a> {
-    pub schemas: Option<&'a Schemas>,
-    pub migrator: &'a dyn Migrator,
-}
-
-impl Rebuild<'_> {
-    /// `items`: (key, layers, last migration stamp written). Appends migration rows to
-    /// `rows`, numbering them after `head.max_row`.
-    pub fn docs(&self, items: Vec<(DocKey, Layers, Option<Stamp>)>, head: &mut Head, rows: &mut Vec<Row>) -> Result<Vec<(String, StoredDoc)>, Error> {
-        let Some(schemas) = self.schemas else {
-            // A relay keeps every layer; its document is the newest one.
-            return Ok(items
-                .into_iter()
-                .map(|((c, id), mut layers, m)| {
-                    let v = layers.0.keys().next_back().copied().unwrap_or(0);
-                    let state = layers.0.remove(&v).unwrap_or_default();
-                    let d = state.exists().then(|| state.doc.clone());
-                    (c, StoredDoc { id, d, s: state.stamps, t: state.deleted, v, i: Map::new(), x: None, l: layers.0, m })
-                })
-                .collect());
-        };
-        let current = schemas.current.version;
-        let mut out: Vec<Option<(String, StoredDoc)>> = vec![None; items.len()];
-        let mut slow = Vec::new();
-        for (n, ((c, id), layers, m)) in items.iter().enumerate() {
-            if layers.0.keys().all(|v| *v == current) {
-                let state = layers.0.get(&current).cloned().unwrap_or_default();
-                let mut doc = stored_doc(Some(&schemas.current), c, id, &state, current);
-                doc.m = m.clone();
-                out[n] = Some((c.clone(), doc));
-            } else {
-                slow.push(n);
-            }
-        }
-        if !slow.is_empty() {
-            let batch: Vec<Item> = slow.iter().map(|&n| Item { collection: &items[n].0 .0, id: &items[n].0 .1, layers: &items[n].1 }).collect();
-            let views = views(schemas, self.migrator, &head.db_id, &batch)?;
-            for (&n, view) in slow.iter().zip(views) {
-                let ((c, id), layers, m) = &items[n];
-                let own = layers.0.get(&current).cloned().unwrap_or_default();
-                let coll = schemas.current.collection(c);
-                let i = coll.map(|cl| index_keys(cl, &view.doc)).unwrap_or_default();
-                let mut m = m.clone();
-                if let Some(mut op) = view.migration {
-                    if m.as_ref() != Some(&op.ts) {
-                        m = Some(op.ts.clone());
-                        head.max_row += 1;
-                        op.origin_row = head.max_row;
-                        rows.push(Row { row: head.max_row, op, from: None });
-                    }
-                }
-                let l = layers.0.iter().filter(|(v, _)| **v != current).map(|(v, st)| (*v, st.clone())).collect();
-                out[n] = Some((
-                    c.clone(),
-                    StoredDoc { id: id.clone(), d: view.doc, s: own.stamps, t: own.deleted, v: current, i, x: Some(own.doc), l, m },
-                ));
-            }
-        }
-        Ok(out.into_iter().map(|o| o.expect("every item built")).collect())
-    }
 }

@@ -1,10 +1,14 @@
 //! The storage contract: what a replica needs from the place its data lives.
 //!
 //! A store keeps four things for one replica generation: the head (db id, max row, clock),
-//! the op log, the documents with their merge state and index keys, and (for sync) the
-//! peers' points. Every write goes through `commit`, which reads the touched documents and
-//! the head, lets the engine compute the new state, and writes it all in ONE atomic
-//! transaction (DESIGN §4): after a crash either all of it is there or none of it.
+//! the op log, the documents with their merge state and index keys, and the peers' sync
+//! points. Every write goes through `commit`, which reads the touched documents, peer
+//! records and the head, lets the engine compute the new state, and writes it all in ONE
+//! atomic transaction (DESIGN §4): after a crash either all of it is there or none of it.
+//!
+//! Every method is required: a backend that compiled but never read its sync points back
+//! would silently restart every sync from scratch. `testkit::contract` runs one suite
+//! against every store (memory, SQLite, IndexedDB, PostgreSQL).
 
 use std::collections::BTreeMap;
 
@@ -13,11 +17,11 @@ use serde_json::{Map, Value};
 
 use crate::clock::Stamp;
 use crate::error::{Error, StoreError};
+use crate::layers::Layers;
 use crate::merge::DocState;
-use crate::migrate::Layers;
 use crate::op::Op;
+use crate::peer::PeerRecord;
 use crate::query::Plan;
-use crate::sync::peer::PeerRecord;
 
 /// The replica's identity and positions, rewritten by every commit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,49 +45,50 @@ pub struct Row {
     pub from: Option<String>,
 }
 
-/// A document as stored: what apps read (`d`, the view at the replica's schema version
-/// `v`), what merging needs (`s`, `t`: the layer of version `v`; `x`: that layer's own
-/// fields when the view was migrated from older layers; `l`: the layers of other
-/// versions), the last migration op written for it (`m`), and its index keys (`i`,
-/// absent when the document does not exist so it drops out of every index).
+/// A document as stored. The stored form keeps one-letter keys (they are repeated in
+/// every record of every store); the Rust names say what each holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredDoc {
     pub id: String,
-    pub d: Option<Map<String, Value>>,
-    pub s: BTreeMap<String, Stamp>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub t: bool,
-    pub v: u32,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub i: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub x: Option<Map<String, Value>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub l: BTreeMap<u32, DocState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub m: Option<Stamp>,
+    /// What apps read: the view at the replica's schema version, `None` when the
+    /// document does not exist (never written, deleted, or dropped by a migration).
+    #[serde(rename = "d")]
+    pub doc: Option<Map<String, Value>>,
+    /// The stamps of the registers of the layer of version `version`.
+    #[serde(rename = "s")]
+    pub stamps: BTreeMap<String, Stamp>,
+    /// Whether that layer's root register is a tombstone.
+    #[serde(rename = "t", default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// The schema version of the view and of the layer in `stamps`.
+    #[serde(rename = "v")]
+    pub version: u32,
+    /// Each index's key (absent when the document does not exist, so it drops out of
+    /// every index).
+    #[serde(rename = "i", default, skip_serializing_if = "Map::is_empty")]
+    pub index_keys: Map<String, Value>,
+    /// That layer's own fields, when `doc` is a view migrated from older layers.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<Map<String, Value>>,
+    /// The layers of other schema versions.
+    #[serde(rename = "l", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub layers: BTreeMap<u32, DocState>,
+    /// The stamp of the last migration output logged for this document, so the same
+    /// output is logged once, not again on every later write.
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub migrated: Option<Stamp>,
 }
 
 impl StoredDoc {
-    /// The merge state of the layer of version `v`.
+    /// The merge state of the layer of version `version`.
     pub fn state(&self) -> DocState {
-        DocState { doc: self.x.clone().or_else(|| self.d.clone()).unwrap_or_default(), stamps: self.s.clone(), deleted: self.t }
+        DocState { doc: self.own.clone().or_else(|| self.doc.clone()).unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted }
     }
 
     /// Every layer, by schema version.
-    pub fn layers(&self) -> Layers {
-        layers_of(self.v, &self.s, self.t, self.x.as_ref().or(self.d.as_ref()), &self.l)
+    pub fn all_layers(&self) -> Layers {
+        Layers::of(self.version, &self.stamps, self.deleted, self.own.as_ref().or(self.doc.as_ref()), &self.layers)
     }
-}
-
-/// A record's layers: those of other versions (`l`) plus the one of version `v`, whose
-/// fields are `own` (its own fields, or the view when it was not migrated).
-pub fn layers_of(v: u32, s: &BTreeMap<String, Stamp>, t: bool, own: Option<&Map<String, Value>>, l: &BTreeMap<u32, DocState>) -> Layers {
-    let mut l = l.clone();
-    if !s.is_empty() {
-        l.insert(v, DocState { doc: own.cloned().unwrap_or_default(), stamps: s.clone(), deleted: t });
-    }
-    Layers(l)
 }
 
 /// A document key: (collection, id).
@@ -99,7 +104,23 @@ pub struct Commit {
     pub peers: Vec<(String, PeerRecord)>,
 }
 
-/// What a sync commit reads before computing its writes.
+impl Commit {
+    /// Checks what every store must refuse before writing anything: log rows that are
+    /// not numbered after the head the commit read, or not strictly ascending.
+    pub fn check(&self, loaded: Option<&Head>) -> Result<(), StoreError> {
+        let mut last = loaded.map_or(0, |h| h.max_row);
+        for r in &self.rows {
+            if r.row <= last {
+                return Err(StoreError::Backend(format!("log row {} does not follow row {last}: rows are never reused", r.row)));
+            }
+            last = r.row;
+        }
+        Ok(())
+    }
+}
+
+/// What a commit reads before computing its writes: the head, the documents at the keys
+/// it named and the records of the peers it named (in the same order).
 #[derive(Clone, Debug, Default)]
 pub struct Loaded {
     pub head: Option<Head>,
@@ -119,14 +140,15 @@ pub trait Store {
     /// The head, or `None` for a store that was never initialized.
     async fn head(&self) -> Result<Option<Head>, StoreError>;
 
-    /// Reads one stored document.
+    /// Reads one stored document (tombstones included).
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError>;
 
-    /// Reads the head and the documents at `keys`, passes them to `f`, and writes what it
-    /// returns, all in one transaction. If `f` fails, nothing is written.
-    async fn commit<F>(&self, keys: &[DocKey], f: F) -> Result<Commit, Error>
+    /// Reads the head, the documents at `keys` and the records of `peers`, passes them to
+    /// `f`, and writes what it returns, all in one transaction. If `f` fails, nothing is
+    /// written. A commit may only write documents whose keys it read.
+    async fn commit<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
     where
-        F: FnOnce(Option<Head>, Vec<Option<StoredDoc>>) -> Result<Commit, Error>;
+        F: FnOnce(Loaded) -> Result<Commit, Error>;
 
     /// Answers a planned query: scans the plan's source, keeps documents that exist and
     /// match, and applies `plan.finish`.
@@ -135,23 +157,16 @@ pub trait Store {
     /// Log rows with `row > after`, ascending, at most `limit`.
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError>;
 
-    /// Like `commit`, but also reads and writes the records of the peers named in `peers`
-    /// in the same transaction, so sync points move atomically with the data they cover.
-    async fn commit_sync<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
-    where
-        F: FnOnce(Loaded) -> Result<Commit, Error>,
-    {
-        let n = peers.len();
-        self.commit(keys, move |head, docs| f(Loaded { head, docs, peers: vec![None; n] })).await
-    }
-
     /// Every peer record, by peer db id.
-    async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
-        Ok(BTreeMap::new())
-    }
+    async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError>;
 
-    /// The head and every stored document, read in one consistent view (for snapshots).
-    async fn all_docs(&self) -> Result<(Head, Vec<(String, StoredDoc)>), StoreError> {
-        Err(StoreError::Backend("this store cannot produce snapshots yet".into()))
-    }
+    /// Up to `limit` stored documents (tombstones included) after `after` in the store's
+    /// own (collection, id) order, for snapshots streamed page by page. Documents are
+    /// never removed, so a scan that starts after the head was read sees every document
+    /// that existed then (possibly newer states of them, which merging tolerates).
+    async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError>;
+
+    /// How many documents (tombstones included) `docs_after` would walk: a snapshot's
+    /// progress total.
+    async fn doc_count(&self) -> Result<u64, StoreError>;
 }

@@ -11,8 +11,10 @@ use tidemark::error::StoreError;
 use tidemark::idb::error::{classify, from_js};
 use tidemark::idb::IdbStore;
 use tidemark::store::{Commit, Head, Row, Store, StoredDoc};
-use tidemark::sync::pass::{self, Limits};
-use tidemark::sync::peer::{Entry, PeerRecord};
+use tidemark::sync::drive;
+use tidemark::sync::pass::{Limits, PassReport};
+use tidemark_testkit::contract;
+use tidemark::peer::{Entry, PeerRecord};
 use tidemark::{MemoryStore, Replica, Schema, Write};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
@@ -176,7 +178,7 @@ async fn ten_thousand_documents_survive_reopen_and_query_like_memory() {
     let mut all: Vec<String> = (0..10_000).map(|i| format!("d{i:05}")).collect();
     all.extend(["é1", "\u{1F600}x", "\u{FF5E}y", "Z"].iter().map(|s| s.to_string()));
     // Everything but the stamps, which carry each replica's own db id.
-    let view = |d: StoredDoc| (d.id, d.d, d.t, d.v, d.i);
+    let view = |d: StoredDoc| (d.id, d.doc, d.deleted, d.version, d.index_keys);
     for ids in all.chunks(500) {
         let got = futures::future::join_all(ids.iter().map(|id| idb.store().get(ITEMS, id))).await;
         for (id, got) in ids.iter().zip(got) {
@@ -212,43 +214,53 @@ async fn stored_documents_read_back_exactly() {
         // Index keys as the engine derives them from `d`.
         StoredDoc {
             id: "a".into(),
-            d: Some(obj(json!({"id": "a", "kind": "k1", "n": 3.5}))),
-            s: [("".to_string(), stamp("00010000000000010000aa")), ("n".to_string(), stamp("00010000000000020000aa"))].into(),
-            t: false,
-            v: 2,
-            i: obj(json!({"byKind": [[4, "k1"]], "byKindN": [[4, "k1"], [3, 3.5]], "byN": [[3, 3.5]]})),
+            doc: Some(obj(json!({"id": "a", "kind": "k1", "n": 3.5}))),
+            stamps: [("".to_string(), stamp("00010000000000010000aa")), ("n".to_string(), stamp("00010000000000020000aa"))].into(),
+            deleted: false,
+            version: 2,
+            index_keys: obj(json!({"byKind": [[4, "k1"]], "byKindN": [[4, "k1"], [3, 3.5]], "byN": [[3, 3.5]]})),
             // A migrated document: its own layer, an older layer, the migration op written.
-            x: Some(obj(json!({"n": 3.5}))),
-            l: [(1u32, serde_json::from_value(json!({"doc": {"title": "old"}, "stamps": {"": "00010000000000010000aa"}, "deleted": false})).unwrap())].into(),
-            m: Some(stamp("00020000000000000000~m.1")),
+            own: Some(obj(json!({"n": 3.5}))),
+            layers: [(1u32, serde_json::from_value(json!({"doc": {"title": "old"}, "stamps": {"": "00010000000000010000aa"}, "deleted": false})).unwrap())].into(),
+            migrated: Some(stamp("00020000000000000000~m.1")),
         },
         // Index keys the engine might one day compute differently.
         StoredDoc {
             id: "b\u{0}\u{1F600}".into(),
-            d: Some(obj(json!({"id": "b\u{0}\u{1F600}", "kind": "k\u{0}"}))),
-            s: [("".to_string(), stamp("00010000000000030000bb"))].into(),
-            t: false,
-            v: 1,
-            i: obj(json!({"byKind": [[4, "other"]]})),
-            x: None,
-            l: Default::default(),
-            m: None,
+            doc: Some(obj(json!({"id": "b\u{0}\u{1F600}", "kind": "k\u{0}"}))),
+            stamps: [("".to_string(), stamp("00010000000000030000bb"))].into(),
+            deleted: false,
+            version: 1,
+            index_keys: obj(json!({"byKind": [[4, "other"]]})),
+            own: None,
+            layers: Default::default(),
+            migrated: None,
         },
         // A tombstone.
-        StoredDoc { id: "c".into(), d: None, s: [("".to_string(), stamp("00010000000000040000cc"))].into(), t: true, v: 1, i: Map::new(), x: None, l: Default::default(), m: None },
+        StoredDoc {
+            id: "c".into(),
+            doc: None,
+            stamps: [("".to_string(), stamp("00010000000000040000cc"))].into(),
+            deleted: true,
+            version: 1,
+            index_keys: Map::new(),
+            own: None,
+            layers: Default::default(),
+            migrated: None,
+        },
     ];
     let keys: Vec<(String, String)> = docs.iter().map(|d| (ITEMS.to_string(), d.id.clone())).collect();
     let head = Head { db_id: "00ff".into(), max_row: 7, clock: stamp("00010000000000040000cc"), schema_version: 2 };
-    let write = |_: Option<Head>, current: Vec<Option<StoredDoc>>| {
-        assert!(current.iter().all(Option::is_none));
+    let write = |loaded: tidemark::store::Loaded| {
+        assert!(loaded.docs.iter().all(Option::is_none));
         Ok(Commit { head: Some(head.clone()), docs: docs.iter().map(|d| (ITEMS.to_string(), d.clone())).collect(), ..Commit::default() })
     };
-    idb.commit(&keys, write).await.unwrap();
-    memory.commit(&keys, write).await.unwrap();
+    idb.commit(&keys, &[], write).await.unwrap();
+    memory.commit(&keys, &[], write).await.unwrap();
     // Reading them back inside a commit gives the same.
     let seen = std::cell::RefCell::new(Vec::new());
-    idb.commit(&keys, |_, current| {
-        *seen.borrow_mut() = current;
+    idb.commit(&keys, &[], |loaded| {
+        *seen.borrow_mut() = loaded.docs;
         Ok(Commit::default())
     })
     .await
@@ -263,65 +275,60 @@ async fn stored_documents_read_back_exactly() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
-/// Sync points live in the same transaction as the data they cover, and survive reopen.
+/// The storage contract every store keeps (`tidemark_testkit::contract`), on IndexedDB.
 #[wasm_bindgen_test]
-async fn peer_records_commit_with_their_batch_and_persist() {
+async fn the_indexeddb_store_keeps_the_contract() {
+    struct Idb(std::cell::RefCell<Vec<String>>);
+    impl contract::Fixture for Idb {
+        type S = IdbStore;
+        async fn fresh(&self) -> IdbStore {
+            let name = unique("t-contract");
+            self.0.borrow_mut().push(name.clone());
+            IdbStore::open(&name, &contract::schema()).await.unwrap()
+        }
+        fn json(doc: &JsValue) -> Value {
+            Value::Object(to_map(doc))
+        }
+    }
+    let fixture = Idb(Default::default());
+    contract::all(&fixture).await;
+    for name in fixture.0.take() {
+        IdbStore::delete_replica(&name).await.unwrap();
+    }
+}
+
+/// Sync points committed with their batch survive closing and reopening the replica.
+#[wasm_bindgen_test]
+async fn peer_records_persist() {
     let name = unique("t-peers");
     let schema = schema();
     let idb = open_idb(&name, &schema).await;
-    let memory = open_memory(&schema).await;
     let record = |incoming: i64, session: &str| PeerRecord {
         incoming,
         in_history: vec![Entry { session: session.into(), row: incoming, transitive: false }],
         ..PeerRecord::new()
     };
-    let keys = vec![(ITEMS.to_string(), "p1".to_string())];
     let peers = vec!["peer-a".to_string(), "peer-b".to_string()];
-    // First commit: nothing known about either peer yet; write a document and peer-a's point.
-    let first = |loaded: tidemark::store::Loaded| {
-        assert_eq!(loaded.peers, vec![None, None]);
-        let head = loaded.head.unwrap();
-        let doc = StoredDoc { id: "p1".into(), d: Some(obj(json!({"id": "p1", "kind": "k1"}))), s: Default::default(), t: false, v: 1, i: obj(json!({"byKind": [[4, "k1"]], "byKindN": [[4, "k1"], [0]], "byN": [[0]]})), x: None, l: Default::default(), m: None };
-        Ok(Commit { head: Some(head), docs: vec![(ITEMS.into(), doc)], peers: vec![("peer-a".into(), record(10, "s1"))], ..Commit::default() })
-    };
-    idb.store().commit_sync(&keys, &peers, first).await.unwrap();
-    memory.store().commit_sync(&keys, &peers, first).await.unwrap();
-    // A failing commit moves no point.
-    let failing = |loaded: tidemark::store::Loaded| -> Result<Commit, tidemark::Error> {
-        assert_eq!(loaded.peers, vec![Some(record(10, "s1")), None]);
-        Err(StoreError::Backend("refused".into()).into())
-    };
-    assert!(idb.store().commit_sync(&keys, &peers, failing).await.is_err());
-    assert!(memory.store().commit_sync(&keys, &peers, failing).await.is_err());
-    let second = |loaded: tidemark::store::Loaded| {
-        assert_eq!(loaded.peers, vec![Some(record(10, "s1")), None]);
-        Ok(Commit { peers: vec![("peer-b".into(), record(3, "s2")), ("peer-a".into(), record(12, "s3"))], ..Commit::default() })
-    };
-    idb.store().commit_sync(&[], &peers, second).await.unwrap();
-    memory.store().commit_sync(&[], &peers, second).await.unwrap();
-    let want = memory.store().peers().await.unwrap();
+    let write = |_| Ok(Commit { peers: vec![("peer-b".into(), record(3, "s2")), ("peer-a".into(), record(12, "s3"))], ..Commit::default() });
+    idb.store().commit(&[], &peers, write).await.unwrap();
+    let want = idb.store().peers().await.unwrap();
     assert_eq!(want.len(), 2);
-    assert_eq!(idb.store().peers().await.unwrap(), want);
     idb.store().close();
-
     let idb = open_idb(&name, &schema).await;
     assert_eq!(idb.store().peers().await.unwrap(), want);
-    let (head, docs) = idb.store().all_docs().await.unwrap();
-    assert_eq!(head, idb.head());
-    assert_eq!(docs.len(), 1);
-    assert_eq!(docs[0].1, memory.store().get(ITEMS, "p1").await.unwrap().unwrap());
+    assert_eq!(idb.status().incoming.get("peer-a"), Some(&12), "status() reads the points back");
     idb.store().close();
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
 /// One pass of the replication protocol from `s` to `r`, over an in-process pipe.
-async fn sync_pass<A: Store, B: Store>(s: &Replica<A>, r: &Replica<B>, limits: Limits) -> pass::PassReport {
+async fn sync_pass<A: Store, B: Store>(s: &Replica<A>, r: &Replica<B>, limits: Limits) -> PassReport {
     let (mut a, mut b) = tidemark::sync::transport::pipe();
     let (sid, rid) = (s.head().db_id, r.head().db_id);
-    let session = tidemark::sync::peer::new_session();
+    let session = tidemark::peer::new_session();
     let (sent, got) = futures::future::join(
-        pass::send(s, &mut a, &rid, &session, limits, &mut |_| {}),
-        pass::receive(r, &mut b, &sid, &session, &mut |_| {}),
+        drive::send(s, &mut a, &rid, &session, limits, &mut |_| {}),
+        drive::receive(r, &mut b, &sid, &session, &mut |_| {}),
     )
     .await;
     let sent = sent.unwrap();
@@ -397,7 +404,7 @@ async fn a_failing_write_leaves_the_store_unchanged() {
     assert_eq!(idb.store().rows_after(0, 100).await.unwrap(), rows);
     assert!(idb.get(ITEMS, "d00010").await.unwrap().is_none());
     assert!(idb.get(ITEMS, "d00011").await.unwrap().is_none());
-    assert_eq!(idb.get(ITEMS, "d00001").await.unwrap().unwrap().d.unwrap()["title"], json!("item 1"));
+    assert_eq!(idb.get(ITEMS, "d00001").await.unwrap().unwrap().doc.unwrap()["title"], json!("item 1"));
     assert_eq!(log_records(&idb.store().live().db).await.len(), 1);
 
     // The store is still usable afterwards.

@@ -13,7 +13,7 @@ use tidemark::clock::{Clock, Stamp};
 use tidemark::memory::MemoryStore;
 use tidemark::merge::DocState;
 use tidemark::op::{Kind, Op};
-use tidemark::replica::stored_doc;
+use tidemark::rebuild::stored_doc;
 use tidemark::store::{Commit, Store};
 use tidemark::Schema;
 
@@ -105,7 +105,7 @@ fn query_all(docs: &BTreeMap<String, DocState>) -> Vec<Vec<Map<String, Value>>> 
     let s = schema();
     let store = MemoryStore::new();
     let stored: Vec<_> = docs.iter().map(|(id, st)| ("t".to_string(), stored_doc(Some(&s), "t", id, st, 1))).collect();
-    block_on(store.commit(&[], |_, _| Ok(Commit { docs: stored, ..Commit::default() }))).unwrap();
+    block_on(store.commit(&[], &[], |_| Ok(Commit { docs: stored, ..Commit::default() }))).unwrap();
     let coll = &s.collections["t"];
     [
         json!({}),

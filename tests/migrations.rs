@@ -7,9 +7,13 @@ use futures::executor::block_on;
 use serde_json::{json, Map, Value};
 use tidemark::error::MigrateError;
 use tidemark::memory::MemoryStore;
-use tidemark::migrate::{self, Migrator, Schemas};
+use tidemark::layers::is_migration;
+use tidemark::migrate::{Migrator, Schemas};
+use tidemark::upgrade::upgrade;
 use tidemark::store::Store;
-use tidemark::sync::pass::{self, Limits, PassReport};
+use tidemark::sync::drive;
+use tidemark::sync::pass::{Limits, PassReport};
+use tidemark_testkit::faults::Flaky;
 use tidemark::sync::transport::pipe;
 use tidemark::{Replica, Schema, Write};
 
@@ -68,14 +72,14 @@ fn q(r: &Replica<MemoryStore>, c: &str, query: Value) -> Vec<Value> {
 }
 fn pass(s: &Replica<MemoryStore>, r: &Replica<MemoryStore>) -> PassReport {
     let (mut a, mut b) = pipe();
-    let session = tidemark::sync::peer::new_session();
+    let session = tidemark::peer::new_session();
     let (sid, rid) = (s.head().db_id, r.head().db_id);
     let limits = Limits { per_diff: 100, max_diffs: 100 };
     // Each side closes its end when it finishes, as a socket would.
     let session2 = session.clone();
     let (x, y) = block_on(futures::future::join(
-        async move { pass::send(s, &mut a, &rid, &session, limits, &mut |_| {}).await },
-        async move { pass::receive(r, &mut b, &sid, &session2, &mut |_| {}).await },
+        async move { drive::send(s, &mut a, &rid, &session, limits, &mut |_| {}).await },
+        async move { drive::receive(r, &mut b, &sid, &session2, &mut |_| {}).await },
     ));
     let y = y.unwrap();
     x.unwrap();
@@ -95,7 +99,7 @@ fn open_at_v3_migrates_every_document_through_two_steps() {
     block_on(old.write(writes)).unwrap();
     let before = old.head();
     let new_store = MemoryStore::new();
-    let head = block_on(migrate::upgrade(old.store(), &new_store, &schemas(v3()), &Steps, &mut |_| {})).unwrap();
+    let head = block_on(upgrade(old.store(), &new_store, &schemas(v3()), &Steps, &mut |_| {})).unwrap();
     assert_eq!(head.db_id, before.db_id, "the row space is kept, so is the db id");
     assert_eq!(head.schema_version, 3);
     let r = at(new_store, schemas(v3()), 2_000);
@@ -110,10 +114,10 @@ fn open_at_v3_migrates_every_document_through_two_steps() {
     // Migration output was logged as local rows after the copied log.
     let rows = block_on(r.store().rows_after(before.max_row, usize::MAX)).unwrap();
     assert_eq!(rows.len(), 1000);
-    assert!(rows.iter().all(|row| row.from.is_none() && migrate::is_migration(&row.op.ts) && row.op.schema_version == 3));
+    assert!(rows.iter().all(|row| row.from.is_none() && is_migration(&row.op.ts) && row.op.schema_version == 3));
     // Local writes at v3 win over the migrated state.
     block_on(r.patch("todos", "t0007", obj(json!({"list": "work"})))).unwrap();
-    assert_eq!(block_on(r.get("todos", "t0007")).unwrap().unwrap().d.unwrap()["list"], "work");
+    assert_eq!(block_on(r.get("todos", "t0007")).unwrap().unwrap().doc.unwrap()["list"], "work");
 }
 
 #[test]
@@ -130,10 +134,10 @@ fn missing_steps_and_schemas_are_refused_and_touch_nothing() {
             Ok(d.into_iter().map(Some).collect())
         }
     }
-    let err = block_on(migrate::upgrade(old.store(), &target, &schemas(v3()), &OnlyTwo, &mut |_| {})).unwrap_err();
+    let err = block_on(upgrade(old.store(), &target, &schemas(v3()), &OnlyTwo, &mut |_| {})).unwrap_err();
     assert_eq!(err.code(), "MISSING_MIGRATION");
     let no_history = Schemas::new(v3(), vec![v2()]).unwrap();
-    let err = block_on(migrate::upgrade(old.store(), &target, &no_history, &Steps, &mut |_| {})).unwrap_err();
+    let err = block_on(upgrade(old.store(), &target, &no_history, &Steps, &mut |_| {})).unwrap_err();
     assert_eq!(err.code(), "MISSING_SCHEMA");
     assert!(block_on(target.head()).unwrap().is_none(), "the new generation got nothing");
     assert_eq!(q(&old, "todos", json!({})), vec![json!({"id": "a", "title": "x"})], "the live store is untouched");
@@ -191,55 +195,9 @@ fn mixed_versions_converge_and_future_ops_wait_for_the_upgrade() {
     assert_eq!(q(&old_writer, "todos", json!({})).len(), 1, "v2 document not applied at v1");
     // After the app upgrades to v2, it applies.
     let upgraded = MemoryStore::new();
-    block_on(migrate::upgrade(old_writer.store(), &upgraded, &schemas(v2()), &Steps, &mut |_| {})).unwrap();
+    block_on(upgrade(old_writer.store(), &upgraded, &schemas(v2()), &Steps, &mut |_| {})).unwrap();
     let r = at(upgraded, schemas(v2()), 4_000);
     assert_eq!(q(&r, "todos", json!({"orderBy": "id"})), q(&new_writer, "todos", json!({"orderBy": "id"})));
-}
-
-/// A store that fails its `fail_at`-th commit (counting from 1), to cut an upgrade short
-/// at every step.
-struct Flaky {
-    inner: MemoryStore,
-    commits: std::cell::Cell<usize>,
-    fail_at: usize,
-}
-
-impl Store for Flaky {
-    type Doc = Map<String, Value>;
-    async fn head(&self) -> Result<Option<tidemark::store::Head>, tidemark::error::StoreError> {
-        self.inner.head().await
-    }
-    async fn get(&self, c: &str, id: &str) -> Result<Option<tidemark::store::StoredDoc>, tidemark::error::StoreError> {
-        self.inner.get(c, id).await
-    }
-    async fn commit<F>(&self, keys: &[tidemark::store::DocKey], f: F) -> Result<tidemark::store::Commit, tidemark::Error>
-    where
-        F: FnOnce(Option<tidemark::store::Head>, Vec<Option<tidemark::store::StoredDoc>>) -> Result<tidemark::store::Commit, tidemark::Error>,
-    {
-        self.commit_sync(keys, &[], |l| f(l.head, l.docs)).await
-    }
-    async fn commit_sync<F>(&self, keys: &[tidemark::store::DocKey], peers: &[String], f: F) -> Result<tidemark::store::Commit, tidemark::Error>
-    where
-        F: FnOnce(tidemark::store::Loaded) -> Result<tidemark::store::Commit, tidemark::Error>,
-    {
-        self.commits.set(self.commits.get() + 1);
-        if self.commits.get() == self.fail_at {
-            return Err(tidemark::error::StoreError::Backend("page closed".into()).into());
-        }
-        self.inner.commit_sync(keys, peers, f).await
-    }
-    async fn query(&self, c: &str, pk: &str, plan: &tidemark::query::Plan) -> Result<Vec<Map<String, Value>>, tidemark::error::StoreError> {
-        self.inner.query(c, pk, plan).await
-    }
-    async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<tidemark::store::Row>, tidemark::error::StoreError> {
-        self.inner.rows_after(after, limit).await
-    }
-    async fn peers(&self) -> Result<std::collections::BTreeMap<String, tidemark::sync::PeerRecord>, tidemark::error::StoreError> {
-        self.inner.peers().await
-    }
-    async fn all_docs(&self) -> Result<(tidemark::store::Head, Vec<(String, tidemark::store::StoredDoc)>), tidemark::error::StoreError> {
-        self.inner.all_docs().await
-    }
 }
 
 #[test]
@@ -249,13 +207,13 @@ fn an_upgrade_cut_at_any_step_leaves_the_old_generation_whole_and_can_start_agai
     let before = serde_json::to_string(&old.store().dump("todos")).unwrap();
     // 3 log chunks + 3 document chunks + 1 head/peers commit.
     for fail_at in 1..=7 {
-        let target = Flaky { inner: MemoryStore::new(), commits: Default::default(), fail_at };
-        assert!(block_on(migrate::upgrade(old.store(), &target, &schemas(v3()), &Steps, &mut |_| {})).is_err(), "step {fail_at}");
+        let target = Flaky::new(MemoryStore::new(), fail_at);
+        assert!(block_on(upgrade(old.store(), &target, &schemas(v3()), &Steps, &mut |_| {})).is_err(), "step {fail_at}");
         assert_eq!(serde_json::to_string(&old.store().dump("todos")).unwrap(), before, "old generation untouched at step {fail_at}");
     }
     // The next attempt (into a fresh generation) completes.
     let fresh = MemoryStore::new();
-    block_on(migrate::upgrade(old.store(), &fresh, &schemas(v3()), &Steps, &mut |_| {})).unwrap();
+    block_on(upgrade(old.store(), &fresh, &schemas(v3()), &Steps, &mut |_| {})).unwrap();
     let r = at(fresh, schemas(v3()), 2_000);
     assert_eq!(q(&r, "todos", json!({"where": {"list": "inbox"}})).len(), 2500);
 }
@@ -275,14 +233,14 @@ fn a_reset_cut_between_any_two_messages_loses_nothing_and_ends_migrated() {
         block_on(fresh.put("todos", obj(json!({"id": "s001", "name": "local edit"})))).unwrap();
         let (mut a, mut b) = pipe();
         a.cut_after = Some(k);
-        let session = tidemark::sync::peer::new_session();
+        let session = tidemark::peer::new_session();
         let (sid, rid) = (server.head().db_id, fresh.head().db_id);
         let limits = Limits { per_diff: 100, max_diffs: 100 };
         let (s, r) = (&server, &fresh);
         let session2 = session.clone();
         let (sent, got) = block_on(futures::future::join(
-            async move { pass::send(s, &mut a, &rid, &session, limits, &mut |_| {}).await },
-            async move { pass::receive(r, &mut b, &sid, &session2, &mut |_| {}).await },
+            async move { drive::send(s, &mut a, &rid, &session, limits, &mut |_| {}).await },
+            async move { drive::receive(r, &mut b, &sid, &session2, &mut |_| {}).await },
         ));
         assert!(sent.is_err() && got.is_err(), "cut after {k} messages");
         // The pass claimed nothing, so the next one starts over (a snapshot, or diffs if

@@ -31,7 +31,7 @@ fn put_patch_delete_get() {
     block_on(r.put("todos", obj(json!({"id": "a", "title": "Milk", "done": false})))).unwrap();
     block_on(r.patch("todos", "a", obj(json!({"done": true, "meta.by": "me"})))).unwrap();
     let d = block_on(r.get("todos", "a")).unwrap().unwrap();
-    assert_eq!(Value::Object(d.d.unwrap()), json!({"id": "a", "title": "Milk", "done": true, "meta": {"by": "me"}}));
+    assert_eq!(Value::Object(d.doc.unwrap()), json!({"id": "a", "title": "Milk", "done": true, "meta": {"by": "me"}}));
     block_on(r.delete("todos", "a")).unwrap();
     assert!(block_on(r.get("todos", "a")).unwrap().is_none());
     assert_eq!(r.status().max_row, 3);

@@ -1,6 +1,6 @@
 //! Server-to-server replication (`--peer`): this server syncs every library with each peer
-//! as a client of that peer, with the engine's own client round — `session::hello`, then
-//! `session::round` (push, then pull) over and over — so the passes, batches, caps,
+//! as a client of that peer, with the engine's own client rounds (push, then pull) over
+//! and over — so the passes, batches, caps,
 //! sessions and transitive checkpoints are exactly those of client sync. Nothing about
 //! merging or points is decided here.
 //!
@@ -27,7 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tidemark::error::Error;
 use tidemark::store::Store;
-use tidemark::sync::session;
+use tidemark::sync::live;
+use tidemark::sync::session::RoundReport;
+use tidemark::sync::{Direction, Progress};
 
 use crate::app::App;
 use crate::auth::{self, Claims};
@@ -255,75 +257,97 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Replicates one library with one peer, forever, reconnecting after failures.
-async fn link(app: Arc<App>, peer: Arc<Peer>, library: String) {
-    let timing = app.settings.peer_timing;
-    let mut backoff = timing.poll;
-    loop {
-        let (rounds, error) = connection(&app, &peer, &library).await;
-        peer.link(&library, |l| {
-            l.connected = false;
-            l.last_error = Some(error.clone());
-        });
-        if rounds > 0 {
-            backoff = timing.poll;
-        }
-        tracing::warn!(peer = %peer.url.url, library, error, retry_ms = backoff.as_millis() as u64, "peer sync interrupted");
-        tokio::time::sleep(backoff.mul_f64(1.0 + 0.3 * jitter())).await;
-        backoff = (backoff * 2).min(timing.backoff_max);
+/// How a link reaches its peer: tokio sockets and timers, tokens minted from the secret.
+struct PeerEnv<'a> {
+    app: &'a App,
+    peer: &'a Peer,
+    library: &'a str,
+}
+
+impl live::Env for PeerEnv<'_> {
+    type Conn = Upstream;
+
+    async fn connect(&self) -> Result<Upstream, Error> {
+        let s = &self.app.settings;
+        Ok(Upstream::connect(&self.peer.url, s.max_frame, s.hello_timeout, s.idle_timeout).await?)
+    }
+
+    async fn sleep(&self, ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await
+    }
+
+    fn random(&self) -> f64 {
+        jitter()
+    }
+
+    async fn token(&self) -> Result<Option<String>, Error> {
+        Ok(token(self.app, self.library))
     }
 }
 
-/// One connection: handshake, then rounds until something fails. Returns how many rounds
-/// completed and why it ended.
-async fn connection(app: &App, peer: &Peer, library: &str) -> (u64, String) {
-    let s = &app.settings;
-    let lib = match app.registry.open(library).await {
-        Ok(lib) => lib,
-        Err(e) => return (0, e.to_string()),
-    };
-    let mut t = match Upstream::connect(&peer.url, s.max_frame, s.hello_timeout, s.idle_timeout).await {
-        Ok(t) => t,
-        Err(e) => return (0, Error::from(e).to_string()),
-    };
-    let hello = tokio::time::timeout(s.hello_timeout, session::hello(&lib, &mut t, library, token(app, library))).await;
-    let peer_id = match hello {
-        Err(_) => return (0, format!("no welcome within {} s", s.hello_timeout.as_secs())),
-        Ok(Err(e)) => return (0, e.to_string()),
-        Ok(Ok(id)) => id,
-    };
-    tracing::info!(peer = %peer.url.url, library, peer_db_id = peer_id, "peer sync connected");
-    peer.link(library, |l| {
-        l.connected = true;
-        l.peer_db_id = Some(peer_id.clone());
-        l.peer_max_row = t.peer_max_row;
-    });
-    let mut rounds = 0;
-    loop {
-        let report = match session::round(&lib, &mut t, &peer_id, s.limits, &mut |_, _| {}).await {
-            Ok(r) => r,
-            Err(e) => {
-                t.close().await;
-                return (rounds, e.to_string());
-            }
-        };
-        rounds += 1;
-        if report.sent + report.received > 0 {
-            tracing::debug!(peer = %peer.url.url, library, sent = report.sent, received = report.received, capped = report.capped, "peer round");
+/// What a link reports lands on the peer's board (`GET /v1/peers`) and in the log.
+struct PeerEvents<'a> {
+    peer: &'a Peer,
+    library: &'a str,
+}
+
+impl live::Events for PeerEvents<'_> {
+    fn online(&self, server: Option<&str>) {
+        if let Some(id) = server {
+            tracing::info!(peer = %self.peer.url.url, library = self.library, peer_db_id = id, "peer sync connected");
         }
-        peer.link(library, |l| {
+        self.peer.link(self.library, |l| {
+            l.connected = server.is_some();
+            if let Some(id) = server {
+                l.peer_db_id = Some(id.to_string());
+            }
+        });
+    }
+
+    fn progress(&self, _: Direction, _: Progress) {}
+
+    fn round(&self, report: &RoundReport) {
+        if report.sent + report.received > 0 {
+            tracing::debug!(peer = %self.peer.url.url, library = self.library, sent = report.sent, received = report.received, capped = report.capped, "peer round");
+        }
+        self.peer.link(self.library, |l| {
             l.rounds += 1;
             l.sent += report.sent;
             l.received += report.received;
             l.last_round = Some(now_ms());
             l.last_error = None;
-            l.peer_max_row = t.peer_max_row;
+            l.peer_max_row = Some(report.push.peer_max_row.max(report.pull.peer_max_row));
         });
-        if report.capped {
-            // More to move: go on at once, but let other tasks run.
-            tokio::task::yield_now().await;
-        } else {
-            tokio::time::sleep(s.peer_timing.poll).await;
-        }
     }
+
+    fn error(&self, e: &Error) {
+        tracing::warn!(peer = %self.peer.url.url, library = self.library, error = %e, "peer sync interrupted");
+        self.peer.link(self.library, |l| l.last_error = Some(e.to_string()));
+    }
+}
+
+/// Replicates one library with one peer, forever: the engine's connection driver with
+/// this server's timing, reconnecting after failures.
+async fn link(app: Arc<App>, peer: Arc<Peer>, library: String) {
+    let lib = loop {
+        match app.registry.open(&library).await {
+            Ok(lib) => break lib,
+            Err(e) => {
+                peer.link(&library, |l| l.last_error = Some(e.to_string()));
+                tokio::time::sleep(app.settings.peer_timing.backoff_max).await;
+            }
+        }
+    };
+    let timing = app.settings.peer_timing;
+    let config = live::Config {
+        poll_ms: timing.poll.as_millis() as u64,
+        backoff_min_ms: timing.poll.as_millis() as u64,
+        backoff_max_ms: timing.backoff_max.as_millis() as u64,
+        ..live::Config::new(&library, app.settings.limits)
+    };
+    let env = PeerEnv { app: &app, peer: &peer, library: &library };
+    let events = PeerEvents { peer: &peer, library: &library };
+    let shared = live::Shared::default();
+    let ticket = shared.start().expect("a fresh link is not running");
+    live::live(lib.as_ref(), &env, &config, &shared, &events, ticket).await;
 }

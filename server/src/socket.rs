@@ -69,8 +69,8 @@ impl WsTransport {
             Ok(tungstenite::Error::Capacity(c)) => {
                 self.protocol("FRAME_TOO_LARGE", format!("{c}; the limit is {} bytes: send smaller batches (perDiff)", self.max_frame))
             }
-            Ok(tungstenite::Error::Utf8(_)) => self.protocol("PROTOCOL", "a text frame is not valid UTF-8".into()),
-            Ok(tungstenite::Error::Protocol(p)) => self.protocol("PROTOCOL", format!("WebSocket protocol violation: {p}")),
+            Ok(tungstenite::Error::Utf8(_)) => self.protocol("SYNC_PROTOCOL", "a text frame is not valid UTF-8".into()),
+            Ok(tungstenite::Error::Protocol(p)) => self.protocol("SYNC_PROTOCOL", format!("WebSocket protocol violation: {p}")),
             _ => SyncError::Connection(text),
         }
     }
@@ -108,10 +108,10 @@ impl Transport for WsTransport {
                         let m = format!("a frame of {} bytes is over the limit of {} bytes", text.len(), self.max_frame);
                         return Err(self.protocol("FRAME_TOO_LARGE", m));
                     }
-                    return Message::decode(text.as_str()).map_err(|m| self.protocol("PROTOCOL", m));
+                    return Message::decode(text.as_str()).map_err(|m| self.protocol("SYNC_PROTOCOL", m));
                 }
                 Frame::Binary(_) => {
-                    return Err(self.protocol("PROTOCOL", "binary frames are not part of the protocol: send JSON text frames".into()))
+                    return Err(self.protocol("SYNC_PROTOCOL", "binary frames are not part of the protocol: send JSON text frames".into()))
                 }
                 Frame::Ping(_) | Frame::Pong(_) => continue,
                 Frame::Close(_) => return Err(SyncError::Connection("the client closed the connection".into())),

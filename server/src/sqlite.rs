@@ -18,7 +18,6 @@
 //! awaits at all), so the futures are `Send` and concurrent connections serialize their
 //! commits here.
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -28,11 +27,12 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tidemark::error::{Error, StoreError};
-use tidemark::key::{cmp, cmp_utf16};
+use tidemark::key::cmp_utf16;
+use tidemark::scan::select;
 use tidemark::op::Op;
 use tidemark::query::{Plan, Source};
+use tidemark::peer::PeerRecord;
 use tidemark::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
-use tidemark::sync::peer::PeerRecord;
 
 /// The layout version this code writes, kept in `PRAGMA user_version`.
 const FORMAT: i64 = 1;
@@ -176,14 +176,7 @@ impl Store for SqliteStore {
         read_doc(&self.conn(), collection, id)
     }
 
-    async fn commit<F>(&self, keys: &[DocKey], f: F) -> Result<Commit, Error>
-    where
-        F: FnOnce(Option<Head>, Vec<Option<StoredDoc>>) -> Result<Commit, Error>,
-    {
-        self.commit_sync(keys, &[], |l| f(l.head, l.docs)).await
-    }
-
-    async fn commit_sync<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
+    async fn commit<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>,
     {
@@ -197,7 +190,9 @@ impl Store for SqliteStore {
             peers: peers.iter().map(|p| read_peer(&tx, p)).collect::<Result<_, _>>()?,
         };
         // If `f` fails, or any write does, `tx` is dropped and rolls everything back.
+        let loaded_head = loaded.head.clone();
         let commit = f(loaded)?;
+        commit.check(loaded_head.as_ref())?;
         write_commit(&tx, &commit)?;
         tx.commit().map_err(backend)?;
         Ok(commit)
@@ -214,22 +209,27 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn all_docs(&self) -> Result<(Head, Vec<(String, StoredDoc)>), StoreError> {
-        let mut conn = self.conn();
-        // One read transaction: the head and the documents are the same moment's.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred).map_err(backend)?;
-        let head = read_head(&tx)?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-        let docs = {
-            let mut stmt = tx.prepare_cached("SELECT collection, state FROM docs ORDER BY collection, id").map_err(backend)?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
-            rows.map(|r| {
-                let (c, text) = r.map_err(backend)?;
-                Ok((c, decode("document", &text)?))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?
-        };
-        tx.commit().map_err(backend)?;
-        Ok((head, docs))
+    async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
+        let conn = self.conn();
+        let (c, id) = after.map_or(("", ""), |(c, id)| (c.as_str(), id.as_str()));
+        // Row values compare (collection, id) in the primary key's order; the empty pair
+        // sorts before every real key (names and ids are never empty).
+        let mut stmt = conn
+            .prepare_cached("SELECT collection, state FROM docs WHERE (collection, id) > (?1, ?2) ORDER BY collection, id LIMIT ?3")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map(params![c, id, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(backend)?;
+        rows.map(|r| {
+            let (c, text) = r.map_err(backend)?;
+            Ok((c, decode("document", &text)?))
+        })
+        .collect()
+    }
+
+    async fn doc_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn().query_row("SELECT COUNT(*) FROM docs", [], |r| r.get(0)).map_err(backend)?;
+        Ok(n as u64)
     }
 
     /// A relay has no schema and no native indexes, so this scans the collection and
@@ -239,7 +239,7 @@ impl Store for SqliteStore {
             Source::Get(id) => read_doc(&self.conn(), collection, id)?.into_iter().collect(),
             _ => load_collection(&self.conn(), collection)?,
         };
-        Ok(select(docs, primary_key, plan))
+        Ok(select(&docs, primary_key, plan))
     }
 
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
@@ -258,49 +258,4 @@ impl Store for SqliteStore {
         })
         .collect()
     }
-}
-
-/// Picks, orders and trims a query's results from a collection's documents, the way
-/// `MemoryStore` does: primary scans in UTF-16 id order, index scans in key order within
-/// the plan's bounds, then the residual filter and `plan.finish`.
-fn select(docs: Vec<StoredDoc>, primary_key: &str, plan: &Plan) -> Vec<Map<String, Value>> {
-    let mut candidates: Vec<StoredDoc> = match &plan.source {
-        Source::Get(_) | Source::Primary => {
-            let mut all = docs;
-            all.sort_by(|a, b| cmp_utf16(&a.id, &b.id));
-            all
-        }
-        Source::Index { name, lower, upper } => {
-            let within = |k: &Value| {
-                lower.as_ref().is_none_or(|b| match cmp(k, &b.key) {
-                    Ordering::Greater => true,
-                    Ordering::Equal => !b.open,
-                    Ordering::Less => false,
-                }) && upper.as_ref().is_none_or(|b| match cmp(k, &b.key) {
-                    Ordering::Less => true,
-                    Ordering::Equal => !b.open,
-                    Ordering::Greater => false,
-                })
-            };
-            let mut hits: Vec<(Value, StoredDoc)> =
-                docs.into_iter().filter_map(|d| d.i.get(name).cloned().map(|k| (k, d))).filter(|(k, _)| within(k)).collect();
-            hits.sort_by(|a, b| cmp(&a.0, &b.0).then_with(|| cmp_utf16(&a.1.id, &b.1.id)));
-            hits.into_iter().map(|(_, d)| d).collect()
-        }
-    };
-    if plan.reverse {
-        candidates.reverse();
-    }
-    let mut out = Vec::new();
-    for d in candidates {
-        let Some(doc) = d.d else { continue };
-        if plan.matches(&doc) {
-            out.push(doc);
-            if plan.sort.is_none() && plan.limit.is_some_and(|n| out.len() >= n) {
-                break;
-            }
-        }
-    }
-    plan.finish(&mut out, primary_key);
-    out
 }

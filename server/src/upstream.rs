@@ -8,9 +8,7 @@
 //! `Upstream` is to a peer what a browser's socket is to this server: JSON text frames,
 //! every message checked by the engine's decoder, a size limit, and a timeout on every
 //! send and receive so a peer that stops answering ends the connection instead of
-//! hanging it. Nothing the peer sends can panic: bad frames become `SyncError`s. It also
-//! notes the peer's latest `maxRow` from the messages that carry one (`welcome`,
-//! `preflight`, `point`), which the status endpoint turns into lag.
+//! hanging it. Nothing the peer sends can panic: bad frames become `SyncError`s.
 
 use std::time::Duration;
 
@@ -77,8 +75,6 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Upstream {
     ws: Socket,
     timeout: Duration,
-    /// The peer's max row, as of the last message that told it.
-    pub peer_max_row: Option<u64>,
 }
 
 impl Upstream {
@@ -92,21 +88,12 @@ impl Upstream {
             Ok(Err(e)) => return Err(SyncError::Connection(format!("cannot connect to {}: {e}", peer.url))),
             Ok(Ok(pair)) => pair,
         };
-        Ok(Upstream { ws, timeout: each, peer_max_row: None })
+        Ok(Upstream { ws, timeout: each })
     }
 
     /// Closes cleanly, without waiting long for the peer.
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
-    }
-
-    fn note(&mut self, msg: &Message) {
-        match msg {
-            Message::Welcome { max_row, .. } | Message::Preflight { max_row, .. } | Message::Point { max_row, .. } => {
-                self.peer_max_row = Some(*max_row);
-            }
-            _ => {}
-        }
     }
 }
 
@@ -128,9 +115,7 @@ impl Transport for Upstream {
             };
             match frame {
                 Frame::Text(text) => {
-                    let msg = Message::decode(text.as_str()).map_err(SyncError::Protocol)?;
-                    self.note(&msg);
-                    return Ok(msg);
+                    return Message::decode(text.as_str()).map_err(SyncError::Protocol);
                 }
                 Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => continue,
                 Frame::Close(_) => return Err(SyncError::Connection("the peer closed the connection".into())),

@@ -2,7 +2,7 @@
 //!
 //! A connection must open with `hello` within the hello timeout. The server checks the
 //! library name, the client's db id and (with a secret) the token, opens the library,
-//! answers `welcome` and hands the socket to `tidemark::sync::session::serve`, which runs
+//! answers `welcome` and hands the socket to `tidemark::sync::drive::serve`, which runs
 //! every pass with the engine's own rules. Any refusal — bad frame, bad message, wrong
 //! order, wrong library, bad token — is answered with one protocol `error` message and a
 //! close frame. Nothing from the network is trusted enough to panic on, and nothing is
@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::response::Response;
 use futures::FutureExt;
 use tidemark::error::{Error, SyncError};
-use tidemark::sync::{session, Message, Transport};
+use tidemark::sync::{drive, Message, Transport};
 
 use crate::app::App;
 use crate::auth;
@@ -67,7 +67,7 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
             let close = match f.code {
                 "FRAME_TOO_LARGE" => close_code::SIZE,
                 "UNAUTHORIZED" | "FORBIDDEN" | "BAD_LIBRARY" | "TIMEOUT" => close_code::POLICY,
-                "PROTOCOL" => close_code::PROTOCOL,
+                "SYNC_PROTOCOL" => close_code::PROTOCOL,
                 _ => close_code::ERROR,
             };
             t.close(close, f.code).await;
@@ -89,13 +89,13 @@ async fn run(app: &App, t: &mut WsTransport) -> Outcome {
         Ok(Ok(m)) => m,
     };
     let Message::Hello { library, token, db_id, .. } = hello else {
-        return fault("PROTOCOL", format!("expected hello, got {}", hello.kind()));
+        return fault("SYNC_PROTOCOL", format!("expected hello, got {}", hello.kind()));
     };
     if !valid_name(&library) {
         return fault("BAD_LIBRARY", format!("invalid library name {library:?}: use 1 to 64 letters, digits, '_' or '-'"));
     }
     if !valid_db_id(&db_id) {
-        return fault("PROTOCOL", "hello needs the client's db id (1 to 64 letters, digits, '_' or '-')");
+        return fault("SYNC_PROTOCOL", "hello needs the client's db id (1 to 64 letters, digits, '_' or '-')");
     }
     let user = match &s.secret {
         Some(secret) => match auth::verify(secret, token.as_deref(), &library) {
@@ -113,14 +113,14 @@ async fn run(app: &App, t: &mut WsTransport) -> Outcome {
     };
     let head = lib.head();
     if head.db_id == db_id {
-        return fault("PROTOCOL", "the client's db id equals the server's: a replica cannot sync with itself");
+        return fault("SYNC_PROTOCOL", "the client's db id equals the server's: a replica cannot sync with itself");
     }
     let welcome = Message::Welcome { db_id: head.db_id.clone(), max_row: head.max_row, schema_version: head.schema_version };
     if t.send(&welcome).await.is_err() {
         return Outcome::Quiet;
     }
     tracing::info!(library, client = db_id, user = user.as_deref().unwrap_or("-"), "sync connection");
-    match session::serve(&lib, t, &db_id, s.limits).await {
+    match drive::serve(lib.as_ref(), t, &db_id, s.limits).await {
         Ok(()) => Outcome::Quiet,
         Err(Error::Sync(e)) => transport_failure(t, e),
         Err(e) => {
@@ -136,7 +136,7 @@ fn transport_failure(t: &WsTransport, e: SyncError) -> Outcome {
         return Outcome::Refused(f.clone());
     }
     match e {
-        SyncError::Protocol(m) => fault("PROTOCOL", m),
+        SyncError::Protocol(m) => fault("SYNC_PROTOCOL", m),
         // The client went away, or refused something itself and said so.
         SyncError::Connection(_) | SyncError::Remote { .. } | SyncError::NotConfigured => Outcome::Quiet,
     }

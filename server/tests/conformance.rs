@@ -1,38 +1,24 @@
-//! DESIGN §9's protocol scenarios against the server's `SqliteStore` (on temp files), with
-//! backups taken both ways an operator would: `VACUUM INTO` on the live database, and a
-//! plain file copy after a WAL checkpoint. The same bodies also run against `MemoryStore`,
-//! the engine's reference, so the two stores are held to one behaviour. Below them, the
-//! store's own contract: atomic commits, durability across reopen, identical queries.
-
-mod scenarios;
+//! DESIGN §9's protocol scenarios (`tidemark_testkit::scenarios`) against the server's
+//! `SqliteStore` (on temp files), with backups taken both ways an operator would: `VACUUM
+//! INTO` on the live database, and a plain file copy after a WAL checkpoint. The engine
+//! runs the same bodies against `MemoryStore`, so the two stores are held to one
+//! behaviour. Below them, the store contract suite and what only SQLite adds: durability
+//! across reopen, identical queries.
 
 use std::cell::Cell;
 use std::path::PathBuf;
 
 use futures::executor::block_on;
 use serde_json::{json, Map, Value};
-use tidemark::error::{Error, StoreError};
+use tidemark::error::StoreError;
 use tidemark::memory::MemoryStore;
-use tidemark::store::{Commit, Row, Store, StoredDoc};
+use tidemark::store::{Store, StoredDoc};
 use tidemark::{Replica, Write};
 use tidemark_server::SqliteStore;
 
-use scenarios::Backend;
-
-struct Memory;
-
-impl Backend for Memory {
-    type S = MemoryStore;
-    fn fresh(&self) -> MemoryStore {
-        MemoryStore::new()
-    }
-    fn backup(&self, store: &MemoryStore) -> MemoryStore {
-        store.backup()
-    }
-    fn dump(&self, store: &MemoryStore, collection: &str) -> Vec<StoredDoc> {
-        store.dump(collection)
-    }
-}
+use tidemark_testkit::conformance;
+use tidemark_testkit::contract::{self, Fixture};
+use tidemark_testkit::scenarios::Backend;
 
 #[derive(Clone, Copy)]
 enum BackupBy {
@@ -83,7 +69,6 @@ impl Backend for Sqlite {
     }
 }
 
-conformance!(memory, Memory);
 conformance!(sqlite, Sqlite::new(BackupBy::VacuumInto));
 conformance!(sqlite_file_copy, Sqlite::new(BackupBy::CheckpointAndCopy));
 
@@ -99,32 +84,23 @@ fn temp_store() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
+/// Fresh SQLite files for the contract suite.
+struct SqliteFiles(tempfile::TempDir, Cell<u32>);
+
+impl Fixture for SqliteFiles {
+    type S = SqliteStore;
+    async fn fresh(&self) -> SqliteStore {
+        self.1.set(self.1.get() + 1);
+        SqliteStore::open(self.0.path().join(format!("c{}.sqlite", self.1.get()))).unwrap()
+    }
+    fn json(doc: &Map<String, Value>) -> Value {
+        Value::Object(doc.clone())
+    }
+}
+
 #[test]
-fn a_failing_commit_writes_nothing() {
-    let (_dir, store) = temp_store();
-    let r = scenarios::replica_at(store, 1_000);
-    block_on(r.put("docs", doc(json!({"id": "a", "n": 1})))).unwrap();
-    let before = (block_on(r.store().head()).unwrap(), r.store().dump("docs").unwrap(), r.store().log_len().unwrap());
-    // The closure fails after computing writes: nothing of them may land.
-    let res = block_on(r.store().commit(&[("docs".into(), "a".into())], |head, docs| {
-        assert!(docs[0].is_some());
-        let _would_write = Commit { head, ..Commit::default() };
-        Err(Error::Store(StoreError::Backend("refused".into())))
-    }));
-    assert!(res.is_err());
-    // A commit whose rows collide with logged rows fails as a whole, head and docs included.
-    let head = block_on(r.store().head()).unwrap().unwrap();
-    let row = block_on(r.store().rows_after(0, 1)).unwrap().remove(0);
-    let mut bumped = head.clone();
-    bumped.max_row += 10;
-    let mut d = r.store().dump("docs").unwrap().remove(0);
-    d.d = Some(doc(json!({"id": "a", "n": 99})));
-    let res = block_on(r.store().commit(&[], move |_, _| {
-        Ok(Commit { head: Some(bumped), docs: vec![("docs".into(), d)], rows: vec![Row { row: row.row, op: row.op, from: None }], peers: vec![] })
-    }));
-    assert!(res.is_err(), "a duplicate row number is refused");
-    let after = (block_on(r.store().head()).unwrap(), r.store().dump("docs").unwrap(), r.store().log_len().unwrap());
-    assert_eq!(before, after);
+fn the_sqlite_store_keeps_the_contract() {
+    block_on(contract::all(&SqliteFiles(tempfile::tempdir().unwrap(), Cell::new(0))));
 }
 
 #[test]
@@ -132,18 +108,18 @@ fn everything_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sqlite");
     let (db_id, docs_before, peers_before) = {
-        let r = scenarios::replica_at(SqliteStore::open(&path).unwrap(), 1_000);
-        let other = scenarios::replica_at(MemoryStore::new(), 2_000);
+        let r = tidemark_testkit::scenarios::replica_at(SqliteStore::open(&path).unwrap(), 1_000);
+        let other = tidemark_testkit::scenarios::replica_at(MemoryStore::new(), 2_000);
         block_on(other.put("docs", doc(json!({"id": "x", "n": 5})))).unwrap();
-        scenarios::pass(&other, &r, Default::default());
+        tidemark_testkit::scenarios::pass(&other, &r, Default::default());
         block_on(r.put("docs", doc(json!({"id": "a", "n": 1, "deep": {"k": [1, 2]}})))).unwrap();
         block_on(r.delete("docs", "x")).unwrap();
-        (r.head().db_id, scenarios::docs(&r), block_on(r.store().peers()).unwrap())
+        (r.head().db_id, tidemark_testkit::scenarios::docs(&r), block_on(r.store().peers()).unwrap())
     };
-    let r = scenarios::replica_at(SqliteStore::open(&path).unwrap(), 1_000);
+    let r = tidemark_testkit::scenarios::replica_at(SqliteStore::open(&path).unwrap(), 1_000);
     assert_eq!(r.head().db_id, db_id);
     assert_eq!(r.head().max_row, 3);
-    assert_eq!(scenarios::docs(&r), docs_before);
+    assert_eq!(tidemark_testkit::scenarios::docs(&r), docs_before);
     assert_eq!(block_on(r.store().peers()).unwrap(), peers_before);
     let rows = block_on(r.store().rows_after(0, 100)).unwrap();
     assert_eq!(rows.iter().map(|r| r.row).collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -213,12 +189,10 @@ fn queries_answer_exactly_like_the_memory_store() {
         assert_eq!(a, b, "query {q}");
     }
     // Stored documents match too, all but the stamps' node (each replica has its own id).
-    let strip = |docs: Vec<StoredDoc>| docs.into_iter().map(|d| (d.id, d.d, d.t, d.v, d.i, d.s.len())).collect::<Vec<_>>();
+    let strip = |docs: Vec<StoredDoc>| docs.into_iter().map(|d| (d.id, d.doc, d.deleted, d.version, d.index_keys, d.stamps.len())).collect::<Vec<_>>();
     assert_eq!(strip(sq.store().dump("todos").unwrap()), strip(mem.store().dump("todos")));
-    let (h1, d1) = block_on(sq.store().all_docs()).unwrap();
-    let (h2, d2) = block_on(mem.store().all_docs()).unwrap();
-    assert_eq!(h1.max_row, h2.max_row);
-    assert_eq!(d1.len(), d2.len());
+    assert_eq!(sq.head().max_row, mem.head().max_row);
+    assert_eq!(block_on(sq.store().doc_count()).unwrap(), block_on(mem.store().doc_count()).unwrap());
 }
 
 fn query_schema() -> tidemark::Schema {

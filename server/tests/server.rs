@@ -10,7 +10,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::*;
 use tidemark::sync::pass::Limits;
-use tidemark::sync::session;
+use tidemark::sync::drive;
 use tidemark::sync::{Direction, Message};
 use tidemark::store::Store;
 use tidemark::Write;
@@ -75,7 +75,7 @@ async fn capped_rounds_deliver_2500_writes() {
     let (mut t, id) = hello(&writer, &server, None).await.unwrap();
     let mut reports = Vec::new();
     loop {
-        let r = session::round(&writer, &mut t, &id, limits, &mut |_, _| {}).await.unwrap();
+        let r = drive::round(&writer, &mut t, &id, limits, &mut |_, _| {}).await.unwrap();
         assert!(!r.push.snapshot && !r.pull.snapshot);
         let done = !r.capped;
         reports.push(r);
@@ -128,7 +128,7 @@ async fn sigkill_mid_sync_loses_and_duplicates_nothing() {
     // Killed in the middle of a push pass, right after its second batch was acknowledged.
     let (mut t, id) = hello(&a, &server, None).await.unwrap();
     let mut acked = 0;
-    let cut = session::round(&a, &mut t, &id, limits, &mut |dir, p| {
+    let cut = drive::round(&a, &mut t, &id, limits, &mut |dir, p| {
         if dir == Direction::Push && p.done >= 200 && server.is_running() {
             acked = p.done;
             server.kill();
@@ -292,12 +292,12 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let start = |dir: &str| text(json!({"v": 1, "type": "start", "session": "sess1", "direction": dir, "perDiff": 10, "maxDiffs": 3}));
     let preflight = text(json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": "feedfacecafe0001", "maxRow": 5, "schemaVersion": 1, "sessions": []}));
     let cases: Vec<(&str, Vec<Frame>, Option<&str>)> = vec![
-        ("garbage text", vec![Frame::Text("\u{0}garbage{{{".into())], Some("PROTOCOL")),
-        ("binary frame", vec![Frame::Binary(vec![0xff, 0x00, 0x13, 0x37].into())], Some("PROTOCOL")),
-        ("wrong JSON", vec![text(json!({"v": 1, "type": "hello", "library": LIB}))], Some("PROTOCOL")),
-        ("not an object", vec![text(json!([1, 2, 3]))], Some("PROTOCOL")),
-        ("unknown type", vec![text(json!({"v": 1, "type": "launch", "what": "missiles"}))], Some("PROTOCOL")),
-        ("wrong version", vec![text(json!({"v": 2, "type": "hello", "library": LIB, "dbId": "x1", "schemaVersion": 1}))], Some("PROTOCOL")),
+        ("garbage text", vec![Frame::Text("\u{0}garbage{{{".into())], Some("SYNC_PROTOCOL")),
+        ("binary frame", vec![Frame::Binary(vec![0xff, 0x00, 0x13, 0x37].into())], Some("SYNC_PROTOCOL")),
+        ("wrong JSON", vec![text(json!({"v": 1, "type": "hello", "library": LIB}))], Some("SYNC_PROTOCOL")),
+        ("not an object", vec![text(json!([1, 2, 3]))], Some("SYNC_PROTOCOL")),
+        ("unknown type", vec![text(json!({"v": 1, "type": "launch", "what": "missiles"}))], Some("SYNC_PROTOCOL")),
+        ("wrong version", vec![text(json!({"v": 2, "type": "hello", "library": LIB, "dbId": "x1", "schemaVersion": 1}))], Some("SYNC_PROTOCOL")),
         ("huge frame", vec![Frame::Text("x".repeat(200_000).into())], Some("FRAME_TOO_LARGE")),
         ("wrong library", vec![hello_frame("../etc/passwd", Some(&token))], Some("BAD_LIBRARY")),
         ("no token", vec![hello_frame(LIB, None)], Some("UNAUTHORIZED")),
@@ -305,23 +305,23 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("garbage token", vec![hello_frame(LIB, Some("tm1.abc.def"))], Some("UNAUTHORIZED")),
         ("other library's token", vec![hello_frame(LIB, Some(&auth::issue(secret.as_bytes(), &auth::Claims { library: "other".into(), user: "eve".into(), exp: None })))], Some("FORBIDDEN")),
         ("expired token", vec![hello_frame(LIB, Some(&auth::issue(secret.as_bytes(), &auth::Claims { library: LIB.into(), user: "bob".into(), exp: Some(1) })))], Some("UNAUTHORIZED")),
-        ("batch before hello", vec![text(json!({"v": 1, "type": "batch", "session": "s", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))], Some("PROTOCOL")),
-        ("batch before start", pre(vec![text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))]), Some("PROTOCOL")),
-        ("batch before preflight", pre(vec![start("push"), text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))]), Some("PROTOCOL")),
-        ("second hello", pre(vec![hello_frame(LIB, Some(&token))]), Some("PROTOCOL")),
-        ("preflight from another db", pre(vec![start("push"), text(json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": "someoneelse", "maxRow": 5, "schemaVersion": 1, "sessions": []}))]), Some("PROTOCOL")),
+        ("batch before hello", vec![text(json!({"v": 1, "type": "batch", "session": "s", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))], Some("SYNC_PROTOCOL")),
+        ("batch before start", pre(vec![text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))]), Some("SYNC_PROTOCOL")),
+        ("batch before preflight", pre(vec![start("push"), text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))]), Some("SYNC_PROTOCOL")),
+        ("second hello", pre(vec![hello_frame(LIB, Some(&token))]), Some("SYNC_PROTOCOL")),
+        ("preflight from another db", pre(vec![start("push"), text(json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": "someoneelse", "maxRow": 5, "schemaVersion": 1, "sessions": []}))]), Some("SYNC_PROTOCOL")),
         ("rows outside the batch", pre(vec![start("push"), preflight.clone(), text(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": false})),
-            text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 5)]}))]), Some("PROTOCOL")),
+            text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 5)]}))]), Some("SYNC_PROTOCOL")),
         ("bad op in a batch", pre(vec![start("push"), preflight.clone(), text(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": false})),
-            text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [{"row": 1, "op": {"origin": "", "originRow": 1, "ts": "0000000000100000x", "schemaVersion": 1, "collection": "docs", "id": "e", "kind": "put"}}]}))]), Some("PROTOCOL")),
+            text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [{"row": 1, "op": {"origin": "", "originRow": 1, "ts": "0000000000100000x", "schemaVersion": 1, "collection": "docs", "id": "e", "kind": "put"}}]}))]), Some("SYNC_PROTOCOL")),
         ("snapshot stamp at a bad path", pre(vec![start("push"), preflight.clone(), text(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": true})),
-            text(json!({"v": 1, "type": "snapshot", "session": "sess1", "docs": [{"c": "docs", "id": "e", "d": {"a": 1}, "s": {"a..b": "0000000000100000x"}, "v": 1}]}))]), Some("PROTOCOL")),
-        ("begin past the agreed point", pre(vec![start("push"), preflight.clone(), text(json!({"v": 1, "type": "begin", "session": "sess1", "start": 4, "snapshot": false}))]), Some("PROTOCOL")),
+            text(json!({"v": 1, "type": "snapshot", "session": "sess1", "docs": [{"c": "docs", "id": "e", "d": {"a": 1}, "s": {"a..b": "0000000000100000x"}, "v": 1}]}))]), Some("SYNC_PROTOCOL")),
+        ("begin past the agreed point", pre(vec![start("push"), preflight.clone(), text(json!({"v": 1, "type": "begin", "session": "sess1", "start": 4, "snapshot": false}))]), Some("SYNC_PROTOCOL")),
         ("absurd numbers", pre(vec![start("push"), text(json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": "feedfacecafe0001", "maxRow": u64::MAX, "schemaVersion": 1, "sessions": []})),
             text(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": false})),
             text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": i64::MAX, "rows": []})),
-            text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -5, "covers": i64::MIN, "rows": []}))]), Some("PROTOCOL")),
-        ("bad session id", pre(vec![text(json!({"v": 1, "type": "start", "session": "x".repeat(500), "direction": "pull", "perDiff": 0, "maxDiffs": 0}))]), Some("PROTOCOL")),
+            text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -5, "covers": i64::MIN, "rows": []}))]), Some("SYNC_PROTOCOL")),
+        ("bad session id", pre(vec![text(json!({"v": 1, "type": "start", "session": "x".repeat(500), "direction": "pull", "perDiff": 0, "maxDiffs": 0}))]), Some("SYNC_PROTOCOL")),
         ("silence", vec![], Some("TIMEOUT")),
     ];
     for (name, frames, want) in cases {

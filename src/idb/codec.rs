@@ -21,7 +21,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::clock::Stamp;
 use crate::error::StoreError;
-use crate::key::encode;
+use crate::rebuild::index_keys;
 use crate::merge::DocState;
 use crate::schema::Index;
 use crate::store::StoredDoc;
@@ -90,9 +90,9 @@ impl<'a> DocOut<'a> {
     pub fn new(doc: &'a StoredDoc, indexes: &[Index]) -> Result<DocOut<'a>, StoreError> {
         // Naming every field (no `..`) turns a field added to `StoredDoc` into a compile
         // error here, rather than a field silently left out of the stored record.
-        let StoredDoc { id, d, s, t, v, i, x, l, m } = doc;
-        let derived = *i == index_keys(d, indexes);
-        let merge = MergeOut { s, t: *t, v: *v, i: (!derived).then_some(i), x: x.as_ref(), l, m: m.as_ref() };
+        let StoredDoc { id, doc: d, stamps, deleted, version, index_keys: i, own, layers, migrated } = doc;
+        let derived = *i == index_keys(indexes, d);
+        let merge = MergeOut { s: stamps, t: *deleted, v: *version, i: (!derived).then_some(i), x: own.as_ref(), l: layers, m: migrated.as_ref() };
         let m = serde_json::to_string(&merge).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
         let i = i.iter().map(|(name, key)| (name.clone(), Value::String(key_string(key)))).collect();
         Ok(DocOut { id, d, m, i })
@@ -102,21 +102,24 @@ impl<'a> DocOut<'a> {
 impl DocIn {
     pub fn into_stored(self, indexes: &[Index]) -> Result<StoredDoc, StoreError> {
         let m: MergeIn = serde_json::from_str(&self.m).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?;
-        let i = m.i.unwrap_or_else(|| index_keys(&self.d, indexes));
-        Ok(StoredDoc { id: self.id, d: self.d, s: m.s, t: m.t, v: m.v, i, x: m.x, l: m.l, m: m.m })
+        let index_keys = m.i.unwrap_or_else(|| index_keys(indexes, &self.d));
+        Ok(StoredDoc {
+            id: self.id,
+            doc: self.d,
+            stamps: m.s,
+            deleted: m.t,
+            version: m.v,
+            index_keys,
+            own: m.x,
+            layers: m.l,
+            migrated: m.m,
+        })
     }
 }
 
 /// A stored document from its IndexedDB record.
 pub fn stored_doc(record: &JsValue, indexes: &[Index]) -> Result<StoredDoc, StoreError> {
     from_js::<DocIn>(record)?.into_stored(indexes)
-}
-
-/// The index keys the engine gives a document (`replica::stored_doc`): each index's
-/// fields encoded, none for a tombstone.
-fn index_keys(d: &Option<Map<String, Value>>, indexes: &[Index]) -> Map<String, Value> {
-    let Some(doc) = d else { return Map::new() };
-    indexes.iter().map(|index| (index.name.clone(), Value::Array(index.fields.iter().map(|f| encode(f.get(doc))).collect()))).collect()
 }
 
 pub fn to_js<T: Serialize + ?Sized>(value: &T) -> Result<JsValue, StoreError> {

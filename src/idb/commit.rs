@@ -17,7 +17,7 @@ use wasm_bindgen::prelude::*;
 use crate::error::{Error, StoreError};
 use crate::schema::{Index, Schema};
 use crate::store::{Commit, DocKey, Head, Loaded, Row, StoredDoc};
-use crate::sync::peer::PeerRecord;
+use crate::peer::PeerRecord;
 
 use super::codec;
 use super::error::{from_idb, from_js, from_tx};
@@ -96,7 +96,9 @@ where
         };
 
         // An error here drops `tx`, which aborts it: nothing is written.
+        let loaded_head = head.clone();
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
+        commit.check(loaded_head.as_ref())?;
 
         let batch = Batch {
             docs: commit.docs.iter().map(|(c, d)| codec::DocOut::new(d, slot(c).map_or(&[][..], |i| &indexes[i]))).collect::<Result<_, _>>()?,

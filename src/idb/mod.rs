@@ -35,7 +35,7 @@ use crate::error::{Error, OpenError, StoreError};
 use crate::query::Plan;
 use crate::schema::Schema;
 use crate::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
-use crate::sync::peer::PeerRecord;
+use crate::peer::PeerRecord;
 
 use directory::{Flip, Live};
 
@@ -241,14 +241,7 @@ impl Store for IdbStore {
         read::get(&self.db, collection, &c.index_list(), id).await
     }
 
-    async fn commit<F>(&self, keys: &[DocKey], f: F) -> Result<Commit, Error>
-    where
-        F: FnOnce(Option<Head>, Vec<Option<StoredDoc>>) -> Result<Commit, Error>,
-    {
-        self.commit_sync(keys, &[], |loaded| f(loaded.head, loaded.docs)).await
-    }
-
-    async fn commit_sync<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
+    async fn commit<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>,
     {
@@ -275,9 +268,14 @@ impl Store for IdbStore {
         read::peers(&self.db).await
     }
 
-    async fn all_docs(&self) -> Result<(Head, Vec<(String, StoredDoc)>), StoreError> {
+    async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         self.check_open()?;
-        read::all_docs(&self.db, &self.schema).await
+        read::docs_after(&self.db, &self.schema, after, limit).await
+    }
+
+    async fn doc_count(&self) -> Result<u64, StoreError> {
+        self.check_open()?;
+        read::doc_count(&self.db, &self.schema).await
     }
 
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<JsValue>, StoreError> {

@@ -21,7 +21,7 @@ use crate::key;
 use crate::query::{Bound, Plan, Source};
 use crate::schema::{Index, Schema};
 use crate::store::{Head, Row, StoredDoc};
-use crate::sync::peer::PeerRecord;
+use crate::peer::PeerRecord;
 
 use super::codec::{self, doc_of, LogRecord};
 use super::error::{from_idb, from_js};
@@ -280,25 +280,47 @@ pub async fn peers(db: &Database) -> Result<BTreeMap<String, PeerRecord>, StoreE
 
 /// The head and every stored document (tombstones included) as of one transaction, so a
 /// snapshot never mixes two states. Collections in name order, documents in id order.
-pub async fn all_docs(db: &Database, schema: &Schema) -> Result<(Head, Vec<(String, StoredDoc)>), StoreError> {
-    let mut scope = vec![META.to_string()];
-    scope.extend(schema.collections.keys().map(|c| collection_store(c)));
-    let tx = db.transaction(scope.as_slice()).build().map_err(from_idb)?;
-    let head_req = tx.object_store(META).map_err(from_idb)?.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?;
-    let mut reqs = Vec::new();
+/// Up to `limit` documents after `after`, in (collection name, id) order: collections in
+/// the schema's (sorted) order, ids in IndexedDB's key order within each.
+pub async fn docs_after(db: &Database, schema: &Schema, after: Option<&(String, String)>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
+    let mut out = Vec::new();
     for (name, collection) in &schema.collections {
+        if out.len() >= limit {
+            break;
+        }
+        let range = match after {
+            Some((c, _)) if name < c => continue,
+            Some((c, id)) if name == c => web_sys::IdbKeyRange::lower_bound_with_open(&JsValue::from_str(id), true).map_err(|e| from_js(&e))?.into(),
+            _ => JsValue::UNDEFINED,
+        };
+        let tx = db.transaction(collection_store(name).as_str()).build().map_err(from_idb)?;
         let store = tx.object_store(&collection_store(name)).map_err(from_idb)?;
-        reqs.push((name, collection.index_list(), store.get_all::<JsValue>().primitive().map_err(from_idb)?));
-    }
-    let head = head_req.await.map_err(from_idb)?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-    let head: Head = codec::from_js(&head)?;
-    let mut docs = Vec::new();
-    for (name, indexes, req) in reqs {
+        let want = u32::try_from(limit - out.len()).unwrap_or(u32::MAX);
+        let req = store.get_all::<JsValue>().with_query::<JsValue, _>(range).with_limit(want).primitive().map_err(from_idb)?;
         let records = req.await.map_err(from_idb)?.collect::<Result<js_sys::Array, _>>().map_err(from_idb)?;
         let records: Vec<codec::DocIn> = codec::from_js(&records)?;
+        let indexes = collection.index_list();
         for record in records {
-            docs.push((name.clone(), record.into_stored(&indexes)?));
+            out.push((name.clone(), record.into_stored(&indexes)?));
         }
     }
-    Ok((head, docs))
+    Ok(out)
+}
+
+/// How many documents every collection holds (tombstones included).
+pub async fn doc_count(db: &Database, schema: &Schema) -> Result<u64, StoreError> {
+    let scope: Vec<String> = schema.collections.keys().map(|c| collection_store(c)).collect();
+    if scope.is_empty() {
+        return Ok(0);
+    }
+    let tx = db.transaction(scope.as_slice()).build().map_err(from_idb)?;
+    let mut reqs = Vec::new();
+    for name in &scope {
+        reqs.push(tx.object_store(name).map_err(from_idb)?.count().primitive().map_err(from_idb)?);
+    }
+    let mut n = 0u64;
+    for r in reqs {
+        n += r.await.map_err(from_idb)? as u64;
+    }
+    Ok(n)
 }

@@ -8,8 +8,8 @@
 use super::directory::{self, Flip, Live};
 use super::{check_name, generation, persist, IdbStore};
 use crate::error::{Error, MigrateError, OpenError};
-use crate::migrate::{self, Migrator, Schemas};
-use crate::sync::pass::Progress;
+use crate::migrate::{Migrator, Schemas};
+use crate::progress::Progress;
 
 impl IdbStore {
     /// Opens the replica `name` for `schemas.current`, first migrating data stored under
@@ -52,7 +52,7 @@ impl IdbStore {
         generation::delete(&next.db).await?;
         let db = generation::create(name, next.generation, current).await?;
         let new = IdbStore::new(name, current, next.clone(), directory::open(name).await?, db);
-        if let Err(e) = migrate::upgrade(&old, &new, schemas, migrator, progress).await {
+        if let Err(e) = crate::upgrade::upgrade(&old, &new, schemas, migrator, progress).await {
             new.close();
             old.close();
             let _ = generation::delete(&next.db).await;

@@ -8,16 +8,14 @@
 
 use std::collections::HashMap;
 
-
 use super::message::{SnapshotDoc, TableEntry};
-use super::peer::{PeerRecord, Point};
-use crate::clock::{Clock, Stamp};
-use crate::error::{Error, StoreError, SyncError};
-use crate::merge::DocState;
+use crate::error::{Error, SyncError};
+use crate::layers::is_migration;
 use crate::op::Op;
-use crate::migrate::{is_migration, Layers};
-use crate::replica::{Rebuild, Replica};
-use crate::store::{Commit, DocKey, Head, Row, Store, StoredDoc};
+use crate::peer::{PeerRecord, Point};
+use crate::replica::Replica;
+use crate::store::{Commit, DocKey, Row, Store};
+use crate::work::Work;
 
 /// Whether this replica keeps documents of `collection` (a relay keeps them all).
 fn keeps<S: Store>(replica: &Replica<S>, collection: &str) -> bool {
@@ -67,44 +65,32 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     }
     let migrates = replica.schema().is_some();
     let current = replica.schema().map(|s| s.version);
+    let version = replica.version();
     let (keys, index) = unique_keys(rows.iter().filter(|r| keeps(replica, &r.op.collection)).map(|r| (r.op.collection.as_str(), r.op.id.as_str())));
     let rebuild = replica.rebuild();
     let mut applied = Applied::default();
     let commit = replica
         .store()
-        .commit_sync(&keys, &[peer.to_string()], |loaded| {
-            let mut w = Work::load(loaded.head, &loaded.docs)?;
+        .commit(&keys, &[peer.to_string()], |loaded| {
+            let mut w = Work::load(loaded.head, &loaded.docs, version)?;
             for r in rows {
-                w.clock.observe(&r.op.ts);
                 // Replicas that can migrate compute migration output themselves.
                 if migrates && is_migration(&r.op.ts) {
+                    w.observe(&r.op.ts);
                     continue;
                 }
                 if current.is_some_and(|c| r.op.schema_version > c) {
                     applied.future_version = applied.future_version.max(r.op.schema_version);
                 }
                 let slot = index.get(&(r.op.collection.clone(), r.op.id.clone())).copied();
-                let keep = match slot {
-                    Some(i) => {
-                        let did = w.layers[i].get_or_insert_with(Layers::default).apply(&r.op);
-                        w.changed[i] |= did;
-                        did
-                    }
-                    // A collection this replica does not keep: log it, for forwarding.
-                    None => true,
-                };
-                if keep {
-                    w.log(r.op, peer);
-                }
+                w.receive(slot, r.op, peer);
             }
             let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
             rec.note_incoming(session, covers, false);
             w.finish(&rebuild, &keys, vec![(peer.to_string(), rec)])
         })
         .await?;
-    if let Some(h) = commit.head {
-        replica.set_head(h);
-    }
+    replica.committed(&commit);
     Ok(applied)
 }
 
@@ -117,105 +103,42 @@ pub struct Applied {
     pub older_version: bool,
 }
 
-/// What a sync commit works on: the head and clock it advances, the touched documents'
-/// layers and last migration stamps, which of them changed, and the rows it logs.
-struct Work {
-    head: Head,
-    clock: Clock,
-    layers: Vec<Option<Layers>>,
-    marks: Vec<Option<Stamp>>,
-    changed: Vec<bool>,
-    logged: Vec<Row>,
-}
-
-impl Work {
-    fn load(head: Option<Head>, docs: &[Option<StoredDoc>]) -> Result<Work, Error> {
-        let head = head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-        let clock = Clock::new(head.db_id.clone(), head.schema_version, Some(head.clock.clone()));
-        Ok(Work {
-            clock,
-            head,
-            layers: docs.iter().map(|d| d.as_ref().map(StoredDoc::layers)).collect(),
-            marks: docs.iter().map(|d| d.as_ref().and_then(|d| d.m.clone())).collect(),
-            changed: vec![false; docs.len()],
-            logged: Vec::new(),
-        })
-    }
-
-    /// Logs a received op as this replica's next row.
-    fn log(&mut self, op: Op, from: &str) {
-        self.head.max_row += 1;
-        self.logged.push(Row { row: self.head.max_row, op, from: Some(from.to_string()) });
-    }
-
-    /// Rebuilds the changed documents (migrating them forward, logging migration output)
-    /// and returns what to commit.
-    fn finish(mut self, rebuild: &Rebuild, keys: &[DocKey], peers: Vec<(String, PeerRecord)>) -> Result<Commit, Error> {
-        self.head.clock = self.clock.last().clone();
-        let items = keys
-            .iter()
-            .zip(self.layers)
-            .zip(self.marks)
-            .zip(&self.changed)
-            .filter(|(_, changed)| **changed)
-            .filter_map(|(((k, l), m), _)| l.map(|l| (k.clone(), l, m)))
-            .collect();
-        let docs = rebuild.docs(items, &mut self.head, &mut self.logged)?;
-        Ok(Commit { head: Some(self.head), docs, rows: self.logged, peers })
-    }
-}
-
 /// Merges one chunk of a snapshot from `peer`: each document's registers merge into the
 /// local state (never overwriting newer local writes), and the registers that changed it
 /// are logged as ops so they can be forwarded.
 pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
     // Stamp keys become register paths, which merging assumes are valid.
-    let bad_path = |s: &std::collections::BTreeMap<String, Stamp>| s.keys().any(|p| p != crate::merge::ROOT && crate::path::Path::parse(p).is_none());
+    let bad_path = |s: &std::collections::BTreeMap<String, crate::clock::Stamp>| s.keys().any(|p| p != crate::merge::ROOT && crate::path::Path::parse(p).is_none());
     for d in &docs {
-        if d.c.is_empty() || d.id.is_empty() || (d.s.is_empty() && d.l.is_empty()) || bad_path(&d.s) || d.l.values().any(|l| bad_path(&l.stamps)) {
+        if d.collection.is_empty() || d.id.is_empty() || (d.stamps.is_empty() && d.layers.is_empty()) || bad_path(&d.stamps) || d.layers.values().any(|l| bad_path(&l.stamps)) {
             return Err(SyncError::Protocol("a snapshot document needs a collection, an id and stamps at valid paths".into()).into());
         }
     }
     let migrates = replica.schema().is_some();
     let current = replica.schema().map(|s| s.version);
-    let (keys, index) = unique_keys(docs.iter().filter(|d| keeps(replica, &d.c)).map(|d| (d.c.as_str(), d.id.as_str())));
+    let version = replica.version();
+    let (keys, index) = unique_keys(docs.iter().filter(|d| keeps(replica, &d.collection)).map(|d| (d.collection.as_str(), d.id.as_str())));
     let rebuild = replica.rebuild();
     let mut applied = Applied::default();
     let commit = replica
         .store()
-        .commit_sync(&keys, &[], |loaded| {
-            let mut w = Work::load(loaded.head, &loaded.docs)?;
+        .commit(&keys, &[], |loaded| {
+            let mut w = Work::load(loaded.head, &loaded.docs, version)?;
             for d in docs {
                 let theirs = d.layers();
-                for s in theirs.0.values().flat_map(|l| l.stamps.values()) {
-                    w.clock.observe(s);
-                }
                 if let Some(c) = current {
                     applied.older_version |= theirs.0.keys().any(|v| *v < c);
                     if let Some(v) = theirs.0.keys().next_back().filter(|v| **v > c) {
                         applied.future_version = applied.future_version.max(*v);
                     }
                 }
-                let regs = match index.get(&(d.c.clone(), d.id.clone())) {
-                    Some(&i) => {
-                        let regs = w.layers[i].get_or_insert_with(Layers::default).merge(&theirs, migrates);
-                        w.changed[i] |= !regs.is_empty();
-                        regs
-                    }
-                    None => theirs.0.iter().map(|(v, l)| (*v, l.registers())).collect(),
-                };
-                for (v, regs) in regs {
-                    for op in DocState::registers_to_ops(&d.c, &d.id, v, regs) {
-                        w.log(op, peer);
-                    }
-                }
+                let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
+                w.merge(slot, &d.collection, &d.id, &theirs, migrates, peer);
             }
             w.finish(&rebuild, &keys, vec![])
         })
         .await?;
-    if let Some(h) = commit.head {
-        replica.set_head(h);
-    }
+    replica.committed(&commit);
     Ok(applied)
 }
 
@@ -242,9 +165,9 @@ async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&st
     let mut ids = vec![peer.to_string()];
     ids.extend(table.iter().map(|e| e.db_id.clone()));
     ids.dedup();
-    replica
+    let commit = replica
         .store()
-        .commit_sync(&[], &ids, |loaded| {
+        .commit(&[], &ids, |loaded| {
             let before = loaded.peers;
             let mut recs: Vec<PeerRecord> = before.iter().map(|p| p.clone().unwrap_or_else(PeerRecord::new)).collect();
             if let Some((session, end)) = reached {
@@ -260,14 +183,15 @@ async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&st
             Ok(Commit { peers: changed.collect(), ..Commit::default() })
         })
         .await?;
+    replica.committed(&commit);
     Ok(())
 }
 
 /// Records `outgoing[peer]` after a complete idle pass, without a session (see `pass`).
 pub async fn note_idle_sent<S: Store>(replica: &Replica<S>, peer: &str, row: Point) -> Result<(), Error> {
-    replica
+    let commit = replica
         .store()
-        .commit_sync(&[], &[peer.to_string()], |loaded| {
+        .commit(&[], &[peer.to_string()], |loaded| {
             let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
             if rec.outgoing >= row {
                 return Ok(Commit::default());
@@ -276,15 +200,16 @@ pub async fn note_idle_sent<S: Store>(replica: &Replica<S>, peer: &str, row: Poi
             Ok(Commit { peers: vec![(peer.to_string(), rec)], ..Commit::default() })
         })
         .await?;
+    replica.committed(&commit);
     Ok(())
 }
 
 /// Records on the sending side that the peer acknowledged own rows up to `row` in
 /// `session`; after a complete pass also `outgoing[peer]`.
 pub async fn note_sent<S: Store>(replica: &Replica<S>, peer: &str, session: &str, row: Point, complete: bool) -> Result<(), Error> {
-    replica
+    let commit = replica
         .store()
-        .commit_sync(&[], &[peer.to_string()], |loaded| {
+        .commit(&[], &[peer.to_string()], |loaded| {
             let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
             rec.note_outgoing(session, row);
             if complete {
@@ -293,5 +218,6 @@ pub async fn note_sent<S: Store>(replica: &Replica<S>, peer: &str, session: &str
             Ok(Commit { peers: vec![(peer.to_string(), rec)], ..Commit::default() })
         })
         .await?;
+    replica.committed(&commit);
     Ok(())
 }

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::peer::{Entry, Point};
+use crate::peer::{Entry, Point};
 use crate::clock::Stamp;
 use crate::merge::DocState;
-use crate::migrate::Layers;
-use crate::store::{layers_of, Row, StoredDoc};
+use crate::layers::Layers;
+use crate::store::{Row, StoredDoc};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -28,23 +28,28 @@ pub enum Direction {
     Pull,
 }
 
-/// One document's full merge state, as snapshots carry it.
+/// One document's full merge state, as snapshots carry it (the wire keeps the stored
+/// form's one-letter keys).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotDoc {
-    pub c: String,
+    #[serde(rename = "c")]
+    pub collection: String,
     pub id: String,
-    pub d: Option<Map<String, Value>>,
-    pub s: BTreeMap<String, Stamp>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub t: bool,
-    /// The schema version of the layer in `s`/`t` (and of the view `d`).
-    pub v: u32,
-    /// That layer's own fields, when `d` is a view migrated from older layers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub x: Option<Map<String, Value>>,
+    #[serde(rename = "d")]
+    pub doc: Option<Map<String, Value>>,
+    #[serde(rename = "s")]
+    pub stamps: BTreeMap<String, Stamp>,
+    #[serde(rename = "t", default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// The schema version of the layer in `stamps`/`deleted` (and of the view `doc`).
+    #[serde(rename = "v")]
+    pub version: u32,
+    /// That layer's own fields, when `doc` is a view migrated from older layers.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub own: Option<Map<String, Value>>,
     /// Layers of other schema versions.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "version_keys")]
-    pub l: BTreeMap<u32, DocState>,
+    #[serde(rename = "l", default, skip_serializing_if = "BTreeMap::is_empty", with = "version_keys")]
+    pub layers: BTreeMap<u32, DocState>,
 }
 
 /// Version-keyed maps travel with string keys: messages are internally tagged enums,
@@ -70,12 +75,21 @@ mod version_keys {
 
 impl SnapshotDoc {
     pub fn from_stored(c: &str, d: &StoredDoc) -> SnapshotDoc {
-        SnapshotDoc { c: c.to_string(), id: d.id.clone(), d: d.d.clone(), s: d.s.clone(), t: d.t, v: d.v, x: d.x.clone(), l: d.l.clone() }
+        SnapshotDoc {
+            collection: c.to_string(),
+            id: d.id.clone(),
+            doc: d.doc.clone(),
+            stamps: d.stamps.clone(),
+            deleted: d.deleted,
+            version: d.version,
+            own: d.own.clone(),
+            layers: d.layers.clone(),
+        }
     }
 
     /// Every layer, by schema version (as `StoredDoc::layers`).
     pub fn layers(&self) -> Layers {
-        layers_of(self.v, &self.s, self.t, self.x.as_ref().or(self.d.as_ref()), &self.l)
+        Layers::of(self.version, &self.stamps, self.deleted, self.own.as_ref().or(self.doc.as_ref()), &self.layers)
     }
 }
 

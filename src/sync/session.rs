@@ -1,14 +1,19 @@
-//! A connection between a client and a server: the opening handshake, the client's round
-//! (push its rows, then pull the server's), and the server's loop that answers passes.
-//! Both ends call into `pass`, so client and server share one implementation.
+//! A connection between a client and a server, as sans-IO state machines: the opening
+//! handshake (`hello`/`welcome`), the client's `Round` (push its rows, then pull the
+//! server's) and the server's `Serve`, which answers the client's passes. Both ends run
+//! the same `Sender` and `Receiver`, so client and server share one implementation.
 
 use super::message::{Direction, Message};
-use super::pass::{self, Limits, PassReport, Progress};
-use super::peer::new_session;
-use super::transport::Transport;
+use super::pass::{unexpected, Limits, PassReport, Step};
+use super::receive::Receiver;
+use super::send::Sender;
 use crate::error::{Error, SyncError};
+use crate::peer::new_session;
 use crate::replica::Replica;
 use crate::store::Store;
+
+/// Longest session id a peer may choose.
+pub const MAX_SESSION: usize = 64;
 
 /// What one `syncNow()` did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -29,78 +34,135 @@ pub struct RoundReport {
     pub pull: PassReport,
 }
 
-/// Client side of the handshake; returns the server's db id.
-pub async fn hello<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, library: &str, token: Option<String>) -> Result<String, Error> {
+/// The client's greeting.
+pub fn hello<S: Store>(replica: &Replica<S>, library: &str, token: Option<String>) -> Message {
     let head = replica.head();
-    t.send(&Message::Hello { library: library.into(), token, db_id: head.db_id.clone(), schema_version: head.schema_version }).await?;
-    match t.recv().await? {
-        Message::Welcome { db_id, .. } if !db_id.is_empty() && db_id != head.db_id => Ok(db_id),
+    Message::Hello { library: library.into(), token, db_id: head.db_id.clone(), schema_version: head.schema_version }
+}
+
+/// Checks the server's answer to `hello`; returns the server's db id.
+pub fn welcome<S: Store>(replica: &Replica<S>, msg: Message) -> Result<String, Error> {
+    let me = replica.head().db_id;
+    match msg {
+        Message::Welcome { db_id, .. } if !db_id.is_empty() && db_id != me => Ok(db_id),
         Message::Welcome { .. } => Err(SyncError::Protocol("the server's db id is missing or equals ours".into()).into()),
-        Message::Error { code, message } => Err(SyncError::Remote { code, message }.into()),
-        other => Err(SyncError::Protocol(format!("expected welcome, got {}", other.kind())).into()),
+        other => Err(unexpected(&other, "welcome").into()),
     }
 }
 
-/// One round from the client: push, then pull.
-pub async fn round<S: Store, T: Transport>(
-    replica: &Replica<S>,
-    t: &mut T,
-    server: &str,
+/// One round from the client: a push pass, then a pull pass.
+pub struct Round {
+    server: String,
     limits: Limits,
-    progress: &mut impl FnMut(Direction, Progress),
-) -> Result<RoundReport, Error> {
-    let push = push(replica, t, server, limits, &mut |p| progress(Direction::Push, p)).await?;
-    let pull = pull(replica, t, server, limits, &mut |p| progress(Direction::Pull, p)).await?;
-    Ok(RoundReport {
-        sent: push.sent,
-        received: pull.received,
-        batches: push.batches + pull.batches,
-        capped: push.capped || pull.capped,
-        snapshot: pull.snapshot,
-        reset: pull.reset,
-        push,
-        pull,
-    })
+    state: RoundState,
 }
 
-pub async fn push<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, server: &str, limits: Limits, progress: &mut impl FnMut(Progress)) -> Result<PassReport, Error> {
-    let session = new_session();
-    t.send(&Message::Start { session: session.clone(), direction: Direction::Push, per_diff: limits.per_diff, max_diffs: limits.max_diffs }).await?;
-    pass::send(replica, t, server, &session, limits, progress).await
+enum RoundState {
+    Push(Sender),
+    Pull { push: PassReport, receiver: Receiver },
+    Done,
 }
 
-pub async fn pull<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, server: &str, limits: Limits, progress: &mut impl FnMut(Progress)) -> Result<PassReport, Error> {
-    let session = new_session();
-    t.send(&Message::Start { session: session.clone(), direction: Direction::Pull, per_diff: limits.per_diff, max_diffs: limits.max_diffs }).await?;
-    pass::receive(replica, t, server, &session, progress).await
+impl Round {
+    /// Starts a round with `server` (its db id); returns the messages that open the push.
+    pub async fn start<S: Store>(replica: &Replica<S>, server: &str, limits: Limits) -> Result<(Round, Vec<Message>), Error> {
+        let session = new_session();
+        let (sender, preflight) = Sender::start(replica, server, &session, limits).await?;
+        let start = Message::Start { session, direction: Direction::Push, per_diff: limits.per_diff, max_diffs: limits.max_diffs };
+        Ok((Round { server: server.to_string(), limits, state: RoundState::Push(sender) }, vec![start, preflight]))
+    }
+
+    /// Which pass is running (for progress reports).
+    pub fn direction(&self) -> Direction {
+        match self.state {
+            RoundState::Push(_) => Direction::Push,
+            _ => Direction::Pull,
+        }
+    }
+
+    pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<RoundReport>, Error> {
+        match &mut self.state {
+            RoundState::Push(sender) => {
+                let step = sender.handle(replica, msg).await?;
+                let Some(push) = step.done else { return Ok(Step { out: step.out, progress: step.progress, done: None }) };
+                let session = new_session();
+                let receiver = Receiver::new(&self.server, &session);
+                let mut out = step.out;
+                out.push(Message::Start { session, direction: Direction::Pull, per_diff: self.limits.per_diff, max_diffs: self.limits.max_diffs });
+                self.state = RoundState::Pull { push, receiver };
+                Ok(Step { out, progress: step.progress, done: None })
+            }
+            RoundState::Pull { receiver, .. } => {
+                let step = receiver.handle(replica, msg).await?;
+                let Some(pull) = step.done else { return Ok(Step { out: step.out, progress: step.progress, done: None }) };
+                let RoundState::Pull { push, .. } = std::mem::replace(&mut self.state, RoundState::Done) else { unreachable!() };
+                let report = RoundReport {
+                    sent: push.sent,
+                    received: pull.received,
+                    batches: push.batches + pull.batches,
+                    capped: push.capped || pull.capped,
+                    snapshot: pull.snapshot,
+                    reset: pull.reset,
+                    push,
+                    pull,
+                };
+                Ok(Step { out: step.out, progress: step.progress, done: Some(report) })
+            }
+            RoundState::Done => Err(unexpected(&msg, "nothing (the round is over)").into()),
+        }
+    }
 }
 
-/// Server side, after the handshake: answers the client's passes until it disconnects.
+/// The server's side of a connection, after the handshake: answers the client's passes.
 /// The server's own limits cap what a client may ask for.
-pub async fn serve<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, client: &str, limits: Limits) -> Result<(), Error> {
-    loop {
-        let msg = match t.recv().await {
-            Ok(m) => m,
-            Err(SyncError::Connection(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        match msg {
-            Message::Start { session, direction, per_diff, max_diffs } => {
-                if session.is_empty() || session.len() > 64 {
-                    let _ = t.send(&Message::Error { code: "PROTOCOL".into(), message: "bad session id".into() }).await;
+pub struct Serve {
+    client: String,
+    limits: Limits,
+    pass: Option<Pass>,
+}
+
+enum Pass {
+    Send(Sender),
+    Receive(Receiver),
+}
+
+impl Serve {
+    pub fn new(client: &str, limits: Limits) -> Serve {
+        Serve { client: client.to_string(), limits, pass: None }
+    }
+
+    /// Whether no pass is running (the connection is between rounds).
+    pub fn idle(&self) -> bool {
+        self.pass.is_none()
+    }
+
+    /// Takes the client's next message; `done` carries each finished pass's report.
+    pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<PassReport>, Error> {
+        let step = match (&mut self.pass, msg) {
+            (None, Message::Start { session, direction, per_diff, max_diffs }) => {
+                if session.is_empty() || session.len() > MAX_SESSION {
                     return Err(SyncError::Protocol("bad session id".into()).into());
                 }
-                let asked = Limits { per_diff: per_diff.clamp(1, limits.per_diff), max_diffs: max_diffs.clamp(1, limits.max_diffs) };
+                let asked = Limits { per_diff: per_diff.clamp(1, self.limits.per_diff), max_diffs: max_diffs.clamp(1, self.limits.max_diffs) };
                 match direction {
-                    Direction::Push => pass::receive(replica, t, client, &session, &mut |_| {}).await?,
-                    Direction::Pull => pass::send(replica, t, client, &session, asked, &mut |_| {}).await?,
-                };
+                    Direction::Push => {
+                        self.pass = Some(Pass::Receive(Receiver::new(&self.client, &session)));
+                        return Ok(Step::send(vec![]));
+                    }
+                    Direction::Pull => {
+                        let (sender, preflight) = Sender::start(replica, &self.client, &session, asked).await?;
+                        self.pass = Some(Pass::Send(sender));
+                        return Ok(Step::send(vec![preflight]));
+                    }
+                }
             }
-            other => {
-                let m = format!("expected start, got {}", other.kind());
-                let _ = t.send(&Message::Error { code: "PROTOCOL".into(), message: m.clone() }).await;
-                return Err(SyncError::Protocol(m).into());
-            }
+            (None, other) => return Err(unexpected(&other, "start").into()),
+            (Some(Pass::Send(s)), msg) => s.handle(replica, msg).await?,
+            (Some(Pass::Receive(r)), msg) => r.handle(replica, msg).await?,
+        };
+        if step.done.is_some() {
+            self.pass = None;
         }
+        Ok(step)
     }
 }

@@ -1,7 +1,6 @@
-//! The browser's sync client: `syncNow()` rounds, live sync with reconnect and
-//! exponential backoff, and the events and status that tell the app what happens.
-//! The rounds themselves are the engine's (`sync::session`); this module only adds the
-//! WebSocket, timers and events.
+//! The browser's side of sync: `options.sync` parsed, and the engine's connection driver
+//! (`sync::live`) given a WebSocket, timers and an event emitter. `syncNow()` is one
+//! round over a fresh connection; `connect()` runs live sync until `disconnect()`.
 //!
 //! ```js
 //! const report = await db.syncNow();   // { sent, received, batches, capped, snapshot, reset }
@@ -9,13 +8,9 @@
 //! db.connect();                         // live: pushes writes at once, pulls every second
 //! ```
 
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
 use std::rc::Rc;
 
-use futures::channel::mpsc;
-use futures::future::{select, Either};
-use futures::StreamExt;
 use serde_json::Value;
 use wasm_bindgen::prelude::*;
 
@@ -25,24 +20,17 @@ use super::socket::{sleep, WsTransport};
 use crate::error::{Error, SyncError};
 use crate::idb::IdbStore;
 use crate::replica::Replica;
-use crate::store::Store;
-use crate::sync::pass::Limits;
-use crate::sync::peer::PeerRecord;
-use crate::sync::session::{self, RoundReport};
+use crate::sync::live::{self, Config};
+use crate::sync::pass::{Limits, Progress};
+use crate::sync::session::RoundReport;
 use crate::sync::Direction;
-
-/// How often a live connection pulls when nothing happens locally.
-const POLL_MS: u32 = 1000;
-const BACKOFF_MIN_MS: u32 = 250;
-const BACKOFF_MAX_MS: u32 = 30_000;
 
 /// `options.sync` as the app gives it.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
     pub url: String,
-    pub library: String,
     pub token: Option<String>,
-    pub limits: Limits,
+    pub link: Config,
 }
 
 impl SyncConfig {
@@ -59,214 +47,127 @@ impl SyncConfig {
             None | Some(Value::Null) => Ok(d),
             Some(v) => v.as_u64().filter(|n| *n >= 1).map(|n| n as usize).ok_or(format!("sync.{k} must be an integer >= 1")),
         };
+        let limits = Limits { per_diff: count("perDiff", 1000)?, max_diffs: count("maxDiffs", 10)? };
         Ok(SyncConfig {
             url: url.ok_or("sync.url must be a ws:// or wss:// URL")?.to_string(),
-            library: library.ok_or("sync.library must be a non-empty string")?.to_string(),
             token: o.get("token").and_then(Value::as_str).map(str::to_string),
-            limits: Limits { per_diff: count("perDiff", 1000)?, max_diffs: count("maxDiffs", 10)? },
+            link: Config::new(library.ok_or("sync.library must be a non-empty string")?, limits),
         })
+    }
+}
+
+/// The page's side of the driver: WebSocket, `setTimeout`, `Math.random`.
+struct BrowserEnv {
+    url: String,
+    token: Option<String>,
+}
+
+impl live::Env for BrowserEnv {
+    type Conn = WsTransport;
+
+    async fn connect(&self) -> Result<WsTransport, Error> {
+        Ok(WsTransport::connect(&self.url).await?)
+    }
+
+    async fn sleep(&self, ms: u64) {
+        sleep(ms.min(u32::MAX as u64) as u32).await
+    }
+
+    fn random(&self) -> f64 {
+        js_sys::Math::random()
+    }
+
+    async fn token(&self) -> Result<Option<String>, Error> {
+        Ok(self.token.clone())
+    }
+}
+
+/// The wrapper's event dispatcher: `(type, payload) => void`.
+#[derive(Clone, Default)]
+pub struct Emitter(Rc<RefCell<Option<js_sys::Function>>>);
+
+impl Emitter {
+    pub fn set(&self, f: Option<js_sys::Function>) {
+        *self.0.borrow_mut() = f;
+    }
+
+    pub fn emit(&self, kind: &str, payload: &JsValue) {
+        let f = self.0.borrow().clone();
+        if let Some(f) = f {
+            let _ = f.call2(&JsValue::NULL, &kind.into(), payload);
+        }
+    }
+}
+
+/// Driver events as the app's events: `online`, `progress`, `reset`, `futureVersion`,
+/// `sync`, `error`.
+struct JsEvents {
+    emitter: Emitter,
+    version: u32,
+}
+
+impl live::Events for JsEvents {
+    fn online(&self, server: Option<&str>) {
+        self.emitter.emit("online", &JsValue::from_bool(server.is_some()));
+    }
+
+    fn progress(&self, direction: Direction, p: Progress) {
+        let dir = if direction == Direction::Push { "push" } else { "pull" };
+        self.emitter.emit("progress", &to_js(&serde_json::json!({ "direction": dir, "done": p.done, "total": p.total })));
+    }
+
+    fn round(&self, report: &RoundReport) {
+        if report.reset {
+            self.emitter.emit("reset", &to_js(report));
+        }
+        if let Some(version) = report.pull.future_version {
+            self.emitter.emit("futureVersion", &to_js(&serde_json::json!({ "version": version, "current": self.version })));
+        }
+        self.emitter.emit("sync", &to_js(report));
+    }
+
+    fn error(&self, e: &Error) {
+        self.emitter.emit("error", &err_to_js(e.clone()));
     }
 }
 
 /// Sync state of one open replica.
 pub struct Client {
     pub config: Option<SyncConfig>,
-    emitter: RefCell<Option<js_sys::Function>>,
-    online: Cell<bool>,
-    /// Bumped by `disconnect`, so a running live loop knows to stop.
-    live: Cell<u32>,
-    running: Cell<bool>,
-    poke: RefCell<Option<mpsc::UnboundedSender<()>>>,
-    peers: RefCell<BTreeMap<String, PeerRecord>>,
-    pending: Cell<u64>,
-    /// One round at a time per replica.
-    round_lock: futures::lock::Mutex<()>,
+    pub emitter: Emitter,
+    pub shared: Rc<live::Shared>,
 }
 
 impl Client {
     pub fn new(config: Option<SyncConfig>) -> Client {
-        Client {
-            config,
-            emitter: RefCell::new(None),
-            online: Cell::new(false),
-            live: Cell::new(0),
-            running: Cell::new(false),
-            poke: RefCell::new(None),
-            peers: RefCell::new(BTreeMap::new()),
-            pending: Cell::new(0),
-            round_lock: futures::lock::Mutex::new(()),
-        }
-    }
-
-    pub fn set_emitter(&self, f: Option<js_sys::Function>) {
-        *self.emitter.borrow_mut() = f;
-    }
-
-    pub fn emit(&self, kind: &str, payload: &JsValue) {
-        let f = self.emitter.borrow().clone();
-        if let Some(f) = f {
-            let _ = f.call2(&JsValue::NULL, &kind.into(), payload);
-        }
-    }
-
-    pub fn online(&self) -> bool {
-        self.online.get()
-    }
-
-    pub fn pending(&self) -> u64 {
-        self.pending.get()
-    }
-
-    pub fn peers(&self) -> BTreeMap<String, PeerRecord> {
-        self.peers.borrow().clone()
-    }
-
-    /// After local writes: count them as pending and wake the live loop.
-    pub fn wrote(&self, n: u64) {
-        self.pending.set(self.pending.get() + n);
-        if let Some(p) = self.poke.borrow().as_ref() {
-            let _ = p.unbounded_send(());
-        }
-    }
-
-    /// Re-reads peer records and counts local rows no peer has acknowledged.
-    pub async fn refresh(&self, replica: &Replica<IdbStore>) -> Result<(), Error> {
-        let peers = replica.store().peers().await?;
-        let acked = peers.values().filter(|p| !p.out_history.is_empty()).map(|p| p.outgoing).max().unwrap_or(-1);
-        let me = replica.head().db_id;
-        let mut pending = 0u64;
-        let mut after = acked.max(0) as u64;
-        loop {
-            let rows = replica.store().rows_after(after, 2000).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.row;
-            pending += rows.iter().filter(|r| r.from.is_none() && r.op.origin == me).count() as u64;
-        }
-        *self.peers.borrow_mut() = peers;
-        self.pending.set(pending);
-        Ok(())
+        Client { config, emitter: Emitter::default(), shared: Rc::new(live::Shared::default()) }
     }
 
     fn config(&self) -> Result<&SyncConfig, Error> {
         self.config.as_ref().ok_or_else(|| SyncError::NotConfigured.into())
     }
-}
 
-/// Opens a connection and greets the server; returns the transport and the server's id.
-async fn open(replica: &Replica<IdbStore>, cfg: &SyncConfig) -> Result<(WsTransport, String), Error> {
-    let mut t = WsTransport::connect(&cfg.url).await?;
-    let server = session::hello(replica, &mut t, &cfg.library, cfg.token.clone()).await?;
-    Ok((t, server))
-}
-
-async fn round_on(replica: &Replica<IdbStore>, client: &Client, t: &mut WsTransport, server: &str) -> Result<RoundReport, Error> {
-    let _guard = client.round_lock.lock().await;
-    let limits = client.config()?.limits;
-    let report = session::round(replica, t, server, limits, &mut |dir, p| {
-        let payload = serde_json::json!({
-            "direction": if dir == Direction::Push { "push" } else { "pull" },
-            "done": p.done,
-            "total": p.total,
-        });
-        client.emit("progress", &to_js(&payload));
-    })
-    .await?;
-    client.refresh(replica).await?;
-    if report.reset {
-        client.emit("reset", &to_js(&report));
+    fn parts(&self, replica: &Replica<IdbStore>) -> Result<(BrowserEnv, JsEvents, Config), Error> {
+        let cfg = self.config()?;
+        let env = BrowserEnv { url: cfg.url.clone(), token: cfg.token.clone() };
+        let events = JsEvents { emitter: self.emitter.clone(), version: replica.version() };
+        Ok((env, events, cfg.link.clone()))
     }
-    if let Some(version) = report.pull.future_version {
-        client.emit("futureVersion", &to_js(&serde_json::json!({ "version": version, "current": replica.head().schema_version })));
-    }
-    client.emit("sync", &to_js(&report));
-    Ok(report)
 }
 
 /// One round over a fresh connection: what `syncNow()` does.
 pub async fn sync_now(replica: &Replica<IdbStore>, client: &Client) -> Result<RoundReport, Error> {
-    let cfg = client.config()?.clone();
-    let result = async {
-        let (mut t, server) = open(replica, &cfg).await?;
-        round_on(replica, client, &mut t, &server).await
-    }
-    .await;
-    if let Err(e) = &result {
-        client.emit("error", &err_to_js(e.clone()));
-    }
-    result
+    let (env, events, cfg) = client.parts(replica)?;
+    live::once(replica, &env, &cfg, &client.shared, &events).await
 }
 
 /// Starts live sync unless it is running; returns at once.
-pub fn connect(replica: Rc<Replica<IdbStore>>, client: Rc<Client>) -> Result<(), Error> {
-    client.config()?;
-    if client.running.get() {
-        return Ok(());
-    }
-    client.running.set(true);
-    let generation = client.live.get();
+pub fn connect(replica: Rc<Replica<IdbStore>>, client: &Client) -> Result<(), Error> {
+    let (env, events, cfg) = client.parts(&replica)?;
+    let Some(ticket) = client.shared.start() else { return Ok(()) };
+    let shared = client.shared.clone();
     wasm_bindgen_futures::spawn_local(async move {
-        live(&replica, &client, generation).await;
-        client.running.set(false);
-        client.online.set(false);
+        live::live(replica.as_ref(), &env, &cfg, &shared, &events, ticket).await;
     });
     Ok(())
-}
-
-pub fn disconnect(client: &Client) {
-    client.live.set(client.live.get().wrapping_add(1));
-    if let Some(p) = client.poke.borrow_mut().take() {
-        p.close_channel();
-    }
-}
-
-async fn live(replica: &Replica<IdbStore>, client: &Client, generation: u32) {
-    let stopped = || client.live.get() != generation;
-    let mut backoff = BACKOFF_MIN_MS;
-    while !stopped() {
-        let cfg = match client.config() {
-            Ok(c) => c.clone(),
-            Err(_) => return,
-        };
-        match open(replica, &cfg).await {
-            Ok((mut t, server)) => {
-                client.online.set(true);
-                client.emit("online", &JsValue::TRUE);
-                let (tx, mut rx) = mpsc::unbounded();
-                *client.poke.borrow_mut() = Some(tx);
-                loop {
-                    if stopped() {
-                        break;
-                    }
-                    match round_on(replica, client, &mut t, &server).await {
-                        Ok(report) => {
-                            backoff = BACKOFF_MIN_MS;
-                            if report.capped {
-                                continue;
-                            }
-                        }
-                        Err(e) => {
-                            client.emit("error", &err_to_js(e));
-                            break;
-                        }
-                    }
-                    // Wait for a local write or the poll interval.
-                    let poke = rx.next();
-                    let tick = Box::pin(sleep(POLL_MS));
-                    if let Either::Left((None, _)) = select(poke, tick).await {
-                        break;
-                    }
-                }
-                client.online.set(false);
-                client.emit("online", &JsValue::FALSE);
-            }
-            Err(e) => client.emit("error", &err_to_js(e)),
-        }
-        if stopped() {
-            break;
-        }
-        // Exponential backoff with jitter, so many clients do not reconnect in lockstep.
-        let jitter = (js_sys::Math::random() * backoff as f64 * 0.3) as u32;
-        sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX_MS);
-    }
 }

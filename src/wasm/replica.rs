@@ -94,13 +94,7 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
     };
     let store = IdbStore::open_migrating(&name, &schemas, &migrator, &mut progress).await?;
     let replica = Replica::open_migrating(store, schemas, Box::new(migrator), Box::new(|| js_sys::Date::now() as u64)).await?;
-    let client = Client::new(sync);
-    if client.config.is_some() {
-        client.refresh(&replica).await?;
-    } else {
-        client.wrote(replica.head().max_row);
-    }
-    Ok(JsReplica { inner: Rc::new(replica), client: Rc::new(client) })
+    Ok(JsReplica { inner: Rc::new(replica), client: Rc::new(Client::new(sync)) })
 }
 
 /// Deletes every database of the replica `name` (close it first).
@@ -119,17 +113,17 @@ where
     future_to_promise(async move { fut.await.map_err(err_to_js) })
 }
 
-/// Like `run` for writes: on success, counts `n` pending rows and wakes live sync.
-fn write<F, Fut>(this: &JsReplica, n: u64, f: F) -> js_sys::Promise
+/// Like `run` for writes: on success, wakes live sync.
+fn write<F, Fut>(this: &JsReplica, f: F) -> js_sys::Promise
 where
     F: FnOnce(Rc<Replica<IdbStore>>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>> + 'static,
 {
     let fut = f(this.inner.clone());
-    let client = this.client.clone();
+    let shared = this.client.shared.clone();
     future_to_promise(async move {
         fut.await.map_err(err_to_js)?;
-        client.wrote(n);
+        shared.wake();
         Ok(JsValue::UNDEFINED)
     })
 }
@@ -144,7 +138,7 @@ impl JsReplica {
     /// Writes a whole document (`doc[primaryKey]` names it).
     pub fn put(&self, collection: JsValue, doc: JsValue) -> js_sys::Promise {
         match (to_string(&collection, "collection"), to_object(&doc, "the document")) {
-            (Ok(c), Ok(doc)) => write(self, 1, |r| async move { r.put(&c, doc).await }),
+            (Ok(c), Ok(doc)) => write(self, |r| async move { r.put(&c, doc).await }),
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
     }
@@ -163,7 +157,7 @@ impl JsReplica {
             _ => Err(crate::error::WriteError::InvalidArgument("putMany takes an array of documents".into()).into()),
         });
         match parsed {
-            Ok(writes) => write(self, writes.len() as u64, |r| async move { r.write(writes).await }),
+            Ok(writes) => write(self, |r| async move { r.write(writes).await }),
             Err(e) => reject(e),
         }
     }
@@ -172,14 +166,14 @@ impl JsReplica {
     pub fn patch(&self, collection: JsValue, id: JsValue, fields: JsValue) -> js_sys::Promise {
         let args = (|| Ok::<_, Error>((to_string(&collection, "collection")?, to_string(&id, "id")?, to_object(&fields, "the patch")?)))();
         match args {
-            Ok((c, id, f)) => write(self, 1, |r| async move { r.patch(&c, &id, f).await }),
+            Ok((c, id, f)) => write(self, |r| async move { r.patch(&c, &id, f).await }),
             Err(e) => reject(e),
         }
     }
 
     pub fn delete(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
         match (to_string(&collection, "collection"), to_string(&id, "id")) {
-            (Ok(c), Ok(id)) => write(self, 1, |r| async move { r.delete(&c, &id).await }),
+            (Ok(c), Ok(id)) => write(self, |r| async move { r.delete(&c, &id).await }),
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
     }
@@ -188,7 +182,7 @@ impl JsReplica {
     pub fn get(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
         match (to_string(&collection, "collection"), to_string(&id, "id")) {
             (Ok(c), Ok(id)) => run(&self.inner, |r| async move {
-                Ok(r.get(&c, &id).await?.and_then(|d| d.d).map(|d| to_js(&d)).unwrap_or(JsValue::UNDEFINED))
+                Ok(r.get(&c, &id).await?.and_then(|d| d.doc).map(|d| to_js(&d)).unwrap_or(JsValue::UNDEFINED))
             }),
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
@@ -207,19 +201,10 @@ impl JsReplica {
     }
 
     /// `{ dbId, schemaVersion, maxRow, incoming, outgoing, online, pending }` —
-    /// synchronous, from memory (points as of the last sync round).
+    /// synchronous, from memory (points as of the last commit or refresh).
     pub fn status(&self) -> JsValue {
         let mut s = self.inner.status();
-        for (id, p) in self.client.peers() {
-            if p.incoming >= 0 {
-                s.incoming.insert(id.clone(), p.incoming as u64);
-            }
-            if p.outgoing >= 0 {
-                s.outgoing.insert(id, p.outgoing as u64);
-            }
-        }
-        s.online = self.client.online();
-        s.pending = self.client.pending();
+        s.online = self.client.shared.online();
         to_js(&s)
     }
 
@@ -233,18 +218,18 @@ impl JsReplica {
 
     /// Starts live sync: reconnects with exponential backoff, pushes local writes at once.
     pub fn connect(&self) -> Result<(), JsValue> {
-        client::connect(self.inner.clone(), self.client.clone()).map_err(err_to_js)
+        client::connect(self.inner.clone(), &self.client).map_err(err_to_js)
     }
 
     /// Stops live sync.
     pub fn disconnect(&self) {
-        client::disconnect(&self.client);
+        self.client.shared.stop();
     }
 
     /// The wrapper's event dispatcher: `(type, payload) => void`.
     #[wasm_bindgen(js_name = setEmitter)]
     pub fn set_emitter(&self, f: Option<js_sys::Function>) {
-        self.client.set_emitter(f);
+        self.client.emitter.set(f);
     }
 
     /// Called with the array of collections every committed transaction changed (local
@@ -256,10 +241,8 @@ impl JsReplica {
 
     /// Re-reads the head and sync points, after another tab wrote or synced.
     pub fn refresh(&self) -> js_sys::Promise {
-        let client = self.client.clone();
         run(&self.inner, |r| async move {
             r.reload_head().await?;
-            client.refresh(&r).await?;
             Ok(JsValue::UNDEFINED)
         })
     }
@@ -279,7 +262,7 @@ impl JsReplica {
 
     /// Closes the replica's databases; later calls reject with code `CLOSED`.
     pub fn close(&self) -> js_sys::Promise {
-        client::disconnect(&self.client);
+        self.client.shared.stop();
         self.inner.store().close();
         js_sys::Promise::resolve(&JsValue::UNDEFINED)
     }

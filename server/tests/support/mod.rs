@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use tidemark::error::{Error, SyncError};
 use tidemark::memory::MemoryStore;
 use tidemark::sync::pass::Limits;
-use tidemark::sync::session::{self, RoundReport};
+use tidemark::sync::drive;
+use tidemark::sync::session::RoundReport;
 use tidemark::sync::{Message, Transport};
 use tidemark::{Replica, Schema, Write};
 use tokio::net::TcpStream as TokioTcp;
@@ -246,7 +247,7 @@ pub async fn hello(r: &Replica<MemoryStore>, server: &Server, token: Option<Stri
 
 pub async fn hello_lib(r: &Replica<MemoryStore>, server: &Server, library: &str, token: Option<String>) -> Result<(Client, String), Error> {
     let mut t = Client::connect(server).await?;
-    let id = session::hello(r, &mut t, library, token).await?;
+    let id = drive::hello(r, &mut t, library, token).await?;
     Ok((t, id))
 }
 
@@ -257,7 +258,7 @@ pub async fn round(r: &Replica<MemoryStore>, server: &Server, limits: Limits, to
 
 pub async fn round_lib(r: &Replica<MemoryStore>, server: &Server, library: &str, limits: Limits, token: Option<String>) -> Result<RoundReport, Error> {
     let (mut t, id) = hello_lib(r, server, library, token).await?;
-    let report = session::round(r, &mut t, &id, limits, &mut |_, _| {}).await;
+    let report = drive::round(r, &mut t, &id, limits, &mut |_, _| {}).await;
     let _ = t.ws.close(None).await;
     report
 }

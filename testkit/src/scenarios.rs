@@ -3,14 +3,14 @@
 //! One body per scenario runs against any `Backend`: the in-memory reference store and
 //! the server's `SqliteStore`, whose behaviour must be identical. A backend also says how
 //! to take a backup, so the restore scenarios exercise real SQLite file copies.
-
-#![allow(dead_code)]
+//! `conformance!(name, backend)` declares one `#[test]` per scenario.
 
 use futures::executor::block_on;
 use serde_json::{json, Map, Value};
 use tidemark::merge::DocState;
 use tidemark::store::{Store, StoredDoc};
-use tidemark::sync::pass::{self, wants_snapshot, Limits, PassReport};
+use tidemark::sync::drive;
+use tidemark::sync::pass::{wants_snapshot, Limits, PassReport};
 use tidemark::sync::transport::pipe;
 use tidemark::{Replica, Schema, Write};
 
@@ -23,6 +23,22 @@ pub trait Backend {
     fn backup(&self, store: &Self::S) -> Self::S;
     /// Every stored document of a collection, ordered by id.
     fn dump(&self, store: &Self::S, collection: &str) -> Vec<StoredDoc>;
+}
+
+/// The engine's in-memory reference store; a backup is a copy.
+pub struct Memory;
+
+impl Backend for Memory {
+    type S = tidemark::memory::MemoryStore;
+    fn fresh(&self) -> Self::S {
+        tidemark::memory::MemoryStore::new()
+    }
+    fn backup(&self, store: &Self::S) -> Self::S {
+        store.backup()
+    }
+    fn dump(&self, store: &Self::S, collection: &str) -> Vec<StoredDoc> {
+        store.dump(collection)
+    }
 }
 
 pub fn schema() -> Schema {
@@ -56,10 +72,10 @@ pub fn try_pass<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limi
     let (mut a, mut b) = pipe();
     a.cut_after = cut;
     let (sid, rid) = (s.head().db_id, r.head().db_id);
-    let session = tidemark::sync::peer::new_session();
+    let session = tidemark::peer::new_session();
     let (sent, got) = block_on(futures::future::join(
-        pass::send(s, &mut a, &rid, &session, limits, &mut |_| {}),
-        pass::receive(r, &mut b, &sid, &session, &mut |_| {}),
+        drive::send(s, &mut a, &rid, &session, limits, &mut |_| {}),
+        drive::receive(r, &mut b, &sid, &session, &mut |_| {}),
     ));
     match (sent, got) {
         (Ok(sent), Ok(got)) => {
@@ -288,17 +304,17 @@ fn relay_over<S: Store>(store: S, wall: u64) -> Replica<S> {
     block_on(Replica::open_relay(store, Box::new(move || wall))).unwrap()
 }
 
-fn record<S: Store, P: Store>(r: &Replica<S>, peer: &Replica<P>) -> tidemark::sync::PeerRecord {
-    block_on(r.store().peers()).unwrap().get(&peer.head().db_id).cloned().unwrap_or_else(tidemark::sync::PeerRecord::new)
+fn record<S: Store, P: Store>(r: &Replica<S>, peer: &Replica<P>) -> tidemark::peer::PeerRecord {
+    block_on(r.store().peers()).unwrap().get(&peer.head().db_id).cloned().unwrap_or_else(tidemark::peer::PeerRecord::new)
 }
 
 /// Rewrites `r`'s record of `peer` (as if a checkpoint had been lost).
-fn edit_record<S: Store, P: Store>(r: &Replica<S>, peer: &Replica<P>, f: impl FnOnce(&mut tidemark::sync::PeerRecord)) {
+fn edit_record<S: Store, P: Store>(r: &Replica<S>, peer: &Replica<P>, f: impl FnOnce(&mut tidemark::peer::PeerRecord)) {
     let id = peer.head().db_id;
     let mut rec = record(r, peer);
     f(&mut rec);
     let keys = vec![id.clone()];
-    block_on(r.store().commit_sync(&[], &keys, move |_| Ok(tidemark::store::Commit { peers: vec![(id, rec)], ..Default::default() }))).unwrap();
+    block_on(r.store().commit(&[], &keys, move |_| Ok(tidemark::store::Commit { peers: vec![(id, rec)], ..Default::default() }))).unwrap();
 }
 
 /// Relays take no local writes: a fresh client writes the documents and pushes them.
@@ -370,7 +386,7 @@ pub fn a_restored_peer_resumes_from_the_backups_session<B: Backend>(b: &B) {
     let saved = b.backup(s2.store());
     feed(b, &s1, (0..10).map(|i| format!("lost{i}")));
     pass(&s1, &s2, Limits::default());
-    for _ in 0..3 * tidemark::sync::peer::HISTORY {
+    for _ in 0..3 * tidemark::peer::HISTORY {
         assert_eq!(pass(&s1, &s2, Limits::default()).sent, 0);
         assert_eq!(pass(&s2, &s1, Limits::default()).sent, 0);
     }
@@ -403,7 +419,7 @@ pub fn no_common_history_starts_from_the_beginning<B: Backend>(b: &B) {
     let s2 = relay(b, 2_000);
     feed(b, &s2, (0..5).map(|i| format!("own{i}")));
     let saved = b.backup(s2.store());
-    for k in 0..tidemark::sync::peer::HISTORY as i64 + 2 {
+    for k in 0..tidemark::peer::HISTORY as i64 + 2 {
         feed(b, &s1, std::iter::once(format!("k{k}")));
         assert_eq!(pass(&s1, &s2, Limits::default()).start, if k == 0 { -1 } else { k });
     }
@@ -415,7 +431,7 @@ pub fn no_common_history_starts_from_the_beginning<B: Backend>(b: &B) {
     // Starting over with a replica that kept everything stores nothing twice either.
     let s3 = relay(b, 3_000);
     pass(&s1, &s3, Limits { per_diff: 100, max_diffs: 10 });
-    edit_record(&s3, &s1, |r| *r = tidemark::sync::PeerRecord::new());
+    edit_record(&s3, &s1, |r| *r = tidemark::peer::PeerRecord::new());
     let before = log_len(&s3);
     let rep = pass(&s1, &s3, Limits { per_diff: 100, max_diffs: 10 });
     assert_eq!(rep.start, -1);
@@ -436,7 +452,7 @@ pub fn transitive_fast_forward_is_verified_with_the_origins_sessions<B: Backend>
     pass(&bb, &c, Limits::default());
     assert_eq!(incoming(&c, &a), 20);
     // Polling in between (idle passes) does not make A forget the session.
-    for _ in 0..3 * tidemark::sync::peer::HISTORY {
+    for _ in 0..3 * tidemark::peer::HISTORY {
         pass(&a, &bb, Limits::default());
         pass(&bb, &c, Limits::default());
     }
@@ -478,7 +494,7 @@ pub fn idle_passes_record_no_session<B: Backend>(b: &B) {
     let s2 = relay(b, 2_000);
     three_sessions(b, &s1, &s2);
     let (out, inn) = (record(&s1, &s2).out_history, record(&s2, &s1).in_history);
-    for _ in 0..3 * tidemark::sync::peer::HISTORY {
+    for _ in 0..3 * tidemark::peer::HISTORY {
         let rep = pass(&s1, &s2, Limits::default());
         assert_eq!((rep.start, rep.end, rep.sent), (30, 30, 0));
     }
@@ -558,6 +574,7 @@ macro_rules! conformance {
     ($name:ident, $backend:expr) => {
         mod $name {
             use super::*;
+            use $crate::scenarios;
             #[test]
             fn a_batch_of_only_stale_rows_still_advances_incoming() {
                 scenarios::a_batch_of_only_stale_rows_still_advances_incoming(&$backend);

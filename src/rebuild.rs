@@ -1,0 +1,135 @@
+//! How document layers become stored documents: the view at the app's schema version
+//! (migrated forward when older layers exist), its index keys, and the migration output
+//! to log so that schema-agnostic replicas (the server) hold the migrated state too.
+//!
+//! A relay (no schema) keeps every layer and shows the newest one.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::clock::Stamp;
+use crate::error::Error;
+use crate::key::encode;
+use crate::layers::Layers;
+use crate::merge::DocState;
+use crate::migrate::{views, Item, Migrator, Schemas};
+use crate::schema::{Index, Schema};
+use crate::store::{DocKey, Head, Row, StoredDoc};
+
+/// The stored form of a single-layer document state: the materialized view plus, for
+/// collections the schema declares, the primary key and index keys. A relay (no schema)
+/// stores the state as it is.
+pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: &DocState, version: u32) -> StoredDoc {
+    let coll = schema.and_then(|s| s.collection(collection));
+    let doc = match coll {
+        Some(c) => state.materialize(&c.primary_key, id),
+        None => state.exists().then(|| state.doc.clone()),
+    };
+    let index_keys = coll.map(|c| index_keys(&c.index_list(), &doc)).unwrap_or_default();
+    StoredDoc {
+        id: id.to_string(),
+        doc,
+        stamps: state.stamps.clone(),
+        deleted: state.deleted,
+        version,
+        index_keys,
+        own: None,
+        layers: BTreeMap::new(),
+        migrated: None,
+    }
+}
+
+/// Each index's key for a document: its fields encoded (`key::encode`), none when the
+/// document does not exist (so it drops out of every index).
+pub fn index_keys(indexes: &[Index], doc: &Option<Map<String, Value>>) -> Map<String, Value> {
+    let Some(doc) = doc else { return Map::new() };
+    indexes.iter().map(|index| (index.name.clone(), Value::Array(index.fields.iter().map(|f| encode(f.get(doc))).collect()))).collect()
+}
+
+/// Turns document layers into stored documents: one layer at the app's version is stored
+/// as is; anything else gets its view migrated forward (`migrate::views`), and the
+/// migration output is logged as a local row when it changed, so it reaches the server.
+pub struct Rebuild<'a> {
+    /// `None` for a relay.
+    pub schemas: Option<&'a Schemas>,
+    pub migrator: &'a dyn Migrator,
+}
+
+/// One document to rebuild: its key, its layers and the last migration stamp logged.
+pub type Pending = (DocKey, Layers, Option<Stamp>);
+
+impl Rebuild<'_> {
+    /// Builds the stored form of each item. Appends migration rows to `rows`, numbering
+    /// them after `head.max_row`.
+    pub fn docs(&self, items: Vec<Pending>, head: &mut Head, rows: &mut Vec<Row>) -> Result<Vec<(String, StoredDoc)>, Error> {
+        let Some(schemas) = self.schemas else {
+            // A relay keeps every layer; its document is the newest one.
+            return Ok(items
+                .into_iter()
+                .map(|((c, id), mut layers, migrated)| {
+                    let v = layers.0.keys().next_back().copied().unwrap_or(0);
+                    let state = layers.0.remove(&v).unwrap_or_default();
+                    let doc = state.exists().then(|| state.doc.clone());
+                    let stored = StoredDoc {
+                        id,
+                        doc,
+                        stamps: state.stamps,
+                        deleted: state.deleted,
+                        version: v,
+                        index_keys: Map::new(),
+                        own: None,
+                        layers: layers.0,
+                        migrated,
+                    };
+                    (c, stored)
+                })
+                .collect());
+        };
+        let current = schemas.current.version;
+        let mut out: Vec<Option<(String, StoredDoc)>> = vec![None; items.len()];
+        let mut slow = Vec::new();
+        for (n, ((c, id), layers, migrated)) in items.iter().enumerate() {
+            if layers.0.keys().all(|v| *v == current) {
+                let state = layers.0.get(&current).cloned().unwrap_or_default();
+                let mut doc = stored_doc(Some(&schemas.current), c, id, &state, current);
+                doc.migrated = migrated.clone();
+                out[n] = Some((c.clone(), doc));
+            } else {
+                slow.push(n);
+            }
+        }
+        if !slow.is_empty() {
+            let batch: Vec<Item> = slow.iter().map(|&n| Item { collection: &items[n].0 .0, id: &items[n].0 .1, layers: &items[n].1 }).collect();
+            let views = views(schemas, self.migrator, &head.db_id, &batch)?;
+            for (&n, view) in slow.iter().zip(views) {
+                let ((c, id), layers, migrated) = &items[n];
+                let own = layers.0.get(&current).cloned().unwrap_or_default();
+                let index_keys = schemas.current.collection(c).map(|cl| index_keys(&cl.index_list(), &view.doc)).unwrap_or_default();
+                let mut migrated = migrated.clone();
+                if let Some(mut op) = view.migration {
+                    if migrated.as_ref() != Some(&op.ts) {
+                        migrated = Some(op.ts.clone());
+                        head.max_row += 1;
+                        op.origin_row = head.max_row;
+                        rows.push(Row { row: head.max_row, op, from: None });
+                    }
+                }
+                let others = layers.0.iter().filter(|(v, _)| **v != current).map(|(v, st)| (*v, st.clone())).collect();
+                let stored = StoredDoc {
+                    id: id.clone(),
+                    doc: view.doc,
+                    stamps: own.stamps,
+                    deleted: own.deleted,
+                    version: current,
+                    index_keys,
+                    own: Some(own.doc),
+                    layers: others,
+                    migrated,
+                };
+                out[n] = Some((c.clone(), stored));
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("every item built")).collect())
+    }
+}

@@ -1,0 +1,141 @@
+//! The receiving role of a pass, as a sans-IO state machine: answers the preflight with
+//! the point of the newest session both sides remember, checks that every batch follows
+//! the last and stays inside what was agreed, and applies each batch or snapshot chunk in
+//! one commit with the point it justifies (`apply`).
+
+use super::apply;
+use super::message::Message;
+use super::pass::{is_idle, unexpected, PassReport, Progress, Step};
+use crate::error::{Error, SyncError};
+use crate::peer::{Entry, PeerRecord, Point};
+use crate::replica::Replica;
+use crate::store::{Row, Store};
+
+/// A pass being received from `peer`.
+pub struct Receiver {
+    peer: String,
+    session: String,
+    report: PassReport,
+    state: State,
+}
+
+enum State {
+    Preflight,
+    /// Point sent; waiting for `begin`.
+    Begin { point: Point, shared: bool, ceiling: Point, their_max: u64 },
+    /// Receiving batches (or snapshot chunks) after `expected`.
+    Receiving { snapshot: bool, shared: bool, point: Point, expected: Point, total: u64 },
+    Done,
+}
+
+impl Receiver {
+    /// A pass from `peer` (its db id) under `session`; waits for the preflight.
+    pub fn new(peer: &str, session: &str) -> Receiver {
+        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight }
+    }
+
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// Takes the sender's next message.
+    pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<PassReport>, Error> {
+        match (std::mem::replace(&mut self.state, State::Done), msg) {
+            (State::Preflight, Message::Preflight { session, db_id, max_row, sessions, .. }) if session == self.session => {
+                if db_id != self.peer {
+                    return Err(SyncError::Protocol(format!("expected db {}, got {db_id}", self.peer)).into());
+                }
+                let rec = replica.store().peers().await?.remove(&self.peer).unwrap_or_else(PeerRecord::new);
+                let (point, matched) = match rec.common_point(&sessions) {
+                    Some((p, s)) => (p, Some(s)),
+                    None => (-1, None),
+                };
+                let candidates: Vec<Entry> = rec.in_history.iter().filter(|e| e.row > point && Some(&e.session) != matched.as_ref()).cloned().collect();
+                let ceiling = candidates.iter().map(|e| e.row).chain([point]).max().unwrap_or(point);
+                let head = replica.head();
+                let shared = matched.is_some();
+                self.state = State::Begin { point, shared, ceiling, their_max: max_row };
+                Ok(Step::send(vec![Message::Point {
+                    session: self.session.clone(),
+                    db_id: head.db_id.clone(),
+                    max_row: head.max_row,
+                    schema_version: head.schema_version,
+                    point,
+                    matched,
+                    candidates,
+                    sent_sessions: rec.out_history.iter().map(|e| e.session.clone()).collect(),
+                }]))
+            }
+            (State::Begin { point, shared, ceiling, their_max }, Message::Begin { session, start, snapshot }) if session == self.session => {
+                if start < -1 || start > ceiling || start > their_max as Point {
+                    return Err(SyncError::Protocol(format!("begin at {start} is past what we agreed ({ceiling})")).into());
+                }
+                self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
+                let total = (their_max as Point).saturating_sub(start).max(0) as u64;
+                self.state = State::Receiving { snapshot, shared, point, expected: start, total };
+                Ok(Step::send(vec![]))
+            }
+            (State::Receiving { snapshot: false, shared, point, expected, total }, Message::Batch { session, after, covers, rows }) if session == self.session => {
+                if after != expected || covers <= after || !rows_within(&rows, after, covers) {
+                    return Err(SyncError::Protocol(format!("batch ({after}, {covers}] does not follow {expected}")).into());
+                }
+                let n = rows.len() as u64;
+                let applied = apply::apply_rows(replica, &self.peer, &self.session, rows, covers).await?;
+                note(&mut self.report, applied);
+                self.report.received += n;
+                self.report.batches += 1;
+                self.report.end = covers;
+                let start = self.report.start;
+                self.state = State::Receiving { snapshot: false, shared, point, expected: covers, total };
+                let progress = Progress { done: covers.saturating_sub(start) as u64, total };
+                Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: covers }]).with_progress(progress))
+            }
+            (State::Receiving { snapshot: true, shared, point, expected, total }, Message::Snapshot { session, docs }) if session == self.session => {
+                let n = docs.len() as u64;
+                let applied = apply::apply_snapshot(replica, &self.peer, docs).await?;
+                note(&mut self.report, applied);
+                self.report.received += n;
+                self.report.batches += 1;
+                self.state = State::Receiving { snapshot: true, shared, point, expected, total };
+                let progress = Progress { done: self.report.received, total: self.report.received.max(n) };
+                Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: expected }]).with_progress(progress))
+            }
+            (State::Receiving { snapshot, shared, point, expected, .. }, Message::End { session, complete, max_row, incoming }) if session == self.session => {
+                if snapshot && !complete {
+                    return Err(SyncError::Protocol("a snapshot pass cannot end capped".into()).into());
+                }
+                let end = if snapshot { max_row as Point } else { expected };
+                let table = if complete { incoming.unwrap_or_default() } else { Vec::new() };
+                if complete && is_idle(shared, point, self.report.start, end, snapshot) {
+                    apply::finish_idle(replica, &self.peer, table).await?;
+                } else {
+                    apply::finish_incoming(replica, &self.peer, &self.session, end, table).await?;
+                }
+                self.report.capped = !complete;
+                self.report.end = end;
+                Ok(Step::finish(vec![Message::Done { session: self.session.clone() }], std::mem::take(&mut self.report)))
+            }
+            (state, other) => {
+                let want = match state {
+                    State::Preflight => "preflight",
+                    State::Begin { .. } => "begin",
+                    State::Receiving { .. } => "batch, snapshot or end",
+                    State::Done => "nothing (the pass is over)",
+                };
+                Err(unexpected(&other, want).into())
+            }
+        }
+    }
+}
+
+fn note(report: &mut PassReport, a: apply::Applied) {
+    report.reset |= a.older_version;
+    if a.future_version > 0 {
+        report.future_version = Some(report.future_version.unwrap_or(0).max(a.future_version));
+    }
+}
+
+/// Rows must be strictly ascending and inside the range the batch claims to cover.
+fn rows_within(rows: &[Row], after: Point, covers: Point) -> bool {
+    rows.iter().all(|r| (r.row as Point) > after && (r.row as Point) <= covers) && rows.windows(2).all(|w| w[0].row < w[1].row)
+}

@@ -1,0 +1,145 @@
+//! The one write path: what a commit computes between reading the touched documents
+//! and writing them back, for local writes (`Replica::write`) and received rows and
+//! snapshot documents (`sync::apply`) alike. The store's `commit` hands in the head and
+//! the documents; `Work` advances the head and the clock, merges ops into the documents'
+//! layers, numbers the log rows, and `finish` rebuilds the changed documents (migrating
+//! them forward and logging migration output) into the `Commit` to write.
+
+use serde_json::{Map, Value};
+
+use crate::clock::{Clock, Stamp};
+use crate::error::{Error, StoreError, WriteError};
+use crate::layers::Layers;
+use crate::merge::DocState;
+use crate::op::{Kind, Op};
+use crate::peer::PeerRecord;
+use crate::rebuild::Rebuild;
+use crate::store::{Commit, DocKey, Head, Row, StoredDoc};
+
+/// One commit's work in progress. Documents are addressed by their slot: the index of
+/// their key in the keys the commit read.
+pub struct Work {
+    head: Head,
+    clock: Clock,
+    layers: Vec<Option<Layers>>,
+    marks: Vec<Option<Stamp>>,
+    exists: Vec<bool>,
+    changed: Vec<bool>,
+    rows: Vec<Row>,
+}
+
+impl Work {
+    /// Starts from what the commit read. `version` is the schema version local writes
+    /// are stamped with.
+    pub fn load(head: Option<Head>, docs: &[Option<StoredDoc>], version: u32) -> Result<Work, Error> {
+        let head = head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+        let clock = Clock::new(head.db_id.clone(), version, Some(head.clock.clone()));
+        Ok(Work {
+            clock,
+            head,
+            layers: docs.iter().map(|d| d.as_ref().map(StoredDoc::all_layers)).collect(),
+            marks: docs.iter().map(|d| d.as_ref().and_then(|d| d.migrated.clone())).collect(),
+            exists: docs.iter().map(|d| d.as_ref().is_some_and(|d| d.doc.is_some())).collect(),
+            changed: vec![false; docs.len()],
+            rows: Vec::new(),
+        })
+    }
+
+    /// The head as advanced so far.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
+    /// A local write to the document in `slot`: stamps it, logs it as this replica's
+    /// next row and merges it. A patch needs the document to exist (as of the writes
+    /// before it in this commit).
+    pub fn write(&mut self, slot: usize, kind: Kind, collection: String, id: String, fields: Option<Map<String, Value>>, now: u64) -> Result<(), Error> {
+        match kind {
+            Kind::Patch if !self.exists[slot] => return Err(WriteError::NotFound { collection, id }.into()),
+            Kind::Put => self.exists[slot] = true,
+            Kind::Delete => self.exists[slot] = false,
+            Kind::Patch => {}
+        }
+        let op = Op {
+            origin: self.head.db_id.clone(),
+            origin_row: self.head.max_row + 1,
+            ts: self.clock.tick(now),
+            schema_version: self.clock.last().version,
+            collection,
+            id,
+            kind,
+            fields,
+        };
+        self.layers[slot].get_or_insert_with(Layers::default).apply(&op);
+        self.changed[slot] = true;
+        self.log(op, None);
+        Ok(())
+    }
+
+    /// Takes note of a received stamp, so later local stamps order after it.
+    pub fn observe(&mut self, ts: &Stamp) {
+        self.clock.observe(ts);
+    }
+
+    /// A received op: merged into the document in `slot` (`None`: a collection this
+    /// replica does not keep, logged for forwarding). Logged again, with its sender, only
+    /// if it changed something: an op that changes nothing is already reflected by newer
+    /// registers in the log, so re-sent and echoed rows are never stored twice.
+    pub fn receive(&mut self, slot: Option<usize>, op: Op, from: &str) {
+        self.observe(&op.ts);
+        let keep = match slot {
+            Some(i) => {
+                let did = self.layers[i].get_or_insert_with(Layers::default).apply(&op);
+                self.changed[i] |= did;
+                did
+            }
+            None => true,
+        };
+        if keep {
+            self.log(op, Some(from));
+        }
+    }
+
+    /// A received document state (a snapshot): its registers merge into the document in
+    /// `slot` (never overwriting newer local ones), and the registers that changed it are
+    /// logged as ops so they can be forwarded. `skip_migrations` drops received
+    /// migration output (replicas that can migrate compute their own).
+    pub fn merge(&mut self, slot: Option<usize>, collection: &str, id: &str, theirs: &Layers, skip_migrations: bool, from: &str) {
+        for s in theirs.0.values().flat_map(|l| l.stamps.values()) {
+            self.clock.observe(s);
+        }
+        let regs = match slot {
+            Some(i) => {
+                let regs = self.layers[i].get_or_insert_with(Layers::default).merge(theirs, skip_migrations);
+                self.changed[i] |= !regs.is_empty();
+                regs
+            }
+            None => theirs.0.iter().map(|(v, l)| (*v, l.registers())).collect(),
+        };
+        for (v, regs) in regs {
+            for op in DocState::registers_to_ops(collection, id, v, regs) {
+                self.log(op, Some(from));
+            }
+        }
+    }
+
+    fn log(&mut self, op: Op, from: Option<&str>) {
+        self.head.max_row += 1;
+        self.rows.push(Row { row: self.head.max_row, op, from: from.map(str::to_string) });
+    }
+
+    /// Rebuilds the changed documents and returns what to commit, with `peers`' records.
+    pub fn finish(mut self, rebuild: &Rebuild, keys: &[DocKey], peers: Vec<(String, PeerRecord)>) -> Result<Commit, Error> {
+        self.head.clock = self.clock.last().clone();
+        let items = keys
+            .iter()
+            .zip(self.layers)
+            .zip(self.marks)
+            .zip(&self.changed)
+            .filter(|(_, changed)| **changed)
+            .filter_map(|(((k, l), m), _)| l.map(|l| (k.clone(), l, m)))
+            .collect();
+        let docs = rebuild.docs(items, &mut self.head, &mut self.rows)?;
+        Ok(Commit { head: Some(self.head), docs, rows: self.rows, peers })
+    }
+}

@@ -1,0 +1,237 @@
+//! The storage contract, as one async suite every `Store` must pass: the in-memory store
+//! and SQLite natively, IndexedDB in headless Chromium, PostgreSQL against a real
+//! cluster. Each check states one promise of `tidemark::store::Store`; a backend that
+//! compiled but, say, never read its sync points back fails here, not in production.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+use tidemark::clock::Stamp;
+use tidemark::error::Error;
+use tidemark::merge::DocState;
+use tidemark::op::{Kind, Op};
+use tidemark::peer::PeerRecord;
+use tidemark::query::Query;
+use tidemark::rebuild::stored_doc;
+use tidemark::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
+use tidemark::Schema;
+
+/// How a suite gets fresh stores of one kind.
+#[allow(async_fn_in_trait)]
+pub trait Fixture {
+    type S: Store;
+    /// A new, empty store laid out for `schema()`.
+    async fn fresh(&self) -> Self::S;
+    /// A query result as JSON.
+    fn json(doc: &<Self::S as Store>::Doc) -> Value;
+}
+
+/// The collections the suite writes: `a` (indexed by `n`) and `b`.
+pub fn schema() -> Schema {
+    Schema::from_json(json!({"version": 1, "collections": {
+        "a": {"primaryKey": "id", "indexes": {"byN": "n"}},
+        "b": {"primaryKey": "id"}
+    }}))
+    .expect("the contract schema is valid")
+}
+
+/// Runs every check, each on a fresh store.
+pub async fn all<F: Fixture>(f: &F) {
+    empty_store_has_nothing(&f.fresh().await).await;
+    a_commit_reads_back_exactly(&f.fresh().await).await;
+    a_commit_loads_what_it_names(&f.fresh().await).await;
+    a_failed_commit_writes_nothing(&f.fresh().await).await;
+    rows_must_follow_the_head(&f.fresh().await).await;
+    documents_page_once_each(&f.fresh().await).await;
+    queries_see_existing_documents_only::<F>(&f.fresh().await).await;
+}
+
+fn stamp(wall: u64) -> Stamp {
+    Stamp { version: 1, wall, counter: 0, node: "n0".into() }
+}
+
+fn head(max_row: u64) -> Head {
+    Head { db_id: "contract".into(), max_row, clock: stamp(max_row), schema_version: 1 }
+}
+
+fn doc(collection: &str, id: &str, fields: Value, wall: u64) -> (String, StoredDoc) {
+    let op = Op {
+        origin: "n0".into(),
+        origin_row: wall,
+        ts: stamp(wall),
+        schema_version: 1,
+        collection: collection.into(),
+        id: id.into(),
+        kind: if fields.is_null() { Kind::Delete } else { Kind::Put },
+        fields: fields.as_object().cloned(),
+    };
+    let mut state = DocState::default();
+    state.apply(&op);
+    (collection.to_string(), stored_doc(Some(&schema()), collection, id, &state, 1))
+}
+
+fn row(n: u64, id: &str) -> Row {
+    let op = Op {
+        origin: "n0".into(),
+        origin_row: n,
+        ts: stamp(n),
+        schema_version: 1,
+        collection: "a".into(),
+        id: id.into(),
+        kind: Kind::Put,
+        fields: Some(Map::new()),
+    };
+    Row { row: n, op, from: (n % 2 == 0).then(|| "peer1".to_string()) }
+}
+
+fn peer(incoming: i64) -> PeerRecord {
+    let mut p = PeerRecord::new();
+    p.note_incoming("s1", incoming, false);
+    p.note_outgoing("s2", incoming + 1);
+    p.merge_outgoing(incoming + 1);
+    p
+}
+
+fn key(c: &str, id: &str) -> DocKey {
+    (c.to_string(), id.to_string())
+}
+
+/// Writes `commit`, reading nothing.
+async fn put<S: Store>(s: &S, commit: Commit) -> Result<Commit, Error> {
+    let keys: Vec<DocKey> = commit.docs.iter().map(|(c, d)| key(c, &d.id)).collect();
+    let peers: Vec<String> = commit.peers.iter().map(|(id, _)| id.clone()).collect();
+    s.commit(&keys, &peers, move |_| Ok(commit)).await
+}
+
+/// Everything a store holds, for before/after comparisons.
+async fn everything<S: Store>(s: &S) -> (Option<Head>, Vec<(String, StoredDoc)>, Vec<Row>, BTreeMap<String, PeerRecord>) {
+    (
+        s.head().await.unwrap(),
+        s.docs_after(None, usize::MAX).await.unwrap(),
+        s.rows_after(0, usize::MAX).await.unwrap(),
+        s.peers().await.unwrap(),
+    )
+}
+
+fn seed() -> Commit {
+    Commit {
+        head: Some(head(3)),
+        docs: vec![doc("a", "x", json!({"n": 1, "t": "hello"}), 1), doc("b", "y", json!({"deep": {"k": [1, 2]}}), 2), doc("a", "gone", Value::Null, 3)],
+        rows: vec![row(1, "x"), row(2, "y"), row(3, "gone")],
+        peers: vec![("peer1".into(), peer(7)), ("peer2".into(), peer(2))],
+    }
+}
+
+/// A store never written to has no head, no documents, no rows and no peers.
+pub async fn empty_store_has_nothing<S: Store>(s: &S) {
+    assert_eq!(everything(s).await, (None, vec![], vec![], BTreeMap::new()), "empty_store_has_nothing");
+    assert_eq!(s.get("a", "x").await.unwrap(), None);
+    assert_eq!(s.doc_count().await.unwrap(), 0);
+}
+
+/// What a commit writes — head, documents (a tombstone too), log rows, peer records —
+/// reads back exactly, through every read.
+pub async fn a_commit_reads_back_exactly<S: Store>(s: &S) {
+    let c = seed();
+    let written = put(s, c.clone()).await.unwrap();
+    assert_eq!(written.head, c.head, "commit returns what it wrote");
+    assert_eq!(s.head().await.unwrap(), c.head);
+    for (coll, d) in &c.docs {
+        assert_eq!(s.get(coll, &d.id).await.unwrap().as_ref(), Some(d), "get {coll}/{}", d.id);
+    }
+    assert_eq!(s.rows_after(0, 10).await.unwrap(), c.rows);
+    assert_eq!(s.rows_after(1, 1).await.unwrap(), vec![c.rows[1].clone()], "rows_after is exclusive and limited");
+    assert!(s.rows_after(3, 10).await.unwrap().is_empty());
+    assert_eq!(s.peers().await.unwrap(), c.peers.iter().cloned().collect::<BTreeMap<_, _>>(), "peers read back");
+    assert_eq!(s.doc_count().await.unwrap(), 3);
+    let mut all = s.docs_after(None, 10).await.unwrap();
+    let mut want = c.docs.clone();
+    all.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
+    want.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
+    assert_eq!(all, want, "docs_after returns every document, tombstones included");
+}
+
+/// A commit is handed the head and exactly the documents and peer records it names, in
+/// order, `None` for those that do not exist.
+pub async fn a_commit_loads_what_it_names<S: Store>(s: &S) {
+    let c = seed();
+    put(s, c.clone()).await.unwrap();
+    let keys = vec![key("b", "y"), key("a", "nope"), key("a", "x")];
+    let peers = vec!["nobody".to_string(), "peer1".to_string()];
+    let mut seen: Option<Loaded> = None;
+    s.commit(&keys, &peers, |loaded| {
+        seen = Some(loaded);
+        Ok(Commit::default())
+    })
+    .await
+    .unwrap();
+    let loaded = seen.expect("the closure ran");
+    assert_eq!(loaded.head, c.head);
+    assert_eq!(loaded.docs, vec![Some(c.docs[1].1.clone()), None, Some(c.docs[0].1.clone())]);
+    assert_eq!(loaded.peers, vec![None, Some(c.peers[0].1.clone())]);
+}
+
+/// If the engine's closure fails, nothing of the commit is written.
+pub async fn a_failed_commit_writes_nothing<S: Store>(s: &S) {
+    put(s, seed()).await.unwrap();
+    let before = everything(s).await;
+    let res = s
+        .commit(&[key("a", "x"), key("a", "new")], &["peer1".to_string()], |_| {
+            Err(Error::Store(tidemark::error::StoreError::Backend("refused by the engine".into())))
+        })
+        .await;
+    assert!(res.is_err());
+    assert_eq!(everything(s).await, before, "a_failed_commit_writes_nothing");
+}
+
+/// Rows are numbered after the head and strictly ascending: a commit that would reuse a
+/// row number is refused whole, head and documents included.
+pub async fn rows_must_follow_the_head<S: Store>(s: &S) {
+    put(s, seed()).await.unwrap();
+    let before = everything(s).await;
+    let reused = Commit { head: Some(head(10)), docs: vec![doc("a", "x", json!({"n": 99}), 9)], rows: vec![row(3, "x")], peers: vec![] };
+    assert!(put(s, reused).await.is_err(), "a reused row number is refused");
+    let unordered = Commit { head: Some(head(10)), docs: vec![], rows: vec![row(6, "x"), row(5, "x")], peers: vec![] };
+    assert!(put(s, unordered).await.is_err(), "rows out of order are refused");
+    assert_eq!(everything(s).await, before, "rows_must_follow_the_head");
+}
+
+/// Paging through `docs_after` visits every document exactly once, across collections.
+pub async fn documents_page_once_each<S: Store>(s: &S) {
+    let mut docs = Vec::new();
+    for i in 0..13 {
+        docs.push(doc("a", &format!("a{i:02}"), json!({"n": i}), i + 1));
+        docs.push(doc("b", &format!("é{i}"), json!({"n": i}), i + 20));
+    }
+    put(s, Commit { head: Some(head(0)), docs: docs.clone(), rows: vec![], peers: vec![] }).await.unwrap();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut after: Option<DocKey> = None;
+    loop {
+        let page = s.docs_after(after.as_ref(), 4).await.unwrap();
+        assert!(page.len() <= 4, "a page holds at most `limit` documents");
+        let Some((c, last)) = page.last() else { break };
+        after = Some(key(c, &last.id));
+        seen.extend(page.into_iter().map(|(c, d)| (c, d.id)));
+    }
+    let mut want: Vec<(String, String)> = docs.into_iter().map(|(c, d)| (c, d.id)).collect();
+    want.sort();
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "no document is paged twice");
+    assert_eq!(sorted, want, "every document is paged");
+}
+
+/// A query answers from documents that exist: tombstones never match.
+pub async fn queries_see_existing_documents_only<F: Fixture>(s: &F::S) {
+    put(s, seed()).await.unwrap();
+    let schema = schema();
+    let coll = schema.collection("a").unwrap();
+    let ids = |docs: Vec<<F::S as Store>::Doc>| docs.iter().map(|d| F::json(d)["id"].clone()).collect::<Vec<_>>();
+    let plan = Query::parse(&json!({})).unwrap().plan(coll);
+    assert_eq!(ids(s.query("a", "id", &plan).await.unwrap()), vec![json!("x")]);
+    let plan = Query::parse(&json!({"where": {"n": 1}})).unwrap().plan(coll);
+    assert_eq!(ids(s.query("a", "id", &plan).await.unwrap()), vec![json!("x")], "an index scan");
+    let plan = Query::parse(&json!({"where": {"id": "gone"}})).unwrap().plan(coll);
+    assert!(s.query("a", "id", &plan).await.unwrap().is_empty(), "a tombstone is not found");
+}

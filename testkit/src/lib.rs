@@ -1,0 +1,10 @@
+//! Test support shared by Tidemark's crates, so every store is held to one behaviour
+//! without copying tests:
+//! - `contract`: the storage contract, one async suite run against every `Store`
+//!   (memory and SQLite natively, IndexedDB in the browser, PostgreSQL);
+//! - `scenarios`: DESIGN §9's protocol scenarios, generic over a `Backend`, run by the
+//!   engine over memory stores and by the server over SQLite (`conformance!`).
+
+pub mod contract;
+pub mod faults;
+pub mod scenarios;
