@@ -741,7 +741,7 @@ async fn dead_writer_does_not_pin_the_position() {
     let admin = db.pool.get().await.unwrap();
     admin.execute("SELECT pg_terminate_backend($1)", &[&backend]).await.unwrap();
     drop(dtxn);
-    drop(dc);
+    drop(deadpool_postgres::Object::take(dc)); // not back into the pool: it is dead
     eventually("the dead writer is dropped", || async {
         pa.refresh().await.unwrap();
         !stored_positions(&db).await.contains_key("dead")
@@ -872,4 +872,32 @@ async fn instance_names_are_exclusive_and_readers_cannot_write() {
     let txn = client.transaction().await.unwrap();
     let err = stream.allocate(&txn, 1).await.err().expect("a reader cannot allocate");
     assert_eq!(err.code(), "not_a_writer");
+}
+
+/// Fully started instances (LISTEN + the one-second tick) need no help: a silent writer's
+/// periodic announcement releases an observer once another writer has committed.
+#[tokio::test]
+async fn started_instances_follow_each_other_unaided() {
+    let db = db().await;
+    let start = |name: &'static str, writer: bool| {
+        let (pool, pg) = (db.pool.clone(), db.pg.clone());
+        async move { Positions::start(pool, pg, config(name, writer)).await.unwrap() }
+    };
+    let pa = start("a", true).await;
+    let pb = start("b", true).await;
+    let po = start("observer", false).await;
+    let a = pa.stream(LIB).await.unwrap();
+    let b = pb.stream(LIB).await.unwrap();
+    let observer = po.stream(LIB).await.unwrap();
+
+    let ids = write(&db, &a, "a", 2).await;
+    let last = *ids.last().unwrap();
+    let mut woken = observer.subscribe();
+    tokio::time::timeout(Duration::from_secs(20), woken.wait_for(|p| *p >= last))
+        .await
+        .expect("b announced the newest row it saw")
+        .unwrap();
+    assert_eq!(b.current_token_for_writer("b"), last);
+    assert_eq!(observer.positions(), positions(&[("a", last), ("b", last)]));
+    assert_eq!(stored_positions(&db).await, positions(&[("a", last), ("b", last)]));
 }

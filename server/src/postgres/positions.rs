@@ -22,10 +22,15 @@
 //!
 //! # Joining, idling, leaving
 //! - Every writer **joins** a library before allocating: it stores its start position — the
-//!   newest finished position it knows, never 0 and without scanning the table — with a NOTIFY.
-//!   Joining commits before its first `nextval`, and notifications arrive in commit order, so
-//!   any instance learns of the new writer before it can learn of any id above the new
-//!   writer's first one.
+//!   newest finished position it knows, never 0 and without scanning the table — with a NOTIFY,
+//!   under a new incarnation number (`joined`, from the `stream_joins` sequence) so that news
+//!   about an earlier incarnation (a late "gone") cannot undo the new one.
+//! - Nobody may move past a writer's in-flight id before knowing that writer. Joining commits
+//!   before the writer's first `nextval`, so any id above that one was drawn after the join
+//!   was committed. Others hear of such ids in two ways, both after the join: notifications and
+//!   re-reads (notifications arrive in commit order; a re-read sees every earlier commit), and
+//!   their *own* allocations — so each allocating transaction reads `stream_positions` again
+//!   in a statement after its `nextval` and learns every writer it did not know.
 //! - An **idle** writer's token is the newest id it has seen; [`Positions::tick`] (every
 //!   `announce_every`, 1 s by default) stores it and bumps `updated_at`, so idle writers never
 //!   hold readers back.
@@ -598,6 +603,9 @@ impl Stream {
         let shared = &self.shared;
         let config = &shared.config;
         let mark = shared.link.mark();
+        // News that arrived before this attempt is covered by the read below (it committed
+        // before it); only what arrives from now on must be replayed.
+        self.state().pending.clear();
         let mut client = shared.pool.get().await?;
         let sequence = ensure_sequence(&mut client, &self.library, config).await?;
         let _ = self.sequence.set(sequence);
