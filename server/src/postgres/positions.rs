@@ -219,7 +219,13 @@ impl Positions {
     /// It also holds a session lock on the instance name, so two live processes cannot use
     /// one name ([`Error::InstanceInUse`]). A lost connection is re-established; meanwhile
     /// the persisted-up-to positions are held (see the module doc).
+    ///
+    /// Call it before opening any stream: a stream opened earlier may have missed a writer
+    /// joining, and notifications about that writer's later ids would then mislead it.
     pub async fn listen(&self, pg: tokio_postgres::Config) -> Result<(), Error> {
+        if !lock(&self.inner.streams).is_empty() {
+            return Err(Error::Config("listen before opening any stream".into()));
+        }
         let link = connect_listener(&pg, &self.inner.shared.config.instance).await?;
         let shared = &self.inner.shared;
         shared.link.enabled.store(true, Ordering::SeqCst);
