@@ -20,7 +20,8 @@
 //! - if the binary is killed, the kernel sends the postmaster SIGQUIT (its immediate-shutdown
 //!   signal) through `PR_SET_PDEATHSIG`. That signal follows the *thread* that forked the
 //!   postmaster, so the postmaster is spawned by a dedicated thread that lives exactly as long
-//!   as the postmaster (it waits for it), never by a test thread that may end first.
+//!   as the postmaster (it waits for it), never by a test thread that may end first. The
+//!   directory stays behind then; the next run removes such directories once an hour old.
 //!
 //! PostgreSQL missing is a loud failure, never a skip: `make setup` (scripts/postgres.sh)
 //! installs it.
@@ -84,6 +85,7 @@ impl PgCluster {
     pub fn start() -> Result<PgCluster, String> {
         let bin = bin_dir()?;
         let owner = server_owner()?;
+        remove_abandoned_dirs(owner);
         let dir = make_dir(owner)?;
         let data = dir.path().join("data");
         init_db(&bin, dir.path(), &data, owner)?;
@@ -270,12 +272,18 @@ fn server_owner() -> Result<Option<(u32, u32)>, String> {
     Ok(Some((uid, gid)))
 }
 
+const DIR_PREFIX: &str = "tidemark-pg-";
+
+fn dir_parent(owner: Option<(u32, u32)>) -> PathBuf {
+    if owner.is_some() { PathBuf::from("/tmp") } else { std::env::temp_dir() }
+}
+
 /// A fresh directory the server's user owns. As root it goes under /tmp, which every user
 /// can traverse (a TMPDIR under /root would not be).
 fn make_dir(owner: Option<(u32, u32)>) -> Result<tempfile::TempDir, String> {
-    let parent = if owner.is_some() { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+    let parent = dir_parent(owner);
     let dir = tempfile::Builder::new()
-        .prefix("tidemark-pg-")
+        .prefix(DIR_PREFIX)
         .tempdir_in(&parent)
         .map_err(|e| format!("creating a temporary directory in {}: {e}", parent.display()))?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
@@ -285,6 +293,34 @@ fn make_dir(owner: Option<(u32, u32)>) -> Result<tempfile::TempDir, String> {
             .map_err(|e| format!("chown {}: {e}", dir.path().display()))?;
     }
     Ok(dir)
+}
+
+/// Removes cluster directories left behind by test runs that were killed (no exit hook ran):
+/// older than an hour and with no live postmaster. Younger ones may be starting up right now.
+fn remove_abandoned_dirs(owner: Option<(u32, u32)>) {
+    let Ok(entries) = std::fs::read_dir(dir_parent(owner)) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry.file_name().to_str().is_some_and(|n| n.starts_with(DIR_PREFIX));
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if ours && old && !postmaster_alive(&path.join("data")) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Whether the data directory's `postmaster.pid` names a live process.
+fn postmaster_alive(data: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data.join("postmaster.pid")) else { return false };
+    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<libc::pid_t>().ok()) else {
+        return false;
+    };
+    unsafe { libc::kill(pid, 0) == 0 }
 }
 
 /// A command that runs as the server's user (set in the child before exec).

@@ -47,9 +47,27 @@ fn holder(args: &[&str]) -> (std::process::Child, i32, String, String) {
     (child, pid, dir, url)
 }
 
+/// A fake cluster directory under the parent the testkit uses, last modified `age` ago.
+fn fake_dir(name: &str, age: Duration) -> std::path::PathBuf {
+    let parent = if unsafe { libc::geteuid() } == 0 { "/tmp".into() } else { std::env::temp_dir() };
+    let dir = parent.join(format!("tidemark-pg-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    // A pid file naming a process that does not exist.
+    std::fs::write(dir.join("data/postmaster.pid"), "999999999\n").unwrap();
+    let when = std::time::SystemTime::now() - age;
+    std::fs::File::open(&dir).unwrap().set_modified(when).unwrap();
+    dir
+}
+
 #[test]
 fn databases_are_separate_and_drop_stops_the_server() {
+    // Left by a killed run an hour ago vs. a cluster that may be starting right now.
+    let abandoned = fake_dir("abandoned", Duration::from_secs(2 * 3600));
+    let young = fake_dir("young", Duration::ZERO);
     let cluster = PgCluster::start().expect("start cluster");
+    assert!(!abandoned.exists(), "an abandoned directory is removed by the next start");
+    assert!(young.exists(), "a young directory is left alone");
+    std::fs::remove_dir_all(&young).unwrap();
     let pid = cluster.pid();
     let dir = cluster.dir().to_path_buf();
     assert!(alive(pid));
