@@ -8,9 +8,10 @@
 //!   stay dense like SQLite's (a client's point, `maxRow` and the 50% snapshot rule compare
 //!   row counts), and one busy library never spreads gaps over the others. A counter table
 //!   would not do: its row lock would serialize writers until commit.
-//! - `stream_positions(library, instance, row, updated_at)`: each writer's position, moved
-//!   forward only (`GREATEST`) after each commit, in its own short statement, never inside a
-//!   long transaction; `updated_at` is the writer's heartbeat.
+//! - `stream_positions(library, instance, row, joined, updated_at)`: each writer's position,
+//!   moved forward only (`GREATEST`) after each commit, in its own short statement, never
+//!   inside a long transaction; `joined` is the writer's incarnation (below); `updated_at` is
+//!   its heartbeat.
 //!
 //! # What a position means
 //! A writer's position `W` promises that every id `<= W` it allocated has finished (committed
@@ -56,7 +57,8 @@
 //!
 //! # Hearing about other writers
 //! Positions arrive by LISTEN/NOTIFY (channel `tidemark_positions`, payload
-//! `{"l": library, "i": instance, "r": row}` or `{"l", "i", "k": "gone"}`), and by re-reading
+//! `{"l": library, "i": instance, "r": row, "j": joined}` or `{"l", "i", "k": "gone", "j"}`),
+//! sent in the same statement as the change they announce, and by re-reading
 //! `stream_positions` every tick in case a notification was missed. While the LISTEN
 //! connection is down the instance may miss a writer joining, so every library's
 //! persisted-up-to position is held until it is back and the table re-read.
