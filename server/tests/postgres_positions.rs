@@ -42,7 +42,9 @@ async fn db() -> Db {
         .await
         .expect("tables");
     // Opening the library (as a reader, which stores nothing) creates its sequence.
-    let setup = Positions::open(pool.clone(), config("setup", false)).await.expect("open");
+    let setup = Positions::open(pool.clone(), config("setup", false))
+        .await
+        .expect("open");
     setup.stream(LIB).await.expect("stream");
     Db { pg, pool }
 }
@@ -52,14 +54,20 @@ fn config(instance: &str, writer: bool) -> Config {
     config.writer = writer;
     config.rows_tables = ["foobar", "foobar2"]
         .iter()
-        .map(|t| RowsTable { table: t.to_string(), library_column: "library".into(), row_column: "row".into() })
+        .map(|t| RowsTable {
+            table: t.to_string(),
+            library_column: "library".into(),
+            row_column: "row".into(),
+        })
         .collect();
     config
 }
 
 /// An instance with no background work, and its stream of `LIB`.
 async fn instance(db: &Db, name: &str, writer: bool) -> (Positions, Arc<Stream>) {
-    let positions = Positions::open(db.pool.clone(), config(name, writer)).await.expect("open");
+    let positions = Positions::open(db.pool.clone(), config(name, writer))
+        .await
+        .expect("open");
     let stream = positions.stream(LIB).await.expect("stream");
     (positions, stream)
 }
@@ -75,7 +83,10 @@ async fn reader(db: &Db, name: &str) -> (Positions, Arc<Stream>) {
 async fn sequence(db: &Db, library: &str) -> String {
     let client = db.pool.get().await.unwrap();
     let id: i64 = client
-        .query_one("SELECT id FROM stream_sequences WHERE library = $1", &[&library])
+        .query_one(
+            "SELECT id FROM stream_sequences WHERE library = $1",
+            &[&library],
+        )
         .await
         .unwrap()
         .get(0);
@@ -88,9 +99,16 @@ async fn insert_rows(db: &Db, instance: &str, n: usize, table: &str, update_posi
     let seq = sequence(db, LIB).await;
     let client = db.pool.get().await.unwrap();
     for _ in 0..n {
-        let id: i64 = client.query_one(&format!("SELECT nextval('{seq}')"), &[]).await.unwrap().get(0);
+        let id: i64 = client
+            .query_one(&format!("SELECT nextval('{seq}')"), &[])
+            .await
+            .unwrap()
+            .get(0);
         client
-            .execute(&format!("INSERT INTO {table} VALUES ($1, $2, $3)"), &[&LIB, &instance, &id])
+            .execute(
+                &format!("INSERT INTO {table} VALUES ($1, $2, $3)"),
+                &[&LIB, &instance, &id],
+            )
             .await
             .unwrap();
         if update_positions {
@@ -103,8 +121,17 @@ async fn insert_rows(db: &Db, instance: &str, n: usize, table: &str, update_posi
 async fn insert_row_with_id(db: &Db, instance: &str, id: i64) {
     let seq = sequence(db, LIB).await;
     let client = db.pool.get().await.unwrap();
-    client.execute("INSERT INTO foobar VALUES ($1, $2, $3)", &[&LIB, &instance, &id]).await.unwrap();
-    client.execute(&format!("SELECT setval('{seq}', $1)"), &[&id]).await.unwrap();
+    client
+        .execute(
+            "INSERT INTO foobar VALUES ($1, $2, $3)",
+            &[&LIB, &instance, &id],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(&format!("SELECT setval('{seq}', $1)"), &[&id])
+        .await
+        .unwrap();
     set_position(db, instance, id).await;
 }
 
@@ -126,7 +153,12 @@ async fn write(db: &Db, stream: &Arc<Stream>, instance: &str, n: usize) -> Vec<i
     let txn = client.transaction().await.unwrap();
     let allocation = stream.allocate(&txn, n).await.unwrap();
     for id in allocation.ids() {
-        txn.execute("INSERT INTO foobar VALUES ($1, $2, $3)", &[&LIB, &instance, id]).await.unwrap();
+        txn.execute(
+            "INSERT INTO foobar VALUES ($1, $2, $3)",
+            &[&LIB, &instance, id],
+        )
+        .await
+        .unwrap();
     }
     txn.commit().await.unwrap();
     let ids = allocation.ids().to_vec();
@@ -158,7 +190,10 @@ fn positions(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
 async fn stored_positions(db: &Db) -> BTreeMap<String, i64> {
     let client = db.pool.get().await.unwrap();
     client
-        .query("SELECT instance, row FROM stream_positions WHERE library = $1", &[&LIB])
+        .query(
+            "SELECT instance, row FROM stream_positions WHERE library = $1",
+            &[&LIB],
+        )
         .await
         .unwrap()
         .iter()
@@ -202,7 +237,11 @@ async fn test_empty() {
     let (_p, id_gen) = writer(&db, "master").await;
     assert_eq!(id_gen.positions(), positions(&[("master", 0)]));
     assert_eq!(id_gen.persisted_up_to(), 0);
-    assert_eq!(stored_positions(&db).await, positions(&[("master", 0)]), "joined at 0");
+    assert_eq!(
+        stored_positions(&db).await,
+        positions(&[("master", 0)]),
+        "joined at 0"
+    );
 }
 
 /// Reads and writes from one process; the position moves only once the transaction ends,
@@ -255,7 +294,10 @@ async fn test_out_of_order_finish() {
     let a2 = id_gen.allocate(&t2, 1).await.unwrap();
     let a3 = id_gen.allocate(&t3, 1).await.unwrap();
     let a4 = id_gen.allocate(&t4, 1).await.unwrap();
-    assert_eq!([a1.ids(), a2.ids(), a3.ids(), a4.ids()], [&[8], &[9], &[10], &[11]]);
+    assert_eq!(
+        [a1.ids(), a2.ids(), a3.ids(), a4.ids()],
+        [&[8], &[9], &[10], &[11]]
+    );
     assert_eq!(id_gen.positions(), positions(&[("master", 7)]));
     assert_eq!(id_gen.current_token_for_writer("master"), 7);
 
@@ -293,7 +335,9 @@ async fn test_get_next_txn() {
     let txn = client.transaction().await.unwrap();
     let allocation = id_gen.allocate(&txn, 1).await.unwrap();
     assert_eq!(allocation.ids(), &[8]);
-    txn.execute("INSERT INTO foobar VALUES ($1, 'master', 8)", &[&LIB]).await.unwrap();
+    txn.execute("INSERT INTO foobar VALUES ($1, 'master', 8)", &[&LIB])
+        .await
+        .unwrap();
     assert_eq!(id_gen.positions(), positions(&[("master", 7)]));
     assert_eq!(id_gen.current_token_for_writer("master"), 7);
     txn.commit().await.unwrap();
@@ -337,7 +381,11 @@ async fn cancelled_allocation() {
         let pending = id_gen.allocate(&txn, 1);
         tokio::pin!(pending);
         assert!(futures::poll!(&mut pending).is_pending());
-        assert_eq!(id_gen.current_token_for_writer("master"), 10, "held while allocating");
+        assert_eq!(
+            id_gen.current_token_for_writer("master"),
+            10,
+            "held while allocating"
+        );
     }
     assert_eq!(id_gen.current_token_for_writer("master"), 10);
     drop(txn);
@@ -350,7 +398,11 @@ async fn cancelled_allocation() {
     assert_eq!(id_gen.positions(), positions(&[("master", ids[0])]));
     // None of the cancelled ids was ever stored.
     let client = db.pool.get().await.unwrap();
-    let stored: i64 = client.query_one("SELECT count(*) FROM foobar WHERE row > 7", &[]).await.unwrap().get(0);
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM foobar WHERE row > 7", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(stored, 1);
 }
 
@@ -363,23 +415,34 @@ async fn test_restart_during_out_of_order_persistence() {
     assert_eq!(id_gen.positions(), positions(&[("master", 7)]));
 
     let (mut c1, mut c2) = (db.pool.get().await.unwrap(), db.pool.get().await.unwrap());
-    let (t1, t2) = (c1.transaction().await.unwrap(), c2.transaction().await.unwrap());
+    let (t1, t2) = (
+        c1.transaction().await.unwrap(),
+        c2.transaction().await.unwrap(),
+    );
     let a1 = id_gen.allocate(&t1, 1).await.unwrap();
     let a2 = id_gen.allocate(&t2, 1).await.unwrap();
     assert_eq!((a1.ids(), a2.ids()), (&[8][..], &[9][..]));
     assert_eq!(id_gen.positions(), positions(&[("master", 7)]));
 
     // The second row is persisted before the other instance starts.
-    t2.execute("INSERT INTO foobar VALUES ($1, 'master', 9)", &[&LIB]).await.unwrap();
+    t2.execute("INSERT INTO foobar VALUES ($1, 'master', 9)", &[&LIB])
+        .await
+        .unwrap();
     t2.commit().await.unwrap();
     a2.committed().await.unwrap();
 
     let (_w, worker) = reader(&db, "worker").await;
     assert_eq!(worker.positions(), positions(&[("master", 7)]));
     assert_eq!(worker.current_token_for_writer("master"), 7);
-    assert_eq!(worker.persisted_up_to(), 7, "row 9 is stored but 8 is not finished");
+    assert_eq!(
+        worker.persisted_up_to(),
+        7,
+        "row 9 is stored but 8 is not finished"
+    );
 
-    t1.execute("INSERT INTO foobar VALUES ($1, 'master', 8)", &[&LIB]).await.unwrap();
+    t1.execute("INSERT INTO foobar VALUES ($1, 'master', 8)", &[&LIB])
+        .await
+        .unwrap();
     t1.commit().await.unwrap();
     a1.committed().await.unwrap();
     assert_eq!(id_gen.positions(), positions(&[("master", 9)]));
@@ -419,7 +482,10 @@ async fn test_get_persisted_upto_position() {
     insert_row_with_id(&db, "first", 3).await;
     insert_row_with_id(&db, "second", 5).await;
     let (_p, id_gen) = reader(&db, "worker").await;
-    assert_eq!(id_gen.positions(), positions(&[("first", 3), ("second", 5)]));
+    assert_eq!(
+        id_gen.positions(),
+        positions(&[("first", 3), ("second", 5)])
+    );
 
     // Min is 3 and there is a gap before 5.
     assert_eq!(id_gen.persisted_up_to(), 3);
@@ -448,7 +514,10 @@ async fn test_get_persisted_upto_position_get_next() {
     insert_row_with_id(&db, "first", 3).await;
     insert_row_with_id(&db, "second", 5).await;
     let (_p, id_gen) = writer(&db, "first").await;
-    assert_eq!(id_gen.positions(), positions(&[("first", 5), ("second", 5)]));
+    assert_eq!(
+        id_gen.positions(),
+        positions(&[("first", 5), ("second", 5)])
+    );
     assert_eq!(id_gen.persisted_up_to(), 5);
 
     let mut client = db.pool.get().await.unwrap();
@@ -475,7 +544,10 @@ async fn test_multi_instance() {
     assert_eq!(first.positions(), positions(&[("first", 3), ("second", 7)]));
     assert_eq!(first.current_token_for_writer("first"), 7);
     assert_eq!(first.current_token_for_writer("second"), 7);
-    assert_eq!(second.positions(), positions(&[("first", 3), ("second", 7)]));
+    assert_eq!(
+        second.positions(),
+        positions(&[("first", 3), ("second", 7)])
+    );
     assert_eq!(second.current_token_for_writer("first"), 7);
     assert_eq!(second.current_token_for_writer("second"), 7);
 
@@ -484,25 +556,40 @@ async fn test_multi_instance() {
     let allocation = first.allocate(&txn, 1).await.unwrap();
     assert_eq!(allocation.ids(), &[8]);
     assert_eq!(first.positions(), positions(&[("first", 3), ("second", 7)]));
-    assert_eq!(second.positions(), positions(&[("first", 3), ("second", 7)]));
+    assert_eq!(
+        second.positions(),
+        positions(&[("first", 3), ("second", 7)])
+    );
     assert_eq!(first.persisted_up_to(), 7);
     txn.commit().await.unwrap();
     allocation.committed().await.unwrap();
     assert_eq!(first.positions(), positions(&[("first", 8), ("second", 7)]));
     // The second instance has not heard of it...
-    assert_eq!(second.positions(), positions(&[("first", 3), ("second", 7)]));
+    assert_eq!(
+        second.positions(),
+        positions(&[("first", 3), ("second", 7)])
+    );
 
     // ...but still gets a unique id.
     let txn = client.transaction().await.unwrap();
     let allocation = second.allocate(&txn, 1).await.unwrap();
     assert_eq!(allocation.ids(), &[9]);
-    assert_eq!(second.positions(), positions(&[("first", 3), ("second", 7)]));
+    assert_eq!(
+        second.positions(),
+        positions(&[("first", 3), ("second", 7)])
+    );
     txn.commit().await.unwrap();
     allocation.committed().await.unwrap();
-    assert_eq!(second.positions(), positions(&[("first", 3), ("second", 9)]));
+    assert_eq!(
+        second.positions(),
+        positions(&[("first", 3), ("second", 9)])
+    );
 
     second.advance("first", 8);
-    assert_eq!(second.positions(), positions(&[("first", 8), ("second", 9)]));
+    assert_eq!(
+        second.positions(),
+        positions(&[("first", 8), ("second", 9)])
+    );
 }
 
 /// A third writer that has written nothing starts at the persisted position, not at 0.
@@ -533,7 +620,10 @@ async fn test_multi_instance_empty_row() {
     assert_eq!(third.persisted_up_to(), 7);
     txn.commit().await.unwrap();
     allocation.committed().await.unwrap();
-    assert_eq!(third.positions(), positions(&[("first", 3), ("second", 7), ("third", 8)]));
+    assert_eq!(
+        third.positions(),
+        positions(&[("first", 3), ("second", 7), ("third", 8)])
+    );
 }
 
 /// Writers come and go. Synapse changes a static writer list; here a writer that stopped long
@@ -576,7 +666,10 @@ async fn test_writer_config_change() {
     assert_eq!(id_gen_5.persisted_up_to(), 6);
     assert_eq!(id_gen_5.current_token_for_writer("first"), 6);
     assert_eq!(id_gen_5.current_token_for_writer("third"), 6);
-    assert_eq!(stored_positions(&db).await, positions(&[("first", 6), ("third", 6)]));
+    assert_eq!(
+        stored_positions(&db).await,
+        positions(&[("first", 6), ("third", 6)])
+    );
 }
 
 /// A sequence behind the stored rows — or behind the stored positions — is moved past them at
@@ -587,14 +680,20 @@ async fn test_sequence_consistency() {
     insert_row_with_id(&db, "master", 3).await;
     // A row the sequence never handed out (a restore, say).
     let client = db.pool.get().await.unwrap();
-    client.execute("INSERT INTO foobar VALUES ($1, 'master', 26)", &[&LIB]).await.unwrap();
+    client
+        .execute("INSERT INTO foobar VALUES ($1, 'master', 26)", &[&LIB])
+        .await
+        .unwrap();
 
     let (p, id_gen) = writer(&db, "master").await;
     assert_eq!(write(&db, &id_gen, "master", 1).await, vec![27]);
 
     // Another library whose positions table is ahead of a fresh sequence.
     client
-        .execute("INSERT INTO stream_positions (library, instance, row) VALUES ('other', 'master', 40)", &[])
+        .execute(
+            "INSERT INTO stream_positions (library, instance, row) VALUES ('other', 'master', 40)",
+            &[],
+        )
         .await
         .unwrap();
     let stream = p.stream("other").await.unwrap();
@@ -616,7 +715,10 @@ async fn test_minimal_local_token() {
 
     assert_eq!(first.positions(), positions(&[("first", 3), ("second", 7)]));
     assert_eq!(first.minimal_local_current_token(), 3);
-    assert_eq!(second.positions(), positions(&[("first", 3), ("second", 7)]));
+    assert_eq!(
+        second.positions(),
+        positions(&[("first", 3), ("second", 7)])
+    );
     assert_eq!(second.minimal_local_current_token(), 7);
 }
 
@@ -677,7 +779,10 @@ async fn test_load_existing_stream() {
     replicate_all(&[("first", &first), ("second", &second)]);
 
     for stream in [&first, &second] {
-        assert_eq!(stream.positions(), positions(&[("first", 3), ("second", 7)]));
+        assert_eq!(
+            stream.positions(),
+            positions(&[("first", 3), ("second", 7)])
+        );
         assert_eq!(stream.current_token_for_writer("first"), 7);
         assert_eq!(stream.current_token_for_writer("second"), 7);
         assert_eq!(stream.persisted_up_to(), 7);
@@ -704,7 +809,10 @@ async fn idle_writer_advances_its_position() {
     pb.tick().await.unwrap(); // b re-reads a's position, then announces it as its own token
     assert_eq!(b.current_token_for_writer("b"), 3);
     pb.tick().await.unwrap();
-    assert_eq!(stored_positions(&db).await, positions(&[("a", 3), ("b", 3)]));
+    assert_eq!(
+        stored_positions(&db).await,
+        positions(&[("a", 3), ("b", 3)])
+    );
     po.refresh().await.unwrap();
     assert_eq!(observer.persisted_up_to(), 3);
 }
@@ -722,8 +830,14 @@ async fn dead_writer_does_not_pin_the_position() {
     let dtxn = dc.transaction().await.unwrap();
     let d_alloc = dead.allocate(&dtxn, 1).await.unwrap();
     assert_eq!(d_alloc.ids(), &[1]);
-    dtxn.execute("INSERT INTO foobar VALUES ($1, 'dead', 1)", &[&LIB]).await.unwrap();
-    let backend: i32 = dtxn.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    dtxn.execute("INSERT INTO foobar VALUES ($1, 'dead', 1)", &[&LIB])
+        .await
+        .unwrap();
+    let backend: i32 = dtxn
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
 
     assert_eq!(write(&db, &a, "a", 1).await, vec![2]);
     pa.refresh().await.unwrap();
@@ -732,14 +846,20 @@ async fn dead_writer_does_not_pin_the_position() {
     // Paused: no heartbeat for an hour, but its transaction is open.
     backdate(&db, "dead").await;
     pa.refresh().await.unwrap();
-    assert!(stored_positions(&db).await.contains_key("dead"), "a writer with an open transaction is never dropped");
+    assert!(
+        stored_positions(&db).await.contains_key("dead"),
+        "a writer with an open transaction is never dropped"
+    );
     assert_eq!(a.persisted_up_to(), 0);
 
     // Dead: the process goes (its allocation never resolved) and PostgreSQL ends its session.
     std::mem::forget(d_alloc);
     drop(pd);
     let admin = db.pool.get().await.unwrap();
-    admin.execute("SELECT pg_terminate_backend($1)", &[&backend]).await.unwrap();
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&backend])
+        .await
+        .unwrap();
     drop(dtxn);
     drop(deadpool_postgres::Object::take(dc)); // not back into the pool: it is dead
     eventually("the dead writer is dropped", || async {
@@ -749,7 +869,11 @@ async fn dead_writer_does_not_pin_the_position() {
     .await;
     assert_eq!(a.positions(), positions(&[("a", 2)]));
     assert_eq!(a.persisted_up_to(), 2);
-    let rows: i64 = admin.query_one("SELECT count(*) FROM foobar WHERE row = 1", &[]).await.unwrap().get(0);
+    let rows: i64 = admin
+        .query_one("SELECT count(*) FROM foobar WHERE row = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(rows, 0, "the dead writer's uncommitted row never committed");
 }
 
@@ -764,7 +888,10 @@ async fn dropped_writer_rejoins_before_allocating() {
     assert_eq!(write(&db, &a, "a", 2).await, vec![1, 2]);
     backdate(&db, "paused").await;
     pa.refresh().await.unwrap();
-    assert!(!stored_positions(&db).await.contains_key("paused"), "idle and stale: dropped");
+    assert!(
+        !stored_positions(&db).await.contains_key("paused"),
+        "idle and stale: dropped"
+    );
     assert_eq!(a.persisted_up_to(), 2);
 
     // It was only paused, and now writes.
@@ -772,7 +899,10 @@ async fn dropped_writer_rejoins_before_allocating() {
     let txn = client.transaction().await.unwrap();
     let allocation = paused.allocate(&txn, 1).await.unwrap();
     assert_eq!(allocation.ids(), &[3]);
-    assert!(stored_positions(&db).await.contains_key("paused"), "rejoined");
+    assert!(
+        stored_positions(&db).await.contains_key("paused"),
+        "rejoined"
+    );
 
     pa.refresh().await.unwrap();
     assert_eq!(write(&db, &a, "a", 1).await, vec![4]);
@@ -788,7 +918,9 @@ async fn dropped_writer_rejoins_before_allocating() {
 async fn notify_wakes_another_instance() {
     let db = db().await;
     let (_pa, a) = writer(&db, "a").await;
-    let pb = Positions::open(db.pool.clone(), config("b", true)).await.unwrap();
+    let pb = Positions::open(db.pool.clone(), config("b", true))
+        .await
+        .unwrap();
     pb.listen(db.pg.clone()).await.unwrap();
     let b = pb.stream(LIB).await.unwrap();
     let mut woken = b.subscribe();
@@ -821,7 +953,9 @@ async fn reread_finds_positions_missed_by_notifications() {
 async fn listener_reconnects_after_losing_its_connection() {
     let db = db().await;
     let (_pa, a) = writer(&db, "a").await;
-    let pb = Positions::open(db.pool.clone(), config("b", false)).await.unwrap();
+    let pb = Positions::open(db.pool.clone(), config("b", false))
+        .await
+        .unwrap();
     let mut pg = db.pg.clone();
     pg.application_name("listener-b");
     pb.listen(pg).await.unwrap();
@@ -839,7 +973,10 @@ async fn listener_reconnects_after_losing_its_connection() {
         .get(0);
     assert_eq!(killed, 1);
     let ids = write(&db, &a, "a", 1).await;
-    eventually("b hears of a's row after reconnecting", || async { b.persisted_up_to() >= ids[0] }).await;
+    eventually("b hears of a's row after reconnecting", || async {
+        b.persisted_up_to() >= ids[0]
+    })
+    .await;
     eventually("b listens again", || async {
         let n: i64 = admin
             .query_one(
@@ -854,23 +991,34 @@ async fn listener_reconnects_after_losing_its_connection() {
     })
     .await;
     let ids = write(&db, &a, "a", 1).await;
-    eventually("b is notified on the new connection", || async { b.persisted_up_to() >= ids[0] }).await;
+    eventually("b is notified on the new connection", || async {
+        b.persisted_up_to() >= ids[0]
+    })
+    .await;
 }
 
 /// Two live processes cannot share an instance name; a reader cannot allocate.
 #[tokio::test]
 async fn instance_names_are_exclusive_and_readers_cannot_write() {
     let db = db().await;
-    let one = Positions::open(db.pool.clone(), config("same", true)).await.unwrap();
+    let one = Positions::open(db.pool.clone(), config("same", true))
+        .await
+        .unwrap();
     one.listen(db.pg.clone()).await.unwrap();
-    let two = Positions::open(db.pool.clone(), config("same", true)).await.unwrap();
+    let two = Positions::open(db.pool.clone(), config("same", true))
+        .await
+        .unwrap();
     let err = two.listen(db.pg.clone()).await.unwrap_err();
     assert_eq!(err.code(), "instance_in_use", "{err}");
 
     let (_p, stream) = reader(&db, "reader").await;
     let mut client = db.pool.get().await.unwrap();
     let txn = client.transaction().await.unwrap();
-    let err = stream.allocate(&txn, 1).await.err().expect("a reader cannot allocate");
+    let err = stream
+        .allocate(&txn, 1)
+        .await
+        .err()
+        .expect("a reader cannot allocate");
     assert_eq!(err.code(), "not_a_writer");
 }
 
@@ -881,7 +1029,11 @@ async fn started_instances_follow_each_other_unaided() {
     let db = db().await;
     let start = |name: &'static str, writer: bool| {
         let (pool, pg) = (db.pool.clone(), db.pg.clone());
-        async move { Positions::start(pool, pg, config(name, writer)).await.unwrap() }
+        async move {
+            Positions::start(pool, pg, config(name, writer))
+                .await
+                .unwrap()
+        }
     };
     let pa = start("a", true).await;
     let pb = start("b", true).await;
@@ -899,5 +1051,8 @@ async fn started_instances_follow_each_other_unaided() {
         .unwrap();
     assert_eq!(b.current_token_for_writer("b"), last);
     assert_eq!(observer.positions(), positions(&[("a", last), ("b", last)]));
-    assert_eq!(stored_positions(&db).await, positions(&[("a", last), ("b", last)]));
+    assert_eq!(
+        stored_positions(&db).await,
+        positions(&[("a", last), ("b", last)])
+    );
 }

@@ -146,8 +146,25 @@ impl PgCluster {
     /// Runs SQL through `psql` against `database`, returning its unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
-            .args(["-d", database, "-v", "ON_ERROR_STOP=1", "-X", "-A", "-t", "-c", sql])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args([
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                sql,
+            ])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("running psql: {e}"))?;
@@ -233,7 +250,10 @@ fn bin_dir() -> Result<PathBuf, String> {
         return if dir.join("postgres").is_file() {
             Ok(dir)
         } else {
-            Err(format!("TIDEMARK_PG_BIN={} holds no postgres binary", dir.display()))
+            Err(format!(
+                "TIDEMARK_PG_BIN={} holds no postgres binary",
+                dir.display()
+            ))
         };
     }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(DEBIAN_PG_ROOT)
@@ -264,9 +284,11 @@ fn server_owner() -> Result<Option<(u32, u32)>, String> {
     let name = CString::new("postgres").expect("no NUL");
     let pw = unsafe { libc::getpwnam(name.as_ptr()) };
     if pw.is_null() {
-        return Err("running as root but there is no `postgres` user to run PostgreSQL as \
+        return Err(
+            "running as root but there is no `postgres` user to run PostgreSQL as \
                     (Debian's postgresql package creates it: run scripts/postgres.sh)"
-            .into());
+                .into(),
+        );
     }
     let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
     Ok(Some((uid, gid)))
@@ -275,7 +297,11 @@ fn server_owner() -> Result<Option<(u32, u32)>, String> {
 const DIR_PREFIX: &str = "tidemark-pg-";
 
 fn dir_parent(owner: Option<(u32, u32)>) -> PathBuf {
-    if owner.is_some() { PathBuf::from("/tmp") } else { std::env::temp_dir() }
+    if owner.is_some() {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// A fresh directory the server's user owns. As root it goes under /tmp, which every user
@@ -285,7 +311,12 @@ fn make_dir(owner: Option<(u32, u32)>) -> Result<tempfile::TempDir, String> {
     let dir = tempfile::Builder::new()
         .prefix(DIR_PREFIX)
         .tempdir_in(&parent)
-        .map_err(|e| format!("creating a temporary directory in {}: {e}", parent.display()))?;
+        .map_err(|e| {
+            format!(
+                "creating a temporary directory in {}: {e}",
+                parent.display()
+            )
+        })?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("chmod {}: {e}", dir.path().display()))?;
     if let Some((uid, gid)) = owner {
@@ -298,10 +329,15 @@ fn make_dir(owner: Option<(u32, u32)>) -> Result<tempfile::TempDir, String> {
 /// Removes cluster directories left behind by test runs that were killed (no exit hook ran):
 /// older than an hour and with no live postmaster. Younger ones may be starting up right now.
 fn remove_abandoned_dirs(owner: Option<(u32, u32)>) {
-    let Ok(entries) = std::fs::read_dir(dir_parent(owner)) else { return };
+    let Ok(entries) = std::fs::read_dir(dir_parent(owner)) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
-        let ours = entry.file_name().to_str().is_some_and(|n| n.starts_with(DIR_PREFIX));
+        let ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(DIR_PREFIX));
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
@@ -316,8 +352,14 @@ fn remove_abandoned_dirs(owner: Option<(u32, u32)>) {
 
 /// Whether the data directory's `postmaster.pid` names a live process.
 fn postmaster_alive(data: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(data.join("postmaster.pid")) else { return false };
-    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<libc::pid_t>().ok()) else {
+    let Ok(text) = std::fs::read_to_string(data.join("postmaster.pid")) else {
+        return false;
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<libc::pid_t>().ok())
+    else {
         return false;
     };
     unsafe { libc::kill(pid, 0) == 0 }
@@ -330,7 +372,9 @@ fn as_owner(program: PathBuf, dir: &Path, owner: Option<(u32, u32)>) -> Command 
     if let Some((uid, gid)) = owner {
         // std drops supplementary groups too when root switches uid.
         cmd.uid(uid).gid(gid);
-        cmd.env("HOME", dir).env("USER", "postgres").env("LOGNAME", "postgres");
+        cmd.env("HOME", dir)
+            .env("USER", "postgres")
+            .env("LOGNAME", "postgres");
     }
     cmd
 }
@@ -340,7 +384,16 @@ fn init_db(bin: &Path, dir: &Path, data: &Path, owner: Option<(u32, u32)>) -> Re
         .arg("-D")
         .arg(data)
         // trust on 127.0.0.1 and the private socket only; --no-sync: nothing here must survive a crash.
-        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        .args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ])
         .output()
         .map_err(|e| format!("running initdb: {e}"))?;
     if !out.status.success() {
@@ -356,7 +409,10 @@ fn init_db(bin: &Path, dir: &Path, data: &Path, owner: Option<(u32, u32)>) -> Re
 fn free_port() -> Result<u16, String> {
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
 }
 
 /// Spawns the postmaster from a thread of its own that waits for it, so the parent-death
@@ -368,7 +424,8 @@ fn spawn_server(
     port: u16,
     owner: Option<(u32, u32)>,
 ) -> Result<Arc<Server>, String> {
-    let log = File::create(dir.join("postgres.log")).map_err(|e| format!("creating the log: {e}"))?;
+    let log =
+        File::create(dir.join("postgres.log")).map_err(|e| format!("creating the log: {e}"))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = as_owner(bin.join("postgres"), dir, owner);
     cmd.arg("-D").arg(data).args(["-p", &port.to_string()]);
@@ -391,7 +448,14 @@ fn spawn_server(
     unsafe {
         cmd.pre_exec(move || {
             // After the uid switch (std applies it before pre_exec), which would clear it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGQUIT as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // The spawning thread may have gone between fork and prctl.
@@ -435,10 +499,21 @@ fn wait_ready(bin: &Path, server: &Server, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if server.has_exited() {
-            return Err(format!("postgres exited during start-up:\n{}", server.log()));
+            return Err(format!(
+                "postgres exited during start-up:\n{}",
+                server.log()
+            ));
         }
         let ready = Command::new(bin.join("pg_isready"))
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .args([
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .stdin(Stdio::null())
             .status()
             .map(|s| s.success())
@@ -447,7 +522,10 @@ fn wait_ready(bin: &Path, server: &Server, port: u16) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("postgres did not accept connections in time:\n{}", server.log()));
+            return Err(format!(
+                "postgres did not accept connections in time:\n{}",
+                server.log()
+            ));
         }
         thread::sleep(Duration::from_millis(50));
     }

@@ -12,7 +12,12 @@ fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // Fields after the parenthesised command name: the first is the state.
-            let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
             state != Some("Z")
         }
         Err(_) => false,
@@ -39,7 +44,9 @@ fn holder(args: &[&str]) -> (std::process::Child, i32, String, String) {
         .spawn()
         .expect("spawn pg-cluster");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read line");
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read line");
     let mut parts = line.split_whitespace();
     let pid: i32 = parts.next().expect("pid").parse().expect("pid number");
     let dir = parts.next().expect("dir").to_string();
@@ -49,13 +56,20 @@ fn holder(args: &[&str]) -> (std::process::Child, i32, String, String) {
 
 /// A fake cluster directory under the parent the testkit uses, last modified `age` ago.
 fn fake_dir(name: &str, age: Duration) -> std::path::PathBuf {
-    let parent = if unsafe { libc::geteuid() } == 0 { "/tmp".into() } else { std::env::temp_dir() };
+    let parent = if unsafe { libc::geteuid() } == 0 {
+        "/tmp".into()
+    } else {
+        std::env::temp_dir()
+    };
     let dir = parent.join(format!("tidemark-pg-{name}-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("data")).unwrap();
     // A pid file naming a process that does not exist.
     std::fs::write(dir.join("data/postmaster.pid"), "999999999\n").unwrap();
     let when = std::time::SystemTime::now() - age;
-    std::fs::File::open(&dir).unwrap().set_modified(when).unwrap();
+    std::fs::File::open(&dir)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
     dir
 }
 
@@ -65,7 +79,10 @@ fn databases_are_separate_and_drop_stops_the_server() {
     let abandoned = fake_dir("abandoned", Duration::from_secs(2 * 3600));
     let young = fake_dir("young", Duration::ZERO);
     let cluster = PgCluster::start().expect("start cluster");
-    assert!(!abandoned.exists(), "an abandoned directory is removed by the next start");
+    assert!(
+        !abandoned.exists(),
+        "an abandoned directory is removed by the next start"
+    );
     assert!(young.exists(), "a young directory is left alone");
     std::fs::remove_dir_all(&young).unwrap();
     let pid = cluster.pid();
@@ -75,12 +92,25 @@ fn databases_are_separate_and_drop_stops_the_server() {
     let b = cluster.create_database();
     assert_ne!(a, b);
     let db = |url: &str| url.rsplit('/').next().unwrap().to_string();
-    cluster.psql(&db(&a), "CREATE TABLE only_in_a (x int); INSERT INTO only_in_a VALUES (7)").unwrap();
-    assert_eq!(cluster.psql(&db(&a), "SELECT x FROM only_in_a").unwrap(), "7");
-    let err = cluster.psql(&db(&b), "SELECT x FROM only_in_a").unwrap_err();
+    cluster
+        .psql(
+            &db(&a),
+            "CREATE TABLE only_in_a (x int); INSERT INTO only_in_a VALUES (7)",
+        )
+        .unwrap();
+    assert_eq!(
+        cluster.psql(&db(&a), "SELECT x FROM only_in_a").unwrap(),
+        "7"
+    );
+    let err = cluster
+        .psql(&db(&b), "SELECT x FROM only_in_a")
+        .unwrap_err();
     assert!(err.contains("does not exist"), "{err}");
     // Listens on 127.0.0.1 only, with durability off for speed.
-    assert_eq!(cluster.psql("postgres", "SHOW listen_addresses").unwrap(), "127.0.0.1");
+    assert_eq!(
+        cluster.psql("postgres", "SHOW listen_addresses").unwrap(),
+        "127.0.0.1"
+    );
     assert_eq!(cluster.psql("postgres", "SHOW fsync").unwrap(), "off");
     drop(cluster);
     assert!(!alive(pid), "postmaster {pid} still running after drop");
@@ -93,7 +123,10 @@ fn shared_cluster_is_started_once() {
     let second = PgCluster::shared();
     assert!(std::ptr::eq(first, second));
     let url = first.create_database();
-    assert!(url.starts_with(&format!("postgres://postgres@127.0.0.1:{}/", first.port())), "{url}");
+    assert!(
+        url.starts_with(&format!("postgres://postgres@127.0.0.1:{}/", first.port())),
+        "{url}"
+    );
 }
 
 #[test]
@@ -110,7 +143,10 @@ fn a_killed_process_takes_its_cluster_down() {
     assert!(alive(pid));
     child.kill().expect("kill");
     child.wait().expect("wait");
-    assert!(wait_gone(pid), "postmaster {pid} outlived its killed process");
+    assert!(
+        wait_gone(pid),
+        "postmaster {pid} outlived its killed process"
+    );
     // No exit hook runs on SIGKILL: the directory is left behind; clean it up here.
     let _ = std::fs::remove_dir_all(&dir);
 }

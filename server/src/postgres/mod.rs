@@ -56,7 +56,9 @@ pub fn pool(config: tokio_postgres::Config, max_size: usize) -> Result<Pool, Err
     let manager = Manager::from_config(
         config,
         tokio_postgres::NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
     );
     Pool::builder(manager)
         .max_size(max_size.max(2))

@@ -194,7 +194,11 @@ impl Positions {
         install_schema(&pool).await?;
         Ok(Positions {
             inner: Arc::new(Inner {
-                shared: Arc::new(Shared { pool, config, link: Link::default() }),
+                shared: Arc::new(Shared {
+                    pool,
+                    config,
+                    link: Link::default(),
+                }),
                 streams: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(Vec::new()),
             }),
@@ -202,7 +206,11 @@ impl Positions {
     }
 
     /// [`Positions::open`], then LISTEN on `pg` and tick every `announce_every`.
-    pub async fn start(pool: Pool, pg: tokio_postgres::Config, config: Config) -> Result<Positions, Error> {
+    pub async fn start(
+        pool: Pool,
+        pg: tokio_postgres::Config,
+        config: Config,
+    ) -> Result<Positions, Error> {
         let positions = Positions::open(pool, config).await?;
         positions.listen(pg).await?;
         positions.spawn_ticker();
@@ -321,7 +329,16 @@ impl Positions {
                    FROM up";
         let stmt = client.prepare_cached(sql).await?;
         let rows = client
-            .query(&stmt, &[&shared.config.instance, &libraries, &tokens, &moved, &CHANNEL])
+            .query(
+                &stmt,
+                &[
+                    &shared.config.instance,
+                    &libraries,
+                    &tokens,
+                    &moved,
+                    &CHANNEL,
+                ],
+            )
             .await?;
         let stored: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         for stream in &streams {
@@ -354,7 +371,10 @@ impl Positions {
         let rows = client.query(&stmt, &[&libraries]).await?;
         let mut stored: HashMap<String, Vec<(String, i64, i64)>> = HashMap::new();
         for row in rows {
-            stored.entry(row.get(0)).or_default().push((row.get(1), row.get(2), row.get(3)));
+            stored
+                .entry(row.get(0))
+                .or_default()
+                .push((row.get(1), row.get(2), row.get(3)));
         }
         for (stream, issued) in streams.iter().zip(issued) {
             let found = stored.remove(&stream.library).unwrap_or_default();
@@ -372,7 +392,9 @@ impl Positions {
             }
             stream.publish(&state);
         }
-        for (library, instance, joined) in drop_dead_writers(&client, &shared.config, &libraries).await? {
+        for (library, instance, joined) in
+            drop_dead_writers(&client, &shared.config, &libraries).await?
+        {
             if let Some(stream) = streams.iter().find(|s| s.library == library) {
                 stream.apply(Event::Gone(instance, Some(joined)));
             }
@@ -388,7 +410,11 @@ impl Positions {
             task.abort();
         }
         let shared = &self.inner.shared;
-        let libraries: Vec<String> = self.loaded_streams().iter().map(|s| s.library.clone()).collect();
+        let libraries: Vec<String> = self
+            .loaded_streams()
+            .iter()
+            .map(|s| s.library.clone())
+            .collect();
         if !shared.config.writer || libraries.is_empty() {
             return Ok(());
         }
@@ -400,11 +426,15 @@ impl Positions {
                                  RETURNING p.library, p.instance, p.joined)
                    SELECT library, pg_notify($3, json_build_object('l', library, 'i', instance, 'k', 'gone', 'j', joined)::text)::text
                    FROM gone";
-        match client.query(sql, &[&libraries, &shared.config.instance, &CHANNEL]).await {
+        match client
+            .query(sql, &[&libraries, &shared.config.instance, &CHANNEL])
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                Err(Error::Busy(shared.config.instance.clone(), libraries.join(",")))
-            }
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Err(Error::Busy(
+                shared.config.instance.clone(),
+                libraries.join(","),
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -412,23 +442,35 @@ impl Positions {
     /// Applies one notification payload (from the LISTEN connection).
     fn dispatch(&self, notification: &Notification) {
         let Ok(note) = serde_json::from_str::<Note>(notification.payload()) else {
-            tracing::warn!(payload = notification.payload(), "unreadable stream position notification");
+            tracing::warn!(
+                payload = notification.payload(),
+                "unreadable stream position notification"
+            );
             return;
         };
         if note.i == self.inner.shared.config.instance {
             return;
         }
-        let Some(stream) = lock(&self.inner.streams).get(&note.l).cloned() else { return };
+        let Some(stream) = lock(&self.inner.streams).get(&note.l).cloned() else {
+            return;
+        };
         match (note.k.as_deref(), note.r) {
             (Some("gone"), _) => stream.apply(Event::Gone(note.i, note.j)),
             (None, Some(row)) => stream.apply(Event::Position(note.i, row, note.j)),
-            _ => tracing::warn!(payload = notification.payload(), "unknown stream position notification"),
+            _ => tracing::warn!(
+                payload = notification.payload(),
+                "unknown stream position notification"
+            ),
         }
     }
 
     /// The LISTEN connection is gone: hold every library until it is back (module doc).
     fn lost_link(&self) {
-        self.inner.shared.link.connected.store(false, Ordering::SeqCst);
+        self.inner
+            .shared
+            .link
+            .connected
+            .store(false, Ordering::SeqCst);
         for stream in lock(&self.inner.streams).values() {
             let mut state = stream.state();
             state.held = true;
@@ -481,7 +523,13 @@ impl Stream {
             library: library.to_string(),
             sequence: OnceLock::new(),
             shared,
-            state: Mutex::new(State { tracker, loading: true, pending: Vec::new(), held, announced: 0 }),
+            state: Mutex::new(State {
+                tracker,
+                loading: true,
+                pending: Vec::new(),
+                held,
+                announced: 0,
+            }),
             loaded: tokio::sync::OnceCell::new(),
             watch: watch::channel(0).0,
         })
@@ -560,7 +608,8 @@ impl Stream {
         let count = n as i64;
         for attempt in 0..2 {
             // Pipelined: both are sent at once and run in this order.
-            let allocate_params: [&(dyn ToSql + Sync); 4] = [&self.library, &config.instance, sequence, &count];
+            let allocate_params: [&(dyn ToSql + Sync); 4] =
+                [&self.library, &config.instance, sequence, &count];
             let writers_params: [&(dyn ToSql + Sync); 2] = [&self.library, &config.instance];
             let (ids, others) = futures::try_join!(
                 txn.query(&allocate, &allocate_params),
@@ -621,7 +670,10 @@ impl Stream {
 
         let mut tracker = Tracker::new(&config.instance, config.writer);
         let stored: Vec<(String, i64, i64)> = client
-            .query("SELECT instance, row, joined FROM stream_positions WHERE library = $1", &[&self.library])
+            .query(
+                "SELECT instance, row, joined FROM stream_positions WHERE library = $1",
+                &[&self.library],
+            )
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -673,7 +725,10 @@ impl Stream {
                  FROM up",
             )
             .await?;
-        match client.query_opt(&stmt, &[&self.library, instance, &token, &CHANNEL]).await? {
+        match client
+            .query_opt(&stmt, &[&self.library, instance, &token, &CHANNEL])
+            .await?
+        {
             Some(row) => {
                 let mut state = self.state();
                 state.announced = state.announced.max(row.get(0));
@@ -694,13 +749,21 @@ struct Fetch {
 impl Fetch {
     fn begin(stream: Arc<Stream>) -> Fetch {
         let key = stream.state().tracker.begin_fetch();
-        Fetch { stream, key, ended: false }
+        Fetch {
+            stream,
+            key,
+            ended: false,
+        }
     }
 
     fn finish(mut self, ids: Vec<i64>) -> Allocation {
         self.stream.state().tracker.end_fetch(self.key, &ids);
         self.ended = true;
-        Allocation { stream: self.stream.clone(), ids, open: true }
+        Allocation {
+            stream: self.stream.clone(),
+            ids,
+            open: true,
+        }
     }
 }
 
@@ -815,7 +878,10 @@ async fn ensure_sequence(
     )
     .await?;
     let id: i64 = txn
-        .query_one("SELECT id FROM stream_sequences WHERE library = $1", &[&library])
+        .query_one(
+            "SELECT id FROM stream_sequences WHERE library = $1",
+            &[&library],
+        )
         .await?
         .get(0);
     let sequence = format!("tidemark_rows_{id}");
@@ -823,18 +889,32 @@ async fn ensure_sequence(
         "CREATE SEQUENCE IF NOT EXISTS {sequence} AS bigint MINVALUE 1 START 1 CACHE 1"
     ))
     .await?;
-    let row = txn.query_one(&format!("SELECT last_value, is_called FROM {sequence}"), &[]).await?;
+    let row = txn
+        .query_one(
+            &format!("SELECT last_value, is_called FROM {sequence}"),
+            &[],
+        )
+        .await?;
     let (last_value, is_called): (i64, bool) = (row.get(0), row.get(1));
-    let last = if is_called { last_value } else { last_value - 1 };
+    let last = if is_called {
+        last_value
+    } else {
+        last_value - 1
+    };
     let mut top: i64 = txn
-        .query_one("SELECT COALESCE(max(row), 0) FROM stream_positions WHERE library = $1", &[&library])
+        .query_one(
+            "SELECT COALESCE(max(row), 0) FROM stream_positions WHERE library = $1",
+            &[&library],
+        )
         .await?
         .get(0);
     top = top.max(max_row(&txn, config, library).await?);
     if top > last {
         tracing::warn!(%library, sequence = %sequence, last, top, "sequence behind the stored rows; moving it forward");
         txn.execute(
-            &format!("SELECT setval('{sequence}', GREATEST((SELECT last_value FROM {sequence}), $1))"),
+            &format!(
+                "SELECT setval('{sequence}', GREATEST((SELECT last_value FROM {sequence}), $1))"
+            ),
             &[&top],
         )
         .await?;
@@ -844,7 +924,11 @@ async fn ensure_sequence(
 }
 
 /// The largest row id of `library` in the rows tables (0 when none).
-async fn max_row(client: &impl GenericClient, config: &Config, library: &str) -> Result<i64, Error> {
+async fn max_row(
+    client: &impl GenericClient,
+    config: &Config,
+    library: &str,
+) -> Result<i64, Error> {
     let mut top = 0;
     for t in &config.rows_tables {
         let sql = format!(
@@ -874,7 +958,13 @@ async fn rows_above(
             table = quote_ident(&t.table),
             lib = quote_ident(&t.library_column),
         );
-        ids.extend(client.query(&sql, &[&library, &after]).await?.iter().map(|r| r.get::<_, i64>(0)));
+        ids.extend(
+            client
+                .query(&sql, &[&library, &after])
+                .await?
+                .iter()
+                .map(|r| r.get::<_, i64>(0)),
+        );
     }
     ids.sort_unstable();
     ids.dedup();
@@ -882,7 +972,12 @@ async fn rows_above(
 }
 
 /// Stores a writer's (re)start position — forward only — and notifies. Returns what is stored.
-async fn join(client: &impl GenericClient, library: &str, instance: &str, start: i64) -> Result<i64, Error> {
+async fn join(
+    client: &impl GenericClient,
+    library: &str,
+    instance: &str,
+    start: i64,
+) -> Result<i64, Error> {
     let row = client
         .query_one(
             "WITH up AS (INSERT INTO stream_positions (library, instance, row, updated_at)
@@ -921,7 +1016,10 @@ async fn drop_dead_writers(
             &[&libraries, &config.instance, &config.stale_after.as_secs_f64(), &CHANNEL],
         )
         .await?;
-    let gone: Vec<(String, String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let gone: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     for (library, instance, _) in &gone {
         tracing::warn!(%library, %instance, "dropped a dead writer: no heartbeat and no open transaction");
     }
@@ -935,7 +1033,10 @@ struct ListenLink {
     notifications: mpsc::UnboundedReceiver<Notification>,
 }
 
-async fn connect_listener(pg: &tokio_postgres::Config, instance: &str) -> Result<ListenLink, Error> {
+async fn connect_listener(
+    pg: &tokio_postgres::Config,
+    instance: &str,
+) -> Result<ListenLink, Error> {
     let (client, mut connection) = pg.connect(NoTls).await?;
     let (tx, notifications) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -966,7 +1067,10 @@ async fn connect_listener(pg: &tokio_postgres::Config, instance: &str) -> Result
     if !ours {
         return Err(Error::InstanceInUse(instance.to_string()));
     }
-    Ok(ListenLink { _client: client, notifications })
+    Ok(ListenLink {
+        _client: client,
+        notifications,
+    })
 }
 
 /// Applies notifications as they come; when the connection is lost, holds every library and

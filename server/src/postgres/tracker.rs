@@ -74,7 +74,10 @@ impl Tracker {
     /// Start-up, step 1: the writers' positions as stored in `stream_positions`. Returns the
     /// position above which committed rows must be read for step 2 (the smallest), or `None`
     /// when no writer has a position (then step 2 is [`Tracker::load_max_row`]).
-    pub(crate) fn load_positions(&mut self, stored: impl IntoIterator<Item = (String, i64, i64)>) -> Option<i64> {
+    pub(crate) fn load_positions(
+        &mut self,
+        stored: impl IntoIterator<Item = (String, i64, i64)>,
+    ) -> Option<i64> {
         for (instance, row, joined) in stored {
             self.learned.insert(instance.clone(), self.stamp);
             self.joined.insert(instance.clone(), joined);
@@ -106,7 +109,13 @@ impl Tracker {
     /// and every id it allocates from now on is above every id allocated so far. Returns that
     /// start position for a writer (to be stored), `None` for a reader.
     pub(crate) fn finish_load(&mut self) -> Option<i64> {
-        let top = self.positions.values().copied().max().unwrap_or(0).max(self.persisted);
+        let top = self
+            .positions
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(self.persisted);
         self.max_seen = top;
         self.max_local = top;
         if self.writer {
@@ -173,7 +182,8 @@ impl Tracker {
         };
         if let Some(new_position) = new_position {
             let current = self.positions.get(&self.instance).copied().unwrap_or(0);
-            self.positions.insert(self.instance.clone(), current.max(new_position));
+            self.positions
+                .insert(self.instance.clone(), current.max(new_position));
             self.max_local = self.max_local.max(current).max(new_position);
         }
         if ids.is_empty() {
@@ -349,12 +359,19 @@ impl Tracker {
         if instance == self.instance {
             return self.max_local;
         }
-        self.positions.get(instance).copied().unwrap_or(self.persisted).max(self.persisted)
+        self.positions
+            .get(instance)
+            .copied()
+            .unwrap_or(self.persisted)
+            .max(self.persisted)
     }
 
     /// Our own position without the idle advance (`get_minimal_local_current_token`).
     pub(crate) fn minimal_local_token(&self) -> i64 {
-        self.positions.get(&self.instance).copied().unwrap_or(self.persisted)
+        self.positions
+            .get(&self.instance)
+            .copied()
+            .unwrap_or(self.persisted)
     }
 }
 
@@ -401,7 +418,11 @@ mod tests {
         t.advance("other", 4);
         assert_eq!(t.token_for_writer("me"), 2, "an allocation is under way");
         t.end_fetch(key, &[]);
-        assert_eq!(t.token_for_writer("me"), 4, "idle again: the newest id seen");
+        assert_eq!(
+            t.token_for_writer("me"),
+            4,
+            "idle again: the newest id seen"
+        );
     }
 
     #[test]
@@ -410,15 +431,27 @@ mod tests {
         t.load_positions([("w".into(), 4, 7)]);
         t.finish_load();
         t.remove("w", Some(6));
-        assert_eq!(t.positions().get("w"), Some(&4), "the drop was of incarnation 6; we know 7");
+        assert_eq!(
+            t.positions().get("w"),
+            Some(&4),
+            "the drop was of incarnation 6; we know 7"
+        );
         t.observe("w", 9, Some(6));
         assert_eq!(t.positions().get("w"), Some(&4));
         t.learn_new([("w".to_string(), 9, 7)]);
-        assert_eq!(t.positions().get("w"), Some(&4), "a known incarnation keeps what we were told");
+        assert_eq!(
+            t.positions().get("w"),
+            Some(&4),
+            "a known incarnation keeps what we were told"
+        );
         t.remove("w", Some(7));
         assert!(t.positions().is_empty());
         t.learn_new([("w".to_string(), 9, 8)]);
-        assert_eq!(t.positions().get("w"), Some(&9), "a new incarnation is learned");
+        assert_eq!(
+            t.positions().get("w"),
+            Some(&9),
+            "a new incarnation is learned"
+        );
     }
 
     #[test]
