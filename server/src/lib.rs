@@ -14,6 +14,7 @@ pub mod http;
 pub mod library;
 pub mod listing;
 pub mod peers;
+pub mod postgres;
 pub mod socket;
 pub mod sqlite;
 pub mod upstream;
