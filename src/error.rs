@@ -45,6 +45,13 @@ pub enum StoreError {
     QuotaExceeded,
     #[error("the replica is closed")]
     Closed,
+    /// The live generation is being rebuilt (a reset or an upgrade): writers wait for the
+    /// new generation (`Store::settle`) and retry there.
+    #[error("the replica is being rebuilt; the write will go into the new generation")]
+    Sealed,
+    /// This store cannot do what was asked (a server's store has no generations).
+    #[error("not supported by this store: {0}")]
+    Unsupported(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("storage error: {0}")]
@@ -128,6 +135,7 @@ impl Error {
             Error::Store(e) => match e {
                 StoreError::QuotaExceeded => "QUOTA_EXCEEDED",
                 StoreError::Closed => "CLOSED",
+                StoreError::Sealed | StoreError::Unsupported(_) => "STORAGE_ERROR",
                 StoreError::Corrupt(_) => "CORRUPT",
                 StoreError::Backend(_) => "STORAGE_ERROR",
             },
@@ -209,6 +217,7 @@ mod tests {
             QueryError::Invalid(String::new()).into(),
             StoreError::QuotaExceeded.into(),
             StoreError::Closed.into(),
+            StoreError::Sealed.into(),
             StoreError::Corrupt(String::new()).into(),
             StoreError::Backend(String::new()).into(),
             OpenError::InvalidOptions(String::new()).into(),

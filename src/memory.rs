@@ -11,11 +11,14 @@ use crate::error::{Error, StoreError};
 use crate::key::cmp_utf16;
 use crate::query::{Plan, Source};
 use crate::scan::select;
+use crate::schema::Schema;
 use crate::peer::PeerRecord;
 use crate::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
 
 #[derive(Default, Clone)]
 struct Inner {
+    /// A staging generation is being built: commits are refused until swap or abandon.
+    sealed: bool,
     head: Option<Head>,
     docs: BTreeMap<String, BTreeMap<String, StoredDoc>>,
     log: Vec<Row>,
@@ -26,6 +29,8 @@ struct Inner {
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// Writers waiting for the seal to lift (`settle`).
+    waiters: Mutex<Vec<futures::channel::oneshot::Sender<()>>>,
 }
 
 impl MemoryStore {
@@ -41,13 +46,19 @@ impl MemoryStore {
         docs
     }
 
+    fn wake(&self) {
+        for w in self.waiters.lock().unwrap().drain(..) {
+            let _ = w.send(());
+        }
+    }
+
     pub fn close(&self) {
         self.inner.lock().unwrap().closed = true;
     }
 
     /// A copy of everything stored, as a backup would hold it (for restore tests).
     pub fn backup(&self) -> MemoryStore {
-        MemoryStore { inner: Mutex::new(self.inner.lock().unwrap().clone()) }
+        MemoryStore { inner: Mutex::new(Inner { sealed: false, ..self.inner.lock().unwrap().clone() }), waiters: Mutex::default() }
     }
 }
 
@@ -83,6 +94,9 @@ impl Store for MemoryStore {
             docs: keys.iter().map(|(c, id)| inner.docs.get(c).and_then(|m| m.get(id)).cloned()).collect(),
             peers: peers.iter().map(|p| inner.peers.get(p).cloned()).collect(),
         };
+        if inner.sealed {
+            return Err(StoreError::Sealed.into());
+        }
         let loaded_head = loaded.head.clone();
         let commit = f(loaded)?;
         commit.check(loaded_head.as_ref())?;
@@ -159,5 +173,52 @@ impl Store for MemoryStore {
         }
         let start = inner.log.partition_point(|r| r.row <= after);
         Ok(inner.log[start..].iter().take(limit).cloned().collect())
+    }
+
+    type Staging = MemoryStore;
+
+    async fn stage(&self, _schema: &Schema) -> Result<MemoryStore, Error> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.closed {
+            return Err(StoreError::Closed.into());
+        }
+        if inner.sealed {
+            return Err(StoreError::Sealed.into());
+        }
+        inner.sealed = true;
+        Ok(MemoryStore::new())
+    }
+
+    async fn swap(&self, staging: MemoryStore) -> Result<(), Error> {
+        let fresh = staging.inner.into_inner().unwrap();
+        {
+            let mut inner = self.inner.lock().unwrap();
+            if !inner.sealed {
+                return Err(StoreError::Backend("swap without a staging generation".into()).into());
+            }
+            *inner = Inner { sealed: false, closed: inner.closed, ..fresh };
+        }
+        self.wake();
+        Ok(())
+    }
+
+    async fn abandon(&self, _staging: MemoryStore) -> Result<(), Error> {
+        self.inner.lock().unwrap().sealed = false;
+        self.wake();
+        Ok(())
+    }
+
+    async fn settle(&self) -> Result<(), Error> {
+        let wait = {
+            let inner = self.inner.lock().unwrap();
+            if !inner.sealed {
+                return Ok(());
+            }
+            let (tx, rx) = futures::channel::oneshot::channel();
+            self.waiters.lock().unwrap().push(tx);
+            rx
+        };
+        let _ = wait.await;
+        Ok(())
     }
 }

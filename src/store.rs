@@ -22,6 +22,7 @@ use crate::merge::DocState;
 use crate::op::Op;
 use crate::peer::PeerRecord;
 use crate::query::Plan;
+use crate::schema::Schema;
 
 /// The replica's identity and positions, rewritten by every commit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -169,4 +170,25 @@ pub trait Store {
     /// How many documents (tombstones included) `docs_after` would walk: a snapshot's
     /// progress total.
     async fn doc_count(&self) -> Result<u64, StoreError>;
+
+    /// Where a new generation is built before it is swapped in (a reset, DESIGN §6).
+    type Staging: Store<Doc = Self::Doc>;
+
+    /// Seals the live generation — from now on its commits fail with `StoreError::Sealed`,
+    /// while reads go on — and returns an empty staging generation laid out for `schema`.
+    /// Fails if another staging is under way. Servers' stores, which never reset (they
+    /// merge snapshots), refuse with `Unsupported`.
+    async fn stage(&self, schema: &Schema) -> Result<Self::Staging, Error>;
+
+    /// Makes `staging` the live generation in one step (a pointer flip, never a copy) and
+    /// unseals; the old generation is deleted after. Readers see the old generation until
+    /// this returns and the new one after, never a mixture.
+    async fn swap(&self, staging: Self::Staging) -> Result<(), Error>;
+
+    /// Drops `staging` and unseals the live generation, which is left as it was.
+    async fn abandon(&self, staging: Self::Staging) -> Result<(), Error>;
+
+    /// Waits until the live generation is no longer sealed — swapped or abandoned, here or
+    /// in another tab — and binds to whichever generation is live then.
+    async fn settle(&self) -> Result<(), Error>;
 }

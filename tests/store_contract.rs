@@ -23,3 +23,8 @@ impl Fixture for Memory {
 fn the_memory_store_keeps_the_contract() {
     futures::executor::block_on(contract::all(&Memory));
 }
+
+#[test]
+fn the_memory_store_stages_and_swaps_generations() {
+    futures::executor::block_on(contract::generations(&Memory));
+}

@@ -258,4 +258,24 @@ impl Store for SqliteStore {
         })
         .collect()
     }
+
+    type Staging = SqliteStore;
+
+    /// A server's library is a relay: it merges snapshots and never rebuilds a generation.
+    async fn stage(&self, _schema: &tidemark::Schema) -> Result<SqliteStore, Error> {
+        Err(StoreError::Unsupported("a server's library merges snapshots; it has no staging generation".into()).into())
+    }
+
+    async fn swap(&self, _staging: SqliteStore) -> Result<(), Error> {
+        Err(StoreError::Unsupported("a server's library has no staging generation".into()).into())
+    }
+
+    async fn abandon(&self, _staging: SqliteStore) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Never sealed: nothing to wait for.
+    async fn settle(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }

@@ -278,6 +278,24 @@ impl Store for IdbStore {
         read::doc_count(&self.db, &self.schema).await
     }
 
+    type Staging = IdbStore;
+
+    async fn stage(&self, _schema: &Schema) -> Result<IdbStore, Error> {
+        Err(StoreError::Unsupported("staging on IndexedDB".into()).into())
+    }
+
+    async fn swap(&self, _staging: IdbStore) -> Result<(), Error> {
+        Err(StoreError::Unsupported("staging on IndexedDB".into()).into())
+    }
+
+    async fn abandon(&self, _staging: IdbStore) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn settle(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<JsValue>, StoreError> {
         self.check_open()?;
         if !self.knows(collection) {

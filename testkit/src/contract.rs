@@ -235,3 +235,44 @@ pub async fn queries_see_existing_documents_only<F: Fixture>(s: &F::S) {
     let plan = Query::parse(&json!({"where": {"id": "gone"}})).unwrap().plan(coll);
     assert!(s.query("a", "id", &plan).await.unwrap().is_empty(), "a tombstone is not found");
 }
+
+/// The generations contract, for stores that rebuild a replica beside the live one
+/// (memory, IndexedDB; a server's stores refuse to stage): staging seals the live
+/// generation, a swap puts the staging one in place at once, abandoning leaves the live
+/// one as it was.
+pub async fn generations<F: Fixture>(f: &F) {
+    let s = f.fresh().await;
+    put(&s, seed()).await.unwrap();
+    let before = everything(&s).await;
+
+    // Abandoned: the live generation is as it was and takes writes again.
+    let staging = s.stage(&schema()).await.unwrap();
+    assert!(matches!(s.stage(&schema()).await, Err(Error::Store(tidemark::error::StoreError::Sealed))), "one staging at a time");
+    let sealed = put(&s, Commit { head: Some(head(4)), rows: vec![row(4, "x")], ..Commit::default() }).await;
+    assert!(matches!(sealed, Err(Error::Store(tidemark::error::StoreError::Sealed))), "a sealed generation refuses commits: {sealed:?}");
+    assert_eq!(everything(&s).await, before, "reads go on while sealed");
+    put(&staging, Commit { head: Some(head(9)), docs: vec![doc("a", "new", json!({"n": 9}), 9)], ..Commit::default() }).await.unwrap();
+    s.abandon(staging).await.unwrap();
+    s.settle().await.unwrap();
+    assert_eq!(everything(&s).await, before, "abandon leaves the live generation untouched");
+    put(&s, Commit { head: Some(head(4)), rows: vec![row(4, "x")], ..Commit::default() }).await.unwrap();
+
+    // Swapped: readers see the staging generation's data, all of it, at once.
+    let staging = s.stage(&schema()).await.unwrap();
+    let built = Commit {
+        head: Some(head(20)),
+        docs: vec![doc("a", "new", json!({"n": 9}), 9), doc("b", "y", json!({"deep": 2}), 12)],
+        rows: vec![row(20, "new")],
+        peers: vec![("peer1".into(), peer(30))],
+    };
+    put(&staging, built.clone()).await.unwrap();
+    s.swap(staging).await.unwrap();
+    s.settle().await.unwrap();
+    let mut docs = built.docs.clone();
+    docs.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
+    let mut got = everything(&s).await;
+    got.1.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
+    assert_eq!(got, (built.head.clone(), docs, built.rows.clone(), built.peers.iter().cloned().collect()), "the swap shows exactly the staging generation");
+    assert_eq!(s.get("a", "x").await.unwrap(), None, "nothing of the old generation remains");
+    put(&s, Commit { head: Some(head(21)), rows: vec![row(21, "x")], ..Commit::default() }).await.unwrap();
+}

@@ -61,4 +61,28 @@ impl<S: Store> Store for Flaky<S> {
     async fn doc_count(&self) -> Result<u64, StoreError> {
         self.inner.doc_count().await
     }
+    type Staging = Flaky<S::Staging>;
+    /// Staging counts as a commit (it seals the live generation); the staging
+    /// generation fails where the count says, as the live one would.
+    async fn stage(&self, schema: &tidemark::Schema) -> Result<Flaky<S::Staging>, Error> {
+        self.commits.set(self.commits.get() + 1);
+        if self.commits.get() >= self.fail_at {
+            return Err(StoreError::Backend("page closed".into()).into());
+        }
+        let staging = self.inner.stage(schema).await?;
+        Ok(Flaky { inner: staging, commits: Cell::new(self.commits.get()), fail_at: self.fail_at })
+    }
+    async fn swap(&self, staging: Flaky<S::Staging>) -> Result<(), Error> {
+        self.commits.set(staging.commits.get() + 1);
+        if self.commits.get() >= self.fail_at {
+            return Err(StoreError::Backend("page closed".into()).into());
+        }
+        self.inner.swap(staging.inner).await
+    }
+    async fn abandon(&self, staging: Flaky<S::Staging>) -> Result<(), Error> {
+        self.inner.abandon(staging.inner).await
+    }
+    async fn settle(&self) -> Result<(), Error> {
+        self.inner.settle().await
+    }
 }
