@@ -7,7 +7,6 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
-use crate::clock::Stamp;
 use crate::error::{Error, QueryError, WriteError};
 use crate::migrate::{Migrator, NoMigrations, Schemas};
 use crate::op::{check_patch, Kind};
@@ -107,10 +106,7 @@ impl<S: Store> Replica<S> {
                 let commit = store
                     .commit(&[], &[], move |loaded| {
                         // Another opener may have initialized the store meanwhile.
-                        let head = loaded.head.unwrap_or_else(|| {
-                            let db_id = new_db_id();
-                            Head { clock: Stamp { version, wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version }
-                        });
+                        let head = loaded.head.unwrap_or_else(|| Head::new(new_db_id(), version));
                         Ok(Commit { head: Some(head), ..Commit::default() })
                     })
                     .await?;

@@ -34,6 +34,21 @@ pub struct Head {
     /// The newest stamp this replica has issued or seen.
     pub clock: Stamp,
     pub schema_version: u32,
+    /// A staging generation is being built from this one (`Store::stage`): commits are
+    /// refused until the swap or abandon, so no row is written into a dead generation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
+    /// A reset began and has not completed yet (`status().resetPending`); the next sync
+    /// that receives a snapshot completes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset_pending: bool,
+}
+
+impl Head {
+    /// A fresh replica's head.
+    pub fn new(db_id: String, version: u32) -> Head {
+        Head { clock: Stamp { version, wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version, sealed: false, reset_pending: false }
+    }
 }
 
 /// One entry of the op log.
@@ -106,9 +121,13 @@ pub struct Commit {
 }
 
 impl Commit {
-    /// Checks what every store must refuse before writing anything: log rows that are
-    /// not numbered after the head the commit read, or not strictly ascending.
+    /// Checks what every store must refuse before writing anything: any commit to a
+    /// sealed generation, and log rows that are not numbered after the head the commit
+    /// read, or not strictly ascending.
     pub fn check(&self, loaded: Option<&Head>) -> Result<(), StoreError> {
+        if loaded.is_some_and(|h| h.sealed) {
+            return Err(StoreError::Sealed);
+        }
         let mut last = loaded.map_or(0, |h| h.max_row);
         for r in &self.rows {
             if r.row <= last {
