@@ -70,7 +70,9 @@ pub struct StoredDoc {
     /// document does not exist (never written, deleted, or dropped by a migration).
     #[serde(rename = "d")]
     pub doc: Option<Map<String, Value>>,
-    /// The stamps of the registers of the layer of version `version`.
+    /// The stamps of the registers of the layer of version `version`: the app's writes
+    /// of that version and, when the document was migrated from older layers, the
+    /// migration output as its root register (so `doc` is this layer materialized).
     #[serde(rename = "s")]
     pub stamps: BTreeMap<String, Stamp>,
     /// Whether that layer's root register is a tombstone.
@@ -83,9 +85,6 @@ pub struct StoredDoc {
     /// every index).
     #[serde(rename = "i", default, skip_serializing_if = "Map::is_empty")]
     pub index_keys: Map<String, Value>,
-    /// That layer's own fields, when `doc` is a view migrated from older layers.
-    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
-    pub own: Option<Map<String, Value>>,
     /// The layers of other schema versions.
     #[serde(rename = "l", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub layers: BTreeMap<u32, DocState>,
@@ -98,12 +97,12 @@ pub struct StoredDoc {
 impl StoredDoc {
     /// The merge state of the layer of version `version`.
     pub fn state(&self) -> DocState {
-        DocState { doc: self.own.clone().or_else(|| self.doc.clone()).unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted }
+        DocState { doc: self.doc.clone().unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted }
     }
 
     /// Every layer, by schema version.
     pub fn all_layers(&self) -> Layers {
-        Layers::of(self.version, &self.stamps, self.deleted, self.own.as_ref().or(self.doc.as_ref()), &self.layers)
+        Layers::of(self.version, &self.stamps, self.deleted, self.doc.as_ref(), &self.layers)
     }
 }
 
