@@ -193,6 +193,11 @@ impl Store for MemoryStore {
                 return Err(StoreError::Backend("swap without a staging generation".into()).into());
             }
             if fresh.head.as_ref().is_none_or(|h| h.sealed) {
+                if let Some(h) = inner.head.as_mut() {
+                    h.sealed = false;
+                }
+                drop(inner);
+                self.wake();
                 return Err(StoreError::Backend("the staging generation has no head, or a sealed one".into()).into());
             }
             *inner = Inner { closed: inner.closed, ..fresh };

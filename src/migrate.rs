@@ -85,6 +85,11 @@ impl Schemas {
         Ok(Schemas { current, history: map })
     }
 
+    /// Whether any known schema, current or older, has `collection`.
+    pub fn knows(&self, collection: &str) -> bool {
+        self.current.collection(collection).is_some() || self.history.values().any(|s| s.collection(collection).is_some())
+    }
+
     pub fn get(&self, version: u32) -> Option<&Schema> {
         if version == self.current.version {
             Some(&self.current)

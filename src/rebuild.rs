@@ -68,6 +68,15 @@ pub struct Pending {
 }
 
 impl Rebuild<'_> {
+    /// Checks that data written under `version` can be brought to the app's version:
+    /// data is never silently hidden for want of a schema or a migration.
+    pub fn check_version(&self, version: u32) -> Result<(), Error> {
+        match self.schemas {
+            Some(schemas) if version < schemas.current.version => Ok(schemas.check_path(version, self.migrator)?),
+            _ => Ok(()),
+        }
+    }
+
     /// Builds the stored form of each item. Appends migration rows to `rows`, numbering
     /// them after `head.max_row`.
     pub fn docs(&self, items: Vec<Pending>, head: &mut Head, rows: &mut Vec<Row>) -> Result<Vec<(String, StoredDoc)>, Error> {

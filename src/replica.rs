@@ -174,6 +174,11 @@ impl<S: Store> Replica<S> {
         &self.store
     }
 
+    /// Gives the store back (to reopen it, as a restarted app would).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     /// The status as of the last commit or `refresh_status`: db id, points, pending rows.
     pub fn status(&self) -> Status {
         let h = self.head();

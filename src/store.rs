@@ -200,7 +200,8 @@ pub trait Store {
 
     /// Makes `staging` the live generation in one step (a pointer flip, never a copy) and
     /// unseals; the old generation is deleted after. Readers see the old generation until
-    /// this returns and the new one after, never a mixture.
+    /// this returns and the new one after, never a mixture. If it fails, the staging
+    /// generation is dropped and the live one unsealed, as by `abandon`.
     async fn swap(&self, staging: Self::Staging) -> Result<(), Error>;
 
     /// Drops `staging` and unseals the live generation, which is left as it was.

@@ -40,7 +40,8 @@ pub async fn upgrade<A: Store, B: Store>(
         let Some(last) = rows.last() else { break };
         after = last.row;
         for r in &rows {
-            if !is_migration(&r.op.ts) && schemas.current.collection(&r.op.collection).is_some() {
+            // Collections the app dropped still join the migration: a step may read them.
+            if !is_migration(&r.op.ts) && schemas.knows(&r.op.collection) {
                 docs.entry((r.op.collection.clone(), r.op.id.clone())).or_default().apply(&r.op);
             }
         }
@@ -55,6 +56,7 @@ pub async fn upgrade<A: Store, B: Store>(
     let items: Vec<Pending> = docs.into_iter().map(|(key, layers)| Pending { key, layers, migrated: None, remigrate: true }).collect();
     let mut migration_rows = Vec::new();
     let mut built = rebuild.docs(items, &mut head, &mut migration_rows)?;
+    built.retain(|(c, _)| schemas.current.collection(c).is_some());
     let n = built.len().max(1) as u64;
     let mut done = 0u64;
     while !built.is_empty() {

@@ -63,6 +63,9 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     for r in &rows {
         check_remote(replica, &r.op)?;
     }
+    if let Some(v) = rows.iter().map(|r| r.op.schema_version).filter(|v| replica.schema().is_some_and(|s| *v < s.version)).min() {
+        replica.rebuild().check_version(v)?;
+    }
     let migrates = replica.schema().is_some();
     let current = replica.schema().map(|s| s.version);
     let version = replica.version();

@@ -110,6 +110,7 @@ impl<T: Store> Reset<T> {
     /// Stages one snapshot chunk.
     pub async fn chunk<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
         check_snapshot(&docs)?;
+        let n = docs.len() as u64;
         let current = replica.version();
         let keeps = |c: &str| replica.schema().is_some_and(|s| s.collection(c).is_some());
         let mut keys: Vec<DocKey> = Vec::new();
@@ -125,6 +126,15 @@ impl<T: Store> Reset<T> {
         let mut applied = Applied::default();
         let mut older = Vec::new();
         let peer = self.peer.clone();
+        // Documents of collections the app's schema dropped are not stored, but older
+        // ones join the migration batch: a migration may read them (`ctx.get`).
+        for d in docs.iter().filter(|d| !keeps(&d.collection)) {
+            let theirs = d.layers();
+            if theirs.0.keys().any(|v| *v < current) {
+                let entry = self.older.entry((d.collection.clone(), d.id.clone())).or_default();
+                entry.merge(&theirs, true);
+            }
+        }
         let commit = self
             .staging
             .commit(&keys, &[], |loaded| {
@@ -145,7 +155,7 @@ impl<T: Store> Reset<T> {
                 w.finish(&rebuild, &keys, vec![])
             })
             .await?;
-        self.report.documents += keys.len() as u64;
+        self.report.documents += n;
         self.staged.extend(keys);
         self.older.extend(older);
         self.future_version = self.future_version.max(applied.future_version);
@@ -242,14 +252,20 @@ impl<T: Store> Reset<T> {
                 .await?;
         }
         // Every document with older-version data, migrated together.
+        if let Some(v) = self.older.values().filter_map(|l| l.0.keys().next().copied()).min() {
+            rebuild.check_version(v)?;
+        }
         let older = std::mem::take(&mut self.older);
-        self.report.migrated = older.len() as u64;
         let mut head = self.staging.head().await?.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?;
         let items: Vec<Pending> = older.into_iter().map(|(key, layers)| Pending { key, layers, migrated: None, remigrate: true }).collect();
         let n = items.len() as u64;
         progress(Progress { phase: Phase::Migrate, done: 0, total: n });
         let mut migration_rows = Vec::new();
         let mut built = rebuild.docs(items, &mut head, &mut migration_rows)?;
+        // Documents of dropped collections were only there to be read.
+        let schema = replica.schema().expect("a reset has a schema");
+        built.retain(|(c, _)| schema.collection(c).is_some());
+        self.report.migrated = built.len() as u64;
         let mut done = 0;
         while !built.is_empty() {
             let rest = built.split_off(built.len().min(CHUNK));
