@@ -49,6 +49,9 @@ pub enum StoreError {
     /// new generation (`Store::settle`) and retry there.
     #[error("the replica is being rebuilt; the write will go into the new generation")]
     Sealed,
+    /// Another tab upgraded the stored data past this app's schema version.
+    #[error("the stored data has schema version {stored}, newer than this app's {current}: reload the page to run the newer app")]
+    VersionTooOld { stored: u32, current: u32 },
     /// This store cannot do what was asked (a server's store has no generations).
     #[error("not supported by this store: {0}")]
     Unsupported(String),
@@ -140,6 +143,7 @@ impl Error {
                 StoreError::QuotaExceeded => "QUOTA_EXCEEDED",
                 StoreError::Closed => "CLOSED",
                 StoreError::Sealed | StoreError::Unsupported(_) => "STORAGE_ERROR",
+                StoreError::VersionTooOld { .. } => "VERSION_TOO_OLD",
                 StoreError::Corrupt(_) => "CORRUPT",
                 StoreError::Backend(_) => "STORAGE_ERROR",
             },

@@ -52,6 +52,9 @@ pub struct Status {
     pub online: bool,
     /// Local rows no peer has acknowledged yet.
     pub pending: u64,
+    /// A reset began (a snapshot was being staged) and has not completed yet: the next
+    /// sync that receives a snapshot completes it, and `reset` fires then.
+    pub reset_pending: bool,
 }
 
 /// What the replica remembers for `status()` between reads of the store.
@@ -192,6 +195,7 @@ impl<S: Store> Replica<S> {
             outgoing: known.peers.iter().filter_map(|(id, p)| Some((id.clone(), point(p.outgoing)?))).collect(),
             online: false,
             pending: known.pending,
+            reset_pending: h.reset_pending,
         }
     }
 

@@ -17,6 +17,7 @@ use tidemark_testkit::contract;
 use tidemark::peer::{Entry, PeerRecord};
 use tidemark::{MemoryStore, Replica, Schema, Write};
 use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -219,8 +220,7 @@ async fn stored_documents_read_back_exactly() {
             deleted: false,
             version: 2,
             index_keys: obj(json!({"byKind": [[4, "k1"]], "byKindN": [[4, "k1"], [3, 3.5]], "byN": [[3, 3.5]]})),
-            // A migrated document: its own layer, an older layer, the migration op written.
-            own: Some(obj(json!({"n": 3.5}))),
+            // A migrated document: its layer (with the migration root), an older layer, the migration op written.
             layers: [(1u32, serde_json::from_value(json!({"doc": {"title": "old"}, "stamps": {"": "00010000000000010000aa"}, "deleted": false})).unwrap())].into(),
             migrated: Some(stamp("00020000000000000000~m.1")),
         },
@@ -232,7 +232,6 @@ async fn stored_documents_read_back_exactly() {
             deleted: false,
             version: 1,
             index_keys: obj(json!({"byKind": [[4, "other"]]})),
-            own: None,
             layers: Default::default(),
             migrated: None,
         },
@@ -244,7 +243,6 @@ async fn stored_documents_read_back_exactly() {
             deleted: true,
             version: 1,
             index_keys: Map::new(),
-            own: None,
             layers: Default::default(),
             migrated: None,
         },
@@ -295,6 +293,63 @@ async fn the_indexeddb_store_keeps_the_contract() {
     for name in fixture.0.take() {
         IdbStore::delete_replica(&name).await.unwrap();
     }
+}
+
+/// Generations on IndexedDB (`tidemark_testkit::contract::generations`): staging seals
+/// the live generation, a swap flips to the staging one at once, abandoning leaves the
+/// live one as it was.
+#[wasm_bindgen_test]
+async fn the_indexeddb_store_stages_and_swaps_generations() {
+    struct Idb(std::cell::RefCell<Vec<String>>);
+    impl contract::Fixture for Idb {
+        type S = IdbStore;
+        async fn fresh(&self) -> IdbStore {
+            let name = unique("t-gens");
+            self.0.borrow_mut().push(name.clone());
+            IdbStore::open(&name, &contract::schema()).await.unwrap()
+        }
+        fn json(doc: &JsValue) -> Value {
+            Value::Object(to_map(doc))
+        }
+    }
+    let fixture = Idb(Default::default());
+    contract::generations(&fixture).await;
+    for name in fixture.0.take() {
+        IdbStore::delete_replica(&name).await.unwrap();
+    }
+}
+
+/// A tab that dies mid-rebuild (its store closed with a staging generation under way)
+/// leaves the live generation whole: the next open lifts the seal and deletes the
+/// half-built generation, and writes go on.
+#[wasm_bindgen_test]
+async fn a_rebuild_cut_off_by_a_closed_tab_is_recovered_on_open() {
+    let name = unique("t-crash");
+    let schema = schema();
+    let r = open_idb(&name, &schema).await;
+    r.put(ITEMS, obj(doc(1))).await.unwrap();
+    let staging = r.store().stage(&schema).await.unwrap();
+    let half = staging.live().db;
+    assert!(r.store().head().await.unwrap().unwrap().sealed);
+    // The tab goes away: nothing swaps or abandons; its connections close, its lock is released.
+    staging.close();
+    r.store().close();
+    let r = open_idb(&name, &schema).await;
+    assert!(!r.store().head().await.unwrap().unwrap().sealed, "the seal is lifted on open");
+    r.put(ITEMS, obj(doc(2))).await.unwrap();
+    assert_eq!(r.query(ITEMS, &json!({})).await.unwrap().len(), 2);
+    let listed = generations_named(&half).await;
+    assert!(!listed, "the half-built generation {half} is deleted");
+    r.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
+/// Whether the browser lists a database of that name.
+async fn generations_named(db: &str) -> bool {
+    let factory = js_sys::Reflect::get(&js_sys::global(), &"indexedDB".into()).unwrap();
+    let databases: js_sys::Function = js_sys::Reflect::get(&factory, &"databases".into()).unwrap().dyn_into().unwrap();
+    let list = wasm_bindgen_futures::JsFuture::from(databases.call0(&factory).unwrap().dyn_into::<js_sys::Promise>().unwrap()).await.unwrap();
+    js_sys::Array::from(&list).iter().any(|i| js_sys::Reflect::get(&i, &"name".into()).unwrap().as_string().as_deref() == Some(db))
 }
 
 /// Sync points committed with their batch survive closing and reopening the replica.

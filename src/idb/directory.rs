@@ -16,6 +16,9 @@ use super::error::{from_idb, from_open};
 
 const DIR: &str = "dir";
 const LIVE: &str = "live";
+/// The generation being built beside the live one, if any: what a crashed rebuild left
+/// behind, for the next opener to delete.
+const STAGING: &str = "staging";
 
 /// The live pointer. `layout` is what decides whether a schema can use the stored data
 /// as is; `schemaVersion` is the version that data was written under.
@@ -55,7 +58,8 @@ pub async fn read_live(dir: &Database) -> Result<Option<Live>, StoreError> {
     live.map(|v| codec::from_js(&v)).transpose()
 }
 
-/// Points the replica at `new` if the pointer still is `expected`, in one transaction.
+/// Points the replica at `new` if the pointer still is `expected`, and forgets the
+/// staging record, in one transaction.
 pub async fn flip_live(dir: &Database, expected: Option<&Live>, new: &Live) -> Result<Flip, StoreError> {
     let tx = dir.transaction(DIR).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     {
@@ -66,7 +70,29 @@ pub async fn flip_live(dir: &Database, expected: Option<&Live>, new: &Live) -> R
             return Ok(Flip::Lost(current));
         }
         store.put(codec::to_js(new)?).with_key(JsValue::from_str(LIVE)).without_key_type().primitive().map_err(from_idb)?;
+        store.delete(JsValue::from_str(STAGING)).primitive().map_err(from_idb)?;
     }
     tx.commit().await.map_err(from_idb)?;
     Ok(Flip::Done)
+}
+
+/// The staging record: the generation being built (or left by a crashed rebuild).
+pub async fn read_staging(dir: &Database) -> Result<Option<Live>, StoreError> {
+    let tx = dir.transaction(DIR).build().map_err(from_idb)?;
+    let store = tx.object_store(DIR).map_err(from_idb)?;
+    let staging: Option<JsValue> = store.get(JsValue::from_str(STAGING)).primitive().map_err(from_idb)?.await.map_err(from_idb)?;
+    staging.map(|v| codec::from_js(&v)).transpose()
+}
+
+/// Records (or, with `None`, forgets) the generation being built.
+pub async fn write_staging(dir: &Database, staging: Option<&Live>) -> Result<(), StoreError> {
+    let tx = dir.transaction(DIR).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
+    {
+        let store = tx.object_store(DIR).map_err(from_idb)?;
+        match staging {
+            Some(s) => store.put(codec::to_js(s)?).with_key(JsValue::from_str(STAGING)).without_key_type().primitive().map_err(from_idb)?,
+            None => store.delete(JsValue::from_str(STAGING)).primitive().map_err(from_idb)?,
+        };
+    }
+    tx.commit().await.map_err(from_idb)
 }

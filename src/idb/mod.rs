@@ -12,18 +12,23 @@
 //! - `error`: IndexedDB failures as `StoreError`s.
 //! - `persist`: asking for persistent storage.
 //! - `upgrade`: opening data of an older schema version into a new generation.
+//! - `generations`: staging a generation beside the live one, swapping it in, and
+//!   following another tab's swap (resets, DESIGN §6).
+//! - `locks`: Web Locks, which fence rebuilds across tabs.
 
 pub mod codec;
 pub mod commit;
 pub mod directory;
 pub mod error;
 pub mod generation;
+pub mod generations;
 pub mod keys;
+pub mod locks;
 pub mod persist;
 pub mod read;
 pub mod upgrade;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -43,16 +48,29 @@ use directory::{Flip, Live};
 pub struct IdbStore {
     replica: String,
     schema: Schema,
-    live: Live,
+    /// The generation this store reads and writes; it changes when a reset or an
+    /// upgrade (here or in another tab) swaps a new one in.
+    live: RefCell<Live>,
     dir: Database,
-    db: Database,
+    db: RefCell<Database>,
     closed: Rc<Cell<bool>>,
-    /// Closes both connections when another tab deletes or upgrades one of the
-    /// databases, so it is never blocked by this one; kept alive as long as the store.
-    _on_version_change: Closure<dyn FnMut()>,
+    /// The live generation's connection was closed because another tab deleted or
+    /// upgraded it (after swapping a new one in): the next operation binds to the
+    /// generation the directory names now.
+    stale: Rc<Cell<bool>>,
+    /// Closes the directory connection when another tab deletes the replica, so it is
+    /// never blocked by this one.
+    _on_dir_change: Closure<dyn FnMut()>,
+    /// Closes the generation's connection when another tab deletes it (and marks the
+    /// store stale); kept alive as long as the store.
+    on_db_change: Closure<dyn FnMut(web_sys::Event)>,
     /// Told the collections each committed transaction changed, after it committed (live
     /// queries and other tabs re-read from there).
-    on_change: std::cell::RefCell<Option<js_sys::Function>>,
+    on_change: RefCell<Option<js_sys::Function>>,
+    /// Releases the rebuild lock this store holds while a staging generation exists.
+    rebuild_lock: RefCell<Option<js_sys::Function>>,
+    /// This tab's writers waiting for this store's own rebuild to finish.
+    waiters: RefCell<Vec<futures::channel::oneshot::Sender<()>>>,
 }
 
 impl IdbStore {
@@ -65,13 +83,19 @@ impl IdbStore {
         schema.validate()?;
         persist::ask_once();
         let dir = directory::open(name).await?;
-        match Self::live_generation(name, schema, &dir).await {
-            Ok((live, db)) => Ok(Self::new(name, schema, live, dir, db)),
+        let store = match Self::live_generation(name, schema, &dir).await {
+            Ok((live, db)) => Self::new(name, schema, live, dir, db),
             Err(e) => {
                 dir.close();
-                Err(e)
+                return Err(e);
             }
+        };
+        // A tab that died mid-rebuild left the live generation sealed: lift the seal
+        // (unless another tab is rebuilding right now).
+        if read::head(&store.db().await?).await?.is_some_and(|h| h.sealed) {
+            generations::recover(&store).await?;
         }
+        Ok(store)
     }
 
     async fn live_generation(name: &str, schema: &Schema, dir: &Database) -> Result<(Live, Database), Error> {
@@ -99,7 +123,8 @@ impl IdbStore {
                 stored: live.schema_version,
                 opened: schema.version,
                 hint: "the stored collections or indexes differ from this schema's; open with the schema the data was \
-                       written with, or delete the replica (IdbStore::delete_replica) to start over"
+                       written with (or a newer version with this one in `history` and its migrations), or call \
+                       deleteReplica(name) to start over"
                     .into(),
             }
             .into());
@@ -114,25 +139,40 @@ impl IdbStore {
 
     fn new(name: &str, schema: &Schema, live: Live, dir: Database, db: Database) -> IdbStore {
         let closed = Rc::new(Cell::new(false));
-        let on_version_change = {
-            let (closed, dir, db) = (closed.clone(), dir.clone(), db.clone());
+        let stale = Rc::new(Cell::new(false));
+        let on_dir_change = {
+            let (closed, dir) = (closed.clone(), dir.clone());
             Closure::<dyn FnMut()>::new(move || {
                 closed.set(true);
                 dir.as_sys().close();
-                db.as_sys().close();
             })
         };
-        dir.as_sys().set_onversionchange(Some(on_version_change.as_ref().unchecked_ref()));
-        db.as_sys().set_onversionchange(Some(on_version_change.as_ref().unchecked_ref()));
+        let on_db_change = {
+            let stale = stale.clone();
+            // The connection that got `versionchange` is the event's target, whichever
+            // generation this store is bound to by then.
+            Closure::<dyn FnMut(web_sys::Event)>::new(move |e: web_sys::Event| {
+                stale.set(true);
+                if let Some(db) = e.target().and_then(|t| t.dyn_into::<web_sys::IdbDatabase>().ok()) {
+                    db.close();
+                }
+            })
+        };
+        dir.as_sys().set_onversionchange(Some(on_dir_change.as_ref().unchecked_ref()));
+        db.as_sys().set_onversionchange(Some(on_db_change.as_ref().unchecked_ref()));
         IdbStore {
             replica: name.to_string(),
             schema: schema.clone(),
-            live,
+            live: RefCell::new(live),
             dir,
-            db,
+            db: RefCell::new(db),
             closed,
-            _on_version_change: on_version_change,
-            on_change: std::cell::RefCell::new(None),
+            stale,
+            _on_dir_change: on_dir_change,
+            on_db_change,
+            on_change: RefCell::new(None),
+            rebuild_lock: RefCell::new(None),
+            waiters: RefCell::new(Vec::new()),
         }
     }
 
@@ -145,10 +185,14 @@ impl IdbStore {
     /// Closes the connections; every later call fails with `CLOSED`.
     pub fn close(&self) {
         if !self.closed.replace(true) {
+            let db = self.db.borrow();
             self.dir.as_sys().set_onversionchange(None);
-            self.db.as_sys().set_onversionchange(None);
+            db.as_sys().set_onversionchange(None);
             self.dir.as_sys().close();
-            self.db.as_sys().close();
+            db.as_sys().close();
+            if let Some(release) = self.rebuild_lock.borrow_mut().take() {
+                let _ = release.call0(&JsValue::NULL);
+            }
         }
     }
 
@@ -157,8 +201,8 @@ impl IdbStore {
     }
 
     /// The live generation this store reads and writes.
-    pub fn live(&self) -> &Live {
-        &self.live
+    pub fn live(&self) -> Live {
+        self.live.borrow().clone()
     }
 
     /// Deletes the replica `name` entirely: its directory and every generation database.
@@ -181,12 +225,16 @@ impl IdbStore {
         Ok(())
     }
 
-    fn check_open(&self) -> Result<(), StoreError> {
+    /// The live generation's connection, after following another tab's swap if one
+    /// happened; fails with `CLOSED` once the store is closed.
+    async fn db(&self) -> Result<Database, StoreError> {
         if self.closed.get() {
-            Err(StoreError::Closed)
-        } else {
-            Ok(())
+            return Err(StoreError::Closed);
         }
+        if self.stale.get() {
+            self.rebind().await?;
+        }
+        Ok(self.db.borrow().clone())
     }
 
     fn knows(&self, collection: &str) -> bool {
@@ -231,25 +279,24 @@ impl Store for IdbStore {
     type Doc = JsValue;
 
     async fn head(&self) -> Result<Option<Head>, StoreError> {
-        self.check_open()?;
-        read::head(&self.db).await
+        read::head(&self.db().await?).await
     }
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
-        self.check_open()?;
+        let db = self.db().await?;
         let Some(c) = self.schema.collection(collection) else { return Ok(None) };
-        read::get(&self.db, collection, &c.index_list(), id).await
+        read::get(&db, collection, &c.index_list(), id).await
     }
 
     async fn commit<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>,
     {
-        self.check_open()?;
+        let db = self.db().await?;
         if let Some((c, _)) = keys.iter().find(|(c, _)| !self.knows(c)) {
             return Err(StoreError::Backend(format!("collection {c:?} is not in this store's schema")).into());
         }
-        let commit = commit::commit(&self.db, &self.schema, keys, peers, f).await?;
+        let commit = commit::commit(&db, &self.schema, keys, peers, f).await?;
         if !commit.docs.is_empty() {
             let f = self.on_change.borrow().clone();
             if let Some(f) = f {
@@ -264,48 +311,44 @@ impl Store for IdbStore {
     }
 
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
-        self.check_open()?;
-        read::peers(&self.db).await
+        read::peers(&self.db().await?).await
     }
 
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
-        self.check_open()?;
-        read::docs_after(&self.db, &self.schema, after, limit).await
+        read::docs_after(&self.db().await?, &self.schema, after, limit).await
     }
 
     async fn doc_count(&self) -> Result<u64, StoreError> {
-        self.check_open()?;
-        read::doc_count(&self.db, &self.schema).await
+        read::doc_count(&self.db().await?, &self.schema).await
     }
 
     type Staging = IdbStore;
 
-    async fn stage(&self, _schema: &Schema) -> Result<IdbStore, Error> {
-        Err(StoreError::Unsupported("staging on IndexedDB".into()).into())
+    async fn stage(&self, schema: &Schema) -> Result<IdbStore, Error> {
+        generations::stage(self, schema).await
     }
 
-    async fn swap(&self, _staging: IdbStore) -> Result<(), Error> {
-        Err(StoreError::Unsupported("staging on IndexedDB".into()).into())
+    async fn swap(&self, staging: IdbStore) -> Result<(), Error> {
+        generations::swap(self, staging).await
     }
 
-    async fn abandon(&self, _staging: IdbStore) -> Result<(), Error> {
-        Ok(())
+    async fn abandon(&self, staging: IdbStore) -> Result<(), Error> {
+        generations::abandon(self, staging).await
     }
 
     async fn settle(&self) -> Result<(), Error> {
-        Ok(())
+        generations::settle(self).await
     }
 
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<JsValue>, StoreError> {
-        self.check_open()?;
+        let db = self.db().await?;
         if !self.knows(collection) {
             return Ok(Vec::new());
         }
-        read::query(&self.db, collection, primary_key, plan).await
+        read::query(&db, collection, primary_key, plan).await
     }
 
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
-        self.check_open()?;
-        read::rows_after(&self.db, after, limit).await
+        read::rows_after(&self.db().await?, after, limit).await
     }
 }

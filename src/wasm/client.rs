@@ -118,7 +118,12 @@ impl live::Events for JsEvents {
 
     fn round(&self, report: &RoundReport) {
         if report.reset {
-            self.emitter.emit("reset", &to_js(report));
+            // The round's report, with what the reset did: documents, migrated, kept, fromVersion.
+            let mut payload = serde_json::to_value(report).unwrap_or_default();
+            if let (Some(o), Some(Ok(Value::Object(counts)))) = (payload.as_object_mut(), report.pull.rebuilt.as_ref().map(serde_json::to_value)) {
+                o.extend(counts);
+            }
+            self.emitter.emit("reset", &to_js(&payload));
         }
         if let Some(version) = report.pull.future_version {
             self.emitter.emit("futureVersion", &to_js(&serde_json::json!({ "version": version, "current": self.version })));

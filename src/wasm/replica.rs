@@ -239,9 +239,11 @@ impl JsReplica {
         self.inner.store().set_on_change(f);
     }
 
-    /// Re-reads the head and sync points, after another tab wrote or synced.
+    /// Re-reads the head and sync points, after another tab wrote, synced or swapped a
+    /// new generation in (this tab follows it).
     pub fn refresh(&self) -> js_sys::Promise {
         run(&self.inner, |r| async move {
+            r.store().follow().await?;
             r.reload_head().await?;
             Ok(JsValue::UNDEFINED)
         })
