@@ -301,3 +301,17 @@ fn a_write_during_a_reset_waits_and_lands_in_the_new_generation() {
     assert_eq!(numbers.len(), rows.len(), "no row number used twice");
     assert!(rows.iter().any(|r| r.op.id == "during" && r.from.is_none()));
 }
+
+#[test]
+fn an_upgrade_on_open_runs_migrations_that_read_other_documents() {
+    let w = writer_v1(1_000);
+    let mut writes: Vec<Write> = (0..3).map(|t| Write::Put { collection: "tags".into(), doc: obj(json!({"id": format!("g{t}"), "label": format!("tag {t}")})) }).collect();
+    writes.extend((0..9).map(|i| Write::Put { collection: "tasks".into(), doc: obj(json!({"id": format!("t{i:02}"), "tagId": format!("g{}", i % 3)})) }));
+    block_on(w.write(writes)).unwrap();
+    let to = MemoryStore::new();
+    block_on(to.commit(&[], &[], |_| Ok(tidemark::store::Commit::default()))).unwrap();
+    block_on(tidemark::upgrade::upgrade(w.store(), &to, &Schemas::new(v2(), vec![v1()]).unwrap(), &Label::default(), &mut |_| {})).unwrap();
+    let c = client_v2(to, Label::default());
+    let t4 = block_on(c.get("tasks", "t04")).unwrap().unwrap().doc.unwrap();
+    assert_eq!(Value::Object(t4), json!({"id": "t04", "label": "tag 1", "tagsThen": 3}));
+}

@@ -166,7 +166,7 @@ pub async fn settle(store: &IdbStore) -> Result<(), Error> {
         let sealed = super::read::head(&db).await?.is_some_and(|h| h.sealed);
         let live = directory::read_live(&store.dir).await?;
         if live.as_ref() != Some(&store.live()) {
-            store.rebind().await?;
+            store.follow().await?;
             continue;
         }
         if !sealed {
@@ -211,6 +211,7 @@ impl IdbStore {
         if self.closed.get() {
             return Err(StoreError::Closed);
         }
+        let _one = self.rebinding.lock().await;
         if directory::read_live(&self.dir).await?.as_ref() != Some(&self.live()) {
             self.rebind().await?;
         }

@@ -71,6 +71,8 @@ pub struct IdbStore {
     rebuild_lock: RefCell<Option<js_sys::Function>>,
     /// This tab's writers waiting for this store's own rebuild to finish.
     waiters: RefCell<Vec<futures::channel::oneshot::Sender<()>>>,
+    /// Held while rebinding, so concurrent operations rebind once.
+    rebinding: futures::lock::Mutex<()>,
 }
 
 impl IdbStore {
@@ -173,6 +175,7 @@ impl IdbStore {
             on_change: RefCell::new(None),
             rebuild_lock: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
+            rebinding: futures::lock::Mutex::new(()),
         }
     }
 
@@ -232,7 +235,11 @@ impl IdbStore {
             return Err(StoreError::Closed);
         }
         if self.stale.get() {
-            self.rebind().await?;
+            // One rebind at a time; callers that waited find it done.
+            let _one = self.rebinding.lock().await;
+            if self.stale.get() {
+                self.rebind().await?;
+            }
         }
         Ok(self.db.borrow().clone())
     }

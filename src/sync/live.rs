@@ -162,8 +162,10 @@ async fn open<S: Store, E: Env>(replica: &Replica<S>, env: &E, cfg: &Config) -> 
 /// re-read afterwards.
 async fn round<S: Store, E: Env, V: Events>(replica: &Replica<S>, t: &mut E::Conn, server: &str, cfg: &Config, shared: &Shared, events: &V) -> Result<RoundReport, Error> {
     let _one = shared.rounds.lock().await;
-    let report = drive::round(replica, t, server, cfg.limits, &mut |d, p| events.progress(d, p)).await?;
+    let report = drive::round(replica, t, server, cfg.limits, &mut |d, p| events.progress(d, p)).await;
+    // Also after a failed round: its push may have gone through.
     replica.refresh_status().await?;
+    let report = report?;
     events.round(&report);
     Ok(report)
 }

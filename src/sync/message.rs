@@ -119,9 +119,16 @@ pub enum Message {
         matched: Option<String>,
         candidates: Vec<Entry>,
         sent_sessions: Vec<String>,
+        /// The receiver has a schema and holds nothing yet (a new replica joining a
+        /// library): it asks for a snapshot, which it stages, migrates in one batch (so
+        /// migrations read every document) and swaps in — rather than rows it would have
+        /// to migrate batch by batch.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        joining: bool,
     },
-    /// Sender → receiver: the pass starts after `start`, by diffs or by snapshot.
-    Begin { session: String, start: Point, snapshot: bool },
+    /// Sender → receiver: the pass starts after `start`, by diffs or by snapshot; `total`
+    /// is how many rows (or snapshot documents) there are to move, for progress.
+    Begin { session: String, start: Point, snapshot: bool, #[serde(default)] total: u64 },
     Batch { session: String, after: Point, covers: Point, rows: Vec<Row> },
     Snapshot { session: String, docs: Vec<SnapshotDoc> },
     Ack { session: String, point: Point },

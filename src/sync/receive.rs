@@ -74,6 +74,7 @@ impl<T: Store> Receiver<T> {
                 let ceiling = candidates.iter().map(|e| e.row).chain([point]).max().unwrap_or(point);
                 let head = replica.head();
                 let shared = matched.is_some();
+                let joining = replica.schema().is_some() && point < 0 && candidates.is_empty() && head.max_row == 0;
                 self.state = State::Begin { point, shared, ceiling, their_max: max_row };
                 Ok(Step::send(vec![Message::Point {
                     session: self.session.clone(),
@@ -84,14 +85,17 @@ impl<T: Store> Receiver<T> {
                     matched,
                     candidates,
                     sent_sessions: rec.out_history.iter().map(|e| e.session.clone()).collect(),
+                    joining,
                 }]))
             }
-            (State::Begin { point, shared, ceiling, their_max }, Message::Begin { session, start, snapshot }) if session == self.session => {
+            (State::Begin { point, shared, ceiling, their_max }, Message::Begin { session, start, snapshot, total }) if session == self.session => {
                 if start < -1 || start > ceiling || start > their_max as Point {
                     return Err(SyncError::Protocol(format!("begin at {start} is past what we agreed ({ceiling})")).into());
                 }
                 self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
-                let total = (their_max as Point).saturating_sub(start).max(0) as u64;
+                // The sender's count of what it will move; for diffs no more than the gap.
+                let gap = (their_max as Point).saturating_sub(start).max(0) as u64;
+                let total = if snapshot { total } else { total.min(gap) };
                 self.state = State::Receiving { snapshot, shared, point, expected: start, total };
                 if snapshot && replica.schema().is_some() {
                     self.reset = Some(Reset::begin(replica, &self.peer, progress).await?);
@@ -123,7 +127,7 @@ impl<T: Store> Receiver<T> {
                 self.report.received += n;
                 self.report.batches += 1;
                 self.state = State::Receiving { snapshot: true, shared, point, expected, total };
-                progress(Progress { phase: Phase::Snapshot, done: self.report.received, total: self.report.received.max(n) });
+                progress(Progress { phase: Phase::Snapshot, done: self.report.received, total: total.max(self.report.received) });
                 Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: expected }]))
             }
             (State::Receiving { snapshot, shared, point, expected, .. }, Message::End { session, complete, max_row, incoming }) if session == self.session => {

@@ -258,13 +258,13 @@ impl<T: Store> Reset<T> {
         let older = std::mem::take(&mut self.older);
         let mut head = self.staging.head().await?.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?;
         let items: Vec<Pending> = older.into_iter().map(|(key, layers)| Pending { key, layers, migrated: None, remigrate: true }).collect();
-        let n = items.len() as u64;
+        let keeps = |c: &str| replica.schema().is_some_and(|s| s.collection(c).is_some());
+        let n = items.iter().filter(|p| keeps(&p.key.0)).count() as u64;
         progress(Progress { phase: Phase::Migrate, done: 0, total: n });
         let mut migration_rows = Vec::new();
         let mut built = rebuild.docs(items, &mut head, &mut migration_rows)?;
         // Documents of dropped collections were only there to be read.
-        let schema = replica.schema().expect("a reset has a schema");
-        built.retain(|(c, _)| schema.collection(c).is_some());
+        built.retain(|(c, _)| keeps(c));
         self.report.migrated = built.len() as u64;
         let mut done = 0;
         while !built.is_empty() {

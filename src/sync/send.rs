@@ -52,6 +52,16 @@ struct Diffs {
     point: Point,
 }
 
+/// The receiver's answer to the preflight.
+struct Answer {
+    point: Point,
+    matched: Option<String>,
+    candidates: Vec<crate::peer::Entry>,
+    sent_sessions: Vec<String>,
+    their_max: u64,
+    joining: bool,
+}
+
 /// A batch in flight: the point it covers and whether it reached the end of the log.
 struct Sent {
     covers: Point,
@@ -98,13 +108,13 @@ impl Sender {
     /// Takes the receiver's next message.
     pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         match (std::mem::replace(&mut self.state, State::Done), msg) {
-            (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, point, matched, candidates, sent_sessions, .. })
+            (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, point, matched, candidates, sent_sessions, joining, .. })
                 if session == self.session =>
             {
                 if db_id != self.peer {
                     return Err(SyncError::Protocol(format!("expected db {}, got {db_id}", self.peer)).into());
                 }
-                self.begin(replica, peers, head, point, matched, candidates, sent_sessions, max_row).await
+                self.begin(replica, peers, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, joining }).await
             }
             (State::Diffs { diffs, pending: Some(sent) }, Message::Ack { session, point }) if session == self.session => {
                 if point != sent.covers {
@@ -142,18 +152,8 @@ impl Sender {
     }
 
     /// Chooses where to start and how (snapshot or diffs), and sends the first chunk.
-    #[allow(clippy::too_many_arguments)]
-    async fn begin<S: Store>(
-        &mut self,
-        replica: &Replica<S>,
-        peers: BTreeMap<String, PeerRecord>,
-        head: Head,
-        point: Point,
-        matched: Option<String>,
-        candidates: Vec<crate::peer::Entry>,
-        sent_sessions: Vec<String>,
-        their_max: u64,
-    ) -> Result<Step<PassReport>, Error> {
+    async fn begin<S: Store>(&mut self, replica: &Replica<S>, peers: BTreeMap<String, PeerRecord>, head: Head, answer: Answer) -> Result<Step<PassReport>, Error> {
+        let Answer { point, matched, candidates, sent_sessions, their_max, joining } = answer;
         let me = head.db_id.clone();
         let mine = peers.get(&self.peer).cloned().unwrap_or_else(PeerRecord::new);
         // Fast-forward through a transitive entry only if we still remember its session.
@@ -175,7 +175,7 @@ impl Sender {
         let continuous = mine.newest_out().map(|e| Some(&e.session) == matched.as_ref()).unwrap_or(true)
             && mine.in_history.iter().filter(|e| !e.transitive).all(|e| sent_sessions.contains(&e.session));
 
-        let snapshot = (start as i128) < head.max_row as i128 && wants_snapshot(head.max_row, their_max, self.limits.per_diff);
+        let snapshot = (start as i128) < head.max_row as i128 && (joining || wants_snapshot(head.max_row, their_max, self.limits.per_diff));
         self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
         let table: Vec<TableEntry> = peers
             .iter()
@@ -185,9 +185,9 @@ impl Sender {
                 Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
             })
             .collect();
-        let begin = Message::Begin { session: self.session.clone(), start, snapshot };
+        let total = if snapshot { replica.store().doc_count().await? } else { (head.max_row as Point - start).max(0) as u64 };
+        let begin = Message::Begin { session: self.session.clone(), start, snapshot, total };
         let mut step = if snapshot {
-            let total = replica.store().doc_count().await?;
             self.snapshot_chunk(replica, None, head.max_row as Point, total, table).await?
         } else {
             let diffs = Diffs {

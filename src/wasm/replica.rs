@@ -254,8 +254,8 @@ impl JsReplica {
     pub fn recent_ops(&self, limit: JsValue) -> js_sys::Promise {
         let limit = limit.as_f64().filter(|n| *n >= 0.0).map_or(20, |n| n.min(10_000.0) as u64);
         run(&self.inner, |r| async move {
-            r.reload_head().await?;
-            let max = r.head().max_row;
+            // The stored head: another tab may have written since this one last did.
+            let max = r.store().head().await?.map_or(0, |h| h.max_row);
             let mut rows = r.store().rows_after(max.saturating_sub(limit), limit as usize).await?;
             rows.reverse();
             Ok(to_js(&rows))
