@@ -1,40 +1,20 @@
-// Tidemark's JS entry point: loads the wasm module once and wraps the generated classes
-// in a small, idiomatic API — events, live queries and multi-tab coordination live here,
-// everything else is the engine's. See index.d.ts for the types.
-import init, { openReplica as openRaw, deleteReplica as deleteRaw } from './pkg/tidemark.js';
-
-let ready;
-/** Loads and instantiates the wasm module (once, however often it is called). */
-export function load(wasmUrl) {
-  ready ??= init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
-  return ready;
-}
-
-/**
- * Opens (or creates) a replica.
- * @param {import('./index').OpenOptions} options
- * @returns {Promise<Replica>}
- */
-export async function openReplica(options) {
-  await load();
-  const inner = await openRaw(options);
-  return new Replica(inner, options.name);
-}
-
-/** Deletes every IndexedDB database of the replica `name`. Close it first. */
-export async function deleteReplica(name) {
-  await load();
-  return deleteRaw(name);
-}
+// The `Replica` class apps hold: a small, idiomatic wrapper over the generated wasm class.
+// Events, live queries and multi-tab coordination live here, everything else is the
+// engine's. It imports nothing, so the entry points (index.js, embedded.js) choose how the
+// wasm module is loaded. See index.d.ts for the types.
 
 const EVENTS = ['sync', 'progress', 'reset', 'error', 'futureVersion', 'online', 'change'];
 
-function tidemarkError(code, message) {
-  const e = new Error(message);
+/** An `Error` with a stable `code`, like the ones the engine throws. */
+export function tidemarkError(code, message, cause) {
+  const e = new Error(message, cause === undefined ? undefined : { cause });
   e.name = 'TidemarkError';
   e.code = code;
   return e;
 }
+
+/** What a subscription has not delivered yet (distinct from every JSON text). */
+const NOTHING = Symbol('nothing delivered');
 
 /** A replica open in this page. */
 export class Replica {
@@ -96,15 +76,37 @@ export class Replica {
   /** The newest `limit` op-log rows, newest first: `[{ row, op, from }]`. */
   recentOps(limit = 20) { return this.#inner.recentOps(limit); }
 
+  /** The replica's name (its IndexedDB name prefix). */
+  get name() { return this.#name; }
+
   /**
    * A live query: calls `callback(docs)` at once with the current results, then after
    * every change — local writes, other tabs, sync, migrations, resets — that alters them.
    * Bursts of changes are coalesced: at most one query runs per subscription at a time.
-   * Returns a function that stops it.
+   * A failing query calls `onError(error)` when given (else the 'error' event) and runs
+   * again at the next change. Returns a function that stops it.
    */
-  subscribe(collection, query, callback) {
-    if (typeof callback !== 'function') throw tidemarkError('INVALID_ARGUMENT', 'subscribe(collection, query, callback): callback must be a function');
-    const sub = { collection, query, callback, last: undefined, running: false, dirty: false, active: true };
+  subscribe(collection, query, callback, onError) {
+    return this.#watch('subscribe(collection, query, callback)', { collection, query }, () => this.#inner.query(collection, query), callback, onError);
+  }
+
+  /**
+   * Like `subscribe`, for one document: `callback(doc)` with the document or `undefined`
+   * (missing or deleted), at once and after every change to it.
+   */
+  subscribeDoc(collection, id, callback, onError) {
+    return this.#watch('subscribeDoc(collection, id, callback)', { collection, id }, () => this.#inner.get(collection, id), callback, onError);
+  }
+
+  /** The live queries of this page, as `[{ collection, query }]` or `[{ collection, id }]` (what devtools show). */
+  get liveQueries() {
+    return [...this.#subs].map((s) => ({ ...s.what }));
+  }
+
+  #watch(usage, what, read, callback, onError) {
+    if (typeof callback !== 'function') throw tidemarkError('INVALID_ARGUMENT', `${usage}: callback must be a function`);
+    if (onError !== undefined && typeof onError !== 'function') throw tidemarkError('INVALID_ARGUMENT', `${usage}: onError must be a function`);
+    const sub = { collection: what.collection, what, read, callback, onError, last: NOTHING, running: false, dirty: false, active: true };
     this.#subs.add(sub);
     this.#refresh(sub);
     return () => { sub.active = false; this.#subs.delete(sub); };
@@ -126,17 +128,24 @@ export class Replica {
         // Let a burst of commits land before re-reading.
         await new Promise((r) => setTimeout(r, 0));
         if (!sub.active || this.#closed) return;
-        let docs;
+        let result;
         try {
-          docs = await this.#inner.query(sub.collection, sub.query);
+          result = await sub.read();
         } catch (e) {
-          if (!this.#closed) this.#emit('error', e);
+          if (this.#closed || !sub.active) return;
+          // A failed read is reported once; the next success is delivered even if equal.
+          sub.last = NOTHING;
+          if (sub.onError) {
+            try { sub.onError(e); } catch (t) { queueMicrotask(() => { throw t; }); }
+          } else {
+            this.#emit('error', e);
+          }
           return;
         }
-        const key = JSON.stringify(docs);
+        const key = result === undefined ? 'undefined' : JSON.stringify(result);
         if (key !== sub.last && sub.active) {
           sub.last = key;
-          try { sub.callback(docs); } catch (e) { queueMicrotask(() => { throw e; }); }
+          try { sub.callback(result); } catch (e) { queueMicrotask(() => { throw e; }); }
         }
       } while (sub.dirty && sub.active);
     } finally {

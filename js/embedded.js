@@ -1,0 +1,14 @@
+// Tidemark's entry point for bundlers that neither copy `new URL('…', import.meta.url)`
+// assets nor announce a build mode (esbuild, Rollup, Bun: package.json's `browser`
+// condition): the wasm module comes from a JS module that embeds it (gzip, then base64,
+// about a third larger than the .wasm over the wire), so no file has to be served next to
+// the bundle and nothing needs configuring. `load(url)` still takes a served copy.
+import { createApi } from './api.js';
+
+export { Replica } from './replica.js';
+export { defineSchema } from './api.js';
+
+export const { load, openReplica, deleteReplica } = createApi({
+  packaged: null,
+  importEmbedded: () => import('./pkg/tidemark_bg.embedded.js'),
+});
