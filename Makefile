@@ -9,10 +9,11 @@ PORT ?= 8787
 setup:
 	@./scripts/setup.sh
 
-# The wasm package the demo page and the end-to-end tests import.
+# The wasm package the demo page and the end-to-end tests import; js/build.mjs copies it
+# into js/pkg with the embedded copy of the wasm (for bundlers that copy no assets).
 build: setup
 	wasm-pack build --release --target web --out-dir pkg --no-pack
-	rm -rf js/pkg && mkdir -p js/pkg && cp -r pkg/tidemark.js pkg/tidemark_bg.wasm pkg/tidemark.d.ts pkg/snippets js/pkg/
+	node js/build.mjs pkg js/pkg
 
 test: setup test-native test-browser test-e2e
 

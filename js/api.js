@@ -47,33 +47,35 @@ const message = (e) => String(e?.message ?? e);
 
 /**
  * Builds the API around a default source for the wasm module: `packaged()` returns the
- * URL of the file shipped next to the code (or throws when there is none), and
- * `importEmbedded()` imports the embedded copy, used when that URL does not serve it.
+ * URL of the file shipped next to the code (or throws when there is none: an IIFE bundle
+ * has no `import.meta.url`), and `importEmbedded()` imports the embedded copy, tried when
+ * there is no such URL or it does not serve WebAssembly. Either may be absent.
  */
 export function createApi({ packaged, importEmbedded }) {
-  /** `{ key, promise }` of the load in flight or done; cleared when a load fails. */
+  /** `{ key, promise, done }` of the load in flight or done; cleared when a load fails. */
   let current = null;
 
   async function fromDefault() {
+    const failures = [];
     let url = null;
-    let first = null;
     try { url = packaged?.() ?? null; } catch { url = null; }
+    if (packaged && !url) failures.push('next to the code (this bundle has no import.meta.url)');
     if (url) {
       try {
         return await init({ module_or_path: await fetchWasm(url) });
       } catch (e) {
-        // E.g. a dev server that pre-bundled this package elsewhere and answers the
-        // file's old URL with its index page (Vite's dependency optimizer): embedded copy.
-        first = `from ${url}: ${message(e)}`;
+        failures.push(`from ${url}: ${message(e)}`);
       }
     }
-    try {
-      return await init({ module_or_path: await embeddedBytes(importEmbedded) });
-    } catch (e) {
-      throw tidemarkError('WASM_LOAD_FAILED', `could not load tidemark's WebAssembly module ${first ? `${first}; nor ` : ''}`
-        + `from its embedded copy: ${message(e)}. Retry, or pass the URL of tidemark_bg.wasm (exported as `
-        + `'tidemark/tidemark_bg.wasm') to load(url) before openReplica().`, e);
+    if (importEmbedded) {
+      try {
+        return await init({ module_or_path: await embeddedBytes(importEmbedded) });
+      } catch (e) {
+        failures.push(`from its embedded copy: ${message(e)}`);
+      }
     }
+    throw tidemarkError('WASM_LOAD_FAILED', `could not load tidemark's WebAssembly module ${failures.join('; nor ')}. `
+      + "Retry, or serve tidemark_bg.wasm (exported as 'tidemark/tidemark_bg.wasm') and pass its URL to load(url) before openReplica().");
   }
 
   async function fromSource(source, key) {
