@@ -17,6 +17,8 @@ pub mod replica;
 pub mod schema;
 pub mod store;
 pub mod sync;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod ts_types;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 

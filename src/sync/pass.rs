@@ -41,6 +41,7 @@ impl Default for Limits {
 /// What one pass did, from the side that ran it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
 pub struct PassReport {
     /// Rows (or snapshot documents) sent.
     pub sent: u64,
@@ -54,6 +55,7 @@ pub struct PassReport {
     pub reset: bool,
     /// The newest schema version of ops received but not applied (newer than the app's).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(all(test, not(target_arch = "wasm32")), ts(optional))]
     pub future_version: Option<u32>,
     /// Where the pass started in the sender's row space, and where it ended.
     pub start: Point,
@@ -62,6 +64,7 @@ pub struct PassReport {
 
 /// Progress during a long pass: rows or documents moved so far, and how many there are.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
 pub struct Progress {
     pub done: u64,
     pub total: u64,

@@ -13,6 +13,7 @@ use crate::store::Store;
 /// What one `syncNow()` did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
 pub struct RoundReport {
     /// Rows (or snapshot documents) pushed to the server.
     pub sent: u64,
