@@ -16,16 +16,18 @@ export const FIXTURES = join(ROOT, 'tests/e2e/fixtures');
 export const fixture = (name) => join(FIXTURES, name);
 
 /**
- * Readies a fixture for a build or a dev server: the shared sources in src/ (and the
- * shared index.html unless the fixture has its own), no previous output, and no Vite
- * dependency cache (it would keep a previously installed tidemark).
+ * Readies a fixture for a build or a dev server: no previous output, no Vite dependency
+ * cache (it would keep a previously installed tidemark) and, for the bundler fixtures, the
+ * shared app in src/ (plus the shared index.html for the Vite ones).
  */
-export async function prepare(name) {
+export async function prepare(name, { shared = true } = {}) {
   const dir = fixture(name);
   if (!existsSync(join(dir, 'node_modules'))) throw new Error(`${dir}/node_modules is missing: run \`make fixtures\``);
-  await rm(join(dir, 'src'), { recursive: true, force: true });
-  await cp(join(FIXTURES, 'shared'), join(dir, 'src'), { recursive: true, filter: (p) => !p.endsWith('index.html') });
-  if (name.startsWith('vite')) await cp(join(FIXTURES, 'shared/index.html'), join(dir, 'index.html'));
+  if (shared) {
+    await rm(join(dir, 'src'), { recursive: true, force: true });
+    await cp(join(FIXTURES, 'shared'), join(dir, 'src'), { recursive: true, filter: (p) => !p.endsWith('index.html') });
+    if (name.startsWith('vite')) await cp(join(FIXTURES, 'shared/index.html'), join(dir, 'index.html'));
+  }
   await rm(join(dir, 'dist'), { recursive: true, force: true });
   await rm(join(dir, 'node_modules/.vite'), { recursive: true, force: true });
   return dir;

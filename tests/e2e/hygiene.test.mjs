@@ -131,8 +131,7 @@ test('a failed wasm load names its URL and does not poison later loads; another 
   assert.deepEqual(got.again, { ok: true });
   assert.equal(got.other.code, 'INVALID_ARGUMENT');
   assert.match(got.other.message, /already loaded/);
-  // The deliberate 404 is the only error the page logged.
-  assert.deepEqual(h.errors, []);
+  assert.deepEqual(h.errors, [], 'no uncaught page errors');
   await page.close();
 });
 
