@@ -57,10 +57,14 @@ export function useQuery(db, collection, query) {
   return useLive(db, key, (deliver, fail) => db.subscribe(collection, stable, deliver, fail));
 }
 
-/** One document, live: `{ data, loading, error }`; `data` is `undefined` when it is missing or deleted. */
+/**
+ * One document, live: `{ data, loading, error }`; `data` is `undefined` when it is missing
+ * or deleted. With no `id` (null or undefined) nothing is watched and nothing is loading.
+ */
 export function useDoc(db, collection, id) {
-  const key = `${collection}\u0000${id}`;
-  return useLive(db, key, (deliver, fail) => db.subscribeDoc(collection, id, deliver, fail));
+  const none = id === null || id === undefined;
+  const live = useLive(none ? null : db, `${collection}\u0000${id}`, (deliver, fail) => db.subscribeDoc(collection, id, deliver, fail));
+  return none ? { data: undefined, error: undefined, loading: false } : live;
 }
 
 /**
