@@ -25,10 +25,10 @@ export function peerName(id, status, names) {
   return `replica ${shortId(id)}`;
 }
 
-/** `title: "Milk", done: false`, at most `max` characters. */
-function fieldsText(fields, max = 90) {
+/** `title: "Milk", done: false`, at most `max` characters, without the field holding `id` (the primary key). */
+function fieldsText(fields, max = 90, id = undefined) {
   if (!fields || typeof fields !== 'object') return '';
-  const text = Object.entries(fields).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(', ');
+  const text = Object.entries(fields).filter(([, v]) => id === undefined || v !== id).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(', ');
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
@@ -210,13 +210,14 @@ export class TidemarkDevtools extends Base {
     }
     const name = (id) => peerName(id, status, this.#names);
 
-    p.head.replaceChildren(
+    p.head.replaceChildren(...[
       h('span', { class: 'title' }, db.name ?? 'replica'),
       h('span', { class: 'id', title: status.dbId }, `${name(status.dbId)} · ${shortId(status.dbId)}`),
       h('span', { class: `badge ${status.online ? 'online' : 'offline'}` }, status.online ? 'online' : 'offline'),
-      status.leader === undefined ? null : h('span', { class: 'badge leader' }, status.leader ? 'runs live sync' : 'follows'),
+      status.leader ? h('span', { class: 'badge leader', title: 'This tab runs live sync for the replica' }, 'live sync') : null,
       status.pending > 0 ? h('span', { class: 'badge pending' }, `${status.pending} pending`) : null,
-      h('span', { class: 'muted' }, `schema v${status.schemaVersion} · ${status.maxRow} rows`));
+      h('span', { class: 'muted' }, `schema v${status.schemaVersion} · ${status.maxRow} rows`),
+    ].filter(Boolean));
 
     const peers = [...new Set([...Object.keys(status.incoming ?? {}), ...Object.keys(status.outgoing ?? {})])];
     const rank = (id) => (status.outgoing && id in status.outgoing ? 0 : 1);
@@ -253,7 +254,7 @@ export class TidemarkDevtools extends Base {
 
   #opItem({ row, op, from }, name) {
     const by = op.origin === this.#db.status().dbId ? 'local' : name(op.origin);
-    const what = op.kind === 'delete' ? `${op.collection}/${op.id}` : `${op.collection}/${op.id} ${fieldsText(op.fields)}`;
+    const what = op.kind === 'delete' ? `${op.collection}/${op.id}` : `${op.collection}/${op.id} ${fieldsText(op.fields, 90, op.id)}`;
     return h('li', { 'data-row': row, title: JSON.stringify({ row, op, from }) },
       h('span', { class: 'muted' }, `#${row}`),
       h('span', { class: `kind ${op.kind}` }, op.kind),

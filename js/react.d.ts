@@ -34,11 +34,14 @@ export declare function useQuery<D, C extends keyof D & string>(
   query?: Query<D[C]>,
 ): LiveResult<D[C][]>;
 
-/** One document, live; `data` is `undefined` when it is missing or deleted. */
+/**
+ * One document, live; `data` is `undefined` when it is missing or deleted. With no `id`
+ * (`null` / `undefined`) nothing is watched and `loading` is false.
+ */
 export declare function useDoc<D, C extends keyof D & string>(
   db: Replica<D> | null | undefined,
   collection: C,
-  id: string,
+  id: string | null | undefined,
 ): LiveResult<D[C]>;
 
 /** The replica's sync state, updated by its events. */
