@@ -25,10 +25,15 @@ export function peerName(id, status, names) {
   return `replica ${shortId(id)}`;
 }
 
-/** `title: "Milk", done: false`, at most `max` characters, without the field holding `id` (the primary key). */
+/**
+ * `title: "Milk", done: false`, at most `max` characters: string fields first (they are
+ * what people recognise a document by), without the field holding `id` (the primary key).
+ */
 function fieldsText(fields, max = 90, id = undefined) {
   if (!fields || typeof fields !== 'object') return '';
-  const text = Object.entries(fields).filter(([, v]) => id === undefined || v !== id).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(', ');
+  const text = Object.entries(fields).filter(([, v]) => id === undefined || v !== id)
+    .sort(([, a], [, b]) => (typeof b === 'string') - (typeof a === 'string'))
+    .map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(', ');
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
@@ -36,13 +41,13 @@ const CSS = `
 :host { display: block; font: 12px/1.45 var(--tm-font, ui-monospace, SFMono-Regular, Menlo, Consolas, monospace);
   color: var(--tm-fg, #1d2733); background: var(--tm-bg, #f7f9fb); border: 1px solid var(--tm-border, #dde3ea);
   border-radius: 8px; padding: 10px 12px; }
-:host([hidden]) { display: none; }
+:host([hidden]), [hidden] { display: none !important; }
 .head { display: flex; flex-wrap: wrap; align-items: baseline; gap: 4px 10px; }
-.title { font-weight: 700; }
+.db-name { font-weight: 700; }
 .muted, .id { color: var(--tm-muted, #6b7785); }
 .badge { border-radius: 999px; padding: 0 7px; background: var(--tm-badge, #e7ecf1); }
 .badge.online { background: var(--tm-ok-bg, #dcf3e6); color: var(--tm-ok, #17663d); }
-.badge.pending { background: var(--tm-warn-bg, #fdf0d5); color: var(--tm-warn, #7a5200); }
+.badge.unsynced { background: var(--tm-warn-bg, #fdf0d5); color: var(--tm-warn, #7a5200); }
 .progress { display: flex; align-items: center; gap: 8px; margin-top: 6px; }
 .progress progress { flex: 1; height: 8px; accent-color: var(--tm-accent, #0e6e8c); }
 section { margin-top: 8px; }
@@ -143,7 +148,13 @@ export class TidemarkDevtools extends Base {
       this.refresh();
     }));
     // Progress is drawn at once, without re-reading the replica.
-    this.#offs.push(db.on('progress', (p) => { this.#progress = p; this.#drawProgress(); }));
+    this.#offs.push(db.on('progress', (p) => {
+      const prev = this.#progress?.direction === p.direction ? this.#progress : null;
+      // A long pass: batches still to come, or a total that grows (snapshots count as they go).
+      const long = p.done < p.total || (prev !== null && (prev.long || prev.total !== p.total));
+      this.#progress = { ...p, long };
+      this.#drawProgress();
+    }));
     // Some facts change without an event (which tab leads live sync).
     this.#timer = setInterval(() => this.refresh(), 2000);
     this.refresh();
@@ -173,11 +184,16 @@ export class TidemarkDevtools extends Base {
     });
   }
 
+  /**
+   * The bar shows while a long pass is under way — one with batches still to come, or whose
+   * total grew (a snapshot counts as it arrives) — until the round ends. Passes done in one
+   * batch (most live-sync rounds) never show it.
+   */
   #drawProgress() {
     const p = this.#parts;
     if (!p) return;
     const pr = this.#progress;
-    p.progress.hidden = !pr;
+    p.progress.hidden = !pr?.long;
     if (!pr) return;
     const bar = p.progress.querySelector('progress');
     bar.max = Math.max(pr.total, 1);
@@ -211,11 +227,11 @@ export class TidemarkDevtools extends Base {
     const name = (id) => peerName(id, status, this.#names);
 
     p.head.replaceChildren(...[
-      h('span', { class: 'title' }, db.name ?? 'replica'),
+      h('span', { class: 'db-name' }, db.name ?? 'replica'),
       h('span', { class: 'id', title: status.dbId }, `${name(status.dbId)} · ${shortId(status.dbId)}`),
       h('span', { class: `badge ${status.online ? 'online' : 'offline'}` }, status.online ? 'online' : 'offline'),
-      status.leader ? h('span', { class: 'badge leader', title: 'This tab runs live sync for the replica' }, 'live sync') : null,
-      status.pending > 0 ? h('span', { class: 'badge pending' }, `${status.pending} pending`) : null,
+      status.leader ? h('span', { class: 'badge live-sync', title: 'This tab runs live sync for the replica' }, 'live sync') : null,
+      status.pending > 0 ? h('span', { class: 'badge unsynced' }, `${status.pending} pending`) : null,
       h('span', { class: 'muted' }, `schema v${status.schemaVersion} · ${status.maxRow} rows`),
     ].filter(Boolean));
 
@@ -254,7 +270,8 @@ export class TidemarkDevtools extends Base {
 
   #opItem({ row, op, from }, name) {
     const by = op.origin === this.#db.status().dbId ? 'local' : name(op.origin);
-    const what = op.kind === 'delete' ? `${op.collection}/${op.id}` : `${op.collection}/${op.id} ${fieldsText(op.fields, 90, op.id)}`;
+    const doc = `${op.collection}/${op.id.length > 12 ? `${op.id.slice(0, 8)}…` : op.id}`;
+    const what = op.kind === 'delete' ? doc : `${doc} ${fieldsText(op.fields, 90, op.id)}`;
     return h('li', { 'data-row': row, title: JSON.stringify({ row, op, from }) },
       h('span', { class: 'muted' }, `#${row}`),
       h('span', { class: `kind ${op.kind}` }, op.kind),
