@@ -1,6 +1,6 @@
 // Loading the wasm module, and the functions that need it: `load`, `openReplica`,
-// `deleteReplica`. The two entry points differ only in where the module's bytes come
-// from by default (see index.js and embedded.js), so they build these from one factory.
+// `deleteReplica`. The entry points (index.js, dev.js, embedded.js) differ only in where
+// the module's bytes come from by default, so they build these from one factory.
 import init, { openReplica as openRaw, deleteReplica as deleteRaw } from './pkg/tidemark.js';
 import { Replica, tidemarkError } from './replica.js';
 
@@ -97,8 +97,13 @@ export function createApi({ packaged, importEmbedded }) {
     if (!supported()) return Promise.reject(unsupported('load()'));
     let key;
     if (source === undefined || source === null) key = undefined;
-    else if (typeof source === 'string' || source instanceof URL) key = new URL(source, globalThis.location?.href).href;
-    else if (source instanceof ArrayBuffer || ArrayBuffer.isView(source) || source instanceof WebAssembly.Module) key = source;
+    else if (typeof source === 'string' || source instanceof URL) {
+      try {
+        key = new URL(source, globalThis.location?.href).href;
+      } catch {
+        return Promise.reject(tidemarkError('INVALID_ARGUMENT', `load(source): ${JSON.stringify(String(source))} is not a URL`));
+      }
+    } else if (source instanceof ArrayBuffer || ArrayBuffer.isView(source) || source instanceof WebAssembly.Module) key = source;
     else return Promise.reject(tidemarkError('INVALID_ARGUMENT', 'load(source): source is a URL (string or URL), the bytes of tidemark_bg.wasm or a WebAssembly.Module'));
     if (current) {
       if (key === undefined || key === current.key) return current.promise;
