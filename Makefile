@@ -4,15 +4,16 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export CHROMEDRIVER := /usr/bin/chromedriver
 PORT ?= 8787
 
-.PHONY: setup build build-server test test-native test-browser test-e2e demo bench clean
+.PHONY: setup build build-server fixtures test test-native test-browser test-e2e demo bench clean
 
 setup:
 	@./scripts/setup.sh
 
-# The wasm package the demo page and the end-to-end tests import.
+# The wasm package the demo page and the end-to-end tests import; js/build.mjs copies it
+# into js/pkg with the embedded copy of the wasm (for bundlers that copy no assets).
 build: setup
 	wasm-pack build --release --target web --out-dir pkg --no-pack
-	rm -rf js/pkg && mkdir -p js/pkg && cp -r pkg/tidemark.js pkg/tidemark_bg.wasm pkg/tidemark.d.ts pkg/snippets js/pkg/
+	node js/build.mjs pkg js/pkg
 
 test: setup test-native test-browser test-e2e
 
@@ -26,7 +27,15 @@ test-browser:
 build-server: setup
 	cargo build --release -p tidemark-server
 
-test-e2e: build build-server
+# The fixture apps of the end-to-end tests (tests/e2e/fixtures/*): each folder's pinned
+# bundler (Vite 5/6/8, esbuild, webpack, React) from its own lockfile. Idempotent: a folder
+# is installed again only when its lockfile is newer than what npm installed.
+fixtures:
+	@for lock in tests/e2e/fixtures/*/package-lock.json; do dir=$${lock%/package-lock.json}; \
+		if [ ! -f $$dir/node_modules/.package-lock.json ] || [ $$lock -nt $$dir/node_modules/.package-lock.json ]; then \
+			echo "fixtures: npm ci in $$dir"; (cd $$dir && npm ci --no-audit --no-fund) || exit 1; fi; done
+
+test-e2e: build build-server fixtures
 	node --test --test-concurrency=1 tests/e2e/
 
 demo: build build-server

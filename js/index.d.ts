@@ -1,24 +1,131 @@
 // Type declarations for the `tidemark` package (DESIGN §7).
+//
+// Documents are typed per collection. Give the types with `defineSchema<{ todos: Todo }>(…)`
+// (field types, checked index fields and primary keys), or write the schema inline / `as
+// const` (collection names and primary keys only). Either way `openReplica` returns a
+// `Replica<Docs>` whose methods know each collection's document type.
 
 /** A JSON value, as documents hold them. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-/** A document: a JSON object with a string primary key. */
+/** A document of a collection declared without field types: JSON fields. */
 export type Doc = { [key: string]: Json };
+
+// ---------------------------------------------------------------- field paths
+
+type Primitive = string | number | boolean | null;
+type Prev = [never, 0, 1, 2, 3, 4];
+
+/**
+ * Every field a query or patch may name in a document type `T`: top-level fields and dotted
+ * paths into nested objects (up to five levels). `string` when `T` has an index signature.
+ */
+export type FieldPath<T, D extends number = 5> = [D] extends [never]
+  ? never
+  : T extends Primitive | readonly unknown[]
+    ? never
+    : string extends keyof T
+      ? string
+      : {
+          [K in keyof T & string]-?: K | (NonNullable<T[K]> extends Primitive | readonly unknown[]
+            ? never
+            : `${K}.${FieldPath<NonNullable<T[K]>, Prev[D]>}`);
+        }[keyof T & string];
+
+/** The type of the field at `P` (a `FieldPath<T>`). */
+export type FieldType<T, P extends string> = string extends keyof T
+  ? Json
+  : P extends keyof T
+    ? T[P]
+    : P extends `${infer K}.${infer Rest}`
+      ? K extends keyof T
+        ? FieldType<NonNullable<T[K]>, Rest>
+        : never
+      : never;
+
+/** Fields of `T` that hold strings: what may be a primary key. */
+type StringField<T> = string extends keyof T ? string : { [K in keyof T & string]-?: T[K] extends string ? K : never }[keyof T & string];
+
+/**
+ * What `put` accepts for a document type: the type itself — or, for a collection without
+ * field types, any object (an app's `interface` has no index signature; values are checked
+ * when written: anything that is not JSON is refused with `NOT_JSON`).
+ */
+export type DocInput<T> = string extends keyof T ? { readonly [key: string]: any } : T;
+
+// ---------------------------------------------------------------- schemas
 
 export interface CollectionSchema {
   /** The top-level field that holds each document's string id. */
   primaryKey: string;
   /** Index name → one field path or several (compound). Index names are identifiers. */
-  indexes?: { [name: string]: string | string[] };
+  indexes?: { readonly [name: string]: string | readonly string[] };
   /** Values for top-level fields a document lacks when it is migrated to this version. */
-  defaults?: { [field: string]: Json };
+  defaults?: { readonly [field: string]: Json };
 }
 
 export interface Schema {
   /** Integer >= 1; every op is stamped with it. */
   version: number;
-  collections: { [name: string]: CollectionSchema };
+  collections: { readonly [name: string]: CollectionSchema };
 }
+
+/** A collection's schema, checked against its document type `T`. */
+export type CollectionSchemaOf<T> = {
+  primaryKey: StringField<T>;
+  indexes?: { readonly [name: string]: FieldPath<T> | readonly FieldPath<T>[] };
+  defaults?: { readonly [K in keyof T]?: Scalar<T[K]> };
+};
+
+declare const docTypes: unique symbol;
+
+/** The shape `defineSchema<D>` checks: every collection of `D`, each against its type. */
+export type SchemaOf<D> = {
+  version: number;
+  collections: { readonly [C in keyof D]: CollectionSchemaOf<D[C]> };
+};
+
+/** A schema that carries its collections' document types (what `defineSchema` returns). */
+export type TypedSchema<D> = SchemaOf<D> & {
+  /** Type-level only: the document type of every collection. */
+  readonly [docTypes]: D;
+};
+
+/**
+ * Refuses document types that cannot be stored: a field holding a `Date`, `Map`, `Set`,
+ * class instance, function or `bigint` becomes `never`, so the doc map fails to compile
+ * (at run time such values are refused with `NOT_JSON`).
+ */
+export type JsonChecked<T> = T extends Primitive | undefined
+  ? T
+  : T extends (...args: any[]) => any
+    ? never
+    : T extends Date | Map<any, any> | Set<any> | RegExp | ArrayBuffer | ArrayBufferView | Promise<any>
+      ? never
+      : T extends readonly (infer U)[]
+        ? readonly JsonChecked<U>[]
+        : T extends object
+          ? { [K in keyof T]: JsonChecked<T[K]> }
+          : never;
+
+/**
+ * Declares a schema with document types: `defineSchema<{ todos: Todo }>({ version: 1,
+ * collections: { todos: { primaryKey: 'id', indexes: { byDone: 'done' } } } })`. Collection
+ * names, primary keys (string fields), index fields and defaults are checked against the
+ * types; at run time it returns `schema` unchanged.
+ */
+export declare function defineSchema<D extends { [C in keyof D]: JsonChecked<D[C]> }>(schema: SchemaOf<D>): TypedSchema<D>;
+
+/** The document type of a collection declared without types: its primary key is a string. */
+type UntypedDoc<C> = C extends { primaryKey: infer K extends string } ? (string extends K ? Doc : { [P in K]: string } & Doc) : Doc;
+
+/** Collection name → document type, from a schema (typed by `defineSchema`, or not). */
+export type DocsOf<S> = S extends { readonly [docTypes]: infer D }
+  ? D
+  : S extends { collections: infer C }
+    ? { -readonly [K in keyof C & string]: UntypedDoc<C[K]> }
+    : { [collection: string]: Doc };
+
+// ---------------------------------------------------------------- options
 
 export interface SyncOptions {
   url: string;
@@ -28,12 +135,12 @@ export interface SyncOptions {
   maxDiffs?: number;
 }
 
-export interface OpenOptions {
+export interface OpenOptions<S extends Schema = Schema> {
   /** IndexedDB name prefix: replicas with different names never share data. */
   name: string;
-  schema: Schema;
+  schema: S;
   /** Older schemas: every version the stored data (or a lagging peer) may be at. */
-  history?: Schema[];
+  history?: readonly Schema[];
   /**
    * One entry per version step: `migrations[v]` turns a document of version v−1 into
    * version v (return `null` to drop it); `null` declares a step whose changes are all
@@ -41,25 +148,42 @@ export interface OpenOptions {
    * synchronous and deterministic: every replica migrating the same document must compute
    * the same result.
    */
-  migrations?: { [version: number]: ((doc: Doc, collection: string) => Doc | null) | null };
+  migrations?: { [version: number]: ((doc: Doc, collection: string) => DocInput<Doc> | null) | null };
   sync?: SyncOptions;
   /** Progress of a migration run while opening (data stored under an older version). */
   onProgress?: (p: { phase: 'upgrade'; done: number; total: number }) => void;
 }
 
-/** A condition on one field: a plain value means equality. */
-export type Condition =
-  | Json
-  | { eq: Json }
-  | { gt?: number | string; gte?: number | string; lt?: number | string; lte?: number | string }
-  | { startsWith: string };
+// ---------------------------------------------------------------- queries
 
-export interface Query {
-  where?: { [fieldPath: string]: Condition };
-  /** A field name (ascending) or `{ field: 'asc' | 'desc' }`. */
-  orderBy?: string | { [fieldPath: string]: 'asc' | 'desc' };
+type Scalar<V> = Exclude<V, undefined>;
+type Orderable<V> = Extract<Scalar<V>, number | string>;
+
+/** Operators on one field whose values have type `V`. */
+export interface Operators<V = Json> {
+  eq?: Scalar<V>;
+  gt?: Orderable<V>;
+  gte?: Orderable<V>;
+  lt?: Orderable<V>;
+  lte?: Orderable<V>;
+  /** Only for string fields. */
+  startsWith?: Extract<Scalar<V>, string> extends never ? never : string;
+}
+
+/** A condition on one field: a plain value means equality. */
+export type Condition<V = Json> = Scalar<V> | Operators<V>;
+
+export interface Query<T = Doc> {
+  where?: { [P in FieldPath<T>]?: Condition<FieldType<T, P>> };
+  /** A field (ascending) or `{ field: 'asc' | 'desc' }`. */
+  orderBy?: FieldPath<T> | { [P in FieldPath<T>]?: 'asc' | 'desc' };
   limit?: number;
 }
+
+/** Some fields of a document of type `T`, by top-level name or dotted path. */
+export type Patch<T> = { [P in FieldPath<T>]?: Scalar<FieldType<T, P>> };
+
+// ---------------------------------------------------------------- status and reports
 
 export interface Status {
   dbId: string;
@@ -69,6 +193,8 @@ export interface Status {
   outgoing: { [dbId: string]: number };
   online: boolean;
   pending: number;
+  /** A reset began and has not completed yet; the next sync that receives a snapshot completes it. */
+  resetPending: boolean;
   /** Whether this tab runs live sync for the replica (one tab per replica does). */
   leader?: boolean;
 }
@@ -114,7 +240,11 @@ export type ErrorCode =
   | 'SYNC_NOT_CONFIGURED'
   | 'SYNC_CONNECTION'
   | 'SYNC_PROTOCOL'
-  | 'SYNC_REFUSED';
+  | 'SYNC_REFUSED'
+  /** The wasm module could not be fetched or instantiated; the message names the URL. Retry with `load()`. */
+  | 'WASM_LOAD_FAILED'
+  /** No IndexedDB or WebAssembly here (Node, server-side rendering): open replicas in a browser or worker. */
+  | 'UNSUPPORTED_ENVIRONMENT';
 
 export interface TidemarkError extends Error {
   name: 'TidemarkError';
@@ -133,6 +263,22 @@ export interface PassReport {
   futureVersion?: number;
   start: number;
   end: number;
+  /** The other side's max row, as it said in the pass. */
+  peerMaxRow: number;
+  /** A received snapshot was staged in a new generation and swapped in: what that did. */
+  rebuilt?: ResetReport;
+}
+
+/** What a reset did: the `reset` event carries these beside the round's report. */
+export interface ResetReport {
+  /** Documents the snapshot carried. */
+  documents: number;
+  /** Documents migrated forward from an older schema version. */
+  migrated: number;
+  /** Documents this replica held before, merged in (its unsynced writes among them). */
+  kept: number;
+  /** The oldest schema version among the data received (absent: all current). */
+  fromVersion?: number;
 }
 
 /** What one `syncNow()` round did. */
@@ -152,8 +298,11 @@ export interface SyncReport {
   pull: PassReport;
 }
 
+/** Progress of a long pass: rows (or snapshot documents) moved so far, of `total`. */
 export interface Progress {
   direction: 'push' | 'pull';
+  /** `rows` and `snapshot` while data moves; a reset adds `copy`, `merge`, `migrate` and `swap`. */
+  phase: 'rows' | 'snapshot' | 'copy' | 'merge' | 'migrate' | 'swap';
   done: number;
   total: number;
 }
@@ -161,7 +310,7 @@ export interface Progress {
 export interface EventMap {
   sync: SyncReport;
   progress: Progress;
-  reset: SyncReport;
+  reset: SyncReport & ResetReport;
   error: TidemarkError;
   futureVersion: { version: number; current: number };
   online: boolean;
@@ -169,7 +318,15 @@ export interface EventMap {
   change: { collections: string[] };
 }
 
-export declare class Replica {
+/** A live query or document this page watches (`subscribe` / `subscribeDoc`). */
+export type LiveQuery = { collection: string; query?: Query<any> } | { collection: string; id: string };
+
+// ---------------------------------------------------------------- the replica
+
+/** A replica open in this page. `D` maps each collection to its document type. */
+export declare class Replica<D = { [collection: string]: Doc }> {
+  /** The replica's name (its IndexedDB name prefix). */
+  readonly name: string;
   /** Subscribes to an event; returns a function that unsubscribes. */
   on<K extends keyof EventMap>(type: K, handler: (payload: EventMap[K]) => void): () => void;
   off<K extends keyof EventMap>(type: K, handler: (payload: EventMap[K]) => void): void;
@@ -179,27 +336,56 @@ export declare class Replica {
   connect(): void;
   disconnect(): void;
   /** Writes a whole document; fields it lacks are removed. */
-  put(collection: string, doc: Doc): Promise<void>;
+  put<C extends keyof D & string>(collection: C, doc: DocInput<D[C]>): Promise<void>;
   /** Writes many whole documents in one transaction. */
-  putMany(collection: string, docs: Doc[]): Promise<void>;
-  /** Sets some fields of an existing document; keys may be dotted paths. */
-  patch(collection: string, id: string, fields: { [fieldPath: string]: Json }): Promise<void>;
-  delete(collection: string, id: string): Promise<void>;
-  get(collection: string, id: string): Promise<Doc | undefined>;
-  query(collection: string, query?: Query): Promise<Doc[]>;
+  putMany<C extends keyof D & string>(collection: C, docs: readonly DocInput<D[C]>[]): Promise<void>;
+  /**
+   * Sets some fields of an existing document; keys may be dotted paths. A missing or
+   * deleted document is `NOT_FOUND`.
+   */
+  patch<C extends keyof D & string>(collection: C, id: string, fields: Patch<D[C]>): Promise<void>;
+  delete<C extends keyof D & string>(collection: C, id: string): Promise<void>;
+  /** The document, or `undefined` when it is missing or deleted. */
+  get<C extends keyof D & string>(collection: C, id: string): Promise<D[C] | undefined>;
+  query<C extends keyof D & string>(collection: C, query?: Query<D[C]>): Promise<D[C][]>;
   /**
    * A live query: `callback` runs at once with the results, then after every change (this
-   * tab, other tabs, sync, migrations, resets) that alters them. Returns an unsubscribe
-   * function.
+   * tab, other tabs, sync, migrations, resets) that alters them. A failing query calls
+   * `onError` (else the 'error' event). Returns an unsubscribe function.
    */
-  subscribe(collection: string, query: Query | undefined, callback: (docs: Doc[]) => void): () => void;
+  subscribe<C extends keyof D & string>(
+    collection: C,
+    query: Query<D[C]> | undefined,
+    callback: (docs: D[C][]) => void,
+    onError?: (error: TidemarkError) => void,
+  ): () => void;
+  /** Like `subscribe`, for one document: `callback(doc)`, `undefined` when missing or deleted. */
+  subscribeDoc<C extends keyof D & string>(
+    collection: C,
+    id: string,
+    callback: (doc: D[C] | undefined) => void,
+    onError?: (error: TidemarkError) => void,
+  ): () => void;
+  /** The live queries this page runs on the replica. */
+  readonly liveQueries: LiveQuery[];
   /** The newest op-log rows, newest first. */
   recentOps(limit?: number): Promise<LogRow[]>;
   status(): Status;
   close(): Promise<void>;
 }
 
-export declare function openReplica(options: OpenOptions): Promise<Replica>;
+/**
+ * Opens (or creates) a replica. Its collections' document types come from the schema:
+ * `defineSchema<Docs>(…)` for field types, or a literal schema for names only.
+ */
+export declare function openReplica<const S extends Schema>(options: OpenOptions<S>): Promise<Replica<DocsOf<S>>>;
+/** Deletes every IndexedDB database of the replica `name`. Close it first. */
 export declare function deleteReplica(name: string): Promise<void>;
-/** Loads the wasm module ahead of time (optional; openReplica does it on first use). */
-export declare function load(wasmUrl?: string | URL): Promise<unknown>;
+/**
+ * Loads the wasm module ahead of time (optional: `openReplica` does it on first use). With
+ * `source` — the URL of `tidemark_bg.wasm`, its bytes or a compiled `WebAssembly.Module` —
+ * it loads that instead of the packaged file; call it before the first `openReplica`, since
+ * a loaded module cannot be replaced (a different source then rejects with
+ * `INVALID_ARGUMENT`). Failures reject with `WASM_LOAD_FAILED` and can be retried.
+ */
+export declare function load(source?: string | URL | BufferSource | WebAssembly.Module): Promise<void>;

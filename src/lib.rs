@@ -96,6 +96,8 @@ pub mod schema;
 pub mod store;
 pub mod sync;
 pub mod upgrade;
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod ts_types;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 pub mod work;

@@ -6,6 +6,7 @@ use serde::Serialize;
 /// Which part of the work a progress report is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
 pub enum Phase {
     /// Rows sent or received in diffs.
     Rows,
@@ -23,6 +24,7 @@ pub enum Phase {
 
 /// Rows or documents handled so far in `phase`, and how many there are in all.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
 pub struct Progress {
     pub phase: Phase,
     pub done: u64,

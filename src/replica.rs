@@ -39,6 +39,7 @@ pub type WallClock = Box<dyn Fn() -> u64 + Send + Sync>;
 /// Local status, as `db.status()` reports it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
 pub struct Status {
     pub db_id: String,
     pub schema_version: u32,

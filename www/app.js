@@ -1,6 +1,8 @@
 // The Tidemark demo: a shared task board with two replicas in one page, and the
-// reset-from-an-older-version flow. Plain ES modules, no dependencies besides `tidemark`.
+// reset-from-an-older-version flow. Plain ES modules, no dependencies besides `tidemark`
+// (and its `<tidemark-devtools>` element, which shows what each replica holds).
 import { openReplica, deleteReplica } from 'tidemark';
+import 'tidemark/devtools';
 
 const SYNC_URL = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/sync`;
 const LIBRARY = 'taskboard';
@@ -20,9 +22,8 @@ function toV2(doc) {
 }
 const MIGRATIONS = { 2: toV2 };
 
-/** db id → who it is, for the sync points and the op log. */
+/** db id → whose device it is, for the devtools' sync points and op log and the LWW line. */
 const names = new Map();
-const short = (id) => (id ? String(id).slice(0, 6) : '—');
 
 function h(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -57,6 +58,50 @@ function fieldsText(fields, skip = []) {
     .map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(', ');
 }
 
+/**
+ * Shows a replica's 'progress' events on a progress bar (`.sync-progress`: a <progress> and
+ * a `.progress-text`), which stays at the last step when the pass ends. (The boards' long
+ * syncs show theirs in <tidemark-devtools>.) Returns a function that stops listening.
+ */
+function progressBar(root, db) {
+  const bar = root.querySelector('progress');
+  const text = root.querySelector('.progress-text');
+  root.dataset.events = '0';
+  return db.on('progress', ({ direction, done, total }) => {
+    if (!total) return;
+    root.hidden = false;
+    bar.max = total;
+    bar.value = done;
+    text.textContent = `${direction === 'push' ? 'Sending' : 'Receiving'} ${done.toLocaleString()} / ${total.toLocaleString()}`;
+    root.dataset.last = `${direction} ${done}/${total}`;
+    root.dataset.events = String(Number(root.dataset.events) + 1);
+  });
+}
+
+/**
+ * The newest local edit in `ops` (recentOps rows, newest first) that another replica's
+ * later edit replaced — last writer wins, per field. Only the winner reaches every log (a
+ * replica does not log an arriving op that already lost), so this is seen where the losing
+ * edit was written. Stamps compare as strings: Tidemark writes them fixed-width, ordered
+ * bytewise.
+ */
+function overwrittenEdit(ops, self) {
+  for (let i = 0; i < ops.length; i++) {
+    const won = ops[i].op;
+    if (!ops[i].from || won.origin === self || won.kind === 'delete') continue;
+    for (const [field, value] of Object.entries(won.fields ?? {})) {
+      if (value === won.id) continue;
+      // The op this one replaced: the newest older row on the same document and field.
+      const before = ops.slice(i + 1).find(({ op }) => op.collection === won.collection && op.id === won.id
+        && (op.kind === 'delete' || (op.fields && field in op.fields)));
+      const lost = before?.op;
+      if (lost && lost.origin === self && lost.kind !== 'delete' && lost.ts < won.ts
+        && JSON.stringify(lost.fields[field]) !== JSON.stringify(value)) return { field, lost, won };
+    }
+  }
+  return null;
+}
+
 // ---------------------------------------------------------------- a replica panel
 
 class Board {
@@ -84,8 +129,11 @@ class Board {
       sync: { url: SYNC_URL, library: LIBRARY } });
     const s = this.db.status();
     this.dbId = s.dbId;
-    names.set(s.dbId, this.person);
+    names.set(s.dbId, `${this.person}'s ${this.root.dataset.device}`);
     this.$('.schema').textContent = `v${s.schemaVersion}`;
+    const devtools = this.$('tidemark-devtools');
+    devtools.peerNames = names;
+    devtools.db = this.db;
 
     this.db.on('sync', () => { this.error = null; this.refresh(); });
     this.db.on('online', () => this.refresh());
@@ -215,7 +263,7 @@ class Board {
 
   async renderInsight() {
     const s = this.db.status();
-    const ops = await this.db.recentOps(8);
+    const ops = await this.db.recentOps(40);
 
     // Connection state and pending writes.
     let state;
@@ -246,33 +294,20 @@ class Board {
     notice.textContent = text;
     notice.classList.toggle('error', isError);
 
-    // Sync points: incoming / outgoing per peer.
-    const peers = [...new Set([...Object.keys(s.incoming ?? {}), ...Object.keys(s.outgoing ?? {})])];
-    const label = (id) => names.get(id) ?? (id in (s.outgoing ?? {}) ? 'server' : 'peer');
-    peers.sort((a, b) => (label(a) === 'server' ? -1 : label(b) === 'server' ? 1 : label(a).localeCompare(label(b))));
-    const rows = peers.map((id) => h('tr', { title: id },
-      h('td', {}, h('span', { class: 'who-label' }, label(id)), ` ${short(id)}`),
-      h('td', {}, String(s.incoming?.[id] ?? '—')),
-      h('td', {}, String(s.outgoing?.[id] ?? '—'))));
-    this.$('.points-body').replaceChildren(...(rows.length ? rows : [h('tr', { class: 'none' }, h('td', { colspan: '3' }, 'Not synced yet'))]));
-    this.$('.max-row').textContent = String(s.maxRow);
-    this.$('.pending-n').textContent = String(s.pending);
     this.$('.leader').textContent = s.leader ? 'runs live sync' : this.wantOnline ? 'follows' : 'not syncing';
 
-    // Recent ops, newest first.
-    const items = ops.map(({ row, op, from }) => {
-      const who = op.origin === this.dbId ? 'local' : names.get(op.origin) ?? short(op.origin);
-      const f = op.fields ?? {};
-      const what = op.kind === 'put' && typeof f.title === 'string'
-        ? `${JSON.stringify(f.title)}${f.list ? ` · ${f.list}` : ''}`
-        : (op.kind !== 'delete' && fieldsText(f, ['id', 'createdAt'])) || `${op.collection}/${short(op.id)}`;
-      return h('li', { title: JSON.stringify({ row, op, from }, null, 1) },
-        h('span', { class: 'row' }, `#${row}`),
-        h('span', { class: `kind ${op.kind}` }, op.kind),
-        h('span', { class: 'what' }, what),
-        h('span', { class: 'by' }, h('b', {}, who), from ? ` via ${names.get(from) ?? 'server'}` : '', op.schemaVersion !== s.schemaVersion ? ` · v${op.schemaVersion}` : ''));
-    });
-    this.$('.ops-list').replaceChildren(...(items.length ? items : [h('li', { class: 'none' }, 'No ops yet')]));
+    // Where one of this replica's edits lost to a later one, say so in one line (the
+    // newest such edit stays shown).
+    const loss = overwrittenEdit(ops, this.dbId);
+    if (loss && loss.won.ts !== this.loss?.won.ts) this.loss = loss;
+    const lww = this.$('.lww');
+    lww.hidden = !this.loss;
+    if (this.loss) {
+      const { field, lost, won } = this.loss;
+      const who = (origin) => names.get(origin) ?? 'another replica';
+      lww.replaceChildren(h('b', {}, 'Last writer wins: '), `${who(won.origin)} set ${field} to ${JSON.stringify(won.fields[field])} `
+        + `after ${who(lost.origin)} set it to ${JSON.stringify(lost.fields[field])}, so the later edit stays on every replica.`);
+    }
   }
 }
 
@@ -307,6 +342,8 @@ async function runReset() {
   let current = 'v1';
   let v1;
   let v2;
+  let stopProgress = () => {};
+  document.getElementById('reset-progress').hidden = true;
   try {
     // 1. App v1 writes tasks under schema version 1 and syncs them.
     setStep('v1', 'running');
@@ -327,6 +364,7 @@ async function runReset() {
       sync: { url: SYNC_URL, library, perDiff: 4 } });
     const resetEvents = [];
     v2.on('reset', (r) => resetEvents.push(r));
+    stopProgress = progressBar(document.getElementById('reset-progress'), v2);
     const now = Date.now();
     const local = [
       { id: 'local-1', title: 'Try the new app', list: 'work', done: false, createdAt: now },
@@ -383,6 +421,7 @@ async function runReset() {
     setStep(current, 'failed', `${e.code ? `${e.code}: ` : ''}${e.message}`);
     section.dataset.state = 'failed';
   } finally {
+    stopProgress();
     for (const db of [v1, v2]) { if (db) await db.close().catch(() => {}); }
     for (const name of [v1Name, v2Name]) await deleteReplica(name).catch(() => {});
     button.disabled = false;

@@ -124,8 +124,8 @@ impl IdbStore {
             return Err(OpenError::SchemaMismatch {
                 stored: live.schema_version,
                 opened: schema.version,
-                hint: "the stored collections or indexes differ from this schema's; open with the schema the data was \
-                       written with (or a newer version with this one in `history` and its migrations), or call \
+                hint: "the stored collections or indexes differ from this schema's: open it with the schema the data was \
+                       written with, bump schema.version (keeping the old schema in `history`), or call \
                        deleteReplica(name) to start over"
                     .into(),
             }

@@ -47,6 +47,7 @@ impl Limits {
 /// What one pass did, from the side that ran it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
 pub struct PassReport {
     /// Rows (or snapshot documents) sent.
     pub sent: u64,
@@ -60,6 +61,7 @@ pub struct PassReport {
     pub reset: bool,
     /// The newest schema version of ops received but not applied (newer than the app's).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(all(test, not(target_arch = "wasm32")), ts(optional))]
     pub future_version: Option<u32>,
     /// Where the pass started in the sender's row space, and where it ended.
     pub start: Point,
@@ -68,6 +70,7 @@ pub struct PassReport {
     pub peer_max_row: u64,
     /// A received snapshot was built in a staging generation and swapped in: what it did.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(all(test, not(target_arch = "wasm32")), ts(optional))]
     pub rebuilt: Option<ResetReport>,
 }
 

@@ -41,6 +41,7 @@ const CHUNK: usize = 1000;
 /// What a completed reset did (the `reset` event's payload).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
 pub struct ResetReport {
     /// Documents the snapshot carried.
     pub documents: u64,
@@ -51,6 +52,7 @@ pub struct ResetReport {
     pub kept: u64,
     /// The oldest schema version among the data received (absent: all current).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(all(test, not(target_arch = "wasm32")), ts(optional))]
     pub from_version: Option<u32>,
 }
 

@@ -18,6 +18,7 @@ pub const MAX_SESSION: usize = 64;
 /// What one `syncNow()` did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
 pub struct RoundReport {
     /// Rows (or snapshot documents) pushed to the server.
     pub sent: u64,

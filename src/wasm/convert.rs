@@ -1,7 +1,9 @@
 //! JS values ↔ JSON. Documents cross the boundary as JSON text: one native
 //! `JSON.stringify` (with a replacer that refuses what JSON cannot hold) is both the
 //! fastest way across and the strictest validation, and cyclic objects make it throw
-//! instead of overflowing the wasm stack.
+//! instead of overflowing the wasm stack. The replacer judges each original value, not
+//! what its `toJSON()` returned, so a `Date` (or any class with `toJSON`) is refused
+//! rather than silently stored as a string.
 
 use serde_json::{Map, Value};
 use wasm_bindgen::prelude::*;
@@ -11,18 +13,22 @@ use crate::error::{Error, WriteError};
 #[wasm_bindgen(inline_js = r#"
 export function tm_to_json(value, loose) {
   return JSON.stringify(value, function (key, v) {
-    const t = typeof v;
+    // `v` is what toJSON() returned (a Date is already a string here): judge the original.
+    const raw = key === '' ? value : this[key];
+    const t = typeof raw;
     const at = key === '' ? 'the top level' : JSON.stringify(key);
     // In queries and options an undefined property means "not given".
     if (loose && t === 'undefined' && key !== '' && !Array.isArray(this)) return undefined;
     if (t === 'function' || t === 'symbol' || t === 'bigint' || t === 'undefined') {
       throw new TypeError(`a ${t} at ${at} is not JSON`);
     }
-    if (t === 'number' && !Number.isFinite(v)) throw new TypeError(`${v} at ${at} is not JSON`);
-    if (v !== null && t === 'object' && !Array.isArray(v)) {
-      const p = Object.getPrototypeOf(v);
+    if (t === 'number' && !Number.isFinite(raw)) throw new TypeError(`${raw} at ${at} is not JSON`);
+    if (raw !== null && t === 'object' && !Array.isArray(raw)) {
+      const p = Object.getPrototypeOf(raw);
       if (p !== Object.prototype && p !== null) {
-        throw new TypeError(`a ${(v.constructor && v.constructor.name) || 'non-plain object'} at ${at} is not JSON (use plain objects and arrays)`);
+        const name = (raw.constructor && raw.constructor.name) || 'non-plain object';
+        const hint = raw instanceof Date ? ' (store dates as numbers, e.g. date.getTime(), or ISO strings)' : ' (use plain objects and arrays)';
+        throw new TypeError(`a ${name} at ${at} is not JSON${hint}`);
       }
     }
     return v;

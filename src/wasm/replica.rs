@@ -190,7 +190,7 @@ impl JsReplica {
 
     /// Documents matching `{ where, orderBy, limit }`, as an array.
     pub fn query(&self, collection: JsValue, query: JsValue) -> js_sys::Promise {
-        let q = if query.is_undefined() { Ok(Value::Null) } else { to_json_loose(&query).map_err(|e| crate::error::QueryError::Invalid(e.to_string()).into()) };
+        let q = if query.is_undefined() { Ok(Value::Null) } else { to_json_loose(&query) };
         match (to_string(&collection, "collection"), q) {
             (Ok(c), Ok(q)) => run(&self.inner, |r| async move {
                 let docs = r.query(&c, &q).await?;

@@ -1,7 +1,9 @@
 // The demo page (www/) served by a real tidemark-server, driven like a user in headless
-// Chromium: two replicas in one page converge through the server, an offline panel's edits
-// merge when it comes back, a second tab follows along, and the reset-from-v1 flow shows
-// migrated documents with the local writes kept. Saves tests/artifacts/demo.png.
+// Chromium: two replicas in one page converge through the server (each panel's
+// <tidemark-devtools> names the peers), an offline panel's edits merge when it comes back
+// and the panel whose edit lost to last-writer-wins explains it, a second tab follows along, and
+// the reset-from-v1 flow shows its progress and migrated documents with the local writes
+// kept. Saves tests/artifacts/demo.png.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
@@ -110,11 +112,13 @@ test('a task added in the left panel appears in the right panel', async () => {
   await hasTask('right', 'Water the plants');
   assert.deepEqual(await shown('right'), [{ title: 'Water the plants', done: false }]);
   assert.equal(await row('right', 'Water the plants').locator('.tag').textContent(), 'home');
-  // The sync view names the server and the left replica as peers; the op log shows the put.
-  await until('the right panel listing the server as a peer',
-    () => [...document.querySelectorAll('#right .points-body .who-label')].some((n) => n.textContent === 'server'));
-  const ops = await panel('right').locator('.ops-list li').allTextContents();
-  assert.ok(ops.some((t) => t.includes('put') && t.includes('Water the plants') && t.includes('Ada')), `right's recent ops: ${ops}`);
+  // The devtools name the server and the left replica as peers; the op log shows the put.
+  await until('the right panel listing the server and Ada as peers', () => {
+    const peers = [...document.querySelector('#right tidemark-devtools').shadowRoot.querySelectorAll('.points .peer')].map((n) => n.textContent);
+    return peers.includes('server') && peers.includes("Ada's laptop");
+  });
+  const ops = await panel('right').locator('tidemark-devtools .ops li').allTextContents();
+  assert.ok(ops.some((t) => t.includes('put') && t.includes('Water the plants') && t.includes("Ada's laptop")), `right's recent ops: ${ops}`);
 });
 
 test('the right panel goes offline, both sides edit, it comes back and both converge', async () => {
@@ -153,6 +157,11 @@ test('the right panel goes offline, both sides edit, it comes back and both conv
     // Both sides renamed it: the later write wins on both; the done flag from the right merges in.
     { title: 'Water the plants (right, later)', done: true },
   ]);
+  // The left panel's rename lost to the right's later one: it says so, in one line.
+  await until('the last-writer-wins line on the left', () => !document.querySelector('#left .lww').hidden);
+  assert.equal(await panel('left').locator('.lww').textContent(), 'Last writer wins: Ben\'s phone set title to '
+    + '"Water the plants (right, later)" after Ada\'s laptop set it to "Water the plants (left)", so the later edit stays on every replica.');
+  assert.equal(await panel('right').locator('.lww').isHidden(), true, 'the right panel lost nothing');
 
   // The filter is a live query too.
   await panel('left').locator('.filter button[data-filter="done"]').click();
@@ -165,8 +174,8 @@ test('the right panel goes offline, both sides edit, it comes back and both conv
 test('deleting a task on one side removes it on the other', async () => {
   await row('right', 'Call the plumber').locator('button.delete').click();
   await until('the task gone on both sides', () => ![...document.querySelectorAll('.task .title')].some((t) => t.textContent === 'Call the plumber'));
-  // The recent-ops view re-reads the log after the lists; give it its turn.
-  await until('the delete in the left\'s recent ops', () => [...document.querySelectorAll('#left .ops-list li')].some((li) => li.textContent.includes('delete')));
+  await until('the delete in the left op log', () => [...document.querySelector('#left tidemark-devtools').shadowRoot.querySelectorAll('.ops li')]
+    .some((li) => li.textContent.includes('delete')));
 });
 
 test('a second tab follows along: one tab per replica runs live sync', async () => {
@@ -198,6 +207,14 @@ test('the reset flow: v1 data reaches a fresh v2 replica as a migrated snapshot,
   assert.deepEqual(steps.map(([s, st]) => [s, st]), [['v1', 'done'], ['local', 'done'], ['sync', 'done'], ['result', 'done']]);
   const syncStep = steps[2][2];
   for (const f of ['snapshot: true', 'reset: true', "'reset' event: fired"]) assert.ok(syncStep.includes(f), syncStep);
+  // The reset arrived in several batches: the progress bar showed them, and stays at the total.
+  const bar = await page.$eval('#reset-progress', (el) => ({ hidden: el.hidden, last: el.dataset.last, events: Number(el.dataset.events),
+    text: el.querySelector('.progress-text').textContent }));
+  assert.equal(bar.hidden, false);
+  assert.ok(bar.events >= 2, JSON.stringify(bar));
+  const [, done, total] = /^pull (\d+)\/(\d+)$/.exec(bar.last) ?? [];
+  assert.ok(Number(total) >= 10 && done === total, JSON.stringify(bar));
+  assert.equal(bar.text, `Receiving ${done} / ${total}`);
   const summary = await page.locator('#reset-summary').textContent();
   assert.match(summary, /reset: true/);
   assert.match(summary, /10 v1 tasks migrated/);

@@ -1,72 +1,100 @@
 // The npm package as users get it: `npm pack` js/ (after `make build` has put the wasm
-// package in js/pkg), check what the tarball holds, install it offline into a temporary
-// copy of tests/e2e/sample-app, serve that folder with a tiny static server and run the
-// app in headless Chromium, importing `tidemark` from node_modules through an import map.
+// package in js/pkg), check what the tarball holds and what its package.json promises,
+// install it offline into every fixture app and check each tool's conditions resolve the
+// entry point meant for it, then install it into a temporary copy of tests/e2e/sample-app,
+// serve that folder with a tiny static server and run the app in headless Chromium,
+// importing `tidemark` from node_modules through an import map.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { cp, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { CHROMIUM_ARGS } from './harness.mjs';
 import { startServer } from '../../scripts/serve.mjs';
+import { FIXTURES } from './fixtures.mjs';
+import { PKG_DIR, ROOT, install, pack, run } from './package.mjs';
 
-const run = promisify(execFile);
-const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
-const PKG_DIR = join(ROOT, 'js');
-const FIXTURE = join(ROOT, 'tests/e2e/sample-app');
-
-let tmp;
-let tarball;
-let entries;
+const SAMPLE = join(ROOT, 'tests/e2e/sample-app');
+let packed;
+let manifest;
 
 before(async () => {
-  if (!existsSync(join(PKG_DIR, 'pkg/tidemark_bg.wasm'))) throw new Error('js/pkg is missing: run `make build` first');
-  tmp = await mkdtemp(join(tmpdir(), 'tidemark-pack-'));
-  // A cache of its own: nothing here reads or writes the user's npm cache, or the network.
-  const env = { ...process.env, npm_config_cache: join(tmp, 'npm-cache'), npm_config_update_notifier: 'false', npm_config_fund: 'false', npm_config_audit: 'false' };
-  const { stdout } = await run('npm', ['pack', '--json', '--pack-destination', tmp], { cwd: PKG_DIR, env });
-  const [info] = JSON.parse(stdout);
-  tarball = join(tmp, info.filename);
-  await stat(tarball);
-  // What is really in the tarball (not what npm says it would put there).
-  const listing = await run('tar', ['-tzf', tarball]);
-  entries = listing.stdout.split('\n').filter(Boolean).map((p) => p.replace(/^package\//, ''));
-
-  const app = join(tmp, 'app');
-  await cp(FIXTURE, app, { recursive: true });
-  await run('npm', ['install', '--offline', '--no-audit', '--no-fund', tarball], { cwd: app, env });
+  packed = await pack();
+  manifest = JSON.parse(await readFile(join(PKG_DIR, 'package.json'), 'utf8'));
 });
 
-after(async () => { if (tmp) await rm(tmp, { recursive: true, force: true }); });
+after(async () => { await packed?.cleanup(); });
 
-test('the tarball holds the entry point, its types, package.json and the wasm package, and nothing from src/', async () => {
-  for (const f of ['index.js', 'index.d.ts', 'package.json', 'pkg/tidemark.js', 'pkg/tidemark_bg.wasm', 'pkg/tidemark.d.ts']) {
-    assert.ok(entries.includes(f), `${f} is in the tarball: ${entries.join(', ')}`);
-  }
+test('the tarball holds the entry points, their types, the wasm and its embedded copy, README and LICENSE, and nothing else', async () => {
+  const { entries } = packed;
+  const expected = ['package.json', 'README.md', 'LICENSE', 'index.js', 'dev.js', 'embedded.js', 'api.js', 'replica.js', 'react.js', 'devtools.js',
+    'index.d.ts', 'react.d.ts', 'devtools.d.ts', 'tidemark_bg.wasm.d.ts',
+    'pkg/tidemark.js', 'pkg/tidemark.d.ts', 'pkg/tidemark_bg.wasm', 'pkg/tidemark_bg.embedded.js'];
+  for (const f of expected) assert.ok(entries.includes(f), `${f} is in the tarball: ${entries.join(', ')}`);
   // Every snippet module the generated JS imports ships with it.
   const generated = await readFile(join(PKG_DIR, 'pkg/tidemark.js'), 'utf8');
   const snippets = [...generated.matchAll(/from '\.\/(snippets\/[^']+)'/g)].map((m) => `pkg/${m[1]}`);
   assert.ok(snippets.length > 0, 'the generated module imports its snippets');
   for (const s of snippets) assert.ok(entries.includes(s), `${s} is in the tarball`);
-  // Nothing else: no Rust sources, no build files, no tests.
-  const stray = entries.filter((p) => p.startsWith('src/') || p.includes('/src/') || p.endsWith('.rs') || /(^|\/)Cargo\.(toml|lock)$/.test(p)
-    || !(p === 'package.json' || p === 'index.js' || p === 'index.d.ts' || p.startsWith('pkg/') || /^(README|LICENSE)/i.test(p)));
-  assert.deepEqual(stray, []);
-  const manifest = JSON.parse(await readFile(join(PKG_DIR, 'package.json'), 'utf8'));
-  assert.deepEqual(manifest.dependencies ?? {}, {}, 'the package has no dependencies');
+  // Nothing else: no Rust sources, build files, build scripts or tests.
+  assert.deepEqual(entries.filter((p) => !expected.includes(p) && !snippets.includes(p)), []);
+  assert.match(await readFile(join(PKG_DIR, 'LICENSE'), 'utf8'), /^MIT License/);
+  // The generated module no longer carries a wasm URL of its own (js/build.mjs).
+  assert.doesNotMatch(generated, /import\.meta\.url/);
 });
 
-test('installed into a sample app, openReplica, put, query and subscribe work from node_modules/tidemark', async () => {
-  const app = join(tmp, 'app');
-  const installed = JSON.parse(await readFile(join(app, 'node_modules/tidemark/package.json'), 'utf8'));
-  assert.equal(installed.name, 'tidemark');
-  assert.ok(existsSync(join(app, 'node_modules/tidemark/pkg/tidemark_bg.wasm')));
+test('package.json: exports with types for every entry, side effects, repository, license, an optional React peer', () => {
+  assert.equal(manifest.name, 'tidemark');
+  assert.equal(manifest.license, 'MIT');
+  assert.equal(manifest.type, 'module');
+  assert.match(manifest.repository?.url ?? '', /^git\+https:\/\//);
+  assert.deepEqual(manifest.dependencies ?? {}, {}, 'the package has no dependencies');
+  assert.deepEqual(manifest.peerDependencies, { react: '>=18' });
+  assert.deepEqual(manifest.peerDependenciesMeta, { react: { optional: true } });
+  // Only the devtools module has an import-time effect (it defines the custom element).
+  assert.deepEqual(manifest.sideEffects, ['./devtools.js']);
+  for (const entry of ['.', './react', './devtools', './tidemark_bg.wasm']) {
+    const conditions = manifest.exports[entry];
+    assert.ok(conditions, `exports has ${entry}`);
+    assert.equal(Object.keys(conditions)[0], 'types', `${entry}: types come first`);
+    for (const target of Object.values(conditions)) assert.ok(packed.entries.includes(target.replace(/^\.\//, '')), `${entry} → ${target} is shipped`);
+  }
+});
 
+/** What Node resolves `specifier` to from `dir` with extra export `conditions`. */
+async function resolveFrom(dir, specifier, conditions = []) {
+  const { stdout } = await run(process.execPath, [...conditions.map((c) => `--conditions=${c}`), '--input-type=module', '-e',
+    `console.log(import.meta.resolve(${JSON.stringify(specifier)}))`], { cwd: dir });
+  return stdout.trim().replace(/^.*\/node_modules\/tidemark\//, '');
+}
+
+test('installed offline into every fixture app, each tool\'s conditions resolve the entry point meant for it', async () => {
+  const apps = (await readdir(FIXTURES, { withFileTypes: true })).filter((d) => d.isDirectory() && existsSync(join(FIXTURES, d.name, 'package-lock.json')));
+  assert.ok(apps.length >= 6, apps.map((d) => d.name).join(', '));
+  for (const { name } of apps) {
+    const dir = join(FIXTURES, name);
+    await install(dir, packed);
+    const installed = JSON.parse(await readFile(join(dir, 'node_modules/tidemark/package.json'), 'utf8'));
+    assert.equal(installed.version, manifest.version);
+    // Vite and webpack builds announce `production`, their dev modes `development`;
+    // esbuild, Rollup and Bun only `browser`; Node and import maps none of these.
+    assert.equal(await resolveFrom(dir, 'tidemark', ['production', 'browser']), 'index.js');
+    assert.equal(await resolveFrom(dir, 'tidemark', ['development', 'browser']), 'dev.js');
+    assert.equal(await resolveFrom(dir, 'tidemark', ['browser']), 'embedded.js');
+    assert.equal(await resolveFrom(dir, 'tidemark'), 'index.js');
+    assert.equal(await resolveFrom(dir, 'tidemark/react'), 'react.js');
+    assert.equal(await resolveFrom(dir, 'tidemark/devtools'), 'devtools.js');
+    assert.equal(await resolveFrom(dir, 'tidemark/tidemark_bg.wasm'), 'pkg/tidemark_bg.wasm');
+  }
+});
+
+test('installed into a sample app without a bundler, openReplica, put, query and subscribe work from node_modules/tidemark', async () => {
+  const tmp = await mkdtemp(join(tmpdir(), 'tidemark-sample-'));
+  const app = join(tmp, 'app');
+  await cp(SAMPLE, app, { recursive: true });
+  await install(app, packed);
   const { server, url } = await startServer({ root: app, index: '/index.html' });
   const profile = await mkdtemp(join(tmpdir(), 'tidemark-pack-profile-'));
   const context = await chromium.launchPersistentContext(profile, {
@@ -90,13 +118,15 @@ test('installed into a sample app, openReplica, put, query and subscribe work fr
     assert.deepEqual(r.reopened, ['a', 'b', 'c', 'd', 'e'], 'the data survived a close and reopen');
     assert.equal(typeof r.status.dbId, 'string');
     assert.equal(r.status.schemaVersion, 1);
-    // The code and the wasm came from the installed package.
+    // The code and the wasm came from the installed package; the embedded copy was not needed.
     assert.ok(requested.includes('/node_modules/tidemark/index.js'), requested.join(', '));
     assert.ok(requested.includes('/node_modules/tidemark/pkg/tidemark_bg.wasm'), requested.join(', '));
+    assert.ok(!requested.some((p) => p.includes('embedded')), requested.join(', '));
     assert.deepEqual(problems, []);
   } finally {
     await context.close();
-    await new Promise((ok) => server.close(ok));
+    await new Promise((ok) => { server.close(ok); server.closeAllConnections(); });
     await rm(profile, { recursive: true, force: true });
+    await rm(tmp, { recursive: true, force: true });
   }
 });

@@ -1,0 +1,204 @@
+// The `Replica` class apps hold: a small, idiomatic wrapper over the generated wasm class.
+// Events, live queries and multi-tab coordination live here, everything else is the
+// engine's. It imports nothing, so the entry points (index.js, embedded.js) choose how the
+// wasm module is loaded. See index.d.ts for the types.
+
+const EVENTS = ['sync', 'progress', 'reset', 'error', 'futureVersion', 'online', 'change'];
+
+/** An `Error` with a stable `code`, like the ones the engine throws. */
+export function tidemarkError(code, message, cause) {
+  const e = new Error(message, cause === undefined ? undefined : { cause });
+  e.name = 'TidemarkError';
+  e.code = code;
+  return e;
+}
+
+/** What a subscription has not delivered yet (distinct from every JSON text). */
+const NOTHING = Symbol('nothing delivered');
+
+/** A replica open in this page. */
+export class Replica {
+  #inner;
+  #name;
+  #closed = false;
+  #handlers = new Map(EVENTS.map((e) => [e, new Set()]));
+  #subs = new Set();
+  #channel = null;
+  #leader = false;
+  #releaseLock = null;
+
+  constructor(inner, name) {
+    this.#inner = inner;
+    this.#name = name;
+    inner.setEmitter((type, payload) => this.#emit(type, payload));
+    // Every committed transaction in this tab: re-run the live queries it touches, and
+    // tell the other tabs of this replica.
+    inner.setOnChange((collections) => {
+      this.#changed(collections);
+      this.#channel?.postMessage({ collections });
+    });
+    if (typeof BroadcastChannel === 'function') {
+      this.#channel = new BroadcastChannel(`tidemark:${name}`);
+      this.#channel.onmessage = (e) => {
+        if (this.#closed) return;
+        // Another tab wrote or synced: its rows are in the same database.
+        this.#inner.refresh().then(() => this.#changed(e.data?.collections ?? []), () => {});
+      };
+    }
+  }
+
+  #emit(type, payload) {
+    for (const h of this.#handlers.get(type) ?? []) {
+      try { h(payload); } catch (e) { queueMicrotask(() => { throw e; }); }
+    }
+  }
+
+  /**
+   * Listens to 'sync' | 'progress' | 'reset' | 'error' | 'futureVersion' | 'online' | 'change'.
+   * Returns a function that removes the handler.
+   */
+  on(type, handler) {
+    const set = this.#handlers.get(type);
+    if (!set) throw tidemarkError('INVALID_ARGUMENT', `unknown event ${JSON.stringify(type)}: use one of ${EVENTS.join(', ')}`);
+    if (typeof handler !== 'function') throw tidemarkError('INVALID_ARGUMENT', 'the handler must be a function');
+    set.add(handler);
+    return () => set.delete(handler);
+  }
+
+  off(type, handler) { this.#handlers.get(type)?.delete(handler); }
+
+  put(collection, doc) { return this.#inner.put(collection, doc); }
+  putMany(collection, docs) { return this.#inner.putMany(collection, docs); }
+  patch(collection, id, fields) { return this.#inner.patch(collection, id, fields); }
+  delete(collection, id) { return this.#inner.delete(collection, id); }
+  get(collection, id) { return this.#inner.get(collection, id); }
+  query(collection, query) { return this.#inner.query(collection, query); }
+  /** The newest `limit` op-log rows, newest first: `[{ row, op, from }]`. */
+  recentOps(limit = 20) { return this.#inner.recentOps(limit); }
+
+  /** The replica's name (its IndexedDB name prefix). */
+  get name() { return this.#name; }
+
+  /**
+   * A live query: calls `callback(docs)` at once with the current results, then after
+   * every change — local writes, other tabs, sync, migrations, resets — that alters them.
+   * Bursts of changes are coalesced: at most one query runs per subscription at a time.
+   * A failing query calls `onError(error)` when given (else the 'error' event) and runs
+   * again at the next change. Returns a function that stops it.
+   */
+  subscribe(collection, query, callback, onError) {
+    return this.#watch('subscribe(collection, query, callback)', { collection, query }, () => this.#inner.query(collection, query), callback, onError);
+  }
+
+  /**
+   * Like `subscribe`, for one document: `callback(doc)` with the document or `undefined`
+   * (missing or deleted), at once and after every change to it.
+   */
+  subscribeDoc(collection, id, callback, onError) {
+    return this.#watch('subscribeDoc(collection, id, callback)', { collection, id }, () => this.#inner.get(collection, id), callback, onError);
+  }
+
+  /** The live queries of this page, as `[{ collection, query }]` or `[{ collection, id }]` (what devtools show). */
+  get liveQueries() {
+    return [...this.#subs].map((s) => ({ ...s.what }));
+  }
+
+  #watch(usage, what, read, callback, onError) {
+    if (typeof callback !== 'function') throw tidemarkError('INVALID_ARGUMENT', `${usage}: callback must be a function`);
+    if (onError !== undefined && typeof onError !== 'function') throw tidemarkError('INVALID_ARGUMENT', `${usage}: onError must be a function`);
+    const sub = { collection: what.collection, what, read, callback, onError, last: NOTHING, running: false, dirty: false, active: true };
+    this.#subs.add(sub);
+    this.#refresh(sub);
+    return () => { sub.active = false; this.#subs.delete(sub); };
+  }
+
+  #changed(collections) {
+    for (const sub of this.#subs) {
+      if (collections.includes(sub.collection)) this.#refresh(sub);
+    }
+    if (collections.length) this.#emit('change', { collections });
+  }
+
+  async #refresh(sub) {
+    if (sub.running) { sub.dirty = true; return; }
+    sub.running = true;
+    try {
+      do {
+        sub.dirty = false;
+        // Let a burst of commits land before re-reading.
+        await new Promise((r) => setTimeout(r, 0));
+        if (!sub.active || this.#closed) return;
+        let result;
+        try {
+          result = await sub.read();
+        } catch (e) {
+          if (this.#closed || !sub.active) return;
+          // A failed read is reported once; the next success is delivered even if equal.
+          sub.last = NOTHING;
+          if (sub.onError) {
+            try { sub.onError(e); } catch (t) { queueMicrotask(() => { throw t; }); }
+          } else {
+            this.#emit('error', e);
+          }
+          return;
+        }
+        const key = result === undefined ? 'undefined' : JSON.stringify(result);
+        if (key !== sub.last && sub.active) {
+          sub.last = key;
+          try { sub.callback(result); } catch (e) { queueMicrotask(() => { throw e; }); }
+        }
+      } while (sub.dirty && sub.active);
+    } finally {
+      sub.running = false;
+    }
+  }
+
+  /** `{ dbId, schemaVersion, maxRow, incoming, outgoing, online, pending, leader }`. */
+  status() { return { ...this.#inner.status(), leader: this.#leader }; }
+
+  /** One sync round (push, then pull); resolves to { sent, received, batches, capped, snapshot, reset }. */
+  syncNow() { return this.#inner.syncNow(); }
+
+  /**
+   * Live sync: reconnects with exponential backoff and pushes local writes as they happen.
+   * With several tabs of one replica, exactly one runs it (a Web Lock); when that tab
+   * closes, the next waiting tab takes over, and pushes whatever any tab wrote meanwhile.
+   */
+  connect() {
+    if (this.#closed || this.#releaseLock) return;
+    const locks = globalThis.navigator?.locks;
+    if (!locks) {
+      this.#leader = true;
+      this.#inner.connect();
+      return;
+    }
+    let release;
+    const held = new Promise((r) => { release = r; });
+    this.#releaseLock = release;
+    locks.request(`tidemark:${this.#name}:sync`, async () => {
+      if (this.#releaseLock !== release) return;
+      this.#leader = true;
+      await this.#inner.refresh().catch(() => {});
+      this.#inner.connect();
+      await held;
+      this.#leader = false;
+    }).catch((e) => this.#emit('error', e));
+  }
+
+  disconnect() {
+    this.#inner.disconnect();
+    this.#releaseLock?.();
+    this.#releaseLock = null;
+  }
+
+  async close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.disconnect();
+    this.#subs.clear();
+    this.#channel?.close();
+    this.#inner.setOnChange(null);
+    await this.#inner.close();
+    for (const set of this.#handlers.values()) set.clear();
+  }
+}
