@@ -67,13 +67,17 @@ function progressBar(root, db) {
   const bar = root.querySelector('progress');
   const text = root.querySelector('.progress-text');
   root.dataset.events = '0';
-  return db.on('progress', ({ direction, done, total }) => {
+  const doing = {
+    rows: (d) => (d === 'push' ? 'Sending' : 'Receiving'), snapshot: () => 'Staging the snapshot', copy: () => 'Copying the op log',
+    merge: () => 'Merging local documents', migrate: () => 'Migrating', swap: () => 'Swapping in',
+  };
+  return db.on('progress', ({ direction, phase, done, total }) => {
     if (!total) return;
     root.hidden = false;
     bar.max = total;
     bar.value = done;
-    text.textContent = `${direction === 'push' ? 'Sending' : 'Receiving'} ${done.toLocaleString()} / ${total.toLocaleString()}`;
-    root.dataset.last = `${direction} ${done}/${total}`;
+    text.textContent = `${(doing[phase] ?? doing.rows)(direction)} ${done.toLocaleString()} / ${total.toLocaleString()}`;
+    root.dataset.last = `${direction} ${phase} ${done}/${total}`;
     root.dataset.events = String(Number(root.dataset.events) + 1);
   });
 }
@@ -375,13 +379,30 @@ async function runReset() {
     setStep('local', 'done', 'Wrote ', h('code', {}, `"${local[0].title}"`), ' and ', h('code', {}, `"${local[1].title}"`),
       ' before ever syncing: ', h('code', {}, `pending: ${before.pending}`), '.');
 
-    // 3. The first sync: the server answers with a snapshot of v1 data.
+    // 3. The first sync: the server answers with a snapshot of v1 data, staged in a new
+    // generation, migrated there, and swapped in at once.
     current = 'sync';
     setStep('sync', 'running');
+    const phases = [];
+    const stopPhases = v2.on('progress', ({ phase, done, total }) => {
+      const last = phases.at(-1);
+      if (last?.phase === phase) { last.done = done; last.total = total; } else phases.push({ phase, done, total });
+    });
+    // A live query: during the reset it keeps showing the old state, then fires once.
+    const seen = [];
+    const stopLive = v2.subscribe('tasks', {}, (docs) => seen.push(docs.length));
     const report = await v2.syncNow();
+    await new Promise((ok) => setTimeout(ok, 50));
+    stopPhases();
+    stopLive();
+    const swaps = phases.filter((p) => p.phase === 'swap').length;
     setStep('sync', report.reset ? 'done' : 'failed', h('div', { class: 'flags' },
       flag('snapshot', report.snapshot), flag('reset', report.reset), flag("'reset' event", resetEvents.length > 0, resetEvents.length ? 'fired' : 'not fired'),
-      flag('sent', report.sent), flag('received', report.received)));
+      flag('sent', report.sent), flag('received', report.received)),
+      h('ol', { class: 'phases', id: 'reset-phases' }, phases.filter((p) => p.phase !== 'rows').map((p) =>
+        h('li', { dataset: { phase: p.phase } }, `${p.phase}: ${p.phase === 'swap' ? 'one pointer flip' : `${p.done}/${p.total}`}`))),
+      h('p', { class: 'live-note', id: 'reset-live' },
+        `The live query showed ${seen[0]} tasks throughout the reset, then ${seen.at(-1)} — ${seen.length - 1} update${seen.length === 2 ? '' : 's'}, ${swaps === 1 ? 'one swap' : `${swaps} swaps`}.`));
     if (!report.reset) throw new Error('the server did not answer with older-version data');
 
     // 4. The result: migrated documents, local writes kept; the next sync is diffs.

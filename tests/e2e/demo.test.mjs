@@ -212,9 +212,17 @@ test('the reset flow: v1 data reaches a fresh v2 replica as a migrated snapshot,
     text: el.querySelector('.progress-text').textContent }));
   assert.equal(bar.hidden, false);
   assert.ok(bar.events >= 2, JSON.stringify(bar));
-  const [, done, total] = /^pull (\d+)\/(\d+)$/.exec(bar.last) ?? [];
-  assert.ok(Number(total) >= 10 && done === total, JSON.stringify(bar));
-  assert.equal(bar.text, `Receiving ${done} / ${total}`);
+  // It ends on the swap: one pointer flip, after the snapshot was staged and migrated.
+  assert.equal(bar.last, 'pull swap 1/1', JSON.stringify(bar));
+  assert.equal(bar.text, 'Swapping in 1 / 1');
+  const phases = await page.$$eval('#reset-phases li', (lis) => lis.map((li) => [li.dataset.phase, li.textContent]));
+  const names = phases.map(([p]) => p);
+  for (const p of ['snapshot', 'migrate', 'swap']) assert.ok(names.includes(p), JSON.stringify(phases));
+  assert.ok(names.indexOf('snapshot') < names.indexOf('migrate') && names.indexOf('migrate') < names.indexOf('swap'), JSON.stringify(phases));
+  const [, done, total] = /^snapshot: (\d+)\/(\d+)$/.exec(phases.find(([p]) => p === 'snapshot')[1]) ?? [];
+  assert.ok(Number(total) >= 10 && done === total, JSON.stringify(phases));
+  assert.equal(names.filter((p) => p === 'swap').length, 1, 'one swap');
+  assert.match(await page.locator('#reset-live').textContent(), /showed 2 tasks throughout the reset, then 12 — 1 update, one swap/);
   const summary = await page.locator('#reset-summary').textContent();
   assert.match(summary, /reset: true/);
   assert.match(summary, /10 v1 tasks migrated/);
