@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use stateright::{Checker, Expectation, HasDiscoveries, Model};
+use stateright::{Checker, Expectation, HasDiscoveries, Model, Path};
 
 use crate::actions::ProtocolModel;
 use crate::mutations::{Mutation, Rules, Target};
@@ -39,7 +39,9 @@ fn threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Explores `model` breadth-first; stops early once `stop_at` (a property) fails.
+/// Explores `model` breadth-first; stops early once `stop_at` (a property) fails. A search
+/// for a counterexample runs on one thread, so that breadth-first order holds exactly and
+/// the counterexample is a shortest one; an exhaustive check uses every core.
 pub fn run<M>(model: M, stop_at: Option<&'static str>) -> Summary
 where
     M: Model + Send + Sync + 'static,
@@ -47,7 +49,7 @@ where
     M::Action: Clone + Debug + PartialEq + Send + Sync + 'static,
 {
     let props = model.properties();
-    let mut builder = model.checker().threads(threads());
+    let mut builder = model.checker().threads(if stop_at.is_some() { 1 } else { threads() });
     if let Some(name) = stop_at {
         builder = builder.finish_when(HasDiscoveries::AnyOf(BTreeSet::from([name])));
     }
@@ -63,7 +65,7 @@ where
                 Expectation::Sometimes => {
                     examples.insert(p.name);
                 }
-                _ => failures.push((p.name, path.clone().into_actions().len())),
+                _ => failures.push((p.name, trimmed(checker.model(), p.condition, path.clone()).len())),
             }
         }
     }
@@ -91,15 +93,32 @@ pub fn mutation(m: &Mutation) -> Summary {
     }
 }
 
-/// The shortest path to a state where property `name` fails, as actions and the last state.
+/// The actions of `path` up to the first state where `condition` fails. (The checker keeps
+/// the last violating path it met, which may run on past the violation.)
+fn trimmed<M: Model>(model: &M, condition: fn(&M, &M::State) -> bool, path: Path<M::State, M::Action>) -> Vec<M::Action> {
+    let mut actions = Vec::new();
+    for (state, action) in path.into_vec() {
+        if !condition(model, &state) {
+            break;
+        }
+        actions.extend(action);
+    }
+    actions
+}
+
+/// A short path to a state where property `name` fails, as actions and the state it ends in.
 pub fn path_of<M>(model: M, name: &'static str) -> Option<(Vec<String>, String)>
 where
     M: Model + Send + Sync + 'static,
     M::State: Clone + Debug + Hash + PartialEq + Send + Sync + 'static,
     M::Action: Clone + Debug + PartialEq + Send + Sync + 'static,
 {
-    let checker = model.checker().threads(threads()).finish_when(HasDiscoveries::AnyOf(BTreeSet::from([name]))).spawn_bfs().join();
-    checker.discovery(name).map(|p| (p.clone().into_actions().iter().map(|a| format!("{a:?}")).collect(), format!("{:#?}", p.last_state())))
+    let condition = model.properties().into_iter().find(|p| p.name == name)?.condition;
+    let checker = model.checker().finish_when(HasDiscoveries::AnyOf(BTreeSet::from([name]))).spawn_bfs().join();
+    let path = checker.discovery(name)?;
+    let actions = trimmed(checker.model(), condition, path.clone());
+    let last = path.into_states().into_iter().nth(actions.len()).expect("the violating state");
+    Some((actions.iter().map(|a| format!("{a:?}")).collect(), format!("{last:#?}")))
 }
 
 /// The counterexample a mutation finds: the actions that lead to it and the state it ends in.

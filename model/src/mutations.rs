@@ -17,8 +17,8 @@ pub struct Rules {
     /// The receiver moves `incoming[S]` in the same step (transaction) as the batch it
     /// covers. Off: it merges the rows and acks them, and records the point in a later step.
     pub point_in_batch_tx: bool,
-    /// Also the other way round: off, the receiver records the point first and merges the
-    /// rows in a later step. (The checker finds no counterexample: see the README.)
+    /// The same rule the other way round. Off: the receiver records the point first and
+    /// merges the rows in a later step (a backup can catch the state in between).
     pub point_not_before_rows: bool,
     /// A stale batch (every row already known, echoed or dominated) still advances the point.
     pub stale_batch_advances: bool,
@@ -103,13 +103,14 @@ pub fn all() -> Vec<Mutation> {
         Mutation { name: "(b) snapshot omits unkept collections", rules: off!(snapshot_carries_unkept), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::unkept()) },
         Mutation { name: "(c) upgrade without the write fence", rules: off!(upgrade_fence), breaks: crate::upgrade::NO_WRITE_LOST, target: Target::Upgrade },
         Mutation { name: "point recorded after the batch's transaction", rules: off!(point_in_batch_tx), breaks: PASSES_PROGRESS, target: Target::Protocol(Scope::pair()) },
+        Mutation { name: "point recorded before the batch's rows", rules: off!(point_not_before_rows), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::pair_restore()) },
         Mutation { name: "stale batch does not advance the point", rules: off!(stale_batch_advances), breaks: PASSES_PROGRESS, target: Target::Protocol(Scope::pair()) },
         Mutation { name: "table forwarded after a capped pass", rules: off!(table_only_when_complete), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::trio_capped()) },
         Mutation { name: "table replaces instead of max-merging", rules: off!(table_max_merges), breaks: POINTS_FORWARD, target: Target::Protocol(Scope::trio_capped()) },
         Mutation { name: "fast-forward without the session check", rules: off!(fast_forward_session_check), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::trio_restore()) },
-        Mutation { name: "point not checked against the sender's sessions", rules: off!(session_checked_point), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::pair_restore()) },
+        Mutation { name: "point not checked against the sender's sessions", rules: off!(session_checked_point), breaks: CONVERGE, target: Target::Protocol(Scope::pair_restore()) },
         Mutation { name: "echo suppression by heuristic (src/sync/pass.rs)", rules: off!(echo_by_proof), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::trio_restore()) },
         Mutation { name: "restore keeps the old origin id", rules: off!(restore_mints_origin), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::pair_restore()) },
-        Mutation { name: "snapshot acks do not name their chunk", rules: off!(chunks_numbered), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::snapshot_transport()) },
+        Mutation { name: "snapshot chunks unnumbered (src/sync/pass.rs)", rules: off!(chunks_numbered), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::snapshot_transport()) },
     ]
 }

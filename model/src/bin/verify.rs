@@ -45,7 +45,18 @@ fn main() {
     if mode == "mutation" {
         // verify mutation NAME-PREFIX: a mutation's counterexample.
         let prefix = args.get(1).cloned().unwrap_or_default();
-        let m = mutations::all().into_iter().find(|m| m.name.starts_with(&prefix)).expect("a mutation");
+        let mut m = mutations::all().into_iter().find(|m| m.name.starts_with(&prefix)).expect("a mutation");
+        if let Some(p) = args.get(2) {
+            m.breaks = tidemark_model::properties::all().into_iter().map(|q| q.name).find(|n| n.starts_with(p.as_str())).expect("a property");
+        }
+        if let (tidemark_model::Target::Protocol(scope), true) = (m.target, m.breaks.starts_with("P4")) {
+            use stateright::{Checker, Model};
+            let model = tidemark_model::ProtocolModel::new(m.rules, scope);
+            let c = model.clone().checker().finish_when(stateright::HasDiscoveries::AnyOf([m.breaks].into())).spawn_bfs().join();
+            if let Some(path) = c.discovery(m.breaks) {
+                println!("sync_everyone: {:?}", tidemark_model::converge::sync_everyone(&model, path.last_state()).err());
+            }
+        }
         match check::counterexample(&m) {
             Some((actions, last)) => println!("{} breaks {}\n{}\n{last}", m.name, m.breaks, actions.join("\n")),
             None => println!("{}: no counterexample", m.name),
@@ -56,6 +67,7 @@ fn main() {
         "one" => scopes(args.get(1).map(String::as_str).unwrap_or("")),
         "small" => scopes("small"),
         "large" => scopes("large"),
+        "mutations" => Vec::new(),
         _ => scopes("small").into_iter().chain(scopes("large")).collect(),
     };
     println!("| scope | states | unique | depth | time | failed properties |\n|---|---|---|---|---|---|");
