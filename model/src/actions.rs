@@ -91,8 +91,7 @@ impl ProtocolModel {
         // The owner's points legitimately go back to the backup's.
         let (store, high) = (&st.nodes[r as usize].store, &mut st.high);
         for p in 0..REPLICAS {
-            high.inh[r as usize][p] = store.peers[p].in_top();
-            high.outh[r as usize][p] = store.peers[p].out_top();
+            high.incoming[r as usize][p] = store.peers[p].incoming;
         }
         high.marks[r as usize] = store.marks;
         // A write whose last copy the restore destroyed is lost by the restore, not the protocol.
@@ -107,10 +106,8 @@ impl ProtocolModel {
     fn raise_high_water(st: &mut State) {
         for (r, node) in st.nodes.iter().enumerate() {
             for p in 0..REPLICAS {
-                let h = &mut st.high.inh[r][p];
-                *h = (*h).max(node.store.peers[p].in_top());
-                let h = &mut st.high.outh[r][p];
-                *h = (*h).max(node.store.peers[p].out_top());
+                let h = &mut st.high.incoming[r][p];
+                *h = (*h).max(node.store.peers[p].incoming);
             }
             for (h, m) in st.high.marks[r].iter_mut().flatten().zip(node.store.marks.iter().flatten()) {
                 *h = (*h).max(*m);

@@ -27,6 +27,9 @@ pub struct Rules {
     /// A forwarded table is max-merged into the receiver's records (added as transitive
     /// entries). Off: an entry replaces the receiver's record of that replica.
     pub table_max_merges: bool,
+    /// A full session history evicts the entry noted first. Off: it evicts the entry with
+    /// the lowest row, as src/sync/peer.rs does — which can be the entry just noted.
+    pub history_evicts_oldest: bool,
     /// A transitive entry fast-forwards a pass only if the origin still remembers its session.
     pub fast_forward_session_check: bool,
     /// The receiver's point is the newest entry whose session the sender still remembers
@@ -59,6 +62,7 @@ impl Rules {
             stale_batch_advances: true,
             table_only_when_complete: true,
             table_max_merges: true,
+            history_evicts_oldest: true,
             fast_forward_session_check: true,
             session_checked_point: true,
             echo_by_proof: true,
@@ -107,6 +111,7 @@ pub fn all() -> Vec<Mutation> {
         Mutation { name: "stale batch does not advance the point", rules: off!(stale_batch_advances), breaks: PASSES_PROGRESS, target: Target::Protocol(Scope::pair()) },
         Mutation { name: "table forwarded after a capped pass", rules: off!(table_only_when_complete), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::trio_capped()) },
         Mutation { name: "table replaces instead of max-merging", rules: off!(table_max_merges), breaks: POINTS_FORWARD, target: Target::Protocol(Scope::trio_capped()) },
+        Mutation { name: "history evicts the lowest row (src/sync/peer.rs)", rules: off!(history_evicts_oldest), breaks: PASSES_PROGRESS, target: Target::Protocol(Scope::history()) },
         Mutation { name: "fast-forward without the session check", rules: off!(fast_forward_session_check), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::trio_restore()) },
         Mutation { name: "point not checked against the sender's sessions", rules: off!(session_checked_point), breaks: CONVERGE, target: Target::Protocol(Scope::pair_restore()) },
         Mutation { name: "echo suppression by heuristic (src/sync/pass.rs)", rules: off!(echo_by_proof), breaks: NO_POINT_PASSES, target: Target::Protocol(Scope::trio_restore()) },

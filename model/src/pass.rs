@@ -18,6 +18,13 @@ pub struct Ctx<'a> {
     pub scope: &'a Scope,
 }
 
+impl Ctx<'_> {
+    /// How histories are kept short.
+    pub fn keep(&self) -> Keep {
+        Keep { cap: self.scope.history, by_age: self.rules.history_evicts_oldest }
+    }
+}
+
 /// What a delivered message did to its pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -89,7 +96,7 @@ pub fn finish_batch(st: &mut State, cx: Ctx, idx: usize) {
             }
             p.chan.push(to_sender(Msg::Ack { point: covers }));
         } else {
-            note(&mut store.peers[s as usize].inh, p.session, covers, false, cx.scope.history);
+            store.peers[s as usize].note_incoming(p.session, covers, false, cx.keep());
         }
         p.rcv = Receiver::Diffs { open, expected: covers };
     }
@@ -115,7 +122,7 @@ fn refused(cx: Ctx, st: &State, r: Rid, ops: &[Op]) -> bool {
 }
 
 fn on_receiver(st: &mut State, cx: Ctx, p: &mut Pass, msg: Msg) -> Flow {
-    let (s, r, session, cap) = (p.from, p.to, p.session, cx.scope.history);
+    let (s, r, session, keep) = (p.from, p.to, p.session, cx.keep());
     match (&p.rcv, msg) {
         (Receiver::AwaitPreflight, Msg::Preflight { sessions }) => {
             let rec = &st.nodes[r as usize].store.peers[s as usize];
@@ -144,7 +151,7 @@ fn on_receiver(st: &mut State, cx: Ctx, p: &mut Pass, msg: Msg) -> Flow {
             p.durable = true;
             let store = &mut st.nodes[r as usize].store;
             if !cx.rules.point_not_before_rows {
-                note(&mut store.peers[s as usize].inh, session, covers, false, cap);
+                store.peers[s as usize].note_incoming(session, covers, false, keep);
                 p.rcv = Receiver::Pending { open, covers, ops, noted: true };
                 return Flow::Continue;
             }
@@ -158,7 +165,7 @@ fn on_receiver(st: &mut State, cx: Ctx, p: &mut Pass, msg: Msg) -> Flow {
                 return Flow::Continue;
             }
             if cx.rules.stale_batch_advances || changed {
-                note(&mut store.peers[s as usize].inh, session, covers, false, cap);
+                store.peers[s as usize].note_incoming(session, covers, false, keep);
             }
             p.rcv = Receiver::Diffs { open, expected: covers };
             Flow::Continue
@@ -191,15 +198,16 @@ fn on_receiver(st: &mut State, cx: Ctx, p: &mut Pass, msg: Msg) -> Flow {
             let idle = complete && open.matched && !snapshot && open.start == open.point && end == open.start;
             let store = &mut st.nodes[r as usize].store;
             if !idle {
-                note(&mut store.peers[s as usize].inh, session, end, false, cap);
+                store.peers[s as usize].note_incoming(session, end, false, keep);
             }
             if complete || !cx.rules.table_only_when_complete {
                 for e in table.iter().filter(|e| e.replica != r && e.replica != s) {
-                    let inh = &mut store.peers[e.replica as usize].inh;
+                    let rec = &mut store.peers[e.replica as usize];
                     if cx.rules.table_max_merges {
-                        note(inh, e.session, e.row, true, cap);
+                        rec.note_incoming(e.session, e.row, true, keep);
                     } else {
-                        *inh = vec![Entry { session: e.session, row: e.row, transitive: true }];
+                        rec.incoming = e.row;
+                        rec.inh = vec![Entry { session: e.session, row: e.row, transitive: true }];
                     }
                 }
             }
@@ -237,7 +245,7 @@ fn skips(skip: &Skip, row: &LogRow, r: Rid) -> bool {
 }
 
 fn on_sender(st: &mut State, cx: Ctx, p: &mut Pass, msg: Msg) -> Flow {
-    let (s, r, session, cap) = (p.from, p.to, p.session, cx.scope.history);
+    let (s, r, session, keep) = (p.from, p.to, p.session, cx.keep());
     match (&p.snd, msg) {
         (Sender::AwaitPoint, Msg::Point { point, matched, candidates, marks, sent }) => {
             let store = &st.nodes[s as usize].store;
@@ -275,7 +283,7 @@ fn on_sender(st: &mut State, cx: Ctx, p: &mut Pass, msg: Msg) -> Flow {
         (Sender::Diffs { awaiting, .. }, Msg::Ack { point }) if point == *awaiting => {
             let Sender::Diffs { start, batches, skip, idle_at, .. } = std::mem::replace(&mut p.snd, Sender::AwaitPoint) else { unreachable!() };
             p.durable = true;
-            note(&mut st.nodes[s as usize].store.peers[r as usize].outh, session, point, false, cap);
+            st.nodes[s as usize].store.peers[r as usize].note_outgoing(session, point, keep);
             next_batch(st, cx, p, start, point, batches, skip, idle_at);
             Flow::Continue
         }
@@ -286,7 +294,7 @@ fn on_sender(st: &mut State, cx: Ctx, p: &mut Pass, msg: Msg) -> Flow {
         (&Sender::AwaitDone { complete, end, idle }, Msg::Done) => {
             if complete && !idle {
                 p.durable = true;
-                note(&mut st.nodes[s as usize].store.peers[r as usize].outh, session, end, false, cap);
+                st.nodes[s as usize].store.peers[r as usize].note_outgoing(session, end, keep);
             }
             Flow::Finished { complete }
         }

@@ -86,11 +86,11 @@ pub fn no_point_passes(_: &ProtocolModel, st: &State) -> bool {
     true
 }
 
-/// P3: no history's newest point and no per-origin mark is below the highest it ever was
+/// P3: no `incoming[S]` point and no per-origin mark is below the highest it ever was
 /// (the ghost `high` is reset only when its owner is restored from a backup).
 pub fn points_forward(_: &ProtocolModel, st: &State) -> bool {
     st.nodes.iter().enumerate().all(|(r, n)| {
-        (0..REPLICAS).all(|p| n.store.peers[p].in_top() >= st.high.inh[r][p] && n.store.peers[p].out_top() >= st.high.outh[r][p])
+        (0..REPLICAS).all(|p| n.store.peers[p].incoming >= st.high.incoming[r][p])
             && n.store.marks.iter().flatten().zip(st.high.marks[r].iter().flatten()).all(|(m, h)| m >= h)
     })
 }

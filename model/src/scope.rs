@@ -65,6 +65,11 @@ impl Scope {
         Scope { writes: [2, 1, 0], passes: 3, backups: 1, restores: 1, snapshots: false, ..Scope::BASE }
     }
 
+    /// Two replicas, a restore, and a history of one session per peer.
+    pub const fn history() -> Scope {
+        Scope { writes: [2, 0, 0], passes: 3, backups: 1, restores: 1, history: 1, snapshots: false, ..Scope::BASE }
+    }
+
     /// A wall clock that jumps to the end of the stamp domain.
     pub const fn skew() -> Scope {
         Scope { writes: [2, 1, 0], passes: 2, jumps: 1, ..Scope::BASE }

@@ -71,13 +71,24 @@ pub struct Entry {
 }
 
 /// What a replica remembers of one peer (src/sync/peer.rs `PeerRecord`, without the
-/// status-only `incoming`/`outgoing` numbers the protocol never decides anything by).
+/// status-only `outgoing` number).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PeerRecord {
-    /// Sessions that carried the peer's rows here, sorted by row.
+    /// `incoming[peer]`: the highest row of the peer's row space recorded here, max-merged.
+    /// A status number: passes start from a session both sides remember, never from it.
+    pub incoming: Row,
+    /// Sessions that carried the peer's rows here.
     pub inh: Vec<Entry>,
-    /// Sessions in which this replica's rows were acknowledged by the peer, sorted by row.
+    /// Sessions in which this replica's rows were acknowledged by the peer.
     pub outh: Vec<Entry>,
+}
+
+/// How a history is kept short: at most `cap` entries; when full, `by_age` evicts the entry
+/// noted first, else (src/sync/peer.rs) the entry with the lowest row.
+#[derive(Clone, Copy, Debug)]
+pub struct Keep {
+    pub cap: u8,
+    pub by_age: bool,
 }
 
 /// Per-origin high-water marks: for each origin, the highest op counter merged contiguously.
@@ -216,11 +227,10 @@ pub struct Ack {
     pub exempt: bool,
 }
 
-/// Ghost: the highest sync points seen, per owner and peer, since the owner's last restore.
+/// Ghost: the highest `incoming` points and marks seen, per owner, since its last restore.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct HighWater {
-    pub inh: [[Row; REPLICAS]; REPLICAS],
-    pub outh: [[Row; REPLICAS]; REPLICAS],
+    pub incoming: [[Row; REPLICAS]; REPLICAS],
     pub marks: [Marks; REPLICAS],
 }
 
@@ -334,27 +344,31 @@ impl PeerRecord {
         self.inh.iter().filter(|e| !e.transitive).map(|e| (e.row, e.session)).max_by_key(|(row, _)| *row)
     }
 
-    /// The highest row of each history (the sync point it stands for).
-    pub fn in_top(&self) -> Row {
-        self.inh.iter().map(|e| e.row).max().unwrap_or(0)
+    /// Records that `session` carried the peer's rows up to `row` here (`note_incoming`).
+    pub fn note_incoming(&mut self, session: Session, row: Row, transitive: bool, keep: Keep) {
+        self.incoming = self.incoming.max(row);
+        note(&mut self.inh, session, row, transitive, keep);
     }
 
-    pub fn out_top(&self) -> Row {
-        self.outh.iter().map(|e| e.row).max().unwrap_or(0)
+    /// Records that the peer acknowledged own rows up to `row` in `session`.
+    pub fn note_outgoing(&mut self, session: Session, row: Row, keep: Keep) {
+        note(&mut self.outh, session, row, false, keep);
     }
 }
 
 /// Records that `session` reached `row` in a history (`peer::note`): rows only grow, a
-/// direct entry stays direct, the oldest entries beyond `cap` are dropped.
-pub fn note(history: &mut Vec<Entry>, session: Session, row: Row, transitive: bool, cap: u8) {
+/// direct entry stays direct, and a full history drops one entry as `keep` says.
+fn note(history: &mut Vec<Entry>, session: Session, row: Row, transitive: bool, keep: Keep) {
     if let Some(e) = history.iter_mut().find(|e| e.session == session) {
         e.row = e.row.max(row);
         e.transitive &= transitive;
     } else {
         history.push(Entry { session, row, transitive });
     }
-    history.sort_by_key(|e| e.row);
-    let cap = cap as usize;
+    if !keep.by_age {
+        history.sort_by_key(|e| e.row);
+    }
+    let cap = keep.cap as usize;
     if history.len() > cap {
         let drop = history.len() - cap;
         history.drain(..drop);

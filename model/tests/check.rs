@@ -34,6 +34,11 @@ fn every_property_holds_with_all_rules_across_a_restore() {
 }
 
 #[test]
+fn every_property_holds_with_all_rules_with_a_history_of_one_session() {
+    holds("history", Scope::history(), 20_000, &[EX_RESTORE]);
+}
+
+#[test]
 fn every_property_holds_with_all_rules_when_a_clock_jumps() {
     holds("skew", Scope::skew(), 5_000, &[EX_REFUSED, EX_SNAPSHOT]);
 }
@@ -118,6 +123,11 @@ fn mutation_a_table_that_replaces_moves_points_backwards() {
 }
 
 #[test]
+fn mutation_the_history_eviction_of_src_sync_loses_progress() {
+    caught("history evicts");
+}
+
+#[test]
 fn mutation_fast_forward_without_the_session_check_passes_unmerged_rows() {
     caught("fast-forward");
 }
@@ -145,7 +155,7 @@ fn mutation_unnumbered_snapshot_chunks_pass_unmerged_rows() {
 #[test]
 fn every_mutation_has_a_test() {
     // Each mutation above is looked up by prefix; this keeps the list and the tests in step.
-    let prefixes = ["(a)", "(b)", "(c)", "point recorded after", "point recorded before", "stale batch", "table forwarded", "table replaces", "fast-forward", "point not checked", "echo suppression", "restore keeps", "snapshot chunks"];
+    let prefixes = ["(a)", "(b)", "(c)", "point recorded after", "point recorded before", "stale batch", "table forwarded", "table replaces", "history evicts", "fast-forward", "point not checked", "echo suppression", "restore keeps", "snapshot chunks"];
     let all = mutations::all();
     assert_eq!(all.len(), prefixes.len());
     for m in &all {

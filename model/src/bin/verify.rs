@@ -19,7 +19,7 @@ fn row(name: &str, s: &Summary) {
 }
 
 fn scopes(which: &str) -> Vec<(&'static str, Scope)> {
-    let small = vec![("pair", Scope::pair()), ("pair_restore", Scope::pair_restore()), ("skew", Scope::skew()), ("unkept", Scope::unkept()), ("snapshot_transport", Scope::snapshot_transport()), ("trio_capped", Scope::trio_capped()), ("trio_restore", Scope::trio_restore())];
+    let small = vec![("pair", Scope::pair()), ("pair_restore", Scope::pair_restore()), ("history", Scope::history()), ("skew", Scope::skew()), ("unkept", Scope::unkept()), ("snapshot_transport", Scope::snapshot_transport()), ("trio_capped", Scope::trio_capped()), ("trio_restore", Scope::trio_restore())];
     match which {
         "small" => small,
         "large" => Scope::large(),
