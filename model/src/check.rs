@@ -2,11 +2,12 @@
 //! long it took, which `always` properties failed (with the length of the shortest
 //! counterexample, since the search is breadth-first) and which `sometimes` examples it met.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+use stateright::report::{ReportData, ReportDiscovery, Reporter};
 use stateright::{Checker, Expectation, HasDiscoveries, Model, Path};
 
 use crate::actions::ProtocolModel;
@@ -25,8 +26,6 @@ pub struct Summary {
     pub failures: Vec<(&'static str, usize)>,
     /// `sometimes` properties an example was found for.
     pub examples: BTreeSet<&'static str>,
-    /// Whether the whole state space was explored.
-    pub complete: bool,
 }
 
 impl Summary {
@@ -39,27 +38,66 @@ fn threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Explores `model` breadth-first; stops early once `stop_at` (a property) fails. A search
-/// for a counterexample runs on one thread, so that breadth-first order holds exactly and
-/// the counterexample is a shortest one; an exhaustive check uses every core.
+/// Explores `model` exhaustively (depth-first, on every core), or — given `stop_at`, a
+/// property — breadth-first on one thread until that property fails, so the
+/// counterexample found is among the shortest.
 pub fn run<M>(model: M, stop_at: Option<&'static str>) -> Summary
 where
     M: Model + Send + Sync + 'static,
     M::State: Clone + Debug + Hash + PartialEq + Send + Sync + 'static,
     M::Action: Clone + Debug + PartialEq + Send + Sync + 'static,
 {
-    let props = model.properties();
-    let mut builder = model.checker().threads(if stop_at.is_some() { 1 } else { threads() });
-    if let Some(name) = stop_at {
-        builder = builder.finish_when(HasDiscoveries::AnyOf(BTreeSet::from([name])));
-    }
     let started = Instant::now();
-    let checker = builder.spawn_bfs().join();
+    match stop_at {
+        // Depth-first keeps only a path's worth of states besides the fingerprints, so an
+        // exhaustive check needs little memory.
+        None => summarize(model.checker().threads(threads()).spawn_dfs().join_and_report(&mut Progress::from_env()), started),
+        Some(name) => summarize(model.checker().finish_when(HasDiscoveries::AnyOf(BTreeSet::from([name]))).spawn_bfs().join(), started),
+    }
+}
+
+/// Prints the checker's progress to stderr every `TIDEMARK_MODEL_PROGRESS` seconds (for
+/// the long runs of `make verify`); silent when the variable is unset.
+struct Progress {
+    every: Option<Duration>,
+    next: Duration,
+}
+
+impl Progress {
+    fn from_env() -> Progress {
+        let every = std::env::var("TIDEMARK_MODEL_PROGRESS").ok().and_then(|v| v.parse().ok()).map(Duration::from_secs);
+        Progress { every, next: every.unwrap_or_default() }
+    }
+}
+
+impl<M: Model> Reporter<M> for Progress {
+    fn report_checking(&mut self, d: ReportData) {
+        if let Some(every) = self.every.filter(|_| !d.done && d.duration >= self.next) {
+            eprintln!("  … {} states ({} unique), depth {}, {:.0} s", d.total_states, d.unique_states, d.max_depth, d.duration.as_secs_f64());
+            self.next += every;
+        }
+    }
+
+    fn report_discoveries(&mut self, _: &M, _: BTreeMap<&'static str, ReportDiscovery<M>>) {}
+
+    /// How often the checker is polled (a finished run waits at most this long).
+    fn delay(&self) -> Duration {
+        Duration::from_millis(100)
+    }
+}
+
+fn summarize<M, C>(checker: C, started: Instant) -> Summary
+where
+    M: Model,
+    M::State: Clone + Debug + Hash + PartialEq,
+    M::Action: Clone + Debug + PartialEq,
+    C: Checker<M>,
+{
     let elapsed = started.elapsed();
     let found = checker.discoveries();
     let mut failures = Vec::new();
     let mut examples = BTreeSet::new();
-    for p in &props {
+    for p in checker.model().properties() {
         if let Some(path) = found.get(p.name) {
             match p.expectation {
                 Expectation::Sometimes => {
@@ -74,7 +112,6 @@ where
         unique: checker.unique_state_count(),
         depth: checker.max_depth(),
         elapsed,
-        complete: failures.is_empty() || stop_at.is_none(),
         failures,
         examples,
     }
@@ -106,8 +143,8 @@ fn trimmed<M: Model>(model: &M, condition: fn(&M, &M::State) -> bool, path: Path
     actions
 }
 
-/// A short path to a state where property `name` fails, as actions and the state it ends in.
-pub fn path_of<M>(model: M, name: &'static str) -> Option<(Vec<String>, String)>
+/// A short path to a state where property `name` fails: its actions and the state it ends in.
+pub fn path_of<M>(model: M, name: &'static str) -> Option<(Vec<M::Action>, M::State)>
 where
     M: Model + Send + Sync + 'static,
     M::State: Clone + Debug + Hash + PartialEq + Send + Sync + 'static,
@@ -117,14 +154,6 @@ where
     let checker = model.checker().finish_when(HasDiscoveries::AnyOf(BTreeSet::from([name]))).spawn_bfs().join();
     let path = checker.discovery(name)?;
     let actions = trimmed(checker.model(), condition, path.clone());
-    let last = path.into_states().into_iter().nth(actions.len()).expect("the violating state");
-    Some((actions.iter().map(|a| format!("{a:?}")).collect(), format!("{last:#?}")))
-}
-
-/// The counterexample a mutation finds: the actions that lead to it and the state it ends in.
-pub fn counterexample(m: &Mutation) -> Option<(Vec<String>, String)> {
-    match m.target {
-        Target::Protocol(scope) => path_of(ProtocolModel::new(m.rules, scope), m.breaks),
-        Target::Upgrade => path_of(UpgradeModel { rules: m.rules }, m.breaks),
-    }
+    let last = path.into_states().into_iter().nth(actions.len())?;
+    Some((actions, last))
 }

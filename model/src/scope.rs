@@ -55,9 +55,10 @@ impl Scope {
         reorder: false,
     };
 
-    /// Two replicas, two fields, capped passes and snapshots, concurrent writes.
+    /// Two replicas, two fields, capped passes and snapshots, writes during passes, and a
+    /// transport that duplicates and reorders.
     pub const fn pair() -> Scope {
-        Scope { writes: [2, 1, 0], fields: 2, passes: 3, ..Scope::BASE }
+        Scope { writes: [2, 1, 0], fields: 2, passes: 3, dups: 1, reorder: true, ..Scope::BASE }
     }
 
     /// Two replicas and a restore from a backup.
@@ -95,9 +96,32 @@ impl Scope {
         Scope { replicas: 3, writes: [2, 0, 0], passes: 3, backups: 1, restores: 1, snapshots: false, ..Scope::BASE }
     }
 
-    /// The scopes `make verify` adds to the small ones.
+    /// The scopes `cargo test` checks exhaustively, by name.
+    pub fn small() -> Vec<(&'static str, Scope)> {
+        vec![
+            ("pair", Scope::pair()),
+            ("pair_restore", Scope::pair_restore()),
+            ("history", Scope::history()),
+            ("skew", Scope::skew()),
+            ("unkept", Scope::unkept()),
+            ("snapshot_transport", Scope::snapshot_transport()),
+            ("trio_capped", Scope::trio_capped()),
+            ("trio_restore", Scope::trio_restore()),
+        ]
+    }
+
+    /// The larger scopes `make verify` adds: each grows a small one along one axis, or
+    /// combines every fault between two replicas.
     pub fn large() -> Vec<(&'static str, Scope)> {
-        vec![]
+        vec![
+            ("pair_faults", Scope { writes: [1, 1, 0], fields: 2, passes: 3, backups: 1, restores: 1, jumps: 1, dups: 1, reorder: true, ..Scope::BASE }),
+            ("pair_5_passes", Scope { passes: 5, ..Scope::pair() }),
+            ("pair_restore_4_passes", Scope { passes: 4, ..Scope::pair_restore() }),
+            ("trio_unkept", Scope { replicas: 3, ..Scope::unkept() }),
+            ("trio_3_writers", Scope { writes: [1, 1, 1], passes: 4, ..Scope::trio_capped() }),
+            ("trio_2_concurrent", Scope { concurrent: 2, passes: 4, ..Scope::trio_capped() }),
+            ("trio_restore_4_passes", Scope { passes: 4, ..Scope::trio_restore() }),
+        ]
     }
 
     /// Total writes in the world.
