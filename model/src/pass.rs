@@ -78,8 +78,10 @@ pub fn deliver(st: &mut State, cx: Ctx, idx: usize, msg: usize) -> Flow {
     let env = p.chan.remove(msg);
     p.steps = p.steps.saturating_add(1);
     let flow = if env.to_receiver { on_receiver(st, cx, &mut p, env.msg) } else { on_sender(st, cx, &mut p, env.msg) };
-    if flow == Flow::Continue {
-        st.passes.insert(idx, p);
+    match flow {
+        Flow::Continue => st.passes.insert(idx, p),
+        Flow::Aborted => note_loss(st, &p),
+        Flow::Finished { .. } => {}
     }
     flow
 }
@@ -106,6 +108,12 @@ pub fn finish_batch(st: &mut State, cx: Ctx, idx: usize) {
 /// loses progress it acknowledged.
 pub fn abort(st: &mut State, idx: usize) {
     let p = st.passes.remove(idx);
+    note_loss(st, &p);
+}
+
+/// Ghost: whether a pass that ends here leaves its receiver's durable point behind a batch
+/// it acknowledged.
+fn note_loss(st: &mut State, p: &Pass) {
     let acked = match p.rcv {
         Receiver::Diffs { open, expected } => (expected > open.start).then_some(expected),
         Receiver::Pending { open, noted: false, covers, .. } => (covers > open.start).then_some(covers),
