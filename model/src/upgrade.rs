@@ -32,17 +32,13 @@ pub enum Phase {
     Done,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Tab {
-    Upgrader,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct UpgradeState {
     /// Op logs of generation 0 (the old) and 1 (the new); `None` once deleted.
     pub gens: [Option<Vec<u8>>; 2],
     pub live: u8,
-    pub lock: Option<Tab>,
+    /// Whether the upgrading tab holds the lock (a write takes it only for its own step).
+    pub locked: bool,
     pub phase: Phase,
     pub attempts: u8,
     /// The generation the other tab has open, and the writes it made.
@@ -82,20 +78,20 @@ impl Model for UpgradeModel {
     type Action = UpgradeAction;
 
     fn init_states(&self) -> Vec<UpgradeState> {
-        vec![UpgradeState { gens: [Some(vec![0]), None], live: 0, lock: None, phase: Phase::Idle, attempts: 0, tab_gen: 0, writes: 0, acked: vec![0] }]
+        vec![UpgradeState { gens: [Some(vec![0]), None], live: 0, locked: false, phase: Phase::Idle, attempts: 0, tab_gen: 0, writes: 0, acked: vec![0] }]
     }
 
     fn actions(&self, st: &UpgradeState, out: &mut Vec<UpgradeAction>) {
         use UpgradeAction::*;
         match st.phase {
-            Phase::Idle if st.attempts < ATTEMPTS && (!self.fenced() || st.lock.is_none()) => out.push(Lock),
+            Phase::Idle if st.attempts < ATTEMPTS => out.push(Lock),
             Phase::Locked => out.extend([Copy, Crash]),
             Phase::Copied => out.extend([Flip, Crash]),
             Phase::Flipped => out.push(Release),
             Phase::Released => out.push(DeleteOld),
             _ => {}
         }
-        let can_write = !self.fenced() || st.lock.is_none();
+        let can_write = !self.fenced() || !st.locked;
         if st.writes < WRITES && can_write && st.gens[st.tab_gen as usize].is_some() {
             out.push(Write);
         }
@@ -109,9 +105,7 @@ impl Model for UpgradeModel {
         match action {
             UpgradeAction::Lock => {
                 st.attempts += 1;
-                if self.fenced() {
-                    st.lock = Some(Tab::Upgrader);
-                }
+                st.locked = self.fenced();
                 st.phase = Phase::Locked;
             }
             UpgradeAction::Copy => {
@@ -125,7 +119,7 @@ impl Model for UpgradeModel {
                 st.phase = Phase::Flipped;
             }
             UpgradeAction::Release => {
-                st.lock = None;
+                st.locked = false;
                 st.phase = Phase::Released;
             }
             UpgradeAction::DeleteOld => {
@@ -134,7 +128,7 @@ impl Model for UpgradeModel {
             }
             UpgradeAction::Crash => {
                 // Web Locks are released with the tab; the half-built generation is garbage.
-                st.lock = None;
+                st.locked = false;
                 st.gens[1] = None;
                 st.phase = Phase::Idle;
             }
