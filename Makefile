@@ -4,7 +4,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export CHROMEDRIVER := /usr/bin/chromedriver
 PORT ?= 8787
 
-.PHONY: setup build build-server fixtures test test-native test-browser test-e2e demo bench clean
+.PHONY: setup build build-server fixtures test test-native test-browser test-e2e demo bench verify clean
 
 setup:
 	@./scripts/setup.sh
@@ -50,6 +50,12 @@ bench: build build-server
 		echo "bench: installing the benchmark peers (bench/package-lock.json)"; \
 		cd bench && npm ci --no-audit --no-fund; fi
 	TIDEMARK_SERVER=$${TIDEMARK_SERVER:-$${CARGO_TARGET_DIR:-target}/release/tidemark-server} node bench/run.mjs
+
+# The protocol model (model/README.md) at its larger scopes, the two-tab upgrade and every
+# mutation; prints the tables of states explored, time and counterexamples (~30 min on 2
+# cores; `make test` checks the small scopes).
+verify:
+	TIDEMARK_MODEL_PROGRESS=$${TIDEMARK_MODEL_PROGRESS:-300} cargo run -p tidemark-model --release --bin verify
 
 clean:
 	cargo clean; rm -rf pkg node_modules
