@@ -47,10 +47,15 @@ export interface OpenOptions {
   onProgress?: (p: { phase: 'upgrade'; done: number; total: number }) => void;
 }
 
-/** A condition on one field: a plain value means equality. */
+/**
+ * A condition on one field: a plain value (not an object) means equality; an object is
+ * operators only (an unknown one is `INVALID_QUERY`; equality with an object is `{ eq }`).
+ */
 export type Condition =
   | Json
   | { eq: Json }
+  | { ne: Json }
+  | { in: Json[] }
   | { gt?: number | string; gte?: number | string; lt?: number | string; lte?: number | string }
   | { startsWith: string };
 

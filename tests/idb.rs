@@ -145,6 +145,15 @@ fn queries() -> Vec<Value> {
         json!({"where": {"id": "d00001"}}),
         json!({"where": {"id": "d00042", "kind": "k2"}}),
         json!({"where": {"id": "d00042", "kind": "k0"}}),
+        // `in` (one index range from its smallest to its largest value, then a filter)
+        // and `ne` (never an index): the same answers as the shared selection.
+        json!({"where": {"kind": {"in": ["k1", "k3"]}}, "limit": 50}),
+        json!({"where": {"kind": {"in": ["k4", "k0"]}, "n": {"gte": 900}}, "orderBy": {"kind": "desc"}}),
+        json!({"where": {"n": {"in": [7, 500.5, 990, "7"]}}, "orderBy": "n"}),
+        json!({"where": {"n": {"in": []}}}),
+        json!({"where": {"id": {"in": ["d00042", "é1", "nope"]}}}),
+        json!({"where": {"kind": {"ne": "k2"}}, "orderBy": {"n": "desc"}, "limit": 30}),
+        json!({"where": {"kind": "k2", "n": {"ne": 7}}, "limit": 20}),
         json!(null),
     ]
 }
