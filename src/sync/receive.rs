@@ -3,9 +3,12 @@
 //! the last and stays inside what was agreed, and applies each batch or snapshot chunk in
 //! one commit with the point it justifies (`apply`).
 
+use std::collections::BTreeMap;
+
 use super::apply;
 use super::message::Message;
 use super::pass::{is_idle, unexpected, PassReport, Progress, Step};
+use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
 use crate::peer::{Entry, PeerRecord, Point};
 use crate::replica::Replica;
@@ -17,6 +20,8 @@ pub struct Receiver {
     session: String,
     report: PassReport,
     state: State,
+    /// The newest stamp of each origin seen in snapshot documents, recorded at the end.
+    newest: BTreeMap<String, Stamp>,
 }
 
 enum State {
@@ -31,7 +36,7 @@ enum State {
 impl Receiver {
     /// A pass from `peer` (its db id) under `session`; waits for the preflight.
     pub fn new(peer: &str, session: &str) -> Receiver {
-        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight }
+        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight, newest: BTreeMap::new() }
     }
 
     pub fn session(&self) -> &str {
@@ -45,11 +50,14 @@ impl Receiver {
                 if db_id != self.peer {
                     return Err(SyncError::Protocol(format!("expected db {}, got {db_id}", self.peer)).into());
                 }
-                let rec = replica.store().peers().await?.remove(&self.peer).unwrap_or_else(PeerRecord::new);
+                let all = replica.store().peers().await?;
+                let rec = all.get(&self.peer).cloned().unwrap_or_else(PeerRecord::new);
                 let (point, matched) = match rec.common_point(&sessions) {
                     Some((p, s)) => (p, Some(s)),
                     None => (-1, None),
                 };
+                // Marks only matter when the sender has rows past the point.
+                let marks = if point < max_row as Point { crate::peer::marks(all.iter()) } else { Vec::new() };
                 let candidates: Vec<Entry> = rec.in_history.iter().filter(|e| e.row > point && Some(&e.session) != matched.as_ref()).cloned().collect();
                 let ceiling = candidates.iter().map(|e| e.row).chain([point]).max().unwrap_or(point);
                 let head = replica.head();
@@ -64,6 +72,7 @@ impl Receiver {
                     matched,
                     candidates,
                     sent_sessions: rec.out_history.iter().map(|e| e.session.clone()).collect(),
+                    marks,
                 }]))
             }
             (State::Begin { point, shared, ceiling, their_max }, Message::Begin { session, start, snapshot }) if session == self.session => {
@@ -92,6 +101,11 @@ impl Receiver {
             }
             (State::Receiving { snapshot: true, shared, point, expected, total }, Message::Snapshot { session, docs }) if session == self.session => {
                 let n = docs.len() as u64;
+                for (origin, stamp) in apply::newest_in_docs(&replica.head().db_id, &docs) {
+                    if self.newest.get(&origin).is_none_or(|s| *s < stamp) {
+                        self.newest.insert(origin, stamp);
+                    }
+                }
                 let applied = apply::apply_snapshot(replica, &self.peer, docs).await?;
                 note(&mut self.report, applied);
                 self.report.received += n;
@@ -109,7 +123,7 @@ impl Receiver {
                 if complete && is_idle(shared, point, self.report.start, end, snapshot) {
                     apply::finish_idle(replica, &self.peer, table).await?;
                 } else {
-                    apply::finish_incoming(replica, &self.peer, &self.session, end, table).await?;
+                    apply::finish_incoming(replica, &self.peer, &self.session, end, table, std::mem::take(&mut self.newest)).await?;
                 }
                 self.report.capped = !complete;
                 self.report.end = end;

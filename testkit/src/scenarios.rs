@@ -117,20 +117,31 @@ pub fn a_batch_of_only_stale_rows_still_advances_incoming<B: Backend>(b: &B) {
     assert_eq!((again.start, again.sent, again.batches), (5, 0, 0));
 }
 
+/// A history of `n` rows from `s` that `r` already holds (one diff pass): a capped pass
+/// needs a gap of no more than half the sender's rows, or seed 000's rule sends a
+/// snapshot instead.
+fn synced_history<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, prefix: &str, n: usize) {
+    put_all(s, (0..n).map(|i| format!("{prefix}{i:03}")), 0);
+    let rep = pass(s, r, Limits { per_diff: n.max(1), max_diffs: 1 });
+    assert!(!rep.snapshot && !rep.capped, "{rep:?}");
+}
+
 pub fn diff_capped_pass_resumes_and_completes<B: Backend>(b: &B) {
     let s = replica(b, 1_000);
     let r = replica(b, 9_000);
     put_all(&r, (0..100).map(|i| format!("d{i:03}")), 2);
+    // S wrote the same 60 documents before (older than R's copies) and R has those rows.
+    synced_history(&s, &r, "d", 60);
     put_all(&s, (0..50).map(|i| format!("d{i:03}")), 1);
     put_all(&s, std::iter::once("new".to_string()), 1);
     let first = pass(&s, &r, SMALL);
     assert!(first.capped && !first.snapshot);
-    assert_eq!((first.batches, first.end), (3, 30));
-    assert_eq!(incoming(&r, &s), 30);
+    assert_eq!((first.batches, first.start, first.end), (3, 60, 90));
+    assert_eq!(incoming(&r, &s), 90);
     let second = pass(&s, &r, SMALL);
     assert!(!second.capped);
-    assert_eq!(second.start, 30);
-    assert_eq!(incoming(&r, &s), 51);
+    assert_eq!(second.start, 90);
+    assert_eq!(incoming(&r, &s), 111);
     let all = docs(&r);
     assert_eq!(all.len(), 101);
     assert!(all.iter().filter(|d| d["id"] != "new").all(|d| d["n"] == 2));
@@ -141,14 +152,16 @@ pub fn a_capped_pass_forwards_no_third_party_points_and_records_no_outgoing<B: B
     let x = replica(b, 1_000);
     let s = replica(b, 2_000);
     let r = replica(b, 3_000);
+    synced_history(&s, &r, "h", 50);
+    let acked = outgoing(&s, &r);
     put_all(&x, (0..3).map(|i| format!("x{i}")), 1);
     pass(&x, &s, Limits::default());
     put_all(&s, (0..40).map(|i| format!("s{i}")), 1);
     put_all(&r, (0..40).map(|i| format!("r{i}")), 1);
     let rep = pass(&s, &r, SMALL);
-    assert!(rep.capped);
+    assert!(rep.capped && !rep.snapshot);
     assert_eq!(incoming(&r, &x), -1, "no third-party point");
-    assert_eq!(outgoing(&s, &r), -1, "no outgoing after a capped pass");
+    assert_eq!(outgoing(&s, &r), acked, "no outgoing after a capped pass");
     while pass(&s, &r, SMALL).capped {}
     assert_eq!(incoming(&r, &x), 3, "forwarded after the complete pass");
     assert_eq!(outgoing(&s, &r), s.head().max_row as i64);
@@ -159,25 +172,74 @@ pub fn a_capped_pass_forwards_no_third_party_points_and_records_no_outgoing<B: B
 pub fn points_only_move_forward<B: Backend>(b: &B) {
     let r = replica(b, 1_000);
     for row in [5, 4, -1] {
-        block_on(tidemark::sync::apply::finish_incoming(&r, "peer", "s", row, vec![])).unwrap();
+        block_on(tidemark::sync::apply::finish_incoming(&r, "peer", "s", row, vec![], Default::default())).unwrap();
     }
     let peers = block_on(r.store().peers()).unwrap();
     assert_eq!(peers["peer"].incoming, 5);
 }
 
+/// Seed 000's rule on the gap since the receiver's point (perDiff 10, sender maxRow 20):
+/// point 9 → snapshot (11 rows to send), point 10 → diffs (10 rows) — whatever the
+/// receiver holds itself (nothing, or more rows than the sender).
 pub fn fifty_percent_rule<B: Backend>(b: &B) {
-    assert!(wants_snapshot(20, 9, 10));
-    assert!(!wants_snapshot(20, 10, 10));
-    for (r_rows, snap) in [(9, true), (10, false)] {
+    assert!(wants_snapshot(20, 11, 10, false));
+    assert!(!wants_snapshot(20, 10, 10, false));
+    assert!(!wants_snapshot(2_000, 1_000, 10, false), "half is not more than half");
+    assert!(!wants_snapshot(20, 15, 100, false), "not more than one batch");
+    assert!(wants_snapshot(20, 0, 10, true), "a point before the compaction horizon");
+    let limits = Limits { per_diff: 10, max_diffs: 10 };
+    for (point, own, snap) in [(9, 0, true), (10, 0, false), (9, 50, true), (10, 50, false)] {
         let s = replica(b, 1_000);
         let r = replica(b, 2_000);
-        put_all(&s, (0..20).map(|i| format!("s{i}")), 1);
-        put_all(&r, (0..r_rows).map(|i| format!("r{i}")), 1);
-        let rep = pass(&s, &r, Limits { per_diff: 10, max_diffs: 10 });
-        assert_eq!(rep.snapshot, snap);
-        assert_eq!(docs(&r).len(), 20 + r_rows);
+        put_all(&r, (0..own).map(|i| format!("r{i}")), 1);
+        put_all(&s, (0..point).map(|i| format!("s{i}")), 1);
+        assert!(!pass(&s, &r, limits).snapshot);
+        assert_eq!(incoming(&r, &s), point as i64);
+        put_all(&s, (point..20).map(|i| format!("s{i}")), 1);
+        let rep = pass(&s, &r, limits);
+        assert_eq!((rep.start, rep.snapshot), (point as i64, snap), "point {point}, receiver rows {own}");
+        assert_eq!(docs(&r).len(), 20 + own);
         assert_eq!(incoming(&r, &s), 20);
     }
+}
+
+/// The edit-history case (issue 12): 100 notes edited 20 times, each round synced as
+/// diffs (the server holds 2,100 rows); a replica joins by snapshot and holds far fewer
+/// rows — then every new row reaches it as one row, never another snapshot, and nothing
+/// is reported as a reset. The same between two servers (relays).
+pub fn edit_history_pulls_stay_incremental<B: Backend>(b: &B) {
+    let server = relay(b, 5_000);
+    let writer = replica(b, 1_000);
+    put_all(&writer, (0..100).map(|i| format!("note{i:03}")), 0);
+    for edit in 0..=20 {
+        if edit > 0 {
+            let writes = (0..100).map(|i| Write::Patch { collection: "docs".into(), id: format!("note{i:03}"), fields: json!({"n": edit}).as_object().unwrap().clone() });
+            block_on(writer.write(writes.collect())).unwrap();
+        }
+        let rep = pass(&writer, &server, Limits::default());
+        assert!(!rep.snapshot && rep.sent == 100, "edit {edit}: {rep:?}");
+    }
+    assert_eq!(server.head().max_row, 2_100);
+    let joiner = replica(b, 2_000);
+    let join = pass(&server, &joiner, Limits::default());
+    assert!(join.snapshot && !join.reset && join.sent == 100, "{join:?}");
+    assert!(joiner.head().max_row < 1_000, "the joiner holds far fewer rows than the server");
+    let second = relay(b, 6_000);
+    let relay_join = pass(&server, &second, Limits::default());
+    assert!(relay_join.snapshot);
+    for k in 0..5 {
+        block_on(writer.patch("docs", &format!("note{k:03}"), json!({"n": 100 + k}).as_object().unwrap().clone())).unwrap();
+        pass(&writer, &server, Limits::default());
+        for (rep, who) in [(pass(&server, &joiner, Limits::default()), "joiner"), (pass(&server, &second, Limits::default()), "server")] {
+            assert!(!rep.snapshot && !rep.reset && !rep.capped, "{who}, new row {k}: {rep:?}");
+            assert_eq!(rep.sent, 1, "{who}, new row {k}: one row per pull");
+        }
+        // Its own first push covers what it holds and sends nothing.
+        let back = pass(&joiner, &server, Limits::default());
+        assert!(!back.snapshot && back.sent == 0, "{back:?}");
+    }
+    assert_eq!(docs(&joiner), docs(&writer));
+    assert_eq!(b.dump(second.store(), "docs"), b.dump(server.store(), "docs"));
 }
 
 pub fn a_snapshot_merges_and_keeps_unsynced_local_writes<B: Backend>(b: &B) {
@@ -370,7 +432,9 @@ pub fn a_lost_checkpoint_resumes_from_the_newest_common_session<B: Backend>(b: &
         feed(b, &s1, (0..5).map(|i| format!("more{i}")));
         let before = log_len(&s2);
         let rep = pass(&s1, &s2, Limits::default());
-        assert_eq!((rep.start, rep.sent), (20, 15), "receiver lost it: {receiver_lost}");
+        // From the newest common session: the 10 rows after it are covered, not sent
+        // again — the receiver's marks show it holds them — and the 5 new ones are sent.
+        assert_eq!((rep.start, rep.end, rep.sent), (20, 35, 5), "receiver lost it: {receiver_lost}");
         assert_eq!(log_len(&s2), before + 5, "re-sent rows are not stored twice");
         assert_eq!(b.dump(s2.store(), "docs"), b.dump(s1.store(), "docs"));
     }
@@ -477,6 +541,8 @@ pub fn a_capped_pass_claims_nothing_for_third_parties<B: Backend>(b: &B) {
     let a = relay(b, 1_000);
     let bb = relay(b, 2_000);
     let c = relay(b, 3_000);
+    feed(b, &bb, (0..50).map(|i| format!("h{i}")));
+    pass(&bb, &c, Limits { per_diff: 50, max_diffs: 1 });
     feed(b, &a, (0..5).map(|i| format!("a{i}")));
     pass(&a, &bb, Limits::default());
     feed(b, &bb, (0..40).map(|i| format!("b{i}")));
@@ -594,6 +660,10 @@ macro_rules! conformance {
             #[test]
             fn fifty_percent_rule() {
                 scenarios::fifty_percent_rule(&$backend);
+            }
+            #[test]
+            fn edit_history_pulls_stay_incremental() {
+                scenarios::edit_history_pulls_stay_incremental(&$backend);
             }
             #[test]
             fn a_snapshot_merges_and_keeps_unsynced_local_writes() {
