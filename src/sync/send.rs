@@ -53,6 +53,8 @@ enum State {
 enum Cursor {
     Docs(Option<DocKey>),
     Unkept(u64),
+    /// Everything was sent: the next ack ends the snapshot.
+    Done,
 }
 
 /// Which rows the receiver provably holds: they are covered, never sent.
@@ -263,20 +265,21 @@ impl Sender {
                 match page.last() {
                     Some((c, last)) => {
                         let next = Cursor::Docs(Some((c.clone(), last.id.clone())));
-                        (page.iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect(), Some(next))
+                        (page.iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect(), next)
                     }
                     None if replica.schema().is_some() => unkept_docs(replica, 0, end, self.limits.per_diff).await?,
-                    None => (Vec::new(), None),
+                    None => (Vec::new(), Cursor::Done),
                 }
             }
             Cursor::Unkept(after) => unkept_docs(replica, after, end, self.limits.per_diff).await?,
+            Cursor::Done => (Vec::new(), Cursor::Done),
         };
-        let Some(next) = next.filter(|_| !docs.is_empty()) else {
+        if docs.is_empty() {
             self.report.end = end;
             self.state = State::Ending { outcome: Outcome::Complete(end) };
             let msg = Message::End { session: self.session.clone(), complete: true, max_row: end.max(0) as u64, incoming: Some(table) };
             return Ok(Step::send(vec![msg]));
-        };
+        }
         self.state = State::Snapshot { at: next, end, total, table, pending: docs.len() as u64 };
         Ok(Step::send(vec![Message::Snapshot { session: self.session.clone(), docs }]))
     }
@@ -385,9 +388,8 @@ async fn count_sent<S: Store>(replica: &Replica<S>, start: Point, limit: u64, fi
 /// collections this replica does not store: a replica with a schema logs such rows to
 /// forward them but keeps no document, and a snapshot must still carry them. Each run of
 /// rows of one document becomes one state; the same document may come again later in
-/// the log, which merging tolerates. Returns the documents and where to go on (`None`
-/// when the log is done).
-async fn unkept_docs<S: Store>(replica: &Replica<S>, after: u64, end: Point, per_diff: usize) -> Result<(Vec<SnapshotDoc>, Option<Cursor>), Error> {
+/// the log, which merging tolerates. Returns the documents and where to go on.
+async fn unkept_docs<S: Store>(replica: &Replica<S>, after: u64, end: Point, per_diff: usize) -> Result<(Vec<SnapshotDoc>, Cursor), Error> {
     let keeps = |c: &str| replica.schema().is_none_or(|s| s.collection(c).is_some());
     let mut docs: Vec<SnapshotDoc> = Vec::new();
     let mut run: Option<(String, String, Layers)> = None;
@@ -404,7 +406,7 @@ async fn unkept_docs<S: Store>(replica: &Replica<S>, after: u64, end: Point, per
         for r in rows {
             if r.row as Point > end {
                 flush(&mut run, &mut docs);
-                return Ok((docs, None));
+                return Ok((docs, Cursor::Done));
             }
             at = r.row;
             scanned += 1;
@@ -421,11 +423,11 @@ async fn unkept_docs<S: Store>(replica: &Replica<S>, after: u64, end: Point, per
         }
         if done {
             flush(&mut run, &mut docs);
-            return Ok((docs, None));
+            return Ok((docs, Cursor::Done));
         }
         if docs.len() >= per_diff || (scanned >= per_diff.saturating_mul(SCAN_FACTOR) && !docs.is_empty()) {
             flush(&mut run, &mut docs);
-            return Ok((docs, Some(Cursor::Unkept(at))));
+            return Ok((docs, Cursor::Unkept(at)));
         }
     }
 }

@@ -69,6 +69,15 @@ pub fn pass<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits) 
 
 /// A pass that may be cut after `cut` messages from the sender; `None` if it failed.
 pub fn try_pass<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits, cut: Option<usize>) -> Option<PassReport> {
+    both_sides(s, r, limits, cut).map(|(sent, _)| sent)
+}
+
+/// One pass; the receiver's report (which says whether it was a reset).
+pub fn pass_received<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits) -> PassReport {
+    both_sides(s, r, limits, None).expect("the pass succeeds").1
+}
+
+fn both_sides<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits, cut: Option<usize>) -> Option<(PassReport, PassReport)> {
     let (mut a, mut b) = pipe();
     a.cut_after = cut;
     let (sid, rid) = (s.head().db_id, r.head().db_id);
@@ -80,7 +89,7 @@ pub fn try_pass<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limi
     match (sent, got) {
         (Ok(sent), Ok(got)) => {
             assert_eq!(sent.end, got.end);
-            Some(sent)
+            Some((sent, got))
         }
         _ if cut.is_some() => None,
         (s, g) => panic!("pass failed: {s:?} / {g:?}"),
@@ -221,8 +230,8 @@ pub fn edit_history_pulls_stay_incremental<B: Backend>(b: &B) {
     }
     assert_eq!(server.head().max_row, 2_100);
     let joiner = replica(b, 2_000);
-    let join = pass(&server, &joiner, Limits::default());
-    assert!(join.snapshot && !join.reset && join.sent == 100, "{join:?}");
+    let join = pass_received(&server, &joiner, Limits::default());
+    assert!(join.snapshot && !join.reset && join.received == 100, "{join:?}");
     assert!(joiner.head().max_row < 1_000, "the joiner holds far fewer rows than the server");
     let second = relay(b, 6_000);
     let relay_join = pass(&server, &second, Limits::default());
@@ -230,9 +239,9 @@ pub fn edit_history_pulls_stay_incremental<B: Backend>(b: &B) {
     for k in 0..5 {
         block_on(writer.patch("docs", &format!("note{k:03}"), json!({"n": 100 + k}).as_object().unwrap().clone())).unwrap();
         pass(&writer, &server, Limits::default());
-        for (rep, who) in [(pass(&server, &joiner, Limits::default()), "joiner"), (pass(&server, &second, Limits::default()), "server")] {
+        for (rep, who) in [(pass_received(&server, &joiner, Limits::default()), "joiner"), (pass_received(&server, &second, Limits::default()), "server")] {
             assert!(!rep.snapshot && !rep.reset && !rep.capped, "{who}, new row {k}: {rep:?}");
-            assert_eq!(rep.sent, 1, "{who}, new row {k}: one row per pull");
+            assert_eq!(rep.received, 1, "{who}, new row {k}: one row per pull");
         }
         // Its own first push covers what it holds and sends nothing.
         let back = pass(&joiner, &server, Limits::default());
@@ -572,6 +581,182 @@ pub fn idle_passes_record_no_session<B: Backend>(b: &B) {
     assert_eq!(record(&s1, &s2).out_history.len(), out.len() + 1);
 }
 
+// ---- Incremental sync (issue 12) ----
+
+/// A replica that pulled many rows (by snapshot) and then wrote 51 pushes them at perDiff
+/// 10 × maxDiffs 3 in exactly two passes: the rows it pulled are covered, not sent, and
+/// batches that only cover rows do not count against the cap. A pass that then sends
+/// nothing is not capped.
+pub fn a_push_after_a_big_pull_is_not_capped_by_covered_rows<B: Backend>(b: &B) {
+    let server = relay(b, 5_000);
+    let writer = replica(b, 1_000);
+    put_all(&writer, (0..3_000).map(|i| format!("w{i:04}")), 1);
+    pass(&writer, &server, Limits::default());
+    let c = replica(b, 2_000);
+    assert!(pass(&server, &c, Limits::default()).snapshot);
+    put_all(&c, (0..51).map(|i| format!("c{i:02}")), 2);
+    let mut reports = Vec::new();
+    loop {
+        let rep = pass(&c, &server, SMALL);
+        assert!(!rep.snapshot, "{rep:?}");
+        reports.push((rep.sent, rep.capped));
+        if !rep.capped || reports.len() > 10 {
+            break;
+        }
+    }
+    assert_eq!(reports, vec![(30, true), (21, false)], "51 rows in two passes");
+    let idle = pass(&c, &server, SMALL);
+    assert_eq!((idle.sent, idle.capped), (0, false));
+    assert_eq!(b.dump(server.store(), "docs").len(), 3_051);
+}
+
+/// Three servers in a line (relays 0 – 1 – 2). A client that synced with server 0 moves to
+/// server 2 after server 2 forgot every session its checkpoints could vouch for: the pass
+/// from server 2 starts from scratch, yet it pushes only its 5 offline writes and pulls
+/// only the 9 rows written since it left — not the 130 server 2 holds that it already
+/// has, which came to server 2 by another path. Its marks say what it holds.
+pub fn a_moving_client_transfers_only_what_is_missing<B: Backend>(b: &B) {
+    let s: Vec<Replica<B::S>> = (0..3).map(|i| relay(b, 1_000 + i)).collect();
+    let mover = replica(b, 4_000);
+    let other = replica(b, 5_000);
+    let full = Limits::default();
+    let around = |s: &[Replica<B::S>]| {
+        for _ in 0..2 {
+            for (x, y) in [(0, 1), (1, 2), (2, 1), (1, 0)] {
+                while pass(&s[x], &s[y], full).capped {}
+            }
+        }
+    };
+    put_all(&other, (0..30).map(|i| format!("o{i:02}")), 1);
+    pass(&other, &s[2], full);
+    put_all(&mover, (0..100).map(|i| format!("m{i:03}")), 1);
+    pass(&mover, &s[0], full);
+    around(&s);
+    let pulled = pass(&s[0], &mover, full);
+    assert_eq!(pulled.sent, 30, "the other client's rows, not its own");
+    // Server 2 moves on: more data-moving passes to server 1 than its session history
+    // holds, so no checkpoint the mover learned about server 2 can be confirmed.
+    for k in 0..=tidemark::peer::HISTORY {
+        put_all(&other, std::iter::once(format!("late{k}")), 2);
+        pass(&other, &s[2], full);
+        pass(&s[2], &s[1], full);
+    }
+    put_all(&mover, (0..5).map(|i| format!("away{i}")), 3);
+    let small = Limits { per_diff: 10, max_diffs: 3 };
+    let push = pass(&mover, &s[2], small);
+    assert_eq!((push.sent, push.snapshot, push.capped), (5, false, false), "{push:?}");
+    let pull = pass(&s[2], &mover, small);
+    assert_eq!(pull.start, -1, "no checkpoint to start from");
+    assert_eq!((pull.sent, pull.snapshot, pull.capped), (9, false, false), "{pull:?}");
+    assert_eq!(pull.end, s[2].head().max_row as i64);
+    assert_eq!(docs(&mover).len(), 144);
+    around(&s);
+    assert_eq!(b.dump(s[0].store(), "docs"), b.dump(s[2].store(), "docs"));
+}
+
+/// Two servers that both got a client's rows straight from it transfer none of them to
+/// each other: each one's marks show it holds them, so the passes only cover them.
+pub fn servers_that_both_got_a_clients_rows_transfer_nothing_twice<B: Backend>(b: &B) {
+    let (one, two) = (relay(b, 1_000), relay(b, 2_000));
+    let c = replica(b, 3_000);
+    put_all(&c, (0..50).map(|i| format!("c{i:02}")), 1);
+    pass(&c, &one, Limits::default());
+    pass(&c, &two, Limits::default());
+    for (x, y) in [(&one, &two), (&two, &one)] {
+        let rep = pass(x, y, Limits::default());
+        assert_eq!((rep.sent, rep.end), (0, x.head().max_row as i64), "{rep:?}");
+    }
+    // A row only one of them has still travels.
+    put_all(&c, std::iter::once("late".to_string()), 2);
+    pass(&c, &one, Limits::default());
+    assert_eq!(pass(&one, &two, Limits::default()).sent, 1);
+    assert_eq!(b.dump(one.store(), "docs"), b.dump(two.store(), "docs"));
+}
+
+fn wide_schema() -> Schema {
+    Schema::from_json(json!({"version": 1, "collections": {"docs": {"primaryKey": "id", "indexes": {"byN": "n"}}, "notes": {"primaryKey": "id"}}})).unwrap()
+}
+
+/// A replica whose schema lacks a collection still forwards its rows — and a snapshot it
+/// sends carries them too: every row the snapshot claims to cover arrives.
+pub fn a_snapshot_carries_collections_the_sender_does_not_store<B: Backend>(b: &B) {
+    let server = relay(b, 5_000);
+    let wide = block_on(Replica::open(b.fresh(), wide_schema(), Box::new(|| 1_000))).unwrap();
+    let notes: Vec<Write> = (0..20).map(|i| Write::Put { collection: "notes".into(), doc: json!({"id": format!("n{i:02}"), "text": i}).as_object().unwrap().clone() }).collect();
+    block_on(wide.write(notes)).unwrap();
+    block_on(wide.patch("notes", "n03", json!({"text": "edited"}).as_object().unwrap().clone())).unwrap();
+    block_on(wide.delete("notes", "n04")).unwrap();
+    put_all(&wide, (0..5).map(|i| format!("w{i}")), 1);
+    pass(&wide, &server, Limits::default());
+    let narrow = replica(b, 2_000);
+    pass(&server, &narrow, Limits::default());
+    assert!(block_on(narrow.query("notes", &json!({}))).is_err(), "the narrow replica does not store notes");
+    put_all(&narrow, (0..30).map(|i| format!("own{i}")), 2);
+    // A fresh relay gets the narrow replica's data by snapshot.
+    let fresh = relay(b, 6_000);
+    let rep = pass(&narrow, &fresh, SMALL);
+    assert!(rep.snapshot, "{rep:?}");
+    assert_eq!(b.dump(fresh.store(), "notes"), b.dump(server.store(), "notes"), "every note, the edit and the delete included");
+    assert_eq!(b.dump(fresh.store(), "notes").len(), 20);
+    assert_eq!(b.dump(fresh.store(), "docs").len(), 35);
+    // And on to a replica that stores notes.
+    let reader = block_on(Replica::open(b.fresh(), wide_schema(), Box::new(|| 7_000))).unwrap();
+    pass(&fresh, &reader, Limits::default());
+    let got = block_on(reader.query("notes", &json!({"orderBy": "id"}))).unwrap();
+    assert_eq!(got.len(), 19);
+    assert_eq!(got[3]["text"], "edited");
+}
+
+fn versioned(v: u32) -> Schema {
+    Schema::from_json(json!({"version": v, "collections": {"docs": {"primaryKey": "id", "indexes": {"byN": "n"}}}})).unwrap()
+}
+
+/// Version 2 marks every document it migrates.
+struct MarkV2;
+impl tidemark::migrate::Migrator for MarkV2 {
+    fn has_step(&self, to: u32) -> bool {
+        to == 2
+    }
+    fn migrate(&self, _: u32, _: &str, docs: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, tidemark::error::MigrateError> {
+        Ok(docs
+            .into_iter()
+            .map(|mut d| {
+                d.insert("v2".into(), json!(true));
+                Some(d)
+            })
+            .collect())
+    }
+}
+
+/// `reset` is reported when older-version data changed something, not whenever a
+/// snapshot holds older layers: a second snapshot whose version-1 data the replica has
+/// already migrated is no reset.
+pub fn reset_only_when_older_version_data_changes_something<B: Backend>(b: &B) {
+    let at = |v: u32, wall: u64| {
+        let schemas = tidemark::migrate::Schemas::new(versioned(v), (1..v).map(versioned).collect()).unwrap();
+        block_on(Replica::open_migrating(b.fresh(), schemas, Box::new(MarkV2), Box::new(move || wall))).unwrap()
+    };
+    let limits = Limits { per_diff: 10, max_diffs: 100 };
+    let server = relay(b, 5_000);
+    let old = at(1, 1_000);
+    put_all(&old, (0..30).map(|i| format!("old{i:02}")), 1);
+    pass(&old, &server, limits);
+    let c = at(2, 2_000);
+    let first = pass_received(&server, &c, limits);
+    assert!(first.snapshot && first.reset, "{first:?}");
+    assert!(docs(&c).iter().all(|d| d["v2"] == true));
+    pass(&c, &server, limits);
+    assert!(!pass_received(&server, &c, limits).reset);
+    // Many new version-2 rows: the next pull is a snapshot again, with the same
+    // version-1 layers — nothing older changed, so no reset.
+    let new = at(2, 3_000);
+    put_all(&new, (0..300).map(|i| format!("new{i:03}")), 2);
+    while pass(&new, &server, limits).capped {}
+    let second = pass_received(&server, &c, limits);
+    assert!(second.snapshot && !second.reset, "{second:?}");
+    assert_eq!(docs(&c).len(), 330);
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -720,6 +905,26 @@ macro_rules! conformance {
             #[test]
             fn idle_passes_record_no_session() {
                 scenarios::idle_passes_record_no_session(&$backend);
+            }
+            #[test]
+            fn a_push_after_a_big_pull_is_not_capped_by_covered_rows() {
+                scenarios::a_push_after_a_big_pull_is_not_capped_by_covered_rows(&$backend);
+            }
+            #[test]
+            fn a_moving_client_transfers_only_what_is_missing() {
+                scenarios::a_moving_client_transfers_only_what_is_missing(&$backend);
+            }
+            #[test]
+            fn servers_that_both_got_a_clients_rows_transfer_nothing_twice() {
+                scenarios::servers_that_both_got_a_clients_rows_transfer_nothing_twice(&$backend);
+            }
+            #[test]
+            fn a_snapshot_carries_collections_the_sender_does_not_store() {
+                scenarios::a_snapshot_carries_collections_the_sender_does_not_store(&$backend);
+            }
+            #[test]
+            fn reset_only_when_older_version_data_changes_something() {
+                scenarios::reset_only_when_older_version_data_changes_something(&$backend);
             }
             #[test]
             fn five_replicas_converge() {
