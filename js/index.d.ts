@@ -23,7 +23,12 @@ export interface Schema {
 export interface SyncOptions {
   url: string;
   library: string;
-  token?: string;
+  /**
+   * A token, or a function returning a (promise of a) token: called on every connect and
+   * when the server says the token expired. An expired static token stops live sync
+   * (an `error` event with code `SYNC_TOKEN_EXPIRED`).
+   */
+  token?: string | (() => string | Promise<string>);
   perDiff?: number;
   maxDiffs?: number;
 }

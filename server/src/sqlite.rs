@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS peers (db_id TEXT PRIMARY KEY, record TEXT NOT NULL) 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The max row after the last commit that added rows: what connections watch to
+    /// poke their clients (and peer links to push) when rows land.
+    landed: tokio::sync::watch::Sender<u64>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -90,7 +93,13 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {FORMAT}; COMMIT;")).map_err(backend)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), path })
+        let max_row = read_head(&conn)?.map_or(0, |h| h.max_row);
+        Ok(SqliteStore { conn: Mutex::new(conn), path, landed: tokio::sync::watch::Sender::new(max_row) })
+    }
+
+    /// Changes each time a commit adds rows (to the new max row).
+    pub fn landed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.landed.subscribe()
     }
 
     /// The database file.
@@ -195,6 +204,10 @@ impl Store for SqliteStore {
         commit.check(loaded_head.as_ref())?;
         write_commit(&tx, &commit)?;
         tx.commit().map_err(backend)?;
+        drop(conn);
+        if let (Some(last), Some(head)) = (commit.rows.last(), &commit.head) {
+            self.landed.send_replace(head.max_row.max(last.row));
+        }
         Ok(commit)
     }
 

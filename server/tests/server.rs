@@ -309,7 +309,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("forged token", vec![hello_frame(LIB, Some(&auth::issue(b"guess", &auth::Claims { library: LIB.into(), user: "eve".into(), exp: None })))], Some("UNAUTHORIZED")),
         ("garbage token", vec![hello_frame(LIB, Some("tm1.abc.def"))], Some("UNAUTHORIZED")),
         ("other library's token", vec![hello_frame(LIB, Some(&auth::issue(secret.as_bytes(), &auth::Claims { library: "other".into(), user: "eve".into(), exp: None })))], Some("FORBIDDEN")),
-        ("expired token", vec![hello_frame(LIB, Some(&auth::issue(secret.as_bytes(), &auth::Claims { library: LIB.into(), user: "bob".into(), exp: Some(1) })))], Some("UNAUTHORIZED")),
+        ("expired token", vec![hello_frame(LIB, Some(&auth::issue(secret.as_bytes(), &auth::Claims { library: LIB.into(), user: "bob".into(), exp: Some(1) })))], Some("SYNC_TOKEN_EXPIRED")),
         ("batch before hello", vec![text(json!({"v": 1, "type": "batch", "session": "s", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))], Some("SYNC_PROTOCOL")),
         ("batch before start", pre(vec![text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))]), Some("SYNC_PROTOCOL")),
         ("batch before preflight", pre(vec![start("push"), text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))]), Some("SYNC_PROTOCOL")),

@@ -84,8 +84,7 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
     let sync = if sync_js.is_undefined() || sync_js.is_null() {
         None
     } else {
-        let v = to_json_loose(&sync_js).map_err(|e| bad_options(e.to_string()))?;
-        Some(SyncConfig::from_json(&v).map_err(bad_options)?)
+        Some(SyncConfig::from_js(&sync_js)?)
     };
     let mut progress = |p: crate::sync::Progress| {
         if let Some(f) = &on_progress {
@@ -224,6 +223,13 @@ impl JsReplica {
     /// Stops live sync.
     pub fn disconnect(&self) {
         self.client.shared.stop();
+    }
+
+    /// The page's `online` / `offline` events: offline drops the live connection at once
+    /// (`status().online` turns false), online reconnects at once.
+    #[wasm_bindgen(js_name = setNetwork)]
+    pub fn set_network(&self, online: bool) {
+        self.client.shared.set_network(online);
     }
 
     /// The wrapper's event dispatcher: `(type, payload) => void`.
