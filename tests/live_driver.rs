@@ -6,8 +6,9 @@
 //! writes; a server that stops answering without closing is declared dead after the
 //! liveness deadline and replaced by a new connection; a poke from the server makes the
 //! client pull at once (long before its poll); the platform going offline drops the
-//! connection and coming back reconnects at once; an expired token stops a static-token
-//! link and is renewed at once by a link whose token renews.
+//! connection at once (even in the middle of a stalled round) and coming back reconnects
+//! at once; an expired token stops a static-token link and is renewed at once by a link
+//! whose token renews.
 
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -440,4 +441,36 @@ fn an_expired_static_token_stops_live_sync_and_a_renewing_one_reconnects() {
             assert_eq!(w.log.rounds.borrow().len(), 1);
         }
     }
+}
+
+#[test]
+fn going_offline_in_the_middle_of_a_stalled_round_drops_it_at_once() {
+    let mut w = world();
+    w.server.modes.borrow_mut().push(Mode::Swallowing);
+    let env = w.env(0, false);
+    let (shared, clock, spawner, swallow) = (w.shared.clone(), w.clock.clone(), w.pool.spawner(), w.server.swallow.clone());
+    w.on_round(move |n| match n {
+        1 => {
+            // The path goes silent, a write starts a round that stalls, then the
+            // platform reports the network gone.
+            swallow.set(true);
+            shared.wake();
+            let (shared, clock) = (shared.clone(), clock.clone());
+            spawner
+                .spawn_local(async move {
+                    clock.sleep(500).await;
+                    shared.set_network(false);
+                    clock.sleep(5_000).await;
+                    shared.set_network(true);
+                })
+                .unwrap();
+        }
+        2 => shared.stop(),
+        _ => {}
+    });
+    let cfg = Config::new("lib", Limits::default());
+    w.live(&env, &cfg);
+    let online = w.log.online.borrow().clone();
+    assert_eq!(online, vec![(true, 0), (false, 500), (true, 5_500), (false, 5_500)], "dropped at once, not at the ping deadline");
+    assert!(w.errors().is_empty(), "{:?}", w.errors());
 }

@@ -128,15 +128,6 @@ impl Backoff {
     }
 }
 
-/// Why the live loop is woken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wake {
-    /// A local write (or, on a server, rows that landed from elsewhere).
-    Write,
-    /// The platform's network went up or down.
-    Network,
-}
-
 /// The state a link shares with its owner: whether it is online, how to wake it, how to
 /// stop it, the platform's network state, and the lock that keeps one round at a time
 /// per replica.
@@ -148,7 +139,10 @@ pub struct Shared {
     /// Bumped by `stop`, so a running loop knows it is over.
     generation: AtomicU64,
     running: AtomicBool,
-    wake: Mutex<Option<mpsc::UnboundedSender<Wake>>>,
+    /// Local writes (on a server: rows that landed from elsewhere).
+    wake: Mutex<Option<mpsc::UnboundedSender<()>>>,
+    /// Network changes: watched even in the middle of a round.
+    net: Mutex<Option<mpsc::UnboundedSender<()>>>,
     rounds: futures::lock::Mutex<()>,
 }
 
@@ -163,22 +157,20 @@ impl Shared {
         self.running.load(Ordering::SeqCst)
     }
 
-    fn send(&self, w: Wake) {
+    /// Wakes the live loop for a round now (after a local write).
+    pub fn wake(&self) {
         if let Some(tx) = self.wake.lock().expect("wake lock").as_ref() {
-            let _ = tx.unbounded_send(w);
+            let _ = tx.unbounded_send(());
         }
     }
 
-    /// Wakes the live loop for a round now (after a local write).
-    pub fn wake(&self) {
-        self.send(Wake::Write);
-    }
-
-    /// The platform's network went up or down: down drops the connection at once and
-    /// waits; up reconnects at once (skipping any backoff).
+    /// The platform's network went up or down: down drops the connection at once (even
+    /// mid-round) and waits; up reconnects at once (skipping any backoff).
     pub fn set_network(&self, up: bool) {
         self.offline.store(!up, Ordering::SeqCst);
-        self.send(Wake::Network);
+        if let Some(tx) = self.net.lock().expect("net lock").as_ref() {
+            let _ = tx.unbounded_send(());
+        }
     }
 
     fn network_down(&self) -> bool {
@@ -191,9 +183,11 @@ impl Shared {
         if self.running.swap(true, Ordering::SeqCst) {
             return None;
         }
-        let (tx, rx) = mpsc::unbounded();
+        let (tx, wake) = mpsc::unbounded();
         *self.wake.lock().expect("wake lock") = Some(tx);
-        Some(Ticket { generation: self.generation.load(Ordering::SeqCst), wake: rx })
+        let (tx, net) = mpsc::unbounded();
+        *self.net.lock().expect("net lock") = Some(tx);
+        Some(Ticket { generation: self.generation.load(Ordering::SeqCst), wake, net })
     }
 
     /// Stops the live loop (it finishes the message it is handling, then closes).
@@ -202,13 +196,23 @@ impl Shared {
         if let Some(tx) = self.wake.lock().expect("wake lock").take() {
             tx.close_channel();
         }
+        if let Some(tx) = self.net.lock().expect("net lock").take() {
+            tx.close_channel();
+        }
     }
 }
 
 /// The right to run one live loop (`Shared::start`).
 pub struct Ticket {
     generation: u64,
-    wake: mpsc::UnboundedReceiver<Wake>,
+    wake: mpsc::UnboundedReceiver<()>,
+    net: mpsc::UnboundedReceiver<()>,
+}
+
+/// The platform's network, as a live connection watches it.
+struct Network<'a> {
+    shared: &'a Shared,
+    changes: &'a mut mpsc::UnboundedReceiver<()>,
 }
 
 /// A connection with deadlines: pings the server after `ping_ms` of silence, fails
@@ -217,6 +221,8 @@ pub struct Ticket {
 pub struct Watched<'e, E: Env> {
     conn: E::Conn,
     env: &'e E,
+    /// Network changes (live sync only): going offline fails the connection at once.
+    net: Option<Network<'e>>,
     ping_ms: u64,
     timeout_ms: u64,
     last_heard: u64,
@@ -227,9 +233,9 @@ pub struct Watched<'e, E: Env> {
 }
 
 impl<'e, E: Env> Watched<'e, E> {
-    pub fn new(conn: E::Conn, env: &'e E, cfg: &Config) -> Watched<'e, E> {
+    fn new(conn: E::Conn, env: &'e E, cfg: &Config, net: Option<Network<'e>>) -> Watched<'e, E> {
         let timeout_ms = cfg.timeout_ms.max(1);
-        Watched { conn, env, ping_ms: cfg.ping_ms.clamp(1, timeout_ms), timeout_ms, last_heard: env.now_ms(), pinged: None, poked: -1 }
+        Watched { conn, env, net, ping_ms: cfg.ping_ms.clamp(1, timeout_ms), timeout_ms, last_heard: env.now_ms(), pinged: None, poked: -1 }
     }
 
     /// The next message from the server — pokes included, pings answered, pongs noted —
@@ -251,11 +257,29 @@ impl<'e, E: Env> Watched<'e, E> {
                 continue;
             }
             let wait = ping_at.min(dead_at) - now;
-            let got = match select(Box::pin(self.conn.recv()), Box::pin(self.env.sleep(wait))).await {
-                Either::Left((got, _)) => Some(got),
-                Either::Right(_) => None,
+            let timer = Box::pin(self.env.sleep(wait));
+            let changed = match self.net.as_mut() {
+                Some(n) => Either::Left(n.changes.next()),
+                None => Either::Right(futures::future::pending()),
             };
-            let Some(got) = got else { continue };
+            let got = match select(Box::pin(self.conn.recv()), select(timer, changed)).await {
+                Either::Left((got, _)) => Some(Ok(got)),
+                Either::Right((Either::Left(_), _)) => None,
+                Either::Right((Either::Right((change, _)), _)) => Some(Err(change)),
+            };
+            let got = match got {
+                None => continue,
+                Some(Ok(got)) => got,
+                Some(Err(None)) => {
+                    // Stopped: finish what is running without watching the network.
+                    self.net = None;
+                    continue;
+                }
+                Some(Err(Some(()))) => match &self.net {
+                    Some(n) if n.shared.network_down() => return Err(SyncError::Connection("the network went away".into())),
+                    _ => continue,
+                },
+            };
             let msg = got?;
             self.last_heard = self.env.now_ms();
             match msg {
@@ -296,7 +320,7 @@ impl<E: Env> Transport for Watched<'_, E> {
 
 /// Asks for a token, connects and greets, all within `timeout_ms`; returns the watched
 /// connection and the server's db id.
-async fn open<'e, S: Store, E: Env>(replica: &Replica<S>, env: &'e E, cfg: &Config) -> Result<(Watched<'e, E>, String), Error> {
+async fn open<'e, S: Store, E: Env>(replica: &Replica<S>, env: &'e E, cfg: &Config, net: Option<Network<'e>>) -> Result<(Watched<'e, E>, String), Error> {
     let token = env.token().await?;
     let attempt = async {
         let mut t = env.connect().await?;
@@ -310,7 +334,7 @@ async fn open<'e, S: Store, E: Env>(replica: &Replica<S>, env: &'e E, cfg: &Conf
         Either::Right(_) => return Err(SyncError::Connection(format!("no answer from the server within {} ms", cfg.timeout_ms)).into()),
     };
     let (t, server) = opened;
-    Ok((Watched::new(t, env, cfg), server))
+    Ok((Watched::new(t, env, cfg, net), server))
 }
 
 /// One round on an open connection, one at a time per replica; the replica's status is
@@ -327,7 +351,7 @@ async fn round<S: Store, E: Env, V: Events>(replica: &Replica<S>, t: &mut Watche
 /// `events` and returned.
 pub async fn once<S: Store, E: Env, V: Events>(replica: &Replica<S>, env: &E, cfg: &Config, shared: &Shared, events: &V) -> Result<RoundReport, Error> {
     let result = async {
-        let (mut t, server) = open(replica, env, cfg).await?;
+        let (mut t, server) = open(replica, env, cfg, None).await?;
         round(replica, &mut t, &server, cfg, shared, events).await
     }
     .await;
@@ -350,7 +374,7 @@ enum Ended {
 /// What woke the wait between rounds.
 enum Idle {
     Stop,
-    Wake(Wake),
+    Write,
     Tick,
     Event(Result<Message, SyncError>),
 }
@@ -358,7 +382,7 @@ enum Idle {
 /// Live sync until `shared.stop()`: rounds on a held connection, reconnecting with
 /// backoff; stops by itself when a static token expires.
 pub async fn live<S: Store, E: Env, V: Events>(replica: &Replica<S>, env: &E, cfg: &Config, shared: &Shared, events: &V, ticket: Ticket) {
-    let Ticket { generation, mut wake } = ticket;
+    let Ticket { generation, mut wake, mut net } = ticket;
     let stopped = || shared.generation.load(Ordering::SeqCst) != generation;
     let mut backoff = Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms);
     // Whether the last connection was refused for an expired token and renewed at once.
@@ -366,12 +390,13 @@ pub async fn live<S: Store, E: Env, V: Events>(replica: &Replica<S>, env: &E, cf
     while !stopped() {
         if shared.network_down() {
             // Nothing to try until the network comes back (writes wait too).
-            match wake.next().await {
-                Some(_) => continue,
+            match net.next().await {
+                Some(()) => continue,
                 None => break,
             }
         }
-        let ended = match open(replica, env, cfg).await {
+        let watch = Network { shared, changes: &mut net };
+        let ended = match open(replica, env, cfg, Some(watch)).await {
             Ok((mut t, server)) => {
                 shared.online.store(true, Ordering::SeqCst);
                 events.online(Some(&server));
@@ -380,6 +405,7 @@ pub async fn live<S: Store, E: Env, V: Events>(replica: &Replica<S>, env: &E, cf
                 events.online(None);
                 ended
             }
+            Err(_) if shared.network_down() => Ended::Offline,
             Err(e) => {
                 events.error(&e);
                 Ended::Failed(e)
@@ -405,22 +431,22 @@ pub async fn live<S: Store, E: Env, V: Events>(replica: &Replica<S>, env: &E, cf
             }
             Ended::Failed(_) => backoff.delay(env.random()),
         };
-        if delay > 0 && !pause(env, shared, &mut wake, delay).await {
+        if delay > 0 && !pause(env, shared, &mut net, delay).await {
             break;
         }
     }
     shared.running.store(false, Ordering::SeqCst);
 }
 
-/// Waits `ms` before a retry; the network coming back cuts it short, local writes do
-/// not (they would defeat the backoff). `false` when stopped.
-async fn pause<E: Env>(env: &E, shared: &Shared, wake: &mut mpsc::UnboundedReceiver<Wake>, ms: u64) -> bool {
+/// Waits `ms` before a retry; the network coming back cuts it short (local writes do
+/// not: they would defeat the backoff). `false` when stopped.
+async fn pause<E: Env>(env: &E, shared: &Shared, net: &mut mpsc::UnboundedReceiver<()>, ms: u64) -> bool {
     let mut tick = Box::pin(env.sleep(ms));
     loop {
-        match select(wake.next(), &mut tick).await {
+        match select(net.next(), &mut tick).await {
             Either::Left((None, _)) => return false,
-            Either::Left((Some(Wake::Network), _)) if !shared.network_down() => return true,
-            Either::Left((Some(_), _)) => continue,
+            Either::Left((Some(()), _)) if !shared.network_down() => return true,
+            Either::Left((Some(()), _)) => continue,
             Either::Right(_) => return true,
         }
     }
@@ -433,7 +459,7 @@ async fn connected<S: Store, E: Env, V: Events>(
     cfg: &Config,
     shared: &Shared,
     events: &V,
-    wake: &mut mpsc::UnboundedReceiver<Wake>,
+    wake: &mut mpsc::UnboundedReceiver<()>,
     t: &mut Watched<'_, E>,
     server: &str,
     backoff: &mut Backoff,
@@ -458,6 +484,7 @@ async fn connected<S: Store, E: Env, V: Events>(
                     continue;
                 }
             }
+            Err(_) if shared.network_down() => return Ended::Offline,
             Err(e) => {
                 events.error(&e);
                 return Ended::Failed(e);
@@ -470,16 +497,14 @@ async fn connected<S: Store, E: Env, V: Events>(
                 let waiting = select(&mut tick, Box::pin(t.next_event()));
                 match select(wake.next(), waiting).await {
                     Either::Left((None, _)) => Idle::Stop,
-                    Either::Left((Some(w), _)) => Idle::Wake(w),
+                    Either::Left((Some(()), _)) => Idle::Write,
                     Either::Right((Either::Left(_), _)) => Idle::Tick,
                     Either::Right((Either::Right((got, _)), _)) => Idle::Event(got),
                 }
             };
             match idle {
                 Idle::Stop => return Ended::Stopped,
-                Idle::Wake(Wake::Network) if shared.network_down() => return Ended::Offline,
-                Idle::Wake(Wake::Network) => continue,
-                Idle::Wake(Wake::Write) | Idle::Tick => break,
+                Idle::Write | Idle::Tick => break,
                 Idle::Event(Ok(Message::Poke { max_row })) if max_row as Point > reached => break,
                 Idle::Event(Ok(Message::Poke { .. })) => continue,
                 Idle::Event(Ok(other)) => {
@@ -487,6 +512,7 @@ async fn connected<S: Store, E: Env, V: Events>(
                     events.error(&e);
                     return Ended::Failed(e);
                 }
+                Idle::Event(Err(_)) if shared.network_down() => return Ended::Offline,
                 Idle::Event(Err(e)) => {
                     let e: Error = e.into();
                     events.error(&e);
