@@ -377,7 +377,7 @@ fn a_poke_makes_the_client_pull_at_once() {
                 })
                 .unwrap();
         }
-        2 => shared.stop(),
+        3 => shared.stop(),
         _ => {}
     });
     let cfg = Config { poll_ms: 60_000, ..Config::new("lib", Limits::default()) };
@@ -385,6 +385,12 @@ fn a_poke_makes_the_client_pull_at_once() {
     let rounds = w.log.rounds.borrow();
     assert_eq!(rounds[1].0.received, 1, "the poked round pulled the new row");
     assert_eq!(rounds[1].1, 1_000, "at once, not at the 60 s poll");
+    // A second after receiving, one more round: its push covers the received row, so the
+    // server's point for this client catches up (nothing is sent back).
+    assert_eq!(rounds[2].1, 2_000);
+    assert_eq!(rounds[2].0.sent, 0);
+    assert!(rounds[2].0.push.end > rounds[1].0.push.end, "{:?}", rounds[2].0.push);
+    assert_eq!(w.client.status().outgoing.get(&w.server.replica.head().db_id).copied(), Some(w.client.head().max_row));
     let got = futures::executor::block_on(w.client.get("docs", "elsewhere")).unwrap();
     assert!(got.is_some());
 }

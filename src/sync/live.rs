@@ -39,6 +39,10 @@ use crate::store::Store;
 /// The code of the refusal that ends a link with a static token.
 pub const TOKEN_EXPIRED: &str = "SYNC_TOKEN_EXPIRED";
 
+/// After a round that received rows, the next one comes this soon (or sooner): its push
+/// covers them, so the server's point for us — and our `outgoing` — catch up.
+const AFTER_RECEIVING_MS: u64 = 1_000;
+
 /// What a driver needs from its platform.
 #[allow(async_fn_in_trait)]
 pub trait Env {
@@ -468,6 +472,7 @@ async fn connected<S: Store, E: Env, V: Events>(
 ) -> Ended {
     // How far our pulls have reached in the server's row space: pokes below it are old news.
     let mut reached: Point = -1;
+    let mut wait_ms;
     loop {
         if shared.generation.load(Ordering::SeqCst) != generation {
             return Ended::Stopped;
@@ -483,6 +488,7 @@ async fn connected<S: Store, E: Env, V: Events>(
                 if report.capped || t.poked > reached {
                     continue;
                 }
+                wait_ms = if report.received > 0 { cfg.poll_ms.min(AFTER_RECEIVING_MS) } else { cfg.poll_ms };
             }
             Err(_) if shared.network_down() => return Ended::Offline,
             Err(e) => {
@@ -491,7 +497,7 @@ async fn connected<S: Store, E: Env, V: Events>(
             }
         }
         // Wait for a local write, a poke or the poll interval, answering pings meanwhile.
-        let mut tick = Box::pin(t.env.sleep(cfg.poll_ms));
+        let mut tick = Box::pin(t.env.sleep(wait_ms));
         loop {
             let idle = {
                 let waiting = select(&mut tick, Box::pin(t.next_event()));

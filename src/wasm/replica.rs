@@ -245,10 +245,16 @@ impl JsReplica {
         self.inner.store().set_on_change(f);
     }
 
-    /// Re-reads the head and sync points, after another tab wrote or synced.
+    /// Re-reads the head and sync points, after another tab wrote or synced; when the log
+    /// grew (another tab wrote), wakes live sync so the writes are pushed at once.
     pub fn refresh(&self) -> js_sys::Promise {
+        let shared = self.client.shared.clone();
         run(&self.inner, |r| async move {
+            let before = r.head().max_row;
             r.reload_head().await?;
+            if r.head().max_row > before {
+                shared.wake();
+            }
             Ok(JsValue::UNDEFINED)
         })
     }
