@@ -229,6 +229,7 @@ pub struct Watched<'e, E: Env> {
     net: Option<Network<'e>>,
     ping_ms: u64,
     timeout_ms: u64,
+    /// When the server was last heard, or this side last started waiting for it.
     last_heard: u64,
     /// When the last ping went out (one per silence).
     pinged: Option<u64>,
@@ -243,8 +244,11 @@ impl<'e, E: Env> Watched<'e, E> {
     }
 
     /// The next message from the server — pokes included, pings answered, pongs noted —
-    /// or an error once it has been silent past the deadline.
+    /// or an error once it has been silent past the deadline. Silence counts from when
+    /// this side started waiting, never the time it spent on its own work (a long commit
+    /// is not the server's silence).
     pub async fn next_event(&mut self) -> Result<Message, SyncError> {
+        self.last_heard = self.last_heard.max(self.env.now_ms());
         loop {
             let now = self.env.now_ms();
             let dead_at = self.last_heard.saturating_add(self.timeout_ms);

@@ -99,7 +99,7 @@ struct Diffs {
     point: Point,
 }
 
-/// A batch in flight: the point it covers and whether it carried rows.
+/// A batch in flight: the point it covers.
 struct Sent {
     covers: Point,
 }
