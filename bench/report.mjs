@@ -110,6 +110,8 @@ export function render(r) {
   const m = r.reset_migrate;
   if (m?.measured) p(`| reset + migrate: a version-2 replica with ${m.local_writes ?? 10} unsynced writes syncs with a server holding ${group(m.docs)} documents of version 1; they are reset into it and migrated, its writes kept, until queryable | ${cell(m.reset_migrate_ms)} ms | < 1,500 ms |`);
   else p(`| reset + migrate (10,000 documents) | not yet measured (${m?.reason ?? 'schema migrations not built yet'}) | < 1,500 ms |`);
+  const k = r.poke;
+  if (k) p(`| poke latency: a write in one live replica until queryable in another (${k.writes} writes; the server pokes, the poll is 30 s) | p50 ${num(k.p50_ms)} ms, p95 ${num(k.p95_ms)} ms | p50 ≤ 150 ms |`);
   p();
   if (r.browser?.results?.raw?.w1_ms) {
     p(`For scale: raw IndexedDB writes the same 10,000 documents in ${cell(r.browser.results.raw.w1_ms)} ms (W1), the floor for any initial sync.`);

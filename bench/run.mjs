@@ -7,6 +7,8 @@
 //   sync     initial sync of 10,000 documents and catch-up of 1,000 writes through a real
 //            tidemark-server
 //   migrate  reset + migrate of 10,000 documents, once the product supports it
+//   poke     poke latency: a write in one live replica until it is in another live replica
+//            of the same library (two pages, one tidemark-server, the default 30 s poll)
 //
 // Environment: BENCH_RUNS (default 5), BENCH_ONLY=engine,size,... (a subset; sections not
 // run keep their previous results), BENCH_LIBS=raw,tidemark (the browser libraries to run),
@@ -241,6 +243,36 @@ async function syncWorkloads(b) {
   } finally { await srv.stop(); }
 }
 
+// ---------------------------------------------------------------- poke latency
+
+const POKES = 60;
+
+async function pokeWorkload(b) {
+  const srv = await startTidemarkServer();
+  const [writer, reader] = [await b.openPage('sync'), await b.openPage('sync')];
+  try {
+    const library = 'poke';
+    await writer.evaluate(([u, l]) => window.bench.pokeOpen(u, l, 'poke-writer'), [srv.wsUrl, library]);
+    await reader.evaluate(([u, l]) => window.bench.pokeOpen(u, l, 'poke-reader'), [srv.wsUrl, library]);
+    const ms = [];
+    for (let i = 0; i < POKES; i++) {
+      await reader.evaluate((i) => { window.poke.expect = i; }, i);
+      const sent = await writer.evaluate((i) => window.bench.pokePut(i), i);
+      await reader.waitForFunction((i) => window.poke.seen.has(i), i, { timeout: 20000 });
+      ms.push((await reader.evaluate((i) => window.poke.seen.get(i), i)) - sent);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const sorted = [...ms].sort((a, b) => a - b);
+    const pct = (p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+    log(`poke: ${POKES} writes, p50 ${pct(0.5).toFixed(1)} ms, p95 ${pct(0.95).toFixed(1)} ms`);
+    return { writes: POKES, p50_ms: pct(0.5), p95_ms: pct(0.95), min_ms: sorted[0], max_ms: sorted[sorted.length - 1], runs: ms };
+  } finally {
+    await writer.close();
+    await reader.close();
+    await srv.stop();
+  }
+}
+
 // ---------------------------------------------------------------- reset + migrate
 
 async function migrateWorkload(b) {
@@ -322,15 +354,17 @@ async function main() {
     browser: prev.browser ?? null,
     sync: prev.sync ?? null,
     reset_migrate: prev.reset_migrate ?? null,
+    poke: prev.poke ?? null,
   };
   if (wants('engine')) results.engine = await engine();
   if (wants('size')) results.size = await sizes();
-  if (wants('browser') || wants('sync') || wants('migrate')) {
+  if (wants('browser') || wants('sync') || wants('migrate') || wants('poke')) {
     await withBrowser(async (b) => {
       results.machine.chromium = b.version;
       if (wants('browser')) results.browser = await browserWorkloads(b);
       if (wants('sync')) results.sync = await syncWorkloads(b);
       if (wants('migrate')) results.reset_migrate = await migrateWorkload(b);
+      if (wants('poke')) results.poke = await pokeWorkload(b);
       if (b.errors.length) results.page_errors = b.errors.slice(0, 20);
     });
   } else {

@@ -130,7 +130,12 @@ export type DocsOf<S> = S extends { readonly [docTypes]: infer D }
 export interface SyncOptions {
   url: string;
   library: string;
-  token?: string;
+  /**
+   * A token, or a function returning a (promise of a) token: called on every connect and
+   * when the server says the token expired. An expired static token stops live sync
+   * (an `error` event with code `SYNC_TOKEN_EXPIRED`).
+   */
+  token?: string | (() => string | Promise<string>);
   perDiff?: number;
   maxDiffs?: number;
 }
@@ -162,6 +167,9 @@ type Orderable<V> = Extract<Scalar<V>, number | string>;
 /** Operators on one field whose values have type `V`. */
 export interface Operators<V = Json> {
   eq?: Scalar<V>;
+  ne?: Scalar<V>;
+  /** One of these values. */
+  in?: Scalar<V>[];
   gt?: Orderable<V>;
   gte?: Orderable<V>;
   lt?: Orderable<V>;
@@ -170,7 +178,10 @@ export interface Operators<V = Json> {
   startsWith?: Extract<Scalar<V>, string> extends never ? never : string;
 }
 
-/** A condition on one field: a plain value means equality. */
+/**
+ * A condition on one field: a plain value (not an object) means equality; an object is
+ * operators only (an unknown one is `INVALID_QUERY`; equality with an object is `{ eq }`).
+ */
 export type Condition<V = Json> = Scalar<V> | Operators<V>;
 
 export interface Query<T = Doc> {

@@ -26,6 +26,7 @@ export class Replica {
   #channel = null;
   #leader = false;
   #releaseLock = null;
+  #onNetwork = null;
 
   constructor(inner, name) {
     this.#inner = inner;
@@ -37,6 +38,14 @@ export class Replica {
       this.#changed(collections);
       this.#channel?.postMessage({ collections });
     });
+    // The page's network events: offline drops live sync's connection at once (so
+    // status().online is never true on a dead socket), online reconnects at once.
+    if (typeof globalThis.addEventListener === 'function') {
+      this.#onNetwork = () => this.#inner.setNetwork(globalThis.navigator?.onLine !== false);
+      globalThis.addEventListener('online', this.#onNetwork);
+      globalThis.addEventListener('offline', this.#onNetwork);
+      if (globalThis.navigator?.onLine === false) this.#onNetwork();
+    }
     if (typeof BroadcastChannel === 'function') {
       this.#channel = new BroadcastChannel(`tidemark:${name}`);
       this.#channel.onmessage = (e) => {
@@ -197,6 +206,10 @@ export class Replica {
     this.disconnect();
     this.#subs.clear();
     this.#channel?.close();
+    if (this.#onNetwork) {
+      globalThis.removeEventListener('online', this.#onNetwork);
+      globalThis.removeEventListener('offline', this.#onNetwork);
+    }
     this.#inner.setOnChange(null);
     await this.#inner.close();
     for (const set of this.#handlers.values()) set.clear();

@@ -82,6 +82,9 @@ pub enum SyncError {
     Remote { code: String, message: String },
     #[error("sync is not configured: pass `sync: {{ url, library }}` to openReplica")]
     NotConfigured,
+    /// The token a live connection was opened with has expired (the server closes it).
+    #[error("the sync token expired: give `sync.token` as a function that returns a fresh one, or reopen with a new token")]
+    TokenExpired,
 }
 
 /// Why data could not be brought to the app's schema version. The live store is
@@ -162,6 +165,7 @@ impl Error {
                 // The peer's own code, when it is one of the vocabulary.
                 SyncError::Remote { code, .. } => CODES.iter().find(|c| **c == code).copied().unwrap_or("SYNC_REFUSED"),
                 SyncError::NotConfigured => "SYNC_NOT_CONFIGURED",
+                SyncError::TokenExpired => "SYNC_TOKEN_EXPIRED",
             },
         }
     }
@@ -238,6 +242,7 @@ mod tests {
             SyncError::Connection(String::new()).into(),
             SyncError::Protocol(String::new()).into(),
             SyncError::NotConfigured.into(),
+            SyncError::TokenExpired.into(),
         ];
         for e in &errors {
             assert!(CODES.contains(&e.code()), "{} is not in CODES", e.code());
@@ -246,6 +251,7 @@ mod tests {
         assert_eq!(remote("FRAME_TOO_LARGE"), "FRAME_TOO_LARGE");
         assert_eq!(remote("SYNC_PROTOCOL"), "SYNC_PROTOCOL");
         assert_eq!(remote("made up"), "SYNC_REFUSED");
+        assert_eq!(remote("SYNC_TOKEN_EXPIRED"), "SYNC_TOKEN_EXPIRED");
     }
 }
 

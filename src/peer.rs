@@ -4,8 +4,22 @@
 //! Points only move forward. A point is trusted for a pass only through a session both
 //! sides still remember: a peer restored from a backup has forgotten the sessions created
 //! after the backup, so it is never fast-forwarded past rows it lost.
+//!
+//! # Per-origin high-water marks
+//!
+//! A replica's *mark* for an origin X is what it can prove it holds of X's own writes: it
+//! has merged every op X wrote with `originRow <= row`, and the newest stamp among X's
+//! ops it merged is `stamp`. `row` is `incoming[X]` — a replica that merged X's log up to
+//! row n (directly, by snapshot, or vouched for by a complete pass's forwarded table) has
+//! merged every op X wrote at rows up to n, whatever path they took. `stamp` is kept per
+//! record (`newest`), raised in the same commit that merges X's ops. A sender skips an op
+//! of X only if it is within both: its origin row `<= row` and its stamp `<= stamp`. The
+//! stamp is what keeps a restored X safe: X restored from a backup keeps its db id and
+//! reuses row numbers, but its new ops carry newer stamps than any it wrote before.
 
 use serde::{Deserialize, Serialize};
+
+use crate::clock::Stamp;
 
 /// A position in some replica's row space; −1 means "nothing yet".
 pub type Point = i64;
@@ -40,6 +54,33 @@ pub struct PeerRecord {
     /// Sessions in which this replica sent rows to the peer, with the last acked row.
     #[serde(default)]
     pub out_history: Vec<Entry>,
+    /// The newest stamp of the ops this peer wrote (as their origin) merged here: the
+    /// stamp half of its per-origin mark (see the module doc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<Stamp>,
+}
+
+/// Most marks a preflight answer carries, and accepts (DESIGN §5: bounded metadata).
+pub const MAX_MARKS: usize = 256;
+
+/// One origin's high-water mark, as a receiver reports it in its preflight answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    pub origin: String,
+    pub row: Point,
+    pub stamp: Stamp,
+}
+
+/// The marks a replica can vouch for, from its peer records: origins with a point and a
+/// stamp, at most `MAX_MARKS`, the most recently written first (the likeliest to matter).
+pub fn marks<'a>(records: impl Iterator<Item = (&'a String, &'a PeerRecord)>) -> Vec<Mark> {
+    let mut out: Vec<Mark> = records
+        .filter(|(_, r)| r.incoming > 0)
+        .filter_map(|(id, r)| Some(Mark { origin: id.clone(), row: r.incoming, stamp: r.newest.clone()? }))
+        .collect();
+    out.sort_by(|a, b| b.stamp.cmp(&a.stamp));
+    out.truncate(MAX_MARKS);
+    out
 }
 
 fn none() -> Point {
@@ -54,6 +95,13 @@ impl PeerRecord {
     /// Max-merges an incoming point: a smaller point changes nothing.
     pub fn merge_incoming(&mut self, row: Point) {
         self.incoming = self.incoming.max(row);
+    }
+
+    /// Raises the newest stamp merged of this peer's own ops.
+    pub fn note_newest(&mut self, stamp: &Stamp) {
+        if self.newest.as_ref().is_none_or(|n| n < stamp) {
+            self.newest = Some(stamp.clone());
+        }
     }
 
     pub fn merge_outgoing(&mut self, row: Point) {

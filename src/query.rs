@@ -21,6 +21,10 @@ pub enum Cond {
     /// A range within one type; bounds are encoded values, `true` = inclusive.
     Range { lower: (Value, bool), upper: (Value, bool) },
     StartsWith(String),
+    /// Not equal (as `Eq` compares); a missing field is not equal to anything.
+    Ne(Value),
+    /// Equal to one of the values.
+    In(Vec<Value>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -90,7 +94,7 @@ impl Plan {
 impl Cond {
     pub fn matches(&self, v: Option<&Value>) -> bool {
         match self {
-            Cond::Eq(want) => v.is_some_and(|v| v == want || (v.is_number() && cmp(&encode(Some(v)), &encode(Some(want))) == Ordering::Equal)),
+            Cond::Eq(want) => equal(v, want),
             Cond::Range { lower, upper } => {
                 let e = encode(v);
                 let lo = cmp(&e, &lower.0);
@@ -99,13 +103,38 @@ impl Cond {
                     && (hi == Ordering::Less || (upper.1 && hi == Ordering::Equal))
             }
             Cond::StartsWith(p) => matches!(v, Some(Value::String(s)) if s.starts_with(p.as_str())),
+            Cond::Ne(want) => !equal(v, want),
+            Cond::In(values) => values.iter().any(|want| equal(v, want)),
         }
+    }
+
+    /// The encoded bounds of this condition on one field when an index can serve it:
+    /// `None` for `ne` (no single range) and an empty `in`. An `in` is served by the one
+    /// range from its smallest to its largest value; the condition itself stays in the
+    /// residual filter to drop what lies between.
+    fn index_bounds(&self) -> Option<((Value, bool), (Value, bool))> {
+        match self {
+            Cond::Ne(_) => None,
+            Cond::In(values) => {
+                let keys: Vec<Value> = values.iter().map(|v| encode(Some(v))).collect();
+                let lo = keys.iter().min_by(|a, b| cmp(a, b))?.clone();
+                let hi = keys.iter().max_by(|a, b| cmp(a, b))?.clone();
+                Some(((lo, true), (hi, true)))
+            }
+            c => Some(c.bounds()),
+        }
+    }
+
+    /// Whether an index scan over `index_bounds` answers this condition exactly.
+    fn exact_by_index(&self) -> bool {
+        !matches!(self, Cond::In(_) | Cond::Ne(_))
     }
 
     /// The encoded bounds of this condition on one field, for an index scan.
     fn bounds(&self) -> ((Value, bool), (Value, bool)) {
         match self {
             Cond::Eq(v) => ((encode(Some(v)), true), (encode(Some(v)), true)),
+            Cond::Ne(_) | Cond::In(_) => unreachable!("index_bounds serves ne and in"),
             Cond::Range { lower, upper } => (lower.clone(), upper.clone()),
             Cond::StartsWith(p) => {
                 let lower = (encode(Some(&Value::String(p.clone()))), true);
@@ -117,6 +146,11 @@ impl Cond {
             }
         }
     }
+}
+
+/// Equality as queries define it: JSON equality, with numbers compared by value (1 = 1.0).
+fn equal(v: Option<&Value>, want: &Value) -> bool {
+    v.is_some_and(|v| v == want || (v.is_number() && cmp(&encode(Some(v)), &encode(Some(want))) == Ordering::Equal))
 }
 
 /// The smallest string greater than every string starting with `p` (in UTF-16 order), if
@@ -205,7 +239,7 @@ impl Query {
             let mut ranged = false;
             let mut next_field = None;
             for f in &index.fields {
-                let found = self.conds.iter().enumerate().find(|(i, (p, _))| !used[*i] && p == f);
+                let found = self.conds.iter().enumerate().find(|(i, (p, c))| !used[*i] && p == f && c.index_bounds().is_some());
                 match found {
                     Some((i, (_, Cond::Eq(v)))) => {
                         used[i] = true;
@@ -214,7 +248,7 @@ impl Query {
                     }
                     Some((i, (_, c))) => {
                         used[i] = true;
-                        let ((lo, lo_inc), (hi, hi_inc)) = c.bounds();
+                        let ((lo, lo_inc), (hi, hi_inc)) = c.index_bounds().expect("found only with bounds");
                         lower.push(lo);
                         upper.push(hi);
                         bounds_open = (!lo_inc, !hi_inc);
@@ -255,7 +289,7 @@ impl Query {
             let plan = Plan {
                 source: Source::Index { name: index.name.clone(), lower, upper },
                 reverse: order_ok && self.order.as_ref().is_some_and(|(_, d)| *d),
-                residual: self.conds.iter().enumerate().filter(|(i, _)| !used[*i]).map(|(_, c)| c.clone()).collect(),
+                residual: self.conds.iter().enumerate().filter(|(i, (_, c))| !used[*i] || !c.exact_by_index()).map(|(_, c)| c.clone()).collect(),
                 sort: if order_ok { None } else { self.order.clone() },
                 limit: self.limit,
             };
@@ -278,28 +312,43 @@ impl Query {
 }
 
 fn parse_cond(field: &str, c: &Value) -> Result<Cond, QueryError> {
-    const OPS: [&str; 6] = ["eq", "gt", "gte", "lt", "lte", "startsWith"];
+    const OPS: [&str; 8] = ["eq", "ne", "in", "gt", "gte", "lt", "lte", "startsWith"];
+    const ALONE: [&str; 4] = ["eq", "ne", "in", "startsWith"];
     let bad = |m: String| QueryError::Invalid(format!("condition on {field:?}: {m}"));
+    // An object is always a set of operators, never a value to compare with: equality on
+    // an object is `{ eq: {...} }`, so a typo'd operator cannot silently match nothing.
     let ops = match c {
-        Value::Object(o) if o.keys().any(|k| OPS.contains(&k.as_str())) => o,
+        Value::Object(o) => o,
         other => return Ok(Cond::Eq(other.clone())),
     };
+    if ops.is_empty() {
+        return Err(bad("an empty object is not a condition: give a value, or operators (eq, ne, in, gt, gte, lt, lte, startsWith)".into()));
+    }
     if let Some(k) = ops.keys().find(|k| !OPS.contains(&k.as_str())) {
-        return Err(bad(format!("unknown operator {k:?}: use eq, gt, gte, lt, lte, startsWith")));
+        return Err(bad(format!("unknown operator {k:?}: use eq, ne, in, gt, gte, lt, lte, startsWith (for equality with an object, use {{ eq: {{...}} }})")));
     }
     if ops.len() == 1 {
-        if let Some(v) = ops.get("eq") {
-            return Ok(Cond::Eq(v.clone()));
-        }
-        if let Some(v) = ops.get("startsWith") {
-            return match v {
-                Value::String(s) => Ok(Cond::StartsWith(s.clone())),
-                _ => Err(bad("startsWith needs a string".into())),
-            };
+        let (k, v) = ops.iter().next().expect("one operator");
+        match k.as_str() {
+            "eq" => return Ok(Cond::Eq(v.clone())),
+            "ne" => return Ok(Cond::Ne(v.clone())),
+            "in" => {
+                return match v {
+                    Value::Array(values) => Ok(Cond::In(values.clone())),
+                    _ => Err(bad("in needs an array of values".into())),
+                }
+            }
+            "startsWith" => {
+                return match v {
+                    Value::String(s) => Ok(Cond::StartsWith(s.clone())),
+                    _ => Err(bad("startsWith needs a string".into())),
+                }
+            }
+            _ => {}
         }
     }
-    if ops.contains_key("eq") || ops.contains_key("startsWith") {
-        return Err(bad("eq and startsWith cannot be combined with other operators".into()));
+    if let Some(k) = ALONE.iter().find(|k| ops.contains_key(**k)) {
+        return Err(bad(format!("{k} cannot be combined with other operators")));
     }
     if (ops.contains_key("gt") && ops.contains_key("gte")) || (ops.contains_key("lt") && ops.contains_key("lte")) {
         return Err(bad("give at most one lower (gt/gte) and one upper (lt/lte) bound".into()));
@@ -390,6 +439,41 @@ mod tests {
             json!({"where": {"a": {"gt": true}}}), json!({"select": 1}), json!({"where": {"a": {"startsWith": 1}}})] {
             assert!(Query::parse(&q).is_err(), "{q}");
         }
+    }
+
+    #[test]
+    fn unknown_operators_are_refused_not_compared() {
+        for q in [json!({"where": {"n": {"between": 3}}}), json!({"where": {"v": {"$gt": 3}}}), json!({"where": {"v": {}}}),
+            json!({"where": {"v": {"in": 3}}}), json!({"where": {"v": {"in": [1], "gt": 0}}}), json!({"where": {"v": {"ne": 1, "lt": 5}}})] {
+            let e = Query::parse(&q).unwrap_err();
+            assert_eq!(crate::error::Error::from(e).code(), "INVALID_QUERY", "{q}");
+        }
+        // Equality with an object is spelled out.
+        let c = parse_cond("o", &json!({"eq": {"a": 1}})).unwrap();
+        assert!(c.matches(Some(&json!({"a": 1}))) && !c.matches(Some(&json!({"a": 2}))));
+    }
+
+    #[test]
+    fn in_and_ne() {
+        let c = parse_cond("n", &json!({"in": [1, "x", null]})).unwrap();
+        assert!(c.matches(Some(&json!(1.0))) && c.matches(Some(&json!("x"))) && c.matches(Some(&Value::Null)));
+        assert!(!c.matches(Some(&json!(2))) && !c.matches(None));
+        assert!(!parse_cond("n", &json!({"in": []})).unwrap().matches(Some(&json!(1))));
+        let c = parse_cond("n", &json!({"ne": 1})).unwrap();
+        assert!(!c.matches(Some(&json!(1.0))) && c.matches(Some(&json!(2))) && c.matches(None) && c.matches(Some(&json!("1"))));
+    }
+
+    #[test]
+    fn in_scans_one_index_range_and_filters_ne_never_uses_an_index() {
+        let p = Query::parse(&json!({"where": {"done": {"in": [true, false]}}})).unwrap().plan(&todos());
+        assert!(matches!(&p.source, Source::Index { name, lower: Some(_), upper: Some(_) } if name == "byDone"));
+        assert_eq!(p.residual.len(), 1, "the in stays as a filter");
+        let p = Query::parse(&json!({"where": {"list": {"in": ["a", "b"]}}, "orderBy": "list"})).unwrap().plan(&todos());
+        assert!(matches!(&p.source, Source::Index { name, .. } if name == "byListDate") && p.sort.is_none());
+        let p = Query::parse(&json!({"where": {"done": {"ne": true}}})).unwrap().plan(&todos());
+        assert_eq!(p.source, Source::Primary);
+        let p = Query::parse(&json!({"where": {"done": {"in": []}}})).unwrap().plan(&todos());
+        assert_eq!(p.source, Source::Primary);
     }
 
     #[test]

@@ -111,25 +111,32 @@ impl Work {
     /// A received document state (a snapshot): its registers merge into the document in
     /// `slot` (never overwriting newer local ones), and the registers that changed it are
     /// logged as ops so they can be forwarded. `skip_migrations` drops received
-    /// migration output (replicas that can migrate compute their own).
-    pub fn merge(&mut self, slot: Option<usize>, collection: &str, id: &str, theirs: &Layers, skip_migrations: bool, from: &str) {
+    /// migration output (replicas that can migrate compute their own). Returns the schema
+    /// versions of the stored document's layers that changed (none for a collection this
+    /// replica does not keep).
+    pub fn merge(&mut self, slot: Option<usize>, collection: &str, id: &str, theirs: &Layers, skip_migrations: bool, from: &str) -> Vec<u32> {
         for s in theirs.0.values().flat_map(|l| l.stamps.values()) {
             self.clock.observe(s);
         }
-        let regs = match slot {
+        let (regs, stored) = match slot {
             Some(i) => {
                 let regs = self.layers[i].get_or_insert_with(Layers::default).merge(theirs, skip_migrations);
                 self.changed[i] |= !regs.is_empty();
                 self.older[i] |= regs.iter().any(|(v, _)| *v < self.version);
-                regs
+                (regs, true)
             }
-            None => theirs.0.iter().map(|(v, l)| (*v, l.registers())).collect(),
+            None => (theirs.0.iter().map(|(v, l)| (*v, l.registers())).collect(), false),
         };
+        let mut changed = Vec::new();
         for (v, regs) in regs {
+            if stored && !regs.is_empty() {
+                changed.push(v);
+            }
             for op in DocState::registers_to_ops(collection, id, v, regs) {
                 self.log(op, Some(from));
             }
         }
+        changed
     }
 
     fn log(&mut self, op: Op, from: Option<&str>) {

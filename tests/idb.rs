@@ -146,6 +146,15 @@ fn queries() -> Vec<Value> {
         json!({"where": {"id": "d00001"}}),
         json!({"where": {"id": "d00042", "kind": "k2"}}),
         json!({"where": {"id": "d00042", "kind": "k0"}}),
+        // `in` (one index range from its smallest to its largest value, then a filter)
+        // and `ne` (never an index): the same answers as the shared selection.
+        json!({"where": {"kind": {"in": ["k1", "k3"]}}, "limit": 50}),
+        json!({"where": {"kind": {"in": ["k4", "k0"]}, "n": {"gte": 900}}, "orderBy": {"kind": "desc"}}),
+        json!({"where": {"n": {"in": [7, 500.5, 990, "7"]}}, "orderBy": "n"}),
+        json!({"where": {"n": {"in": []}}}),
+        json!({"where": {"id": {"in": ["d00042", "é1", "nope"]}}}),
+        json!({"where": {"kind": {"ne": "k2"}}, "orderBy": {"n": "desc"}, "limit": 30}),
+        json!({"where": {"kind": "k2", "n": {"ne": 7}}, "limit": 20}),
         json!(null),
     ]
 }
@@ -399,12 +408,16 @@ async fn sync_passes_converge_with_memory_replicas() {
     let schema = schema();
     let a = open_idb(&name, &schema).await;
     let b = open_memory(&schema).await;
-    a.write((0..25).map(|i| put(doc(i))).collect()).await.unwrap();
-    // Enough rows on B that A sends diffs rather than a snapshot (DESIGN §5, the 50% rule).
+    a.write((0..14).map(|i| put(doc(i))).collect()).await.unwrap();
     b.write((20..34).map(|i| put(json!({"id": format!("d{i:05}"), "kind": "b", "n": i}))).collect()).await.unwrap();
     b.write(vec![Write::Delete { collection: ITEMS.into(), id: "d00021".into() }]).await.unwrap();
+    // B first gets A's 14 rows in one diff pass; A's next 11 are then not more than half of
+    // its rows, so they go as diffs too (DESIGN §5: seed 000's rule on the gap since B's point).
+    let history = sync_pass(&a, &b, Limits { per_diff: 14, max_diffs: 1 }).await;
+    assert!(!history.snapshot && !history.capped, "{history:?}");
+    a.write((14..25).map(|i| put(doc(i))).collect()).await.unwrap();
 
-    let limits = Limits { per_diff: 10, max_diffs: 2 };
+    let limits = Limits { per_diff: 5, max_diffs: 2 };
     let first = sync_pass(&a, &b, limits).await;
     assert!(first.capped && !first.snapshot, "{first:?}");
     let second = sync_pass(&a, &b, limits).await;

@@ -208,5 +208,34 @@ async function migrateRun(url, library, run) {
   return { reset_migrate_ms: r.ms, reports: r.reports, progress: r.progress, next_round: r.again };
 }
 
-window.bench = { write, read, destroy, syncSeed, syncRun, migrateProbe, migrateSeed, migrateRun };
+// ---- Poke latency: two live replicas of one library, in two pages ----
+
+/** Wall-clock ms with sub-ms precision, comparable across pages of one browser. */
+const wall = () => performance.timeOrigin + performance.now();
+
+/** Opens replica `name` with live sync; arrivals of `poke-<i>` are stamped on `change`. */
+async function pokeOpen(url, library, name) {
+  const T = await load('tidemark');
+  await T.deleteReplica(name).catch(() => {});
+  const db = await T.openReplica({ name, schema: SCHEMA, sync: { url, library } });
+  const seen = new Map();
+  window.poke = { db, seen, expect: null };
+  db.on('change', async () => {
+    const t = wall();
+    const i = window.poke.expect;
+    if (i !== null && !seen.has(i) && (await db.get('docs', `poke-${i}`))) seen.set(i, t);
+  });
+  db.connect();
+  for (let k = 0; k < 400 && !db.status().online; k++) await sleep(25);
+  if (!db.status().online) throw new Error('poke: live sync did not come online');
+}
+
+/** Writes `poke-<i>`; returns when the write was made. */
+async function pokePut(i) {
+  const t = wall();
+  await window.poke.db.put('docs', { id: `poke-${i}`, kind: 'poke', n: i, title: 'poke' });
+  return t;
+}
+
+window.bench = { write, read, destroy, syncSeed, syncRun, migrateProbe, migrateSeed, migrateRun, pokeOpen, pokePut };
 window.ready = true;

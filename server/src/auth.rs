@@ -57,6 +57,8 @@ impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::WrongLibrary { .. } => "FORBIDDEN",
+            // Not UNAUTHORIZED: a client that can renew its token does so at once.
+            AuthError::Expired => "SYNC_TOKEN_EXPIRED",
             _ => "UNAUTHORIZED",
         }
     }

@@ -8,8 +8,10 @@
 //!   stored here plus every library the peer lists (`GET /v1/libraries`), re-read every
 //!   `refresh`. A library only the peer holds is created here by the first round.
 //! - One *link* task per (peer, library) holds a WebSocket open and runs rounds: a capped
-//!   round is followed at once by the next, a complete one by a `poll` wait. Idle rounds
-//!   record nothing (the engine's idle-pass rule), so polling costs a few messages.
+//!   round is followed at once by the next; after a complete one the link waits for rows
+//!   to land here (pushed at once), a poke from the peer (rows landed there: pulled at
+//!   once) or the `poll` interval. Idle rounds record nothing (the engine's idle-pass
+//!   rule), so polling costs a few messages.
 //! - A failure (peer down, refused, timed out) closes the connection; the link retries
 //!   after an exponential backoff with jitter, from `poll` up to `backoff_max`.
 //!
@@ -262,6 +264,7 @@ struct PeerEnv<'a> {
     app: &'a App,
     peer: &'a Peer,
     library: &'a str,
+    started: std::time::Instant,
 }
 
 impl live::Env for PeerEnv<'_> {
@@ -276,12 +279,22 @@ impl live::Env for PeerEnv<'_> {
         tokio::time::sleep(Duration::from_millis(ms)).await
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn random(&self) -> f64 {
         jitter()
     }
 
     async fn token(&self) -> Result<Option<String>, Error> {
         Ok(token(self.app, self.library))
+    }
+
+    /// Every connect mints a fresh token, so one that expired on a long-lived link is
+    /// replaced at once.
+    fn renews_token(&self) -> bool {
+        true
     }
 }
 
@@ -345,9 +358,18 @@ async fn link(app: Arc<App>, peer: Arc<Peer>, library: String) {
         backoff_max_ms: timing.backoff_max.as_millis() as u64,
         ..live::Config::new(&library, app.settings.limits)
     };
-    let env = PeerEnv { app: &app, peer: &peer, library: &library };
+    let env = PeerEnv { app: &app, peer: &peer, library: &library, started: std::time::Instant::now() };
     let events = PeerEvents { peer: &peer, library: &library };
-    let shared = live::Shared::default();
+    let shared = Arc::new(live::Shared::default());
     let ticket = shared.start().expect("a fresh link is not running");
+    // Rows landing here (from clients, or other links) are this link's local writes:
+    // push them at once instead of at the next poll.
+    let mut landed = lib.store().landed();
+    let waker = shared.clone();
+    tokio::spawn(async move {
+        while landed.changed().await.is_ok() {
+            waker.wake();
+        }
+    });
     live::live(lib.as_ref(), &env, &config, &shared, &events, ticket).await;
 }

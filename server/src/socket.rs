@@ -4,7 +4,11 @@
 //! (binary frames, invalid UTF-8, frames over the size limit, undecodable JSON) becomes a
 //! `SyncError::Protocol` — never a panic — and the transport remembers *why* (`fault`), so
 //! the connection can tell the client with the right error code before closing. Silence is
-//! detected with pings: a client that answers nothing for `idle` is dropped.
+//! detected with WebSocket pings (browsers answer them by themselves; the protocol's own
+//! `ping` is for the other direction): a client that sends nothing for `idle` is dropped,
+//! and a send that cannot complete within `idle` (a client that stopped reading) fails.
+//! The deadlines live in the transport, not in one `recv` call, so a `recv` cut short
+//! (the server pokes between messages) does not restart them.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +28,8 @@ pub struct WsTransport {
     max_frame: usize,
     idle: Duration,
     last_heard: Instant,
+    /// When the last WebSocket ping went out.
+    last_ping: Option<Instant>,
     /// Set when a `Message::Error` went out (the engine refused something itself), so the
     /// connection does not send a second error.
     pub refused: bool,
@@ -33,7 +39,7 @@ pub struct WsTransport {
 
 impl WsTransport {
     pub fn new(socket: WebSocket, max_frame: usize, idle: Duration) -> WsTransport {
-        WsTransport { socket, max_frame, idle, last_heard: Instant::now(), refused: false, fault: None }
+        WsTransport { socket, max_frame, idle, last_heard: Instant::now(), last_ping: None, refused: false, fault: None }
     }
 
     fn protocol(&mut self, code: &'static str, message: String) -> SyncError {
@@ -81,22 +87,30 @@ impl Transport for WsTransport {
         if matches!(msg, Message::Error { .. }) {
             self.refused = true;
         }
-        self.socket.send(Frame::Text(msg.encode().into())).await.map_err(|e| SyncError::Connection(e.to_string()))
+        match tokio::time::timeout(self.idle, self.socket.send(Frame::Text(msg.encode().into()))).await {
+            Err(_) => Err(SyncError::Connection(format!("the client read nothing for {} s", self.idle.as_secs()))),
+            Ok(r) => r.map_err(|e| SyncError::Connection(e.to_string())),
+        }
     }
 
     async fn recv(&mut self) -> Result<Message, SyncError> {
         let ping_every = (self.idle / 3).max(Duration::from_millis(100));
         loop {
-            let frame = match tokio::time::timeout(ping_every, self.socket.recv()).await {
-                Err(_) => {
-                    if self.last_heard.elapsed() >= self.idle {
-                        self.fault = Some(Fault { code: "TIMEOUT", message: format!("no message for {} s", self.idle.as_secs()) });
-                        return Err(SyncError::Connection("idle timeout".into()));
-                    }
-                    // Any answer (a pong) counts as a sign of life.
-                    let _ = self.socket.send(Frame::Ping(Default::default())).await;
-                    continue;
-                }
+            let now = Instant::now();
+            let dead_at = self.last_heard + self.idle;
+            if now >= dead_at {
+                self.fault = Some(Fault { code: "TIMEOUT", message: format!("no message for {} s", self.idle.as_secs()) });
+                return Err(SyncError::Connection("idle timeout".into()));
+            }
+            let ping_at = self.last_ping.map_or(self.last_heard, |p| p.max(self.last_heard)) + ping_every;
+            if now >= ping_at {
+                // Any answer (a pong) counts as a sign of life.
+                self.last_ping = Some(now);
+                let _ = tokio::time::timeout(ping_every, self.socket.send(Frame::Ping(Default::default()))).await;
+                continue;
+            }
+            let frame = match tokio::time::timeout_at(ping_at.min(dead_at).into(), self.socket.recv()).await {
+                Err(_) => continue,
                 Ok(None) => return Err(SyncError::Connection("the client went away".into())),
                 Ok(Some(Err(e))) => return Err(self.socket_error(e)),
                 Ok(Some(Ok(f))) => f,

@@ -55,6 +55,9 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Writers waiting for a seal to lift (`settle`).
     waiters: Mutex<Vec<futures::channel::oneshot::Sender<()>>>,
+    /// The max row after the last commit that added rows: what connections watch to
+    /// poke their clients (and peer links to push) when rows land.
+    landed: tokio::sync::watch::Sender<u64>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -77,7 +80,13 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = connect(&path)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), path, waiters: Mutex::default() })
+        let max_row = read_head(&conn)?.map_or(0, |h| h.max_row);
+        Ok(SqliteStore { conn: Mutex::new(conn), path, waiters: Mutex::default(), landed: tokio::sync::watch::Sender::new(max_row) })
+    }
+
+    /// Changes each time a commit adds rows (to the new max row).
+    pub fn landed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.landed.subscribe()
     }
 
     /// Sets the head's seal (a staging generation is being built from this one).
@@ -256,6 +265,10 @@ impl Store for SqliteStore {
         commit.check(loaded_head.as_ref())?;
         write_commit(&tx, &commit)?;
         tx.commit().map_err(backend)?;
+        drop(conn);
+        if let (Some(last), Some(head)) = (commit.rows.last(), &commit.head) {
+            self.landed.send_replace(head.max_row.max(last.row));
+        }
         Ok(commit)
     }
 
@@ -358,6 +371,10 @@ impl Store for SqliteStore {
             Ok(()) => {
                 remove_db_files(&from);
                 self.wake();
+                // The swapped-in generation is a new set of rows: connections pull it.
+                if let Ok(Some(head)) = read_head(&self.conn()) {
+                    self.landed.send_replace(head.max_row);
+                }
                 Ok(())
             }
             Err(e) => {

@@ -11,13 +11,15 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{close_code, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use tidemark::error::{Error, SyncError};
-use tidemark::sync::{drive, Message, Transport};
+use tidemark::sync::drive::{self, Signal};
+use tidemark::sync::{Message, Transport};
 
 use crate::app::App;
 use crate::auth;
@@ -66,7 +68,7 @@ async fn connection(app: Arc<App>, socket: WebSocket) {
             }
             let close = match f.code {
                 "FRAME_TOO_LARGE" => close_code::SIZE,
-                "UNAUTHORIZED" | "FORBIDDEN" | "BAD_LIBRARY" | "TIMEOUT" => close_code::POLICY,
+                "UNAUTHORIZED" | "FORBIDDEN" | "BAD_LIBRARY" | "TIMEOUT" | "SYNC_TOKEN_EXPIRED" => close_code::POLICY,
                 "SYNC_PROTOCOL" => close_code::PROTOCOL,
                 _ => close_code::ERROR,
             };
@@ -97,12 +99,12 @@ async fn run(app: &App, t: &mut WsTransport) -> Outcome {
     if !valid_db_id(&db_id) {
         return fault("SYNC_PROTOCOL", "hello needs the client's db id (1 to 64 letters, digits, '_' or '-')");
     }
-    let user = match &s.secret {
+    let (user, expires) = match &s.secret {
         Some(secret) => match auth::verify(secret, token.as_deref(), &library) {
-            Ok(claims) => Some(claims.user),
+            Ok(claims) => (Some(claims.user), claims.exp),
             Err(e) => return fault(e.code(), e.to_string()),
         },
-        None => None,
+        None => (None, None),
     };
     let lib = match app.registry.open(&library).await {
         Ok(lib) => lib,
@@ -120,7 +122,7 @@ async fn run(app: &App, t: &mut WsTransport) -> Outcome {
         return Outcome::Quiet;
     }
     tracing::info!(library, client = db_id, user = user.as_deref().unwrap_or("-"), "sync connection");
-    match drive::serve(lib.as_ref(), t, &db_id, s.limits).await {
+    match drive::serve(lib.as_ref(), t, &db_id, s.limits, signals(lib.store().landed(), expires)).await {
         Ok(()) => Outcome::Quiet,
         Err(Error::Sync(e)) => transport_failure(t, e),
         Err(e) => {
@@ -130,6 +132,23 @@ async fn run(app: &App, t: &mut WsTransport) -> Outcome {
     }
 }
 
+/// What the engine passes on between the client's messages: a poke each time rows land
+/// in the library, and the token's expiry (enforced on the live connection, not only at
+/// `hello`).
+fn signals(landed: tokio::sync::watch::Receiver<u64>, expires: Option<u64>) -> impl futures::Stream<Item = Signal> + Unpin {
+    let pokes = futures::stream::unfold(landed, |mut rx| async move {
+        rx.changed().await.ok()?;
+        let max_row = *rx.borrow_and_update();
+        Some((Signal::Landed(max_row), rx))
+    });
+    let expiry = futures::stream::iter(expires).then(|exp| async move {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now))).await;
+        Signal::Expired
+    });
+    Box::pin(futures::stream::select(pokes, expiry))
+}
+
 /// What to tell the client after a protocol-level failure.
 fn transport_failure(t: &WsTransport, e: SyncError) -> Outcome {
     if let Some(f) = &t.fault {
@@ -137,6 +156,7 @@ fn transport_failure(t: &WsTransport, e: SyncError) -> Outcome {
     }
     match e {
         SyncError::Protocol(m) => fault("SYNC_PROTOCOL", m),
+        SyncError::TokenExpired => fault("SYNC_TOKEN_EXPIRED", e.to_string()),
         // The client went away, or refused something itself and said so.
         SyncError::Connection(_) | SyncError::Remote { .. } | SyncError::NotConfigured => Outcome::Quiet,
     }

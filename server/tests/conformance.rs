@@ -187,12 +187,28 @@ fn queries_answer_exactly_like_the_memory_store() {
         json!({"orderBy": {"title": "desc"}, "limit": 12}),
         json!({"where": {"list": "work"}, "orderBy": "createdAt"}),
         json!({"where": {"createdAt": {"lte": 3}}, "orderBy": {"createdAt": "desc"}, "limit": 3}),
+        json!({"where": {"done": {"in": [true]}}}),
+        json!({"where": {"createdAt": {"in": [3, 5, "s7", 29]}}, "orderBy": {"createdAt": "desc"}}),
+        json!({"where": {"list": "work", "createdAt": {"in": [1, 2, 3, 4]}}, "orderBy": "createdAt"}),
+        json!({"where": {"title": {"in": ["Milk", "Ä", ""]}}, "limit": 6}),
+        json!({"where": {"id": {"in": ["a3", "B7", "zz"]}}}),
+        json!({"where": {"done": {"ne": true}}, "orderBy": "createdAt", "limit": 9}),
+        json!({"where": {"list": {"ne": "inbox"}, "title": {"startsWith": "M"}}}),
     ];
     for q in &queries {
         let a = block_on(sq.query("todos", q)).unwrap();
         let b = block_on(mem.query("todos", q)).unwrap();
         assert_eq!(a, b, "query {q}");
     }
+    // `in` and `ne` against a filter written out by hand over every document.
+    let all = block_on(mem.query("todos", &json!({}))).unwrap();
+    let by_hand = |f: &dyn Fn(&Map<String, Value>) -> bool| all.iter().filter(|d| f(d)).cloned().collect::<Vec<_>>();
+    let got = block_on(sq.query("todos", &json!({"where": {"title": {"in": ["Milk", "Ä"]}}, "orderBy": "id"}))).unwrap();
+    assert_eq!(got, by_hand(&|d| d["title"] == "Milk" || d["title"] == "Ä"));
+    assert!(!got.is_empty());
+    let got = block_on(sq.query("todos", &json!({"where": {"done": {"ne": true}}}))).unwrap();
+    assert_eq!(got, by_hand(&|d| d.get("done") != Some(&json!(true))));
+    assert!(got.len() < all.len() && !got.is_empty());
     // Stored documents match too, all but the stamps' node (each replica has its own id).
     let strip = |docs: Vec<StoredDoc>| docs.into_iter().map(|d| (d.id, d.doc, d.deleted, d.version, d.index_keys, d.stamps.len())).collect::<Vec<_>>();
     assert_eq!(strip(sq.store().dump("todos").unwrap()), strip(mem.store().dump("todos")));

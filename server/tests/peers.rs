@@ -256,6 +256,68 @@ async fn a_client_moving_to_another_server_transfers_only_what_is_missing() {
     assert_eq!(fresh_docs(&nodes[0].server).await, docs(&mover).await);
 }
 
+/// The same move, with no checkpoint to start the pull from: the mover leaves server 1 as
+/// soon as its rows are everywhere, and server 3 then runs more passes to server 2 than
+/// its session history holds, so the checkpoints the mover learned about server 3 cannot
+/// be confirmed. The pull starts from scratch — and still transfers exactly the 30 rows
+/// written since (the per-origin marks in the mover's preflight answer show it holds the
+/// rest, which reached it through other servers); the push sends its 5 offline writes.
+#[tokio::test]
+async fn a_client_moving_at_once_transfers_exactly_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = line(dir.path(), &[]);
+    let limits = Limits::default();
+    for (i, n) in nodes.iter().enumerate().skip(1) {
+        let c = writer(ids(&format!("h{i}-"), 30), 1).await;
+        sync_fully(&c, &n.server, limits, None).await;
+    }
+    let mover = writer(ids("m", 100), 1).await;
+    sync_fully(&mover, &nodes[0].server, limits, None).await;
+    eventually("everything everywhere", || same_everywhere(&nodes, LIB, 160)).await;
+    for _ in 0..100 {
+        if docs(&mover).await.len() == 160 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        round(&mover, &nodes[0].server, limits, None).await.unwrap();
+    }
+    assert_eq!(docs(&mover).await.len(), 160);
+
+    put_all(&mover, ids("away", 5), 1).await;
+    let two = writer(ids("w2-", 20), 1).await;
+    sync_fully(&two, &nodes[1].server, limits, None).await;
+    // Ten writes on server 3, one at a time, each passed on to server 2: more passes than
+    // server 3's session history holds, so no checkpoint the mover learned about server 3
+    // can be confirmed any more.
+    let three = client().await;
+    for k in 0..10 {
+        let id = format!("w3-{k:03}");
+        put_all(&three, std::iter::once(id.clone()), 1).await;
+        sync_fully(&three, &nodes[2].server, limits, None).await;
+        eventually("each write reaches server 2", || nodes[1].server.stored(LIB, "docs").contains_key(&id).then_some(()).ok_or_else(|| "not yet".into())).await;
+    }
+    eventually("the new writes reach server 3", || {
+        let n = nodes[2].server.stored(LIB, "docs").len();
+        (n == 190).then_some(()).ok_or(format!("{n} documents"))
+    })
+    .await;
+
+    let moved = round(&mover, &nodes[2].server, limits, None).await.unwrap();
+    eprintln!(
+        "moving client: pushed {} rows (push from {}), pulled {} rows (pull from {} of server 3's {})",
+        moved.sent,
+        moved.push.start,
+        moved.received,
+        moved.pull.start,
+        nodes[2].server.max_row(LIB, None)
+    );
+    assert!(!moved.capped && !moved.push.snapshot && !moved.pull.snapshot, "{moved:?}");
+    assert_eq!(moved.pull.start, -1, "no checkpoint to start the pull from");
+    assert_eq!((moved.sent, moved.received), (5, 30), "exactly what was missing: {moved:?}");
+    assert_eq!(docs(&mover).await.len(), 195);
+    eventually("the offline writes spread", || same_everywhere(&nodes, LIB, 195)).await;
+}
+
 /// A consistent copy of a running server's library file.
 fn backup(node: &Node, to: &Path) {
     let conn = rusqlite::Connection::open(node.data.join(format!("{LIB}.sqlite"))).unwrap();

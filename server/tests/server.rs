@@ -62,14 +62,16 @@ async fn capped_rounds_deliver_2500_writes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &["--per-diff", "100", "--max-diffs", "3"]);
     let limits = Limits { per_diff: 100, max_diffs: 3 };
-    // The server first holds another client's 2,500 rows, so the writer's pushes are diffs
-    // (the 50% rule would send a snapshot to an empty server).
+    // The server first holds another client's 2,500 rows, and the writer pulls them, so
+    // its 2,500 new writes are not more than half of its rows: they travel as diffs
+    // (seed 000's rule on the gap; a fresh writer would push them as one snapshot).
     let other = client().await;
     put_all(&other, (0..2_500).map(|i| format!("o{i:04}")), 1).await;
     sync_fully(&other, &server, limits, None).await;
     assert_eq!(server.max_row(LIB, None), 2_500);
 
     let writer = client().await;
+    sync_fully(&writer, &server, limits, None).await;
     put_all(&writer, (0..2_500).map(|i| format!("w{i:04}")), 2).await;
     // One long-lived connection, many rounds (the way live sync runs).
     let (mut t, id) = hello(&writer, &server, None).await.unwrap();
@@ -115,11 +117,14 @@ async fn sigkill_mid_sync_loses_and_duplicates_nothing() {
     sync_fully(&seed, &server, limits, None).await;
     assert_eq!(server.max_row(LIB, None), 1_000);
 
+    // The writer holds the seed's 1,000 rows first (so its own 1,000 go as diffs); its
+    // rows 1..=1000 are those, covered but never sent back.
     let a = client().await;
+    sync_fully(&a, &server, limits, None).await;
     put_all(&a, (0..1_000).map(|i| format!("a{i:04}")), 2).await;
     let first = round(&a, &server, limits, None).await.unwrap();
-    assert!(first.push.capped);
-    assert_eq!(first.push.end, 300);
+    assert!(first.push.capped && !first.push.snapshot);
+    assert_eq!((first.push.end, first.sent), (1_300, 300));
     // Killed between rounds.
     server.kill();
     let mut server = Server::start(&data, &[]);
@@ -142,7 +147,7 @@ async fn sigkill_mid_sync_loses_and_duplicates_nothing() {
     assert_eq!(server.max_row(LIB, None), 1_500, "both acknowledged batches are durable, nothing more");
 
     let resumed = round(&a, &server, limits, None).await.unwrap();
-    assert_eq!(resumed.push.start, 500, "resumes from the stored point");
+    assert_eq!(resumed.push.start, 1_500, "resumes from the stored point");
     sync_fully(&a, &server, limits, None).await;
     // Exactly the 2,000 distinct rows: none lost, none applied twice.
     assert_eq!(server.max_row(LIB, None), 2_000);
@@ -304,7 +309,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         ("forged token", vec![hello_frame(LIB, Some(&auth::issue(b"guess", &auth::Claims { library: LIB.into(), user: "eve".into(), exp: None })))], Some("UNAUTHORIZED")),
         ("garbage token", vec![hello_frame(LIB, Some("tm1.abc.def"))], Some("UNAUTHORIZED")),
         ("other library's token", vec![hello_frame(LIB, Some(&auth::issue(secret.as_bytes(), &auth::Claims { library: "other".into(), user: "eve".into(), exp: None })))], Some("FORBIDDEN")),
-        ("expired token", vec![hello_frame(LIB, Some(&auth::issue(secret.as_bytes(), &auth::Claims { library: LIB.into(), user: "bob".into(), exp: Some(1) })))], Some("UNAUTHORIZED")),
+        ("expired token", vec![hello_frame(LIB, Some(&auth::issue(secret.as_bytes(), &auth::Claims { library: LIB.into(), user: "bob".into(), exp: Some(1) })))], Some("SYNC_TOKEN_EXPIRED")),
         ("batch before hello", vec![text(json!({"v": 1, "type": "batch", "session": "s", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))], Some("SYNC_PROTOCOL")),
         ("batch before start", pre(vec![text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))]), Some("SYNC_PROTOCOL")),
         ("batch before preflight", pre(vec![start("push"), text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [row("feedfacecafe0001", 1)]}))]), Some("SYNC_PROTOCOL")),

@@ -6,9 +6,10 @@
 //! that changes nothing is already reflected by newer registers that are in the log, so
 //! re-sent and echoed rows are never stored twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::message::{SnapshotDoc, TableEntry};
+use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
 use crate::layers::is_migration;
 use crate::op::Op;
@@ -70,11 +71,24 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     let current = replica.schema().map(|s| s.version);
     let version = replica.version();
     let (keys, index) = unique_keys(rows.iter().filter(|r| keeps(replica, &r.op.collection)).map(|r| (r.op.collection.as_str(), r.op.id.as_str())));
+    // The records of the batch's origins carry the stamp half of their marks, raised in
+    // this same commit (see `peer`).
+    let newest = newest_by_origin(&replica.head().db_id, rows.iter().map(|r| &r.op));
+    let mut ids = vec![peer.to_string()];
+    ids.extend(newest.keys().filter(|o| o.as_str() != peer).cloned());
     let rebuild = replica.rebuild();
     let mut applied = Applied::default();
     let commit = replica
         .store()
-        .commit(&keys, &[peer.to_string()], |loaded| {
+        .commit(&keys, &ids, |loaded| {
+            let mut recs: Vec<PeerRecord> = loaded.peers.iter().map(|p| p.clone().unwrap_or_else(PeerRecord::new)).collect();
+            recs[0].note_incoming(session, covers, false);
+            for (id, rec) in ids.iter().zip(recs.iter_mut()) {
+                if let Some(stamp) = newest.get(id) {
+                    rec.note_newest(stamp);
+                }
+            }
+            let changed: Vec<(String, PeerRecord)> = ids.iter().cloned().zip(recs).zip(&loaded.peers).filter(|((_, r), b)| b.as_ref() != Some(r)).map(|(p, _)| p).collect();
             let mut w = Work::load(loaded.head, &loaded.docs, version)?;
             for r in rows {
                 // Replicas that can migrate compute migration output themselves.
@@ -88,13 +102,27 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
                 let slot = index.get(&(r.op.collection.clone(), r.op.id.clone())).copied();
                 w.receive(slot, r.op, peer);
             }
-            let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
-            rec.note_incoming(session, covers, false);
-            w.finish(&rebuild, &keys, vec![(peer.to_string(), rec)])
+            w.finish(&rebuild, &keys, changed)
         })
         .await?;
     replica.committed(&commit);
     Ok(applied)
+}
+
+/// The newest stamp each origin wrote among `ops`: ops an origin wrote itself (their
+/// stamp's node is the origin), not migration output, and none of this replica's own.
+pub fn newest_by_origin<'a>(me: &str, ops: impl Iterator<Item = &'a Op>) -> BTreeMap<String, Stamp> {
+    let mut out: BTreeMap<String, Stamp> = BTreeMap::new();
+    for op in ops.filter(|op| op.origin != me && op.ts.node == op.origin) {
+        match out.get_mut(&op.origin) {
+            Some(s) if *s >= op.ts => {}
+            Some(s) => *s = op.ts.clone(),
+            None => {
+                out.insert(op.origin.clone(), op.ts.clone());
+            }
+        }
+    }
+    out
 }
 
 /// What applying a batch or snapshot chunk noticed.
@@ -102,7 +130,8 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
 pub struct Applied {
     /// The newest schema version of ops stored but not applied (0: none).
     pub future_version: u32,
-    /// The chunk carried data written under an older schema version.
+    /// Data written under an older schema version changed a stored document (it was
+    /// migrated forward on arrival).
     pub older_version: bool,
 }
 
@@ -136,13 +165,14 @@ pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Ve
             for d in docs {
                 let theirs = d.layers();
                 if let Some(c) = current {
-                    applied.older_version |= theirs.0.keys().any(|v| *v < c);
                     if let Some(v) = theirs.0.keys().next_back().filter(|v| **v > c) {
                         applied.future_version = applied.future_version.max(*v);
                     }
                 }
                 let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
-                w.merge(slot, &d.collection, &d.id, &theirs, migrates, peer);
+                let changed = w.merge(slot, &d.collection, &d.id, &theirs, migrates, peer);
+                // A reset only when older-version data changed a stored document.
+                applied.older_version |= current.is_some_and(|c| changed.iter().any(|v| *v < c));
             }
             w.finish(&rebuild, &keys, vec![])
         })
@@ -152,30 +182,44 @@ pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Ve
 }
 
 /// Closes a received pass: records the session at its final point (for a snapshot, the
-/// sender's max row) and max-merges the sender's forwarded table as transitive entries.
+/// sender's max row), max-merges the sender's forwarded table as transitive entries, and
+/// raises the origins' newest stamps (`newest`: what a snapshot's documents showed).
 pub async fn finish_incoming<S: Store>(
     replica: &Replica<S>,
     peer: &str,
     session: &str,
     end: Point,
     table: Vec<TableEntry>,
+    newest: BTreeMap<String, Stamp>,
 ) -> Result<(), Error> {
-    finish(replica, peer, Some((session, end)), table).await
+    finish(replica, peer, Some((session, end)), table, newest).await
 }
 
 /// Closes an idle pass (see `pass`): records no session, only max-merges the table.
 pub async fn finish_idle<S: Store>(replica: &Replica<S>, peer: &str, table: Vec<TableEntry>) -> Result<(), Error> {
-    finish(replica, peer, None, table).await
+    finish(replica, peer, None, table, BTreeMap::new()).await
 }
 
-async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&str, Point)>, table: Vec<TableEntry>) -> Result<(), Error> {
+/// The newest stamp each origin wrote among a snapshot's document states (all layers).
+pub fn newest_in_docs(me: &str, docs: &[SnapshotDoc]) -> BTreeMap<String, Stamp> {
+    let mut out: BTreeMap<String, Stamp> = BTreeMap::new();
+    let stamps = docs.iter().flat_map(|d| d.stamps.values().chain(d.layers.values().flat_map(|l| l.stamps.values())));
+    for s in stamps.filter(|s| s.node != me && !is_migration(s)) {
+        if out.get(&s.node).is_none_or(|n| n < s) {
+            out.insert(s.node.clone(), s.clone());
+        }
+    }
+    out
+}
+
+async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&str, Point)>, table: Vec<TableEntry>, newest: BTreeMap<String, Stamp>) -> Result<(), Error> {
     let me = replica.head().db_id;
-    let ids = closed_ids(&me, peer, &table);
+    let ids = closed_ids(&me, peer, &table, &newest);
     let commit = replica
         .store()
         .commit(&[], &ids, |loaded| {
             let before: std::collections::BTreeMap<String, PeerRecord> = ids.iter().cloned().zip(loaded.peers).filter_map(|(id, p)| Some((id, p?))).collect();
-            Ok(Commit { peers: close_pass(&before, &me, peer, reached, &table), ..Commit::default() })
+            Ok(Commit { peers: close_pass(&before, &me, peer, reached, &table, &newest), ..Commit::default() })
         })
         .await?;
     replica.committed(&commit);
@@ -183,32 +227,46 @@ async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&st
 }
 
 /// The peers whose records closing a pass from `peer` may change.
-fn closed_ids(me: &str, peer: &str, table: &[TableEntry]) -> Vec<String> {
+fn closed_ids(me: &str, peer: &str, table: &[TableEntry], newest: &BTreeMap<String, Stamp>) -> Vec<String> {
     let mut ids = vec![peer.to_string()];
-    ids.extend(table.iter().filter(|e| e.db_id != me && e.db_id != peer && !e.db_id.is_empty()).map(|e| e.db_id.clone()));
-    ids.dedup();
+    let others = table.iter().map(|e| &e.db_id).chain(newest.keys());
+    for id in others.filter(|id| *id != me && !id.is_empty()) {
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
     ids
 }
 
 /// The peer records that closing a pass from `peer` changes, given the records `before`
 /// (by db id): the session at the pass's final point (none for an idle pass), and the
-/// sender's forwarded table max-merged as transitive entries. Records that do not change
-/// are left out (an idle pass usually changes none).
+/// sender's forwarded table max-merged as transitive entries, and the newest stamp seen
+/// from each origin (its per-origin mark). Records that do not change are left out (an
+/// idle pass usually changes none).
 pub(crate) fn close_pass(
     before: &std::collections::BTreeMap<String, PeerRecord>,
     me: &str,
     peer: &str,
     reached: Option<(&str, Point)>,
     table: &[TableEntry],
+    newest: &BTreeMap<String, Stamp>,
 ) -> Vec<(String, PeerRecord)> {
-    let ids = closed_ids(me, peer, table);
+    let ids = closed_ids(me, peer, table, newest);
     let mut recs: Vec<PeerRecord> = ids.iter().map(|id| before.get(id).cloned().unwrap_or_else(PeerRecord::new)).collect();
     if let Some((session, end)) = reached {
         recs[0].note_incoming(session, end, false);
     }
-    for e in table {
+    for e in table.iter().filter(|e| e.db_id != me && e.db_id != peer) {
         if let Some(i) = ids.iter().position(|id| *id == e.db_id) {
             recs[i].note_incoming(&e.session, e.row, true);
+            if let Some(n) = &e.newest {
+                recs[i].note_newest(n);
+            }
+        }
+    }
+    for (id, rec) in ids.iter().zip(recs.iter_mut()) {
+        if let Some(n) = newest.get(id) {
+            rec.note_newest(n);
         }
     }
     ids.into_iter().zip(recs).filter(|(id, r)| before.get(id) != Some(r)).collect()

@@ -1,7 +1,7 @@
 //! Running the sans-IO protocol machines over a `Transport`: send what a machine returns,
-//! feed it what arrives, until it is done. A local failure is told to the peer (one
-//! `error` message with the failure's code) before it is returned; a lost connection or
-//! the peer's own refusal is not answered.
+//! feed it what arrives (answering pings, skipping pongs and pokes), until it is done. A
+//! local failure is told to the peer (one `error` message with the failure's code) before
+//! it is returned; a lost connection or the peer's own refusal is not answered.
 
 use super::message::{Direction, Message};
 use super::pass::{Limits, PassReport, Progress, Step};
@@ -87,7 +87,15 @@ pub async fn run<S: Store, M: Machine<S>, T: Transport>(m: &mut M, replica: &Rep
 async fn exchange<S: Store, M: Machine<S>, T: Transport>(m: &mut M, replica: &Replica<S>, t: &mut T, first: Vec<Message>, progress: &mut impl FnMut(Progress)) -> Result<M::Out, Error> {
     send_all(t, first).await?;
     loop {
-        let msg = t.recv().await?;
+        // Liveness messages can come at any time; the machines never see them.
+        let msg = match t.recv().await? {
+            Message::Ping {} => {
+                t.send(&Message::Pong {}).await?;
+                continue;
+            }
+            Message::Pong {} | Message::Poke { .. } => continue,
+            m => m,
+        };
         let step = match m.step(replica, msg, progress).await {
             Ok(s) => s,
             Err(e) => return Err(fail(t, e).await),
@@ -161,15 +169,57 @@ impl<S: Store, F: FnMut(Direction, Progress)> Machine<S> for Tracked<'_, S::Stag
     }
 }
 
-/// Server side, after the handshake: answers the client's passes until it disconnects.
-pub async fn serve<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, client: &str, limits: Limits) -> Result<(), Error> {
+/// What a server tells a connection between the client's messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// Rows landed in the library: its max row is now this.
+    Landed(u64),
+    /// The token the connection was opened with has expired.
+    Expired,
+}
+
+/// Server side, after the handshake: answers the client's passes (and pings) until it
+/// disconnects. Between messages it passes on `signals`: a poke when rows land (so a
+/// live client pulls at once), and the end of the connection when its token expires.
+pub async fn serve<S: Store, T: Transport>(
+    replica: &Replica<S>,
+    t: &mut T,
+    client: &str,
+    limits: Limits,
+    mut signals: impl futures::Stream<Item = Signal> + Unpin,
+) -> Result<(), Error> {
+    use futures::future::{select, Either};
+    use futures::StreamExt;
     let mut serve = Serve::<S::Staging>::new(client, limits);
+    let mut signalling = true;
     let result = async {
         loop {
-            let msg = match t.recv().await {
-                Ok(m) => m,
-                Err(SyncError::Connection(_)) if serve.idle() => return Ok(()),
-                Err(e) => return Err(e.into()),
+            let next = if signalling {
+                match select(Box::pin(t.recv()), signals.next()).await {
+                    Either::Left((m, _)) => Either::Left(m),
+                    Either::Right((s, _)) => Either::Right(s),
+                }
+            } else {
+                Either::Left(t.recv().await)
+            };
+            let msg = match next {
+                Either::Right(Some(Signal::Landed(max_row))) => {
+                    t.send(&Message::Poke { max_row }).await?;
+                    continue;
+                }
+                Either::Right(Some(Signal::Expired)) => return Err(fail(t, SyncError::TokenExpired.into()).await),
+                Either::Right(None) => {
+                    signalling = false;
+                    continue;
+                }
+                Either::Left(Ok(Message::Ping {})) => {
+                    t.send(&Message::Pong {}).await?;
+                    continue;
+                }
+                Either::Left(Ok(Message::Pong {})) => continue,
+                Either::Left(Ok(m)) => m,
+                Either::Left(Err(SyncError::Connection(_))) if serve.idle() => return Ok(()),
+                Either::Left(Err(e)) => return Err(e.into()),
             };
             match serve.handle(replica, msg).await {
                 Ok(step) => send_all(t, step.out).await?,

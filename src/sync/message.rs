@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::peer::{Entry, Point};
+use crate::peer::{Entry, Mark, Point};
 use crate::clock::Stamp;
 use crate::merge::DocState;
 use crate::layers::Layers;
@@ -83,6 +83,22 @@ impl SnapshotDoc {
         }
     }
 
+    /// A document's state from its layers: the newest layer in front, the others in
+    /// `layers`. None if there is no layer.
+    pub fn from_layers(c: &str, id: &str, mut layers: Layers) -> Option<SnapshotDoc> {
+        let v = *layers.0.keys().next_back()?;
+        let top = layers.0.remove(&v)?;
+        Some(SnapshotDoc {
+            collection: c.to_string(),
+            id: id.to_string(),
+            doc: Some(top.doc),
+            stamps: top.stamps,
+            deleted: top.deleted,
+            version: v,
+            layers: layers.0,
+        })
+    }
+
     /// Every layer, by schema version (as `StoredDoc::layers`).
     pub fn layers(&self) -> Layers {
         Layers::of(self.version, &self.stamps, self.deleted, self.doc.as_ref(), &self.layers)
@@ -96,6 +112,9 @@ pub struct TableEntry {
     pub db_id: String,
     pub row: Point,
     pub session: String,
+    /// The sender's newest stamp of that replica's own ops (the stamp of its mark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<Stamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -108,8 +127,10 @@ pub enum Message {
     /// each one reached).
     Preflight { session: String, db_id: String, max_row: u64, schema_version: u32, sessions: Vec<Entry> },
     /// Receiver → sender: the point of our newest common session, the transitive entries
-    /// that could fast-forward further, and the sessions I sent under to you (so you can
-    /// tell whether I forgot rows I once gave you).
+    /// that could fast-forward further, the sessions I sent under to you (so you can
+    /// tell whether I forgot rows I once gave you), and my per-origin marks (what I hold
+    /// of each origin's own writes, so you skip them wherever they came from; sent only
+    /// when you have rows past the point).
     Point {
         session: String,
         db_id: String,
@@ -119,12 +140,9 @@ pub enum Message {
         matched: Option<String>,
         candidates: Vec<Entry>,
         sent_sessions: Vec<String>,
-        /// The receiver has a schema and holds nothing yet (a new replica joining a
-        /// library): it asks for a snapshot, which it stages, migrates in one batch (so
-        /// migrations read every document) and swaps in — rather than rows it would have
-        /// to migrate batch by batch.
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        joining: bool,
+        /// Per-origin marks (see `peer::marks`): what the receiver holds from each origin.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        marks: Vec<Mark>,
     },
     /// Sender → receiver: the pass starts after `start`, by diffs or by snapshot; `total`
     /// is how many rows (or snapshot documents) there are to move, for progress.
@@ -137,6 +155,13 @@ pub enum Message {
     End { session: String, complete: bool, max_row: u64, #[serde(default)] incoming: Option<Vec<TableEntry>> },
     Done { session: String },
     Error { code: String, message: String },
+    /// Either side, at any time: are you there? Answered at once with `pong`. Browsers
+    /// cannot send WebSocket pings, so liveness is part of the protocol.
+    Ping {},
+    Pong {},
+    /// Server → client, between or during passes: rows landed here; my max row is now
+    /// `max_row`. A live client that has not pulled that far runs a round at once.
+    Poke { max_row: u64 },
 }
 
 /// The versioned envelope every frame travels in.
@@ -179,6 +204,9 @@ impl Message {
             Message::End { .. } => "end",
             Message::Done { .. } => "done",
             Message::Error { .. } => "error",
+            Message::Ping {} => "ping",
+            Message::Pong {} => "pong",
+            Message::Poke { .. } => "poke",
         }
     }
 }
@@ -193,6 +221,15 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("\"v\":1") && text.contains("\"type\":\"ack\""));
         assert_eq!(Message::decode(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn liveness_messages_round_trip() {
+        for m in [Message::Ping {}, Message::Pong {}, Message::Poke { max_row: 9 }] {
+            assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        }
+        assert_eq!(Message::Ping {}.encode(), r#"{"v":1,"type":"ping"}"#);
+        assert!(Message::decode(r#"{"v":1,"type":"ping","x":1}"#).is_err());
     }
 
     #[test]

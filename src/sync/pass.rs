@@ -13,6 +13,9 @@
 //! - the sender's `incoming` table (taken before the pass) is forwarded only after a
 //!   complete pass, with each entry's session so the origin can vouch for it later;
 //! - a point is used only through a session both sides remember;
+//! - rows the receiver provably holds (echoes, rows within its per-origin marks) are
+//!   covered, not sent, and a batch that only covers rows does not count against the
+//!   cap: a pass that sends nothing is never capped;
 //! - an *idle* pass (complete, no batch, starting at the point of a session both sides
 //!   already share) records no new session on either side, so replicas that poll each
 //!   other do not push the sessions their points rely on out of the short history. Both
@@ -92,10 +95,18 @@ impl<T> Step<T> {
     }
 }
 
-/// Whether the sender should send a snapshot instead of diffs: the receiver holds less
-/// than half as many rows as the sender and the gap is more than one batch.
-pub fn wants_snapshot(sender_max: u64, receiver_max: u64, per_diff: usize) -> bool {
-    sender_max > 0 && (receiver_max as f64) / (sender_max as f64) < 0.5 && sender_max.saturating_sub(receiver_max) > per_diff as u64
+/// Seed 000's rule: the sender sends a snapshot instead of diffs when the rows it would
+/// send since the receiver's point are more than half of its rows and more than one
+/// batch, or when the point predates its compaction horizon (rows it no longer has).
+/// The two sides' row counts are never compared: a replica that joined by snapshot holds
+/// far fewer rows than its sender, and comparing counts made every later pull a snapshot.
+pub fn wants_snapshot(sender_max: u64, rows_to_send: u64, per_diff: usize, predates_horizon: bool) -> bool {
+    predates_horizon || rows_to_send > snapshot_threshold(sender_max, per_diff)
+}
+
+/// The most rows a pass sends as diffs: half of the sender's rows, at least one batch.
+pub fn snapshot_threshold(sender_max: u64, per_diff: usize) -> u64 {
+    (sender_max / 2).max(per_diff as u64)
 }
 
 /// Whether a complete pass is idle: it started at the point of a session both sides

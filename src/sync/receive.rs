@@ -5,10 +5,13 @@
 //! reset: it is built in a staging generation and swapped in at the end (`reset`); a
 //! relay merges snapshot chunks as they come.
 
+use std::collections::BTreeMap;
+
 use super::apply;
 use super::message::Message;
 use super::pass::{is_idle, unexpected, PassReport, Step};
 use super::reset::Reset;
+use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
 use crate::peer::{Entry, PeerRecord, Point};
 use crate::progress::{Phase, Progress};
@@ -22,6 +25,8 @@ pub struct Receiver<T> {
     report: PassReport,
     state: State,
     reset: Option<Reset<T>>,
+    /// The newest stamp of each origin seen in snapshot documents, recorded at the end.
+    newest: BTreeMap<String, Stamp>,
 }
 
 enum State {
@@ -36,7 +41,7 @@ enum State {
 impl<T: Store> Receiver<T> {
     /// A pass from `peer` (its db id) under `session`; waits for the preflight.
     pub fn new(peer: &str, session: &str) -> Receiver<T> {
-        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight, reset: None }
+        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight, reset: None, newest: BTreeMap::new() }
     }
 
     /// Gives up: a reset under way is dropped and the live generation unsealed.
@@ -65,16 +70,18 @@ impl<T: Store> Receiver<T> {
                 if db_id != self.peer {
                     return Err(SyncError::Protocol(format!("expected db {}, got {db_id}", self.peer)).into());
                 }
-                let rec = replica.store().peers().await?.remove(&self.peer).unwrap_or_else(PeerRecord::new);
+                let all = replica.store().peers().await?;
+                let rec = all.get(&self.peer).cloned().unwrap_or_else(PeerRecord::new);
                 let (point, matched) = match rec.common_point(&sessions) {
                     Some((p, s)) => (p, Some(s)),
                     None => (-1, None),
                 };
+                // Marks only matter when the sender has rows past the point.
+                let marks = if point < max_row as Point { crate::peer::marks(all.iter()) } else { Vec::new() };
                 let candidates: Vec<Entry> = rec.in_history.iter().filter(|e| e.row > point && Some(&e.session) != matched.as_ref()).cloned().collect();
                 let ceiling = candidates.iter().map(|e| e.row).chain([point]).max().unwrap_or(point);
                 let head = replica.head();
                 let shared = matched.is_some();
-                let joining = replica.schema().is_some() && point < 0 && candidates.is_empty() && head.max_row == 0;
                 self.state = State::Begin { point, shared, ceiling, their_max: max_row };
                 Ok(Step::send(vec![Message::Point {
                     session: self.session.clone(),
@@ -85,7 +92,7 @@ impl<T: Store> Receiver<T> {
                     matched,
                     candidates,
                     sent_sessions: rec.out_history.iter().map(|e| e.session.clone()).collect(),
-                    joining,
+                    marks,
                 }]))
             }
             (State::Begin { point, shared, ceiling, their_max }, Message::Begin { session, start, snapshot, total }) if session == self.session => {
@@ -119,6 +126,11 @@ impl<T: Store> Receiver<T> {
             }
             (State::Receiving { snapshot: true, shared, point, expected, total }, Message::Snapshot { session, docs }) if session == self.session => {
                 let n = docs.len() as u64;
+                for (origin, stamp) in apply::newest_in_docs(&replica.head().db_id, &docs) {
+                    if self.newest.get(&origin).is_none_or(|s| *s < stamp) {
+                        self.newest.insert(origin, stamp);
+                    }
+                }
                 let applied = match self.reset.as_mut() {
                     Some(reset) => reset.chunk(replica, docs).await?,
                     None => apply::apply_snapshot(replica, &self.peer, docs).await?,
@@ -137,13 +149,13 @@ impl<T: Store> Receiver<T> {
                 let end = if snapshot { max_row as Point } else { expected };
                 let table = if complete { incoming.unwrap_or_default() } else { Vec::new() };
                 if let Some(reset) = self.reset.take() {
-                    let rebuilt = reset.finish(replica, &self.session, end, table, progress).await?;
+                    let rebuilt = reset.finish(replica, &self.session, end, table, std::mem::take(&mut self.newest), progress).await?;
                     self.report.reset = rebuilt.from_version.is_some();
                     self.report.rebuilt = Some(rebuilt);
                 } else if complete && is_idle(shared, point, self.report.start, end, snapshot) {
                     apply::finish_idle(replica, &self.peer, table).await?;
                 } else {
-                    apply::finish_incoming(replica, &self.peer, &self.session, end, table).await?;
+                    apply::finish_incoming(replica, &self.peer, &self.session, end, table, std::mem::take(&mut self.newest)).await?;
                 }
                 self.report.capped = !complete;
                 self.report.end = end;

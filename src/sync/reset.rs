@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use super::apply::{check_snapshot, close_pass, Applied};
 use super::message::{SnapshotDoc, TableEntry};
+use crate::clock::Stamp;
 use crate::error::{Error, StoreError};
 use crate::layers::Layers;
 use crate::peer::Point;
@@ -143,9 +144,8 @@ impl<T: Store> Reset<T> {
                 let mut w = Work::load(loaded.head, &loaded.docs, current)?;
                 for d in docs {
                     let theirs = d.layers();
-                    if let Some(oldest) = theirs.0.keys().next().filter(|v| **v < current) {
+                    if theirs.0.keys().next().is_some_and(|v| *v < current) {
                         applied.older_version = true;
-                        self.report.from_version = Some(self.report.from_version.map_or(*oldest, |f| f.min(*oldest)));
                     }
                     if let Some(v) = theirs.0.keys().next_back().filter(|v| **v > current) {
                         applied.future_version = applied.future_version.max(*v);
@@ -176,9 +176,10 @@ impl<T: Store> Reset<T> {
         session: &str,
         end: Point,
         table: Vec<TableEntry>,
+        newest: BTreeMap<String, Stamp>,
         progress: &mut impl FnMut(Progress),
     ) -> Result<ResetReport, Error> {
-        match self.build(replica, session, end, table, progress).await {
+        match self.build(replica, session, end, table, &newest, progress).await {
             Ok(()) => {}
             Err(e) => return Err(self.abandon(replica, e).await),
         }
@@ -190,7 +191,15 @@ impl<T: Store> Reset<T> {
         Ok(report)
     }
 
-    async fn build<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, session: &str, end: Point, table: Vec<TableEntry>, progress: &mut impl FnMut(Progress)) -> Result<(), Error> {
+    async fn build<S: Store<Staging = T>>(
+        &mut self,
+        replica: &Replica<S>,
+        session: &str,
+        end: Point,
+        table: Vec<TableEntry>,
+        newest: &BTreeMap<String, Stamp>,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<(), Error> {
         let current = replica.version();
         let rebuild = replica.rebuild();
         // The live documents: those the snapshot did not carry are copied as they are
@@ -198,7 +207,7 @@ impl<T: Store> Reset<T> {
         // into their staged state. Their registers are already in the copied log.
         let total = replica.store().doc_count().await?;
         let mut after: Option<DocKey> = None;
-        let mut merge: Vec<(DocKey, Layers)> = Vec::new();
+        let mut merge: Vec<(DocKey, Layers, Option<Stamp>)> = Vec::new();
         loop {
             let page = replica.store().docs_after(after.as_ref(), CHUNK).await?;
             let Some((c, last)) = page.last() else { break };
@@ -209,8 +218,8 @@ impl<T: Store> Reset<T> {
                 let key = (c.clone(), d.id.clone());
                 let layers = d.all_layers();
                 if self.staged.contains(&key) {
-                    merge.push((key, layers));
-                } else if layers.0.keys().any(|v| *v < current) {
+                    merge.push((key, layers, d.migrated.clone()));
+                } else if layers.0.keys().any(|v| *v < current) && !layers.migrated_into(current) {
                     self.older.insert(key, layers);
                 } else {
                     copy.push((c, d));
@@ -224,10 +233,19 @@ impl<T: Store> Reset<T> {
         }
         // Live documents the snapshot also carried.
         for chunk in merge.chunks(CHUNK) {
-            let mut finals: Vec<(DocKey, Layers, Option<crate::clock::Stamp>)> = Vec::new();
-            for (key, live) in chunk {
-                if let Some(staged) = self.older.get_mut(key) {
-                    staged.merge(live, true);
+            let mut finals: Vec<(DocKey, Layers, Option<Stamp>)> = Vec::new();
+            for (key, live, migrated) in chunk {
+                if let Some(staged) = self.older.get(key) {
+                    // Older-version data the live document already holds (and was
+                    // migrated from) changes nothing: the document keeps its migration.
+                    let mut both = live.clone();
+                    let changed = both.merge(staged, true);
+                    if live.migrated_into(current) && !changed.iter().any(|(v, _)| *v < current) {
+                        self.older.remove(key);
+                        finals.push((key.clone(), both, migrated.clone()));
+                    } else if let Some(staged) = self.older.get_mut(key) {
+                        staged.merge(live, true);
+                    }
                     continue;
                 }
                 let staged = self.staging.get(&key.0, &key.1).await?;
@@ -236,7 +254,7 @@ impl<T: Store> Reset<T> {
                 if layers.0.keys().any(|v| *v < current) {
                     self.older.insert(key.clone(), layers);
                 } else {
-                    finals.push((key.clone(), layers, staged.and_then(|d| d.migrated)));
+                    finals.push((key.clone(), layers, staged.and_then(|d| d.migrated).or_else(|| migrated.clone())));
                 }
             }
             if finals.is_empty() {
@@ -257,10 +275,11 @@ impl<T: Store> Reset<T> {
         if let Some(v) = self.older.values().filter_map(|l| l.0.keys().next().copied()).min() {
             rebuild.check_version(v)?;
         }
+        let keeps = |c: &str| replica.schema().is_some_and(|s| s.collection(c).is_some());
+        self.report.from_version = self.older.iter().filter(|(k, _)| keeps(&k.0)).filter_map(|(_, l)| l.0.keys().next().copied()).min();
         let older = std::mem::take(&mut self.older);
         let mut head = self.staging.head().await?.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?;
         let items: Vec<Pending> = older.into_iter().map(|(key, layers)| Pending { key, layers, migrated: None, remigrate: true }).collect();
-        let keeps = |c: &str| replica.schema().is_some_and(|s| s.collection(c).is_some());
         let n = items.iter().filter(|p| keeps(&p.key.0)).count() as u64;
         progress(Progress { phase: Phase::Migrate, done: 0, total: n });
         let mut migration_rows = Vec::new();
@@ -279,7 +298,7 @@ impl<T: Store> Reset<T> {
         }
         // The peer records, closed for this pass, and the head.
         let mut peers = replica.store().peers().await?;
-        for (id, rec) in close_pass(&peers, &head.db_id, &self.peer, Some((session, end)), &table) {
+        for (id, rec) in close_pass(&peers, &head.db_id, &self.peer, Some((session, end)), &table, newest) {
             peers.insert(id, rec);
         }
         let ids: Vec<String> = peers.keys().cloned().collect();

@@ -1,16 +1,24 @@
 //! The sending role of a pass, as a sans-IO state machine: preflight, the choice between
-//! snapshot and diffs, batches that cover echoes, the cap, and the forwarded table.
+//! snapshot and diffs, batches that cover what the receiver already holds, the cap, and
+//! the forwarded table.
 //!
 //! `Sender::start` returns the preflight; `handle` takes each answer (`point`, `ack`,
 //! `done`) and returns what to send next, until the pass is done.
+//!
+//! Rows the receiver provably holds are *covered* but not sent (`Filter`): echoes (rows it
+//! wrote or gave us) and rows within its per-origin marks, wherever they came from. A
+//! batch that only covers rows does not count against `maxDiffs`, so a pass that sends
+//! nothing is never capped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::apply;
 use super::message::{Message, SnapshotDoc, TableEntry};
 use super::pass::{is_idle, unexpected, wants_snapshot, Limits, PassReport, Phase, Progress, Step};
+use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
-use crate::peer::{PeerRecord, Point};
+use crate::layers::Layers;
+use crate::peer::{Mark, PeerRecord, Point, MAX_MARKS};
 use crate::replica::Replica;
 use crate::store::{DocKey, Head, Row, Store};
 
@@ -32,11 +40,49 @@ enum State {
     Preflight { peers: BTreeMap<String, PeerRecord>, head: Head },
     /// Sending rows after `cursor`; `pending` is the batch waiting for its ack.
     Diffs { diffs: Diffs, pending: Option<Sent> },
-    /// Sending documents after `after`; a chunk waits for its ack.
-    Snapshot { after: Option<DocKey>, end: Point, total: u64, table: Vec<TableEntry>, pending: u64 },
+    /// Sending a snapshot from `at`; a chunk waits for its ack.
+    Snapshot { at: Cursor, end: Point, total: u64, table: Vec<TableEntry>, pending: u64 },
     /// `end` sent; waiting for `done`.
     Ending { outcome: Outcome },
     Done,
+}
+
+/// Where a snapshot is: first the stored documents after a key, then (for a replica
+/// with a schema) the log rows after a row of collections it does not store, so the
+/// snapshot carries every row it covers.
+enum Cursor {
+    Docs(Option<DocKey>),
+    Unkept(u64),
+    /// Everything was sent: the next ack ends the snapshot.
+    Done,
+}
+
+/// Which rows the receiver provably holds: they are covered, never sent.
+struct Filter {
+    peer: String,
+    /// Whether rows the receiver wrote or gave us may be skipped: not if it may have lost
+    /// them (it answered from an older session than our newest, or forgot a session in
+    /// which it sent us rows — it was restored from a backup).
+    echoes: bool,
+    /// Its per-origin marks: (row, stamp) by origin (see `peer`).
+    marks: HashMap<String, (Point, Stamp)>,
+}
+
+impl Filter {
+    fn sends(&self, r: &Row) -> bool {
+        if self.echoes && (r.op.origin == self.peer || r.from.as_deref() == Some(self.peer.as_str())) {
+            return false;
+        }
+        // A row numbered 0 (rebuilt from a snapshot's registers) proves nothing by its row.
+        let held = r.op.origin_row > 0
+            && self.marks.get(&r.op.origin).is_some_and(|(row, stamp)| r.op.origin_row as Point <= *row && r.op.ts <= *stamp);
+        !held
+    }
+
+    /// Whether the filter can skip anything at all.
+    fn skips_nothing(&self, sender_knows_peer: bool) -> bool {
+        self.marks.is_empty() && !sender_knows_peer
+    }
 }
 
 /// The diff phase's position and the facts its decisions rest on.
@@ -44,28 +90,18 @@ struct Diffs {
     cursor: Point,
     start: Point,
     total: u64,
-    /// Whether rows that came from the receiver may be skipped (see `continuous`).
-    continuous: bool,
+    filter: Filter,
+    /// Batches that carried rows: only those count against `maxDiffs`.
+    filled: usize,
     table: Vec<TableEntry>,
     max_row: u64,
     matched: bool,
     point: Point,
 }
 
-/// The receiver's answer to the preflight.
-struct Answer {
-    point: Point,
-    matched: Option<String>,
-    candidates: Vec<crate::peer::Entry>,
-    sent_sessions: Vec<String>,
-    their_max: u64,
-    joining: bool,
-}
-
-/// A batch in flight: the point it covers and whether it reached the end of the log.
+/// A batch in flight: the point it covers.
 struct Sent {
     covers: Point,
-    at_end: bool,
 }
 
 /// How the pass ends, recorded once `done` arrives.
@@ -108,13 +144,16 @@ impl Sender {
     /// Takes the receiver's next message.
     pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         match (std::mem::replace(&mut self.state, State::Done), msg) {
-            (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, point, matched, candidates, sent_sessions, joining, .. })
+            (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, point, matched, candidates, sent_sessions, marks, .. })
                 if session == self.session =>
             {
                 if db_id != self.peer {
                     return Err(SyncError::Protocol(format!("expected db {}, got {db_id}", self.peer)).into());
                 }
-                self.begin(replica, peers, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, joining }).await
+                if marks.len() > MAX_MARKS {
+                    return Err(SyncError::Protocol(format!("{} marks in a preflight answer; at most {MAX_MARKS}", marks.len())).into());
+                }
+                self.begin(replica, peers, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, marks }).await
             }
             (State::Diffs { diffs, pending: Some(sent) }, Message::Ack { session, point }) if session == self.session => {
                 if point != sent.covers {
@@ -122,14 +161,14 @@ impl Sender {
                 }
                 self.acked(replica, diffs, sent, progress).await
             }
-            (State::Snapshot { after, end, total, table, pending }, Message::Ack { session, point }) if session == self.session => {
+            (State::Snapshot { at, end, total, table, pending }, Message::Ack { session, point }) if session == self.session => {
                 if point != self.report.start {
                     return Err(SyncError::Protocol(format!("ack for {point}, expected {}", self.report.start)).into());
                 }
                 self.report.sent += pending;
                 self.report.batches += 1;
-                progress(Progress { phase: Phase::Snapshot, done: self.report.sent, total });
-                self.snapshot_chunk(replica, after, end, total, table).await
+                progress(Progress { phase: Phase::Snapshot, done: self.report.sent, total: total.max(self.report.sent) });
+                self.snapshot_chunk(replica, at, end, total, table).await
             }
             (State::Ending { outcome }, Message::Done { session }) if session == self.session => {
                 match outcome {
@@ -153,9 +192,10 @@ impl Sender {
 
     /// Chooses where to start and how (snapshot or diffs), and sends the first chunk.
     async fn begin<S: Store>(&mut self, replica: &Replica<S>, peers: BTreeMap<String, PeerRecord>, head: Head, answer: Answer) -> Result<Step<PassReport>, Error> {
-        let Answer { point, matched, candidates, sent_sessions, their_max, joining } = answer;
+        let Answer { point, matched, candidates, sent_sessions, their_max, marks } = answer;
         let me = head.db_id.clone();
-        let mine = peers.get(&self.peer).cloned().unwrap_or_else(PeerRecord::new);
+        let known = peers.get(&self.peer).cloned();
+        let mine = known.clone().unwrap_or_else(PeerRecord::new);
         // Fast-forward through a transitive entry only if we still remember its session.
         let mut start = point.max(-1);
         let mut cands = candidates;
@@ -169,32 +209,44 @@ impl Sender {
         }
         start = start.min(head.max_row as Point);
 
-        // Rows the peer wrote or gave us are not sent back — unless the peer may have lost
-        // them: it answered from an older session than our newest, or has forgotten a
-        // session in which it sent rows to us (it was restored from a backup).
-        let continuous = mine.newest_out().map(|e| Some(&e.session) == matched.as_ref()).unwrap_or(true)
+        let echoes = mine.newest_out().map(|e| Some(&e.session) == matched.as_ref()).unwrap_or(true)
             && mine.in_history.iter().filter(|e| !e.transitive).all(|e| sent_sessions.contains(&e.session));
+        let filter = Filter { peer: self.peer.clone(), echoes, marks: marks.into_iter().map(|m: Mark| (m.origin, (m.row, m.stamp))).collect() };
 
-        let snapshot = (start as i128) < head.max_row as i128 && (joining || wants_snapshot(head.max_row, their_max, self.limits.per_diff));
+        // Seed 000's rule on the gap since the receiver's point. The gap is what we would
+        // send: when it looks big enough for a snapshot and the receiver may already hold
+        // some of it (it has marks, or we know it), count the rows we would really send —
+        // a moving client or a replica that joined by snapshot holds most of them.
+        // Logs are never compacted (no store drops rows), so no point predates a horizon.
+        let gap = (head.max_row as Point - start.max(0)).max(0) as u64;
+        // A replica joining from nothing gets a snapshot whenever the library is more than
+        // one batch (the gap is all of it), which it stages and migrates in one batch.
+        let mut snapshot = wants_snapshot(head.max_row, gap, self.limits.per_diff, false);
+        if snapshot && !filter.skips_nothing(known.is_some()) {
+            let threshold = super::pass::snapshot_threshold(head.max_row, self.limits.per_diff);
+            let sending = count_sent(replica, start, threshold + 1, &filter).await?;
+            snapshot = wants_snapshot(head.max_row, sending, self.limits.per_diff, false);
+        }
         self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
         let table: Vec<TableEntry> = peers
             .iter()
             .filter(|(id, _)| **id != self.peer && **id != me)
             .filter_map(|(id, rec)| {
                 let e = rec.in_history.iter().max_by_key(|e| e.row)?;
-                Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
+                Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone(), newest: rec.newest.clone() })
             })
             .collect();
-        let total = if snapshot { replica.store().doc_count().await? } else { (head.max_row as Point - start).max(0) as u64 };
+        let total = if snapshot { replica.store().doc_count().await? } else { gap };
         let begin = Message::Begin { session: self.session.clone(), start, snapshot, total };
         let mut step = if snapshot {
-            self.snapshot_chunk(replica, None, head.max_row as Point, total, table).await?
+            self.snapshot_chunk(replica, Cursor::Docs(None), head.max_row as Point, total, table).await?
         } else {
             let diffs = Diffs {
                 cursor: start,
                 start,
-                total: (head.max_row as Point - start).max(0) as u64,
-                continuous,
+                total: gap,
+                filter,
+                filled: 0,
                 table,
                 max_row: head.max_row,
                 matched: matched.is_some(),
@@ -206,18 +258,31 @@ impl Sender {
         Ok(step)
     }
 
-    /// Sends the next page of documents, or ends the snapshot.
-    async fn snapshot_chunk<S: Store>(&mut self, replica: &Replica<S>, after: Option<DocKey>, end: Point, total: u64, table: Vec<TableEntry>) -> Result<Step<PassReport>, Error> {
-        let page = replica.store().docs_after(after.as_ref(), self.limits.per_diff).await?;
-        let Some((c, last)) = page.last() else {
+    /// Sends the next chunk of a snapshot — stored documents, then log rows of
+    /// collections this replica does not store (rebuilt into document states) — or ends it.
+    async fn snapshot_chunk<S: Store>(&mut self, replica: &Replica<S>, at: Cursor, end: Point, total: u64, table: Vec<TableEntry>) -> Result<Step<PassReport>, Error> {
+        let (docs, next) = match at {
+            Cursor::Docs(after) => {
+                let page = replica.store().docs_after(after.as_ref(), self.limits.per_diff).await?;
+                match page.last() {
+                    Some((c, last)) => {
+                        let next = Cursor::Docs(Some((c.clone(), last.id.clone())));
+                        (page.iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect(), next)
+                    }
+                    None if replica.schema().is_some() => unkept_docs(replica, 0, end, self.limits.per_diff).await?,
+                    None => (Vec::new(), Cursor::Done),
+                }
+            }
+            Cursor::Unkept(after) => unkept_docs(replica, after, end, self.limits.per_diff).await?,
+            Cursor::Done => (Vec::new(), Cursor::Done),
+        };
+        if docs.is_empty() {
             self.report.end = end;
             self.state = State::Ending { outcome: Outcome::Complete(end) };
             let msg = Message::End { session: self.session.clone(), complete: true, max_row: end.max(0) as u64, incoming: Some(table) };
             return Ok(Step::send(vec![msg]));
-        };
-        let next = Some((c.clone(), last.id.clone()));
-        let docs: Vec<SnapshotDoc> = page.iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect();
-        self.state = State::Snapshot { after: next, end, total, table, pending: docs.len() as u64 };
+        }
+        self.state = State::Snapshot { at: next, end, total, table, pending: docs.len() as u64 };
         Ok(Step::send(vec![Message::Snapshot { session: self.session.clone(), docs }]))
     }
 
@@ -229,56 +294,51 @@ impl Sender {
         apply::note_sent(replica, &self.peer, &self.session, sent.covers, false).await?;
         let moved = (sent.covers - diffs.start).max(0) as u64;
         progress(Progress { phase: Phase::Rows, done: moved, total: diffs.total.max(moved) });
-        if sent.at_end && replica.store().rows_after(diffs.cursor.max(0) as u64, 1).await?.is_empty() {
-            Ok(self.end(diffs, true))
-        } else {
-            self.next_batch(replica, diffs).await
-        }
+        self.next_batch(replica, diffs).await
     }
 
-    /// Fills and sends the next batch with up to `per_diff` rows to send. Echoes are
-    /// skipped without counting, but the batch still covers them so the receiver's point
-    /// moves past. Ends the pass when nothing is left or the cap is reached.
-    async fn next_batch<S: Store>(&mut self, replica: &Replica<S>, diffs: Diffs) -> Result<Step<PassReport>, Error> {
-        if self.report.batches as usize >= self.limits.max_diffs {
-            let complete = replica.store().rows_after(diffs.cursor.max(0) as u64, 1).await?.is_empty();
-            return Ok(self.end(diffs, complete));
-        }
+    /// Fills and sends the next batch: up to `per_diff` rows to send (none once
+    /// `max_diffs` batches carried rows), covering every row the receiver holds on the
+    /// way, so its point moves past them. Ends the pass when nothing is left to cover
+    /// (complete) or the next row to send does not fit (capped).
+    async fn next_batch<S: Store>(&mut self, replica: &Replica<S>, mut diffs: Diffs) -> Result<Step<PassReport>, Error> {
         let per_diff = self.limits.per_diff;
-        let sendable = |r: &Row| !diffs.continuous || (r.op.origin != self.peer && r.from.as_deref() != Some(self.peer.as_str()));
+        let room = if diffs.filled < self.limits.max_diffs { per_diff } else { 0 };
         let mut rows: Vec<Row> = Vec::new();
         let mut covers = diffs.cursor;
-        let mut at_end = false;
+        let mut blocked = false;
         let mut scanned = 0usize;
-        'fill: while rows.len() < per_diff && scanned < per_diff.saturating_mul(SCAN_FACTOR) {
+        'fill: while rows.len() < room.max(1) && scanned < per_diff.saturating_mul(SCAN_FACTOR) {
             let chunk = replica.store().rows_after(covers.max(0) as u64, per_diff).await?;
-            if chunk.len() < per_diff {
-                at_end = true;
-            }
             if chunk.is_empty() {
                 break;
             }
             for r in chunk {
-                covers = r.row as Point;
-                scanned += 1;
-                if sendable(&r) {
-                    rows.push(r);
-                    if rows.len() == per_diff {
-                        at_end = false;
+                if diffs.filter.sends(&r) {
+                    if rows.len() == room {
+                        blocked = true;
                         break 'fill;
                     }
+                    covers = r.row as Point;
+                    rows.push(r);
+                    if rows.len() == per_diff {
+                        break 'fill;
+                    }
+                } else {
+                    covers = r.row as Point;
                 }
-            }
-            if at_end {
-                break;
+                scanned += 1;
             }
         }
         if covers == diffs.cursor {
-            return Ok(self.end(diffs, true));
+            return Ok(self.end(diffs, !blocked));
+        }
+        if !rows.is_empty() {
+            diffs.filled += 1;
         }
         self.report.sent += rows.len() as u64;
         let msg = Message::Batch { session: self.session.clone(), after: diffs.cursor, covers, rows };
-        self.state = State::Diffs { diffs, pending: Some(Sent { covers, at_end }) };
+        self.state = State::Diffs { diffs, pending: Some(Sent { covers }) };
         Ok(Step::send(vec![msg]))
     }
 
@@ -297,5 +357,79 @@ impl Sender {
             max_row: diffs.max_row,
             incoming: complete.then_some(diffs.table),
         }])
+    }
+}
+
+/// The receiver's preflight answer, as `begin` uses it.
+struct Answer {
+    point: Point,
+    matched: Option<String>,
+    candidates: Vec<crate::peer::Entry>,
+    sent_sessions: Vec<String>,
+    their_max: u64,
+    marks: Vec<Mark>,
+}
+
+/// How many rows after `start` the filter lets through, counting no further than `limit`.
+async fn count_sent<S: Store>(replica: &Replica<S>, start: Point, limit: u64, filter: &Filter) -> Result<u64, Error> {
+    const CHUNK: usize = 2000;
+    let mut after = start.max(0) as u64;
+    let mut n = 0;
+    loop {
+        let rows = replica.store().rows_after(after, CHUNK).await?;
+        let Some(last) = rows.last() else { return Ok(n) };
+        after = last.row;
+        n += rows.iter().filter(|r| filter.sends(r)).count() as u64;
+        if n >= limit {
+            return Ok(n);
+        }
+    }
+}
+
+/// The next snapshot documents rebuilt from log rows (after row `after`, up to `end`) of
+/// collections this replica does not store: a replica with a schema logs such rows to
+/// forward them but keeps no document, and a snapshot must still carry them. Each run of
+/// rows of one document becomes one state; the same document may come again later in
+/// the log, which merging tolerates. Returns the documents and where to go on.
+async fn unkept_docs<S: Store>(replica: &Replica<S>, after: u64, end: Point, per_diff: usize) -> Result<(Vec<SnapshotDoc>, Cursor), Error> {
+    let keeps = |c: &str| replica.schema().is_none_or(|s| s.collection(c).is_some());
+    let mut docs: Vec<SnapshotDoc> = Vec::new();
+    let mut run: Option<(String, String, Layers)> = None;
+    let mut at = after;
+    let mut scanned = 0usize;
+    let flush = |run: &mut Option<(String, String, Layers)>, docs: &mut Vec<SnapshotDoc>| {
+        if let Some((c, id, layers)) = run.take() {
+            docs.extend(SnapshotDoc::from_layers(&c, &id, layers));
+        }
+    };
+    loop {
+        let rows = replica.store().rows_after(at, per_diff.max(1)).await?;
+        let done = rows.is_empty();
+        for r in rows {
+            if r.row as Point > end {
+                flush(&mut run, &mut docs);
+                return Ok((docs, Cursor::Done));
+            }
+            at = r.row;
+            scanned += 1;
+            if keeps(&r.op.collection) {
+                continue;
+            }
+            if !run.as_ref().is_some_and(|(c, id, _)| *c == r.op.collection && *id == r.op.id) {
+                flush(&mut run, &mut docs);
+                run = Some((r.op.collection.clone(), r.op.id.clone(), Layers::default()));
+            }
+            if let Some((_, _, layers)) = run.as_mut() {
+                layers.apply(&r.op);
+            }
+        }
+        if done {
+            flush(&mut run, &mut docs);
+            return Ok((docs, Cursor::Done));
+        }
+        if docs.len() >= per_diff || (scanned >= per_diff.saturating_mul(SCAN_FACTOR) && !docs.is_empty()) {
+            flush(&mut run, &mut docs);
+            return Ok((docs, Cursor::Unkept(at)));
+        }
     }
 }

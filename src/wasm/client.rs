@@ -5,14 +5,18 @@
 //! ```js
 //! const report = await db.syncNow();   // { sent, received, batches, capped, snapshot, reset }
 //! db.on('progress', ({ direction, done, total }) => bar.update(done / total));
-//! db.connect();                         // live: pushes writes at once, pulls every second
+//! db.connect();                         // live: pushes writes at once, pulls when poked
 //! ```
+//!
+//! `sync.token` is a string or a function returning a (promise of a) string, called on
+//! every connect — so a token that expires is replaced by reconnecting at once.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use serde_json::Value;
 use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
 
 use super::convert::to_js;
 use super::error::to_js as err_to_js;
@@ -25,15 +29,44 @@ use crate::sync::pass::{Limits, Progress};
 use crate::sync::session::RoundReport;
 use crate::sync::Direction;
 
+/// Where the token comes from.
+#[derive(Clone, Debug)]
+pub enum Token {
+    None,
+    Static(String),
+    /// `() => string | Promise<string>`, called on every connect.
+    Function(js_sys::Function),
+}
+
 /// `options.sync` as the app gives it.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
     pub url: String,
-    pub token: Option<String>,
+    pub token: Token,
     pub link: Config,
 }
 
 impl SyncConfig {
+    /// Parses `options.sync` from JS: a function `token` is kept as is, the rest must be
+    /// plain JSON.
+    pub fn from_js(v: &JsValue) -> Result<SyncConfig, Error> {
+        let bad = |m: String| Error::from(crate::error::OpenError::InvalidOptions(m));
+        let token = js_sys::Reflect::get(v, &"token".into()).unwrap_or(JsValue::UNDEFINED);
+        let (json, function) = match token.dyn_into::<js_sys::Function>() {
+            Ok(f) => {
+                let copy = js_sys::Object::assign(&js_sys::Object::new(), v.unchecked_ref());
+                let _ = js_sys::Reflect::delete_property(&copy, &"token".into());
+                (super::convert::to_json_loose(&copy).map_err(|e| bad(e.to_string()))?, Some(f))
+            }
+            Err(_) => (super::convert::to_json_loose(v).map_err(|e| bad(e.to_string()))?, None),
+        };
+        let mut cfg = SyncConfig::from_json(&json).map_err(bad)?;
+        if let Some(f) = function {
+            cfg.token = Token::Function(f);
+        }
+        Ok(cfg)
+    }
+
     pub fn from_json(v: &Value) -> Result<SyncConfig, String> {
         let o = v.as_object().ok_or("sync must be an object: { url, library, token?, perDiff?, maxDiffs? }")?;
         for k in o.keys() {
@@ -50,16 +83,21 @@ impl SyncConfig {
         let limits = Limits { per_diff: count("perDiff", 1000)?, max_diffs: count("maxDiffs", 10)? };
         Ok(SyncConfig {
             url: url.ok_or("sync.url must be a ws:// or wss:// URL")?.to_string(),
-            token: o.get("token").and_then(Value::as_str).map(str::to_string),
+            token: match o.get("token") {
+                None | Some(Value::Null) => Token::None,
+                Some(Value::String(t)) => Token::Static(t.clone()),
+                Some(_) => return Err("sync.token must be a string or a function returning one".into()),
+            },
             link: Config::new(library.ok_or("sync.library must be a non-empty string")?, limits),
         })
     }
 }
 
-/// The page's side of the driver: WebSocket, `setTimeout`, `Math.random`.
+/// The page's side of the driver: WebSocket, `setTimeout`, `performance.now`,
+/// `Math.random`, the app's token.
 struct BrowserEnv {
     url: String,
-    token: Option<String>,
+    token: Token,
 }
 
 impl live::Env for BrowserEnv {
@@ -73,13 +111,54 @@ impl live::Env for BrowserEnv {
         sleep(ms.min(u32::MAX as u64) as u32).await
     }
 
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
     fn random(&self) -> f64 {
         js_sys::Math::random()
     }
 
     async fn token(&self) -> Result<Option<String>, Error> {
-        Ok(self.token.clone())
+        match &self.token {
+            Token::None => Ok(None),
+            Token::Static(t) => Ok(Some(t.clone())),
+            Token::Function(f) => call_token(f).await,
+        }
     }
+
+    fn renews_token(&self) -> bool {
+        matches!(self.token, Token::Function(_))
+    }
+}
+
+/// Calls the app's token function and awaits its promise; its failure is a connection
+/// failure (retried with backoff), not a crash.
+async fn call_token(f: &js_sys::Function) -> Result<Option<String>, Error> {
+    let fail = |e: JsValue| {
+        let why = e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).or_else(|| e.as_string()).unwrap_or_else(|| format!("{e:?}"));
+        Error::from(SyncError::Connection(format!("sync.token() failed: {why}")))
+    };
+    let got = f.call0(&JsValue::NULL).map_err(fail)?;
+    let got = match got.dyn_into::<js_sys::Promise>() {
+        Ok(p) => wasm_bindgen_futures::JsFuture::from(p).await.map_err(fail)?,
+        Err(v) => v,
+    };
+    if got.is_undefined() || got.is_null() {
+        return Ok(None);
+    }
+    got.as_string().map(Some).ok_or_else(|| SyncError::Connection("sync.token() must return a string (or a promise of one)".into()).into())
+}
+
+/// Milliseconds on a clock that never goes back: `performance.now()` where there is one.
+fn now_ms() -> u64 {
+    let global = js_sys::global();
+    let perf = js_sys::Reflect::get(&global, &"performance".into()).ok().filter(|p| p.is_object());
+    let now = perf.and_then(|p| {
+        let f = js_sys::Reflect::get(&p, &"now".into()).ok()?.dyn_into::<js_sys::Function>().ok()?;
+        f.call0(&p).ok()?.as_f64()
+    });
+    now.unwrap_or_else(js_sys::Date::now) as u64
 }
 
 /// The wrapper's event dispatcher: `(type, payload) => void`.

@@ -84,8 +84,7 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
     let sync = if sync_js.is_undefined() || sync_js.is_null() {
         None
     } else {
-        let v = to_json_loose(&sync_js).map_err(|e| bad_options(e.to_string()))?;
-        Some(SyncConfig::from_json(&v).map_err(bad_options)?)
+        Some(SyncConfig::from_js(&sync_js)?)
     };
     let mut progress = |p: crate::sync::Progress| {
         if let Some(f) = &on_progress {
@@ -226,6 +225,13 @@ impl JsReplica {
         self.client.shared.stop();
     }
 
+    /// The page's `online` / `offline` events: offline drops the live connection at once
+    /// (`status().online` turns false), online reconnects at once.
+    #[wasm_bindgen(js_name = setNetwork)]
+    pub fn set_network(&self, online: bool) {
+        self.client.shared.set_network(online);
+    }
+
     /// The wrapper's event dispatcher: `(type, payload) => void`.
     #[wasm_bindgen(js_name = setEmitter)]
     pub fn set_emitter(&self, f: Option<js_sys::Function>) {
@@ -240,11 +246,17 @@ impl JsReplica {
     }
 
     /// Re-reads the head and sync points, after another tab wrote, synced or swapped a
-    /// new generation in (this tab follows it).
+    /// new generation in (this tab follows it); when the log grew (another tab wrote),
+    /// wakes live sync so the writes are pushed at once.
     pub fn refresh(&self) -> js_sys::Promise {
+        let shared = self.client.shared.clone();
         run(&self.inner, |r| async move {
+            let before = r.head().max_row;
             r.store().follow().await?;
             r.reload_head().await?;
+            if r.head().max_row > before {
+                shared.wake();
+            }
             Ok(JsValue::UNDEFINED)
         })
     }

@@ -69,6 +69,15 @@ pub fn pass<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits) 
 
 /// A pass that may be cut after `cut` messages from the sender; `None` if it failed.
 pub fn try_pass<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits, cut: Option<usize>) -> Option<PassReport> {
+    both_sides(s, r, limits, cut).map(|(sent, _)| sent)
+}
+
+/// One pass; the receiver's report (which says whether it was a reset).
+pub fn pass_received<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits) -> PassReport {
+    both_sides(s, r, limits, None).expect("the pass succeeds").1
+}
+
+fn both_sides<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limits, cut: Option<usize>) -> Option<(PassReport, PassReport)> {
     let (mut a, mut b) = pipe();
     a.cut_after = cut;
     let (sid, rid) = (s.head().db_id, r.head().db_id);
@@ -80,7 +89,7 @@ pub fn try_pass<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, limits: Limi
     match (sent, got) {
         (Ok(sent), Ok(got)) => {
             assert_eq!(sent.end, got.end);
-            Some(sent)
+            Some((sent, got))
         }
         _ if cut.is_some() => None,
         (s, g) => panic!("pass failed: {s:?} / {g:?}"),
@@ -117,20 +126,31 @@ pub fn a_batch_of_only_stale_rows_still_advances_incoming<B: Backend>(b: &B) {
     assert_eq!((again.start, again.sent, again.batches), (5, 0, 0));
 }
 
+/// A history of `n` rows from `s` that `r` already holds (one diff pass): a capped pass
+/// needs a gap of no more than half the sender's rows, or seed 000's rule sends a
+/// snapshot instead.
+fn synced_history<S: Store, R: Store>(s: &Replica<S>, r: &Replica<R>, prefix: &str, n: usize) {
+    put_all(s, (0..n).map(|i| format!("{prefix}{i:03}")), 0);
+    let rep = pass(s, r, Limits { per_diff: n.max(1), max_diffs: 1 });
+    assert!(!rep.snapshot && !rep.capped, "{rep:?}");
+}
+
 pub fn diff_capped_pass_resumes_and_completes<B: Backend>(b: &B) {
     let s = replica(b, 1_000);
     let r = replica(b, 9_000);
     put_all(&r, (0..100).map(|i| format!("d{i:03}")), 2);
+    // S wrote the same 60 documents before (older than R's copies) and R has those rows.
+    synced_history(&s, &r, "d", 60);
     put_all(&s, (0..50).map(|i| format!("d{i:03}")), 1);
     put_all(&s, std::iter::once("new".to_string()), 1);
     let first = pass(&s, &r, SMALL);
     assert!(first.capped && !first.snapshot);
-    assert_eq!((first.batches, first.end), (3, 30));
-    assert_eq!(incoming(&r, &s), 30);
+    assert_eq!((first.batches, first.start, first.end), (3, 60, 90));
+    assert_eq!(incoming(&r, &s), 90);
     let second = pass(&s, &r, SMALL);
     assert!(!second.capped);
-    assert_eq!(second.start, 30);
-    assert_eq!(incoming(&r, &s), 51);
+    assert_eq!(second.start, 90);
+    assert_eq!(incoming(&r, &s), 111);
     let all = docs(&r);
     assert_eq!(all.len(), 101);
     assert!(all.iter().filter(|d| d["id"] != "new").all(|d| d["n"] == 2));
@@ -141,14 +161,16 @@ pub fn a_capped_pass_forwards_no_third_party_points_and_records_no_outgoing<B: B
     let x = replica(b, 1_000);
     let s = replica(b, 2_000);
     let r = replica(b, 3_000);
+    synced_history(&s, &r, "h", 50);
+    let acked = outgoing(&s, &r);
     put_all(&x, (0..3).map(|i| format!("x{i}")), 1);
     pass(&x, &s, Limits::default());
     put_all(&s, (0..40).map(|i| format!("s{i}")), 1);
     put_all(&r, (0..40).map(|i| format!("r{i}")), 1);
     let rep = pass(&s, &r, SMALL);
-    assert!(rep.capped);
+    assert!(rep.capped && !rep.snapshot);
     assert_eq!(incoming(&r, &x), -1, "no third-party point");
-    assert_eq!(outgoing(&s, &r), -1, "no outgoing after a capped pass");
+    assert_eq!(outgoing(&s, &r), acked, "no outgoing after a capped pass");
     while pass(&s, &r, SMALL).capped {}
     assert_eq!(incoming(&r, &x), 3, "forwarded after the complete pass");
     assert_eq!(outgoing(&s, &r), s.head().max_row as i64);
@@ -159,25 +181,74 @@ pub fn a_capped_pass_forwards_no_third_party_points_and_records_no_outgoing<B: B
 pub fn points_only_move_forward<B: Backend>(b: &B) {
     let r = replica(b, 1_000);
     for row in [5, 4, -1] {
-        block_on(tidemark::sync::apply::finish_incoming(&r, "peer", "s", row, vec![])).unwrap();
+        block_on(tidemark::sync::apply::finish_incoming(&r, "peer", "s", row, vec![], Default::default())).unwrap();
     }
     let peers = block_on(r.store().peers()).unwrap();
     assert_eq!(peers["peer"].incoming, 5);
 }
 
+/// Seed 000's rule on the gap since the receiver's point (perDiff 10, sender maxRow 20):
+/// point 9 → snapshot (11 rows to send), point 10 → diffs (10 rows) — whatever the
+/// receiver holds itself (nothing, or more rows than the sender).
 pub fn fifty_percent_rule<B: Backend>(b: &B) {
-    assert!(wants_snapshot(20, 9, 10));
-    assert!(!wants_snapshot(20, 10, 10));
-    for (r_rows, snap) in [(9, true), (10, false)] {
+    assert!(wants_snapshot(20, 11, 10, false));
+    assert!(!wants_snapshot(20, 10, 10, false));
+    assert!(!wants_snapshot(2_000, 1_000, 10, false), "half is not more than half");
+    assert!(!wants_snapshot(20, 15, 100, false), "not more than one batch");
+    assert!(wants_snapshot(20, 0, 10, true), "a point before the compaction horizon");
+    let limits = Limits { per_diff: 10, max_diffs: 10 };
+    for (point, own, snap) in [(9, 0, true), (10, 0, false), (9, 50, true), (10, 50, false)] {
         let s = replica(b, 1_000);
         let r = replica(b, 2_000);
-        put_all(&s, (0..20).map(|i| format!("s{i}")), 1);
-        put_all(&r, (0..r_rows).map(|i| format!("r{i}")), 1);
-        let rep = pass(&s, &r, Limits { per_diff: 10, max_diffs: 10 });
-        assert_eq!(rep.snapshot, snap);
-        assert_eq!(docs(&r).len(), 20 + r_rows);
+        put_all(&r, (0..own).map(|i| format!("r{i}")), 1);
+        put_all(&s, (0..point).map(|i| format!("s{i}")), 1);
+        assert!(!pass(&s, &r, limits).snapshot);
+        assert_eq!(incoming(&r, &s), point as i64);
+        put_all(&s, (point..20).map(|i| format!("s{i}")), 1);
+        let rep = pass(&s, &r, limits);
+        assert_eq!((rep.start, rep.snapshot), (point as i64, snap), "point {point}, receiver rows {own}");
+        assert_eq!(docs(&r).len(), 20 + own);
         assert_eq!(incoming(&r, &s), 20);
     }
+}
+
+/// The edit-history case (issue 12): 100 notes edited 20 times, each round synced as
+/// diffs (the server holds 2,100 rows); a replica joins by snapshot and holds far fewer
+/// rows — then every new row reaches it as one row, never another snapshot, and nothing
+/// is reported as a reset. The same between two servers (relays).
+pub fn edit_history_pulls_stay_incremental<B: Backend>(b: &B) {
+    let server = relay(b, 5_000);
+    let writer = replica(b, 1_000);
+    put_all(&writer, (0..100).map(|i| format!("note{i:03}")), 0);
+    for edit in 0..=20 {
+        if edit > 0 {
+            let writes = (0..100).map(|i| Write::Patch { collection: "docs".into(), id: format!("note{i:03}"), fields: json!({"n": edit}).as_object().unwrap().clone() });
+            block_on(writer.write(writes.collect())).unwrap();
+        }
+        let rep = pass(&writer, &server, Limits::default());
+        assert!(!rep.snapshot && rep.sent == 100, "edit {edit}: {rep:?}");
+    }
+    assert_eq!(server.head().max_row, 2_100);
+    let joiner = replica(b, 2_000);
+    let join = pass_received(&server, &joiner, Limits::default());
+    assert!(join.snapshot && !join.reset && join.received == 100, "{join:?}");
+    assert!(joiner.head().max_row < 1_000, "the joiner holds far fewer rows than the server");
+    let second = relay(b, 6_000);
+    let relay_join = pass(&server, &second, Limits::default());
+    assert!(relay_join.snapshot);
+    for k in 0..5 {
+        block_on(writer.patch("docs", &format!("note{k:03}"), json!({"n": 100 + k}).as_object().unwrap().clone())).unwrap();
+        pass(&writer, &server, Limits::default());
+        for (rep, who) in [(pass_received(&server, &joiner, Limits::default()), "joiner"), (pass_received(&server, &second, Limits::default()), "server")] {
+            assert!(!rep.snapshot && !rep.reset && !rep.capped, "{who}, new row {k}: {rep:?}");
+            assert_eq!(rep.received, 1, "{who}, new row {k}: one row per pull");
+        }
+        // Its own first push covers what it holds and sends nothing.
+        let back = pass(&joiner, &server, Limits::default());
+        assert!(!back.snapshot && back.sent == 0, "{back:?}");
+    }
+    assert_eq!(docs(&joiner), docs(&writer));
+    assert_eq!(b.dump(second.store(), "docs"), b.dump(server.store(), "docs"));
 }
 
 pub fn a_snapshot_merges_and_keeps_unsynced_local_writes<B: Backend>(b: &B) {
@@ -370,7 +441,9 @@ pub fn a_lost_checkpoint_resumes_from_the_newest_common_session<B: Backend>(b: &
         feed(b, &s1, (0..5).map(|i| format!("more{i}")));
         let before = log_len(&s2);
         let rep = pass(&s1, &s2, Limits::default());
-        assert_eq!((rep.start, rep.sent), (20, 15), "receiver lost it: {receiver_lost}");
+        // From the newest common session: the 10 rows after it are covered, not sent
+        // again — the receiver's marks show it holds them — and the 5 new ones are sent.
+        assert_eq!((rep.start, rep.end, rep.sent), (20, 35, 5), "receiver lost it: {receiver_lost}");
         assert_eq!(log_len(&s2), before + 5, "re-sent rows are not stored twice");
         assert_eq!(b.dump(s2.store(), "docs"), b.dump(s1.store(), "docs"));
     }
@@ -477,6 +550,8 @@ pub fn a_capped_pass_claims_nothing_for_third_parties<B: Backend>(b: &B) {
     let a = relay(b, 1_000);
     let bb = relay(b, 2_000);
     let c = relay(b, 3_000);
+    feed(b, &bb, (0..50).map(|i| format!("h{i}")));
+    pass(&bb, &c, Limits { per_diff: 50, max_diffs: 1 });
     feed(b, &a, (0..5).map(|i| format!("a{i}")));
     pass(&a, &bb, Limits::default());
     feed(b, &bb, (0..40).map(|i| format!("b{i}")));
@@ -504,6 +579,182 @@ pub fn idle_passes_record_no_session<B: Backend>(b: &B) {
     feed(b, &s1, std::iter::once("x".to_string()));
     pass(&s1, &s2, Limits::default());
     assert_eq!(record(&s1, &s2).out_history.len(), out.len() + 1);
+}
+
+// ---- Incremental sync (issue 12) ----
+
+/// A replica that pulled many rows (by snapshot) and then wrote 51 pushes them at perDiff
+/// 10 × maxDiffs 3 in exactly two passes: the rows it pulled are covered, not sent, and
+/// batches that only cover rows do not count against the cap. A pass that then sends
+/// nothing is not capped.
+pub fn a_push_after_a_big_pull_is_not_capped_by_covered_rows<B: Backend>(b: &B) {
+    let server = relay(b, 5_000);
+    let writer = replica(b, 1_000);
+    put_all(&writer, (0..3_000).map(|i| format!("w{i:04}")), 1);
+    pass(&writer, &server, Limits::default());
+    let c = replica(b, 2_000);
+    assert!(pass(&server, &c, Limits::default()).snapshot);
+    put_all(&c, (0..51).map(|i| format!("c{i:02}")), 2);
+    let mut reports = Vec::new();
+    loop {
+        let rep = pass(&c, &server, SMALL);
+        assert!(!rep.snapshot, "{rep:?}");
+        reports.push((rep.sent, rep.capped));
+        if !rep.capped || reports.len() > 10 {
+            break;
+        }
+    }
+    assert_eq!(reports, vec![(30, true), (21, false)], "51 rows in two passes");
+    let idle = pass(&c, &server, SMALL);
+    assert_eq!((idle.sent, idle.capped), (0, false));
+    assert_eq!(b.dump(server.store(), "docs").len(), 3_051);
+}
+
+/// Three servers in a line (relays 0 – 1 – 2). A client that synced with server 0 moves to
+/// server 2 after server 2 forgot every session its checkpoints could vouch for: the pass
+/// from server 2 starts from scratch, yet it pushes only its 5 offline writes and pulls
+/// only the 9 rows written since it left — not the 130 server 2 holds that it already
+/// has, which came to server 2 by another path. Its marks say what it holds.
+pub fn a_moving_client_transfers_only_what_is_missing<B: Backend>(b: &B) {
+    let s: Vec<Replica<B::S>> = (0..3).map(|i| relay(b, 1_000 + i)).collect();
+    let mover = replica(b, 4_000);
+    let other = replica(b, 5_000);
+    let full = Limits::default();
+    let around = |s: &[Replica<B::S>]| {
+        for _ in 0..2 {
+            for (x, y) in [(0, 1), (1, 2), (2, 1), (1, 0)] {
+                while pass(&s[x], &s[y], full).capped {}
+            }
+        }
+    };
+    put_all(&other, (0..30).map(|i| format!("o{i:02}")), 1);
+    pass(&other, &s[2], full);
+    put_all(&mover, (0..100).map(|i| format!("m{i:03}")), 1);
+    pass(&mover, &s[0], full);
+    around(&s);
+    let pulled = pass(&s[0], &mover, full);
+    assert_eq!(pulled.sent, 30, "the other client's rows, not its own");
+    // Server 2 moves on: more data-moving passes to server 1 than its session history
+    // holds, so no checkpoint the mover learned about server 2 can be confirmed.
+    for k in 0..=tidemark::peer::HISTORY {
+        put_all(&other, std::iter::once(format!("late{k}")), 2);
+        pass(&other, &s[2], full);
+        pass(&s[2], &s[1], full);
+    }
+    put_all(&mover, (0..5).map(|i| format!("away{i}")), 3);
+    let small = Limits { per_diff: 10, max_diffs: 3 };
+    let push = pass(&mover, &s[2], small);
+    assert_eq!((push.sent, push.snapshot, push.capped), (5, false, false), "{push:?}");
+    let pull = pass(&s[2], &mover, small);
+    assert_eq!(pull.start, -1, "no checkpoint to start from");
+    assert_eq!((pull.sent, pull.snapshot, pull.capped), (9, false, false), "{pull:?}");
+    assert_eq!(pull.end, s[2].head().max_row as i64);
+    assert_eq!(docs(&mover).len(), 144);
+    around(&s);
+    assert_eq!(b.dump(s[0].store(), "docs"), b.dump(s[2].store(), "docs"));
+}
+
+/// Two servers that both got a client's rows straight from it transfer none of them to
+/// each other: each one's marks show it holds them, so the passes only cover them.
+pub fn servers_that_both_got_a_clients_rows_transfer_nothing_twice<B: Backend>(b: &B) {
+    let (one, two) = (relay(b, 1_000), relay(b, 2_000));
+    let c = replica(b, 3_000);
+    put_all(&c, (0..50).map(|i| format!("c{i:02}")), 1);
+    pass(&c, &one, Limits::default());
+    pass(&c, &two, Limits::default());
+    for (x, y) in [(&one, &two), (&two, &one)] {
+        let rep = pass(x, y, Limits::default());
+        assert_eq!((rep.sent, rep.end), (0, x.head().max_row as i64), "{rep:?}");
+    }
+    // A row only one of them has still travels.
+    put_all(&c, std::iter::once("late".to_string()), 2);
+    pass(&c, &one, Limits::default());
+    assert_eq!(pass(&one, &two, Limits::default()).sent, 1);
+    assert_eq!(b.dump(one.store(), "docs"), b.dump(two.store(), "docs"));
+}
+
+fn wide_schema() -> Schema {
+    Schema::from_json(json!({"version": 1, "collections": {"docs": {"primaryKey": "id", "indexes": {"byN": "n"}}, "notes": {"primaryKey": "id"}}})).unwrap()
+}
+
+/// A replica whose schema lacks a collection still forwards its rows — and a snapshot it
+/// sends carries them too: every row the snapshot claims to cover arrives.
+pub fn a_snapshot_carries_collections_the_sender_does_not_store<B: Backend>(b: &B) {
+    let server = relay(b, 5_000);
+    let wide = block_on(Replica::open(b.fresh(), wide_schema(), Box::new(|| 1_000))).unwrap();
+    let notes: Vec<Write> = (0..20).map(|i| Write::Put { collection: "notes".into(), doc: json!({"id": format!("n{i:02}"), "text": i}).as_object().unwrap().clone() }).collect();
+    block_on(wide.write(notes)).unwrap();
+    block_on(wide.patch("notes", "n03", json!({"text": "edited"}).as_object().unwrap().clone())).unwrap();
+    block_on(wide.delete("notes", "n04")).unwrap();
+    put_all(&wide, (0..5).map(|i| format!("w{i}")), 1);
+    pass(&wide, &server, Limits::default());
+    let narrow = replica(b, 2_000);
+    pass(&server, &narrow, Limits::default());
+    assert!(block_on(narrow.query("notes", &json!({}))).is_err(), "the narrow replica does not store notes");
+    put_all(&narrow, (0..30).map(|i| format!("own{i}")), 2);
+    // A fresh relay gets the narrow replica's data by snapshot.
+    let fresh = relay(b, 6_000);
+    let rep = pass(&narrow, &fresh, SMALL);
+    assert!(rep.snapshot, "{rep:?}");
+    assert_eq!(b.dump(fresh.store(), "notes"), b.dump(server.store(), "notes"), "every note, the edit and the delete included");
+    assert_eq!(b.dump(fresh.store(), "notes").len(), 20);
+    assert_eq!(b.dump(fresh.store(), "docs").len(), 35);
+    // And on to a replica that stores notes.
+    let reader = block_on(Replica::open(b.fresh(), wide_schema(), Box::new(|| 7_000))).unwrap();
+    pass(&fresh, &reader, Limits::default());
+    let got = block_on(reader.query("notes", &json!({"orderBy": "id"}))).unwrap();
+    assert_eq!(got.len(), 19);
+    assert_eq!(got[3]["text"], "edited");
+}
+
+fn versioned(v: u32) -> Schema {
+    Schema::from_json(json!({"version": v, "collections": {"docs": {"primaryKey": "id", "indexes": {"byN": "n"}}}})).unwrap()
+}
+
+/// Version 2 marks every document it migrates.
+struct MarkV2;
+impl tidemark::migrate::Migrator for MarkV2 {
+    fn has_step(&self, to: u32) -> bool {
+        to == 2
+    }
+    fn migrate(&self, _: u32, _: &str, docs: Vec<Map<String, Value>>, _: &dyn tidemark::migrate::Context) -> Result<Vec<Option<Map<String, Value>>>, tidemark::error::MigrateError> {
+        Ok(docs
+            .into_iter()
+            .map(|mut d| {
+                d.insert("v2".into(), json!(true));
+                Some(d)
+            })
+            .collect())
+    }
+}
+
+/// `reset` is reported when older-version data changed something, not whenever a
+/// snapshot holds older layers: a second snapshot whose version-1 data the replica has
+/// already migrated is no reset.
+pub fn reset_only_when_older_version_data_changes_something<B: Backend>(b: &B) {
+    let at = |v: u32, wall: u64| {
+        let schemas = tidemark::migrate::Schemas::new(versioned(v), (1..v).map(versioned).collect()).unwrap();
+        block_on(Replica::open_migrating(b.fresh(), schemas, Box::new(MarkV2), Box::new(move || wall))).unwrap()
+    };
+    let limits = Limits { per_diff: 10, max_diffs: 100 };
+    let server = relay(b, 5_000);
+    let old = at(1, 1_000);
+    put_all(&old, (0..30).map(|i| format!("old{i:02}")), 1);
+    pass(&old, &server, limits);
+    let c = at(2, 2_000);
+    let first = pass_received(&server, &c, limits);
+    assert!(first.snapshot && first.reset, "{first:?}");
+    assert!(docs(&c).iter().all(|d| d["v2"] == true));
+    pass(&c, &server, limits);
+    assert!(!pass_received(&server, &c, limits).reset);
+    // Many new version-2 rows: the next pull is a snapshot again, with the same
+    // version-1 layers — nothing older changed, so no reset.
+    let new = at(2, 3_000);
+    put_all(&new, (0..300).map(|i| format!("new{i:03}")), 2);
+    while pass(&new, &server, limits).capped {}
+    let second = pass_received(&server, &c, limits);
+    assert!(second.snapshot && !second.reset, "{second:?}");
+    assert_eq!(docs(&c).len(), 330);
 }
 
 struct Rng(u64);
@@ -596,6 +847,10 @@ macro_rules! conformance {
                 scenarios::fifty_percent_rule(&$backend);
             }
             #[test]
+            fn edit_history_pulls_stay_incremental() {
+                scenarios::edit_history_pulls_stay_incremental(&$backend);
+            }
+            #[test]
             fn a_snapshot_merges_and_keeps_unsynced_local_writes() {
                 scenarios::a_snapshot_merges_and_keeps_unsynced_local_writes(&$backend);
             }
@@ -650,6 +905,26 @@ macro_rules! conformance {
             #[test]
             fn idle_passes_record_no_session() {
                 scenarios::idle_passes_record_no_session(&$backend);
+            }
+            #[test]
+            fn a_push_after_a_big_pull_is_not_capped_by_covered_rows() {
+                scenarios::a_push_after_a_big_pull_is_not_capped_by_covered_rows(&$backend);
+            }
+            #[test]
+            fn a_moving_client_transfers_only_what_is_missing() {
+                scenarios::a_moving_client_transfers_only_what_is_missing(&$backend);
+            }
+            #[test]
+            fn servers_that_both_got_a_clients_rows_transfer_nothing_twice() {
+                scenarios::servers_that_both_got_a_clients_rows_transfer_nothing_twice(&$backend);
+            }
+            #[test]
+            fn a_snapshot_carries_collections_the_sender_does_not_store() {
+                scenarios::a_snapshot_carries_collections_the_sender_does_not_store(&$backend);
+            }
+            #[test]
+            fn reset_only_when_older_version_data_changes_something() {
+                scenarios::reset_only_when_older_version_data_changes_something(&$backend);
             }
             #[test]
             fn five_replicas_converge() {

@@ -55,6 +55,9 @@ export async function startServer({ perDiff, maxDiffs, extraArgs = [] } = {}) {
       await exited;
     },
     async restart(signal = 'SIGTERM') { await srv.kill(signal); await srv.start(); },
+    /** SIGSTOP: the process keeps its sockets open but answers nothing (a half-open path). */
+    pause() { child.kill('SIGSTOP'); },
+    resume() { child.kill('SIGCONT'); },
     async status(library) { return (await fetch(`${url}/v1/libraries/${library}/status`)).json(); },
     /** Copies every file of the data dir (the SQLite file and its WAL) to `dir`. */
     async copyData(dir) {

@@ -77,11 +77,14 @@ test('2,500 writes arrive over several capped passes (perDiff 100, maxDiffs 3)',
   try {
     const page = await h.openPage();
     const sync = { url: srv.wsUrl, library: 'capped', perDiff: 100, maxDiffs: 3 };
-    // The server and the reader already hold 2,500 rows, so by the 50% rule the new
-    // writes travel as diffs (an empty receiver would get one snapshot instead).
+    // The server, the reader and the writer already hold 2,500 rows, so the 2,500 new
+    // writes are not more than half of the writer's rows (seed 000's rule on the gap):
+    // they travel as diffs, pushed and pulled in capped passes. A writer with nothing
+    // else would push them as one snapshot.
     await seed(page, 'cap-seed', sync, 's', 2500);
     await withReplica(page, 'cap-r', sync, async (db) => { for (;;) { if (!(await db.syncNow()).capped) break; } });
     const pushed = await withReplica(page, 'cap-w', sync, async (db) => {
+      for (;;) { if (!(await db.syncNow()).capped) break; }
       const docs = Array.from({ length: 2500 }, (_, i) => ({ id: `d${i}`, n: i }));
       for (let i = 0; i < docs.length; i += 500) await db.putMany('todos', docs.slice(i, i + 500));
       const reports = [];

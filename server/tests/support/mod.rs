@@ -276,3 +276,122 @@ pub async fn sync_fully(r: &Replica<MemoryStore>, server: &Server, limits: Limit
 pub async fn docs(r: &Replica<MemoryStore>) -> Vec<serde_json::Map<String, Value>> {
     r.query("docs", &json!({})).await.unwrap()
 }
+
+// ---- A native live client: the engine's connection driver over tokio ----
+
+/// What a live client's driver reported, with when.
+#[derive(Default)]
+pub struct LiveLog {
+    pub online: std::cell::RefCell<Vec<(bool, std::time::Instant)>>,
+    pub rounds: std::cell::RefCell<Vec<(RoundReport, std::time::Instant)>>,
+    pub errors: std::cell::RefCell<Vec<(String, std::time::Instant)>>,
+}
+
+impl tidemark::sync::live::Events for LiveLog {
+    fn online(&self, server: Option<&str>) {
+        self.online.borrow_mut().push((server.is_some(), std::time::Instant::now()));
+    }
+    fn progress(&self, _: tidemark::sync::Direction, _: tidemark::sync::Progress) {}
+    fn round(&self, report: &RoundReport) {
+        self.rounds.borrow_mut().push((report.clone(), std::time::Instant::now()));
+    }
+    fn error(&self, e: &Error) {
+        self.errors.borrow_mut().push((e.code().to_string(), std::time::Instant::now()));
+    }
+}
+
+/// Tokio sockets and timers for the driver; the token comes from `token` on every connect.
+pub struct TokioEnv {
+    pub url: String,
+    pub token: Box<dyn Fn() -> Option<String>>,
+    pub renews: bool,
+    pub connects: std::cell::Cell<u32>,
+    started: std::time::Instant,
+}
+
+impl TokioEnv {
+    pub fn new(url: String, token: Box<dyn Fn() -> Option<String>>, renews: bool) -> TokioEnv {
+        TokioEnv { url, token, renews, connects: std::cell::Cell::new(0), started: std::time::Instant::now() }
+    }
+}
+
+impl tidemark::sync::live::Env for TokioEnv {
+    type Conn = tidemark_server::upstream::Upstream;
+    async fn connect(&self) -> Result<Self::Conn, Error> {
+        self.connects.set(self.connects.get() + 1);
+        let url = tidemark_server::upstream::PeerUrl::parse(&self.url).map_err(SyncError::Connection)?;
+        Ok(tidemark_server::upstream::Upstream::connect(&url, 16 << 20, Duration::from_secs(10), Duration::from_secs(120)).await?)
+    }
+    async fn sleep(&self, ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await
+    }
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+    fn random(&self) -> f64 {
+        0.5
+    }
+    async fn token(&self) -> Result<Option<String>, Error> {
+        Ok((self.token)())
+    }
+    fn renews_token(&self) -> bool {
+        self.renews
+    }
+}
+
+/// A client replica running live sync on the current `LocalSet` until `stop()`.
+pub struct LiveClient {
+    pub replica: std::rc::Rc<Replica<MemoryStore>>,
+    pub shared: std::rc::Rc<tidemark::sync::live::Shared>,
+    pub log: std::rc::Rc<LiveLog>,
+    pub env: std::rc::Rc<TokioEnv>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl LiveClient {
+    /// Starts live sync of a new client replica with `cfg` (library `LIB`).
+    pub async fn start(env: TokioEnv, cfg: tidemark::sync::live::Config) -> LiveClient {
+        let replica = std::rc::Rc::new(client().await);
+        let shared = std::rc::Rc::new(tidemark::sync::live::Shared::default());
+        let log = std::rc::Rc::new(LiveLog::default());
+        let env = std::rc::Rc::new(env);
+        let ticket = shared.start().expect("not running yet");
+        let (r, s, l, e) = (replica.clone(), shared.clone(), log.clone(), env.clone());
+        let task = tokio::task::spawn_local(async move {
+            tidemark::sync::live::live(r.as_ref(), e.as_ref(), &cfg, s.as_ref(), l.as_ref(), ticket).await;
+        });
+        LiveClient { replica, shared, log, env, task }
+    }
+
+    /// A local write, then a wake (as the browser's writes do).
+    pub async fn put(&self, id: &str, n: i64) {
+        put_all(&self.replica, std::iter::once(id.to_string()), n).await;
+        self.shared.wake();
+    }
+
+    pub fn online_changes(&self) -> Vec<bool> {
+        self.log.online.borrow().iter().map(|(on, _)| *on).collect()
+    }
+
+    pub fn error_codes(&self) -> Vec<String> {
+        self.log.errors.borrow().iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    pub async fn has(&self, id: &str) -> bool {
+        self.replica.get("docs", id).await.unwrap().is_some()
+    }
+
+    pub async fn stop(self) {
+        self.shared.stop();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+/// Waits (bounded by `within`) until `check` holds; panics with `what` otherwise.
+pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {} s", within.as_secs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
