@@ -223,7 +223,7 @@ async fn supervise(app: Arc<App>, peer: Arc<Peer>) {
     let timing = app.settings.peer_timing;
     let mut running: BTreeSet<String> = BTreeSet::new();
     loop {
-        let mut names: BTreeSet<String> = listing::local(app.registry.data_dir()).into_iter().collect();
+        let mut names: BTreeSet<String> = app.registry.names().await.unwrap_or_default().into_iter().collect();
         match listing::fetch(&peer.url, token(&app, ANY_LIBRARY).as_deref(), app.settings.hello_timeout).await {
             Ok(theirs) => {
                 names.extend(theirs);
