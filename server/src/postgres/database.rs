@@ -152,7 +152,8 @@ impl Shared {
 fn connection_config(settings: &Settings) -> Result<tokio_postgres::Config, Error> {
     let mut config: tokio_postgres::Config =
         settings.url.parse().map_err(|e| Error::Config(format!("--postgres {}: {e}", redact(&settings.url))))?;
-    let timeout = format!("-c idle_in_transaction_session_timeout={}", settings.idle_in_transaction.as_millis().max(1));
+    // CREATE … IF NOT EXISTS and friends would fill the log with notices.
+    let timeout = format!("-c idle_in_transaction_session_timeout={} -c client_min_messages=warning", settings.idle_in_transaction.as_millis().max(1));
     let options = match config.get_options() {
         Some(o) if !o.is_empty() => format!("{o} {timeout}"),
         _ => timeout,

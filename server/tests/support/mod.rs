@@ -101,6 +101,11 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// The process id (to pause and resume it with signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
