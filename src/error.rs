@@ -95,6 +95,10 @@ pub enum MigrateError {
     BadHistory(String),
     #[error("a migration failed: {0}")]
     Failed(String),
+    /// The app's function threw on the `index`-th document of a batch (the engine names
+    /// the document: `Failed`).
+    #[error("a migration threw on document {index} of its batch: {message}")]
+    Threw { index: usize, message: String },
 }
 
 /// Any Tidemark error.
@@ -146,7 +150,7 @@ impl Error {
                 MigrateError::MissingMigration(_) => "MISSING_MIGRATION",
                 MigrateError::Newer { .. } => "VERSION_TOO_OLD",
                 MigrateError::BadHistory(_) => "INVALID_SCHEMA",
-                MigrateError::Failed(_) => "MIGRATION_FAILED",
+                MigrateError::Failed(_) | MigrateError::Threw { .. } => "MIGRATION_FAILED",
             },
             Error::Sync(e) => match e {
                 SyncError::Connection(_) => "SYNC_CONNECTION",

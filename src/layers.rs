@@ -32,14 +32,20 @@ pub struct Layers(pub BTreeMap<u32, DocState>);
 
 impl Layers {
     /// A stored record's layers: those of other versions (`others`) plus the one of
-    /// version `v`, whose fields are `own` (its own fields, or the view when it was not
-    /// migrated) with `stamps` and the tombstone flag `deleted`.
-    pub fn of(v: u32, stamps: &BTreeMap<String, Stamp>, deleted: bool, own: Option<&Map<String, Value>>, others: &BTreeMap<u32, DocState>) -> Layers {
+    /// version `v`, whose fields are `doc` (the layer materialized) with `stamps` and the
+    /// tombstone flag `deleted`.
+    pub fn of(v: u32, stamps: &BTreeMap<String, Stamp>, deleted: bool, doc: Option<&Map<String, Value>>, others: &BTreeMap<u32, DocState>) -> Layers {
         let mut l = others.clone();
         if !stamps.is_empty() {
-            l.insert(v, DocState { doc: own.cloned().unwrap_or_default(), stamps: stamps.clone(), deleted });
+            l.insert(v, DocState { doc: doc.cloned().unwrap_or_default(), stamps: stamps.clone(), deleted });
         }
         Layers(l)
+    }
+
+    /// Whether the layer of version `v` carries migration output (the document was
+    /// migrated into `v` and its view is that layer materialized).
+    pub fn migrated_into(&self, v: u32) -> bool {
+        self.0.get(&v).and_then(|l| l.stamps.get(ROOT)).is_some_and(is_migration)
     }
 
     /// Merges an op into the layer of its version. Returns whether anything changed.

@@ -17,8 +17,6 @@ use crate::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
 
 #[derive(Default, Clone)]
 struct Inner {
-    /// A staging generation is being built: commits are refused until swap or abandon.
-    sealed: bool,
     head: Option<Head>,
     docs: BTreeMap<String, BTreeMap<String, StoredDoc>>,
     log: Vec<Row>,
@@ -58,7 +56,7 @@ impl MemoryStore {
 
     /// A copy of everything stored, as a backup would hold it (for restore tests).
     pub fn backup(&self) -> MemoryStore {
-        MemoryStore { inner: Mutex::new(Inner { sealed: false, ..self.inner.lock().unwrap().clone() }), waiters: Mutex::default() }
+        MemoryStore { inner: Mutex::new(self.inner.lock().unwrap().clone()), waiters: Mutex::default() }
     }
 }
 
@@ -94,9 +92,6 @@ impl Store for MemoryStore {
             docs: keys.iter().map(|(c, id)| inner.docs.get(c).and_then(|m| m.get(id)).cloned()).collect(),
             peers: peers.iter().map(|p| inner.peers.get(p).cloned()).collect(),
         };
-        if inner.sealed {
-            return Err(StoreError::Sealed.into());
-        }
         let loaded_head = loaded.head.clone();
         let commit = f(loaded)?;
         commit.check(loaded_head.as_ref())?;
@@ -182,10 +177,11 @@ impl Store for MemoryStore {
         if inner.closed {
             return Err(StoreError::Closed.into());
         }
-        if inner.sealed {
+        let head = inner.head.as_mut().ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+        if head.sealed {
             return Err(StoreError::Sealed.into());
         }
-        inner.sealed = true;
+        head.sealed = true;
         Ok(MemoryStore::new())
     }
 
@@ -193,17 +189,27 @@ impl Store for MemoryStore {
         let fresh = staging.inner.into_inner().unwrap();
         {
             let mut inner = self.inner.lock().unwrap();
-            if !inner.sealed {
+            if !inner.head.as_ref().is_some_and(|h| h.sealed) {
                 return Err(StoreError::Backend("swap without a staging generation".into()).into());
             }
-            *inner = Inner { sealed: false, closed: inner.closed, ..fresh };
+            if fresh.head.as_ref().is_none_or(|h| h.sealed) {
+                if let Some(h) = inner.head.as_mut() {
+                    h.sealed = false;
+                }
+                drop(inner);
+                self.wake();
+                return Err(StoreError::Backend("the staging generation has no head, or a sealed one".into()).into());
+            }
+            *inner = Inner { closed: inner.closed, ..fresh };
         }
         self.wake();
         Ok(())
     }
 
     async fn abandon(&self, _staging: MemoryStore) -> Result<(), Error> {
-        self.inner.lock().unwrap().sealed = false;
+        if let Some(h) = self.inner.lock().unwrap().head.as_mut() {
+            h.sealed = false;
+        }
         self.wake();
         Ok(())
     }
@@ -211,7 +217,7 @@ impl Store for MemoryStore {
     async fn settle(&self) -> Result<(), Error> {
         let wait = {
             let inner = self.inner.lock().unwrap();
-            if !inner.sealed {
+            if !inner.head.as_ref().is_some_and(|h| h.sealed) {
                 return Ok(());
             }
             let (tx, rx) = futures::channel::oneshot::channel();

@@ -14,6 +14,7 @@
 //! replicas such as the server hold the migrated state; replicas that can migrate
 //! recompute it themselves and ignore such ops.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
@@ -23,6 +24,7 @@ use crate::error::{Error, MigrateError};
 use crate::layers::{strip_migrations, Layers, MIGRATION_NODE};
 use crate::merge::{DocState, ROOT};
 use crate::op::{Kind, Op};
+use crate::query::Query;
 use crate::schema::Schema;
 
 /// Turns documents of version `to − 1` into version `to`.
@@ -32,8 +34,21 @@ pub trait Migrator: Send + Sync {
     fn has_step(&self, to: u32) -> bool;
 
     /// Runs the app's function for the step to `to` over documents of `collection`, in
-    /// order; `None` drops a document. Steps declared as `null` return the input.
-    fn migrate(&self, to: u32, collection: &str, docs: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, MigrateError>;
+    /// order; `None` drops a document. Steps declared as `null` return the input. The
+    /// function may read other documents through `ctx`, naming the index (in `docs`) of
+    /// the document it is migrating.
+    fn migrate(&self, to: u32, collection: &str, docs: Vec<Map<String, Value>>, ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError>;
+}
+
+/// What a migration step may read besides the document it migrates: every document
+/// migrated together with it, as it stood at version `to − 1` (a reset or an upgrade
+/// migrates all of a replica's older-version documents together). Reads are synchronous.
+pub trait Context {
+    /// Document `id` of `collection`, read while migrating document `reader`.
+    fn get(&self, reader: usize, collection: &str, id: &str) -> Option<Map<String, Value>>;
+    /// The documents of `collection` matching `query` (`{ where, orderBy, limit }`), read
+    /// while migrating document `reader`.
+    fn query(&self, reader: usize, collection: &str, query: &Value) -> Result<Vec<Map<String, Value>>, MigrateError>;
 }
 
 /// No migrations at all: every step is missing.
@@ -43,7 +58,7 @@ impl Migrator for NoMigrations {
     fn has_step(&self, _to: u32) -> bool {
         false
     }
-    fn migrate(&self, to: u32, _c: &str, _d: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+    fn migrate(&self, to: u32, _c: &str, _d: Vec<Map<String, Value>>, _ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
         Err(MigrateError::MissingMigration(to))
     }
 }
@@ -68,6 +83,11 @@ impl Schemas {
             }
         }
         Ok(Schemas { current, history: map })
+    }
+
+    /// Whether any known schema, current or older, has `collection`.
+    pub fn knows(&self, collection: &str) -> bool {
+        self.current.collection(collection).is_some() || self.history.values().any(|s| s.collection(collection).is_some())
     }
 
     pub fn get(&self, version: u32) -> Option<&Schema> {
@@ -110,6 +130,11 @@ impl Schemas {
 pub struct View {
     /// The document as the app sees it (with its primary key), or `None`.
     pub doc: Option<Map<String, Value>>,
+    /// The merge state of the app's version: the migration output as its root register
+    /// (when the view came from older layers), the version's own writes over it. Stored
+    /// as the document's current layer, so later writes merge over it without migrating
+    /// again.
+    pub state: DocState,
     /// The migration output the view is built on, as an op to log, when the view came
     /// from older layers.
     pub migration: Option<Op>,
@@ -122,33 +147,105 @@ pub struct Item<'a> {
     pub layers: &'a Layers,
 }
 
+/// The views of one step's input (version `v − 1`), for the migrations of step `v` to
+/// read; it notes, per document being migrated, the newest stamp of what it read.
+struct StepReads<'a> {
+    items: &'a [Item<'a>],
+    prev: &'a [Option<Map<String, Value>>],
+    /// The schema at version `v − 1`, whose collections reads are planned against.
+    schema: &'a Schema,
+    /// Version `v`: stamps below it are the input's.
+    step: u32,
+    index: HashMap<(&'a str, &'a str), usize>,
+    /// The items being migrated by the current call, by position in its batch.
+    batch: Vec<usize>,
+    read: RefCell<Vec<Option<Stamp>>>,
+}
+
+impl StepReads<'_> {
+    fn note(&self, reader: usize, stamp: Option<Stamp>) {
+        let (Some(&i), Some(stamp)) = (self.batch.get(reader), stamp) else { return };
+        let mut read = self.read.borrow_mut();
+        if read[i].as_ref().is_none_or(|r| *r < stamp) {
+            read[i] = Some(stamp);
+        }
+    }
+}
+
+impl Context for StepReads<'_> {
+    fn get(&self, reader: usize, collection: &str, id: &str) -> Option<Map<String, Value>> {
+        let j = *self.index.get(&(collection, id))?;
+        self.note(reader, self.items[j].layers.newest_below(self.step));
+        self.prev[j].clone()
+    }
+
+    fn query(&self, reader: usize, collection: &str, query: &Value) -> Result<Vec<Map<String, Value>>, MigrateError> {
+        let Some(coll) = self.schema.collection(collection) else { return Ok(Vec::new()) };
+        let plan = Query::parse(query).map_err(|e| MigrateError::Failed(format!("ctx.query({collection:?}): {e}")))?.plan(coll);
+        let mut out = Vec::new();
+        for (j, it) in self.items.iter().enumerate() {
+            if it.collection != collection {
+                continue;
+            }
+            // The result depends on every document of the collection, matching or not.
+            self.note(reader, it.layers.newest_below(self.step));
+            if let Some(doc) = &self.prev[j] {
+                if plan.matches(doc) {
+                    out.push(doc.clone());
+                }
+            }
+        }
+        plan.finish(&mut out, &coll.primary_key);
+        Ok(out)
+    }
+}
+
 /// Computes the views at the current version of many documents, calling the migrator
-/// once per step and collection rather than once per document.
+/// once per step and collection rather than once per document. Migrations read (through
+/// their `Context`) the other documents of `items` as they stood before the step.
 pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[Item]) -> Result<Vec<View>, Error> {
     let target = schemas.current.version;
     let floor = schemas.reachable_from(target, migrator);
     // Per item: the version its history starts at (its lowest usable layer).
     let starts: Vec<Option<u32>> = items.iter().map(|it| it.layers.0.range(floor..=target).next().map(|(v, _)| *v)).collect();
     let mut prev: Vec<Option<Map<String, Value>>> = vec![None; items.len()];
+    let mut states: Vec<DocState> = vec![DocState::default(); items.len()];
     let mut bases: Vec<Option<(Stamp, Option<Map<String, Value>>)>> = vec![None; items.len()];
+    let index: HashMap<(&str, &str), usize> = items.iter().enumerate().map(|(i, it)| ((it.collection, it.id), i)).collect();
     let lowest = starts.iter().flatten().min().copied().unwrap_or(target);
     for v in lowest..=target {
         let schema = schemas.get(v).expect("reachable versions have schemas");
         // Migrate the previous views into v, grouped by collection.
-        let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, it) in items.iter().enumerate() {
             if starts[i].is_some_and(|s| s < v) && prev[i].is_some() {
                 groups.entry(it.collection).or_default().push(i);
             }
         }
         let mut migrated: Vec<Option<Option<Map<String, Value>>>> = vec![None; items.len()];
+        let mut reads = StepReads {
+            items,
+            prev: &prev,
+            schema: schemas.get(v.saturating_sub(1)).unwrap_or(schema),
+            step: v,
+            index: index.clone(),
+            batch: Vec::new(),
+            read: RefCell::new(vec![None; items.len()]),
+        };
         for (coll, idx) in groups {
             let out = match schema.collection(coll) {
                 // Dropped in v: nothing survives.
                 None => vec![None; idx.len()],
                 Some(c) => {
                     let docs: Vec<_> = idx.iter().map(|&i| prev[i].clone().expect("grouped")).collect();
-                    let out = migrator.migrate(v, coll, docs)?;
+                    reads.batch = idx.clone();
+                    let out = migrator.migrate(v, coll, docs, &reads).map_err(|e| match e {
+                        MigrateError::Threw { index, message } => {
+                            let id = idx.get(index).map_or("?", |&i| items[i].id);
+                            MigrateError::Failed(format!("migrations[{v}] threw on {coll}/{id}: {message}"))
+                        }
+                        other => other,
+                    })?;
                     if out.len() != idx.len() {
                         return Err(MigrateError::Failed(format!("migration to {v} returned {} documents for {}", out.len(), idx.len())).into());
                     }
@@ -168,6 +265,7 @@ pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[
                 migrated[i] = Some(d);
             }
         }
+        let read = reads.read.into_inner();
         for (i, it) in items.iter().enumerate() {
             let Some(start) = starts[i] else { continue };
             if start > v {
@@ -179,7 +277,7 @@ pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[
             };
             let mut state = DocState::default();
             if let Some(base) = migrated[i].take() {
-                let stamp = migration_stamp(v, it.layers, &base);
+                let stamp = migration_stamp(v, it.layers, read[i].as_ref(), &base);
                 state.apply_register(ROOT, &stamp, base.clone().map(Value::Object));
                 if v == target {
                     bases[i] = Some((stamp, base));
@@ -191,6 +289,7 @@ pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[
                 state.merge_state(&own);
             }
             prev[i] = state.materialize(&coll.primary_key, it.id);
+            states[i] = state;
         }
     }
     Ok(items
@@ -198,6 +297,7 @@ pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[
         .enumerate()
         .map(|(i, it)| View {
             doc: prev[i].take(),
+            state: std::mem::take(&mut states[i]),
             migration: bases[i].take().map(|(ts, base)| Op {
                 origin: origin.to_string(),
                 origin_row: 0,
@@ -214,9 +314,11 @@ pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[
 
 /// The stamp of migration output at version `v`: below every real write of v, above
 /// every op of older versions, and different whenever the input or the output differs,
-/// so every replica that migrates the same input writes the very same op.
-fn migration_stamp(v: u32, layers: &Layers, out: &Option<Map<String, Value>>) -> Stamp {
-    let input = layers.newest_below(v).map(|s| s.encode()).unwrap_or_default();
+/// so every replica that migrates the same input writes the very same op. The input is
+/// the document's own older layers and everything the step read (`read`): output that
+/// read newer data orders after output that read older data.
+fn migration_stamp(v: u32, layers: &Layers, read: Option<&Stamp>, out: &Option<Map<String, Value>>) -> Stamp {
+    let input = layers.newest_below(v).into_iter().chain(read.cloned()).max().map(|s| s.encode()).unwrap_or_default();
     let text = serde_json::to_string(out).unwrap_or_default();
     Stamp { version: v, wall: 0, counter: 0, node: format!("{MIGRATION_NODE}{input}.{:016x}", fnv1a(text.as_bytes())) }
 }
@@ -237,7 +339,7 @@ mod tests {
         fn has_step(&self, to: u32) -> bool {
             to == 2 || to == 3
         }
-        fn migrate(&self, to: u32, _c: &str, docs: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+        fn migrate(&self, to: u32, _c: &str, docs: Vec<Map<String, Value>>, _ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
             Ok(docs
                 .into_iter()
                 .map(|mut d| {

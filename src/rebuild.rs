@@ -34,7 +34,6 @@ pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: &D
         deleted: state.deleted,
         version,
         index_keys,
-        own: None,
         layers: BTreeMap::new(),
         migrated: None,
     }
@@ -56,10 +55,28 @@ pub struct Rebuild<'a> {
     pub migrator: &'a dyn Migrator,
 }
 
-/// One document to rebuild: its key, its layers and the last migration stamp logged.
-pub type Pending = (DocKey, Layers, Option<Stamp>);
+/// One document to rebuild.
+pub struct Pending {
+    pub key: DocKey,
+    pub layers: Layers,
+    /// The last migration stamp logged for it.
+    pub migrated: Option<Stamp>,
+    /// Whether its older layers changed (or it is new with older layers), so its view
+    /// must be migrated again. Otherwise a document migrated before keeps its migrated
+    /// layer and later writes merge over it: a document is migrated once per step.
+    pub remigrate: bool,
+}
 
 impl Rebuild<'_> {
+    /// Checks that data written under `version` can be brought to the app's version:
+    /// data is never silently hidden for want of a schema or a migration.
+    pub fn check_version(&self, version: u32) -> Result<(), Error> {
+        match self.schemas {
+            Some(schemas) if version < schemas.current.version => Ok(schemas.check_path(version, self.migrator)?),
+            _ => Ok(()),
+        }
+    }
+
     /// Builds the stored form of each item. Appends migration rows to `rows`, numbering
     /// them after `head.max_row`.
     pub fn docs(&self, items: Vec<Pending>, head: &mut Head, rows: &mut Vec<Row>) -> Result<Vec<(String, StoredDoc)>, Error> {
@@ -67,21 +84,11 @@ impl Rebuild<'_> {
             // A relay keeps every layer; its document is the newest one.
             return Ok(items
                 .into_iter()
-                .map(|((c, id), mut layers, migrated)| {
+                .map(|Pending { key: (c, id), mut layers, migrated, .. }| {
                     let v = layers.0.keys().next_back().copied().unwrap_or(0);
                     let state = layers.0.remove(&v).unwrap_or_default();
                     let doc = state.exists().then(|| state.doc.clone());
-                    let stored = StoredDoc {
-                        id,
-                        doc,
-                        stamps: state.stamps,
-                        deleted: state.deleted,
-                        version: v,
-                        index_keys: Map::new(),
-                        own: None,
-                        layers: layers.0,
-                        migrated,
-                    };
+                    let stored = StoredDoc { id, doc, stamps: state.stamps, deleted: state.deleted, version: v, index_keys: Map::new(), layers: layers.0, migrated };
                     (c, stored)
                 })
                 .collect());
@@ -89,24 +96,26 @@ impl Rebuild<'_> {
         let current = schemas.current.version;
         let mut out: Vec<Option<(String, StoredDoc)>> = vec![None; items.len()];
         let mut slow = Vec::new();
-        for (n, ((c, id), layers, migrated)) in items.iter().enumerate() {
-            if layers.0.keys().all(|v| *v == current) {
-                let state = layers.0.get(&current).cloned().unwrap_or_default();
-                let mut doc = stored_doc(Some(&schemas.current), c, id, &state, current);
-                doc.migrated = migrated.clone();
-                out[n] = Some((c.clone(), doc));
+        for (n, it) in items.iter().enumerate() {
+            let single = it.layers.0.keys().all(|v| *v == current);
+            if single || (!it.remigrate && it.layers.migrated_into(current)) {
+                let state = it.layers.0.get(&current).cloned().unwrap_or_default();
+                let mut doc = stored_doc(Some(&schemas.current), &it.key.0, &it.key.1, &state, current);
+                doc.layers = it.layers.0.iter().filter(|(v, _)| **v != current).map(|(v, st)| (*v, st.clone())).collect();
+                doc.migrated = it.migrated.clone();
+                out[n] = Some((it.key.0.clone(), doc));
             } else {
                 slow.push(n);
             }
         }
         if !slow.is_empty() {
-            let batch: Vec<Item> = slow.iter().map(|&n| Item { collection: &items[n].0 .0, id: &items[n].0 .1, layers: &items[n].1 }).collect();
+            let batch: Vec<Item> = slow.iter().map(|&n| Item { collection: &items[n].key.0, id: &items[n].key.1, layers: &items[n].layers }).collect();
             let views = views(schemas, self.migrator, &head.db_id, &batch)?;
             for (&n, view) in slow.iter().zip(views) {
-                let ((c, id), layers, migrated) = &items[n];
-                let own = layers.0.get(&current).cloned().unwrap_or_default();
+                let it = &items[n];
+                let (c, id) = &it.key;
                 let index_keys = schemas.current.collection(c).map(|cl| index_keys(&cl.index_list(), &view.doc)).unwrap_or_default();
-                let mut migrated = migrated.clone();
+                let mut migrated = it.migrated.clone();
                 if let Some(mut op) = view.migration {
                     if migrated.as_ref() != Some(&op.ts) {
                         migrated = Some(op.ts.clone());
@@ -115,16 +124,15 @@ impl Rebuild<'_> {
                         rows.push(Row { row: head.max_row, op, from: None });
                     }
                 }
-                let others = layers.0.iter().filter(|(v, _)| **v != current).map(|(v, st)| (*v, st.clone())).collect();
+                let layers = it.layers.0.iter().filter(|(v, _)| **v != current).map(|(v, st)| (*v, st.clone())).collect();
                 let stored = StoredDoc {
                     id: id.clone(),
                     doc: view.doc,
-                    stamps: own.stamps,
-                    deleted: own.deleted,
+                    stamps: view.state.stamps,
+                    deleted: view.state.deleted,
                     version: current,
                     index_keys,
-                    own: Some(own.doc),
-                    layers: others,
+                    layers,
                     migrated,
                 };
                 out[n] = Some((c.clone(), stored));

@@ -7,8 +7,7 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
-use crate::clock::Stamp;
-use crate::error::{Error, QueryError, WriteError};
+use crate::error::{Error, QueryError, StoreError, WriteError};
 use crate::migrate::{Migrator, NoMigrations, Schemas};
 use crate::op::{check_patch, Kind};
 use crate::peer::PeerRecord;
@@ -107,10 +106,7 @@ impl<S: Store> Replica<S> {
                 let commit = store
                     .commit(&[], &[], move |loaded| {
                         // Another opener may have initialized the store meanwhile.
-                        let head = loaded.head.unwrap_or_else(|| {
-                            let db_id = new_db_id();
-                            Head { clock: Stamp { version, wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version }
-                        });
+                        let head = loaded.head.unwrap_or_else(|| Head::new(new_db_id(), version));
                         Ok(Commit { head: Some(head), ..Commit::default() })
                     })
                     .await?;
@@ -176,6 +172,11 @@ impl<S: Store> Replica<S> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Gives the store back (to reopen it, as a restarted app would).
+    pub fn into_store(self) -> S {
+        self.store
     }
 
     /// The status as of the last commit or `refresh_status`: db id, points, pending rows.
@@ -260,24 +261,35 @@ impl<S: Store> Replica<S> {
         if writes.is_empty() {
             return Ok(());
         }
-        let now = self.now();
         let version = self.version();
         let rebuild = self.rebuild();
-        let commit = self
-            .store
-            .commit(&keys, &[], |loaded| {
-                let mut work = Work::load(loaded.head, &loaded.docs, version)?;
-                for (w, &slot) in writes.into_iter().zip(&slots) {
-                    let id = keys[slot].1.clone();
-                    match w {
-                        Write::Put { collection, doc } => work.write(slot, Kind::Put, collection, id, Some(doc), now)?,
-                        Write::Patch { collection, fields, .. } => work.write(slot, Kind::Patch, collection, id, Some(fields), now)?,
-                        Write::Delete { collection, .. } => work.write(slot, Kind::Delete, collection, id, None, now)?,
+        // A sealed generation (a reset or an upgrade under way, here or in another tab)
+        // refuses the commit: wait for the new generation, then write there.
+        let commit = loop {
+            let now = self.now();
+            let attempt = self
+                .store
+                .commit(&keys, &[], |loaded| {
+                    let mut work = Work::load(loaded.head, &loaded.docs, version)?;
+                    for (w, &slot) in writes.iter().zip(&slots) {
+                        let id = keys[slot].1.clone();
+                        match w.clone() {
+                            Write::Put { collection, doc } => work.write(slot, Kind::Put, collection, id, Some(doc), now)?,
+                            Write::Patch { collection, fields, .. } => work.write(slot, Kind::Patch, collection, id, Some(fields), now)?,
+                            Write::Delete { collection, .. } => work.write(slot, Kind::Delete, collection, id, None, now)?,
+                        }
                     }
+                    work.finish(&rebuild, &keys, vec![])
+                })
+                .await;
+            match attempt {
+                Err(Error::Store(StoreError::Sealed)) => {
+                    self.store.settle().await?;
+                    self.reload_head().await?;
                 }
-                work.finish(&rebuild, &keys, vec![])
-            })
-            .await?;
+                other => break other?,
+            }
+        };
         let me = self.head().db_id;
         let local = commit.rows.iter().filter(|r| r.from.is_none() && r.op.origin == me).count() as u64;
         self.committed(&commit);

@@ -34,6 +34,21 @@ pub struct Head {
     /// The newest stamp this replica has issued or seen.
     pub clock: Stamp,
     pub schema_version: u32,
+    /// A staging generation is being built from this one (`Store::stage`): commits are
+    /// refused until the swap or abandon, so no row is written into a dead generation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
+    /// A reset began and has not completed yet (`status().resetPending`); the next sync
+    /// that receives a snapshot completes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset_pending: bool,
+}
+
+impl Head {
+    /// A fresh replica's head.
+    pub fn new(db_id: String, version: u32) -> Head {
+        Head { clock: Stamp { version, wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version, sealed: false, reset_pending: false }
+    }
 }
 
 /// One entry of the op log.
@@ -55,7 +70,9 @@ pub struct StoredDoc {
     /// document does not exist (never written, deleted, or dropped by a migration).
     #[serde(rename = "d")]
     pub doc: Option<Map<String, Value>>,
-    /// The stamps of the registers of the layer of version `version`.
+    /// The stamps of the registers of the layer of version `version`: the app's writes
+    /// of that version and, when the document was migrated from older layers, the
+    /// migration output as its root register (so `doc` is this layer materialized).
     #[serde(rename = "s")]
     pub stamps: BTreeMap<String, Stamp>,
     /// Whether that layer's root register is a tombstone.
@@ -68,9 +85,6 @@ pub struct StoredDoc {
     /// every index).
     #[serde(rename = "i", default, skip_serializing_if = "Map::is_empty")]
     pub index_keys: Map<String, Value>,
-    /// That layer's own fields, when `doc` is a view migrated from older layers.
-    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
-    pub own: Option<Map<String, Value>>,
     /// The layers of other schema versions.
     #[serde(rename = "l", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub layers: BTreeMap<u32, DocState>,
@@ -83,12 +97,12 @@ pub struct StoredDoc {
 impl StoredDoc {
     /// The merge state of the layer of version `version`.
     pub fn state(&self) -> DocState {
-        DocState { doc: self.own.clone().or_else(|| self.doc.clone()).unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted }
+        DocState { doc: self.doc.clone().unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted }
     }
 
     /// Every layer, by schema version.
     pub fn all_layers(&self) -> Layers {
-        Layers::of(self.version, &self.stamps, self.deleted, self.own.as_ref().or(self.doc.as_ref()), &self.layers)
+        Layers::of(self.version, &self.stamps, self.deleted, self.doc.as_ref(), &self.layers)
     }
 }
 
@@ -106,9 +120,13 @@ pub struct Commit {
 }
 
 impl Commit {
-    /// Checks what every store must refuse before writing anything: log rows that are
-    /// not numbered after the head the commit read, or not strictly ascending.
+    /// Checks what every store must refuse before writing anything: any commit to a
+    /// sealed generation, and log rows that are not numbered after the head the commit
+    /// read, or not strictly ascending.
     pub fn check(&self, loaded: Option<&Head>) -> Result<(), StoreError> {
+        if loaded.is_some_and(|h| h.sealed) {
+            return Err(StoreError::Sealed);
+        }
         let mut last = loaded.map_or(0, |h| h.max_row);
         for r in &self.rows {
             if r.row <= last {
@@ -182,7 +200,8 @@ pub trait Store {
 
     /// Makes `staging` the live generation in one step (a pointer flip, never a copy) and
     /// unseals; the old generation is deleted after. Readers see the old generation until
-    /// this returns and the new one after, never a mixture.
+    /// this returns and the new one after, never a mixture. If it fails, the staging
+    /// generation is dropped and the live one unsealed, as by `abandon`.
     async fn swap(&self, staging: Self::Staging) -> Result<(), Error>;
 
     /// Drops `staging` and unseals the live generation, which is left as it was.

@@ -5,12 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::clock::Stamp;
 use crate::error::{Error, StoreError};
 use crate::layers::{is_migration, Layers};
 use crate::migrate::{Migrator, Schemas};
-use crate::progress::Progress;
-use crate::rebuild::Rebuild;
+use crate::progress::{Phase, Progress};
+use crate::rebuild::{Pending, Rebuild};
 use crate::store::{Commit, DocKey, Head, Store};
 
 /// Builds `to`, an empty store for a new generation, from `from`, the live one written
@@ -41,34 +40,36 @@ pub async fn upgrade<A: Store, B: Store>(
         let Some(last) = rows.last() else { break };
         after = last.row;
         for r in &rows {
-            if !is_migration(&r.op.ts) && schemas.current.collection(&r.op.collection).is_some() {
+            // Collections the app dropped still join the migration: a step may read them.
+            if !is_migration(&r.op.ts) && schemas.knows(&r.op.collection) {
                 docs.entry((r.op.collection.clone(), r.op.id.clone())).or_default().apply(&r.op);
             }
         }
         to.commit(&[], &[], |_| Ok(Commit { rows, ..Commit::default() })).await?;
-        progress(Progress { done: after.min(total), total: total * 2 });
+        progress(Progress { phase: Phase::Copy, done: after.min(total), total });
     }
     let mut head = Head { schema_version: current, ..old.clone() };
     head.clock.version = current;
+    // Every document is migrated in one batch, so a migration reads (through its
+    // context) every other document as it stood before its step; then written in chunks.
     let rebuild = Rebuild { schemas: Some(schemas), migrator };
-    let mut docs: Vec<(DocKey, Layers)> = docs.into_iter().collect();
-    let n = docs.len().max(1) as u64;
+    let items: Vec<Pending> = docs.into_iter().map(|(key, layers)| Pending { key, layers, migrated: None, remigrate: true }).collect();
+    let mut migration_rows = Vec::new();
+    let mut built = rebuild.docs(items, &mut head, &mut migration_rows)?;
+    built.retain(|(c, _)| schemas.current.collection(c).is_some());
+    let n = built.len().max(1) as u64;
     let mut done = 0u64;
-    while !docs.is_empty() {
-        let rest = docs.split_off(docs.len().min(UPGRADE_CHUNK));
-        let chunk = std::mem::replace(&mut docs, rest);
-        let keys: Vec<DocKey> = chunk.iter().map(|(k, _)| k.clone()).collect();
-        let items: Vec<(DocKey, Layers, Option<Stamp>)> = chunk.into_iter().map(|(k, l)| (k, l, None)).collect();
-        let mut rows = Vec::new();
-        let built = rebuild.docs(items, &mut head, &mut rows)?;
+    while !built.is_empty() {
+        let rest = built.split_off(built.len().min(UPGRADE_CHUNK));
+        let chunk = std::mem::replace(&mut built, rest);
+        let keys: Vec<DocKey> = chunk.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
         done += keys.len() as u64;
-        let h = head.clone();
-        to.commit(&keys, &[], move |_| Ok(Commit { head: Some(h), docs: built, rows, peers: vec![] })).await?;
-        progress(Progress { done: total + done * total.max(1) / n, total: total * 2 });
+        to.commit(&keys, &[], move |_| Ok(Commit { docs: chunk, ..Commit::default() })).await?;
+        progress(Progress { phase: Phase::Migrate, done, total: n });
     }
     let ids: Vec<String> = peers.keys().cloned().collect();
     let h = head.clone();
-    to.commit(&[], &ids, move |_| Ok(Commit { head: Some(h), peers: peers.into_iter().collect(), ..Commit::default() })).await?;
+    to.commit(&[], &ids, move |_| Ok(Commit { head: Some(h), rows: migration_rows, peers: peers.into_iter().collect(), ..Commit::default() })).await?;
     Ok(head)
 }
 

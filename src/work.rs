@@ -13,7 +13,7 @@ use crate::layers::Layers;
 use crate::merge::DocState;
 use crate::op::{Kind, Op};
 use crate::peer::PeerRecord;
-use crate::rebuild::Rebuild;
+use crate::rebuild::{Pending, Rebuild};
 use crate::store::{Commit, DocKey, Head, Row, StoredDoc};
 
 /// One commit's work in progress. Documents are addressed by their slot: the index of
@@ -25,6 +25,11 @@ pub struct Work {
     marks: Vec<Option<Stamp>>,
     exists: Vec<bool>,
     changed: Vec<bool>,
+    /// Whether a layer older than `version` changed: the document's view must be
+    /// migrated again.
+    older: Vec<bool>,
+    /// The schema version local writes are stamped with.
+    version: u32,
     rows: Vec<Row>,
 }
 
@@ -41,6 +46,8 @@ impl Work {
             marks: docs.iter().map(|d| d.as_ref().and_then(|d| d.migrated.clone())).collect(),
             exists: docs.iter().map(|d| d.as_ref().is_some_and(|d| d.doc.is_some())).collect(),
             changed: vec![false; docs.len()],
+            older: vec![false; docs.len()],
+            version,
             rows: Vec::new(),
         })
     }
@@ -91,6 +98,7 @@ impl Work {
             Some(i) => {
                 let did = self.layers[i].get_or_insert_with(Layers::default).apply(&op);
                 self.changed[i] |= did;
+                self.older[i] |= did && op.schema_version < self.version;
                 did
             }
             None => true,
@@ -112,6 +120,7 @@ impl Work {
             Some(i) => {
                 let regs = self.layers[i].get_or_insert_with(Layers::default).merge(theirs, skip_migrations);
                 self.changed[i] |= !regs.is_empty();
+                self.older[i] |= regs.iter().any(|(v, _)| *v < self.version);
                 regs
             }
             None => theirs.0.iter().map(|(v, l)| (*v, l.registers())).collect(),
@@ -128,6 +137,21 @@ impl Work {
         self.rows.push(Row { row: self.head.max_row, op, from: from.map(str::to_string) });
     }
 
+    /// Takes out the changed documents whose layers include a version older than the
+    /// one written now: a reset migrates them at its end, all together, so migrations
+    /// read every document as it stood before their step.
+    pub fn take_older(&mut self, keys: &[DocKey]) -> Vec<(DocKey, Layers)> {
+        let mut out = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let older = self.layers[i].as_ref().is_some_and(|l| l.0.keys().any(|v| *v < self.version));
+            if self.changed[i] && older {
+                self.changed[i] = false;
+                out.push((key.clone(), self.layers[i].take().expect("checked above")));
+            }
+        }
+        out
+    }
+
     /// Rebuilds the changed documents and returns what to commit, with `peers`' records.
     pub fn finish(mut self, rebuild: &Rebuild, keys: &[DocKey], peers: Vec<(String, PeerRecord)>) -> Result<Commit, Error> {
         self.head.clock = self.clock.last().clone();
@@ -135,9 +159,9 @@ impl Work {
             .iter()
             .zip(self.layers)
             .zip(self.marks)
-            .zip(&self.changed)
-            .filter(|(_, changed)| **changed)
-            .filter_map(|(((k, l), m), _)| l.map(|l| (k.clone(), l, m)))
+            .zip(self.changed.iter().zip(&self.older))
+            .filter(|(_, (changed, _))| **changed)
+            .filter_map(|(((k, l), m), (_, older))| l.map(|layers| Pending { key: k.clone(), layers, migrated: m, remigrate: *older }))
             .collect();
         let docs = rebuild.docs(items, &mut self.head, &mut self.rows)?;
         Ok(Commit { head: Some(self.head), docs, rows: self.rows, peers })

@@ -250,7 +250,7 @@ async fn stored_documents_read_back_exactly() {
         },
     ];
     let keys: Vec<(String, String)> = docs.iter().map(|d| (ITEMS.to_string(), d.id.clone())).collect();
-    let head = Head { db_id: "00ff".into(), max_row: 7, clock: stamp("00010000000000040000cc"), schema_version: 2 };
+    let head = Head { max_row: 7, clock: stamp("00010000000000040000cc"), ..Head::new("00ff".into(), 2) };
     let write = |loaded: tidemark::store::Loaded| {
         assert!(loaded.docs.iter().all(Option::is_none));
         Ok(Commit { head: Some(head.clone()), docs: docs.iter().map(|d| (ITEMS.to_string(), d.clone())).collect(), ..Commit::default() })

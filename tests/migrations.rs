@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use tidemark::error::MigrateError;
 use tidemark::memory::MemoryStore;
 use tidemark::layers::is_migration;
-use tidemark::migrate::{Migrator, Schemas};
+use tidemark::migrate::{Context, Migrator, Schemas};
 use tidemark::upgrade::upgrade;
 use tidemark::store::Store;
 use tidemark::sync::drive;
@@ -42,7 +42,7 @@ impl Migrator for Steps {
     fn has_step(&self, to: u32) -> bool {
         to == 2 || to == 3
     }
-    fn migrate(&self, to: u32, _c: &str, docs: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+    fn migrate(&self, to: u32, _c: &str, docs: Vec<Map<String, Value>>, _ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
         Ok(docs
             .into_iter()
             .map(|mut d| {
@@ -130,7 +130,7 @@ fn missing_steps_and_schemas_are_refused_and_touch_nothing() {
         fn has_step(&self, to: u32) -> bool {
             to == 2
         }
-        fn migrate(&self, _: u32, _: &str, d: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+        fn migrate(&self, _: u32, _: &str, d: Vec<Map<String, Value>>, _ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
             Ok(d.into_iter().map(Some).collect())
         }
     }

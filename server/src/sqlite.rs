@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS peers (db_id TEXT PRIMARY KEY, record TEXT NOT NULL) 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Writers waiting for a seal to lift (`settle`).
+    waiters: Mutex<Vec<futures::channel::oneshot::Sender<()>>>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -74,7 +76,63 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and makes sure its tables exist.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let conn = Connection::open(&path).map_err(backend)?;
+        let conn = connect(&path)?;
+        Ok(SqliteStore { conn: Mutex::new(conn), path, waiters: Mutex::default() })
+    }
+
+    /// Sets the head's seal (a staging generation is being built from this one).
+    fn seal(&self, sealed: bool) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let mut head = read_head(&tx)?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+        if sealed && head.sealed {
+            return Err(StoreError::Sealed);
+        }
+        head.sealed = sealed;
+        tx.execute("INSERT OR REPLACE INTO head (id, state) VALUES (0, ?1)", params![encode(&head)?]).map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        drop(conn);
+        if !sealed {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    fn wake(&self) {
+        for w in self.waiters.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            let _ = w.send(());
+        }
+    }
+
+    /// Where a staging generation of this store is built.
+    fn staging_path(&self) -> PathBuf {
+        let mut name = self.path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        name.push(".staging");
+        self.path.with_file_name(name)
+    }
+
+    /// Closes `store` and removes its files.
+    fn discard(store: SqliteStore) {
+        let path = store.path.clone();
+        drop(store);
+        remove_db_files(&path);
+    }
+}
+
+/// Removes a database file and its WAL side files.
+fn remove_db_files(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    for side in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_os_string();
+        p.push(side);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+/// Opens a connection in WAL mode with full sync and makes sure the tables exist.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    {
+        let conn = Connection::open(path).map_err(backend)?;
         // Another process (a backup tool, the sqlite3 shell) may hold the lock briefly.
         conn.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(backend)?;
@@ -90,8 +148,11 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {FORMAT}; COMMIT;")).map_err(backend)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), path })
+        Ok(conn)
     }
+}
+
+impl SqliteStore {
 
     /// The database file.
     pub fn path(&self) -> &Path {
@@ -261,21 +322,68 @@ impl Store for SqliteStore {
 
     type Staging = SqliteStore;
 
-    /// A server's library is a relay: it merges snapshots and never rebuilds a generation.
+    /// Seals this file and builds the staging generation in a sibling file
+    /// (`<file>.staging`); a leftover of a crashed reset there is discarded first.
     async fn stage(&self, _schema: &tidemark::Schema) -> Result<SqliteStore, Error> {
-        Err(StoreError::Unsupported("a server's library merges snapshots; it has no staging generation".into()).into())
+        self.seal(true)?;
+        let path = self.staging_path();
+        remove_db_files(&path);
+        match SqliteStore::open(&path) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                self.seal(false)?;
+                Err(e.into())
+            }
+        }
     }
 
-    async fn swap(&self, _staging: SqliteStore) -> Result<(), Error> {
-        Err(StoreError::Unsupported("a server's library has no staging generation".into()).into())
+    /// Renames the staging file over this one (atomic on POSIX) and reopens it, holding
+    /// the connection's lock throughout, so every read sees the old file or the new one.
+    async fn swap(&self, staging: SqliteStore) -> Result<(), Error> {
+        let from = staging.path.clone();
+        let flip = || -> Result<(), StoreError> {
+            staging.conn().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(backend)?;
+            let mut conn = self.conn();
+            if !read_head(&conn)?.is_some_and(|h| h.sealed) {
+                return Err(StoreError::Backend("swap without a staging generation".into()));
+            }
+            // Closing the last connection checkpoints and removes this file's WAL.
+            drop(std::mem::replace(&mut *conn, Connection::open_in_memory().map_err(backend)?));
+            drop(staging);
+            let renamed = std::fs::rename(&from, &self.path).map_err(|e| StoreError::Backend(format!("cannot swap in {}: {e}", from.display())));
+            *conn = connect(&self.path)?;
+            renamed
+        };
+        match flip() {
+            Ok(()) => {
+                remove_db_files(&from);
+                self.wake();
+                Ok(())
+            }
+            Err(e) => {
+                remove_db_files(&from);
+                let _ = self.seal(false);
+                Err(e.into())
+            }
+        }
     }
 
-    async fn abandon(&self, _staging: SqliteStore) -> Result<(), Error> {
-        Ok(())
+    async fn abandon(&self, staging: SqliteStore) -> Result<(), Error> {
+        SqliteStore::discard(staging);
+        Ok(self.seal(false)?)
     }
 
-    /// Never sealed: nothing to wait for.
     async fn settle(&self) -> Result<(), Error> {
+        let wait = {
+            let conn = self.conn();
+            if !read_head(&conn)?.is_some_and(|h| h.sealed) {
+                return Ok(());
+            }
+            let (tx, rx) = futures::channel::oneshot::channel();
+            self.waiters.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+            rx
+        };
+        let _ = wait.await;
         Ok(())
     }
 }

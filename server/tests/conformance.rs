@@ -104,6 +104,11 @@ fn the_sqlite_store_keeps_the_contract() {
 }
 
 #[test]
+fn the_sqlite_store_stages_and_swaps_generations() {
+    block_on(contract::generations(&SqliteFiles(tempfile::tempdir().unwrap(), Cell::new(0))));
+}
+
+#[test]
 fn everything_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sqlite");

@@ -49,8 +49,6 @@ struct MergeOut<'a> {
     v: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     i: Option<&'a Map<String, Value>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    x: Option<&'a Map<String, Value>>,
     #[serde(skip_serializing_if = "no_layers")]
     l: &'a BTreeMap<u32, DocState>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,8 +68,6 @@ struct MergeIn {
     #[serde(default)]
     i: Option<Map<String, Value>>,
     #[serde(default)]
-    x: Option<Map<String, Value>>,
-    #[serde(default)]
     l: BTreeMap<u32, DocState>,
     #[serde(default)]
     m: Option<Stamp>,
@@ -90,9 +86,9 @@ impl<'a> DocOut<'a> {
     pub fn new(doc: &'a StoredDoc, indexes: &[Index]) -> Result<DocOut<'a>, StoreError> {
         // Naming every field (no `..`) turns a field added to `StoredDoc` into a compile
         // error here, rather than a field silently left out of the stored record.
-        let StoredDoc { id, doc: d, stamps, deleted, version, index_keys: i, own, layers, migrated } = doc;
+        let StoredDoc { id, doc: d, stamps, deleted, version, index_keys: i, layers, migrated } = doc;
         let derived = *i == index_keys(indexes, d);
-        let merge = MergeOut { s: stamps, t: *deleted, v: *version, i: (!derived).then_some(i), x: own.as_ref(), l: layers, m: migrated.as_ref() };
+        let merge = MergeOut { s: stamps, t: *deleted, v: *version, i: (!derived).then_some(i), l: layers, m: migrated.as_ref() };
         let m = serde_json::to_string(&merge).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
         let i = i.iter().map(|(name, key)| (name.clone(), Value::String(key_string(key)))).collect();
         Ok(DocOut { id, d, m, i })
@@ -110,7 +106,6 @@ impl DocIn {
             deleted: m.t,
             version: m.v,
             index_keys,
-            own: m.x,
             layers: m.l,
             migrated: m.m,
         })

@@ -63,6 +63,9 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     for r in &rows {
         check_remote(replica, &r.op)?;
     }
+    if let Some(v) = rows.iter().map(|r| r.op.schema_version).filter(|v| replica.schema().is_some_and(|s| *v < s.version)).min() {
+        replica.rebuild().check_version(v)?;
+    }
     let migrates = replica.schema().is_some();
     let current = replica.schema().map(|s| s.version);
     let version = replica.version();
@@ -103,17 +106,23 @@ pub struct Applied {
     pub older_version: bool,
 }
 
+/// Checks received snapshot documents before anything is stored.
+pub(crate) fn check_snapshot(docs: &[SnapshotDoc]) -> Result<(), SyncError> {
+    // Stamp keys become register paths, which merging assumes are valid.
+    let bad_path = |s: &std::collections::BTreeMap<String, crate::clock::Stamp>| s.keys().any(|p| p != crate::merge::ROOT && crate::path::Path::parse(p).is_none());
+    for d in docs {
+        if d.collection.is_empty() || d.id.is_empty() || (d.stamps.is_empty() && d.layers.is_empty()) || bad_path(&d.stamps) || d.layers.values().any(|l| bad_path(&l.stamps)) {
+            return Err(SyncError::Protocol("a snapshot document needs a collection, an id and stamps at valid paths".into()));
+        }
+    }
+    Ok(())
+}
+
 /// Merges one chunk of a snapshot from `peer`: each document's registers merge into the
 /// local state (never overwriting newer local writes), and the registers that changed it
 /// are logged as ops so they can be forwarded.
 pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
-    // Stamp keys become register paths, which merging assumes are valid.
-    let bad_path = |s: &std::collections::BTreeMap<String, crate::clock::Stamp>| s.keys().any(|p| p != crate::merge::ROOT && crate::path::Path::parse(p).is_none());
-    for d in &docs {
-        if d.collection.is_empty() || d.id.is_empty() || (d.stamps.is_empty() && d.layers.is_empty()) || bad_path(&d.stamps) || d.layers.values().any(|l| bad_path(&l.stamps)) {
-            return Err(SyncError::Protocol("a snapshot document needs a collection, an id and stamps at valid paths".into()).into());
-        }
-    }
+    check_snapshot(&docs)?;
     let migrates = replica.schema().is_some();
     let current = replica.schema().map(|s| s.version);
     let version = replica.version();
@@ -161,30 +170,48 @@ pub async fn finish_idle<S: Store>(replica: &Replica<S>, peer: &str, table: Vec<
 
 async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&str, Point)>, table: Vec<TableEntry>) -> Result<(), Error> {
     let me = replica.head().db_id;
-    let table: Vec<TableEntry> = table.into_iter().filter(|e| e.db_id != me && e.db_id != peer && !e.db_id.is_empty()).collect();
-    let mut ids = vec![peer.to_string()];
-    ids.extend(table.iter().map(|e| e.db_id.clone()));
-    ids.dedup();
+    let ids = closed_ids(&me, peer, &table);
     let commit = replica
         .store()
         .commit(&[], &ids, |loaded| {
-            let before = loaded.peers;
-            let mut recs: Vec<PeerRecord> = before.iter().map(|p| p.clone().unwrap_or_else(PeerRecord::new)).collect();
-            if let Some((session, end)) = reached {
-                recs[0].note_incoming(session, end, false);
-            }
-            for e in &table {
-                if let Some(i) = ids.iter().position(|id| *id == e.db_id) {
-                    recs[i].note_incoming(&e.session, e.row, true);
-                }
-            }
-            // Only records that changed are written (an idle pass usually changes none).
-            let changed = ids.iter().cloned().zip(recs).zip(before).filter(|((_, r), b)| b.as_ref() != Some(r)).map(|(p, _)| p);
-            Ok(Commit { peers: changed.collect(), ..Commit::default() })
+            let before: std::collections::BTreeMap<String, PeerRecord> = ids.iter().cloned().zip(loaded.peers).filter_map(|(id, p)| Some((id, p?))).collect();
+            Ok(Commit { peers: close_pass(&before, &me, peer, reached, &table), ..Commit::default() })
         })
         .await?;
     replica.committed(&commit);
     Ok(())
+}
+
+/// The peers whose records closing a pass from `peer` may change.
+fn closed_ids(me: &str, peer: &str, table: &[TableEntry]) -> Vec<String> {
+    let mut ids = vec![peer.to_string()];
+    ids.extend(table.iter().filter(|e| e.db_id != me && e.db_id != peer && !e.db_id.is_empty()).map(|e| e.db_id.clone()));
+    ids.dedup();
+    ids
+}
+
+/// The peer records that closing a pass from `peer` changes, given the records `before`
+/// (by db id): the session at the pass's final point (none for an idle pass), and the
+/// sender's forwarded table max-merged as transitive entries. Records that do not change
+/// are left out (an idle pass usually changes none).
+pub(crate) fn close_pass(
+    before: &std::collections::BTreeMap<String, PeerRecord>,
+    me: &str,
+    peer: &str,
+    reached: Option<(&str, Point)>,
+    table: &[TableEntry],
+) -> Vec<(String, PeerRecord)> {
+    let ids = closed_ids(me, peer, table);
+    let mut recs: Vec<PeerRecord> = ids.iter().map(|id| before.get(id).cloned().unwrap_or_else(PeerRecord::new)).collect();
+    if let Some((session, end)) = reached {
+        recs[0].note_incoming(session, end, false);
+    }
+    for e in table {
+        if let Some(i) = ids.iter().position(|id| *id == e.db_id) {
+            recs[i].note_incoming(&e.session, e.row, true);
+        }
+    }
+    ids.into_iter().zip(recs).filter(|(id, r)| before.get(id) != Some(r)).collect()
 }
 
 /// Records `outgoing[peer]` after a complete idle pass, without a session (see `pass`).

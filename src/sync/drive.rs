@@ -13,31 +13,40 @@ use crate::error::{Error, SyncError};
 use crate::replica::Replica;
 use crate::store::Store;
 
-/// A protocol machine: takes one message, returns a `Step`.
+/// A protocol machine over a replica whose store is `S`: takes one message, returns a
+/// `Step`; `abort` drops what a cut-off exchange left under way (a reset's staging).
 #[allow(async_fn_in_trait)]
-pub trait Machine {
+pub trait Machine<S: Store> {
     type Out;
-    async fn step<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<Self::Out>, Error>;
+    async fn step<P: FnMut(Progress)>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut P) -> Result<Step<Self::Out>, Error>;
+    async fn abort(&mut self, replica: &Replica<S>);
 }
 
-impl Machine for Sender {
+impl<S: Store> Machine<S> for Sender {
     type Out = PassReport;
-    async fn step<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<PassReport>, Error> {
-        self.handle(replica, msg).await
+    async fn step<P: FnMut(Progress)>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut P) -> Result<Step<PassReport>, Error> {
+        self.handle(replica, msg, progress).await
+    }
+    async fn abort(&mut self, _replica: &Replica<S>) {}
+}
+
+impl<S: Store> Machine<S> for Receiver<S::Staging> {
+    type Out = PassReport;
+    async fn step<P: FnMut(Progress)>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut P) -> Result<Step<PassReport>, Error> {
+        self.handle(replica, msg, progress).await
+    }
+    async fn abort(&mut self, replica: &Replica<S>) {
+        Receiver::abort(self, replica).await
     }
 }
 
-impl Machine for Receiver {
-    type Out = PassReport;
-    async fn step<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<PassReport>, Error> {
-        self.handle(replica, msg).await
-    }
-}
-
-impl Machine for Round {
+impl<S: Store> Machine<S> for Round<S::Staging> {
     type Out = RoundReport;
-    async fn step<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<RoundReport>, Error> {
-        self.handle(replica, msg).await
+    async fn step<P: FnMut(Progress)>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut P) -> Result<Step<RoundReport>, Error> {
+        self.handle(replica, msg, progress).await
+    }
+    async fn abort(&mut self, replica: &Replica<S>) {
+        Round::abort(self, replica).await
     }
 }
 
@@ -65,25 +74,25 @@ async fn send_all<T: Transport>(t: &mut T, out: Vec<Message>) -> Result<(), Erro
     Ok(())
 }
 
-/// Runs `m` until it is done, after sending `first`.
-pub async fn run<M: Machine, S: Store, T: Transport>(
-    m: &mut M,
-    replica: &Replica<S>,
-    t: &mut T,
-    first: Vec<Message>,
-    progress: &mut impl FnMut(&M, Progress),
-) -> Result<M::Out, Error> {
+/// Runs `m` until it is done, after sending `first`. If the exchange fails anywhere —
+/// here, at the peer, or on the wire — the machine is aborted first.
+pub async fn run<S: Store, M: Machine<S>, T: Transport>(m: &mut M, replica: &Replica<S>, t: &mut T, first: Vec<Message>, progress: &mut impl FnMut(Progress)) -> Result<M::Out, Error> {
+    let result = exchange(m, replica, t, first, progress).await;
+    if result.is_err() {
+        m.abort(replica).await;
+    }
+    result
+}
+
+async fn exchange<S: Store, M: Machine<S>, T: Transport>(m: &mut M, replica: &Replica<S>, t: &mut T, first: Vec<Message>, progress: &mut impl FnMut(Progress)) -> Result<M::Out, Error> {
     send_all(t, first).await?;
     loop {
         let msg = t.recv().await?;
-        let step = match m.step(replica, msg).await {
+        let step = match m.step(replica, msg, progress).await {
             Ok(s) => s,
             Err(e) => return Err(fail(t, e).await),
         };
         send_all(t, step.out).await?;
-        if let Some(p) = step.progress {
-            progress(m, p);
-        }
         if let Some(out) = step.done {
             return Ok(out);
         }
@@ -105,8 +114,8 @@ pub async fn round<S: Store, T: Transport>(
     limits: Limits,
     progress: &mut impl FnMut(Direction, Progress),
 ) -> Result<RoundReport, Error> {
-    let (mut r, first) = Round::start(replica, server, limits).await?;
-    run(&mut r, replica, t, first, &mut |r: &Round, p| progress(r.direction(), p)).await
+    let (mut round, first) = Round::start(replica, server, limits).await?;
+    run(&mut Tracked { round: &mut round, progress }, replica, t, first, &mut |_| {}).await
 }
 
 /// Sends one pass to `peer` under `session` (tests and tools; clients use `round`).
@@ -119,7 +128,7 @@ pub async fn send<S: Store, T: Transport>(
     progress: &mut impl FnMut(Progress),
 ) -> Result<PassReport, Error> {
     let (mut s, preflight) = Sender::start(replica, peer, session, limits).await?;
-    run(&mut s, replica, t, vec![preflight], &mut |_, p| progress(p)).await
+    run(&mut s, replica, t, vec![preflight], progress).await
 }
 
 /// Receives one pass from `peer` under `session`.
@@ -130,22 +139,47 @@ pub async fn receive<S: Store, T: Transport>(
     session: &str,
     progress: &mut impl FnMut(Progress),
 ) -> Result<PassReport, Error> {
-    let mut r = Receiver::new(peer, session);
-    run(&mut r, replica, t, vec![], &mut |_, p| progress(p)).await
+    let mut r = Receiver::<S::Staging>::new(peer, session);
+    run(&mut r, replica, t, vec![], progress).await
+}
+
+/// A round whose progress reports say which pass they are about.
+struct Tracked<'a, T, F> {
+    round: &'a mut Round<T>,
+    progress: &'a mut F,
+}
+
+impl<S: Store, F: FnMut(Direction, Progress)> Machine<S> for Tracked<'_, S::Staging, F> {
+    type Out = RoundReport;
+    async fn step<P: FnMut(Progress)>(&mut self, replica: &Replica<S>, msg: Message, _: &mut P) -> Result<Step<RoundReport>, Error> {
+        let direction = self.round.direction();
+        let outer = &mut *self.progress;
+        self.round.handle(replica, msg, &mut |p| outer(direction, p)).await
+    }
+    async fn abort(&mut self, replica: &Replica<S>) {
+        self.round.abort(replica).await
+    }
 }
 
 /// Server side, after the handshake: answers the client's passes until it disconnects.
 pub async fn serve<S: Store, T: Transport>(replica: &Replica<S>, t: &mut T, client: &str, limits: Limits) -> Result<(), Error> {
-    let mut serve = Serve::new(client, limits);
-    loop {
-        let msg = match t.recv().await {
-            Ok(m) => m,
-            Err(SyncError::Connection(_)) if serve.idle() => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        match serve.handle(replica, msg).await {
-            Ok(step) => send_all(t, step.out).await?,
-            Err(e) => return Err(fail(t, e).await),
+    let mut serve = Serve::<S::Staging>::new(client, limits);
+    let result = async {
+        loop {
+            let msg = match t.recv().await {
+                Ok(m) => m,
+                Err(SyncError::Connection(_)) if serve.idle() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            match serve.handle(replica, msg).await {
+                Ok(step) => send_all(t, step.out).await?,
+                Err(e) => return Err(fail(t, e).await),
+            }
         }
     }
+    .await;
+    if result.is_err() {
+        serve.abort(replica).await;
+    }
+    result
 }

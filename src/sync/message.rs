@@ -44,9 +44,6 @@ pub struct SnapshotDoc {
     /// The schema version of the layer in `stamps`/`deleted` (and of the view `doc`).
     #[serde(rename = "v")]
     pub version: u32,
-    /// That layer's own fields, when `doc` is a view migrated from older layers.
-    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
-    pub own: Option<Map<String, Value>>,
     /// Layers of other schema versions.
     #[serde(rename = "l", default, skip_serializing_if = "BTreeMap::is_empty", with = "version_keys")]
     pub layers: BTreeMap<u32, DocState>,
@@ -82,14 +79,13 @@ impl SnapshotDoc {
             stamps: d.stamps.clone(),
             deleted: d.deleted,
             version: d.version,
-            own: d.own.clone(),
             layers: d.layers.clone(),
         }
     }
 
     /// Every layer, by schema version (as `StoredDoc::layers`).
     pub fn layers(&self) -> Layers {
-        Layers::of(self.version, &self.stamps, self.deleted, self.own.as_ref().or(self.doc.as_ref()), &self.layers)
+        Layers::of(self.version, &self.stamps, self.deleted, self.doc.as_ref(), &self.layers)
     }
 }
 

@@ -14,6 +14,7 @@ pub mod live;
 pub mod message;
 pub mod pass;
 pub mod receive;
+pub mod reset;
 pub mod send;
 pub mod session;
 pub mod transport;

@@ -19,9 +19,10 @@
 //!   sides decide this from the same facts (`matched`, `point`, `start`, the end).
 
 use super::message::Message;
+use super::reset::ResetReport;
 use crate::error::SyncError;
 use crate::peer::Point;
-pub use crate::progress::Progress;
+pub use crate::progress::{Phase, Progress};
 
 /// Batch size and per-pass cap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,34 +66,26 @@ pub struct PassReport {
     pub end: Point,
     /// The other side's max row, as it said in the preflight (or its answer).
     pub peer_max_row: u64,
+    /// A received snapshot was built in a staging generation and swapped in: what it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebuilt: Option<ResetReport>,
 }
 
-/// What a protocol machine returns for one message: messages to send, progress made,
-/// and, when it has finished, its result.
+/// What a protocol machine returns for one message: messages to send and, when it has
+/// finished, its result. (Progress goes to the callback each machine is handed.)
 #[derive(Debug)]
 pub struct Step<T> {
     pub out: Vec<Message>,
-    pub progress: Option<Progress>,
     pub done: Option<T>,
 }
 
 impl<T> Step<T> {
     pub fn send(out: Vec<Message>) -> Step<T> {
-        Step { out, progress: None, done: None }
-    }
-
-    pub fn with_progress(mut self, p: Progress) -> Step<T> {
-        self.progress = Some(p);
-        self
+        Step { out, done: None }
     }
 
     pub fn finish(out: Vec<Message>, done: T) -> Step<T> {
-        Step { out, progress: None, done: Some(done) }
-    }
-
-    /// The same step with its result mapped.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Step<U> {
-        Step { out: self.out, progress: self.progress, done: self.done.map(f) }
+        Step { out, done: Some(done) }
     }
 }
 

@@ -1,22 +1,27 @@
 //! The receiving role of a pass, as a sans-IO state machine: answers the preflight with
 //! the point of the newest session both sides remember, checks that every batch follows
-//! the last and stays inside what was agreed, and applies each batch or snapshot chunk in
-//! one commit with the point it justifies (`apply`).
+//! the last and stays inside what was agreed, and applies each batch in one commit with
+//! the point it justifies (`apply`). A snapshot received by a replica with a schema is a
+//! reset: it is built in a staging generation and swapped in at the end (`reset`); a
+//! relay merges snapshot chunks as they come.
 
 use super::apply;
 use super::message::Message;
-use super::pass::{is_idle, unexpected, PassReport, Progress, Step};
+use super::pass::{is_idle, unexpected, PassReport, Step};
+use super::reset::Reset;
 use crate::error::{Error, SyncError};
 use crate::peer::{Entry, PeerRecord, Point};
+use crate::progress::{Phase, Progress};
 use crate::replica::Replica;
 use crate::store::{Row, Store};
 
-/// A pass being received from `peer`.
-pub struct Receiver {
+/// A pass being received from `peer`. `T` is the replica store's staging generation.
+pub struct Receiver<T> {
     peer: String,
     session: String,
     report: PassReport,
     state: State,
+    reset: Option<Reset<T>>,
 }
 
 enum State {
@@ -28,10 +33,17 @@ enum State {
     Done,
 }
 
-impl Receiver {
+impl<T: Store> Receiver<T> {
     /// A pass from `peer` (its db id) under `session`; waits for the preflight.
-    pub fn new(peer: &str, session: &str) -> Receiver {
-        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight }
+    pub fn new(peer: &str, session: &str) -> Receiver<T> {
+        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight, reset: None }
+    }
+
+    /// Gives up: a reset under way is dropped and the live generation unsealed.
+    pub async fn abort<S: Store<Staging = T>>(&mut self, replica: &Replica<S>) {
+        if let Some(reset) = self.reset.take() {
+            let _ = reset.abandon(replica, SyncError::Connection("the pass was cut off".into()).into()).await;
+        }
     }
 
     pub fn session(&self) -> &str {
@@ -39,7 +51,15 @@ impl Receiver {
     }
 
     /// Takes the sender's next message.
-    pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<PassReport>, Error> {
+    pub async fn handle<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
+        let step = self.step(replica, msg, progress).await;
+        if step.is_err() {
+            self.abort(replica).await;
+        }
+        step
+    }
+
+    async fn step<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         match (std::mem::replace(&mut self.state, State::Done), msg) {
             (State::Preflight, Message::Preflight { session, db_id, max_row, sessions, .. }) if session == self.session => {
                 if db_id != self.peer {
@@ -73,6 +93,9 @@ impl Receiver {
                 self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
                 let total = (their_max as Point).saturating_sub(start).max(0) as u64;
                 self.state = State::Receiving { snapshot, shared, point, expected: start, total };
+                if snapshot && replica.schema().is_some() {
+                    self.reset = Some(Reset::begin(replica, &self.peer, progress).await?);
+                }
                 Ok(Step::send(vec![]))
             }
             (State::Receiving { snapshot: false, shared, point, expected, total }, Message::Batch { session, after, covers, rows }) if session == self.session => {
@@ -87,18 +110,21 @@ impl Receiver {
                 self.report.end = covers;
                 let start = self.report.start;
                 self.state = State::Receiving { snapshot: false, shared, point, expected: covers, total };
-                let progress = Progress { done: covers.saturating_sub(start) as u64, total };
-                Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: covers }]).with_progress(progress))
+                progress(Progress { phase: Phase::Rows, done: covers.saturating_sub(start) as u64, total });
+                Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: covers }]))
             }
             (State::Receiving { snapshot: true, shared, point, expected, total }, Message::Snapshot { session, docs }) if session == self.session => {
                 let n = docs.len() as u64;
-                let applied = apply::apply_snapshot(replica, &self.peer, docs).await?;
+                let applied = match self.reset.as_mut() {
+                    Some(reset) => reset.chunk(replica, docs).await?,
+                    None => apply::apply_snapshot(replica, &self.peer, docs).await?,
+                };
                 note(&mut self.report, applied);
                 self.report.received += n;
                 self.report.batches += 1;
                 self.state = State::Receiving { snapshot: true, shared, point, expected, total };
-                let progress = Progress { done: self.report.received, total: self.report.received.max(n) };
-                Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: expected }]).with_progress(progress))
+                progress(Progress { phase: Phase::Snapshot, done: self.report.received, total: self.report.received.max(n) });
+                Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: expected }]))
             }
             (State::Receiving { snapshot, shared, point, expected, .. }, Message::End { session, complete, max_row, incoming }) if session == self.session => {
                 if snapshot && !complete {
@@ -106,7 +132,11 @@ impl Receiver {
                 }
                 let end = if snapshot { max_row as Point } else { expected };
                 let table = if complete { incoming.unwrap_or_default() } else { Vec::new() };
-                if complete && is_idle(shared, point, self.report.start, end, snapshot) {
+                if let Some(reset) = self.reset.take() {
+                    let rebuilt = reset.finish(replica, &self.session, end, table, progress).await?;
+                    self.report.reset = rebuilt.from_version.is_some();
+                    self.report.rebuilt = Some(rebuilt);
+                } else if complete && is_idle(shared, point, self.report.start, end, snapshot) {
                     apply::finish_idle(replica, &self.peer, table).await?;
                 } else {
                     apply::finish_incoming(replica, &self.peer, &self.session, end, table).await?;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use super::apply;
 use super::message::{Message, SnapshotDoc, TableEntry};
-use super::pass::{is_idle, unexpected, wants_snapshot, Limits, PassReport, Progress, Step};
+use super::pass::{is_idle, unexpected, wants_snapshot, Limits, PassReport, Phase, Progress, Step};
 use crate::error::{Error, SyncError};
 use crate::peer::{PeerRecord, Point};
 use crate::replica::Replica;
@@ -96,7 +96,7 @@ impl Sender {
     }
 
     /// Takes the receiver's next message.
-    pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<PassReport>, Error> {
+    pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         match (std::mem::replace(&mut self.state, State::Done), msg) {
             (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, point, matched, candidates, sent_sessions, .. })
                 if session == self.session =>
@@ -110,7 +110,7 @@ impl Sender {
                 if point != sent.covers {
                     return Err(SyncError::Protocol(format!("ack for {point}, expected {}", sent.covers)).into());
                 }
-                self.acked(replica, diffs, sent).await
+                self.acked(replica, diffs, sent, progress).await
             }
             (State::Snapshot { after, end, total, table, pending }, Message::Ack { session, point }) if session == self.session => {
                 if point != self.report.start {
@@ -118,8 +118,8 @@ impl Sender {
                 }
                 self.report.sent += pending;
                 self.report.batches += 1;
-                let progress = Progress { done: self.report.sent, total };
-                Ok(self.snapshot_chunk(replica, after, end, total, table).await?.with_progress(progress))
+                progress(Progress { phase: Phase::Snapshot, done: self.report.sent, total });
+                self.snapshot_chunk(replica, after, end, total, table).await
             }
             (State::Ending { outcome }, Message::Done { session }) if session == self.session => {
                 match outcome {
@@ -222,19 +222,18 @@ impl Sender {
     }
 
     /// After an acked batch: records it, then sends the next batch or ends the pass.
-    async fn acked<S: Store>(&mut self, replica: &Replica<S>, mut diffs: Diffs, sent: Sent) -> Result<Step<PassReport>, Error> {
+    async fn acked<S: Store>(&mut self, replica: &Replica<S>, mut diffs: Diffs, sent: Sent, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         self.report.batches += 1;
         diffs.cursor = sent.covers;
         self.report.end = sent.covers;
         apply::note_sent(replica, &self.peer, &self.session, sent.covers, false).await?;
         let moved = (sent.covers - diffs.start).max(0) as u64;
-        let progress = Progress { done: moved, total: diffs.total.max(moved) };
-        let step = if sent.at_end && replica.store().rows_after(diffs.cursor.max(0) as u64, 1).await?.is_empty() {
-            self.end(diffs, true)
+        progress(Progress { phase: Phase::Rows, done: moved, total: diffs.total.max(moved) });
+        if sent.at_end && replica.store().rows_after(diffs.cursor.max(0) as u64, 1).await?.is_empty() {
+            Ok(self.end(diffs, true))
         } else {
-            self.next_batch(replica, diffs).await?
-        };
-        Ok(step.with_progress(progress))
+            self.next_batch(replica, diffs).await
+        }
     }
 
     /// Fills and sends the next batch with up to `per_diff` rows to send. Echoes are

@@ -4,7 +4,7 @@
 //! the same `Sender` and `Receiver`, so client and server share one implementation.
 
 use super::message::{Direction, Message};
-use super::pass::{unexpected, Limits, PassReport, Step};
+use super::pass::{unexpected, Limits, PassReport, Progress, Step};
 use super::receive::Receiver;
 use super::send::Sender;
 use crate::error::{Error, SyncError};
@@ -50,22 +50,23 @@ pub fn welcome<S: Store>(replica: &Replica<S>, msg: Message) -> Result<String, E
     }
 }
 
-/// One round from the client: a push pass, then a pull pass.
-pub struct Round {
+/// One round from the client: a push pass, then a pull pass. `T` is the replica store's
+/// staging generation (a pulled snapshot may be a reset).
+pub struct Round<T> {
     server: String,
     limits: Limits,
-    state: RoundState,
+    state: RoundState<T>,
 }
 
-enum RoundState {
+enum RoundState<T> {
     Push(Sender),
-    Pull { push: PassReport, receiver: Receiver },
+    Pull { push: PassReport, receiver: Receiver<T> },
     Done,
 }
 
-impl Round {
+impl<T: Store> Round<T> {
     /// Starts a round with `server` (its db id); returns the messages that open the push.
-    pub async fn start<S: Store>(replica: &Replica<S>, server: &str, limits: Limits) -> Result<(Round, Vec<Message>), Error> {
+    pub async fn start<S: Store<Staging = T>>(replica: &Replica<S>, server: &str, limits: Limits) -> Result<(Round<T>, Vec<Message>), Error> {
         let session = new_session();
         let (sender, preflight) = Sender::start(replica, server, &session, limits).await?;
         let start = Message::Start { session, direction: Direction::Push, per_diff: limits.per_diff, max_diffs: limits.max_diffs };
@@ -80,21 +81,28 @@ impl Round {
         }
     }
 
-    pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<RoundReport>, Error> {
+    /// Gives up (a lost connection): a reset under way is dropped.
+    pub async fn abort<S: Store<Staging = T>>(&mut self, replica: &Replica<S>) {
+        if let RoundState::Pull { receiver, .. } = &mut self.state {
+            receiver.abort(replica).await;
+        }
+    }
+
+    pub async fn handle<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<RoundReport>, Error> {
         match &mut self.state {
             RoundState::Push(sender) => {
-                let step = sender.handle(replica, msg).await?;
-                let Some(push) = step.done else { return Ok(Step { out: step.out, progress: step.progress, done: None }) };
+                let step = sender.handle(replica, msg, progress).await?;
+                let Some(push) = step.done else { return Ok(Step::send(step.out)) };
                 let session = new_session();
                 let receiver = Receiver::new(&self.server, &session);
                 let mut out = step.out;
                 out.push(Message::Start { session, direction: Direction::Pull, per_diff: self.limits.per_diff, max_diffs: self.limits.max_diffs });
                 self.state = RoundState::Pull { push, receiver };
-                Ok(Step { out, progress: step.progress, done: None })
+                Ok(Step::send(out))
             }
             RoundState::Pull { receiver, .. } => {
-                let step = receiver.handle(replica, msg).await?;
-                let Some(pull) = step.done else { return Ok(Step { out: step.out, progress: step.progress, done: None }) };
+                let step = receiver.handle(replica, msg, progress).await?;
+                let Some(pull) = step.done else { return Ok(Step::send(step.out)) };
                 let RoundState::Pull { push, .. } = std::mem::replace(&mut self.state, RoundState::Done) else { unreachable!() };
                 let report = RoundReport {
                     sent: push.sent,
@@ -106,7 +114,7 @@ impl Round {
                     push,
                     pull,
                 };
-                Ok(Step { out: step.out, progress: step.progress, done: Some(report) })
+                Ok(Step::finish(step.out, report))
             }
             RoundState::Done => Err(unexpected(&msg, "nothing (the round is over)").into()),
         }
@@ -115,19 +123,19 @@ impl Round {
 
 /// The server's side of a connection, after the handshake: answers the client's passes.
 /// The server's own limits cap what a client may ask for.
-pub struct Serve {
+pub struct Serve<T> {
     client: String,
     limits: Limits,
-    pass: Option<Pass>,
+    pass: Option<Pass<T>>,
 }
 
-enum Pass {
+enum Pass<T> {
     Send(Sender),
-    Receive(Receiver),
+    Receive(Receiver<T>),
 }
 
-impl Serve {
-    pub fn new(client: &str, limits: Limits) -> Serve {
+impl<T: Store> Serve<T> {
+    pub fn new(client: &str, limits: Limits) -> Serve<T> {
         Serve { client: client.to_string(), limits, pass: None }
     }
 
@@ -136,8 +144,16 @@ impl Serve {
         self.pass.is_none()
     }
 
+    /// Gives up (a lost connection): a pass under way is dropped.
+    pub async fn abort<S: Store<Staging = T>>(&mut self, replica: &Replica<S>) {
+        if let Some(Pass::Receive(r)) = &mut self.pass {
+            r.abort(replica).await;
+        }
+        self.pass = None;
+    }
+
     /// Takes the client's next message; `done` carries each finished pass's report.
-    pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<PassReport>, Error> {
+    pub async fn handle<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, msg: Message) -> Result<Step<PassReport>, Error> {
         let step = match (&mut self.pass, msg) {
             (None, Message::Start { session, direction, per_diff, max_diffs }) => {
                 if session.is_empty() || session.len() > MAX_SESSION {
@@ -157,8 +173,8 @@ impl Serve {
                 }
             }
             (None, other) => return Err(unexpected(&other, "start").into()),
-            (Some(Pass::Send(s)), msg) => s.handle(replica, msg).await?,
-            (Some(Pass::Receive(r)), msg) => r.handle(replica, msg).await?,
+            (Some(Pass::Send(s)), msg) => s.handle(replica, msg, &mut |_| {}).await?,
+            (Some(Pass::Receive(r)), msg) => r.handle(replica, msg, &mut |_| {}).await?,
         };
         if step.done.is_some() {
             self.pass = None;

@@ -113,7 +113,7 @@ impl live::Events for JsEvents {
 
     fn progress(&self, direction: Direction, p: Progress) {
         let dir = if direction == Direction::Push { "push" } else { "pull" };
-        self.emitter.emit("progress", &to_js(&serde_json::json!({ "direction": dir, "done": p.done, "total": p.total })));
+        self.emitter.emit("progress", &to_js(&serde_json::json!({ "direction": dir, "phase": p.phase, "done": p.done, "total": p.total })));
     }
 
     fn round(&self, report: &RoundReport) {

@@ -17,24 +17,33 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
 use crate::error::MigrateError;
-use crate::migrate::Migrator;
+use crate::migrate::{Context, Migrator};
 
 #[wasm_bindgen(inline_js = r#"
-export function tm_migrate(fn, text, collection) {
+export function tm_migrate(fn, text, collection, get, query) {
   const docs = JSON.parse(text);
-  const out = docs.map((doc) => {
-    const r = fn(doc, collection);
-    if (r === null || r === undefined) return null;
-    if (typeof r.then === 'function') throw new TypeError('migrations must be synchronous functions (this one returned a Promise)');
-    if (typeof r !== 'object' || Array.isArray(r)) throw new TypeError('a migration must return a document object or null');
-    return r;
-  });
-  return JSON.stringify(out);
+  const out = [];
+  for (let i = 0; i < docs.length; i++) {
+    const ctx = Object.freeze({
+      get: (c, id) => { const d = get(i, String(c), String(id)); return d === undefined ? undefined : JSON.parse(d); },
+      query: (c, q) => JSON.parse(query(i, String(c), JSON.stringify(q ?? {}))),
+    });
+    let r;
+    try {
+      r = fn(docs[i], collection, ctx);
+      if (r !== null && r !== undefined && typeof r.then === 'function') throw new TypeError('migrations must be synchronous functions (this one returned a Promise)');
+      if (r !== null && r !== undefined && (typeof r !== 'object' || Array.isArray(r))) throw new TypeError('a migration must return a document object or null');
+    } catch (e) {
+      return JSON.stringify({ threw: i, message: e instanceof Error ? e.message : String(e) });
+    }
+    out.push(r ?? null);
+  }
+  return JSON.stringify({ docs: out });
 }
 "#)]
 extern "C" {
     #[wasm_bindgen(catch)]
-    fn tm_migrate(f: &js_sys::Function, text: &str, collection: &str) -> Result<String, JsValue>;
+    fn tm_migrate(f: &js_sys::Function, text: &str, collection: &str, get: &js_sys::Function, query: &js_sys::Function) -> Result<String, JsValue>;
 }
 
 pub struct JsMigrator {
@@ -79,17 +88,51 @@ impl Migrator for JsMigrator {
         self.steps.contains_key(&to)
     }
 
-    fn migrate(&self, to: u32, collection: &str, docs: Vec<Map<String, Value>>) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+    fn migrate(&self, to: u32, collection: &str, docs: Vec<Map<String, Value>>, ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
         let f = match self.steps.get(&to) {
             None => return Err(MigrateError::MissingMigration(to)),
             Some(None) => return Ok(docs.into_iter().map(Some).collect()),
             Some(Some(f)) => f,
         };
         let text = serde_json::to_string(&docs).map_err(|e| MigrateError::Failed(e.to_string()))?;
-        let out = tm_migrate(f, &text, collection).map_err(|e| {
+        // The context is borrowed for this call only; the closures are dropped before it
+        // returns, after which JS calling them gets an error instead of a dangling read.
+        // SAFETY: the 'static lifetime never outlives this function: both closures are
+        // dropped at its end, and wasm runs this synchronously on one thread.
+        let ctx: &'static dyn Context = unsafe { std::mem::transmute::<&dyn Context, &'static dyn Context>(ctx) };
+        let query_error = std::rc::Rc::new(std::cell::RefCell::new(None::<MigrateError>));
+        let get = Closure::<dyn Fn(u32, String, String) -> JsValue>::new(move |i: u32, c: String, id: String| {
+            ctx.get(i as usize, &c, &id).and_then(|d| serde_json::to_string(&d).ok()).map_or(JsValue::UNDEFINED, |t| JsValue::from_str(&t))
+        });
+        let errors = query_error.clone();
+        let query = Closure::<dyn Fn(u32, String, String) -> Result<String, JsValue>>::new(move |i: u32, c: String, q: String| {
+            let q: Value = serde_json::from_str(&q).map_err(|e| JsValue::from_str(&e.to_string()))?;
+            match ctx.query(i as usize, &c, &q) {
+                Ok(docs) => serde_json::to_string(&docs).map_err(|e| JsValue::from_str(&e.to_string())),
+                Err(e) => {
+                    let msg = e.to_string();
+                    *errors.borrow_mut() = Some(e);
+                    Err(js_sys::Error::new(&msg).into())
+                }
+            }
+        });
+        let result = tm_migrate(f, &text, collection, get.as_ref().unchecked_ref(), query.as_ref().unchecked_ref());
+        drop(get);
+        drop(query);
+        let out = result.map_err(|e| {
             let msg = e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).unwrap_or_else(|| format!("{e:?}"));
-            MigrateError::Failed(format!("migrations[{to}] threw on {collection:?}: {msg}"))
+            MigrateError::Failed(format!("migrations[{to}] failed on {collection:?}: {msg}"))
         })?;
-        serde_json::from_str(&out).map_err(|e| MigrateError::Failed(format!("migrations[{to}] returned something that is not JSON documents: {e}")))
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Outcome {
+            Docs { docs: Vec<Option<Map<String, Value>>> },
+            Threw { threw: usize, message: String },
+        }
+        match serde_json::from_str(&out) {
+            Ok(Outcome::Docs { docs }) => Ok(docs),
+            Ok(Outcome::Threw { threw, message }) => Err(query_error.borrow_mut().take().unwrap_or(MigrateError::Threw { index: threw, message })),
+            Err(e) => Err(MigrateError::Failed(format!("migrations[{to}] returned something that is not JSON documents: {e}"))),
+        }
     }
 }

@@ -89,7 +89,7 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
     };
     let mut progress = |p: crate::sync::Progress| {
         if let Some(f) = &on_progress {
-            let _ = f.call1(&JsValue::NULL, &to_js(&serde_json::json!({"phase": "upgrade", "done": p.done, "total": p.total})));
+            let _ = f.call1(&JsValue::NULL, &to_js(&serde_json::json!({"phase": "upgrade", "step": p.phase, "done": p.done, "total": p.total})));
         }
     };
     let store = IdbStore::open_migrating(&name, &schemas, &migrator, &mut progress).await?;

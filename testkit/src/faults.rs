@@ -75,6 +75,7 @@ impl<S: Store> Store for Flaky<S> {
     async fn swap(&self, staging: Flaky<S::Staging>) -> Result<(), Error> {
         self.commits.set(staging.commits.get() + 1);
         if self.commits.get() >= self.fail_at {
+            self.inner.abandon(staging.inner).await?;
             return Err(StoreError::Backend("page closed".into()).into());
         }
         self.inner.swap(staging.inner).await

@@ -1,0 +1,305 @@
+//! A reset (DESIGN §6, seed 004): a snapshot received by a replica that has a schema is
+//! materialized in a **staging generation** beside the live one, migrated forward there,
+//! merged with what the replica already holds (its unsynced writes survive), and swapped
+//! in at once. Until the swap every reader sees the old state; after it, the new one.
+//!
+//! 1. `begin`: mark the reset pending in the live head, seal the live generation (no
+//!    commit may land there any more, so no row is written into a dead generation) and
+//!    create the staging one: the live op log copied row for row (same db id, same row
+//!    space, so every sync point stays valid), the live head.
+//! 2. `chunk`: each snapshot chunk lands in the staging generation, its registers logged
+//!    as rows from the sender. Documents at the app's version are stored final at once;
+//!    those with older-version layers wait, in memory, to be migrated together.
+//! 3. `finish`: the live documents merge in (unsynced writes included), every document
+//!    with older-version data is migrated forward step by step in ONE batch (a migration
+//!    reads, through its context, every document as it stood before its step), the peer
+//!    records are closed for the pass, and the pointer flips (`Store::swap`).
+//!
+//! Any failure — a missing schema or migration, a migration that throws, a storage error,
+//! a lost connection (`abandon`) — drops the staging generation and unseals the live one,
+//! which is left exactly as it was; its head still says a reset is pending, and the next
+//! sync builds the staging generation again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::apply::{check_snapshot, close_pass, Applied};
+use super::message::{SnapshotDoc, TableEntry};
+use crate::error::{Error, StoreError};
+use crate::layers::Layers;
+use crate::peer::Point;
+use crate::progress::{Phase, Progress};
+use crate::rebuild::Pending;
+use crate::replica::Replica;
+use crate::store::{Commit, DocKey, Row, Store, StoredDoc};
+use crate::work::Work;
+
+/// Rows or documents per staging transaction.
+const CHUNK: usize = 1000;
+
+/// What a completed reset did (the `reset` event's payload).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResetReport {
+    /// Documents the snapshot carried.
+    pub documents: u64,
+    /// Documents migrated forward from an older schema version.
+    pub migrated: u64,
+    /// Documents this replica held before the reset, merged in (its unsynced writes
+    /// among them).
+    pub kept: u64,
+    /// The oldest schema version among the data received (absent: all current).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<u32>,
+}
+
+/// A reset under way: the staging generation and what it holds so far.
+pub struct Reset<T> {
+    staging: T,
+    peer: String,
+    /// Keys of every snapshot document staged.
+    staged: HashSet<DocKey>,
+    /// Staged documents with older-version layers, waiting to be migrated together.
+    older: BTreeMap<DocKey, Layers>,
+    /// The newest schema version of ops stored but not applied.
+    future_version: u32,
+    report: ResetReport,
+}
+
+impl<T: Store> Reset<T> {
+    /// Seals the live generation and builds the staging one up to the live state's log.
+    pub async fn begin<S: Store<Staging = T>>(replica: &Replica<S>, peer: &str, progress: &mut impl FnMut(Progress)) -> Result<Reset<T>, Error> {
+        let schema = replica.schema().ok_or_else(|| StoreError::Unsupported("a relay merges snapshots".into()))?.clone();
+        // Marked first: a crash anywhere below leaves `resetPending` for status().
+        let commit = replica
+            .store()
+            .commit(&[], &[], |loaded| {
+                let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+                head.reset_pending = true;
+                Ok(Commit { head: Some(head), ..Commit::default() })
+            })
+            .await?;
+        replica.committed(&commit);
+        let staging = replica.store().stage(&schema).await?;
+        let reset = Reset { staging, peer: peer.to_string(), staged: HashSet::new(), older: BTreeMap::new(), future_version: 0, report: ResetReport::default() };
+        match reset.copy_log(replica, progress).await {
+            Ok(()) => Ok(reset),
+            Err(e) => Err(reset.abandon(replica, e).await),
+        }
+    }
+
+    /// The live generation's log and head, into the staging one (the live one is sealed,
+    /// so both are final).
+    async fn copy_log<S: Store<Staging = T>>(&self, replica: &Replica<S>, progress: &mut impl FnMut(Progress)) -> Result<(), Error> {
+        let mut head = replica.store().head().await?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+        let total = head.max_row;
+        let mut after = 0;
+        loop {
+            let rows = replica.store().rows_after(after, CHUNK).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.row;
+            self.staging.commit(&[], &[], |_| Ok(Commit { rows, ..Commit::default() })).await?;
+            progress(Progress { phase: Phase::Copy, done: after.min(total), total });
+        }
+        head.sealed = false;
+        self.staging.commit(&[], &[], |_| Ok(Commit { head: Some(head), ..Commit::default() })).await?;
+        Ok(())
+    }
+
+    /// Stages one snapshot chunk.
+    pub async fn chunk<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
+        check_snapshot(&docs)?;
+        let n = docs.len() as u64;
+        let current = replica.version();
+        let keeps = |c: &str| replica.schema().is_some_and(|s| s.collection(c).is_some());
+        let mut keys: Vec<DocKey> = Vec::new();
+        let mut index: HashMap<DocKey, usize> = HashMap::new();
+        for d in docs.iter().filter(|d| keeps(&d.collection)) {
+            let k = (d.collection.clone(), d.id.clone());
+            if !index.contains_key(&k) {
+                index.insert(k.clone(), keys.len());
+                keys.push(k);
+            }
+        }
+        let rebuild = replica.rebuild();
+        let mut applied = Applied::default();
+        let mut older = Vec::new();
+        let peer = self.peer.clone();
+        // Documents of collections the app's schema dropped are not stored, but older
+        // ones join the migration batch: a migration may read them (`ctx.get`).
+        for d in docs.iter().filter(|d| !keeps(&d.collection)) {
+            let theirs = d.layers();
+            if theirs.0.keys().any(|v| *v < current) {
+                let entry = self.older.entry((d.collection.clone(), d.id.clone())).or_default();
+                entry.merge(&theirs, true);
+            }
+        }
+        let commit = self
+            .staging
+            .commit(&keys, &[], |loaded| {
+                let mut w = Work::load(loaded.head, &loaded.docs, current)?;
+                for d in docs {
+                    let theirs = d.layers();
+                    if let Some(oldest) = theirs.0.keys().next().filter(|v| **v < current) {
+                        applied.older_version = true;
+                        self.report.from_version = Some(self.report.from_version.map_or(*oldest, |f| f.min(*oldest)));
+                    }
+                    if let Some(v) = theirs.0.keys().next_back().filter(|v| **v > current) {
+                        applied.future_version = applied.future_version.max(*v);
+                    }
+                    let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
+                    w.merge(slot, &d.collection, &d.id, &theirs, true, &peer);
+                }
+                older = w.take_older(&keys);
+                w.finish(&rebuild, &keys, vec![])
+            })
+            .await?;
+        self.report.documents += n;
+        self.staged.extend(keys);
+        self.older.extend(older);
+        self.future_version = self.future_version.max(applied.future_version);
+        // The staging generation is not the replica's: its head stays out of `replica`.
+        let _ = commit;
+        Ok(applied)
+    }
+
+    /// Merges the live documents in, migrates, closes the pass's peer records (`session`
+    /// reached `end`; `table` is the sender's forwarded one) and swaps the staging
+    /// generation in. On failure the staging generation is dropped and the live one is
+    /// left as it was.
+    pub async fn finish<S: Store<Staging = T>>(
+        mut self,
+        replica: &Replica<S>,
+        session: &str,
+        end: Point,
+        table: Vec<TableEntry>,
+        progress: &mut impl FnMut(Progress),
+    ) -> Result<ResetReport, Error> {
+        match self.build(replica, session, end, table, progress).await {
+            Ok(()) => {}
+            Err(e) => return Err(self.abandon(replica, e).await),
+        }
+        let report = std::mem::take(&mut self.report);
+        progress(Progress { phase: Phase::Swap, done: 0, total: 1 });
+        replica.store().swap(self.staging).await?;
+        replica.reload_head().await?;
+        progress(Progress { phase: Phase::Swap, done: 1, total: 1 });
+        Ok(report)
+    }
+
+    async fn build<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, session: &str, end: Point, table: Vec<TableEntry>, progress: &mut impl FnMut(Progress)) -> Result<(), Error> {
+        let current = replica.version();
+        let rebuild = replica.rebuild();
+        // The live documents: those the snapshot did not carry are copied as they are
+        // (or join the migration when they hold older-version data); the others merge
+        // into their staged state. Their registers are already in the copied log.
+        let total = replica.store().doc_count().await?;
+        let mut after: Option<DocKey> = None;
+        let mut merge: Vec<(DocKey, Layers)> = Vec::new();
+        loop {
+            let page = replica.store().docs_after(after.as_ref(), CHUNK).await?;
+            let Some((c, last)) = page.last() else { break };
+            after = Some((c.clone(), last.id.clone()));
+            let mut copy: Vec<(String, StoredDoc)> = Vec::new();
+            for (c, d) in page {
+                self.report.kept += 1;
+                let key = (c.clone(), d.id.clone());
+                let layers = d.all_layers();
+                if self.staged.contains(&key) {
+                    merge.push((key, layers));
+                } else if layers.0.keys().any(|v| *v < current) {
+                    self.older.insert(key, layers);
+                } else {
+                    copy.push((c, d));
+                }
+            }
+            if !copy.is_empty() {
+                let keys: Vec<DocKey> = copy.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
+                self.staging.commit(&keys, &[], |_| Ok(Commit { docs: copy, ..Commit::default() })).await?;
+            }
+            progress(Progress { phase: Phase::Merge, done: self.report.kept.min(total), total });
+        }
+        // Live documents the snapshot also carried.
+        for chunk in merge.chunks(CHUNK) {
+            let mut finals: Vec<(DocKey, Layers, Option<crate::clock::Stamp>)> = Vec::new();
+            for (key, live) in chunk {
+                if let Some(staged) = self.older.get_mut(key) {
+                    staged.merge(live, true);
+                    continue;
+                }
+                let staged = self.staging.get(&key.0, &key.1).await?;
+                let mut layers = staged.as_ref().map(StoredDoc::all_layers).unwrap_or_default();
+                layers.merge(live, true);
+                if layers.0.keys().any(|v| *v < current) {
+                    self.older.insert(key.clone(), layers);
+                } else {
+                    finals.push((key.clone(), layers, staged.and_then(|d| d.migrated)));
+                }
+            }
+            if finals.is_empty() {
+                continue;
+            }
+            let keys: Vec<DocKey> = finals.iter().map(|(k, _, _)| k.clone()).collect();
+            let items: Vec<Pending> = finals.into_iter().map(|(key, layers, migrated)| Pending { key, layers, migrated, remigrate: false }).collect();
+            self.staging
+                .commit(&keys, &[], |loaded| {
+                    let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?;
+                    let mut rows: Vec<Row> = Vec::new();
+                    let docs = rebuild.docs(items, &mut head, &mut rows)?;
+                    Ok(Commit { head: Some(head), docs, rows, peers: vec![] })
+                })
+                .await?;
+        }
+        // Every document with older-version data, migrated together.
+        if let Some(v) = self.older.values().filter_map(|l| l.0.keys().next().copied()).min() {
+            rebuild.check_version(v)?;
+        }
+        let older = std::mem::take(&mut self.older);
+        let mut head = self.staging.head().await?.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?;
+        let items: Vec<Pending> = older.into_iter().map(|(key, layers)| Pending { key, layers, migrated: None, remigrate: true }).collect();
+        let n = items.len() as u64;
+        progress(Progress { phase: Phase::Migrate, done: 0, total: n });
+        let mut migration_rows = Vec::new();
+        let mut built = rebuild.docs(items, &mut head, &mut migration_rows)?;
+        // Documents of dropped collections were only there to be read.
+        let schema = replica.schema().expect("a reset has a schema");
+        built.retain(|(c, _)| schema.collection(c).is_some());
+        self.report.migrated = built.len() as u64;
+        let mut done = 0;
+        while !built.is_empty() {
+            let rest = built.split_off(built.len().min(CHUNK));
+            let chunk = std::mem::replace(&mut built, rest);
+            let keys: Vec<DocKey> = chunk.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
+            done += keys.len() as u64;
+            self.staging.commit(&keys, &[], |_| Ok(Commit { docs: chunk, ..Commit::default() })).await?;
+            progress(Progress { phase: Phase::Migrate, done, total: n });
+        }
+        // The peer records, closed for this pass, and the head.
+        let mut peers = replica.store().peers().await?;
+        for (id, rec) in close_pass(&peers, &head.db_id, &self.peer, Some((session, end)), &table) {
+            peers.insert(id, rec);
+        }
+        let ids: Vec<String> = peers.keys().cloned().collect();
+        let live = replica.store().head().await?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+        head.clock = head.clock.max(live.clock);
+        head.sealed = false;
+        head.reset_pending = false;
+        self.staging
+            .commit(&[], &ids, move |_| Ok(Commit { head: Some(head), rows: migration_rows, peers: peers.into_iter().collect(), ..Commit::default() }))
+            .await?;
+        Ok(())
+    }
+
+    /// The newest schema version of ops stored but not applied.
+    pub fn future_version(&self) -> u32 {
+        self.future_version
+    }
+
+    /// Drops the staging generation, unseals the live one, and returns `cause`. (If even
+    /// that fails, the live generation stays sealed until `Store::settle` recovers it.)
+    pub async fn abandon<S: Store<Staging = T>>(self, replica: &Replica<S>, cause: Error) -> Error {
+        let _ = replica.store().abandon(self.staging).await;
+        cause
+    }
+}

@@ -1,0 +1,303 @@
+//! Resets through a staging generation (DESIGN §6, issue 11), natively over memory stores:
+//! a v2 replica with unsynced writes pulls a snapshot of v1 data from a relay; the data is
+//! staged at its version, migrated forward with a migration that reads other documents,
+//! merged with the replica's own writes and swapped in at once. Readers see the old state
+//! until the swap; a reset cut before any step leaves the live store as it was and
+//! completes on the next sync, once; errors never hide data.
+
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures::executor::block_on;
+use serde_json::{json, Map, Value};
+use tidemark::error::{Error, MigrateError};
+use tidemark::memory::MemoryStore;
+use tidemark::migrate::{Context, Migrator, Schemas};
+use tidemark::store::Store;
+use tidemark::sync::receive::Receiver;
+use tidemark::sync::send::Sender;
+use tidemark::sync::{drive, Limits, Message, PassReport};
+use tidemark::{Replica, Schema, Write};
+use tidemark_testkit::faults::Flaky;
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+/// v1: tasks point at a tag; v2: each task carries its tag's label, the tags are gone.
+fn v1() -> Schema {
+    Schema::from_json(json!({"version": 1, "collections": {
+        "tasks": {"primaryKey": "id", "indexes": {"byTag": "tagId"}},
+        "tags": {"primaryKey": "id"}}}))
+    .unwrap()
+}
+
+fn v2() -> Schema {
+    Schema::from_json(json!({"version": 2, "collections": {"tasks": {"primaryKey": "id", "indexes": {"byLabel": "label"}}}})).unwrap()
+}
+
+/// Step 2 copies the tag's label into each task (through the context) and drops `tagId`.
+/// Counts its calls; can be told to throw on one document.
+#[derive(Default)]
+struct Label {
+    calls: Arc<AtomicUsize>,
+    throw_on: Option<String>,
+}
+
+impl Migrator for Label {
+    fn has_step(&self, to: u32) -> bool {
+        to == 2
+    }
+    fn migrate(&self, to: u32, collection: &str, docs: Vec<Map<String, Value>>, ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+        assert_eq!((to, collection), (2, "tasks"), "tags are dropped at v2, never migrated");
+        self.calls.fetch_add(docs.len(), Ordering::SeqCst);
+        docs.into_iter()
+            .enumerate()
+            .map(|(i, mut d)| {
+                if self.throw_on.as_deref() == d.get("id").and_then(Value::as_str) {
+                    return Err(MigrateError::Threw { index: i, message: "boom".into() });
+                }
+                let tag = d.remove("tagId").and_then(|t| ctx.get(i, "tags", t.as_str()?));
+                let label = tag.and_then(|t| t.get("label").cloned()).unwrap_or(Value::Null);
+                d.insert("label".into(), label);
+                // A query reads the collection as it stood at v1, too.
+                let n = ctx.query(i, "tags", &json!({})).unwrap().len();
+                d.insert("tagsThen".into(), json!(n));
+                Ok(Some(d))
+            })
+            .collect()
+    }
+}
+
+fn writer_v1(wall: u64) -> Replica<MemoryStore> {
+    block_on(Replica::open(MemoryStore::new(), v1(), Box::new(move || wall))).unwrap()
+}
+
+fn client_v2<S: Store>(store: S, migrator: Label) -> Replica<S> {
+    block_on(Replica::open_migrating(store, Schemas::new(v2(), vec![v1()]).unwrap(), Box::new(migrator), Box::new(|| 9_000))).unwrap()
+}
+
+fn relay() -> Replica<MemoryStore> {
+    block_on(Replica::open_relay(MemoryStore::new(), Box::new(|| 5_000))).unwrap()
+}
+
+/// One pass from `s` to `r` over a pipe.
+fn pass<A: Store, B: Store>(s: &Replica<A>, r: &Replica<B>, limits: Limits) -> Result<PassReport, Error> {
+    let (mut a, mut b) = tidemark::sync::transport::pipe();
+    let (sid, rid) = (s.head().db_id, r.head().db_id);
+    let session = tidemark::peer::new_session();
+    let (sent, got) = block_on(futures::future::join(
+        drive::send(s, &mut a, &rid, &session, limits, &mut |_| {}),
+        drive::receive(r, &mut b, &sid, &session, &mut |_| {}),
+    ));
+    got.and_then(|g| sent.map(|_| g))
+}
+
+/// A relay holding 30 v1 tasks over 3 tags (a v1 app wrote and pushed them).
+fn v1_library() -> Replica<MemoryStore> {
+    let w = writer_v1(1_000);
+    let mut writes: Vec<Write> = (0..3).map(|t| Write::Put { collection: "tags".into(), doc: obj(json!({"id": format!("g{t}"), "label": format!("tag {t}")})) }).collect();
+    writes.extend((0..30).map(|i| Write::Put { collection: "tasks".into(), doc: obj(json!({"id": format!("t{i:02}"), "title": format!("task {i}"), "tagId": format!("g{}", i % 3)})) }));
+    block_on(w.write(writes)).unwrap();
+    let r = relay();
+    pass(&w, &r, Limits::default()).unwrap();
+    r
+}
+
+fn tasks<S: Store<Doc = Map<String, Value>>>(r: &Replica<S>) -> Vec<Map<String, Value>> {
+    block_on(r.query("tasks", &json!({"orderBy": "id"}))).unwrap()
+}
+
+/// A fresh v2 replica with `n` unsynced writes of its own.
+fn with_writes(store: MemoryStore, n: usize) -> Replica<MemoryStore> {
+    let c = client_v2(store, Label::default());
+    let writes = (0..n).map(|i| Write::Put { collection: "tasks".into(), doc: obj(json!({"id": format!("mine{i}"), "title": "mine", "label": "own"})) }).collect();
+    block_on(c.write(writes)).unwrap();
+    c
+}
+
+#[test]
+fn a_reset_migrates_across_documents_keeps_unsynced_writes_and_swaps_at_once() {
+    let server = v1_library();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = client_v2(MemoryStore::new(), Label { calls: calls.clone(), throw_on: None });
+    let mine: Vec<Write> = (0..5).map(|i| Write::Put { collection: "tasks".into(), doc: obj(json!({"id": format!("mine{i}"), "title": "mine", "label": "own"})) }).collect();
+    block_on(c.write(mine)).unwrap();
+    // A v2 edit of a v1 task, written before the replica ever saw it: a newer register.
+    block_on(c.write(vec![Write::Put { collection: "tasks".into(), doc: obj(json!({"id": "t07", "title": "mine now", "label": "own"})) }])).unwrap();
+    let db_id = c.head().db_id;
+
+    // Drive the pull by hand, message by message: readers see the old state throughout.
+    let session = tidemark::peer::new_session();
+    let (mut sender, preflight) = block_on(Sender::start(&server, &db_id, &session, Limits { per_diff: 7, max_diffs: 10 })).unwrap();
+    let mut receiver = Receiver::new(&server.head().db_id, &session);
+    let mut to_receiver = vec![preflight];
+    let mut report = None;
+    let mut steps = 0;
+    let mut phases = Vec::new();
+    while report.is_none() {
+        let mut to_sender = Vec::new();
+        for m in to_receiver.drain(..) {
+            let step = block_on(receiver.handle(&c, m, &mut |p| phases.push(p.phase))).unwrap();
+            to_sender.extend(step.out);
+            if let Some(r) = step.done {
+                report = Some(r);
+            } else {
+                steps += 1;
+                assert_eq!(tasks(&c).len(), 6, "step {steps}: readers see the old state until the swap");
+            }
+        }
+        for m in to_sender {
+            let step = block_on(sender.handle(&server, m, &mut |_| {})).unwrap();
+            to_receiver.extend(step.out);
+        }
+    }
+    let report = report.unwrap();
+    assert!(report.snapshot && report.reset, "{report:?}");
+    let rebuilt = report.rebuilt.clone().unwrap();
+    assert_eq!((rebuilt.documents, rebuilt.migrated, rebuilt.kept, rebuilt.from_version), (33, 30, 6, Some(1)), "{rebuilt:?}");
+    assert!(steps > 5, "the snapshot came in several chunks");
+    assert!(phases.contains(&tidemark::progress::Phase::Migrate) && phases.contains(&tidemark::progress::Phase::Swap), "{phases:?}");
+
+    let all = tasks(&c);
+    assert_eq!(all.len(), 35, "30 migrated + 5 of its own");
+    let t04 = all.iter().find(|d| d["id"] == "t04").unwrap();
+    assert_eq!(Value::Object(t04.clone()), json!({"id": "t04", "title": "task 4", "label": "tag 1", "tagsThen": 3}));
+    let t07 = all.iter().find(|d| d["id"] == "t07").unwrap();
+    assert_eq!(t07["title"], "mine now", "the replica's own newer write wins over the migrated one");
+    assert!(block_on(c.query("tags", &json!({}))).is_err(), "tags are gone at v2");
+    assert!(!c.head().reset_pending && !c.head().sealed);
+    assert_eq!(block_on(c.query("tasks", &json!({"where": {"label": "tag 2"}}))).unwrap().len(), 10, "the index of v2 answers");
+
+    // Migrated once: local writes to migrated documents do not call the migrator again.
+    let after_reset = calls.load(Ordering::SeqCst);
+    for i in 0..5 {
+        block_on(c.patch("tasks", "t04", obj(json!({"done": i})))).unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), after_reset, "patches merge over the migrated layer");
+    assert_eq!(block_on(c.get("tasks", "t04")).unwrap().unwrap().doc.unwrap()["label"], "tag 1");
+
+    // The next sync: no reset again; the replica's writes and the migrated state reach the server.
+    pass(&c, &server, Limits::default()).unwrap();
+    let again = pass(&server, &c, Limits::default()).unwrap();
+    assert!(!again.snapshot && !again.reset, "no reset loop: {again:?}");
+    let on_server: Vec<_> = block_on(server.store().docs_after(None, 1000)).unwrap();
+    let t04 = on_server.iter().find(|(c, d)| c == "tasks" && d.id == "t04").unwrap();
+    assert_eq!(t04.1.doc.as_ref().unwrap()["label"], "tag 1", "the relay holds the migrated state");
+    assert!(on_server.iter().any(|(_, d)| d.id == "mine3"));
+}
+
+#[test]
+fn a_reset_cut_before_any_step_leaves_the_live_store_and_completes_once_on_the_next_sync() {
+    let server = v1_library();
+    let base = with_writes(MemoryStore::new(), 4);
+    let live_before = (tasks(&base), block_on(base.store().rows_after(0, 1000)).unwrap());
+    let base = base.into_store();
+    let mut k = 1;
+    loop {
+        let store = Flaky::new(base.backup(), k);
+        let c = client_v2(store, Label::default());
+        let cut = pass(&server, &c, Limits { per_diff: 7, max_diffs: 10 });
+        let completed = cut.is_ok();
+        let store = c.into_store().inner;
+        let c = client_v2(store, Label::default());
+        if completed {
+            assert!(k > 5, "the reset has several steps to cut");
+            break;
+        }
+        // Cut: the live store is exactly as it was, unsealed, and says a reset is pending.
+        assert_eq!((tasks(&c), block_on(c.store().rows_after(0, 1000)).unwrap()), live_before, "cut at commit {k}");
+        assert!(!c.head().sealed, "cut at commit {k}: unsealed");
+        assert_eq!(c.head().reset_pending, k > 1, "cut at commit {k}: a reset is pending once it began");
+        assert!(c.status().pending == 4);
+        block_on(c.put("tasks", obj(json!({"id": "after-cut", "label": "x"})))).unwrap();
+        // The next sync completes it, once.
+        let done = pass(&server, &c, Limits { per_diff: 7, max_diffs: 10 }).unwrap();
+        assert!(done.reset, "cut at commit {k}: the next sync completes the reset");
+        assert_eq!(tasks(&c).len(), 35, "cut at commit {k}");
+        assert!(!c.head().reset_pending);
+        let next = pass(&server, &c, Limits::default()).unwrap();
+        assert!(!next.reset && !next.snapshot, "cut at commit {k}: no reset loop");
+        k += 1;
+    }
+}
+
+#[test]
+fn errors_during_a_reset_never_hide_data_and_the_replica_still_pushes() {
+    let server = v1_library();
+    // No v1 schema in the history: MISSING_SCHEMA, not 0 visible documents.
+    let blind = block_on(Replica::open_migrating(MemoryStore::new(), Schemas::new(v2(), vec![]).unwrap(), Box::new(Label::default()), Box::new(|| 9_000))).unwrap();
+    block_on(blind.put("tasks", obj(json!({"id": "mine", "label": "own"})))).unwrap();
+    for _ in 0..2 {
+        let e = pass(&server, &blind, Limits::default()).unwrap_err();
+        assert_eq!(e.code(), "MISSING_SCHEMA", "{e}");
+        assert_eq!(tasks(&blind).len(), 1, "the live store is untouched");
+        assert!(!blind.head().sealed);
+    }
+    pass(&blind, &server, Limits::default()).unwrap();
+    assert!(block_on(server.store().docs_after(None, 100)).unwrap().iter().any(|(_, d)| d.id == "mine"), "its own writes still reach the server");
+
+    // A migration that throws on one document: MIGRATION_FAILED naming it; nothing merged.
+    let c = client_v2(MemoryStore::new(), Label { calls: Default::default(), throw_on: Some("t13".into()) });
+    block_on(c.put("tasks", obj(json!({"id": "mine", "label": "own"})))).unwrap();
+    let e = pass(&server, &c, Limits { per_diff: 5, max_diffs: 10 }).unwrap_err();
+    assert_eq!(e.code(), "MIGRATION_FAILED");
+    assert!(e.to_string().contains("tasks/t13"), "{e}");
+    assert_eq!(tasks(&c).len(), 1, "no chunk was merged into the live store");
+    block_on(c.put("tasks", obj(json!({"id": "later", "label": "own"})))).unwrap();
+    assert_eq!(tasks(&c).len(), 2, "the replica still takes writes");
+}
+
+#[test]
+fn a_write_during_a_reset_waits_and_lands_in_the_new_generation() {
+    let server = v1_library();
+    let c = with_writes(MemoryStore::new(), 1);
+    let db_id = c.head().db_id;
+    let session = tidemark::peer::new_session();
+    let (mut sender, preflight) = block_on(Sender::start(&server, &db_id, &session, Limits { per_diff: 10, max_diffs: 10 })).unwrap();
+    let mut receiver = Receiver::new(&server.head().db_id, &session);
+    // Preflight → point → begin (seals) + the first chunk.
+    let point = block_on(receiver.handle(&c, preflight, &mut |_| {})).unwrap().out;
+    let mut to_receiver = block_on(sender.handle(&server, point.into_iter().next().unwrap(), &mut |_| {})).unwrap().out;
+    assert!(matches!(to_receiver[0], Message::Begin { snapshot: true, .. }));
+    let begin = to_receiver.remove(0);
+    block_on(receiver.handle(&c, begin, &mut |_| {})).unwrap();
+    assert!(block_on(c.store().head()).unwrap().unwrap().sealed, "the live generation is sealed");
+
+    // A write now waits for the swap; the pass goes on meanwhile.
+    let wrote = Cell::new(false);
+    let write = async {
+        c.put("tasks", obj(json!({"id": "during", "label": "own"}))).await.unwrap();
+        wrote.set(true);
+    };
+    let rest = async {
+        let mut queue = to_receiver;
+        loop {
+            let mut back = Vec::new();
+            for m in queue.drain(..) {
+                assert!(!wrote.get(), "the write waits while the reset runs");
+                let step = receiver.handle(&c, m, &mut |_| {}).await.unwrap();
+                back.extend(step.out);
+                if step.done.is_some() {
+                    return;
+                }
+            }
+            for m in back {
+                queue.extend(sender.handle(&server, m, &mut |_| {}).await.unwrap().out);
+            }
+        }
+    };
+    block_on(futures::future::join(write, rest));
+    assert!(wrote.get());
+    let all = tasks(&c);
+    assert_eq!(all.len(), 32, "30 migrated + its own + the one written during the reset");
+    assert!(all.iter().any(|d| d["id"] == "during"));
+    let rows = block_on(c.store().rows_after(0, 10_000)).unwrap();
+    let mut numbers: Vec<u64> = rows.iter().map(|r| r.row).collect();
+    numbers.dedup();
+    assert_eq!(numbers.len(), rows.len(), "no row number used twice");
+    assert!(rows.iter().any(|r| r.op.id == "during" && r.from.is_none()));
+}
