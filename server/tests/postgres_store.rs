@@ -88,11 +88,35 @@ fn the_postgres_store_keeps_the_contract() {
 }
 
 #[test]
-fn a_library_has_no_staging_generation() {
-    let store = Backend::fresh(&Postgres);
-    let refused = block_on(store.stage(&contract::schema()));
-    assert!(matches!(refused, Err(Error::Store(StoreError::Unsupported(_)))), "{:?}", refused.err());
-    block_on(store.settle()).expect("never sealed");
+fn the_postgres_store_stages_and_swaps_generations() {
+    block_on(contract::generations(&Postgres));
+}
+
+/// After a swap the library is still listed and found under its name, and a store opened
+/// later (another instance, or after a restart) reads the swapped-in generation.
+#[test]
+fn a_swapped_generation_is_the_library_everywhere() {
+    let name = library();
+    let store = open(&pg().a, &name);
+    let r = replica(store, 1_000);
+    block_on(r.put("docs", doc(json!({"id": "old"})))).unwrap();
+    let staging = block_on(r.store().stage(&scenarios::schema())).unwrap();
+    let fresh = replica(staging, 2_000);
+    block_on(fresh.put("docs", doc(json!({"id": "new"})))).unwrap();
+    let db_id = fresh.head().db_id;
+    let staging = block_on(PgStore::open(&pg().a, &name)).unwrap();
+    assert!(matches!(block_on(staging.commit(&[], &[], |_| Ok(Default::default()))), Err(Error::Store(StoreError::Sealed))), "the live generation is sealed");
+    drop(staging);
+    // Swap the generation the fresh replica wrote into the library.
+    block_on(r.store().swap(fresh.into_store())).unwrap();
+    assert!(block_on(pg().a.exists(&name)).unwrap());
+    assert!(block_on(pg().b.libraries()).unwrap().contains(&name));
+    let elsewhere = open(&pg().b, &name);
+    let head = block_on(elsewhere.head()).unwrap().unwrap();
+    assert_eq!(head.db_id, db_id, "the swapped-in generation's head");
+    assert!(!head.sealed);
+    assert!(block_on(elsewhere.get("docs", "new")).unwrap().is_some());
+    assert!(block_on(elsewhere.get("docs", "old")).unwrap().is_none(), "nothing of the old generation remains");
 }
 
 fn doc(v: Value) -> Map<String, Value> {

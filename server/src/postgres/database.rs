@@ -8,8 +8,12 @@
 //! SQLite store: readable with `psql`, and nothing to migrate when the engine adds optional
 //! fields); text columns that order documents use the `C` collation, so the order is the
 //! bytes' order on every database, whatever its locale.
-//! - `tidemark_libraries(library, db_id, schema_version)`: the head's fixed part. A library
-//!   exists when its row does.
+//! - `tidemark_libraries(library, head)`: the head's fixed part (db id, schema version,
+//!   flags) as the engine's JSON, with max row and clock left out. A library exists when its
+//!   row does.
+//! - `tidemark_generations(library, live)`: the key a library's rows are stored under once a
+//!   rebuilt generation was swapped in (`generation`); without a row, the library's name.
+//!   Every other table's `library` column holds that key.
 //! - `tidemark_clocks(library, instance, slot, stamp)`: the head's clock, as the largest stamp
 //!   of the library's rows. Each open transaction of an instance writes its own slot row,
 //!   forward only, so concurrent commits never wait on each other for the clock, and the
@@ -39,8 +43,10 @@ const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS tidemark_format (format INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS tidemark_libraries (
     library TEXT PRIMARY KEY,
-    db_id TEXT NOT NULL,
-    schema_version INTEGER NOT NULL);
+    head TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tidemark_generations (
+    library TEXT PRIMARY KEY,
+    live TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tidemark_clocks (
     library TEXT NOT NULL,
     instance TEXT NOT NULL,
@@ -249,7 +255,14 @@ impl Database {
         let pool = self.shared.pool.clone();
         self.run(async move {
             let client = pool.get().await?;
-            let rows = client.query("SELECT library FROM tidemark_libraries ORDER BY library", &[]).await?;
+            // Staging generations' keys hold a `~`, which no library name does.
+            let rows = client
+                .query(
+                    "SELECT library FROM tidemark_libraries WHERE strpos(library, '~') = 0
+                     UNION SELECT library FROM tidemark_generations ORDER BY 1",
+                    &[],
+                )
+                .await?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
         .await
@@ -261,8 +274,10 @@ impl Database {
         let library = library.to_string();
         self.run(async move {
             let client = pool.get().await?;
-            let stmt = client.prepare_cached("SELECT 1 FROM tidemark_libraries WHERE library = $1").await?;
-            Ok(client.query_opt(&stmt, &[&library]).await?.is_some())
+            let stmt = client
+                .prepare_cached("SELECT 1 FROM tidemark_libraries WHERE library = $1 UNION ALL SELECT 1 FROM tidemark_generations WHERE library = $1")
+                .await?;
+            Ok(!client.query(&stmt, &[&library]).await?.is_empty())
         })
         .await
     }

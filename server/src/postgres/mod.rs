@@ -6,11 +6,13 @@
 //!   periodic re-read), and the persisted-up-to position that bounds what clients are shown.
 //! - `tracker` is that view's bookkeeping without I/O (Synapse's `MultiWriterIdGenerator`).
 //! - `database` is one process's handle on the database: pool, tables, positions, runtime.
-//! - `store` is `PgStore`, a library's `tidemark::store::Store` written by every instance.
+//! - `store` is `PgStore`, a library's `tidemark::store::Store` written by every instance;
+//!   `generation` its generations (stage, swap, abandon, settle).
 //!
 //! This module also holds what its parts share: the error type and the connection pool.
 
 pub mod database;
+mod generation;
 pub mod positions;
 pub mod store;
 mod tracker;

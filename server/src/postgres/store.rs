@@ -20,8 +20,9 @@
 //!    never passes a row that might still appear.
 //!
 //! # The head when several instances write
-//! - `db_id` and `schema_version` are the library's, written once when it is created (under
-//!   an advisory lock, so two instances creating it at once agree on one db id).
+//! - `db_id`, `schema_version` and the flags are the library's, written when it is created
+//!   (under an advisory lock, so two instances creating it at once agree on one db id) and
+//!   rewritten only when they change; the db id never does.
 //! - `max_row` is the library's **persisted-up-to position on this instance**, not a stored
 //!   value: every row at or below it has committed, so no reader's point — and no snapshot,
 //!   which claims the sender's max row — passes a row another writer allocated but has not
@@ -32,7 +33,7 @@
 //!   for each other on it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Pool, Transaction};
@@ -51,21 +52,35 @@ use tokio::sync::oneshot;
 use tokio_postgres::IsolationLevel;
 
 use super::database::{Database, Shared};
-use super::{Allocation, Error, Stream};
+use super::{generation, Allocation, Error, Stream};
 
 /// A library's storage on PostgreSQL, as one instance sees it.
 pub struct PgStore {
     db: Database,
-    library: String,
-    stream: Arc<Stream>,
+    /// The library's name.
+    name: String,
+    /// The generation reads and commits go to (see `generation`).
+    live: RwLock<Arc<Generation>>,
 }
 
-/// The stored part of the head.
+/// One generation of a library: the key its rows are stored under (the library's name,
+/// unless a generation was swapped in) and its row stream.
+pub(crate) struct Generation {
+    pub(crate) key: String,
+    pub(crate) stream: Arc<Stream>,
+}
+
+/// The stored parts of the head: its fixed part (max row 0, clock zero) and the clock slots'
+/// largest stamp.
 #[derive(Clone, Debug)]
 struct HeadRow {
-    db_id: String,
-    schema_version: u32,
+    fixed: Head,
     clock: Option<String>,
+}
+
+/// The part of a head stored in `tidemark_libraries`: everything but max row and clock.
+fn fixed_part(head: &Head) -> Head {
+    Head { max_row: 0, clock: Stamp::zero(), ..head.clone() }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -94,7 +109,7 @@ fn limit(n: usize) -> i64 {
 
 /// The advisory lock key of one document or peer record of a library: the first 8 bytes of
 /// a SHA-256, the same on every instance. A collision only makes two keys wait for each other.
-fn lock_key(library: &str, kind: &str, a: &str, b: &str) -> i64 {
+pub(crate) fn lock_key(library: &str, kind: &str, a: &str, b: &str) -> i64 {
     let mut h = Sha256::new();
     for part in [library, kind, a, b] {
         h.update((part.len() as u64).to_be_bytes());
@@ -104,26 +119,46 @@ fn lock_key(library: &str, kind: &str, a: &str, b: &str) -> i64 {
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
+/// The advisory lock key of a generation's seal.
+pub(crate) fn seal_key(key: &str) -> i64 {
+    lock_key(key, "seal", "", "")
+}
+
 impl PgStore {
-    /// Opens `library` (its row stream is loaded and this instance joins as a writer). The
-    /// library itself is created by the first commit that writes a head.
+    /// Opens `library` at its live generation (its row stream is loaded and this instance
+    /// joins as a writer). The library itself is created by the first commit that writes a
+    /// head.
     pub async fn open(db: &Database, library: &str) -> Result<PgStore, Error> {
-        let stream = db.stream(library).await?;
-        Ok(PgStore { db: db.clone(), library: library.to_string(), stream })
+        let live = generation::live(db, library).await?;
+        Ok(PgStore { db: db.clone(), name: library.to_string(), live: RwLock::new(live) })
+    }
+
+    /// A store over one generation's key (a staging generation).
+    pub(crate) async fn at(db: &Database, name: &str, key: &str) -> Result<PgStore, Error> {
+        let stream = db.stream(key).await?;
+        let live = Arc::new(Generation { key: key.to_string(), stream });
+        Ok(PgStore { db: db.clone(), name: name.to_string(), live: RwLock::new(live) })
     }
 
     pub fn library(&self) -> &str {
-        &self.library
+        &self.name
+    }
+
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn live(&self) -> Arc<Generation> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn bind(&self, generation: Arc<Generation>) {
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = generation;
     }
 
     /// The library's row stream on this instance: positions, persisted-up-to, wake-ups.
-    pub fn stream(&self) -> &Arc<Stream> {
-        &self.stream
-    }
-
-    /// The rows clients may be shown: every row id at or below this has committed.
-    fn visible(&self) -> i64 {
-        self.stream.persisted_up_to().max(0)
+    pub fn stream(&self) -> Arc<Stream> {
+        self.live().stream.clone()
     }
 
     async fn read<T, F>(&self, f: impl FnOnce(Pool, String) -> F) -> Result<T, StoreError>
@@ -131,7 +166,7 @@ impl PgStore {
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
     {
-        self.db.run(f(self.db.shared.pool.clone(), self.library.clone())).await.map_err(backend)
+        self.db.run(f(self.db.shared.pool.clone(), self.live().key.clone())).await.map_err(backend)
     }
 
     /// Every stored document of a collection in UTF-16 id order (for tests that compare
@@ -169,7 +204,7 @@ impl PgStore {
             let mut client = pool.get().await?;
             let txn = client.transaction().await?;
             for sql in [
-                "INSERT INTO tidemark_libraries SELECT $2, db_id, schema_version FROM tidemark_libraries WHERE library = $1",
+                "INSERT INTO tidemark_libraries SELECT $2, head FROM tidemark_libraries WHERE library = $1",
                 "INSERT INTO tidemark_clocks SELECT $2, instance, slot, stamp FROM tidemark_clocks WHERE library = $1",
                 r#"INSERT INTO tidemark_log SELECT $2, row, op, "from" FROM tidemark_log WHERE library = $1"#,
                 "INSERT INTO tidemark_docs SELECT $2, collection, id, state FROM tidemark_docs WHERE library = $1",
@@ -187,21 +222,18 @@ impl PgStore {
 fn head_of(row: HeadRow, max_row: i64) -> Result<Head, StoreError> {
     let clock = match &row.clock {
         Some(text) => Stamp::parse(text).ok_or_else(|| StoreError::Corrupt(format!("head clock {text:?}")))?,
-        None => Stamp { version: row.schema_version, wall: 0, counter: 0, node: row.db_id.clone() },
+        None => Head::new(row.fixed.db_id.clone(), row.fixed.schema_version).clock,
     };
-    Ok(Head { db_id: row.db_id, max_row: max_row.max(0) as u64, clock, schema_version: row.schema_version })
+    Ok(Head { max_row: max_row.max(0) as u64, clock, ..row.fixed })
 }
 
-const READ_HEAD: &str = "SELECT l.db_id, l.schema_version, (SELECT max(c.stamp) FROM tidemark_clocks c WHERE c.library = l.library)
+const READ_HEAD: &str = "SELECT l.head, (SELECT max(c.stamp) FROM tidemark_clocks c WHERE c.library = l.library)
                          FROM tidemark_libraries l WHERE l.library = $1";
 
-async fn read_head(c: &impl GenericClient, library: &str) -> Result<Option<HeadRow>, tokio_postgres::Error> {
-    let stmt = c.prepare_cached(READ_HEAD).await?;
-    Ok(c.query_opt(&stmt, &[&library]).await?.map(|r| HeadRow {
-        db_id: r.get(0),
-        schema_version: r.get::<_, i32>(1) as u32,
-        clock: r.get(2),
-    }))
+async fn read_head(c: &impl GenericClient, library: &str) -> Result<Option<HeadRow>, StoreError> {
+    let stmt = c.prepare_cached(READ_HEAD).await.map_err(db)?;
+    let Some(row) = c.query_opt(&stmt, &[&library]).await.map_err(db)? else { return Ok(None) };
+    Ok(Some(HeadRow { fixed: decode("head", &row.get::<_, String>(0))?, clock: row.get(1) }))
 }
 
 async fn read_doc(c: &impl GenericClient, library: &str, collection: &str, id: &str) -> Result<Option<String>, tokio_postgres::Error> {
@@ -224,8 +256,14 @@ async fn read_phase(txn: &Transaction<'_>, library: &str, keys: &[DocKey], peers
         keys.iter().map(|(c, id)| lock_key(library, "doc", c, id)).chain(peers.iter().map(|p| lock_key(library, "peer", p, ""))).collect();
     locks.sort_unstable();
     locks.dedup();
+    // First the generation's seal, shared (sealing takes it alone: it waits for the commits
+    // under way, and the commits after it read a sealed head); then the keys, in order.
+    locks.insert(0, seal_key(library));
     let (lock, pid, docs_stmt, peers_stmt) = futures::try_join!(
-        txn.prepare_cached("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k"),
+        txn.prepare_cached(
+            "SELECT count(CASE WHEN i = 1 THEN pg_advisory_xact_lock_shared(k) ELSE pg_advisory_xact_lock(k) END)
+             FROM unnest($1::bigint[]) WITH ORDINALITY AS t(k, i)"
+        ),
         txn.prepare_cached("SELECT pg_backend_pid()"),
         txn.prepare_cached(
             "SELECT d.collection, d.id, d.state FROM tidemark_docs d
@@ -247,21 +285,20 @@ async fn read_phase(txn: &Transaction<'_>, library: &str, keys: &[DocKey], peers
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            txn.query(&docs_stmt, &[&library, &collections, &ids]).await
+            txn.query(&docs_stmt, &[&library, &collections, &ids]).await.map_err(db)
         },
         async {
             if peers.is_empty() {
                 return Ok(Vec::new());
             }
-            txn.query(&peers_stmt, &[&library, &peers]).await
+            txn.query(&peers_stmt, &[&library, &peers]).await.map_err(db)
         },
-    )
-    .map_err(db)?;
+    )?;
     if head.is_none() {
         // The library is being created: whoever gets here first mints its db id; the others
         // wait for it and read that head.
         txn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&format!("tidemark-create:{library}")]).await.map_err(db)?;
-        head = read_head(txn, library).await.map_err(db)?;
+        head = read_head(txn, library).await?;
     }
     let mut found: HashMap<(String, String), String> = doc_rows.into_iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect();
     let docs = keys.iter().map(|k| found.remove(k).map(|t| decode("document", &t)).transpose()).collect::<Result<_, _>>()?;
@@ -308,20 +345,17 @@ async fn write_phase(txn: &Transaction<'_>, library: &str, instance: &str, slot:
         records.push(encode(rec)?);
     }
     let head = commit.head.as_ref();
-    let library_row = match (head, before) {
-        (Some(_), None) => Some("INSERT INTO tidemark_libraries (library, db_id, schema_version) VALUES ($1, $2, $3)"),
-        (Some(h), Some(b)) if h.db_id != b.db_id || h.schema_version != b.schema_version => {
-            Some("UPDATE tidemark_libraries SET db_id = $2, schema_version = $3 WHERE library = $1")
-        }
+    let fixed = head.map(fixed_part);
+    let library_row = match (&fixed, before) {
+        (Some(f), None) => Some(("INSERT INTO tidemark_libraries (library, head) VALUES ($1, $2)", encode(f)?)),
+        (Some(f), Some(b)) if *f != b.fixed => Some(("UPDATE tidemark_libraries SET head = $2 WHERE library = $1", encode(f)?)),
         _ => None,
     };
     let clock = head.map(|h| h.clock.encode()).filter(|c| before.and_then(|b| b.clock.as_ref()).is_none_or(|b| c > b));
-    let version = head.map_or(0, |h| h.schema_version as i32);
-    let db_id = head.map(|h| h.db_id.as_str());
     futures::try_join!(
         async {
-            match library_row {
-                Some(sql) => txn.execute(sql, &[&library, &db_id, &version]).await.map(drop),
+            match &library_row {
+                Some((sql, text)) => txn.execute(*sql, &[&library, text]).await.map(drop),
                 None => Ok(()),
             }
         },
@@ -380,6 +414,25 @@ async fn write_phase(txn: &Transaction<'_>, library: &str, instance: &str, slot:
     .map_err(db)?;
     Ok(())
 }
+
+/// Allocates row ids for `rows` (numbered by the engine after the head's max row). Normally
+/// that is one id per row. A commit numbered past the sequence (rows the engine numbered
+/// after a max row this library's sequence never reached, as a test or a restore may write)
+/// gets more ids, so that its rows can keep their numbers: the top ones are used and the
+/// rest count as finished, never stored.
+async fn allocate(stream: &Arc<Stream>, txn: &Transaction<'_>, rows: &[Row]) -> Result<Vec<Allocation>, Error> {
+    let Some(last) = rows.last() else { return Ok(Vec::new()) };
+    let mut allocations = vec![stream.allocate(txn, rows.len()).await?];
+    let top = allocations[0].ids().last().copied().unwrap_or(0);
+    let wanted = i64::try_from(last.row).unwrap_or(i64::MAX);
+    if top < wanted && wanted - top <= MAX_SKIP {
+        allocations.push(stream.allocate(txn, (wanted - top) as usize).await?);
+    }
+    Ok(allocations)
+}
+
+/// The most ids a commit skips to keep its rows' numbers (beyond this they are renumbered).
+const MAX_SKIP: i64 = 100_000;
 
 /// Gives the commit's rows the allocated ids, in order. An op this replica logged as its own
 /// (`originRow` equal to its row) keeps the two equal.
@@ -464,24 +517,22 @@ async fn run_commit(
         let _ = txn.rollback().await;
         return Err(StoreError::Backend("the commit was abandoned".into()));
     };
-    let allocation: Option<Allocation> = match commit.rows.len() {
-        0 => None,
-        n => match stream.allocate(&txn, n).await {
-            Ok(a) => Some(a),
-            Err(e) => return Err(backend(e)),
-        },
+    let allocations = match allocate(&stream, &txn, &commit.rows).await {
+        Ok(a) => a,
+        Err(e) => return Err(backend(e)),
     };
-    if let Some(a) = &allocation {
-        let own = commit.head.as_ref().map(|h| h.db_id.clone()).or_else(|| before.as_ref().map(|b| b.db_id.clone()));
-        renumber(&mut commit, a.ids(), own.as_deref());
+    if !commit.rows.is_empty() {
+        let mut ids: Vec<i64> = allocations.iter().flat_map(|a| a.ids().iter().copied()).collect();
+        ids.sort_unstable();
+        let own = commit.head.as_ref().map(|h| h.db_id.clone()).or_else(|| before.as_ref().map(|b| b.fixed.db_id.clone()));
+        let first = ids.len() - commit.rows.len();
+        renumber(&mut commit, &ids[first..], own.as_deref());
     }
     let slot = shared.slot();
     if let Err(e) = write_phase(&txn, &library, &shared.instance, slot.number, &commit, before.as_ref()).await {
         // No COMMIT was sent: these ids can never commit.
         drop(txn);
-        if let Some(a) = allocation {
-            a.rolled_back();
-        }
+        allocations.into_iter().for_each(Allocation::rolled_back);
         return Err(e);
     }
     let outcome = txn.commit().await;
@@ -491,7 +542,7 @@ async fn run_commit(
     drop(client);
     match outcome {
         Ok(()) => {
-            if let Some(a) = allocation {
+            for a in allocations {
                 if let Err(e) = a.committed().await {
                     // The rows are committed; our position reaches the table with the next
                     // heartbeat.
@@ -504,9 +555,7 @@ async fn run_commit(
                 tracing::warn!(library, error = %e, pid = read.pid, "a COMMIT's outcome is unknown; waiting for its backend to end");
                 wait_backend_gone(&shared.pool, read.pid).await;
             }
-            if let Some(a) = allocation {
-                a.rolled_back();
-            }
+            allocations.into_iter().for_each(Allocation::rolled_back);
             return Err(db(e));
         }
     }
@@ -523,10 +572,10 @@ impl Store for PgStore {
         let row = self
             .read(|pool, library| async move {
                 let client = pool.get().await?;
-                Ok(read_head(&client, &library).await?)
+                Ok(read_head(&client, &library).await)
             })
-            .await?;
-        row.map(|r| head_of(r, self.visible())).transpose()
+            .await??;
+        row.map(|r| head_of(r, self.live().stream.persisted_up_to())).transpose()
     }
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
@@ -546,10 +595,11 @@ impl Store for PgStore {
     {
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let (answer_tx, answer_rx) = oneshot::channel();
+        let live = self.live();
         let task = self.db.shared.rt.spawn(run_commit(
             self.db.shared.clone(),
-            self.stream.clone(),
-            self.library.clone(),
+            live.stream.clone(),
+            live.key.clone(),
             keys.to_vec(),
             peers.to_vec(),
             loaded_tx,
@@ -603,7 +653,7 @@ impl Store for PgStore {
     /// committed, but a row below them may still be in flight on another instance.
     async fn rows_after(&self, after: u64, limit_rows: usize) -> Result<Vec<Row>, StoreError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let upto = self.visible();
+        let upto = self.live().stream.persisted_up_to().max(0);
         if after >= upto {
             return Ok(Vec::new());
         }
@@ -667,22 +717,23 @@ impl Store for PgStore {
 
     type Staging = PgStore;
 
-    /// A server's library is a relay: it merges snapshots and never rebuilds a generation.
+    /// Seals the live generation and opens an empty one under a key of its own (see
+    /// `generation`). A server's relay library never does this (it merges snapshots); full
+    /// replicas on PostgreSQL do, when a reset rebuilds them.
     async fn stage(&self, _schema: &tidemark::Schema) -> Result<PgStore, EngineError> {
-        Err(StoreError::Unsupported("a server's library merges snapshots; it has no staging generation".into()).into())
+        Ok(generation::stage(self).await?)
     }
 
-    async fn swap(&self, _staging: PgStore) -> Result<(), EngineError> {
-        Err(StoreError::Unsupported("a server's library has no staging generation".into()).into())
+    async fn swap(&self, staging: PgStore) -> Result<(), EngineError> {
+        Ok(generation::swap(self, staging).await?)
     }
 
-    async fn abandon(&self, _staging: PgStore) -> Result<(), EngineError> {
-        Ok(())
+    async fn abandon(&self, staging: PgStore) -> Result<(), EngineError> {
+        Ok(generation::abandon(self, staging).await?)
     }
 
-    /// Never sealed: nothing to wait for.
     async fn settle(&self) -> Result<(), EngineError> {
-        Ok(())
+        Ok(generation::settle(self).await?)
     }
 }
 
