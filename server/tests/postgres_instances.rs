@@ -233,12 +233,12 @@ async fn a_paused_instance_never_makes_another_skip_its_rows() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writing = {
         let stop = stop.clone();
-        let b_addr = b.addr;
+        let b_url = b.ws_url();
         tokio::spawn(async move {
             let mut k = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 put_all(&writer_b, (0..40).map(|n| format!("b{k}-{n}")), k).await;
-                let _ = round_at(&writer_b, b_addr, Limits { per_diff: 50, max_diffs: 10 }).await;
+                let _ = round_url(&writer_b, &b_url, Limits { per_diff: 50, max_diffs: 10 }, Duration::from_secs(20)).await;
                 k += 1;
             }
             writer_b
@@ -291,25 +291,6 @@ async fn a_paused_instance_never_makes_another_skip_its_rows() {
     b.kill();
 }
 
-/// One round against the server at `addr` (which may be paused or gone: errors are returned).
-async fn round_at(c: &Replica<MemoryStore>, addr: std::net::SocketAddr, limits: Limits) -> Result<(), tidemark::Error> {
-    let url = format!("ws://{addr}/v1/sync");
-    let connect = tokio_tungstenite::connect_async(url);
-    let (ws, _) = match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok(x)) => x,
-        _ => return Err(tidemark::error::SyncError::Connection("cannot connect".into()).into()),
-    };
-    let mut t = Client { ws };
-    let go = async {
-        let id = tidemark::sync::drive::hello(c, &mut t, LIB, None).await?;
-        tidemark::sync::drive::round(c, &mut t, &id, limits, &mut |_, _| {}).await.map(drop)
-    };
-    match tokio::time::timeout(Duration::from_secs(20), go).await {
-        Ok(r) => r,
-        Err(_) => Err(tidemark::error::SyncError::Connection("timed out".into()).into()),
-    }
-}
-
 /// An instance is killed (SIGKILL) while its client is writing, and restarted under the same
 /// name: every write of the client arrives at a reader on another instance, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -328,9 +309,9 @@ async fn an_instance_killed_mid_write_loses_nothing() {
     // Writes in flight when b dies: many small batches, killed after a few have landed.
     put_all(&writer, (900..1_500).map(|n| format!("w{n}")), 2).await;
     let before = db.log_len().await;
-    let addr = b.addr;
+    let url = b.ws_url();
     let pushing = tokio::spawn(async move {
-        let _ = round_at(&writer, addr, Limits { per_diff: 20, max_diffs: 1000 }).await;
+        let _ = round_url(&writer, &url, Limits { per_diff: 20, max_diffs: 1000 }, Duration::from_secs(20)).await;
         writer
     });
     let deadline = Instant::now() + Duration::from_secs(30);
