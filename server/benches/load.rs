@@ -22,7 +22,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -145,7 +144,7 @@ async fn idle(n: usize, backing: &Backing) -> Value {
         let opened = futures::future::join_all(wave.iter().map(|i| {
             let url = url.clone();
             async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.ok()?;
+                let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true).await.ok()?;
                 let hello = Message::Hello { library: LIB.into(), token: None, db_id: format!("idle{i:05}"), schema_version: 1 };
                 ws.send(Frame::Text(hello.encode().into())).await.ok()?;
                 loop {
@@ -208,7 +207,7 @@ async fn idle(n: usize, backing: &Backing) -> Value {
 
 /// A push-only pass of the client's new rows (writers need not pull what others write).
 async fn push(c: &tidemark::Replica<tidemark::MemoryStore>, url: &str) -> Result<u64, tidemark::Error> {
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| tidemark::error::SyncError::Connection(e.to_string()))?;
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.map_err(|e| tidemark::error::SyncError::Connection(e.to_string()))?;
     let mut t = Client { ws };
     let server = drive::hello(c, &mut t, LIB, None).await?;
     let session = tidemark::peer::new_session();

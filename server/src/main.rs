@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use tidemark::sync::Limits;
 use tidemark_server::app::DEFAULT_MAX_FRAME;
+use axum::serve::ListenerExt;
 use tidemark_server::library::Storage;
 use tidemark_server::peers::{self, Timing};
 use tidemark_server::upstream::PeerUrl;
@@ -193,7 +194,7 @@ fn serve(args: Serve) -> ExitCode {
 }
 
 async fn run(listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = bind(listen)?;
     let addr = listener.local_addr()?;
     let app = match App::start(settings).await {
         Ok(app) => Arc::new(app),
@@ -210,6 +211,13 @@ async fn run(listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
         tracing::info!(peers = ?app.settings.peers.iter().map(|p| p.url.as_str()).collect::<Vec<_>>(), "replicating with peers");
         peers::spawn(app.clone());
     }
+    // Protocol messages are small and often go out two at a time: without TCP_NODELAY the
+    // second waits for the peer's delayed ACK (40 ms) — on every step of every pass.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, http::router(app.clone())).with_graceful_shutdown(shutdown()).await;
     if let Storage::Postgres(db) = app.registry.storage() {
         // Leave cleanly, so the other instances need not wait for our heartbeat to go stale.
@@ -218,6 +226,16 @@ async fn run(listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
         }
     }
     served
+}
+
+/// The listening socket, with a backlog deep enough for thousands of clients that
+/// (re)connect at once (a server restart, a network blip): the default 1024 drops SYNs,
+/// which clients retry only after a second.
+fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(8192)
 }
 
 /// Resolves on Ctrl-C or SIGTERM. Commits are atomic, so stopping mid-pass is safe.

@@ -202,7 +202,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(server: &Server) -> Result<Client, Error> {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(server.ws_url(), None, true)
             .await
             .map_err(|e| SyncError::Connection(format!("cannot connect: {e}")))?;
         Ok(Client { ws })
@@ -276,7 +276,7 @@ pub async fn round_lib(r: &Replica<MemoryStore>, server: &Server, library: &str,
 /// One round against `url` (a server that may be paused, slow or gone): connecting has 5 s,
 /// the round `timeout`; failures are returned, never waited out.
 pub async fn round_url(r: &Replica<MemoryStore>, url: &str, limits: Limits, timeout: Duration) -> Result<RoundReport, Error> {
-    let (ws, _) = match tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(url)).await {
+    let (ws, _) = match tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async_with_config(url, None, true)).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return Err(SyncError::Connection(format!("cannot connect: {e}")).into()),
         Err(_) => return Err(SyncError::Connection("connecting timed out".into()).into()),
