@@ -1,14 +1,16 @@
 //! The state every request shares: the server's settings and the library registry.
 //!
 //! Settings are fixed at start-up (from the command line), so handlers read them without
-//! locks; the registry and the peer board are the only shared mutable parts.
+//! locks; the registry and the peer board are the only shared mutable parts. Libraries live
+//! in SQLite files under `data`, or — with `postgres` set — in a PostgreSQL database that
+//! several instances share (`App::start` connects to it).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tidemark::sync::Limits;
 
-use crate::library::Registry;
+use crate::library::{Registry, Storage};
 use crate::peers::{Board, Timing};
 use crate::upstream::PeerUrl;
 
@@ -37,6 +39,8 @@ pub struct Settings {
     pub peer_secret: Option<Vec<u8>>,
     /// How often peer rounds run and retry.
     pub peer_timing: Timing,
+    /// Libraries on PostgreSQL instead of SQLite files (`--postgres URL --instance NAME`).
+    pub postgres: Option<crate::postgres::Settings>,
 }
 
 impl Settings {
@@ -54,6 +58,7 @@ impl Settings {
             peers: Vec::new(),
             peer_secret: None,
             peer_timing: Timing::from_poll(Duration::from_secs(1)),
+            postgres: None,
         }
     }
 }
@@ -67,8 +72,23 @@ pub struct App {
 }
 
 impl App {
+    /// An app over SQLite files in `settings.data` (`settings.postgres` is not looked at).
     pub fn new(settings: Settings) -> App {
         let registry = Registry::new(settings.data.clone());
+        App::with(settings, registry)
+    }
+
+    /// An app over the storage the settings name: connects to PostgreSQL when set (and
+    /// starts this instance's stream positions there), else SQLite files.
+    pub async fn start(settings: Settings) -> Result<App, crate::postgres::Error> {
+        let registry = match &settings.postgres {
+            Some(pg) => Registry::with(Storage::Postgres(crate::postgres::Database::connect(pg).await?)),
+            None => Registry::new(settings.data.clone()),
+        };
+        Ok(App::with(settings, registry))
+    }
+
+    fn with(settings: Settings, registry: Registry) -> App {
         let board = Board::new(&settings.peers);
         App { settings, registry, board }
     }

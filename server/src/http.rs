@@ -4,8 +4,10 @@
 //! - `GET /v1/libraries` → `{ "libraries": [names] }`: what this server stores, so peers
 //!   replicate every library (with a secret: a token for library `*`);
 //! - `GET /v1/libraries/<library>/status` → the library's db id, max row and every peer's
-//!   points, as JSON; with a secret configured it needs `Authorization: Bearer <token>`
-//!   for that library, since it lists the library's replicas;
+//!   points, as JSON; on PostgreSQL also every writer's position (`positions`, by instance)
+//!   and `persistedUpTo`, the row clients of this instance are shown up to (the max row);
+//!   with a secret configured it needs `Authorization: Bearer <token>` for that library,
+//!   since it lists the library's replicas;
 //! - `GET /v1/peers` → each `--peer`'s links: points, lag, last round, last error (with a
 //!   secret: a token for library `*`);
 //! - `/v1/sync` → the WebSocket endpoint (`ws`);
@@ -31,7 +33,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::app::App;
 use crate::auth;
 use crate::library::LibraryError;
-use crate::{listing, peers, ws};
+use crate::{peers, ws};
 
 /// All routes, over shared state.
 pub fn router(app: Arc<App>) -> Router {
@@ -68,6 +70,12 @@ struct LibraryStatus {
     db_id: String,
     max_row: u64,
     peers: BTreeMap<String, PeerStatus>,
+    /// Every writer's stream position, by instance (PostgreSQL only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    positions: Option<BTreeMap<String, i64>>,
+    /// Every row at or below this has committed, on every instance (PostgreSQL only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    persisted_up_to: Option<i64>,
 }
 
 /// With a secret configured, the request must carry a token for `library`: the refusal
@@ -84,7 +92,10 @@ async fn libraries(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     if let Some(r) = refusal(&app, &headers, peers::ANY_LIBRARY) {
         return r;
     }
-    Json(json!({ "libraries": listing::local(app.registry.data_dir()) })).into_response()
+    match app.registry.names().await {
+        Ok(names) => Json(json!({ "libraries": names })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.code(), e.to_string()),
+    }
 }
 
 async fn peer_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -119,5 +130,14 @@ async fn status(Path(library): Path<String>, State(app): State<Arc<App>>, header
         }
     };
     let peers = peers.into_iter().map(|(id, p)| (id, PeerStatus { incoming: p.incoming, outgoing: p.outgoing })).collect();
-    Json(LibraryStatus { library, db_id: head.db_id, max_row: head.max_row, peers }).into_response()
+    let stream = lib.store().as_postgres().map(|s| s.stream());
+    Json(LibraryStatus {
+        library,
+        db_id: head.db_id,
+        max_row: head.max_row,
+        peers,
+        positions: stream.as_ref().map(|s| s.positions()),
+        persisted_up_to: stream.map(|s| s.persisted_up_to()),
+    })
+    .into_response()
 }

@@ -1,8 +1,9 @@
 //! The `tidemark-server` binary: command-line flags, logging, and the listening socket.
 //!
-//! `tidemark-server [--listen ADDR] [--data DIR] [--www DIR] [--pkg DIR] [--peer URL]… …`
-//! serves (and replicates with its peers); `tidemark-server token --secret S --library L
-//! --user U` prints an access token (the format is documented in `auth`).
+//! `tidemark-server [--listen ADDR] [--data DIR | --postgres URL --instance NAME] [--www DIR]
+//! [--pkg DIR] [--peer URL]… …` serves (and replicates with its peers); `tidemark-server
+//! token --secret S --library L --user U` prints an access token (the format is documented
+//! in `auth`).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use tidemark::sync::Limits;
 use tidemark_server::app::DEFAULT_MAX_FRAME;
+use axum::serve::ListenerExt;
+use tidemark_server::library::Storage;
 use tidemark_server::peers::{self, Timing};
 use tidemark_server::upstream::PeerUrl;
 use tidemark_server::{auth, http, App, Settings};
@@ -49,9 +52,20 @@ struct Serve {
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
-    /// Directory holding one `<library>.sqlite` per library.
+    /// Directory holding one `<library>.sqlite` per library (unused with --postgres).
     #[arg(long, default_value = "./data")]
     data: PathBuf,
+    /// Keep libraries in this PostgreSQL database (a postgres:// URL or key=value string)
+    /// instead of SQLite files; several instances may serve the same database.
+    #[arg(long, env = "TIDEMARK_POSTGRES", hide_env_values = true, value_name = "URL", requires = "instance")]
+    postgres: Option<String>,
+    /// This instance's name on the PostgreSQL database: unique among the running instances,
+    /// and the same after a restart (its stream position is kept under it).
+    #[arg(long, env = "TIDEMARK_INSTANCE", value_name = "NAME", requires = "postgres")]
+    instance: Option<String>,
+    /// Most PostgreSQL connections this instance opens (besides one for LISTEN).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(2..=1000))]
+    pg_pool: u64,
     /// The demo page, served at `/`.
     #[arg(long, default_value = "./www")]
     www: PathBuf,
@@ -126,6 +140,23 @@ fn serve(args: Serve) -> ExitCode {
         }
     }
     let peer_secret = args.peer_secret.clone().or_else(|| args.secret.clone()).map(String::into_bytes);
+    let postgres = match (&args.postgres, &args.instance) {
+        (Some(url), Some(instance)) => {
+            if !tidemark_server::library::valid_name(instance) {
+                eprintln!("invalid --instance {instance:?}: use 1 to 64 letters, digits, '_' or '-'");
+                return ExitCode::from(2);
+            }
+            if url.trim().is_empty() {
+                eprintln!("--postgres must not be empty");
+                return ExitCode::from(2);
+            }
+            let mut pg = tidemark_server::postgres::Settings::new(url.clone(), instance.clone());
+            pg.pool_size = args.pg_pool as usize;
+            Some(pg)
+        }
+        // clap's `requires` refuses one without the other.
+        _ => None,
+    };
     let settings = Settings {
         data: args.data,
         www: args.www,
@@ -138,10 +169,13 @@ fn serve(args: Serve) -> ExitCode {
         peers: peer_urls,
         peer_secret,
         peer_timing: Timing::from_poll(Duration::from_millis(args.peer_poll_ms)),
+        postgres,
     };
-    if let Err(e) = std::fs::create_dir_all(&settings.data) {
-        eprintln!("cannot create the data directory {}: {e}", settings.data.display());
-        return ExitCode::FAILURE;
+    if settings.postgres.is_none() {
+        if let Err(e) = std::fs::create_dir_all(&settings.data) {
+            eprintln!("cannot create the data directory {}: {e}", settings.data.display());
+            return ExitCode::FAILURE;
+        }
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -160,18 +194,48 @@ fn serve(args: Serve) -> ExitCode {
 }
 
 async fn run(listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = bind(listen)?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data = %settings.data.display(), tokens = settings.secret.is_some(), "tidemark-server listening");
+    let app = match App::start(settings).await {
+        Ok(app) => Arc::new(app),
+        Err(e) => return Err(std::io::Error::other(format!("cannot use the PostgreSQL database: {e}"))),
+    };
+    match app.registry.storage() {
+        Storage::Sqlite(data) => tracing::info!(%addr, data = %data.display(), tokens = app.settings.secret.is_some(), "tidemark-server listening"),
+        Storage::Postgres(db) => tracing::info!(%addr, instance = db.instance(), tokens = app.settings.secret.is_some(), "tidemark-server listening on PostgreSQL"),
+    }
     // Tests (and scripts) read the chosen address from this line.
     println!("tidemark-server listening on http://{addr}/");
     let _ = std::io::stdout().flush();
-    let app = Arc::new(App::new(settings));
     if !app.board.is_empty() {
         tracing::info!(peers = ?app.settings.peers.iter().map(|p| p.url.as_str()).collect::<Vec<_>>(), "replicating with peers");
         peers::spawn(app.clone());
     }
-    axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown()).await
+    // Protocol messages are small and often go out two at a time: without TCP_NODELAY the
+    // second waits for the peer's delayed ACK (40 ms) — on every step of every pass.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let served = axum::serve(listener, http::router(app.clone())).with_graceful_shutdown(shutdown()).await;
+    if let Storage::Postgres(db) = app.registry.storage() {
+        // Leave cleanly, so the other instances need not wait for our heartbeat to go stale.
+        if let Err(e) = db.leave().await {
+            tracing::warn!(error = %e, "could not leave the stream positions cleanly");
+        }
+    }
+    served
+}
+
+/// The listening socket, with a backlog deep enough for thousands of clients that
+/// (re)connect at once (a server restart, a network blip): the default 1024 drops SYNs,
+/// which clients retry only after a second.
+fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if listen.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(listen)?;
+    socket.listen(8192)
 }
 
 /// Resolves on Ctrl-C or SIGTERM. Commits are atomic, so stopping mid-pass is safe.

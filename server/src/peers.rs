@@ -225,7 +225,7 @@ async fn supervise(app: Arc<App>, peer: Arc<Peer>) {
     let timing = app.settings.peer_timing;
     let mut running: BTreeSet<String> = BTreeSet::new();
     loop {
-        let mut names: BTreeSet<String> = listing::local(app.registry.data_dir()).into_iter().collect();
+        let mut names: BTreeSet<String> = app.registry.names().await.unwrap_or_default().into_iter().collect();
         match listing::fetch(&peer.url, token(&app, ANY_LIBRARY).as_deref(), app.settings.hello_timeout).await {
             Ok(theirs) => {
                 names.extend(theirs);
@@ -364,7 +364,7 @@ async fn link(app: Arc<App>, peer: Arc<Peer>, library: String) {
     let ticket = shared.start().expect("a fresh link is not running");
     // Rows landing here (from clients, or other links) are this link's local writes:
     // push them at once instead of at the next poll.
-    let mut landed = lib.store().landed();
+    let mut landed = lib.store().subscribe();
     let waker = shared.clone();
     tokio::spawn(async move {
         while landed.changed().await.is_ok() {

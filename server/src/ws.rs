@@ -122,7 +122,7 @@ async fn run(app: &App, t: &mut WsTransport) -> Outcome {
         return Outcome::Quiet;
     }
     tracing::info!(library, client = db_id, user = user.as_deref().unwrap_or("-"), "sync connection");
-    match drive::serve(lib.as_ref(), t, &db_id, s.limits, signals(lib.store().landed(), expires)).await {
+    match drive::serve(lib.as_ref(), t, &db_id, s.limits, signals(lib.store().subscribe(), expires)).await {
         Ok(()) => Outcome::Quiet,
         Err(Error::Sync(e)) => transport_failure(t, e),
         Err(e) => {

@@ -259,9 +259,6 @@ pub(crate) fn close_pass(
     for e in table.iter().filter(|e| e.db_id != me && e.db_id != peer) {
         if let Some(i) = ids.iter().position(|id| *id == e.db_id) {
             recs[i].note_incoming(&e.session, e.row, true);
-            if let Some(n) = &e.newest {
-                recs[i].note_newest(n);
-            }
         }
     }
     for (id, rec) in ids.iter().zip(recs.iter_mut()) {

@@ -112,9 +112,6 @@ pub struct TableEntry {
     pub db_id: String,
     pub row: Point,
     pub session: String,
-    /// The sender's newest stamp of that replica's own ops (the stamp of its mark).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub newest: Option<Stamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -228,12 +228,16 @@ impl Sender {
             snapshot = wants_snapshot(head.max_row, sending, self.limits.per_diff, false);
         }
         self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
+        // The table carries points, never stamps: a receiver's per-origin mark takes its
+        // stamp only from ops it merged itself. Where rows become visible out of order
+        // (several instances on PostgreSQL) a record can be ahead of the rows a pass sends,
+        // and a forwarded stamp would let the mark cover rows the receiver never got.
         let table: Vec<TableEntry> = peers
             .iter()
             .filter(|(id, _)| **id != self.peer && **id != me)
             .filter_map(|(id, rec)| {
                 let e = rec.in_history.iter().max_by_key(|e| e.row)?;
-                Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone(), newest: rec.newest.clone() })
+                Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
             })
             .collect();
         let total = if snapshot { replica.store().doc_count().await? } else { gap };

@@ -5,13 +5,21 @@
 //!   `stream_positions` table, each instance's view of every writer (LISTEN/NOTIFY and a
 //!   periodic re-read), and the persisted-up-to position that bounds what clients are shown.
 //! - `tracker` is that view's bookkeeping without I/O (Synapse's `MultiWriterIdGenerator`).
+//! - `database` is one process's handle on the database: pool, tables, positions, runtime.
+//! - `store` is `PgStore`, a library's `tidemark::store::Store` written by every instance;
+//!   `generation` its generations (stage, swap, abandon, settle).
 //!
 //! This module also holds what its parts share: the error type and the connection pool.
 
+pub mod database;
+mod generation;
 pub mod positions;
+pub mod store;
 mod tracker;
 
+pub use database::{Database, Settings};
 pub use positions::{Allocation, Config, Positions, RowsTable, Stream};
+pub use store::PgStore;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
@@ -32,6 +40,8 @@ pub enum Error {
     Busy(String, String),
     #[error("bad configuration: {0}")]
     Config(String),
+    #[error("a database task failed: {0}")]
+    Task(String),
 }
 
 impl Error {
@@ -45,6 +55,7 @@ impl Error {
             Error::InstanceInUse(_) => "instance_in_use",
             Error::Busy(..) => "busy",
             Error::Config(_) => "bad_config",
+            Error::Task(_) => "task",
         }
     }
 }

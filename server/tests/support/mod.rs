@@ -48,9 +48,14 @@ impl Server {
 
     /// Starts the binary listening on `listen`.
     pub fn start_at(data: &Path, listen: &str, extra: &[&str]) -> Server {
+        Server::start_binary(Path::new(env!("CARGO_BIN_EXE_tidemark-server")), data, listen, extra)
+    }
+
+    /// Starts the server binary at `bin` (benchmarks compare builds) listening on `listen`.
+    pub fn start_binary(bin: &Path, data: &Path, listen: &str, extra: &[&str]) -> Server {
         std::fs::create_dir_all(data).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark-server"))
+        let mut child = Command::new(bin)
             .args(["--listen", listen, "--data"])
             .arg(data)
             .args(extra)
@@ -99,6 +104,11 @@ impl Server {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The process id (to pause and resume it with signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -192,7 +202,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(server: &Server) -> Result<Client, Error> {
-        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(server.ws_url(), None, true)
             .await
             .map_err(|e| SyncError::Connection(format!("cannot connect: {e}")))?;
         Ok(Client { ws })
@@ -259,6 +269,27 @@ pub async fn round(r: &Replica<MemoryStore>, server: &Server, limits: Limits, to
 pub async fn round_lib(r: &Replica<MemoryStore>, server: &Server, library: &str, limits: Limits, token: Option<String>) -> Result<RoundReport, Error> {
     let (mut t, id) = hello_lib(r, server, library, token).await?;
     let report = drive::round(r, &mut t, &id, limits, &mut |_, _| {}).await;
+    let _ = t.ws.close(None).await;
+    report
+}
+
+/// One round against `url` (a server that may be paused, slow or gone): connecting has 5 s,
+/// the round `timeout`; failures are returned, never waited out.
+pub async fn round_url(r: &Replica<MemoryStore>, url: &str, limits: Limits, timeout: Duration) -> Result<RoundReport, Error> {
+    let (ws, _) = match tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async_with_config(url, None, true)).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return Err(SyncError::Connection(format!("cannot connect: {e}")).into()),
+        Err(_) => return Err(SyncError::Connection("connecting timed out".into()).into()),
+    };
+    let mut t = Client { ws };
+    let go = async {
+        let id = drive::hello(r, &mut t, LIB, None).await?;
+        drive::round(r, &mut t, &id, limits, &mut |_, _| {}).await
+    };
+    let report = match tokio::time::timeout(timeout, go).await {
+        Ok(r) => r,
+        Err(_) => Err(SyncError::Connection("the round timed out".into()).into()),
+    };
     let _ = t.ws.close(None).await;
     report
 }

@@ -14,13 +14,15 @@
 //! - `docs(collection, id, state)`: each document's `StoredDoc`;
 //! - `peers(db_id, record)`: each peer's `PeerRecord` (sync points and sessions).
 //!
-//! The connection sits behind a `std::sync::Mutex`. No method awaits while holding it (none
-//! awaits at all), so the futures are `Send` and concurrent connections serialize their
-//! commits here.
+//! SQLite work never runs on the async runtime, and concurrent sessions do not queue for one
+//! connection: commits go to the file's writer thread (`writer`), which groups the commits
+//! waiting at a time into one transaction — one fsync — and acknowledges each only after it;
+//! reads run on read connections (`readers`) on the blocking pool, and see the last committed
+//! state (WAL), never a group still being written.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -33,6 +35,12 @@ use tidemark::op::Op;
 use tidemark::query::{Plan, Source};
 use tidemark::peer::PeerRecord;
 use tidemark::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
+
+mod readers;
+mod writer;
+
+use readers::Readers;
+use writer::{CommitJob, Job, Writer};
 
 /// The layout version this code writes, kept in `PRAGMA user_version`.
 const FORMAT: i64 = 1;
@@ -51,16 +59,15 @@ CREATE TABLE IF NOT EXISTS peers (db_id TEXT PRIMARY KEY, record TEXT NOT NULL) 
 
 /// A replica's storage in one SQLite database file.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
     path: PathBuf,
+    /// Dropped before the writer, so the writer's connection is the file's last to close.
+    readers: Arc<Readers>,
+    writer: Writer,
     /// Writers waiting for a seal to lift (`settle`).
     waiters: Mutex<Vec<futures::channel::oneshot::Sender<()>>>,
-    /// The max row after the last commit that added rows: what connections watch to
-    /// poke their clients (and peer links to push) when rows land.
-    landed: tokio::sync::watch::Sender<u64>,
 }
 
-fn backend(e: rusqlite::Error) -> StoreError {
+pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DiskFull) => StoreError::Backend("the disk is full; nothing was written".into()),
         _ => StoreError::Backend(format!("sqlite: {e}")),
@@ -80,27 +87,38 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = connect(&path)?;
-        let max_row = read_head(&conn)?.map_or(0, |h| h.max_row);
-        Ok(SqliteStore { conn: Mutex::new(conn), path, waiters: Mutex::default(), landed: tokio::sync::watch::Sender::new(max_row) })
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(SqliteStore { readers: Arc::new(Readers::new(path.clone())), writer: Writer::start(conn, name)?, path, waiters: Mutex::default() })
     }
 
-    /// Changes each time a commit adds rows (to the new max row).
-    pub fn landed(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.landed.subscribe()
+    /// Runs `f` with the write connection, between commit groups.
+    async fn exclusive<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Job::Exclusive(Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        })))?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection, off the async runtime.
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        blocking(move || readers.with(f)).await
     }
 
     /// Sets the head's seal (a staging generation is being built from this one).
-    fn seal(&self, sealed: bool) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        let mut head = read_head(&tx)?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-        if sealed && head.sealed {
-            return Err(StoreError::Sealed);
-        }
-        head.sealed = sealed;
-        tx.execute("INSERT OR REPLACE INTO head (id, state) VALUES (0, ?1)", params![encode(&head)?]).map_err(backend)?;
-        tx.commit().map_err(backend)?;
-        drop(conn);
+    async fn seal(&self, sealed: bool) -> Result<(), StoreError> {
+        self.exclusive(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let mut head = read_head(&tx)?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+            if sealed && head.sealed {
+                return Err(StoreError::Sealed);
+            }
+            head.sealed = sealed;
+            tx.execute("INSERT OR REPLACE INTO head (id, state) VALUES (0, ?1)", params![encode(&head)?]).map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await?;
         if !sealed {
             self.wake();
         }
@@ -120,11 +138,26 @@ impl SqliteStore {
         self.path.with_file_name(name)
     }
 
+    /// Closes every connection of `store` (the last one checkpoints and removes the WAL).
+    fn close(store: SqliteStore) {
+        store.readers.close();
+        drop(store);
+    }
+
     /// Closes `store` and removes its files.
     fn discard(store: SqliteStore) {
         let path = store.path.clone();
-        drop(store);
+        SqliteStore::close(store);
         remove_db_files(&path);
+    }
+}
+
+/// Runs blocking work on the runtime's blocking pool (inline when there is no runtime, as
+/// under a plain executor in tests).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => rt.spawn_blocking(f).await.map_err(|e| StoreError::Backend(format!("a SQLite task failed: {e}")))?,
+        Err(_) => f(),
     }
 }
 
@@ -162,45 +195,37 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 }
 
 impl SqliteStore {
-
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The connection. A panic while it was held (inside an engine closure) rolled the open
-    /// transaction back as it unwound, so a poisoned lock still guards a consistent database.
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Every stored document of a collection, ordered by id (for tests that compare replicas).
     pub fn dump(&self, collection: &str) -> Result<Vec<StoredDoc>, StoreError> {
-        let conn = self.conn();
-        let mut docs = load_collection(&conn, collection)?;
+        let mut docs = self.readers.with(|conn| load_collection(conn, collection))?;
         docs.sort_by(|a, b| cmp_utf16(&a.id, &b.id));
         Ok(docs)
     }
 
     /// How many rows the log holds (for checks that nothing was stored twice).
     pub fn log_len(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.conn().query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0)).map_err(backend)?;
+        let n: i64 = self.readers.with(|conn| conn.query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0)).map_err(backend))?;
         Ok(n as u64)
     }
 }
 
-fn read_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
+pub(crate) fn read_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
     let text: Option<String> = conn.query_row("SELECT state FROM head WHERE id = 0", [], |r| r.get(0)).optional().map_err(backend)?;
     text.map(|t| decode("head", &t)).transpose()
 }
 
-fn read_doc(conn: &Connection, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
+pub(crate) fn read_doc(conn: &Connection, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT state FROM docs WHERE collection = ?1 AND id = ?2").map_err(backend)?;
     let text: Option<String> = stmt.query_row(params![collection, id], |r| r.get(0)).optional().map_err(backend)?;
     text.map(|t| decode("document", &t)).transpose()
 }
 
-fn read_peer(conn: &Connection, db_id: &str) -> Result<Option<PeerRecord>, StoreError> {
+pub(crate) fn read_peer(conn: &Connection, db_id: &str) -> Result<Option<PeerRecord>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT record FROM peers WHERE db_id = ?1").map_err(backend)?;
     let text: Option<String> = stmt.query_row(params![db_id], |r| r.get(0)).optional().map_err(backend)?;
     text.map(|t| decode("peer record", &t)).transpose()
@@ -212,8 +237,8 @@ fn load_collection(conn: &Connection, collection: &str) -> Result<Vec<StoredDoc>
     texts.map(|t| decode("document", &t.map_err(backend)?)).collect()
 }
 
-/// Writes what a commit returned, inside the caller's transaction.
-fn write_commit(tx: &rusqlite::Transaction<'_>, commit: &Commit) -> Result<(), StoreError> {
+/// Writes what a commit returned, inside the writer's open transaction.
+pub(crate) fn write_commit(tx: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if let Some(h) = &commit.head {
         tx.execute("INSERT OR REPLACE INTO head (id, state) VALUES (0, ?1)", params![encode(h)?]).map_err(backend)?;
     }
@@ -239,98 +264,103 @@ impl Store for SqliteStore {
     type Doc = Map<String, Value>;
 
     async fn head(&self) -> Result<Option<Head>, StoreError> {
-        read_head(&self.conn())
+        self.read(read_head).await
     }
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {
-        read_doc(&self.conn(), collection, id)
+        let (collection, id) = (collection.to_string(), id.to_string());
+        self.read(move |conn| read_doc(conn, &collection, &id)).await
     }
 
+    /// Queued for the writer, which reads in its open group transaction (`writer`): what `f`
+    /// reads cannot change under it, even if another process opened the same file (the group
+    /// holds the write lock from its first read).
     async fn commit<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>,
     {
-        let mut conn = self.conn();
-        // IMMEDIATE takes the write lock up front: what `f` reads cannot change under it,
-        // even if another process opened the same file.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        let loaded = Loaded {
-            head: read_head(&tx)?,
-            docs: keys.iter().map(|(c, id)| read_doc(&tx, c, id)).collect::<Result<_, _>>()?,
-            peers: peers.iter().map(|p| read_peer(&tx, p)).collect::<Result<_, _>>()?,
-        };
-        // If `f` fails, or any write does, `tx` is dropped and rolls everything back.
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Job::Commit(CommitJob { keys: keys.to_vec(), peers: peers.to_vec(), loaded: loaded_tx, answer: answer_rx, done: done_tx }))?;
+        let loaded = loaded_rx.await.map_err(|_| StoreError::Closed)??;
+        // If `f` fails, or the check does, the answer is dropped and the writer rolls back.
         let loaded_head = loaded.head.clone();
         let commit = f(loaded)?;
         commit.check(loaded_head.as_ref())?;
-        write_commit(&tx, &commit)?;
-        tx.commit().map_err(backend)?;
-        drop(conn);
-        if let (Some(last), Some(head)) = (commit.rows.last(), &commit.head) {
-            self.landed.send_replace(head.max_row.max(last.row));
-        }
-        Ok(commit)
+        answer_tx.send(commit).map_err(|_| StoreError::Closed)?;
+        Ok(done_rx.await.map_err(|_| StoreError::Closed)??)
     }
 
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached("SELECT db_id, record FROM peers").map_err(backend)?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
-        rows.map(|r| {
-            let (id, text) = r.map_err(backend)?;
-            Ok((id, decode("peer record", &text)?))
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT db_id, record FROM peers").map_err(backend)?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
+            rows.map(|r| {
+                let (id, text) = r.map_err(backend)?;
+                Ok((id, decode("peer record", &text)?))
+            })
+            .collect()
         })
-        .collect()
+        .await
     }
 
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
-        let conn = self.conn();
-        let (c, id) = after.map_or(("", ""), |(c, id)| (c.as_str(), id.as_str()));
-        // Row values compare (collection, id) in the primary key's order; the empty pair
-        // sorts before every real key (names and ids are never empty).
-        let mut stmt = conn
-            .prepare_cached("SELECT collection, state FROM docs WHERE (collection, id) > (?1, ?2) ORDER BY collection, id LIMIT ?3")
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map(params![c, id, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(backend)?;
-        rows.map(|r| {
-            let (c, text) = r.map_err(backend)?;
-            Ok((c, decode("document", &text)?))
+        let (c, id) = after.cloned().unwrap_or_default();
+        self.read(move |conn| {
+            // Row values compare (collection, id) in the primary key's order; the empty pair
+            // sorts before every real key (names and ids are never empty).
+            let mut stmt = conn
+                .prepare_cached("SELECT collection, state FROM docs WHERE (collection, id) > (?1, ?2) ORDER BY collection, id LIMIT ?3")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![c, id, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(backend)?;
+            rows.map(|r| {
+                let (c, text) = r.map_err(backend)?;
+                Ok((c, decode("document", &text)?))
+            })
+            .collect()
         })
-        .collect()
+        .await
     }
 
     async fn doc_count(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.conn().query_row("SELECT COUNT(*) FROM docs", [], |r| r.get(0)).map_err(backend)?;
+        let n: i64 = self.read(|conn| conn.query_row("SELECT COUNT(*) FROM docs", [], |r| r.get(0)).map_err(backend)).await?;
         Ok(n as u64)
     }
 
     /// A relay has no schema and no native indexes, so this scans the collection and
     /// selects exactly as `MemoryStore` does (same key order, same bounds, same limits).
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<Map<String, Value>>, StoreError> {
-        let docs = match &plan.source {
-            Source::Get(id) => read_doc(&self.conn(), collection, id)?.into_iter().collect(),
-            _ => load_collection(&self.conn(), collection)?,
-        };
-        Ok(select(&docs, primary_key, plan))
+        let (collection, primary_key, plan) = (collection.to_string(), primary_key.to_string(), plan.clone());
+        self.read(move |conn| {
+            let docs = match &plan.source {
+                Source::Get(id) => read_doc(conn, &collection, id)?.into_iter().collect(),
+                _ => load_collection(conn, &collection)?,
+            };
+            Ok(select(&docs, &primary_key, &plan))
+        })
+        .await
     }
 
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
         // Rows above i64::MAX cannot exist; clamp rather than wrap.
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(r#"SELECT row, op, "from" FROM log WHERE row > ?1 ORDER BY row LIMIT ?2"#).map_err(backend)?;
-        let rows = stmt
-            .query_map(params![after, limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))
-            .map_err(backend)?;
-        rows.map(|r| {
-            let (row, op, from) = r.map_err(backend)?;
-            let op: Op = decode("log row", &op)?;
-            Ok(Row { row: row as u64, op, from })
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(r#"SELECT row, op, "from" FROM log WHERE row > ?1 ORDER BY row LIMIT ?2"#).map_err(backend)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))
+                .map_err(backend)?;
+            rows.map(|r| {
+                let (row, op, from) = r.map_err(backend)?;
+                let op: Op = decode("log row", &op)?;
+                Ok(Row { row: row as u64, op, from })
+            })
+            .collect()
         })
-        .collect()
+        .await
     }
 
     type Staging = SqliteStore;
@@ -338,69 +368,84 @@ impl Store for SqliteStore {
     /// Seals this file and builds the staging generation in a sibling file
     /// (`<file>.staging`); a leftover of a crashed reset there is discarded first.
     async fn stage(&self, _schema: &tidemark::Schema) -> Result<SqliteStore, Error> {
-        self.seal(true)?;
+        self.seal(true).await?;
         let path = self.staging_path();
-        remove_db_files(&path);
-        match SqliteStore::open(&path) {
+        let opened = blocking(move || {
+            remove_db_files(&path);
+            SqliteStore::open(&path)
+        })
+        .await;
+        match opened {
             Ok(s) => Ok(s),
             Err(e) => {
-                self.seal(false)?;
+                self.seal(false).await?;
                 Err(e.into())
             }
         }
     }
 
-    /// Renames the staging file over this one (atomic on POSIX) and reopens it, holding
-    /// the connection's lock throughout, so every read sees the old file or the new one.
+    /// Renames the staging file over this one (atomic on POSIX) and reopens it. Every read
+    /// connection is closed first and readers wait until the new file is open, so every
+    /// read sees the old file or the new one.
     async fn swap(&self, staging: SqliteStore) -> Result<(), Error> {
         let from = staging.path.clone();
-        let flip = || -> Result<(), StoreError> {
-            staging.conn().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(backend)?;
-            let mut conn = self.conn();
-            if !read_head(&conn)?.is_some_and(|h| h.sealed) {
-                return Err(StoreError::Backend("swap without a staging generation".into()));
-            }
-            // Closing the last connection checkpoints and removes this file's WAL.
-            drop(std::mem::replace(&mut *conn, Connection::open_in_memory().map_err(backend)?));
-            drop(staging);
-            let renamed = std::fs::rename(&from, &self.path).map_err(|e| StoreError::Backend(format!("cannot swap in {}: {e}", from.display())));
-            *conn = connect(&self.path)?;
-            renamed
-        };
-        match flip() {
+        // Closing the staging file's last connection checkpoints it and removes its WAL.
+        blocking(move || {
+            SqliteStore::close(staging);
+            Ok(())
+        })
+        .await?;
+        let readers = self.readers.clone();
+        blocking(move || {
+            readers.close();
+            Ok(())
+        })
+        .await?;
+        let (path, staged) = (self.path.clone(), from.clone());
+        let flipped = self
+            .exclusive(move |conn| {
+                if !read_head(conn)?.is_some_and(|h| h.sealed) {
+                    return Err(StoreError::Backend("swap without a staging generation".into()));
+                }
+                // Closing the last connection checkpoints and removes this file's WAL.
+                drop(std::mem::replace(conn, Connection::open_in_memory().map_err(backend)?));
+                let renamed = std::fs::rename(&staged, &path).map_err(|e| StoreError::Backend(format!("cannot swap in {}: {e}", staged.display())));
+                *conn = connect(&path)?;
+                renamed
+            })
+            .await;
+        self.readers.reopen();
+        match flipped {
             Ok(()) => {
                 remove_db_files(&from);
                 self.wake();
-                // The swapped-in generation is a new set of rows: connections pull it.
-                if let Ok(Some(head)) = read_head(&self.conn()) {
-                    self.landed.send_replace(head.max_row);
-                }
                 Ok(())
             }
             Err(e) => {
                 remove_db_files(&from);
-                let _ = self.seal(false);
+                let _ = self.seal(false).await;
                 Err(e.into())
             }
         }
     }
 
     async fn abandon(&self, staging: SqliteStore) -> Result<(), Error> {
-        SqliteStore::discard(staging);
-        Ok(self.seal(false)?)
+        blocking(move || {
+            SqliteStore::discard(staging);
+            Ok(())
+        })
+        .await?;
+        Ok(self.seal(false).await?)
     }
 
     async fn settle(&self) -> Result<(), Error> {
-        let wait = {
-            let conn = self.conn();
-            if !read_head(&conn)?.is_some_and(|h| h.sealed) {
-                return Ok(());
-            }
-            let (tx, rx) = futures::channel::oneshot::channel();
-            self.waiters.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-            rx
-        };
-        let _ = wait.await;
+        // Registered before the head is read, so an unseal in between still wakes us.
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
+        if !self.read(read_head).await?.is_some_and(|h| h.sealed) {
+            return Ok(());
+        }
+        let _ = rx.await;
         Ok(())
     }
 }

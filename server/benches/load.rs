@@ -1,0 +1,357 @@
+//! Load on real `tidemark-server` processes from native clients (the engine's client over
+//! tokio-tungstenite), for `make bench`:
+//!
+//! - `rounds N…`: N clients of one library, each holding one new write, run one round
+//!   (connect, hello, push, pull) at the same moment; per-client latency from that moment to
+//!   the end of its round (p50, p99, max), and the server's peak RSS. A fresh server per N.
+//! - `idle N`: N live clients connect and greet, then stay connected doing nothing (the
+//!   server pings them); the server's RSS once all are held.
+//! - `instances`: 1 and then 3 instances on one PostgreSQL database (a private cluster, fsync
+//!   off: this measures the servers, not the disk): writers spread over the instances push
+//!   batches for a while — rows committed per second — while a probe writes one document at a
+//!   time through the first instance and a reader polls the last one — client-visible latency
+//!   from the write's acknowledgement to the reader holding it.
+//!
+//! `cargo bench -p tidemark-server --bench load -- [rounds 100 500 2000] [idle 10000]
+//! [instances] [--postgres] [--out FILE]` (no section: all of them). `--postgres` runs
+//! `rounds` and `idle` on a PostgreSQL instance instead of SQLite. `TIDEMARK_SERVER` picks
+//! another server binary (to compare builds). Prints one JSON object (and writes it to
+//! `--out`).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::{Client, Server, LIB};
+use tidemark::sync::pass::Limits;
+use tidemark::sync::{drive, Direction, Message};
+use tidemark_testkit::PgCluster;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+fn binary() -> PathBuf {
+    std::env::var_os("TIDEMARK_SERVER").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tidemark-server")))
+}
+
+/// Where a benchmark's server keeps its libraries.
+enum Backing {
+    Sqlite,
+    Postgres(String),
+}
+
+fn start(dir: &Path, name: &str, backing: &Backing) -> Server {
+    match backing {
+        Backing::Sqlite => Server::start_binary(&binary(), &dir.join(name), "127.0.0.1:0", &[]),
+        Backing::Postgres(url) => Server::start_binary(&binary(), &dir.join(name), "127.0.0.1:0", &["--postgres", url, "--instance", name]),
+    }
+}
+
+/// A process's resident memory now and at its peak, in MB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// The value at quantile `q` of sorted `v`.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+async fn rounds(n: usize, backing: &Backing) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), "rounds", backing);
+    let url = server.ws_url();
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = support::client().await;
+        c.put("docs", json!({"id": format!("c{i}"), "n": i}).as_object().unwrap().clone()).await.unwrap();
+        clients.push(c);
+    }
+    let (go, ready) = tokio::sync::watch::channel(None::<Instant>);
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            let (url, mut ready) = (url.clone(), ready.clone());
+            tokio::spawn(async move {
+                let start = loop {
+                    if let Some(t) = *ready.borrow_and_update() {
+                        break t;
+                    }
+                    ready.changed().await.unwrap();
+                };
+                let r = support::round_url(&c, &url, Limits::default(), Duration::from_secs(120)).await;
+                (start.elapsed().as_secs_f64() * 1000.0, r.map(|r| r.received).map_err(|e| e.to_string()))
+            })
+        })
+        .collect();
+    drop(ready);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    go.send(Some(Instant::now())).unwrap();
+    let mut ms = Vec::new();
+    let mut errors = Vec::new();
+    let mut pulled = 0u64;
+    for t in tasks {
+        let (elapsed, r) = t.await.unwrap();
+        match r {
+            Ok(received) => {
+                ms.push(elapsed);
+                pulled += received;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (_, peak) = memory(server.pid());
+    if !errors.is_empty() {
+        eprintln!("load: {} of {n} rounds failed, e.g. {}", errors.len(), errors[0]);
+    }
+    let out = json!({
+        "clients": n,
+        "p50_ms": round2(quantile(&ms, 0.5)),
+        "p99_ms": round2(quantile(&ms, 0.99)),
+        "max_ms": round2(quantile(&ms, 1.0)),
+        "peak_rss_mb": round2(peak),
+        "errors": errors.len(),
+        "rows_pulled_per_client": round2(pulled as f64 / n.max(1) as f64),
+    });
+    eprintln!("load: rounds {out}");
+    out
+}
+
+async fn idle(n: usize, backing: &Backing) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), "idle", backing);
+    let url = server.ws_url();
+    let (base, _) = memory(server.pid());
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(n);
+    let mut failed = 0;
+    // Connect in waves, so the listen queue is never the bottleneck being measured.
+    for wave in (0..n).collect::<Vec<_>>().chunks(500) {
+        let opened = futures::future::join_all(wave.iter().map(|i| {
+            let url = url.clone();
+            async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&url, None, true).await.ok()?;
+                let hello = Message::Hello { library: LIB.into(), token: None, db_id: format!("idle{i:05}"), schema_version: 1 };
+                ws.send(Frame::Text(hello.encode().into())).await.ok()?;
+                loop {
+                    match ws.next().await? {
+                        Ok(Frame::Text(t)) => return matches!(Message::decode(t.as_str()), Ok(Message::Welcome { .. })).then_some(ws),
+                        Ok(_) => continue,
+                        Err(_) => return None,
+                    }
+                }
+            }
+        }))
+        .await;
+        for ws in opened {
+            match ws {
+                Some(ws) => held.push(ws),
+                None => failed += 1,
+            }
+        }
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    // Keep reading (answering the server's pings) while the memory settles.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let readers: Vec<_> = held
+        .into_iter()
+        .map(|mut ws| {
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let mut alive = true;
+                loop {
+                    tokio::select! {
+                        _ = stopped.changed() => break,
+                        f = ws.next() => if !matches!(f, Some(Ok(_))) { alive = false; break },
+                    }
+                }
+                let _ = ws.close(None).await;
+                alive
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss, peak) = memory(server.pid());
+    stop.send(true).unwrap();
+    let mut alive = 0;
+    for r in readers {
+        alive += r.await.unwrap() as usize;
+    }
+    let out = json!({
+        "clients": n,
+        "held": alive,
+        "failed": failed,
+        "connect_s": round2(connect_s),
+        "rss_mb": round2(rss),
+        "peak_rss_mb": round2(peak),
+        "empty_rss_mb": round2(base),
+        "kb_per_client": round2((rss - base) * 1024.0 / n.max(1) as f64),
+    });
+    eprintln!("load: idle {out}");
+    out
+}
+
+/// A push-only pass of the client's new rows (writers need not pull what others write).
+async fn push(c: &tidemark::Replica<tidemark::MemoryStore>, url: &str) -> Result<u64, tidemark::Error> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.map_err(|e| tidemark::error::SyncError::Connection(e.to_string()))?;
+    let mut t = Client { ws };
+    let server = drive::hello(c, &mut t, LIB, None).await?;
+    let session = tidemark::peer::new_session();
+    let limits = Limits::default();
+    t.ws.send(Frame::Text(Message::Start { session: session.clone(), direction: Direction::Push, per_diff: limits.per_diff, max_diffs: limits.max_diffs }.encode().into()))
+        .await
+        .map_err(|e| tidemark::error::SyncError::Connection(e.to_string()))?;
+    let report = drive::send(c, &mut t, &server, &session, limits, &mut |_| {}).await?;
+    let _ = t.ws.close(None).await;
+    Ok(report.sent)
+}
+
+async fn instances(count: usize, cluster: &PgCluster) -> Value {
+    const WRITERS: usize = 6;
+    const BATCH: usize = 50;
+    const RUN: Duration = Duration::from_secs(10);
+    let url = cluster.create_database();
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<Server> = (0..count).map(|i| start(dir.path(), &format!("i{i}"), &Backing::Postgres(url.clone()))).collect();
+    let urls: Vec<String> = servers.iter().map(Server::ws_url).collect();
+    // The library exists before the clock starts.
+    let seed = support::client().await;
+    support::round_url(&seed, &urls[0], Limits::default(), Duration::from_secs(30)).await.unwrap();
+
+    let until = Instant::now() + RUN;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let url = urls[w % count].clone();
+            tokio::spawn(async move {
+                let c = support::client().await;
+                let mut sent = 0u64;
+                let mut k = 0;
+                while Instant::now() < until {
+                    let docs = (0..BATCH).map(|n| tidemark::Write::Put {
+                        collection: "docs".into(),
+                        doc: json!({"id": format!("w{w}-{k}-{n}"), "n": n}).as_object().unwrap().clone(),
+                    });
+                    c.write(docs.collect()).await.unwrap();
+                    sent += push(&c, &url).await.unwrap_or(0);
+                    k += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    // The probe: one write at a time through the first instance, a reader on the last.
+    let (probe_url, reader_url) = (urls[0].clone(), urls[count - 1].clone());
+    let probe = tokio::spawn(async move {
+        let writer = support::client().await;
+        let reader = support::client().await;
+        let mut latencies = Vec::new();
+        let mut j = 0;
+        while Instant::now() + Duration::from_secs(1) < until {
+            let id = format!("probe{j}");
+            writer.put("docs", json!({"id": id}).as_object().unwrap().clone()).await.unwrap();
+            if push(&writer, &probe_url).await.is_err() {
+                continue;
+            }
+            let acked = Instant::now();
+            loop {
+                let _ = support::round_url(&reader, &reader_url, Limits::default(), Duration::from_secs(30)).await;
+                if reader.get("docs", &id).await.is_ok_and(|d| d.is_some()) {
+                    break;
+                }
+                if acked.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+            }
+            latencies.push(acked.elapsed().as_secs_f64() * 1000.0);
+            j += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        latencies
+    });
+    let started = Instant::now();
+    let mut rows = 0;
+    for w in writers {
+        rows += w.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut latencies = probe.await.unwrap();
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let out = json!({
+        "instances": count,
+        "writers": WRITERS,
+        "rows_per_s": round2(rows as f64 / elapsed),
+        "visible_p50_ms": round2(quantile(&latencies, 0.5)),
+        "visible_p99_ms": round2(quantile(&latencies, 0.99)),
+        "probes": latencies.len(),
+    });
+    eprintln!("load: instances {out}");
+    out
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let mut out_file = None;
+    if let Some(i) = args.iter().position(|a| a == "--out") {
+        out_file = args.get(i + 1).cloned();
+        args.drain(i..(i + 2).min(args.len()));
+    }
+    let postgres = args.iter().any(|a| a == "--postgres");
+    args.retain(|a| a != "--postgres");
+    let all = args.is_empty();
+    let numbers_after = |key: &str, default: &[usize]| -> Option<Vec<usize>> {
+        let i = args.iter().position(|a| a == key)?;
+        let n: Vec<usize> = args[i + 1..].iter().map_while(|a| a.parse().ok()).collect();
+        Some(if n.is_empty() { default.to_vec() } else { n })
+    };
+    let round_sizes = numbers_after("rounds", &[100, 500, 2000]).or(all.then(|| vec![100, 500, 2000]));
+    let idle_sizes = numbers_after("idle", &[10_000]).or(all.then(|| vec![10_000]));
+    let run_instances = all || args.iter().any(|a| a == "instances");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut result = json!({ "server": binary().display().to_string() });
+    runtime.block_on(async {
+        let cluster = (postgres || run_instances).then(|| PgCluster::start().expect("a PostgreSQL cluster"));
+        let backing = || match &cluster {
+            Some(c) if postgres => Backing::Postgres(c.create_database()),
+            _ => Backing::Sqlite,
+        };
+        result["store"] = json!(if postgres { "postgres" } else { "sqlite" });
+        if let Some(sizes) = round_sizes {
+            let mut out = Vec::new();
+            for n in sizes {
+                out.push(rounds(n, &backing()).await);
+            }
+            result["rounds"] = json!(out);
+        }
+        if let Some(sizes) = idle_sizes {
+            let mut out = Vec::new();
+            for n in sizes {
+                out.push(idle(n, &backing()).await);
+            }
+            result["idle"] = json!(out);
+        }
+        if run_instances {
+            let cluster = cluster.as_ref().unwrap();
+            result["instances"] = json!([instances(1, cluster).await, instances(3, cluster).await]);
+        }
+    });
+    let text = serde_json::to_string_pretty(&result).unwrap();
+    println!("{text}");
+    if let Some(path) = out_file {
+        std::fs::write(&path, text + "\n").unwrap();
+    }
+}

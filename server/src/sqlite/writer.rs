@@ -1,0 +1,175 @@
+//! The writer of one SQLite file: a thread of its own that owns the write connection, so no
+//! SQLite write (and no fsync) ever runs on the async runtime, and that **groups commits**.
+//!
+//! Commits queue up on a channel. The writer opens one transaction, and for each commit in
+//! the queue: a savepoint; read what the commit names and hand it to the caller; wait for the
+//! caller's answer (the engine's closure runs on the caller's task); write it and release
+//! the savepoint — or roll back to it, if the engine refused, the caller went away or a write
+//! failed, which leaves the other commits of the group untouched. Then ONE `COMMIT` (one
+//! fsync) for the whole group, and only then is each caller told its commit is done. A commit
+//! is thus still all-or-nothing and durable before it is acknowledged; a group that fails to
+//! commit fails every commit in it, and nobody has been told otherwise. Later commits of a
+//! group read what earlier ones wrote (same connection): they commit together or not at all.
+//!
+//! Other work that needs the write connection (sealing, a generation swap) runs between
+//! groups, as a job.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rusqlite::Connection;
+use tidemark::error::StoreError;
+use tidemark::store::{Commit, DocKey, Loaded};
+use tokio::sync::oneshot;
+
+use super::{backend, read_doc, read_head, read_peer, write_commit};
+
+/// Most commits in one group.
+const MAX_GROUP: usize = 512;
+
+/// One commit, as the caller hands it to the writer.
+pub(crate) struct CommitJob {
+    pub(crate) keys: Vec<DocKey>,
+    pub(crate) peers: Vec<String>,
+    /// What the commit read, sent to the caller.
+    pub(crate) loaded: oneshot::Sender<Result<Loaded, StoreError>>,
+    /// The caller's answer: what to write (dropped: nothing).
+    pub(crate) answer: oneshot::Receiver<Commit>,
+    /// The outcome, once the group committed: the commit as written.
+    pub(crate) done: oneshot::Sender<Result<Commit, StoreError>>,
+}
+
+/// Work for the writer thread.
+pub(crate) enum Job {
+    Commit(CommitJob),
+    /// Runs with the write connection between groups (it may replace the connection).
+    Exclusive(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// The writer thread of one file; dropping it ends the thread once the queue is empty and
+/// waits for it (so the file is closed when this returns).
+pub(crate) struct Writer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub(crate) fn start(conn: Connection, name: String) -> Result<Writer, StoreError> {
+        let (jobs, queue) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("sqlite-writer {name}"))
+            .spawn(move || run(conn, queue))
+            .map_err(|e| StoreError::Backend(format!("cannot start the SQLite writer: {e}")))?;
+        Ok(Writer { jobs: Some(jobs), thread: Some(thread) })
+    }
+
+    pub(crate) fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs.as_ref().and_then(|j| j.send(job).ok()).ok_or(StoreError::Closed)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(job) = queue.recv() {
+        let first = match job {
+            Job::Exclusive(f) => {
+                f(&mut conn);
+                continue;
+            }
+            Job::Commit(c) => c,
+        };
+        let mut after = None;
+        let mut group: Vec<(oneshot::Sender<Result<Commit, StoreError>>, Commit)> = Vec::new();
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = backend(e);
+            let _ = first.loaded.send(Err(e.clone()));
+            let _ = first.done.send(Err(e));
+            continue;
+        }
+        group.extend(one(&conn, first));
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(Job::Commit(c)) => group.extend(one(&conn, c)),
+                Ok(Job::Exclusive(f)) => {
+                    after = Some(f);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for (done, commit) in group {
+                    let _ = done.send(Ok(commit));
+                }
+            }
+            Err(e) => {
+                let e = backend(e);
+                let _ = conn.execute_batch("ROLLBACK");
+                for (done, _) in group {
+                    let _ = done.send(Err(e.clone()));
+                }
+            }
+        }
+        if let Some(f) = after {
+            f(&mut conn);
+        }
+    }
+}
+
+/// One commit inside the open group transaction, under a savepoint. Returns what to report
+/// once the group commits; `None` when it was rolled back (its caller already knows why, or
+/// went away).
+fn one(conn: &Connection, job: CommitJob) -> Option<(oneshot::Sender<Result<Commit, StoreError>>, Commit)> {
+    let CommitJob { keys, peers, loaded, answer, done } = job;
+    if let Err(e) = conn.execute_batch("SAVEPOINT c") {
+        let e = backend(e);
+        let _ = loaded.send(Err(e.clone()));
+        let _ = done.send(Err(e));
+        return None;
+    }
+    let undo = || {
+        let _ = conn.execute_batch("ROLLBACK TO c; RELEASE c");
+    };
+    let read = (|| {
+        Ok::<_, StoreError>(Loaded {
+            head: read_head(conn)?,
+            docs: keys.iter().map(|(c, id)| read_doc(conn, c, id)).collect::<Result<_, _>>()?,
+            peers: peers.iter().map(|p| read_peer(conn, p)).collect::<Result<_, _>>()?,
+        })
+    })();
+    let read = match read {
+        Ok(r) => r,
+        Err(e) => {
+            undo();
+            let _ = loaded.send(Err(e.clone()));
+            let _ = done.send(Err(e));
+            return None;
+        }
+    };
+    if loaded.send(Ok(read)).is_err() {
+        undo();
+        return None;
+    }
+    // The engine's closure runs on the caller's task; its answer comes back here.
+    let Ok(commit) = answer.blocking_recv() else {
+        undo();
+        return None;
+    };
+    match write_commit(conn, &commit).and_then(|()| conn.execute_batch("RELEASE c").map_err(backend)) {
+        Ok(()) => Some((done, commit)),
+        Err(e) => {
+            undo();
+            let _ = done.send(Err(e));
+            None
+        }
+    }
+}
