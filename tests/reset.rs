@@ -315,3 +315,22 @@ fn an_upgrade_on_open_runs_migrations_that_read_other_documents() {
     let t4 = block_on(c.get("tasks", "t04")).unwrap().unwrap().doc.unwrap();
     assert_eq!(Value::Object(t4), json!({"id": "t04", "label": "tag 1", "tagsThen": 3}));
 }
+
+/// A new v2 replica joining a library whose older-version data fits in one batch still
+/// gets it as a snapshot (staged, migrated in one batch): its migrations read the tags
+/// its schema dropped, which a diff pass would never store. A v1 joiner gets diffs.
+#[test]
+fn a_joiner_gets_older_data_within_one_batch_as_a_snapshot_so_migrations_read_dropped_collections() {
+    let server = v1_library();
+    let c = client_v2(MemoryStore::new(), Label::default());
+    let rep = pass(&server, &c, Limits::default()).unwrap();
+    assert!(rep.snapshot && rep.reset, "{rep:?}");
+    let got = tasks(&c);
+    assert_eq!(got.len(), 30);
+    assert!(got.iter().all(|t| t["label"] == json!(format!("tag {}", t["id"].as_str().unwrap()[1..].parse::<usize>().unwrap() % 3))), "{got:?}");
+    let again = pass(&server, &c, Limits::default()).unwrap();
+    assert!(!again.snapshot && !again.reset, "{again:?}");
+    let v1 = writer_v1(2_000);
+    let rep = pass(&server, &v1, Limits::default()).unwrap();
+    assert!(!rep.snapshot, "same version: diffs, {rep:?}");
+}

@@ -395,6 +395,7 @@ async function runReset() {
     await new Promise((ok) => setTimeout(ok, 50));
     stopPhases();
     stopLive();
+    stopProgress(); // the bar stays at the reset's last step: the swap
     const swaps = phases.filter((p) => p.phase === 'swap').length;
     setStep('sync', report.reset ? 'done' : 'failed', h('div', { class: 'flags' },
       flag('snapshot', report.snapshot), flag('reset', report.reset), flag("'reset' event", resetEvents.length > 0, resetEvents.length ? 'fired' : 'not fired'),

@@ -144,7 +144,7 @@ impl Sender {
     /// Takes the receiver's next message.
     pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         match (std::mem::replace(&mut self.state, State::Done), msg) {
-            (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, point, matched, candidates, sent_sessions, marks, .. })
+            (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, schema_version, point, matched, candidates, sent_sessions, marks })
                 if session == self.session =>
             {
                 if db_id != self.peer {
@@ -153,7 +153,7 @@ impl Sender {
                 if marks.len() > MAX_MARKS {
                     return Err(SyncError::Protocol(format!("{} marks in a preflight answer; at most {MAX_MARKS}", marks.len())).into());
                 }
-                self.begin(replica, peers, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, marks }).await
+                self.begin(replica, peers, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, their_version: schema_version, marks }).await
             }
             (State::Diffs { diffs, pending: Some(sent) }, Message::Ack { session, point }) if session == self.session => {
                 if point != sent.covers {
@@ -192,7 +192,7 @@ impl Sender {
 
     /// Chooses where to start and how (snapshot or diffs), and sends the first chunk.
     async fn begin<S: Store>(&mut self, replica: &Replica<S>, peers: BTreeMap<String, PeerRecord>, head: Head, answer: Answer) -> Result<Step<PassReport>, Error> {
-        let Answer { point, matched, candidates, sent_sessions, their_max, marks } = answer;
+        let Answer { point, matched, candidates, sent_sessions, their_max, their_version, marks } = answer;
         let me = head.db_id.clone();
         let known = peers.get(&self.peer).cloned();
         let mine = known.clone().unwrap_or_else(PeerRecord::new);
@@ -219,13 +219,19 @@ impl Sender {
         // a moving client or a replica that joined by snapshot holds most of them.
         // Logs are never compacted (no store drops rows), so no point predates a horizon.
         let gap = (head.max_row as Point - start.max(0)).max(0) as u64;
-        // A replica joining from nothing gets a snapshot whenever the library is more than
-        // one batch (the gap is all of it), which it stages and migrates in one batch.
         let mut snapshot = wants_snapshot(head.max_row, gap, self.limits.per_diff, false);
         if snapshot && !filter.skips_nothing(known.is_some()) {
             let threshold = super::pass::snapshot_threshold(head.max_row, self.limits.per_diff);
             let sending = count_sent(replica, start, threshold + 1, &filter).await?;
             snapshot = wants_snapshot(head.max_row, sending, self.limits.per_diff, false);
+        }
+        // A replica joining from nothing gets a snapshot when the library is more than one
+        // batch (the gap is all of it); within one batch, when the batch holds data of an
+        // older schema version than the joiner's: a snapshot is staged and migrated in one
+        // batch (DESIGN §6), so migrations read every document — also of collections the
+        // joiner's schema dropped, which rows of a diff pass would never store.
+        if !snapshot && gap > 0 && point < 0 && their_max == 0 && their_version > 0 {
+            snapshot = holds_older(replica, start, their_version, self.limits.per_diff).await?;
         }
         self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
         // The table carries points, never stamps: a receiver's per-origin mark takes its
@@ -371,7 +377,15 @@ struct Answer {
     candidates: Vec<crate::peer::Entry>,
     sent_sessions: Vec<String>,
     their_max: u64,
+    /// The receiver's schema version (0: a relay, which never migrates).
+    their_version: u32,
     marks: Vec<Mark>,
+}
+
+/// Whether the first `limit` rows after `start` hold an op of a schema version below `version`.
+async fn holds_older<S: Store>(replica: &Replica<S>, start: Point, version: u32, limit: usize) -> Result<bool, Error> {
+    let rows = replica.store().rows_after(start.max(0) as u64, limit.max(1)).await?;
+    Ok(rows.iter().any(|r| r.op.schema_version < version))
 }
 
 /// How many rows after `start` the filter lets through, counting no further than `limit`.

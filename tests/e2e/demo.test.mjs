@@ -202,7 +202,7 @@ test('a second tab follows along: one tab per replica runs live sync', async () 
 test('the reset flow: v1 data reaches a fresh v2 replica as a migrated snapshot, local writes kept', async () => {
   await page.locator('#run-reset').click();
   await page.waitForSelector('#upgrade[data-state="done"], #upgrade[data-state="failed"]', { timeout: 30000 });
-  const steps = await page.$$eval('#steps li', (lis) => lis.map((li) => [li.dataset.step, li.dataset.state, li.querySelector('.detail').textContent]));
+  const steps = await page.$$eval('#steps > li', (lis) => lis.map((li) => [li.dataset.step, li.dataset.state, li.querySelector('.detail').textContent]));
   assert.equal(await page.getAttribute('#upgrade', 'data-state'), 'done', JSON.stringify(steps));
   assert.deepEqual(steps.map(([s, st]) => [s, st]), [['v1', 'done'], ['local', 'done'], ['sync', 'done'], ['result', 'done']]);
   const syncStep = steps[2][2];
