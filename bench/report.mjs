@@ -118,6 +118,28 @@ export function render(r) {
     p();
   }
 
+  const load = r.load;
+  if (load) {
+    p('## Server load');
+    p();
+    p(`\`cargo bench -p tidemark-server --bench load\` (server/benches/load.rs): real server processes (${load.store ?? 'sqlite'}), native clients on the same 2-core machine.`);
+    p();
+    if (load.rounds?.length) {
+      p('| concurrent small rounds on one library | p50 | p99 | max | server peak RSS | errors | target |');
+      p('|---|---|---|---|---|---|---|');
+      for (const x of load.rounds) p(`| ${group(x.clients)} clients | ${num(x.p50_ms)} ms | ${num(x.p99_ms)} ms | ${num(x.max_ms)} ms | ${num(x.peak_rss_mb)} MB | ${x.errors} | ${x.clients === 2000 ? 'p50 ≤ 500 ms, p99 ≤ 2,000 ms, ≤ 300 MB' : '—'} |`);
+      p();
+    }
+    for (const x of load.idle ?? []) p(`Idle live clients: ${group(x.held)} of ${group(x.clients)} held, server RSS ${num(x.rss_mb)} MB (${num(x.kb_per_client)} KB per client; target: 10,000 under 1 GB).`);
+    if (load.idle?.length) p();
+    if (load.instances?.length) {
+      p('| instances on one PostgreSQL database | rows/s committed | write → visible on another instance, p50 | p99 |');
+      p('|---|---|---|---|');
+      for (const x of load.instances) p(`| ${x.instances} | ${group(x.rows_per_s)} | ${num(x.visible_p50_ms)} ms | ${num(x.visible_p99_ms)} ms |`);
+      p();
+    }
+  }
+
   if (r.engine) {
     p('## Engine (native, criterion)');
     p();

@@ -7,6 +7,9 @@
 //   sync     initial sync of 10,000 documents and catch-up of 1,000 writes through a real
 //            tidemark-server
 //   migrate  reset + migrate of 10,000 documents, once the product supports it
+//   load     real tidemark-server processes under native clients (server/benches/load.rs):
+//            concurrent rounds (100 / 500 / 2,000), 10,000 idle live clients, rows/s and
+//            client-visible latency with 1 vs 3 instances on one PostgreSQL database
 //   poke     poke latency: a write in one live replica until it is in another live replica
 //            of the same library (two pages, one tidemark-server, the default 30 s poll)
 //
@@ -75,6 +78,18 @@ async function engine() {
     }
   }
   return out;
+}
+
+// ---------------------------------------------------------------- server load
+
+async function load() {
+  const out = join(await mkdtemp(join(tmpdir(), 'tidemark-load-')), 'load.json');
+  log('load: cargo bench -p tidemark-server --bench load');
+  await new Promise((ok, fail) => {
+    const p = spawn('cargo', ['bench', '-p', 'tidemark-server', '--bench', 'load', '--', '--out', out], { cwd: ROOT, stdio: 'inherit' });
+    p.on('exit', (code) => (code === 0 ? ok() : fail(new Error(`cargo bench --bench load exited with ${code}`))));
+  });
+  return JSON.parse(await readFile(out, 'utf8'));
 }
 
 // ---------------------------------------------------------------- download size
@@ -355,9 +370,11 @@ async function main() {
     sync: prev.sync ?? null,
     reset_migrate: prev.reset_migrate ?? null,
     poke: prev.poke ?? null,
+    load: prev.load ?? null,
   };
   if (wants('engine')) results.engine = await engine();
   if (wants('size')) results.size = await sizes();
+  if (wants('load')) results.load = await load();
   if (wants('browser') || wants('sync') || wants('migrate') || wants('poke')) {
     await withBrowser(async (b) => {
       results.machine.chromium = b.version;
