@@ -1,7 +1,7 @@
 // Bundles every benchmarked library for the page with esbuild (minified ES modules, as an
 // app's bundler would ship them) into bench/dist/, plus size-only bundles of just what an
-// app imports (bench/dist/size/). Tidemark's wasm is copied next to its bundle, where the
-// generated glue looks for it (`new URL('tidemark_bg.wasm', import.meta.url)`).
+// app imports (bench/dist/size/). Tidemark's wasm is copied to pkg/ beside its bundle, where the
+// package's entry looks for it.
 import { build } from 'esbuild';
 import { copyFile, mkdir, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -24,7 +24,11 @@ export async function bundle() {
   };
   await build({ ...common, entryPoints: Object.fromEntries(LIBS.map((l) => [l, join(BENCH, 'src/adapters', `${l}.js`)])), outdir: DIST });
   await build({ ...common, entryPoints: Object.fromEntries(LIBS.filter((l) => l !== 'raw').map((l) => [l, join(BENCH, 'src/size', `${l}.js`)])), outdir: join(DIST, 'size') });
-  for (const dir of [DIST, join(DIST, 'size')]) await copyFile(join(PKG, 'tidemark_bg.wasm'), join(dir, 'tidemark_bg.wasm'));
+  // Where the package's entry looks for it (`new URL('./pkg/tidemark_bg.wasm', import.meta.url)`).
+  for (const dir of [join(DIST, 'pkg'), join(DIST, 'size', 'pkg')]) {
+    await mkdir(dir, { recursive: true });
+    await copyFile(join(PKG, 'tidemark_bg.wasm'), join(dir, 'tidemark_bg.wasm'));
+  }
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

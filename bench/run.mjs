@@ -96,7 +96,7 @@ async function load() {
 
 async function sizes() {
   const dir = join(BENCH, 'dist/size');
-  const files = { tidemark: ['tidemark.js', 'tidemark_bg.wasm'], dexie: ['dexie.js'], pouchdb: ['pouchdb.js'], rxdb: ['rxdb.js'] };
+  const files = { tidemark: ['tidemark.js', 'pkg/tidemark_bg.wasm'], dexie: ['dexie.js'], pouchdb: ['pouchdb.js'], rxdb: ['rxdb.js'] };
   const out = {};
   for (const [lib, names] of Object.entries(files)) {
     const entry = { files: {}, bytes: 0, gzip: 0 };
@@ -111,7 +111,7 @@ async function sizes() {
   }
   // The wasm's `name` custom section (function names) is shipped as built; how much of the
   // download it is tells whether stripping it would matter.
-  const wasm = await readFile(join(dir, 'tidemark_bg.wasm'));
+  const wasm = await readFile(join(dir, 'pkg/tidemark_bg.wasm'));
   out.tidemark.wasm_sections = wasmSections(wasm);
   return out;
 }
