@@ -138,7 +138,16 @@ fn rt_list(rt: &Store) -> Vec<Value> {
 }
 
 fn rt_get(rt: &Store, id: &str) -> Option<Value> {
-    rt_list(rt).into_iter().find(|t| t["id"] == json!(id) || t["id"].to_string() == id)
+    rt_list(rt).into_iter().find(|t| id_text(&t["id"]) == id)
+}
+
+/// A record id as a document id: json-server numbers ids `1, 2, …` in a collection of
+/// numbers and makes up strings otherwise.
+fn id_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn foreign_status(server: &Server) -> Vec<Value> {
@@ -155,7 +164,12 @@ fn quiet_rounds(server: &Server, n: u64) {
 }
 
 fn gateway(data: &Path, hm: Option<&Store>, rt: Option<&Store>, env: &[(&str, &str)]) -> Server {
+    gateway_with(data, hm, rt, env, &[])
+}
+
+fn gateway_with(data: &Path, hm: Option<&Store>, rt: Option<&Store>, env: &[(&str, &str)], extra: &[String]) -> Server {
     let mut args: Vec<String> = vec!["--foreign-interval".into(), "100".into()];
+    args.extend(extra.iter().cloned());
     if let Some(hm) = hm {
         args.extend(["--foreign".into(), format!("{LIB}/docs=couchdb+{}", hm.url("/hm"))]);
     }
@@ -183,7 +197,7 @@ async fn hm_task_reaches_rt_and_rt_ticket_reaches_hm_exactly_once() {
     assert_eq!(code, 201);
     let (code, made) = http(rt.addr, "POST", "/tickets", Some(&json!({"title": "Printer on fire"})));
     assert_eq!(code, 201);
-    let ticket = made["id"].to_string();
+    let ticket = id_text(&made["id"]);
     let dir = tempfile::tempdir().unwrap();
     let server = gateway(&dir.path().join("data"), Some(&hm), Some(&rt), &[]);
 
@@ -278,7 +292,7 @@ async fn a_kill_between_foreign_write_and_commit_duplicates_nothing() {
     assert_eq!(code, 201);
     let (code, made) = http(rt.addr, "POST", "/tickets", Some(&json!({"title": "From RT"})));
     assert_eq!(code, 201);
-    let ticket = made["id"].to_string();
+    let ticket = id_text(&made["id"]);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
 
@@ -370,4 +384,46 @@ async fn a_wiped_couchdb_is_detected_and_pushed_again_without_a_loop() {
     assert!(foreign_status(&server)[0]["resets"].as_u64().unwrap() >= 1);
     quiet_rounds(&server, 3);
     assert_eq!(hm_docs(&hm), now, "no loop after the re-push");
+}
+
+/// The seed's failing case with two servers: "Bob" (server B) gets HM's task only
+/// transitively, from server A (the HM gateway), and pushes to RT. RT gets the task, and
+/// RT's ticket reaches HM the other way, one copy each: B answers "what does RT have?"
+/// from RT's own state, never from the points it holds for A or for HM's origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_received_transitively_reaches_the_other_foreign_store() {
+    let (hm, rt) = (Store::couch(), Store::rest());
+    let (code, _) = http(hm.addr, "PUT", "/hm/task-1", Some(&json!({"title": "From HM"})));
+    assert_eq!(code, 201);
+    let dir = tempfile::tempdir().unwrap();
+    let a = gateway(&dir.path().join("a"), Some(&hm), None, &[]);
+    // B knows the library already (an app wrote there first), and syncs with A.
+    let app = client().await;
+    let b_dir = dir.path().join("b");
+    let peer = vec!["--peer".to_string(), a.ws_url(), "--peer-poll-ms".into(), "100".into()];
+    let b = gateway_with(&b_dir, None, Some(&rt), &[], &peer);
+    app.put("docs", obj(json!({"id": "bob", "title": "From Bob's app"}))).await.unwrap();
+    round(&app, &b, Limits::default(), None).await.unwrap();
+
+    wait("HM's task in RT, through A and B", || rt_get(&rt, "task-1").is_some());
+    wait("Bob's document in HM", || hm_docs(&hm).contains_key("bob"));
+    let (code, made) = http(rt.addr, "POST", "/tickets", Some(&json!({"title": "From RT"})));
+    assert_eq!(code, 201);
+    let ticket = id_text(&made["id"]);
+    wait("RT's ticket in HM, through B and A", || hm_docs(&hm).contains_key(&ticket));
+    quiet_rounds(&a, 3);
+    quiet_rounds(&b, 3);
+    let rt_now = rt_list(&rt);
+    assert_eq!(rt_now.len(), 3, "one copy of each record in RT: {rt_now:?}");
+    let hm_now = hm_docs(&hm);
+    assert_eq!(hm_now.len(), 3, "one copy of each record in HM: {hm_now:?}");
+    assert!(hm_now.values().all(|(rev, _)| rev.starts_with("1-")), "{hm_now:?}");
+    assert_eq!(rt_get(&rt, "task-1").unwrap(), json!({"id": "task-1", "title": "From HM"}));
+    // A's HM origin is a plain origin at B (it came through A), never a point B holds for RT.
+    let hm_origin = foreign_status(&a)[0]["origin"].as_str().unwrap().to_string();
+    let rt_origin = foreign_status(&b)[0]["origin"].as_str().unwrap().to_string();
+    assert_ne!(hm_origin, rt_origin);
+    let b_status = b.status(LIB, None);
+    assert!(b_status["peers"].get(&rt_origin).is_none(), "no peer record for the RT store: {b_status}");
+    assert_eq!(app_docs(&app, &b).await.len(), 3);
 }
