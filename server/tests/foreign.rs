@@ -44,16 +44,7 @@ impl Store {
     }
 
     fn couch_at(addr: SocketAddr) -> Store {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(foreign_bin("pouchdb-server"))
-            .args(["--in-memory", "--host", "127.0.0.1", "--port", &addr.port().to_string()])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pouchdb-server starts");
-        let s = Store { child, addr, _dir: dir };
+        let s = Store::spawn("pouchdb-server", &["--in-memory", "--host", "127.0.0.1", "--port", &addr.port().to_string()], addr, tempfile::tempdir().unwrap());
         s.ready("/");
         let (code, _) = http(addr, "PUT", "/hm", None);
         assert!(code == 201 || code == 412, "creating hm: {code}");
@@ -65,17 +56,22 @@ impl Store {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("db.json"), "{\"tickets\": []}").unwrap();
         let addr = free_addr();
-        let child = Command::new(foreign_bin("json-server"))
-            .args(["--host", "127.0.0.1", "--port", &addr.port().to_string(), "db.json"])
+        let s = Store::spawn("json-server", &["--host", "127.0.0.1", "--port", &addr.port().to_string(), "db.json"], addr, dir);
+        s.ready("/tickets");
+        s
+    }
+
+    /// Starts `name` in `dir` (where pouchdb-server writes its config and log).
+    fn spawn(name: &str, args: &[&str], addr: SocketAddr, dir: tempfile::TempDir) -> Store {
+        let child = Command::new(foreign_bin(name))
+            .args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("json-server starts");
-        let s = Store { child, addr, _dir: dir };
-        s.ready("/tickets");
-        s
+            .unwrap_or_else(|e| panic!("{name} starts: {e}"));
+        Store { child, addr, _dir: dir }
     }
 
     fn ready(&self, path: &str) {
@@ -426,4 +422,26 @@ async fn a_record_received_transitively_reaches_the_other_foreign_store() {
     let b_status = b.status(LIB, None);
     assert!(b_status["peers"].get(&rt_origin).is_none(), "no peer record for the RT store: {b_status}");
     assert_eq!(app_docs(&app, &b).await.len(), 3);
+}
+
+/// A record CouchDB will not take (a field name it reserves) is reported as the store's
+/// last error and retried, without holding up the records after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_does_not_hold_up_the_others() {
+    let hm = Store::couch();
+    let dir = tempfile::tempdir().unwrap();
+    let server = gateway(&dir.path().join("data"), Some(&hm), None, &[]);
+    let app = client().await;
+    app.put("docs", obj(json!({"id": "bad", "_secret": 1}))).await.unwrap();
+    app.put("docs", obj(json!({"id": "good", "n": 1}))).await.unwrap();
+    round(&app, &server, Limits::default(), None).await.unwrap();
+    wait("the good record in HM", || hm_docs(&hm).contains_key("good"));
+    wait("the refusal reported", || foreign_status(&server)[0]["lastError"].as_str().is_some_and(|e| e.starts_with("FOREIGN_REFUSED") && e.contains("bad")));
+    assert!(!hm_docs(&hm).contains_key("bad"));
+    // Fixed in the app: it goes out, and the error clears.
+    app.put("docs", obj(json!({"id": "bad", "secret": 1}))).await.unwrap();
+    round(&app, &server, Limits::default(), None).await.unwrap();
+    wait("the fixed record in HM", || hm_docs(&hm).get("bad").is_some_and(|d| d.1 == json!({"secret": 1})));
+    quiet_rounds(&server, 1);
+    assert_eq!(foreign_status(&server)[0]["lag"], 0);
 }

@@ -119,7 +119,7 @@ impl Foreign for CouchDb {
                 let rev = meta.as_array().and_then(|a| a.iter().find_map(|x| x["ok"]["_rev"].as_str().map(str::to_string)));
                 Ok(Fetched { id: id.to_string(), foreign_id: Value::String(id.to_string()), rev, doc: None })
             }
-            _ => Err(self.unexpected("reading a document", status, &body)),
+            _ => Err(self.unexpected(&format!("reading document {id:?}"), status, &body)),
         }
     }
 
@@ -131,9 +131,9 @@ impl Foreign for CouchDb {
         }
         let (status, answer) = self.http.send(Method::PUT, &self.doc_url(id), Some(&Value::Object(body))).await?;
         match status {
-            200 | 201 | 202 => Ok(Written::Done { foreign_id: json!(id), rev: answer["rev"].as_str().map(str::to_string) }),
+            200..=202 => Ok(Written::Done { foreign_id: json!(id), rev: answer["rev"].as_str().map(str::to_string) }),
             409 => Ok(Written::Conflict),
-            _ => Err(self.unexpected("writing a document", status, &answer)),
+            _ => Err(self.unexpected(&format!("writing document {id:?}"), status, &answer)),
         }
     }
 
@@ -145,7 +145,7 @@ impl Foreign for CouchDb {
             200 | 202 => Ok(Written::Done { foreign_id: json!(id), rev: answer["rev"].as_str().map(str::to_string) }),
             404 => Ok(Written::Done { foreign_id: json!(id), rev: known.rev.clone() }),
             409 => Ok(Written::Conflict),
-            _ => Err(self.unexpected("deleting a document", status, &answer)),
+            _ => Err(self.unexpected(&format!("deleting document {id:?}"), status, &answer)),
         }
     }
 }

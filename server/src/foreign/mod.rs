@@ -111,7 +111,7 @@ impl Spec {
         };
         let ok_collection = (1..=64).contains(&collection.len()) && !collection.chars().any(|c| c.is_control() || c == '/');
         let uri: hyper::Uri = url.parse().map_err(|_| bad())?;
-        let path_ok = uri.path().trim_matches('/').len() > 0;
+        let path_ok = !uri.path().trim_matches('/').is_empty();
         if !valid_name(library) || !ok_collection || uri.scheme_str() != Some("http") || uri.host().is_none() || !path_ok || uri.query().is_some() {
             return Err(bad());
         }
@@ -236,8 +236,10 @@ pub fn decide(stored: Option<&StoredDoc>, base: Option<&Map<String, Value>>, the
             if take.is_empty() {
                 return nothing(dirty);
             }
-            if take.iter().any(|k| !f.contains_key(*k)) {
-                // A field removed there: only a whole-document write removes it here.
+            // A field removed there, or a name a patch would read as a nested path (`a.b`):
+            // only a whole-document write says it here.
+            let whole = |k: &&String| !f.contains_key(*k) || k.is_empty() || k.contains('.');
+            if take.iter().any(whole) {
                 Decision { op: Some((Kind::Put, Some(after))), dirty }
             } else {
                 let fields = take.iter().map(|k| ((*k).clone(), f[*k].clone())).collect();
@@ -359,6 +361,8 @@ struct Gateway<A: Foreign> {
     state: StoreState,
     report: Arc<Mutex<Report>>,
     hooks: Hooks,
+    /// Records the store refused to take (retried every round).
+    refused: BTreeSet<String>,
 }
 
 async fn run<A: Foreign + 'static>(app: Arc<App>, file: StateFile, spec: Spec, adapter: A, report: Arc<Mutex<Report>>, interval: Duration) {
@@ -374,7 +378,7 @@ async fn run<A: Foreign + 'static>(app: Arc<App>, file: StateFile, spec: Spec, a
         }
     };
     tracing::info!(store = %key, origin = %state.origin, kind = adapter.kind(), "foreign gateway started");
-    let mut gw = Gateway { app, file, key, spec, adapter, state, report, hooks: Hooks::from_env() };
+    let mut gw = Gateway { app, file, key, spec, adapter, state, report, hooks: Hooks::from_env(), refused: BTreeSet::new() };
     loop {
         let outcome = gw.round().await;
         if let Err(e) = &outcome {
@@ -398,9 +402,24 @@ impl<A: Foreign> Gateway<A> {
         self.app.registry.open(&self.spec.library).await.map_err(|e| ForeignError::Library(e.to_string()))
     }
 
-    /// One pull and one push.
+    /// One pull and one push, then the report of where the store stands.
     async fn round(&mut self) -> Result<(), ForeignError> {
         let lib = self.library().await?;
+        let outcome = self.exchange(&lib).await;
+        let max_row = lib.head().max_row;
+        let (cursor, mark, n) = (self.state.cursor.clone(), self.state.push_mark, self.state.records.len());
+        let origin = self.state.origin.clone();
+        self.reported(|r| {
+            r.origin = origin;
+            r.cursor = cursor;
+            r.push_mark = mark;
+            r.lag = max_row.saturating_sub(mark);
+            r.records = n;
+        });
+        outcome
+    }
+
+    async fn exchange(&mut self, lib: &Library) -> Result<(), ForeignError> {
         let opened = self.adapter.open(&self.state.cursor).await?;
         if opened.wiped {
             self.reset().await?;
@@ -415,25 +434,14 @@ impl<A: Foreign> Gateway<A> {
                 continue;
             }
             let ids: Vec<String> = changes.records.iter().map(|r| r.id.clone()).collect();
-            dirty.extend(self.ingest(&lib, changes.records).await?);
+            dirty.extend(self.ingest(lib, changes.records).await?);
             self.state.cursor = changes.cursor;
             self.file.save(&self.key, &self.state, ids).await?;
             if !changes.more {
                 break;
             }
         }
-        self.push(&lib, dirty).await?;
-        let max_row = lib.head().max_row;
-        let (cursor, mark, n) = (self.state.cursor.clone(), self.state.push_mark, self.state.records.len());
-        let origin = self.state.origin.clone();
-        self.reported(|r| {
-            r.origin = origin;
-            r.cursor = cursor;
-            r.push_mark = mark;
-            r.lag = max_row.saturating_sub(mark);
-            r.records = n;
-        });
-        Ok(())
+        self.push(lib, dirty).await
     }
 
     /// The store was wiped or restored: forget what it held and compare everything again.
@@ -541,14 +549,26 @@ impl<A: Foreign> Gateway<A> {
                 }
             }
         }
+        ids.extend(std::mem::take(&mut self.refused));
+        let mut refusal = None;
         for id in ids {
-            self.push_one(lib, &id).await?;
+            match self.push_one(lib, &id).await {
+                Ok(()) => {}
+                // One record the store will not take (say, a field name CouchDB reserves)
+                // must not hold up the others: it is tried again every round.
+                Err(e @ ForeignError::Refused(_)) => {
+                    tracing::warn!(store = %self.key, id, error = %e, "the foreign store refused a record");
+                    self.refused.insert(id);
+                    refusal.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         if after != self.state.push_mark {
             self.state.push_mark = after;
             self.file.save(&self.key, &self.state, []).await?;
         }
-        Ok(())
+        refusal.map_or(Ok(()), Err)
     }
 
     async fn push_one(&mut self, lib: &Library, id: &str) -> Result<(), ForeignError> {
@@ -639,6 +659,9 @@ mod tests {
         // A field removed there: a whole-document write.
         let removed = m(json!({"id": "a", "t": "x"}));
         assert_eq!(decide(Some(&same), Some(&base), Some(&removed)).op, Some((Kind::Put, Some(removed.clone()))));
+        // A field name with a dot is a name there, not a path: a whole-document write.
+        let dotted = m(json!({"id": "a", "t": "x", "n": 1, "a.b": 2}));
+        assert_eq!(decide(Some(&same), Some(&base), Some(&dotted)).op, Some((Kind::Put, Some(dotted.clone()))));
         // New there; deleted there; deleted there but never agreed on.
         assert_eq!(decide(None, None, Some(&base)).op, Some((Kind::Put, Some(base.clone()))));
         assert_eq!(decide(Some(&same), Some(&base), None).op, Some((Kind::Delete, None)));

@@ -117,7 +117,7 @@ impl Foreign for Rest {
                 None => Err(ForeignError::Refused(format!("record {id} on {} has no id", self.base))),
             },
             404 => Ok(Fetched { id: id.to_string(), foreign_id: Value::String(id.to_string()), rev: None, doc: None }),
-            _ => Err(self.unexpected("reading a record", status, &body)),
+            _ => Err(self.unexpected(&format!("reading record {id:?}"), status, &body)),
         }
     }
 
@@ -133,7 +133,7 @@ impl Foreign for Rest {
             return Ok(Written::Done { foreign_id, rev: None });
         }
         if status != 404 {
-            return Err(self.unexpected("replacing a record", status, &answer));
+            return Err(self.unexpected(&format!("replacing record {id:?}"), status, &answer));
         }
         let (status, answer) = self.http.send(Method::POST, &self.base, Some(&body)).await?;
         if (200..300).contains(&status) {
@@ -144,11 +144,11 @@ impl Foreign for Rest {
         Ok(Written::Conflict)
     }
 
-    async fn delete(&self, _id: &str, known: &Record) -> Result<Written, ForeignError> {
+    async fn delete(&self, id: &str, known: &Record) -> Result<Written, ForeignError> {
         let (status, answer) = self.http.send(Method::DELETE, &self.record_url(&known.foreign_id), None).await?;
         match status {
             200..=299 | 404 => Ok(Written::Done { foreign_id: known.foreign_id.clone(), rev: None }),
-            _ => Err(self.unexpected("deleting a record", status, &answer)),
+            _ => Err(self.unexpected(&format!("deleting record {id:?}"), status, &answer)),
         }
     }
 }
