@@ -53,9 +53,12 @@ impl Store {
 
     /// json-server over a fresh file holding an empty `tickets` collection.
     fn rest() -> Store {
+        Store::rest_at(free_addr())
+    }
+
+    fn rest_at(addr: SocketAddr) -> Store {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("db.json"), "{\"tickets\": []}").unwrap();
-        let addr = free_addr();
         let s = Store::spawn("json-server", &["--host", "127.0.0.1", "--port", &addr.port().to_string(), "db.json"], addr, dir);
         s.ready("/tickets");
         s
@@ -444,4 +447,52 @@ async fn a_refused_record_does_not_hold_up_the_others() {
     wait("the fixed record in HM", || hm_docs(&hm).get("bad").is_some_and(|d| d.1 == json!({"secret": 1})));
     quiet_rounds(&server, 1);
     assert_eq!(foreign_status(&server)[0]["lag"], 0);
+}
+
+/// RT replaced by an empty store: every known record gone at once is a wiped store, not a
+/// mass delete — the library keeps its documents and pushes them again, then stays quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_rest_store_is_pushed_again_not_taken_as_deletes() {
+    let addr = free_addr();
+    let rt = Store::rest_at(addr);
+    let dir = tempfile::tempdir().unwrap();
+    let server = gateway(&dir.path().join("data"), None, Some(&rt), &[]);
+    let app = client().await;
+    for i in 0..3 {
+        app.put("docs", obj(json!({"id": format!("t{i}"), "n": i}))).await.unwrap();
+    }
+    round(&app, &server, Limits::default(), None).await.unwrap();
+    wait("3 tickets in RT", || rt_list(&rt).len() == 3);
+    drop(rt);
+    let rt = Store::rest_at(addr);
+    wait("the tickets pushed again", || rt_list(&rt).len() == 3);
+    assert!(foreign_status(&server)[0]["resets"].as_u64().unwrap() >= 1);
+    quiet_rounds(&server, 3);
+    let now = rt_list(&rt);
+    assert_eq!(now.len(), 3);
+    assert_eq!(rt_get(&rt, "t2").unwrap(), json!({"id": "t2", "n": 2}));
+    assert_eq!(app_docs(&app, &server).await.len(), 3, "nothing was deleted in the library");
+    quiet_rounds(&server, 3);
+    assert_eq!(rt_list(&rt), now, "no loop after the re-push");
+}
+
+/// With `--secret`, `GET /v1/foreign` needs a token for library `*`; a library token or
+/// none is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_status_needs_a_token_for_every_library() {
+    let hm = Store::couch();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "s3cret";
+    let server = gateway_with(&dir.path().join("data"), Some(&hm), None, &[], &["--secret".into(), secret.into()]);
+    let token = |library: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidemark-server")).args(["token", "--secret", secret, "--library", library, "--user", "ops"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(support::http_get(server.addr, "/v1/foreign", None).0, 401);
+    assert_eq!(support::http_get(server.addr, "/v1/foreign", Some(&token(LIB))).0, 403);
+    let (code, body) = support::http_get(server.addr, "/v1/foreign", Some(&token("*")));
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["stores"][0]["kind"], "couchdb");
+    assert_eq!(v["stores"][0]["url"], hm.url("/hm"));
 }
