@@ -496,3 +496,14 @@ async fn foreign_status_needs_a_token_for_every_library() {
     assert_eq!(v["stores"][0]["kind"], "couchdb");
     assert_eq!(v["stores"][0]["url"], hm.url("/hm"));
 }
+
+/// A malformed `--foreign` is refused at start-up with a message saying the form.
+#[test]
+fn a_bad_foreign_flag_is_refused_at_start() {
+    for bad in ["lib=couchdb+http://127.0.0.1:1/db", "lib/docs=mongo+http://127.0.0.1:1/db", "lib/docs=rest+https://x/t"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidemark-server")).args(["--listen", "127.0.0.1:0", "--foreign", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("LIBRARY/COLLECTION=couchdb+http://HOST:PORT/DB"), "{bad}: {err}");
+    }
+}
