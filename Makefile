@@ -4,7 +4,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export CHROMEDRIVER := /usr/bin/chromedriver
 PORT ?= 8787
 
-.PHONY: setup build build-server fixtures test test-native test-browser test-e2e demo bench verify clean
+.PHONY: setup build build-server fixtures foreign-stores test test-native test-browser test-e2e demo bench verify clean
 
 setup:
 	@./scripts/setup.sh
@@ -17,8 +17,17 @@ build: setup
 
 test: setup test-native test-browser test-e2e
 
-test-native:
+test-native: foreign-stores
 	cargo test --workspace
+
+# The real foreign stores the gateway tests run (server/tests/foreign.rs, DESIGN §11):
+# pouchdb-server 4.2.0 (a CouchDB-API server, run --in-memory) and json-server 0.17.4, pinned
+# in tests/foreign/package-lock.json. Idempotent: installed again only when the lockfile is
+# newer than what npm installed.
+foreign-stores:
+	@lock=tests/foreign/package-lock.json; dir=tests/foreign; \
+		if [ ! -f $$dir/node_modules/.package-lock.json ] || [ $$lock -nt $$dir/node_modules/.package-lock.json ]; then \
+			echo "foreign-stores: npm ci in $$dir"; (cd $$dir && npm ci --no-audit --no-fund) || exit 1; fi
 
 # Real IndexedDB in headless Chromium through wasm-bindgen-test.
 test-browser:

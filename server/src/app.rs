@@ -69,6 +69,8 @@ pub struct App {
     pub registry: Registry,
     /// What each peer link last saw (`GET /v1/peers`).
     pub board: Board,
+    /// What each foreign-store gateway last saw (`GET /v1/foreign`).
+    pub foreign: crate::foreign::Board,
 }
 
 impl App {
@@ -90,6 +92,6 @@ impl App {
 
     fn with(settings: Settings, registry: Registry) -> App {
         let board = Board::new(&settings.peers);
-        App { settings, registry, board }
+        App { settings, registry, board, foreign: crate::foreign::Board::default() }
     }
 }

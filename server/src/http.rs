@@ -10,6 +10,8 @@
 //!   since it lists the library's replicas;
 //! - `GET /v1/peers` → each `--peer`'s links: points, lag, last round, last error (with a
 //!   secret: a token for library `*`);
+//! - `GET /v1/foreign` → each `--foreign` store's cursor, push mark, lag and last error
+//!   (with a secret: a token for library `*`);
 //! - `/v1/sync` → the WebSocket endpoint (`ws`);
 //! - `/js/…` → the npm package directory (`--pkg`), so the demo's import map works;
 //! - everything else → the demo page directory (`--www`).
@@ -45,6 +47,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/libraries", get(libraries))
         .route("/v1/libraries/{library}/status", get(status))
         .route("/v1/peers", get(peer_status))
+        .route("/v1/foreign", get(foreign_status))
         .route("/v1/sync", get(ws::upgrade))
         .nest_service("/js", ServeDir::new(&s.pkg))
         .fallback_service(ServeDir::new(&s.www))
@@ -103,6 +106,13 @@ async fn peer_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
         return r;
     }
     Json(peers::report(&app).await).into_response()
+}
+
+async fn foreign_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&app, &headers, peers::ANY_LIBRARY) {
+        return r;
+    }
+    Json(app.foreign.report()).into_response()
 }
 
 async fn status(Path(library): Path<String>, State(app): State<Arc<App>>, headers: HeaderMap) -> Response {

@@ -6,10 +6,12 @@
 //! the `tidemark` engine — this crate only adds durable storage (`sqlite`), the network
 //! (`http`, `ws`, `socket`), access control (`auth`), the library registry (`library`) and
 //! replication with other servers (`peers`, over `upstream` connections, with `listing`
-//! to learn which libraries a peer holds).
+//! to learn which libraries a peer holds), and gateways to foreign stores (`foreign`:
+//! CouchDB and plain REST APIs, DESIGN §11).
 
 pub mod app;
 pub mod auth;
+pub mod foreign;
 pub mod http;
 pub mod library;
 pub mod listing;

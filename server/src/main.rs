@@ -19,7 +19,7 @@ use axum::serve::ListenerExt;
 use tidemark_server::library::Storage;
 use tidemark_server::peers::{self, Timing};
 use tidemark_server::upstream::PeerUrl;
-use tidemark_server::{auth, http, App, Settings};
+use tidemark_server::{auth, foreign, http, App, Settings};
 
 #[derive(Parser)]
 #[command(name = "tidemark-server", version, about = "Sync server for Tidemark replicas", args_conflicts_with_subcommands = true)]
@@ -99,6 +99,13 @@ struct Serve {
     /// Secret to sign the tokens presented to peers (default: --secret).
     #[arg(long, env = "TIDEMARK_PEER_SECRET", hide_env_values = true)]
     peer_secret: Option<String>,
+    /// Gateway a collection to a foreign store, both ways (repeatable):
+    /// LIBRARY/COLLECTION=couchdb+http://HOST:PORT/DB or LIBRARY/COLLECTION=rest+http://HOST:PORT/PATH.
+    #[arg(long = "foreign", value_name = "LIBRARY/COLLECTION=KIND+URL", value_parser = |s: &str| foreign::Spec::parse(s).map_err(|e| e.to_string()))]
+    foreign: Vec<foreign::Spec>,
+    /// Milliseconds between rounds with each foreign store.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    foreign_interval: u64,
 }
 
 fn main() -> ExitCode {
@@ -184,7 +191,8 @@ fn serve(args: Serve) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args.listen, settings)) {
+    let gateways = (args.foreign, Duration::from_millis(args.foreign_interval));
+    match runtime.block_on(run(args.listen, settings, gateways)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tidemark-server: {e}");
@@ -193,7 +201,7 @@ fn serve(args: Serve) -> ExitCode {
     }
 }
 
-async fn run(listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
+async fn run(listen: SocketAddr, settings: Settings, (foreign, interval): (Vec<foreign::Spec>, Duration)) -> std::io::Result<()> {
     let listener = bind(listen)?;
     let addr = listener.local_addr()?;
     let app = match App::start(settings).await {
@@ -211,6 +219,7 @@ async fn run(listen: SocketAddr, settings: Settings) -> std::io::Result<()> {
         tracing::info!(peers = ?app.settings.peers.iter().map(|p| p.url.as_str()).collect::<Vec<_>>(), "replicating with peers");
         peers::spawn(app.clone());
     }
+    foreign::spawn(app.clone(), &foreign, interval).map_err(std::io::Error::other)?;
     // Protocol messages are small and often go out two at a time: without TCP_NODELAY the
     // second waits for the peer's delayed ACK (40 ms) — on every step of every pass.
     let listener = listener.tap_io(|tcp| {

@@ -53,6 +53,11 @@ impl Server {
 
     /// Starts the server binary at `bin` (benchmarks compare builds) listening on `listen`.
     pub fn start_binary(bin: &Path, data: &Path, listen: &str, extra: &[&str]) -> Server {
+        Server::start_env(bin, data, listen, extra, &[])
+    }
+
+    /// Starts the server binary with extra environment variables (fault-injection hooks).
+    pub fn start_env(bin: &Path, data: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(data).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.with_extension("log")).unwrap();
         let mut child = Command::new(bin)
@@ -61,6 +66,7 @@ impl Server {
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("TIDEMARK_SECRET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
