@@ -3,13 +3,14 @@
 //! over any `Store`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, QueryError, StoreError, WriteError};
 use crate::migrate::{Migrator, NoMigrations, Schemas};
-use crate::op::{check_patch, Kind};
+use crate::op::{check_doc, check_patch, Kind};
 use crate::peer::PeerRecord;
 use crate::query::{Plan, Query};
 use crate::rebuild::Rebuild;
@@ -72,6 +73,8 @@ pub struct Replica<S: Store> {
     schemas: Option<Schemas>,
     migrator: Box<dyn Migrator>,
     now: WallClock,
+    /// `maxClockSkew` in ms: received stamps further ahead of `now` are refused.
+    max_clock_skew: AtomicU64,
     head: Mutex<Head>,
     known: Mutex<Known>,
 }
@@ -117,7 +120,7 @@ impl<S: Store> Replica<S> {
                 commit.head.expect("init writes the head")
             }
         };
-        let replica = Replica { store, schemas, migrator, now, head: Mutex::new(head), known: Mutex::new(Known::default()) };
+        let replica = Replica { store, schemas, migrator, now, max_clock_skew: AtomicU64::new(crate::limits::DEFAULT_MAX_CLOCK_SKEW_MS), head: Mutex::new(head), known: Mutex::new(Known::default()) };
         replica.refresh_status().await?;
         Ok(replica)
     }
@@ -134,6 +137,17 @@ impl<S: Store> Replica<S> {
     /// The wall clock, in milliseconds.
     pub fn now(&self) -> u64 {
         (self.now)()
+    }
+
+    /// How far ahead of this replica's wall clock a received stamp may be, in ms
+    /// (`maxClockSkew`, default 24 h): a peer whose clock is further ahead is refused
+    /// before anything is stored, so one bad clock cannot make later local writes lose.
+    pub fn max_clock_skew(&self) -> u64 {
+        self.max_clock_skew.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_clock_skew(&self, ms: u64) {
+        self.max_clock_skew.store(ms, Ordering::Relaxed);
     }
 
     /// How this replica turns document layers into stored documents.
@@ -243,7 +257,11 @@ impl<S: Store> Replica<S> {
             let coll = self.collection(w.collection())?;
             let id = match w {
                 Write::Put { doc, .. } => match doc.get(&coll.primary_key) {
-                    Some(Value::String(id)) if !id.is_empty() => id.clone(),
+                    Some(Value::String(id)) if !id.is_empty() => {
+                        check_id(id)?;
+                        check_doc(doc)?;
+                        id.clone()
+                    }
                     _ => return Err(WriteError::MissingPrimaryKey { field: coll.primary_key.clone() }.into()),
                 },
                 Write::Patch { id, fields, .. } => {
@@ -325,8 +343,5 @@ impl<S: Store> Replica<S> {
 }
 
 fn check_id(id: &str) -> Result<(), WriteError> {
-    if id.is_empty() {
-        return Err(WriteError::InvalidArgument("a document id is a non-empty string".into()));
-    }
-    Ok(())
+    crate::limits::check_id(id).map_err(WriteError::InvalidArgument)
 }

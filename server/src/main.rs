@@ -96,6 +96,10 @@ struct Serve {
     /// Milliseconds between rounds with each peer once caught up.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     peer_poll_ms: u64,
+    /// Seconds a received stamp may be ahead of this server's clock before the op is
+    /// refused (maxClockSkew; default 24 h).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    max_clock_skew: u64,
     /// Secret to sign the tokens presented to peers (default: --secret).
     #[arg(long, env = "TIDEMARK_PEER_SECRET", hide_env_values = true)]
     peer_secret: Option<String>,
@@ -170,6 +174,7 @@ fn serve(args: Serve) -> ExitCode {
         peer_secret,
         peer_timing: Timing::from_poll(Duration::from_millis(args.peer_poll_ms)),
         postgres,
+        max_clock_skew: Duration::from_secs(args.max_clock_skew),
     };
     if settings.postgres.is_none() {
         if let Err(e) = std::fs::create_dir_all(&settings.data) {

@@ -12,6 +12,7 @@ use super::message::{SnapshotDoc, TableEntry};
 use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
 use crate::layers::is_migration;
+use crate::limits;
 use crate::op::Op;
 use crate::peer::{PeerRecord, Point};
 use crate::replica::Replica;
@@ -23,26 +24,48 @@ fn keeps<S: Store>(replica: &Replica<S>, collection: &str) -> bool {
     replica.schema().is_none_or(|s| s.collection(collection).is_some())
 }
 
-/// Checks a remote op before anything is stored.
+/// Checks a remote op before anything is stored: names and sizes within `limits`, a
+/// stamp not too far ahead of this replica's clock (`maxClockSkew`), and the shape rules
+/// (with a schema, the primary key too).
 fn check_remote<S: Store>(replica: &Replica<S>, op: &Op) -> Result<(), SyncError> {
-    if op.collection.is_empty() || op.id.is_empty() || op.origin.is_empty() {
-        return Err(SyncError::Protocol("an op needs a collection, an id and an origin".into()));
-    }
+    let bad = |m: String| SyncError::Protocol(format!("bad op {}/{}: {m}", limits_cut(&op.collection), limits_cut(&op.id)));
+    limits::check_collection(&op.collection).map_err(bad)?;
+    limits::check_id(&op.id).map_err(bad)?;
+    limits::check_name("an origin", &op.origin).map_err(bad)?;
     if op.ts.version != op.schema_version {
-        return Err(SyncError::Protocol(format!("op {}/{}: its stamp's version differs from its schemaVersion", op.collection, op.id)));
+        return Err(bad("its stamp's version differs from its schemaVersion".into()));
     }
+    check_stamp(replica, &op.ts).map_err(bad)?;
     let pk = replica.schema().and_then(|s| s.collection(&op.collection)).map(|c| c.primary_key.as_str());
     match pk {
         Some(pk) => op.check(pk),
         // Without a schema, check the shape only: the primary key is unknown here.
         None => match (op.kind, &op.fields) {
             (crate::op::Kind::Delete, None) => Ok(()),
-            (crate::op::Kind::Put, Some(_)) => Ok(()),
+            (crate::op::Kind::Put, Some(f)) => crate::op::check_doc(f),
             (crate::op::Kind::Patch, Some(f)) => crate::op::check_patch(f, "\u{0}"),
             _ => Err(crate::error::WriteError::InvalidDocument("op has the wrong payload".into())),
         },
     }
-    .map_err(|e| SyncError::Protocol(format!("bad op {}/{}: {e}", op.collection, op.id)))
+    .map_err(|e| bad(e.to_string()))
+}
+
+/// A received stamp: its node a plausible db id, its wall time within `maxClockSkew` of
+/// this replica's clock (migration output, stamped at wall 0, always is).
+pub(crate) fn check_stamp<S: Store>(replica: &Replica<S>, ts: &Stamp) -> Result<(), String> {
+    if ts.node.len() > limits::MAX_NAME_BYTES {
+        return Err(format!("a stamp's node is over {} bytes", limits::MAX_NAME_BYTES));
+    }
+    limits::check_skew(ts.wall, replica.now(), replica.max_clock_skew())
+}
+
+/// The start of a name that may be huge, for error messages.
+fn limits_cut(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn unique_keys<'a>(items: impl Iterator<Item = (&'a str, &'a str)>) -> (Vec<DocKey>, HashMap<DocKey, usize>) {
@@ -135,13 +158,30 @@ pub struct Applied {
     pub older_version: bool,
 }
 
-/// Checks received snapshot documents before anything is stored.
-pub(crate) fn check_snapshot(docs: &[SnapshotDoc]) -> Result<(), SyncError> {
+/// Checks received snapshot documents before anything is stored: names and sizes within
+/// `limits`, stamps at valid paths of bounded length and within `maxClockSkew`, and
+/// documents that nest no deeper than a stored document may.
+pub(crate) fn check_snapshot<S: Store>(replica: &Replica<S>, docs: &[SnapshotDoc]) -> Result<(), SyncError> {
     // Stamp keys become register paths, which merging assumes are valid.
-    let bad_path = |s: &std::collections::BTreeMap<String, crate::clock::Stamp>| s.keys().any(|p| p != crate::merge::ROOT && crate::path::Path::parse(p).is_none());
+    let bad_path = |p: &String| p != crate::merge::ROOT && (p.split('.').count() > limits::MAX_PATH_SEGMENTS || crate::path::Path::parse(p).is_none());
+    let bad = |m: String| SyncError::Protocol(format!("bad snapshot document: {m}"));
     for d in docs {
-        if d.collection.is_empty() || d.id.is_empty() || (d.stamps.is_empty() && d.layers.is_empty()) || bad_path(&d.stamps) || d.layers.values().any(|l| bad_path(&l.stamps)) {
-            return Err(SyncError::Protocol("a snapshot document needs a collection, an id and stamps at valid paths".into()));
+        limits::check_collection(&d.collection).map_err(bad)?;
+        limits::check_id(&d.id).map_err(bad)?;
+        if d.stamps.is_empty() && d.layers.is_empty() {
+            return Err(bad("it has no stamps".into()));
+        }
+        let states = std::iter::once((&d.stamps, d.doc.as_ref())).chain(d.layers.values().map(|l| (&l.stamps, Some(&l.doc))));
+        for (stamps, doc) in states {
+            if stamps.keys().any(bad_path) {
+                return Err(bad("a stamp is at an invalid path (or one of too many segments)".into()));
+            }
+            for ts in stamps.values() {
+                check_stamp(replica, ts).map_err(bad)?;
+            }
+            if let Some(doc) = doc {
+                limits::check_doc(doc).map_err(bad)?;
+            }
         }
     }
     Ok(())
@@ -151,7 +191,7 @@ pub(crate) fn check_snapshot(docs: &[SnapshotDoc]) -> Result<(), SyncError> {
 /// local state (never overwriting newer local writes), and the registers that changed it
 /// are logged as ops so they can be forwarded.
 pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
-    check_snapshot(&docs)?;
+    check_snapshot(replica, &docs)?;
     let migrates = replica.schema().is_some();
     let current = replica.schema().map(|s| s.version);
     let version = replica.version();

@@ -1,0 +1,193 @@
+//! Hostile peers against the real `tidemark-server` binary (issue 13, DESIGN §5 "Bounded
+//! metadata and input", "Clocks", "Origins are bound to identity"): each attack is sent as
+//! raw protocol frames over a real WebSocket, must be refused with a protocol error, must
+//! leave the server running and healthy, and must store nothing — and honest clients keep
+//! syncing (a new replica can still join) afterwards.
+
+mod support;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::*;
+use tidemark::clock::{Stamp, MAX_WALL};
+use tidemark::limits;
+use tidemark::sync::pass::Limits;
+use tidemark::sync::Message;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+/// The raw client's db id.
+const ME: &str = "feedfacecafe0001";
+
+fn text(v: Value) -> Frame {
+    Frame::Text(v.to_string().into())
+}
+
+/// A stamp at `wall` written by `node`.
+fn ts(wall: u64, node: &str) -> String {
+    Stamp { version: 1, wall, counter: 0, node: node.into() }.encode()
+}
+
+/// A row of the raw client's log.
+fn row(n: u64, id: &str, kind: &str, fields: Option<Value>, wall: u64) -> Value {
+    let mut op = json!({"origin": ME, "originRow": n, "ts": ts(wall, ME), "schemaVersion": 1, "collection": "docs", "id": id, "kind": kind});
+    if let Some(f) = fields {
+        op["fields"] = f;
+    }
+    json!({"row": n, "op": op})
+}
+
+/// What the server said to a push.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// The batch was acknowledged.
+    Acked,
+    /// Refused with this code.
+    Refused(String),
+    /// Neither (the connection ended without a word).
+    Nothing,
+}
+
+/// Pushes `rows` as one batch on a fresh connection (hello, start, preflight, begin,
+/// batch) and reads the answer.
+async fn push(server: &Server, rows: Vec<Value>) -> Answer {
+    let covers = rows.iter().filter_map(|r| r["row"].as_u64()).max().unwrap_or(1);
+    let batch = json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": covers, "rows": rows}).to_string();
+    push_frame(server, covers, batch).await
+}
+
+/// Like `push`, with the batch frame given as text (frames no `Value` can build).
+async fn push_frame(server: &Server, max_row: u64, batch: String) -> Answer {
+    let mut ws = raw_ws(server).await;
+    let frames = vec![
+        text(json!({"v": 1, "type": "hello", "library": LIB, "dbId": ME, "schemaVersion": 1})),
+        text(json!({"v": 1, "type": "start", "session": "sess1", "direction": "push", "perDiff": 1000, "maxDiffs": 10})),
+        text(json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": ME, "maxRow": max_row, "schemaVersion": 1, "sessions": []})),
+        text(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": false})),
+        Frame::Text(batch.into()),
+    ];
+    for f in frames {
+        if ws.send(f).await.is_err() {
+            break;
+        }
+    }
+    answer(&mut ws).await
+}
+
+async fn answer(ws: &mut Ws) -> Answer {
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(Ok(f)) = ws.next().await {
+            match f {
+                Frame::Text(t) => match Message::decode(t.as_str()) {
+                    Ok(Message::Ack { .. }) => return Answer::Acked,
+                    Ok(Message::Error { code, .. }) => return Answer::Refused(code),
+                    _ => {}
+                },
+                Frame::Close(_) => break,
+                _ => {}
+            }
+        }
+        Answer::Nothing
+    })
+    .await;
+    let _ = ws.close(None).await;
+    got.unwrap_or(Answer::Nothing)
+}
+
+fn refused() -> Answer {
+    Answer::Refused("SYNC_PROTOCOL".into())
+}
+
+/// A fresh replica joins (pulls everything) and sees exactly `ids`.
+async fn joiner_sees(server: &Server, ids: &[&str]) {
+    let fresh = client().await;
+    sync_fully(&fresh, server, Limits::default(), None).await;
+    let got: Vec<String> = docs(&fresh).await.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, ids, "a new replica joins and reads every stored document");
+}
+
+/// Deep dotted paths, deep documents, huge ids and collection names: refused before
+/// anything is stored; the 10,000-segment path (which once overflowed the server's stack)
+/// leaves the server running; the library stays readable and joinable.
+#[tokio::test]
+async fn deep_paths_deep_documents_and_huge_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"), &[]);
+    let now = now_ms();
+    // An honest document to patch.
+    assert_eq!(push(&server, vec![row(1, "a", "put", Some(json!({"id": "a", "n": 1})), now)]).await, Answer::Acked);
+    let before = server.stored(LIB, "docs");
+    let max = server.max_row(LIB, None);
+
+    let path = |segments: usize| vec!["p"; segments].join(".");
+    let mut nested = json!(1);
+    for _ in 0..100 {
+        nested = json!({ "x": nested });
+    }
+    let cases: Vec<(&str, Value)> = vec![
+        ("127-segment patch path", row(2, "a", "patch", Some(json!({ (path(127)): 1 })), now)),
+        ("33-segment patch path", row(2, "a", "patch", Some(json!({ (path(limits::MAX_PATH_SEGMENTS + 1)): 1 })), now)),
+        ("32-segment path with a deep value", row(2, "a", "patch", Some(json!({ (path(32)): nested["x"]["x"]["x"] })), now)),
+        ("100-deep put", row(2, "b", "put", Some(json!({"id": "b", "deep": nested})), now)),
+        ("1 MB id", row(2, &"i".repeat(1 << 20), "delete", None, now)),
+        ("long collection", {
+            let mut r = row(2, "c", "delete", None, now);
+            r["op"]["collection"] = json!("c".repeat(limits::MAX_COLLECTION_BYTES + 1));
+            r
+        }),
+    ];
+    for (what, r) in cases {
+        assert_eq!(push(&server, vec![r]).await, refused(), "{what}");
+        assert!(server.is_running() && server.healthy(), "{what}: the server is up");
+    }
+    // 10,000 segments in one ~20 KB frame: refused, and the server is still running.
+    let huge = format!(
+        r#"{{"v":1,"type":"batch","session":"sess1","after":-1,"covers":2,"rows":[{{"row":2,"op":{{"origin":"{ME}","originRow":2,"ts":"{}","schemaVersion":1,"collection":"docs","id":"a","kind":"patch","fields":{{"{}":1}}}}}}]}}"#,
+        ts(now, ME),
+        path(10_000)
+    );
+    for _ in 0..3 {
+        assert_eq!(push_frame(&server, 2, huge.clone()).await, refused(), "10,000-segment path");
+    }
+    assert!(server.is_running() && server.healthy(), "the server survived the 10,000-segment path");
+    assert_eq!(server.stored(LIB, "docs"), before, "nothing was stored");
+    assert_eq!(server.max_row(LIB, None), max);
+    // The limit itself is fine: a 32-segment path is stored and reads back everywhere.
+    assert_eq!(push(&server, vec![row(2, "a", "patch", Some(json!({ (path(32)): 7 })), now)]).await, Answer::Acked);
+    joiner_sees(&server, &["a"]).await;
+    assert!(server.terminate().is_some());
+}
+
+/// A stamp further ahead of the server's clock than `maxClockSkew` is refused before
+/// anything is stored (the largest encodable wall time among them); one within it is
+/// accepted; `--max-clock-skew` narrows the window. Honest writes after the attempt win.
+#[tokio::test]
+async fn far_future_stamps_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-clock-skew", "3600"]);
+    let now = now_ms();
+    let before = server.stored(LIB, "docs");
+    for (what, wall) in [("the end of time", MAX_WALL), ("two hours ahead", now + 2 * 3_600_000), ("a year ahead", now + 365 * 86_400_000)] {
+        let put = row(1, "x", "put", Some(json!({"id": "x", "n": 666})), wall);
+        assert_eq!(push(&server, vec![put]).await, refused(), "{what}");
+    }
+    assert_eq!(server.stored(LIB, "docs"), before, "nothing was stored");
+    assert_eq!(server.max_row(LIB, None), 0);
+    // Within the window (ten minutes ahead): accepted.
+    assert_eq!(push(&server, vec![row(1, "x", "put", Some(json!({"id": "x", "n": 1})), now + 600_000)]).await, Answer::Acked);
+
+    // An honest client's later write, and a delete, win over nothing forged.
+    let honest = client().await;
+    sync_fully(&honest, &server, Limits::default(), None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    honest.patch("docs", "x", json!({"n": 2}).as_object().unwrap().clone()).await.unwrap();
+    sync_fully(&honest, &server, Limits::default(), None).await;
+    let fresh = client().await;
+    sync_fully(&fresh, &server, Limits::default(), None).await;
+    assert_eq!(docs(&fresh).await, vec![json!({"id": "x", "n": 2}).as_object().unwrap().clone()]);
+
+    // The default window is 24 h: a server without the flag takes a stamp 2 h ahead.
+    let dir2 = tempfile::tempdir().unwrap();
+    let lenient = Server::start(&dir2.path().join("data"), &[]);
+    assert_eq!(push(&lenient, vec![row(1, "y", "put", Some(json!({"id": "y"})), now + 2 * 3_600_000)]).await, Answer::Acked);
+    assert_eq!(push(&lenient, vec![row(1, "z", "put", Some(json!({"id": "z"})), now + 25 * 3_600_000)]).await, refused());
+}
