@@ -122,7 +122,11 @@ async fn run(app: &App, t: &mut WsTransport) -> Outcome {
         return Outcome::Quiet;
     }
     tracing::info!(library, client = db_id, user = user.as_deref().unwrap_or("-"), "sync connection");
-    match drive::serve(lib.as_ref(), t, &db_id, s.limits, signals(lib.store().subscribe(), expires)).await {
+    // Origins are bound to identity: with a secret, only a peer server's token (minted
+    // with the secret for `peers::PEER_USER`) may forward other replicas' ops; without a
+    // secret the server is open and cannot tell servers from clients.
+    let bound = s.secret.is_some() && user.as_deref() != Some(crate::peers::PEER_USER);
+    match drive::serve_as(lib.as_ref(), t, &db_id, s.limits, bound, signals(lib.store().subscribe(), expires)).await {
         Ok(()) => Outcome::Quiet,
         Err(Error::Sync(e)) => transport_failure(t, e),
         Err(e) => {

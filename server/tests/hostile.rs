@@ -191,3 +191,143 @@ async fn far_future_stamps_are_refused() {
     assert_eq!(push(&lenient, vec![row(1, "y", "put", Some(json!({"id": "y"})), now + 2 * 3_600_000)]).await, Answer::Acked);
     assert_eq!(push(&lenient, vec![row(1, "z", "put", Some(json!({"id": "z"})), now + 25 * 3_600_000)]).await, refused());
 }
+
+/// Origins are bound to identity: with a secret, a client connection may push only ops
+/// whose origin is its own db id. A forged origin (another replica's db id, which the
+/// server would treat as that replica's echo and never send it) is refused and nothing is
+/// stored; honest clients — including one holding many rows of other origins, which once
+/// pushed them as a snapshot — push their own rows and converge; the victim receives
+/// every real write.
+#[tokio::test]
+async fn forged_origins_are_refused_on_client_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "s3cret";
+    let server = Server::start(&dir.path().join("data"), &["--secret", secret]);
+    let token = tidemark_server::auth::issue(secret.as_bytes(), &tidemark_server::auth::Claims { library: LIB.into(), user: "eve".into(), exp: None });
+    let limits = Limits { per_diff: 50, max_diffs: 100 };
+    let victim = client().await;
+    put_all(&victim, (0..10).map(|i| format!("v{i}")), 1).await;
+    sync_fully(&victim, &server, limits, Some(token.clone())).await;
+    let victim_id = victim.head().db_id;
+    let max = server.max_row(LIB, Some(&token));
+    let before = server.stored(LIB, "docs");
+
+    let mut ws = raw_ws(&server).await;
+    let forged = {
+        let mut r = row(1, "forged", "put", Some(json!({"id": "forged", "n": 666})), now_ms());
+        r["op"]["origin"] = json!(victim_id);
+        r["op"]["ts"] = json!(ts(now_ms(), &victim_id));
+        r
+    };
+    let frames = vec![
+        text(json!({"v": 1, "type": "hello", "library": LIB, "token": token, "dbId": ME, "schemaVersion": 1})),
+        text(json!({"v": 1, "type": "start", "session": "sess1", "direction": "push", "perDiff": 1000, "maxDiffs": 10})),
+        text(json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": ME, "maxRow": 1, "schemaVersion": 1, "sessions": []})),
+        text(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": false})),
+        text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": [forged]})),
+    ];
+    for f in frames {
+        ws.send(f).await.unwrap();
+    }
+    assert_eq!(answer(&mut ws).await, refused(), "a forged origin");
+    assert_eq!(server.stored(LIB, "docs"), before, "nothing was stored");
+    assert_eq!(server.max_row(LIB, Some(&token)), max);
+
+    // An honest client that holds the victim's rows and writes many of its own: its push
+    // covers the victim's rows and sends its own 200, as diffs.
+    let honest = client().await;
+    sync_fully(&honest, &server, limits, Some(token.clone())).await;
+    put_all(&honest, (0..200).map(|i| format!("h{i:03}")), 1).await;
+    let mut sent = 0;
+    for _ in 0..20 {
+        let r = round(&honest, &server, limits, Some(token.clone())).await.unwrap();
+        assert!(!r.push.snapshot, "a bound push never goes as a snapshot");
+        sent += r.sent;
+        if !r.capped {
+            break;
+        }
+    }
+    assert_eq!(sent, 200, "only its own rows were sent");
+    sync_fully(&victim, &server, limits, Some(token.clone())).await;
+    assert_eq!(docs(&victim).await.len(), 210, "the victim receives every real write");
+    assert_eq!(docs(&victim).await, docs(&honest).await);
+}
+
+/// Ends an empty push pass with a forwarded table of `entries` entries; the answer
+/// (`Acked` stands for `done`) and how long the server took to answer.
+async fn end_with_table(server: &Server, token: Option<&str>, entries: usize) -> (Answer, std::time::Duration) {
+    let table: Vec<Value> = (0..entries).map(|i| json!({"dbId": format!("peer{i:08}"), "row": 5, "session": format!("s{i}")})).collect();
+    let mut ws = raw_ws(server).await;
+    let frames = vec![
+        text(json!({"v": 1, "type": "hello", "library": LIB, "token": token, "dbId": ME, "schemaVersion": 1})),
+        text(json!({"v": 1, "type": "start", "session": "sess1", "direction": "push", "perDiff": 1000, "maxDiffs": 10})),
+        text(json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": ME, "maxRow": 0, "schemaVersion": 1, "sessions": []})),
+        text(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": false})),
+    ];
+    for f in frames {
+        ws.send(f).await.unwrap();
+    }
+    let end = text(json!({"v": 1, "type": "end", "session": "sess1", "complete": true, "maxRow": 0, "incoming": table}));
+    let started = std::time::Instant::now();
+    ws.send(end).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(Ok(f)) = ws.next().await {
+            if let Frame::Text(t) = f {
+                match Message::decode(t.as_str()) {
+                    Ok(Message::Done { .. }) => return Answer::Acked,
+                    Ok(Message::Error { code, .. }) => return Answer::Refused(code),
+                    _ => {}
+                }
+            }
+        }
+        Answer::Nothing
+    })
+    .await
+    .unwrap_or(Answer::Nothing);
+    let took = started.elapsed();
+    let _ = ws.close(None).await;
+    (got, took)
+}
+
+/// The 100,000-entry `incoming` table: refused with a protocol error (the limit is
+/// `MAX_TABLE_ENTRIES`) and nothing recorded; `/healthz` answers while the server reads
+/// it; a table at the limit is merged; and a client connection on a server with a secret
+/// cannot forward a table at all (it is not taken).
+#[tokio::test]
+async fn huge_forwarded_tables_are_refused_and_never_stall_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let peers_of = |s: &Server, token: Option<&str>| s.status(LIB, token)["peers"].as_object().map_or(0, |m| m.len());
+    let addr = server.addr;
+    let probe = std::thread::spawn(move || {
+        // Health probes all through the attack: each answers.
+        let mut worst = std::time::Duration::ZERO;
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            assert_eq!(http_get(addr, "/healthz", None), (200, "ok".to_string()), "/healthz answers during the attack");
+            worst = worst.max(t.elapsed());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        worst
+    });
+    let (answer, took) = end_with_table(&server, None, 100_000).await;
+    assert_eq!(answer, refused(), "100,000 entries");
+    let worst = probe.join().unwrap();
+    eprintln!("100,000-entry table refused in {took:?}; slowest /healthz during it {worst:?}");
+    assert_eq!(peers_of(&server, None), 0, "no peer record was stored");
+
+    let (answer, took) = end_with_table(&server, None, limits::MAX_TABLE_ENTRIES).await;
+    assert_eq!(answer, Answer::Acked, "a table at the limit is merged");
+    eprintln!("{}-entry table merged in {took:?}", limits::MAX_TABLE_ENTRIES);
+    assert_eq!(peers_of(&server, None), limits::MAX_TABLE_ENTRIES + 1);
+    assert!(server.healthy());
+
+    // With a secret, a client's table is not taken.
+    let dir2 = tempfile::tempdir().unwrap();
+    let secret = "s3cret";
+    let guarded = Server::start(&dir2.path().join("data"), &["--secret", secret]);
+    let token = tidemark_server::auth::issue(secret.as_bytes(), &tidemark_server::auth::Claims { library: LIB.into(), user: "eve".into(), exp: None });
+    let (answer, _) = end_with_table(&guarded, Some(&token), 5_000).await;
+    assert_eq!(answer, Answer::Acked);
+    assert_eq!(peers_of(&guarded, Some(&token)), 1, "only the client's own record");
+}

@@ -267,11 +267,13 @@ async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&st
 }
 
 /// The peers whose records closing a pass from `peer` may change.
+/// Linear in the table's size (a set, not a scan per entry: tables come from peers).
 fn closed_ids(me: &str, peer: &str, table: &[TableEntry], newest: &BTreeMap<String, Stamp>) -> Vec<String> {
     let mut ids = vec![peer.to_string()];
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::from([peer]);
     let others = table.iter().map(|e| &e.db_id).chain(newest.keys());
     for id in others.filter(|id| *id != me && !id.is_empty()) {
-        if !ids.contains(id) {
+        if seen.insert(id.as_str()) {
             ids.push(id.clone());
         }
     }
@@ -296,8 +298,9 @@ pub(crate) fn close_pass(
     if let Some((session, end)) = reached {
         recs[0].note_incoming(session, end, false);
     }
+    let slot: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     for e in table.iter().filter(|e| e.db_id != me && e.db_id != peer) {
-        if let Some(i) = ids.iter().position(|id| *id == e.db_id) {
+        if let Some(&i) = slot.get(e.db_id.as_str()) {
             recs[i].note_incoming(&e.session, e.row, true);
         }
     }
