@@ -82,6 +82,10 @@ pub enum SyncError {
     Remote { code: String, message: String },
     #[error("sync is not configured: pass `sync: {{ url, library }}` to openReplica")]
     NotConfigured,
+    /// A received op could not be applied here and was set aside (`status().quarantined`);
+    /// the sync point moved past it and every other op applied.
+    #[error("an op was quarantined: {0}")]
+    Quarantined(String),
     /// The token a live connection was opened with has expired (the server closes it).
     #[error("the sync token expired: give `sync.token` as a function that returns a fresh one, or reopen with a new token")]
     TokenExpired,
@@ -166,6 +170,7 @@ impl Error {
                 SyncError::Remote { code, .. } => CODES.iter().find(|c| **c == code).copied().unwrap_or("SYNC_REFUSED"),
                 SyncError::NotConfigured => "SYNC_NOT_CONFIGURED",
                 SyncError::TokenExpired => "SYNC_TOKEN_EXPIRED",
+                SyncError::Quarantined(_) => "OP_QUARANTINED",
             },
         }
     }
@@ -198,6 +203,7 @@ pub const CODES: &[&str] = &[
     "SYNC_PROTOCOL",
     "SYNC_REFUSED",
     "SYNC_NOT_CONFIGURED",
+    "OP_QUARANTINED",
     // Server refusals and faults.
     "UNAUTHORIZED",
     "FORBIDDEN",
@@ -243,6 +249,7 @@ mod tests {
             SyncError::Protocol(String::new()).into(),
             SyncError::NotConfigured.into(),
             SyncError::TokenExpired.into(),
+            SyncError::Quarantined(String::new()).into(),
         ];
         for e in &errors {
             assert!(CODES.contains(&e.code()), "{} is not in CODES", e.code());

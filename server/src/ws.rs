@@ -162,6 +162,6 @@ fn transport_failure(t: &WsTransport, e: SyncError) -> Outcome {
         SyncError::Protocol(m) => fault("SYNC_PROTOCOL", m),
         SyncError::TokenExpired => fault("SYNC_TOKEN_EXPIRED", e.to_string()),
         // The client went away, or refused something itself and said so.
-        SyncError::Connection(_) | SyncError::Remote { .. } | SyncError::NotConfigured => Outcome::Quiet,
+        SyncError::Connection(_) | SyncError::Remote { .. } | SyncError::NotConfigured | SyncError::Quarantined(_) => Outcome::Quiet,
     }
 }

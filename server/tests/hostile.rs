@@ -331,3 +331,50 @@ async fn huge_forwarded_tables_are_refused_and_never_stall_the_server() {
     assert_eq!(answer, Answer::Acked);
     assert_eq!(peers_of(&guarded, Some(&token)), 1, "only the client's own record");
 }
+
+/// One bad op never stops a library: a put whose document's primary key contradicts its
+/// id, stored by the server next to good ops (the server keeps no schema, so it cannot
+/// tell), is set aside by every client that knows the schema — visible in `status()` and
+/// as an `error` event coded `OP_QUARANTINED` — while the point moves past it and the
+/// good ops apply; the next round has nothing more to pull.
+#[tokio::test]
+async fn a_poisoned_op_is_quarantined_and_the_library_keeps_syncing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let now = now_ms();
+    let rows = vec![
+        row(1, "a", "put", Some(json!({"id": "a", "n": 1})), now),
+        row(2, "b", "put", Some(json!({"id": "not-b", "n": 2})), now),
+        row(3, "c", "put", Some(json!({"id": "c", "n": 3})), now),
+    ];
+    assert_eq!(push(&server, rows).await, Answer::Acked);
+
+    let c = client().await;
+    let first = round(&c, &server, Limits::default(), None).await.expect("the pull succeeds");
+    assert_eq!(first.received, 3);
+    let got: Vec<String> = docs(&c).await.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, ["a", "c"], "every other op applied");
+    let q = c.status().quarantined.unwrap_or_default();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!((q[0].id.as_str(), q[0].code.as_str(), q[0].origin.as_str(), q[0].origin_row), ("b", "MISSING_PRIMARY_KEY", ME, 2));
+    let again = round(&c, &server, Limits::default(), None).await.unwrap();
+    assert_eq!(again.received, 0, "the point moved past the bad op");
+    // Later good writes still flow both ways.
+    put_all(&c, std::iter::once("d".to_string()), 4).await;
+    sync_fully(&c, &server, Limits::default(), None).await;
+    assert_eq!(server.stored(LIB, "docs").len(), 4);
+
+    // A live client reports it as an `error` event.
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let cfg = tidemark::sync::live::Config { poll_ms: 60_000, ..tidemark::sync::live::Config::new(LIB, Limits::default()) };
+            let live = LiveClient::start(TokioEnv::new(server.ws_url(), Box::new(|| None), false), cfg).await;
+            wait_until("the live client reports the bad op", std::time::Duration::from_secs(20), async || !live.error_codes().is_empty()).await;
+            assert_eq!(live.error_codes(), ["OP_QUARANTINED"]);
+            assert!(live.has("d").await && live.has("a").await && !live.has("b").await);
+            assert_eq!(live.replica.status().quarantined.map(|q| q.len()), Some(1));
+            live.stop().await;
+        })
+        .await;
+}

@@ -15,7 +15,7 @@ use crate::layers::is_migration;
 use crate::limits;
 use crate::op::Op;
 use crate::peer::{PeerRecord, Point};
-use crate::replica::Replica;
+use crate::replica::{Quarantined, Replica};
 use crate::store::{Commit, DocKey, Row, Store};
 use crate::work::Work;
 
@@ -25,8 +25,7 @@ fn keeps<S: Store>(replica: &Replica<S>, collection: &str) -> bool {
 }
 
 /// Checks a remote op before anything is stored: names and sizes within `limits`, a
-/// stamp not too far ahead of this replica's clock (`maxClockSkew`), and the shape rules
-/// (with a schema, the primary key too).
+/// stamp not too far ahead of this replica's clock (`maxClockSkew`), and the shape rules.
 fn check_remote<S: Store>(replica: &Replica<S>, op: &Op) -> Result<(), SyncError> {
     let bad = |m: String| SyncError::Protocol(format!("bad op {}/{}: {m}", limits_cut(&op.collection), limits_cut(&op.id)));
     limits::check_collection(&op.collection).map_err(bad)?;
@@ -36,18 +35,32 @@ fn check_remote<S: Store>(replica: &Replica<S>, op: &Op) -> Result<(), SyncError
         return Err(bad("its stamp's version differs from its schemaVersion".into()));
     }
     check_stamp(replica, &op.ts).map_err(bad)?;
-    let pk = replica.schema().and_then(|s| s.collection(&op.collection)).map(|c| c.primary_key.as_str());
-    match pk {
-        Some(pk) => op.check(pk),
-        // Without a schema, check the shape only: the primary key is unknown here.
-        None => match (op.kind, &op.fields) {
-            (crate::op::Kind::Delete, None) => Ok(()),
-            (crate::op::Kind::Put, Some(f)) => crate::op::check_doc(f),
-            (crate::op::Kind::Patch, Some(f)) => crate::op::check_patch(f, "\u{0}"),
-            _ => Err(crate::error::WriteError::InvalidDocument("op has the wrong payload".into())),
-        },
+    // Without a schema, check the shape only: the primary key is unknown here. With one,
+    // the primary-key rules are checked by `quarantined` (an op breaking them is set
+    // aside, not refused: one bad op must not stop a library).
+    match (op.kind, &op.fields) {
+        (crate::op::Kind::Delete, None) => Ok(()),
+        (crate::op::Kind::Put, Some(f)) => crate::op::check_doc(f),
+        (crate::op::Kind::Patch, Some(f)) => crate::op::check_patch(f, "\u{0}"),
+        _ => Err(crate::error::WriteError::InvalidDocument("op has the wrong payload".into())),
     }
     .map_err(|e| bad(e.to_string()))
+}
+
+/// Whether a received op (which passed `check_remote`) breaks a rule of this replica's
+/// schema — a put whose primary key contradicts its id, a patch of the primary key — and
+/// must be set aside: what it would be recorded as.
+fn quarantined<S: Store>(replica: &Replica<S>, op: &Op) -> Option<Quarantined> {
+    let pk = replica.schema()?.collection(&op.collection)?.primary_key.as_str();
+    let e = op.check(pk).err()?;
+    Some(Quarantined {
+        collection: op.collection.clone(),
+        id: op.id.clone(),
+        origin: op.origin.clone(),
+        origin_row: op.origin_row,
+        code: Error::from(e.clone()).code().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// A received stamp: its node a plausible db id, its wall time within `maxClockSkew` of
@@ -87,6 +100,18 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     for r in &rows {
         check_remote(replica, &r.op)?;
     }
+    // Ops this replica cannot apply are set aside; the batch still covers them.
+    let mut set_aside = Vec::new();
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .filter(|r| match quarantined(replica, &r.op) {
+            Some(q) => {
+                set_aside.push(q);
+                false
+            }
+            None => true,
+        })
+        .collect();
     if let Some(v) = rows.iter().map(|r| r.op.schema_version).filter(|v| replica.schema().is_some_and(|s| *v < s.version)).min() {
         replica.rebuild().check_version(v)?;
     }
@@ -129,6 +154,7 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
         })
         .await?;
     replica.committed(&commit);
+    replica.quarantine(set_aside);
     Ok(applied)
 }
 
