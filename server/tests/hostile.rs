@@ -378,3 +378,229 @@ async fn a_poisoned_op_is_quarantined_and_the_library_keeps_syncing() {
         })
         .await;
 }
+
+/// A deterministic generator (xorshift), so the corpus is the same on every run.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len())].clone()
+    }
+}
+
+/// An op that no replica may store, in one of many ways.
+fn invalid_op(g: &mut Gen, now: u64) -> Value {
+    let mut op = row(1, "k", "put", Some(json!({"id": "k", "n": 1})), now)["op"].clone();
+    let deep = |n: usize| vec!["p"; n].join(".");
+    match g.below(14) {
+        0 => op["id"] = json!(""),
+        1 => op["id"] = json!("i".repeat(limits::MAX_ID_BYTES + 1 + g.below(5000))),
+        2 => op["collection"] = json!(""),
+        3 => op["origin"] = json!(""),
+        4 => op["ts"] = json!(ts(MAX_WALL - g.below(1000) as u64, ME)),
+        5 => op["ts"] = json!(g.pick(&["", "zz", "0001", "00010000000000g00000ab", "-1"])),
+        6 => op["kind"] = json!(g.pick(&["upsert", "PUT", "", "delete "])),
+        7 => {
+            op["kind"] = json!("patch");
+            op["fields"] = json!({ (deep(limits::MAX_PATH_SEGMENTS + 1 + g.below(20_000))): 1 });
+        }
+        8 => {
+            op["kind"] = json!("patch");
+            op["fields"] = json!(g.pick(&[json!({}), json!({"a..b": 1}), json!({".a": 1}), json!({"a": 1, "a.b": 2})]));
+        }
+        9 => {
+            op["kind"] = json!("delete");
+        }
+        10 => {
+            op.as_object_mut().unwrap().remove("fields");
+        }
+        11 => op["schemaVersion"] = json!(2 + g.below(100)),
+        12 => {
+            let mut v = json!(1);
+            for _ in 0..(limits::MAX_DEPTH + g.below(50)) {
+                v = json!([v]);
+            }
+            op["fields"] = json!({"id": "k", "deep": v});
+        }
+        _ => op["collection"] = json!("c".repeat(limits::MAX_COLLECTION_BYTES + 1 + g.below(1000))),
+    }
+    op
+}
+
+/// Whether `v` with one field replaced stays a frame the server must refuse: only used
+/// on frames whose every variant is refused or harmless (no valid op anywhere).
+fn mutate_field(g: &mut Gen, mut v: Value) -> Value {
+    let keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    let k = g.pick(&keys);
+    let replacement = g.pick(&[json!(null), json!(-1), json!(u64::MAX), json!(i64::MIN), json!(1.5), json!("x"), json!([]), json!({}), json!(true), json!("\u{0}\u{ffff}")]);
+    if g.below(4) == 0 {
+        v.as_object_mut().unwrap().remove(&k);
+    } else {
+        v[&k] = replacement;
+    }
+    v
+}
+
+/// One case of the corpus: the frames to send, and whether the server must answer with
+/// an `error` (false: the frame may happen to be acceptable, but must change nothing).
+fn case(g: &mut Gen, now: u64) -> (Vec<Frame>, bool) {
+    let hello = json!({"v": 1, "type": "hello", "library": LIB, "dbId": ME, "schemaVersion": 1});
+    let start = json!({"v": 1, "type": "start", "session": "sess1", "direction": g.pick(&["push", "pull"]), "perDiff": 10, "maxDiffs": 3});
+    let preflight = json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": ME, "maxRow": 1, "schemaVersion": 1, "sessions": []});
+    let begin = json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": g.below(2) == 0});
+    let mut prefix = vec![hello.clone(), start.clone(), preflight.clone(), begin.clone()];
+    prefix.truncate(g.below(5));
+    let push = |p: &mut Vec<Value>| {
+        p.truncate(1);
+        p.extend([json!({"v": 1, "type": "start", "session": "sess1", "direction": "push", "perDiff": 10, "maxDiffs": 3}), json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": ME, "maxRow": 1, "schemaVersion": 1, "sessions": []})]);
+    };
+    let (last, must): (Frame, bool) = match g.below(8) {
+        // Bytes that are not JSON.
+        0 => {
+            let n = 1 + g.below(300);
+            let bytes: Vec<u8> = (0..n).map(|_| g.next() as u8).collect();
+            (Frame::Text(String::from_utf8_lossy(&bytes).into_owned().into()), true)
+        }
+        // A valid message cut short.
+        1 => {
+            let whole = g.pick(&[hello.clone(), start.clone(), preflight.clone(), begin.clone()]).to_string();
+            let cut = 1 + g.below(whole.len() - 1);
+            (Frame::Text(whole[..cut].to_string().into()), true)
+        }
+        // A field of a valid message replaced or removed.
+        2 => {
+            let which = g.below(4);
+            let base = [hello.clone(), start.clone(), preflight.clone(), begin.clone()][which].clone();
+            prefix.truncate(which);
+            (text(mutate_field(g, base)), false)
+        }
+        // An unknown type, or an extra field.
+        3 => {
+            let mut v = g.pick(&[hello.clone(), start.clone(), preflight.clone(), begin.clone()]);
+            if g.below(2) == 0 {
+                v["type"] = json!(g.pick(&["launch", "Batch", "", "hello2", "snapshots"]));
+            } else {
+                v["extra"] = json!(g.below(10));
+            }
+            (text(v), true)
+        }
+        // Nesting past the JSON reader's limit.
+        4 => {
+            let n = 129 + g.below(5000);
+            (Frame::Text(format!("{}{}", "[".repeat(n), "]".repeat(n)).into()), true)
+        }
+        // A batch carrying an invalid op, after a correct push preflight and begin.
+        5 => {
+            push(&mut prefix);
+            prefix.push(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": false}));
+            let rows = json!([{"row": 1, "op": invalid_op(g, now)}]);
+            (text(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": 1, "rows": rows})), true)
+        }
+        // A snapshot chunk with an invalid document.
+        6 => {
+            push(&mut prefix);
+            prefix.push(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": true}));
+            let good = ts(now, ME);
+            let doc = g.pick(&[
+                json!({"c": "", "id": "k", "d": {"id": "k"}, "s": {"": good}, "v": 1}),
+                json!({"c": "docs", "id": "k", "d": {"id": "k"}, "s": {}, "v": 1}),
+                json!({"c": "docs", "id": "k", "d": {"id": "k"}, "s": {"a..b": good}, "v": 1}),
+                json!({"c": "docs", "id": "k", "d": {"id": "k"}, "s": {"": ts(MAX_WALL, ME)}, "v": 1}),
+                json!({"c": "docs", "id": "k", "d": {"id": "k"}, "s": {(vec!["p"; 40].join(".")): good}, "v": 1}),
+                json!({"c": "docs", "id": "i".repeat(5000), "d": {"id": "k"}, "s": {"": good}, "v": 1}),
+            ]);
+            (text(json!({"v": 1, "type": "snapshot", "session": "sess1", "docs": [doc]})), true)
+        }
+        // A batch that does not follow what was agreed.
+        _ => {
+            push(&mut prefix);
+            prefix.push(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": false}));
+            let (after, covers) = g.pick(&[(5, 6), (-1, -1), (-1, -5), (0, 0), (3, 2)]);
+            let rows = json!([{"row": 1, "op": invalid_op(g, now)}]);
+            (text(json!({"v": 1, "type": "batch", "session": "sess1", "after": after, "covers": covers, "rows": rows})), true)
+        }
+    };
+    let mut frames: Vec<Frame> = prefix.into_iter().map(text).collect();
+    frames.push(last);
+    (frames, must)
+}
+
+/// Sends one case; the code of the server's `error`, if it sent one before closing (or
+/// before going quiet for a while).
+async fn run_case(server: &Server, frames: Vec<Frame>) -> Option<String> {
+    let mut ws = raw_ws(server).await;
+    for f in frames {
+        if ws.send(f).await.is_err() {
+            break;
+        }
+    }
+    let code = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while let Some(Ok(f)) = ws.next().await {
+            match f {
+                Frame::Text(t) => {
+                    if let Ok(Message::Error { code, .. }) = Message::decode(t.as_str()) {
+                        return Some(code);
+                    }
+                }
+                Frame::Close(_) => return None,
+                _ => {}
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or(None);
+    let _ = ws.close(None).await;
+    code
+}
+
+/// The malformed-message corpus: 1,200 deterministic hostile cases (well over 1,000
+/// hostile frames, after their valid prefixes) against one real server: it never
+/// crashes, stays healthy, answers every frame that must be refused with an `error`, and
+/// its library — documents, max row and peer records — is exactly as before.
+#[tokio::test]
+async fn a_malformed_message_corpus_crashes_nothing_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"), &["--hello-timeout", "2"]);
+    let honest = client().await;
+    put_all(&honest, (0..20).map(|i| format!("h{i}")), 1).await;
+    sync_fully(&honest, &server, Limits::default(), None).await;
+    // The server records the honest client's last pull when its `done` arrives: wait for it.
+    let acked = || server.status(LIB, None)["peers"][honest.head().db_id.as_str()]["outgoing"].as_i64();
+    wait_until("the last pull is recorded", std::time::Duration::from_secs(10), async || acked() == Some(20)).await;
+    let before = (server.stored(LIB, "docs"), server.max_row(LIB, None), server.status(LIB, None)["peers"].clone());
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let now = now_ms();
+    let cases: Vec<(Vec<Frame>, bool)> = (0..1_200).map(|_| case(&mut g, now)).collect();
+    let (mut refused, mut hostile_frames) = (0usize, 0usize);
+    for chunk in cases.chunks(8) {
+        let answers = futures::future::join_all(chunk.iter().map(|(frames, _)| run_case(&server, frames.clone()))).await;
+        for ((_, must), code) in chunk.iter().zip(answers) {
+            hostile_frames += 1;
+            if *must {
+                assert!(code.as_deref().is_some_and(|c| tidemark::error::CODES.contains(&c)), "a hostile frame was not refused with a code: {code:?}");
+            }
+            refused += code.is_some() as usize;
+        }
+        assert!(server.is_running(), "the server crashed");
+    }
+    eprintln!("corpus: {} cases, {hostile_frames} hostile frames, {refused} refused with an error", cases.len());
+    assert!(hostile_frames >= 1_000);
+    assert!(server.healthy());
+    let after = (server.stored(LIB, "docs"), server.max_row(LIB, None), server.status(LIB, None)["peers"].clone());
+    assert_eq!(after, before, "the corpus changed nothing");
+    // And the library still serves a new replica.
+    let fresh = client().await;
+    sync_fully(&fresh, &server, Limits::default(), None).await;
+    assert_eq!(docs(&fresh).await, docs(&honest).await);
+    assert!(server.terminate().is_some());
+}
