@@ -59,6 +59,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage error: {0}")]
     Backend(String),
+    /// A server's disk is full: nothing was written; retry once space is freed.
+    #[error("the disk is full; nothing was written")]
+    DiskFull,
 }
 
 /// Why a replica could not be opened.
@@ -153,6 +156,7 @@ impl Error {
                 StoreError::VersionTooOld { .. } => "VERSION_TOO_OLD",
                 StoreError::Corrupt(_) => "CORRUPT",
                 StoreError::Backend(_) => "STORAGE_ERROR",
+                StoreError::DiskFull => "DISK_FULL",
             },
             Error::Open(OpenError::InvalidOptions(_)) => "INVALID_OPTIONS",
             Error::Open(OpenError::SchemaMismatch { .. }) => "SCHEMA_MISMATCH",
@@ -238,6 +242,7 @@ mod tests {
             StoreError::Sealed.into(),
             StoreError::Corrupt(String::new()).into(),
             StoreError::Backend(String::new()).into(),
+            StoreError::DiskFull.into(),
             OpenError::InvalidOptions(String::new()).into(),
             OpenError::SchemaMismatch { stored: 1, opened: 2, hint: String::new() }.into(),
             MigrateError::MissingSchema(1).into(),
