@@ -41,6 +41,8 @@ pub struct Settings {
     pub peer_timing: Timing,
     /// How far ahead of this server's clock a received stamp may be (`maxClockSkew`).
     pub max_clock_skew: Duration,
+    /// How long a connection may take to send a request's headers (`listen`).
+    pub header_timeout: Duration,
     /// Libraries on PostgreSQL instead of SQLite files (`--postgres URL --instance NAME`).
     pub postgres: Option<crate::postgres::Settings>,
 }
@@ -62,6 +64,7 @@ impl Settings {
             peer_timing: Timing::from_poll(Duration::from_secs(1)),
             postgres: None,
             max_clock_skew: Duration::from_millis(tidemark::limits::DEFAULT_MAX_CLOCK_SKEW_MS),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }

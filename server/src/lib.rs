@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod http;
 pub mod library;
+pub mod listen;
 pub mod listing;
 pub mod peers;
 pub mod postgres;

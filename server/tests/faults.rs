@@ -99,3 +99,41 @@ async fn a_read_only_data_dir_fails_health_and_writes_with_storage_error() {
     sync_fully(&c, &server, Limits::default(), None).await;
     assert_eq!(server.max_row(LIB, None), 10);
 }
+
+/// Slow headers: 300 connections that each send half a request and stall are closed once
+/// `--header-timeout` passes, and the server answers others meanwhile and after.
+#[tokio::test]
+async fn half_sent_requests_are_closed_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--header-timeout", "1"]);
+    let mut held: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: slow\r\nX-Wait: ").unwrap();
+            s
+        })
+        .collect();
+    assert!(server.healthy(), "others are served while they wait");
+    let started = std::time::Instant::now();
+    for s in &mut held {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 512];
+        // Closed by the server: end of stream (perhaps after a 408), or a reset.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("a half-sent request was still open after {:?}: {e}", started.elapsed()),
+            }
+        }
+    }
+    eprintln!("300 half-sent requests closed within {:?}", started.elapsed());
+    assert!(server.healthy());
+    // The sync endpoint (an upgraded request) is unaffected.
+    let c = client().await;
+    put_all(&c, (0..3).map(|i| format!("a{i}")), 1).await;
+    sync_fully(&c, &server, Limits::default(), None).await;
+    assert_eq!(server.max_row(LIB, None), 3);
+}
