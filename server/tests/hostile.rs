@@ -604,3 +604,32 @@ async fn a_malformed_message_corpus_crashes_nothing_and_changes_nothing() {
     assert_eq!(docs(&fresh).await, docs(&honest).await);
     assert!(server.terminate().is_some());
 }
+
+/// A snapshot pass may not claim to end past the max row its sender declared: the point
+/// it would set would hide the sender's next rows (or, as `u64::MAX`, wrap around).
+#[tokio::test]
+async fn a_snapshot_cannot_end_past_the_declared_max_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let honest = client().await;
+    put_all(&honest, (0..3).map(|i| format!("h{i}")), 1).await;
+    sync_fully(&honest, &server, Limits::default(), None).await;
+    let acked = || server.status(LIB, None)["peers"][honest.head().db_id.as_str()]["outgoing"].as_i64();
+    wait_until("the last pull is recorded", std::time::Duration::from_secs(10), async || acked() == Some(3)).await;
+    let before = server.status(LIB, None)["peers"].clone();
+    for claimed in [2u64, 1_000_000, u64::MAX] {
+        let mut ws = raw_ws(&server).await;
+        let frames = vec![
+            text(json!({"v": 1, "type": "hello", "library": LIB, "dbId": ME, "schemaVersion": 1})),
+            text(json!({"v": 1, "type": "start", "session": "sess1", "direction": "push", "perDiff": 1000, "maxDiffs": 10})),
+            text(json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": ME, "maxRow": 1, "schemaVersion": 1, "sessions": []})),
+            text(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": true})),
+            text(json!({"v": 1, "type": "end", "session": "sess1", "complete": true, "maxRow": claimed, "incoming": []})),
+        ];
+        for f in frames {
+            ws.send(f).await.unwrap();
+        }
+        assert_eq!(answer(&mut ws).await, refused(), "a snapshot ending at {claimed}");
+    }
+    assert_eq!(server.status(LIB, None)["peers"], before, "no point was recorded");
+}

@@ -172,6 +172,12 @@ impl<T: Store> Receiver<T> {
                 if snapshot && !complete {
                     return Err(SyncError::Protocol("a snapshot pass cannot end capped".into()).into());
                 }
+                // A snapshot's end becomes our point: no further than the max row the
+                // sender declared in its preflight (a point past its rows would hide the
+                // rows it writes next).
+                if snapshot && max_row > self.report.peer_max_row {
+                    return Err(SyncError::Protocol(format!("a snapshot ending at {max_row}, past the sender's max row {}", self.report.peer_max_row)).into());
+                }
                 let end = if snapshot { max_row as Point } else { expected };
                 // A bound peer cannot vouch for other replicas: its table is not taken.
                 let table = if complete && !self.bound { incoming.unwrap_or_default() } else { Vec::new() };
