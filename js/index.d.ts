@@ -208,6 +208,23 @@ export interface Status {
   resetPending: boolean;
   /** Whether this tab runs live sync for the replica (one tab per replica does). */
   leader?: boolean;
+  /**
+   * Received ops this replica could not apply and set aside (most recent last, at most 100
+   * since it opened); absent when there are none. Each also fired an `error` event with
+   * code `OP_QUARANTINED`. The sync point moved past them and every other op applied.
+   */
+  quarantined?: Quarantined[];
+}
+
+/** A received op set aside because this replica cannot apply it. */
+export interface Quarantined {
+  collection: string;
+  id: string;
+  origin: string;
+  originRow: number;
+  /** The rule it broke, e.g. `MISSING_PRIMARY_KEY` (its id contradicts its primary key). */
+  code: string;
+  reason: string;
 }
 
 /** One op-log row, as `recentOps` returns it. */
@@ -252,6 +269,8 @@ export type ErrorCode =
   | 'SYNC_CONNECTION'
   | 'SYNC_PROTOCOL'
   | 'SYNC_REFUSED'
+  /** A received op could not be applied and was set aside: see `status().quarantined`. */
+  | 'OP_QUARANTINED'
   /** The wasm module could not be fetched or instantiated; the message names the URL. Retry with `load()`. */
   | 'WASM_LOAD_FAILED'
   /** No IndexedDB or WebAssembly here (Node, server-side rendering): open replicas in a browser or worker. */

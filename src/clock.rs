@@ -128,16 +128,18 @@ impl Clock {
     }
 
     /// A fresh stamp for a local write, given the wall clock `now_ms` (which may be skewed
-    /// or go backwards: the stamp never does).
-    pub fn tick(&mut self, now_ms: u64) -> Stamp {
+    /// or go backwards: the stamp never does). None when no larger stamp can be encoded
+    /// (the clock is at the end of time): the write must fail rather than reuse a stamp.
+    /// Received stamps are bounded by `maxClockSkew`, so only a corrupt store gets here.
+    pub fn tick(&mut self, now_ms: u64) -> Option<Stamp> {
         let now = now_ms.min(MAX_WALL);
         let next = if now > self.last.wall {
             Stamp { version: self.last.version, wall: now, counter: 0, node: self.node.clone() }
         } else {
-            self.successor(self.last.wall, self.last.counter)
+            self.successor(self.last.wall, self.last.counter)?
         };
         self.last = next.clone();
-        next
+        Some(next)
     }
 
     /// Takes note of a stamp seen on a remote op, so later local stamps order after it.
@@ -149,12 +151,12 @@ impl Clock {
         }
     }
 
-    fn successor(&self, wall: u64, counter: u32) -> Stamp {
+    fn successor(&self, wall: u64, counter: u32) -> Option<Stamp> {
         if counter >= MAX_COUNTER {
             // Counter exhausted within one millisecond: borrow the next millisecond.
-            Stamp { version: self.last.version, wall: (wall + 1).min(MAX_WALL), counter: 0, node: self.node.clone() }
+            (wall < MAX_WALL).then(|| Stamp { version: self.last.version, wall: wall + 1, counter: 0, node: self.node.clone() })
         } else {
-            Stamp { version: self.last.version, wall, counter: counter + 1, node: self.node.clone() }
+            Some(Stamp { version: self.last.version, wall, counter: counter + 1, node: self.node.clone() })
         }
     }
 }
@@ -178,9 +180,9 @@ mod tests {
     #[test]
     fn tick_survives_a_clock_that_jumps_back() {
         let mut c = Clock::new("n1", 1, None);
-        let a = c.tick(1000);
-        let b = c.tick(500);
-        let d = c.tick(1000);
+        let a = c.tick(1000).unwrap();
+        let b = c.tick(500).unwrap();
+        let d = c.tick(1000).unwrap();
         assert!(a < b && b < d);
         assert_eq!(b.wall, 1000);
     }
@@ -188,10 +190,10 @@ mod tests {
     #[test]
     fn observe_orders_later_local_writes_after_remote_ones() {
         let mut c = Clock::new("n1", 1, None);
-        c.tick(10);
+        c.tick(10).unwrap();
         let remote = Stamp { version: 1, wall: 99_999, counter: 7, node: "zz".into() };
         c.observe(&remote);
-        let next = c.tick(10);
+        let next = c.tick(10).unwrap();
         assert!(next > remote);
         assert_eq!(next.node, "n1");
     }
@@ -199,7 +201,17 @@ mod tests {
     #[test]
     fn counter_overflow_borrows_a_millisecond() {
         let mut c = Clock::new("n", 1, Some(Stamp { version: 1, wall: 5, counter: MAX_COUNTER, node: "n".into() }));
-        let s = c.tick(5);
+        let s = c.tick(5).unwrap();
         assert_eq!((s.wall, s.counter), (6, 0));
+    }
+
+    #[test]
+    fn a_clock_at_the_end_of_time_refuses_instead_of_repeating() {
+        let mut c = Clock::new("n", 1, Some(Stamp { version: 1, wall: MAX_WALL, counter: MAX_COUNTER - 1, node: "n".into() }));
+        let last = c.tick(5).unwrap();
+        assert_eq!((last.wall, last.counter), (MAX_WALL, MAX_COUNTER));
+        assert_eq!(c.tick(5), None);
+        assert_eq!(c.tick(u64::MAX), None);
+        assert_eq!(c.last(), &last);
     }
 }

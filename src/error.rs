@@ -59,6 +59,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("storage error: {0}")]
     Backend(String),
+    /// A server's disk is full: nothing was written; retry once space is freed.
+    #[error("the disk is full; nothing was written")]
+    DiskFull,
 }
 
 /// Why a replica could not be opened.
@@ -82,6 +85,10 @@ pub enum SyncError {
     Remote { code: String, message: String },
     #[error("sync is not configured: pass `sync: {{ url, library }}` to openReplica")]
     NotConfigured,
+    /// A received op could not be applied here and was set aside (`status().quarantined`);
+    /// the sync point moved past it and every other op applied.
+    #[error("an op was quarantined: {0}")]
+    Quarantined(String),
     /// The token a live connection was opened with has expired (the server closes it).
     #[error("the sync token expired: give `sync.token` as a function that returns a fresh one, or reopen with a new token")]
     TokenExpired,
@@ -149,6 +156,7 @@ impl Error {
                 StoreError::VersionTooOld { .. } => "VERSION_TOO_OLD",
                 StoreError::Corrupt(_) => "CORRUPT",
                 StoreError::Backend(_) => "STORAGE_ERROR",
+                StoreError::DiskFull => "DISK_FULL",
             },
             Error::Open(OpenError::InvalidOptions(_)) => "INVALID_OPTIONS",
             Error::Open(OpenError::SchemaMismatch { .. }) => "SCHEMA_MISMATCH",
@@ -166,6 +174,7 @@ impl Error {
                 SyncError::Remote { code, .. } => CODES.iter().find(|c| **c == code).copied().unwrap_or("SYNC_REFUSED"),
                 SyncError::NotConfigured => "SYNC_NOT_CONFIGURED",
                 SyncError::TokenExpired => "SYNC_TOKEN_EXPIRED",
+                SyncError::Quarantined(_) => "OP_QUARANTINED",
             },
         }
     }
@@ -198,6 +207,7 @@ pub const CODES: &[&str] = &[
     "SYNC_PROTOCOL",
     "SYNC_REFUSED",
     "SYNC_NOT_CONFIGURED",
+    "OP_QUARANTINED",
     // Server refusals and faults.
     "UNAUTHORIZED",
     "FORBIDDEN",
@@ -232,6 +242,7 @@ mod tests {
             StoreError::Sealed.into(),
             StoreError::Corrupt(String::new()).into(),
             StoreError::Backend(String::new()).into(),
+            StoreError::DiskFull.into(),
             OpenError::InvalidOptions(String::new()).into(),
             OpenError::SchemaMismatch { stored: 1, opened: 2, hint: String::new() }.into(),
             MigrateError::MissingSchema(1).into(),
@@ -243,6 +254,7 @@ mod tests {
             SyncError::Protocol(String::new()).into(),
             SyncError::NotConfigured.into(),
             SyncError::TokenExpired.into(),
+            SyncError::Quarantined(String::new()).into(),
         ];
         for e in &errors {
             assert!(CODES.contains(&e.code()), "{} is not in CODES", e.code());

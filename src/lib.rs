@@ -14,6 +14,7 @@
 //! |---|---|
 //! | [`clock`] | hybrid logical clock stamps and their order (schema version first) |
 //! | [`path`], [`key`] | dotted field paths; index keys in IndexedDB's key order |
+//! | [`limits`] | bounds on input: path segments, nesting, sizes, table entries, clock skew |
 //! | [`op`] | the op (`put` / `patch` / `delete`) and its shape rules |
 //! | [`merge`] | per-field last-writer-wins over registers |
 //! | [`layers`] | one merge state per schema version; migration output's stamps |
@@ -81,6 +82,7 @@ pub mod error;
 pub mod idb;
 pub mod key;
 pub mod layers;
+pub mod limits;
 pub mod memory;
 pub mod merge;
 pub mod migrate;

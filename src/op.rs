@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::Stamp;
 use crate::error::WriteError;
+use crate::limits;
 use crate::path::{is_ancestor, Path};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +46,7 @@ impl Op {
     pub fn check(&self, primary_key: &str) -> Result<(), WriteError> {
         match (self.kind, &self.fields) {
             (Kind::Put, Some(f)) => match f.get(primary_key) {
-                Some(Value::String(id)) if *id == self.id => Ok(()),
+                Some(Value::String(id)) if *id == self.id => check_doc(f),
                 _ => Err(WriteError::MissingPrimaryKey { field: primary_key.to_string() }),
             },
             (Kind::Patch, Some(f)) => check_patch(f, primary_key),
@@ -55,11 +56,19 @@ impl Op {
     }
 }
 
-/// The rules for a patch's field map.
+/// A whole document within the nesting limit (`limits`), so it reads back.
+pub fn check_doc(fields: &Map<String, Value>) -> Result<(), WriteError> {
+    limits::check_doc(fields).map_err(WriteError::InvalidDocument)
+}
+
+/// The rules for a patch's field map: paths within the segment limit, and no path that
+/// would nest the document past the depth limit (checked first, before any path is split
+/// into parts).
 pub fn check_patch(fields: &Map<String, Value>, primary_key: &str) -> Result<(), WriteError> {
     if fields.is_empty() {
         return Err(WriteError::InvalidPatch("a patch needs at least one field".into()));
     }
+    limits::check_patch_depth(fields).map_err(WriteError::InvalidPatch)?;
     let mut keys: Vec<&str> = Vec::with_capacity(fields.len());
     for k in fields.keys() {
         let path = Path::parse(k).ok_or_else(|| {

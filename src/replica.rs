@@ -3,13 +3,14 @@
 //! over any `Store`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
 use crate::error::{Error, QueryError, StoreError, WriteError};
 use crate::migrate::{Migrator, NoMigrations, Schemas};
-use crate::op::{check_patch, Kind};
+use crate::op::{check_doc, check_patch, Kind};
 use crate::peer::PeerRecord;
 use crate::query::{Plan, Query};
 use crate::rebuild::Rebuild;
@@ -56,7 +57,32 @@ pub struct Status {
     /// A reset began (a snapshot was being staged) and has not completed yet: the next
     /// sync that receives a snapshot completes it, and `reset` fires then.
     pub reset_pending: bool,
+    /// Received ops this replica could not apply and set aside (most recent last, at most
+    /// `MAX_QUARANTINED` kept since the replica opened): the sync point moved past them
+    /// and every other op applied. Absent when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(all(test, not(target_arch = "wasm32")), ts(optional))]
+    pub quarantined: Option<Vec<Quarantined>>,
 }
+
+/// A received op set aside because this replica cannot apply it (DESIGN §5, "One bad op
+/// never stops a library"): a primary key that contradicts its id, a patch of the primary
+/// key — rules only a replica that knows the schema can check.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(all(test, not(target_arch = "wasm32")), derive(ts_rs::TS))]
+pub struct Quarantined {
+    pub collection: String,
+    pub id: String,
+    pub origin: String,
+    pub origin_row: u64,
+    /// The stable code of the rule it broke (`MISSING_PRIMARY_KEY`, `INVALID_PATCH`, …).
+    pub code: String,
+    pub reason: String,
+}
+
+/// How many quarantined ops `status()` keeps (the oldest are dropped first).
+pub const MAX_QUARANTINED: usize = 100;
 
 /// What the replica remembers for `status()` between reads of the store.
 #[derive(Clone, Debug, Default)]
@@ -72,8 +98,12 @@ pub struct Replica<S: Store> {
     schemas: Option<Schemas>,
     migrator: Box<dyn Migrator>,
     now: WallClock,
+    /// `maxClockSkew` in ms: received stamps further ahead of `now` are refused.
+    max_clock_skew: AtomicU64,
     head: Mutex<Head>,
     known: Mutex<Known>,
+    /// Ops set aside (for `status`), and those not yet reported as `error` events.
+    quarantine: Mutex<(Vec<Quarantined>, Vec<Quarantined>)>,
 }
 
 /// A fresh random db id: 16 hex digits.
@@ -117,7 +147,7 @@ impl<S: Store> Replica<S> {
                 commit.head.expect("init writes the head")
             }
         };
-        let replica = Replica { store, schemas, migrator, now, head: Mutex::new(head), known: Mutex::new(Known::default()) };
+        let replica = Replica { store, schemas, migrator, now, max_clock_skew: AtomicU64::new(crate::limits::DEFAULT_MAX_CLOCK_SKEW_MS), head: Mutex::new(head), known: Mutex::new(Known::default()), quarantine: Mutex::default() };
         replica.refresh_status().await?;
         Ok(replica)
     }
@@ -134,6 +164,17 @@ impl<S: Store> Replica<S> {
     /// The wall clock, in milliseconds.
     pub fn now(&self) -> u64 {
         (self.now)()
+    }
+
+    /// How far ahead of this replica's wall clock a received stamp may be, in ms
+    /// (`maxClockSkew`, default 24 h): a peer whose clock is further ahead is refused
+    /// before anything is stored, so one bad clock cannot make later local writes lose.
+    pub fn max_clock_skew(&self) -> u64 {
+        self.max_clock_skew.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_clock_skew(&self, ms: u64) {
+        self.max_clock_skew.store(ms, Ordering::Relaxed);
     }
 
     /// How this replica turns document layers into stored documents.
@@ -197,7 +238,27 @@ impl<S: Store> Replica<S> {
             online: false,
             pending: known.pending,
             reset_pending: h.reset_pending,
+            quarantined: Some(self.quarantine.lock().expect("quarantine lock").0.clone()).filter(|q| !q.is_empty()),
         }
+    }
+
+    /// Records ops set aside by a received batch (see `Quarantined`).
+    pub fn quarantine(&self, ops: Vec<Quarantined>) {
+        if ops.is_empty() {
+            return;
+        }
+        let mut guard = self.quarantine.lock().expect("quarantine lock");
+        let (all, fresh) = &mut *guard;
+        for list in [all, fresh] {
+            list.extend(ops.iter().cloned());
+            let over = list.len().saturating_sub(MAX_QUARANTINED);
+            list.drain(..over);
+        }
+    }
+
+    /// The ops set aside since the last call, for `error` events.
+    pub fn take_quarantined(&self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.quarantine.lock().expect("quarantine lock").1)
     }
 
     /// Re-reads the peer records and counts the local rows no peer has acknowledged.
@@ -243,7 +304,11 @@ impl<S: Store> Replica<S> {
             let coll = self.collection(w.collection())?;
             let id = match w {
                 Write::Put { doc, .. } => match doc.get(&coll.primary_key) {
-                    Some(Value::String(id)) if !id.is_empty() => id.clone(),
+                    Some(Value::String(id)) if !id.is_empty() => {
+                        check_id(id)?;
+                        check_doc(doc)?;
+                        id.clone()
+                    }
                     _ => return Err(WriteError::MissingPrimaryKey { field: coll.primary_key.clone() }.into()),
                 },
                 Write::Patch { id, fields, .. } => {
@@ -325,8 +390,5 @@ impl<S: Store> Replica<S> {
 }
 
 fn check_id(id: &str) -> Result<(), WriteError> {
-    if id.is_empty() {
-        return Err(WriteError::InvalidArgument("a document id is a non-empty string".into()));
-    }
-    Ok(())
+    crate::limits::check_id(id).map_err(WriteError::InvalidArgument)
 }

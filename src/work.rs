@@ -67,10 +67,11 @@ impl Work {
             Kind::Delete => self.exists[slot] = false,
             Kind::Patch => {}
         }
+        let ts = self.clock.tick(now).ok_or_else(|| StoreError::Corrupt("the newest stored stamp is at the largest encodable time: no later write can order after it".into()))?;
         let op = Op {
             origin: self.head.db_id.clone(),
             origin_row: self.head.max_row + 1,
-            ts: self.clock.tick(now),
+            ts,
             schema_version: self.clock.last().version,
             collection,
             id,

@@ -12,8 +12,13 @@
 //!   time through the first instance and a reader polls the last one — client-visible latency
 //!   from the write's acknowledgement to the reader holding it.
 //!
+//! - `snapshots N DOCS`: a library of DOCS documents (default 100,000) on a freshly
+//!   restarted server; N fresh clients (default 8) join at once, each pulling the whole
+//!   library as a snapshot: the server's RSS before and its peak during (snapshots are
+//!   paged from storage, `perDiff` documents per chunk, so the peak stays bounded).
+//!
 //! `cargo bench -p tidemark-server --bench load -- [rounds 100 500 2000] [idle 10000]
-//! [instances] [--postgres] [--out FILE]` (no section: all of them). `--postgres` runs
+//! [snapshots 8 100000] [instances] [--postgres] [--out FILE]` (no section: all of them). `--postgres` runs
 //! `rounds` and `idle` on a PostgreSQL instance instead of SQLite. `TIDEMARK_SERVER` picks
 //! another server binary (to compare builds). Prints one JSON object (and writes it to
 //! `--out`).
@@ -302,6 +307,38 @@ async fn instances(count: usize, cluster: &PgCluster) -> Value {
     out
 }
 
+/// `clients` fresh replicas pull a library of `n_docs` documents at once (see the module
+/// doc): the server's RSS before, its peak during, and how long the slowest join took.
+async fn snapshots(clients: usize, n_docs: usize, backing: &Backing) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), "snapshots", backing);
+    let seed = support::client().await;
+    support::put_all(&seed, (0..n_docs).map(|i| format!("d{i:07}")), 1).await;
+    support::sync_fully(&seed, &server, Limits::default(), None).await;
+    assert_eq!(server.max_row(LIB, None), n_docs as u64);
+    // A fresh process, so the peak is the joins' alone.
+    server.terminate();
+    let server = start(dir.path(), "snapshots", backing);
+    let (before, _) = memory(server.pid());
+    let started = Instant::now();
+    let joins = (0..clients).map(|_| async {
+        let r = support::client().await;
+        support::sync_fully(&r, &server, Limits::default(), None).await;
+        let n = support::docs(&r).await.len();
+        assert_eq!(n, n_docs, "a joiner got the whole library");
+        started.elapsed().as_secs_f64()
+    });
+    let times = futures::future::join_all(joins).await;
+    let (_, peak) = memory(server.pid());
+    json!({
+        "clients": clients,
+        "docs": n_docs,
+        "rssBeforeMb": (before * 10.0).round() / 10.0,
+        "peakRssMb": (peak * 10.0).round() / 10.0,
+        "slowestJoinS": times.iter().cloned().fold(0.0, f64::max),
+    })
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut out_file = None;
@@ -320,6 +357,7 @@ fn main() {
     let round_sizes = numbers_after("rounds", &[100, 500, 2000]).or(all.then(|| vec![100, 500, 2000]));
     let idle_sizes = numbers_after("idle", &[10_000]).or(all.then(|| vec![10_000]));
     let run_instances = all || args.iter().any(|a| a == "instances");
+    let snapshot_sizes = numbers_after("snapshots", &[8, 100_000]).or(all.then(|| vec![8, 100_000]));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut result = json!({ "server": binary().display().to_string() });
@@ -343,6 +381,11 @@ fn main() {
                 out.push(idle(n, &backing()).await);
             }
             result["idle"] = json!(out);
+        }
+        if let Some(sizes) = snapshot_sizes {
+            let clients = sizes.first().copied().unwrap_or(8);
+            let n_docs = sizes.get(1).copied().unwrap_or(100_000);
+            result["snapshots"] = snapshots(clients, n_docs, &backing()).await;
         }
         if run_instances {
             let cluster = cluster.as_ref().unwrap();

@@ -39,6 +39,10 @@ pub struct Settings {
     pub peer_secret: Option<Vec<u8>>,
     /// How often peer rounds run and retry.
     pub peer_timing: Timing,
+    /// How far ahead of this server's clock a received stamp may be (`maxClockSkew`).
+    pub max_clock_skew: Duration,
+    /// How long a connection may take to send a request's headers (`listen`).
+    pub header_timeout: Duration,
     /// Libraries on PostgreSQL instead of SQLite files (`--postgres URL --instance NAME`).
     pub postgres: Option<crate::postgres::Settings>,
 }
@@ -59,6 +63,8 @@ impl Settings {
             peer_secret: None,
             peer_timing: Timing::from_poll(Duration::from_secs(1)),
             postgres: None,
+            max_clock_skew: Duration::from_millis(tidemark::limits::DEFAULT_MAX_CLOCK_SKEW_MS),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -92,6 +98,7 @@ impl App {
 
     fn with(settings: Settings, registry: Registry) -> App {
         let board = Board::new(&settings.peers);
+        let registry = registry.with_max_clock_skew(settings.max_clock_skew.as_millis().min(u64::MAX as u128) as u64);
         App { settings, registry, board, foreign: crate::foreign::Board::default() }
     }
 }

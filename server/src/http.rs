@@ -43,7 +43,7 @@ pub fn router(app: Arc<App>) -> Router {
     // Static files are the developer's working copy: never let a browser cache them stale.
     let no_cache = SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/v1/libraries", get(libraries))
         .route("/v1/libraries/{library}/status", get(status))
         .route("/v1/peers", get(peer_status))
@@ -113,6 +113,22 @@ async fn foreign_status(State(app): State<Arc<App>>, headers: HeaderMap) -> Resp
         return r;
     }
     Json(app.foreign.report()).into_response()
+}
+
+/// `ok` when the server can serve: with SQLite, its data directory must take a write (a
+/// read-only or vanished directory makes every library unopenable, so say so: 503).
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let Some(dir) = app.registry.data_dir().map(std::path::Path::to_path_buf) else { return "ok".into_response() };
+    let probe = tokio::task::spawn_blocking(move || {
+        let file = dir.join(".healthz-probe");
+        std::fs::write(&file, b"ok").and_then(|_| std::fs::remove_file(&file)).map_err(|e| format!("the data directory {} cannot be written: {e}", dir.display()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the probe failed: {e}")));
+    match probe {
+        Ok(()) => "ok".into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+    }
 }
 
 async fn status(Path(library): Path<String>, State(app): State<Arc<App>>, headers: HeaderMap) -> Response {

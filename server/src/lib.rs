@@ -14,6 +14,7 @@ pub mod auth;
 pub mod foreign;
 pub mod http;
 pub mod library;
+pub mod listen;
 pub mod listing;
 pub mod peers;
 pub mod postgres;

@@ -200,6 +200,8 @@ pub struct Registry {
     /// One cell per library name ever asked for; the map's lock is only held to find the
     /// cell, never while a library opens.
     open: Mutex<HashMap<String, Arc<OnceCell<Arc<Library>>>>>,
+    /// `maxClockSkew` of every library opened here, in ms (`--max-clock-skew`).
+    max_clock_skew: u64,
 }
 
 impl Registry {
@@ -209,7 +211,14 @@ impl Registry {
     }
 
     pub fn with(storage: Storage) -> Registry {
-        Registry { storage, open: Mutex::new(HashMap::new()) }
+        Registry { storage, open: Mutex::new(HashMap::new()), max_clock_skew: tidemark::limits::DEFAULT_MAX_CLOCK_SKEW_MS }
+    }
+
+    /// Libraries opened from now on refuse stamps further than `ms` ahead of this
+    /// server's clock.
+    pub fn with_max_clock_skew(mut self, ms: u64) -> Registry {
+        self.max_clock_skew = ms;
+        self
     }
 
     pub fn storage(&self) -> &Storage {
@@ -277,6 +286,7 @@ impl Registry {
             Storage::Postgres(db) => LibraryStore::postgres(PgStore::open(db, name).await.map_err(|e| fail(name, StoreError::Backend(e.to_string()).into()))?),
         };
         let replica = Replica::open_relay(store, Box::new(wall_clock_ms)).await.map_err(|e| fail(name, e))?;
+        replica.set_max_clock_skew(self.max_clock_skew);
         let head = replica.head();
         tracing::info!(library = name, db_id = %head.db_id, max_row = head.max_row, "opened library");
         let lib = Arc::new(replica);

@@ -15,11 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use tidemark::sync::Limits;
 use tidemark_server::app::DEFAULT_MAX_FRAME;
-use axum::serve::ListenerExt;
 use tidemark_server::library::Storage;
 use tidemark_server::peers::{self, Timing};
 use tidemark_server::upstream::PeerUrl;
-use tidemark_server::{auth, foreign, http, App, Settings};
+use tidemark_server::{auth, foreign, http, listen, App, Settings};
 
 #[derive(Parser)]
 #[command(name = "tidemark-server", version, about = "Sync server for Tidemark replicas", args_conflicts_with_subcommands = true)]
@@ -96,6 +95,13 @@ struct Serve {
     /// Milliseconds between rounds with each peer once caught up.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     peer_poll_ms: u64,
+    /// Seconds a received stamp may be ahead of this server's clock before the op is
+    /// refused (maxClockSkew; default 24 h).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    max_clock_skew: u64,
+    /// Seconds a connection has to send a request's headers before it is closed.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
     /// Secret to sign the tokens presented to peers (default: --secret).
     #[arg(long, env = "TIDEMARK_PEER_SECRET", hide_env_values = true)]
     peer_secret: Option<String>,
@@ -177,6 +183,8 @@ fn serve(args: Serve) -> ExitCode {
         peer_secret,
         peer_timing: Timing::from_poll(Duration::from_millis(args.peer_poll_ms)),
         postgres,
+        max_clock_skew: Duration::from_secs(args.max_clock_skew),
+        header_timeout: Duration::from_secs(args.header_timeout),
     };
     if settings.postgres.is_none() {
         if let Err(e) = std::fs::create_dir_all(&settings.data) {
@@ -220,14 +228,8 @@ async fn run(listen: SocketAddr, settings: Settings, (foreign, interval): (Vec<f
         peers::spawn(app.clone());
     }
     foreign::spawn(app.clone(), &foreign, interval).map_err(std::io::Error::other)?;
-    // Protocol messages are small and often go out two at a time: without TCP_NODELAY the
-    // second waits for the peer's delayed ACK (40 ms) — on every step of every pass.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let served = axum::serve(listener, http::router(app.clone())).with_graceful_shutdown(shutdown()).await;
+    // TCP_NODELAY and the header-read timeout are set per connection there.
+    let served = listen::serve(listener, http::router(app.clone()), app.settings.header_timeout, shutdown()).await;
     if let Storage::Postgres(db) = app.registry.storage() {
         // Leave cleanly, so the other instances need not wait for our heartbeat to go stale.
         if let Err(e) = db.leave().await {

@@ -43,7 +43,7 @@ use crate::upstream::{PeerUrl, Upstream};
 pub const ANY_LIBRARY: &str = "*";
 
 /// The user named in the tokens this server mints for its peers.
-const PEER_USER: &str = "tidemark-server";
+pub const PEER_USER: &str = "tidemark-server";
 
 /// How often links run rounds and retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -122,7 +122,11 @@ async fn run(app: &App, t: &mut WsTransport) -> Outcome {
         return Outcome::Quiet;
     }
     tracing::info!(library, client = db_id, user = user.as_deref().unwrap_or("-"), "sync connection");
-    match drive::serve(lib.as_ref(), t, &db_id, s.limits, signals(lib.store().subscribe(), expires)).await {
+    // Origins are bound to identity: with a secret, only a peer server's token (minted
+    // with the secret for `peers::PEER_USER`) may forward other replicas' ops; without a
+    // secret the server is open and cannot tell servers from clients.
+    let bound = s.secret.is_some() && user.as_deref() != Some(crate::peers::PEER_USER);
+    match drive::serve_as(lib.as_ref(), t, &db_id, s.limits, bound, signals(lib.store().subscribe(), expires)).await {
         Ok(()) => Outcome::Quiet,
         Err(Error::Sync(e)) => transport_failure(t, e),
         Err(e) => {
@@ -158,6 +162,6 @@ fn transport_failure(t: &WsTransport, e: SyncError) -> Outcome {
         SyncError::Protocol(m) => fault("SYNC_PROTOCOL", m),
         SyncError::TokenExpired => fault("SYNC_TOKEN_EXPIRED", e.to_string()),
         // The client went away, or refused something itself and said so.
-        SyncError::Connection(_) | SyncError::Remote { .. } | SyncError::NotConfigured => Outcome::Quiet,
+        SyncError::Connection(_) | SyncError::Remote { .. } | SyncError::NotConfigured | SyncError::Quarantined(_) => Outcome::Quiet,
     }
 }

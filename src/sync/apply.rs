@@ -12,9 +12,10 @@ use super::message::{SnapshotDoc, TableEntry};
 use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
 use crate::layers::is_migration;
+use crate::limits;
 use crate::op::Op;
 use crate::peer::{PeerRecord, Point};
-use crate::replica::Replica;
+use crate::replica::{Quarantined, Replica};
 use crate::store::{Commit, DocKey, Row, Store};
 use crate::work::Work;
 
@@ -23,26 +24,61 @@ fn keeps<S: Store>(replica: &Replica<S>, collection: &str) -> bool {
     replica.schema().is_none_or(|s| s.collection(collection).is_some())
 }
 
-/// Checks a remote op before anything is stored.
+/// Checks a remote op before anything is stored: names and sizes within `limits`, a
+/// stamp not too far ahead of this replica's clock (`maxClockSkew`), and the shape rules.
 fn check_remote<S: Store>(replica: &Replica<S>, op: &Op) -> Result<(), SyncError> {
-    if op.collection.is_empty() || op.id.is_empty() || op.origin.is_empty() {
-        return Err(SyncError::Protocol("an op needs a collection, an id and an origin".into()));
-    }
+    let bad = |m: String| SyncError::Protocol(format!("bad op {}/{}: {m}", limits_cut(&op.collection), limits_cut(&op.id)));
+    limits::check_collection(&op.collection).map_err(bad)?;
+    limits::check_id(&op.id).map_err(bad)?;
+    limits::check_name("an origin", &op.origin).map_err(bad)?;
     if op.ts.version != op.schema_version {
-        return Err(SyncError::Protocol(format!("op {}/{}: its stamp's version differs from its schemaVersion", op.collection, op.id)));
+        return Err(bad("its stamp's version differs from its schemaVersion".into()));
     }
-    let pk = replica.schema().and_then(|s| s.collection(&op.collection)).map(|c| c.primary_key.as_str());
-    match pk {
-        Some(pk) => op.check(pk),
-        // Without a schema, check the shape only: the primary key is unknown here.
-        None => match (op.kind, &op.fields) {
-            (crate::op::Kind::Delete, None) => Ok(()),
-            (crate::op::Kind::Put, Some(_)) => Ok(()),
-            (crate::op::Kind::Patch, Some(f)) => crate::op::check_patch(f, "\u{0}"),
-            _ => Err(crate::error::WriteError::InvalidDocument("op has the wrong payload".into())),
-        },
+    check_stamp(replica, &op.ts).map_err(bad)?;
+    // Without a schema, check the shape only: the primary key is unknown here. With one,
+    // the primary-key rules are checked by `quarantined` (an op breaking them is set
+    // aside, not refused: one bad op must not stop a library).
+    match (op.kind, &op.fields) {
+        (crate::op::Kind::Delete, None) => Ok(()),
+        (crate::op::Kind::Put, Some(f)) => crate::op::check_doc(f),
+        (crate::op::Kind::Patch, Some(f)) => crate::op::check_patch(f, "\u{0}"),
+        _ => Err(crate::error::WriteError::InvalidDocument("op has the wrong payload".into())),
     }
-    .map_err(|e| SyncError::Protocol(format!("bad op {}/{}: {e}", op.collection, op.id)))
+    .map_err(|e| bad(e.to_string()))
+}
+
+/// Whether a received op (which passed `check_remote`) breaks a rule of this replica's
+/// schema — a put whose primary key contradicts its id, a patch of the primary key — and
+/// must be set aside: what it would be recorded as.
+fn quarantined<S: Store>(replica: &Replica<S>, op: &Op) -> Option<Quarantined> {
+    let pk = replica.schema()?.collection(&op.collection)?.primary_key.as_str();
+    let e = op.check(pk).err()?;
+    Some(Quarantined {
+        collection: op.collection.clone(),
+        id: op.id.clone(),
+        origin: op.origin.clone(),
+        origin_row: op.origin_row,
+        code: Error::from(e.clone()).code().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A received stamp: its node a plausible db id, its wall time within `maxClockSkew` of
+/// this replica's clock (migration output, stamped at wall 0, always is).
+pub(crate) fn check_stamp<S: Store>(replica: &Replica<S>, ts: &Stamp) -> Result<(), String> {
+    if ts.node.len() > limits::MAX_NAME_BYTES {
+        return Err(format!("a stamp's node is over {} bytes", limits::MAX_NAME_BYTES));
+    }
+    limits::check_skew(ts.wall, replica.now(), replica.max_clock_skew())
+}
+
+/// The start of a name that may be huge, for error messages.
+fn limits_cut(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn unique_keys<'a>(items: impl Iterator<Item = (&'a str, &'a str)>) -> (Vec<DocKey>, HashMap<DocKey, usize>) {
@@ -64,6 +100,18 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     for r in &rows {
         check_remote(replica, &r.op)?;
     }
+    // Ops this replica cannot apply are set aside; the batch still covers them.
+    let mut set_aside = Vec::new();
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .filter(|r| match quarantined(replica, &r.op) {
+            Some(q) => {
+                set_aside.push(q);
+                false
+            }
+            None => true,
+        })
+        .collect();
     if let Some(v) = rows.iter().map(|r| r.op.schema_version).filter(|v| replica.schema().is_some_and(|s| *v < s.version)).min() {
         replica.rebuild().check_version(v)?;
     }
@@ -106,6 +154,7 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
         })
         .await?;
     replica.committed(&commit);
+    replica.quarantine(set_aside);
     Ok(applied)
 }
 
@@ -135,13 +184,30 @@ pub struct Applied {
     pub older_version: bool,
 }
 
-/// Checks received snapshot documents before anything is stored.
-pub(crate) fn check_snapshot(docs: &[SnapshotDoc]) -> Result<(), SyncError> {
+/// Checks received snapshot documents before anything is stored: names and sizes within
+/// `limits`, stamps at valid paths of bounded length and within `maxClockSkew`, and
+/// documents that nest no deeper than a stored document may.
+pub(crate) fn check_snapshot<S: Store>(replica: &Replica<S>, docs: &[SnapshotDoc]) -> Result<(), SyncError> {
     // Stamp keys become register paths, which merging assumes are valid.
-    let bad_path = |s: &std::collections::BTreeMap<String, crate::clock::Stamp>| s.keys().any(|p| p != crate::merge::ROOT && crate::path::Path::parse(p).is_none());
+    let bad_path = |p: &String| p != crate::merge::ROOT && (p.split('.').count() > limits::MAX_PATH_SEGMENTS || crate::path::Path::parse(p).is_none());
+    let bad = |m: String| SyncError::Protocol(format!("bad snapshot document: {m}"));
     for d in docs {
-        if d.collection.is_empty() || d.id.is_empty() || (d.stamps.is_empty() && d.layers.is_empty()) || bad_path(&d.stamps) || d.layers.values().any(|l| bad_path(&l.stamps)) {
-            return Err(SyncError::Protocol("a snapshot document needs a collection, an id and stamps at valid paths".into()));
+        limits::check_collection(&d.collection).map_err(bad)?;
+        limits::check_id(&d.id).map_err(bad)?;
+        if d.stamps.is_empty() && d.layers.is_empty() {
+            return Err(bad("it has no stamps".into()));
+        }
+        let states = std::iter::once((&d.stamps, d.doc.as_ref())).chain(d.layers.values().map(|l| (&l.stamps, Some(&l.doc))));
+        for (stamps, doc) in states {
+            if stamps.keys().any(bad_path) {
+                return Err(bad("a stamp is at an invalid path (or one of too many segments)".into()));
+            }
+            for ts in stamps.values() {
+                check_stamp(replica, ts).map_err(bad)?;
+            }
+            if let Some(doc) = doc {
+                limits::check_doc(doc).map_err(bad)?;
+            }
         }
     }
     Ok(())
@@ -151,7 +217,7 @@ pub(crate) fn check_snapshot(docs: &[SnapshotDoc]) -> Result<(), SyncError> {
 /// local state (never overwriting newer local writes), and the registers that changed it
 /// are logged as ops so they can be forwarded.
 pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
-    check_snapshot(&docs)?;
+    check_snapshot(replica, &docs)?;
     let migrates = replica.schema().is_some();
     let current = replica.schema().map(|s| s.version);
     let version = replica.version();
@@ -227,11 +293,13 @@ async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&st
 }
 
 /// The peers whose records closing a pass from `peer` may change.
+/// Linear in the table's size (a set, not a scan per entry: tables come from peers).
 fn closed_ids(me: &str, peer: &str, table: &[TableEntry], newest: &BTreeMap<String, Stamp>) -> Vec<String> {
     let mut ids = vec![peer.to_string()];
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::from([peer]);
     let others = table.iter().map(|e| &e.db_id).chain(newest.keys());
     for id in others.filter(|id| *id != me && !id.is_empty()) {
-        if !ids.contains(id) {
+        if seen.insert(id.as_str()) {
             ids.push(id.clone());
         }
     }
@@ -256,8 +324,9 @@ pub(crate) fn close_pass(
     if let Some((session, end)) = reached {
         recs[0].note_incoming(session, end, false);
     }
+    let slot: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     for e in table.iter().filter(|e| e.db_id != me && e.db_id != peer) {
-        if let Some(i) = ids.iter().position(|id| *id == e.db_id) {
+        if let Some(&i) = slot.get(e.db_id.as_str()) {
             recs[i].note_incoming(&e.session, e.row, true);
         }
     }

@@ -186,11 +186,24 @@ pub async fn serve<S: Store, T: Transport>(
     t: &mut T,
     client: &str,
     limits: Limits,
+    signals: impl futures::Stream<Item = Signal> + Unpin,
+) -> Result<(), Error> {
+    serve_as(replica, t, client, limits, false, signals).await
+}
+
+/// `serve`, with the client's pushes bound to its identity when `bound` (only ops it
+/// wrote itself are taken: `Receiver::bound`).
+pub async fn serve_as<S: Store, T: Transport>(
+    replica: &Replica<S>,
+    t: &mut T,
+    client: &str,
+    limits: Limits,
+    bound: bool,
     mut signals: impl futures::Stream<Item = Signal> + Unpin,
 ) -> Result<(), Error> {
     use futures::future::{select, Either};
     use futures::StreamExt;
-    let mut serve = Serve::<S::Staging>::new(client, limits);
+    let mut serve = Serve::<S::Staging>::new(client, limits).bound(bound);
     let mut signalling = true;
     let result = async {
         loop {

@@ -352,6 +352,11 @@ async fn round<S: Store, E: Env, V: Events>(replica: &Replica<S>, t: &mut Watche
     let report = drive::round(replica, t, server, cfg.limits, &mut |d, p| events.progress(d, p)).await;
     // Also after a failed round: its push may have gone through.
     replica.refresh_status().await?;
+    // Ops set aside by the round's batches (also a failed one's): one `error` event each.
+    for q in replica.take_quarantined() {
+        let what = format!("{} of {}/{} from {} (row {}): {}", q.code, q.collection, q.id, q.origin, q.origin_row, q.reason);
+        events.error(&SyncError::Quarantined(what).into());
+    }
     let report = report?;
     events.round(&report);
     Ok(report)

@@ -140,6 +140,11 @@ pub enum Message {
         /// Per-origin marks (see `peer::marks`): what the receiver holds from each origin.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         marks: Vec<Mark>,
+        /// The receiver takes only ops the sender wrote itself (origins are bound to
+        /// identity: a server's client connection): send only own rows, by diffs, with no
+        /// forwarded table; every other row is covered, not sent.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        own_only: bool,
     },
     /// Sender → receiver: the pass starts after `start`, by diffs or by snapshot; `total`
     /// is how many rows (or snapshot documents) there are to move, for progress.

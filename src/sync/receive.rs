@@ -27,6 +27,9 @@ pub struct Receiver<T> {
     reset: Option<Reset<T>>,
     /// The newest stamp of each origin seen in snapshot documents, recorded at the end.
     newest: BTreeMap<String, Stamp>,
+    /// Origins bound to identity: the peer may send only ops it wrote itself, by diffs,
+    /// and its forwarded table is not taken (a server's client connections; see `bound`).
+    bound: bool,
 }
 
 enum State {
@@ -41,7 +44,16 @@ enum State {
 impl<T: Store> Receiver<T> {
     /// A pass from `peer` (its db id) under `session`; waits for the preflight.
     pub fn new(peer: &str, session: &str) -> Receiver<T> {
-        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight, reset: None, newest: BTreeMap::new() }
+        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight, reset: None, newest: BTreeMap::new(), bound: false }
+    }
+
+    /// Binds the peer's ops to its identity: a row whose origin is not the peer's db id,
+    /// a snapshot, or a forwarded table is refused (or, the table, ignored): a client
+    /// cannot pass off ops as another replica's, which echo suppression would then hide
+    /// from that replica forever.
+    pub fn bound(mut self, yes: bool) -> Receiver<T> {
+        self.bound = yes;
+        self
     }
 
     /// Gives up: a reset under way is dropped and the live generation unsealed.
@@ -70,6 +82,9 @@ impl<T: Store> Receiver<T> {
                 if db_id != self.peer {
                     return Err(SyncError::Protocol(format!("expected db {}, got {db_id}", self.peer)).into());
                 }
+                if sessions.len() > crate::limits::MAX_SESSIONS {
+                    return Err(SyncError::Protocol(format!("{} sessions in a preflight; at most {}", sessions.len(), crate::limits::MAX_SESSIONS)).into());
+                }
                 let all = replica.store().peers().await?;
                 let rec = all.get(&self.peer).cloned().unwrap_or_else(PeerRecord::new);
                 let (point, matched) = match rec.common_point(&sessions) {
@@ -93,11 +108,15 @@ impl<T: Store> Receiver<T> {
                     candidates,
                     sent_sessions: rec.out_history.iter().map(|e| e.session.clone()).collect(),
                     marks,
+                    own_only: self.bound,
                 }]))
             }
             (State::Begin { point, shared, ceiling, their_max }, Message::Begin { session, start, snapshot, total }) if session == self.session => {
                 if start < -1 || start > ceiling || start > their_max as Point {
                     return Err(SyncError::Protocol(format!("begin at {start} is past what we agreed ({ceiling})")).into());
+                }
+                if snapshot && self.bound {
+                    return Err(SyncError::Protocol("origins are bound to identity on this connection: send your own rows as diffs, not a snapshot".into()).into());
                 }
                 self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
                 // The sender's count of what it will move; for diffs no more than the gap.
@@ -112,6 +131,13 @@ impl<T: Store> Receiver<T> {
             (State::Receiving { snapshot: false, shared, point, expected, total }, Message::Batch { session, after, covers, rows }) if session == self.session => {
                 if after != expected || covers <= after || !rows_within(&rows, after, covers) {
                     return Err(SyncError::Protocol(format!("batch ({after}, {covers}] does not follow {expected}")).into());
+                }
+                if let Some(r) = rows.iter().find(|r| self.bound && r.op.origin != self.peer) {
+                    return Err(SyncError::Protocol(format!(
+                        "row {} has origin {:?}: origins are bound to identity, a client pushes only its own ops (db id {})",
+                        r.row, r.op.origin, self.peer
+                    ))
+                    .into());
                 }
                 let n = rows.len() as u64;
                 let applied = apply::apply_rows(replica, &self.peer, &self.session, rows, covers).await?;
@@ -146,8 +172,21 @@ impl<T: Store> Receiver<T> {
                 if snapshot && !complete {
                     return Err(SyncError::Protocol("a snapshot pass cannot end capped".into()).into());
                 }
+                // A snapshot's end becomes our point: no further than the max row the
+                // sender declared in its preflight (a point past its rows would hide the
+                // rows it writes next).
+                if snapshot && max_row > self.report.peer_max_row {
+                    return Err(SyncError::Protocol(format!("a snapshot ending at {max_row}, past the sender's max row {}", self.report.peer_max_row)).into());
+                }
                 let end = if snapshot { max_row as Point } else { expected };
-                let table = if complete { incoming.unwrap_or_default() } else { Vec::new() };
+                // A bound peer cannot vouch for other replicas: its table is not taken.
+                let table = if complete && !self.bound { incoming.unwrap_or_default() } else { Vec::new() };
+                if table.len() > crate::limits::MAX_TABLE_ENTRIES {
+                    return Err(SyncError::Protocol(format!("a forwarded table of {} entries; at most {}", table.len(), crate::limits::MAX_TABLE_ENTRIES)).into());
+                }
+                if let Some(e) = table.iter().find(|e| crate::limits::check_name("a db id", &e.db_id).and(crate::limits::check_name("a session", &e.session)).is_err()) {
+                    return Err(SyncError::Protocol(format!("a forwarded table entry has a bad db id or session ({} / {} bytes)", e.db_id.len(), e.session.len())).into());
+                }
                 if let Some(reset) = self.reset.take() {
                     let rebuilt = reset.finish(replica, &self.session, end, table, std::mem::take(&mut self.newest), progress).await?;
                     self.report.reset = rebuilt.from_version.is_some();

@@ -112,7 +112,7 @@ impl<T: Store> Reset<T> {
 
     /// Stages one snapshot chunk.
     pub async fn chunk<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
-        check_snapshot(&docs)?;
+        check_snapshot(replica, &docs)?;
         let n = docs.len() as u64;
         let current = replica.version();
         let keeps = |c: &str| replica.schema().is_some_and(|s| s.collection(c).is_some());

@@ -66,10 +66,16 @@ struct Filter {
     echoes: bool,
     /// Its per-origin marks: (row, stamp) by origin (see `peer`).
     marks: HashMap<String, (Point, Stamp)>,
+    /// Set (to our db id) when the receiver takes only our own ops: rows of other
+    /// origins are covered, never sent.
+    own: Option<String>,
 }
 
 impl Filter {
     fn sends(&self, r: &Row) -> bool {
+        if self.own.as_ref().is_some_and(|me| *me != r.op.origin) {
+            return false;
+        }
         if self.echoes && (r.op.origin == self.peer || r.from.as_deref() == Some(self.peer.as_str())) {
             return false;
         }
@@ -81,7 +87,7 @@ impl Filter {
 
     /// Whether the filter can skip anything at all.
     fn skips_nothing(&self, sender_knows_peer: bool) -> bool {
-        self.marks.is_empty() && !sender_knows_peer
+        self.marks.is_empty() && !sender_knows_peer && self.own.is_none()
     }
 }
 
@@ -144,16 +150,19 @@ impl Sender {
     /// Takes the receiver's next message.
     pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         match (std::mem::replace(&mut self.state, State::Done), msg) {
-            (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, schema_version, point, matched, candidates, sent_sessions, marks })
+            (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, schema_version, point, matched, candidates, sent_sessions, marks, own_only })
                 if session == self.session =>
             {
                 if db_id != self.peer {
                     return Err(SyncError::Protocol(format!("expected db {}, got {db_id}", self.peer)).into());
                 }
+                if candidates.len() > crate::limits::MAX_SESSIONS || sent_sessions.len() > crate::limits::MAX_SESSIONS {
+                    return Err(SyncError::Protocol(format!("a preflight answer with more than {} sessions", crate::limits::MAX_SESSIONS)).into());
+                }
                 if marks.len() > MAX_MARKS {
                     return Err(SyncError::Protocol(format!("{} marks in a preflight answer; at most {MAX_MARKS}", marks.len())).into());
                 }
-                self.begin(replica, peers, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, their_version: schema_version, marks }).await
+                self.begin(replica, peers, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, their_version: schema_version, marks, own_only }).await
             }
             (State::Diffs { diffs, pending: Some(sent) }, Message::Ack { session, point }) if session == self.session => {
                 if point != sent.covers {
@@ -192,7 +201,7 @@ impl Sender {
 
     /// Chooses where to start and how (snapshot or diffs), and sends the first chunk.
     async fn begin<S: Store>(&mut self, replica: &Replica<S>, peers: BTreeMap<String, PeerRecord>, head: Head, answer: Answer) -> Result<Step<PassReport>, Error> {
-        let Answer { point, matched, candidates, sent_sessions, their_max, their_version, marks } = answer;
+        let Answer { point, matched, candidates, sent_sessions, their_max, their_version, marks, own_only } = answer;
         let me = head.db_id.clone();
         let known = peers.get(&self.peer).cloned();
         let mine = known.clone().unwrap_or_else(PeerRecord::new);
@@ -211,7 +220,8 @@ impl Sender {
 
         let echoes = mine.newest_out().map(|e| Some(&e.session) == matched.as_ref()).unwrap_or(true)
             && mine.in_history.iter().filter(|e| !e.transitive).all(|e| sent_sessions.contains(&e.session));
-        let filter = Filter { peer: self.peer.clone(), echoes, marks: marks.into_iter().map(|m: Mark| (m.origin, (m.row, m.stamp))).collect() };
+        let own = own_only.then(|| me.clone());
+        let filter = Filter { peer: self.peer.clone(), echoes, marks: marks.into_iter().map(|m: Mark| (m.origin, (m.row, m.stamp))).collect(), own };
 
         // Seed 000's rule on the gap since the receiver's point. The gap is what we would
         // send: when it looks big enough for a snapshot and the receiver may already hold
@@ -219,7 +229,9 @@ impl Sender {
         // a moving client or a replica that joined by snapshot holds most of them.
         // Logs are never compacted (no store drops rows), so no point predates a horizon.
         let gap = (head.max_row as Point - start.max(0)).max(0) as u64;
-        let mut snapshot = wants_snapshot(head.max_row, gap, self.limits.per_diff, false);
+        // A receiver that takes only our own ops gets them as diffs: a snapshot would
+        // carry every origin's registers.
+        let mut snapshot = !own_only && wants_snapshot(head.max_row, gap, self.limits.per_diff, false);
         if snapshot && !filter.skips_nothing(known.is_some()) {
             let threshold = super::pass::snapshot_threshold(head.max_row, self.limits.per_diff);
             let sending = count_sent(replica, start, threshold + 1, &filter).await?;
@@ -240,6 +252,7 @@ impl Sender {
         // and a forwarded stamp would let the mark cover rows the receiver never got.
         let table: Vec<TableEntry> = peers
             .iter()
+            .filter(|_| !own_only)
             .filter(|(id, _)| **id != self.peer && **id != me)
             .filter_map(|(id, rec)| {
                 let e = rec.in_history.iter().max_by_key(|e| e.row)?;
@@ -380,6 +393,7 @@ struct Answer {
     /// The receiver's schema version (0: a relay, which never migrates).
     their_version: u32,
     marks: Vec<Mark>,
+    own_only: bool,
 }
 
 /// Whether the first `limit` rows after `start` hold an op of a schema version below `version`.

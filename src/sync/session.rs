@@ -127,6 +127,8 @@ impl<T: Store> Round<T> {
 pub struct Serve<T> {
     client: String,
     limits: Limits,
+    /// Whether the client's pushes are bound to its identity (`Receiver::bound`).
+    bound: bool,
     pass: Option<Pass<T>>,
 }
 
@@ -137,7 +139,14 @@ enum Pass<T> {
 
 impl<T: Store> Serve<T> {
     pub fn new(client: &str, limits: Limits) -> Serve<T> {
-        Serve { client: client.to_string(), limits, pass: None }
+        Serve { client: client.to_string(), limits, bound: false, pass: None }
+    }
+
+    /// Binds the client's pushes to its identity: only ops it wrote itself are taken
+    /// (a server's connections from clients; servers sharing the secret forward others').
+    pub fn bound(mut self, yes: bool) -> Serve<T> {
+        self.bound = yes;
+        self
     }
 
     /// Whether no pass is running (the connection is between rounds).
@@ -163,7 +172,7 @@ impl<T: Store> Serve<T> {
                 let asked = Limits { per_diff: per_diff.clamp(1, self.limits.per_diff), max_diffs: max_diffs.clamp(1, self.limits.max_diffs) };
                 match direction {
                     Direction::Push => {
-                        self.pass = Some(Pass::Receive(Receiver::new(&self.client, &session)));
+                        self.pass = Some(Pass::Receive(Receiver::new(&self.client, &session).bound(self.bound)));
                         return Ok(Step::send(vec![]));
                     }
                     Direction::Pull => {

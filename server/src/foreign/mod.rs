@@ -489,7 +489,7 @@ impl<A: Foreign> Gateway<A> {
                     // after everything the library has seen, under the store's origin.
                     let v = stored.map_or(fallback_version, |s| s.version.max(1));
                     let mut clock = Clock::new(origin.clone(), v, clock_head.clone());
-                    let ts = clock.tick(now);
+                    let ts = clock.tick(now).ok_or_else(|| tidemark::error::StoreError::Corrupt("the library's newest stamp is at the largest encodable time".into()))?;
                     clock_head = Some(ts.clone());
                     let op = Op {
                         origin: origin.clone(),

@@ -69,7 +69,7 @@ pub struct SqliteStore {
 
 pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DiskFull) => StoreError::Backend("the disk is full; nothing was written".into()),
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull,
         _ => StoreError::Backend(format!("sqlite: {e}")),
     }
 }
