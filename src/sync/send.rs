@@ -6,7 +6,7 @@
 //! `done`) and returns what to send next, until the pass is done.
 //!
 //! Rows the receiver provably holds are *covered* but not sent (`Filter`): echoes (rows it
-//! wrote or gave us) and rows within its per-origin marks, wherever they came from. A
+//! gave us) and rows within its per-origin marks, wherever they came from. A
 //! batch that only covers rows does not count against `maxDiffs`, so a pass that sends
 //! nothing is never capped.
 
@@ -60,9 +60,11 @@ enum Cursor {
 /// Which rows the receiver provably holds: they are covered, never sent.
 struct Filter {
     peer: String,
-    /// Whether rows the receiver wrote or gave us may be skipped: not if it may have lost
-    /// them (it answered from an older session than our newest, or forgot a session in
-    /// which it sent us rows — it was restored from a backup).
+    /// Whether rows the receiver gave us may be skipped: not if it may have lost them (it
+    /// answered from an older session than our newest, or forgot a session in which it
+    /// sent us rows — it was restored from a backup). Rows it wrote that came to us by
+    /// another path are not echoes: a receiver restored from a backup older than them
+    /// no longer holds them, and nothing we know shows it (found by the simulation).
     echoes: bool,
     /// Its per-origin marks: (row, stamp) by origin (see `peer`).
     marks: HashMap<String, (Point, Stamp)>,
@@ -70,7 +72,7 @@ struct Filter {
 
 impl Filter {
     fn sends(&self, r: &Row) -> bool {
-        if self.echoes && (r.op.origin == self.peer || r.from.as_deref() == Some(self.peer.as_str())) {
+        if self.echoes && r.from.as_deref() == Some(self.peer.as_str()) {
             return false;
         }
         // A row numbered 0 (rebuilt from a snapshot's registers) proves nothing by its row.

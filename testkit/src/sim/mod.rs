@@ -116,6 +116,9 @@ impl Run {
     }
 
     fn note(&mut self, what: String) {
+        if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+            eprintln!("{}: {what}", self.step);
+        }
         if self.trace.len() == 40 {
             self.trace.pop_front();
         }
@@ -264,14 +267,19 @@ impl Run {
             }
             Outcome::Rounds(Ok(reports)) => {
                 for r in &reports {
+                    self.note(format!("round: push {}..{} ({} sent{}), pull {}..{} ({} received{}{})", r.push.start, r.push.end, r.push.sent, if r.push.snapshot { ", snapshot" } else { "" }, r.pull.start, r.pull.end, r.pull.received, if r.pull.snapshot { ", snapshot" } else { "" }, if r.capped { ", capped" } else { "" }));
                     self.w.stats.passes_ok += 2;
                     self.w.stats.snapshots += r.snapshot as u64 + r.push.snapshot as u64;
                     self.w.stats.resets += r.reset as u64;
                     self.w.stats.capped += r.capped as u64;
                 }
             }
-            Outcome::Rounds(Err(_)) | Outcome::Pass(Err(_)) => self.w.stats.passes_failed += 1,
+            Outcome::Rounds(Err(e)) | Outcome::Pass(Err(e)) => {
+                self.note(format!("failed: {e}"));
+                self.w.stats.passes_failed += 1
+            }
             Outcome::Pass(Ok(r)) => {
+                self.note(format!("pass {}..{} ({} sent{}{})", r.start, r.end, r.sent, if r.snapshot { ", snapshot" } else { "" }, if r.capped { ", capped" } else { "" }));
                 self.w.stats.passes_ok += 1;
                 self.w.stats.snapshots += r.snapshot as u64;
                 self.w.stats.capped += r.capped as u64;
