@@ -2,7 +2,7 @@
 //!
 //! - `TIDEMARK_SEED=<n>`: replay one seed (prints its stats, or the failure and the last
 //!   actions before it);
-//! - `TIDEMARK_SEEDS=<n>`: how many seeds (default 1000), from `TIDEMARK_SEED_BASE` (0).
+//! - `TIDEMARK_SEEDS=<n>`: how many seeds (default 2000), from `TIDEMARK_SEED_BASE` (0).
 //!
 //! Seeds run on two threads; every failing seed is printed with the command that
 //! reproduces it.
@@ -28,7 +28,7 @@ fn simulation_keeps_every_property() {
         }
         return;
     }
-    let seeds = env("TIDEMARK_SEEDS").unwrap_or(1000);
+    let seeds = env("TIDEMARK_SEEDS").unwrap_or(2000);
     let base = env("TIDEMARK_SEED_BASE").unwrap_or(0);
     let started = Instant::now();
     let threads = 2;
