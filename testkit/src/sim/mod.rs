@@ -75,6 +75,11 @@ pub fn client_restores() -> bool {
     std::env::var("TIDEMARK_SIM_CLIENT_RESTORES").is_ok_and(|v| v == "1")
 }
 
+/// Whether clocks may jump to the end of the stamp domain (`TIDEMARK_SIM_FAR_FUTURE=1`).
+pub fn far_future() -> bool {
+    std::env::var("TIDEMARK_SIM_FAR_FUTURE").is_ok_and(|v| v == "1")
+}
+
 struct Run {
     w: World,
     oracle: Oracle,
@@ -199,7 +204,12 @@ impl Run {
                 _ => {
                     let n = self.w.rng.below(self.w.nodes.len() as u64) as usize;
                     let day = 86_400_000i64;
-                    let skew = self.w.rng.below(2 * day as u64) as i64 - day;
+                    let mut skew = self.w.rng.below(2 * day as u64) as i64 - day;
+                    // A clock at the end of the stamp domain (issue 13's far-future
+                    // stamp), only on request: the engine has no `maxClockSkew` yet.
+                    if far_future() && self.w.rng.chance(1, 4) {
+                        skew = tidemark::clock::MAX_WALL as i64 - self.w.now.load(Ordering::Relaxed) as i64 - self.w.rng.below(1000) as i64;
+                    }
                     self.note(format!("clock of {} jumps to skew {skew} ms", self.w.nodes[n].name));
                     self.w.nodes[n].skew.store(skew, Ordering::Relaxed);
                 }

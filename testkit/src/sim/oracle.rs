@@ -164,6 +164,14 @@ pub fn converged(w: &World) -> Result<(), Violation> {
                 let strip = |d: &[tidemark::store::StoredDoc]| d.iter().map(|d| without_migration_output(d, strict)).collect::<Vec<_>>();
                 if strip(docs) != strip(&dumps[j][c]) {
                     let diff = first_difference(docs, &dumps[j][c]);
+                    if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
+                        for n in &w.nodes {
+                            eprintln!("{} ({}):", n.name, n.db_id);
+                            for r in n.log() {
+                                eprintln!("  row {} from {:?}: {}/{} {:?} {} origin {} row {}", r.row, r.from.as_deref().map(|f| name_of(w, f)), r.op.collection, r.op.id, r.op.kind, r.op.ts, name_of(w, &r.op.origin), r.op.origin_row);
+                            }
+                        }
+                    }
                     return Err(format!("P4 {} and {} differ in {c}: {diff}", w.nodes[i].name, w.nodes[j].name));
                 }
             }
