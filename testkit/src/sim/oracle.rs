@@ -124,8 +124,8 @@ pub fn points_are_honest(w: &World) -> Result<(), Violation> {
                 let bound = e.row.min(q);
                 if let Some(row) = logs[s].iter().take_while(|row| row.row as i64 <= bound).find(|row| !views[r].holds(&row.op)) {
                     return Err(format!(
-                        "P2 {}: its point {} for {} (session both remember, {} there) passes row {} ({}/{} at {}) it does not hold",
-                        rn.name, e.row, sn.name, q, row.row, row.op.collection, row.op.id, row.op.ts
+                        "P2 {}: its point {} for {} (session both remember, {} there) passes row {} ({}/{} at {}, origin {} row {}) it does not hold",
+                        rn.name, e.row, sn.name, q, row.row, row.op.collection, row.op.id, row.op.ts, name_of(w, &row.op.origin), row.op.origin_row
                     ));
                 }
             }
