@@ -158,10 +158,7 @@ pub fn converged(w: &World) -> Result<(), Violation> {
             }
             for (c, docs) in &dumps[i] {
                 // `migrated` only says which migration output this replica logged already.
-                // Relays may also differ in stale migration output (a known defect, README
-                // "Simulation"): compared without it unless TIDEMARK_SIM_STRICT_MIGRATIONS=1.
-                let strict = std::env::var("TIDEMARK_SIM_STRICT_MIGRATIONS").is_ok_and(|v| v == "1");
-                let strip = |d: &[tidemark::store::StoredDoc]| d.iter().map(|d| without_migration_output(d, strict)).collect::<Vec<_>>();
+                let strip = |d: &[tidemark::store::StoredDoc]| d.iter().map(|d| tidemark::store::StoredDoc { migrated: None, ..d.clone() }).collect::<Vec<_>>();
                 if strip(docs) != strip(&dumps[j][c]) {
                     let diff = first_difference(docs, &dumps[j][c]);
                     if std::env::var_os("TIDEMARK_SIM_TRACE").is_some() {
@@ -201,21 +198,6 @@ pub fn converged(w: &World) -> Result<(), Violation> {
         }
     }
     Ok(())
-}
-
-/// A stored document without the record of its logged migration output and — unless
-/// `strict` — reduced to its layers without migration output (the view not compared).
-fn without_migration_output(d: &tidemark::store::StoredDoc, strict: bool) -> tidemark::store::StoredDoc {
-    let d = tidemark::store::StoredDoc { migrated: None, ..d.clone() };
-    if strict {
-        return d;
-    }
-    let mut layers = d.all_layers().0;
-    for l in layers.values_mut() {
-        tidemark::layers::strip_migrations(l);
-    }
-    layers.retain(|_, l| !l.stamps.is_empty());
-    tidemark::store::StoredDoc { id: d.id, doc: None, stamps: Default::default(), deleted: false, version: 0, index_keys: Default::default(), layers, migrated: None }
 }
 
 fn first_difference(a: &[tidemark::store::StoredDoc], b: &[tidemark::store::StoredDoc]) -> String {
