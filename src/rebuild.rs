@@ -121,7 +121,7 @@ impl Rebuild<'_> {
                 // the output is a withdrawal — of whatever output was logged before,
                 // here or by any replica — kept in the stored layer too, so a snapshot
                 // carries it, and the same on every replica that migrates the document.
-                let older = it.layers.0.keys().any(|v| *v < current);
+                let older = it.layers.0.keys().any(|v| *v < current) && schemas.current.collection(c).is_some();
                 if view.migration.is_none() && view.doc.is_none() && older {
                     let op = crate::migrate::withdrawn(current, c, id, &it.layers, &head.db_id);
                     view.state.apply(&op);
