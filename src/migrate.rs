@@ -312,6 +312,24 @@ pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[
         .collect())
 }
 
+/// The migration output that withdraws earlier output of a document whose input (its
+/// view at `v − 1`) no longer exists — deleted under an older version after it was
+/// migrated. Without it, schema-agnostic replicas that got the earlier output keep
+/// showing the document at `v`, and those that did not (a snapshot of the migrated
+/// replica carries no output) differ from them for good.
+pub fn withdrawn(v: u32, collection: &str, id: &str, layers: &Layers, origin: &str) -> Op {
+    Op {
+        origin: origin.to_string(),
+        origin_row: 0,
+        ts: migration_stamp(v, layers, None, &None),
+        schema_version: v,
+        collection: collection.to_string(),
+        id: id.to_string(),
+        kind: Kind::Delete,
+        fields: None,
+    }
+}
+
 /// The stamp of migration output at version `v`: below every real write of v, above
 /// every op of older versions, and different whenever the input or the output differs,
 /// so every replica that migrates the same input writes the very same op. The input is

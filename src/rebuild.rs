@@ -116,6 +116,17 @@ impl Rebuild<'_> {
                 let (c, id) = &it.key;
                 let index_keys = schemas.current.collection(c).map(|cl| index_keys(&cl.index_list(), &view.doc)).unwrap_or_default();
                 let mut migrated = it.migrated.clone();
+                let mut view = view;
+                // Older layers but no input at all (deleted under an older version):
+                // the output is a withdrawal — of whatever output was logged before,
+                // here or by any replica — kept in the stored layer too, so a snapshot
+                // carries it, and the same on every replica that migrates the document.
+                let older = it.layers.0.keys().any(|v| *v < current) && schemas.current.collection(c).is_some();
+                if view.migration.is_none() && view.doc.is_none() && older {
+                    let op = crate::migrate::withdrawn(current, c, id, &it.layers, &head.db_id);
+                    view.state.apply(&op);
+                    view.migration = Some(op);
+                }
                 if let Some(mut op) = view.migration {
                     if migrated.as_ref() != Some(&op.ts) {
                         migrated = Some(op.ts.clone());
