@@ -711,8 +711,9 @@ fn versioned(v: u32) -> Schema {
     Schema::from_json(json!({"version": v, "collections": {"docs": {"primaryKey": "id", "indexes": {"byN": "n"}}}})).unwrap()
 }
 
-/// Version 2 marks every document it migrates.
-struct MarkV2;
+/// Version 2 marks every document it migrates (deterministic, as migrations must be);
+/// the simulation's mixed-version clients use it too.
+pub struct MarkV2;
 impl tidemark::migrate::Migrator for MarkV2 {
     fn has_step(&self, to: u32) -> bool {
         to == 2

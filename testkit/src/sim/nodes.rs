@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::executor::block_on;
-use serde_json::{json, Map, Value};
-use tidemark::error::MigrateError;
+use serde_json::json;
 use tidemark::layers::Layers;
 use tidemark::memory::MemoryStore;
-use tidemark::migrate::{Context, Migrator, Schemas};
+use tidemark::migrate::Schemas;
+
+use crate::scenarios::MarkV2;
 use tidemark::op::Op;
 use tidemark::store::{Commit, Head, Row, Store, StoredDoc};
 use tidemark::{Replica, Schema};
@@ -30,23 +31,6 @@ pub fn schema(version: u32) -> Schema {
     Schema::from_json(json!({"version": version, "collections": collections})).expect("the simulation's schemas are valid")
 }
 
-/// Version 2 marks every document it migrates (deterministic, as migrations must be).
-struct MarkV2;
-
-impl Migrator for MarkV2 {
-    fn has_step(&self, to: u32) -> bool {
-        to == 2
-    }
-    fn migrate(&self, _: u32, _: &str, docs: Vec<Map<String, Value>>, _: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
-        Ok(docs
-            .into_iter()
-            .map(|mut d| {
-                d.insert("v2".into(), json!(true));
-                Some(d)
-            })
-            .collect())
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
