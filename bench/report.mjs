@@ -121,14 +121,15 @@ export function render(r) {
     p('Tidemark\'s figure ÷ the other library\'s, paired within each run, median (min–max). W1 (docs/s): above 1 Tidemark is faster. ' +
       'Times and size: below 1 Tidemark is faster (smaller).');
     p();
-    p(`| workload | ${PEERS.map(name).join(' | ')} |`);
-    p(`|---|${PEERS.map(() => '---').join('|')}|`);
+    const peers = PEERS.filter((l) => B[l]);
+    p(`| workload | ${peers.map(name).join(' | ')} |`);
+    p(`|---|${peers.map(() => '---').join('|')}|`);
     const T = r.browser.tidemark_vs ?? {};
     const rows = [['W1 docs/s ↑', 'w1_docs_per_s'], ['W2 p50 ↓', 'w2_p50_ms'], ['W2 p95 ↓', 'w2_p95_ms'], ['W3 range query ↓', 'w3_ms'],
       ['W3 first query ↓', 'w3_first_ms'], ['W4 1k gets ↓', 'w4_ms'], ['cold open ↓', 'cold_open_ms']];
-    for (const [label, m] of rows) p(`| ${label} | ${PEERS.map((l) => ratio(T[l]?.[m])).join(' | ')} |`);
+    for (const [label, m] of rows) p(`| ${label} | ${peers.map((l) => ratio(T[l]?.[m])).join(' | ')} |`);
     if (r.size && !r.size.error) {
-      p(`| gzip size ↓ | ${PEERS.map((l) => (r.size[l] && r.size.tidemark ? `${(r.size.tidemark.gzip / r.size[l].gzip).toFixed(2)}×` : '—')).join(' | ')} |`);
+      p(`| gzip size ↓ | ${peers.map((l) => (r.size[l] && r.size.tidemark ? `${(r.size.tidemark.gzip / r.size[l].gzip).toFixed(2)}×` : '—')).join(' | ')} |`);
     }
     p();
 
@@ -383,6 +384,7 @@ export function charts(r) {
   const name = (l) => `${L[l]?.label ?? l}${L[l]?.version ? ' ' + L[l].version : ''}`;
   const V = r.browser?.vs_raw ?? {};
   const B = r.browser?.results ?? {};
+  const runs = `${r.runs} run${r.runs === 1 ? '' : 's'}`;
   const out = {};
   if (r.browser && !r.browser.error) {
     for (const c of CHARTS) {
@@ -390,7 +392,7 @@ export function charts(r) {
         .concat(ORDER.filter((l) => l !== 'raw' && B[l]).map((l) => ({ label: name(l), s: V[l]?.[c.metric], highlight: l === 'tidemark', missing: B[l]?.error ? 'failed' : undefined })));
       out[c.name] = barChart({
         title: c.title,
-        subtitle: `${c.higher ? 'docs/s' : 'time'} ÷ raw IndexedDB's, paired per run: median, min–max of ${r.runs} runs (${c.higher ? 'higher is faster' : 'lower is faster'})`,
+        subtitle: `${c.higher ? 'docs/s' : 'time'} ÷ raw IndexedDB's, paired per run: median, min–max of ${runs} (${c.higher ? 'higher is faster' : 'lower is faster'})`,
         rows,
       });
     }
@@ -403,7 +405,7 @@ export function charts(r) {
     const perRun = (a, b) => (a?.runs && b?.runs && a.runs.length === b.runs.length ? stats(a.runs.map((x, i) => x / b.runs[i])) : null);
     out.sync = barChart({
       title: 'Sync of 10,000 documents relative to the physical limit',
-      subtitle: `time ÷ raw IndexedDB writing the same documents in the same run: median, min–max of ${r.runs} runs (lower is faster)`,
+      subtitle: `time ÷ raw IndexedDB writing the same documents, paired per run: median, min–max of ${runs} (lower is faster)`,
       ref: 'physical limit',
       cap: 8,
       rows: [
