@@ -455,6 +455,7 @@ async function migrateWorkload(b) {
     const runs = [];
     const limits = [];
     const load = [];
+    let rounds = 0;
     for (let r = 0; r < RUNS; r++) {
       load.push(+loadavg()[0].toFixed(2));
       // The physical limit in the same run, before the reset on even runs, after on odd ones.
@@ -467,10 +468,11 @@ async function migrateWorkload(b) {
         await p.evaluate(([u, l]) => window.bench.migrateSeed(u, l), [srv.wsUrl, library]);
         const x = await p.evaluate(([u, l, i]) => window.bench.migrateRun(u, l, i), [srv.wsUrl, library, r]);
         runs.push(x.reset_migrate_ms);
+        rounds = x.reports.length;
         if (r === 0) first = x;
       } finally { await p.close(); }
       if (r % 2 === 1) limits.push((await rawLimit(b, `migrate-limit-${r}`)).limit_ms);
-      log(`migrate run ${r + 1}/${RUNS}: ${runs[r].toFixed(0)} ms (${first.reports.length} round${first.reports.length === 1 ? '' : 's'} in run 1), raw IndexedDB limit ${limits[r].toFixed(0)} ms`);
+      log(`migrate run ${r + 1}/${RUNS}: ${runs[r].toFixed(0)} ms (${rounds} round${rounds === 1 ? '' : 's'}), raw IndexedDB limit ${limits[r].toFixed(0)} ms`);
     }
     return {
       measured: true, docs: N, local_writes: 10, reset_migrate_ms: summary(runs),
