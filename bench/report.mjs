@@ -74,6 +74,18 @@ export function render(r) {
   for (const t of tg) p(`| ${t.target} | ${t.measured} | ${t.raw ?? '—'} | ${yes(t.ok)} |`);
   p();
 
+  const drawn = charts(r);
+  if (Object.keys(drawn).length) {
+    p('## Charts');
+    p();
+    p('Bars are the median of each library\'s paired ratios to raw IndexedDB (for sync: to the physical limit), whiskers their min–max; ' +
+      'the dashed line is 1×. Bars past the axis\'s end are cut, with their value written. Drawn by `bench/report.mjs` into `bench/charts/`.');
+    p();
+    for (const c of CHARTS) if (drawn[c.name]) p(`![${c.title}](charts/${c.name}.svg)`);
+    if (drawn.sync) p('![Sync of 10,000 documents relative to the physical limit](charts/sync.svg)');
+    p();
+  }
+
   if (failed(r.browser)) {
     p('## Browser workloads');
     p();
@@ -133,14 +145,6 @@ export function render(r) {
     }
     p();
 
-    p('### Charts: each library relative to raw IndexedDB');
-    p();
-    p('Bars are the median of the paired ratios to raw IndexedDB, whiskers their min–max; the dashed line is raw IndexedDB (1×). ' +
-      'Bars past the axis\'s end are cut, with their value written.');
-    p();
-    for (const c of CHARTS) p(`![${c.title}](charts/${c.name}.svg)`);
-    if (r.sync && !r.sync.error) p('![Sync relative to the physical limit](charts/sync.svg)');
-    p();
 
     if (Object.values(B).some((x) => x?.heap_peak_mb)) {
       p('### Memory during W1–W4');
@@ -456,10 +460,21 @@ export function readme(r) {
   row('W4: 1k awaited point gets', 'w4_ms', ' ms', (v) => v?.w4_ms?.median);
   row('cold open + first query', 'cold_open_ms', ' ms', (v) => v?.cold_open_ms?.median);
   out.push(`| download, gzip | — | ${['tidemark', 'dexie', 'pouchdb', 'rxdb'].map((l) => (r.size?.[l] ? kib(r.size[l].gzip) : '—')).join(' | ')} |`);
-  const only = (label, s) => out.push(`| ${label} | — | ${s ? `${num(s.median)} ms (${num(s.min)}–${num(s.max)})` : 'not yet measured'} | — | — | — |`);
-  only('initial sync: 10k docs from tidemark-server, until queryable', r.sync?.initial_sync_ms);
-  only('catch-up: 1k new writes, until queryable', r.sync?.catch_up_ms);
-  only('reset + migrate: 10k docs of an older schema version', r.reset_migrate?.measured ? r.reset_migrate.reset_migrate_ms : null);
+  // A row with figures in some columns only: `cells` maps library → text.
+  const some = (label, cells) => out.push(`| ${label} | ${ORDER.map((l) => cells[l] ?? '—').join(' | ')} |`);
+  const ms = (s, extra = '') => (s && Number.isFinite(s.median) ? `${num(s.median)} ms (${num(s.min)}–${num(s.max)})${extra}` : 'not measured');
+  const S = r.sync && !r.sync.error ? r.sync : null;
+  const P = S?.pouchdb && !S.pouchdb.error ? S.pouchdb : null;
+  const M = r.reset_migrate?.measured ? r.reset_migrate : null;
+  const times = (x) => (x && Number.isFinite(x.median) ? `, ${rx(x.median)}×` : '');
+  some('initial sync: 10k docs until queryable (raw: the physical limit, writing them; PouchDB: replication from pouchdb-server)',
+    { raw: ms(S?.raw_limit_ms), tidemark: ms(S?.initial_sync_ms, times(S?.initial_vs_limit)), pouchdb: P ? ms(P.replicate_ms) : '—' });
+  some('catch-up: 1k new writes, until queryable', { tidemark: ms(S?.catch_up_ms) });
+  some('reset + migrate: 10k docs of an older schema version', { raw: M?.raw_limit_ms ? ms(M.raw_limit_ms) : '—', tidemark: ms(M?.reset_migrate_ms, times(M?.vs_limit)) });
+  const k = r.poke && !r.poke.error ? r.poke : null;
+  some('a write reaches another live client, p50', { tidemark: k ? `${num(k.p50_ms)} ms` : 'not measured' });
+  const mem = (l) => { const x = r.browser?.results?.[l]; return x?.mem_total_mb ? `${num(x.mem_total_mb.median)} MB` : '—'; };
+  some('peak memory during W1–W4 (JS heap, + wasm for Tidemark)', Object.fromEntries(ORDER.map((l) => [l, mem(l)])));
   return out.join('\n');
 }
 
