@@ -334,7 +334,7 @@ const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replac
  * at the largest whisker, but at most at `cap`: bars past it are cut and marked.
  */
 export function barChart({ title, subtitle, rows, cap = 5, ref = 'raw IndexedDB' }) {
-  const W = 720, left = 210, right = 90, top = 74, rowH = 34, bottom = 40;
+  const W = 780, left = 210, right = 90, top = 74, rowH = 34, bottom = 40;
   const H = top + rows.length * rowH + bottom;
   const finite = rows.filter((x) => Number.isFinite(x.s?.median));
   const hi = Math.max(1, ...finite.map((x) => (Number.isFinite(x.s.max) ? x.s.max : x.s.median)));
@@ -409,7 +409,7 @@ export function charts(r) {
     const perRun = (a, b) => (a?.runs && b?.runs && a.runs.length === b.runs.length ? stats(a.runs.map((x, i) => x / b.runs[i])) : null);
     out.sync = barChart({
       title: 'Sync of 10,000 documents relative to the physical limit',
-      subtitle: `time ÷ raw IndexedDB writing the same documents, paired per run: median, min–max of ${runs} (lower is faster)`,
+      subtitle: `time ÷ raw IndexedDB writing the same documents, paired per run; median, min–max of ${runs}; lower is faster`,
       ref: 'physical limit',
       cap: 8,
       rows: [
