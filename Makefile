@@ -52,8 +52,12 @@ demo: build build-server
 	./target/release/tidemark-server --listen 127.0.0.1:$(PORT) --data ./data --www ./www --pkg ./js
 
 # Benchmarks (not part of `make test`): the native engine (criterion), then W1–W4, cold
-# open, sync and size in headless Chromium against raw IndexedDB, Dexie, PouchDB and RxDB.
-# Writes bench/results.json and bench/RESULTS.md. The peers live in bench/node_modules only.
+# open, memory, sync and size in headless Chromium against raw IndexedDB, Dexie, PouchDB and
+# RxDB; sync beside the physical limit (raw IndexedDB) and PouchDB replicating from
+# pouchdb-server (started by bench/run.mjs); write-to-other-client latency; server load.
+# Writes bench/results.json, bench/RESULTS.md and bench/charts/*.svg. BENCH_RUNS (5),
+# BENCH_ONLY=browser,sync,... and BENCH_LIBS=raw,tidemark,... narrow it. The peers (and
+# pouchdb-server) live in bench/node_modules only, pinned in bench/package-lock.json.
 bench: build build-server
 	@if [ ! -d bench/node_modules ] || [ bench/package-lock.json -nt bench/node_modules/.package-lock.json ]; then \
 		echo "bench: installing the benchmark peers (bench/package-lock.json)"; \

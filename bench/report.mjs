@@ -1,6 +1,7 @@
-// Renders bench/results.json as bench/RESULTS.md. `node bench/report.mjs` re-renders the
-// committed results without running anything.
-import { readFile, writeFile } from 'node:fs/promises';
+// Renders bench/results.json as bench/RESULTS.md and the charts bench/charts/<workload>.svg
+// (hand-written SVG). `node bench/report.mjs` re-renders the committed results without
+// running anything.
+import { readFile, writeFile, mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 
@@ -19,12 +20,25 @@ const ratio = (s) => (s && Number.isFinite(s.median) ? `${rx(s.median)}× (${rx(
 const kib = (b) => `${(b / 1024).toFixed(1)} KiB`;
 const yes = (ok) => (ok == null ? 'not measured' : ok ? 'met' : '**missed**');
 
+const failed = (x) => (x && typeof x.error === 'string' ? `failed: ${x.error.split('\n')[0].replace(/\|/g, '/')}` : null);
+const mb = (s) => (s && Number.isFinite(s.median) ? `${num(s.median)} MB (${num(s.min)}–${num(s.max)})` : '—');
+
+/** The workloads charted (bench/charts/<name>.svg) and the per-run metric behind each. */
+export const CHARTS = [
+  { name: 'w1', metric: 'w1_docs_per_s', title: 'W1: insert 10,000 documents in batches of 1,000', higher: true },
+  { name: 'w2', metric: 'w2_p50_ms', title: 'W2: awaited single write, p50' },
+  { name: 'w3', metric: 'w3_ms', title: 'W3: range query returning 1,000 of 10,000 documents' },
+  { name: 'w4', metric: 'w4_ms', title: 'W4: 1,000 awaited point gets' },
+  { name: 'cold_open', metric: 'cold_open_ms', title: 'Cold open: load the library, open 10,000 documents, first query' },
+];
+
 export function render(r) {
   const L = r.libraries ?? {};
   const name = (l) => `${L[l]?.label ?? l}${L[l]?.version ? ' ' + L[l].version : ''}`;
   const B = r.browser?.results ?? {};
   const out = [];
   const p = (s = '') => out.push(s);
+  const la = (xs) => (xs?.length ? xs.join(', ') : '—');
 
   p('# Tidemark benchmarks');
   p();
@@ -32,6 +46,9 @@ export function render(r) {
     `${r.machine?.cpus}-core ${r.machine?.cpu}, ${r.machine?.chromium}, Node ${r.machine?.node}. ` +
     `Every figure is the median of ${r.runs} runs with (min–max). The machine is shared, so absolute numbers drift from run to run; ` +
     'the ratios, taken between libraries measured in the same run minutes apart, are the steadier signal. Machine-readable: `bench/results.json`.');
+  p();
+  p(`Load average (1, 5, 15 min) at the start: ${la(r.machine?.loadavg_start)}; at the end: ${la(r.machine?.loadavg_end)}. ` +
+    'Each section below lists the 1-minute load average as each of its runs began.');
   p();
   p(`Workload (DESIGN §10): ${group(r.workload?.docs ?? 10000)} documents of ~${r.workload?.doc_bytes ?? 200} bytes of JSON, indexes \`kind\` and \`[kind, n]\`, ` +
     'the same documents and the same page for every library, libraries interleaved in a rotating order each run.');
@@ -42,10 +59,39 @@ export function render(r) {
     '**W3 first** is that first query right after W1 (PouchDB builds its index then).');
   p('- **W4**: 1,000 awaited point gets, after a page reload (ms total).');
   p('- **cold open**: reload the page, load the library (fetch + compile JS and wasm), open the 10,000-document database, run the first W3 query (ms).');
+  p('- **memory**: the peak used JS heap (`performance.memory`, Chromium with `--enable-precise-memory-info`, sampled every 10 ms in the page) during W1–W4 and cold open, ' +
+    'and for Tidemark also its wasm linear memory (`WebAssembly.Memory` byte length; it only grows, so its last size is its peak).');
   p('- **gzip**: the minified JS (esbuild) and wasm a browser downloads, gzip -9.');
   p();
 
-  if (r.browser) {
+  const tg = targets(r);
+  p('## DESIGN §10 targets');
+  p();
+  p('Each target\'s figure, from the same run: Tidemark ÷ Dexie (and ÷ raw IndexedDB) paired within each run, median (min–max); met or missed on the median.');
+  p();
+  p('| target | Tidemark ÷ Dexie, or the figure | Tidemark ÷ raw IndexedDB | |');
+  p('|---|---|---|---|');
+  for (const t of tg) p(`| ${t.target} | ${t.measured} | ${t.raw ?? '—'} | ${yes(t.ok)} |`);
+  p();
+
+  const drawn = charts(r);
+  if (Object.keys(drawn).length) {
+    p('## Charts');
+    p();
+    p('Bars are the median of each library\'s paired ratios to raw IndexedDB (for sync: to the physical limit), whiskers their min–max; ' +
+      'the dashed line is 1×. Bars past the axis\'s end are cut, with their value written. Drawn by `bench/report.mjs` into `bench/charts/`.');
+    p();
+    for (const c of CHARTS) if (drawn[c.name]) p(`![${c.title}](charts/${c.name}.svg)`);
+    if (drawn.sync) p('![Sync of 10,000 documents relative to the physical limit](charts/sync.svg)');
+    p();
+  }
+
+  if (failed(r.browser)) {
+    p('## Browser workloads');
+    p();
+    p(`Not measured: ${failed(r.browser)}.`);
+    p();
+  } else if (r.browser) {
     p('## Browser workloads');
     p();
     p('| library | W1 docs/s ↑ | W2 p50 ms ↓ | W2 p95 ms ↓ | W3 ms ↓ | W3 first ms ↓ | W4 ms ↓ | cold open ms ↓ | gzip ↓ |');
@@ -59,67 +105,108 @@ export function render(r) {
     }
     if (L.verdant && L.verdant.available === false) p(`| Verdant | not installed: ${L.verdant.reason} | | | | | | | |`);
     p();
+    p(`1-minute load average as each run began: ${la(r.browser.loadavg_per_run)}.`);
+    p();
 
-    p('### Each library relative to raw IndexedDB');
-    p();
-    p('The library\'s figure ÷ raw IndexedDB\'s, paired within each run, median (min–max). W1 is a throughput: 0.80× means 80% of raw\'s docs/s. ' +
+    const rel = (title, base, v, note) => {
+      p(`### Each library relative to ${title}`);
+      p();
+      p(note);
+      p();
+      p('| library | W1 docs/s | W2 p50 | W2 p95 | W3 | W3 first | W4 | cold open |');
+      p('|---|---|---|---|---|---|---|---|');
+      for (const l of ORDER.filter((x) => x !== base)) {
+        const x = v?.[l];
+        if (!x) continue;
+        p(`| ${name(l)} | ${ratio(x.w1_docs_per_s)} | ${ratio(x.w2_p50_ms)} | ${ratio(x.w2_p95_ms)} | ${ratio(x.w3_ms)} | ${ratio(x.w3_first_ms)} | ${ratio(x.w4_ms)} | ${ratio(x.cold_open_ms)} |`);
+      }
+      p();
+    };
+    rel('raw IndexedDB', 'raw', r.browser.vs_raw, 'The library\'s figure ÷ raw IndexedDB\'s, paired within each run, median (min–max). W1 is a throughput: 0.80× means 80% of raw\'s docs/s. ' +
       'The others are times: 2.00× means twice as long as raw.');
-    p();
-    p('| library | W1 docs/s | W2 p50 | W2 p95 | W3 | W3 first | W4 | cold open |');
-    p('|---|---|---|---|---|---|---|---|');
-    for (const l of ORDER.filter((x) => x !== 'raw')) {
-      const v = r.browser.vs_raw?.[l];
-      if (!v) continue;
-      p(`| ${name(l)} | ${ratio(v.w1_docs_per_s)} | ${ratio(v.w2_p50_ms)} | ${ratio(v.w2_p95_ms)} | ${ratio(v.w3_ms)} | ${ratio(v.w3_first_ms)} | ${ratio(v.w4_ms)} | ${ratio(v.cold_open_ms)} |`);
+    if (r.browser.vs_dexie && Object.keys(r.browser.vs_dexie).length) {
+      rel('Dexie', 'dexie', r.browser.vs_dexie, 'The library\'s figure ÷ Dexie\'s, paired within each run, median (min–max); read as above. DESIGN §10\'s browser targets are Tidemark\'s row.');
     }
-    p();
 
     p('### Tidemark relative to each library');
     p();
     p('Tidemark\'s figure ÷ the other library\'s, paired within each run, median (min–max). W1 (docs/s): above 1 Tidemark is faster. ' +
       'Times and size: below 1 Tidemark is faster (smaller).');
     p();
-    p(`| workload | ${PEERS.map(name).join(' | ')} |`);
-    p(`|---|${PEERS.map(() => '---').join('|')}|`);
+    const peers = PEERS.filter((l) => B[l]);
+    p(`| workload | ${peers.map(name).join(' | ')} |`);
+    p(`|---|${peers.map(() => '---').join('|')}|`);
     const T = r.browser.tidemark_vs ?? {};
     const rows = [['W1 docs/s ↑', 'w1_docs_per_s'], ['W2 p50 ↓', 'w2_p50_ms'], ['W2 p95 ↓', 'w2_p95_ms'], ['W3 range query ↓', 'w3_ms'],
       ['W3 first query ↓', 'w3_first_ms'], ['W4 1k gets ↓', 'w4_ms'], ['cold open ↓', 'cold_open_ms']];
-    for (const [label, m] of rows) p(`| ${label} | ${PEERS.map((l) => ratio(T[l]?.[m])).join(' | ')} |`);
-    if (r.size) {
-      p(`| gzip size ↓ | ${PEERS.map((l) => (r.size[l] ? `${(r.size.tidemark.gzip / r.size[l].gzip).toFixed(2)}×` : '—')).join(' | ')} |`);
+    for (const [label, m] of rows) p(`| ${label} | ${peers.map((l) => ratio(T[l]?.[m])).join(' | ')} |`);
+    if (r.size && !r.size.error) {
+      p(`| gzip size ↓ | ${peers.map((l) => (r.size[l] && r.size.tidemark ? `${(r.size.tidemark.gzip / r.size[l].gzip).toFixed(2)}×` : '—')).join(' | ')} |`);
     }
     p();
-  }
 
-  const tg = targets(r);
-  p('## DESIGN §10 targets');
-  p();
-  p('| target | measured | |');
-  p('|---|---|---|');
-  for (const t of tg) p(`| ${t.target} | ${t.measured} | ${yes(t.ok)} |`);
-  p();
+
+    if (Object.values(B).some((x) => x?.heap_peak_mb)) {
+      p('### Memory during W1–W4');
+      p();
+      p('Peak used JS heap and wasm linear memory per run, median (min–max). The target (DESIGN §10): Tidemark\'s heap + wasm memory no more than Dexie\'s peak JS heap in the same run.');
+      p();
+      p('| library | peak JS heap | wasm linear memory | heap + wasm | ÷ Dexie\'s peak JS heap |');
+      p('|---|---|---|---|---|');
+      for (const l of ORDER) {
+        const x = B[l];
+        if (!x?.heap_peak_mb) continue;
+        const vsD = l === 'dexie' ? '1×' : l === 'tidemark' ? ratio(r.browser.memory_vs_dexie) : ratio(r.browser.vs_dexie?.[l]?.heap_peak_mb);
+        p(`| ${name(l)} | ${mb(x.heap_peak_mb)} | ${x.wasm_mb?.median ? mb(x.wasm_mb) : '—'} | ${mb(x.mem_total_mb)} | ${vsD} |`);
+      }
+      p();
+    }
+  }
 
   p('## Sync through tidemark-server');
   p();
-  p('| workload | median (min–max) | target |');
-  p('|---|---|---|');
-  if (r.sync) {
-    p(`| initial sync: a fresh replica pulls ${group(r.sync.docs)} documents until queryable (open included; ${r.sync.initial_mode}, ${r.sync.initial_rounds} round${r.sync.initial_rounds === 1 ? '' : 's'}) | ${cell(r.sync.initial_sync_ms)} ms | < 1,000 ms |`);
-    p(`| catch-up: ${group(r.sync.catch_up_writes)} new writes after that, until queryable | ${cell(r.sync.catch_up_ms)} ms | — |`);
+  p('The physical limit: raw IndexedDB writing the same 10,000 documents into a fresh database (its two indexes, one readwrite transaction per 1,000, ' +
+    'from creating the database to the last commit), measured in the same run as the sync it is compared with. Ratios are paired within each run.');
+  p();
+  p('| workload | median (min–max) | ratio | target |');
+  p('|---|---|---|---|');
+  const S = r.sync;
+  if (failed(S)) p(`| initial sync | ${failed(S)} | | |`);
+  else if (S) {
+    if (S.raw_limit_ms) p(`| physical limit: raw IndexedDB writes the 10,000 documents (sync section) | ${cell(S.raw_limit_ms)} ms | 1× | — |`);
+    p(`| initial sync: a fresh replica pulls ${group(S.docs)} documents until queryable (open included; ${S.initial_mode}, ${S.initial_rounds} round${S.initial_rounds === 1 ? '' : 's'}) | ${cell(S.initial_sync_ms)} ms | ${ratio(S.initial_vs_limit)} the limit | ≤ 1.3× the limit |`);
+    p(`| catch-up: ${group(S.catch_up_writes)} new writes after that, until queryable | ${cell(S.catch_up_ms)} ms | — | — |`);
+    const P = S.pouchdb;
+    if (failed(P)) p(`| PouchDB replication from pouchdb-server | not measured: ${failed(P)} | | |`);
+    else if (P) {
+      p(`| PouchDB replication: ${P.client} from ${P.server}, to completion and a get of the last document | ${cell(P.replicate_ms)} ms | Tidemark ${ratio(P.tidemark_speedup)} faster | Tidemark ≥ 10× faster |`);
+      p(`| PouchDB after replication: create the [kind, n] index and run the first W3 query | ${cell(P.index_query_ms)} ms | Tidemark ${ratio(P.tidemark_speedup_with_query)} faster than both together | — |`);
+    }
   }
   const m = r.reset_migrate;
-  if (m?.measured) p(`| reset + migrate: a version-2 replica with ${m.local_writes ?? 10} unsynced writes syncs with a server holding ${group(m.docs)} documents of version 1; they are reset into it and migrated, its writes kept, until queryable | ${cell(m.reset_migrate_ms)} ms | < 1,500 ms |`);
-  else p(`| reset + migrate (10,000 documents) | not yet measured (${m?.reason ?? 'schema migrations not built yet'}) | < 1,500 ms |`);
+  if (failed(m)) p(`| reset + migrate (10,000 documents) | ${failed(m)} | | |`);
+  else if (m?.measured) {
+    if (m.raw_limit_ms) p(`| physical limit: raw IndexedDB writes the 10,000 documents (migrate section) | ${cell(m.raw_limit_ms)} ms | 1× | — |`);
+    p(`| reset + migrate: a version-2 replica with ${m.local_writes ?? 10} unsynced writes syncs with a server holding ${group(m.docs)} documents of version 1; they are reset into it and migrated, its writes kept, until queryable | ${cell(m.reset_migrate_ms)} ms | ${ratio(m.vs_limit)} the limit | ≤ 1.6× the limit |`);
+  } else p(`| reset + migrate (10,000 documents) | not yet measured (${m?.reason ?? 'schema migrations not built yet'}) | | ≤ 1.6× the limit |`);
   const k = r.poke;
-  if (k) p(`| poke latency: a write in one live replica until queryable in another (${k.writes} writes; the server pokes, the poll is 30 s) | p50 ${num(k.p50_ms)} ms, p95 ${num(k.p95_ms)} ms | p50 ≤ 150 ms |`);
+  if (failed(k)) p(`| write-to-other-client latency | ${failed(k)} | | p50 ≤ 150 ms |`);
+  else if (k) p(`| write-to-other-client latency: a write in one live replica until readable in another live replica (two pages, ${k.writes} writes; the server pokes, the poll is 30 s) | p50 ${num(k.p50_ms)} ms, p95 ${num(k.p95_ms)} ms (${num(k.min_ms)}–${num(k.max_ms)}) | — | p50 ≤ 150 ms |`);
   p();
-  if (r.browser?.results?.raw?.w1_ms) {
-    p(`For scale: raw IndexedDB writes the same 10,000 documents in ${cell(r.browser.results.raw.w1_ms)} ms (W1), the floor for any initial sync.`);
+  const loads = [['sync', S?.loadavg_per_run], ['reset + migrate', m?.loadavg_per_run]].filter(([, x]) => x?.length);
+  if (k?.loadavg_start != null) loads.push(['poke', [k.loadavg_start, k.loadavg_end]]);
+  if (loads.length) {
+    p(`1-minute load average as each run began: ${loads.map(([n, x]) => `${n} ${la(x)}`).join('; ')}${k?.loadavg_start != null ? ' (poke: at its start and end)' : ''}.`);
     p();
   }
 
   const load = r.load;
-  if (load) {
+  if (failed(load)) {
+    p('## Server load');
+    p();
+    p(`Not measured: ${failed(load)}.`);
+    p();
+  } else if (load) {
     p('## Server load');
     p();
     p(`\`cargo bench -p tidemark-server --bench load\` (server/benches/load.rs): real server processes (${load.store ?? 'sqlite'}), native clients on the same 2-core machine.`);
@@ -140,7 +227,12 @@ export function render(r) {
     }
   }
 
-  if (r.engine) {
+  if (failed(r.engine)) {
+    p('## Engine (native, criterion)');
+    p();
+    p(`Not measured: ${failed(r.engine)}.`);
+    p();
+  } else if (r.engine) {
     p('## Engine (native, criterion)');
     p();
     p('`cargo bench --bench engine` (benches/engine.rs), release profile, short measurement time; time per iteration over the samples, median (min–max).');
@@ -159,7 +251,12 @@ export function render(r) {
     p();
   }
 
-  if (r.size) {
+  if (failed(r.size)) {
+    p('## Download size');
+    p();
+    p(`Not measured: ${failed(r.size)}.`);
+    p();
+  } else if (r.size) {
     p('## Download size');
     p();
     p('esbuild bundle (minified ES module) of what an app imports, plus Tidemark\'s wasm; gzip -9 per file.');
@@ -179,33 +276,166 @@ export function render(r) {
     p();
   }
 
-  p('## Not measured');
-  p();
-  if (L.verdant?.available === false) p(`- Verdant: ${L.verdant.reason}.`);
-  if (!m?.measured) p(`- Reset + migrate: not yet measured (schema migrations not built yet)${m?.probe ? `; the probe found: ${m.probe}` : ''}.`);
-  p();
+  const notMeasured = [];
+  if (L.verdant?.available === false) notMeasured.push(`Verdant: ${L.verdant.reason}.`);
+  if (m && !m.error && !m.measured) notMeasured.push(`Reset + migrate: not yet measured (schema migrations not built yet)${m?.probe ? `; the probe found: ${m.probe}` : ''}.`);
+  if (notMeasured.length) {
+    p('## Not measured');
+    p();
+    for (const x of notMeasured) p(`- ${x}`);
+    p();
+  }
   return out.join('\n');
+}
+
+/** `value` vs `limit` for a ratio where lower is better (`≤`) or higher is better (`≥`). */
+function check(s, op, limit) {
+  const x = s?.median;
+  if (x == null || !Number.isFinite(x)) return null;
+  return op === '≥' ? x >= limit : x <= limit;
 }
 
 /** The DESIGN §10 targets, evaluated on medians of the paired ratios. */
 export function targets(r) {
-  const v = r.browser?.vs_raw?.tidemark;
+  const D = r.browser?.tidemark_vs?.dexie;
+  const R = r.browser?.vs_raw?.tidemark;
   const t = [];
-  const w1 = v?.w1_docs_per_s?.median;
-  t.push({ target: 'W1 ≥ 0.8× raw IndexedDB throughput', measured: w1 != null ? `${w1.toFixed(2)}×` : '—', ok: w1 != null ? w1 >= 0.8 : null });
-  const w2 = v?.w2_p50_ms?.median;
-  t.push({ target: 'W2 p50 ≤ 1.5× raw', measured: w2 != null ? `${w2.toFixed(2)}×` : '—', ok: w2 != null ? w2 <= 1.5 : null });
-  const w3 = v?.w3_ms?.median;
-  t.push({ target: 'W3 ≤ 1.3× raw', measured: w3 != null ? `${w3.toFixed(2)}×` : '—', ok: w3 != null ? w3 <= 1.3 : null });
-  const w4 = v?.w4_ms?.median;
-  t.push({ target: 'W4 ≤ raw', measured: w4 != null ? `${w4.toFixed(2)}×` : '—', ok: w4 != null ? w4 <= 1 : null });
-  const s = r.sync?.initial_sync_ms?.median;
-  t.push({ target: 'initial sync of 10k documents < 1 s', measured: s != null ? `${num(s)} ms` : '—', ok: s != null ? s < 1000 : null });
-  const m = r.reset_migrate?.measured ? r.reset_migrate.reset_migrate_ms.median : null;
-  t.push({ target: 'reset + migrate of 10k documents < 1.5 s', measured: m != null ? `${num(m)} ms` : 'not yet measured', ok: m != null ? m < 1500 : null });
-  const g = r.size?.tidemark?.gzip;
-  t.push({ target: 'wasm + JS ≤ 120 KB gzip', measured: g != null ? `${group(g)} bytes (${kib(g)})` : '—', ok: g != null ? g <= 120 * 1024 : null });
+  const browser = (label, m, op, limit) => t.push({ target: `${label} ${op} ${limit.toFixed(1)}× Dexie`, measured: ratio(D?.[m]), raw: ratio(R?.[m]), ok: check(D?.[m], op, limit) });
+  browser('W1 docs/s', 'w1_docs_per_s', '≥', 1.0);
+  browser('W2 p50', 'w2_p50_ms', '≤', 1.1);
+  browser('W3', 'w3_ms', '≤', 1.0);
+  browser('W4', 'w4_ms', '≤', 0.8);
+  browser('cold open', 'cold_open_ms', '≤', 1.2);
+  const M = r.browser?.memory_vs_dexie;
+  t.push({ target: 'peak JS heap + wasm memory during W1–W4 ≤ 1.0× Dexie\'s peak JS heap', measured: ratio(M), ok: check(M, '≤', 1.0) });
+  const S = r.sync?.error ? null : r.sync;
+  t.push({ target: 'initial sync of 10k documents to queryable ≤ 1.3× the physical limit (raw IndexedDB writing them, same run)',
+    measured: S?.initial_vs_limit ? `${ratio(S.initial_vs_limit)} the limit` : '—', ok: check(S?.initial_vs_limit, '≤', 1.3) });
+  const P = S?.pouchdb?.error ? null : S?.pouchdb;
+  t.push({ target: 'initial sync ≥ 10× faster than PouchDB replication from a CouchDB-API server (same run)',
+    measured: P?.tidemark_speedup ? `${ratio(P.tidemark_speedup)} faster` : (S?.pouchdb?.error ? 'not measured' : '—'), ok: check(P?.tidemark_speedup, '≥', 10) });
+  const m = r.reset_migrate?.measured ? r.reset_migrate : null;
+  t.push({ target: 'reset + migrate of 10k documents ≤ 1.6× the physical limit (same run)',
+    measured: m?.vs_limit ? `${ratio(m.vs_limit)} the limit` : 'not measured', ok: check(m?.vs_limit, '≤', 1.6) });
+  const k = r.poke?.error ? null : r.poke;
+  t.push({ target: 'a live write reaches another connected client ≤ 150 ms p50', measured: k ? `${num(k.p50_ms)} ms` : '—', ok: k ? k.p50_ms <= 150 : null });
+  const g = r.size?.error ? null : r.size?.tidemark?.gzip;
+  t.push({ target: 'wasm + JS ≤ 150 KB gzip (150,000 bytes)', measured: g != null ? `${group(g)} bytes (${kib(g)})` : '—', ok: g != null ? g <= 150_000 : null });
   return t;
+}
+
+// ---------------------------------------------------------------- charts
+
+const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+
+/**
+ * A horizontal bar chart as plain SVG: one row per `{ label, s: { median, min, max } }`,
+ * a bar to the median with a min–max whisker, a dashed reference line at 1×. The axis ends
+ * at the largest whisker, but at most at `cap`: bars past it are cut and marked.
+ */
+export function barChart({ title, subtitle, rows, cap = 5, ref = 'raw IndexedDB' }) {
+  const W = 780, left = 210, right = 90, top = 74, rowH = 34, bottom = 40;
+  const H = top + rows.length * rowH + bottom;
+  const finite = rows.filter((x) => Number.isFinite(x.s?.median));
+  const hi = Math.max(1, ...finite.map((x) => (Number.isFinite(x.s.max) ? x.s.max : x.s.median)));
+  const axisMax = Math.min(cap, Math.ceil(hi * 1.05 * 4) / 4);
+  const plotW = W - left - right;
+  const X = (v) => left + (Math.min(v, axisMax) / axisMax) * plotW;
+  const step = axisMax <= 1.5 ? 0.25 : axisMax <= 3 ? 0.5 : 1;
+  const o = [];
+  o.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="system-ui, sans-serif" font-size="13">`);
+  o.push(`<rect width="${W}" height="${H}" fill="#fff"/>`);
+  o.push(`<text x="12" y="22" font-size="15" font-weight="600">${esc(title)}</text>`);
+  o.push(`<text x="12" y="42" fill="#555">${esc(subtitle)}</text>`);
+  for (let v = 0; v <= axisMax + 1e-9; v += step) {
+    const x = X(v).toFixed(1);
+    o.push(`<line x1="${x}" y1="${top - 4}" x2="${x}" y2="${H - bottom + 4}" stroke="#eee"/>`);
+    o.push(`<text x="${x}" y="${H - bottom + 20}" text-anchor="middle" fill="#555">${+v.toFixed(2)}×</text>`);
+  }
+  rows.forEach((row, i) => {
+    const y = top + i * rowH;
+    const cy = y + rowH / 2;
+    o.push(`<text x="${left - 8}" y="${cy + 4}" text-anchor="end">${esc(row.label)}</text>`);
+    const s = row.s;
+    if (!Number.isFinite(s?.median)) {
+      o.push(`<text x="${left + 6}" y="${cy + 4}" fill="#999">${esc(row.missing ?? 'not measured')}</text>`);
+      return;
+    }
+    const color = row.highlight ? '#1f6feb' : '#8b949e';
+    o.push(`<rect x="${left}" y="${y + 8}" width="${(X(s.median) - left).toFixed(1)}" height="${rowH - 16}" fill="${color}"/>`);
+    if (s.median > axisMax) {
+      const x = X(axisMax);
+      o.push(`<path d="M${x - 10},${y + 6} l6,${rowH - 12} M${x - 4},${y + 6} l6,${rowH - 12}" stroke="#fff" stroke-width="3"/>`);
+    }
+    if (Number.isFinite(s.min) && Number.isFinite(s.max)) {
+      const [a, b] = [X(s.min), X(s.max)];
+      o.push(`<line x1="${a.toFixed(1)}" y1="${cy}" x2="${b.toFixed(1)}" y2="${cy}" stroke="#222" stroke-width="1.5"/>`);
+      for (const x of [a, b]) if (x < X(axisMax) || s.max <= axisMax) o.push(`<line x1="${x.toFixed(1)}" y1="${cy - 6}" x2="${x.toFixed(1)}" y2="${cy + 6}" stroke="#222" stroke-width="1.5"/>`);
+    }
+    const end = Math.max(X(s.median), Number.isFinite(s.max) ? X(s.max) : 0);
+    o.push(`<text x="${(end + 6).toFixed(1)}" y="${cy + 4}">${rx(s.median)}×</text>`);
+  });
+  const one = X(1).toFixed(1);
+  o.push(`<line x1="${one}" y1="${top - 6}" x2="${one}" y2="${H - bottom + 4}" stroke="#d1242f" stroke-dasharray="4 3"/>`);
+  o.push(`<text x="${one}" y="${top - 9}" text-anchor="middle" fill="#d1242f" font-size="11">${esc(ref)}</text>`);
+  o.push('</svg>');
+  return o.join('\n') + '\n';
+}
+
+/** Every chart for results `r`, by file name (without .svg). */
+export function charts(r) {
+  const L = r.libraries ?? {};
+  const name = (l) => `${L[l]?.label ?? l}${L[l]?.version ? ' ' + L[l].version : ''}`;
+  const V = r.browser?.vs_raw ?? {};
+  const B = r.browser?.results ?? {};
+  const runs = `${r.runs} run${r.runs === 1 ? '' : 's'}`;
+  const out = {};
+  if (r.browser && !r.browser.error) {
+    for (const c of CHARTS) {
+      const rows = [{ label: name('raw'), s: B.raw && !B.raw.error ? { median: 1, min: 1, max: 1 } : null }]
+        .concat(ORDER.filter((l) => l !== 'raw' && B[l]).map((l) => ({ label: name(l), s: V[l]?.[c.metric], highlight: l === 'tidemark', missing: B[l]?.error ? 'failed' : undefined })));
+      out[c.name] = barChart({
+        title: c.title,
+        subtitle: `${c.higher ? 'docs/s' : 'time'} ÷ raw IndexedDB's, paired per run: median, min–max of ${runs} (${c.higher ? 'higher is faster' : 'lower is faster'})`,
+        rows,
+      });
+    }
+  }
+  const S = r.sync && !r.sync.error ? r.sync : null;
+  const m = r.reset_migrate?.measured ? r.reset_migrate : null;
+  if (S) {
+    const P = S.pouchdb && !S.pouchdb.error ? S.pouchdb : null;
+    // PouchDB's replication ÷ the limit, paired per run from the per-run figures.
+    const perRun = (a, b) => (a?.runs && b?.runs && a.runs.length === b.runs.length ? stats(a.runs.map((x, i) => x / b.runs[i])) : null);
+    out.sync = barChart({
+      title: 'Sync of 10,000 documents relative to the physical limit',
+      subtitle: `time ÷ raw IndexedDB writing the same documents, paired per run; median, min–max of ${runs}; lower is faster`,
+      ref: 'physical limit',
+      cap: 8,
+      rows: [
+        { label: 'raw IndexedDB (limit)', s: { median: 1, min: 1, max: 1 } },
+        { label: 'Tidemark initial sync', s: S.initial_vs_limit, highlight: true },
+        { label: 'Tidemark reset + migrate', s: m?.vs_limit ?? null },
+        { label: 'PouchDB replication', s: P ? perRun(P.replicate_ms, S.raw_limit_ms) : null, missing: S.pouchdb?.error ? 'failed' : undefined },
+      ],
+    });
+  }
+  return out;
+}
+
+/** Median, min, max and count of the finite values; null when there are none. */
+export function stats(values) {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!v.length) return null;
+  const mid = v.length >> 1;
+  const median = v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+  return { median, min: v[0], max: v[v.length - 1], n: v.length };
+}
+
+/** Writes bench/charts/<name>.svg for results `r`. */
+export async function writeCharts(r, dir = join(fileURLToPath(new URL('.', import.meta.url)), 'charts')) {
+  await mkdir(dir, { recursive: true });
+  for (const [file, svg] of Object.entries(charts(r))) await writeFile(join(dir, `${file}.svg`), svg);
 }
 
 /** The compact table the README shows: medians, and each library's time relative to raw. */
@@ -230,10 +460,21 @@ export function readme(r) {
   row('W4: 1k awaited point gets', 'w4_ms', ' ms', (v) => v?.w4_ms?.median);
   row('cold open + first query', 'cold_open_ms', ' ms', (v) => v?.cold_open_ms?.median);
   out.push(`| download, gzip | — | ${['tidemark', 'dexie', 'pouchdb', 'rxdb'].map((l) => (r.size?.[l] ? kib(r.size[l].gzip) : '—')).join(' | ')} |`);
-  const only = (label, s) => out.push(`| ${label} | — | ${s ? `${num(s.median)} ms (${num(s.min)}–${num(s.max)})` : 'not yet measured'} | — | — | — |`);
-  only('initial sync: 10k docs from tidemark-server, until queryable', r.sync?.initial_sync_ms);
-  only('catch-up: 1k new writes, until queryable', r.sync?.catch_up_ms);
-  only('reset + migrate: 10k docs of an older schema version', r.reset_migrate?.measured ? r.reset_migrate.reset_migrate_ms : null);
+  // A row with figures in some columns only: `cells` maps library → text.
+  const some = (label, cells) => out.push(`| ${label} | ${ORDER.map((l) => cells[l] ?? '—').join(' | ')} |`);
+  const ms = (s, extra = '') => (s && Number.isFinite(s.median) ? `${num(s.median)} ms (${num(s.min)}–${num(s.max)})${extra}` : 'not measured');
+  const S = r.sync && !r.sync.error ? r.sync : null;
+  const P = S?.pouchdb && !S.pouchdb.error ? S.pouchdb : null;
+  const M = r.reset_migrate?.measured ? r.reset_migrate : null;
+  const times = (x) => (x && Number.isFinite(x.median) ? `, ${rx(x.median)}×` : '');
+  some('initial sync: 10k docs until queryable (raw: the physical limit, writing them; PouchDB: replication from pouchdb-server)',
+    { raw: ms(S?.raw_limit_ms), tidemark: ms(S?.initial_sync_ms, times(S?.initial_vs_limit)), pouchdb: P ? ms(P.replicate_ms) : '—' });
+  some('catch-up: 1k new writes, until queryable', { tidemark: ms(S?.catch_up_ms) });
+  some('reset + migrate: 10k docs of an older schema version', { raw: M?.raw_limit_ms ? ms(M.raw_limit_ms) : '—', tidemark: ms(M?.reset_migrate_ms, times(M?.vs_limit)) });
+  const k = r.poke && !r.poke.error ? r.poke : null;
+  some('a write reaches another live client, p50', { tidemark: k ? `${num(k.p50_ms)} ms` : 'not measured' });
+  const mem = (l) => { const x = r.browser?.results?.[l]; return x?.mem_total_mb ? `${num(x.mem_total_mb.median)} MB` : '—'; };
+  some('peak memory during W1–W4 (JS heap, + wasm for Tidemark)', Object.fromEntries(ORDER.map((l) => [l, mem(l)])));
   return out.join('\n');
 }
 
@@ -243,7 +484,8 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   if (process.argv.includes('--readme')) {
     console.log(readme(r));
   } else {
+    await writeCharts(r);
     await writeFile(join(dir, 'RESULTS.md'), render(r));
-    console.log('bench: wrote bench/RESULTS.md');
+    console.log('bench: wrote bench/RESULTS.md and bench/charts/');
   }
 }

@@ -5,13 +5,20 @@
 //   browser  W1–W4 and cold open for raw IndexedDB, Tidemark, Dexie, PouchDB, RxDB —
 //            same page, same browser, same run, libraries interleaved in rotating order
 //   sync     initial sync of 10,000 documents and catch-up of 1,000 writes through a real
-//            tidemark-server
-//   migrate  reset + migrate of 10,000 documents, once the product supports it
+//            tidemark-server; beside it in every run, the physical limit (raw IndexedDB
+//            writing the same 10,000 documents into a fresh database) and PouchDB
+//            replicating them from a real CouchDB-API server (pouchdb-server --in-memory)
+//   migrate  reset + migrate of 10,000 documents, beside the same physical limit
 //   load     real tidemark-server processes under native clients (server/benches/load.rs):
 //            concurrent rounds (100 / 500 / 2,000), 10,000 idle live clients, rows/s and
 //            client-visible latency with 1 vs 3 instances on one PostgreSQL database
 //   poke     poke latency: a write in one live replica until it is in another live replica
 //            of the same library (two pages, one tidemark-server, the default 30 s poll)
+//
+// The browser section also samples memory: the peak used JS heap (precise with
+// --enable-precise-memory-info) and Tidemark's wasm linear memory during W1–W4. Charts:
+// bench/charts/<workload>.svg (bench/report.mjs). A section that fails is recorded with its
+// error and the others still run.
 //
 // Environment: BENCH_RUNS (default 5), BENCH_ONLY=engine,size,... (a subset; sections not
 // run keep their previous results), BENCH_LIBS=raw,tidemark (the browser libraries to run),
@@ -27,8 +34,9 @@ import { fileURLToPath } from 'node:url';
 import { bundle } from './build.mjs';
 import { startStatic } from './serve.mjs';
 import { CHROMIUM_ARGS } from '../tests/e2e/harness.mjs';
-import { startServer as startTidemarkServer } from '../tests/e2e/server.mjs';
-import { render } from './report.mjs';
+import { startServer as startTidemarkServer, freePort } from '../tests/e2e/server.mjs';
+import { render, writeCharts, stats } from './report.mjs';
+import { N, BATCH, doc } from './src/workload.js';
 
 const BENCH = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = resolve(BENCH, '..');
@@ -37,16 +45,6 @@ const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(','))
 const wants = (s) => !ONLY || ONLY.has(s);
 const LIBS = process.env.BENCH_LIBS ? process.env.BENCH_LIBS.split(',') : ['raw', 'tidemark', 'dexie', 'pouchdb', 'rxdb'];
 const log = (...a) => console.log('bench:', ...a);
-
-// ---------------------------------------------------------------- statistics
-
-export function stats(values) {
-  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (!v.length) return null;
-  const mid = v.length >> 1;
-  const median = v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
-  return { median, min: v[0], max: v[v.length - 1], n: v.length };
-}
 
 // ---------------------------------------------------------------- engine (criterion)
 
@@ -144,7 +142,8 @@ async function withBrowser(fn) {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
-    args: CHROMIUM_ARGS,
+    // Precise performance.memory (otherwise bucketed and delayed) for the memory figures.
+    args: [...CHROMIUM_ARGS, '--enable-precise-memory-info'],
   });
   const errors = [];
   const openPage = async (key) => {
@@ -169,7 +168,16 @@ function chromiumVersion() {
   try { return execFileSync(process.env.CHROMIUM ?? '/usr/bin/chromium', ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(); } catch { return 'unknown'; }
 }
 
-const METRICS = ['w1_docs_per_s', 'w1_ms', 'w2_p50_ms', 'w2_p95_ms', 'w2_total_ms', 'w3_ms', 'w3_first_ms', 'w4_ms', 'cold_open_ms', 'cold_load_ms', 'settle_ms'];
+const METRICS = ['w1_docs_per_s', 'w1_ms', 'w2_p50_ms', 'w2_p95_ms', 'w2_total_ms', 'w3_ms', 'w3_first_ms', 'w4_ms', 'cold_open_ms', 'cold_load_ms', 'settle_ms',
+  'heap_peak_mb', 'wasm_mb', 'mem_total_mb'];
+const MB = 1e6;
+
+/** Peak memory of one run (MB) from the write (W1, W3) and read (cold open, W4, W2) phases. */
+function memory(w, rd) {
+  const heap = Math.max(w.heap_peak_bytes, rd.read_heap_peak_bytes) / MB;
+  const wasm = Math.max(w.wasm_memory_bytes, rd.read_wasm_memory_bytes) / MB;
+  return { heap_peak_mb: heap, wasm_mb: wasm, mem_total_mb: heap + wasm };
+}
 
 async function browserWorkloads(b) {
   const perRun = Object.fromEntries(LIBS.map((l) => [l, []]));
@@ -189,8 +197,10 @@ async function browserWorkloads(b) {
         await page.waitForFunction(() => window.ready === true);
         const rd = await page.evaluate(([l, n]) => window.bench.read(l, n), [lib, name]);
         await page.evaluate(([l, n]) => window.bench.destroy(l, n), [lib, name]);
-        perRun[lib].push({ ...w, ...rd });
-        log(`run ${r + 1}/${RUNS} ${lib}: W1 ${w.w1_docs_per_s.toFixed(0)} docs/s, W2 p50 ${rd.w2_p50_ms.toFixed(2)} ms, W3 ${w.w3_ms.toFixed(1)} ms, W4 ${rd.w4_ms.toFixed(0)} ms, cold ${rd.cold_open_ms.toFixed(0)} ms`);
+        const mem = memory(w, rd);
+        perRun[lib].push({ ...w, ...rd, ...mem, loadavg: +loadavg()[0].toFixed(2) });
+        log(`run ${r + 1}/${RUNS} ${lib}: W1 ${w.w1_docs_per_s.toFixed(0)} docs/s, W2 p50 ${rd.w2_p50_ms.toFixed(2)} ms, W3 ${w.w3_ms.toFixed(1)} ms, W4 ${rd.w4_ms.toFixed(0)} ms, cold ${rd.cold_open_ms.toFixed(0)} ms, ` +
+          `heap ${mem.heap_peak_mb.toFixed(1)} MB${mem.wasm_mb ? ` + wasm ${mem.wasm_mb.toFixed(1)} MB` : ''}`);
       } catch (e) {
         failures[lib] = String(e?.message ?? e).slice(0, 500);
         log(`${lib} failed: ${failures[lib]}`);
@@ -203,6 +213,7 @@ async function browserWorkloads(b) {
   for (const lib of LIBS) {
     if (failures[lib]) { out[lib] = { error: failures[lib] }; continue; }
     out[lib] = Object.fromEntries(METRICS.map((m) => [m, { ...stats(perRun[lib].map((x) => x[m])), runs: perRun[lib].map((x) => x[m]) }]));
+    out[lib].loadavg_per_run = perRun[lib].map((x) => x.loadavg);
   }
   // Tidemark ÷ library, paired within each run (both measured minutes apart on the same
   // machine), then summarized: steadier than a ratio of medians on a shared box.
@@ -211,40 +222,176 @@ async function browserWorkloads(b) {
     if (failures[lib] || failures.tidemark) continue;
     ratios[lib] = Object.fromEntries(METRICS.map((m) => [m, stats(perRun.tidemark.map((t, i) => t[m] / perRun[lib][i][m]))]));
   }
-  const vsRaw = {};
-  for (const lib of LIBS.filter((l) => l !== 'raw')) {
-    if (failures[lib] || failures.raw) continue;
-    vsRaw[lib] = Object.fromEntries(METRICS.map((m) => [m, stats(perRun[lib].map((t, i) => t[m] / perRun.raw[i][m]))]));
-  }
-  // The 1-minute load average as each run began: the box is shared, this shows how much.
-  return { results: out, tidemark_vs: ratios, vs_raw: vsRaw, loadavg_per_run: load };
+  // Every library ÷ raw IndexedDB and ÷ Dexie, paired the same way.
+  const versus = (base) => {
+    const v = {};
+    if (!perRun[base] || failures[base]) return v;
+    for (const lib of LIBS.filter((l) => l !== base)) {
+      if (failures[lib]) continue;
+      v[lib] = Object.fromEntries(METRICS.map((m) => [m, stats(perRun[lib].map((t, i) => t[m] / perRun[base][i][m]))]));
+    }
+    return v;
+  };
+  const vsRaw = versus('raw');
+  const vsDexie = versus('dexie');
+  // DESIGN §10's memory target: Tidemark's peak JS heap + wasm linear memory ÷ Dexie's peak
+  // JS heap, paired within each run.
+  const memoryVsDexie = failures.tidemark || failures.dexie || !perRun.dexie || !perRun.tidemark ? null
+    : stats(perRun.tidemark.map((t, i) => t.mem_total_mb / perRun.dexie[i].heap_peak_mb));
+  // The 1-minute load average as each run began (and, per library, as its run ended): the
+  // box is shared, this shows how much.
+  return { results: out, tidemark_vs: ratios, vs_raw: vsRaw, vs_dexie: vsDexie, memory_vs_dexie: memoryVsDexie, loadavg_per_run: load };
 }
 
 // ---------------------------------------------------------------- sync
 
+/** The summary of per-run figures: median (min–max) and every run's value. */
+const summary = (values) => ({ ...stats(values), runs: values });
+
+/** Paired ratio a[i] ÷ b[i] over the runs where both were measured. */
+const paired = (a, b) => stats(a.map((x, i) => x / b[i]));
+
+/**
+ * A real CouchDB-API server: pouchdb-server 4.2.0 (bench/package-lock.json) in memory on a
+ * free loopback port, run in a temporary directory (where it writes its config.json and
+ * log). Its default config enables CORS for any origin, which the bench page (another port)
+ * needs; the page being cross-origin isolated (COEP) does not hinder CORS requests.
+ */
+async function startCouch() {
+  const bin = join(BENCH, 'node_modules/pouchdb-server/bin/pouchdb-server');
+  if (!existsSync(bin)) throw new Error('pouchdb-server is not installed in bench/node_modules (make bench runs npm ci in bench/)');
+  const dir = await mkdtemp(join(tmpdir(), 'tidemark-couch-'));
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const child = spawn(process.execPath, [bin, '--in-memory', '--host', '127.0.0.1', '--port', String(port)], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => { stderr = (stderr + d).slice(-2000); });
+  const stop = async () => {
+    if (child.exitCode === null && !child.signalCode) {
+      const exited = new Promise((ok) => child.once('exit', ok));
+      child.kill('SIGTERM');
+      await exited;
+    }
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    const until = Date.now() + 30000;
+    for (;;) {
+      if (child.exitCode !== null) throw new Error(`pouchdb-server exited with ${child.exitCode}: ${stderr}`);
+      try { if ((await fetch(url)).ok) break; } catch {}
+      if (Date.now() > until) throw new Error(`pouchdb-server did not answer on ${url} within 30 s: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return { url, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
+
+async function couch(url, method, path, body) {
+  const res = await fetch(`${url}${path}`, { method, headers: { 'content-type': 'application/json' }, body: body && JSON.stringify(body) });
+  const json = await res.json();
+  if (!res.ok) throw new Error(`pouchdb-server ${method} ${path}: ${res.status} ${JSON.stringify(json).slice(0, 300)}`);
+  return json;
+}
+
+/** Database `db` on the CouchDB-API server, holding the workload's 10,000 documents. */
+async function seedCouch(url, db) {
+  await couch(url, 'PUT', `/${db}`);
+  for (let b = 0; b < N / BATCH; b++) {
+    const docs = Array.from({ length: BATCH }, (_, i) => { const { id, ...rest } = doc(b * BATCH + i); return { _id: id, ...rest }; });
+    const res = await couch(url, 'POST', `/${db}/_bulk_docs`, { docs });
+    const bad = res.find((x) => x.error);
+    if (bad) throw new Error(`pouchdb-server _bulk_docs: ${bad.error} ${bad.reason}`);
+  }
+  const info = await couch(url, 'GET', `/${db}`);
+  if (info.doc_count !== N) throw new Error(`pouchdb-server holds ${info.doc_count} documents, not ${N}`);
+  return `${url}/${db}`;
+}
+
+/** One measurement in a fresh page of the sync origin. */
+async function inPage(b, fn) {
+  const page = await b.openPage('sync');
+  try { return await fn(page); } finally { await page.close(); }
+}
+
+const rawLimit = (b, name) => inPage(b, (p) => p.evaluate((n) => window.bench.rawLimit(n), name));
+
 async function syncWorkloads(b) {
   const srv = await startTidemarkServer();
+  // PouchDB's half may fail on its own (not installed, server will not start): Tidemark's
+  // figures are still measured and the failure is reported.
+  let pouch = null;
+  let pouchError = null;
   try {
-    const page = await b.openPage('sync');
+    const c = await startCouch();
+    pouch = { stop: c.stop };
+    pouch.remote = await seedCouch(c.url, 'bench');
+    log(`sync: pouchdb-server at ${c.url} seeded with 10,000 documents`);
+  } catch (e) {
+    pouchError = String(e?.message ?? e).slice(0, 500);
+    log(`sync: PouchDB replication not measured: ${pouchError}`);
+  }
+  try {
     const library = 'bench';
-    const seed = await page.evaluate(([u, l]) => window.bench.syncSeed(u, l), [srv.wsUrl, library]);
-    log(`sync: server seeded with 10,000 documents (${seed.reports.length} rounds)`);
-    await page.close();
+    const seed = await inPage(b, (p) => p.evaluate(([u, l]) => window.bench.syncSeed(u, l), [srv.wsUrl, library]));
+    log(`sync: tidemark-server seeded with 10,000 documents (${seed.reports.length} rounds)`);
     const runs = [];
+    const limits = [];
+    const pouchRuns = [];
+    const load = [];
     for (let r = 0; r < RUNS; r++) {
-      const p = await b.openPage('sync');
-      try {
-        const x = await p.evaluate(([u, l, i]) => window.bench.syncRun(u, l, i), [srv.wsUrl, library, r]);
-        runs.push(x);
-        const snap = x.initial_reports.some((rep) => rep.snapshot);
-        log(`sync run ${r + 1}/${RUNS}: initial ${x.initial_sync_ms.toFixed(0)} ms (${x.initial_reports.length} rounds${snap ? ', snapshot' : ''}), catch-up ${x.catch_up_ms.toFixed(0)} ms`);
-      } finally { await p.close(); }
+      load.push(+loadavg()[0].toFixed(2));
+      // The three measurements of a run in a rotating order, so none always goes first.
+      const steps = {
+        limit: async () => {
+          const x = await rawLimit(b, `sync-limit-${r}`);
+          limits.push(x.limit_ms);
+          log(`sync run ${r + 1}/${RUNS}: raw IndexedDB limit ${x.limit_ms.toFixed(0)} ms`);
+        },
+        tidemark: async () => {
+          const x = await inPage(b, (p) => p.evaluate(([u, l, i]) => window.bench.syncRun(u, l, i), [srv.wsUrl, library, r]));
+          runs.push(x);
+          const snap = x.initial_reports.some((rep) => rep.snapshot);
+          log(`sync run ${r + 1}/${RUNS}: initial ${x.initial_sync_ms.toFixed(0)} ms (${x.initial_reports.length} rounds${snap ? ', snapshot' : ''}), catch-up ${x.catch_up_ms.toFixed(0)} ms`);
+        },
+        pouchdb: async () => {
+          if (!pouch?.remote || pouchError) return;
+          try {
+            const x = await inPage(b, (p) => p.evaluate(([u, n]) => window.bench.pouchReplicate(u, n), [pouch.remote, `pouch-replica-${r}`]));
+            pouchRuns.push(x);
+            log(`sync run ${r + 1}/${RUNS}: PouchDB replication ${x.replicate_ms.toFixed(0)} ms, then index + query ${x.index_query_ms.toFixed(0)} ms`);
+          } catch (e) {
+            pouchError = String(e?.message ?? e).slice(0, 500);
+            log(`sync: PouchDB replication failed: ${pouchError}`);
+          }
+        },
+      };
+      const names = Object.keys(steps);
+      for (let i = 0; i < names.length; i++) await steps[names[(i + r) % names.length]]();
     }
+    const initial = runs.map((x) => x.initial_sync_ms);
+    const pouchOk = !pouchError && pouchRuns.length === RUNS;
     return {
-      docs: 10000,
+      docs: N,
       catch_up_writes: 1000,
-      initial_sync_ms: { ...stats(runs.map((x) => x.initial_sync_ms)), runs: runs.map((x) => x.initial_sync_ms) },
-      catch_up_ms: { ...stats(runs.map((x) => x.catch_up_ms)), runs: runs.map((x) => x.catch_up_ms) },
+      initial_sync_ms: summary(initial),
+      catch_up_ms: summary(runs.map((x) => x.catch_up_ms)),
+      // The physical limit (raw IndexedDB, fresh database, 1,000 per transaction) and
+      // initial sync ÷ it, paired within each run.
+      raw_limit_ms: summary(limits),
+      initial_vs_limit: paired(initial, limits),
+      pouchdb: pouchOk ? {
+        server: 'pouchdb-server 4.2.0 --in-memory',
+        client: `pouchdb-browser ${pkgVersion('pouchdb-browser')}, PouchDB.replicate(remote, local, { batch_size: ${BATCH} })`,
+        replicate_ms: summary(pouchRuns.map((x) => x.replicate_ms)),
+        index_query_ms: summary(pouchRuns.map((x) => x.index_query_ms)),
+        // PouchDB replication ÷ Tidemark's initial sync, paired: how many times faster Tidemark is.
+        tidemark_speedup: paired(pouchRuns.map((x) => x.replicate_ms), initial),
+        tidemark_speedup_with_query: paired(pouchRuns.map((x) => x.replicate_ms + x.index_query_ms), initial),
+      } : { error: pouchError ?? `${pouchRuns.length} of ${RUNS} runs measured` },
+      loadavg_per_run: load,
       initial_mode: runs[0]?.initial_reports.some((rep) => rep.snapshot) ? 'snapshot' : 'diffs',
       initial_rounds: runs[0]?.initial_reports.length,
       catch_up_rounds: runs[0]?.catch_up_reports.length,
@@ -255,7 +402,10 @@ async function syncWorkloads(b) {
       initial_reports: runs[0]?.initial_reports,
       catch_up_reports: runs[0]?.catch_up_reports,
     };
-  } finally { await srv.stop(); }
+  } finally {
+    await srv.stop();
+    await pouch?.stop();
+  }
 }
 
 // ---------------------------------------------------------------- poke latency
@@ -263,6 +413,7 @@ async function syncWorkloads(b) {
 const POKES = 60;
 
 async function pokeWorkload(b) {
+  const load0 = +loadavg()[0].toFixed(2);
   const srv = await startTidemarkServer();
   const [writer, reader] = [await b.openPage('sync'), await b.openPage('sync')];
   try {
@@ -280,7 +431,7 @@ async function pokeWorkload(b) {
     const sorted = [...ms].sort((a, b) => a - b);
     const pct = (p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
     log(`poke: ${POKES} writes, p50 ${pct(0.5).toFixed(1)} ms, p95 ${pct(0.95).toFixed(1)} ms`);
-    return { writes: POKES, p50_ms: pct(0.5), p95_ms: pct(0.95), min_ms: sorted[0], max_ms: sorted[sorted.length - 1], runs: ms };
+    return { writes: POKES, loadavg_start: load0, loadavg_end: +loadavg()[0].toFixed(2), p50_ms: pct(0.5), p95_ms: pct(0.95), min_ms: sorted[0], max_ms: sorted[sorted.length - 1], runs: ms };
   } finally {
     await writer.close();
     await reader.close();
@@ -302,7 +453,13 @@ async function migrateWorkload(b) {
       return { measured: false, reason: 'schema migrations not built yet', probe: probe.reason };
     }
     const runs = [];
+    const limits = [];
+    const load = [];
+    let rounds = 0;
     for (let r = 0; r < RUNS; r++) {
+      load.push(+loadavg()[0].toFixed(2));
+      // The physical limit in the same run, before the reset on even runs, after on odd ones.
+      if (r % 2 === 0) limits.push((await rawLimit(b, `migrate-limit-${r}`)).limit_ms);
       // A fresh library per run: after a run the server holds that replica's migrated
       // (version 2) documents, and the next reset would no longer start from version 1.
       const library = `bench-migrate-${r}`;
@@ -311,12 +468,16 @@ async function migrateWorkload(b) {
         await p.evaluate(([u, l]) => window.bench.migrateSeed(u, l), [srv.wsUrl, library]);
         const x = await p.evaluate(([u, l, i]) => window.bench.migrateRun(u, l, i), [srv.wsUrl, library, r]);
         runs.push(x.reset_migrate_ms);
-        log(`migrate run ${r + 1}/${RUNS}: ${x.reset_migrate_ms.toFixed(0)} ms (${x.reports.length} round${x.reports.length === 1 ? '' : 's'})`);
+        rounds = x.reports.length;
         if (r === 0) first = x;
       } finally { await p.close(); }
+      if (r % 2 === 1) limits.push((await rawLimit(b, `migrate-limit-${r}`)).limit_ms);
+      log(`migrate run ${r + 1}/${RUNS}: ${runs[r].toFixed(0)} ms (${rounds} round${rounds === 1 ? '' : 's'}), raw IndexedDB limit ${limits[r].toFixed(0)} ms`);
     }
     return {
-      measured: true, docs: 10000, local_writes: 10, reset_migrate_ms: { ...stats(runs), runs },
+      measured: true, docs: N, local_writes: 10, reset_migrate_ms: summary(runs),
+      // The physical limit measured in the same runs, and reset + migrate ÷ it, paired.
+      raw_limit_ms: summary(limits), vs_limit: paired(runs, limits), loadavg_per_run: load,
       // The first run's sync reports and progress events (ms since syncNow was called).
       reports: first?.reports, progress: first?.progress,
       // The round after the reset (untimed): it pushes the migration's ops to the server.
@@ -372,26 +533,41 @@ async function main() {
     poke: prev.poke ?? null,
     load: prev.load ?? null,
   };
-  if (wants('engine')) results.engine = await engine();
-  if (wants('size')) results.size = await sizes();
-  if (wants('load')) results.load = await load();
-  if (wants('browser') || wants('sync') || wants('migrate') || wants('poke')) {
-    await withBrowser(async (b) => {
-      results.machine.chromium = b.version;
-      if (wants('browser')) results.browser = await browserWorkloads(b);
-      if (wants('sync')) results.sync = await syncWorkloads(b);
-      if (wants('migrate')) results.reset_migrate = await migrateWorkload(b);
-      if (wants('poke')) results.poke = await pokeWorkload(b);
-      if (b.errors.length) results.page_errors = b.errors.slice(0, 20);
-    });
+  // A section that fails is recorded as { error } (and rendered so); the others still run.
+  const section = async (name, fn) => {
+    try { return await fn(); } catch (e) {
+      const error = String(e?.stack ?? e?.message ?? e).slice(0, 1000);
+      log(`${name} failed: ${error}`);
+      return { error };
+    }
+  };
+  if (wants('engine')) results.engine = await section('engine', engine);
+  if (wants('size')) results.size = await section('size', sizes);
+  if (wants('load')) results.load = await section('load', load);
+  const inBrowser = [['browser', 'browser', browserWorkloads], ['sync', 'sync', syncWorkloads], ['migrate', 'reset_migrate', migrateWorkload], ['poke', 'poke', pokeWorkload]]
+    .filter(([s]) => wants(s));
+  if (inBrowser.length) {
+    const done = new Set();
+    try {
+      await withBrowser(async (b) => {
+        results.machine.chromium = b.version;
+        for (const [s, key, fn] of inBrowser) { results[key] = await section(s, () => fn(b)); done.add(key); }
+        if (b.errors.length) results.page_errors = b.errors.slice(0, 20);
+      });
+    } catch (e) {
+      const error = `the browser did not start: ${String(e?.message ?? e).slice(0, 500)}`;
+      log(error);
+      for (const [, key] of inBrowser) if (!done.has(key)) results[key] = { error };
+    }
   } else {
     results.machine.chromium = prev.machine?.chromium ?? chromiumVersion();
   }
   results.machine.loadavg_end = loadavg().map((x) => +x.toFixed(2));
   results.duration_s = Math.round((Date.now() - t0) / 1000);
   await writeFile(path, JSON.stringify(results, null, 2) + '\n');
+  await writeCharts(results);
   await writeFile(join(BENCH, 'RESULTS.md'), render(results));
-  log(`wrote bench/results.json and bench/RESULTS.md in ${results.duration_s} s`);
+  log(`wrote bench/results.json, bench/RESULTS.md and bench/charts/ in ${results.duration_s} s`);
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

@@ -9,6 +9,29 @@ const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 const load = (lib) => import(`/bench/dist/${lib}.js`);
 const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 
+/**
+ * Samples the page's used JS heap (performance.memory, precise with Chromium's
+ * --enable-precise-memory-info) and, for Tidemark, the wasm linear memory, every 10 ms and at
+ * start and stop; `stop()` returns the peaks in bytes. The samples run between awaited
+ * IndexedDB requests, so a peak between two samples can be missed by up to 10 ms of
+ * allocation: a floor, the same for every library.
+ */
+function memorySampler(A) {
+  const heap = () => performance.memory?.usedJSHeapSize ?? NaN;
+  const wasm = () => A.wasmMemoryBytes?.() ?? 0;
+  let peakHeap = heap();
+  let peakWasm = wasm();
+  const sample = () => { peakHeap = Math.max(peakHeap, heap()); peakWasm = Math.max(peakWasm, wasm()); };
+  const timer = setInterval(sample, 10);
+  return {
+    stop() {
+      sample();
+      clearInterval(timer);
+      return { heap_peak_bytes: peakHeap, wasm_memory_bytes: peakWasm };
+    },
+  };
+}
+
 function expectRange(rows, what) {
   if (!Array.isArray(rows) || rows.length !== 1000) throw new Error(`${what} returned ${rows?.length} rows, not 1000`);
 }
@@ -17,6 +40,7 @@ function expectRange(rows, what) {
 async function write(lib, name) {
   const A = await load(lib);
   await A.destroy(name).catch(() => {});
+  const mem = memorySampler(A);
   const db = await A.open(name);
   const batches = [];
   for (let b = 0; b < N / BATCH; b++) batches.push(A.prepare(Array.from({ length: BATCH }, (_, i) => doc(b * BATCH + i))));
@@ -40,13 +64,15 @@ async function write(lib, name) {
   if (A.settle) await A.settle(db);
   const settle = now() - t;
   await A.close(db);
-  return { settle_ms: settle, w1_ms: w1, w1_docs_per_s: N / (w1 / 1000), w3_first_ms: w3First, w3_ms: each.reduce((a, b) => a + b) / each.length };
+  const m = mem.stop();
+  return { ...m, settle_ms: settle, w1_ms: w1, w1_docs_per_s: N / (w1 / 1000), w3_first_ms: w3First, w3_ms: each.reduce((a, b) => a + b) / each.length };
 }
 
 /** After a reload: cold open (load the library, open, first query), then W4 and W2. */
 async function read(lib, name) {
   const t0 = now();
   const A = await load(lib);
+  const mem = memorySampler(A);
   if (A.init) await A.init();
   const t1 = now();
   const db = await A.open(name);
@@ -69,7 +95,8 @@ async function read(lib, name) {
   const w2Total = now() - t2;
   times.sort((a, b) => a - b);
   await A.close(db);
-  return { cold_open_ms: cold, cold_load_ms: t1 - t0, w4_ms: w4, w2_p50_ms: pct(times, 0.5), w2_p95_ms: pct(times, 0.95), w2_total_ms: w2Total };
+  const m = mem.stop();
+  return { read_heap_peak_bytes: m.heap_peak_bytes, read_wasm_memory_bytes: m.wasm_memory_bytes, cold_open_ms: cold, cold_load_ms: t1 - t0, w4_ms: w4, w2_p50_ms: pct(times, 0.5), w2_p95_ms: pct(times, 0.95), w2_total_ms: w2Total };
 }
 
 async function destroy(lib, name) {
@@ -138,6 +165,57 @@ async function syncRun(url, library, run) {
   await db.close();
   await T.deleteReplica(name);
   return { initial_sync_ms: initial, catch_up_ms: catchUp, initial_reports: initialReports, catch_up_reports: catchReports, progress: marks };
+}
+
+/**
+ * The physical limit for syncing 10,000 documents (DESIGN §10): raw IndexedDB writing the
+ * same documents into a fresh database (the same object store and two indexes as the raw
+ * adapter), one readwrite transaction per 1,000 as a well-written raw app would, timed from
+ * opening (creating) the database to the last transaction's commit. Tidemark's initial sync
+ * and reset + migrate are divided by this, measured in the same run.
+ */
+async function rawLimit(name) {
+  const R = await load('raw');
+  await R.destroy(name).catch(() => {});
+  const batches = [];
+  for (let b = 0; b < N / BATCH; b++) batches.push(Array.from({ length: BATCH }, (_, i) => doc(b * BATCH + i)));
+  const t = now();
+  const db = await R.open(name);
+  const opened = now() - t;
+  for (const batch of batches) await R.putBatch(db, batch);
+  const ms = now() - t;
+  expectRange(await R.range(db, 'k0', ...RANGE), 'raw limit query');
+  await R.close(db);
+  await R.destroy(name);
+  return { limit_ms: ms, open_ms: opened };
+}
+
+/**
+ * PouchDB replication from a CouchDB-API server (pouchdb-server): a fresh browser PouchDB
+ * replicates the server's 10,000 documents to completion, then a get of the last document
+ * proves they are readable (`replicate_ms`, the time Tidemark's initial sync is compared
+ * with). batch_size 1,000 (PouchDB's default is 100): the chunk size Tidemark's snapshot
+ * uses, and faster for PouchDB than its default. Then, timed separately, the first indexed query a W3-style read needs: creating the
+ * [kind, n] index and finding 1,000 documents on it (`index_query_ms`).
+ */
+async function pouchReplicate(remote, name) {
+  const P = await load('pouchdb');
+  await P.destroy(name).catch(() => {});
+  let t = now();
+  const local = new P.PouchDB(name, { auto_compaction: false });
+  const r = await P.PouchDB.replicate(remote, local, { batch_size: BATCH });
+  if (!r.ok || r.docs_written !== N) throw new Error(`PouchDB replication: ok ${r.ok}, ${r.docs_written} documents written, not ${N}`);
+  const last = await local.get(id(N - 1));
+  const replicate = now() - t;
+  if (last.title !== doc(N - 1).title) throw new Error(`PouchDB replication: ${id(N - 1)} has title ${last.title}`);
+  t = now();
+  await local.createIndex({ index: { fields: ['kind', 'n'], ddoc: 'kindN', name: 'kindN' } });
+  expectRange(await P.range(local, 'k0', ...RANGE), 'PouchDB replicated query');
+  const query = now() - t;
+  const info = await local.info();
+  await local.destroy();
+  if (info.doc_count < N) throw new Error(`PouchDB replication: ${info.doc_count} documents, not ${N}`);
+  return { replicate_ms: replicate, index_query_ms: query, docs_read: r.docs_read, docs_written: r.docs_written };
 }
 
 // Reset + migrate (DESIGN §6): the server holds data written under schema version 1; a
@@ -237,5 +315,5 @@ async function pokePut(i) {
   return t;
 }
 
-window.bench = { write, read, destroy, syncSeed, syncRun, migrateProbe, migrateSeed, migrateRun, pokeOpen, pokePut };
+window.bench = { write, read, destroy, rawLimit, pouchReplicate, syncSeed, syncRun, migrateProbe, migrateSeed, migrateRun, pokeOpen, pokePut };
 window.ready = true;

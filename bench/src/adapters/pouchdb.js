@@ -5,6 +5,9 @@ import find from 'pouchdb-find';
 
 PouchDB.plugin(find);
 
+/** The constructor itself, for the replication benchmark (PouchDB.replicate). */
+export { PouchDB };
+
 export const label = 'PouchDB';
 export const version = PouchDB.version;
 
