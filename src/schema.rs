@@ -30,6 +30,21 @@ pub struct Collection {
     /// version (a declarative change that needs no migration function).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub defaults: Map<String, Value>,
+    /// `indexes` with their paths parsed, built on first use: every written document's
+    /// index keys need them, and parsing them per document showed up in write profiles.
+    #[serde(skip)]
+    parsed: ParsedIndexes,
+}
+
+/// The parsed form of a collection's indexes, a cache that never takes part in equality
+/// (two collections with the same declaration are equal whether or not either parsed).
+#[derive(Clone, Debug, Default)]
+struct ParsedIndexes(std::sync::OnceLock<Vec<Index>>);
+
+impl PartialEq for ParsedIndexes {
+    fn eq(&self, _: &ParsedIndexes) -> bool {
+        true
+    }
 }
 
 /// An index over one field (`'done'`) or several (`['list', 'createdAt']`).
@@ -109,15 +124,17 @@ impl Schema {
 }
 
 impl Collection {
-    /// The validated indexes, in name order.
-    pub fn index_list(&self) -> Vec<Index> {
-        self.indexes
-            .iter()
-            .map(|(name, f)| Index {
-                name: name.clone(),
-                fields: f.fields().into_iter().map(|p| Path::parse(p).expect("validated")).collect(),
-            })
-            .collect()
+    /// The validated indexes, in name order (parsed once per collection).
+    pub fn index_list(&self) -> &[Index] {
+        self.parsed.0.get_or_init(|| {
+            self.indexes
+                .iter()
+                .map(|(name, f)| Index {
+                    name: name.clone(),
+                    fields: f.fields().into_iter().map(|p| Path::parse(p).expect("validated")).collect(),
+                })
+                .collect()
+        })
     }
 }
 

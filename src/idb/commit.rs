@@ -64,7 +64,7 @@ where
     // The peers store is always in scope: any commit may move a sync point.
     let mut scope = vec![META.to_string(), LOG.to_string(), PEERS.to_string()];
     scope.extend(collections.iter().map(|c| collection_store(c)));
-    let indexes: Vec<Vec<Index>> = collections.iter().map(|c| schema.collection(c).map(|c| c.index_list()).unwrap_or_default()).collect();
+    let indexes: Vec<&[Index]> = collections.iter().map(|c| schema.collection(c).map_or(&[][..], |c| c.index_list())).collect();
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
@@ -91,7 +91,7 @@ where
             Vec::new()
         } else {
             let records: Vec<Option<codec::DocIn>> = codec::from_js(&found)?;
-            let indexes_of = |(c, _): &DocKey| &indexes[slot(c).expect("scope holds every key's collection")];
+            let indexes_of = |(c, _): &DocKey| indexes[slot(c).expect("scope holds every key's collection")];
             records.into_iter().zip(keys).map(|(d, key)| d.map(|d| d.into_stored(indexes_of(key))).transpose()).collect::<Result<_, _>>()?
         };
 
@@ -101,7 +101,7 @@ where
         commit.check(loaded_head.as_ref())?;
 
         let batch = Batch {
-            docs: commit.docs.iter().map(|(c, d)| codec::DocOut::new(d, slot(c).map_or(&[][..], |i| &indexes[i]))).collect::<Result<_, _>>()?,
+            docs: commit.docs.iter().map(|(c, d)| codec::DocOut::new(d, slot(c).map_or(&[][..], |i| indexes[i]))).collect::<Result<_, _>>()?,
             log: (!commit.rows.is_empty()).then_some(LogValue { rows: &commit.rows }),
             peers: commit.peers.iter().map(|(_, p)| p).collect(),
             head: commit.head.as_ref(),

@@ -111,7 +111,7 @@ pub fn has_layout(db: &Database, schema: &Schema) -> Result<bool, StoreError> {
         if store.key_path() != Some(KeyPath::One("id".to_string())) {
             return Ok(false);
         }
-        let mut want: Vec<(String, String)> = c.index_list().into_iter().map(|i| (index_key_path(&i.name), i.name)).collect();
+        let mut want: Vec<(String, String)> = c.index_list().iter().map(|i| (index_key_path(&i.name), i.name.clone())).collect();
         want.sort();
         let mut have = Vec::new();
         for index in store.index_names() {

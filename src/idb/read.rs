@@ -301,7 +301,7 @@ pub async fn docs_after(db: &Database, schema: &Schema, after: Option<&(String, 
         let records: Vec<codec::DocIn> = codec::from_js(&records)?;
         let indexes = collection.index_list();
         for record in records {
-            out.push((name.clone(), record.into_stored(&indexes)?));
+            out.push((name.clone(), record.into_stored(indexes)?));
         }
     }
     Ok(out)
