@@ -384,7 +384,9 @@ impl<S: Store> Replica<S> {
         Ok((coll, Query::parse(query)?.plan(coll)))
     }
 
-    fn query_collection(&self, collection: &str) -> Result<&Collection, QueryError> {
+    /// The current schema's collection `collection`, or `UNKNOWN_COLLECTION`: what every
+    /// read checks first.
+    pub fn query_collection(&self, collection: &str) -> Result<&Collection, QueryError> {
         self.schema().and_then(|s| s.collection(collection)).ok_or_else(|| QueryError::UnknownCollection(collection.to_string()))
     }
 }

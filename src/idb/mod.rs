@@ -244,6 +244,15 @@ impl IdbStore {
         Ok(self.db.borrow().clone())
     }
 
+    /// The app-visible document at `id` (`None`: absent, deleted, or a collection this
+    /// store does not keep), straight from its record: what `get` in the JS API returns.
+    pub async fn get_visible(&self, collection: &str, id: &str) -> Result<Option<JsValue>, StoreError> {
+        if self.schema.collection(collection).is_none() {
+            return Ok(None);
+        }
+        read::get_visible(&self.db().await?, collection, id).await
+    }
+
     fn knows(&self, collection: &str) -> bool {
         self.schema.collections.contains_key(collection)
     }

@@ -60,6 +60,13 @@ pub async fn get(db: &Database, collection: &str, indexes: &[Index], id: &str) -
     get_record(db, &collection_store(collection), JsValue::from_str(id)).await?.map(|v| codec::stored_doc(&v, indexes)).transpose()
 }
 
+/// The app-visible document at `id` as IndexedDB hands it back (`None`: absent or a
+/// tombstone): the stored record's `d`, with no decoding of the merge state and no JSON
+/// round trip, as queries return it.
+pub async fn get_visible(db: &Database, collection: &str, id: &str) -> Result<Option<JsValue>, StoreError> {
+    Ok(get_record(db, &collection_store(collection), JsValue::from_str(id)).await?.and_then(|v| codec::doc_of(&v)))
+}
+
 /// The IDBKeyRange for an index scan over the string form of the bounds (see `keys`);
 /// `Ok(None)` when the bounds admit no key at all (IndexedDB would throw where the
 /// in-memory store simply finds nothing).

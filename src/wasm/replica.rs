@@ -181,7 +181,8 @@ impl JsReplica {
     pub fn get(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
         match (to_string(&collection, "collection"), to_string(&id, "id")) {
             (Ok(c), Ok(id)) => run(&self.inner, |r| async move {
-                Ok(r.get(&c, &id).await?.and_then(|d| d.doc).map(|d| to_js(&d)).unwrap_or(JsValue::UNDEFINED))
+                r.query_collection(&c)?;
+                Ok(r.store().get_visible(&c, &id).await?.unwrap_or(JsValue::UNDEFINED))
             }),
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
