@@ -21,7 +21,9 @@ use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::{Extension, Router};
+use tower::Layer;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -39,9 +41,9 @@ pub async fn serve(listener: TcpListener, router: Router, header_timeout: Durati
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let mut shutdown = pin!(shutdown);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::debug!(error = %e, "accept failed");
@@ -56,7 +58,8 @@ pub async fn serve(listener: TcpListener, router: Router, header_timeout: Durati
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
+        // Requests carry the remote address (`ConnectInfo`), as `axum::serve` gives them.
+        let service = TowerToHyperService::new(Extension(ConnectInfo(remote)).layer(router.clone()));
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let mut builder = http1::Builder::new();
