@@ -1,13 +1,16 @@
 //! The `/v1/sync` WebSocket endpoint: the handshake, then the engine's `serve()`.
 //!
 //! A connection must open with `hello` within the hello timeout. The server checks the
-//! library name, the client's db id and (with a secret) the token, opens the library,
-//! answers `welcome` and hands the socket to `tidemark::sync::drive::serve`, which runs
-//! every pass with the engine's own rules. Any refusal — bad frame, bad message, wrong
-//! order, wrong library, bad token — is answered with one protocol `error` message and a
-//! close frame. Nothing from the network is trusted enough to panic on, and nothing is
-//! stored before the engine has validated it (it commits each batch atomically with the
-//! point it justifies, so a connection cut anywhere leaves consistent data).
+//! library name, the client's db id and (with a secret) the token, counts the connection
+//! against the client's quota (`quota`), opens the library, binds the db id to the token's
+//! user (with a secret: another user's connection with it is refused), answers `welcome`
+//! and hands the socket to `tidemark::sync::drive::serve`, which runs every pass with the
+//! engine's own rules. Any refusal — bad frame, bad message, wrong order, wrong library,
+//! bad token, a quota — is answered with one protocol `error` message and a close frame
+//! whose code says whose fault it was (`close_for`: 1011 when the server failed). Nothing
+//! from the network is trusted enough to panic on, and nothing is stored before the engine
+//! has validated it (it commits each batch atomically with the point it justifies, so a
+//! connection cut anywhere leaves consistent data).
 
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;

@@ -70,7 +70,7 @@ async fn a_full_disk_is_reported_as_disk_full_and_loses_nothing() {
     assert_eq!(code(round(&c, &server, Limits::default(), None).await), "DISK_FULL");
     // On the wire: the error, then a close that says the server failed (1011), not that
     // the client broke the protocol (1002).
-    let rows = (1..=20).map(|n| raw_row("feedfacecafe0001", n, &format!("raw{n}"), serde_json::json!({"pad": big}))).collect();
+    let rows = (1..=400).map(|n| raw_row("feedfacecafe0001", n, &format!("raw{n}"), serde_json::json!({"pad": big}))).collect();
     assert_eq!(raw_ending(&server, push_frames("feedfacecafe0001", None, rows)).await, Ending::new("DISK_FULL", 1011));
     assert!(server.healthy() || server.get("/healthz", None).0 == 503, "healthz answers");
     assert_eq!(server.max_row(LIB, None), 50, "nothing half-written");
