@@ -218,6 +218,8 @@ pub const CODES: &[&str] = &[
     "INTERNAL",
     "DISK_FULL",
     "SYNC_TOKEN_EXPIRED",
+    "TOO_MANY_CONNECTIONS",
+    "RATE_LIMITED",
 ];
 
 #[cfg(test)]

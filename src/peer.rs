@@ -58,6 +58,16 @@ pub struct PeerRecord {
     /// stamp half of its per-origin mark (see the module doc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest: Option<Stamp>,
+    /// Server bookkeeping, absent elsewhere: on a server that checks tokens, the user the
+    /// peer's db id is bound to (only that user's connections may use it: origins are bound
+    /// to identity, DESIGN §5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Server bookkeeping, absent elsewhere: when the record was last written (ms since the
+    /// epoch), for pruning by a size policy. Losing a record costs only a re-send or a
+    /// snapshot (no session in common means starting from the beginning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<u64>,
 }
 
 /// Most marks a preflight answer carries, and accepts (DESIGN §5: bounded metadata).

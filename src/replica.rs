@@ -261,6 +261,15 @@ impl<S: Store> Replica<S> {
         std::mem::take(&mut self.quarantine.lock().expect("quarantine lock").1)
     }
 
+    /// Drops peers from the status cache once their records are gone from the store (a
+    /// server prunes records by a size policy; the cache must not outgrow the store).
+    pub fn forget_peers(&self, ids: &[String]) {
+        let mut known = self.known.lock().expect("status lock");
+        for id in ids {
+            known.peers.remove(id);
+        }
+    }
+
     /// Re-reads the peer records and counts the local rows no peer has acknowledged.
     pub async fn refresh_status(&self) -> Result<(), Error> {
         let peers = self.store.peers().await?;

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use tidemark::sync::Limits;
 
-use crate::library::{Registry, Storage};
+use crate::library::{PeerPolicy, Registry, Storage};
+use crate::quota::{Book, Quotas};
 use crate::peers::{Board, Timing};
 use crate::upstream::PeerUrl;
 
@@ -45,6 +46,10 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// Libraries on PostgreSQL instead of SQLite files (`--postgres URL --instance NAME`).
     pub postgres: Option<crate::postgres::Settings>,
+    /// Connections, passes and snapshots per client (`quota`).
+    pub quotas: Quotas,
+    /// How many peer records each library keeps, and for how long (`library`).
+    pub peer_policy: PeerPolicy,
 }
 
 impl Settings {
@@ -65,6 +70,8 @@ impl Settings {
             postgres: None,
             max_clock_skew: Duration::from_millis(tidemark::limits::DEFAULT_MAX_CLOCK_SKEW_MS),
             header_timeout: Duration::from_secs(10),
+            quotas: Quotas::default(),
+            peer_policy: PeerPolicy::default(),
         }
     }
 }
@@ -77,6 +84,8 @@ pub struct App {
     pub board: Board,
     /// What each foreign-store gateway last saw (`GET /v1/foreign`).
     pub foreign: crate::foreign::Board,
+    /// Open connections and rate allowances per client.
+    pub quotas: std::sync::Arc<Book>,
 }
 
 impl App {
@@ -98,7 +107,8 @@ impl App {
 
     fn with(settings: Settings, registry: Registry) -> App {
         let board = Board::new(&settings.peers);
-        let registry = registry.with_max_clock_skew(settings.max_clock_skew.as_millis().min(u64::MAX as u128) as u64);
-        App { settings, registry, board, foreign: crate::foreign::Board::default() }
+        let registry = registry.with_max_clock_skew(settings.max_clock_skew.as_millis().min(u64::MAX as u128) as u64).with_peer_policy(settings.peer_policy);
+        let quotas = std::sync::Arc::new(Book::new(settings.quotas));
+        App { settings, registry, board, foreign: crate::foreign::Board::default(), quotas }
     }
 }

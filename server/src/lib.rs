@@ -6,7 +6,7 @@
 //! the `tidemark` engine — this crate only adds durable storage (`sqlite`), the network
 //! (`http`, `ws`, `socket`), access control (`auth`), the library registry (`library`) and
 //! replication with other servers (`peers`, over `upstream` connections, with `listing`
-//! to learn which libraries a peer holds), and gateways to foreign stores (`foreign`:
+//! to learn which libraries a peer holds), per-client quotas (`quota`), and gateways to foreign stores (`foreign`:
 //! CouchDB and plain REST APIs, DESIGN §11).
 
 pub mod app;
@@ -18,6 +18,7 @@ pub mod listen;
 pub mod listing;
 pub mod peers;
 pub mod postgres;
+pub mod quota;
 pub mod socket;
 pub mod sqlite;
 pub mod upstream;

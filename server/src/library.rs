@@ -17,11 +17,19 @@
 //! after a local commit that logged rows, and — on PostgreSQL — whenever the persisted-up-to
 //! position moves because any instance's rows finished. That is where connected clients get
 //! woken (poked) from.
+//!
+//! Peer records are pruned by a size policy (`PeerPolicy`, DESIGN §5 "Bounded metadata"):
+//! every record written is stamped with the time (`PeerRecord::seen`); records not written
+//! for `max_age` go, and beyond `max_peers` per library the least recently written go. A
+//! pruned peer loses only what the record made cheap: with no session in common, its next
+//! push starts from the beginning (merging is idempotent) and its next pull may be a
+//! snapshot — never a lost or skipped row. Pruning runs when a library opens and then
+//! every `PRUNE_EVERY`; the tables a pass forwards are capped by the engine meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -54,6 +62,9 @@ impl LibraryError {
         match self {
             LibraryError::InvalidName(_) => "BAD_LIBRARY",
             LibraryError::NotFound(_) => "UNKNOWN_LIBRARY",
+            // A full disk or a damaged file keeps its own code; any other failure to open
+            // is the storage's.
+            LibraryError::Open { source, .. } if matches!(source.code(), "DISK_FULL" | "CORRUPT") => source.code(),
             LibraryError::Open { .. } => "STORAGE_ERROR",
         }
     }
@@ -120,6 +131,88 @@ impl LibraryStore {
     }
 }
 
+impl LibraryStore {
+    /// Binds the db id `db_id` to `user` (origins are bound to identity, DESIGN §5): the
+    /// first user to connect with a db id owns it from then on. Returns the other user it
+    /// belongs to, if it does (the connection must be refused: its pushes would pass off
+    /// ops as another user's replica's, which echo suppression then hides from it).
+    pub async fn bind(&self, db_id: &str, user: &str) -> Result<Option<String>, Error> {
+        let mut other = None;
+        let ids = [db_id.to_string()];
+        self.commit(&[], &ids, |loaded| {
+            let rec = loaded.peers.into_iter().next().flatten();
+            match rec {
+                Some(r) if r.owner.as_deref() == Some(user) => Ok(Commit::default()),
+                Some(r) if r.owner.is_some() => {
+                    other = r.owner;
+                    Ok(Commit::default())
+                }
+                r => {
+                    let mut r = r.unwrap_or_else(PeerRecord::new);
+                    r.owner = Some(user.to_string());
+                    Ok(Commit { peers: vec![(db_id.to_string(), r)], ..Commit::default() })
+                }
+            }
+        })
+        .await?;
+        Ok(other)
+    }
+
+    /// Removes the peer records `policy` prunes (see the module doc); returns their ids.
+    /// A record written meanwhile is kept (each removal is conditional on the record read).
+    pub async fn prune(&self, policy: &PeerPolicy, now: u64) -> Result<Vec<String>, StoreError> {
+        let peers = self.peers().await?;
+        let gone = policy.to_forget(&peers, now);
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let rows = gone
+            .iter()
+            .filter_map(|id| Some((id.clone(), serde_json::to_string(peers.get(id)?).ok()?)))
+            .collect::<Vec<_>>();
+        match &self.backend {
+            Backend::Sqlite(s) => s.forget_peers(rows).await?,
+            Backend::Postgres(s) => s.forget_peers(rows).await?,
+        };
+        Ok(gone)
+    }
+}
+
+/// How many peer records a library keeps, and for how long (`--max-peers`,
+/// `--peer-max-age`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerPolicy {
+    pub max_peers: usize,
+    pub max_age: Duration,
+}
+
+impl Default for PeerPolicy {
+    fn default() -> PeerPolicy {
+        PeerPolicy { max_peers: tidemark::limits::MAX_TABLE_ENTRIES, max_age: Duration::from_secs(90 * 24 * 3600) }
+    }
+}
+
+/// How often open libraries are pruned.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(5);
+
+impl PeerPolicy {
+    /// The records to remove at `now` (ms): those not written for `max_age`, then the
+    /// least recently written beyond `max_peers`. A record never stamped (written by an
+    /// older server) never ages out, but is the first to go when there are too many.
+    pub fn to_forget(&self, peers: &BTreeMap<String, PeerRecord>, now: u64) -> Vec<String> {
+        let max_age = self.max_age.as_millis().min(u64::MAX as u128) as u64;
+        let mut by_age: Vec<(Option<u64>, &String)> = peers.iter().map(|(id, r)| (r.seen, id)).collect();
+        // Newest first; ties by id so the choice is stable.
+        by_age.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        by_age
+            .iter()
+            .enumerate()
+            .filter(|(i, (seen, _))| *i >= self.max_peers || seen.is_some_and(|t| now.saturating_sub(t) > max_age))
+            .map(|(_, (_, id))| (*id).clone())
+            .collect()
+    }
+}
+
 macro_rules! each {
     ($self:expr, $s:ident => $e:expr) => {
         match &$self.backend {
@@ -144,6 +237,15 @@ impl Store for LibraryStore {
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>,
     {
+        // Every record written is stamped with the time, for pruning (see the module doc).
+        let now = wall_clock_ms();
+        let f = move |loaded| {
+            let mut c = f(loaded)?;
+            for (_, rec) in &mut c.peers {
+                rec.seen = Some(now);
+            }
+            Ok(c)
+        };
         let commit = each!(self, s => s.commit(keys, peers, f).await)?;
         // On PostgreSQL rows become visible when the persisted-up-to position reaches them
         // (the registry's watcher reports that); on SQLite at once.
@@ -202,6 +304,8 @@ pub struct Registry {
     open: Mutex<HashMap<String, Arc<OnceCell<Arc<Library>>>>>,
     /// `maxClockSkew` of every library opened here, in ms (`--max-clock-skew`).
     max_clock_skew: u64,
+    /// How many peer records each library keeps, and for how long.
+    peer_policy: PeerPolicy,
 }
 
 impl Registry {
@@ -211,13 +315,19 @@ impl Registry {
     }
 
     pub fn with(storage: Storage) -> Registry {
-        Registry { storage, open: Mutex::new(HashMap::new()), max_clock_skew: tidemark::limits::DEFAULT_MAX_CLOCK_SKEW_MS }
+        Registry { storage, open: Mutex::new(HashMap::new()), max_clock_skew: tidemark::limits::DEFAULT_MAX_CLOCK_SKEW_MS, peer_policy: PeerPolicy::default() }
     }
 
     /// Libraries opened from now on refuse stamps further than `ms` ahead of this
     /// server's clock.
     pub fn with_max_clock_skew(mut self, ms: u64) -> Registry {
         self.max_clock_skew = ms;
+        self
+    }
+
+    /// Libraries opened from now on prune their peer records by `policy`.
+    pub fn with_peer_policy(mut self, policy: PeerPolicy) -> Registry {
+        self.peer_policy = policy;
         self
     }
 
@@ -293,12 +403,28 @@ impl Registry {
         if lib.store().as_postgres().is_some() {
             tokio::spawn(follow(lib.clone()));
         }
+        tokio::spawn(prune(name.to_string(), lib.clone(), self.peer_policy));
         Ok(lib)
     }
 }
 
 fn fail(name: &str, source: tidemark::Error) -> LibraryError {
     LibraryError::Open { name: name.to_string(), source }
+}
+
+/// Prunes the library's peer records now and every `PRUNE_EVERY` (libraries stay open).
+async fn prune(name: String, lib: Arc<Library>, policy: PeerPolicy) {
+    loop {
+        match lib.store().prune(&policy, wall_clock_ms()).await {
+            Ok(gone) if !gone.is_empty() => {
+                lib.forget_peers(&gone);
+                tracing::info!(library = name, pruned = gone.len(), "pruned peer records");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(library = name, error = %e, "could not prune peer records"),
+        }
+        tokio::time::sleep(PRUNE_EVERY).await;
+    }
 }
 
 /// On PostgreSQL: follows the library's persisted-up-to position, which moves when any
@@ -323,7 +449,22 @@ async fn follow(lib: Arc<Library>) {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_name;
+    use super::*;
+
+    #[test]
+    fn the_policy_forgets_the_old_then_the_least_recent() {
+        let rec = |seen: Option<u64>| PeerRecord { seen, ..PeerRecord::new() };
+        let peers: BTreeMap<String, PeerRecord> =
+            [("a", Some(1_000)), ("b", Some(9_000)), ("c", Some(8_000)), ("d", None), ("e", Some(7_000))].into_iter().map(|(k, s)| (k.to_string(), rec(s))).collect();
+        let policy = PeerPolicy { max_peers: 3, max_age: Duration::from_secs(5) };
+        // At 10 s: b, c, e are the newest three; a is also 9 s old (over 5 s); d, never
+        // stamped, is the least recent.
+        assert_eq!(policy.to_forget(&peers, 10_000), vec!["a".to_string(), "d".to_string()]);
+        let few = PeerPolicy { max_peers: 10, max_age: Duration::from_secs(5) };
+        assert_eq!(few.to_forget(&peers, 10_000), vec!["a".to_string()], "an unstamped record never ages out");
+        let roomy = PeerPolicy { max_peers: 10, max_age: Duration::from_secs(3600) };
+        assert!(roomy.to_forget(&peers, 10_000).is_empty());
+    }
 
     #[test]
     fn names() {

@@ -102,6 +102,24 @@ struct Serve {
     /// Seconds a connection has to send a request's headers before it is closed.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout: u64,
+    /// Most sync connections one client holds at once (0: no limit). A client is the
+    /// token's user with --secret, else the remote IP address (on loopback: the replica's
+    /// db id).
+    #[arg(long, default_value_t = 64)]
+    max_client_connections: usize,
+    /// Most passes (push or pull) the server runs for one client per minute (0: no limit).
+    #[arg(long, default_value_t = 3_000)]
+    max_client_passes: u32,
+    /// Most snapshots the server sends one client per minute (0: no limit).
+    #[arg(long, default_value_t = 10)]
+    max_client_snapshots: u32,
+    /// Most peer records (sync points of clients and servers) a library keeps; beyond it
+    /// the least recently written are pruned.
+    #[arg(long, default_value_t = tidemark::limits::MAX_TABLE_ENTRIES as u64, value_parser = clap::value_parser!(u64).range(1..=tidemark::limits::MAX_TABLE_ENTRIES as u64))]
+    max_peers: u64,
+    /// Seconds after which a peer record not written since is pruned (default 90 days).
+    #[arg(long, default_value_t = 90 * 24 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    peer_max_age: u64,
     /// Secret to sign the tokens presented to peers (default: --secret).
     #[arg(long, env = "TIDEMARK_PEER_SECRET", hide_env_values = true)]
     peer_secret: Option<String>,
@@ -185,6 +203,12 @@ fn serve(args: Serve) -> ExitCode {
         postgres,
         max_clock_skew: Duration::from_secs(args.max_clock_skew),
         header_timeout: Duration::from_secs(args.header_timeout),
+        quotas: tidemark_server::quota::Quotas {
+            connections: args.max_client_connections,
+            passes_per_minute: args.max_client_passes,
+            snapshots_per_minute: args.max_client_snapshots,
+        },
+        peer_policy: tidemark_server::library::PeerPolicy { max_peers: args.max_peers as usize, max_age: Duration::from_secs(args.peer_max_age) },
     };
     if settings.postgres.is_none() {
         if let Err(e) = std::fs::create_dir_all(&settings.data) {

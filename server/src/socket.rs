@@ -16,6 +16,9 @@ use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket};
 use tidemark::error::SyncError;
 use tidemark::sync::{Message, Transport};
 
+use crate::quota::{Book, Refusal};
+use std::sync::Arc;
+
 /// Why the transport failed, as a protocol error to send back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fault {
@@ -30,16 +33,20 @@ pub struct WsTransport {
     last_heard: Instant,
     /// When the last WebSocket ping went out.
     last_ping: Option<Instant>,
-    /// Set when a `Message::Error` went out (the engine refused something itself), so the
-    /// connection does not send a second error.
-    pub refused: bool,
+    /// The code of the `Message::Error` that went out, if one did (the engine refused
+    /// something itself), so the connection sends no second error and closes with the
+    /// close code that goes with it.
+    pub refused: Option<String>,
     /// The last transport-level fault, if any.
     pub fault: Option<Fault>,
+    /// The client's pass and snapshot allowances, when it has any (`quota`): each `start`
+    /// it sends spends a pass, each snapshot the server begins to send it spends a snapshot.
+    pub quota: Option<(Arc<Book>, String)>,
 }
 
 impl WsTransport {
     pub fn new(socket: WebSocket, max_frame: usize, idle: Duration) -> WsTransport {
-        WsTransport { socket, max_frame, idle, last_heard: Instant::now(), last_ping: None, refused: false, fault: None }
+        WsTransport { socket, max_frame, idle, last_heard: Instant::now(), last_ping: None, refused: None, fault: None, quota: None }
     }
 
     fn protocol(&mut self, code: &'static str, message: String) -> SyncError {
@@ -68,6 +75,18 @@ impl WsTransport {
         .await;
     }
 
+    /// Spends one of the client's allowances on `msg` if it costs one (a `start` it sent,
+    /// a snapshot about to be sent to it); over the allowance, a fault to answer with.
+    fn spend(&mut self, msg: &Message) -> Result<(), SyncError> {
+        let Some((book, key)) = &self.quota else { return Ok(()) };
+        let spent = match msg {
+            Message::Start { .. } => book.pass(key),
+            Message::Begin { snapshot: true, .. } => book.snapshot(key),
+            _ => Ok(()),
+        };
+        spent.map_err(|Refusal { code, message }| self.protocol(code, message))
+    }
+
     /// Maps a socket error to a transport error, recognizing the ones worth answering.
     fn socket_error(&mut self, e: axum::Error) -> SyncError {
         let text = e.to_string();
@@ -84,9 +103,10 @@ impl WsTransport {
 
 impl Transport for WsTransport {
     async fn send(&mut self, msg: &Message) -> Result<(), SyncError> {
-        if matches!(msg, Message::Error { .. }) {
-            self.refused = true;
+        if let Message::Error { code, .. } = msg {
+            self.refused = Some(code.clone());
         }
+        self.spend(msg)?;
         match tokio::time::timeout(self.idle, self.socket.send(Frame::Text(msg.encode().into()))).await {
             Err(_) => Err(SyncError::Connection(format!("the client read nothing for {} s", self.idle.as_secs()))),
             Ok(r) => r.map_err(|e| SyncError::Connection(e.to_string())),
@@ -122,7 +142,9 @@ impl Transport for WsTransport {
                         let m = format!("a frame of {} bytes is over the limit of {} bytes", text.len(), self.max_frame);
                         return Err(self.protocol("FRAME_TOO_LARGE", m));
                     }
-                    return Message::decode(text.as_str()).map_err(|m| self.protocol("SYNC_PROTOCOL", m));
+                    let msg = Message::decode(text.as_str()).map_err(|m| self.protocol("SYNC_PROTOCOL", m))?;
+                    self.spend(&msg)?;
+                    return Ok(msg);
                 }
                 Frame::Binary(_) => {
                     return Err(self.protocol("SYNC_PROTOCOL", "binary frames are not part of the protocol: send JSON text frames".into()))

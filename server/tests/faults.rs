@@ -68,6 +68,10 @@ async fn a_full_disk_is_reported_as_disk_full_and_loses_nothing() {
         .collect();
     c.write(writes).await.unwrap();
     assert_eq!(code(round(&c, &server, Limits::default(), None).await), "DISK_FULL");
+    // On the wire: the error, then a close that says the server failed (1011), not that
+    // the client broke the protocol (1002).
+    let rows = (1..=400).map(|n| raw_row("feedfacecafe0001", n, &format!("raw{n}"), serde_json::json!({"pad": big}))).collect();
+    assert_eq!(raw_ending(&server, push_frames("feedfacecafe0001", None, rows)).await, Ending::new("DISK_FULL", 1011));
     assert!(server.healthy() || server.get("/healthz", None).0 == 503, "healthz answers");
     assert_eq!(server.max_row(LIB, None), 50, "nothing half-written");
     // Space comes back: the same client pushes everything.
@@ -92,6 +96,7 @@ async fn a_read_only_data_dir_fails_health_and_writes_with_storage_error() {
     let c = client().await;
     put_all(&c, (0..10).map(|i| format!("a{i}")), 1).await;
     assert_eq!(code(round(&c, &server, Limits::default(), None).await), "STORAGE_ERROR");
+    assert_eq!(raw_ending(&server, vec![raw_hello("feedfacecafe0001", None)]).await, Ending::new("STORAGE_ERROR", 1011), "a server fault closes with 1011");
     assert!(server.is_running());
     // The directory becomes writable: the server serves at once.
     fs.remount("rw");

@@ -2,7 +2,8 @@
 //! native clients on each: they converge with nothing lost or duplicated; a paused instance
 //! holding allocated rows never makes a client elsewhere skip them; an instance killed
 //! mid-write loses nothing once restarted; a client of an idle instance sees another
-//! instance's write; a fourth instance joins without moving anyone backwards.
+//! instance's write; a fourth instance joins without moving anyone backwards; db id owners
+//! and peer-record pruning are shared by the instances.
 //!
 //! Each test gets a database of its own on the test run's private cluster. Deadlines are
 //! generous correctness bounds, never timing claims.
@@ -403,4 +404,39 @@ async fn a_fourth_instance_joins_without_moving_anyone_backwards() {
     for s in &servers {
         until("every instance serves the newcomer's rows", &client().await, s, |docs| docs.len() == 160).await;
     }
+}
+
+/// On PostgreSQL, the server's bookkeeping in peer records is shared by the instances: a
+/// db id bound to one user through one instance is refused to another user on another
+/// instance, and peer records are pruned to `--max-peers` (by whichever instance prunes
+/// first) while every row stays stored once and a pruned client starts over safely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_share_db_id_owners_and_prune_peer_records() {
+    let db = db().await;
+    let secret = "s3cret";
+    let token = |user: &str| tidemark_server::auth::issue(secret.as_bytes(), &tidemark_server::auth::Claims { library: LIB.into(), user: user.into(), exp: None });
+    let start = |name: &str| Server::start(&db.dir.path().join(name), &["--postgres", &db.url, "--instance", name, "--secret", secret, "--max-peers", "5"]);
+    let (a, b) = (start("a"), start("b"));
+    let first = client().await;
+    first.put("docs", doc(json!({"id": "first"}))).await.unwrap();
+    sync_fully(&first, &a, Limits::default(), Some(token("alice"))).await;
+    let id = first.head().db_id;
+    let refused = round(&first, &b, Limits::default(), Some(token("eve"))).await.expect_err("eve cannot use alice's db id");
+    assert_eq!(refused.code(), "FORBIDDEN");
+    for i in 0..12 {
+        let c = client().await;
+        c.put("docs", doc(json!({"id": format!("c{i}")}))).await.unwrap();
+        let via = if i % 2 == 0 { &a } else { &b };
+        sync_fully(&c, via, Limits::default(), Some(token(&format!("user{i}")))).await;
+    }
+    let peers = |s: &Server| s.status(LIB, Some(&token("alice")))["peers"].as_object().map_or(0, |p| p.len());
+    wait_until("the records are pruned to 5", Duration::from_secs(30), async || peers(&a) <= 5).await;
+    assert!(a.status(LIB, Some(&token("alice")))["peers"].get(&id).is_none(), "the least recently written went first");
+    // Alice's record (with its owner) was pruned: her replica starts over, and gets back
+    // its binding on its next connection.
+    first.put("docs", doc(json!({"id": "second"}))).await.unwrap();
+    sync_fully(&first, &b, Limits::default(), Some(token("alice"))).await;
+    assert_eq!(docs(&first).await.len(), 14);
+    assert!(db.duplicated_ops().await.is_empty(), "a re-sent row is stored once");
+    assert_eq!(round(&first, &a, Limits::default(), Some(token("eve"))).await.expect_err("bound again").code(), "FORBIDDEN");
 }

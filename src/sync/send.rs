@@ -258,6 +258,8 @@ impl Sender {
                 let e = rec.in_history.iter().max_by_key(|e| e.row)?;
                 Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
             })
+            // A receiver refuses a longer table; a shorter one only fast-forwards less.
+            .take(crate::limits::MAX_TABLE_ENTRIES)
             .collect();
         let total = if snapshot { replica.store().doc_count().await? } else { gap };
         let begin = Message::Begin { session: self.session.clone(), start, snapshot, total };

@@ -169,6 +169,21 @@ impl PgStore {
         self.db.run(f(self.db.shared.pool.clone(), self.live().key.clone())).await.map_err(backend)
     }
 
+    /// Removes peer records, each only if it still reads exactly as given (a record a
+    /// concurrent commit changed stays); returns how many went.
+    pub async fn forget_peers(&self, gone: Vec<(String, String)>) -> Result<u64, StoreError> {
+        self.read(|pool, library| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached("DELETE FROM tidemark_peers WHERE library = $1 AND db_id = $2 AND record = $3").await?;
+            let mut n = 0;
+            for (id, record) in &gone {
+                n += client.execute(&stmt, &[&library, id, record]).await?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     /// Every stored document of a collection in UTF-16 id order (for tests that compare
     /// replicas).
     pub async fn dump(&self, collection: &str) -> Result<Vec<StoredDoc>, StoreError> {

@@ -207,6 +207,24 @@ impl SqliteStore {
         Ok(docs)
     }
 
+    /// Removes peer records, each only if it still reads exactly as given (a record a
+    /// concurrent commit changed stays); returns how many went.
+    pub async fn forget_peers(&self, gone: Vec<(String, String)>) -> Result<u64, StoreError> {
+        self.exclusive(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let mut n = 0;
+            {
+                let mut del = tx.prepare_cached("DELETE FROM peers WHERE db_id = ?1 AND record = ?2").map_err(backend)?;
+                for (id, record) in &gone {
+                    n += del.execute(params![id, record]).map_err(backend)? as u64;
+                }
+            }
+            tx.commit().map_err(backend)?;
+            Ok(n)
+        })
+        .await
+    }
+
     /// How many rows the log holds (for checks that nothing was stored twice).
     pub fn log_len(&self) -> Result<u64, StoreError> {
         let n: i64 = self.readers.with(|conn| conn.query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0)).map_err(backend))?;

@@ -432,3 +432,84 @@ pub async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A JSON protocol frame.
+pub fn json_frame(v: Value) -> Frame {
+    Frame::Text(v.to_string().into())
+}
+
+/// A raw `hello` for library `LIB` from `db_id`.
+pub fn raw_hello(db_id: &str, token: Option<&str>) -> Frame {
+    json_frame(json!({"v": 1, "type": "hello", "library": LIB, "token": token, "dbId": db_id, "schemaVersion": 1}))
+}
+
+/// Row `n` of `origin`'s log: a put of `docs/<id>` with `fields`, stamped now.
+pub fn raw_row(origin: &str, n: u64, id: &str, fields: Value) -> Value {
+    let ts = tidemark::clock::Stamp { version: 1, wall: now_ms(), counter: n as u32, node: origin.into() }.encode();
+    json!({"row": n, "op": {"origin": origin, "originRow": n, "ts": ts, "schemaVersion": 1, "collection": "docs", "id": id, "kind": "put", "fields": fields}})
+}
+
+/// The frames of a push of `rows` (rows 1..=n of `db_id`'s log) as one batch: hello,
+/// start, preflight, begin, batch.
+pub fn push_frames(db_id: &str, token: Option<&str>, rows: Vec<Value>) -> Vec<Frame> {
+    let n = rows.len();
+    vec![
+        raw_hello(db_id, token),
+        json_frame(json!({"v": 1, "type": "start", "session": "sess1", "direction": "push", "perDiff": 1000, "maxDiffs": 10})),
+        json_frame(json!({"v": 1, "type": "preflight", "session": "sess1", "dbId": db_id, "maxRow": n, "schemaVersion": 1, "sessions": []})),
+        json_frame(json!({"v": 1, "type": "begin", "session": "sess1", "start": -1, "snapshot": false})),
+        json_frame(json!({"v": 1, "type": "batch", "session": "sess1", "after": -1, "covers": n, "rows": rows})),
+    ]
+}
+
+/// How a raw connection ended: the error code the server sent (if any) and the close code
+/// of its close frame (`None`: the connection ended without one, as a reset does — 1006).
+#[derive(Debug, PartialEq)]
+pub struct Ending {
+    pub code: Option<String>,
+    pub close: Option<u16>,
+}
+
+impl Ending {
+    pub fn new(code: &str, close: u16) -> Ending {
+        Ending { code: Some(code.into()), close: Some(close) }
+    }
+}
+
+/// Reads until the server's close frame (or the end of the connection), skipping what
+/// comes before (welcome, point, acks).
+pub async fn ending(ws: &mut Ws) -> Ending {
+    let mut end = Ending { code: None, close: None };
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(Frame::Text(t)) => {
+                    if let Ok(Message::Error { code, .. }) = Message::decode(t.as_str()) {
+                        end.code.get_or_insert(code);
+                    }
+                }
+                Ok(Frame::Close(c)) => {
+                    end.close = Some(c.map_or(1005, |c| u16::from(c.code)));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server neither answered nor closed within 30 s");
+    end
+}
+
+/// Sends `frames` on a fresh connection (stopping at the first that cannot be sent) and
+/// reads how the server ended it.
+pub async fn raw_ending(server: &Server, frames: Vec<Frame>) -> Ending {
+    let mut ws = raw_ws(server).await;
+    for f in frames {
+        if ws.send(f).await.is_err() {
+            break;
+        }
+    }
+    ending(&mut ws).await
+}
