@@ -274,15 +274,7 @@ impl<S: Store> Replica<S> {
     pub async fn refresh_status(&self) -> Result<(), Error> {
         let peers = self.store.peers().await?;
         let acked = peers.values().filter(|p| !p.out_history.is_empty()).map(|p| p.outgoing).max().unwrap_or(-1);
-        let me = self.head().db_id;
-        let mut pending = 0u64;
-        let mut after = acked.max(0) as u64;
-        loop {
-            let rows = self.store.rows_after(after, 2000).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.row;
-            pending += rows.iter().filter(|r| r.from.is_none() && r.op.origin == me).count() as u64;
-        }
+        let pending = self.store.own_rows_after(acked.max(0) as u64, &self.head().db_id).await?;
         *self.known.lock().expect("status lock") = Known { peers, pending };
         Ok(())
     }

@@ -176,6 +176,19 @@ pub trait Store {
     /// Log rows with `row > after`, ascending, at most `limit`.
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError>;
 
+    /// How many rows after `after` are local writes of `origin` (logged here, not received):
+    /// the writes a replica still has to push, counted when it opens. Provided through
+    /// `rows_after`; a store whose rows are costly to decode counts them where they lie.
+    async fn own_rows_after(&self, after: u64, origin: &str) -> Result<u64, StoreError> {
+        let (mut after, mut n) = (after, 0);
+        loop {
+            let rows = self.rows_after(after, 2000).await?;
+            let Some(last) = rows.last() else { return Ok(n) };
+            after = last.row;
+            n += rows.iter().filter(|r| r.from.is_none() && r.op.origin == origin).count() as u64;
+        }
+    }
+
     /// Every peer record, by peer db id.
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError>;
 

@@ -367,4 +367,8 @@ impl Store for IdbStore {
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
         read::rows_after(&self.db().await?, after, limit).await
     }
+
+    async fn own_rows_after(&self, after: u64, origin: &str) -> Result<u64, StoreError> {
+        read::own_rows_after(&self.db().await?, after, origin).await
+    }
 }

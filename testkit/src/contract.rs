@@ -142,6 +142,10 @@ pub async fn a_commit_reads_back_exactly<S: Store>(s: &S) {
     assert_eq!(s.rows_after(0, 10).await.unwrap(), c.rows);
     assert_eq!(s.rows_after(1, 1).await.unwrap(), vec![c.rows[1].clone()], "rows_after is exclusive and limited");
     assert!(s.rows_after(3, 10).await.unwrap().is_empty());
+    // Rows 1 and 3 are local writes of n0; row 2 came from peer1 (see `row`).
+    assert_eq!(s.own_rows_after(0, "n0").await.unwrap(), 2, "own_rows_after counts local writes of the origin only");
+    assert_eq!(s.own_rows_after(1, "n0").await.unwrap(), 1, "own_rows_after is exclusive");
+    assert_eq!(s.own_rows_after(0, "someone").await.unwrap(), 0, "own_rows_after counts one origin");
     assert_eq!(s.peers().await.unwrap(), c.peers.iter().cloned().collect::<BTreeMap<_, _>>(), "peers read back");
     assert_eq!(s.doc_count().await.unwrap(), 3);
     let mut all = s.docs_after(None, 10).await.unwrap();
