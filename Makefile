@@ -9,10 +9,13 @@ PORT ?= 8787
 setup:
 	@./scripts/setup.sh
 
-# The wasm package the demo page and the end-to-end tests import; js/build.mjs copies it
-# into js/pkg with the embedded copy of the wasm (for bundlers that copy no assets).
+# The wasm package the demo page and the end-to-end tests import, built for size (Cargo.toml's
+# wasm-release profile) and shrunk by wasm-opt from the npm `binaryen` package
+# (scripts/wasm-opt.sh, cached: quick when nothing changed); js/build.mjs copies it into
+# js/pkg with the embedded copy of the wasm (for bundlers that copy no assets).
 build: setup
-	wasm-pack build --release --target web --out-dir pkg --no-pack
+	wasm-pack build --profile wasm-release --no-opt --target web --out-dir pkg --no-pack
+	./scripts/wasm-opt.sh pkg/tidemark_bg.wasm
 	node js/build.mjs pkg js/pkg
 
 test: setup test-native test-browser test-e2e
