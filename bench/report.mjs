@@ -38,6 +38,16 @@ export function render(r) {
   const B = r.browser?.results ?? {};
   const out = [];
   const p = (s = '') => out.push(s);
+  // A section's heading, and for a section that failed, why: true when there is a body to write.
+  const section = (title, data) => {
+    if (!data) return false;
+    p(title);
+    p();
+    if (!failed(data)) return true;
+    p(`Not measured: ${failed(data)}.`);
+    p();
+    return false;
+  };
   const la = (xs) => (xs?.length ? xs.join(', ') : '—');
 
   p('# Tidemark benchmarks');
@@ -86,14 +96,7 @@ export function render(r) {
     p();
   }
 
-  if (failed(r.browser)) {
-    p('## Browser workloads');
-    p();
-    p(`Not measured: ${failed(r.browser)}.`);
-    p();
-  } else if (r.browser) {
-    p('## Browser workloads');
-    p();
+  if (section('## Browser workloads', r.browser)) {
     p('| library | W1 docs/s ↑ | W2 p50 ms ↓ | W2 p95 ms ↓ | W3 ms ↓ | W3 first ms ↓ | W4 ms ↓ | cold open ms ↓ | gzip ↓ |');
     p('|---|---|---|---|---|---|---|---|---|');
     for (const l of ORDER) {
@@ -201,14 +204,7 @@ export function render(r) {
   }
 
   const load = r.load;
-  if (failed(load)) {
-    p('## Server load');
-    p();
-    p(`Not measured: ${failed(load)}.`);
-    p();
-  } else if (load) {
-    p('## Server load');
-    p();
+  if (section('## Server load', load)) {
     p(`\`cargo bench -p tidemark-server --bench load\` (server/benches/load.rs): real server processes (${load.store ?? 'sqlite'}), native clients on the same 2-core machine.`);
     p();
     if (load.rounds?.length) {
@@ -227,14 +223,7 @@ export function render(r) {
     }
   }
 
-  if (failed(r.engine)) {
-    p('## Engine (native, criterion)');
-    p();
-    p(`Not measured: ${failed(r.engine)}.`);
-    p();
-  } else if (r.engine) {
-    p('## Engine (native, criterion)');
-    p();
+  if (section('## Engine (native, criterion)', r.engine)) {
     p('`cargo bench --bench engine` (benches/engine.rs), release profile, short measurement time; time per iteration over the samples, median (min–max).');
     p();
     p('| benchmark | per iteration | throughput |');
@@ -251,14 +240,7 @@ export function render(r) {
     p();
   }
 
-  if (failed(r.size)) {
-    p('## Download size');
-    p();
-    p(`Not measured: ${failed(r.size)}.`);
-    p();
-  } else if (r.size) {
-    p('## Download size');
-    p();
+  if (section('## Download size', r.size)) {
     p('esbuild bundle (minified ES module) of what an app imports, plus Tidemark\'s wasm; gzip -9 per file.');
     p();
     p('| library | files | bytes | gzip |');

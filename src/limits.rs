@@ -87,22 +87,20 @@ pub fn check_patch_depth(fields: &Map<String, Value>) -> Result<(), String> {
 
 /// A document id: non-empty, at most `MAX_ID_BYTES`.
 pub fn check_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("a document id is a non-empty string".into());
-    }
-    if id.len() > MAX_ID_BYTES {
-        return Err(format!("a document id of {} bytes is over the limit of {MAX_ID_BYTES}", id.len()));
-    }
-    Ok(())
+    non_empty_within("document id", id, MAX_ID_BYTES)
 }
 
 /// A collection name: non-empty, at most `MAX_COLLECTION_BYTES`.
 pub fn check_collection(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("a collection name is a non-empty string".into());
+    non_empty_within("collection name", name, MAX_COLLECTION_BYTES)
+}
+
+fn non_empty_within(what: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("a {what} is a non-empty string"));
     }
-    if name.len() > MAX_COLLECTION_BYTES {
-        return Err(format!("a collection name of {} bytes is over the limit of {MAX_COLLECTION_BYTES}", name.len()));
+    if s.len() > max {
+        return Err(format!("a {what} of {} bytes is over the limit of {max}", s.len()));
     }
     Ok(())
 }
