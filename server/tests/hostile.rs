@@ -13,6 +13,7 @@ use tidemark::clock::{Stamp, MAX_WALL};
 use tidemark::limits;
 use tidemark::sync::pass::Limits;
 use tidemark::sync::Message;
+use tidemark_testkit::sim::rng::Rng;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 /// The raw client's db id.
@@ -379,21 +380,19 @@ async fn a_poisoned_op_is_quarantined_and_the_library_keeps_syncing() {
         .await;
 }
 
-/// A deterministic generator (xorshift), so the corpus is the same on every run.
-struct Gen(u64);
+/// The corpus's generator: the simulation's seeded one (`tidemark_testkit::sim::rng`), so
+/// the corpus is the same on every run; sizes as `usize`, picks by value.
+struct Gen(Rng);
 
 impl Gen {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        self.0.next()
     }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        self.0.below(n as u64) as usize
     }
     fn pick<T: Clone>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len())].clone()
+        self.0.pick(xs).clone()
     }
 }
 
@@ -578,7 +577,7 @@ async fn a_malformed_message_corpus_crashes_nothing_and_changes_nothing() {
     let acked = || server.status(LIB, None)["peers"][honest.head().db_id.as_str()]["outgoing"].as_i64();
     wait_until("the last pull is recorded", std::time::Duration::from_secs(10), async || acked() == Some(20)).await;
     let before = (server.stored(LIB, "docs"), server.max_row(LIB, None), server.status(LIB, None)["peers"].clone());
-    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let mut g = Gen(Rng::new(0x9e37_79b9_7f4a_7c15));
     let now = now_ms();
     let cases: Vec<(Vec<Frame>, bool)> = (0..1_200).map(|_| case(&mut g, now)).collect();
     let (mut refused, mut hostile_frames) = (0usize, 0usize);
