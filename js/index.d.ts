@@ -157,6 +157,12 @@ export interface OpenOptions<S extends Schema = Schema> {
   sync?: SyncOptions;
   /** Progress of a migration run while opening (data stored under an older version). */
   onProgress?: (p: { phase: 'upgrade'; done: number; total: number }) => void;
+  /**
+   * How far ahead of this device's clock a received op's stamp may be, in milliseconds
+   * (default 24 h). A batch holding a stamp further ahead is refused with `SYNC_PROTOCOL`
+   * and nothing of it is stored, so one peer's bad clock cannot make later local writes lose.
+   */
+  maxClockSkew?: number;
 }
 
 // ---------------------------------------------------------------- queries

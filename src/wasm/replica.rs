@@ -25,7 +25,7 @@ use crate::store::Store;
 use super::migrations::JsMigrator;
 
 /// Options `openReplica` understands; later capabilities add to this list.
-const OPTION_KEYS: [&str; 6] = ["name", "schema", "history", "migrations", "sync", "onProgress"];
+const OPTION_KEYS: [&str; 7] = ["name", "schema", "history", "migrations", "sync", "onProgress", "maxClockSkew"];
 
 /// A replica open in this page: documents, queries and (later) sync.
 #[wasm_bindgen(js_name = Replica)]
@@ -86,6 +86,15 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
     } else {
         Some(SyncConfig::from_js(&sync_js)?)
     };
+    let skew_js = get(&options, "maxClockSkew");
+    let max_clock_skew = if skew_js.is_undefined() {
+        None
+    } else {
+        match skew_js.as_f64() {
+            Some(ms) if ms.is_finite() && ms >= 0.0 && ms.fract() == 0.0 => Some(ms as u64),
+            _ => return Err(bad_options("maxClockSkew must be a whole number of milliseconds >= 0")),
+        }
+    };
     let mut progress = |p: crate::sync::Progress| {
         if let Some(f) = &on_progress {
             let _ = f.call1(&JsValue::NULL, &to_js(&serde_json::json!({"phase": "upgrade", "step": p.phase, "done": p.done, "total": p.total})));
@@ -93,6 +102,9 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
     };
     let store = IdbStore::open_migrating(&name, &schemas, &migrator, &mut progress).await?;
     let replica = Replica::open_migrating(store, schemas, Box::new(migrator), Box::new(|| js_sys::Date::now() as u64)).await?;
+    if let Some(ms) = max_clock_skew {
+        replica.set_max_clock_skew(ms);
+    }
     Ok(JsReplica { inner: Rc::new(replica), client: Rc::new(Client::new(sync)) })
 }
 

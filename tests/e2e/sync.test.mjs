@@ -227,3 +227,39 @@ test('live sync: connect() pushes writes as they happen and reconnects after a s
     for (const p of [pageA, pageB]) { await p.evaluate(() => window.db.close()); await p.close(); }
   } finally { await srv.stop(); }
 });
+
+test('maxClockSkew: a replica refuses ops stamped further ahead than its bound and stores nothing; a wider bound accepts them', async () => {
+  // The server itself allows 10 days, so the op stamped 3 days ahead is stored there.
+  const srv = await startServer({ extraArgs: ['--max-clock-skew', String(10 * 24 * 3600)] });
+  try {
+    const page = await h.openPage();
+    const sync = { url: srv.wsUrl, library: 'skew' };
+    const got = await page.evaluate(async ({ sync, schema }) => {
+      const { openReplica } = window.tidemark;
+      const code = (p) => p.then(() => 'ok', (e) => e.code);
+      const realNow = Date.now;
+      // A writer whose clock runs 3 days ahead (wasm reads the clock through Date.now).
+      Date.now = () => realNow() + 3 * 24 * 3600 * 1000;
+      const a = await openReplica({ name: 'skew-a', schema, sync });
+      await a.put('todos', { id: 'future', title: 'from a fast clock', n: 1 });
+      await a.syncNow();
+      await a.close();
+      Date.now = realNow;
+      const strict = await openReplica({ name: 'skew-strict', schema, sync, maxClockSkew: 3600 * 1000 });
+      const strictSync = await code(strict.syncNow());
+      const strictHas = (await strict.get('todos', 'future')) !== undefined;
+      await strict.close();
+      const wide = await openReplica({ name: 'skew-wide', schema, sync, maxClockSkew: 7 * 24 * 3600 * 1000 });
+      const wideSync = await code(wide.syncNow());
+      const wideDoc = await wide.get('todos', 'future');
+      await wide.close();
+      const bad = await code(openReplica({ name: 'skew-bad', schema, maxClockSkew: -1 }));
+      return { strictSync, strictHas, wideSync, wideTitle: wideDoc?.title, bad };
+    }, { sync, schema: SCHEMA });
+    assert.equal(got.strictSync, 'SYNC_PROTOCOL', 'a stamp 3 days ahead is refused under a 1 h bound');
+    assert.equal(got.strictHas, false, 'nothing from the refused batch is stored');
+    assert.equal(got.wideSync, 'ok', 'a 7-day bound accepts it');
+    assert.equal(got.wideTitle, 'from a fast clock');
+    assert.equal(got.bad, 'INVALID_OPTIONS');
+  } finally { await srv.stop(); }
+});
