@@ -61,7 +61,7 @@ fn doc(i: u64) -> Map<String, Value> {
 /// One stamp from writer `node` at wall time `wall` (through the engine's own clock, so
 /// the stamp layout is whatever the engine uses).
 fn stamp(node: &str, wall: u64) -> Stamp {
-    Clock::new(node, VERSION, None).tick(wall)
+    Clock::new(node, VERSION, None).tick(wall).expect("a stamp within the encodable range")
 }
 
 fn op(node: &str, wall: u64, id: &str, kind: Kind, fields: Option<Map<String, Value>>) -> Op {
@@ -74,6 +74,8 @@ fn op(node: &str, wall: u64, id: &str, kind: Kind, fields: Option<Map<String, Va
         id: id.to_string(),
         kind,
         fields,
+        seen: None,
+        resolution: false,
     }
 }
 

@@ -12,10 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
 
 use crate::clock::Stamp;
-use crate::merge::{DocState, ROOT};
+use crate::merge::{DocState, Merged, ROOT};
 use crate::op::Op;
 
 /// Node prefix of the stamps of migration output.
@@ -31,13 +30,12 @@ pub fn is_migration(ts: &Stamp) -> bool {
 pub struct Layers(pub BTreeMap<u32, DocState>);
 
 impl Layers {
-    /// A stored record's layers: those of other versions (`others`) plus the one of
-    /// version `v`, whose fields are `doc` (the layer materialized) with `stamps` and the
-    /// tombstone flag `deleted`.
-    pub fn of(v: u32, stamps: &BTreeMap<String, Stamp>, deleted: bool, doc: Option<&Map<String, Value>>, others: &BTreeMap<u32, DocState>) -> Layers {
+    /// A stored record's layers: those of other versions (`others`) plus `top`, the one of
+    /// version `v`.
+    pub fn of(v: u32, top: DocState, others: &BTreeMap<u32, DocState>) -> Layers {
         let mut l = others.clone();
-        if !stamps.is_empty() {
-            l.insert(v, DocState { doc: doc.cloned().unwrap_or_default(), stamps: stamps.clone(), deleted });
+        if !top.stamps.is_empty() {
+            l.insert(v, top);
         }
         Layers(l)
     }
@@ -56,7 +54,7 @@ impl Layers {
     /// Merges another replica's layers (a snapshot) and returns the registers that
     /// changed, per version. `skip_migrations` drops migration output (replicas that
     /// can migrate compute it themselves).
-    pub fn merge(&mut self, other: &Layers, skip_migrations: bool) -> Vec<(u32, Vec<(String, Stamp, Option<Value>)>)> {
+    pub fn merge(&mut self, other: &Layers, skip_migrations: bool) -> Vec<(u32, Merged)> {
         let mut out = Vec::new();
         for (v, theirs) in &other.0 {
             let mut theirs = theirs.clone();
@@ -90,6 +88,7 @@ pub fn strip_migrations(state: &mut DocState) {
         for (p, s, v) in regs {
             fresh.apply_register(&p, &s, v);
         }
+        fresh.conflicts = std::mem::take(&mut state.conflicts);
         *state = fresh;
     }
 }

@@ -30,6 +30,9 @@ pub const MAX_NAME_BYTES: usize = 64;
 pub const MAX_TABLE_ENTRIES: usize = 10_000;
 /// Most session entries (histories, candidates, marks) one message may carry.
 pub const MAX_SESSIONS: usize = 1_000;
+/// Most writes conflict tracking keeps for one path (`merge::Contender`): the newest
+/// unseen ones. Beyond it the oldest losing values are forgotten, never the winner.
+pub const MAX_CONTENDERS: usize = 32;
 /// Default `maxClockSkew`: how far ahead of the receiver's wall clock a received stamp
 /// may be, in milliseconds (24 h).
 pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 24 * 60 * 60 * 1000;

@@ -161,6 +161,12 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
+        let inner = self.inner.lock().expect("memory store lock");
+        let start = inner.log.partition_point(|r| r.row <= after);
+        Ok(inner.log[start..].iter().filter(|r| r.op.resolution).cloned().collect())
+    }
+
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
         let inner = self.inner.lock().unwrap();
         if inner.closed {

@@ -32,6 +32,64 @@ pub struct DocState {
     pub stamps: BTreeMap<String, Stamp>,
     /// Whether the root register is a tombstone.
     pub deleted: bool,
+    /// Conflict tracking (`conflicts: true` collections, DESIGN §11): for each written
+    /// path, the writes to it that no other write there saw — the winner and the losing
+    /// values of concurrent writes. Only ops that say what they saw (`Op::seen`) take part.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conflicts: BTreeMap<String, Vec<Contender>>,
+}
+
+/// What merging another state changed: registers that now hold its values, and writes
+/// newly kept by conflict tracking.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Merged {
+    pub registers: Vec<(String, Stamp, Option<Value>)>,
+    pub contenders: Vec<(String, Contender)>,
+}
+
+impl Merged {
+    pub fn len(&self) -> usize {
+        self.registers.len() + self.contenders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One write to a path, as conflict tracking keeps it: its stamp, the newest stamp its
+/// writer held at that path, and the value it wrote.
+///
+/// A write *saw* another when its `seen` is at least the other's stamp. The set kept for
+/// a path is the writes no other write saw; since a writer's stamp is newer than anything
+/// it saw, "saw" is transitive, so the set is the same whatever order writes arrive in
+/// (a write dropped because one saw it stays covered by whatever later saw that one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contender {
+    #[serde(rename = "t")]
+    pub ts: Stamp,
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<Stamp>,
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+}
+
+impl Contender {
+    fn saw(&self, other: &Contender) -> bool {
+        self.seen.as_ref().is_some_and(|s| *s >= other.ts)
+    }
+}
+
+/// Adds a write to one path's set of unseen writes. Returns whether the set changed.
+fn contend(set: &mut Vec<Contender>, c: Contender) -> bool {
+    if set.iter().any(|x| x.ts == c.ts || x.saw(&c)) {
+        return false;
+    }
+    set.retain(|x| !c.saw(x));
+    set.push(c);
+    set.sort_by(|a, b| b.ts.cmp(&a.ts));
+    set.truncate(crate::limits::MAX_CONTENDERS);
+    true
 }
 
 impl DocState {
@@ -56,6 +114,68 @@ impl DocState {
 
     /// Merges one op into the state. Returns whether anything changed.
     pub fn apply(&mut self, op: &Op) -> bool {
+        let tracked = self.track(op);
+        tracked | self.apply_lww(op)
+    }
+
+    /// Adds a tracked op's writes to the sets of unseen writes: one for each path its
+    /// `seen` names (a put's top-level fields, a patch's paths; never the primary key).
+    fn track(&mut self, op: &Op) -> bool {
+        let (Some(seen), Some(fields)) = (&op.seen, &op.fields) else { return false };
+        let mut changed = false;
+        for (path, saw) in seen {
+            let Some(value) = fields.get(path) else { continue };
+            let c = Contender { ts: op.ts.clone(), seen: (*saw != Stamp::zero()).then(|| saw.clone()), value: Some(value.clone()) };
+            changed |= contend(self.conflicts.entry(path.clone()).or_default(), c);
+        }
+        changed
+    }
+
+    /// What a write at `path` saw in this state: the newest stamp among the writes kept
+    /// for it, or else the stamp of the register that decides its value.
+    pub fn seen_at(&self, path: &str) -> Option<Stamp> {
+        let kept = self.conflicts.get(path).and_then(|set| set.first()).map(|c| &c.ts);
+        kept.into_iter().chain(self.deciding(path)).max().cloned()
+    }
+
+    /// The losing values of concurrent writes, by path: for each path whose set of unseen
+    /// writes holds more than one and whose newest is still what decides the path's value
+    /// (a later untracked put or delete may have replaced it), the others' values that
+    /// differ from it, newest first (two writers who wrote the same value do not conflict).
+    pub fn losers(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        if !self.exists() {
+            return out;
+        }
+        for (path, set) in &self.conflicts {
+            let Some((winner, rest)) = set.split_first() else { continue };
+            if rest.is_empty() || self.deciding(path) != Some(&winner.ts) {
+                continue;
+            }
+            let mut values: Vec<Value> = Vec::new();
+            for v in rest.iter().map(|c| c.value.clone().unwrap_or(Value::Null)) {
+                if Some(&v) != winner.value.as_ref() && !values.contains(&v) {
+                    values.push(v);
+                }
+            }
+            if !values.is_empty() {
+                out.insert(path.clone(), Value::Array(values));
+            }
+        }
+        out
+    }
+
+    /// The stamp of the register that decides `path`'s value: the newest of its own and
+    /// its ancestors'.
+    fn deciding(&self, path: &str) -> Option<&Stamp> {
+        std::iter::once(path)
+            .chain(path.match_indices('.').map(|(i, _)| &path[..i]))
+            .chain(std::iter::once(ROOT))
+            .filter_map(|p| self.stamps.get(p))
+            .max()
+    }
+
+    fn apply_lww(&mut self, op: &Op) -> bool {
         match op.kind {
             Kind::Put => {
                 let fields = op.fields.clone().unwrap_or_default();
@@ -96,23 +216,47 @@ impl DocState {
         out
     }
 
-    /// Merges another replica's state of the same document (a snapshot), register by
-    /// register, and returns the registers that changed this state — what must be logged
-    /// so the change can be forwarded.
-    pub fn merge_state(&mut self, other: &DocState) -> Vec<(String, Stamp, Option<Value>)> {
-        other
-            .registers()
-            .into_iter()
-            .filter(|(p, s, v)| self.apply_register(p, s, v.clone()))
-            .collect()
+    /// The whole state as what merging it into an empty one changes.
+    pub fn everything(&self) -> Merged {
+        let contenders = self.conflicts.iter().flat_map(|(p, set)| set.iter().map(move |c| (p.clone(), c.clone()))).collect();
+        Merged { registers: self.registers(), contenders }
     }
 
-    /// Rebuilds ops equivalent to a set of registers: the root as a put or delete, other
-    /// registers grouped by stamp into patches. Their origin is the stamp's writer; their
+    /// Merges another replica's state of the same document (a snapshot), register by
+    /// register (and its conflict tracking), and returns what changed this state — what must be logged
+    /// so the change can be forwarded.
+    pub fn merge_state(&mut self, other: &DocState) -> Merged {
+        let registers = other.registers().into_iter().filter(|(p, s, v)| self.apply_register(p, s, v.clone())).collect();
+        let mut contenders = Vec::new();
+        for (path, set) in &other.conflicts {
+            for c in set {
+                if contend(self.conflicts.entry(path.clone()).or_default(), c.clone()) {
+                    contenders.push((path.clone(), c.clone()));
+                }
+            }
+        }
+        Merged { registers, contenders }
+    }
+
+    /// Rebuilds ops equivalent to what merging a state changed: registers as the root's
+    /// put or delete and patches grouped by stamp, then each newly kept conflict write as
+    /// a patch of its path that says what it saw. Their origin is the stamp's writer; their
     /// origin row is 0 because a state no longer knows the op that wrote it.
-    pub fn registers_to_ops(collection: &str, id: &str, version: u32, regs: Vec<(String, Stamp, Option<Value>)>) -> Vec<Op> {
+    pub fn registers_to_ops(collection: &str, id: &str, version: u32, merged: Merged) -> Vec<Op> {
         let mut ops: Vec<Op> = Vec::new();
-        for (path, ts, value) in regs {
+        let rebuilt = |ts: Stamp, kind, fields, seen| Op {
+            origin: ts.node.clone(),
+            origin_row: 0,
+            ts,
+            schema_version: version,
+            collection: collection.to_string(),
+            id: id.to_string(),
+            kind,
+            fields,
+            seen,
+            resolution: false,
+        };
+        for (path, ts, value) in merged.registers {
             let (kind, fields) = if path == ROOT {
                 match value {
                     Some(Value::Object(m)) => (Kind::Put, Some(m)),
@@ -129,16 +273,11 @@ impl DocState {
                 m.insert(path, value.unwrap_or(Value::Null));
                 (Kind::Patch, Some(m))
             };
-            ops.push(Op {
-                origin: ts.node.clone(),
-                origin_row: 0,
-                ts,
-                schema_version: version,
-                collection: collection.to_string(),
-                id: id.to_string(),
-                kind,
-                fields,
-            });
+            ops.push(rebuilt(ts, kind, fields, None));
+        }
+        for (path, c) in merged.contenders {
+            let seen = BTreeMap::from([(path.clone(), c.seen.unwrap_or_else(Stamp::zero))]);
+            ops.push(rebuilt(c.ts, Kind::Patch, Some(Map::from_iter([(path, c.value.unwrap_or(Value::Null))])), Some(seen)));
         }
         ops
     }
@@ -221,6 +360,8 @@ mod tests {
             id: "a".into(),
             kind,
             fields: fields.map(|v| v.as_object().unwrap().clone()),
+            seen: None,
+            resolution: false,
         }
     }
 

@@ -307,6 +307,8 @@ pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[
                 id: it.id.to_string(),
                 kind: if base.is_some() { Kind::Put } else { Kind::Delete },
                 fields: base,
+                seen: None,
+                resolution: false,
             }),
         })
         .collect())
@@ -327,6 +329,8 @@ pub fn withdrawn(v: u32, collection: &str, id: &str, layers: &Layers, origin: &s
         id: id.to_string(),
         kind: Kind::Delete,
         fields: None,
+        seen: None,
+        resolution: false,
     }
 }
 
@@ -397,6 +401,8 @@ mod tests {
             id: "a".into(),
             kind,
             fields: fields.map(|f| f.as_object().unwrap().clone()),
+            seen: None,
+            resolution: false,
         }
     }
 

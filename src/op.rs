@@ -3,6 +3,8 @@
 //! Every write becomes one op. Ops are immutable facts; documents are derived from them
 //! by `merge`, so any replica that has the same set of ops has the same documents.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -37,6 +39,17 @@ pub struct Op {
     pub kind: Kind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Map<String, Value>>,
+    /// Set on writes to a collection that keeps conflicts (`conflicts: true`, DESIGN §11):
+    /// for each path the op writes (a put's top-level fields but its primary key, a
+    /// patch's paths), the newest stamp its writer held there — what the write saw, so a
+    /// receiver can tell a concurrent write (neither saw the other) from an ordered one.
+    /// `Stamp::zero()` for a path the writer had never seen written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen: Option<BTreeMap<String, Stamp>>,
+    /// A resolution: a write that settles a conflict (`db.resolve`). It is logged like any
+    /// op and also in the resolution log, which every pass sends before its rows, uncapped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resolution: bool,
 }
 
 impl Op {
@@ -104,6 +117,8 @@ mod tests {
             id: "a".into(),
             kind,
             fields: fields.map(|v| v.as_object().unwrap().clone()),
+            seen: None,
+            resolution: false,
         }
     }
 

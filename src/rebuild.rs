@@ -35,6 +35,7 @@ pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: &D
         version,
         index_keys,
         layers: BTreeMap::new(),
+        conflicts: state.conflicts.clone(),
         migrated: None,
     }
 }
@@ -88,7 +89,7 @@ impl Rebuild<'_> {
                     let v = layers.0.keys().next_back().copied().unwrap_or(0);
                     let state = layers.0.remove(&v).unwrap_or_default();
                     let doc = state.exists().then(|| state.doc.clone());
-                    let stored = StoredDoc { id, doc, stamps: state.stamps, deleted: state.deleted, version: v, index_keys: Map::new(), layers: layers.0, migrated };
+                    let stored = StoredDoc { id, doc, stamps: state.stamps, deleted: state.deleted, version: v, index_keys: Map::new(), layers: layers.0, conflicts: state.conflicts, migrated };
                     (c, stored)
                 })
                 .collect());
@@ -144,6 +145,7 @@ impl Rebuild<'_> {
                     version: current,
                     index_keys,
                     layers,
+                    conflicts: view.state.conflicts,
                     migrated,
                 };
                 out[n] = Some((c.clone(), stored));

@@ -16,7 +16,7 @@ use crate::query::{Plan, Query};
 use crate::rebuild::Rebuild;
 use crate::schema::{Collection, Schema};
 use crate::store::{Commit, DocKey, Head, Store, StoredDoc};
-use crate::work::Work;
+use crate::work::{Tracking, Work};
 
 /// One write an app asks for.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,12 +24,15 @@ pub enum Write {
     Put { collection: String, doc: Map<String, Value> },
     Patch { collection: String, id: String, fields: Map<String, Value> },
     Delete { collection: String, id: String },
+    /// A patch that settles the conflicts at the paths it writes (`db.resolve`, DESIGN
+    /// §11), for a collection that keeps conflicts; it also goes to the resolution log.
+    Resolve { collection: String, id: String, fields: Map<String, Value> },
 }
 
 impl Write {
     fn collection(&self) -> &str {
         match self {
-            Write::Put { collection, .. } | Write::Patch { collection, .. } | Write::Delete { collection, .. } => collection,
+            Write::Put { collection, .. } | Write::Patch { collection, .. } | Write::Delete { collection, .. } | Write::Resolve { collection, .. } => collection,
         }
     }
 }
@@ -301,6 +304,7 @@ impl<S: Store> Replica<S> {
         let mut keys: Vec<DocKey> = Vec::with_capacity(writes.len());
         let mut slots = Vec::with_capacity(writes.len());
         let mut index = HashMap::new();
+        let mut tracking = Vec::with_capacity(writes.len());
         for w in &writes {
             let coll = self.collection(w.collection())?;
             let id = match w {
@@ -317,6 +321,17 @@ impl<S: Store> Replica<S> {
                     check_patch(fields, &coll.primary_key)?;
                     id.clone()
                 }
+                Write::Resolve { collection, id, fields } => {
+                    if !coll.conflicts {
+                        return Err(WriteError::InvalidArgument(format!(
+                            "collection {collection:?} does not keep conflicts: declare `conflicts: true` in its schema to resolve them"
+                        ))
+                        .into());
+                    }
+                    check_id(id)?;
+                    check_patch(fields, &coll.primary_key)?;
+                    id.clone()
+                }
                 Write::Delete { id, .. } => {
                     check_id(id)?;
                     id.clone()
@@ -328,6 +343,7 @@ impl<S: Store> Replica<S> {
                 keys.len() - 1
             });
             slots.push(slot);
+            tracking.push(coll.conflicts.then(|| Tracking { primary_key: &coll.primary_key, resolution: matches!(w, Write::Resolve { .. }) }));
         }
         if writes.is_empty() {
             return Ok(());
@@ -342,12 +358,14 @@ impl<S: Store> Replica<S> {
                 .store
                 .commit(&keys, &[], |loaded| {
                     let mut work = Work::load(loaded.head, &loaded.docs, version)?;
-                    for (w, &slot) in writes.iter().zip(&slots) {
+                    for ((w, &slot), &t) in writes.iter().zip(&slots).zip(&tracking) {
                         let id = keys[slot].1.clone();
                         match w.clone() {
-                            Write::Put { collection, doc } => work.write(slot, Kind::Put, collection, id, Some(doc), now)?,
-                            Write::Patch { collection, fields, .. } => work.write(slot, Kind::Patch, collection, id, Some(fields), now)?,
-                            Write::Delete { collection, .. } => work.write(slot, Kind::Delete, collection, id, None, now)?,
+                            Write::Put { collection, doc } => work.write(slot, Kind::Put, collection, id, Some(doc), t, now)?,
+                            Write::Patch { collection, fields, .. } | Write::Resolve { collection, fields, .. } => {
+                                work.write(slot, Kind::Patch, collection, id, Some(fields), t, now)?
+                            }
+                            Write::Delete { collection, .. } => work.write(slot, Kind::Delete, collection, id, None, t, now)?,
                         }
                     }
                     work.finish(&rebuild, &keys, vec![])
@@ -366,6 +384,18 @@ impl<S: Store> Replica<S> {
         self.committed(&commit);
         self.known.lock().expect("status lock").pending += local;
         Ok(())
+    }
+
+    /// Settles conflicts of a document (DESIGN §11): writes `fields` as a resolution.
+    pub async fn resolve(&self, collection: &str, id: &str, fields: Map<String, Value>) -> Result<(), Error> {
+        self.write(vec![Write::Resolve { collection: collection.into(), id: id.into(), fields }]).await
+    }
+
+    /// The losing values of concurrent writes to a document, by path, newest first
+    /// (`DocState::losers`); empty when there are none or the document does not exist.
+    pub async fn conflicts(&self, collection: &str, id: &str) -> Result<Map<String, Value>, Error> {
+        self.query_collection(collection)?;
+        Ok(self.store.get(collection, id).await?.map(|d| d.state().losers()).unwrap_or_default())
     }
 
     /// The document, or `None` if it doesn't exist (or was deleted).

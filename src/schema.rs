@@ -30,6 +30,11 @@ pub struct Collection {
     /// version (a declarative change that needs no migration function).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub defaults: Map<String, Value>,
+    /// Keep the losing values of concurrent writes to one field (DESIGN §11): local
+    /// writes say what they saw (`Op::seen`), `db.conflicts` reads the losers and
+    /// `db.resolve` settles them. Off by default: last writer wins silently.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conflicts: bool,
     /// `indexes` with their paths parsed, built on first use: every written document's
     /// index keys need them, and parsing them per document showed up in write profiles.
     #[serde(skip)]

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::clock::Stamp;
 use crate::error::{Error, StoreError};
 use crate::layers::Layers;
-use crate::merge::DocState;
+use crate::merge::{Contender, DocState};
 use crate::op::Op;
 use crate::peer::PeerRecord;
 use crate::query::Plan;
@@ -88,6 +88,9 @@ pub struct StoredDoc {
     /// The layers of other schema versions.
     #[serde(rename = "l", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub layers: BTreeMap<u32, DocState>,
+    /// Conflict tracking of the layer of version `version` (`DocState::conflicts`).
+    #[serde(rename = "x", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conflicts: BTreeMap<String, Vec<Contender>>,
     /// The stamp of the last migration output logged for this document, so the same
     /// output is logged once, not again on every later write.
     #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
@@ -97,12 +100,12 @@ pub struct StoredDoc {
 impl StoredDoc {
     /// The merge state of the layer of version `version`.
     pub fn state(&self) -> DocState {
-        DocState { doc: self.doc.clone().unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted }
+        DocState { doc: self.doc.clone().unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted, conflicts: self.conflicts.clone() }
     }
 
     /// Every layer, by schema version.
     pub fn all_layers(&self) -> Layers {
-        Layers::of(self.version, &self.stamps, self.deleted, self.doc.as_ref(), &self.layers)
+        Layers::of(self.version, self.state(), &self.layers)
     }
 }
 
@@ -175,6 +178,11 @@ pub trait Store {
 
     /// Log rows with `row > after`, ascending, at most `limit`.
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError>;
+
+    /// The resolution log (DESIGN §11): the rows after `after` whose op is a resolution,
+    /// ascending. Every pass sends them before any other row, uncapped, so a store keeps
+    /// them where it can find them without walking the log.
+    async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError>;
 
     /// How many rows after `after` are local writes of `origin` (logged here, not received):
     /// the writes a replica still has to push, counted when it opens. Provided through

@@ -5,6 +5,8 @@
 //! layers, numbers the log rows, and `finish` rebuilds the changed documents (migrating
 //! them forward and logging migration output) into the `Commit` to write.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use crate::clock::{Clock, Stamp};
@@ -15,6 +17,15 @@ use crate::op::{Kind, Op};
 use crate::peer::PeerRecord;
 use crate::rebuild::{Pending, Rebuild};
 use crate::store::{Commit, DocKey, Head, Row, StoredDoc};
+
+/// How a local write to a collection that keeps conflicts is made (`Work::write`).
+#[derive(Clone, Copy, Debug)]
+pub struct Tracking<'a> {
+    /// The collection's primary key: a put's write of it is never a conflict.
+    pub primary_key: &'a str,
+    /// The write settles conflicts (`db.resolve`): it goes to the resolution log too.
+    pub resolution: bool,
+}
 
 /// One commit's work in progress. Documents are addressed by their slot: the index of
 /// their key in the keys the commit read.
@@ -59,14 +70,16 @@ impl Work {
 
     /// A local write to the document in `slot`: stamps it, logs it as this replica's
     /// next row and merges it. A patch needs the document to exist (as of the writes
-    /// before it in this commit).
-    pub fn write(&mut self, slot: usize, kind: Kind, collection: String, id: String, fields: Option<Map<String, Value>>, now: u64) -> Result<(), Error> {
+    /// before it in this commit). `tracking` is set for collections that keep conflicts:
+    /// the write then says what it saw at each path it writes (`Op::seen`).
+    pub fn write(&mut self, slot: usize, kind: Kind, collection: String, id: String, fields: Option<Map<String, Value>>, tracking: Option<Tracking>, now: u64) -> Result<(), Error> {
         match kind {
             Kind::Patch if !self.exists[slot] => return Err(WriteError::NotFound { collection, id }.into()),
             Kind::Put => self.exists[slot] = true,
             Kind::Delete => self.exists[slot] = false,
             Kind::Patch => {}
         }
+        let seen = tracking.as_ref().map(|t| self.seen(slot, kind, fields.as_ref(), t.primary_key));
         let ts = self.clock.tick(now).ok_or_else(|| StoreError::Corrupt("the newest stored stamp is at the largest encodable time: no later write can order after it".into()))?;
         let op = Op {
             origin: self.head.db_id.clone(),
@@ -77,11 +90,25 @@ impl Work {
             id,
             kind,
             fields,
+            seen,
+            resolution: tracking.is_some_and(|t| t.resolution),
         };
         self.layers[slot].get_or_insert_with(Layers::default).apply(&op);
         self.changed[slot] = true;
         self.log(op, None);
         Ok(())
+    }
+
+    /// What a write to `slot` sees at each path it writes, in the layer local writes go to.
+    fn seen(&self, slot: usize, kind: Kind, fields: Option<&Map<String, Value>>, primary_key: &str) -> BTreeMap<String, Stamp> {
+        let layer = self.layers[slot].as_ref().and_then(|l| l.0.get(&self.version));
+        fields
+            .filter(|_| kind != Kind::Delete)
+            .into_iter()
+            .flat_map(|f| f.keys())
+            .filter(|p| kind == Kind::Patch || *p != primary_key)
+            .map(|p| (p.clone(), layer.and_then(|l| l.seen_at(p)).unwrap_or_else(Stamp::zero)))
+            .collect()
     }
 
     /// Takes note of a received stamp, so later local stamps order after it.
@@ -126,7 +153,7 @@ impl Work {
                 self.older[i] |= regs.iter().any(|(v, _)| *v < self.version);
                 (regs, true)
             }
-            None => (theirs.0.iter().map(|(v, l)| (*v, l.registers())).collect(), false),
+            None => (theirs.0.iter().map(|(v, l)| (*v, l.everything())).collect(), false),
         };
         let mut changed = Vec::new();
         for (v, regs) in regs {

@@ -231,6 +231,7 @@ async fn stored_documents_read_back_exactly() {
             index_keys: obj(json!({"byKind": [[4, "k1"]], "byKindN": [[4, "k1"], [3, 3.5]], "byN": [[3, 3.5]]})),
             // A migrated document: its layer (with the migration root), an older layer, the migration op written.
             layers: [(1u32, serde_json::from_value(json!({"doc": {"title": "old"}, "stamps": {"": "00010000000000010000aa"}, "deleted": false})).unwrap())].into(),
+            conflicts: Default::default(),
             migrated: Some(stamp("00020000000000000000~m.1")),
         },
         // Index keys the engine might one day compute differently.
@@ -242,6 +243,7 @@ async fn stored_documents_read_back_exactly() {
             version: 1,
             index_keys: obj(json!({"byKind": [[4, "other"]]})),
             layers: Default::default(),
+            conflicts: Default::default(),
             migrated: None,
         },
         // A tombstone.
@@ -253,6 +255,7 @@ async fn stored_documents_read_back_exactly() {
             version: 1,
             index_keys: Map::new(),
             layers: Default::default(),
+            conflicts: Default::default(),
             migrated: None,
         },
     ];

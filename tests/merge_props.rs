@@ -80,6 +80,8 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
                     id,
                     kind,
                     fields,
+                    seen: None,
+                    resolution: false,
                 }
             })
             .collect()

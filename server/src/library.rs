@@ -263,6 +263,10 @@ impl Store for LibraryStore {
         each!(self, s => s.rows_after(after, limit).await)
     }
 
+    async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
+        each!(self, s => s.resolutions_after(after).await)
+    }
+
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
         each!(self, s => s.peers().await)
     }

@@ -229,6 +229,8 @@ fn an_allocated_row_holds_readers_back_until_it_commits() {
             id: "held".into(),
             kind: Kind::Delete,
             fields: None,
+            seen: None,
+            resolution: false,
         };
         let op = serde_json::to_string(&op).unwrap();
         txn.execute(r#"INSERT INTO tidemark_log (library, row, op, "from") VALUES ($1, $2, $3, 'held')"#, &[&stream.library(), &id, &op])

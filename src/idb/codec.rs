@@ -6,7 +6,7 @@
 //!
 //! A document is stored as `{ id, d, m, i }`: `d` is the app's document, handed to JS as
 //! is; `m` is the rest of the engine's `StoredDoc` (merge stamps, tombstone flag, schema
-//! version) as one JSON string; `i` holds each index key in the string form of `keys`,
+//! version, conflict tracking) as one JSON string; `i` holds each index key in the string form of `keys`,
 //! for the native indexes (`i.{index}`), absent for tombstones. Every JS object and every
 //! byte of a record is rebuilt by every read that returns it, so the parts only Rust
 //! reads are kept as one short string. The engine's own index keys are derived from `d`
@@ -22,7 +22,7 @@ use wasm_bindgen::prelude::*;
 use crate::clock::Stamp;
 use crate::error::StoreError;
 use crate::rebuild::index_keys;
-use crate::merge::DocState;
+use crate::merge::{Contender, DocState};
 use crate::schema::Index;
 use crate::store::StoredDoc;
 
@@ -53,6 +53,12 @@ struct MergeOut<'a> {
     l: &'a BTreeMap<u32, DocState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     m: Option<&'a Stamp>,
+    #[serde(skip_serializing_if = "no_conflicts")]
+    x: &'a BTreeMap<String, Vec<Contender>>,
+}
+
+fn no_conflicts(x: &&BTreeMap<String, Vec<Contender>>) -> bool {
+    x.is_empty()
 }
 
 fn no_layers(l: &&BTreeMap<u32, DocState>) -> bool {
@@ -71,6 +77,8 @@ struct MergeIn {
     l: BTreeMap<u32, DocState>,
     #[serde(default)]
     m: Option<Stamp>,
+    #[serde(default)]
+    x: BTreeMap<String, Vec<Contender>>,
 }
 
 /// A document as read from IndexedDB (its string index keys are not needed back).
@@ -86,9 +94,9 @@ impl<'a> DocOut<'a> {
     pub fn new(doc: &'a StoredDoc, indexes: &[Index]) -> Result<DocOut<'a>, StoreError> {
         // Naming every field (no `..`) turns a field added to `StoredDoc` into a compile
         // error here, rather than a field silently left out of the stored record.
-        let StoredDoc { id, doc: d, stamps, deleted, version, index_keys: i, layers, migrated } = doc;
+        let StoredDoc { id, doc: d, stamps, deleted, version, index_keys: i, layers, migrated, conflicts } = doc;
         let derived = *i == index_keys(indexes, d);
-        let merge = MergeOut { s: stamps, t: *deleted, v: *version, i: (!derived).then_some(i), l: layers, m: migrated.as_ref() };
+        let merge = MergeOut { s: stamps, t: *deleted, v: *version, i: (!derived).then_some(i), l: layers, m: migrated.as_ref(), x: conflicts };
         let m = serde_json::to_string(&merge).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
         let i = i.iter().map(|(name, key)| (name.clone(), Value::String(key_string(key)))).collect();
         Ok(DocOut { id, d, m, i })
@@ -107,6 +115,7 @@ impl DocIn {
             version: m.v,
             index_keys,
             layers: m.l,
+            conflicts: m.x,
             migrated: m.m,
         })
     }

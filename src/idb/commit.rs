@@ -21,7 +21,7 @@ use crate::peer::PeerRecord;
 
 use super::codec;
 use super::error::{from_idb, from_js, from_tx};
-use super::generation::{collection_store, HEAD, LOG, META, PEERS};
+use super::generation::{collection_store, resolution_key, HEAD, LOG, META, PEERS};
 
 /// Everything a commit writes, encoded in one go so it crosses into JS with a single
 /// `JSON.parse`.
@@ -113,7 +113,14 @@ where
             stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
         }
         if let Some(first) = commit.rows.first() {
-            log.put(js.log()).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
+            let record = js.log();
+            log.put(&record).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
+            if commit.rows.iter().any(|r| r.op.resolution) {
+                let rows: js_sys::Array = js_sys::Reflect::get(&record, &JsValue::from_str("rows")).map_err(|e| from_js(&e))?.unchecked_into();
+                for (i, r) in commit.rows.iter().enumerate().filter(|(_, r)| r.op.resolution) {
+                    meta.put(rows.get(i as u32)).with_key(resolution_key(r.row)).without_key_type().primitive().map_err(from_idb)?;
+                }
+            }
         }
         let peer_values = js.peers();
         for (i, (id, _)) in commit.peers.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! Generation databases `tidemark:{replica}:g{n}`: one per physical layout of a replica's
-//! data. Each holds `meta` (the head), `log` (one record per commit), `peers` (sync
+//! data. Each holds `meta` (the head under `"head"`, and the resolution log: each
+//! resolution row again under `["r", row]`), `log` (one record per commit), `peers` (sync
 //! points and sessions, keyed by peer db id) and one store per collection,
 //! `c:{collection}`, keyed by document id, with one native index per schema index over
 //! the key `i.{index}` (see `codec` for the records, `keys` for the keys).
@@ -24,6 +25,15 @@ pub const META: &str = "meta";
 pub const LOG: &str = "log";
 pub const PEERS: &str = "peers";
 pub const HEAD: &str = "head";
+
+/// The largest row a key can hold exactly (rows are keys as JS numbers).
+pub const MAX_ROW: u64 = (1 << 53) - 1;
+
+/// The `meta` key of resolution row `row`: the resolution log is a key range of `meta`,
+/// written in the same transaction as the log record holding the row.
+pub fn resolution_key(row: u64) -> wasm_bindgen::JsValue {
+    js_sys::Array::of2(&"r".into(), &wasm_bindgen::JsValue::from_f64(row.min(MAX_ROW) as f64)).into()
+}
 
 pub fn name(replica: &str, generation: u32) -> String {
     format!("tidemark:{replica}:g{generation}")

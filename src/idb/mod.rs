@@ -368,6 +368,10 @@ impl Store for IdbStore {
         read::rows_after(&self.db().await?, after, limit).await
     }
 
+    async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
+        read::resolutions_after(&self.db().await?, after).await
+    }
+
     async fn own_rows_after(&self, after: u64, origin: &str) -> Result<u64, StoreError> {
         read::own_rows_after(&self.db().await?, after, origin).await
     }

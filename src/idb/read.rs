@@ -26,7 +26,7 @@ use crate::peer::PeerRecord;
 
 use super::codec::{self, doc_of, LogRecord};
 use super::error::{from_idb, from_js};
-use super::generation::{collection_store, HEAD, LOG, META, PEERS};
+use super::generation::{collection_store, resolution_key, HEAD, LOG, MAX_ROW, META, PEERS};
 use super::keys::key_string;
 
 /// Reads one record of `store` in its own readonly transaction.
@@ -260,6 +260,16 @@ pub async fn rows_after(db: &Database, after: u64, limit: usize) -> Result<Vec<R
         }
     }
     Ok(rows)
+}
+
+/// `Store::resolutions_after`: the resolution log's records in `meta` after `after`.
+pub async fn resolutions_after(db: &Database, after: u64) -> Result<Vec<Row>, StoreError> {
+    let tx = db.transaction(META).build().map_err(from_idb)?;
+    let meta = tx.object_store(META).map_err(from_idb)?;
+    let range = web_sys::IdbKeyRange::bound(&resolution_key(after + 1), &resolution_key(MAX_ROW)).map_err(|e| from_js(&e))?;
+    let req = meta.get_all::<JsValue>().with_query::<JsValue, JsValue>(range.into()).primitive().map_err(from_idb)?;
+    let records = req.await.map_err(from_idb)?.collect::<Result<js_sys::Array, _>>().map_err(from_idb)?;
+    codec::from_js(&records)
 }
 
 /// `Store::own_rows_after`, counted on the JS objects IndexedDB hands back: a replica

@@ -35,6 +35,7 @@ fn check_remote<S: Store>(replica: &Replica<S>, op: &Op) -> Result<(), SyncError
         return Err(bad("its stamp's version differs from its schemaVersion".into()));
     }
     check_stamp(replica, &op.ts).map_err(bad)?;
+    check_tracking(op).map_err(bad)?;
     // Without a schema, check the shape only: the primary key is unknown here. With one,
     // the primary-key rules are checked by `quarantined` (an op breaking them is set
     // aside, not refused: one bad op must not stop a library).
@@ -45,6 +46,21 @@ fn check_remote<S: Store>(replica: &Replica<S>, op: &Op) -> Result<(), SyncError
         _ => Err(crate::error::WriteError::InvalidDocument("op has the wrong payload".into())),
     }
     .map_err(|e| bad(e.to_string()))
+}
+
+/// Conflict tracking's fields of an op (DESIGN §11): `seen` names only paths the op
+/// writes, each with a stamp older than the op's own (a writer sees only what came
+/// before it); a resolution is a patch that says what it saw.
+fn check_tracking(op: &Op) -> Result<(), String> {
+    if op.resolution && (op.kind != crate::op::Kind::Patch || op.seen.is_none()) {
+        return Err("a resolution must be a patch that says what it saw".into());
+    }
+    let Some(seen) = &op.seen else { return Ok(()) };
+    let writes = |p: &String| op.kind != crate::op::Kind::Delete && op.fields.as_ref().is_some_and(|f| f.contains_key(p));
+    if seen.iter().any(|(p, s)| !writes(p) || *s >= op.ts || s.node.len() > limits::MAX_NAME_BYTES) {
+        return Err("its `seen` names a path it does not write, or a stamp not older than its own".into());
+    }
+    Ok(())
 }
 
 /// Whether a received op (which passed `check_remote`) breaks a rule of this replica's
@@ -95,8 +111,10 @@ fn unique_keys<'a>(items: impl Iterator<Item = (&'a str, &'a str)>) -> (Vec<DocK
 }
 
 /// Merges a batch of rows from `peer` and sets `incoming[peer] = covers` in the same
-/// transaction — also when every row was stale or an echo.
-pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &str, rows: Vec<Row>, covers: Point) -> Result<Applied, Error> {
+/// transaction — also when every row was stale or an echo. Resolutions, sent ahead of
+/// the rows (DESIGN §11), cover nothing (`covers` is `None`): the point moves only when
+/// the batch that holds them in order arrives.
+pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &str, rows: Vec<Row>, covers: Option<Point>) -> Result<Applied, Error> {
     for r in &rows {
         check_remote(replica, &r.op)?;
     }
@@ -130,7 +148,9 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
         .store()
         .commit(&keys, &ids, |loaded| {
             let mut recs: Vec<PeerRecord> = loaded.peers.iter().map(|p| p.clone().unwrap_or_else(PeerRecord::new)).collect();
-            recs[0].note_incoming(session, covers, false);
+            if let Some(covers) = covers {
+                recs[0].note_incoming(session, covers, false);
+            }
             for (id, rec) in ids.iter().zip(recs.iter_mut()) {
                 if let Some(stamp) = newest.get(id) {
                     rec.note_newest(stamp);
@@ -196,6 +216,23 @@ pub(crate) fn check_snapshot<S: Store>(replica: &Replica<S>, docs: &[SnapshotDoc
         limits::check_id(&d.id).map_err(bad)?;
         if d.stamps.is_empty() && d.layers.is_empty() {
             return Err(bad("it has no stamps".into()));
+        }
+        let tracked = std::iter::once(&d.conflicts).chain(d.layers.values().map(|l| &l.conflicts));
+        for conflicts in tracked {
+            for (path, set) in conflicts {
+                if bad_path(path) || path.is_empty() || set.is_empty() || set.len() > limits::MAX_CONTENDERS {
+                    return Err(bad(format!("conflict tracking at an invalid path, or with none or more than {} writes", limits::MAX_CONTENDERS)));
+                }
+                for c in set {
+                    check_stamp(replica, &c.ts).map_err(bad)?;
+                    if c.seen.as_ref().is_some_and(|s| *s >= c.ts || s.node.len() > limits::MAX_NAME_BYTES) {
+                        return Err(bad("a tracked write saw a stamp not older than its own".into()));
+                    }
+                    if let Some(v) = &c.value {
+                        limits::check_doc(&serde_json::Map::from_iter([(path.clone(), v.clone())])).map_err(bad)?;
+                    }
+                }
+            }
         }
         let states = std::iter::once((&d.stamps, d.doc.as_ref())).chain(d.layers.values().map(|l| (&l.stamps, Some(&l.doc))));
         for (stamps, doc) in states {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::peer::{Entry, Mark, Point};
 use crate::clock::Stamp;
-use crate::merge::DocState;
+use crate::merge::{Contender, DocState};
 use crate::layers::Layers;
 use crate::store::{Row, StoredDoc};
 
@@ -47,6 +47,9 @@ pub struct SnapshotDoc {
     /// Layers of other schema versions.
     #[serde(rename = "l", default, skip_serializing_if = "BTreeMap::is_empty", with = "version_keys")]
     pub layers: BTreeMap<u32, DocState>,
+    /// Conflict tracking of the layer in `stamps` (`DocState::conflicts`).
+    #[serde(rename = "x", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conflicts: BTreeMap<String, Vec<Contender>>,
 }
 
 /// Version-keyed maps travel with string keys: messages are internally tagged enums,
@@ -80,6 +83,7 @@ impl SnapshotDoc {
             deleted: d.deleted,
             version: d.version,
             layers: d.layers.clone(),
+            conflicts: d.conflicts.clone(),
         }
     }
 
@@ -96,12 +100,14 @@ impl SnapshotDoc {
             deleted: top.deleted,
             version: v,
             layers: layers.0,
+            conflicts: top.conflicts,
         })
     }
 
     /// Every layer, by schema version (as `StoredDoc::layers`).
     pub fn layers(&self) -> Layers {
-        Layers::of(self.version, &self.stamps, self.deleted, self.doc.as_ref(), &self.layers)
+        let top = DocState { doc: self.doc.clone().unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted, conflicts: self.conflicts.clone() };
+        Layers::of(self.version, top, &self.layers)
     }
 }
 
@@ -148,7 +154,17 @@ pub enum Message {
     },
     /// Sender → receiver: the pass starts after `start`, by diffs or by snapshot; `total`
     /// is how many rows (or snapshot documents) there are to move, for progress.
-    Begin { session: String, start: Point, snapshot: bool, #[serde(default)] total: u64 },
+    /// `resolutions`: the sender's resolution rows past `start` the receiver may lack,
+    /// all of them, ahead of every batch (DESIGN §11); they cover nothing.
+    Begin {
+        session: String,
+        start: Point,
+        snapshot: bool,
+        #[serde(default)]
+        total: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resolutions: Vec<Row>,
+    },
     Batch { session: String, after: Point, covers: Point, rows: Vec<Row> },
     Snapshot { session: String, docs: Vec<SnapshotDoc> },
     Ack { session: String, point: Point },

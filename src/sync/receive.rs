@@ -67,6 +67,17 @@ impl<T: Store> Receiver<T> {
         &self.session
     }
 
+    /// On a bound connection, every row must be the peer's own op.
+    fn check_origins(&self, rows: &[Row]) -> Result<(), SyncError> {
+        match rows.iter().find(|r| self.bound && r.op.origin != self.peer) {
+            Some(r) => Err(SyncError::Protocol(format!(
+                "row {} has origin {:?}: origins are bound to identity, a client pushes only its own ops (db id {})",
+                r.row, r.op.origin, self.peer
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Takes the sender's next message.
     pub async fn handle<S: Store<Staging = T>>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         let step = self.step(replica, msg, progress).await;
@@ -111,12 +122,22 @@ impl<T: Store> Receiver<T> {
                     own_only: self.bound,
                 }]))
             }
-            (State::Begin { point, shared, ceiling, their_max }, Message::Begin { session, start, snapshot, total }) if session == self.session => {
+            (State::Begin { point, shared, ceiling, their_max }, Message::Begin { session, start, snapshot, total, resolutions }) if session == self.session => {
                 if start < -1 || start > ceiling || start > their_max as Point {
                     return Err(SyncError::Protocol(format!("begin at {start} is past what we agreed ({ceiling})")).into());
                 }
                 if snapshot && self.bound {
                     return Err(SyncError::Protocol("origins are bound to identity on this connection: send your own rows as diffs, not a snapshot".into()).into());
+                }
+                if !resolutions.is_empty() {
+                    // Ahead of every row, uncapped (DESIGN §11): only resolutions, past the
+                    // start, ascending, under the same identity rule as rows.
+                    if snapshot || !resolutions.iter().all(|r| r.op.resolution) || !rows_within(&resolutions, start, their_max as Point) {
+                        return Err(SyncError::Protocol("resolutions must be resolution rows past the start, ascending, and only ahead of diffs".into()).into());
+                    }
+                    self.check_origins(&resolutions)?;
+                    let applied = apply::apply_rows(replica, &self.peer, &self.session, resolutions, None).await?;
+                    note(&mut self.report, applied);
                 }
                 self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
                 // The sender's count of what it will move; for diffs no more than the gap.
@@ -132,15 +153,9 @@ impl<T: Store> Receiver<T> {
                 if after != expected || covers <= after || !rows_within(&rows, after, covers) {
                     return Err(SyncError::Protocol(format!("batch ({after}, {covers}] does not follow {expected}")).into());
                 }
-                if let Some(r) = rows.iter().find(|r| self.bound && r.op.origin != self.peer) {
-                    return Err(SyncError::Protocol(format!(
-                        "row {} has origin {:?}: origins are bound to identity, a client pushes only its own ops (db id {})",
-                        r.row, r.op.origin, self.peer
-                    ))
-                    .into());
-                }
+                self.check_origins(&rows)?;
                 let n = rows.len() as u64;
-                let applied = apply::apply_rows(replica, &self.peer, &self.session, rows, covers).await?;
+                let applied = apply::apply_rows(replica, &self.peer, &self.session, rows, Some(covers)).await?;
                 note(&mut self.report, applied);
                 self.report.received += n;
                 self.report.batches += 1;

@@ -262,7 +262,13 @@ impl Sender {
             .take(crate::limits::MAX_TABLE_ENTRIES)
             .collect();
         let total = if snapshot { replica.store().doc_count().await? } else { gap };
-        let begin = Message::Begin { session: self.session.clone(), start, snapshot, total };
+        // Resolutions go first, uncapped: no receiver shows a conflict already settled
+        // (DESIGN §11). A snapshot carries them in its document states.
+        let resolutions = match snapshot {
+            true => Vec::new(),
+            false => replica.store().resolutions_after(start.max(0) as u64).await?.into_iter().filter(|r| filter.sends(r)).collect(),
+        };
+        let begin = Message::Begin { session: self.session.clone(), start, snapshot, total, resolutions };
         let mut step = if snapshot {
             self.snapshot_chunk(replica, Cursor::Docs(None), head.max_row as Point, total, table).await?
         } else {

@@ -64,6 +64,8 @@ fn doc(collection: &str, id: &str, fields: Value, wall: u64) -> (String, StoredD
         id: id.into(),
         kind: if fields.is_null() { Kind::Delete } else { Kind::Put },
         fields: fields.as_object().cloned(),
+        seen: None,
+        resolution: false,
     };
     let mut state = DocState::default();
     state.apply(&op);
@@ -80,6 +82,8 @@ fn row(n: u64, id: &str) -> Row {
         id: id.into(),
         kind: Kind::Put,
         fields: Some(Map::new()),
+        seen: None,
+        resolution: false,
     };
     Row { row: n, op, from: (n % 2 == 0).then(|| "peer1".to_string()) }
 }

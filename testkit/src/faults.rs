@@ -52,6 +52,9 @@ impl<S: Store> Store for Flaky<S> {
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
         self.inner.rows_after(after, limit).await
     }
+    async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
+        self.inner.resolutions_after(after).await
+    }
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
         self.inner.peers().await
     }

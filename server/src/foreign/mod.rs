@@ -500,6 +500,8 @@ impl<A: Foreign> Gateway<A> {
                         id: rec.id.clone(),
                         kind,
                         fields,
+                        seen: None,
+                        resolution: false,
                     };
                     pulled += 1;
                     w.receive(Some(slot), op, &origin);
@@ -625,7 +627,7 @@ mod tests {
     }
 
     fn stored(doc: Option<Value>) -> StoredDoc {
-        StoredDoc { id: "a".into(), doc: doc.map(m), stamps: Default::default(), deleted: false, version: 1, index_keys: Map::new(), layers: Default::default(), migrated: None }
+        StoredDoc { id: "a".into(), doc: doc.map(m), stamps: Default::default(), deleted: false, version: 1, index_keys: Map::new(), layers: Default::default(), conflicts: Default::default(), migrated: None }
     }
 
     #[test]

@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS tidemark_log (
     op TEXT NOT NULL,
     "from" TEXT,
     PRIMARY KEY (library, row));
+-- The resolution log (DESIGN §11): rows of `tidemark_log` that hold resolutions, found
+-- through a partial index without walking the log.
+ALTER TABLE tidemark_log ADD COLUMN IF NOT EXISTS resolution BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS tidemark_log_resolutions ON tidemark_log (library, row) WHERE resolution;
 CREATE TABLE IF NOT EXISTS tidemark_docs (
     library TEXT NOT NULL,
     collection TEXT COLLATE "C" NOT NULL,

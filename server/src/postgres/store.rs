@@ -221,7 +221,7 @@ impl PgStore {
             for sql in [
                 "INSERT INTO tidemark_libraries SELECT $2, head FROM tidemark_libraries WHERE library = $1",
                 "INSERT INTO tidemark_clocks SELECT $2, instance, slot, stamp FROM tidemark_clocks WHERE library = $1",
-                r#"INSERT INTO tidemark_log SELECT $2, row, op, "from" FROM tidemark_log WHERE library = $1"#,
+                r#"INSERT INTO tidemark_log SELECT $2, row, op, "from", resolution FROM tidemark_log WHERE library = $1"#,
                 "INSERT INTO tidemark_docs SELECT $2, collection, id, state FROM tidemark_docs WHERE library = $1",
                 "INSERT INTO tidemark_peers SELECT $2, db_id, record FROM tidemark_peers WHERE library = $1",
             ] {
@@ -347,11 +347,12 @@ async fn write_phase(txn: &Transaction<'_>, library: &str, instance: &str, slot:
         doc_ids.push(id);
         doc_states.push(encode(d)?);
     }
-    let (mut rows, mut ops, mut froms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rows, mut ops, mut froms, mut resolutions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in &commit.rows {
         rows.push(to_i64(r.row, "row")?);
         ops.push(encode(&r.op)?);
         froms.push(r.from.as_deref());
+        resolutions.push(r.op.resolution);
     }
     let peers = last_per_key(commit.peers.iter().map(|(id, rec)| (id.as_str(), rec)));
     let (mut peer_ids, mut records) = (Vec::new(), Vec::new());
@@ -409,9 +410,9 @@ async fn write_phase(txn: &Transaction<'_>, library: &str, instance: &str, slot:
             // A plain INSERT: a row id that already exists fails the whole commit rather than
             // replacing a logged op.
             let stmt = txn
-                .prepare_cached(r#"INSERT INTO tidemark_log (library, row, op, "from") SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[])"#)
+                .prepare_cached(r#"INSERT INTO tidemark_log (library, row, op, "from", resolution) SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::boolean[])"#)
                 .await?;
-            txn.execute(&stmt, &[&library, &rows, &ops, &froms]).await.map(drop)
+            txn.execute(&stmt, &[&library, &rows, &ops, &froms, &resolutions]).await.map(drop)
         },
         async {
             if peer_ids.is_empty() {
@@ -580,6 +581,34 @@ async fn run_commit(
     Ok(commit)
 }
 
+impl PgStore {
+    /// Log rows after `after` as `sql` selects them (row, op, from; parameters: library,
+    /// after, the persisted-up-to position, a limit): never above persisted-up-to — rows
+    /// above it may have committed, but a row below them may still be in flight on
+    /// another instance.
+    async fn log_rows(&self, sql: &'static str, after: u64, n: i64) -> Result<Vec<Row>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let upto = self.live().stream.persisted_up_to().max(0);
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .read(|pool, library| async move {
+                let client = pool.get().await?;
+                let stmt = client.prepare_cached(sql).await?;
+                let rows = client.query(&stmt, &[&library, &after, &upto, &n]).await?;
+                Ok(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2))).collect::<Vec<_>>())
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(row, op, from)| {
+                let op: Op = decode("log row", &op)?;
+                Ok(Row { row: row as u64, op, from })
+            })
+            .collect()
+    }
+}
+
 impl Store for PgStore {
     type Doc = Map<String, Value>;
 
@@ -664,31 +693,16 @@ impl Store for PgStore {
         Ok(select(&docs, primary_key, plan))
     }
 
-    /// Rows after `after`, up to the persisted-up-to position only: rows above it may have
-    /// committed, but a row below them may still be in flight on another instance.
+    /// Rows after `after`, up to the persisted-up-to position only (`log_rows`).
     async fn rows_after(&self, after: u64, limit_rows: usize) -> Result<Vec<Row>, StoreError> {
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let upto = self.live().stream.persisted_up_to().max(0);
-        if after >= upto {
-            return Ok(Vec::new());
-        }
-        let n = limit(limit_rows);
-        let rows = self
-            .read(|pool, library| async move {
-                let client = pool.get().await?;
-                let stmt = client
-                    .prepare_cached(r#"SELECT row, op, "from" FROM tidemark_log WHERE library = $1 AND row > $2 AND row <= $3 ORDER BY row LIMIT $4"#)
-                    .await?;
-                let rows = client.query(&stmt, &[&library, &after, &upto, &n]).await?;
-                Ok(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2))).collect::<Vec<_>>())
-            })
-            .await?;
-        rows.into_iter()
-            .map(|(row, op, from)| {
-                let op: Op = decode("log row", &op)?;
-                Ok(Row { row: row as u64, op, from })
-            })
-            .collect()
+        let sql = r#"SELECT row, op, "from" FROM tidemark_log WHERE library = $1 AND row > $2 AND row <= $3 ORDER BY row LIMIT $4"#;
+        self.log_rows(sql, after, limit(limit_rows)).await
+    }
+
+    /// The resolution log, up to the persisted-up-to position like every read of the log.
+    async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
+        let sql = r#"SELECT row, op, "from" FROM tidemark_log WHERE library = $1 AND row > $2 AND row <= $3 AND resolution ORDER BY row LIMIT $4"#;
+        self.log_rows(sql, after, i64::MAX).await
     }
 
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
@@ -776,6 +790,8 @@ mod tests {
             id: "x".into(),
             kind: tidemark::op::Kind::Delete,
             fields: None,
+            seen: None,
+            resolution: false,
         };
         let mut commit = Commit {
             rows: vec![Row { row: 4, op: op("me", 4), from: None }, Row { row: 5, op: op("you", 9), from: Some("you".into()) }],

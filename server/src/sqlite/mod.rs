@@ -55,7 +55,21 @@ CREATE TABLE IF NOT EXISTS docs (
     PRIMARY KEY (collection, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS peers (db_id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
+-- The resolution log (DESIGN §11): the rows of `log` that hold resolutions.
+CREATE TABLE IF NOT EXISTS resolutions (row INTEGER PRIMARY KEY);
 "#;
+
+/// Log rows as a query over `log` selects them: (row, op, from).
+fn log_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Row>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let rows = stmt.query_map(params, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))).map_err(backend)?;
+    rows.map(|r| {
+        let (row, op, from) = r.map_err(backend)?;
+        let op: Op = decode("log row", &op)?;
+        Ok(Row { row: row as u64, op, from })
+    })
+    .collect()
+}
 
 /// A replica's storage in one SQLite database file.
 pub struct SqliteStore {
@@ -270,6 +284,9 @@ pub(crate) fn write_commit(tx: &Connection, commit: &Commit) -> Result<(), Store
     for r in &commit.rows {
         let row = i64::try_from(r.row).map_err(|_| StoreError::Backend(format!("row {} is out of range", r.row)))?;
         put_row.execute(params![row, encode(&r.op)?, r.from]).map_err(backend)?;
+        if r.op.resolution {
+            tx.prepare_cached("INSERT INTO resolutions (row) VALUES (?1)").map_err(backend)?.execute(params![row]).map_err(backend)?;
+        }
     }
     let mut put_peer = tx.prepare_cached("INSERT OR REPLACE INTO peers (db_id, record) VALUES (?1, ?2)").map_err(backend)?;
     for (id, rec) in &commit.peers {
@@ -366,17 +383,14 @@ impl Store for SqliteStore {
         // Rows above i64::MAX cannot exist; clamp rather than wrap.
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| log_rows(conn, r#"SELECT row, op, "from" FROM log WHERE row > ?1 ORDER BY row LIMIT ?2"#, params![after, limit])).await
+    }
+
+    async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(r#"SELECT row, op, "from" FROM log WHERE row > ?1 ORDER BY row LIMIT ?2"#).map_err(backend)?;
-            let rows = stmt
-                .query_map(params![after, limit], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))
-                .map_err(backend)?;
-            rows.map(|r| {
-                let (row, op, from) = r.map_err(backend)?;
-                let op: Op = decode("log row", &op)?;
-                Ok(Row { row: row as u64, op, from })
-            })
-            .collect()
+            let sql = r#"SELECT l.row, l.op, l."from" FROM resolutions r JOIN log l ON l.row = r.row WHERE r.row > ?1 ORDER BY r.row"#;
+            log_rows(conn, sql, params![after])
         })
         .await
     }

@@ -74,6 +74,10 @@ impl Store for SimStore {
         yield_now().await;
         self.inner.rows_after(after, limit).await
     }
+    async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
+        yield_now().await;
+        self.inner.resolutions_after(after).await
+    }
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
         yield_now().await;
         self.inner.peers().await

@@ -221,7 +221,7 @@ async fn write(r: &Rc<Replica<SimStore>>, w: Write) -> Result<(Op, Stamp), Error
     let head = r.store().head().await?.expect("an opened replica has a head");
     let (collection, id) = match &w {
         Write::Put { collection, doc } => (collection.clone(), doc["id"].as_str().unwrap_or_default().to_string()),
-        Write::Patch { collection, id, .. } | Write::Delete { collection, id } => (collection.clone(), id.clone()),
+        Write::Patch { collection, id, .. } | Write::Resolve { collection, id, .. } | Write::Delete { collection, id } => (collection.clone(), id.clone()),
     };
     r.write(vec![w]).await?;
     let me = r.head().db_id;
