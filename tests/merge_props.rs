@@ -1,6 +1,8 @@
 //! Property tests of the merge and clock rules (DESIGN §3): any permutation and
 //! duplication of one set of ops gives byte-identical documents and identical query
-//! results; the HLC never goes backwards, whatever the wall clock does.
+//! results; the HLC never goes backwards, whatever the wall clock does. Some ops are
+//! tracked (they say what they saw, DESIGN §11), so the same holds for the conflict sets
+//! stored with every document.
 
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -36,15 +38,16 @@ fn value() -> impl Strategy<Value = Value> {
 }
 
 /// Ops over three ids with unique stamps (origins × counters make collisions impossible).
+/// About half are tracked: for each path they write, they saw a stamp older than their own.
 fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(
-        (0usize..3, 0u64..6, 0u8..3, 0u8..3, prop::collection::btree_map(0usize..PATHS.len(), value(), 1..3)),
+        ((0usize..3, 0u64..6, 0u8..3, 0u8..3, prop::collection::btree_map(0usize..PATHS.len(), value(), 1..3)), (any::<bool>(), 0u64..6)),
         1..25,
     )
     .prop_map(|raw| {
         raw.into_iter()
             .enumerate()
-            .map(|(n, (id, wall, origin, kind, fields))| {
+            .map(|(n, ((id, wall, origin, kind, fields), (tracked, saw)))| {
                 let id = format!("d{id}");
                 let origin = format!("r{origin}");
                 let kind = [Kind::Put, Kind::Patch, Kind::Delete][kind as usize];
@@ -71,6 +74,10 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
                         Some(m)
                     }
                 };
+                let seen = (tracked && kind != Kind::Delete).then(|| {
+                    let stamp = if saw < wall { Stamp { version: 1, wall: saw, counter: 0, node: "r0".into() } } else { Stamp::zero() };
+                    fields.iter().flat_map(|f| f.keys()).filter(|k| *k != "id").map(|k| (k.clone(), stamp.clone())).collect()
+                });
                 Op {
                     origin: origin.clone(),
                     origin_row: n as u64 + 1,
@@ -80,7 +87,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
                     id,
                     kind,
                     fields,
-                    seen: None,
+                    seen,
                     resolution: false,
                 }
             })

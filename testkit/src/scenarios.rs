@@ -820,6 +820,130 @@ pub fn five_replicas_converge<B: Backend>(b: &B, seed: u64) {
     }
 }
 
+// ---- Conflicts and resolutions (DESIGN §11) ----
+
+/// A schema whose `tasks` keep conflicts.
+pub fn conflict_schema() -> Schema {
+    Schema::from_json(json!({"version": 1, "collections": {
+        "docs": {"primaryKey": "id"},
+        "tasks": {"primaryKey": "id", "conflicts": true}}})).unwrap()
+}
+
+fn tracked<B: Backend>(b: &B, wall: u64) -> Replica<B::S> {
+    block_on(Replica::open(b.fresh(), conflict_schema(), Box::new(move || wall))).unwrap()
+}
+
+fn task_patch<S: Store>(r: &Replica<S>, fields: Value) {
+    block_on(r.patch("tasks", "t1", fields.as_object().unwrap().clone())).unwrap();
+}
+
+fn conflicts_of<S: Store>(r: &Replica<S>) -> Value {
+    Value::Object(block_on(r.conflicts("tasks", "t1")).unwrap())
+}
+
+fn task<S: Store>(r: &Replica<S>) -> Value {
+    Value::Object(block_on(r.get("tasks", "t1")).unwrap().and_then(|d| d.doc).unwrap_or_default())
+}
+
+/// Every pass in both directions between each client and the relay, until none is capped.
+fn sync_all<S: Store, R: Store>(relay: &Replica<R>, clients: &[&Replica<S>], limits: Limits) {
+    for _ in 0..2 {
+        for c in clients {
+            while pass(*c, relay, limits).capped {}
+            while pass(relay, *c, limits).capped {}
+        }
+    }
+}
+
+/// Two clients write one field concurrently (neither saw the other's write): after they
+/// sync through a relay, both show the same winner and keep the loser's value, readable
+/// with `conflicts`; a write that saw both is no conflict, and `resolve` settles one
+/// everywhere. The relay, which has no schema, keeps the tracking too.
+pub fn concurrent_writes_keep_the_losing_value_until_resolved<B: Backend>(b: &B) {
+    let relay = relay(b, 10_000);
+    let (a, c) = (tracked(b, 1_000), tracked(b, 2_000));
+    block_on(a.put("tasks", json!({"id": "t1", "title": "draft", "done": false}).as_object().unwrap().clone())).unwrap();
+    sync_all(&relay, &[&a, &c], Limits::default());
+    assert_eq!(conflicts_of(&c), json!({}));
+
+    // Concurrent: both saw only the put.
+    task_patch(&a, json!({"title": "from a"}));
+    task_patch(&c, json!({"title": "from c", "done": true}));
+    sync_all(&relay, &[&a, &c], Limits::default());
+    // c's stamp is newer (wall 2,000): it wins on both; a's value is kept as the loser.
+    for r in [&a, &c] {
+        assert_eq!(task(r)["title"], "from c");
+        assert_eq!(conflicts_of(r), json!({"title": ["from a"]}), "done was written once: no conflict there");
+    }
+    assert!(b.dump(relay.store(), "tasks").iter().any(|d| d.conflicts.get("title").is_some_and(|s| s.len() == 2)));
+
+    // A write that saw both values replaces them: no conflict remains.
+    task_patch(&a, json!({"title": "merged by a"}));
+    sync_all(&relay, &[&a, &c], Limits::default());
+    assert_eq!(conflicts_of(&c), json!({}));
+    assert_eq!(task(&c)["title"], "merged by a");
+
+    // A new conflict, settled by `resolve` on one side, is settled on the other too.
+    task_patch(&a, json!({"title": "a again"}));
+    task_patch(&c, json!({"title": "c again"}));
+    sync_all(&relay, &[&a, &c], Limits::default());
+    assert_eq!(conflicts_of(&a), json!({"title": ["a again"]}));
+    block_on(a.resolve("tasks", "t1", json!({"title": "settled"}).as_object().unwrap().clone())).unwrap();
+    assert_eq!(conflicts_of(&a), json!({}));
+    sync_all(&relay, &[&a, &c], Limits::default());
+    for r in [&a, &c] {
+        assert_eq!(conflicts_of(r), json!({}));
+        assert_eq!(task(r)["title"], "settled");
+        assert_eq!(task(r)["done"], true);
+    }
+    // The resolution is in the relay's resolution log, and only it.
+    let res = block_on(relay.store().resolutions_after(0)).unwrap();
+    assert_eq!(res.len(), 1);
+    assert!(res[0].op.resolution && res[0].op.fields.as_ref().unwrap()["title"] == "settled");
+    // Resolving in a collection that does not keep conflicts is refused, and stores nothing.
+    let before = a.head().max_row;
+    let e = block_on(a.resolve("docs", "x", json!({"n": 1}).as_object().unwrap().clone())).unwrap_err();
+    assert_eq!(e.code(), "INVALID_ARGUMENT");
+    assert_eq!(a.head().max_row, before);
+}
+
+/// Resolutions go first, uncapped (DESIGN §11): a replica pulling under perDiff 1 and
+/// maxDiffs 1 gets a resolution written after 5 ordinary rows in its first pass, and
+/// never shows the conflict it settled while the conflicting rows trickle in.
+pub fn a_resolution_reaches_a_capped_receiver_first<B: Backend>(b: &B) {
+    let relay = relay(b, 10_000);
+    let (a, c, late) = (tracked(b, 1_000), tracked(b, 2_000), tracked(b, 3_000));
+    let puts: Vec<Write> = (0..40).map(|i| Write::Put { collection: "docs".into(), doc: json!({"id": format!("d{i:02}"), "n": 0}).as_object().unwrap().clone() }).collect();
+    block_on(a.write(puts)).unwrap();
+    block_on(a.put("tasks", json!({"id": "t1", "title": "draft"}).as_object().unwrap().clone())).unwrap();
+    sync_all(&relay, &[&a, &c, &late], Limits::default());
+    assert_eq!(task(&late)["title"], "draft");
+
+    task_patch(&a, json!({"title": "from a"}));
+    task_patch(&c, json!({"title": "from c"}));
+    sync_all(&relay, &[&a, &c], Limits::default());
+    assert_eq!(conflicts_of(&a), json!({"title": ["from a"]}));
+    for i in 0..5 {
+        block_on(a.patch("docs", &format!("d{i:02}"), json!({"n": i + 1}).as_object().unwrap().clone())).unwrap();
+    }
+    block_on(a.resolve("tasks", "t1", json!({"title": "settled"}).as_object().unwrap().clone())).unwrap();
+    sync_all(&relay, &[&a], Limits::default());
+
+    let capped = Limits { per_diff: 1, max_diffs: 1 };
+    let first = pass(&relay, &late, capped);
+    assert!(first.capped && !first.snapshot, "a capped pass of diffs: {first:?}");
+    assert_eq!(task(&late)["title"], "settled", "the resolution came ahead of the rows");
+    assert_eq!(conflicts_of(&late), json!({}));
+    let mut passes = 1;
+    while pass(&relay, &late, capped).capped {
+        passes += 1;
+        assert_eq!(conflicts_of(&late), json!({}), "pass {passes} showed a settled conflict");
+        assert_eq!(task(&late)["title"], "settled");
+    }
+    assert!(passes >= 7, "the conflicting rows and the 5 others came one per pass ({passes} passes)");
+    assert_eq!(docs(&late).iter().filter(|d| d["n"] != 0).count(), 5);
+}
+
 /// Declares one `#[test]` per scenario for a backend expression.
 #[macro_export]
 macro_rules! conformance {
@@ -926,6 +1050,14 @@ macro_rules! conformance {
             #[test]
             fn reset_only_when_older_version_data_changes_something() {
                 scenarios::reset_only_when_older_version_data_changes_something(&$backend);
+            }
+            #[test]
+            fn concurrent_writes_keep_the_losing_value_until_resolved() {
+                scenarios::concurrent_writes_keep_the_losing_value_until_resolved(&$backend);
+            }
+            #[test]
+            fn a_resolution_reaches_a_capped_receiver_first() {
+                scenarios::a_resolution_reaches_a_capped_receiver_first(&$backend);
             }
             #[test]
             fn five_replicas_converge() {
