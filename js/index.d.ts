@@ -61,6 +61,11 @@ export interface CollectionSchema {
   indexes?: { readonly [name: string]: string | readonly string[] };
   /** Values for top-level fields a document lacks when it is migrated to this version. */
   defaults?: { readonly [field: string]: Json };
+  /**
+   * Keep the losing values of concurrent writes to one field (neither writer saw the
+   * other's), readable with `db.conflicts` and settled with `db.resolve`. Default false.
+   */
+  conflicts?: boolean;
 }
 
 export interface Schema {
@@ -74,6 +79,7 @@ export type CollectionSchemaOf<T> = {
   primaryKey: StringField<T>;
   indexes?: { readonly [name: string]: FieldPath<T> | readonly FieldPath<T>[] };
   defaults?: { readonly [K in keyof T]?: Scalar<T[K]> };
+  conflicts?: boolean;
 };
 
 declare const docTypes: unique symbol;
@@ -381,6 +387,19 @@ export declare class Replica<D = { [collection: string]: Doc }> {
    */
   patch<C extends keyof D & string>(collection: C, id: string, fields: Patch<D[C]>): Promise<void>;
   delete<C extends keyof D & string>(collection: C, id: string): Promise<void>;
+  /**
+   * The losing values of concurrent writes to a document of a `conflicts: true`
+   * collection: for each field path written concurrently, the values that lost, newest
+   * first (the winner is the document's value). `{}` when there are none.
+   */
+  conflicts<C extends keyof D & string>(collection: C, id: string): Promise<{ [path: string]: Json[] }>;
+  /**
+   * Settles conflicts: writes `fields` (like `patch`) as a resolution, which replaces every
+   * value the replica has seen at those paths and reaches other replicas ahead of ordinary
+   * writes, so none of them shows the settled conflict. `INVALID_ARGUMENT` unless the
+   * collection declares `conflicts: true`.
+   */
+  resolve<C extends keyof D & string>(collection: C, id: string, fields: Patch<D[C]>): Promise<void>;
   /** The document, or `undefined` when it is missing or deleted. */
   get<C extends keyof D & string>(collection: C, id: string): Promise<D[C] | undefined>;
   query<C extends keyof D & string>(collection: C, query?: Query<D[C]>): Promise<D[C][]>;

@@ -80,6 +80,10 @@ export class Replica {
   putMany(collection, docs) { return this.#inner.putMany(collection, docs); }
   patch(collection, id, fields) { return this.#inner.patch(collection, id, fields); }
   delete(collection, id) { return this.#inner.delete(collection, id); }
+  /** Settles conflicts (`conflicts: true` collections): writes `fields` as a resolution. */
+  resolve(collection, id, fields) { return this.#inner.resolve(collection, id, fields); }
+  /** The losing values of concurrent writes to a document, `{ [path]: values }` (newest first). */
+  conflicts(collection, id) { return this.#inner.conflicts(collection, id); }
   get(collection, id) { return this.#inner.get(collection, id); }
   query(collection, query) { return this.#inner.query(collection, query); }
   /** The newest `limit` op-log rows, newest first: `[{ row, op, from }]`. */

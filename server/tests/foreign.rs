@@ -358,6 +358,47 @@ async fn a_couchdb_409_is_reread_merged_and_retried() {
     assert_eq!(app_docs(&app, &server).await, vec![json!({"id": "x", "title": "b", "n": 2})]);
 }
 
+/// The same race on a collection whose writers keep conflicts (DESIGN §11): the app and
+/// HM both change the title. The gateway's merge after the 409 settles it, so it is
+/// written as a resolution — in the server's resolution log and the app's after a round —
+/// that saw the app's value: the app shows HM's title and no conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_settling_a_409_writes_a_resolution() {
+    let hm = Store::couch();
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold");
+    let data = dir.path().join("data");
+    let server = gateway(&data, Some(&hm), None, &[("TIDEMARK_FOREIGN_HOLD", hold.to_str().unwrap())]);
+    let schema = tidemark::Schema::from_json(json!({"version": 1, "collections": {"docs": {"primaryKey": "id", "conflicts": true}}})).unwrap();
+    let app = tidemark::Replica::open(tidemark::MemoryStore::new(), schema, Box::new(support::now_ms)).await.unwrap();
+    app.put("docs", obj(json!({"id": "x", "title": "a", "n": 1}))).await.unwrap();
+    round(&app, &server, Limits::default(), None).await.unwrap();
+    wait("x in HM", || hm_docs(&hm).get("x").is_some_and(|d| d.1 == json!({"title": "a", "n": 1})));
+
+    let holds = || std::fs::read_to_string(data.with_extension("log")).unwrap().matches("foreign push holding").count();
+    let before = holds();
+    std::fs::write(&hold, "").unwrap();
+    wait("the gateway to hold before pushing", || holds() > before);
+    app.patch("docs", "x", obj(json!({"title": "from the app"}))).await.unwrap();
+    round(&app, &server, Limits::default(), None).await.unwrap();
+    let rev = hm_docs(&hm)["x"].0.clone();
+    let (code, _) = http(hm.addr, "PUT", "/hm/x", Some(&json!({"_rev": rev, "title": "from hm", "n": 1})));
+    assert_eq!(code, 201);
+    std::fs::remove_file(&hold).unwrap();
+
+    wait("the 409", || foreign_status(&server)[0]["conflicts"].as_u64().unwrap() >= 1);
+    quiet_rounds(&server, 2);
+    assert_eq!(hm_docs(&hm)["x"].1, json!({"title": "from hm", "n": 1}));
+    assert_eq!(app_docs(&app, &server).await, vec![json!({"id": "x", "title": "from hm", "n": 1})]);
+    let resolutions = tidemark::store::Store::resolutions_after(app.store(), 0).await.unwrap();
+    let origin = foreign_status(&server)[0]["origin"].as_str().unwrap().to_string();
+    assert!(
+        resolutions.iter().any(|r| r.op.origin == origin && r.op.fields.as_ref().unwrap()["title"] == "from hm"),
+        "the gateway's merge came as a resolution: {resolutions:?}"
+    );
+    assert_eq!(app.conflicts("docs", "x").await.unwrap(), Map::new());
+}
+
 /// HM wiped (its server restarted in memory, empty): the gateway notices, pushes the
 /// library's documents again, and then stays quiet — no loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

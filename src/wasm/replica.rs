@@ -182,6 +182,25 @@ impl JsReplica {
         }
     }
 
+    /// Settles conflicts (DESIGN §11): writes `fields` as a resolution, which every pass
+    /// sends ahead of its rows. Only for collections declared with `conflicts: true`.
+    pub fn resolve(&self, collection: JsValue, id: JsValue, fields: JsValue) -> js_sys::Promise {
+        let args = (|| Ok::<_, Error>((to_string(&collection, "collection")?, to_string(&id, "id")?, to_object(&fields, "the resolution")?)))();
+        match args {
+            Ok((c, id, f)) => write(self, |r| async move { r.resolve(&c, &id, f).await }),
+            Err(e) => reject(e),
+        }
+    }
+
+    /// The losing values of concurrent writes to a document: `{ [path]: values }`, newest
+    /// first; `{}` when there are none.
+    pub fn conflicts(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
+        match (to_string(&collection, "collection"), to_string(&id, "id")) {
+            (Ok(c), Ok(id)) => run(&self.inner, |r| async move { Ok(to_js(&r.conflicts(&c, &id).await?)) }),
+            (Err(e), _) | (_, Err(e)) => reject(e),
+        }
+    }
+
     pub fn delete(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
         match (to_string(&collection, "collection"), to_string(&id, "id")) {
             (Ok(c), Ok(id)) => write(self, |r| async move { r.delete(&c, &id).await }),

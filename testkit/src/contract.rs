@@ -44,6 +44,7 @@ pub async fn all<F: Fixture>(f: &F) {
     rows_must_follow_the_head(&f.fresh().await).await;
     documents_page_once_each(&f.fresh().await).await;
     queries_see_existing_documents_only::<F>(&f.fresh().await).await;
+    the_resolution_log_holds_resolutions_only(&f.fresh().await).await;
 }
 
 fn stamp(wall: u64) -> Stamp {
@@ -157,6 +158,36 @@ pub async fn a_commit_reads_back_exactly<S: Store>(s: &S) {
     all.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
     want.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
     assert_eq!(all, want, "docs_after returns every document, tombstones included");
+}
+
+/// Resolution rows are in the log like any row and also in the resolution log, which
+/// holds nothing else and pages by row; conflict tracking of a document reads back.
+pub async fn the_resolution_log_holds_resolutions_only<S: Store>(s: &S) {
+    put(s, seed()).await.unwrap();
+    assert!(s.resolutions_after(0).await.unwrap().is_empty(), "no resolution yet");
+    let resolution = |n: u64| {
+        let mut r = row(n, "x");
+        r.op.kind = Kind::Patch;
+        r.op.fields = Some(json!({"n": n}).as_object().unwrap().clone());
+        r.op.seen = Some(BTreeMap::from([("n".to_string(), stamp(n - 1))]));
+        r.op.resolution = true;
+        r
+    };
+    let mut tracked = doc("a", "x", json!({"n": 1}), 4).1;
+    for w in [4, 5] {
+        let op = Op { seen: Some(BTreeMap::from([("n".to_string(), stamp(1))])), ..resolution(w).op };
+        let mut st = tracked.state();
+        st.apply(&op);
+        tracked.conflicts = st.conflicts;
+    }
+    assert_eq!(tracked.conflicts["n"].len(), 2, "two unseen writes kept");
+    let rows = vec![resolution(4), row(5, "y"), resolution(6)];
+    put(s, Commit { head: Some(head(6)), docs: vec![("a".into(), tracked.clone())], rows: rows.clone(), peers: vec![] }).await.unwrap();
+    assert_eq!(s.get("a", "x").await.unwrap(), Some(tracked), "conflict tracking reads back");
+    assert_eq!(s.rows_after(3, 10).await.unwrap(), rows, "resolutions are in the log too");
+    assert_eq!(s.resolutions_after(0).await.unwrap(), vec![rows[0].clone(), rows[2].clone()]);
+    assert_eq!(s.resolutions_after(4).await.unwrap(), vec![rows[2].clone()], "resolutions_after is exclusive");
+    assert!(s.resolutions_after(6).await.unwrap().is_empty());
 }
 
 /// A commit is handed the head and exactly the documents and peer records it names, in

@@ -434,7 +434,7 @@ impl<A: Foreign> Gateway<A> {
                 continue;
             }
             let ids: Vec<String> = changes.records.iter().map(|r| r.id.clone()).collect();
-            dirty.extend(self.ingest(lib, changes.records).await?);
+            dirty.extend(self.ingest(lib, changes.records, false).await?);
             self.state.cursor = changes.cursor;
             self.file.save(&self.key, &self.state, ids).await?;
             if !changes.more {
@@ -457,7 +457,13 @@ impl<A: Foreign> Gateway<A> {
 
     /// Writes what `records` mean for the library (one commit through `Work`) and takes
     /// them as the new bases. Returns the ids whose library version must be pushed.
-    async fn ingest(&mut self, lib: &Library, records: Vec<Fetched>) -> Result<BTreeSet<String>, ForeignError> {
+    ///
+    /// `settles`: the records were re-read after a conflict (a CouchDB 409), so the merge
+    /// settles it. Where the library tracks conflicts for the document (its writers keep
+    /// them, DESIGN §11), a patch is then written as a resolution that saw everything the
+    /// library holds at its paths: it goes ahead of ordinary rows to every replica, and
+    /// none of them shows the conflict the gateway settled.
+    async fn ingest(&mut self, lib: &Library, records: Vec<Fetched>, settles: bool) -> Result<BTreeSet<String>, ForeignError> {
         if records.is_empty() {
             return Ok(BTreeSet::new());
         }
@@ -491,6 +497,11 @@ impl<A: Foreign> Gateway<A> {
                     let mut clock = Clock::new(origin.clone(), v, clock_head.clone());
                     let ts = clock.tick(now).ok_or_else(|| tidemark::error::StoreError::Corrupt("the library's newest stamp is at the largest encodable time".into()))?;
                     clock_head = Some(ts.clone());
+                    let tracked = stored.filter(|s| settles && kind == Kind::Patch && !s.conflicts.is_empty()).map(StoredDoc::state);
+                    let seen = tracked.as_ref().map(|state| {
+                        let paths = fields.iter().flat_map(|f| f.keys());
+                        paths.map(|p| (p.clone(), state.seen_at(p).unwrap_or_else(tidemark::clock::Stamp::zero))).collect()
+                    });
                     let op = Op {
                         origin: origin.clone(),
                         origin_row: w.head().max_row + 1,
@@ -500,8 +511,8 @@ impl<A: Foreign> Gateway<A> {
                         id: rec.id.clone(),
                         kind,
                         fields,
-                        seen: None,
-                        resolution: false,
+                        resolution: seen.is_some(),
+                        seen,
                     };
                     pulled += 1;
                     w.receive(Some(slot), op, &origin);
@@ -608,7 +619,7 @@ impl<A: Foreign> Gateway<A> {
                     self.reported(|r| r.conflicts += 1);
                     tracing::info!(store = %self.key, id, "foreign write conflicted: re-reading and merging");
                     let fresh = self.adapter.read(id).await?;
-                    self.ingest(lib, vec![fresh]).await?;
+                    self.ingest(lib, vec![fresh], true).await?;
                     self.file.save(&self.key, &self.state, [id.to_string()]).await?;
                 }
             }
