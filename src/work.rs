@@ -79,7 +79,7 @@ impl Work {
             Kind::Delete => self.exists[slot] = false,
             Kind::Patch => {}
         }
-        let seen = tracking.as_ref().map(|t| self.seen(slot, kind, fields.as_ref(), t.primary_key));
+        let seen = tracking.filter(|_| kind != Kind::Delete).map(|t| self.seen(slot, kind, fields.as_ref(), t.primary_key));
         let ts = self.clock.tick(now).ok_or_else(|| StoreError::Corrupt("the newest stored stamp is at the largest encodable time: no later write can order after it".into()))?;
         let op = Op {
             origin: self.head.db_id.clone(),
