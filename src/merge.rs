@@ -435,6 +435,53 @@ mod tests {
         assert_eq!(doc(&replay), doc(&all));
     }
 
+    fn tracked(wall: u64, node: &str, fields: Value, saw: u64) -> Op {
+        let fields = fields.as_object().unwrap().clone();
+        let seen = fields.keys().filter(|k| *k != "id").map(|k| (k.clone(), if saw == 0 { Stamp::zero() } else { st(saw) })).collect();
+        Op { ts: Stamp { node: node.into(), ..st(wall) }, kind: if fields.contains_key("id") { Kind::Put } else { Kind::Patch }, fields: Some(fields), seen: Some(seen), ..op(wall, Kind::Patch, None) }
+    }
+
+    #[test]
+    fn concurrent_writes_keep_the_loser_and_a_write_that_saw_both_clears_it() {
+        let base = tracked(1, "n", json!({"id": "a", "t": "x"}), 0);
+        let a = tracked(2, "a", json!({"t": "from a"}), 1);
+        let b = tracked(3, "b", json!({"t": "from b", "u": 1}), 1);
+        let mut s = DocState::default();
+        for o in [&b, &base, &a] {
+            s.apply(o);
+        }
+        assert_eq!(Value::Object(s.losers()), json!({"t": ["from a"]}), "u and id were written once");
+        // A later write that saw b (the newest) saw a too.
+        let c = tracked(4, "c", json!({"t": "merged"}), 3);
+        assert!(s.apply(&c));
+        assert_eq!(s.losers(), Map::new());
+        assert_eq!(s.conflicts["t"].len(), 1);
+        // A stale concurrent write arriving now stays out: c saw past it.
+        assert!(!s.apply(&tracked(2, "z", json!({"t": "late"}), 1)), "a write c saw changes nothing");
+    }
+
+    #[test]
+    fn the_same_value_written_twice_is_no_conflict_and_untracked_writes_hide_nothing() {
+        let mut s = DocState::default();
+        s.apply(&tracked(1, "n", json!({"id": "a", "t": "x"}), 0));
+        s.apply(&tracked(2, "a", json!({"t": "same"}), 1));
+        s.apply(&tracked(3, "b", json!({"t": "same"}), 1));
+        assert_eq!(s.losers(), Map::new(), "both wrote the same value");
+        s.apply(&tracked(4, "c", json!({"t": "other"}), 1));
+        assert_eq!(Value::Object(s.losers()), json!({"t": ["same"]}), "one entry per distinct losing value");
+        // A newer untracked put replaces the field: no conflict is shown for a value no
+        // tracked write decides any more.
+        s.apply(&op(9, Kind::Put, Some(json!({"id": "a", "t": "plain"}))));
+        assert_eq!(s.losers(), Map::new());
+        // Nothing is shown for a deleted document.
+        let mut d = DocState::default();
+        d.apply(&tracked(2, "a", json!({"t": 1}), 0));
+        d.apply(&tracked(3, "b", json!({"t": 2}), 0));
+        assert_eq!(d.losers().len(), 1);
+        d.apply(&op(9, Kind::Delete, None));
+        assert_eq!(d.losers(), Map::new());
+    }
+
     #[test]
     fn applying_twice_changes_nothing() {
         let mut s = DocState::default();
