@@ -494,3 +494,46 @@ impl Store for SqliteStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark::peer::Point;
+
+    fn record(incoming: Point) -> PeerRecord {
+        let mut r = PeerRecord::new();
+        r.note_incoming("s1", incoming, false);
+        r
+    }
+
+    /// The in-memory peer records follow every commit, a conditional removal and a
+    /// failed commit exactly as the file does: reopening reads back what `peers()` said.
+    #[test]
+    fn the_peers_in_memory_are_the_peers_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lib.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        futures::executor::block_on(async {
+            let init = |l: Loaded| Ok(Commit { head: Some(l.head.unwrap_or_else(|| Head::new("me".into(), 0))), ..Commit::default() });
+            store.commit(&[], &[], init).await.unwrap();
+            let ids = ["a".to_string(), "b".to_string(), "c".to_string()];
+            store.commit(&[], &ids, |_| Ok(Commit { peers: ids.iter().map(|id| (id.clone(), record(1))).collect(), ..Commit::default() })).await.unwrap();
+            // A later commit of the same record wins.
+            store.commit(&[], &ids[..1], |_| Ok(Commit { peers: vec![("a".into(), record(7))], ..Commit::default() })).await.unwrap();
+            // A refused commit changes nothing.
+            let refused = store.commit(&[], &ids[1..2], |_| Err(StoreError::Backend("no".into()).into())).await;
+            assert!(refused.is_err());
+            let before = store.peers().await.unwrap();
+            assert_eq!(before.get("a").map(|r| r.incoming), Some(7));
+            assert_eq!(before.len(), 3);
+            // Removed only where the record still reads as given: b goes, c (stale text) stays.
+            let gone = vec![("b".to_string(), encode(&before["b"]).unwrap()), ("c".to_string(), encode(&record(0)).unwrap())];
+            assert_eq!(store.forget_peers(gone).await.unwrap(), 1);
+            let after = store.peers().await.unwrap();
+            assert_eq!(after.keys().collect::<Vec<_>>(), ["a", "c"]);
+            SqliteStore::close(store);
+            let reopened = SqliteStore::open(&path).unwrap();
+            assert_eq!(reopened.peers().await.unwrap(), after, "the file holds what memory said");
+        });
+    }
+}
