@@ -113,7 +113,9 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
                     ready.changed().await.unwrap();
                 };
                 let r = support::round_url(&c, &url, Limits::default(), Duration::from_secs(120)).await;
-                (start.elapsed().as_secs_f64() * 1000.0, r.map(|r| r.received).map_err(|e| e.to_string()))
+                // The replica is handed back, so dropping it (this process shares the
+                // machine with the server) waits until every round is over.
+                (start.elapsed().as_secs_f64() * 1000.0, r.map(|r| r.received).map_err(|e| e.to_string()), c)
             })
         })
         .collect();
@@ -126,8 +128,10 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
     let mut ms = Vec::new();
     let mut errors = Vec::new();
     let mut pulled = 0u64;
+    let mut done = Vec::with_capacity(n);
     for t in tasks {
-        let (elapsed, r) = t.await.unwrap();
+        let (elapsed, r, c) = t.await.unwrap();
+        done.push(c);
         match r {
             Ok(received) => {
                 ms.push(elapsed);
@@ -138,6 +142,7 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
     }
     let wall = began.elapsed().as_secs_f64();
     let (server_cpu, own_cpu) = (cpu_seconds(&server.pid().to_string()) - server_cpu, cpu_seconds("self") - own_cpu);
+    drop(done);
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (_, peak) = memory(server.pid());
     if !errors.is_empty() {
