@@ -71,16 +71,10 @@ mod version_keys {
 }
 
 impl SnapshotDoc {
-    pub fn from_stored(c: &str, d: &StoredDoc) -> SnapshotDoc {
-        SnapshotDoc {
-            collection: c.to_string(),
-            id: d.id.clone(),
-            doc: d.doc.clone(),
-            stamps: d.stamps.clone(),
-            deleted: d.deleted,
-            version: d.version,
-            layers: d.layers.clone(),
-        }
+    /// Takes the stored document: a snapshot page is read to be sent, nothing of it need
+    /// be copied.
+    pub fn from_stored(c: String, d: StoredDoc) -> SnapshotDoc {
+        SnapshotDoc { collection: c, id: d.id, doc: d.doc, stamps: d.stamps, deleted: d.deleted, version: d.version, layers: d.layers }
     }
 
     /// A document's state from its layers: the newest layer in front, the others in

@@ -283,7 +283,7 @@ impl Sender {
                 match page.last() {
                     Some((c, last)) => {
                         let next = Cursor::Docs(Some((c.clone(), last.id.clone())));
-                        (page.iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect(), next)
+                        (page.into_iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect(), next)
                     }
                     None if replica.schema().is_some() => unkept_docs(replica, 0, end, self.limits.per_diff).await?,
                     None => (Vec::new(), Cursor::Done),
