@@ -63,6 +63,21 @@ fn memory(pid: u32) -> (f64, f64) {
     (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
 }
 
+/// CPU seconds (user + system) a process has used so far (`self` for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// The 1-minute load average (other processes share the machine).
+fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN)
+}
+
 /// The value at quantile `q` of sorted `v`.
 fn quantile(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
@@ -98,18 +113,25 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
                     ready.changed().await.unwrap();
                 };
                 let r = support::round_url(&c, &url, Limits::default(), Duration::from_secs(120)).await;
-                (start.elapsed().as_secs_f64() * 1000.0, r.map(|r| r.received).map_err(|e| e.to_string()))
+                // The replica is handed back, so dropping it (this process shares the
+                // machine with the server) waits until every round is over.
+                (start.elapsed().as_secs_f64() * 1000.0, r.map(|r| r.received).map_err(|e| e.to_string()), c)
             })
         })
         .collect();
     drop(ready);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    go.send(Some(Instant::now())).unwrap();
+    let load = loadavg();
+    let (server_cpu, own_cpu) = (cpu_seconds(&server.pid().to_string()), cpu_seconds("self"));
+    let began = Instant::now();
+    go.send(Some(began)).unwrap();
     let mut ms = Vec::new();
     let mut errors = Vec::new();
     let mut pulled = 0u64;
+    let mut done = Vec::with_capacity(n);
     for t in tasks {
-        let (elapsed, r) = t.await.unwrap();
+        let (elapsed, r, c) = t.await.unwrap();
+        done.push(c);
         match r {
             Ok(received) => {
                 ms.push(elapsed);
@@ -118,6 +140,9 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
             Err(e) => errors.push(e),
         }
     }
+    let wall = began.elapsed().as_secs_f64();
+    let (server_cpu, own_cpu) = (cpu_seconds(&server.pid().to_string()) - server_cpu, cpu_seconds("self") - own_cpu);
+    drop(done);
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (_, peak) = memory(server.pid());
     if !errors.is_empty() {
@@ -131,6 +156,12 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
         "peak_rss_mb": round2(peak),
         "errors": errors.len(),
         "rows_pulled_per_client": round2(pulled as f64 / n.max(1) as f64),
+        // Where the time went: the whole run's wall time, the CPU the server and this
+        // load generator used meanwhile (they share the machine), and its load average.
+        "wall_s": round2(wall),
+        "server_cpu_s": round2(server_cpu),
+        "generator_cpu_s": round2(own_cpu),
+        "loadavg_before": load,
     });
     eprintln!("load: rounds {out}");
     out

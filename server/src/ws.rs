@@ -30,10 +30,17 @@ use crate::auth;
 use crate::library::valid_name;
 use crate::socket::{Fault, WsTransport};
 
+/// What a connection's read buffer starts at. The WebSocket library's default (128 KiB)
+/// is held by every connection for its whole life, idle or not: 10,000 live clients
+/// would hold 1.3 GB for nothing. A bigger frame grows the buffer while it is read.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// `GET /v1/sync`: upgrades to a WebSocket with the configured size limits.
 pub async fn upgrade(ws: WebSocketUpgrade, State(app): State<Arc<App>>, ConnectInfo(remote): ConnectInfo<SocketAddr>) -> Response {
     let max = app.settings.max_frame;
-    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| connection(app, socket, remote.ip()))
+    // Every send is flushed at once (`WsTransport::send`), so frames are never gathered
+    // in the write buffer first.
+    ws.max_message_size(max).max_frame_size(max).read_buffer_size(READ_BUFFER).write_buffer_size(0).on_upgrade(move |socket| connection(app, socket, remote.ip()))
 }
 
 /// How a connection ended.

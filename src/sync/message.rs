@@ -74,16 +74,18 @@ mod version_keys {
 }
 
 impl SnapshotDoc {
-    pub fn from_stored(c: &str, d: &StoredDoc) -> SnapshotDoc {
+    /// Takes the stored document: a snapshot page is read to be sent, nothing of it need
+    /// be copied.
+    pub fn from_stored(c: String, d: StoredDoc) -> SnapshotDoc {
         SnapshotDoc {
-            collection: c.to_string(),
-            id: d.id.clone(),
-            doc: d.doc.clone(),
-            stamps: d.stamps.clone(),
+            collection: c,
+            id: d.id,
+            doc: d.doc,
+            stamps: d.stamps,
             deleted: d.deleted,
             version: d.version,
-            layers: d.layers.clone(),
-            conflicts: d.conflicts.clone(),
+            layers: d.layers,
+            conflicts: d.conflicts,
         }
     }
 
@@ -183,21 +185,66 @@ pub enum Message {
 }
 
 /// The versioned envelope every frame travels in.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Envelope {
+    /// Checked before the envelope is read (`decode`); here so it is not an unknown field.
+    #[allow(dead_code)]
     v: u32,
     #[serde(flatten)]
     msg: Message,
 }
 
+/// The envelope as it is written: borrows the message (a batch is not copied to be sent).
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    v: u32,
+    #[serde(flatten)]
+    msg: &'a Message,
+}
+
+/// The two envelope fields every frame is checked by first (everything else is skipped
+/// without being built).
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(default)]
+    v: Option<Value>,
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A `batch` frame read in one pass: rows are most of what travels, and the generic path
+/// (an internally tagged enum inside a flattened envelope) builds every row three times
+/// before it is decoded. Used only when it reads the frame; anything else takes the
+/// generic path, which also words every error.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFrame {
+    #[allow(dead_code)]
+    v: u32,
+    #[serde(rename = "type")]
+    #[allow(dead_code)]
+    kind: serde::de::IgnoredAny,
+    session: String,
+    after: Point,
+    covers: Point,
+    rows: Vec<Row>,
+}
+
 impl Message {
     pub fn encode(&self) -> String {
-        serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, msg: self.clone() }).expect("messages serialize")
+        serde_json::to_string(&EnvelopeRef { v: PROTOCOL_VERSION, msg: self }).expect("messages serialize")
     }
 
     /// Decodes one frame. Refuses other protocol versions, unknown types and malformed
     /// JSON with a message fit to send back as a protocol error.
     pub fn decode(text: &str) -> Result<Message, String> {
+        if let Ok(Probe { v: Some(v), kind: Some(kind) }) = serde_json::from_str::<Probe>(text) {
+            if v.as_u64() == Some(PROTOCOL_VERSION as u64) && kind == "batch" {
+                if let Ok(BatchFrame { session, after, covers, rows, .. }) = serde_json::from_str::<BatchFrame>(text) {
+                    return Ok(Message::Batch { session, after, covers, rows });
+                }
+            }
+        }
         let raw: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
         match raw.get("v").and_then(Value::as_u64) {
             Some(v) if v == PROTOCOL_VERSION as u64 => {}
@@ -258,5 +305,32 @@ mod tests {
         assert!(Message::decode(r#"{"v":1,"type":"nope"}"#).is_err());
         assert!(Message::decode(r#"{"v":1,"type":"ack","session":"s"}"#).is_err());
         assert!(Message::decode(r#"{"v":1,"type":"ack","session":"s","point":1,"extra":2}"#).is_err());
+    }
+
+    /// A batch frame as a peer writes it, with `row`'s op and sender.
+    fn batch_text(extra: &str) -> String {
+        let ts = Stamp { version: 1, wall: 1_700_000_000_000, counter: 2, node: "a1".into() }.encode();
+        let op = format!(r#"{{"origin":"a1","originRow":3,"ts":"{ts}","schemaVersion":1,"collection":"docs","id":"x","kind":"put","fields":{{"id":"x","n":1.5,"s":"\u00e9\n"}}}}"#);
+        format!(r#"{{"v":1,"type":"batch","session":"s","after":2,"covers":9,"rows":[{{"row":9,"op":{op},"from":"b2"}}]{extra}}}"#)
+    }
+
+    #[test]
+    fn a_batch_reads_the_same_by_the_fast_path_and_the_generic_one() {
+        let text = batch_text("");
+        let fast = Message::decode(&text).unwrap();
+        let raw: Value = serde_json::from_str(&text).unwrap();
+        let generic = serde_json::from_value::<Envelope>(raw).unwrap().msg;
+        assert_eq!(fast, generic);
+        let Message::Batch { rows, covers, .. } = &fast else { panic!("a batch: {fast:?}") };
+        assert_eq!((rows.len(), *covers, rows[0].from.as_deref()), (1, 9, Some("b2")));
+        assert_eq!(Message::decode(&fast.encode()).unwrap(), fast, "what is written reads back");
+    }
+
+    #[test]
+    fn a_batch_with_anything_wrong_is_still_refused() {
+        assert!(Message::decode(&batch_text(r#","extra":1"#)).is_err());
+        assert!(Message::decode(&batch_text("").replace(r#""v":1"#, r#""v":2"#)).is_err());
+        assert!(Message::decode(&batch_text("").replace(r#""covers":9"#, r#""covers":"9""#)).is_err());
+        assert!(Message::decode(&batch_text("").replace(r#","session":"s""#, "")).is_err());
     }
 }

@@ -36,8 +36,10 @@ pub struct Sender {
 }
 
 enum State {
-    /// Preflight sent; waiting for the receiver's point.
-    Preflight { peers: BTreeMap<String, PeerRecord>, head: Head },
+    /// Preflight sent; waiting for the receiver's point. What the pass needs of the peer
+    /// records taken before it began — the peer's own and the table to forward — not all
+    /// of them: a server holds one per client, and every pass would hold them all.
+    Preflight { known: Option<PeerRecord>, table: Vec<TableEntry>, head: Head },
     /// Sending rows after `cursor`; `pending` is the batch waiting for its ack.
     Diffs { diffs: Diffs, pending: Option<Sent> },
     /// Sending a snapshot from `at`; a chunk waits for its ack.
@@ -123,22 +125,23 @@ impl Sender {
     /// Starts a pass to `peer` (its db id) and returns the preflight to send.
     pub async fn start<S: Store>(replica: &Replica<S>, peer: &str, session: &str, limits: Limits) -> Result<(Sender, Message), Error> {
         // The table we may forward is the one from before the pass began.
-        let peers = replica.store().peers().await?;
+        let mut peers = replica.store().peers().await?;
         let head = replica.head();
-        let mine = peers.get(peer).cloned().unwrap_or_else(PeerRecord::new);
+        let table = forwarded(&peers, peer, &head.db_id);
+        let known = peers.remove(peer);
         let preflight = Message::Preflight {
             session: session.into(),
             db_id: head.db_id.clone(),
             max_row: head.max_row,
             schema_version: head.schema_version,
-            sessions: mine.out_history.clone(),
+            sessions: known.as_ref().map(|k| k.out_history.clone()).unwrap_or_default(),
         };
         let sender = Sender {
             peer: peer.to_string(),
             session: session.to_string(),
             limits: limits.sane(),
             report: PassReport::default(),
-            state: State::Preflight { peers, head },
+            state: State::Preflight { known, table, head },
         };
         Ok((sender, preflight))
     }
@@ -150,7 +153,7 @@ impl Sender {
     /// Takes the receiver's next message.
     pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         match (std::mem::replace(&mut self.state, State::Done), msg) {
-            (State::Preflight { peers, head }, Message::Point { session, db_id, max_row, schema_version, point, matched, candidates, sent_sessions, marks, own_only })
+            (State::Preflight { known, table, head }, Message::Point { session, db_id, max_row, schema_version, point, matched, candidates, sent_sessions, marks, own_only })
                 if session == self.session =>
             {
                 if db_id != self.peer {
@@ -162,7 +165,7 @@ impl Sender {
                 if marks.len() > MAX_MARKS {
                     return Err(SyncError::Protocol(format!("{} marks in a preflight answer; at most {MAX_MARKS}", marks.len())).into());
                 }
-                self.begin(replica, peers, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, their_version: schema_version, marks, own_only }).await
+                self.begin(replica, known, table, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, their_version: schema_version, marks, own_only }).await
             }
             (State::Diffs { diffs, pending: Some(sent) }, Message::Ack { session, point }) if session == self.session => {
                 if point != sent.covers {
@@ -200,15 +203,16 @@ impl Sender {
     }
 
     /// Chooses where to start and how (snapshot or diffs), and sends the first chunk.
-    async fn begin<S: Store>(&mut self, replica: &Replica<S>, peers: BTreeMap<String, PeerRecord>, head: Head, answer: Answer) -> Result<Step<PassReport>, Error> {
+    async fn begin<S: Store>(&mut self, replica: &Replica<S>, known: Option<PeerRecord>, table: Vec<TableEntry>, head: Head, answer: Answer) -> Result<Step<PassReport>, Error> {
         let Answer { point, matched, candidates, sent_sessions, their_max, their_version, marks, own_only } = answer;
         let me = head.db_id.clone();
-        let known = peers.get(&self.peer).cloned();
         let mine = known.clone().unwrap_or_else(PeerRecord::new);
-        // Fast-forward through a transitive entry only if we still remember its session.
+        // Fast-forward through a transitive entry only if we still remember its session
+        // (read now: a session remembered now carried rows up to its row then too).
         let mut start = point.max(-1);
         let mut cands = candidates;
         cands.sort_by_key(|e| std::cmp::Reverse(e.row));
+        let peers = if cands.is_empty() { BTreeMap::new() } else { replica.store().peers().await? };
         for c in &cands {
             let remembered = peers.values().flat_map(|p| p.out_history.iter()).filter(|e| e.session == c.session).map(|e| e.row).max();
             if let Some(row) = remembered {
@@ -246,21 +250,8 @@ impl Sender {
             snapshot = holds_older(replica, start, their_version, self.limits.per_diff).await?;
         }
         self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
-        // The table carries points, never stamps: a receiver's per-origin mark takes its
-        // stamp only from ops it merged itself. Where rows become visible out of order
-        // (several instances on PostgreSQL) a record can be ahead of the rows a pass sends,
-        // and a forwarded stamp would let the mark cover rows the receiver never got.
-        let table: Vec<TableEntry> = peers
-            .iter()
-            .filter(|_| !own_only)
-            .filter(|(id, _)| **id != self.peer && **id != me)
-            .filter_map(|(id, rec)| {
-                let e = rec.in_history.iter().max_by_key(|e| e.row)?;
-                Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
-            })
-            // A receiver refuses a longer table; a shorter one only fast-forwards less.
-            .take(crate::limits::MAX_TABLE_ENTRIES)
-            .collect();
+        // A receiver that takes only our own ops gets no table.
+        let table = if own_only { Vec::new() } else { table };
         let total = if snapshot { replica.store().doc_count().await? } else { gap };
         // Resolutions go first, uncapped: no receiver shows a conflict already settled
         // (DESIGN §11). A snapshot carries them in its document states.
@@ -298,7 +289,7 @@ impl Sender {
                 match page.last() {
                     Some((c, last)) => {
                         let next = Cursor::Docs(Some((c.clone(), last.id.clone())));
-                        (page.iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect(), next)
+                        (page.into_iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect(), next)
                     }
                     None if replica.schema().is_some() => unkept_docs(replica, 0, end, self.limits.per_diff).await?,
                     None => (Vec::new(), Cursor::Done),
@@ -389,6 +380,25 @@ impl Sender {
             incoming: complete.then_some(diffs.table),
         }])
     }
+}
+
+/// The table a pass to `peer` forwards, from the records taken before it began: the
+/// newest incoming entry of every other peer. The table carries points, never stamps: a
+/// receiver's per-origin mark takes its stamp only from ops it merged itself. Where rows
+/// become visible out of order (several instances on PostgreSQL) a record can be ahead of
+/// the rows a pass sends, and a forwarded stamp would let the mark cover rows the
+/// receiver never got.
+fn forwarded(peers: &BTreeMap<String, PeerRecord>, peer: &str, me: &str) -> Vec<TableEntry> {
+    peers
+        .iter()
+        .filter(|(id, _)| *id != peer && *id != me)
+        .filter_map(|(id, rec)| {
+            let e = rec.in_history.iter().max_by_key(|e| e.row)?;
+            Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
+        })
+        // A receiver refuses a longer table; a shorter one only fast-forwards less.
+        .take(crate::limits::MAX_TABLE_ENTRIES)
+        .collect()
 }
 
 /// The receiver's preflight answer, as `begin` uses it.

@@ -19,6 +19,12 @@
 //! waiting at a time into one transaction — one fsync — and acknowledges each only after it;
 //! reads run on read connections (`readers`) on the blocking pool, and see the last committed
 //! state (WAL), never a group still being written.
+//!
+//! The peer records are also kept in memory (`Peers`), because every pass reads all of
+//! them (a server's library has one per client): loaded when the file opens, updated by
+//! the writer after each group commits (in commit order, before anyone is told), so
+//! `peers()` never reads or decodes the table. Only this process writes the file
+//! (another process writing it meanwhile is not supported).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,9 +77,13 @@ fn log_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Resu
     .collect()
 }
 
+/// The committed peer records, as `peers()` returns them (see the module doc).
+pub(crate) type Peers = Arc<Mutex<BTreeMap<String, PeerRecord>>>;
+
 /// A replica's storage in one SQLite database file.
 pub struct SqliteStore {
     path: PathBuf,
+    peers: Peers,
     /// Dropped before the writer, so the writer's connection is the file's last to close.
     readers: Arc<Readers>,
     writer: Writer,
@@ -101,8 +111,9 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = connect(&path)?;
+        let peers: Peers = Arc::new(Mutex::new(read_peers(&conn)?));
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(SqliteStore { readers: Arc::new(Readers::new(path.clone())), writer: Writer::start(conn, name)?, path, waiters: Mutex::default() })
+        Ok(SqliteStore { readers: Arc::new(Readers::new(path.clone())), writer: Writer::start(conn, name, peers.clone())?, peers, path, waiters: Mutex::default() })
     }
 
     /// Runs `f` with the write connection, between commit groups.
@@ -224,17 +235,24 @@ impl SqliteStore {
     /// Removes peer records, each only if it still reads exactly as given (a record a
     /// concurrent commit changed stays); returns how many went.
     pub async fn forget_peers(&self, gone: Vec<(String, String)>) -> Result<u64, StoreError> {
+        let peers = self.peers.clone();
         self.exclusive(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-            let mut n = 0;
+            let mut removed = Vec::new();
             {
                 let mut del = tx.prepare_cached("DELETE FROM peers WHERE db_id = ?1 AND record = ?2").map_err(backend)?;
                 for (id, record) in &gone {
-                    n += del.execute(params![id, record]).map_err(backend)? as u64;
+                    if del.execute(params![id, record]).map_err(backend)? > 0 {
+                        removed.push(id);
+                    }
                 }
             }
             tx.commit().map_err(backend)?;
-            Ok(n)
+            let mut cached = lock(&peers);
+            for id in &removed {
+                cached.remove(*id);
+            }
+            Ok(removed.len() as u64)
         })
         .await
     }
@@ -244,6 +262,22 @@ impl SqliteStore {
         let n: i64 = self.readers.with(|conn| conn.query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0)).map_err(backend))?;
         Ok(n as u64)
     }
+}
+
+/// The lock of the in-memory peer records (plain data: usable after a panic elsewhere).
+pub(crate) fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, BTreeMap<String, PeerRecord>> {
+    peers.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every peer record in the file.
+fn read_peers(conn: &Connection) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT db_id, record FROM peers").map_err(backend)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
+    rows.map(|r| {
+        let (id, text) = r.map_err(backend)?;
+        Ok((id, decode("peer record", &text)?))
+    })
+    .collect()
 }
 
 pub(crate) fn read_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
@@ -327,17 +361,9 @@ impl Store for SqliteStore {
         Ok(done_rx.await.map_err(|_| StoreError::Closed)??)
     }
 
+    /// From memory (see the module doc).
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT db_id, record FROM peers").map_err(backend)?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(backend)?;
-            rows.map(|r| {
-                let (id, text) = r.map_err(backend)?;
-                Ok((id, decode("peer record", &text)?))
-            })
-            .collect()
-        })
-        .await
+        Ok(lock(&self.peers).clone())
     }
 
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
@@ -433,7 +459,7 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await?;
-        let (path, staged) = (self.path.clone(), from.clone());
+        let (path, staged, peers) = (self.path.clone(), from.clone(), self.peers.clone());
         let flipped = self
             .exclusive(move |conn| {
                 if !read_head(conn)?.is_some_and(|h| h.sealed) {
@@ -443,6 +469,7 @@ impl Store for SqliteStore {
                 drop(std::mem::replace(conn, Connection::open_in_memory().map_err(backend)?));
                 let renamed = std::fs::rename(&staged, &path).map_err(|e| StoreError::Backend(format!("cannot swap in {}: {e}", staged.display())));
                 *conn = connect(&path)?;
+                *lock(&peers) = read_peers(conn)?;
                 renamed
             })
             .await;
@@ -479,5 +506,48 @@ impl Store for SqliteStore {
         }
         let _ = rx.await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidemark::peer::Point;
+
+    fn record(incoming: Point) -> PeerRecord {
+        let mut r = PeerRecord::new();
+        r.note_incoming("s1", incoming, false);
+        r
+    }
+
+    /// The in-memory peer records follow every commit, a conditional removal and a
+    /// failed commit exactly as the file does: reopening reads back what `peers()` said.
+    #[test]
+    fn the_peers_in_memory_are_the_peers_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lib.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        futures::executor::block_on(async {
+            let init = |l: Loaded| Ok(Commit { head: Some(l.head.unwrap_or_else(|| Head::new("me".into(), 0))), ..Commit::default() });
+            store.commit(&[], &[], init).await.unwrap();
+            let ids = ["a".to_string(), "b".to_string(), "c".to_string()];
+            store.commit(&[], &ids, |_| Ok(Commit { peers: ids.iter().map(|id| (id.clone(), record(1))).collect(), ..Commit::default() })).await.unwrap();
+            // A later commit of the same record wins.
+            store.commit(&[], &ids[..1], |_| Ok(Commit { peers: vec![("a".into(), record(7))], ..Commit::default() })).await.unwrap();
+            // A refused commit changes nothing.
+            let refused = store.commit(&[], &ids[1..2], |_| Err(StoreError::Backend("no".into()).into())).await;
+            assert!(refused.is_err());
+            let before = store.peers().await.unwrap();
+            assert_eq!(before.get("a").map(|r| r.incoming), Some(7));
+            assert_eq!(before.len(), 3);
+            // Removed only where the record still reads as given: b goes, c (stale text) stays.
+            let gone = vec![("b".to_string(), encode(&before["b"]).unwrap()), ("c".to_string(), encode(&record(0)).unwrap())];
+            assert_eq!(store.forget_peers(gone).await.unwrap(), 1);
+            let after = store.peers().await.unwrap();
+            assert_eq!(after.keys().collect::<Vec<_>>(), ["a", "c"]);
+            SqliteStore::close(store);
+            let reopened = SqliteStore::open(&path).unwrap();
+            assert_eq!(reopened.peers().await.unwrap(), after, "the file holds what memory said");
+        });
     }
 }

@@ -22,7 +22,7 @@ use tidemark::error::StoreError;
 use tidemark::store::{Commit, DocKey, Loaded};
 use tokio::sync::oneshot;
 
-use super::{backend, read_doc, read_head, read_peer, write_commit};
+use super::{backend, lock, read_doc, read_head, read_peer, write_commit, Peers};
 
 /// Most commits in one group.
 const MAX_GROUP: usize = 512;
@@ -54,11 +54,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(conn: Connection, name: String) -> Result<Writer, StoreError> {
+    /// Starts the writer; it keeps `peers` (the store's in-memory records) up to date.
+    pub(crate) fn start(conn: Connection, name: String, peers: Peers) -> Result<Writer, StoreError> {
         let (jobs, queue) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("sqlite-writer {name}"))
-            .spawn(move || run(conn, queue))
+            .spawn(move || run(conn, queue, peers))
             .map_err(|e| StoreError::Backend(format!("cannot start the SQLite writer: {e}")))?;
         Ok(Writer { jobs: Some(jobs), thread: Some(thread) })
     }
@@ -77,7 +78,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
     while let Ok(job) = queue.recv() {
         let first = match job {
             Job::Exclusive(f) => {
@@ -107,6 +108,16 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>) {
         }
         match conn.execute_batch("COMMIT") {
             Ok(()) => {
+                // In commit order, before anyone hears of it: a later commit of the same
+                // record wins, and a pass that starts after an acknowledged commit sees it.
+                {
+                    let mut cached = lock(&peers);
+                    for (_, commit) in &group {
+                        for (id, rec) in &commit.peers {
+                            cached.insert(id.clone(), rec.clone());
+                        }
+                    }
+                }
                 for (done, commit) in group {
                     let _ = done.send(Ok(commit));
                 }
