@@ -16,27 +16,20 @@ use wasm_bindgen::prelude::*;
 
 use crate::error::{Error, StoreError};
 use crate::schema::{Index, Schema};
-use crate::store::{Commit, DocKey, Head, Loaded, Row, StoredDoc};
+use crate::store::{Commit, DocKey, Head, Loaded, StoredDoc};
 use crate::peer::PeerRecord;
 
 use super::codec;
 use super::error::{from_idb, from_js, from_tx};
 use super::generation::{collection_store, HEAD, LOG, META, PEERS};
 
-/// Everything a commit writes, encoded in one go so it crosses into JS with a single
-/// `JSON.parse`.
+/// Everything a commit writes but its log rows, encoded in one go so it crosses into JS
+/// with a single `JSON.parse`. The rows go as one string of their own (`codec::log_record`).
 #[derive(Serialize)]
 struct Batch<'a> {
     docs: Vec<codec::DocOut<'a>>,
-    log: Option<LogValue<'a>>,
     peers: Vec<&'a PeerRecord>,
     head: Option<&'a Head>,
-}
-
-/// A log record: the rows of one commit, so a batch of 1,000 writes costs one put.
-#[derive(Serialize)]
-struct LogValue<'a> {
-    rows: &'a [Row],
 }
 
 #[wasm_bindgen]
@@ -44,8 +37,6 @@ extern "C" {
     type BatchJs;
     #[wasm_bindgen(method, getter)]
     fn docs(this: &BatchJs) -> js_sys::Array;
-    #[wasm_bindgen(method, getter)]
-    fn log(this: &BatchJs) -> JsValue;
     #[wasm_bindgen(method, getter)]
     fn peers(this: &BatchJs) -> js_sys::Array;
     #[wasm_bindgen(method, getter)]
@@ -102,7 +93,6 @@ where
 
         let batch = Batch {
             docs: commit.docs.iter().map(|(c, d)| codec::DocOut::new(d, slot(c).map_or(&[][..], |i| indexes[i]))).collect::<Result<_, _>>()?,
-            log: (!commit.rows.is_empty()).then_some(LogValue { rows: &commit.rows }),
             peers: commit.peers.iter().map(|(_, p)| p).collect(),
             head: commit.head.as_ref(),
         };
@@ -113,7 +103,7 @@ where
             stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
         }
         if let Some(first) = commit.rows.first() {
-            log.put(js.log()).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
+            log.put(codec::log_record(&commit.rows)?).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
         }
         let peer_values = js.peers();
         for (i, (id, _)) in commit.peers.iter().enumerate() {
