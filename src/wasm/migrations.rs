@@ -43,7 +43,7 @@ export function tm_migrate(fn, text, collection, get, query) {
 "#)]
 extern "C" {
     #[wasm_bindgen(catch)]
-    fn tm_migrate(f: &js_sys::Function, text: &str, collection: &str, get: &js_sys::Function, query: &js_sys::Function) -> Result<String, JsValue>;
+    fn tm_migrate(f: &js_sys::Function, text: &str, collection: &str, get: &js_sys::Function, query: &js_sys::Function) -> Result<JsValue, JsValue>;
 }
 
 pub struct JsMigrator {
@@ -123,6 +123,7 @@ impl Migrator for JsMigrator {
             let msg = e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).unwrap_or_else(|| format!("{e:?}"));
             MigrateError::Failed(format!("migrations[{to}] failed on {collection:?}: {msg}"))
         })?;
+        let out = crate::idb::codec::text_of(&out).unwrap_or_default();
         #[derive(serde::Deserialize)]
         #[serde(untagged)]
         enum Outcome {
