@@ -15,6 +15,7 @@
 // shipped one has no function names (scripts/wasm-opt.sh drops them); one with names comes
 // from `wasm-bindgen --target web --out-dir DIR --out-name tidemark
 // target/wasm32-unknown-unknown/wasm-release/tidemark.wasm` (the same build, same glue).
+// PROFILE_RAW=file.cpuprofile keeps the whole profile (Chromium DevTools opens it).
 import { chromium } from 'playwright-core';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
@@ -126,12 +127,14 @@ async function migrate(context, url) {
       return page;
     };
     const page = await open();
-    const limit = await page.evaluate((n) => window.bench.rawLimit(n), `profile-limit-${Date.now()}`);
-    const library = `profile-migrate-${Date.now()}`;
-    await page.evaluate(([u, l]) => window.bench.migrateSeed(u, l), [srv.wsUrl, library]);
     const cdp = await context.newCDPSession(page);
     await cdp.send('Profiler.enable');
     await cdp.send('Profiler.setSamplingInterval', { interval: 100 });
+    // The limit profiled too: what raw IndexedDB's own writes cost in the same page.
+    const raw = await profiled(cdp, () => page.evaluate((n) => window.bench.rawLimit(n), `profile-limit-${Date.now()}`));
+    const limit = raw.result;
+    const library = `profile-migrate-${Date.now()}`;
+    await page.evaluate(([u, l]) => window.bench.migrateSeed(u, l), [srv.wsUrl, library]);
     const load = +loadavg()[0].toFixed(2);
     // The page calls afterTimed once the timed part is over; the profile stops there.
     let stopped = null;
@@ -144,6 +147,7 @@ async function migrate(context, url) {
     await cdp.send('Profiler.start');
     const result = await page.evaluate(([u, l]) => window.bench.migrateRun(u, l, 0), [srv.wsUrl, library]);
     if (!stopped) throw new Error('the page never called afterTimed');
+    if (process.env.PROFILE_RAW) await writeFile(process.env.PROFILE_RAW, JSON.stringify(stopped));
     const run = { result, profile: summarize(stopped) };
     await page.close();
     const figures = { reset_migrate_ms: +run.result.reset_migrate_ms.toFixed(0), raw_limit_ms: +limit.limit_ms.toFixed(0),
@@ -154,7 +158,7 @@ async function migrate(context, url) {
       const k = `${p.direction}:${p.phase}`;
       if (phases.at(-1)?.phase !== k) phases.push({ phase: k, ms: +p.ms.toFixed(0) });
     }
-    return { reset: { figures: { ...figures, phases }, ...run.profile, by_phase: byPhase(stopped, phases) } };
+    return { limit: { figures: limit, ...raw.profile }, reset: { figures: { ...figures, phases }, ...run.profile, by_phase: byPhase(stopped, phases) } };
   } finally {
     await srv.stop();
   }
@@ -169,6 +173,7 @@ async function main() {
   try {
     if (lib === 'migrate') {
       const out = { lib, generated: new Date().toISOString(), ...(await migrate(context, url)) };
+      print('raw IndexedDB limit', out.limit);
       print('tidemark reset + migrate', out.reset);
       for (const p of out.reset.by_phase ?? []) {
         console.log(`\nphase ${p.phase} (${p.from_ms}–${p.to_ms ?? 'end'} ms): ${p.total} ms sampled, idle ${p.idle}, gc ${p.gc}`);

@@ -110,8 +110,8 @@ async fn log_records(db_name: &str) -> Vec<(f64, usize)> {
         let store = tx.object_store("log").unwrap();
         let keys: Vec<f64> = store.get_all_keys::<f64>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
         let values: Vec<JsValue> = store.get_all::<JsValue>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
-        // A record is its rows' JSON text (`codec::log_record`).
-        let counts = values.iter().map(|v| serde_json::from_str::<Vec<Value>>(&v.as_string().expect("a log record is a string")).unwrap().len());
+        // A record holds its rows' JSON text (`codec::log_record`).
+        let counts = values.iter().map(|v| serde_json::from_str::<Vec<Value>>(&js_sys::Reflect::get(v, &"rows".into()).unwrap().as_string().unwrap()).unwrap().len());
         keys.into_iter().zip(counts).collect()
     };
     db.close();

@@ -168,27 +168,54 @@ extern "C" {
     #[wasm_bindgen(method, getter)]
     pub fn d(this: &DocRecord) -> JsValue;
 
-    /// A log record as earlier versions wrote it: `{ rows: [...] }`, the rows as objects.
-    type LogObject;
+    /// A log record (`log_record`).
+    type LogRecord;
     #[wasm_bindgen(method, getter)]
-    fn rows(this: &LogObject) -> JsValue;
+    fn rows(this: &LogRecord) -> JsValue;
+    #[wasm_bindgen(method, getter)]
+    fn own(this: &LogRecord) -> JsValue;
 }
 
-/// The log record of one commit's rows: their JSON text, one string. Nothing in JS ever
-/// looks inside a row, and a string is what IndexedDB clones fastest — a reset logs 10,000
-/// snapshot registers and 10,000 migration ops, which as objects cost more to clone into
-/// IndexedDB (and out again, to count or send them) than the documents themselves.
+/// The log record of one commit's rows: `{ rows, own }`, `rows` their JSON text — nothing
+/// in JS ever looks inside a row, and one string is what IndexedDB clones fastest (a reset
+/// logs 10,000 snapshot registers and 10,000 migration ops, which as objects cost more to
+/// clone into IndexedDB and out again than the documents themselves) — and `own` the
+/// number of the replica's own rows (no sender) per origin, so that counting unsynced
+/// rows (`read::own_rows_after`) reads no row at all.
 pub fn log_record(rows: &[Row]) -> Result<JsValue, StoreError> {
     let text = serde_json::to_string(rows).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
-    Ok(JsValue::from_str(&text))
+    let mut own: BTreeMap<&str, u32> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.from.is_none()) {
+        *own.entry(r.op.origin.as_str()).or_default() += 1;
+    }
+    let counts = js_sys::Object::new();
+    for (origin, n) in own {
+        js_sys::Reflect::set(&counts, &JsValue::from_str(origin), &JsValue::from(n)).map_err(|e| js_error(&e))?;
+    }
+    let record = js_sys::Object::new();
+    js_sys::Reflect::set(&record, &JsValue::from_str("rows"), &JsValue::from_str(&text)).map_err(|e| js_error(&e))?;
+    js_sys::Reflect::set(&record, &JsValue::from_str("own"), &counts).map_err(|e| js_error(&e))?;
+    Ok(record.into())
 }
 
-/// The rows of a log record, in either form (`log_record`'s, or earlier versions' object).
+/// The rows of a log record, in either form (`log_record`'s, or earlier versions', whose
+/// `rows` were objects).
 pub fn log_rows<T: DeserializeOwned>(record: &JsValue) -> Result<Vec<T>, StoreError> {
-    match text_of(record) {
+    let rows = record.unchecked_ref::<LogRecord>().rows();
+    match text_of(&rows) {
         Some(text) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("a log record: {e}"))),
-        None => from_js(&record.unchecked_ref::<LogObject>().rows()),
+        None => from_js(&rows),
     }
+}
+
+/// How many of a log record's rows are `origin`'s own (no sender), from its `own` counts;
+/// `None` for records of earlier versions, which have none.
+pub fn log_own(record: &JsValue, origin: &str) -> Option<u64> {
+    let own = record.unchecked_ref::<LogRecord>().own();
+    if own.is_undefined() {
+        return None;
+    }
+    Some(js_sys::Reflect::get(&own, &JsValue::from_str(origin)).ok()?.as_f64().unwrap_or(0.0) as u64)
 }
 
 /// The app-visible document of a stored record, `None` for tombstones.

@@ -23,20 +23,23 @@ use super::codec;
 use super::error::{from_idb, from_js, from_tx};
 use super::generation::{collection_store, HEAD, LOG, META, PEERS};
 
-/// Everything a commit writes but its log rows, encoded in one go so it crosses into JS
-/// with a single `JSON.parse`. The rows go as one string of their own (`codec::log_record`).
+/// A commit's peer records and head, encoded together so they cross into JS with a
+/// single `JSON.parse`. Documents go in slices (`SLICE`), the log rows as one string of
+/// their own (`codec::log_record`).
 #[derive(Serialize)]
 struct Batch<'a> {
-    docs: Vec<codec::DocOut<'a>>,
     peers: Vec<&'a PeerRecord>,
     head: Option<&'a Head>,
 }
 
+/// Documents encoded (one `JSON.parse`) and put per slice: IndexedDB starts storing the
+/// first ones while the rest are encoded, where one batch of all made it wait for the
+/// whole encoding (a reset writes 10,000 in one transaction).
+const SLICE: usize = 256;
+
 #[wasm_bindgen]
 extern "C" {
     type BatchJs;
-    #[wasm_bindgen(method, getter)]
-    fn docs(this: &BatchJs) -> js_sys::Array;
     #[wasm_bindgen(method, getter)]
     fn peers(this: &BatchJs) -> js_sys::Array;
     #[wasm_bindgen(method, getter)]
@@ -91,17 +94,20 @@ where
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
         commit.check(loaded_head.as_ref())?;
 
-        let batch = Batch {
-            docs: commit.docs.iter().map(|(c, d)| codec::DocOut::new(d, slot(c).map_or(&[][..], |i| indexes[i]))).collect::<Result<_, _>>()?,
-            peers: commit.peers.iter().map(|(_, p)| p).collect(),
-            head: commit.head.as_ref(),
-        };
-        let js: BatchJs = codec::to_js(&batch)?.unchecked_into();
-        let docs = js.docs();
-        for (i, (c, d)) in commit.docs.iter().enumerate() {
-            let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
-            stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+        for slice in commit.docs.chunks(SLICE) {
+            let mut out = Vec::with_capacity(slice.len());
+            for (c, d) in slice {
+                let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
+                out.push(codec::DocOut::new(d, indexes[store])?);
+            }
+            let docs: js_sys::Array = codec::to_js(&out)?.unchecked_into();
+            for (i, (c, _)) in slice.iter().enumerate() {
+                let store = slot(c).expect("checked above");
+                stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+            }
         }
+        let batch = Batch { peers: commit.peers.iter().map(|(_, p)| p).collect(), head: commit.head.as_ref() };
+        let js: BatchJs = codec::to_js(&batch)?.unchecked_into();
         if let Some(first) = commit.rows.first() {
             log.put(codec::log_record(&commit.rows)?).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
         }

@@ -277,16 +277,25 @@ struct OpOrigin {
     origin: String,
 }
 
-/// `Store::own_rows_after`: a replica opening with 10,000 unsynced writes reads their
-/// rows once, decoding of each only its number, origin and sender.
+/// `Store::own_rows_after`, from the records' `own` counts (`codec::log_record`): only the
+/// first record, which may hold rows up to `after` too, is read row by row — and only when
+/// it holds own rows at all, decoding of each only its number, origin and sender.
 pub async fn own_rows_after(db: &Database, after: u64, origin: &str) -> Result<u64, StoreError> {
     let tx = db.transaction(LOG).build().map_err(from_idb)?;
     let log = tx.object_store(LOG).map_err(from_idb)?;
     let Some(mut cursor) = log_records_from(&log, after).await? else { return Ok(0) };
     let mut n = 0;
+    let mut first = true;
     while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
-        let rows: Vec<RowOrigin> = codec::log_rows(&record)?;
-        n += rows.iter().filter(|r| r.row > after && r.from.is_none() && r.op.origin == origin).count() as u64;
+        match codec::log_own(&record, origin) {
+            Some(0) => {}
+            Some(own) if !first => n += own,
+            _ => {
+                let rows: Vec<RowOrigin> = codec::log_rows(&record)?;
+                n += rows.iter().filter(|r| r.row > after && r.from.is_none() && r.op.origin == origin).count() as u64;
+            }
+        }
+        first = false;
     }
     Ok(n)
 }

@@ -287,16 +287,10 @@ impl<T: Store> Reset<T> {
         // Documents of dropped collections were only there to be read.
         built.retain(|(c, _)| keeps(c));
         self.report.migrated = built.len() as u64;
-        let mut done = 0;
-        while !built.is_empty() {
-            let rest = built.split_off(built.len().min(CHUNK));
-            let chunk = std::mem::replace(&mut built, rest);
-            let keys: Vec<DocKey> = chunk.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
-            done += keys.len() as u64;
-            self.staging.commit(&keys, &[], |_| Ok(Commit { docs: chunk, ..Commit::default() })).await?;
-            progress(Progress { phase: Phase::Migrate, done, total: n });
-        }
-        // The peer records, closed for this pass, and the head.
+        // The migrated documents, their migration rows, the peer records closed for this
+        // pass and the head, in one transaction: the staging generation is nobody's live
+        // state, so one commit (one round trip, one flush) serves where a live store
+        // would need batches.
         let mut peers = replica.store().peers().await?;
         for (id, rec) in close_pass(&peers, &head.db_id, &self.peer, Some((session, end)), &table, newest) {
             peers.insert(id, rec);
@@ -306,9 +300,11 @@ impl<T: Store> Reset<T> {
         head.clock = head.clock.max(live.clock);
         head.sealed = false;
         head.reset_pending = false;
+        let keys: Vec<DocKey> = built.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
         self.staging
-            .commit(&[], &ids, move |_| Ok(Commit { head: Some(head), rows: migration_rows, peers: peers.into_iter().collect(), ..Commit::default() }))
+            .commit(&keys, &ids, move |_| Ok(Commit { head: Some(head), docs: built, rows: migration_rows, peers: peers.into_iter().collect() }))
             .await?;
+        progress(Progress { phase: Phase::Migrate, done: n, total: n });
         Ok(())
     }
 
