@@ -46,12 +46,13 @@ extern "C" {
     fn head(this: &BatchJs) -> JsValue;
 }
 
-/// `Store::commit_sync`: reads the head, the documents at `keys` and the records of
-/// `peers`, and writes what `f` makes of them.
-pub async fn commit<F>(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
-where
-    F: FnOnce(Loaded) -> Result<Commit, Error>,
-{
+/// What a commit makes of what it read.
+pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
+
+/// `Store::commit`: reads the head, the documents at `keys` and the records of `peers`,
+/// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
+/// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
+pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>) -> Result<Commit, Error> {
     let mut collections: Vec<&str> = keys.iter().map(|(c, _)| c.as_str()).collect();
     collections.sort_unstable();
     collections.dedup();
