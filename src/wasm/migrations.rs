@@ -124,15 +124,19 @@ impl Migrator for JsMigrator {
             MigrateError::Failed(format!("migrations[{to}] failed on {collection:?}: {msg}"))
         })?;
         let out = crate::idb::codec::text_of(&out).unwrap_or_default();
+        // `{ docs }` or `{ threw, message }`, read in one pass (an untagged enum would
+        // buffer the whole output first).
         #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Outcome {
-            Docs { docs: Vec<Option<Map<String, Value>>> },
-            Threw { threw: usize, message: String },
+        struct Outcome {
+            docs: Option<Vec<Option<Map<String, Value>>>>,
+            threw: Option<usize>,
+            #[serde(default)]
+            message: String,
         }
         match serde_json::from_str(&out) {
-            Ok(Outcome::Docs { docs }) => Ok(docs),
-            Ok(Outcome::Threw { threw, message }) => Err(query_error.borrow_mut().take().unwrap_or(MigrateError::Threw { index: threw, message })),
+            Ok(Outcome { docs: Some(docs), .. }) => Ok(docs),
+            Ok(Outcome { threw: Some(threw), message, .. }) => Err(query_error.borrow_mut().take().unwrap_or(MigrateError::Threw { index: threw, message })),
+            Ok(_) => Err(MigrateError::Failed(format!("migrations[{to}] returned something that is not JSON documents"))),
             Err(e) => Err(MigrateError::Failed(format!("migrations[{to}] returned something that is not JSON documents: {e}"))),
         }
     }
