@@ -179,13 +179,16 @@ impl<T: Store> Reset<T> {
         newest: BTreeMap<String, Stamp>,
         progress: &mut impl FnMut(Progress),
     ) -> Result<ResetReport, Error> {
-        match self.build(replica, session, end, table, &newest, progress).await {
-            Ok(()) => {}
+        let written = match self.build(replica, session, end, table, &newest, progress).await {
+            Ok(w) => w,
             Err(e) => return Err(self.abandon(replica, e).await),
-        }
+        };
         let report = std::mem::take(&mut self.report);
         progress(Progress { phase: Phase::Swap, done: 0, total: 1 });
-        replica.store().swap(self.staging).await?;
+        // What the last staging commit wrote (every migrated document) is freed while the
+        // swap waits for IndexedDB, not before it: tens of thousands of small allocations.
+        let (swapped, ()) = futures::future::join(replica.store().swap(self.staging), async move { drop(written) }).await;
+        swapped?;
         replica.reload_head().await?;
         progress(Progress { phase: Phase::Swap, done: 1, total: 1 });
         Ok(report)
@@ -199,7 +202,7 @@ impl<T: Store> Reset<T> {
         table: Vec<TableEntry>,
         newest: &BTreeMap<String, Stamp>,
         progress: &mut impl FnMut(Progress),
-    ) -> Result<(), Error> {
+    ) -> Result<Commit, Error> {
         let current = replica.version();
         let rebuild = replica.rebuild();
         // The live documents: those the snapshot did not carry are copied as they are
@@ -301,11 +304,12 @@ impl<T: Store> Reset<T> {
         head.sealed = false;
         head.reset_pending = false;
         let keys: Vec<DocKey> = built.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
-        self.staging
+        let written = self
+            .staging
             .commit(&keys, &ids, move |_| Ok(Commit { head: Some(head), docs: built, rows: migration_rows, peers: peers.into_iter().collect() }))
             .await?;
         progress(Progress { phase: Phase::Migrate, done: n, total: n });
-        Ok(())
+        Ok(written)
     }
 
     /// The newest schema version of ops stored but not applied.
