@@ -341,12 +341,23 @@ pub fn withdrawn(v: u32, collection: &str, id: &str, layers: &Layers, origin: &s
 /// read newer data orders after output that read older data.
 fn migration_stamp(v: u32, layers: &Layers, read: Option<&Stamp>, out: &Option<Map<String, Value>>) -> Stamp {
     let input = layers.newest_below(v).into_iter().chain(read.cloned()).max().map(|s| s.encode()).unwrap_or_default();
-    let text = serde_json::to_string(out).unwrap_or_default();
-    Stamp { version: v, wall: 0, counter: 0, node: format!("{MIGRATION_NODE}{input}.{:016x}", fnv1a(text.as_bytes())) }
+    // The hash of the output's JSON text, taken as it is written (no string built).
+    let mut hash = Fnv1a(0xcbf29ce484222325);
+    let _ = serde_json::to_writer(&mut hash, out);
+    Stamp { version: v, wall: 0, counter: 0, node: format!("{MIGRATION_NODE}{input}.{:016x}", hash.0) }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+/// FNV-1a over the bytes written to it.
+struct Fnv1a(u64);
+
+impl std::io::Write for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 = bytes.iter().fold(self.0, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -455,6 +466,24 @@ mod tests {
         assert_eq!(view(&a).migration, view(&b).migration);
         a.apply(&op(1, 12, Kind::Patch, Some(json!({"title": "z"}))));
         assert!(view(&a).migration.unwrap().ts > view(&b).migration.unwrap().ts);
+    }
+
+    #[test]
+    fn migration_stamps_hash_the_output_json_text() {
+        // The stamp's hash is FNV-1a over exactly the output's JSON text, as every
+        // replica (of any version) computes it: taken while writing, it must not change.
+        let mut l = Layers::default();
+        l.apply(&op(1, 10, Kind::Put, Some(json!({"id": "a", "title": "Milk \u{1F95B}", "n": [1, 2.5, null]}))));
+        for out in [Some(obj(json!({"id": "a", "name": "Milk \u{1F95B}", "n": [1, 2.5, null]}))), None] {
+            let text = serde_json::to_string(&out).unwrap();
+            let want = text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+            let stamp = migration_stamp(2, &l, None, &out);
+            assert!(stamp.node.ends_with(&format!(".{want:016x}")), "{} for {text}", stamp.node);
+        }
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Rebuild<'_> {
 
     /// Builds the stored form of each item. Appends migration rows to `rows`, numbering
     /// them after `head.max_row`.
-    pub fn docs(&self, items: Vec<Pending>, head: &mut Head, rows: &mut Vec<Row>) -> Result<Vec<(String, StoredDoc)>, Error> {
+    pub fn docs(&self, mut items: Vec<Pending>, head: &mut Head, rows: &mut Vec<Row>) -> Result<Vec<(String, StoredDoc)>, Error> {
         let Some(schemas) = self.schemas else {
             // A relay keeps every layer; its document is the newest one.
             return Ok(items
@@ -112,8 +112,9 @@ impl Rebuild<'_> {
         if !slow.is_empty() {
             let batch: Vec<Item> = slow.iter().map(|&n| Item { collection: &items[n].key.0, id: &items[n].key.1, layers: &items[n].layers }).collect();
             let views = views(schemas, self.migrator, &head.db_id, &batch)?;
+            drop(batch);
             for (&n, view) in slow.iter().zip(views) {
-                let it = &items[n];
+                let it = &mut items[n];
                 let (c, id) = &it.key;
                 let index_keys = schemas.current.collection(c).map(|cl| index_keys(&cl.index_list(), &view.doc)).unwrap_or_default();
                 let mut migrated = it.migrated.clone();
@@ -136,7 +137,9 @@ impl Rebuild<'_> {
                         rows.push(Row { row: head.max_row, op, from: None });
                     }
                 }
-                let layers = it.layers.0.iter().filter(|(v, _)| **v != current).map(|(v, st)| (*v, st.clone())).collect();
+                // The item is done with: its older layers move into the stored document.
+                let mut layers = std::mem::take(&mut it.layers.0);
+                layers.remove(&current);
                 let stored = StoredDoc {
                     id: id.clone(),
                     doc: view.doc,

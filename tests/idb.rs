@@ -110,7 +110,8 @@ async fn log_records(db_name: &str) -> Vec<(f64, usize)> {
         let store = tx.object_store("log").unwrap();
         let keys: Vec<f64> = store.get_all_keys::<f64>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
         let values: Vec<JsValue> = store.get_all::<JsValue>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
-        let counts = values.iter().map(|v| js_sys::Array::from(&js_sys::Reflect::get(v, &"rows".into()).unwrap()).length() as usize);
+        // A record holds its rows' JSON text (`codec::log_record`).
+        let counts = values.iter().map(|v| serde_json::from_str::<Vec<Value>>(&js_sys::Reflect::get(v, &"rows".into()).unwrap().as_string().unwrap()).unwrap().len());
         keys.into_iter().zip(counts).collect()
     };
     db.close();
@@ -565,6 +566,54 @@ async fn rows_after_spans_commit_records() {
     }
     assert!(idb.store().rows_after(3, 100).await.unwrap().iter().all(|r| r.op.origin == idb.status().db_id));
     assert_eq!(log_records(&idb.store().live().db).await, vec![(1.0, 3), (4.0, 1), (5.0, 5), (10.0, 2), (12.0, 1), (13.0, 4)]);
+    idb.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
+/// Rewrites every log record of generation `db_name` in the form earlier versions wrote:
+/// `{ rows: [...] }` with the rows as objects, no `own` counts.
+async fn rewrite_log_as_objects(db_name: &str) {
+    let db = Database::open(db_name).await.unwrap();
+    {
+        let tx = db.transaction("log").with_mode(indexed_db_futures::transaction::TransactionMode::Readwrite).build().unwrap();
+        let store = tx.object_store("log").unwrap();
+        let keys: Vec<f64> = store.get_all_keys::<f64>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
+        let values: Vec<JsValue> = store.get_all::<JsValue>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
+        for (k, v) in keys.into_iter().zip(values) {
+            let text = js_sys::Reflect::get(&v, &"rows".into()).unwrap().as_string().unwrap();
+            let old = js_sys::Object::new();
+            js_sys::Reflect::set(&old, &"rows".into(), &js_sys::JSON::parse(&text).unwrap()).unwrap();
+            store.put(JsValue::from(old)).with_key(k).without_key_type().primitive().unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    db.close();
+}
+
+#[wasm_bindgen_test]
+async fn log_records_of_earlier_versions_still_read() {
+    let name = unique("t-oldlog");
+    let schema = schema();
+    let idb = open_idb(&name, &schema).await;
+    let me = idb.status().db_id;
+    idb.write((0..5).map(|i| put(doc(i))).collect()).await.unwrap();
+    let before = idb.store().rows_after(0, 100).await.unwrap();
+    let db_name = idb.store().live().db.clone();
+    idb.store().close();
+    rewrite_log_as_objects(&db_name).await;
+    let idb = open_idb(&name, &schema).await;
+    // Rows as objects read back exactly as they were written; new records go beside them.
+    assert_eq!(idb.store().rows_after(0, 100).await.unwrap(), before);
+    idb.write((5..8).map(|i| put(doc(i))).collect()).await.unwrap();
+    let all = idb.store().rows_after(0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.row).collect::<Vec<_>>(), (1..=8).collect::<Vec<u64>>());
+    assert_eq!(all[..5], before[..]);
+    // Own rows counted from an old record (row by row) and from a new one (its counts),
+    // from inside either record as well as from its start.
+    for (after, want) in [(0, 8), (2, 6), (5, 3), (6, 2), (8, 0)] {
+        assert_eq!(idb.store().own_rows_after(after, &me).await.unwrap(), want, "after {after}");
+        assert_eq!(idb.store().own_rows_after(after, "someone-else").await.unwrap(), 0);
+    }
     idb.store().close();
     IdbStore::delete_replica(&name).await.unwrap();
 }

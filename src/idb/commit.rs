@@ -16,48 +16,43 @@ use wasm_bindgen::prelude::*;
 
 use crate::error::{Error, StoreError};
 use crate::schema::{Index, Schema};
-use crate::store::{Commit, DocKey, Head, Loaded, Row, StoredDoc};
+use crate::store::{Commit, DocKey, Head, Loaded, StoredDoc};
 use crate::peer::PeerRecord;
 
 use super::codec;
 use super::error::{from_idb, from_js, from_tx};
 use super::generation::{collection_store, resolution_key, HEAD, LOG, META, PEERS};
 
-/// Everything a commit writes, encoded in one go so it crosses into JS with a single
-/// `JSON.parse`.
+/// A commit's peer records and head, encoded together so they cross into JS with a
+/// single `JSON.parse`. Documents go in slices (`SLICE`), the log rows as one string of
+/// their own (`codec::log_record`).
 #[derive(Serialize)]
 struct Batch<'a> {
-    docs: Vec<codec::DocOut<'a>>,
-    log: Option<LogValue<'a>>,
     peers: Vec<&'a PeerRecord>,
     head: Option<&'a Head>,
 }
 
-/// A log record: the rows of one commit, so a batch of 1,000 writes costs one put.
-#[derive(Serialize)]
-struct LogValue<'a> {
-    rows: &'a [Row],
-}
+/// Documents encoded (one `JSON.parse`) and put per slice: IndexedDB starts storing the
+/// first ones while the rest are encoded, where one batch of all made it wait for the
+/// whole encoding (a reset writes 10,000 in one transaction).
+const SLICE: usize = 256;
 
 #[wasm_bindgen]
 extern "C" {
     type BatchJs;
-    #[wasm_bindgen(method, getter)]
-    fn docs(this: &BatchJs) -> js_sys::Array;
-    #[wasm_bindgen(method, getter)]
-    fn log(this: &BatchJs) -> JsValue;
     #[wasm_bindgen(method, getter)]
     fn peers(this: &BatchJs) -> js_sys::Array;
     #[wasm_bindgen(method, getter)]
     fn head(this: &BatchJs) -> JsValue;
 }
 
-/// `Store::commit_sync`: reads the head, the documents at `keys` and the records of
-/// `peers`, and writes what `f` makes of them.
-pub async fn commit<F>(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
-where
-    F: FnOnce(Loaded) -> Result<Commit, Error>,
-{
+/// What a commit makes of what it read.
+pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
+
+/// `Store::commit`: reads the head, the documents at `keys` and the records of `peers`,
+/// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
+/// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
+pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>) -> Result<Commit, Error> {
     let mut collections: Vec<&str> = keys.iter().map(|(c, _)| c.as_str()).collect();
     collections.sort_unstable();
     collections.dedup();
@@ -100,26 +95,24 @@ where
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
         commit.check(loaded_head.as_ref())?;
 
-        let batch = Batch {
-            docs: commit.docs.iter().map(|(c, d)| codec::DocOut::new(d, slot(c).map_or(&[][..], |i| indexes[i]))).collect::<Result<_, _>>()?,
-            log: (!commit.rows.is_empty()).then_some(LogValue { rows: &commit.rows }),
-            peers: commit.peers.iter().map(|(_, p)| p).collect(),
-            head: commit.head.as_ref(),
-        };
-        let js: BatchJs = codec::to_js(&batch)?.unchecked_into();
-        let docs = js.docs();
-        for (i, (c, d)) in commit.docs.iter().enumerate() {
-            let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
-            stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+        for slice in commit.docs.chunks(SLICE) {
+            let mut out = Vec::with_capacity(slice.len());
+            for (c, d) in slice {
+                let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
+                out.push(codec::DocOut::new(d, indexes[store])?);
+            }
+            let docs: js_sys::Array = codec::to_js(&out)?.unchecked_into();
+            for (i, (c, _)) in slice.iter().enumerate() {
+                let store = slot(c).expect("checked above");
+                stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+            }
         }
+        let batch = Batch { peers: commit.peers.iter().map(|(_, p)| p).collect(), head: commit.head.as_ref() };
+        let js: BatchJs = codec::to_js(&batch)?.unchecked_into();
         if let Some(first) = commit.rows.first() {
-            let record = js.log();
-            log.put(&record).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
-            if commit.rows.iter().any(|r| r.op.resolution) {
-                let rows: js_sys::Array = js_sys::Reflect::get(&record, &JsValue::from_str("rows")).map_err(|e| from_js(&e))?.unchecked_into();
-                for (i, r) in commit.rows.iter().enumerate().filter(|(_, r)| r.op.resolution) {
-                    meta.put(rows.get(i as u32)).with_key(resolution_key(r.row)).without_key_type().primitive().map_err(from_idb)?;
-                }
+            log.put(codec::log_record(&commit.rows)?).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
+            for r in commit.rows.iter().filter(|r| r.op.resolution) {
+                meta.put(codec::to_js(r)?).with_key(resolution_key(r.row)).without_key_type().primitive().map_err(from_idb)?;
             }
         }
         let peer_values = js.peers();

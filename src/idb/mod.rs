@@ -312,7 +312,7 @@ impl Store for IdbStore {
         if let Some((c, _)) = keys.iter().find(|(c, _)| !self.knows(c)) {
             return Err(StoreError::Backend(format!("collection {c:?} is not in this store's schema")).into());
         }
-        let commit = commit::commit(&db, &self.schema, keys, peers, f).await?;
+        let commit = commit::commit(&db, &self.schema, keys, peers, Box::new(f)).await?;
         if !commit.docs.is_empty() {
             let f = self.on_change.borrow().clone();
             if let Some(f) = f {

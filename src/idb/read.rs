@@ -24,7 +24,7 @@ use crate::schema::{Index, Schema};
 use crate::store::{Head, Row, StoredDoc};
 use crate::peer::PeerRecord;
 
-use super::codec::{self, doc_of, LogRecord};
+use super::codec::{self, doc_of};
 use super::error::{from_idb, from_js};
 use super::generation::{collection_store, resolution_key, HEAD, LOG, MAX_ROW, META, PEERS};
 use super::keys::key_string;
@@ -249,7 +249,7 @@ pub async fn rows_after(db: &Database, after: u64, limit: usize) -> Result<Vec<R
     let log = tx.object_store(LOG).map_err(from_idb)?;
     let Some(mut cursor) = log_records_from(&log, after).await? else { return Ok(rows) };
     while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
-        let batch: Vec<Row> = codec::from_js(&record.unchecked_ref::<LogRecord>().rows())?;
+        let batch: Vec<Row> = codec::log_rows(&record)?;
         for row in batch {
             if row.row > after {
                 rows.push(row);
@@ -272,23 +272,40 @@ pub async fn resolutions_after(db: &Database, after: u64) -> Result<Vec<Row>, St
     codec::from_js(&records)
 }
 
-/// `Store::own_rows_after`, counted on the JS objects IndexedDB hands back: a replica
-/// opening with 10,000 unsynced writes reads their rows once, without decoding a row
-/// (the JSON round trip of every op and document cost more than the read itself).
+/// What `own_rows_after` reads of a row: its number, whether it came from a peer, its
+/// origin (the rest of the row is skipped, not built).
+#[derive(serde::Deserialize)]
+struct RowOrigin {
+    row: u64,
+    #[serde(default)]
+    from: Option<serde::de::IgnoredAny>,
+    op: OpOrigin,
+}
+
+#[derive(serde::Deserialize)]
+struct OpOrigin {
+    origin: String,
+}
+
+/// `Store::own_rows_after`, from the records' `own` counts (`codec::log_record`): only the
+/// first record, which may hold rows up to `after` too, is read row by row — and only when
+/// it holds own rows at all, decoding of each only its number, origin and sender.
 pub async fn own_rows_after(db: &Database, after: u64, origin: &str) -> Result<u64, StoreError> {
     let tx = db.transaction(LOG).build().map_err(from_idb)?;
     let log = tx.object_store(LOG).map_err(from_idb)?;
     let Some(mut cursor) = log_records_from(&log, after).await? else { return Ok(0) };
-    let field = |o: &JsValue, k: &str| js_sys::Reflect::get(o, &JsValue::from_str(k)).map_err(|e| from_js(&e));
     let mut n = 0;
+    let mut first = true;
     while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
-        let rows: js_sys::Array = record.unchecked_ref::<LogRecord>().rows().dyn_into().map_err(|_| StoreError::Corrupt("a log record without rows".into()))?;
-        for r in rows.iter() {
-            let past = field(&r, "row")?.as_f64().is_some_and(|row| row > after as f64);
-            if past && field(&r, "from")?.is_undefined() && field(&field(&r, "op")?, "origin")?.as_string().as_deref() == Some(origin) {
-                n += 1;
+        match codec::log_own(&record, origin) {
+            Some(0) => {}
+            Some(own) if !first => n += own,
+            _ => {
+                let rows: Vec<RowOrigin> = codec::log_rows(&record)?;
+                n += rows.iter().filter(|r| r.row > after && r.from.is_none() && r.op.origin == origin).count() as u64;
             }
         }
+        first = false;
     }
     Ok(n)
 }

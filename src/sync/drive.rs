@@ -20,6 +20,10 @@ pub trait Machine<S: Store> {
     type Out;
     async fn step<P: FnMut(Progress)>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut P) -> Result<Step<Self::Out>, Error>;
     async fn abort(&mut self, replica: &Replica<S>);
+    /// A message to send as soon as `msg` arrives, before `step` handles it.
+    fn ack_early(&mut self, _msg: &Message) -> Option<Message> {
+        None
+    }
 }
 
 impl<S: Store> Machine<S> for Sender {
@@ -38,6 +42,9 @@ impl<S: Store> Machine<S> for Receiver<S::Staging> {
     async fn abort(&mut self, replica: &Replica<S>) {
         Receiver::abort(self, replica).await
     }
+    fn ack_early(&mut self, msg: &Message) -> Option<Message> {
+        Receiver::ack_early(self, msg)
+    }
 }
 
 impl<S: Store> Machine<S> for Round<S::Staging> {
@@ -47,6 +54,9 @@ impl<S: Store> Machine<S> for Round<S::Staging> {
     }
     async fn abort(&mut self, replica: &Replica<S>) {
         Round::abort(self, replica).await
+    }
+    fn ack_early(&mut self, msg: &Message) -> Option<Message> {
+        Round::ack_early(self, msg)
     }
 }
 
@@ -96,6 +106,9 @@ async fn exchange<S: Store, M: Machine<S>, T: Transport>(m: &mut M, replica: &Re
             Message::Pong {} | Message::Poke { .. } => continue,
             m => m,
         };
+        if let Some(ack) = m.ack_early(&msg) {
+            t.send(&ack).await?;
+        }
         let step = match m.step(replica, msg, progress).await {
             Ok(s) => s,
             Err(e) => return Err(fail(t, e).await),
@@ -166,6 +179,9 @@ impl<S: Store, F: FnMut(Direction, Progress)> Machine<S> for Tracked<'_, S::Stag
     }
     async fn abort(&mut self, replica: &Replica<S>) {
         self.round.abort(replica).await
+    }
+    fn ack_early(&mut self, msg: &Message) -> Option<Message> {
+        self.round.ack_early(msg)
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Receiver<T> {
     /// Origins bound to identity: the peer may send only ops it wrote itself, by diffs,
     /// and its forwarded table is not taken (a server's client connections; see `bound`).
     bound: bool,
+    /// The snapshot chunk being handled was acked on arrival (`ack_early`).
+    acked_early: bool,
 }
 
 enum State {
@@ -44,7 +46,7 @@ enum State {
 impl<T: Store> Receiver<T> {
     /// A pass from `peer` (its db id) under `session`; waits for the preflight.
     pub fn new(peer: &str, session: &str) -> Receiver<T> {
-        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight, reset: None, newest: BTreeMap::new(), bound: false }
+        Receiver { peer: peer.to_string(), session: session.to_string(), report: PassReport::default(), state: State::Preflight, reset: None, newest: BTreeMap::new(), bound: false, acked_early: false }
     }
 
     /// Binds the peer's ops to its identity: a row whose origin is not the peer's db id,
@@ -75,6 +77,22 @@ impl<T: Store> Receiver<T> {
                 r.row, r.op.origin, self.peer
             ))),
             None => Ok(()),
+        }
+    }
+
+    /// The ack of a snapshot chunk bound for a staging generation, to send as soon as the
+    /// chunk arrives, before it is staged: the sender reads and sends the next chunk while
+    /// this one is written, instead of waiting for it (stop-and-wait). The ack claims no
+    /// point (a snapshot's point comes with its end), so nothing depends on the chunk
+    /// being staged yet; if staging it fails, the `error` that follows ends the pass on
+    /// both sides as before, and the staging generation is dropped.
+    pub fn ack_early(&mut self, msg: &Message) -> Option<Message> {
+        match (&self.state, msg) {
+            (State::Receiving { snapshot: true, expected, .. }, Message::Snapshot { session, .. }) if self.reset.is_some() && *session == self.session => {
+                self.acked_early = true;
+                Some(Message::Ack { session: self.session.clone(), point: *expected })
+            }
+            _ => None,
         }
     }
 
@@ -181,6 +199,9 @@ impl<T: Store> Receiver<T> {
                 self.report.batches += 1;
                 self.state = State::Receiving { snapshot: true, shared, point, expected, total };
                 progress(Progress { phase: Phase::Snapshot, done: self.report.received, total: total.max(self.report.received) });
+                if std::mem::take(&mut self.acked_early) {
+                    return Ok(Step::send(vec![]));
+                }
                 Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: expected }]))
             }
             (State::Receiving { snapshot, shared, point, expected, .. }, Message::End { session, complete, max_row, incoming }) if session == self.session => {

@@ -179,13 +179,16 @@ impl<T: Store> Reset<T> {
         newest: BTreeMap<String, Stamp>,
         progress: &mut impl FnMut(Progress),
     ) -> Result<ResetReport, Error> {
-        match self.build(replica, session, end, table, &newest, progress).await {
-            Ok(()) => {}
+        let written = match self.build(replica, session, end, table, &newest, progress).await {
+            Ok(w) => w,
             Err(e) => return Err(self.abandon(replica, e).await),
-        }
+        };
         let report = std::mem::take(&mut self.report);
         progress(Progress { phase: Phase::Swap, done: 0, total: 1 });
-        replica.store().swap(self.staging).await?;
+        // What the last staging commit wrote (every migrated document) is freed while the
+        // swap waits for IndexedDB, not before it: tens of thousands of small allocations.
+        let (swapped, ()) = futures::future::join(replica.store().swap(self.staging), async move { drop(written) }).await;
+        swapped?;
         replica.reload_head().await?;
         progress(Progress { phase: Phase::Swap, done: 1, total: 1 });
         Ok(report)
@@ -199,7 +202,7 @@ impl<T: Store> Reset<T> {
         table: Vec<TableEntry>,
         newest: &BTreeMap<String, Stamp>,
         progress: &mut impl FnMut(Progress),
-    ) -> Result<(), Error> {
+    ) -> Result<Commit, Error> {
         let current = replica.version();
         let rebuild = replica.rebuild();
         // The live documents: those the snapshot did not carry are copied as they are
@@ -287,16 +290,10 @@ impl<T: Store> Reset<T> {
         // Documents of dropped collections were only there to be read.
         built.retain(|(c, _)| keeps(c));
         self.report.migrated = built.len() as u64;
-        let mut done = 0;
-        while !built.is_empty() {
-            let rest = built.split_off(built.len().min(CHUNK));
-            let chunk = std::mem::replace(&mut built, rest);
-            let keys: Vec<DocKey> = chunk.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
-            done += keys.len() as u64;
-            self.staging.commit(&keys, &[], |_| Ok(Commit { docs: chunk, ..Commit::default() })).await?;
-            progress(Progress { phase: Phase::Migrate, done, total: n });
-        }
-        // The peer records, closed for this pass, and the head.
+        // The migrated documents, their migration rows, the peer records closed for this
+        // pass and the head, in one transaction: the staging generation is nobody's live
+        // state, so one commit (one round trip, one flush) serves where a live store
+        // would need batches.
         let mut peers = replica.store().peers().await?;
         for (id, rec) in close_pass(&peers, &head.db_id, &self.peer, Some((session, end)), &table, newest) {
             peers.insert(id, rec);
@@ -306,10 +303,13 @@ impl<T: Store> Reset<T> {
         head.clock = head.clock.max(live.clock);
         head.sealed = false;
         head.reset_pending = false;
-        self.staging
-            .commit(&[], &ids, move |_| Ok(Commit { head: Some(head), rows: migration_rows, peers: peers.into_iter().collect(), ..Commit::default() }))
+        let keys: Vec<DocKey> = built.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
+        let written = self
+            .staging
+            .commit(&keys, &ids, move |_| Ok(Commit { head: Some(head), docs: built, rows: migration_rows, peers: peers.into_iter().collect() }))
             .await?;
-        Ok(())
+        progress(Progress { phase: Phase::Migrate, done: n, total: n });
+        Ok(written)
     }
 
     /// The newest schema version of ops stored but not applied.

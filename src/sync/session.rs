@@ -82,6 +82,14 @@ impl<T: Store> Round<T> {
         }
     }
 
+    /// The pull's early ack of a snapshot chunk (`Receiver::ack_early`).
+    pub fn ack_early(&mut self, msg: &Message) -> Option<Message> {
+        match &mut self.state {
+            RoundState::Pull { receiver, .. } => receiver.ack_early(msg),
+            _ => None,
+        }
+    }
+
     /// Gives up (a lost connection): a reset under way is dropped.
     pub async fn abort<S: Store<Staging = T>>(&mut self, replica: &Replica<S>) {
         if let RoundState::Pull { receiver, .. } = &mut self.state {

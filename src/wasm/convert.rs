@@ -37,7 +37,7 @@ export function tm_to_json(value, loose) {
 "#)]
 extern "C" {
     #[wasm_bindgen(catch)]
-    fn tm_to_json(value: &JsValue, loose: bool) -> Result<String, JsValue>;
+    fn tm_to_json(value: &JsValue, loose: bool) -> Result<JsValue, JsValue>;
 }
 
 /// Converts any JS value to JSON, refusing functions, symbols, bigints, undefined,
@@ -57,6 +57,8 @@ fn convert(value: &JsValue, loose: bool) -> Result<Value, Error> {
         let msg = e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).unwrap_or_else(|| format!("{e:?}"));
         WriteError::NotJson(msg)
     })?;
+    // `undefined` (JSON.stringify of a lone function or undefined) is refused by the replacer.
+    let text = crate::idb::codec::text_of(&text).unwrap_or_default();
     serde_json::from_str(&text).map_err(|e| WriteError::NotJson(e.to_string()).into())
 }
 

@@ -43,7 +43,7 @@ export function tm_migrate(fn, text, collection, get, query) {
 "#)]
 extern "C" {
     #[wasm_bindgen(catch)]
-    fn tm_migrate(f: &js_sys::Function, text: &str, collection: &str, get: &js_sys::Function, query: &js_sys::Function) -> Result<String, JsValue>;
+    fn tm_migrate(f: &js_sys::Function, text: &str, collection: &str, get: &js_sys::Function, query: &js_sys::Function) -> Result<JsValue, JsValue>;
 }
 
 pub struct JsMigrator {
@@ -123,15 +123,20 @@ impl Migrator for JsMigrator {
             let msg = e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).unwrap_or_else(|| format!("{e:?}"));
             MigrateError::Failed(format!("migrations[{to}] failed on {collection:?}: {msg}"))
         })?;
+        let out = crate::idb::codec::text_of(&out).unwrap_or_default();
+        // `{ docs }` or `{ threw, message }`, read in one pass (an untagged enum would
+        // buffer the whole output first).
         #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Outcome {
-            Docs { docs: Vec<Option<Map<String, Value>>> },
-            Threw { threw: usize, message: String },
+        struct Outcome {
+            docs: Option<Vec<Option<Map<String, Value>>>>,
+            threw: Option<usize>,
+            #[serde(default)]
+            message: String,
         }
         match serde_json::from_str(&out) {
-            Ok(Outcome::Docs { docs }) => Ok(docs),
-            Ok(Outcome::Threw { threw, message }) => Err(query_error.borrow_mut().take().unwrap_or(MigrateError::Threw { index: threw, message })),
+            Ok(Outcome { docs: Some(docs), .. }) => Ok(docs),
+            Ok(Outcome { threw: Some(threw), message, .. }) => Err(query_error.borrow_mut().take().unwrap_or(MigrateError::Threw { index: threw, message })),
+            Ok(_) => Err(MigrateError::Failed(format!("migrations[{to}] returned something that is not JSON documents"))),
             Err(e) => Err(MigrateError::Failed(format!("migrations[{to}] returned something that is not JSON documents: {e}"))),
         }
     }

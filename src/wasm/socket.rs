@@ -30,7 +30,7 @@ impl WsTransport {
 
         let tx_msg = tx.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
-            match e.data().as_string() {
+            match crate::idb::codec::text_of(&e.data()) {
                 Some(text) => {
                     let _ = tx_msg.unbounded_send(text);
                 }
