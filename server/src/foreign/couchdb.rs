@@ -102,7 +102,11 @@ impl Foreign for CouchDb {
             records.push(Fetched { id: id.to_string(), foreign_id: Value::String(id.to_string()), rev, doc });
         }
         let last = body.get("last_seq").map(seq_text).unwrap_or_else(|| cursor.to_string());
-        Ok(Changes { records, cursor: last, more: results.len() >= PAGE, wiped: false })
+        // A feed that ends before the cursor comes from a store recreated since `open`
+        // looked (a wipe between the two requests of one round): taking its sequence as
+        // the cursor would hide the wipe from every later round.
+        let wiped = matches!((seq_number(&last), seq_number(cursor)), (Some(now), Some(had)) if now < had);
+        Ok(Changes { records, cursor: last, more: results.len() >= PAGE, wiped })
     }
 
     async fn read(&self, id: &str) -> Result<Fetched, ForeignError> {
