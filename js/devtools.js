@@ -218,7 +218,9 @@ export class TidemarkDevtools extends Base {
     try {
       status = db.status();
       ops = await db.recentOps(Number(this.getAttribute('ops')) || 12);
-      conflicts = typeof db.conflicts === 'function' ? await db.conflicts() : db.conflicts;
+      // A replica-wide list, where a replica reports one (`conflicts()` with no arguments);
+      // Tidemark's own `conflicts(collection, id)` answers per document and is not called.
+      conflicts = typeof db.conflicts === 'function' ? (db.conflicts.length === 0 ? await db.conflicts() : undefined) : db.conflicts;
     } catch (e) {
       p.error.hidden = false;
       p.error.textContent = `${e.code ? `${e.code}: ` : ''}${e.message}`;
