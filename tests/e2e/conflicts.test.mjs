@@ -3,7 +3,7 @@
 // `resolve` settles it everywhere, and a resolution reaches a capped receiver first.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { setup } from './harness.mjs';
+import { setup, withReplica as openAndRun } from './harness.mjs';
 import { startServer } from './server.mjs';
 
 const SCHEMA = { version: 1, collections: {
@@ -15,16 +15,8 @@ let h;
 before(async () => { h = await setup(); });
 after(async () => { await h.teardown(); });
 
-/** Runs `fn(db, arg)` in a page against replica `name` synced to `sync`, then closes it. */
-async function withReplica(page, name, sync, fn, arg) {
-  return page.evaluate(async ({ name, sync, schema, fn, arg }) => {
-    const db = await window.tidemark.openReplica({ name, schema, sync });
-    try {
-      // eslint-disable-next-line no-new-func
-      return await new Function('db', 'arg', `return (${fn})(db, arg);`)(db, arg);
-    } finally { await db.close(); }
-  }, { name, sync, schema: SCHEMA, fn: fn.toString(), arg });
-}
+/** Runs `fn(db, arg)` against replica `name` synced to `sync` (`harness.withReplica`). */
+const withReplica = (page, name, sync, fn, arg) => openAndRun(page, { name, sync, schema: SCHEMA }, fn, arg);
 
 test('concurrent edits keep the losing value until one replica resolves them', async () => {
   const srv = await startServer();

@@ -43,3 +43,17 @@ export async function setup() {
   const newContext = () => launch(url, errors);
   return { url, context: main.context, openPage: main.openPage, newContext, teardown, errors };
 }
+
+/**
+ * Runs `fn(db, arg)` in `page` against replica `name` opened with `schema` and synced to
+ * `sync`, then closes it; resolves to what `fn` returned.
+ */
+export async function withReplica(page, { name, sync, schema }, fn, arg) {
+  return page.evaluate(async ({ name, sync, schema, fn, arg }) => {
+    const db = await window.tidemark.openReplica({ name, schema, sync });
+    try {
+      // eslint-disable-next-line no-new-func
+      return await new Function('db', 'arg', `return (${fn})(db, arg);`)(db, arg);
+    } finally { await db.close(); }
+  }, { name, sync, schema, fn: fn.toString(), arg });
+}

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setup } from './harness.mjs';
+import { setup, withReplica as openAndRun } from './harness.mjs';
 import { startServer } from './server.mjs';
 
 const SCHEMA = { version: 1, collections: { todos: { primaryKey: 'id', indexes: { byN: 'n' } } } };
@@ -15,16 +15,8 @@ let h;
 before(async () => { h = await setup(); });
 after(async () => { await h.teardown(); });
 
-/** Runs `fn(db, arg)` in a page against replica `name` synced to `sync`, then closes it. */
-async function withReplica(page, name, sync, fn, arg) {
-  return page.evaluate(async ({ name, sync, schema, fn, arg }) => {
-    const db = await window.tidemark.openReplica({ name, schema, sync });
-    try {
-      // eslint-disable-next-line no-new-func
-      return await new Function('db', 'arg', `return (${fn})(db, arg);`)(db, arg);
-    } finally { await db.close(); }
-  }, { name, sync, schema: SCHEMA, fn: fn.toString(), arg });
-}
+/** Runs `fn(db, arg)` against replica `name` synced to `sync` (`harness.withReplica`). */
+const withReplica = (page, name, sync, fn, arg) => openAndRun(page, { name, sync, schema: SCHEMA }, fn, arg);
 
 async function syncUntilDone(db) {
   const reports = [];
