@@ -99,11 +99,11 @@ impl Work {
         Ok(())
     }
 
-    /// What a write to `slot` sees at each path it writes, in the layer local writes go to.
+    /// What a write to `slot` sees at each path it writes, in the layer local writes go to
+    /// (deletes write no path: `write` asks only for puts and patches).
     fn seen(&self, slot: usize, kind: Kind, fields: Option<&Map<String, Value>>, primary_key: &str) -> BTreeMap<String, Stamp> {
         let layer = self.layers[slot].as_ref().and_then(|l| l.0.get(&self.version));
         fields
-            .filter(|_| kind != Kind::Delete)
             .into_iter()
             .flat_map(|f| f.keys())
             .filter(|p| kind == Kind::Patch || *p != primary_key)

@@ -184,6 +184,24 @@ async fn app_docs(r: &tidemark::Replica<tidemark::MemoryStore>, server: &Server)
     support::docs(r).await.into_iter().map(Value::Object).collect()
 }
 
+/// A gateway on `hm` where `app` wrote `x` (in HM once this returns), held between its
+/// pull and its push (`TIDEMARK_FOREIGN_HOLD`): a test edits both sides, then removes the
+/// returned hold file to let the push meet the other write. The directory holds the data.
+async fn held_gateway(hm: &Store, app: &tidemark::Replica<tidemark::MemoryStore>) -> (Server, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold");
+    let data = dir.path().join("data");
+    let server = gateway(&data, Some(hm), None, &[("TIDEMARK_FOREIGN_HOLD", hold.to_str().unwrap())]);
+    app.put("docs", obj(json!({"id": "x", "title": "a", "n": 1}))).await.unwrap();
+    round(app, &server, Limits::default(), None).await.unwrap();
+    wait("x in HM", || hm_docs(hm).get("x").is_some_and(|d| d.1 == json!({"title": "a", "n": 1})));
+    let holds = || std::fs::read_to_string(data.with_extension("log")).unwrap().matches("foreign push holding").count();
+    let before = holds();
+    std::fs::write(&hold, "").unwrap();
+    wait("the gateway to hold before pushing", || holds() > before);
+    (server, hold, dir)
+}
+
 // ---- the scenarios ----
 
 /// The seed's case: a task created in HM reaches RT through the gateway and a ticket
@@ -327,20 +345,8 @@ async fn a_kill_between_foreign_write_and_commit_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_couchdb_409_is_reread_merged_and_retried() {
     let hm = Store::couch();
-    let dir = tempfile::tempdir().unwrap();
-    let hold = dir.path().join("hold");
-    let data = dir.path().join("data");
-    let server = gateway(&data, Some(&hm), None, &[("TIDEMARK_FOREIGN_HOLD", hold.to_str().unwrap())]);
     let app = client().await;
-    app.put("docs", obj(json!({"id": "x", "title": "a", "n": 1}))).await.unwrap();
-    round(&app, &server, Limits::default(), None).await.unwrap();
-    wait("x in HM", || hm_docs(&hm).get("x").is_some_and(|d| d.1 == json!({"title": "a", "n": 1})));
-
-    // Hold the gateway between its pull and its push.
-    let holds = || std::fs::read_to_string(data.with_extension("log")).unwrap().matches("foreign push holding").count();
-    let before = holds();
-    std::fs::write(&hold, "").unwrap();
-    wait("the gateway to hold before pushing", || holds() > before);
+    let (server, hold, _dir) = held_gateway(&hm, &app).await;
     // The app edits one field; someone edits another directly in HM.
     app.patch("docs", "x", obj(json!({"n": 2}))).await.unwrap();
     round(&app, &server, Limits::default(), None).await.unwrap();
@@ -365,20 +371,9 @@ async fn a_couchdb_409_is_reread_merged_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_settling_a_409_writes_a_resolution() {
     let hm = Store::couch();
-    let dir = tempfile::tempdir().unwrap();
-    let hold = dir.path().join("hold");
-    let data = dir.path().join("data");
-    let server = gateway(&data, Some(&hm), None, &[("TIDEMARK_FOREIGN_HOLD", hold.to_str().unwrap())]);
     let schema = tidemark::Schema::from_json(json!({"version": 1, "collections": {"docs": {"primaryKey": "id", "conflicts": true}}})).unwrap();
     let app = tidemark::Replica::open(tidemark::MemoryStore::new(), schema, Box::new(support::now_ms)).await.unwrap();
-    app.put("docs", obj(json!({"id": "x", "title": "a", "n": 1}))).await.unwrap();
-    round(&app, &server, Limits::default(), None).await.unwrap();
-    wait("x in HM", || hm_docs(&hm).get("x").is_some_and(|d| d.1 == json!({"title": "a", "n": 1})));
-
-    let holds = || std::fs::read_to_string(data.with_extension("log")).unwrap().matches("foreign push holding").count();
-    let before = holds();
-    std::fs::write(&hold, "").unwrap();
-    wait("the gateway to hold before pushing", || holds() > before);
+    let (server, hold, _dir) = held_gateway(&hm, &app).await;
     app.patch("docs", "x", obj(json!({"title": "from the app"}))).await.unwrap();
     round(&app, &server, Limits::default(), None).await.unwrap();
     let rev = hm_docs(&hm)["x"].0.clone();
