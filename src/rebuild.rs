@@ -123,8 +123,13 @@ impl Rebuild<'_> {
                 // the output is a withdrawal — of whatever output was logged before,
                 // here or by any replica — kept in the stored layer too, so a snapshot
                 // carries it, and the same on every replica that migrates the document.
+                // Also when writes at the current version keep the document alive: they
+                // survive the withdrawal (their registers are newer), but earlier output
+                // held by relays must still be replaced, or the relays that got it show
+                // its fields and those that did not (a snapshot carries no stripped
+                // output) never do (simulation seed 864).
                 let older = it.layers.0.keys().any(|v| *v < current) && schemas.current.collection(c).is_some();
-                if view.migration.is_none() && view.doc.is_none() && older {
+                if view.migration.is_none() && older {
                     let op = crate::migrate::withdrawn(current, c, id, &it.layers, &head.db_id);
                     view.state.apply(&op);
                     view.migration = Some(op);

@@ -70,3 +70,40 @@ fn quiescent_replicas_converge_when_a_migrated_document_is_deleted_under_an_olde
     pass(&s1, &s0, limits);
     assert_eq!(without_bookkeeping(&s0), without_bookkeeping(&s1));
 }
+
+/// Seed 864 (P4, found when the resolution log added an await point to every diff pass):
+/// as seed 180, but the version-2 client had also patched the migrated document before the
+/// version-1 delete arrived. Its own write kept the document alive, so the client logged
+/// no withdrawal: the server that got the migration output kept showing its fields, and
+/// one that got the client's data by snapshot never did. Now the output of a deleted input
+/// is withdrawn whether or not writes at the newer version keep the document alive (they
+/// are newer than the withdrawal and survive it).
+#[test]
+fn quiescent_replicas_converge_when_a_migrated_and_patched_document_is_deleted_under_an_older_version() {
+    let limits = Limits::default();
+    let (s0, s1) = (relay(1_000), relay(2_000));
+    let old = replica_at(MemoryStore::new(), 3_000);
+    let schemas = tidemark::migrate::Schemas::new(versioned(2), vec![versioned(1)]).unwrap();
+    let new = block_on(Replica::open_migrating(MemoryStore::new(), schemas, Box::new(MarkV2), Box::new(|| 4_000))).unwrap();
+    put(&old, "d");
+    pass(&old, &s0, limits);
+    pass(&s0, &new, limits);
+    pass(&new, &s0, limits);
+    assert_eq!(s0.store().dump("docs")[0].doc.as_ref().map(|d| d["v2"].clone()), Some(json!(true)), "the server holds the migration output");
+    block_on(new.patch("docs", "d", json!({"n": 3}).as_object().unwrap().clone())).unwrap();
+    pass(&new, &s0, limits);
+    block_on(old.delete("docs", "d")).unwrap();
+    pass(&old, &s0, limits);
+    pass(&s0, &new, limits);
+    pass(&new, &s0, limits);
+    let client = block_on(new.get("docs", "d")).unwrap().and_then(|d| d.doc);
+    assert_eq!(client, Some(json!({"id": "d", "n": 3}).as_object().unwrap().clone()), "the version-2 write survives the delete of its input");
+    let server = s0.store().dump("docs")[0].doc.clone().unwrap();
+    assert_eq!(server.get("v2"), None, "the server no longer shows the withdrawn output: {server:?}");
+    assert_eq!(server.get("n"), Some(&json!(3)));
+    pass(&new, &s1, limits);
+    pass(&old, &s1, limits);
+    pass(&s0, &s1, limits);
+    pass(&s1, &s0, limits);
+    assert_eq!(without_bookkeeping(&s0), without_bookkeeping(&s1));
+}
