@@ -202,20 +202,11 @@ struct EnvelopeRef<'a> {
     msg: &'a Message,
 }
 
-/// The two envelope fields every frame is checked by first (everything else is skipped
-/// without being built).
-#[derive(Deserialize)]
-struct Probe<'a> {
-    #[serde(default)]
-    v: Option<Value>,
-    #[serde(rename = "type", default, borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// A `batch` frame read in one pass: rows are most of what travels, and the generic path
-/// (an internally tagged enum inside a flattened envelope) builds every row three times
-/// before it is decoded. Used only when it reads the frame; anything else takes the
-/// generic path, which also words every error.
+/// `batch` and `snapshot` frames read in one pass: rows and documents are most of what
+/// travels, and the generic path (a JSON tree, then an internally tagged enum inside a
+/// flattened envelope) builds each of them three times before it is decoded. Taken only
+/// for frames as `encode` writes them (`{"v":1,"type":"batch",…`) and only when it reads
+/// the whole frame; anything else takes the generic path, which also words every error.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchFrame {
@@ -230,6 +221,35 @@ struct BatchFrame {
     rows: Vec<Row>,
 }
 
+/// See `BatchFrame`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotFrame {
+    #[allow(dead_code)]
+    v: u32,
+    #[serde(rename = "type")]
+    #[allow(dead_code)]
+    kind: serde::de::IgnoredAny,
+    session: String,
+    docs: Vec<SnapshotDoc>,
+}
+
+/// The one-pass read of a `batch` or `snapshot` frame written by `encode`, if `text` is one.
+fn decode_bulk(text: &str) -> Option<Message> {
+    const PREFIX: &str = concat!("{\"v\":", 1, ",\"type\":\"");
+    const _: () = assert!(PROTOCOL_VERSION == 1, "PREFIX spells the protocol version");
+    let rest = text.strip_prefix(PREFIX)?;
+    if rest.starts_with("batch\"") {
+        let BatchFrame { session, after, covers, rows, .. } = serde_json::from_str(text).ok()?;
+        Some(Message::Batch { session, after, covers, rows })
+    } else if rest.starts_with("snapshot\"") {
+        let SnapshotFrame { session, docs, .. } = serde_json::from_str(text).ok()?;
+        Some(Message::Snapshot { session, docs })
+    } else {
+        None
+    }
+}
+
 impl Message {
     pub fn encode(&self) -> String {
         serde_json::to_string(&EnvelopeRef { v: PROTOCOL_VERSION, msg: self }).expect("messages serialize")
@@ -238,12 +258,8 @@ impl Message {
     /// Decodes one frame. Refuses other protocol versions, unknown types and malformed
     /// JSON with a message fit to send back as a protocol error.
     pub fn decode(text: &str) -> Result<Message, String> {
-        if let Ok(Probe { v: Some(v), kind: Some(kind) }) = serde_json::from_str::<Probe>(text) {
-            if v.as_u64() == Some(PROTOCOL_VERSION as u64) && kind == "batch" {
-                if let Ok(BatchFrame { session, after, covers, rows, .. }) = serde_json::from_str::<BatchFrame>(text) {
-                    return Ok(Message::Batch { session, after, covers, rows });
-                }
-            }
+        if let Some(msg) = decode_bulk(text) {
+            return Ok(msg);
         }
         let raw: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
         match raw.get("v").and_then(Value::as_u64) {
@@ -332,5 +348,30 @@ mod tests {
         assert!(Message::decode(&batch_text("").replace(r#""v":1"#, r#""v":2"#)).is_err());
         assert!(Message::decode(&batch_text("").replace(r#""covers":9"#, r#""covers":"9""#)).is_err());
         assert!(Message::decode(&batch_text("").replace(r#","session":"s""#, "")).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_reads_the_same_by_the_fast_path_and_the_generic_one() {
+        let ts = |wall, node: &str| Stamp { version: 1, wall, counter: 0, node: node.into() };
+        let mut older = DocState::default();
+        older.apply_register("", &ts(5, "a1"), Some(serde_json::json!({"n": 1})));
+        let contender = Contender { ts: ts(7, "b2"), seen: None, value: Some(serde_json::json!("x")) };
+        let doc = SnapshotDoc {
+            collection: "docs".into(),
+            id: "x".into(),
+            doc: Some(serde_json::json!({"n": 2, "s": "\u{00e9}"}).as_object().unwrap().clone()),
+            stamps: BTreeMap::from([(String::new(), Stamp { version: 2, ..ts(6, "a1") })]),
+            deleted: false,
+            version: 2,
+            layers: BTreeMap::from([(1, older)]),
+            conflicts: BTreeMap::from([("s".to_string(), vec![contender])]),
+        };
+        let msg = Message::Snapshot { session: "s".into(), docs: vec![doc.clone(), SnapshotDoc { id: "y".into(), doc: None, deleted: true, ..doc }] };
+        let text = msg.encode();
+        assert_eq!(decode_bulk(&text).as_ref(), Some(&msg), "read in one pass: {text}");
+        let generic = serde_json::from_value::<Envelope>(serde_json::from_str(&text).unwrap()).unwrap().msg;
+        assert_eq!(generic, msg);
+        assert!(Message::decode(&text.replacen(r#""docs":"#, r#""extra":1,"docs":"#, 1)).is_err(), "an unknown field is still refused");
+        assert!(Message::decode(&text.replacen(r#""session":"s","#, "", 1)).is_err());
     }
 }
