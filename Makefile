@@ -32,9 +32,10 @@ foreign-stores:
 		if [ ! -f $$dir/node_modules/.package-lock.json ] || [ $$lock -nt $$dir/node_modules/.package-lock.json ]; then \
 			echo "foreign-stores: npm ci in $$dir"; (cd $$dir && npm ci --no-audit --no-fund) || exit 1; fi
 
-# Real IndexedDB in headless Chromium through wasm-bindgen-test.
+# Real IndexedDB in headless Chromium through wasm-bindgen-test (`wasm-pack test --headless
+# --chrome`; scripts/browser-tests.sh runs it again when the runner's page never loads).
 test-browser:
-	WASM_BINDGEN_TEST_TIMEOUT=$${WASM_BINDGEN_TEST_TIMEOUT:-180} wasm-pack test --headless --chrome
+	./scripts/browser-tests.sh
 
 build-server: setup
 	cargo build --release -p tidemark-server
