@@ -421,6 +421,29 @@ async fn a_wiped_couchdb_is_detected_and_pushed_again_without_a_loop() {
     assert_eq!(hm_docs(&hm), now, "no loop after the re-push");
 }
 
+/// A CouchDB database recreated under the same name whose sequence has caught up with the
+/// gateway's cursor (it went nowhere backwards) is still a new database: it lacks the
+/// gateway's `_local` marker, so the gateway forgets what it knew and pushes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_couchdb_whose_sequence_caught_up_is_still_detected() {
+    let addr = free_addr();
+    let hm = Store::couch_at(addr);
+    let app = client().await;
+    let (server, hold, _dir) = held_gateway(&hm, &app).await;
+    drop(hm);
+    let hm = Store::couch_at(addr);
+    for i in 0..10 {
+        let (code, _) = http(addr, "PUT", &format!("/hm/other-{i}"), Some(&json!({"n": i})));
+        assert_eq!(code, 201);
+    }
+    std::fs::remove_file(&hold).unwrap();
+    wait("x pushed again", || hm_docs(&hm).contains_key("x"));
+    assert_eq!(hm_docs(&hm)["x"].1, json!({"title": "a", "n": 1}));
+    assert!(foreign_status(&server)[0]["resets"].as_u64().unwrap() >= 1);
+    let docs = app_docs(&app, &server).await;
+    assert!((0..10).all(|i| docs.iter().any(|d| d["id"] == json!(format!("other-{i}")))), "{docs:?}");
+}
+
 /// The seed's failing case with two servers: "Bob" (server B) gets HM's task only
 /// transitively, from server A (the HM gateway), and pushes to RT. RT gets the task, and
 /// RT's ticket reaches HM the other way, one copy each: B answers "what does RT have?"

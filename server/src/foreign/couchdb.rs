@@ -16,6 +16,15 @@ use super::{Changes, Fetched, Foreign, ForeignError, Opened, Written};
 /// Most changes read per request.
 const PAGE: usize = 500;
 
+/// The `_local` document that marks a database the gateway has seen (`CouchDb::mark`).
+const MARKER: &str = "tidemark-gateway";
+
+#[derive(PartialEq)]
+enum Mark {
+    There,
+    New,
+}
+
 pub struct CouchDb {
     http: Http,
     /// `http://host:port/db`, without a trailing slash.
@@ -29,6 +38,21 @@ impl CouchDb {
 
     fn doc_url(&self, id: &str) -> String {
         format!("{}/{}", self.base, segment(id))
+    }
+
+    /// Makes sure the database holds the gateway's marker, a `_local` document (never in
+    /// `_changes`, never replicated): a database recreated under the same name lacks it.
+    async fn mark(&self) -> Result<Mark, ForeignError> {
+        let url = format!("{}/_local/{MARKER}", self.base);
+        let (status, _) = self.http.send(Method::GET, &url, None).await?;
+        if status != 404 {
+            // There, or a store that does not keep `_local` documents: only the sequence
+            // tells a wipe there.
+            return Ok(Mark::There);
+        }
+        let (status, _) = self.http.send(Method::PUT, &url, Some(&json!({"by": "tidemark-server"}))).await?;
+        // Written now: the database is new to the gateway (unless it cannot keep one).
+        Ok(if (200..300).contains(&status) { Mark::New } else { Mark::There })
     }
 
     fn unexpected(&self, what: &str, status: u16, body: &Value) -> ForeignError {
@@ -65,16 +89,21 @@ impl Foreign for CouchDb {
         let (status, info) = self.http.send(Method::GET, &self.base, None).await?;
         match status {
             200 => {
-                // A store whose sequence went backwards was restored or recreated.
+                // A store whose sequence went backwards was restored or recreated; one
+                // without the gateway's marker was recreated, even if it has since seen as
+                // many writes as the cursor counts (or the cursor was taken before the
+                // gateway's own writes raised the sequence).
                 let now = seq_number(&seq_text(&info["update_seq"]));
-                let wiped = matches!((now, seq_number(cursor)), (Some(now), Some(had)) if now < had);
-                Ok(Opened { wiped })
+                let went_back = matches!((now, seq_number(cursor)), (Some(now), Some(had)) if now < had);
+                let unmarked = self.mark().await? == Mark::New;
+                Ok(Opened { wiped: went_back || (unmarked && !cursor.is_empty()) })
             }
             404 => {
                 let (status, body) = self.http.send(Method::PUT, &self.base, None).await?;
                 if !(200..300).contains(&status) && status != 412 {
                     return Err(self.unexpected("creating the database", status, &body));
                 }
+                self.mark().await?;
                 Ok(Opened { wiped: !cursor.is_empty() })
             }
             _ => Err(self.unexpected("reading the database", status, &info)),

@@ -21,9 +21,10 @@
 //!
 //! What the gateway knows of each store lives in `state` — its own namespace, never in
 //! `peers`, never forwarded, never a transitive point (the seed's bug). A store that was
-//! wiped or restored (a CouchDB sequence that went backwards or a database that vanished; a
-//! REST listing that lost every known record) is detected, its state forgotten, and the
-//! library's documents compared and pushed again; the library wins where both hold a record
+//! wiped or restored (a CouchDB sequence that went backwards, a database that vanished or
+//! lost the gateway's `_local` marker; a REST listing that lost every known record) is
+//! detected, its state forgotten, and the library's documents compared and pushed again;
+//! the library wins where both hold a record
 //! with no agreed base, so the re-push converges instead of looping.
 //!
 //! `GET /v1/foreign` reports each store's cursor, push mark, lag and last error (`report`).
