@@ -24,8 +24,8 @@
 //! wiped or restored (a CouchDB sequence that went backwards, a database that vanished or
 //! lost the gateway's `_local` marker; a REST listing that lost every known record) is
 //! detected, its state forgotten, and the library's documents compared and pushed again;
-//! the library wins where both hold a record
-//! with no agreed base, so the re-push converges instead of looping.
+//! the library wins where both hold a record with no agreed base, so the re-push
+//! converges instead of looping.
 //!
 //! `GET /v1/foreign` reports each store's cursor, push mark, lag and last error (`report`).
 
