@@ -259,6 +259,33 @@ async fn stored_documents_read_back_exactly() {
             conflicts: Default::default(),
             migrated: None,
         },
+        // A migrated document whose older layer shares most fields with its view: the
+        // layer is kept as its difference from `d` (a field the migration added, one it
+        // changed, one it dropped, a nested value) and must read back whole.
+        StoredDoc {
+            id: "e".into(),
+            doc: Some(obj(json!({"id": "e", "kind": "k2", "n": 4, "label": "new", "added": 1, "nested": {"a": [1, 2]}}))),
+            stamps: [("".to_string(), stamp("00020000000000000000~m.2"))].into(),
+            deleted: false,
+            version: 2,
+            index_keys: obj(json!({"byKind": [[4, "k2"]], "byKindN": [[4, "k2"], [3, 4]], "byN": [[3, 4]]})),
+            layers: [(1u32, serde_json::from_value(json!({"doc": {"id": "e", "kind": "k2", "n": 4, "label": "old", "gone": true, "nested": {"a": [1, 2]}}, "stamps": {"": "00010000000000050000ee"}, "deleted": false})).unwrap())].into(),
+            conflicts: Default::default(),
+            migrated: Some(stamp("00020000000000000000~m.2")),
+        },
+        // A document deleted at the newer version over an older layer: no `d` to differ
+        // from, so the layer is kept whole.
+        StoredDoc {
+            id: "f".into(),
+            doc: None,
+            stamps: [("".to_string(), stamp("00020000000000060000ff"))].into(),
+            deleted: true,
+            version: 2,
+            index_keys: Map::new(),
+            layers: [(1u32, serde_json::from_value(json!({"doc": {"id": "f", "kind": "k3"}, "stamps": {"": "00010000000000050000ff"}, "deleted": false})).unwrap())].into(),
+            conflicts: Default::default(),
+            migrated: None,
+        },
     ];
     let keys: Vec<(String, String)> = docs.iter().map(|d| (ITEMS.to_string(), d.id.clone())).collect();
     let head = Head { max_row: 7, clock: stamp("00010000000000040000cc"), ..Head::new("00ff".into(), 2) };
@@ -282,8 +309,48 @@ async fn stored_documents_read_back_exactly() {
         assert_eq!(idb.get(ITEMS, &d.id).await.unwrap().as_ref(), Some(d));
         assert_eq!(memory.get(ITEMS, &d.id).await.unwrap().as_ref(), Some(d));
     }
+    // The older layer is stored as its difference from `d`, not whole.
+    let db_name = idb.live().db.clone();
+    let m = record_m(&db_name, "e").await;
+    let layer = &m["l"]["1"];
+    assert!(layer.get("doc").is_none(), "{m}");
+    assert_eq!((&layer["+"], &layer["-"]), (&json!({"gone": true, "label": "old"}), &json!(["added"])));
+    assert_eq!(m["m"], json!(true), "the migration stamp, the root register's, is not written twice: {m}");
+    // A record written before layers were kept as differences (the layer whole) still reads.
+    idb.close();
+    let whole = json!({"doc": docs[3].layers[&1].doc, "stamps": docs[3].layers[&1].stamps, "deleted": false});
+    set_record_layer(&db_name, "e", whole).await;
+    let idb = IdbStore::open(&name, &schema).await.unwrap();
+    assert_eq!(idb.get(ITEMS, "e").await.unwrap().as_ref(), Some(&docs[3]));
     idb.close();
     IdbStore::delete_replica(&name).await.unwrap();
+}
+
+/// The parsed `m` of an items record.
+async fn record_m(db_name: &str, id: &str) -> Value {
+    let db = Database::open(db_name).await.unwrap();
+    let store = tidemark::idb::generation::collection_store(ITEMS);
+    let tx = db.transaction(store.as_str()).build().unwrap();
+    let record: JsValue = tx.object_store(&store).unwrap().get(JsValue::from_str(id)).primitive().unwrap().await.unwrap().unwrap();
+    let m = js_sys::Reflect::get(&record, &"m".into()).unwrap().as_string().unwrap();
+    drop(tx);
+    db.close();
+    serde_json::from_str(&m).unwrap()
+}
+
+/// Rewrites an items record's older layer 1 as `layer`.
+async fn set_record_layer(db_name: &str, id: &str, layer: Value) {
+    let mut m = record_m(db_name, id).await;
+    m["l"]["1"] = layer;
+    let db = Database::open(db_name).await.unwrap();
+    let store = tidemark::idb::generation::collection_store(ITEMS);
+    let tx = db.transaction(store.as_str()).with_mode(indexed_db_futures::transaction::TransactionMode::Readwrite).build().unwrap();
+    let os = tx.object_store(&store).unwrap();
+    let record: JsValue = os.get(JsValue::from_str(id)).primitive().unwrap().await.unwrap().unwrap();
+    js_sys::Reflect::set(&record, &"m".into(), &JsValue::from_str(&m.to_string())).unwrap();
+    os.put(record).primitive().unwrap();
+    tx.commit().await.unwrap();
+    db.close();
 }
 
 /// The storage contract every store keeps (`tidemark_testkit::contract`), on IndexedDB.

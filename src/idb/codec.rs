@@ -6,7 +6,8 @@
 //!
 //! A document is stored as `{ id, d, m, i }`: `d` is the app's document, handed to JS as
 //! is; `m` is the rest of the engine's `StoredDoc` (merge stamps, tombstone flag, schema
-//! version, conflict tracking) as one JSON string; `i` holds each index key in the string form of `keys`,
+//! version, conflict tracking, older-version layers written as their difference from `d`)
+//! as one JSON string; `i` holds each index key in the string form of `keys`,
 //! for the native indexes (`i.{index}`), absent for tombstones. Every JS object and every
 //! byte of a record is rebuilt by every read that returns it, so the parts only Rust
 //! reads are kept as one short string. The engine's own index keys are derived from `d`
@@ -49,20 +50,94 @@ struct MergeOut<'a> {
     v: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     i: Option<&'a Map<String, Value>>,
-    #[serde(skip_serializing_if = "no_layers")]
-    l: &'a BTreeMap<u32, DocState>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    l: BTreeMap<u32, LayerOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    m: Option<&'a Stamp>,
+    m: Option<Migrated<&'a Stamp>>,
     #[serde(skip_serializing_if = "no_conflicts")]
     x: &'a BTreeMap<String, Vec<Contender>>,
 }
 
-fn no_conflicts(x: &&BTreeMap<String, Vec<Contender>>) -> bool {
-    x.is_empty()
+/// The last migration stamp logged for a document (`StoredDoc::migrated`): `true` when it is
+/// the stamp of the root register, as it is for every document a migration wrote (the
+/// stamp is long, and is already in `s`).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Migrated<S> {
+    Root(bool),
+    Stamp(S),
 }
 
-fn no_layers(l: &&BTreeMap<u32, DocState>) -> bool {
-    l.is_empty()
+/// An older-version layer (`DocState`) as `m` keeps it: its document written as the
+/// fields that differ from the record's `d` (`-` removed, `+` set) whenever `d` exists.
+/// A migrated document's older layer is mostly the same fields as its view, and bytes are
+/// what IndexedDB's writes cost: written whole, a reset's 10,000 layers doubled the bytes
+/// of every record. Records written with the whole `doc` still read.
+#[derive(Serialize)]
+struct LayerOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    doc: Option<&'a Map<String, Value>>,
+    #[serde(rename = "-", skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<&'a str>,
+    #[serde(rename = "+", skip_serializing_if = "BTreeMap::is_empty")]
+    set: BTreeMap<&'a str, &'a Value>,
+    stamps: &'a BTreeMap<String, Stamp>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
+    #[serde(skip_serializing_if = "no_conflicts")]
+    conflicts: &'a BTreeMap<String, Vec<Contender>>,
+}
+
+impl<'a> LayerOut<'a> {
+    fn new(layer: &'a DocState, view: Option<&'a Map<String, Value>>) -> LayerOut<'a> {
+        let (doc, removed, set) = match view {
+            None => (Some(&layer.doc), Vec::new(), BTreeMap::new()),
+            Some(view) => (
+                None,
+                view.keys().filter(|k| !layer.doc.contains_key(*k)).map(String::as_str).collect(),
+                layer.doc.iter().filter(|(k, v)| view.get(*k) != Some(*v)).map(|(k, v)| (k.as_str(), v)).collect(),
+            ),
+        };
+        LayerOut { doc, removed, set, stamps: &layer.stamps, deleted: layer.deleted, conflicts: &layer.conflicts }
+    }
+}
+
+/// `LayerOut` read back.
+#[derive(Deserialize)]
+struct LayerIn {
+    #[serde(default)]
+    doc: Option<Map<String, Value>>,
+    #[serde(rename = "-", default)]
+    removed: Vec<String>,
+    #[serde(rename = "+", default)]
+    set: Map<String, Value>,
+    stamps: BTreeMap<String, Stamp>,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    conflicts: BTreeMap<String, Vec<Contender>>,
+}
+
+impl LayerIn {
+    fn into_state(self, view: Option<&Map<String, Value>>) -> Result<DocState, String> {
+        let doc = match (self.doc, view) {
+            (Some(doc), _) => doc,
+            (None, Some(view)) => {
+                let mut doc = view.clone();
+                for k in &self.removed {
+                    doc.remove(k);
+                }
+                doc.extend(self.set);
+                doc
+            }
+            (None, None) => return Err("an older layer written against a document that is not there".into()),
+        };
+        Ok(DocState { doc, stamps: self.stamps, deleted: self.deleted, conflicts: self.conflicts })
+    }
+}
+
+fn no_conflicts(x: &&BTreeMap<String, Vec<Contender>>) -> bool {
+    x.is_empty()
 }
 
 #[derive(Deserialize)]
@@ -74,9 +149,9 @@ struct MergeIn {
     #[serde(default)]
     i: Option<Map<String, Value>>,
     #[serde(default)]
-    l: BTreeMap<u32, DocState>,
+    l: BTreeMap<u32, LayerIn>,
     #[serde(default)]
-    m: Option<Stamp>,
+    m: Option<Migrated<Stamp>>,
     #[serde(default)]
     x: BTreeMap<String, Vec<Contender>>,
 }
@@ -96,7 +171,9 @@ impl<'a> DocOut<'a> {
         // error here, rather than a field silently left out of the stored record.
         let StoredDoc { id, doc: d, stamps, deleted, version, index_keys: i, layers, migrated, conflicts } = doc;
         let derived = *i == index_keys(indexes, d);
-        let merge = MergeOut { s: stamps, t: *deleted, v: *version, i: (!derived).then_some(i), l: layers, m: migrated.as_ref(), x: conflicts };
+        let l = layers.iter().map(|(v, layer)| (*v, LayerOut::new(layer, d.as_ref()))).collect();
+        let m = migrated.as_ref().map(|m| if stamps.get(crate::merge::ROOT) == Some(m) { Migrated::Root(true) } else { Migrated::Stamp(m) });
+        let merge = MergeOut { s: stamps, t: *deleted, v: *version, i: (!derived).then_some(i), l, m, x: conflicts };
         let m = serde_json::to_string(&merge).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
         let i = i.iter().map(|(name, key)| (name.clone(), Value::String(key_string(key)))).collect();
         Ok(DocOut { id, d, m, i })
@@ -107,6 +184,16 @@ impl DocIn {
     pub fn into_stored(self, indexes: &[Index]) -> Result<StoredDoc, StoreError> {
         let m: MergeIn = serde_json::from_str(&self.m).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?;
         let index_keys = m.i.unwrap_or_else(|| index_keys(indexes, &self.d));
+        let layers = m
+            .l
+            .into_iter()
+            .map(|(v, l)| Ok((v, l.into_state(self.d.as_ref()).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?)))
+            .collect::<Result<_, StoreError>>()?;
+        let migrated = match m.m {
+            Some(Migrated::Root(true)) => m.s.get(crate::merge::ROOT).cloned(),
+            Some(Migrated::Stamp(stamp)) => Some(stamp),
+            Some(Migrated::Root(false)) | None => None,
+        };
         Ok(StoredDoc {
             id: self.id,
             doc: self.d,
@@ -114,9 +201,9 @@ impl DocIn {
             deleted: m.t,
             version: m.v,
             index_keys,
-            layers: m.l,
+            layers,
             conflicts: m.x,
-            migrated: m.m,
+            migrated,
         })
     }
 }
