@@ -53,7 +53,7 @@ struct MergeOut<'a> {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     l: BTreeMap<u32, LayerOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    m: Option<Migrated<&'a Stamp>>,
+    m: Option<Migrated<'a>>,
     #[serde(skip_serializing_if = "no_conflicts")]
     x: &'a BTreeMap<String, Vec<Contender>>,
 }
@@ -61,11 +61,13 @@ struct MergeOut<'a> {
 /// The last migration stamp logged for a document (`StoredDoc::migrated`): `true` when it is
 /// the stamp of the root register, as it is for every document a migration wrote (the
 /// stamp is long, and is already in `s`).
-#[derive(Serialize, Deserialize)]
+/// (Read back as a plain JSON value: an untagged enum's deserializer would add its
+/// buffering machinery to the wasm.)
+#[derive(Serialize)]
 #[serde(untagged)]
-enum Migrated<S> {
+enum Migrated<'a> {
     Root(bool),
-    Stamp(S),
+    Stamp(&'a Stamp),
 }
 
 /// An older-version layer (`DocState`) as `m` keeps it: its document written as the
@@ -151,7 +153,7 @@ struct MergeIn {
     #[serde(default)]
     l: BTreeMap<u32, LayerIn>,
     #[serde(default)]
-    m: Option<Migrated<Stamp>>,
+    m: Option<Value>,
     #[serde(default)]
     x: BTreeMap<String, Vec<Contender>>,
 }
@@ -190,9 +192,9 @@ impl DocIn {
             .map(|(v, l)| Ok((v, l.into_state(self.d.as_ref()).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?)))
             .collect::<Result<_, StoreError>>()?;
         let migrated = match m.m {
-            Some(Migrated::Root(true)) => m.s.get(crate::merge::ROOT).cloned(),
-            Some(Migrated::Stamp(stamp)) => Some(stamp),
-            Some(Migrated::Root(false)) | None => None,
+            Some(Value::Bool(true)) => m.s.get(crate::merge::ROOT).cloned(),
+            Some(stamp @ Value::String(_)) => Some(serde_json::from_value(stamp).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?),
+            _ => None,
         };
         Ok(StoredDoc {
             id: self.id,
