@@ -38,6 +38,21 @@ fn without_bookkeeping(r: &Replica<MemoryStore>) -> Vec<tidemark::store::StoredD
     r.store().dump("docs").into_iter().map(|d| tidemark::store::StoredDoc { migrated: None, ..d }).collect()
 }
 
+/// Two relays, a version-1 client that wrote `d`, and a version-2 client that migrated
+/// it; the first relay holds the migration output.
+fn migrated_on_a_server(limits: Limits) -> (Replica<MemoryStore>, Replica<MemoryStore>, Replica<MemoryStore>, Replica<MemoryStore>) {
+    let (s0, s1) = (relay(1_000), relay(2_000));
+    let old = replica_at(MemoryStore::new(), 3_000);
+    let schemas = tidemark::migrate::Schemas::new(versioned(2), vec![versioned(1)]).unwrap();
+    let new = block_on(Replica::open_migrating(MemoryStore::new(), schemas, Box::new(MarkV2), Box::new(|| 4_000))).unwrap();
+    put(&old, "d");
+    pass(&old, &s0, limits);
+    pass(&s0, &new, limits);
+    pass(&new, &s0, limits);
+    assert_eq!(s0.store().dump("docs")[0].doc.as_ref().map(|d| d["v2"].clone()), Some(json!(true)), "the server holds the migration output");
+    (s0, s1, old, new)
+}
+
 /// Seed 180 (P4): a version-2 client migrated a version-1 document and logged the output;
 /// the document was then deleted under version 1. The client's view went away, but it
 /// logged nothing to withdraw the output: the server that got the output kept showing
@@ -48,15 +63,7 @@ fn without_bookkeeping(r: &Replica<MemoryStore>) -> Vec<tidemark::store::StoredD
 #[test]
 fn quiescent_replicas_converge_when_a_migrated_document_is_deleted_under_an_older_version() {
     let limits = Limits::default();
-    let (s0, s1) = (relay(1_000), relay(2_000));
-    let old = replica_at(MemoryStore::new(), 3_000);
-    let schemas = tidemark::migrate::Schemas::new(versioned(2), vec![versioned(1)]).unwrap();
-    let new = block_on(Replica::open_migrating(MemoryStore::new(), schemas, Box::new(MarkV2), Box::new(|| 4_000))).unwrap();
-    put(&old, "d");
-    pass(&old, &s0, limits);
-    pass(&s0, &new, limits);
-    pass(&new, &s0, limits);
-    assert_eq!(s0.store().dump("docs")[0].doc.as_ref().map(|d| d["v2"].clone()), Some(json!(true)), "the server holds the migration output");
+    let (s0, s1, old, new) = migrated_on_a_server(limits);
     block_on(old.delete("docs", "d")).unwrap();
     pass(&old, &s0, limits);
     pass(&s0, &new, limits);
@@ -81,15 +88,7 @@ fn quiescent_replicas_converge_when_a_migrated_document_is_deleted_under_an_olde
 #[test]
 fn quiescent_replicas_converge_when_a_migrated_and_patched_document_is_deleted_under_an_older_version() {
     let limits = Limits::default();
-    let (s0, s1) = (relay(1_000), relay(2_000));
-    let old = replica_at(MemoryStore::new(), 3_000);
-    let schemas = tidemark::migrate::Schemas::new(versioned(2), vec![versioned(1)]).unwrap();
-    let new = block_on(Replica::open_migrating(MemoryStore::new(), schemas, Box::new(MarkV2), Box::new(|| 4_000))).unwrap();
-    put(&old, "d");
-    pass(&old, &s0, limits);
-    pass(&s0, &new, limits);
-    pass(&new, &s0, limits);
-    assert_eq!(s0.store().dump("docs")[0].doc.as_ref().map(|d| d["v2"].clone()), Some(json!(true)), "the server holds the migration output");
+    let (s0, s1, old, new) = migrated_on_a_server(limits);
     block_on(new.patch("docs", "d", json!({"n": 3}).as_object().unwrap().clone())).unwrap();
     pass(&new, &s0, limits);
     block_on(old.delete("docs", "d")).unwrap();
