@@ -184,16 +184,17 @@ impl<'a> DocOut<'a> {
 
 impl DocIn {
     pub fn into_stored(self, indexes: &[Index]) -> Result<StoredDoc, StoreError> {
-        let m: MergeIn = serde_json::from_str(&self.m).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?;
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("document {:?}: {e}", self.id));
+        let m: MergeIn = serde_json::from_str(&self.m).map_err(|e| corrupt(&e))?;
         let index_keys = m.i.unwrap_or_else(|| index_keys(indexes, &self.d));
         let layers = m
             .l
             .into_iter()
-            .map(|(v, l)| Ok((v, l.into_state(self.d.as_ref()).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?)))
+            .map(|(v, l)| Ok((v, l.into_state(self.d.as_ref()).map_err(|e| corrupt(&e))?)))
             .collect::<Result<_, StoreError>>()?;
         let migrated = match m.m {
             Some(Value::Bool(true)) => m.s.get(crate::merge::ROOT).cloned(),
-            Some(stamp @ Value::String(_)) => Some(serde_json::from_value(stamp).map_err(|e| StoreError::Corrupt(format!("document {:?}: {e}", self.id)))?),
+            Some(stamp @ Value::String(_)) => Some(serde_json::from_value(stamp).map_err(|e| corrupt(&e))?),
             _ => None,
         };
         Ok(StoredDoc {
