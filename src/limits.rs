@@ -28,6 +28,13 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// Most entries in a forwarded `incoming` table (one per replica the sender has merged
 /// from directly or transitively).
 pub const MAX_TABLE_ENTRIES: usize = 10_000;
+/// Most entries a sender forwards in one table: the origins whose ops it merged most
+/// recently. A server with thousands of clients would otherwise send every client a
+/// table of every other client at every pull (as many bytes as the rows themselves at
+/// 2,000 clients) and make each client store a record per other client. An entry left
+/// out only fast-forwards less: the receiver's per-origin marks still skip what it holds,
+/// and anything else is re-sent, which merging makes harmless.
+pub const MAX_FORWARDED: usize = 256;
 /// Most session entries (histories, candidates, marks) one message may carry.
 pub const MAX_SESSIONS: usize = 1_000;
 /// Most writes conflict tracking keeps for one path (`merge::Contender`): the newest

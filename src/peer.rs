@@ -83,14 +83,16 @@ pub struct Mark {
 
 /// The marks a replica can vouch for, from its peer records: origins with a point and a
 /// stamp, at most `MAX_MARKS`, the most recently written first (the likeliest to matter).
+///
+/// Chosen by reference and copied last: a server holds a record per client, thousands.
 pub fn marks<'a>(records: impl Iterator<Item = (&'a String, &'a PeerRecord)>) -> Vec<Mark> {
-    let mut out: Vec<Mark> = records
-        .filter(|(_, r)| r.incoming > 0)
-        .filter_map(|(id, r)| Some(Mark { origin: id.clone(), row: r.incoming, stamp: r.newest.clone()? }))
-        .collect();
-    out.sort_by(|a, b| b.stamp.cmp(&a.stamp));
-    out.truncate(MAX_MARKS);
-    out
+    let mut held: Vec<(&String, Point, &Stamp)> = records.filter(|(_, r)| r.incoming > 0).filter_map(|(id, r)| Some((id, r.incoming, r.newest.as_ref()?))).collect();
+    if held.len() > MAX_MARKS {
+        held.select_nth_unstable_by(MAX_MARKS - 1, |a, b| b.2.cmp(a.2));
+        held.truncate(MAX_MARKS);
+    }
+    held.sort_by(|a, b| b.2.cmp(a.2));
+    held.into_iter().map(|(id, row, stamp)| Mark { origin: id.clone(), row, stamp: stamp.clone() }).collect()
 }
 
 fn none() -> Point {

@@ -200,6 +200,13 @@ pub trait Store {
     /// Every peer record, by peer db id.
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError>;
 
+    /// Reads the peer records through `f`, without copying them when the store keeps them
+    /// in memory: a pass needs one record and a short table from them, and a server with
+    /// thousands of clients would otherwise copy every record at every pass of every one.
+    async fn with_peers<R>(&self, f: impl FnOnce(&BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
+        Ok(f(&self.peers().await?))
+    }
+
     /// Up to `limit` stored documents (tombstones included) after `after` in the store's
     /// own (collection, id) order, for snapshots streamed page by page. Documents are
     /// never removed, so a scan that starts after the head was read sees every document

@@ -271,6 +271,10 @@ impl Store for LibraryStore {
         each!(self, s => s.peers().await)
     }
 
+    async fn with_peers<R>(&self, f: impl FnOnce(&BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
+        each!(self, s => s.with_peers(f).await)
+    }
+
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         each!(self, s => s.docs_after(after, limit).await)
     }

@@ -114,14 +114,19 @@ impl<T: Store> Receiver<T> {
                 if sessions.len() > crate::limits::MAX_SESSIONS {
                     return Err(SyncError::Protocol(format!("{} sessions in a preflight; at most {}", sessions.len(), crate::limits::MAX_SESSIONS)).into());
                 }
-                let all = replica.store().peers().await?;
-                let rec = all.get(&self.peer).cloned().unwrap_or_else(PeerRecord::new);
-                let (point, matched) = match rec.common_point(&sessions) {
-                    Some((p, s)) => (p, Some(s)),
-                    None => (-1, None),
-                };
-                // Marks only matter when the sender has rows past the point.
-                let marks = if point < max_row as Point { crate::peer::marks(all.iter()) } else { Vec::new() };
+                let (rec, point, matched, marks) = replica
+                    .store()
+                    .with_peers(|all| {
+                        let rec = all.get(&self.peer).cloned().unwrap_or_else(PeerRecord::new);
+                        let (point, matched) = match rec.common_point(&sessions) {
+                            Some((p, s)) => (p, Some(s)),
+                            None => (-1, None),
+                        };
+                        // Marks only matter when the sender has rows past the point.
+                        let marks = if point < max_row as Point { crate::peer::marks(all.iter()) } else { Vec::new() };
+                        (rec, point, matched, marks)
+                    })
+                    .await?;
                 let candidates: Vec<Entry> = rec.in_history.iter().filter(|e| e.row > point && Some(&e.session) != matched.as_ref()).cloned().collect();
                 let ceiling = candidates.iter().map(|e| e.row).chain([point]).max().unwrap_or(point);
                 let head = replica.head();

@@ -125,10 +125,8 @@ impl Sender {
     /// Starts a pass to `peer` (its db id) and returns the preflight to send.
     pub async fn start<S: Store>(replica: &Replica<S>, peer: &str, session: &str, limits: Limits) -> Result<(Sender, Message), Error> {
         // The table we may forward is the one from before the pass began.
-        let mut peers = replica.store().peers().await?;
         let head = replica.head();
-        let table = forwarded(&peers, peer, &head.db_id);
-        let known = peers.remove(peer);
+        let (table, known) = replica.store().with_peers(|peers| (forwarded(peers, peer, &head.db_id), peers.get(peer).cloned())).await?;
         let preflight = Message::Preflight {
             session: session.into(),
             db_id: head.db_id.clone(),
@@ -388,17 +386,23 @@ impl Sender {
 /// become visible out of order (several instances on PostgreSQL) a record can be ahead of
 /// the rows a pass sends, and a forwarded stamp would let the mark cover rows the
 /// receiver never got.
+///
+/// At most `MAX_FORWARDED` entries, those of the origins whose ops were merged most
+/// recently (like the marks): a shorter table only fast-forwards less.
 fn forwarded(peers: &BTreeMap<String, PeerRecord>, peer: &str, me: &str) -> Vec<TableEntry> {
-    peers
+    let mut entries: Vec<(&PeerRecord, TableEntry)> = peers
         .iter()
         .filter(|(id, _)| *id != peer && *id != me)
         .filter_map(|(id, rec)| {
             let e = rec.in_history.iter().max_by_key(|e| e.row)?;
-            Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
+            Some((rec, TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() }))
         })
-        // A receiver refuses a longer table; a shorter one only fast-forwards less.
-        .take(crate::limits::MAX_TABLE_ENTRIES)
-        .collect()
+        .collect();
+    if entries.len() > crate::limits::MAX_FORWARDED {
+        entries.sort_by(|(a, _), (b, _)| b.newest.cmp(&a.newest));
+        entries.truncate(crate::limits::MAX_FORWARDED);
+    }
+    entries.into_iter().map(|(_, e)| e).collect()
 }
 
 /// The receiver's preflight answer, as `begin` uses it.
@@ -481,5 +485,37 @@ async fn unkept_docs<S: Store>(replica: &Replica<S>, after: u64, end: Point, per
             flush(&mut run, &mut docs);
             return Ok((docs, Cursor::Unkept(at)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Stamp;
+    use crate::peer::Entry;
+
+    fn record(wall: u64, row: Point) -> PeerRecord {
+        let mut r = PeerRecord::new();
+        r.in_history.push(Entry { session: format!("s{wall}"), row, transitive: false });
+        r.newest = Some(Stamp { version: 1, wall, counter: 0, node: "n".into() });
+        r
+    }
+
+    #[test]
+    fn a_forwarded_table_keeps_the_most_recently_merged_origins() {
+        let n = crate::limits::MAX_FORWARDED + 50;
+        let mut peers: BTreeMap<String, PeerRecord> = (0..n as u64).map(|i| (format!("o{i:04}"), record(1_000 + i, i as Point))).collect();
+        peers.insert("receiver".into(), record(9_999, 1));
+        peers.insert("me".into(), record(9_999, 1));
+        let table = forwarded(&peers, "receiver", "me");
+        assert_eq!(table.len(), crate::limits::MAX_FORWARDED);
+        let kept: std::collections::BTreeSet<_> = table.iter().map(|e| e.db_id.as_str()).collect();
+        // The 50 oldest origins are left out; every newer one is there, with its entry.
+        assert!((0..50).all(|i| !kept.contains(format!("o{i:04}").as_str())));
+        assert!((50..n).all(|i| kept.contains(format!("o{i:04}").as_str())));
+        assert!(table.iter().all(|e| e.session == format!("s{}", 1_000 + e.row) && e.db_id != "receiver" && e.db_id != "me"));
+        // A small table is forwarded whole.
+        let few: BTreeMap<_, _> = peers.into_iter().filter(|(id, _)| id.starts_with('o')).take(10).collect();
+        assert_eq!(forwarded(&few, "receiver", "me").len(), 10);
     }
 }

@@ -366,6 +366,10 @@ impl Store for SqliteStore {
         Ok(lock(&self.peers).clone())
     }
 
+    async fn with_peers<R>(&self, f: impl FnOnce(&BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
+        Ok(f(&lock(&self.peers)))
+    }
+
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         let (c, id) = after.cloned().unwrap_or_default();
         self.read(move |conn| {

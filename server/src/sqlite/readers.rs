@@ -14,7 +14,10 @@ use tidemark::error::StoreError;
 
 use super::backend;
 
-/// Idle read connections kept open.
+/// Idle read connections kept open, and most read connections open at once: reads
+/// beyond it wait for a connection to come back. Two cores gain nothing from more, and a
+/// connection opened for one read (the file opened, the schema read, every statement
+/// prepared again) costs more than the read when thousands of clients pull at once.
 const KEEP: usize = 8;
 
 pub(crate) struct Readers {
@@ -52,7 +55,7 @@ impl Readers {
     pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let pooled = {
             let mut s = self.state();
-            while s.closed {
+            while s.closed || (s.idle.is_empty() && s.out >= KEEP) {
                 s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
             }
             s.out += 1;
