@@ -205,7 +205,7 @@ export function render(r) {
 
   const load = r.load;
   if (section('## Server load', load)) {
-    p(`\`cargo bench -p tidemark-server --bench load\` (server/benches/load.rs): real server processes (${load.store ?? 'sqlite'}), native clients on the same 2-core machine.`);
+    p(`\`cargo bench -p tidemark-server --bench load\` (server/benches/load.rs): real server processes (${load.store ?? 'sqlite'}), native clients on the same 2-core machine. In the rounds, devices that synced once each push one write and then pull, acknowledging like the engine's receiver without merging (real devices merge on their own machines).`);
     p();
     if (load.rounds?.length) {
       p('| concurrent small rounds on one library | p50 | p99 | max | server peak RSS | errors | target |');

@@ -1,9 +1,10 @@
 //! Load on real `tidemark-server` processes from native clients (the engine's client over
 //! tokio-tungstenite), for `make bench`:
 //!
-//! - `rounds N…`: N clients of one library, each holding one new write, run one round
-//!   (connect, hello, push, pull) at the same moment; per-client latency from that moment to
-//!   the end of its round (p50, p99, max), and the server's peak RSS. A fresh server per N.
+//! - `rounds N…`: N devices of one library, each synced once and then holding one new
+//!   write, run one round (connect, hello, push, pull) at the same moment; per-device latency
+//!   from that moment to the end of its round (p50, p99, max), and the server's peak RSS. A
+//!   fresh server per N. The devices pull without merging (`Device`).
 //! - `idle N`: N live clients connect and greet, then stay connected doing nothing (the
 //!   server pings them); the server's RSS once all are held.
 //! - `instances`: 1 and then 3 instances on one PostgreSQL database (a private cluster, fsync
