@@ -50,6 +50,8 @@ pub struct Settings {
     pub quotas: Quotas,
     /// How many peer records each library keeps, and for how long (`library`).
     pub peer_policy: PeerPolicy,
+    /// How many pull turns run at once (`socket::Admission`).
+    pub pulls_at_once: usize,
 }
 
 impl Settings {
@@ -72,6 +74,7 @@ impl Settings {
             header_timeout: Duration::from_secs(10),
             quotas: Quotas::default(),
             peer_policy: PeerPolicy::default(),
+            pulls_at_once: crate::socket::PULLS_AT_ONCE,
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct App {
     pub foreign: crate::foreign::Board,
     /// Open connections and rate allowances per client.
     pub quotas: std::sync::Arc<Book>,
+    /// The places of pull passes (`socket::Admission`): every connection's pulls share them.
+    pub admission: crate::socket::Admission,
 }
 
 impl App {
@@ -109,6 +114,7 @@ impl App {
         let board = Board::new(&settings.peers);
         let registry = registry.with_max_clock_skew(settings.max_clock_skew.as_millis().min(u64::MAX as u128) as u64).with_peer_policy(settings.peer_policy);
         let quotas = std::sync::Arc::new(Book::new(settings.quotas));
-        App { settings, registry, board, foreign: crate::foreign::Board::default(), quotas }
+        let admission = crate::socket::Admission::new(settings.pulls_at_once);
+        App { settings, registry, board, foreign: crate::foreign::Board::default(), quotas, admission }
     }
 }

@@ -113,6 +113,10 @@ struct Serve {
     /// Most snapshots the server sends one client per minute (0: no limit).
     #[arg(long, default_value_t = 10)]
     max_client_snapshots: u32,
+    /// How many pull turns (reading and sending one batch) run at once across all
+    /// connections; later ones wait their turn, at most 5 s.
+    #[arg(long, default_value_t = tidemark_server::socket::PULLS_AT_ONCE as u64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pulls_at_once: u64,
     /// Most peer records (sync points of clients and servers) a library keeps; beyond it
     /// the least recently written are pruned.
     #[arg(long, default_value_t = tidemark::limits::MAX_TABLE_ENTRIES as u64, value_parser = clap::value_parser!(u64).range(1..=tidemark::limits::MAX_TABLE_ENTRIES as u64))]
@@ -209,6 +213,7 @@ fn serve(args: Serve) -> ExitCode {
             snapshots_per_minute: args.max_client_snapshots,
         },
         peer_policy: tidemark_server::library::PeerPolicy { max_peers: args.max_peers as usize, max_age: Duration::from_secs(args.peer_max_age) },
+        pulls_at_once: args.pulls_at_once as usize,
     };
     if settings.postgres.is_none() {
         if let Err(e) = std::fs::create_dir_all(&settings.data) {

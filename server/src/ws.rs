@@ -58,6 +58,7 @@ fn fault(code: &'static str, message: impl Into<String>) -> Outcome {
 async fn connection(app: Arc<App>, socket: WebSocket, remote: IpAddr) {
     let s = &app.settings;
     let mut t = WsTransport::new(socket, s.max_frame, s.idle_timeout);
+    t.admission = Some(app.admission.clone());
     // Input cannot make the engine panic (the tests try), but if a bug ever did, answer
     // like any other failure instead of dropping the socket without a word.
     let outcome = match AssertUnwindSafe(run(&app, &mut t, remote)).catch_unwind().await {
