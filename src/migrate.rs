@@ -152,30 +152,32 @@ pub struct Item<'a> {
 struct StepReads<'a> {
     items: &'a [Item<'a>],
     prev: &'a [Option<Map<String, Value>>],
+    /// Per item, the newest stamp of its input to step `v` (its layers below `v`).
+    below: &'a [Option<Stamp>],
     /// The schema at version `v − 1`, whose collections reads are planned against.
     schema: &'a Schema,
-    /// Version `v`: stamps below it are the input's.
-    step: u32,
-    index: HashMap<(&'a str, &'a str), usize>,
+    /// Built at the first `get`: most migrations read nothing.
+    index: std::cell::OnceCell<HashMap<(&'a str, &'a str), usize>>,
     /// The items being migrated by the current call, by position in its batch.
     batch: Vec<usize>,
     read: RefCell<Vec<Option<Stamp>>>,
 }
 
 impl StepReads<'_> {
-    fn note(&self, reader: usize, stamp: Option<Stamp>) {
+    fn note(&self, reader: usize, stamp: Option<&Stamp>) {
         let (Some(&i), Some(stamp)) = (self.batch.get(reader), stamp) else { return };
         let mut read = self.read.borrow_mut();
-        if read[i].as_ref().is_none_or(|r| *r < stamp) {
-            read[i] = Some(stamp);
+        if read[i].as_ref().is_none_or(|r| r < stamp) {
+            read[i] = Some(stamp.clone());
         }
     }
 }
 
 impl Context for StepReads<'_> {
     fn get(&self, reader: usize, collection: &str, id: &str) -> Option<Map<String, Value>> {
-        let j = *self.index.get(&(collection, id))?;
-        self.note(reader, self.items[j].layers.newest_below(self.step));
+        let index = self.index.get_or_init(|| self.items.iter().enumerate().map(|(i, it)| ((it.collection, it.id), i)).collect());
+        let j = *index.get(&(collection, id))?;
+        self.note(reader, self.below[j].as_ref());
         self.prev[j].clone()
     }
 
@@ -188,7 +190,7 @@ impl Context for StepReads<'_> {
                 continue;
             }
             // The result depends on every document of the collection, matching or not.
-            self.note(reader, it.layers.newest_below(self.step));
+            self.note(reader, self.below[j].as_ref());
             if let Some(doc) = &self.prev[j] {
                 if plan.matches(doc) {
                     out.push(doc.clone());
@@ -200,35 +202,119 @@ impl Context for StepReads<'_> {
     }
 }
 
-/// Computes the views at the current version of many documents, calling the migrator
-/// once per step and collection rather than once per document. Migrations read (through
-/// their `Context`) the other documents of `items` as they stood before the step.
-pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[Item]) -> Result<Vec<View>, Error> {
-    let target = schemas.current.version;
-    let floor = schemas.reachable_from(target, migrator);
-    // Per item: the version its history starts at (its lowest usable layer).
-    let starts: Vec<Option<u32>> = items.iter().map(|it| it.layers.0.range(floor..=target).next().map(|(v, _)| *v)).collect();
-    let mut prev: Vec<Option<Map<String, Value>>> = vec![None; items.len()];
-    let mut states: Vec<DocState> = vec![DocState::default(); items.len()];
-    let mut bases: Vec<Option<(Stamp, Option<Map<String, Value>>)>> = vec![None; items.len()];
-    let index: HashMap<(&str, &str), usize> = items.iter().enumerate().map(|(i, it)| ((it.collection, it.id), i)).collect();
-    let lowest = starts.iter().flatten().min().copied().unwrap_or(target);
-    for v in lowest..=target {
-        let schema = schemas.get(v).expect("reachable versions have schemas");
-        // Migrate the previous views into v, grouped by collection.
-        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, it) in items.iter().enumerate() {
-            if starts[i].is_some_and(|s| s < v) && prev[i].is_some() {
-                groups.entry(it.collection).or_default().push(i);
+/// What one step made of one document.
+enum Stepped {
+    /// The step's schema dropped the document's collection.
+    Dropped,
+    /// Its merge state at the step's version, its view, and the migration output it was
+    /// built on (with that output's stamp) if it was migrated into the step.
+    Kept { state: DocState, doc: Option<Map<String, Value>>, base: Option<(Stamp, Option<Map<String, Value>>)> },
+}
+
+/// A batch of documents on their way to the app's version. Every step but the last runs
+/// over the whole batch at once (`new`); the last one runs slice by slice (`finish`), so
+/// that a caller can write one slice while it computes the next. Every migration, in any
+/// slice, reads through its context the whole batch as it stood before its step, and the
+/// migrator is called once per step, collection and slice, never twice for a document.
+pub struct Forward {
+    target: u32,
+    /// Per item: the version its history starts at (its lowest usable layer).
+    starts: Vec<Option<u32>>,
+    /// Per item: its view at the version reached so far.
+    prev: Vec<Option<Map<String, Value>>>,
+    /// Per item: its merge state at the version reached so far.
+    states: Vec<DocState>,
+    /// Per item: the newest stamp of its layers below the app's version, taken before the
+    /// caller may take the layers of finished slices.
+    below_target: Vec<Option<Stamp>>,
+}
+
+impl Forward {
+    /// Runs every step below the app's version over all of `items`.
+    pub fn new(schemas: &Schemas, migrator: &dyn Migrator, items: &[Item]) -> Result<Forward, Error> {
+        let target = schemas.current.version;
+        let floor = schemas.reachable_from(target, migrator);
+        let n = items.len();
+        let mut forward = Forward {
+            target,
+            starts: items.iter().map(|it| it.layers.0.range(floor..=target).next().map(|(v, _)| *v)).collect(),
+            prev: vec![None; n],
+            states: vec![DocState::default(); n],
+            below_target: items.iter().map(|it| it.layers.newest_below(target)).collect(),
+        };
+        let lowest = forward.starts.iter().flatten().min().copied().unwrap_or(target);
+        for v in lowest..target {
+            let below: Vec<Option<Stamp>> = items.iter().map(|it| it.layers.newest_below(v)).collect();
+            let stepped = forward.step(schemas, migrator, items, v, &below, 0..n)?;
+            for (i, s) in stepped.into_iter().enumerate() {
+                match s {
+                    None => {}
+                    Some(Stepped::Dropped) => forward.prev[i] = None,
+                    Some(Stepped::Kept { state, doc, .. }) => {
+                        forward.prev[i] = doc;
+                        forward.states[i] = state;
+                    }
+                }
             }
         }
-        let mut migrated: Vec<Option<Option<Map<String, Value>>>> = vec![None; items.len()];
+        Ok(forward)
+    }
+
+    /// The views at the app's version of `items[range]` (the last step). `items` is the
+    /// batch `new` was given; the layers of items outside `range` are no longer read.
+    pub fn finish(&mut self, schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[Item], range: std::ops::Range<usize>) -> Result<Vec<View>, Error> {
+        let below = std::mem::take(&mut self.below_target);
+        let stepped = self.step(schemas, migrator, items, self.target, &below, range.clone());
+        self.below_target = below;
+        let target = self.target;
+        Ok(range
+            .zip(stepped?)
+            .map(|(i, s)| {
+                let it = &items[i];
+                let (doc, state, base) = match s {
+                    Some(Stepped::Kept { state, doc, base }) => (doc, state, base),
+                    Some(Stepped::Dropped) => (None, std::mem::take(&mut self.states[i]), None),
+                    None => (self.prev[i].take(), std::mem::take(&mut self.states[i]), None),
+                };
+                View {
+                    doc,
+                    state,
+                    migration: base.map(|(ts, base)| Op {
+                        origin: origin.to_string(),
+                        origin_row: 0,
+                        ts,
+                        schema_version: target,
+                        collection: it.collection.to_string(),
+                        id: it.id.to_string(),
+                        kind: if base.is_some() { Kind::Put } else { Kind::Delete },
+                        fields: base,
+                        seen: None,
+                        resolution: false,
+                    }),
+                }
+            })
+            .collect())
+    }
+
+    /// Step `v` for `items[range]`: the migrations of step `v` over their views at `v − 1`
+    /// (grouped by collection), then each one's own layer of `v` merged over the output.
+    /// `below[j]` is item j's input stamp (its layers below `v`). `None` for an item
+    /// whose history starts after `v`.
+    fn step(&self, schemas: &Schemas, migrator: &dyn Migrator, items: &[Item], v: u32, below: &[Option<Stamp>], range: std::ops::Range<usize>) -> Result<Vec<Option<Stepped>>, Error> {
+        let schema = schemas.get(v).expect("reachable versions have schemas");
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for i in range.clone() {
+            if self.starts[i].is_some_and(|s| s < v) && self.prev[i].is_some() {
+                groups.entry(items[i].collection).or_default().push(i);
+            }
+        }
+        let mut migrated: Vec<Option<Option<Map<String, Value>>>> = vec![None; range.len()];
         let mut reads = StepReads {
             items,
-            prev: &prev,
+            prev: &self.prev,
+            below,
             schema: schemas.get(v.saturating_sub(1)).unwrap_or(schema),
-            step: v,
-            index: index.clone(),
+            index: std::cell::OnceCell::new(),
             batch: Vec::new(),
             read: RefCell::new(vec![None; items.len()]),
         };
@@ -237,7 +323,7 @@ pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[
                 // Dropped in v: nothing survives.
                 None => vec![None; idx.len()],
                 Some(c) => {
-                    let docs: Vec<_> = idx.iter().map(|&i| prev[i].clone().expect("grouped")).collect();
+                    let docs: Vec<_> = idx.iter().map(|&i| self.prev[i].clone().expect("grouped")).collect();
                     reads.batch = idx.clone();
                     let out = migrator.migrate(v, coll, docs, &reads).map_err(|e| match e {
                         MigrateError::Threw { index, message } => {
@@ -262,56 +348,50 @@ pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[
                 }
             };
             for (&i, d) in idx.iter().zip(out) {
-                migrated[i] = Some(d);
+                migrated[i - range.start] = Some(d);
             }
         }
         let read = reads.read.into_inner();
-        for (i, it) in items.iter().enumerate() {
-            let Some(start) = starts[i] else { continue };
-            if start > v {
-                continue;
-            }
-            let Some(coll) = schema.collection(it.collection) else {
-                prev[i] = None;
-                continue;
-            };
-            let mut state = DocState::default();
-            if let Some(base) = migrated[i].take() {
-                let stamp = migration_stamp(v, it.layers, read[i].as_ref(), &base);
-                state.apply_register(ROOT, &stamp, base.clone().map(Value::Object));
-                if v == target {
-                    bases[i] = Some((stamp, base));
+        let first = range.start;
+        Ok(range
+            .map(|i| {
+                let it = &items[i];
+                self.starts[i].filter(|s| *s <= v)?;
+                let Some(coll) = schema.collection(it.collection) else { return Some(Stepped::Dropped) };
+                let mut state = DocState::default();
+                let mut base = None;
+                if let Some(out) = migrated[i - first].take() {
+                    let stamp = migration_stamp(v, it.layers, read[i].as_ref(), &out);
+                    if v == self.target {
+                        state.apply_register(ROOT, &stamp, out.clone().map(Value::Object));
+                        base = Some((stamp, out));
+                    } else {
+                        state.apply_register(ROOT, &stamp, out.map(Value::Object));
+                    }
                 }
-            }
-            if let Some(layer) = it.layers.0.get(&v) {
-                let mut own = layer.clone();
-                strip_migrations(&mut own);
-                state.merge_state(&own);
-            }
-            prev[i] = state.materialize(&coll.primary_key, it.id);
-            states[i] = state;
-        }
+                if let Some(layer) = it.layers.0.get(&v) {
+                    let mut own = layer.clone();
+                    strip_migrations(&mut own);
+                    if state.stamps.is_empty() {
+                        // Nothing migrated in: the state is the layer itself (merging it into
+                        // an empty state copies every value twice to the same result).
+                        state = own;
+                    } else {
+                        state.merge_state(&own);
+                    }
+                }
+                let doc = state.materialize(&coll.primary_key, it.id);
+                Some(Stepped::Kept { state, doc, base })
+            })
+            .collect())
     }
-    Ok(items
-        .iter()
-        .enumerate()
-        .map(|(i, it)| View {
-            doc: prev[i].take(),
-            state: std::mem::take(&mut states[i]),
-            migration: bases[i].take().map(|(ts, base)| Op {
-                origin: origin.to_string(),
-                origin_row: 0,
-                ts,
-                schema_version: target,
-                collection: it.collection.to_string(),
-                id: it.id.to_string(),
-                kind: if base.is_some() { Kind::Put } else { Kind::Delete },
-                fields: base,
-                seen: None,
-                resolution: false,
-            }),
-        })
-        .collect())
+}
+
+/// Computes the views at the current version of many documents, calling the migrator
+/// once per step and collection rather than once per document. Migrations read (through
+/// their `Context`) the other documents of `items` as they stood before the step.
+pub fn views(schemas: &Schemas, migrator: &dyn Migrator, origin: &str, items: &[Item]) -> Result<Vec<View>, Error> {
+    Forward::new(schemas, migrator, items)?.finish(schemas, migrator, origin, items, 0..items.len())
 }
 
 /// The migration output that withdraws earlier output of a document whose input (its

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::clock::Stamp;
-use crate::error::Error;
+use crate::error::{Error, StoreError};
 use crate::key::encode;
 use crate::layers::Layers;
 use crate::merge::DocState;
-use crate::migrate::{views, Item, Migrator, Schemas};
+use crate::migrate::{views, Forward, Item, Migrator, Schemas, View};
 use crate::schema::{Index, Schema};
 use crate::store::{DocKey, Head, Row, StoredDoc};
 
@@ -114,51 +114,107 @@ impl Rebuild<'_> {
             let views = views(schemas, self.migrator, &head.db_id, &batch)?;
             drop(batch);
             for (&n, view) in slow.iter().zip(views) {
-                let it = &mut items[n];
-                let (c, id) = &it.key;
-                let index_keys = schemas.current.collection(c).map(|cl| index_keys(&cl.index_list(), &view.doc)).unwrap_or_default();
-                let mut migrated = it.migrated.clone();
-                let mut view = view;
-                // Older layers but no input at all (deleted under an older version):
-                // the output is a withdrawal — of whatever output was logged before,
-                // here or by any replica — kept in the stored layer too, so a snapshot
-                // carries it, and the same on every replica that migrates the document.
-                // Also when writes at the current version keep the document alive: they
-                // survive the withdrawal (their registers are newer), but earlier output
-                // held by relays must still be replaced, or the relays that got it show
-                // its fields and those that did not (a snapshot carries no stripped
-                // output) never do (simulation seed 864).
-                let older = it.layers.0.keys().any(|v| *v < current) && schemas.current.collection(c).is_some();
-                if view.migration.is_none() && older {
-                    let op = crate::migrate::withdrawn(current, c, id, &it.layers, &head.db_id);
-                    view.state.apply(&op);
-                    view.migration = Some(op);
-                }
-                if let Some(mut op) = view.migration {
-                    if migrated.as_ref() != Some(&op.ts) {
-                        migrated = Some(op.ts.clone());
-                        head.max_row += 1;
-                        op.origin_row = head.max_row;
-                        rows.push(Row { row: head.max_row, op, from: None });
-                    }
-                }
-                // The item is done with: its older layers move into the stored document.
-                let mut layers = std::mem::take(&mut it.layers.0);
-                layers.remove(&current);
-                let stored = StoredDoc {
-                    id: id.clone(),
-                    doc: view.doc,
-                    stamps: view.state.stamps,
-                    deleted: view.state.deleted,
-                    version: current,
-                    index_keys,
-                    layers,
-                    conflicts: view.state.conflicts,
-                    migrated,
-                };
-                out[n] = Some((c.clone(), stored));
+                out[n] = Some(built(schemas, &mut items[n], view, head, rows));
             }
         }
         Ok(out.into_iter().map(|o| o.expect("every item built")).collect())
+    }
+}
+
+/// A migrated document's stored form: its view, its older layers (moved out of `it`),
+/// and its migration output logged as a row (numbered after `head.max_row`) when that
+/// output is not the one logged for it before.
+fn built(schemas: &Schemas, it: &mut Pending, view: View, head: &mut Head, rows: &mut Vec<Row>) -> (String, StoredDoc) {
+    let current = schemas.current.version;
+    let (c, id) = &it.key;
+    let index_keys = schemas.current.collection(c).map(|cl| index_keys(&cl.index_list(), &view.doc)).unwrap_or_default();
+    let mut migrated = it.migrated.clone();
+    let mut view = view;
+    // Older layers but no input at all (deleted under an older version):
+    // the output is a withdrawal — of whatever output was logged before,
+    // here or by any replica — kept in the stored layer too, so a snapshot
+    // carries it, and the same on every replica that migrates the document.
+    // Also when writes at the current version keep the document alive: they
+    // survive the withdrawal (their registers are newer), but earlier output
+    // held by relays must still be replaced, or the relays that got it show
+    // its fields and those that did not (a snapshot carries no stripped
+    // output) never do (simulation seed 864).
+    let older = it.layers.0.keys().any(|v| *v < current) && schemas.current.collection(c).is_some();
+    if view.migration.is_none() && older {
+        let op = crate::migrate::withdrawn(current, c, id, &it.layers, &head.db_id);
+        view.state.apply(&op);
+        view.migration = Some(op);
+    }
+    if let Some(mut op) = view.migration {
+        if migrated.as_ref() != Some(&op.ts) {
+            migrated = Some(op.ts.clone());
+            head.max_row += 1;
+            op.origin_row = head.max_row;
+            rows.push(Row { row: head.max_row, op, from: None });
+        }
+    }
+    // The item is done with: its older layers move into the stored document.
+    let mut layers = std::mem::take(&mut it.layers.0);
+    layers.remove(&current);
+    let stored = StoredDoc {
+        id: id.clone(),
+        doc: view.doc,
+        stamps: view.state.stamps,
+        deleted: view.state.deleted,
+        version: current,
+        index_keys,
+        layers,
+        conflicts: view.state.conflicts,
+        migrated,
+    };
+    (c.clone(), stored)
+}
+
+/// A batch of documents with older-version data being migrated forward (a reset's), built
+/// slice by slice: every step but the last has run over the whole batch, and each
+/// `next` runs the last step for one slice, so the caller writes a slice while the next
+/// one is computed. The result is the same as `Rebuild::docs` over the whole batch.
+pub struct Migrating {
+    items: Vec<Pending>,
+    forward: Forward,
+    done: usize,
+}
+
+impl Rebuild<'_> {
+    /// Starts migrating `items` (the app's schema is required: a relay does not migrate).
+    pub fn migrating(&self, items: Vec<Pending>) -> Result<Migrating, Error> {
+        let schemas = self.schemas.ok_or_else(|| StoreError::Unsupported("a relay does not migrate".into()))?;
+        let forward = {
+            let batch: Vec<Item> = items.iter().map(|p| Item { collection: &p.key.0, id: &p.key.1, layers: &p.layers }).collect();
+            Forward::new(schemas, self.migrator, &batch)?
+        };
+        Ok(Migrating { items, forward, done: 0 })
+    }
+
+    /// The next (up to) `n` documents built, their migration rows appended to `rows`
+    /// (numbered after `head.max_row`); `None` when every document is built.
+    pub fn next_slice(&self, m: &mut Migrating, n: usize, head: &mut Head, rows: &mut Vec<Row>) -> Result<Option<Vec<(String, StoredDoc)>>, Error> {
+        let schemas = self.schemas.ok_or_else(|| StoreError::Unsupported("a relay does not migrate".into()))?;
+        let range = m.done..(m.done + n).min(m.items.len());
+        if range.is_empty() {
+            return Ok(None);
+        }
+        let views = {
+            let batch: Vec<Item> = m.items.iter().map(|p| Item { collection: &p.key.0, id: &p.key.1, layers: &p.layers }).collect();
+            m.forward.finish(schemas, self.migrator, &head.db_id, &batch, range.clone())?
+        };
+        m.done = range.end;
+        Ok(Some(range.zip(views).map(|(i, view)| built(schemas, &mut m.items[i], view, head, rows)).collect()))
+    }
+}
+
+impl Migrating {
+    /// How many documents the batch holds.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
 }

@@ -172,6 +172,16 @@ pub trait Store {
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>;
 
+    /// Writes `commit` without reading anything first: for building a staging generation,
+    /// which nobody else writes, so nothing is checked against its head. A reset writes
+    /// its migrated documents this way, slice after slice, each handed to the store while
+    /// the next is computed. By default, a commit of the same writes.
+    async fn write_staged(&self, commit: Commit) -> Result<(), Error> {
+        let keys: Vec<DocKey> = commit.docs.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
+        let peers: Vec<String> = commit.peers.iter().map(|(id, _)| id.clone()).collect();
+        self.commit(&keys, &peers, move |_| Ok(commit)).await.map(|_| ())
+    }
+
     /// Answers a planned query: scans the plan's source, keeps documents that exist and
     /// match, and applies `plan.finish`.
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<Self::Doc>, StoreError>;

@@ -334,3 +334,42 @@ fn a_joiner_gets_older_data_within_one_batch_as_a_snapshot_so_migrations_read_dr
     let rep = pass(&server, &v1, Limits::default()).unwrap();
     assert!(!rep.snapshot, "same version: diffs, {rep:?}");
 }
+
+/// A reset of more documents than one slice (the last migration step is computed and
+/// written 1,000 documents at a time): every document is migrated exactly once, a task in
+/// a later slice still reads the tags of the first one, and the result — values and the
+/// migration stamps every replica must agree on — is what migrating the whole batch at
+/// once gives (an upgrade on open).
+#[test]
+fn a_reset_larger_than_a_slice_migrates_each_document_once_as_one_batch_would() {
+    let w = writer_v1(1_000);
+    let mut writes: Vec<Write> = (0..3).map(|t| Write::Put { collection: "tags".into(), doc: obj(json!({"id": format!("g{t}"), "label": format!("tag {t}")})) }).collect();
+    writes.extend((0..2_100).map(|i| Write::Put { collection: "tasks".into(), doc: obj(json!({"id": format!("t{i:04}"), "tagId": format!("g{}", i % 3)})) }));
+    block_on(w.write(writes)).unwrap();
+    let server = relay();
+    pass(&w, &server, Limits::default()).unwrap();
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = client_v2(MemoryStore::new(), Label { calls: calls.clone(), throw_on: None });
+    let report = pass(&server, &c, Limits::default()).unwrap();
+    assert!(report.reset);
+    assert_eq!(calls.load(Ordering::SeqCst), 2_100, "each task migrated once");
+
+    let whole = MemoryStore::new();
+    block_on(whole.commit(&[], &[], |_| Ok(tidemark::store::Commit::default()))).unwrap();
+    block_on(tidemark::upgrade::upgrade(w.store(), &whole, &Schemas::new(v2(), vec![v1()]).unwrap(), &Label::default(), &mut |_| {})).unwrap();
+    let whole = client_v2(whole, Label::default());
+    for i in [0, 999, 1_000, 1_997, 2_099] {
+        let id = format!("t{i:04}");
+        let got = block_on(c.get("tasks", &id)).unwrap().unwrap();
+        assert_eq!(Value::Object(got.doc.clone().unwrap()), json!({"id": id, "label": format!("tag {}", i % 3), "tagsThen": 3}));
+        let once = block_on(whole.get("tasks", &id)).unwrap().unwrap();
+        assert_eq!((&got.doc, &got.stamps), (&once.doc, &once.stamps), "{id}");
+    }
+    assert_eq!(tasks(&c).len(), 2_100);
+    // Every migrated document logged its output once, numbered after the copied log.
+    let rows = block_on(c.store().rows_after(0, 10_000)).unwrap();
+    let own: Vec<u64> = rows.iter().filter(|r| r.from.is_none()).map(|r| r.row).collect();
+    assert_eq!(own.len(), 2_100);
+    assert!(own.windows(2).all(|p| p[0] < p[1]) && *own.first().unwrap() > rows.iter().filter(|r| r.from.is_some()).map(|r| r.row).max().unwrap());
+}

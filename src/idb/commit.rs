@@ -95,37 +95,68 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
         commit.check(loaded_head.as_ref())?;
 
-        for slice in commit.docs.chunks(SLICE) {
-            let mut out = Vec::with_capacity(slice.len());
-            for (c, d) in slice {
-                let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
-                out.push(codec::DocOut::new(d, indexes[store])?);
-            }
-            let docs: js_sys::Array = codec::to_js(&out)?.unchecked_into();
-            for (i, (c, _)) in slice.iter().enumerate() {
-                let store = slot(c).expect("checked above");
-                stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
-            }
-        }
-        let batch = Batch { peers: commit.peers.iter().map(|(_, p)| p).collect(), head: commit.head.as_ref() };
-        let js: BatchJs = codec::to_js(&batch)?.unchecked_into();
-        if let Some(first) = commit.rows.first() {
-            log.put(codec::log_record(&commit.rows)?).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
-            for r in commit.rows.iter().filter(|r| r.op.resolution) {
-                meta.put(codec::to_js(r)?).with_key(resolution_key(r.row)).without_key_type().primitive().map_err(from_idb)?;
-            }
-        }
-        let peer_values = js.peers();
-        for (i, (id, _)) in commit.peers.iter().enumerate() {
-            peer_store.put(peer_values.get(i as u32)).with_key(JsValue::from_str(id)).without_key_type().primitive().map_err(from_idb)?;
-        }
-        if commit.head.is_some() {
-            meta.put(js.head()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
-        }
+        put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store)?;
         commit
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
     Ok(commit)
+}
+
+/// `Store::write_staged`: writes `commit` in one transaction without reading anything
+/// first, so its writes are handed to IndexedDB at the first poll. Only for a staging
+/// generation, which nobody else writes: nothing is checked against its head.
+pub async fn write(db: &Database, schema: &Schema, commit: &Commit) -> Result<(), Error> {
+    let mut collections: Vec<&str> = commit.docs.iter().map(|(c, _)| c.as_str()).collect();
+    collections.sort_unstable();
+    collections.dedup();
+    let mut scope = vec![META.to_string(), LOG.to_string(), PEERS.to_string()];
+    scope.extend(collections.iter().map(|c| collection_store(c)));
+    let indexes: Vec<&[Index]> = collections.iter().map(|c| schema.collection(c).map_or(&[][..], |c| c.index_list())).collect();
+    let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
+    let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
+    {
+        let meta = tx.object_store(META).map_err(from_idb)?;
+        let log = tx.object_store(LOG).map_err(from_idb)?;
+        let peer_store = tx.object_store(PEERS).map_err(from_idb)?;
+        let stores = collections.iter().map(|c| tx.object_store(&collection_store(c))).collect::<Result<Vec<ObjectStore>, _>>().map_err(from_idb)?;
+        put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store)?;
+    }
+    tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
+    Ok(())
+}
+
+/// Puts what `commit` writes: documents (into the stores of `collections`, in order),
+/// the log rows as one record, resolutions, peer records and the head.
+fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], stores: &[ObjectStore], meta: &ObjectStore, log: &ObjectStore, peer_store: &ObjectStore) -> Result<(), Error> {
+    let slot = |collection: &str| collections.binary_search(&collection).ok();
+    for slice in commit.docs.chunks(SLICE) {
+        let mut out = Vec::with_capacity(slice.len());
+        for (c, d) in slice {
+            let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
+            out.push(codec::DocOut::new(d, indexes[store])?);
+        }
+        let docs: js_sys::Array = codec::to_js(&out)?.unchecked_into();
+        for (i, (c, _)) in slice.iter().enumerate() {
+            let store = slot(c).expect("checked above");
+            stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+        }
+    }
+    let batch = Batch { peers: commit.peers.iter().map(|(_, p)| p).collect(), head: commit.head.as_ref() };
+    let js: BatchJs = codec::to_js(&batch)?.unchecked_into();
+    if let Some(first) = commit.rows.first() {
+        log.put(codec::log_record(&commit.rows)?).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
+        for r in commit.rows.iter().filter(|r| r.op.resolution) {
+            meta.put(codec::to_js(r)?).with_key(resolution_key(r.row)).without_key_type().primitive().map_err(from_idb)?;
+        }
+    }
+    let peer_values = js.peers();
+    for (i, (id, _)) in commit.peers.iter().enumerate() {
+        peer_store.put(peer_values.get(i as u32)).with_key(JsValue::from_str(id)).without_key_type().primitive().map_err(from_idb)?;
+    }
+    if commit.head.is_some() {
+        meta.put(js.head()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
+    }
+    Ok(())
 }
 
 /// Below this many keys in one collection, plain gets are cheaper than a probe first.

@@ -330,6 +330,11 @@ impl Store for IdbStore {
         read::peers(&self.db().await?).await
     }
 
+    async fn write_staged(&self, commit: Commit) -> Result<(), Error> {
+        let db = self.db().await?;
+        commit::write(&db, &self.schema, &commit).await
+    }
+
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         read::docs_after(&self.db().await?, &self.schema, after, limit).await
     }

@@ -12,8 +12,10 @@
 //!    those with older-version layers wait, in memory, to be migrated together.
 //! 3. `finish`: the live documents merge in (unsynced writes included), every document
 //!    with older-version data is migrated forward step by step in ONE batch (a migration
-//!    reads, through its context, every document as it stood before its step), the peer
-//!    records are closed for the pass, and the pointer flips (`Store::swap`).
+//!    reads, through its context, every document as it stood before its step; the last
+//!    step is computed and written slice by slice, each slice stored while the next is
+//!    computed), the peer records are closed for the pass, and the pointer flips
+//!    (`Store::swap`).
 //!
 //! Any failure — a missing schema or migration, a migration that throws, a storage error,
 //! a lost connection (`abandon`) — drops the staging generation and unseals the live one,
@@ -185,8 +187,7 @@ impl<T: Store> Reset<T> {
         };
         let report = std::mem::take(&mut self.report);
         progress(Progress { phase: Phase::Swap, done: 0, total: 1 });
-        // What the last staging commit wrote (every migrated document) is freed while the
-        // swap waits for IndexedDB, not before it: tens of thousands of small allocations.
+        // What the last staging commit wrote is freed while the swap waits for IndexedDB.
         let (swapped, ()) = futures::future::join(replica.store().swap(self.staging), async move { drop(written) }).await;
         swapped?;
         replica.reload_head().await?;
@@ -285,15 +286,44 @@ impl<T: Store> Reset<T> {
         let items: Vec<Pending> = older.into_iter().map(|(key, layers)| Pending { key, layers, migrated: None, remigrate: true }).collect();
         let n = items.iter().filter(|p| keeps(&p.key.0)).count() as u64;
         progress(Progress { phase: Phase::Migrate, done: 0, total: n });
-        let mut migration_rows = Vec::new();
-        let mut built = rebuild.docs(items, &mut head, &mut migration_rows)?;
-        // Documents of dropped collections were only there to be read.
-        built.retain(|(c, _)| keeps(c));
-        self.report.migrated = built.len() as u64;
-        // The migrated documents, their migration rows, the peer records closed for this
-        // pass and the head, in one transaction: the staging generation is nobody's live
-        // state, so one commit (one round trip, one flush) serves where a live store
-        // would need batches.
+        // Every step but the last runs over the whole batch here; the last one runs per
+        // slice, and each slice is handed to IndexedDB (the first poll of its write issues
+        // the puts) before the next is computed, so storing one slice and computing the
+        // next overlap, where one batch made the store wait for all the computing and
+        // then the swap for all the storing. A reset cut off midway leaves slices in the
+        // staging generation only, which is dropped.
+        let mut migrating = rebuild.migrating(items)?;
+        let staging = &self.staging;
+        let mut in_flight: Option<(u64, std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + '_>>)> = None;
+        let (mut built, mut written) = (0u64, 0u64);
+        loop {
+            let mut rows = Vec::new();
+            let Some(mut docs) = rebuild.next_slice(&mut migrating, CHUNK, &mut head, &mut rows)? else { break };
+            // Documents of dropped collections were only there to be read.
+            docs.retain(|(c, _)| keeps(c));
+            let count = docs.len() as u64;
+            built += count;
+            let mut write = Box::pin(staging.write_staged(Commit { docs, rows, ..Commit::default() }));
+            let started = futures::poll!(write.as_mut());
+            if let Some((count, previous)) = in_flight.take() {
+                previous.await?;
+                written += count;
+                progress(Progress { phase: Phase::Migrate, done: written, total: n });
+            }
+            match started {
+                std::task::Poll::Ready(r) => {
+                    r?;
+                    written += count;
+                }
+                std::task::Poll::Pending => in_flight = Some((count, write)),
+            }
+        }
+        if let Some((_, previous)) = in_flight.take() {
+            previous.await?;
+        }
+        self.report.migrated = built;
+        // The peer records closed for this pass and the head, in one transaction after
+        // every slice: until it lands, the staging generation's head says nothing of it.
         let mut peers = replica.store().peers().await?;
         for (id, rec) in close_pass(&peers, &head.db_id, &self.peer, Some((session, end)), &table, newest) {
             peers.insert(id, rec);
@@ -303,11 +333,7 @@ impl<T: Store> Reset<T> {
         head.clock = head.clock.max(live.clock);
         head.sealed = false;
         head.reset_pending = false;
-        let keys: Vec<DocKey> = built.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
-        let written = self
-            .staging
-            .commit(&keys, &ids, move |_| Ok(Commit { head: Some(head), docs: built, rows: migration_rows, peers: peers.into_iter().collect() }))
-            .await?;
+        let written = self.staging.commit(&[], &ids, move |_| Ok(Commit { head: Some(head), docs: vec![], rows: vec![], peers: peers.into_iter().collect() })).await?;
         progress(Progress { phase: Phase::Migrate, done: n, total: n });
         Ok(written)
     }
