@@ -294,7 +294,7 @@ impl<T: Store> Reset<T> {
         // staging generation only, which is dropped.
         let mut migrating = rebuild.migrating(items)?;
         let staging = &self.staging;
-        let mut in_flight: Option<(u64, std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + '_>>)> = None;
+        let mut in_flight = None;
         let (mut built, mut written) = (0u64, 0u64);
         loop {
             let mut rows = Vec::new();
