@@ -146,6 +146,17 @@ export interface SyncOptions {
   maxDiffs?: number;
 }
 
+/**
+ * What a migration step may read besides the document it migrates: the replica's data as
+ * it stood before the step (synchronously). Declare it as the third parameter only when
+ * the step reads through it: a function declared `(doc, collection)` gets none, and a
+ * reset then migrates its documents as they arrive.
+ */
+export interface MigrationContext {
+  get(collection: string, id: string): Doc | undefined;
+  query(collection: string, query?: Query<any>): Doc[];
+}
+
 export interface OpenOptions<S extends Schema = Schema> {
   /** IndexedDB name prefix: replicas with different names never share data. */
   name: string;
@@ -159,7 +170,7 @@ export interface OpenOptions<S extends Schema = Schema> {
    * synchronous and deterministic: every replica migrating the same document must compute
    * the same result.
    */
-  migrations?: { [version: number]: ((doc: Doc, collection: string) => DocInput<Doc> | null) | null };
+  migrations?: { [version: number]: ((doc: Doc, collection: string, ctx: MigrationContext) => DocInput<Doc> | null) | null };
   sync?: SyncOptions;
   /** Progress of a migration run while opening (data stored under an older version). */
   onProgress?: (p: { phase: 'upgrade'; done: number; total: number }) => void;

@@ -33,6 +33,14 @@ pub trait Migrator: Send + Sync {
     /// declarative changes only").
     fn has_step(&self, to: u32) -> bool;
 
+    /// Whether the step to `to` may read other documents through its context. A step
+    /// that cannot depends on nothing but the document it migrates, so a reset migrates
+    /// such documents as their snapshot chunks arrive instead of all at its end (their
+    /// writes then overlap the rest of the download). When in doubt, `true`.
+    fn reads_others(&self, _to: u32) -> bool {
+        true
+    }
+
     /// Runs the app's function for the step to `to` over documents of `collection`, in
     /// order; `None` drops a document. Steps declared as `null` return the input. The
     /// function may read other documents through `ctx`, naming the index (in `docs`) of

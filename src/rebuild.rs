@@ -78,6 +78,14 @@ impl Rebuild<'_> {
         }
     }
 
+    /// Whether data written under `version` migrates to the app's version on its own: its
+    /// path is complete (`check_version`) and no step on it reads other documents. Such a
+    /// document's migration depends on nothing else, so a reset migrates it as it arrives.
+    pub fn migrates_alone(&self, version: u32) -> bool {
+        let Some(schemas) = self.schemas else { return false };
+        version < schemas.current.version && self.check_version(version).is_ok() && (version + 1..=schemas.current.version).all(|v| !self.migrator.reads_others(v))
+    }
+
     /// Builds the stored form of each item. Appends migration rows to `rows`, numbering
     /// them after `head.max_row`.
     pub fn docs(&self, mut items: Vec<Pending>, head: &mut Head, rows: &mut Vec<Row>) -> Result<Vec<(String, StoredDoc)>, Error> {

@@ -173,13 +173,13 @@ impl Work {
     }
 
     /// Takes out the changed documents whose layers include a version older than the
-    /// one written now: a reset migrates them at its end, all together, so migrations
-    /// read every document as it stood before their step.
-    pub fn take_older(&mut self, keys: &[DocKey]) -> Vec<(DocKey, Layers)> {
+    /// one written now, except those `alone` keeps in: a reset migrates them at its end,
+    /// all together, so migrations read every document as it stood before their step.
+    pub fn take_older(&mut self, keys: &[DocKey], mut alone: impl FnMut(&DocKey, &Layers) -> bool) -> Vec<(DocKey, Layers)> {
         let mut out = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            let older = self.layers[i].as_ref().is_some_and(|l| l.0.keys().any(|v| *v < self.version));
-            if self.changed[i] && older {
+            let older = self.changed[i] && self.layers[i].as_ref().is_some_and(|l| l.0.keys().any(|v| *v < self.version) && !alone(key, l));
+            if older {
                 self.changed[i] = false;
                 out.push((key.clone(), self.layers[i].take().expect("checked above")));
             }

@@ -373,3 +373,114 @@ fn a_reset_larger_than_a_slice_migrates_each_document_once_as_one_batch_would() 
     assert_eq!(own.len(), 2_100);
     assert!(own.windows(2).all(|p| p[0] < p[1]) && *own.first().unwrap() > rows.iter().filter(|r| r.from.is_some()).map(|r| r.row).max().unwrap());
 }
+
+/// Step 2 renames `title` to `name` and reads nothing else (`reads_others` is false), so
+/// a reset migrates its documents as their snapshot chunks arrive. Counts its calls.
+#[derive(Default)]
+struct Rename {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Migrator for Rename {
+    fn has_step(&self, to: u32) -> bool {
+        to == 2
+    }
+    fn reads_others(&self, _to: u32) -> bool {
+        false
+    }
+    fn migrate(&self, _to: u32, _c: &str, docs: Vec<Map<String, Value>>, _ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+        self.calls.fetch_add(docs.len(), Ordering::SeqCst);
+        Ok(docs
+            .into_iter()
+            .map(|mut d| {
+                let title = d.remove("title").unwrap_or(Value::Null);
+                d.remove("tagId");
+                d.insert("name".into(), title);
+                Some(d)
+            })
+            .collect())
+    }
+}
+
+fn renaming<S: Store>(store: S, calls: Arc<AtomicUsize>) -> Replica<S> {
+    block_on(Replica::open_migrating(store, Schemas::new(v2(), vec![v1()]).unwrap(), Box::new(Rename { calls }), Box::new(|| 9_000))).unwrap()
+}
+
+/// One pass from `s` to `r`, with `r`'s progress events.
+fn pass_watched<A: Store, B: Store>(s: &Replica<A>, r: &Replica<B>, limits: Limits) -> (Result<PassReport, Error>, Vec<tidemark::progress::Progress>) {
+    let (mut a, mut b) = tidemark::sync::transport::pipe();
+    let (sid, rid) = (s.head().db_id, r.head().db_id);
+    let session = tidemark::peer::new_session();
+    let mut seen = Vec::new();
+    let (sent, got) = block_on(futures::future::join(
+        drive::send(s, &mut a, &rid, &session, limits, &mut |_| {}),
+        drive::receive(r, &mut b, &sid, &session, &mut |p| seen.push(p)),
+    ));
+    (got.and_then(|g| sent.map(|_| g)), seen)
+}
+
+/// Migrations that read nothing but their document run as the snapshot arrives (their
+/// documents are stored while later chunks download), each document once, with the result
+/// a whole-batch migration gives; a document the replica itself holds still waits to merge
+/// with it at the end; a cut before any commit leaves the live store as it was.
+#[test]
+fn a_migration_that_reads_nothing_else_runs_as_chunks_arrive_with_the_same_result() {
+    let w = writer_v1(1_000);
+    let writes = (0..60).map(|i| Write::Put { collection: "tasks".into(), doc: obj(json!({"id": format!("t{i:02}"), "title": format!("task {i}"), "tagId": "g0"})) }).collect();
+    block_on(w.write(writes)).unwrap();
+    let server = relay();
+    pass(&w, &server, Limits::default()).unwrap();
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = renaming(MemoryStore::new(), calls.clone());
+    // The replica's own v2 write of a task the snapshot also carries (merged at the end).
+    block_on(c.put("tasks", obj(json!({"id": "t05", "label": "mine"})))).unwrap();
+    let (report, progress) = pass_watched(&server, &c, Limits { per_diff: 7, max_diffs: 100 });
+    let report = report.unwrap();
+    assert!(report.reset);
+    assert_eq!(calls.load(Ordering::SeqCst), 60, "each document migrated once");
+    let first = progress.iter().find(|p| p.phase == tidemark::progress::Phase::Migrate).unwrap();
+    assert_eq!((first.done, first.total), (59, 60), "all but the replica's own document were migrated as they arrived");
+
+    let whole = MemoryStore::new();
+    block_on(whole.commit(&[], &[], |_| Ok(tidemark::store::Commit::default()))).unwrap();
+    block_on(tidemark::upgrade::upgrade(w.store(), &whole, &Schemas::new(v2(), vec![v1()]).unwrap(), &Rename::default(), &mut |_| {})).unwrap();
+    let whole = renaming(whole, Arc::default());
+    for i in [0, 6, 7, 59] {
+        let id = format!("t{i:02}");
+        let got = block_on(c.get("tasks", &id)).unwrap().unwrap();
+        assert_eq!(Value::Object(got.doc.clone().unwrap()), json!({"id": id, "name": format!("task {i}")}));
+        let once = block_on(whole.get("tasks", &id)).unwrap().unwrap();
+        assert_eq!((&got.doc, &got.stamps, &got.layers), (&once.doc, &once.stamps, &once.layers), "{id}");
+    }
+    let mine = block_on(c.get("tasks", "t05")).unwrap().unwrap().doc.unwrap();
+    // The replica's put (newer than any migration output) replaces the document.
+    assert_eq!(Value::Object(mine), json!({"id": "t05", "label": "mine"}));
+    let rows = block_on(c.store().rows_after(0, 10_000)).unwrap();
+    assert_eq!(rows.iter().filter(|r| r.from.is_none() && r.op.origin == c.head().db_id).count(), 61, "the own write and one migration row per document");
+
+    // Cut before every commit: the live store stays as it was; the next sync completes.
+    let base = MemoryStore::new();
+    let c = renaming(base, Arc::default());
+    block_on(c.put("tasks", obj(json!({"id": "t05", "label": "mine"})))).unwrap();
+    let before = (tasks(&c), block_on(c.store().rows_after(0, 1000)).unwrap());
+    let base = c.into_store();
+    let mut k = 1;
+    loop {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = renaming(Flaky::new(base.backup(), k), calls.clone());
+        let (cut, _) = pass_watched(&server, &c, Limits { per_diff: 7, max_diffs: 100 });
+        let c = renaming(c.into_store().inner, calls.clone());
+        if cut.is_ok() {
+            assert!(k > 10, "a reset of 9 chunks has more than 10 commits to cut");
+            break;
+        }
+        assert_eq!((tasks(&c), block_on(c.store().rows_after(0, 1000)).unwrap()), before, "cut at commit {k}");
+        assert!(!c.head().sealed, "cut at commit {k}");
+        let done = pass(&server, &c, Limits { per_diff: 7, max_diffs: 100 }).unwrap();
+        assert!(done.reset, "cut at commit {k}");
+        assert_eq!(tasks(&c).len(), 60, "cut at commit {k}");
+        assert!(!pass(&server, &c, Limits::default()).unwrap().reset, "cut at commit {k}: no reset loop");
+        k += 1;
+    }
+}

@@ -9,7 +9,10 @@
 //!    space, so every sync point stays valid), the live head.
 //! 2. `chunk`: each snapshot chunk lands in the staging generation, its registers logged
 //!    as rows from the sender. Documents at the app's version are stored final at once;
-//!    those with older-version layers wait, in memory, to be migrated together.
+//!    so are those with older-version layers whose migrations read no other document
+//!    (`Migrator::reads_others`; in JS, a function declared without `ctx`), migrated in
+//!    the chunk's commit unless the live generation holds them too. The others wait, in
+//!    memory, to be migrated together.
 //! 3. `finish`: the live documents merge in (unsynced writes included), every document
 //!    with older-version data is migrated forward step by step in ONE batch (a migration
 //!    reads, through its context, every document as it stood before its step; the last
@@ -69,6 +72,13 @@ pub struct Reset<T> {
     older: BTreeMap<DocKey, Layers>,
     /// The newest schema version of ops stored but not applied.
     future_version: u32,
+    /// Keys of the live generation's documents, read when the first chunk has documents
+    /// that migrate on their own (`Rebuild::migrates_alone`): those are migrated as they
+    /// arrive unless the live generation also holds them (they merge with it at the end).
+    live: Option<HashSet<DocKey>>,
+    /// Documents migrated as they arrived, and the oldest version among them.
+    migrated_early: u64,
+    early_from: Option<u32>,
     report: ResetReport,
 }
 
@@ -87,7 +97,17 @@ impl<T: Store> Reset<T> {
             .await?;
         replica.committed(&commit);
         let staging = replica.store().stage(&schema).await?;
-        let reset = Reset { staging, peer: peer.to_string(), staged: HashSet::new(), older: BTreeMap::new(), future_version: 0, report: ResetReport::default() };
+        let reset = Reset {
+            staging,
+            peer: peer.to_string(),
+            staged: HashSet::new(),
+            older: BTreeMap::new(),
+            future_version: 0,
+            live: None,
+            migrated_early: 0,
+            early_from: None,
+            report: ResetReport::default(),
+        };
         match reset.copy_log(replica, progress).await {
             Ok(()) => Ok(reset),
             Err(e) => Err(reset.abandon(replica, e).await),
@@ -140,6 +160,27 @@ impl<T: Store> Reset<T> {
                 entry.merge(&theirs, true);
             }
         }
+        // A document whose migration reads nothing but itself is migrated in this chunk's
+        // commit, so IndexedDB stores it while later chunks download, rather than all of
+        // them after the last chunk. Its result is the same either way (a migration that
+        // reads no other document depends on nothing else), and it is migrated once: the
+        // live generation does not hold it (or it would merge with that at the end) and no
+        // earlier chunk carried it.
+        let alone_from = |l: &Layers| l.0.keys().next().copied().filter(|v| *v < current && rebuild.migrates_alone(*v));
+        if self.live.is_none() && docs.iter().any(|d| keeps(&d.collection) && alone_from(&d.layers()).is_some()) {
+            self.live = Some(live_keys(replica).await?);
+        }
+        let (mut early, mut early_from) = (0u64, None::<u32>);
+        let (live, staged) = (&self.live, &self.staged);
+        let alone = |key: &DocKey, l: &Layers| {
+            let Some(v) = alone_from(l) else { return false };
+            if live.as_ref().is_none_or(|live| live.contains(key)) || staged.contains(key) {
+                return false;
+            }
+            early += 1;
+            early_from = Some(early_from.map_or(v, |f: u32| f.min(v)));
+            true
+        };
         let commit = self
             .staging
             .commit(&keys, &[], |loaded| {
@@ -155,10 +196,12 @@ impl<T: Store> Reset<T> {
                     let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
                     w.merge(slot, &d.collection, &d.id, &theirs, true, &peer);
                 }
-                older = w.take_older(&keys);
+                older = w.take_older(&keys, alone);
                 w.finish(&rebuild, &keys, vec![])
             })
             .await?;
+        self.migrated_early += early;
+        self.early_from = self.early_from.into_iter().chain(early_from).min();
         self.report.documents += n;
         self.staged.extend(keys);
         self.older.extend(older);
@@ -280,12 +323,13 @@ impl<T: Store> Reset<T> {
             rebuild.check_version(v)?;
         }
         let keeps = |c: &str| replica.schema().is_some_and(|s| s.collection(c).is_some());
-        self.report.from_version = self.older.iter().filter(|(k, _)| keeps(&k.0)).filter_map(|(_, l)| l.0.keys().next().copied()).min();
+        self.report.from_version = self.older.iter().filter(|(k, _)| keeps(&k.0)).filter_map(|(_, l)| l.0.keys().next().copied()).chain(self.early_from).min();
         let older = std::mem::take(&mut self.older);
         let mut head = self.staging.head().await?.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?;
         let items: Vec<Pending> = older.into_iter().map(|(key, layers)| Pending { key, layers, migrated: None, remigrate: true }).collect();
-        let n = items.iter().filter(|p| keeps(&p.key.0)).count() as u64;
-        progress(Progress { phase: Phase::Migrate, done: 0, total: n });
+        let early = self.migrated_early;
+        let n = items.iter().filter(|p| keeps(&p.key.0)).count() as u64 + early;
+        progress(Progress { phase: Phase::Migrate, done: early, total: n });
         // Every step but the last runs over the whole batch here; the last one runs per
         // slice, and each slice is handed to IndexedDB (the first poll of its write issues
         // the puts) before the next is computed, so storing one slice and computing the
@@ -295,7 +339,7 @@ impl<T: Store> Reset<T> {
         let mut migrating = rebuild.migrating(items)?;
         let staging = &self.staging;
         let mut in_flight = None;
-        let (mut built, mut written) = (0u64, 0u64);
+        let (mut built, mut written) = (early, early);
         loop {
             let mut rows = Vec::new();
             let Some(mut docs) = rebuild.next_slice(&mut migrating, CHUNK, &mut head, &mut rows)? else { break };
@@ -348,5 +392,17 @@ impl<T: Store> Reset<T> {
     pub async fn abandon<S: Store<Staging = T>>(self, replica: &Replica<S>, cause: Error) -> Error {
         let _ = replica.store().abandon(self.staging).await;
         cause
+    }
+}
+
+/// The keys of every document of the live generation (sealed while a reset runs).
+async fn live_keys<S: Store>(replica: &Replica<S>) -> Result<HashSet<DocKey>, Error> {
+    let mut keys = HashSet::new();
+    let mut after: Option<DocKey> = None;
+    loop {
+        let page = replica.store().docs_after(after.as_ref(), CHUNK).await?;
+        let Some((c, last)) = page.last() else { return Ok(keys) };
+        after = Some((c.clone(), last.id.clone()));
+        keys.extend(page.into_iter().map(|(c, d)| (c, d.id)));
     }
 }

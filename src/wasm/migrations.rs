@@ -23,8 +23,11 @@ use crate::migrate::{Context, Migrator};
 export function tm_migrate(fn, text, collection, get, query) {
   const docs = JSON.parse(text);
   const out = [];
+  // A function declared without a third parameter gets no ctx: the engine counts on it
+  // reading nothing but its document (Migrator::reads_others).
+  const wantsCtx = fn.length >= 3;
   for (let i = 0; i < docs.length; i++) {
-    const ctx = Object.freeze({
+    const ctx = !wantsCtx ? undefined : Object.freeze({
       get: (c, id) => { const d = get(i, String(c), String(id)); return d === undefined ? undefined : JSON.parse(d); },
       query: (c, q) => JSON.parse(query(i, String(c), JSON.stringify(q ?? {}))),
     });
@@ -86,6 +89,17 @@ impl JsMigrator {
 impl Migrator for JsMigrator {
     fn has_step(&self, to: u32) -> bool {
         self.steps.contains_key(&to)
+    }
+
+    /// A function declared with fewer than three parameters, `(doc, collection)`, has no
+    /// `ctx` to read through (`tm_migrate` passes none to it); a declarative step reads
+    /// nothing.
+    fn reads_others(&self, to: u32) -> bool {
+        match self.steps.get(&to) {
+            Some(Some(f)) => f.length() >= 3,
+            Some(None) => false,
+            None => true,
+        }
     }
 
     fn migrate(&self, to: u32, collection: &str, docs: Vec<Map<String, Value>>, ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {

@@ -712,11 +712,17 @@ fn versioned(v: u32) -> Schema {
 }
 
 /// Version 2 marks every document it migrates (deterministic, as migrations must be);
-/// the simulation's mixed-version clients use it too.
+/// the simulation's mixed-version clients use it too. It reads no other document, so a
+/// reset migrates its documents as their snapshot chunks arrive (`reads_others`); the
+/// migrations of `tests/reset.rs` read other documents and take the path where all are
+/// migrated at the end.
 pub struct MarkV2;
 impl tidemark::migrate::Migrator for MarkV2 {
     fn has_step(&self, to: u32) -> bool {
         to == 2
+    }
+    fn reads_others(&self, _: u32) -> bool {
+        false
     }
     fn migrate(&self, _: u32, _: &str, docs: Vec<Map<String, Value>>, _: &dyn tidemark::migrate::Context) -> Result<Vec<Option<Map<String, Value>>>, tidemark::error::MigrateError> {
         Ok(docs

@@ -1,6 +1,6 @@
 // Compiled with `tsc --noEmit --strict` by tests/e2e/types.test.mjs: the package's
 // declarations must accept every documented use and reject misuse.
-import { openReplica, deleteReplica, type Doc, type SyncReport, type TidemarkError } from 'tidemark';
+import { openReplica, deleteReplica, type Doc, type MigrationContext, type SyncReport, type TidemarkError } from 'tidemark';
 
 const v1 = { version: 1, collections: { todos: { primaryKey: 'id' } } };
 
@@ -28,6 +28,20 @@ async function main(): Promise<void> {
   db.on('futureVersion', ({ version }) => version);
   const off = db.on('sync', (r) => r.sent + r.received);
   off();
+  // A step that reads other documents declares `ctx` (DESIGN §6).
+  const tasks = await openReplica({
+    name: 'tasks',
+    schema: { version: 2, collections: { tasks: { primaryKey: 'id' } } },
+    history: [{ version: 1, collections: { tasks: { primaryKey: 'id' }, tags: { primaryKey: 'id' } } }],
+    migrations: {
+      2: ({ tagId, ...task }: Doc, _collection: string, ctx: MigrationContext) => ({
+        ...task,
+        label: ctx.get('tags', String(tagId))?.label ?? null,
+        tagsThen: ctx.query('tags', { where: { label: { startsWith: 'a' } } }).length,
+      }),
+    },
+  });
+  await tasks.close();
   db.connect();
   db.disconnect();
   const s = db.status();
