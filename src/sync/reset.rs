@@ -167,7 +167,7 @@ impl<T: Store> Reset<T> {
         // live generation does not hold it (or it would merge with that at the end) and no
         // earlier chunk carried it.
         let alone_from = |l: &Layers| l.0.keys().next().copied().filter(|v| *v < current && rebuild.migrates_alone(*v));
-        if self.live.is_none() && docs.iter().any(|d| keeps(&d.collection) && alone_from(&d.layers()).is_some()) {
+        if self.live.is_none() && (0..current).any(|v| rebuild.migrates_alone(v)) {
             self.live = Some(live_keys(replica).await?);
         }
         let (mut early, mut early_from) = (0u64, None::<u32>);
