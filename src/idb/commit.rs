@@ -102,10 +102,19 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
     Ok(commit)
 }
 
-/// `Store::write_staged`: writes `commit` in one transaction without reading anything
-/// first, so its writes are handed to IndexedDB at the first poll. Only for a staging
-/// generation, which nobody else writes: nothing is checked against its head.
-pub async fn write(db: &Database, schema: &Schema, commit: &Commit) -> Result<(), Error> {
+/// Settles when a transaction completes; rejects with its error when it aborts. Listens
+/// with `addEventListener`, beside the handlers indexed_db_futures sets.
+#[wasm_bindgen(inline_js = "export function tm_tx_done(tx) { return new Promise((ok, fail) => { tx.addEventListener('complete', () => ok()); tx.addEventListener('abort', () => fail(tx.error ?? new DOMException('the transaction was aborted', 'AbortError'))); }); }")]
+extern "C" {
+    fn tm_tx_done(tx: &web_sys::IdbTransaction) -> js_sys::Promise;
+}
+
+/// `Store::write_staged`: puts `commit` in one transaction without reading anything first
+/// and asks IndexedDB to commit it, without waiting for that: the returned future settles
+/// when the transaction has completed. Only for a staging generation, which nobody else
+/// writes: nothing is checked against its head, and IndexedDB runs its transactions in
+/// the order they were made, so later ones see this one's writes.
+pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<wasm_bindgen_futures::JsFuture, Error> {
     let mut collections: Vec<&str> = commit.docs.iter().map(|(c, _)| c.as_str()).collect();
     collections.sort_unstable();
     collections.dedup();
@@ -121,8 +130,14 @@ pub async fn write(db: &Database, schema: &Schema, commit: &Commit) -> Result<()
         let stores = collections.iter().map(|c| tx.object_store(&collection_store(c))).collect::<Result<Vec<ObjectStore>, _>>().map_err(from_idb)?;
         put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store)?;
     }
-    tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
-    Ok(())
+    let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
+    // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
+    // (so dropping it does not abort it); its completion is `done`'s to tell.
+    let mut committing = Box::pin(tx.commit());
+    if let std::task::Poll::Ready(r) = futures::poll!(committing.as_mut()) {
+        r.map_err(|e| from_tx(e, &raw_tx))?;
+    }
+    Ok(done)
 }
 
 /// Puts what `commit` writes: documents (into the stores of `collections`, in order),

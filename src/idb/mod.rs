@@ -73,6 +73,9 @@ pub struct IdbStore {
     waiters: RefCell<Vec<futures::channel::oneshot::Sender<()>>>,
     /// Held while rebinding, so concurrent operations rebind once.
     rebinding: futures::lock::Mutex<()>,
+    /// The completion of the last write handed over by `write_staged` (a staging
+    /// generation's), not yet awaited: every other operation awaits it first.
+    handed_over: RefCell<Option<wasm_bindgen_futures::JsFuture>>,
 }
 
 impl IdbStore {
@@ -176,6 +179,16 @@ impl IdbStore {
             rebuild_lock: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
             rebinding: futures::lock::Mutex::new(()),
+            handed_over: RefCell::new(None),
+        }
+    }
+
+    /// Waits for the write `write_staged` handed over last, if any, and returns its error.
+    async fn settle_handed_over(&self) -> Result<(), StoreError> {
+        let pending = self.handed_over.borrow_mut().take();
+        match pending {
+            Some(done) => done.await.map(|_| ()).map_err(|e| error::from_js(&e)),
+            None => Ok(()),
         }
     }
 
@@ -231,6 +244,12 @@ impl IdbStore {
     /// The live generation's connection, after following another tab's swap if one
     /// happened; fails with `CLOSED` once the store is closed.
     async fn db(&self) -> Result<Database, StoreError> {
+        self.settle_handed_over().await?;
+        self.bound_db().await
+    }
+
+    /// The generation's connection, without waiting for a write handed over.
+    async fn bound_db(&self) -> Result<Database, StoreError> {
         if self.closed.get() {
             return Err(StoreError::Closed);
         }
@@ -330,9 +349,16 @@ impl Store for IdbStore {
         read::peers(&self.db().await?).await
     }
 
+    /// Hands the write to IndexedDB and returns once the one before it has completed:
+    /// the caller computes its next write while IndexedDB stores this one.
     async fn write_staged(&self, commit: Commit) -> Result<(), Error> {
-        let db = self.db().await?;
-        commit::write(&db, &self.schema, &commit).await
+        let db = self.bound_db().await?;
+        let done = commit::hand_over(&db, &self.schema, &commit).await?;
+        let previous = self.handed_over.replace(Some(done));
+        if let Some(previous) = previous {
+            previous.await.map_err(|e| StoreError::from(error::from_js(&e)))?;
+        }
+        Ok(())
     }
 
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
@@ -350,10 +376,16 @@ impl Store for IdbStore {
     }
 
     async fn swap(&self, staging: IdbStore) -> Result<(), Error> {
+        // Everything written to the staging generation is in before the pointer flips.
+        if let Err(e) = staging.settle_handed_over().await {
+            let _ = generations::abandon(self, staging).await;
+            return Err(e.into());
+        }
         generations::swap(self, staging).await
     }
 
     async fn abandon(&self, staging: IdbStore) -> Result<(), Error> {
+        let _ = staging.settle_handed_over().await;
         generations::abandon(self, staging).await
     }
 

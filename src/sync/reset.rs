@@ -8,7 +8,9 @@
 //!    create the staging one: the live op log copied row for row (same db id, same row
 //!    space, so every sync point stays valid), the live head.
 //! 2. `chunk`: each snapshot chunk lands in the staging generation, its registers logged
-//!    as rows from the sender. Documents at the app's version are stored final at once;
+//!    as rows from the sender (computed from the staging head kept in memory, and handed
+//!    to the store without waiting for it to be stored, when no earlier chunk carried its
+//!    documents). Documents at the app's version are stored final at once;
 //!    so are those with older-version layers whose migrations read no other document
 //!    (`Migrator::reads_others`; in JS, a function declared without `ctx`), migrated in
 //!    the chunk's commit unless the live generation holds them too. The others wait, in
@@ -38,7 +40,7 @@ use crate::peer::Point;
 use crate::progress::{Phase, Progress};
 use crate::rebuild::Pending;
 use crate::replica::Replica;
-use crate::store::{Commit, DocKey, Row, Store, StoredDoc};
+use crate::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
 use crate::work::Work;
 
 /// Rows or documents per staging transaction.
@@ -76,6 +78,11 @@ pub struct Reset<T> {
     /// that migrate on their own (`Rebuild::migrates_alone`): those are migrated as they
     /// arrive unless the live generation also holds them (they merge with it at the end).
     live: Option<HashSet<DocKey>>,
+    /// The staging generation's head as this reset last wrote it: a chunk of documents
+    /// no earlier chunk carried needs nothing read from the staging generation, so its
+    /// write is handed over (`Store::write_staged`) and the next chunk is computed while
+    /// IndexedDB stores it.
+    head: Option<Head>,
     /// Documents migrated as they arrived, and the oldest version among them.
     migrated_early: u64,
     early_from: Option<u32>,
@@ -104,19 +111,20 @@ impl<T: Store> Reset<T> {
             older: BTreeMap::new(),
             future_version: 0,
             live: None,
+            head: None,
             migrated_early: 0,
             early_from: None,
             report: ResetReport::default(),
         };
         match reset.copy_log(replica, progress).await {
-            Ok(()) => Ok(reset),
+            Ok(head) => Ok(Reset { head: Some(head), ..reset }),
             Err(e) => Err(reset.abandon(replica, e).await),
         }
     }
 
     /// The live generation's log and head, into the staging one (the live one is sealed,
     /// so both are final).
-    async fn copy_log<S: Store<Staging = T>>(&self, replica: &Replica<S>, progress: &mut impl FnMut(Progress)) -> Result<(), Error> {
+    async fn copy_log<S: Store<Staging = T>>(&self, replica: &Replica<S>, progress: &mut impl FnMut(Progress)) -> Result<Head, Error> {
         let mut head = replica.store().head().await?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
         let total = head.max_row;
         let mut after = 0;
@@ -128,8 +136,8 @@ impl<T: Store> Reset<T> {
             progress(Progress { phase: Phase::Copy, done: after.min(total), total });
         }
         head.sealed = false;
-        self.staging.commit(&[], &[], |_| Ok(Commit { head: Some(head), ..Commit::default() })).await?;
-        Ok(())
+        self.staging.commit(&[], &[], |_| Ok(Commit { head: Some(head.clone()), ..Commit::default() })).await?;
+        Ok(head)
     }
 
     /// Stages one snapshot chunk.
@@ -181,25 +189,32 @@ impl<T: Store> Reset<T> {
             early_from = Some(early_from.map_or(v, |f: u32| f.min(v)));
             true
         };
-        let commit = self
-            .staging
-            .commit(&keys, &[], |loaded| {
-                let mut w = Work::load(loaded.head, &loaded.docs, current)?;
-                for d in docs {
-                    let theirs = d.layers();
-                    if theirs.0.keys().next().is_some_and(|v| *v < current) {
-                        applied.older_version = true;
-                    }
-                    if let Some(v) = theirs.0.keys().next_back().filter(|v| **v > current) {
-                        applied.future_version = applied.future_version.max(*v);
-                    }
-                    let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
-                    w.merge(slot, &d.collection, &d.id, &theirs, true, &peer);
+        let compute = |loaded: Loaded| {
+            let mut w = Work::load(loaded.head, &loaded.docs, current)?;
+            for d in docs {
+                let theirs = d.layers();
+                if theirs.0.keys().next().is_some_and(|v| *v < current) {
+                    applied.older_version = true;
                 }
-                older = w.take_older(&keys, alone);
-                w.finish(&rebuild, &keys, vec![])
-            })
-            .await?;
+                if let Some(v) = theirs.0.keys().next_back().filter(|v| **v > current) {
+                    applied.future_version = applied.future_version.max(*v);
+                }
+                let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
+                w.merge(slot, &d.collection, &d.id, &theirs, true, &peer);
+            }
+            older = w.take_older(&keys, alone);
+            w.finish(&rebuild, &keys, vec![])
+        };
+        let fresh = keys.iter().all(|k| !self.staged.contains(k));
+        self.head = match self.head.clone().filter(|_| fresh) {
+            Some(head) => {
+                let commit = compute(Loaded { head: Some(head), docs: vec![None; keys.len()], peers: vec![] })?;
+                let head = commit.head.clone();
+                self.staging.write_staged(commit).await?;
+                head
+            }
+            None => self.staging.commit(&keys, &[], compute).await?.head,
+        };
         self.migrated_early += early;
         self.early_from = self.early_from.into_iter().chain(early_from).min();
         self.report.documents += n;
@@ -207,7 +222,6 @@ impl<T: Store> Reset<T> {
         self.older.extend(older);
         self.future_version = self.future_version.max(applied.future_version);
         // The staging generation is not the replica's: its head stays out of `replica`.
-        let _ = commit;
         Ok(applied)
     }
 
