@@ -35,7 +35,9 @@ test('the tarball holds the entry points, their types, the wasm and its embedded
   for (const f of expected) assert.ok(entries.includes(f), `${f} is in the tarball: ${entries.join(', ')}`);
   // Every snippet module the generated JS imports ships with it.
   const generated = await readFile(join(PKG_DIR, 'pkg/tidemark.js'), 'utf8');
-  const snippets = [...generated.matchAll(/from '\.\/(snippets\/[^']+)'/g)].map((m) => `pkg/${m[1]}`);
+  // wasm-bindgen writes `import { f } from './snippets/…'` for a snippet used through its
+  // glue and `import * as importN from "./snippets/…"` for one the wasm imports directly.
+  const snippets = [...generated.matchAll(/from (['"])\.\/(snippets\/[^'"]+)\1/g)].map((m) => `pkg/${m[2]}`);
   assert.ok(snippets.length > 0, 'the generated module imports its snippets');
   for (const s of snippets) assert.ok(entries.includes(s), `${s} is in the tarball`);
   // Nothing else: no Rust sources, build files, build scripts or tests.
