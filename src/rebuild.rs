@@ -216,13 +216,3 @@ impl Rebuild<'_> {
     }
 }
 
-impl Migrating {
-    /// How many documents the batch holds.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-}

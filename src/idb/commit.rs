@@ -49,17 +49,24 @@ extern "C" {
 /// What a commit makes of what it read.
 pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 
+/// A readwrite transaction's collections (sorted, once each), its scope (the log, meta
+/// and peers stores — any commit may move a sync point — and each collection's store)
+/// and each collection's indexes.
+fn scope_of<'k, 's>(schema: &'s Schema, names: impl Iterator<Item = &'k str>) -> (Vec<&'k str>, Vec<String>, Vec<&'s [Index]>) {
+    let mut collections: Vec<&str> = names.collect();
+    collections.sort_unstable();
+    collections.dedup();
+    let mut scope = vec![META.to_string(), LOG.to_string(), PEERS.to_string()];
+    scope.extend(collections.iter().map(|c| collection_store(c)));
+    let indexes = collections.iter().map(|c| schema.collection(c).map_or(&[][..], |c| c.index_list())).collect();
+    (collections, scope, indexes)
+}
+
 /// `Store::commit`: reads the head, the documents at `keys` and the records of `peers`,
 /// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
 /// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
 pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>) -> Result<Commit, Error> {
-    let mut collections: Vec<&str> = keys.iter().map(|(c, _)| c.as_str()).collect();
-    collections.sort_unstable();
-    collections.dedup();
-    // The peers store is always in scope: any commit may move a sync point.
-    let mut scope = vec![META.to_string(), LOG.to_string(), PEERS.to_string()];
-    scope.extend(collections.iter().map(|c| collection_store(c)));
-    let indexes: Vec<&[Index]> = collections.iter().map(|c| schema.collection(c).map_or(&[][..], |c| c.index_list())).collect();
+    let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
@@ -115,12 +122,7 @@ extern "C" {
 /// writes: nothing is checked against its head, and IndexedDB runs its transactions in
 /// the order they were made, so later ones see this one's writes.
 pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<wasm_bindgen_futures::JsFuture, Error> {
-    let mut collections: Vec<&str> = commit.docs.iter().map(|(c, _)| c.as_str()).collect();
-    collections.sort_unstable();
-    collections.dedup();
-    let mut scope = vec![META.to_string(), LOG.to_string(), PEERS.to_string()];
-    scope.extend(collections.iter().map(|c| collection_store(c)));
-    let indexes: Vec<&[Index]> = collections.iter().map(|c| schema.collection(c).map_or(&[][..], |c| c.index_list())).collect();
+    let (collections, scope, indexes) = scope_of(schema, commit.docs.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     {
