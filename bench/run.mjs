@@ -40,6 +40,9 @@ import { N, BATCH, doc } from './src/workload.js';
 
 const BENCH = fileURLToPath(new URL('.', import.meta.url));
 const ROOT = resolve(BENCH, '..');
+// The server bench (`cargo bench -p tidemark-server`) runs in server/, so a relative
+// TIDEMARK_SERVER (the Makefile passes target/release/…) must be made absolute first.
+if (process.env.TIDEMARK_SERVER) process.env.TIDEMARK_SERVER = resolve(ROOT, process.env.TIDEMARK_SERVER);
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 5));
 const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',')) : null;
 const wants = (s) => !ONLY || ONLY.has(s);
