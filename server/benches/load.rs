@@ -276,7 +276,8 @@ impl Device {
                 "snapshot" => {
                     snapshot = true;
                     received += f.docs.len() as u64;
-                    t.send(&ack(expected)).await.map_err(|e| err(&e))?;
+                    // As the engine's receiver acks a chunk: the snapshot documents so far.
+                    t.send(&ack(tidemark::sync::pass::chunk_ack(received))).await.map_err(|e| err(&e))?;
                 }
                 "end" => {
                     t.send(&Message::Done { session: session.clone() }).await.map_err(|e| err(&e))?;

@@ -169,6 +169,10 @@ pub enum Message {
     },
     Batch { session: String, after: Point, covers: Point, rows: Vec<Row> },
     Snapshot { session: String, docs: Vec<SnapshotDoc> },
+    /// A batch's ack names the row it covers; a snapshot chunk's names how many snapshot
+    /// documents the receiver has taken in this pass, this chunk included. Either way an
+    /// ack says which message it answers, so a duplicated or late ack cannot pass for the
+    /// next one's, and a sender ends a snapshot only once its last chunk is in.
     Ack { session: String, point: Point },
     /// `max_row`: for a snapshot, the sender's max row it represents. `incoming`: the
     /// sender's table taken before the pass, present only when the pass is complete.

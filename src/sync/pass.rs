@@ -104,6 +104,15 @@ pub fn wants_snapshot(sender_max: u64, rows_to_send: u64, per_diff: usize, preda
     predates_horizon || rows_to_send > snapshot_threshold(sender_max, per_diff)
 }
 
+/// The ack of a snapshot chunk: the number of snapshot documents the receiver has taken
+/// in the pass, that chunk included. Acking every chunk with the same value let a
+/// duplicated ack pass for the next chunk's, and the sender's end then overtake its last
+/// chunk on a transport that reorders: a point over documents never merged (the model's
+/// `chunks_numbered` rule; tests/snapshot_acks.rs).
+pub fn chunk_ack(docs: u64) -> Point {
+    Point::try_from(docs).unwrap_or(Point::MAX)
+}
+
 /// The most rows a pass sends as diffs: half of the sender's rows, at least one batch.
 pub fn snapshot_threshold(sender_max: u64, per_diff: usize) -> u64 {
     (sender_max / 2).max(per_diff as u64)

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use super::apply;
 use super::message::Message;
-use super::pass::{is_idle, unexpected, PassReport, Step};
+use super::pass::{chunk_ack, is_idle, unexpected, PassReport, Step};
 use super::reset::Reset;
 use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
@@ -88,9 +88,9 @@ impl<T: Store> Receiver<T> {
     /// both sides as before, and the staging generation is dropped.
     pub fn ack_early(&mut self, msg: &Message) -> Option<Message> {
         match (&self.state, msg) {
-            (State::Receiving { snapshot: true, expected, .. }, Message::Snapshot { session, .. }) if self.reset.is_some() && *session == self.session => {
+            (State::Receiving { snapshot: true, .. }, Message::Snapshot { session, docs }) if self.reset.is_some() && *session == self.session => {
                 self.acked_early = true;
-                Some(Message::Ack { session: self.session.clone(), point: *expected })
+                Some(Message::Ack { session: self.session.clone(), point: chunk_ack(self.report.received + docs.len() as u64) })
             }
             _ => None,
         }
@@ -207,7 +207,7 @@ impl<T: Store> Receiver<T> {
                 if std::mem::take(&mut self.acked_early) {
                     return Ok(Step::send(vec![]));
                 }
-                Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: expected }]))
+                Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: chunk_ack(self.report.received) }]))
             }
             (State::Receiving { snapshot, shared, point, expected, .. }, Message::End { session, complete, max_row, incoming }) if session == self.session => {
                 if snapshot && !complete {

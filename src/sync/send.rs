@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::apply;
 use super::message::{Message, SnapshotDoc, TableEntry};
-use super::pass::{is_idle, unexpected, wants_snapshot, Limits, PassReport, Phase, Progress, Step};
+use super::pass::{chunk_ack, is_idle, unexpected, wants_snapshot, Limits, PassReport, Phase, Progress, Step};
 use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
 use crate::layers::Layers;
@@ -172,8 +172,9 @@ impl Sender {
                 self.acked(replica, diffs, sent, progress).await
             }
             (State::Snapshot { at, end, total, table, pending }, Message::Ack { session, point }) if session == self.session => {
-                if point != self.report.start {
-                    return Err(SyncError::Protocol(format!("ack for {point}, expected {}", self.report.start)).into());
+                let want = chunk_ack(self.report.sent + pending);
+                if point != want {
+                    return Err(SyncError::Protocol(format!("ack for {point} snapshot documents, expected {want}")).into());
                 }
                 self.report.sent += pending;
                 self.report.batches += 1;
