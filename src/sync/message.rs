@@ -168,11 +168,20 @@ pub enum Message {
         resolutions: Vec<Row>,
     },
     Batch { session: String, after: Point, covers: Point, rows: Vec<Row> },
-    Snapshot { session: String, docs: Vec<SnapshotDoc> },
+    /// `after`: how many snapshot documents the sender sent in this pass before this chunk,
+    /// which the receiver checks against what it has taken: a duplicated chunk, or one
+    /// that overtook a lost one, ends the pass instead of counting as the next.
+    Snapshot {
+        session: String,
+        #[serde(default)]
+        after: u64,
+        docs: Vec<SnapshotDoc>,
+    },
     /// A batch's ack names the row it covers; a snapshot chunk's names how many snapshot
     /// documents the receiver has taken in this pass, this chunk included. Either way an
     /// ack says which message it answers, so a duplicated or late ack cannot pass for the
-    /// next one's, and a sender ends a snapshot only once its last chunk is in.
+    /// next one's; with the chunks' `after`, a sender ends a snapshot only once its last
+    /// chunk is in.
     Ack { session: String, point: Point },
     /// `max_row`: for a snapshot, the sender's max row it represents. `incoming`: the
     /// sender's table taken before the pass, present only when the pass is complete.
@@ -235,6 +244,8 @@ struct SnapshotFrame {
     #[allow(dead_code)]
     kind: serde::de::IgnoredAny,
     session: String,
+    #[serde(default)]
+    after: u64,
     docs: Vec<SnapshotDoc>,
 }
 
@@ -247,8 +258,8 @@ fn decode_bulk(text: &str) -> Option<Message> {
         let BatchFrame { session, after, covers, rows, .. } = serde_json::from_str(text).ok()?;
         Some(Message::Batch { session, after, covers, rows })
     } else if rest.starts_with("snapshot\"") {
-        let SnapshotFrame { session, docs, .. } = serde_json::from_str(text).ok()?;
-        Some(Message::Snapshot { session, docs })
+        let SnapshotFrame { session, after, docs, .. } = serde_json::from_str(text).ok()?;
+        Some(Message::Snapshot { session, after, docs })
     } else {
         None
     }
@@ -370,7 +381,7 @@ mod tests {
             layers: BTreeMap::from([(1, older)]),
             conflicts: BTreeMap::from([("s".to_string(), vec![contender])]),
         };
-        let msg = Message::Snapshot { session: "s".into(), docs: vec![doc.clone(), SnapshotDoc { id: "y".into(), doc: None, deleted: true, ..doc }] };
+        let msg = Message::Snapshot { session: "s".into(), after: 3, docs: vec![doc.clone(), SnapshotDoc { id: "y".into(), doc: None, deleted: true, ..doc }] };
         let text = msg.encode();
         assert_eq!(decode_bulk(&text).as_ref(), Some(&msg), "read in one pass: {text}");
         let generic = serde_json::from_value::<Envelope>(serde_json::from_str(&text).unwrap()).unwrap().msg;

@@ -88,7 +88,7 @@ impl<T: Store> Receiver<T> {
     /// both sides as before, and the staging generation is dropped.
     pub fn ack_early(&mut self, msg: &Message) -> Option<Message> {
         match (&self.state, msg) {
-            (State::Receiving { snapshot: true, .. }, Message::Snapshot { session, docs }) if self.reset.is_some() && *session == self.session => {
+            (State::Receiving { snapshot: true, .. }, Message::Snapshot { session, after, docs }) if self.reset.is_some() && *session == self.session && *after == self.report.received => {
                 self.acked_early = true;
                 Some(Message::Ack { session: self.session.clone(), point: chunk_ack(self.report.received + docs.len() as u64) })
             }
@@ -188,7 +188,10 @@ impl<T: Store> Receiver<T> {
                 progress(Progress { phase: Phase::Rows, done: covers.saturating_sub(start) as u64, total });
                 Ok(Step::send(vec![Message::Ack { session: self.session.clone(), point: covers }]))
             }
-            (State::Receiving { snapshot: true, shared, point, expected, total }, Message::Snapshot { session, docs }) if session == self.session => {
+            (State::Receiving { snapshot: true, shared, point, expected, total }, Message::Snapshot { session, after, docs }) if session == self.session => {
+                if after != self.report.received {
+                    return Err(SyncError::Protocol(format!("a snapshot chunk after {after} documents; {} taken so far", self.report.received)).into());
+                }
                 let n = docs.len() as u64;
                 for (origin, stamp) in apply::newest_in_docs(&replica.head().db_id, &docs) {
                     if self.newest.get(&origin).is_none_or(|s| *s < stamp) {

@@ -304,7 +304,7 @@ impl Sender {
             return Ok(Step::send(vec![msg]));
         }
         self.state = State::Snapshot { at: next, end, total, table, pending: docs.len() as u64 };
-        Ok(Step::send(vec![Message::Snapshot { session: self.session.clone(), docs }]))
+        Ok(Step::send(vec![Message::Snapshot { session: self.session.clone(), after: self.report.sent, docs }]))
     }
 
     /// After an acked batch: records it, then sends the next batch or ends the pass.

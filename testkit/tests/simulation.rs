@@ -100,3 +100,16 @@ fn a_seed_replays_exactly() {
         }
     }
 }
+
+/// P2 on a duplicating transport (seeds of `make verify`'s 20,000, model/README.md §6
+/// item 5): a duplicated snapshot chunk was acked as the next one and, with that next
+/// chunk lost, the sender ended the snapshot and the receiver's point passed documents it
+/// never merged. Snapshot chunks and their acks are numbered now (`pass::chunk_ack`).
+#[test]
+fn no_point_passes_a_snapshot_chunk_lost_behind_a_duplicated_one() {
+    for seed in [16658, 17251, 18882] {
+        if let Err(f) = sim::run(seed) {
+            panic!("seed {seed} failed: {f}\n  reproduce: {}", repro(seed));
+        }
+    }
+}
