@@ -87,6 +87,23 @@ fn incoming(r: &Replica<MemoryStore>, from: &Replica<MemoryStore>) -> i64 {
     block_on(r.store().peers()).unwrap().get(&from.head().db_id).map_or(-1, |p| p.incoming)
 }
 
+/// `result` is the protocol error naming `text`; `what` says which side took what.
+fn refused(result: Result<u64, Error>, text: &str, what: &str) {
+    match result {
+        Err(Error::Sync(SyncError::Protocol(m))) => assert!(m.contains(text), "{m}"),
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
+/// After a refused pass: `r` recorded no point for `s`, and a clean pass then completes
+/// from the start.
+fn nothing_claimed_then_a_clean_pass_completes(s: &Replica<MemoryStore>, r: &Replica<MemoryStore>) {
+    assert_eq!(incoming(r, s), -1, "no point was recorded for the sender");
+    let (sent, got, _) = snapshot_pass(s, r, never, never);
+    assert_eq!((sent.unwrap(), got.unwrap()), (4, 4));
+    assert_eq!(incoming(r, s), s.head().max_row as i64);
+}
+
 #[test]
 fn each_snapshot_chunk_is_acked_with_the_documents_taken_so_far() {
     let s = sender_with(4);
@@ -104,17 +121,10 @@ fn a_duplicated_snapshot_ack_ends_the_pass_and_claims_nothing() {
     let (sent, got, acks) = snapshot_pass(&s, &r, never, acks);
     // The second copy of the first ack (1) is not the second chunk's ack (2): the sender
     // refuses it instead of sending the next chunk early and then the end.
-    match sent {
-        Err(Error::Sync(SyncError::Protocol(m))) => assert!(m.contains("ack for 1 snapshot documents, expected 2"), "{m}"),
-        other => panic!("the sender took a duplicated ack: {other:?}"),
-    }
+    refused(sent, "ack for 1 snapshot documents, expected 2", "the sender took a duplicated ack");
     assert!(got.is_err(), "the receiver's pass ends without a point");
     assert_eq!(acks[..2], [1, 2]);
-    assert_eq!(incoming(&r, &s), -1, "no point was recorded for the sender");
-    // A clean pass afterwards completes from the start.
-    let (sent, got, _) = snapshot_pass(&s, &r, never, never);
-    assert_eq!((sent.unwrap(), got.unwrap()), (4, 4));
-    assert_eq!(incoming(&r, &s), s.head().max_row as i64);
+    nothing_claimed_then_a_clean_pass_completes(&s, &r);
 }
 
 #[test]
@@ -124,13 +134,8 @@ fn a_duplicated_snapshot_chunk_ends_the_pass_and_claims_nothing() {
     let (sent, got, acks) = snapshot_pass(&s, &r, first_chunk, never);
     // The copy of the first chunk says it follows 0 documents, but the receiver has taken
     // 1: it is not the second chunk, and is not acked as if it were.
-    match got {
-        Err(Error::Sync(SyncError::Protocol(m))) => assert!(m.contains("a snapshot chunk after 0 documents; 1 taken so far"), "{m}"),
-        other => panic!("the receiver took a duplicated chunk: {other:?}"),
-    }
+    refused(got, "a snapshot chunk after 0 documents; 1 taken so far", "the receiver took a duplicated chunk");
     assert!(sent.is_err(), "the sender's pass ends too");
     assert_eq!(acks, vec![1], "the copy was not acked");
-    assert_eq!(incoming(&r, &s), -1, "no point was recorded for the sender");
-    let (sent, got, _) = snapshot_pass(&s, &r, never, never);
-    assert_eq!((sent.unwrap(), got.unwrap()), (4, 4));
+    nothing_claimed_then_a_clean_pass_completes(&s, &r);
 }

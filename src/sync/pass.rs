@@ -105,10 +105,10 @@ pub fn wants_snapshot(sender_max: u64, rows_to_send: u64, per_diff: usize, preda
 }
 
 /// The ack of a snapshot chunk: the number of snapshot documents the receiver has taken
-/// in the pass, that chunk included. Acking every chunk with the same value let a
-/// duplicated ack pass for the next chunk's, and the sender's end then overtake its last
-/// chunk on a transport that reorders: a point over documents never merged (the model's
-/// `chunks_numbered` rule; tests/snapshot_acks.rs).
+/// in the pass, that chunk included (each chunk carries the count before it, `after`).
+/// With unnumbered chunks and acks, a duplicated chunk or ack passed for the next one,
+/// and the sender ended the snapshot while its last chunk was lost: a point over
+/// documents never merged (the model's `chunks_numbered` rule; tests/snapshot_acks.rs).
 pub fn chunk_ack(docs: u64) -> Point {
     Point::try_from(docs).unwrap_or(Point::MAX)
 }
