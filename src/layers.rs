@@ -25,6 +25,44 @@ pub fn is_migration(ts: &Stamp) -> bool {
     ts.wall == 0 && ts.node.starts_with(MIGRATION_NODE)
 }
 
+/// The part of a migration stamp that names its output (the hash after the last `.`):
+/// two migration stamps with the same one carry the same output.
+pub fn migration_output(ts: &Stamp) -> &str {
+    ts.node.rsplit_once('.').map_or("", |(_, hash)| hash)
+}
+
+/// Which received migration output a merge of layers takes in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Output {
+    /// All of it: a relay keeps every layer as it is.
+    All,
+    /// A replica at schema `version` computes the output of versions up to its own and
+    /// takes in only what a document adopts (`Layers::adopts`); output of newer versions
+    /// it keeps like any newer op, for it cannot compute that (and it forwards it: a
+    /// version-1 client dropped a version-2 client's output while its table said it had
+    /// it, so the relay it passed that table to never got it — seed 5989).
+    ///
+    /// `held`: the output at `version` too, kept in that layer only as the output a
+    /// document about to be migrated again is built on (its `held` stamp, see
+    /// `migrate`): a reset migrates every such document again, and its new output must
+    /// order after what the relays and this replica hold, or they keep that (seed 11586).
+    /// The view never reads it (`migrate::Forward` strips it).
+    Computed { version: u32, held: bool },
+}
+
+impl Output {
+    /// Whether received migration output of version `v`, stamped `ts`, merges into
+    /// `layers`.
+    fn takes(self, layers: &Layers, v: u32, ts: Option<&Stamp>) -> bool {
+        match self {
+            Output::All => true,
+            Output::Computed { version, .. } if v > version => true,
+            Output::Computed { version, held: true } if v == version => true,
+            Output::Computed { .. } => ts.is_some_and(|ts| layers.adopts(v, ts)),
+        }
+    }
+}
+
 /// A document's layers, one merge state per schema version.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Layers(pub BTreeMap<u32, DocState>);
@@ -46,19 +84,32 @@ impl Layers {
         self.0.get(&v).and_then(|l| l.stamps.get(ROOT)).is_some_and(is_migration)
     }
 
+    /// The migration output the layer of version `v` is built on, if it was migrated into.
+    pub fn migration_root(&self, v: u32) -> Option<&Stamp> {
+        self.0.get(&v).and_then(|l| l.stamps.get(ROOT)).filter(|s| is_migration(s))
+    }
+
+    /// Whether received migration output stamped `ts` at version `v` is taken in by a
+    /// replica that migrates (which otherwise ignores received output and computes its
+    /// own): only when it carries the very output this document's layer is built on, under
+    /// a later stamp. Taking it in changes no value, only the stamp, so every replica that
+    /// computed that output ends up with the stamp the relays keep (the highest one).
+    pub fn adopts(&self, v: u32, ts: &Stamp) -> bool {
+        is_migration(ts) && self.migration_root(v).is_some_and(|root| root < ts && migration_output(root) == migration_output(ts))
+    }
+
     /// Merges an op into the layer of its version. Returns whether anything changed.
     pub fn apply(&mut self, op: &Op) -> bool {
         self.0.entry(op.schema_version).or_default().apply(op)
     }
 
     /// Merges another replica's layers (a snapshot) and returns the registers that
-    /// changed, per version. `skip_migrations` drops migration output (replicas that
-    /// can migrate compute it themselves).
-    pub fn merge(&mut self, other: &Layers, skip_migrations: bool) -> Vec<(u32, Merged)> {
+    /// changed, per version. `output` says which received migration output is taken in.
+    pub fn merge(&mut self, other: &Layers, output: Output) -> Vec<(u32, Merged)> {
         let mut out = Vec::new();
         for (v, theirs) in &other.0 {
             let mut theirs = theirs.clone();
-            if skip_migrations {
+            if !output.takes(self, *v, theirs.stamps.get(ROOT)) {
                 strip_migrations(&mut theirs);
                 if theirs.stamps.is_empty() {
                     continue;

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::Stamp;
 use crate::error::{Error, MigrateError};
-use crate::layers::{strip_migrations, Layers, MIGRATION_NODE};
+use crate::layers::{migration_output, strip_migrations, Layers, MIGRATION_NODE};
 use crate::merge::{DocState, ROOT};
 use crate::op::{Kind, Op};
 use crate::query::Query;
@@ -427,12 +427,46 @@ pub fn withdrawn(v: u32, collection: &str, id: &str, layers: &Layers, origin: &s
 /// so every replica that migrates the same input writes the very same op. The input is
 /// the document's own older layers and everything the step read (`read`): output that
 /// read newer data orders after output that read older data.
+///
+/// The newest stamp of the input does not say everything about it: a late op older than
+/// that newest stamp changes the input but not its newest stamp, and the output computed
+/// again would order by its hash alone — below the output it replaces half of the time,
+/// so relays kept the stale output (`make verify` seeds 5989, 11586, 14335, 14799). So
+/// output that replaces different output already under the document's layer orders after
+/// it (`settle`).
 fn migration_stamp(v: u32, layers: &Layers, read: Option<&Stamp>, out: &Option<Map<String, Value>>) -> Stamp {
     let input = layers.newest_below(v).into_iter().chain(read.cloned()).max().map(|s| s.encode()).unwrap_or_default();
     // The hash of the output's JSON text, taken as it is written (no string built).
     let mut hash = Fnv1a(0xcbf29ce484222325);
     let _ = serde_json::to_writer(&mut hash, out);
-    Stamp { version: v, wall: 0, counter: 0, node: format!("{MIGRATION_NODE}{input}.{:016x}", hash.0) }
+    let natural = Stamp { version: v, wall: 0, counter: 0, node: format!("{MIGRATION_NODE}{input}.{:016x}", hash.0) };
+    settle(natural, layers.migration_root(v))
+}
+
+/// The stamp of new migration output (stamped `natural`) for a document whose layer is
+/// built on output stamped `held` (its own earlier output, or the same output from
+/// another replica, adopted: `Layers::adopts`). The new output orders after `held`:
+/// - `natural` is already later: it stands;
+/// - `held` carries the same output: it is the same op, under the later stamp;
+/// - otherwise the output is `held`'s stamp bumped: same input part, a bump count one
+///   higher (`/nnnnnnnn`, which orders after both `.` and a lower count), and the new
+///   output's hash. Bumps happen only when a replica's input changes, so they are
+///   few; the replica whose input is complete bumps last, and its output wins at every
+///   relay.
+fn settle(natural: Stamp, held: Option<&Stamp>) -> Stamp {
+    let Some(held) = held.filter(|h| **h > natural) else { return natural };
+    if migration_output(held) == migration_output(&natural) {
+        return held.clone();
+    }
+    let head = held.node.rsplit_once('.').map_or(held.node.as_str(), |(head, _)| head);
+    let (base, bumps) = match head.rsplit_once('/') {
+        Some((base, n)) if n.len() == 8 => match u32::from_str_radix(n, 16) {
+            Ok(n) => (base, n),
+            Err(_) => (head, 0),
+        },
+        _ => (head, 0),
+    };
+    Stamp { node: format!("{base}/{:08x}.{}", bumps.saturating_add(1), migration_output(&natural)), ..natural }
 }
 
 /// FNV-1a over the bytes written to it.
@@ -572,6 +606,30 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    /// New output orders after the output a document's layer is built on: it stands when
+    /// its input is newer, takes the held stamp when it is the same output, and otherwise
+    /// bumps the held stamp (same input part, count + 1, its own hash), again and again.
+    #[test]
+    fn output_that_replaces_other_output_orders_after_it() {
+        let m = |node: &str| Stamp { version: 2, wall: 0, counter: 0, node: format!("{MIGRATION_NODE}{node}") };
+        let held = m("0001aaaa.ffff000000000000");
+        // Same input part, a lower hash: the natural stamp would order below.
+        let natural = m("0001aaaa.0000000000000001");
+        assert!(natural < held);
+        let once = settle(natural.clone(), Some(&held));
+        assert_eq!(once.node, format!("{MIGRATION_NODE}0001aaaa/00000001.0000000000000001"));
+        assert!(once > held && migration_output(&once) == migration_output(&natural));
+        let twice = settle(m("0001aaaa.ffff000000000001"), Some(&once));
+        assert_eq!(twice.node, format!("{MIGRATION_NODE}0001aaaa/00000002.ffff000000000001"));
+        assert!(twice > once);
+        // The same output as held: the held stamp, no new op.
+        assert_eq!(settle(m("0001aaaa.0000000000000001"), Some(&once)), once);
+        // A newer input stands on its own, and so does output with nothing held.
+        let newer = m("0001aaab.0000000000000001");
+        assert_eq!(settle(newer.clone(), Some(&twice)), newer);
+        assert_eq!(settle(natural.clone(), None), natural);
     }
 
     #[test]

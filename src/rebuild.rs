@@ -154,7 +154,8 @@ fn built(schemas: &Schemas, it: &mut Pending, view: View, head: &mut Head, rows:
         view.migration = Some(op);
     }
     if let Some(mut op) = view.migration {
-        if migrated.as_ref() != Some(&op.ts) {
+        // Output the layer is already built on (adopted from another replica) is not new.
+        if migrated.as_ref() != Some(&op.ts) && it.layers.migration_root(current) != Some(&op.ts) {
             migrated = Some(op.ts.clone());
             head.max_row += 1;
             op.origin_row = head.max_row;

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::{Clock, Stamp};
 use crate::error::{Error, StoreError, WriteError};
-use crate::layers::Layers;
+use crate::layers::{Layers, Output};
 use crate::merge::DocState;
 use crate::op::{Kind, Op};
 use crate::peer::PeerRecord;
@@ -116,6 +116,12 @@ impl Work {
         self.clock.observe(ts);
     }
 
+    /// Whether the document in `slot` takes in received migration output `op`
+    /// (`Layers::adopts`).
+    pub fn adopts(&self, slot: usize, op: &Op) -> bool {
+        self.layers[slot].as_ref().is_some_and(|l| l.adopts(op.schema_version, &op.ts))
+    }
+
     /// A received op: merged into the document in `slot` (`None`: a collection this
     /// replica does not keep, logged for forwarding). Logged again, with its sender, only
     /// if it changed something: an op that changes nothing is already reflected by newer
@@ -138,17 +144,17 @@ impl Work {
 
     /// A received document state (a snapshot): its registers merge into the document in
     /// `slot` (never overwriting newer local ones), and the registers that changed it are
-    /// logged as ops so they can be forwarded. `skip_migrations` drops received
-    /// migration output (replicas that can migrate compute their own). Returns the schema
+    /// logged as ops so they can be forwarded. `output` says which received migration
+    /// output is taken in (replicas that can migrate compute their own). Returns the schema
     /// versions of the stored document's layers that changed (none for a collection this
     /// replica does not keep).
-    pub fn merge(&mut self, slot: Option<usize>, collection: &str, id: &str, theirs: &Layers, skip_migrations: bool, from: &str) -> Vec<u32> {
+    pub fn merge(&mut self, slot: Option<usize>, collection: &str, id: &str, theirs: &Layers, output: Output, from: &str) -> Vec<u32> {
         for s in theirs.0.values().flat_map(|l| l.stamps.values()) {
             self.clock.observe(s);
         }
         let (regs, stored) = match slot {
             Some(i) => {
-                let regs = self.layers[i].get_or_insert_with(Layers::default).merge(theirs, skip_migrations);
+                let regs = self.layers[i].get_or_insert_with(Layers::default).merge(theirs, output);
                 self.changed[i] |= !regs.is_empty();
                 self.older[i] |= regs.iter().any(|(v, _)| *v < self.version);
                 (regs, true)

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::message::{SnapshotDoc, TableEntry};
 use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
-use crate::layers::is_migration;
+use crate::layers::{is_migration, Output};
 use crate::limits;
 use crate::op::Op;
 use crate::peer::{PeerRecord, Point};
@@ -133,7 +133,6 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     if let Some(v) = rows.iter().map(|r| r.op.schema_version).filter(|v| replica.schema().is_some_and(|s| *v < s.version)).min() {
         replica.rebuild().check_version(v)?;
     }
-    let migrates = replica.schema().is_some();
     let current = replica.schema().map(|s| s.version);
     let version = replica.version();
     let (keys, index) = unique_keys(rows.iter().filter(|r| keeps(replica, &r.op.collection)).map(|r| (r.op.collection.as_str(), r.op.id.as_str())));
@@ -159,15 +158,18 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
             let changed: Vec<(String, PeerRecord)> = ids.iter().cloned().zip(recs).zip(&loaded.peers).filter(|((_, r), b)| b.as_ref() != Some(r)).map(|(p, _)| p).collect();
             let mut w = Work::load(loaded.head, &loaded.docs, version)?;
             for r in rows {
-                // Replicas that can migrate compute migration output themselves.
-                if migrates && is_migration(&r.op.ts) {
+                let slot = index.get(&(r.op.collection.clone(), r.op.id.clone())).copied();
+                // Replicas that can migrate compute migration output of their version
+                // and older themselves; of that, they take in only their own output
+                // under a later stamp (`Layers::adopts`). See `layers::Output`.
+                let computed = current.is_some_and(|c| r.op.schema_version <= c) && is_migration(&r.op.ts);
+                if computed && !slot.is_some_and(|i| w.adopts(i, &r.op)) {
                     w.observe(&r.op.ts);
                     continue;
                 }
                 if current.is_some_and(|c| r.op.schema_version > c) {
                     applied.future_version = applied.future_version.max(r.op.schema_version);
                 }
-                let slot = index.get(&(r.op.collection.clone(), r.op.id.clone())).copied();
                 w.receive(slot, r.op, peer);
             }
             w.finish(&rebuild, &keys, changed)
@@ -255,7 +257,6 @@ pub(crate) fn check_snapshot<S: Store>(replica: &Replica<S>, docs: &[SnapshotDoc
 /// are logged as ops so they can be forwarded.
 pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
     check_snapshot(replica, &docs)?;
-    let migrates = replica.schema().is_some();
     let current = replica.schema().map(|s| s.version);
     let version = replica.version();
     let (keys, index) = unique_keys(docs.iter().filter(|d| keeps(replica, &d.collection)).map(|d| (d.collection.as_str(), d.id.as_str())));
@@ -273,7 +274,7 @@ pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Ve
                     }
                 }
                 let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
-                let changed = w.merge(slot, &d.collection, &d.id, &theirs, migrates, peer);
+                let changed = w.merge(slot, &d.collection, &d.id, &theirs, current.map_or(Output::All, |version| Output::Computed { version, held: false }), peer);
                 // A reset only when older-version data changed a stored document.
                 applied.older_version |= current.is_some_and(|c| changed.iter().any(|v| *v < c));
             }

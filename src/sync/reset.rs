@@ -35,7 +35,7 @@ use super::apply::{check_snapshot, close_pass, Applied};
 use super::message::{SnapshotDoc, TableEntry};
 use crate::clock::Stamp;
 use crate::error::{Error, StoreError};
-use crate::layers::Layers;
+use crate::layers::{Layers, Output};
 use crate::peer::Point;
 use crate::progress::{Phase, Progress};
 use crate::rebuild::Pending;
@@ -165,7 +165,7 @@ impl<T: Store> Reset<T> {
             let theirs = d.layers();
             if theirs.0.keys().any(|v| *v < current) {
                 let entry = self.older.entry((d.collection.clone(), d.id.clone())).or_default();
-                entry.merge(&theirs, true);
+                entry.merge(&theirs, Output::Computed { version: current, held: false });
             }
         }
         // A document whose migration reads nothing but itself is migrated in this chunk's
@@ -200,7 +200,7 @@ impl<T: Store> Reset<T> {
                     applied.future_version = applied.future_version.max(*v);
                 }
                 let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
-                w.merge(slot, &d.collection, &d.id, &theirs, true, &peer);
+                w.merge(slot, &d.collection, &d.id, &theirs, Output::Computed { version: current, held: true }, &peer);
             }
             older = w.take_older(&keys, alone);
             w.finish(&rebuild, &keys, vec![])
@@ -300,18 +300,18 @@ impl<T: Store> Reset<T> {
                     // Older-version data the live document already holds (and was
                     // migrated from) changes nothing: the document keeps its migration.
                     let mut both = live.clone();
-                    let changed = both.merge(staged, true);
+                    let changed = both.merge(staged, Output::Computed { version: current, held: false });
                     if live.migrated_into(current) && !changed.iter().any(|(v, _)| *v < current) {
                         self.older.remove(key);
                         finals.push((key.clone(), both, migrated.clone()));
                     } else if let Some(staged) = self.older.get_mut(key) {
-                        staged.merge(live, true);
+                        staged.merge(live, Output::Computed { version: current, held: true });
                     }
                     continue;
                 }
                 let staged = self.staging.get(&key.0, &key.1).await?;
                 let mut layers = staged.as_ref().map(StoredDoc::all_layers).unwrap_or_default();
-                layers.merge(live, true);
+                layers.merge(live, Output::Computed { version: current, held: true });
                 if layers.0.keys().any(|v| *v < current) {
                     self.older.insert(key.clone(), layers);
                 } else {

@@ -113,3 +113,17 @@ fn no_point_passes_a_snapshot_chunk_lost_behind_a_duplicated_one() {
         }
     }
 }
+
+/// P4 (seeds of `make verify`'s 20,000, model/README.md §6 item 6): a late version-1 op
+/// older than the newest input of a migration left a relay with stale migration output
+/// (14799, 14335; 11586 through a reset), and a version-1 client dropped a version-2
+/// client's output it then claimed to have (5989). Unit regressions in
+/// `tests/simulation_regressions.rs`.
+#[test]
+fn quiescent_replicas_converge_after_late_ops_below_a_migrations_newest_input() {
+    for seed in [5989, 11586, 14335, 14799] {
+        if let Err(f) = sim::run(seed) {
+            panic!("seed {seed} failed: {f}\n  reproduce: {}", repro(seed));
+        }
+    }
+}

@@ -76,6 +76,9 @@ impl Net {
         let q = &mut c.flight[side];
         let at = if c.hostile && q.len() > 1 && rng.chance(1, 4) { rng.below(q.len() as u64) as usize } else { 0 };
         let frame = q.remove(at).expect("a frame in flight");
+        if frames_traced() {
+            eprintln!("frame on connection {id} to side {side}: {frame}");
+        }
         if c.hostile && rng.chance(1, 12) {
             return; // lost: the stream stalls until a timeout cuts it
         }
@@ -144,4 +147,11 @@ impl Transport for End {
         .await?;
         Message::decode(&text).map_err(SyncError::Protocol)
     }
+}
+
+/// Whether `TIDEMARK_SIM_FRAMES` is set: every frame taken off the wire is printed (before
+/// the network loses or duplicates it), to trace a failing seed message by message.
+fn frames_traced() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TIDEMARK_SIM_FRAMES").is_some())
 }

@@ -137,7 +137,8 @@ impl View {
     /// Whether the node holds `op` or something newer at every register it wrote:
     /// merging it again would change nothing.
     pub fn holds(&self, op: &Op) -> bool {
-        if tidemark::layers::is_migration(&op.ts) {
+        // A replica that migrates computes the output of its own version and older itself.
+        if tidemark::layers::is_migration(&op.ts) && !self.server && op.schema_version <= self.version {
             return true;
         }
         let key = (op.collection.clone(), op.id.clone());
