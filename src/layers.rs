@@ -6,8 +6,10 @@
 //! op of an older version land where it belongs and the document be migrated forward again.
 //!
 //! Migration output is written as ops stamped `(V, wall 0, node "~m…")`: after every op of
-//! older versions and before any real write of V. Replicas that can migrate recompute it
-//! and ignore received migration output (`strip_migrations`); relays keep it, so the
+//! older versions and before any real write of V. Replicas that can migrate recompute the
+//! output of their version and older and ignore received output (`strip_migrations`),
+//! except their own output under a later stamp (`Layers::adopts`); relays keep all of it,
+//! and so does every replica for versions newer than its own (`Output`), so the
 //! schema-agnostic server holds the migrated state too.
 
 use std::collections::BTreeMap;

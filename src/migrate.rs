@@ -12,7 +12,8 @@
 //!
 //! Migration output is also written as ops (stamped as above) so that schema-agnostic
 //! replicas such as the server hold the migrated state; replicas that can migrate
-//! recompute it themselves and ignore such ops.
+//! recompute it themselves and ignore such ops (see `layers`). Output computed again
+//! orders after the output it replaces (`settle`), so relays keep the newest.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
