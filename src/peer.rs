@@ -45,7 +45,7 @@ pub struct PeerRecord {
     /// `incoming[peer]`: the last row of the peer's row space merged here.
     #[serde(default = "none")]
     pub incoming: Point,
-    /// Sessions that produced incoming points, oldest first.
+    /// Sessions that produced incoming points, in the order they were first noted.
     #[serde(default)]
     pub in_history: Vec<Entry>,
     /// `outgoing[peer]`: the last own row the peer acknowledged (status and lag only).
@@ -154,6 +154,13 @@ impl PeerRecord {
     }
 }
 
+/// Notes that `session` reached `row`: rows only grow, a direct entry stays direct, and a
+/// new session goes last. A full history drops the entry added first — never the one just
+/// added. (It used to drop the lowest rows: after a peer's restore, or beside forwarded
+/// entries of higher rows, that was the entry just added, so every new pass with that peer
+/// lost its point and a capped pass restarted from the same place forever —
+/// model/README.md §5 item 2. This is the model's `note` with its `history_evicts_oldest`
+/// rule on.)
 fn note(history: &mut Vec<Entry>, session: &str, row: Point, transitive: bool) {
     if let Some(e) = history.iter_mut().find(|e| e.session == session) {
         e.row = e.row.max(row);
@@ -161,7 +168,6 @@ fn note(history: &mut Vec<Entry>, session: &str, row: Point, transitive: bool) {
     } else {
         history.push(Entry { session: session.to_string(), row, transitive });
     }
-    history.sort_by_key(|e| e.row);
     if history.len() > HISTORY {
         let drop = history.len() - HISTORY;
         history.drain(..drop);
@@ -213,6 +219,31 @@ mod tests {
         p.note_incoming("x", 50, true);
         assert_eq!(p.incoming, 50);
         assert_eq!(p.common_point(&[e("x", 50)]), None);
+    }
+
+    /// P5 (model/README.md §5 item 2): after the peer's restore, the session of a new pass
+    /// notes a row below every entry of a full history; it must survive, or the next pass
+    /// cannot find its point and a capped pass restarts from the same place forever.
+    #[test]
+    fn no_pass_loops_forever_when_the_entry_just_noted_has_the_lowest_row() {
+        let mut p = PeerRecord::new();
+        for i in 0..HISTORY {
+            p.note_incoming(&format!("before{i}"), 100 + i as Point, false);
+        }
+        // The peer, restored to its row 40, pushes rows 41..50 in a new session.
+        p.note_incoming("after", 50, false);
+        assert_eq!(p.in_history.len(), HISTORY);
+        assert!(p.in_history.iter().any(|e| e.session == "after" && e.row == 50), "{:?}", p.in_history);
+        assert!(!p.in_history.iter().any(|e| e.session == "before0"), "the entry noted longest ago goes");
+        // Its next pass finds the point where the last one ended.
+        assert_eq!(p.common_point(&[e("after", 50)]), Some((50, "after".into())));
+        // Noting a session again updates it where it is; the next new one drops the
+        // oldest again.
+        p.note_incoming("after", 55, false);
+        p.note_incoming("next", 60, false);
+        assert_eq!(p.in_history.last().map(|e| (e.session.as_str(), e.row)), Some(("next", 60)));
+        assert!(p.in_history.iter().any(|e| e.session == "after" && e.row == 55));
+        assert!(!p.in_history.iter().any(|e| e.session == "before1"));
     }
 
     #[test]
