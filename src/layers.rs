@@ -53,14 +53,14 @@ pub enum Output {
 }
 
 impl Output {
-    /// Whether received migration output of version `v`, stamped `ts`, merges into
-    /// `layers`.
-    fn takes(self, layers: &Layers, v: u32, ts: Option<&Stamp>) -> bool {
+    /// Whether received migration output of version `v`, stamped `ts`, merges into a
+    /// document's `layers` (`None`: a document this replica does not keep).
+    pub fn takes(self, layers: Option<&Layers>, v: u32, ts: &Stamp) -> bool {
         match self {
             Output::All => true,
             Output::Computed { version, .. } if v > version => true,
             Output::Computed { version, held: true } if v == version => true,
-            Output::Computed { .. } => ts.is_some_and(|ts| layers.adopts(v, ts)),
+            Output::Computed { .. } => layers.is_some_and(|l| l.adopts(v, ts)),
         }
     }
 }
@@ -111,7 +111,7 @@ impl Layers {
         let mut out = Vec::new();
         for (v, theirs) in &other.0 {
             let mut theirs = theirs.clone();
-            if !output.takes(self, *v, theirs.stamps.get(ROOT)) {
+            if theirs.stamps.get(ROOT).is_some_and(|ts| is_migration(ts) && !output.takes(Some(self), *v, ts)) {
                 strip_migrations(&mut theirs);
                 if theirs.stamps.is_empty() {
                     continue;

@@ -116,10 +116,10 @@ impl Work {
         self.clock.observe(ts);
     }
 
-    /// Whether the document in `slot` takes in received migration output `op`
-    /// (`Layers::adopts`).
-    pub fn adopts(&self, slot: usize, op: &Op) -> bool {
-        self.layers[slot].as_ref().is_some_and(|l| l.adopts(op.schema_version, &op.ts))
+    /// Whether received migration output `op` merges into the document in `slot` (`None`:
+    /// a collection this replica does not keep), as `output` says.
+    pub fn takes(&self, slot: Option<usize>, op: &Op, output: Output) -> bool {
+        output.takes(slot.and_then(|i| self.layers[i].as_ref()), op.schema_version, &op.ts)
     }
 
     /// A received op: merged into the document in `slot` (`None`: a collection this

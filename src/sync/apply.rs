@@ -134,6 +134,7 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
         replica.rebuild().check_version(v)?;
     }
     let current = replica.schema().map(|s| s.version);
+    let output = current.map_or(Output::All, |version| Output::Computed { version, held: false });
     let version = replica.version();
     let (keys, index) = unique_keys(rows.iter().filter(|r| keeps(replica, &r.op.collection)).map(|r| (r.op.collection.as_str(), r.op.id.as_str())));
     // The records of the batch's origins carry the stamp half of their marks, raised in
@@ -159,11 +160,9 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
             let mut w = Work::load(loaded.head, &loaded.docs, version)?;
             for r in rows {
                 let slot = index.get(&(r.op.collection.clone(), r.op.id.clone())).copied();
-                // Replicas that can migrate compute migration output of their version
-                // and older themselves; of that, they take in only their own output
-                // under a later stamp (`Layers::adopts`). See `layers::Output`.
-                let computed = current.is_some_and(|c| r.op.schema_version <= c) && is_migration(&r.op.ts);
-                if computed && !slot.is_some_and(|i| w.adopts(i, &r.op)) {
+                // Replicas that can migrate compute migration output themselves
+                // (`layers::Output` says which they take in all the same).
+                if is_migration(&r.op.ts) && !w.takes(slot, &r.op, output) {
                     w.observe(&r.op.ts);
                     continue;
                 }
@@ -258,6 +257,7 @@ pub(crate) fn check_snapshot<S: Store>(replica: &Replica<S>, docs: &[SnapshotDoc
 pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Vec<SnapshotDoc>) -> Result<Applied, Error> {
     check_snapshot(replica, &docs)?;
     let current = replica.schema().map(|s| s.version);
+    let output = current.map_or(Output::All, |version| Output::Computed { version, held: false });
     let version = replica.version();
     let (keys, index) = unique_keys(docs.iter().filter(|d| keeps(replica, &d.collection)).map(|d| (d.collection.as_str(), d.id.as_str())));
     let rebuild = replica.rebuild();
@@ -274,7 +274,7 @@ pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Ve
                     }
                 }
                 let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
-                let changed = w.merge(slot, &d.collection, &d.id, &theirs, current.map_or(Output::All, |version| Output::Computed { version, held: false }), peer);
+                let changed = w.merge(slot, &d.collection, &d.id, &theirs, output, peer);
                 // A reset only when older-version data changed a stored document.
                 applied.older_version |= current.is_some_and(|c| changed.iter().any(|v| *v < c));
             }
