@@ -83,7 +83,7 @@ impl Layers {
     /// Whether the layer of version `v` carries migration output (the document was
     /// migrated into `v` and its view is that layer materialized).
     pub fn migrated_into(&self, v: u32) -> bool {
-        self.0.get(&v).and_then(|l| l.stamps.get(ROOT)).is_some_and(is_migration)
+        self.migration_root(v).is_some()
     }
 
     /// The migration output the layer of version `v` is built on, if it was migrated into.
