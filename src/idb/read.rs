@@ -247,7 +247,7 @@ pub async fn rows_after(db: &Database, after: u64, limit: usize) -> Result<Vec<R
     }
     let tx = db.transaction(LOG).build().map_err(from_idb)?;
     let log = tx.object_store(LOG).map_err(from_idb)?;
-    let Some(mut cursor) = log_records_from(&log, after).await? else { return Ok(rows) };
+    let Some((_, mut cursor)) = log_records_from(&log, after).await? else { return Ok(rows) };
     while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
         let batch: Vec<Row> = codec::log_rows(&record)?;
         for row in batch {
@@ -288,14 +288,17 @@ struct OpOrigin {
 }
 
 /// `Store::own_rows_after`, from the records' `own` counts (`codec::log_record`): only the
-/// first record, which may hold rows up to `after` too, is read row by row — and only when
+/// first record, when it holds rows up to `after` too, is read row by row — and only when
 /// it holds own rows at all, decoding of each only its number, origin and sender.
 pub async fn own_rows_after(db: &Database, after: u64, origin: &str) -> Result<u64, StoreError> {
     let tx = db.transaction(LOG).build().map_err(from_idb)?;
     let log = tx.object_store(LOG).map_err(from_idb)?;
-    let Some(mut cursor) = log_records_from(&log, after).await? else { return Ok(0) };
+    let Some((start, mut cursor)) = log_records_from(&log, after).await? else { return Ok(0) };
     let mut n = 0;
-    let mut first = true;
+    // The first record may hold rows at or below `after` too, unless it starts right after
+    // it (as it does after a push of everything up to a record's end, or a reset's chunks):
+    // then its count serves and its rows are not parsed.
+    let mut first = start.is_some_and(|k| k != after + 1);
     while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
         match codec::log_own(&record, origin) {
             Some(0) => {}
@@ -310,8 +313,9 @@ pub async fn own_rows_after(db: &Database, after: u64, origin: &str) -> Result<u
     Ok(n)
 }
 
-/// A cursor over the log records from the one holding row `after + 1` on (`None`: none).
-async fn log_records_from<'a>(log: &'a ObjectStore<'a>, after: u64) -> Result<Option<Cursor<'a, ObjectStore<'a>>>, StoreError> {
+/// A cursor over the log records from the one holding row `after + 1` on (`None`: none),
+/// and that record's key, its first row (`None`: every record starts after `after + 1`).
+async fn log_records_from<'a>(log: &'a ObjectStore<'a>, after: u64) -> Result<Option<(Option<u64>, Cursor<'a, ObjectStore<'a>>)>, StoreError> {
     // The record holding row `after + 1` is the last one keyed at or below it.
     let below = web_sys::IdbKeyRange::upper_bound(&JsValue::from_f64((after + 1) as f64)).map_err(|e| from_js(&e))?;
     let opened = log.open_key_cursor().with_query::<JsValue, JsValue>(below.into()).with_direction(CursorDirection::Prev).primitive().map_err(from_idb)?.await;
@@ -323,7 +327,8 @@ async fn log_records_from<'a>(log: &'a ObjectStore<'a>, after: u64) -> Result<Op
         Some(k) => web_sys::IdbKeyRange::lower_bound(&JsValue::from_f64(k)).map_err(|e| from_js(&e))?.into(),
         None => JsValue::UNDEFINED,
     };
-    log.open_cursor().with_query::<JsValue, _>(range).primitive().map_err(from_idb)?.await.map_err(from_idb)
+    let cursor = log.open_cursor().with_query::<JsValue, _>(range).primitive().map_err(from_idb)?.await.map_err(from_idb)?;
+    Ok(cursor.map(|c| (start.map(|k| k as u64), c)))
 }
 
 /// Every peer record, keyed by peer db id, from one transaction.
