@@ -350,13 +350,14 @@ impl<S: Store> Replica<S> {
         }
         let version = self.version();
         let rebuild = self.rebuild();
+        let puts_only = writes.iter().all(|w| matches!(w, Write::Put { .. }));
         // A sealed generation (a reset or an upgrade under way, here or in another tab)
         // refuses the commit: wait for the new generation, then write there.
         let commit = loop {
             let now = self.now();
             let attempt = self
                 .store
-                .commit(&keys, &[], |loaded| {
+                .commit_expected(&keys, puts_only, |loaded| {
                     let mut work = Work::load(loaded.head, &loaded.docs, version)?;
                     for ((w, &slot), &t) in writes.iter().zip(&slots).zip(&tracking) {
                         let id = keys[slot].1.clone();

@@ -172,6 +172,22 @@ pub trait Store {
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>;
 
+    /// As `commit` (no peer records), for a replica's own write, whose `f` may run twice:
+    /// a store that remembers what it last read and wrote may first run `f` over that —
+    /// the head and the documents at `keys` as it expects them stored, a key it knows
+    /// nothing of expected absent when `absent` says every write is a whole put — and
+    /// write the result in one transaction that, before committing, reads the head and the
+    /// documents and aborts unless they are as expected (another tab wrote meanwhile, a
+    /// document already existed). Then it runs as `commit`. A single write so costs no
+    /// read round trip before it (DESIGN §10). By default, `commit`.
+    async fn commit_expected<F>(&self, keys: &[DocKey], absent: bool, f: F) -> Result<Commit, Error>
+    where
+        F: Fn(Loaded) -> Result<Commit, Error>,
+    {
+        let _ = absent;
+        self.commit(keys, &[], f).await
+    }
+
     /// Writes `commit` without reading anything first: for building a staging generation,
     /// which nobody else writes, so nothing is checked against its head. A reset writes
     /// its migrated documents this way, slice after slice, each handed to the store while

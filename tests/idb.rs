@@ -553,6 +553,60 @@ async fn a_failing_write_leaves_the_store_unchanged() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
+/// DESIGN §10: a single write costs no read round trip before it. The store writes what
+/// it computed from what it last wrote, behind reads of the head and the documents in the
+/// same transaction, and commits only if those match: another tab's writes in between, or
+/// a put to a document it did not know exists, send the write down the reading path —
+/// no row number used twice, nothing of the other tab's lost.
+#[wasm_bindgen_test]
+async fn single_writes_skip_the_read_unless_another_tab_wrote_meanwhile() {
+    let name = unique("t-unread");
+    let schema = schema();
+    let a = open_idb(&name, &schema).await;
+    let patch = |id: &str, fields: Value| Write::Patch { collection: ITEMS.into(), id: id.into(), fields: obj(fields) };
+    // Opening wrote the head, so it is known: puts of new documents and a patch of a
+    // document this store wrote go without reading.
+    a.write(vec![put(doc(1))]).await.unwrap();
+    a.write(vec![put(doc(2))]).await.unwrap();
+    a.write(vec![patch("d00001", json!({"title": "from a"}))]).await.unwrap();
+    assert_eq!(a.store().unread_commits(), 3);
+
+    // Another tab writes the same document and a new one.
+    let b = open_idb(&name, &schema).await;
+    b.write(vec![patch("d00001", json!({"flag": "from b"}))]).await.unwrap();
+    b.write(vec![put(doc(3))]).await.unwrap();
+
+    // A's guesses are stale now: the write is checked, aborted, and read instead.
+    a.write(vec![patch("d00001", json!({"n": -1}))]).await.unwrap();
+    assert_eq!(a.store().unread_commits(), 3, "a stale guess never commits");
+    let d1 = a.get(ITEMS, "d00001").await.unwrap().unwrap().doc.unwrap();
+    assert_eq!((&d1["title"], &d1["flag"], &d1["n"]), (&json!("from a"), &json!("from b"), &json!(-1)));
+    // A put of a document A never saw, which B created: guessed absent, found, read.
+    a.write(vec![put(json!({"id": "d00003", "kind": "k9"}))]).await.unwrap();
+    assert_eq!(a.store().unread_commits(), 3);
+    let d3 = a.get(ITEMS, "d00003").await.unwrap().unwrap().doc.unwrap();
+    assert_eq!(d3, obj(json!({"id": "d00003", "kind": "k9"})));
+    // Known again: the next writes go without reading.
+    a.write(vec![put(doc(4))]).await.unwrap();
+    a.write(vec![patch("d00003", json!({"n": 7}))]).await.unwrap();
+    assert_eq!(a.store().unread_commits(), 5);
+
+    // Every row once, in order: 7 writes of A, 2 of B.
+    let rows = a.store().rows_after(0, 100).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.row).collect::<Vec<_>>(), (1..=9).collect::<Vec<u64>>());
+    assert_eq!(a.store().head().await.unwrap().unwrap().max_row, 9);
+    // What B reads is what A wrote, field by field.
+    let d3 = b.get(ITEMS, "d00003").await.unwrap().unwrap().doc.unwrap();
+    assert_eq!(d3, obj(json!({"id": "d00003", "kind": "k9", "n": 7})));
+    assert_eq!(b.get(ITEMS, "d00001").await.unwrap().unwrap().doc.unwrap(), d1);
+    // The index entries follow: the query by kind finds the rewritten document.
+    let k9 = a.query(ITEMS, &json!({"where": {"kind": "k9"}})).await.unwrap();
+    assert_eq!(ids(&k9.iter().map(to_map).collect::<Vec<_>>()), vec!["d00003".to_string()]);
+    a.store().close();
+    b.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
 #[wasm_bindgen_test]
 async fn replicas_with_different_names_are_separate() {
     let (a_name, b_name) = (unique("t-sep-a"), unique("t-sep-b"));

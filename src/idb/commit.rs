@@ -65,7 +65,8 @@ fn scope_of<'k, 's>(schema: &'s Schema, names: impl Iterator<Item = &'k str>) ->
 /// `Store::commit`: reads the head, the documents at `keys` and the records of `peers`,
 /// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
 /// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
-pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>) -> Result<Commit, Error> {
+/// With the commit, its documents' merge texts when `texts` asks for them (`put_all`).
+pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], texts: bool, f: Compute<'_>) -> Result<(Commit, Vec<String>), Error> {
     let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
@@ -102,11 +103,67 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
         commit.check(loaded_head.as_ref())?;
 
-        put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store)?;
-        commit
+        let written = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, texts)?;
+        (commit, written)
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
     Ok(commit)
+}
+
+/// What a store expects to read for `Store::commit_expected`: the head, and per key the
+/// stored document with its merge text (`codec::merge_text`), or `None` for no record.
+pub struct Expected {
+    pub head: Head,
+    pub docs: Vec<Option<(StoredDoc, String)>>,
+}
+
+/// `Store::commit_expected`'s attempt without reading first: computes `f` over `expected`,
+/// then in one transaction asks for the head and the documents, puts what `f` wrote
+/// behind those requests (IndexedDB runs a transaction's requests in order, so the reads
+/// see what the puts replace, and no other transaction runs in between), and commits only
+/// if the reads match `expected`. `None`: they did not (or `f` refused the expected
+/// state), and nothing was written — the transaction is dropped, which aborts it, before
+/// the last put's result could let it commit. The merge texts as in `commit`.
+pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<(Commit, Vec<String>)>, Error> {
+    let Expected { head: want_head, docs } = expected;
+    let (docs, want): (Vec<Option<StoredDoc>>, Vec<Option<String>>) = docs.into_iter().map(|d| d.map_or((None, None), |(d, m)| (Some(d), Some(m)))).unzip();
+    // What fails over the expected state is left to `commit`, over the stored one.
+    let Ok(commit) = f(Loaded { head: Some(want_head.clone()), docs, peers: Vec::new() }) else { return Ok(None) };
+    if commit.check(Some(&want_head)).is_err() {
+        return Ok(None);
+    }
+    let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
+    let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
+    let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
+    let written = {
+        let meta = tx.object_store(META).map_err(from_idb)?;
+        let log = tx.object_store(LOG).map_err(from_idb)?;
+        let peer_store = tx.object_store(PEERS).map_err(from_idb)?;
+        let stores = collections.iter().map(|c| tx.object_store(&collection_store(c))).collect::<Result<Vec<ObjectStore>, _>>().map_err(from_idb)?;
+        let head_req = meta.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?;
+        let mut doc_reqs = Vec::with_capacity(keys.len());
+        for (c, id) in keys {
+            let store = &stores[collections.binary_search(&c.as_str()).expect("scope holds every key's collection")];
+            doc_reqs.push(store.get::<JsValue, _, _>(JsValue::from_str(id)).primitive().map_err(from_idb)?);
+        }
+        let written = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true)?;
+        let head = match head_req.await.map_err(from_idb)? {
+            Some(h) => Some(codec::from_js::<Head>(&h)?),
+            None => None,
+        };
+        if head.as_ref() != Some(&want_head) {
+            return Ok(None);
+        }
+        for (req, want) in doc_reqs.into_iter().zip(want) {
+            let found = req.await.map_err(from_idb)?;
+            if found.as_ref().and_then(codec::merge_text) != want {
+                return Ok(None);
+            }
+        }
+        written
+    };
+    tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
+    Ok(Some((commit, written)))
 }
 
 /// Settles when a transaction completes; rejects with its error when it aborts. Listens
@@ -130,7 +187,7 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
         let log = tx.object_store(LOG).map_err(from_idb)?;
         let peer_store = tx.object_store(PEERS).map_err(from_idb)?;
         let stores = collections.iter().map(|c| tx.object_store(&collection_store(c))).collect::<Result<Vec<ObjectStore>, _>>().map_err(from_idb)?;
-        put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store)?;
+        put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false)?;
     }
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
     // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
@@ -143,9 +200,11 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
 }
 
 /// Puts what `commit` writes: documents (into the stores of `collections`, in order),
-/// the log rows as one record, resolutions, peer records and the head.
-fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], stores: &[ObjectStore], meta: &ObjectStore, log: &ObjectStore, peer_store: &ObjectStore) -> Result<(), Error> {
+/// the log rows as one record, resolutions, peer records and the head. Returns the
+/// documents' merge texts (`codec::merge_text`), in order, when `texts` asks for them.
+fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], stores: &[ObjectStore], meta: &ObjectStore, log: &ObjectStore, peer_store: &ObjectStore, texts: bool) -> Result<Vec<String>, Error> {
     let slot = |collection: &str| collections.binary_search(&collection).ok();
+    let mut merge_texts = Vec::new();
     for slice in commit.docs.chunks(SLICE) {
         let mut out = Vec::with_capacity(slice.len());
         for (c, d) in slice {
@@ -156,6 +215,9 @@ fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], stores: 
         for (i, (c, _)) in slice.iter().enumerate() {
             let store = slot(c).expect("checked above");
             stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+        }
+        if texts {
+            merge_texts.extend(out.into_iter().map(codec::DocOut::into_merge_text));
         }
     }
     let batch = Batch { peers: commit.peers.iter().map(|(_, p)| p).collect(), head: commit.head.as_ref() };
@@ -173,7 +235,7 @@ fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], stores: 
     if commit.head.is_some() {
         meta.put(js.head()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
     }
-    Ok(())
+    Ok(merge_texts)
 }
 
 /// Below this many keys in one collection, plain gets are cheaper than a probe first.

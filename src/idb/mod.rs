@@ -29,7 +29,7 @@ pub mod read;
 pub mod upgrade;
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use indexed_db_futures::database::Database;
@@ -76,7 +76,29 @@ pub struct IdbStore {
     /// The completion of the last write handed over by `write_staged` (a staging
     /// generation's), not yet awaited: every other operation awaits it first.
     handed_over: RefCell<Option<wasm_bindgen_futures::JsFuture>>,
+    /// What this store last wrote to its generation, for `commit_expected`.
+    known: RefCell<Known>,
+    /// Commits `commit_expected` made without reading first (tests read it).
+    unread_commits: Cell<u64>,
 }
+
+/// What an `IdbStore` last wrote to a generation: the head, and the documents of its
+/// last small commits with their merge texts. Only a guess — another tab may have written
+/// since — which `commit::commit_expected` checks inside the transaction it writes in.
+#[derive(Default)]
+struct Known {
+    db: String,
+    head: Option<Head>,
+    docs: HashMap<DocKey, (StoredDoc, String)>,
+}
+
+/// Commits of at most this many documents are written without reading first when their
+/// documents are known, and are remembered; larger ones are read first (a batch of new
+/// documents is probed with one request, `commit::read_docs`).
+const SMALL_COMMIT: usize = 8;
+
+/// The most documents `Known` keeps (then it starts over).
+const KNOWN_DOCS: usize = 512;
 
 impl IdbStore {
     /// Opens (creating on first use) the replica `name` for `schema`.
@@ -180,6 +202,69 @@ impl IdbStore {
             waiters: RefCell::new(Vec::new()),
             rebinding: futures::lock::Mutex::new(()),
             handed_over: RefCell::new(None),
+            known: RefCell::new(Known::default()),
+            unread_commits: Cell::new(0),
+        }
+    }
+
+    /// How many commits were written without reading first (`Store::commit_expected`).
+    pub fn unread_commits(&self) -> u64 {
+        self.unread_commits.get()
+    }
+
+    /// What a commit of `keys` to generation `db` expects to read, if this store knows it.
+    fn expected(&self, db: &str, keys: &[DocKey], absent: bool) -> Option<commit::Expected> {
+        let known = self.known.borrow();
+        if known.db != db || keys.len() > SMALL_COMMIT {
+            return None;
+        }
+        let head = known.head.clone()?;
+        let docs = keys
+            .iter()
+            .map(|k| match known.docs.get(k) {
+                Some((d, m)) => Some(Some((d.clone(), m.clone()))),
+                None => absent.then_some(None),
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(commit::Expected { head, docs })
+    }
+
+    /// Takes note of what a commit wrote to generation `db` (`texts`: its documents' merge
+    /// texts, when it was small enough to remember them).
+    fn remember(&self, db: &str, commit: &Commit, texts: Vec<String>) {
+        let mut known = self.known.borrow_mut();
+        if known.db != db {
+            *known = Known { db: db.to_string(), ..Known::default() };
+        }
+        if let Some(h) = &commit.head {
+            known.head = Some(h.clone());
+        }
+        if texts.len() == commit.docs.len() && commit.docs.len() <= SMALL_COMMIT {
+            if known.docs.len() + texts.len() > KNOWN_DOCS {
+                known.docs.clear();
+            }
+            for ((c, d), m) in commit.docs.iter().zip(texts) {
+                known.docs.insert((c.clone(), d.id.clone()), (d.clone(), m));
+            }
+        } else {
+            for (c, d) in &commit.docs {
+                known.docs.remove(&(c.clone(), d.id.clone()));
+            }
+        }
+    }
+
+    /// Tells `on_change` the collections a committed transaction changed.
+    fn changed(&self, commit: &Commit) {
+        if commit.docs.is_empty() {
+            return;
+        }
+        let f = self.on_change.borrow().clone();
+        if let Some(f) = f {
+            let mut names: Vec<&str> = commit.docs.iter().map(|(c, _)| c.as_str()).collect();
+            names.sort_unstable();
+            names.dedup();
+            let arr: js_sys::Array = names.into_iter().map(JsValue::from_str).collect();
+            let _ = f.call1(&JsValue::NULL, &arr);
         }
     }
 
@@ -331,18 +416,28 @@ impl Store for IdbStore {
         if let Some((c, _)) = keys.iter().find(|(c, _)| !self.knows(c)) {
             return Err(StoreError::Backend(format!("collection {c:?} is not in this store's schema")).into());
         }
-        let commit = commit::commit(&db, &self.schema, keys, peers, Box::new(f)).await?;
-        if !commit.docs.is_empty() {
-            let f = self.on_change.borrow().clone();
-            if let Some(f) = f {
-                let mut names: Vec<&str> = commit.docs.iter().map(|(c, _)| c.as_str()).collect();
-                names.sort_unstable();
-                names.dedup();
-                let arr: js_sys::Array = names.into_iter().map(JsValue::from_str).collect();
-                let _ = f.call1(&JsValue::NULL, &arr);
+        let name = db.name();
+        let (commit, texts) = commit::commit(&db, &self.schema, keys, peers, keys.len() <= SMALL_COMMIT, Box::new(f)).await?;
+        self.remember(&name, &commit, texts);
+        self.changed(&commit);
+        Ok(commit)
+    }
+
+    async fn commit_expected<F>(&self, keys: &[DocKey], absent: bool, f: F) -> Result<Commit, Error>
+    where
+        F: Fn(Loaded) -> Result<Commit, Error>,
+    {
+        let db = self.db().await?;
+        let name = db.name();
+        if let Some(expected) = self.expected(&name, keys, absent).filter(|_| keys.iter().all(|(c, _)| self.knows(c))) {
+            if let Some((commit, texts)) = commit::commit_expected(&db, &self.schema, keys, expected, &f).await? {
+                self.unread_commits.set(self.unread_commits.get() + 1);
+                self.remember(&name, &commit, texts);
+                self.changed(&commit);
+                return Ok(commit);
             }
         }
-        Ok(commit)
+        self.commit(keys, &[], f).await
     }
 
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
