@@ -10,7 +10,7 @@ use indexed_db_futures::database::Database;
 use indexed_db_futures::internals::SystemRepr;
 use indexed_db_futures::object_store::ObjectStore;
 use indexed_db_futures::prelude::*;
-use indexed_db_futures::transaction::TransactionMode;
+use indexed_db_futures::transaction::{Transaction, TransactionMode};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
@@ -46,6 +46,26 @@ extern "C" {
     fn head(this: &BatchJs) -> JsValue;
 }
 
+/// A readwrite transaction's object stores: meta, the log, peers, and each collection's
+/// (in the order of its collections).
+struct Stores<'t> {
+    meta: ObjectStore<'t>,
+    log: ObjectStore<'t>,
+    peer_store: ObjectStore<'t>,
+    stores: Vec<ObjectStore<'t>>,
+}
+
+impl<'t> Stores<'t> {
+    fn of(tx: &'t Transaction<'_>, collections: &[&str]) -> Result<Stores<'t>, Error> {
+        Ok(Stores {
+            meta: tx.object_store(META).map_err(from_idb)?,
+            log: tx.object_store(LOG).map_err(from_idb)?,
+            peer_store: tx.object_store(PEERS).map_err(from_idb)?,
+            stores: collections.iter().map(|c| tx.object_store(&collection_store(c))).collect::<Result<Vec<ObjectStore>, _>>().map_err(from_idb)?,
+        })
+    }
+}
+
 /// What a commit makes of what it read.
 pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 
@@ -72,10 +92,7 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     let commit = {
-        let meta = tx.object_store(META).map_err(from_idb)?;
-        let log = tx.object_store(LOG).map_err(from_idb)?;
-        let peer_store = tx.object_store(PEERS).map_err(from_idb)?;
-        let stores = collections.iter().map(|c| tx.object_store(&collection_store(c))).collect::<Result<Vec<ObjectStore>, _>>().map_err(from_idb)?;
+        let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
         let slot = |collection: &str| collections.binary_search(&collection).ok();
 
         let head_req = meta.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?;
@@ -136,10 +153,7 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     let written = {
-        let meta = tx.object_store(META).map_err(from_idb)?;
-        let log = tx.object_store(LOG).map_err(from_idb)?;
-        let peer_store = tx.object_store(PEERS).map_err(from_idb)?;
-        let stores = collections.iter().map(|c| tx.object_store(&collection_store(c))).collect::<Result<Vec<ObjectStore>, _>>().map_err(from_idb)?;
+        let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
         let head_req = meta.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?;
         let mut doc_reqs = Vec::with_capacity(keys.len());
         for (c, id) in keys {
@@ -183,10 +197,7 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     {
-        let meta = tx.object_store(META).map_err(from_idb)?;
-        let log = tx.object_store(LOG).map_err(from_idb)?;
-        let peer_store = tx.object_store(PEERS).map_err(from_idb)?;
-        let stores = collections.iter().map(|c| tx.object_store(&collection_store(c))).collect::<Result<Vec<ObjectStore>, _>>().map_err(from_idb)?;
+        let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
         put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false)?;
     }
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
