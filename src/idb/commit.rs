@@ -66,6 +66,11 @@ impl<'t> Stores<'t> {
     }
 }
 
+/// The head a `get` of it in a commit's transaction found (`None`: no head yet).
+async fn read_head(req: impl std::future::Future<Output = indexed_db_futures::Result<Option<JsValue>>>) -> Result<Option<Head>, Error> {
+    Ok(req.await.map_err(from_idb)?.map(|h| codec::from_js::<Head>(&h)).transpose()?)
+}
+
 /// What a commit makes of what it read.
 pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 
@@ -99,10 +104,7 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         let peer_reqs = peers.iter().map(|p| peer_store.get::<JsValue, _, _>(JsValue::from_str(p)).primitive()).collect::<Result<Vec<_>, _>>().map_err(from_idb)?;
         let found = read_docs(keys, &collections, &stores).await?;
         // Issued first, so these completed before the documents did.
-        let head = match head_req.await.map_err(from_idb)? {
-            Some(h) => Some(codec::from_js::<Head>(&h)?),
-            None => None,
-        };
+        let head = read_head(head_req).await?;
         let mut loaded_peers = Vec::with_capacity(peers.len());
         for req in peer_reqs {
             loaded_peers.push(req.await.map_err(from_idb)?.map(|p| codec::from_js::<PeerRecord>(&p)).transpose()?);
@@ -161,10 +163,7 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
             doc_reqs.push(store.get::<JsValue, _, _>(JsValue::from_str(id)).primitive().map_err(from_idb)?);
         }
         let written = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true)?;
-        let head = match head_req.await.map_err(from_idb)? {
-            Some(h) => Some(codec::from_js::<Head>(&h)?),
-            None => None,
-        };
+        let head = read_head(head_req).await?;
         if head.as_ref() != Some(&want_head) {
             return Ok(None);
         }

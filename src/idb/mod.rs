@@ -213,19 +213,15 @@ impl IdbStore {
     }
 
     /// What a commit of `keys` to generation `db` expects to read, if this store knows it.
+    /// The documents are taken out of `Known`, not copied: the commit puts back what it
+    /// writes, whichever way it goes (and a write that fails leaves them unknown).
     fn expected(&self, db: &str, keys: &[DocKey], absent: bool) -> Option<commit::Expected> {
-        let known = self.known.borrow();
-        if known.db != db || keys.len() > SMALL_COMMIT {
+        let mut known = self.known.borrow_mut();
+        if known.db != db || keys.len() > SMALL_COMMIT || !keys.iter().all(|k| absent || known.docs.contains_key(k)) {
             return None;
         }
         let head = known.head.clone()?;
-        let docs = keys
-            .iter()
-            .map(|k| match known.docs.get(k) {
-                Some((d, m)) => Some(Some((d.clone(), m.clone()))),
-                None => absent.then_some(None),
-            })
-            .collect::<Option<Vec<_>>>()?;
+        let docs = keys.iter().map(|k| known.docs.remove(k)).collect();
         Some(commit::Expected { head, docs })
     }
 
@@ -246,10 +242,10 @@ impl IdbStore {
             for ((c, d), m) in commit.docs.iter().zip(texts) {
                 known.docs.insert((c.clone(), d.id.clone()), (d.clone(), m));
             }
-        } else {
-            for (c, d) in &commit.docs {
-                known.docs.remove(&(c.clone(), d.id.clone()));
-            }
+        } else if !commit.docs.is_empty() {
+            // A batch (a sync, a reset's, a large write): what it wrote is not kept, and
+            // nothing written before it is trusted either — simpler than finding its keys.
+            known.docs.clear();
         }
     }
 
