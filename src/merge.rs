@@ -216,6 +216,13 @@ impl DocState {
         out
     }
 
+    /// Whether the state is one root register and nothing else (no conflict tracking; no
+    /// fields when deleted): exactly what applying that register to an empty state gives,
+    /// so merging it into an empty state may move it in as it is (`Layers::merge_owned`).
+    pub fn is_single_root(&self) -> bool {
+        self.stamps.len() == 1 && self.stamps.contains_key(ROOT) && self.conflicts.is_empty() && !(self.deleted && !self.doc.is_empty())
+    }
+
     /// The whole state as what merging it into an empty one changes.
     pub fn everything(&self) -> Merged {
         let contenders = self.conflicts.iter().flat_map(|(p, set)| set.iter().map(move |c| (p.clone(), c.clone()))).collect();

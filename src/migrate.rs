@@ -309,7 +309,7 @@ impl Forward {
     /// (grouped by collection), then each one's own layer of `v` merged over the output.
     /// `below[j]` is item j's input stamp (its layers below `v`). `None` for an item
     /// whose history starts after `v`.
-    fn step(&self, schemas: &Schemas, migrator: &dyn Migrator, items: &[Item], v: u32, below: &[Option<Stamp>], range: std::ops::Range<usize>) -> Result<Vec<Option<Stepped>>, Error> {
+    fn step(&mut self, schemas: &Schemas, migrator: &dyn Migrator, items: &[Item], v: u32, below: &[Option<Stamp>], range: std::ops::Range<usize>) -> Result<Vec<Option<Stepped>>, Error> {
         let schema = schemas.get(v).expect("reachable versions have schemas");
         let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for i in range.clone() {
@@ -317,6 +317,14 @@ impl Forward {
                 groups.entry(items[i].collection).or_default().push(i);
             }
         }
+        // A migration that reads no other document gets its input views moved to it:
+        // nothing reads them again (this step's output replaces them). One that reads
+        // others gets copies, for its context reads every view as it stood.
+        let mut inputs: Vec<Vec<Map<String, Value>>> = match migrator.reads_others(v) {
+            true => Vec::new(),
+            false => groups.values().map(|idx| idx.iter().map(|&i| self.prev[i].take().expect("grouped")).collect()).collect(),
+        };
+        inputs.reverse();
         let mut migrated: Vec<Option<Option<Map<String, Value>>>> = vec![None; range.len()];
         let mut reads = StepReads {
             items,
@@ -328,11 +336,12 @@ impl Forward {
             read: RefCell::new(vec![None; items.len()]),
         };
         for (coll, idx) in groups {
+            let input = inputs.pop();
             let out = match schema.collection(coll) {
                 // Dropped in v: nothing survives.
                 None => vec![None; idx.len()],
                 Some(c) => {
-                    let docs: Vec<_> = idx.iter().map(|&i| self.prev[i].clone().expect("grouped")).collect();
+                    let docs: Vec<_> = input.unwrap_or_else(|| idx.iter().map(|&i| self.prev[i].clone().expect("grouped")).collect());
                     reads.batch = idx.clone();
                     let out = migrator.migrate(v, coll, docs, &reads).map_err(|e| match e {
                         MigrateError::Threw { index, message } => {
@@ -370,7 +379,7 @@ impl Forward {
                 let mut state = DocState::default();
                 let mut base = None;
                 if let Some(out) = migrated[i - first].take() {
-                    let stamp = migration_stamp(v, it.layers, read[i].as_ref(), &out);
+                    let stamp = migration_stamp(v, it.layers, below[i].as_ref(), read[i].as_ref(), &out);
                     if v == self.target {
                         state.apply_register(ROOT, &stamp, out.clone().map(Value::Object));
                         base = Some((stamp, out));
@@ -412,7 +421,7 @@ pub fn withdrawn(v: u32, collection: &str, id: &str, layers: &Layers, origin: &s
     Op {
         origin: origin.to_string(),
         origin_row: 0,
-        ts: migration_stamp(v, layers, None, &None),
+        ts: migration_stamp(v, layers, layers.newest_below(v).as_ref(), None, &None),
         schema_version: v,
         collection: collection.to_string(),
         id: id.to_string(),
@@ -426,8 +435,9 @@ pub fn withdrawn(v: u32, collection: &str, id: &str, layers: &Layers, origin: &s
 /// The stamp of migration output at version `v`: below every real write of v, above
 /// every op of older versions, and different whenever the input or the output differs,
 /// so every replica that migrates the same input writes the very same op. The input is
-/// the document's own older layers and everything the step read (`read`): output that
-/// read newer data orders after output that read older data.
+/// the document's own older layers (`below`: their newest stamp, `layers.newest_below(v)`,
+/// which the caller computed for the whole batch already) and everything the step read
+/// (`read`): output that read newer data orders after output that read older data.
 ///
 /// The newest stamp of the input does not say everything about it: a late op older than
 /// that newest stamp changes the input but not its newest stamp, and the output computed
@@ -435,8 +445,8 @@ pub fn withdrawn(v: u32, collection: &str, id: &str, layers: &Layers, origin: &s
 /// so relays kept the stale output (`make verify` seeds 5989, 11586, 14335, 14799). So
 /// output that replaces different output already under the document's layer orders after
 /// it (`settle`).
-fn migration_stamp(v: u32, layers: &Layers, read: Option<&Stamp>, out: &Option<Map<String, Value>>) -> Stamp {
-    let input = layers.newest_below(v).into_iter().chain(read.cloned()).max().map(|s| s.encode()).unwrap_or_default();
+fn migration_stamp(v: u32, layers: &Layers, below: Option<&Stamp>, read: Option<&Stamp>, out: &Option<Map<String, Value>>) -> Stamp {
+    let input = below.max(read).map(|s| s.encode()).unwrap_or_default();
     // The hash of the output's JSON text, taken as it is written (no string built).
     let mut hash = Fnv1a(0xcbf29ce484222325);
     let _ = serde_json::to_writer(&mut hash, out);
@@ -600,7 +610,7 @@ mod tests {
         for out in [Some(obj(json!({"id": "a", "name": "Milk \u{1F95B}", "n": [1, 2.5, null]}))), None] {
             let text = serde_json::to_string(&out).unwrap();
             let want = text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
-            let stamp = migration_stamp(2, &l, None, &out);
+            let stamp = migration_stamp(2, &l, l.newest_below(2).as_ref(), None, &out);
             assert!(stamp.node.ends_with(&format!(".{want:016x}")), "{} for {text}", stamp.node);
         }
     }

@@ -148,13 +148,13 @@ impl Work {
     /// output is taken in (replicas that can migrate compute their own). Returns the schema
     /// versions of the stored document's layers that changed (none for a collection this
     /// replica does not keep).
-    pub fn merge(&mut self, slot: Option<usize>, collection: &str, id: &str, theirs: &Layers, output: Output, from: &str) -> Vec<u32> {
+    pub fn merge(&mut self, slot: Option<usize>, collection: &str, id: &str, theirs: Layers, output: Output, from: &str) -> Vec<u32> {
         for s in theirs.0.values().flat_map(|l| l.stamps.values()) {
             self.clock.observe(s);
         }
         let (regs, stored) = match slot {
             Some(i) => {
-                let regs = self.layers[i].get_or_insert_with(Layers::default).merge(theirs, output);
+                let regs = self.layers[i].get_or_insert_with(Layers::default).merge_owned(theirs, output);
                 self.changed[i] |= !regs.is_empty();
                 self.older[i] |= regs.iter().any(|(v, _)| *v < self.version);
                 (regs, true)

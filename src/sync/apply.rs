@@ -266,15 +266,15 @@ pub async fn apply_snapshot<S: Store>(replica: &Replica<S>, peer: &str, docs: Ve
         .store()
         .commit(&keys, &[], |loaded| {
             let mut w = Work::load(loaded.head, &loaded.docs, version)?;
-            for d in docs {
-                let theirs = d.layers();
+            for mut d in docs {
+                let theirs = d.take_layers();
                 if let Some(c) = current {
                     if let Some(v) = theirs.0.keys().next_back().filter(|v| **v > c) {
                         applied.future_version = applied.future_version.max(*v);
                     }
                 }
                 let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
-                let changed = w.merge(slot, &d.collection, &d.id, &theirs, output, peer);
+                let changed = w.merge(slot, &d.collection, &d.id, theirs, output, peer);
                 // A reset only when older-version data changed a stored document.
                 applied.older_version |= current.is_some_and(|c| changed.iter().any(|v| *v < c));
             }

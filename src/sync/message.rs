@@ -111,6 +111,17 @@ impl SnapshotDoc {
         let top = DocState { doc: self.doc.clone().unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted, conflicts: self.conflicts.clone() };
         Layers::of(self.version, top, &self.layers)
     }
+
+    /// Every layer, by schema version, taken out of the document (`layers` without a copy:
+    /// a snapshot's documents are merged once and dropped). The key stays.
+    pub fn take_layers(&mut self) -> Layers {
+        let top = DocState { doc: self.doc.take().unwrap_or_default(), stamps: std::mem::take(&mut self.stamps), deleted: self.deleted, conflicts: std::mem::take(&mut self.conflicts) };
+        let mut l = std::mem::take(&mut self.layers);
+        if !top.stamps.is_empty() {
+            l.insert(self.version, top);
+        }
+        Layers(l)
+    }
 }
 
 /// One row of a sender's `incoming` table, forwarded after a complete pass.

@@ -165,7 +165,7 @@ impl<T: Store> Reset<T> {
             let theirs = d.layers();
             if theirs.0.keys().any(|v| *v < current) {
                 let entry = self.older.entry((d.collection.clone(), d.id.clone())).or_default();
-                entry.merge(&theirs, Output::Computed { version: current, held: false });
+                entry.merge_owned(theirs, Output::Computed { version: current, held: false });
             }
         }
         // A document whose migration reads nothing but itself is migrated in this chunk's
@@ -191,8 +191,8 @@ impl<T: Store> Reset<T> {
         };
         let compute = |loaded: Loaded| {
             let mut w = Work::load(loaded.head, &loaded.docs, current)?;
-            for d in docs {
-                let theirs = d.layers();
+            for mut d in docs {
+                let theirs = d.take_layers();
                 if theirs.0.keys().next().is_some_and(|v| *v < current) {
                     applied.older_version = true;
                 }
@@ -200,7 +200,7 @@ impl<T: Store> Reset<T> {
                     applied.future_version = applied.future_version.max(*v);
                 }
                 let slot = index.get(&(d.collection.clone(), d.id.clone())).copied();
-                w.merge(slot, &d.collection, &d.id, &theirs, Output::Computed { version: current, held: true }, &peer);
+                w.merge(slot, &d.collection, &d.id, theirs, Output::Computed { version: current, held: true }, &peer);
             }
             older = w.take_older(&keys, alone);
             w.finish(&rebuild, &keys, vec![])
