@@ -47,6 +47,19 @@ pub fn index_keys(indexes: &[Index], doc: &Option<Map<String, Value>>) -> Map<St
     indexes.iter().map(|index| (index.name.clone(), Value::Array(index.fields.iter().map(|f| encode(f.get(doc))).collect()))).collect()
 }
 
+/// Whether `keys` are exactly what `index_keys` gives for `doc`, checked without building
+/// them: a record leaves out keys that its document gives back (`idb::codec`), which is
+/// nearly every record, so every write asks (index names are unique: a schema's
+/// `indexes` is an object).
+pub fn has_index_keys(keys: &Map<String, Value>, indexes: &[Index], doc: &Option<Map<String, Value>>) -> bool {
+    let Some(doc) = doc else { return keys.is_empty() };
+    keys.len() == indexes.len()
+        && indexes.iter().all(|index| match keys.get(&index.name) {
+            Some(Value::Array(key)) => key.len() == index.fields.len() && key.iter().zip(&index.fields).all(|(k, f)| *k == encode(f.get(doc))),
+            _ => false,
+        })
+}
+
 /// Turns document layers into stored documents: one layer at the app's version is stored
 /// as is; anything else gets its view migrated forward (`migrate::views`), and the
 /// migration output is logged as a local row when it changed, so it reaches the server.
@@ -217,3 +230,32 @@ impl Rebuild<'_> {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn has_index_keys_says_whether_keys_are_the_ones_the_document_gives() {
+        let schema = Schema::from_json(json!({"version": 1, "collections": {"docs": {"primaryKey": "id", "indexes": {"byKind": "kind", "byKindN": ["kind", "n"], "deep": "a.b"}}}})).unwrap();
+        let indexes = schema.collection("docs").unwrap().index_list();
+        for doc in [json!({"id": "x", "kind": "k1", "n": 3, "a": {"b": [1]}}), json!({"id": "y", "kind": null}), json!({"id": "z"})] {
+            let doc = doc.as_object().cloned();
+            let keys = index_keys(indexes, &doc);
+            assert!(has_index_keys(&keys, indexes, &doc), "{doc:?}");
+            // A key of another value, one missing, one extra: not the document's.
+            let mut other = keys.clone();
+            other.insert("byKindN".into(), encode(Some(&json!("k9"))));
+            assert!(!has_index_keys(&other, indexes, &doc));
+            let mut fewer = keys.clone();
+            fewer.remove("deep");
+            assert!(!has_index_keys(&fewer, indexes, &doc));
+            let mut more = keys.clone();
+            more.insert("gone".into(), json!([]));
+            assert!(!has_index_keys(&more, indexes, &doc));
+            assert!(!has_index_keys(&keys, indexes, &None), "a tombstone has no index keys");
+        }
+        assert!(has_index_keys(&Map::new(), indexes, &None));
+    }
+}

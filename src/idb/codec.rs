@@ -22,7 +22,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::clock::Stamp;
 use crate::error::StoreError;
-use crate::rebuild::index_keys;
+use crate::rebuild::{has_index_keys, index_keys};
 use crate::merge::{Contender, DocState};
 use crate::schema::Index;
 use crate::store::{Row, StoredDoc};
@@ -36,8 +36,8 @@ pub struct DocOut<'a> {
     id: &'a str,
     d: &'a Option<Map<String, Value>>,
     m: String,
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    i: Map<String, Value>,
+    #[serde(skip_serializing_if = "Pairs::is_empty")]
+    i: Pairs<&'a str, String>,
 }
 
 /// What `m` holds: everything of a `StoredDoc` but its id, its document and (usually)
@@ -50,8 +50,8 @@ struct MergeOut<'a> {
     v: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     i: Option<&'a Map<String, Value>>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    l: BTreeMap<u32, LayerOut<'a>>,
+    #[serde(skip_serializing_if = "Pairs::is_empty")]
+    l: Pairs<u32, LayerOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     m: Option<Migrated<'a>>,
     #[serde(skip_serializing_if = "no_conflicts")]
@@ -81,8 +81,8 @@ struct LayerOut<'a> {
     doc: Option<&'a Map<String, Value>>,
     #[serde(rename = "-", skip_serializing_if = "Vec::is_empty")]
     removed: Vec<&'a str>,
-    #[serde(rename = "+", skip_serializing_if = "BTreeMap::is_empty")]
-    set: BTreeMap<&'a str, &'a Value>,
+    #[serde(rename = "+", skip_serializing_if = "Pairs::is_empty")]
+    set: Pairs<&'a str, &'a Value>,
     stamps: &'a BTreeMap<String, Stamp>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     deleted: bool,
@@ -90,14 +90,30 @@ struct LayerOut<'a> {
     conflicts: &'a BTreeMap<String, Vec<Contender>>,
 }
 
+/// Key–value pairs written as a JSON object, in the order given (already key order where
+/// they come from a map): no map is built only to be written out.
+struct Pairs<K, V>(Vec<(K, V)>);
+
+impl<K, V> Pairs<K, V> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Serialize, V: Serialize> Serialize for Pairs<K, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
 impl<'a> LayerOut<'a> {
     fn new(layer: &'a DocState, view: Option<&'a Map<String, Value>>) -> LayerOut<'a> {
         let (doc, removed, set) = match view {
-            None => (Some(&layer.doc), Vec::new(), BTreeMap::new()),
+            None => (Some(&layer.doc), Vec::new(), Pairs(Vec::new())),
             Some(view) => (
                 None,
                 view.keys().filter(|k| !layer.doc.contains_key(*k)).map(String::as_str).collect(),
-                layer.doc.iter().filter(|(k, v)| view.get(*k) != Some(*v)).map(|(k, v)| (k.as_str(), v)).collect(),
+                Pairs(layer.doc.iter().filter(|(k, v)| view.get(*k) != Some(*v)).map(|(k, v)| (k.as_str(), v)).collect()),
             ),
         };
         LayerOut { doc, removed, set, stamps: &layer.stamps, deleted: layer.deleted, conflicts: &layer.conflicts }
@@ -179,12 +195,12 @@ impl<'a> DocOut<'a> {
         // Naming every field (no `..`) turns a field added to `StoredDoc` into a compile
         // error here, rather than a field silently left out of the stored record.
         let StoredDoc { id, doc: d, stamps, deleted, version, index_keys: i, layers, migrated, conflicts } = doc;
-        let derived = *i == index_keys(indexes, d);
-        let l = layers.iter().map(|(v, layer)| (*v, LayerOut::new(layer, d.as_ref()))).collect();
+        let derived = has_index_keys(i, indexes, d);
+        let l = Pairs(layers.iter().map(|(v, layer)| (*v, LayerOut::new(layer, d.as_ref()))).collect());
         let m = migrated.as_ref().map(|m| if stamps.get(crate::merge::ROOT) == Some(m) { Migrated::Root(true) } else { Migrated::Stamp(m) });
         let merge = MergeOut { s: stamps, t: *deleted, v: *version, i: (!derived).then_some(i), l, m, x: conflicts };
         let m = serde_json::to_string(&merge).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
-        let i = i.iter().map(|(name, key)| (name.clone(), Value::String(key_string(key)))).collect();
+        let i = Pairs(i.iter().map(|(name, key)| (name.as_str(), key_string(key))).collect());
         Ok(DocOut { id, d, m, i })
     }
 }
