@@ -607,6 +607,58 @@ async fn single_writes_skip_the_read_unless_another_tab_wrote_meanwhile() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
+/// After a reset, counting the unsynced rows (`status().pending`) reads back none of the
+/// log records the store wrote — the copied log, the snapshot's chunks, the migration
+/// output — and comes to what reading them all gives; records another tab wrote are read.
+#[wasm_bindgen_test]
+async fn unsynced_rows_are_counted_without_reading_back_the_records_this_store_wrote() {
+    // A relay holding 30 documents of version 1.
+    let v1 = schema();
+    let writer = open_memory(&v1).await;
+    writer.write((0..30).map(|i| put(doc(i))).collect()).await.unwrap();
+    let relay = Replica::open_relay(MemoryStore::new(), now()).await.unwrap();
+    sync_pass(&writer, &relay, Limits::default()).await;
+
+    // A version-2 replica with 3 writes of its own pulls it, in chunks of 7: a reset.
+    let name = unique("t-own");
+    let v2 = Schema::from_json(json!({"version": 2, "collections": {
+        "items": {"primaryKey": "id", "indexes": {"byKind": "kind", "byKindN": ["kind", "n"], "byN": "n"}},
+        "notes": {"primaryKey": "id"}}}))
+    .unwrap();
+    let open = || async {
+        let schemas = tidemark::migrate::Schemas::new(v2.clone(), vec![v1.clone()]).unwrap();
+        Replica::open_migrating(IdbStore::open(&name, &v2).await.unwrap(), schemas, Box::new(tidemark_testkit::scenarios::MarkV2), now()).await.unwrap()
+    };
+    let c = open().await;
+    c.write((100..103).map(|i| put(doc(i))).collect()).await.unwrap();
+    sync_pass(&relay, &c, Limits { per_diff: 7, max_diffs: 10 }).await;
+    let migrated = c.get(ITEMS, "d00007").await.unwrap().unwrap().doc.unwrap();
+    assert_eq!(migrated["v2"], json!(true), "the pull was a reset with its migration");
+    let origin = c.head().db_id;
+
+    // Its own 3 writes and the 30 documents' migration output are unsynced.
+    let read = c.store().log_records_read();
+    assert_eq!(c.store().own_rows_after(0, &origin).await.unwrap(), 33);
+    assert_eq!(c.store().log_records_read(), read, "every record is one the reset wrote: none is read");
+    // From the middle of the first record on, that one is read row by row.
+    assert_eq!(c.store().own_rows_after(1, &origin).await.unwrap(), 32);
+    assert_eq!(c.store().log_records_read(), read + 1);
+
+    // Another tab knows none of them: it reads them and counts the same.
+    let other = open().await;
+    assert_eq!(other.store().own_rows_after(0, &origin).await.unwrap(), 33);
+    let records = other.store().log_records_read();
+    assert!(records > 5, "the copied log, the chunks and the migration output: {records} records");
+    // A write of that tab is a record this one has not seen: read, and counted.
+    other.write(vec![put(doc(200))]).await.unwrap();
+    let read = c.store().log_records_read();
+    assert_eq!(c.store().own_rows_after(1, &origin).await.unwrap(), 33);
+    assert_eq!(c.store().log_records_read(), read + 2, "the first record and the other tab's");
+    c.store().close();
+    other.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
 #[wasm_bindgen_test]
 async fn replicas_with_different_names_are_separate() {
     let (a_name, b_name) = (unique("t-sep-a"), unique("t-sep-b"));

@@ -308,18 +308,23 @@ extern "C" {
 /// rows (`read::own_rows_after`) reads no row at all.
 pub fn log_record(rows: &[Row]) -> Result<JsValue, StoreError> {
     let text = serde_json::to_string(rows).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
-    let mut own: BTreeMap<&str, u32> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.from.is_none()) {
-        *own.entry(r.op.origin.as_str()).or_default() += 1;
-    }
     let counts = js_sys::Object::new();
-    for (origin, n) in own {
+    for (origin, n) in own_counts(rows) {
         js_sys::Reflect::set(&counts, &JsValue::from_str(origin), &JsValue::from(n)).map_err(|e| js_error(&e))?;
     }
     let record = js_sys::Object::new();
     js_sys::Reflect::set(&record, &JsValue::from_str("rows"), &JsValue::from_str(&text)).map_err(|e| js_error(&e))?;
     js_sys::Reflect::set(&record, &JsValue::from_str("own"), &counts).map_err(|e| js_error(&e))?;
     Ok(record.into())
+}
+
+/// How many of `rows` are each origin's own (no sender): a log record's `own`.
+pub fn own_counts(rows: &[Row]) -> BTreeMap<&str, u32> {
+    let mut own: BTreeMap<&str, u32> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.from.is_none()) {
+        *own.entry(r.op.origin.as_str()).or_default() += 1;
+    }
+    own
 }
 
 /// The rows of a log record, in either form (`log_record`'s, or earlier versions', whose

@@ -133,6 +133,8 @@ pub async fn swap(store: &IdbStore, staging: IdbStore) -> Result<(), Error> {
     old.as_sys().set_onversionchange(None);
     old.as_sys().close();
     *store.live.borrow_mut() = next;
+    // What the staging store wrote is what the live generation now holds.
+    store.known.replace(staging.known.take());
     store.stale.set(false);
     store.release_rebuild();
     // Best effort: a failure leaves garbage, never a wrong live store. Deleting it also

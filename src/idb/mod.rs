@@ -80,17 +80,35 @@ pub struct IdbStore {
     known: RefCell<Known>,
     /// Commits `commit_expected` made without reading first (tests read it).
     unread_commits: Cell<u64>,
+    /// Log records `own_rows_after` had to read (tests read it).
+    log_reads: Cell<u64>,
 }
 
 /// What an `IdbStore` last wrote to a generation: the head, and the documents of its
 /// last small commits with their merge texts. Only a guess — another tab may have written
 /// since — which `commit::commit_expected` checks inside the transaction it writes in.
+///
+/// Also the `own` counts of the log records it wrote (by first row): a record is never
+/// written again once committed, so these are exact, and counting the unsynced rows after
+/// a sync or a reset (`Store::own_rows_after`) need not read back records of up to 2,000
+/// rows each just for their counts.
 #[derive(Default)]
 struct Known {
     db: String,
     head: Option<Head>,
     docs: HashMap<DocKey, (StoredDoc, String)>,
+    log: BTreeMap<u64, LogCounts>,
 }
+
+/// A log record's last row and its `own` counts (`codec::own_counts`).
+struct LogCounts {
+    last: u64,
+    own: BTreeMap<String, u32>,
+}
+
+/// The most log records `Known` keeps counts of (then it starts over; those it no longer
+/// needs go at every `own_rows_after`).
+const KNOWN_LOG: usize = 4096;
 
 /// Commits of at most this many documents are written without reading first when their
 /// documents are known, and are remembered; larger ones are read first (a batch of new
@@ -204,7 +222,14 @@ impl IdbStore {
             handed_over: RefCell::new(None),
             known: RefCell::new(Known::default()),
             unread_commits: Cell::new(0),
+            log_reads: Cell::new(0),
         }
+    }
+
+    /// How many log records `own_rows_after` read rather than counting from what this
+    /// store wrote.
+    pub fn log_records_read(&self) -> u64 {
+        self.log_reads.get()
     }
 
     /// How many commits were written without reading first (`Store::commit_expected`).
@@ -234,6 +259,13 @@ impl IdbStore {
         }
         if let Some(h) = &commit.head {
             known.head = Some(h.clone());
+        }
+        if let (Some(first), Some(last)) = (commit.rows.first(), commit.rows.last()) {
+            if known.log.len() >= KNOWN_LOG {
+                known.log.clear();
+            }
+            let own = codec::own_counts(&commit.rows).into_iter().map(|(o, n)| (o.to_string(), n)).collect();
+            known.log.insert(first.row, LogCounts { last: last.row, own });
         }
         if texts.len() == commit.docs.len() && commit.docs.len() <= SMALL_COMMIT {
             if known.docs.len() + texts.len() > KNOWN_DOCS {
@@ -445,6 +477,9 @@ impl Store for IdbStore {
     async fn write_staged(&self, commit: Commit) -> Result<(), Error> {
         let db = self.bound_db().await?;
         let done = commit::hand_over(&db, &self.schema, &commit).await?;
+        // Remembered before it completes: if it fails, the staging generation is dropped,
+        // and this store with it.
+        self.remember(&db.name(), &commit, Vec::new());
         let previous = self.handed_over.replace(Some(done));
         if let Some(previous) = previous {
             previous.await.map_err(|e| StoreError::from(error::from_js(&e)))?;
@@ -501,6 +536,17 @@ impl Store for IdbStore {
     }
 
     async fn own_rows_after(&self, after: u64, origin: &str) -> Result<u64, StoreError> {
-        read::own_rows_after(&self.db().await?, after, origin).await
+        let db = self.db().await?;
+        let name = db.name();
+        let counted = |first: u64| {
+            let known = self.known.borrow();
+            (known.db == name).then(|| known.log.get(&first).map(|c| u64::from(c.own.get(origin).copied().unwrap_or(0))))?
+        };
+        let (n, read) = read::own_rows_after(&db, after, origin, &counted).await?;
+        self.log_reads.set(self.log_reads.get() + read);
+        // Records wholly at or below `after` are not asked about again while it only grows
+        // (and if it went back, they would be read).
+        self.known.borrow_mut().log.retain(|_, c| c.last > after);
+        Ok(n)
     }
 }

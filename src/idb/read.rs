@@ -247,7 +247,7 @@ pub async fn rows_after(db: &Database, after: u64, limit: usize) -> Result<Vec<R
     }
     let tx = db.transaction(LOG).build().map_err(from_idb)?;
     let log = tx.object_store(LOG).map_err(from_idb)?;
-    let Some((_, mut cursor)) = log_records_from(&log, after).await? else { return Ok(rows) };
+    let Some(mut cursor) = log_records_from(&log, after).await? else { return Ok(rows) };
     while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
         let batch: Vec<Row> = codec::log_rows(&record)?;
         for row in batch {
@@ -287,48 +287,68 @@ struct OpOrigin {
     origin: String,
 }
 
-/// `Store::own_rows_after`, from the records' `own` counts (`codec::log_record`): only the
-/// first record, when it holds rows up to `after` too, is read row by row — and only when
-/// it holds own rows at all, decoding of each only its number, origin and sender.
-pub async fn own_rows_after(db: &Database, after: u64, origin: &str) -> Result<u64, StoreError> {
+/// `Store::own_rows_after`, from the records' `own` counts (`codec::log_record`) — those
+/// of the records this store wrote come from `counted` (by a record's first row), so
+/// only the others are read. The first record, when it holds rows up to `after` too, is
+/// read row by row — and only when it holds own rows at all, decoding of each only its
+/// number, origin and sender. Returns the count and how many records were read.
+pub async fn own_rows_after(db: &Database, after: u64, origin: &str, counted: &dyn Fn(u64) -> Option<u64>) -> Result<(u64, u64), StoreError> {
     let tx = db.transaction(LOG).build().map_err(from_idb)?;
     let log = tx.object_store(LOG).map_err(from_idb)?;
-    let Some((start, mut cursor)) = log_records_from(&log, after).await? else { return Ok(0) };
+    let start = first_log_record(&log, after).await?;
+    let keys = log.get_all_keys::<f64>().with_query::<JsValue, JsValue>(log_range(start)?).primitive().map_err(from_idb)?.await.map_err(from_idb)?;
     let mut n = 0;
-    // The first record may hold rows at or below `after` too, unless it starts right after
-    // it (as it does after a push of everything up to a record's end, or a reset's chunks):
-    // then its count serves and its rows are not parsed.
-    let mut first = start.is_some_and(|k| k != after + 1);
-    while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
+    // Every read goes out before the first is awaited.
+    let mut reads = Vec::new();
+    for (i, key) in keys.enumerate() {
+        let key = key.map_err(from_idb)? as u64;
+        // The first record may hold rows at or below `after` too, unless it starts right
+        // after it (as it does after a push of everything up to a record's end, or a
+        // reset's chunks): then its count serves and its rows are not parsed.
+        let partly = i == 0 && start.is_some_and(|k| k != after + 1);
+        match counted(key).filter(|_| !partly) {
+            Some(own) => n += own,
+            None => reads.push((partly, log.get::<JsValue, _, _>(JsValue::from_f64(key as f64)).primitive().map_err(from_idb)?)),
+        }
+    }
+    let read = reads.len() as u64;
+    for (partly, req) in reads {
+        let Some(record) = req.await.map_err(from_idb)? else { continue };
         match codec::log_own(&record, origin) {
             Some(0) => {}
-            Some(own) if !first => n += own,
+            Some(own) if !partly => n += own,
             _ => {
                 let rows: Vec<RowOrigin> = codec::log_rows(&record)?;
                 n += rows.iter().filter(|r| r.row > after && r.from.is_none() && r.op.origin == origin).count() as u64;
             }
         }
-        first = false;
     }
-    Ok(n)
+    Ok((n, read))
 }
 
-/// A cursor over the log records from the one holding row `after + 1` on (`None`: none),
-/// and that record's key, its first row (`None`: every record starts after `after + 1`).
-async fn log_records_from<'a>(log: &'a ObjectStore<'a>, after: u64) -> Result<Option<(Option<u64>, Cursor<'a, ObjectStore<'a>>)>, StoreError> {
-    // The record holding row `after + 1` is the last one keyed at or below it.
+/// The key (first row) of the log record holding row `after + 1`: the last one keyed at
+/// or below it. `None`: every record starts after `after + 1`.
+async fn first_log_record(log: &ObjectStore<'_>, after: u64) -> Result<Option<u64>, StoreError> {
     let below = web_sys::IdbKeyRange::upper_bound(&JsValue::from_f64((after + 1) as f64)).map_err(|e| from_js(&e))?;
     let opened = log.open_key_cursor().with_query::<JsValue, JsValue>(below.into()).with_direction(CursorDirection::Prev).primitive().map_err(from_idb)?.await;
-    let start = match opened.map_err(from_idb)? {
-        Some(mut c) => c.next_key::<f64>().await.map_err(from_idb)?,
+    Ok(match opened.map_err(from_idb)? {
+        Some(mut c) => c.next_key::<f64>().await.map_err(from_idb)?.map(|k| k as u64),
         None => None,
-    };
-    let range: JsValue = match start {
-        Some(k) => web_sys::IdbKeyRange::lower_bound(&JsValue::from_f64(k)).map_err(|e| from_js(&e))?.into(),
+    })
+}
+
+/// The log records from the one keyed `start` on (`None`: all of them).
+fn log_range(start: Option<u64>) -> Result<JsValue, StoreError> {
+    Ok(match start {
+        Some(k) => web_sys::IdbKeyRange::lower_bound(&JsValue::from_f64(k as f64)).map_err(|e| from_js(&e))?.into(),
         None => JsValue::UNDEFINED,
-    };
-    let cursor = log.open_cursor().with_query::<JsValue, _>(range).primitive().map_err(from_idb)?.await.map_err(from_idb)?;
-    Ok(cursor.map(|c| (start.map(|k| k as u64), c)))
+    })
+}
+
+/// A cursor over the log records from the one holding row `after + 1` on (`None`: none).
+async fn log_records_from<'a>(log: &'a ObjectStore<'a>, after: u64) -> Result<Option<Cursor<'a, ObjectStore<'a>>>, StoreError> {
+    let start = first_log_record(log, after).await?;
+    log.open_cursor().with_query::<JsValue, _>(log_range(start)?).primitive().map_err(from_idb)?.await.map_err(from_idb)
 }
 
 /// Every peer record, keyed by peer db id, from one transaction.
