@@ -24,6 +24,17 @@ pub enum Kind {
     Delete,
 }
 
+/// What identifies an op, read from its logged form without its payload: the fields a
+/// sender's filter decides by (`store::RowKey`). A server decides this for every pull, over
+/// rows it would otherwise decode whole.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpKey {
+    pub origin: String,
+    pub origin_row: u64,
+    pub ts: Stamp,
+}
+
 /// One write, as logged and as sent over the wire (DESIGN §3).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -19,7 +19,7 @@ use crate::clock::Stamp;
 use crate::error::{Error, StoreError};
 use crate::layers::Layers;
 use crate::merge::{Contender, DocState};
-use crate::op::Op;
+use crate::op::{Op, OpKey};
 use crate::peer::PeerRecord;
 use crate::query::Plan;
 use crate::schema::Schema;
@@ -59,6 +59,29 @@ pub struct Row {
     /// The peer the op came from, `None` for local writes (echo suppression needs it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+}
+
+/// A stored document as its JSON text, with its key (`Store::stored_texts_after`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredText {
+    pub collection: String,
+    pub id: String,
+    /// The `StoredDoc`, as JSON.
+    pub state: String,
+}
+
+/// A logged row as far as a sender's filter reads it (`Store::row_keys_after`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowKey {
+    pub row: u64,
+    pub op: OpKey,
+    pub from: Option<String>,
+}
+
+impl From<Row> for RowKey {
+    fn from(r: Row) -> RowKey {
+        RowKey { row: r.row, op: OpKey { origin: r.op.origin, origin_row: r.op.origin_row, ts: r.op.ts }, from: r.from }
+    }
 }
 
 /// A document as stored. The stored form keeps one-letter keys (they are repeated in
@@ -210,6 +233,12 @@ pub trait Store {
     /// them where it can find them without walking the log.
     async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError>;
 
+    /// `rows_after`'s rows with only what a sender's filter reads of each. A store that
+    /// keeps ops as text reads just those fields (`OpKey`).
+    async fn row_keys_after(&self, after: u64, limit: usize) -> Result<Vec<RowKey>, StoreError> {
+        Ok(self.rows_after(after, limit).await?.into_iter().map(RowKey::from).collect())
+    }
+
     /// How many rows after `after` are local writes of `origin` (logged here, not received):
     /// the writes a replica still has to push, counted when it opens. Provided through
     /// `rows_after`; a store whose rows are costly to decode counts them where they lie.
@@ -238,6 +267,13 @@ pub trait Store {
     /// never removed, so a scan that starts after the head was read sees every document
     /// that existed then (possibly newer states of them, which merging tolerates).
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError>;
+
+    /// `docs_after`'s page as each document's stored JSON text (a `StoredDoc`), for a
+    /// store that keeps documents as text: a snapshot passes them on without decoding them
+    /// (`SnapshotDoc::wire_from_stored`). `None`: this store does not, use `docs_after`.
+    async fn stored_texts_after(&self, _after: Option<&DocKey>, _limit: usize) -> Result<Option<Vec<StoredText>>, StoreError> {
+        Ok(None)
+    }
 
     /// How many documents (tombstones included) `docs_after` would walk: a snapshot's
     /// progress total.

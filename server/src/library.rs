@@ -36,7 +36,7 @@ use thiserror::Error;
 use tidemark::error::{Error, StoreError};
 use tidemark::peer::PeerRecord;
 use tidemark::query::Plan;
-use tidemark::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
+use tidemark::store::{Commit, DocKey, Head, Loaded, Row, RowKey, Store, StoredDoc, StoredText};
 use tidemark::Replica;
 use tokio::sync::{watch, OnceCell};
 
@@ -263,6 +263,10 @@ impl Store for LibraryStore {
         each!(self, s => s.rows_after(after, limit).await)
     }
 
+    async fn row_keys_after(&self, after: u64, limit: usize) -> Result<Vec<RowKey>, StoreError> {
+        each!(self, s => s.row_keys_after(after, limit).await)
+    }
+
     async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
         each!(self, s => s.resolutions_after(after).await)
     }
@@ -277,6 +281,10 @@ impl Store for LibraryStore {
 
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         each!(self, s => s.docs_after(after, limit).await)
+    }
+
+    async fn stored_texts_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Option<Vec<StoredText>>, StoreError> {
+        each!(self, s => s.stored_texts_after(after, limit).await)
     }
 
     async fn doc_count(&self) -> Result<u64, StoreError> {

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+#[cfg(not(target_arch = "wasm32"))]
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::peer::{Entry, Mark, Point};
@@ -50,6 +52,125 @@ pub struct SnapshotDoc {
     /// Conflict tracking of the layer in `stamps` (`DocState::conflicts`).
     #[serde(rename = "x", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub conflicts: BTreeMap<String, Vec<Contender>>,
+}
+
+/// A snapshot chunk's documents: decoded, or already in their wire form. A server keeps
+/// documents as JSON text and sends the same ones to every client that joins; decoding
+/// each into a `SnapshotDoc` only to encode it again cost more than reading it, so such a
+/// store's documents go out as text (`SnapshotDoc::wire_from_stored`). What is read off
+/// the wire is always `Decoded`; a browser's build has no `Wire` (it never sends stored
+/// text, and serde_json's `raw_value` would add ~19 KB to its download).
+#[derive(Clone, Debug)]
+pub enum SnapshotDocs {
+    Decoded(Vec<SnapshotDoc>),
+    #[cfg(not(target_arch = "wasm32"))]
+    Wire(Vec<Box<RawValue>>),
+}
+
+impl SnapshotDocs {
+    pub fn len(&self) -> usize {
+        match self {
+            SnapshotDocs::Decoded(d) => d.len(),
+            #[cfg(not(target_arch = "wasm32"))]
+            SnapshotDocs::Wire(w) => w.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The documents, decoding any in wire form (a chunk handed over in process, never
+    /// through a frame). A wire document that does not decode is a protocol error.
+    pub fn into_decoded(self) -> Result<Vec<SnapshotDoc>, String> {
+        match self {
+            SnapshotDocs::Decoded(d) => Ok(d),
+            #[cfg(not(target_arch = "wasm32"))]
+            SnapshotDocs::Wire(w) => w.iter().map(|d| serde_json::from_str(d.get()).map_err(|e| format!("invalid snapshot document: {e}"))).collect(),
+        }
+    }
+}
+
+impl From<Vec<SnapshotDoc>> for SnapshotDocs {
+    fn from(docs: Vec<SnapshotDoc>) -> Self {
+        SnapshotDocs::Decoded(docs)
+    }
+}
+
+/// Equal when they hold the same documents, whatever their form.
+impl PartialEq for SnapshotDocs {
+    fn eq(&self, other: &Self) -> bool {
+        #[allow(unreachable_patterns)]
+        match (self, other) {
+            (SnapshotDocs::Decoded(a), SnapshotDocs::Decoded(b)) => a == b,
+            (a, b) => a.clone().into_decoded().ok() == b.clone().into_decoded().ok(),
+        }
+    }
+}
+
+impl Serialize for SnapshotDocs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SnapshotDocs::Decoded(d) => d.serialize(s),
+            #[cfg(not(target_arch = "wasm32"))]
+            SnapshotDocs::Wire(w) => w.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SnapshotDocs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<SnapshotDoc>::deserialize(d).map(SnapshotDocs::Decoded)
+    }
+}
+
+/// The stored form's fields a snapshot document carries, read without decoding them
+/// (`i`, the index keys, stays behind: a receiver computes its own).
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Deserialize)]
+struct StoredFields<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(borrow)]
+    d: &'a RawValue,
+    #[serde(borrow)]
+    s: &'a RawValue,
+    #[serde(borrow, default)]
+    t: Option<&'a RawValue>,
+    #[serde(borrow)]
+    v: &'a RawValue,
+    #[serde(borrow, default)]
+    l: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    x: Option<&'a RawValue>,
+}
+
+/// A snapshot document's wire form, in `SnapshotDoc`'s field order.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Serialize)]
+struct WireFields<'a> {
+    c: &'a str,
+    id: &'a RawValue,
+    d: &'a RawValue,
+    s: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    t: Option<&'a RawValue>,
+    v: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x: Option<&'a RawValue>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl SnapshotDoc {
+    /// The wire form of a document of `collection` from its stored JSON text (a
+    /// `StoredDoc` as stores write it), with the same content `from_stored` gives and
+    /// without decoding a value: the stored form keeps the wire's one-letter keys.
+    pub fn wire_from_stored(collection: &str, stored: &str) -> Result<Box<RawValue>, serde_json::Error> {
+        let f: StoredFields = serde_json::from_str(stored)?;
+        serde_json::value::to_raw_value(&WireFields { c: collection, id: f.id, d: f.d, s: f.s, t: f.t, v: f.v, l: f.l, x: f.x })
+    }
 }
 
 /// Version-keyed maps travel with string keys: messages are internally tagged enums,
@@ -186,7 +307,7 @@ pub enum Message {
         session: String,
         #[serde(default)]
         after: u64,
-        docs: Vec<SnapshotDoc>,
+        docs: SnapshotDocs,
     },
     /// A batch's ack names the row it covers; a snapshot chunk's names how many snapshot
     /// documents the receiver has taken in this pass, this chunk included. Either way an
@@ -257,7 +378,7 @@ struct SnapshotFrame {
     session: String,
     #[serde(default)]
     after: u64,
-    docs: Vec<SnapshotDoc>,
+    docs: SnapshotDocs,
 }
 
 /// The one-pass read of a `batch` or `snapshot` frame written by `encode`, if `text` is one.
@@ -392,12 +513,47 @@ mod tests {
             layers: BTreeMap::from([(1, older)]),
             conflicts: BTreeMap::from([("s".to_string(), vec![contender])]),
         };
-        let msg = Message::Snapshot { session: "s".into(), after: 3, docs: vec![doc.clone(), SnapshotDoc { id: "y".into(), doc: None, deleted: true, ..doc }] };
+        let msg = Message::Snapshot { session: "s".into(), after: 3, docs: vec![doc.clone(), SnapshotDoc { id: "y".into(), doc: None, deleted: true, ..doc }].into() };
         let text = msg.encode();
         assert_eq!(decode_bulk(&text).as_ref(), Some(&msg), "read in one pass: {text}");
         let generic = serde_json::from_value::<Envelope>(serde_json::from_str(&text).unwrap()).unwrap().msg;
         assert_eq!(generic, msg);
         assert!(Message::decode(&text.replacen(r#""docs":"#, r#""extra":1,"docs":"#, 1)).is_err(), "an unknown field is still refused");
         assert!(Message::decode(&text.replacen(r#""session":"s","#, "", 1)).is_err());
+    }
+
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn a_stored_document_passed_through_as_text_reads_as_from_stored_gives_it() {
+        let ts = |wall, node: &str| Stamp { version: 1, wall, counter: 0, node: node.into() };
+        let mut older = DocState::default();
+        older.apply_register("", &ts(5, "a1"), Some(serde_json::json!({"n": 1, "q": "\"\u{00e9}"})));
+        let contender = Contender { ts: ts(7, "b2"), seen: Some(ts(4, "a1")), value: Some(serde_json::json!("x")) };
+        let live = StoredDoc {
+            id: "x\"y".into(),
+            doc: Some(serde_json::json!({"id": "x\"y", "n": 2, "s": "\u{00e9}"}).as_object().unwrap().clone()),
+            stamps: BTreeMap::from([(String::new(), Stamp { version: 2, ..ts(6, "a1") }), ("n".into(), Stamp { version: 2, ..ts(8, "b2") })]),
+            deleted: false,
+            version: 2,
+            index_keys: serde_json::json!({"n": 2}).as_object().unwrap().clone(),
+            layers: BTreeMap::from([(1, older.clone()), (10, older)]),
+            conflicts: BTreeMap::from([("s".to_string(), vec![contender])]),
+            migrated: Some(ts(9, "a1")),
+        };
+        let tombstone = StoredDoc { id: "z".into(), doc: None, deleted: true, index_keys: Map::new(), layers: BTreeMap::new(), conflicts: BTreeMap::new(), migrated: None, ..live.clone() };
+        for stored in [live, tombstone] {
+            let text = serde_json::to_string(&stored).unwrap();
+            let wire = SnapshotDoc::wire_from_stored("tasks\n", &text).unwrap();
+            let expected = SnapshotDoc::from_stored("tasks\n".into(), stored);
+            assert_eq!(serde_json::from_str::<SnapshotDoc>(wire.get()).unwrap(), expected, "{}", wire.get());
+            assert_eq!(wire.get(), serde_json::to_string(&expected).unwrap(), "the same text, field for field");
+            // A chunk of them in a frame decodes by either path to the decoded documents.
+            let msg = Message::Snapshot { session: "s".into(), after: 0, docs: SnapshotDocs::Wire(vec![wire]) };
+            let decoded = Message::Snapshot { session: "s".into(), after: 0, docs: vec![expected].into() };
+            let Some(Message::Snapshot { docs: SnapshotDocs::Decoded(fast), .. }) = decode_bulk(&msg.encode()) else { panic!("not read in one pass") };
+            assert_eq!(Message::Snapshot { session: "s".into(), after: 0, docs: SnapshotDocs::Decoded(fast) }, decoded);
+            assert_eq!(serde_json::from_value::<Envelope>(serde_json::from_str(&msg.encode()).unwrap()).unwrap().msg, decoded);
+        }
+        assert!(SnapshotDoc::wire_from_stored("tasks", r#"{"id":"x","d":null}"#).is_err(), "a stored text without its stamps is refused");
     }
 }

@@ -192,6 +192,7 @@ impl<T: Store> Receiver<T> {
                 if after != self.report.received {
                     return Err(SyncError::Protocol(format!("a snapshot chunk after {after} documents; {} taken so far", self.report.received)).into());
                 }
+                let docs = docs.into_decoded().map_err(SyncError::Protocol)?;
                 let n = docs.len() as u64;
                 for (origin, stamp) in apply::newest_in_docs(&replica.head().db_id, &docs) {
                     if self.newest.get(&origin).is_none_or(|s| *s < stamp) {

@@ -13,14 +13,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::apply;
-use super::message::{Message, SnapshotDoc, TableEntry};
+use super::message::{Message, SnapshotDoc, SnapshotDocs, TableEntry};
 use super::pass::{chunk_ack, is_idle, unexpected, wants_snapshot, Limits, PassReport, Phase, Progress, Step};
 use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
 use crate::layers::Layers;
-use crate::peer::{Mark, PeerRecord, Point, MAX_MARKS};
+use crate::peer::{Entry, Mark, PeerRecord, Point, MAX_MARKS};
 use crate::replica::Replica;
-use crate::store::{DocKey, Head, Row, Store};
+use crate::store::{DocKey, Head, Row, RowKey, Store};
 
 /// How many rows one batch may scan past (echoes) per row it may send, so a batch over
 /// a long run of echoes still ends in bounded time.
@@ -75,15 +75,23 @@ struct Filter {
 
 impl Filter {
     fn sends(&self, r: &Row) -> bool {
-        if self.own.as_ref().is_some_and(|me| *me != r.op.origin) {
+        self.sends_op(&r.op.origin, r.op.origin_row, &r.op.ts, r.from.as_deref())
+    }
+
+    fn sends_key(&self, r: &RowKey) -> bool {
+        self.sends_op(&r.op.origin, r.op.origin_row, &r.op.ts, r.from.as_deref())
+    }
+
+    /// Whether an op of `origin` (its row there and stamp), received from `from`, is sent.
+    fn sends_op(&self, origin: &str, origin_row: u64, ts: &Stamp, from: Option<&str>) -> bool {
+        if self.own.as_ref().is_some_and(|me| me != origin) {
             return false;
         }
-        if self.echoes && (r.op.origin == self.peer || r.from.as_deref() == Some(self.peer.as_str())) {
+        if self.echoes && (origin == self.peer || from == Some(self.peer.as_str())) {
             return false;
         }
         // A row numbered 0 (rebuilt from a snapshot's registers) proves nothing by its row.
-        let held = r.op.origin_row > 0
-            && self.marks.get(&r.op.origin).is_some_and(|(row, stamp)| r.op.origin_row as Point <= *row && r.op.ts <= *stamp);
+        let held = origin_row > 0 && self.marks.get(origin).is_some_and(|(row, stamp)| origin_row as Point <= *row && ts <= stamp);
         !held
     }
 
@@ -282,20 +290,20 @@ impl Sender {
     /// Sends the next chunk of a snapshot — stored documents, then log rows of
     /// collections this replica does not store (rebuilt into document states) — or ends it.
     async fn snapshot_chunk<S: Store>(&mut self, replica: &Replica<S>, at: Cursor, end: Point, total: u64, table: Vec<TableEntry>) -> Result<Step<PassReport>, Error> {
-        let (docs, next) = match at {
-            Cursor::Docs(after) => {
-                let page = replica.store().docs_after(after.as_ref(), self.limits.per_diff).await?;
-                match page.last() {
-                    Some((c, last)) => {
-                        let next = Cursor::Docs(Some((c.clone(), last.id.clone())));
-                        (page.into_iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect(), next)
-                    }
-                    None if replica.schema().is_some() => unkept_docs(replica, 0, end, self.limits.per_diff).await?,
-                    None => (Vec::new(), Cursor::Done),
+        let (docs, next): (SnapshotDocs, Cursor) = match at {
+            Cursor::Docs(after) => match stored_page(replica, after.as_ref(), self.limits.per_diff).await? {
+                Some((docs, last)) => (docs, Cursor::Docs(Some(last))),
+                None if replica.schema().is_some() => {
+                    let (docs, next) = unkept_docs(replica, 0, end, self.limits.per_diff).await?;
+                    (docs.into(), next)
                 }
+                None => (SnapshotDocs::Decoded(Vec::new()), Cursor::Done),
+            },
+            Cursor::Unkept(after) => {
+                let (docs, next) = unkept_docs(replica, after, end, self.limits.per_diff).await?;
+                (docs.into(), next)
             }
-            Cursor::Unkept(after) => unkept_docs(replica, after, end, self.limits.per_diff).await?,
-            Cursor::Done => (Vec::new(), Cursor::Done),
+            Cursor::Done => (SnapshotDocs::Decoded(Vec::new()), Cursor::Done),
         };
         if docs.is_empty() {
             self.report.end = end;
@@ -389,21 +397,27 @@ impl Sender {
 /// receiver never got.
 ///
 /// At most `MAX_FORWARDED` entries, those of the origins whose ops were merged most
-/// recently (like the marks): a shorter table only fast-forwards less.
+/// recently (like the marks): a shorter table only fast-forwards less. A server starts a
+/// pass for every pull of each of its clients over a table of all of them, so the entries
+/// are chosen by reference and only the kept ones are copied (ties in `newest` keep the
+/// records' order, as a stable sort would).
 fn forwarded(peers: &BTreeMap<String, PeerRecord>, peer: &str, me: &str) -> Vec<TableEntry> {
-    let mut entries: Vec<(&PeerRecord, TableEntry)> = peers
+    // (position in the records' order, db id, record, its newest incoming entry)
+    type Candidate<'a> = (usize, &'a String, &'a PeerRecord, &'a Entry);
+    let mut entries: Vec<Candidate> = peers
         .iter()
         .filter(|(id, _)| *id != peer && *id != me)
-        .filter_map(|(id, rec)| {
-            let e = rec.in_history.iter().max_by_key(|e| e.row)?;
-            Some((rec, TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() }))
-        })
+        .filter_map(|(id, rec)| Some((id, rec, rec.in_history.iter().max_by_key(|e| e.row)?)))
+        .enumerate()
+        .map(|(i, (id, rec, e))| (i, id, rec, e))
         .collect();
     if entries.len() > crate::limits::MAX_FORWARDED {
-        entries.sort_by(|(a, _), (b, _)| b.newest.cmp(&a.newest));
+        let newest_first = |a: &Candidate, b: &Candidate| b.2.newest.cmp(&a.2.newest).then(a.0.cmp(&b.0));
+        entries.select_nth_unstable_by(crate::limits::MAX_FORWARDED - 1, newest_first);
         entries.truncate(crate::limits::MAX_FORWARDED);
+        entries.sort_unstable_by(newest_first);
     }
-    entries.into_iter().map(|(_, e)| e).collect()
+    entries.into_iter().map(|(_, id, _, e)| TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() }).collect()
 }
 
 /// The receiver's preflight answer, as `begin` uses it.
@@ -425,16 +439,41 @@ async fn holds_older<S: Store>(replica: &Replica<S>, start: Point, version: u32,
     Ok(rows.iter().any(|r| r.op.schema_version < version))
 }
 
+/// The next page of stored documents after `after` as a snapshot sends them, and the key
+/// of its last; `None` when there are no more.
+async fn stored_page<S: Store>(replica: &Replica<S>, after: Option<&DocKey>, limit: usize) -> Result<Option<(SnapshotDocs, DocKey)>, Error> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(page) = replica.store().stored_texts_after(after, limit).await? {
+        return Ok(wire_page(page)?);
+    }
+    let page = replica.store().docs_after(after, limit).await?;
+    let Some(last) = page.last().map(|(c, d)| (c.clone(), d.id.clone())) else { return Ok(None) };
+    Ok(Some((SnapshotDocs::Decoded(page.into_iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect()), last)))
+}
+
+/// A page of a store that keeps its documents as text (a server's), sent as that text
+/// without decoding it. Only servers do: a browser's build leaves this path out.
+#[cfg(not(target_arch = "wasm32"))]
+fn wire_page(page: Vec<crate::store::StoredText>) -> Result<Option<(SnapshotDocs, DocKey)>, crate::error::StoreError> {
+    let Some(last) = page.last().map(|d| (d.collection.clone(), d.id.clone())) else { return Ok(None) };
+    let docs = page.iter().map(|d| {
+        SnapshotDoc::wire_from_stored(&d.collection, &d.state).map_err(|e| crate::error::StoreError::Corrupt(format!("document {:?} in {:?}: {e}", d.id, d.collection)))
+    });
+    Ok(Some((SnapshotDocs::Wire(docs.collect::<Result<_, _>>()?), last)))
+}
+
 /// How many rows after `start` the filter lets through, counting no further than `limit`.
+/// Each read takes no more rows than could still be needed to reach `limit` (a server
+/// counts this for every pull that looks like a snapshot).
 async fn count_sent<S: Store>(replica: &Replica<S>, start: Point, limit: u64, filter: &Filter) -> Result<u64, Error> {
-    const CHUNK: usize = 2000;
+    const CHUNK: u64 = 2000;
     let mut after = start.max(0) as u64;
     let mut n = 0;
     loop {
-        let rows = replica.store().rows_after(after, CHUNK).await?;
+        let rows = replica.store().row_keys_after(after, CHUNK.min(limit - n).max(1) as usize).await?;
         let Some(last) = rows.last() else { return Ok(n) };
         after = last.row;
-        n += rows.iter().filter(|r| filter.sends(r)).count() as u64;
+        n += rows.iter().filter(|r| filter.sends_key(r)).count() as u64;
         if n >= limit {
             return Ok(n);
         }
@@ -493,7 +532,6 @@ async fn unkept_docs<S: Store>(replica: &Replica<S>, after: u64, end: Point, per
 mod tests {
     use super::*;
     use crate::clock::Stamp;
-    use crate::peer::Entry;
 
     fn record(wall: u64, row: Point) -> PeerRecord {
         let mut r = PeerRecord::new();
@@ -518,5 +556,18 @@ mod tests {
         // A small table is forwarded whole.
         let few: BTreeMap<_, _> = peers.into_iter().filter(|(id, _)| id.starts_with('o')).take(10).collect();
         assert_eq!(forwarded(&few, "receiver", "me").len(), 10);
+    }
+
+    #[test]
+    fn a_truncated_table_is_ordered_newest_first_with_ties_in_the_records_order() {
+        // Stamps repeat (every 7th origin shares one), so ties decide part of the cut.
+        let n = crate::limits::MAX_FORWARDED * 2 + 3;
+        let peers: BTreeMap<String, PeerRecord> = (0..n as u64).map(|i| (format!("o{i:04}"), record(1_000 + (i * 37) % 7, i as Point))).collect();
+        let table = forwarded(&peers, "receiver", "me");
+        // What a stable sort of every entry by newest stamp, newest first, keeps.
+        let mut all: Vec<(&String, &PeerRecord)> = peers.iter().collect();
+        all.sort_by(|a, b| b.1.newest.cmp(&a.1.newest));
+        let expected: Vec<&str> = all.iter().take(crate::limits::MAX_FORWARDED).map(|(id, _)| id.as_str()).collect();
+        assert_eq!(table.iter().map(|e| e.db_id.as_str()).collect::<Vec<_>>(), expected);
     }
 }

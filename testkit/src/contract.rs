@@ -13,7 +13,9 @@ use tidemark::op::{Kind, Op};
 use tidemark::peer::PeerRecord;
 use tidemark::query::Query;
 use tidemark::rebuild::stored_doc;
-use tidemark::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
+use tidemark::store::{Commit, DocKey, Head, Loaded, Row, RowKey, Store, StoredDoc};
+#[cfg(not(target_arch = "wasm32"))]
+use tidemark::sync::message::SnapshotDoc;
 use tidemark::Schema;
 
 /// How a suite gets fresh stores of one kind.
@@ -147,6 +149,9 @@ pub async fn a_commit_reads_back_exactly<S: Store>(s: &S) {
     assert_eq!(s.rows_after(0, 10).await.unwrap(), c.rows);
     assert_eq!(s.rows_after(1, 1).await.unwrap(), vec![c.rows[1].clone()], "rows_after is exclusive and limited");
     assert!(s.rows_after(3, 10).await.unwrap().is_empty());
+    let keys: Vec<RowKey> = c.rows.iter().cloned().map(RowKey::from).collect();
+    assert_eq!(s.row_keys_after(0, 10).await.unwrap(), keys, "row_keys_after reads the rows' keys");
+    assert_eq!(s.row_keys_after(1, 1).await.unwrap(), keys[1..2], "row_keys_after is exclusive and limited");
     // Rows 1 and 3 are local writes of n0; row 2 came from peer1 (see `row`).
     assert_eq!(s.own_rows_after(0, "n0").await.unwrap(), 2, "own_rows_after counts local writes of the origin only");
     assert_eq!(s.own_rows_after(1, "n0").await.unwrap(), 1, "own_rows_after is exclusive");
@@ -248,6 +253,16 @@ pub async fn documents_page_once_each<S: Store>(s: &S) {
     loop {
         let page = s.docs_after(after.as_ref(), 4).await.unwrap();
         assert!(page.len() <= 4, "a page holds at most `limit` documents");
+        // A store that hands out its documents' text pages the same documents, and a
+        // snapshot built from that text carries each as the decoded one.
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(texts) = s.stored_texts_after(after.as_ref(), 4).await.unwrap() {
+            assert_eq!(texts.iter().map(|t| (t.collection.clone(), t.id.clone())).collect::<Vec<_>>(), page.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect::<Vec<_>>());
+            for (t, (c, d)) in texts.iter().zip(&page) {
+                let wire = SnapshotDoc::wire_from_stored(&t.collection, &t.state).unwrap();
+                assert_eq!(serde_json::from_str::<SnapshotDoc>(wire.get()).unwrap(), SnapshotDoc::from_stored(c.clone(), d.clone()));
+            }
+        }
         let Some((c, last)) = page.last() else { break };
         after = Some(key(c, &last.id));
         seen.extend(page.into_iter().map(|(c, d)| (c, d.id)));

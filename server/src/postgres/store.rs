@@ -43,11 +43,10 @@ use sha2::{Digest, Sha256};
 use tidemark::clock::Stamp;
 use tidemark::error::{Error as EngineError, StoreError};
 use tidemark::key::cmp_utf16;
-use tidemark::op::Op;
 use tidemark::peer::PeerRecord;
 use tidemark::query::{Plan, Source};
 use tidemark::scan::select;
-use tidemark::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
+use tidemark::store::{Commit, DocKey, Head, Loaded, Row, RowKey, Store, StoredDoc, StoredText};
 use tokio::sync::oneshot;
 use tokio_postgres::IsolationLevel;
 
@@ -90,6 +89,9 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 fn db(e: tokio_postgres::Error) -> StoreError {
     backend(Error::Db(e))
 }
+
+/// The log rows after a row, up to the persisted-up-to position (`log_texts`' parameters).
+const ROWS_AFTER: &str = r#"SELECT row, op, "from" FROM tidemark_log WHERE library = $1 AND row > $2 AND row <= $3 ORDER BY row LIMIT $4"#;
 
 fn decode<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
@@ -167,6 +169,24 @@ impl PgStore {
         F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
     {
         self.db.run(f(self.db.shared.pool.clone(), self.live().key.clone())).await.map_err(backend)
+    }
+
+    /// Up to `limit_docs` documents after `after`, as stored (`docs_after`).
+    async fn stored_texts(&self, after: Option<&DocKey>, limit_docs: usize) -> Result<Vec<StoredText>, StoreError> {
+        let (c, id) = after.map_or((String::new(), String::new()), |(c, id)| (c.clone(), id.clone()));
+        let n = limit(limit_docs);
+        self.read(|pool, library| async move {
+            let client = pool.get().await?;
+            // The empty pair sorts before every real key (names and ids are never empty).
+            let stmt = client
+                .prepare_cached(
+                    "SELECT collection, id, state FROM tidemark_docs WHERE library = $1 AND (collection, id) > ($2, $3)
+                     ORDER BY collection, id LIMIT $4",
+                )
+                .await?;
+            Ok(client.query(&stmt, &[&library, &c, &id, &n]).await?.iter().map(|r| StoredText { collection: r.get(0), id: r.get(1), state: r.get(2) }).collect())
+        })
+        .await
     }
 
     /// Removes peer records, each only if it still reads exactly as given (a record a
@@ -587,25 +607,24 @@ impl PgStore {
     /// above it may have committed, but a row below them may still be in flight on
     /// another instance.
     async fn log_rows(&self, sql: &'static str, after: u64, n: i64) -> Result<Vec<Row>, StoreError> {
+        let rows = self.log_texts(sql, after, n).await?;
+        rows.into_iter().map(|(row, op, from)| Ok(Row { row: row as u64, op: decode("log row", &op)?, from })).collect()
+    }
+
+    /// The log rows `sql` selects, their ops as stored text.
+    async fn log_texts(&self, sql: &'static str, after: u64, n: i64) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let upto = self.live().stream.persisted_up_to().max(0);
         if after >= upto {
             return Ok(Vec::new());
         }
-        let rows = self
-            .read(|pool, library| async move {
-                let client = pool.get().await?;
-                let stmt = client.prepare_cached(sql).await?;
-                let rows = client.query(&stmt, &[&library, &after, &upto, &n]).await?;
-                Ok(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2))).collect::<Vec<_>>())
-            })
-            .await?;
-        rows.into_iter()
-            .map(|(row, op, from)| {
-                let op: Op = decode("log row", &op)?;
-                Ok(Row { row: row as u64, op, from })
-            })
-            .collect()
+        self.read(|pool, library| async move {
+            let client = pool.get().await?;
+            let stmt = client.prepare_cached(sql).await?;
+            let rows = client.query(&stmt, &[&library, &after, &upto, &n]).await?;
+            Ok(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2))).collect::<Vec<_>>())
+        })
+        .await
     }
 }
 
@@ -695,8 +714,12 @@ impl Store for PgStore {
 
     /// Rows after `after`, up to the persisted-up-to position only (`log_rows`).
     async fn rows_after(&self, after: u64, limit_rows: usize) -> Result<Vec<Row>, StoreError> {
-        let sql = r#"SELECT row, op, "from" FROM tidemark_log WHERE library = $1 AND row > $2 AND row <= $3 ORDER BY row LIMIT $4"#;
-        self.log_rows(sql, after, limit(limit_rows)).await
+        self.log_rows(ROWS_AFTER, after, limit(limit_rows)).await
+    }
+
+    async fn row_keys_after(&self, after: u64, limit_rows: usize) -> Result<Vec<RowKey>, StoreError> {
+        let rows = self.log_texts(ROWS_AFTER, after, limit(limit_rows)).await?;
+        rows.into_iter().map(|(row, op, from)| Ok(RowKey { row: row as u64, op: decode("log row", &op)?, from })).collect()
     }
 
     /// The resolution log, up to the persisted-up-to position like every read of the log.
@@ -717,22 +740,12 @@ impl Store for PgStore {
     }
 
     async fn docs_after(&self, after: Option<&DocKey>, limit_docs: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
-        let (c, id) = after.map_or((String::new(), String::new()), |(c, id)| (c.clone(), id.clone()));
-        let n = limit(limit_docs);
-        let rows = self
-            .read(|pool, library| async move {
-                let client = pool.get().await?;
-                // The empty pair sorts before every real key (names and ids are never empty).
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT collection, state FROM tidemark_docs WHERE library = $1 AND (collection, id) > ($2, $3)
-                         ORDER BY collection, id LIMIT $4",
-                    )
-                    .await?;
-                Ok(client.query(&stmt, &[&library, &c, &id, &n]).await?.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>())
-            })
-            .await?;
-        rows.into_iter().map(|(c, text)| Ok((c, decode("document", &text)?))).collect()
+        let texts = self.stored_texts(after, limit_docs).await?;
+        texts.into_iter().map(|t| Ok((t.collection, decode("document", &t.state)?))).collect()
+    }
+
+    async fn stored_texts_after(&self, after: Option<&DocKey>, limit_docs: usize) -> Result<Option<Vec<StoredText>>, StoreError> {
+        self.stored_texts(after, limit_docs).await.map(Some)
     }
 
     async fn doc_count(&self) -> Result<u64, StoreError> {

@@ -37,10 +37,9 @@ use serde_json::{Map, Value};
 use tidemark::error::{Error, StoreError};
 use tidemark::key::cmp_utf16;
 use tidemark::scan::select;
-use tidemark::op::Op;
 use tidemark::query::{Plan, Source};
 use tidemark::peer::PeerRecord;
-use tidemark::store::{Commit, DocKey, Head, Loaded, Row, Store, StoredDoc};
+use tidemark::store::{Commit, DocKey, Head, Loaded, Row, RowKey, Store, StoredDoc, StoredText};
 
 mod readers;
 mod writer;
@@ -67,14 +66,19 @@ CREATE TABLE IF NOT EXISTS resolutions (row INTEGER PRIMARY KEY);
 
 /// Log rows as a query over `log` selects them: (row, op, from).
 fn log_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Row>, StoreError> {
+    log_texts(conn, sql, params, |row, op, from| Ok(Row { row, op: decode("log row", op)?, from }))
+}
+
+/// The log rows `sql` selects (row, op, from), each built by `build` from its op's text.
+fn log_texts<T>(conn: &Connection, sql: &str, params: impl rusqlite::Params, build: impl Fn(u64, &str, Option<String>) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
     let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-    let rows = stmt.query_map(params, |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))).map_err(backend)?;
-    rows.map(|r| {
-        let (row, op, from) = r.map_err(backend)?;
-        let op: Op = decode("log row", &op)?;
-        Ok(Row { row: row as u64, op, from })
-    })
-    .collect()
+    let mut rows = stmt.query(params).map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(backend)? {
+        let op = r.get_ref(1).map_err(backend)?.as_str().map_err(|e| StoreError::Corrupt(format!("log row: {e}")))?;
+        out.push(build(r.get::<_, i64>(0).map_err(backend)? as u64, op, r.get(2).map_err(backend)?)?);
+    }
+    Ok(out)
 }
 
 /// The committed peer records, as `peers()` returns them (see the module doc).
@@ -97,6 +101,9 @@ pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
         _ => StoreError::Backend(format!("sqlite: {e}")),
     }
 }
+
+/// The log rows after a row (`?1`), at most `?2`.
+const ROWS_AFTER: &str = r#"SELECT row, op, "from" FROM log WHERE row > ?1 ORDER BY row LIMIT ?2"#;
 
 fn decode<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
@@ -126,6 +133,23 @@ impl SqliteStore {
     }
 
     /// Runs `f` on a read connection, off the async runtime.
+    /// Up to `limit` documents after `after`, as stored (`docs_after`).
+    async fn stored_texts(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<StoredText>, StoreError> {
+        let (c, id) = after.cloned().unwrap_or_default();
+        self.read(move |conn| {
+            // Row values compare (collection, id) in the primary key's order; the empty pair
+            // sorts before every real key (names and ids are never empty).
+            let mut stmt = conn
+                .prepare_cached("SELECT collection, id, state FROM docs WHERE (collection, id) > (?1, ?2) ORDER BY collection, id LIMIT ?3")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![c, id, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok(StoredText { collection: r.get(0)?, id: r.get(1)?, state: r.get(2)? }))
+                .map_err(backend)?;
+            rows.map(|r| r.map_err(backend)).collect()
+        })
+        .await
+    }
+
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
         let readers = self.readers.clone();
         blocking(move || readers.with(f)).await
@@ -371,23 +395,12 @@ impl Store for SqliteStore {
     }
 
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
-        let (c, id) = after.cloned().unwrap_or_default();
-        self.read(move |conn| {
-            // Row values compare (collection, id) in the primary key's order; the empty pair
-            // sorts before every real key (names and ids are never empty).
-            let mut stmt = conn
-                .prepare_cached("SELECT collection, state FROM docs WHERE (collection, id) > (?1, ?2) ORDER BY collection, id LIMIT ?3")
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![c, id, i64::try_from(limit).unwrap_or(i64::MAX)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(backend)?;
-            rows.map(|r| {
-                let (c, text) = r.map_err(backend)?;
-                Ok((c, decode("document", &text)?))
-            })
-            .collect()
-        })
-        .await
+        let texts = self.stored_texts(after, limit).await?;
+        texts.into_iter().map(|t| Ok((t.collection, decode("document", &t.state)?))).collect()
+    }
+
+    async fn stored_texts_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Option<Vec<StoredText>>, StoreError> {
+        self.stored_texts(after, limit).await.map(Some)
     }
 
     async fn doc_count(&self) -> Result<u64, StoreError> {
@@ -413,7 +426,13 @@ impl Store for SqliteStore {
         // Rows above i64::MAX cannot exist; clamp rather than wrap.
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(move |conn| log_rows(conn, r#"SELECT row, op, "from" FROM log WHERE row > ?1 ORDER BY row LIMIT ?2"#, params![after, limit])).await
+        self.read(move |conn| log_rows(conn, ROWS_AFTER, params![after, limit])).await
+    }
+
+    async fn row_keys_after(&self, after: u64, limit: usize) -> Result<Vec<RowKey>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| log_texts(conn, ROWS_AFTER, params![after, limit], |row, op, from| Ok(RowKey { row, op: decode("log row", op)?, from }))).await
     }
 
     async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
