@@ -8,8 +8,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-#[cfg(not(target_arch = "wasm32"))]
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::peer::{Entry, Mark, Point};
@@ -54,24 +52,22 @@ pub struct SnapshotDoc {
     pub conflicts: BTreeMap<String, Vec<Contender>>,
 }
 
-/// A snapshot chunk's documents: decoded, or already in their wire form. A server keeps
+/// A snapshot chunk's documents: decoded, or already as their wire text. A server keeps
 /// documents as JSON text and sends the same ones to every client that joins; decoding
 /// each into a `SnapshotDoc` only to encode it again cost more than reading it, so such a
-/// store's documents go out as text (`SnapshotDoc::wire_from_stored`). What is read off
-/// the wire is always `Decoded`; a browser's build has no `Wire` (it never sends stored
-/// text, and serde_json's `raw_value` would add ~19 KB to its download).
+/// store's documents go out as text (`SnapshotDoc::wire_from_stored`), written into the
+/// frame as they are (`Message::encode`). What is read off the wire is always `Decoded`.
 #[derive(Clone, Debug)]
 pub enum SnapshotDocs {
     Decoded(Vec<SnapshotDoc>),
-    #[cfg(not(target_arch = "wasm32"))]
-    Wire(Vec<Box<RawValue>>),
+    /// Each a `SnapshotDoc`'s JSON text.
+    Wire(Vec<String>),
 }
 
 impl SnapshotDocs {
     pub fn len(&self) -> usize {
         match self {
             SnapshotDocs::Decoded(d) => d.len(),
-            #[cfg(not(target_arch = "wasm32"))]
             SnapshotDocs::Wire(w) => w.len(),
         }
     }
@@ -85,8 +81,7 @@ impl SnapshotDocs {
     pub fn into_decoded(self) -> Result<Vec<SnapshotDoc>, String> {
         match self {
             SnapshotDocs::Decoded(d) => Ok(d),
-            #[cfg(not(target_arch = "wasm32"))]
-            SnapshotDocs::Wire(w) => w.iter().map(|d| serde_json::from_str(d.get()).map_err(|e| format!("invalid snapshot document: {e}"))).collect(),
+            SnapshotDocs::Wire(w) => w.iter().map(|d| serde_json::from_str(d).map_err(|e| format!("invalid snapshot document: {e}"))).collect(),
         }
     }
 }
@@ -100,7 +95,6 @@ impl From<Vec<SnapshotDoc>> for SnapshotDocs {
 /// Equal when they hold the same documents, whatever their form.
 impl PartialEq for SnapshotDocs {
     fn eq(&self, other: &Self) -> bool {
-        #[allow(unreachable_patterns)]
         match (self, other) {
             (SnapshotDocs::Decoded(a), SnapshotDocs::Decoded(b)) => a == b,
             (a, b) => a.clone().into_decoded().ok() == b.clone().into_decoded().ok(),
@@ -108,12 +102,13 @@ impl PartialEq for SnapshotDocs {
     }
 }
 
+/// Wire documents serialize decoded here (serde has no way to write text as it is);
+/// `Message::encode` writes them into the frame without this.
 impl Serialize for SnapshotDocs {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             SnapshotDocs::Decoded(d) => d.serialize(s),
-            #[cfg(not(target_arch = "wasm32"))]
-            SnapshotDocs::Wire(w) => w.serialize(s),
+            SnapshotDocs::Wire(_) => self.clone().into_decoded().map_err(serde::ser::Error::custom)?.serialize(s),
         }
     }
 }
@@ -124,52 +119,27 @@ impl<'de> Deserialize<'de> for SnapshotDocs {
     }
 }
 
-/// The stored form's fields a snapshot document carries, read without decoding them
-/// (`i`, the index keys, stays behind: a receiver computes its own).
-#[cfg(not(target_arch = "wasm32"))]
-#[derive(Deserialize)]
-struct StoredFields<'a> {
-    #[serde(borrow)]
-    id: &'a RawValue,
-    #[serde(borrow)]
-    d: &'a RawValue,
-    #[serde(borrow)]
-    s: &'a RawValue,
-    #[serde(borrow, default)]
-    t: Option<&'a RawValue>,
-    #[serde(borrow)]
-    v: &'a RawValue,
-    #[serde(borrow, default)]
-    l: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    x: Option<&'a RawValue>,
-}
-
-/// A snapshot document's wire form, in `SnapshotDoc`'s field order.
-#[cfg(not(target_arch = "wasm32"))]
-#[derive(Serialize)]
-struct WireFields<'a> {
-    c: &'a str,
-    id: &'a RawValue,
-    d: &'a RawValue,
-    s: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    t: Option<&'a RawValue>,
-    v: &'a RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    l: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    x: Option<&'a RawValue>,
-}
-
-#[cfg(not(target_arch = "wasm32"))]
 impl SnapshotDoc {
-    /// The wire form of a document of `collection` from its stored JSON text (a
-    /// `StoredDoc` as stores write it), with the same content `from_stored` gives and
-    /// without decoding a value: the stored form keeps the wire's one-letter keys.
-    pub fn wire_from_stored(collection: &str, stored: &str) -> Result<Box<RawValue>, serde_json::Error> {
-        let f: StoredFields = serde_json::from_str(stored)?;
-        serde_json::value::to_raw_value(&WireFields { c: collection, id: f.id, d: f.d, s: f.s, t: f.t, v: f.v, l: f.l, x: f.x })
+    /// The wire text of a document of `collection` from its stored JSON text (a
+    /// `StoredDoc` as stores write it), with the content `from_stored` gives. The stored
+    /// form keeps the wire's one-letter keys in the wire's order, and only the index keys
+    /// (`i`) and the migration stamp (`m`) stay behind: a text without either (a relay's
+    /// documents) goes out as it is, behind its collection; any other is decoded.
+    pub fn wire_from_stored(collection: &str, stored: &str) -> Result<String, serde_json::Error> {
+        // serde_json writes a key as `"i":`, so a text without that anywhere has none.
+        let (has_index_keys, has_migrated) = (stored.contains(r#""i":"#), stored.contains(r#""m":"#));
+        match stored.strip_prefix('{') {
+            Some(rest) if rest.starts_with(r#""id":"#) && !has_index_keys && !has_migrated => {
+                let c = serde_json::to_string(collection)?;
+                let mut out = String::with_capacity(stored.len() + c.len() + 6);
+                out.push_str(r#"{"c":"#);
+                out.push_str(&c);
+                out.push(',');
+                out.push_str(rest);
+                Ok(out)
+            }
+            _ => serde_json::to_string(&SnapshotDoc::from_stored(collection.to_string(), serde_json::from_str(stored)?)),
+        }
     }
 }
 
@@ -399,6 +369,20 @@ fn decode_bulk(text: &str) -> Option<Message> {
 
 impl Message {
     pub fn encode(&self) -> String {
+        if let Message::Snapshot { session, after, docs: SnapshotDocs::Wire(docs) } = self {
+            // The frame serde writes for it, with each document's text as it is.
+            let session = serde_json::to_string(session).expect("strings serialize");
+            let mut out = String::with_capacity(64 + session.len() + docs.iter().map(|d| d.len() + 1).sum::<usize>());
+            out.push_str(&format!(r#"{{"v":{PROTOCOL_VERSION},"type":"snapshot","session":{session},"after":{after},"docs":["#));
+            for (i, d) in docs.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(d);
+            }
+            out.push_str("]}");
+            return out;
+        }
         serde_json::to_string(&EnvelopeRef { v: PROTOCOL_VERSION, msg: self }).expect("messages serialize")
     }
 
@@ -523,13 +507,13 @@ mod tests {
     }
 
     #[test]
-    #[cfg(not(target_arch = "wasm32"))]
     fn a_stored_document_passed_through_as_text_reads_as_from_stored_gives_it() {
         let ts = |wall, node: &str| Stamp { version: 1, wall, counter: 0, node: node.into() };
         let mut older = DocState::default();
         older.apply_register("", &ts(5, "a1"), Some(serde_json::json!({"n": 1, "q": "\"\u{00e9}"})));
         let contender = Contender { ts: ts(7, "b2"), seen: Some(ts(4, "a1")), value: Some(serde_json::json!("x")) };
-        let live = StoredDoc {
+        // A replica's document: index keys and a migration stamp, which stay behind.
+        let indexed = StoredDoc {
             id: "x\"y".into(),
             doc: Some(serde_json::json!({"id": "x\"y", "n": 2, "s": "\u{00e9}"}).as_object().unwrap().clone()),
             stamps: BTreeMap::from([(String::new(), Stamp { version: 2, ..ts(6, "a1") }), ("n".into(), Stamp { version: 2, ..ts(8, "b2") })]),
@@ -540,20 +524,28 @@ mod tests {
             conflicts: BTreeMap::from([("s".to_string(), vec![contender])]),
             migrated: Some(ts(9, "a1")),
         };
-        let tombstone = StoredDoc { id: "z".into(), doc: None, deleted: true, index_keys: Map::new(), layers: BTreeMap::new(), conflicts: BTreeMap::new(), migrated: None, ..live.clone() };
-        for stored in [live, tombstone] {
+        // A relay's documents (passed through as they are): layers and conflicts, a tombstone.
+        let relayed = StoredDoc { index_keys: Map::new(), migrated: None, ..indexed.clone() };
+        let tombstone = StoredDoc { id: "z".into(), doc: None, deleted: true, layers: BTreeMap::new(), conflicts: BTreeMap::new(), ..relayed.clone() };
+        // A field named like a left-behind key: decoded, to be safe.
+        let lookalike = StoredDoc { doc: Some(serde_json::json!({"id": "x\"y", "i": 1, "m": {}}).as_object().unwrap().clone()), ..relayed.clone() };
+        for stored in [indexed, relayed, tombstone, lookalike] {
             let text = serde_json::to_string(&stored).unwrap();
             let wire = SnapshotDoc::wire_from_stored("tasks\n", &text).unwrap();
             let expected = SnapshotDoc::from_stored("tasks\n".into(), stored);
-            assert_eq!(serde_json::from_str::<SnapshotDoc>(wire.get()).unwrap(), expected, "{}", wire.get());
-            assert_eq!(wire.get(), serde_json::to_string(&expected).unwrap(), "the same text, field for field");
-            // A chunk of them in a frame decodes by either path to the decoded documents.
-            let msg = Message::Snapshot { session: "s".into(), after: 0, docs: SnapshotDocs::Wire(vec![wire]) };
-            let decoded = Message::Snapshot { session: "s".into(), after: 0, docs: vec![expected].into() };
+            assert_eq!(serde_json::from_str::<SnapshotDoc>(&wire).unwrap(), expected, "{wire}");
+            assert_eq!(wire, serde_json::to_string(&expected).unwrap(), "the same text, field for field");
+            // A chunk of them is the frame the decoded chunk makes, and decodes by either
+            // path to the decoded documents.
+            let msg = Message::Snapshot { session: "s\"1".into(), after: 7, docs: SnapshotDocs::Wire(vec![wire.clone(), wire]) };
+            let decoded = Message::Snapshot { session: "s\"1".into(), after: 7, docs: vec![expected.clone(), expected].into() };
+            assert_eq!(msg.encode(), decoded.encode());
+            assert_eq!(serde_json::to_string(&msg).unwrap(), serde_json::to_string(&decoded).unwrap());
             let Some(Message::Snapshot { docs: SnapshotDocs::Decoded(fast), .. }) = decode_bulk(&msg.encode()) else { panic!("not read in one pass") };
-            assert_eq!(Message::Snapshot { session: "s".into(), after: 0, docs: SnapshotDocs::Decoded(fast) }, decoded);
+            assert_eq!(Message::Snapshot { session: "s\"1".into(), after: 7, docs: SnapshotDocs::Decoded(fast) }, decoded);
             assert_eq!(serde_json::from_value::<Envelope>(serde_json::from_str(&msg.encode()).unwrap()).unwrap().msg, decoded);
         }
-        assert!(SnapshotDoc::wire_from_stored("tasks", r#"{"id":"x","d":null}"#).is_err(), "a stored text without its stamps is refused");
+        assert!(SnapshotDoc::wire_from_stored("tasks", r#"{"id":"x","i":{}}"#).is_err(), "a stored text that must be decoded and is not a document is refused");
+        assert!(SnapshotDocs::Wire(vec![r#"{"c":"tasks","id":"x"}"#.into()]).into_decoded().is_err());
     }
 }

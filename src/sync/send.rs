@@ -16,7 +16,7 @@ use super::apply;
 use super::message::{Message, SnapshotDoc, SnapshotDocs, TableEntry};
 use super::pass::{chunk_ack, is_idle, unexpected, wants_snapshot, Limits, PassReport, Phase, Progress, Step};
 use crate::clock::Stamp;
-use crate::error::{Error, SyncError};
+use crate::error::{Error, StoreError, SyncError};
 use crate::layers::Layers;
 use crate::peer::{Entry, Mark, PeerRecord, Point, MAX_MARKS};
 use crate::replica::Replica;
@@ -413,9 +413,8 @@ fn forwarded(peers: &BTreeMap<String, PeerRecord>, peer: &str, me: &str) -> Vec<
         .collect();
     if entries.len() > crate::limits::MAX_FORWARDED {
         let newest_first = |a: &Candidate, b: &Candidate| b.2.newest.cmp(&a.2.newest).then(a.0.cmp(&b.0));
-        entries.select_nth_unstable_by(crate::limits::MAX_FORWARDED - 1, newest_first);
-        entries.truncate(crate::limits::MAX_FORWARDED);
         entries.sort_unstable_by(newest_first);
+        entries.truncate(crate::limits::MAX_FORWARDED);
     }
     entries.into_iter().map(|(_, id, _, e)| TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() }).collect()
 }
@@ -440,26 +439,17 @@ async fn holds_older<S: Store>(replica: &Replica<S>, start: Point, version: u32,
 }
 
 /// The next page of stored documents after `after` as a snapshot sends them, and the key
-/// of its last; `None` when there are no more.
+/// of its last; `None` when there are no more. A store that keeps its documents as text (a
+/// server's) hands them over as such, and they go out without being decoded.
 async fn stored_page<S: Store>(replica: &Replica<S>, after: Option<&DocKey>, limit: usize) -> Result<Option<(SnapshotDocs, DocKey)>, Error> {
-    #[cfg(not(target_arch = "wasm32"))]
     if let Some(page) = replica.store().stored_texts_after(after, limit).await? {
-        return Ok(wire_page(page)?);
+        let Some(last) = page.last().map(|d| (d.collection.clone(), d.id.clone())) else { return Ok(None) };
+        let docs = page.iter().map(|d| SnapshotDoc::wire_from_stored(&d.collection, &d.state).map_err(|e| StoreError::Corrupt(format!("document {:?} in {:?}: {e}", d.id, d.collection))));
+        return Ok(Some((SnapshotDocs::Wire(docs.collect::<Result<_, _>>()?), last)));
     }
     let page = replica.store().docs_after(after, limit).await?;
     let Some(last) = page.last().map(|(c, d)| (c.clone(), d.id.clone())) else { return Ok(None) };
     Ok(Some((SnapshotDocs::Decoded(page.into_iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect()), last)))
-}
-
-/// A page of a store that keeps its documents as text (a server's), sent as that text
-/// without decoding it. Only servers do: a browser's build leaves this path out.
-#[cfg(not(target_arch = "wasm32"))]
-fn wire_page(page: Vec<crate::store::StoredText>) -> Result<Option<(SnapshotDocs, DocKey)>, crate::error::StoreError> {
-    let Some(last) = page.last().map(|d| (d.collection.clone(), d.id.clone())) else { return Ok(None) };
-    let docs = page.iter().map(|d| {
-        SnapshotDoc::wire_from_stored(&d.collection, &d.state).map_err(|e| crate::error::StoreError::Corrupt(format!("document {:?} in {:?}: {e}", d.id, d.collection)))
-    });
-    Ok(Some((SnapshotDocs::Wire(docs.collect::<Result<_, _>>()?), last)))
 }
 
 /// How many rows after `start` the filter lets through, counting no further than `limit`.
