@@ -782,6 +782,7 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidemark::op::Op;
 
     #[test]
     fn lock_keys_depend_on_every_part() {
