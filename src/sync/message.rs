@@ -81,9 +81,14 @@ impl SnapshotDocs {
     pub fn into_decoded(self) -> Result<Vec<SnapshotDoc>, String> {
         match self {
             SnapshotDocs::Decoded(d) => Ok(d),
-            SnapshotDocs::Wire(w) => w.iter().map(|d| serde_json::from_str(d).map_err(|e| format!("invalid snapshot document: {e}"))).collect(),
+            SnapshotDocs::Wire(w) => decode_wire(&w),
         }
     }
+}
+
+/// Wire documents decoded, read in place.
+fn decode_wire(docs: &[String]) -> Result<Vec<SnapshotDoc>, String> {
+    docs.iter().map(|d| serde_json::from_str(d).map_err(|e| format!("invalid snapshot document: {e}"))).collect()
 }
 
 impl From<Vec<SnapshotDoc>> for SnapshotDocs {
@@ -97,7 +102,8 @@ impl PartialEq for SnapshotDocs {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (SnapshotDocs::Decoded(a), SnapshotDocs::Decoded(b)) => a == b,
-            (a, b) => a.clone().into_decoded().ok() == b.clone().into_decoded().ok(),
+            (SnapshotDocs::Decoded(a), SnapshotDocs::Wire(b)) | (SnapshotDocs::Wire(b), SnapshotDocs::Decoded(a)) => decode_wire(b).ok().as_ref() == Some(a),
+            (SnapshotDocs::Wire(a), SnapshotDocs::Wire(b)) => decode_wire(a).ok() == decode_wire(b).ok(),
         }
     }
 }
@@ -108,7 +114,7 @@ impl Serialize for SnapshotDocs {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             SnapshotDocs::Decoded(d) => d.serialize(s),
-            SnapshotDocs::Wire(_) => self.clone().into_decoded().map_err(serde::ser::Error::custom)?.serialize(s),
+            SnapshotDocs::Wire(w) => decode_wire(w).map_err(serde::ser::Error::custom)?.serialize(s),
         }
     }
 }
@@ -351,11 +357,13 @@ struct SnapshotFrame {
     docs: SnapshotDocs,
 }
 
+/// How every frame `encode` writes begins, up to its type's name.
+const FRAME_PREFIX: &str = concat!("{\"v\":", 1, ",\"type\":\"");
+const _: () = assert!(PROTOCOL_VERSION == 1, "FRAME_PREFIX spells the protocol version");
+
 /// The one-pass read of a `batch` or `snapshot` frame written by `encode`, if `text` is one.
 fn decode_bulk(text: &str) -> Option<Message> {
-    const PREFIX: &str = concat!("{\"v\":", 1, ",\"type\":\"");
-    const _: () = assert!(PROTOCOL_VERSION == 1, "PREFIX spells the protocol version");
-    let rest = text.strip_prefix(PREFIX)?;
+    let rest = text.strip_prefix(FRAME_PREFIX)?;
     if rest.starts_with("batch\"") {
         let BatchFrame { session, after, covers, rows, .. } = serde_json::from_str(text).ok()?;
         Some(Message::Batch { session, after, covers, rows })
@@ -373,7 +381,8 @@ impl Message {
             // The frame serde writes for it, with each document's text as it is.
             let session = serde_json::to_string(session).expect("strings serialize");
             let mut out = String::with_capacity(64 + session.len() + docs.iter().map(|d| d.len() + 1).sum::<usize>());
-            out.push_str(&format!(r#"{{"v":{PROTOCOL_VERSION},"type":"snapshot","session":{session},"after":{after},"docs":["#));
+            out.push_str(FRAME_PREFIX);
+            out.push_str(&format!(r#"snapshot","session":{session},"after":{after},"docs":["#));
             for (i, d) in docs.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
