@@ -239,6 +239,13 @@ pub trait Store {
         Ok(self.rows_after(after, limit).await?.into_iter().map(RowKey::from).collect())
     }
 
+    /// Passes `row_keys_after(after, limit)`'s rows to `f`. A store that keeps recent
+    /// row keys in memory (a server's, for the many pulls that count the same rows) lends
+    /// them without reading or copying anything.
+    async fn with_row_keys_after<R>(&self, after: u64, limit: usize, f: impl FnOnce(&[RowKey]) -> R) -> Result<R, StoreError> {
+        Ok(f(&self.row_keys_after(after, limit).await?))
+    }
+
     /// How many rows after `after` are local writes of `origin` (logged here, not received):
     /// the writes a replica still has to push, counted when it opens. Provided through
     /// `rows_after`; a store whose rows are costly to decode counts them where they lie.

@@ -19,6 +19,7 @@ pub mod listing;
 pub mod peers;
 pub mod postgres;
 pub mod quota;
+pub mod recent_rows;
 pub mod socket;
 pub mod sqlite;
 pub mod upstream;

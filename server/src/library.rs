@@ -41,6 +41,7 @@ use tidemark::Replica;
 use tokio::sync::{watch, OnceCell};
 
 use crate::postgres::{Database, PgStore};
+use crate::recent_rows::RecentRows;
 use crate::sqlite::SqliteStore;
 
 /// A server's copy of one library.
@@ -93,6 +94,8 @@ pub struct LibraryStore {
     backend: Backend,
     /// The newest row clients may be shown, moved when rows land (see the module doc).
     landed: watch::Sender<u64>,
+    /// The keys of recent log rows, for the snapshot decision of many pulls at once.
+    recent: RecentRows,
 }
 
 enum Backend {
@@ -102,11 +105,11 @@ enum Backend {
 
 impl LibraryStore {
     pub fn sqlite(store: SqliteStore) -> LibraryStore {
-        LibraryStore { backend: Backend::Sqlite(store), landed: watch::channel(0).0 }
+        LibraryStore { backend: Backend::Sqlite(store), landed: watch::channel(0).0, recent: RecentRows::default() }
     }
 
     pub fn postgres(store: PgStore) -> LibraryStore {
-        LibraryStore { backend: Backend::Postgres(store), landed: watch::channel(0).0 }
+        LibraryStore { backend: Backend::Postgres(store), landed: watch::channel(0).0, recent: RecentRows::default() }
     }
 
     /// The PostgreSQL store, when the library lives there.
@@ -265,6 +268,10 @@ impl Store for LibraryStore {
 
     async fn row_keys_after(&self, after: u64, limit: usize) -> Result<Vec<RowKey>, StoreError> {
         each!(self, s => s.row_keys_after(after, limit).await)
+    }
+
+    async fn with_row_keys_after<R>(&self, after: u64, limit: usize, f: impl FnOnce(&[RowKey]) -> R) -> Result<R, StoreError> {
+        self.recent.with_after(after, limit, |a, n| self.row_keys_after(a, n), f).await
     }
 
     async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {

@@ -221,3 +221,29 @@ fn query_schema() -> tidemark::Schema {
         "indexes": {"byDone": "done", "byListDate": ["list", "createdAt"], "byTitle": "title", "byDate": "createdAt"}}}}))
     .unwrap()
 }
+
+/// The library store a server serves from lends row keys from its in-memory run
+/// (`recent_rows`): whatever the start and the limit, and as rows keep landing, exactly
+/// the keys SQLite holds.
+#[test]
+fn the_library_store_lends_exactly_the_row_keys_sqlite_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tidemark_server::library::LibraryStore::sqlite(SqliteStore::open(dir.path().join("l.sqlite")).unwrap());
+    let r = tidemark_testkit::scenarios::replica_at(store, 1_000);
+    let check = |after: u64, limit: usize| {
+        let lent = block_on(r.store().with_row_keys_after(after, limit, |k| k.to_vec())).unwrap();
+        assert_eq!(lent, block_on(r.store().row_keys_after(after, limit)).unwrap(), "after {after}, limit {limit}");
+        lent.len()
+    };
+    for round in 0..6u64 {
+        for i in 0..40 {
+            block_on(r.put("docs", doc(json!({"id": format!("d{round}-{i}"), "n": i})))).unwrap();
+        }
+        let max = r.head().max_row;
+        for (after, limit) in [(0, 10), (max / 2, 1000), (max.saturating_sub(3), 2), (max / 3, 25), (max, 5), (1, 3), (max / 2 + 7, 60)] {
+            check(after, limit);
+        }
+    }
+    assert_eq!(check(0, 1000), 240);
+    assert_eq!(check(200, 1000), 40);
+}

@@ -413,8 +413,11 @@ fn forwarded(peers: &BTreeMap<String, PeerRecord>, peer: &str, me: &str) -> Vec<
         .collect();
     if entries.len() > crate::limits::MAX_FORWARDED {
         let newest_first = |a: &Candidate, b: &Candidate| b.2.newest.cmp(&a.2.newest).then(a.0.cmp(&b.0));
-        entries.sort_unstable_by(newest_first);
+        // The newest MAX_FORWARDED first (a server may hold thousands of peers), then
+        // only those sorted.
+        entries.select_nth_unstable_by(crate::limits::MAX_FORWARDED - 1, newest_first);
         entries.truncate(crate::limits::MAX_FORWARDED);
+        entries.sort_unstable_by(newest_first);
     }
     entries.into_iter().map(|(_, id, _, e)| TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() }).collect()
 }
@@ -460,10 +463,11 @@ async fn count_sent<S: Store>(replica: &Replica<S>, start: Point, limit: u64, fi
     let mut after = start.max(0) as u64;
     let mut n = 0;
     loop {
-        let rows = replica.store().row_keys_after(after, CHUNK.min(limit - n).max(1) as usize).await?;
-        let Some(last) = rows.last() else { return Ok(n) };
-        after = last.row;
-        n += rows.iter().filter(|r| filter.sends_key(r)).count() as u64;
+        let take = CHUNK.min(limit - n).max(1) as usize;
+        let counted = replica.store().with_row_keys_after(after, take, |rows| Some((rows.last()?.row, rows.iter().filter(|r| filter.sends_key(r)).count()))).await?;
+        let Some((last, sent)) = counted else { return Ok(n) };
+        after = last;
+        n += sent as u64;
         if n >= limit {
             return Ok(n);
         }

@@ -151,6 +151,9 @@ pub async fn a_commit_reads_back_exactly<S: Store>(s: &S) {
     let keys: Vec<RowKey> = c.rows.iter().cloned().map(RowKey::from).collect();
     assert_eq!(s.row_keys_after(0, 10).await.unwrap(), keys, "row_keys_after reads the rows' keys");
     assert_eq!(s.row_keys_after(1, 1).await.unwrap(), keys[1..2], "row_keys_after is exclusive and limited");
+    assert_eq!(s.with_row_keys_after(0, 10, |k| k.to_vec()).await.unwrap(), keys, "with_row_keys_after lends the same keys");
+    assert_eq!(s.with_row_keys_after(1, 1, |k| k.to_vec()).await.unwrap(), keys[1..2], "with_row_keys_after is exclusive and limited");
+    assert_eq!(s.with_row_keys_after(3, 10, |k| k.len()).await.unwrap(), 0);
     // Rows 1 and 3 are local writes of n0; row 2 came from peer1 (see `row`).
     assert_eq!(s.own_rows_after(0, "n0").await.unwrap(), 2, "own_rows_after counts local writes of the origin only");
     assert_eq!(s.own_rows_after(1, "n0").await.unwrap(), 1, "own_rows_after is exclusive");
