@@ -77,6 +77,7 @@
 //! ```
 
 pub mod clock;
+pub mod doc_pages;
 pub mod error;
 #[cfg(target_arch = "wasm32")]
 pub mod idb;

@@ -239,6 +239,13 @@ pub trait Store {
         Ok(self.rows_after(after, limit).await?.into_iter().map(RowKey::from).collect())
     }
 
+    /// The pages made from this store's documents that readers share (a server's library,
+    /// which many clients pull the same snapshot pages from), if it keeps any; such a store
+    /// marks every write with `DocPages::writing`.
+    fn doc_pages(&self) -> Option<&crate::doc_pages::DocPages> {
+        None
+    }
+
     /// Passes `row_keys_after(after, limit)`'s rows to `f`. A store that keeps recent
     /// row keys in memory (a server's, for the many pulls that count the same rows) lends
     /// them without reading or copying anything.

@@ -37,6 +37,7 @@ use tidemark::error::{Error, StoreError};
 use tidemark::peer::PeerRecord;
 use tidemark::query::Plan;
 use tidemark::store::{Commit, DocKey, Head, Loaded, Row, RowKey, Store, StoredDoc, StoredText};
+use tidemark::doc_pages::DocPages;
 use tidemark::Replica;
 use tokio::sync::{watch, OnceCell};
 
@@ -96,6 +97,9 @@ pub struct LibraryStore {
     landed: watch::Sender<u64>,
     /// The keys of recent log rows, for the snapshot decision of many pulls at once.
     recent: RecentRows,
+    /// Snapshot pages shared by pulls while no document changes (SQLite only: on
+    /// PostgreSQL other instances write too, unseen by this one).
+    pages: DocPages,
 }
 
 enum Backend {
@@ -105,11 +109,11 @@ enum Backend {
 
 impl LibraryStore {
     pub fn sqlite(store: SqliteStore) -> LibraryStore {
-        LibraryStore { backend: Backend::Sqlite(store), landed: watch::channel(0).0, recent: RecentRows::default() }
+        LibraryStore { backend: Backend::Sqlite(store), landed: watch::channel(0).0, recent: RecentRows::default(), pages: DocPages::default() }
     }
 
     pub fn postgres(store: PgStore) -> LibraryStore {
-        LibraryStore { backend: Backend::Postgres(store), landed: watch::channel(0).0, recent: RecentRows::default() }
+        LibraryStore { backend: Backend::Postgres(store), landed: watch::channel(0).0, recent: RecentRows::default(), pages: DocPages::default() }
     }
 
     /// The PostgreSQL store, when the library lives there.
@@ -249,7 +253,11 @@ impl Store for LibraryStore {
             }
             Ok(c)
         };
-        let commit = each!(self, s => s.commit(keys, peers, f).await)?;
+        // A commit writes documents only at the keys it reads (the store contract).
+        let writing = self.doc_pages().filter(|_| !keys.is_empty()).map(DocPages::writing);
+        let commit = each!(self, s => s.commit(keys, peers, f).await);
+        drop(writing);
+        let commit = commit?;
         // On PostgreSQL rows become visible when the persisted-up-to position reaches them
         // (the registry's watcher reports that); on SQLite at once.
         if let (Backend::Sqlite(_), Some(last)) = (&self.backend, commit.rows.last()) {
@@ -268,6 +276,10 @@ impl Store for LibraryStore {
 
     async fn row_keys_after(&self, after: u64, limit: usize) -> Result<Vec<RowKey>, StoreError> {
         each!(self, s => s.row_keys_after(after, limit).await)
+    }
+
+    fn doc_pages(&self) -> Option<&DocPages> {
+        matches!(self.backend, Backend::Sqlite(_)).then_some(&self.pages)
     }
 
     async fn with_row_keys_after<R>(&self, after: u64, limit: usize, f: impl FnOnce(&[RowKey]) -> R) -> Result<R, StoreError> {

@@ -247,3 +247,32 @@ fn the_library_store_lends_exactly_the_row_keys_sqlite_holds() {
     assert_eq!(check(0, 1000), 240);
     assert_eq!(check(200, 1000), 40);
 }
+
+/// Snapshot pages a server made for one pull go to the next while no document changes,
+/// and never after a write: a client that joins after a write gets it.
+#[test]
+fn shared_snapshot_pages_never_outlive_a_write() {
+    use tidemark::sync::pass::Limits;
+    use tidemark_testkit::scenarios::{docs, pass, replica_at};
+    let dir = tempfile::tempdir().unwrap();
+    let store = tidemark_server::library::LibraryStore::sqlite(SqliteStore::open(dir.path().join("l.sqlite")).unwrap());
+    let server = block_on(Replica::open_relay(store, Box::new(|| 1_000))).unwrap();
+    let limits = Limits { per_diff: 10, max_diffs: 100 };
+    let writer = replica_at(MemoryStore::new(), 1_000);
+    for i in 0..30 {
+        block_on(writer.put("docs", doc(json!({"id": format!("d{i:02}"), "n": i})))).unwrap();
+    }
+    pass(&writer, &server, limits);
+    let pages = server.store().doc_pages().expect("a SQLite library shares its pages");
+    for round in 0..3 {
+        let joiner = replica_at(MemoryStore::new(), 1_000);
+        let sent = pass(&server, &joiner, limits);
+        assert!(sent.snapshot, "round {round}: the joiner gets a snapshot");
+        assert_eq!(docs(&joiner), docs(&writer), "round {round}");
+        assert!(pages.get(None, limits.per_diff).is_some(), "round {round}: the first page is kept for the next pull");
+        // The next joiner must see this write, in the first page and in a later one.
+        block_on(writer.put("docs", doc(json!({"id": "d00", "n": 100 + round})))).unwrap();
+        block_on(writer.put("docs", doc(json!({"id": format!("d25-{round}"), "n": round})))).unwrap();
+        pass(&writer, &server, limits);
+    }
+}

@@ -60,8 +60,9 @@ pub struct SnapshotDoc {
 #[derive(Clone, Debug)]
 pub enum SnapshotDocs {
     Decoded(Vec<SnapshotDoc>),
-    /// Each a `SnapshotDoc`'s JSON text.
-    Wire(Vec<String>),
+    /// Each a `SnapshotDoc`'s JSON text; shared, as the same page goes to many clients
+    /// (`doc_pages`).
+    Wire(std::sync::Arc<[String]>),
 }
 
 impl SnapshotDocs {
@@ -546,7 +547,7 @@ mod tests {
             assert_eq!(wire, serde_json::to_string(&expected).unwrap(), "the same text, field for field");
             // A chunk of them is the frame the decoded chunk makes, and decodes by either
             // path to the decoded documents.
-            let msg = Message::Snapshot { session: "s\"1".into(), after: 7, docs: SnapshotDocs::Wire(vec![wire.clone(), wire]) };
+            let msg = Message::Snapshot { session: "s\"1".into(), after: 7, docs: SnapshotDocs::Wire(vec![wire.clone(), wire].into()) };
             let decoded = Message::Snapshot { session: "s\"1".into(), after: 7, docs: vec![expected.clone(), expected].into() };
             assert_eq!(msg.encode(), decoded.encode());
             assert_eq!(serde_json::to_string(&msg).unwrap(), serde_json::to_string(&decoded).unwrap());
@@ -555,6 +556,6 @@ mod tests {
             assert_eq!(serde_json::from_value::<Envelope>(serde_json::from_str(&msg.encode()).unwrap()).unwrap().msg, decoded);
         }
         assert!(SnapshotDoc::wire_from_stored("tasks", r#"{"id":"x","i":{}}"#).is_err(), "a stored text that must be decoded and is not a document is refused");
-        assert!(SnapshotDocs::Wire(vec![r#"{"c":"tasks","id":"x"}"#.into()]).into_decoded().is_err());
+        assert!(SnapshotDocs::Wire(vec![r#"{"c":"tasks","id":"x"}"#.to_string()].into()).into_decoded().is_err());
     }
 }

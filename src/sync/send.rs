@@ -444,11 +444,22 @@ async fn holds_older<S: Store>(replica: &Replica<S>, start: Point, version: u32,
 /// The next page of stored documents after `after` as a snapshot sends them, and the key
 /// of its last; `None` when there are no more. A store that keeps its documents as text (a
 /// server's) hands them over as such, and they go out without being decoded.
+/// A store whose pages many readers share (`Store::doc_pages`) hands out a page another
+/// pull made while no document has changed since.
 async fn stored_page<S: Store>(replica: &Replica<S>, after: Option<&DocKey>, limit: usize) -> Result<Option<(SnapshotDocs, DocKey)>, Error> {
+    let shared = replica.store().doc_pages();
+    if let Some((docs, last)) = shared.and_then(|p| p.get(after, limit)) {
+        return Ok(Some((SnapshotDocs::Wire(docs), last)));
+    }
+    let seen = shared.and_then(|p| p.begin());
     if let Some(page) = replica.store().stored_texts_after(after, limit).await? {
         let Some(last) = page.last().map(|d| (d.collection.clone(), d.id.clone())) else { return Ok(None) };
         let docs = page.iter().map(|d| SnapshotDoc::wire_from_stored(&d.collection, &d.state).map_err(|e| StoreError::Corrupt(format!("document {:?} in {:?}: {e}", d.id, d.collection))));
-        return Ok(Some((SnapshotDocs::Wire(docs.collect::<Result<_, _>>()?), last)));
+        let docs: std::sync::Arc<[String]> = docs.collect::<Result<_, _>>()?;
+        if let (Some(p), Some(seen)) = (shared, seen) {
+            p.keep(seen, after, limit, (docs.clone(), last.clone()));
+        }
+        return Ok(Some((SnapshotDocs::Wire(docs), last)));
     }
     let page = replica.store().docs_after(after, limit).await?;
     let Some(last) = page.last().map(|(c, d)| (c.clone(), d.id.clone())) else { return Ok(None) };

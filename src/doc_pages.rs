@@ -1,0 +1,161 @@
+//! Pages of text made from a store's documents, shared by every reader while no document
+//! changes (`DocPages`).
+//!
+//! A server sends the same snapshot pages to every client that joins or falls far behind;
+//! when thousands pull at once, each reading and converting the same thousand documents
+//! was most of its work. A store shared by many readers (a server's library) owns one of
+//! these, brackets every write with `writing`, and the sender keeps the pages it made
+//! (`sync::send`), keyed by where they start and how long they are.
+//!
+//! A page is only ever handed out while it is as new as any state a reader could have seen:
+//! writes are counted when they start and when they finish (a seqlock with many writers),
+//! pages are kept only if no write started while they were read, and used only while no
+//! write is under way and none finished since. A write's data may be visible before its
+//! commit returns, so a reader that saw any of it did so while it was under way, and every
+//! page it can get afterwards was read after that write finished.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A document's (collection, id): `store::DocKey`, spelled out so this module stays
+/// below the store contract that names it.
+type DocKey = (String, String);
+
+/// A page's documents as text, and the key of its last (where the next page starts).
+pub type Page = (Arc<[String]>, DocKey);
+
+/// Pages kept at once: a joining client reads pages in order, and concurrent ones mostly
+/// the same few.
+const KEPT: usize = 8;
+
+/// See the module doc.
+#[derive(Default)]
+pub struct DocPages {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    started: u64,
+    finished: u64,
+    /// (start, length, page), all read while no write was under way and none had finished
+    /// since `finished` took its current value.
+    pages: Vec<(Option<DocKey>, usize, Page)>,
+}
+
+/// Marks a write under way until dropped (finished, failed or cancelled alike).
+pub struct Writing<'a>(&'a DocPages);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.lock().finished += 1;
+    }
+}
+
+/// Where the document state stood when a page was begun (`DocPages::begin`).
+#[derive(Clone, Copy, Debug)]
+pub struct Seen(u64);
+
+impl DocPages {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Call before anything that may change documents; hold the result until it is done.
+    pub fn writing(&self) -> Writing<'_> {
+        let mut s = self.lock();
+        s.started += 1;
+        s.pages.clear();
+        Writing(self)
+    }
+
+    /// The page of `limit` documents after `after`, if one was kept for the current state.
+    pub fn get(&self, after: Option<&DocKey>, limit: usize) -> Option<Page> {
+        let s = self.lock();
+        if s.started != s.finished {
+            return None;
+        }
+        s.pages.iter().find(|(a, n, _)| a.as_ref() == after && *n == limit).map(|(_, _, p)| p.clone())
+    }
+
+    /// Call before reading a page to keep; `None` while a write is under way.
+    pub fn begin(&self) -> Option<Seen> {
+        let s = self.lock();
+        (s.started == s.finished).then_some(Seen(s.finished))
+    }
+
+    /// Keeps a page read since `begin` returned `seen`, unless a write started meanwhile.
+    pub fn keep(&self, seen: Seen, after: Option<&DocKey>, limit: usize, page: Page) {
+        let mut s = self.lock();
+        if s.started != seen.0 || s.finished != seen.0 {
+            return;
+        }
+        if s.pages.iter().any(|(a, n, _)| a.as_ref() == after && *n == limit) {
+            return;
+        }
+        if s.pages.len() >= KEPT {
+            s.pages.remove(0);
+        }
+        s.pages.push((after.cloned(), limit, page));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(text: &str) -> Page {
+        (vec![text.to_string()].into(), ("c".into(), text.into()))
+    }
+
+    #[test]
+    fn a_page_is_kept_and_shared_until_a_write_starts() {
+        let pages = DocPages::default();
+        let seen = pages.begin().unwrap();
+        pages.keep(seen, None, 10, page("a"));
+        assert_eq!(pages.get(None, 10).unwrap().0[0], "a");
+        assert!(pages.get(None, 11).is_none(), "keyed by length");
+        assert!(pages.get(Some(&("c".into(), "a".into())), 10).is_none(), "keyed by start");
+        let w = pages.writing();
+        assert!(pages.get(None, 10).is_none(), "a write drops the pages");
+        assert!(pages.begin().is_none(), "nothing is kept while a write is under way");
+        drop(w);
+        assert!(pages.get(None, 10).is_none());
+        let seen = pages.begin().unwrap();
+        pages.keep(seen, None, 10, page("b"));
+        assert_eq!(pages.get(None, 10).unwrap().0[0], "b");
+    }
+
+    #[test]
+    fn a_page_read_across_a_write_is_not_kept() {
+        let pages = DocPages::default();
+        // Started and finished while the page was read.
+        let seen = pages.begin().unwrap();
+        drop(pages.writing());
+        pages.keep(seen, None, 10, page("old"));
+        assert!(pages.get(None, 10).is_none());
+        // Started while it was read, still under way.
+        let seen = pages.begin().unwrap();
+        let w = pages.writing();
+        pages.keep(seen, None, 10, page("old"));
+        drop(w);
+        assert!(pages.get(None, 10).is_none());
+        // Two writers: one finishing does not make the other's data stable.
+        let (w1, w2) = (pages.writing(), pages.writing());
+        drop(w1);
+        assert!(pages.begin().is_none() && pages.get(None, 10).is_none());
+        drop(w2);
+        assert!(pages.begin().is_some());
+    }
+
+    #[test]
+    fn at_most_kept_pages_stay_the_newest() {
+        let pages = DocPages::default();
+        for i in 0..KEPT + 3 {
+            let seen = pages.begin().unwrap();
+            pages.keep(seen, None, i, page(&i.to_string()));
+        }
+        assert!(pages.get(None, 0).is_none() && pages.get(None, 2).is_none());
+        assert_eq!(pages.get(None, KEPT + 2).unwrap().0[0], (KEPT + 2).to_string());
+        assert_eq!(pages.get(None, 3).unwrap().0[0], "3");
+    }
+}
