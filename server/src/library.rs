@@ -36,8 +36,8 @@ use thiserror::Error;
 use tidemark::error::{Error, StoreError};
 use tidemark::peer::PeerRecord;
 use tidemark::query::Plan;
-use tidemark::store::{Commit, DocKey, Head, Loaded, Row, RowKey, Store, StoredDoc, StoredText};
 use tidemark::doc_pages::DocPages;
+use tidemark::store::{Commit, DocKey, Head, Loaded, Row, RowKey, Store, StoredDoc, StoredText};
 use tidemark::Replica;
 use tokio::sync::{watch, OnceCell};
 
@@ -97,9 +97,9 @@ pub struct LibraryStore {
     landed: watch::Sender<u64>,
     /// The keys of recent log rows, for the snapshot decision of many pulls at once.
     recent: RecentRows,
-    /// Snapshot pages shared by pulls while no document changes (SQLite only: on
+    /// Snapshot pages shared by pulls while no document changes; SQLite only (on
     /// PostgreSQL other instances write too, unseen by this one).
-    pages: DocPages,
+    pages: Option<DocPages>,
 }
 
 enum Backend {
@@ -109,11 +109,11 @@ enum Backend {
 
 impl LibraryStore {
     pub fn sqlite(store: SqliteStore) -> LibraryStore {
-        LibraryStore { backend: Backend::Sqlite(store), landed: watch::channel(0).0, recent: RecentRows::default(), pages: DocPages::default() }
+        LibraryStore { backend: Backend::Sqlite(store), landed: watch::channel(0).0, recent: RecentRows::default(), pages: Some(DocPages::default()) }
     }
 
     pub fn postgres(store: PgStore) -> LibraryStore {
-        LibraryStore { backend: Backend::Postgres(store), landed: watch::channel(0).0, recent: RecentRows::default(), pages: DocPages::default() }
+        LibraryStore { backend: Backend::Postgres(store), landed: watch::channel(0).0, recent: RecentRows::default(), pages: None }
     }
 
     /// The PostgreSQL store, when the library lives there.
@@ -279,7 +279,7 @@ impl Store for LibraryStore {
     }
 
     fn doc_pages(&self) -> Option<&DocPages> {
-        matches!(self.backend, Backend::Sqlite(_)).then_some(&self.pages)
+        self.pages.as_ref()
     }
 
     async fn with_row_keys_after<R>(&self, after: u64, limit: usize, f: impl FnOnce(&[RowKey]) -> R) -> Result<R, StoreError> {
