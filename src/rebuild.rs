@@ -170,9 +170,8 @@ fn built(schemas: &Schemas, it: &mut Pending, view: View, head: &mut Head, rows:
         // Output the layer is already built on (adopted from another replica) is not new.
         if migrated.as_ref() != Some(&op.ts) && it.layers.migration_root(current) != Some(&op.ts) {
             migrated = Some(op.ts.clone());
-            head.max_row += 1;
-            op.origin_row = head.max_row;
-            rows.push(Row { row: head.max_row, op, from: None });
+            op.origin_row = head.max_row + 1;
+            rows.push(head.log(op, None));
         }
     }
     // The item is done with: its older layers move into the stored document.

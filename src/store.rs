@@ -42,12 +42,31 @@ pub struct Head {
     /// that receives a snapshot completes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset_pending: bool,
+    /// How many rows of the log are this replica's own (`Row::is_own`): counted as rows
+    /// are logged (`Head::log`), so a replica opening with many unsynced writes knows how
+    /// many without reading its log (`Store::own_rows_after` from row 0). `None`: not
+    /// known (a head stored before this count existed, or one a store rebuilt from
+    /// elsewhere), and it stays unknown.
+    #[serde(default, rename = "ownRows", skip_serializing_if = "Option::is_none")]
+    pub own_rows: Option<u64>,
 }
 
 impl Head {
     /// A fresh replica's head.
     pub fn new(db_id: String, version: u32) -> Head {
-        Head { clock: Stamp { version, wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version, sealed: false, reset_pending: false }
+        Head { clock: Stamp { version, wall: 0, counter: 0, node: db_id.clone() }, db_id, max_row: 0, schema_version: version, sealed: false, reset_pending: false, own_rows: Some(0) }
+    }
+
+    /// Logs `op` as the next row (from `from`, `None` for this replica's own), counting
+    /// it in `own_rows` if it is this replica's own. Every row a replica logs goes
+    /// through here, so the row numbers and the count cannot disagree.
+    pub fn log(&mut self, op: Op, from: Option<String>) -> Row {
+        self.max_row += 1;
+        let row = Row { row: self.max_row, op, from };
+        if row.is_own(&self.db_id) {
+            self.own_rows = self.own_rows.map(|n| n + 1);
+        }
+        row
     }
 }
 
@@ -59,6 +78,15 @@ pub struct Row {
     /// The peer the op came from, `None` for local writes (echo suppression needs it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+}
+
+impl Row {
+    /// Whether this row is `origin`'s own: written by it (its origin) and logged where it
+    /// was written (no sender). A replica's unsynced writes are its own rows after what
+    /// its peers acknowledged (`Store::own_rows_after`).
+    pub fn is_own(&self, origin: &str) -> bool {
+        self.from.is_none() && self.op.origin == origin
+    }
 }
 
 /// A stored document as its JSON text, with its key (`Store::stored_texts_after`).

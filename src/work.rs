@@ -174,8 +174,8 @@ impl Work {
     }
 
     fn log(&mut self, op: Op, from: Option<&str>) {
-        self.head.max_row += 1;
-        self.rows.push(Row { row: self.head.max_row, op, from: from.map(str::to_string) });
+        let row = self.head.log(op, from.map(str::to_string));
+        self.rows.push(row);
     }
 
     /// Takes out the changed documents whose layers include a version older than the

@@ -644,16 +644,27 @@ async fn unsynced_rows_are_counted_without_reading_back_the_records_this_store_w
     assert_eq!(c.store().own_rows_after(1, &origin).await.unwrap(), 32);
     assert_eq!(c.store().log_records_read(), read + 1);
 
-    // Another tab knows none of them: it reads them and counts the same.
+    // Another tab knows none of them: from row 0 the head's count of own rows serves,
+    // and nothing is read.
     let other = open().await;
     assert_eq!(other.store().own_rows_after(0, &origin).await.unwrap(), 33);
-    let records = other.store().log_records_read();
-    assert!(records > 5, "the copied log, the chunks and the migration output: {records} records");
+    assert_eq!(other.store().log_records_read(), 0, "the head counts the own rows: no record is read");
+    // From every row, counted below it (and subtracted) or above it, whichever side is
+    // shorter, reading records that tab did not write: what the rows themselves say.
+    let max = other.store().head().await.unwrap().unwrap().max_row;
+    let all = other.store().rows_after(0, 10_000).await.unwrap();
+    for after in 0..=max {
+        let want = all.iter().filter(|r| r.row > after && r.is_own(&origin)).count() as u64;
+        assert_eq!(other.store().own_rows_after(after, &origin).await.unwrap(), want, "after {after}");
+    }
+    assert!(other.store().log_records_read() > 5, "the copied log, the chunks and the migration output were read");
     // A write of that tab is a record this one has not seen: read, and counted.
     other.write(vec![put(doc(200))]).await.unwrap();
     let read = c.store().log_records_read();
-    assert_eq!(c.store().own_rows_after(1, &origin).await.unwrap(), 33);
-    assert_eq!(c.store().log_records_read(), read + 2, "the first record and the other tab's");
+    assert_eq!(c.store().own_rows_after(max, &origin).await.unwrap(), 1);
+    assert_eq!(c.store().log_records_read(), read + 1, "the other tab's record");
+    assert_eq!(c.store().own_rows_after(0, &origin).await.unwrap(), 34);
+    assert_eq!(c.store().log_records_read(), read + 1, "the head's count includes the other tab's write");
     c.store().close();
     other.store().close();
     IdbStore::delete_replica(&name).await.unwrap();
@@ -763,6 +774,20 @@ async fn rewrite_log_as_objects(db_name: &str) {
     db.close();
 }
 
+/// Rewrites a generation's head as stored before it counted own rows (no `ownRows`).
+async fn strip_own_rows(db_name: &str) {
+    let db = indexed_db_futures::database::Database::open(db_name).await.unwrap();
+    {
+        let tx = db.transaction("meta").with_mode(indexed_db_futures::transaction::TransactionMode::Readwrite).build().unwrap();
+        let store = tx.object_store("meta").unwrap();
+        let head: JsValue = store.get::<JsValue, _, _>(JsValue::from_str("head")).primitive().unwrap().await.unwrap().unwrap();
+        assert!(js_sys::Reflect::delete_property(head.unchecked_ref::<js_sys::Object>(), &"ownRows".into()).unwrap());
+        store.put(head).with_key(JsValue::from_str("head")).without_key_type().primitive().unwrap();
+        tx.commit().await.unwrap();
+    }
+    db.close();
+}
+
 #[wasm_bindgen_test]
 async fn log_records_of_earlier_versions_still_read() {
     let name = unique("t-oldlog");
@@ -786,6 +811,18 @@ async fn log_records_of_earlier_versions_still_read() {
     for (after, want) in [(0, 8), (2, 6), (5, 3), (6, 2), (8, 0)] {
         assert_eq!(idb.store().own_rows_after(after, &me).await.unwrap(), want, "after {after}");
         assert_eq!(idb.store().own_rows_after(after, "someone-else").await.unwrap(), 0);
+    }
+    // A head stored before it counted own rows (no `ownRows`): counted from the records,
+    // and a write keeps the count unknown rather than starting it at 1.
+    let db_name = idb.store().live().db.clone();
+    idb.store().close();
+    strip_own_rows(&db_name).await;
+    let idb = open_idb(&name, &schema).await;
+    assert_eq!(idb.store().head().await.unwrap().unwrap().own_rows, None);
+    idb.write(vec![put(doc(8))]).await.unwrap();
+    assert_eq!(idb.store().head().await.unwrap().unwrap().own_rows, None);
+    for (after, want) in [(0, 9), (2, 7), (8, 1), (9, 0)] {
+        assert_eq!(idb.store().own_rows_after(after, &me).await.unwrap(), want, "after {after}, no count in the head");
     }
     idb.store().close();
     IdbStore::delete_replica(&name).await.unwrap();

@@ -119,6 +119,17 @@ fn with_writes(store: MemoryStore, n: usize) -> Replica<MemoryStore> {
     c
 }
 
+/// The head's count of own rows (`Head::own_rows`) is what the log holds: every row the
+/// engine logged — local writes, received ops, migration output, rows copied by a reset
+/// or an upgrade — was counted if and only if it is the replica's own.
+fn own_rows_agree<S: Store>(r: &Replica<S>) {
+    let head = block_on(r.store().head()).unwrap().unwrap();
+    let rows = block_on(r.store().rows_after(0, 1_000_000)).unwrap();
+    let own = rows.iter().filter(|row| row.is_own(&head.db_id)).count() as u64;
+    assert_eq!(head.own_rows, Some(own), "{} rows, {own} of them its own", rows.len());
+    assert_eq!(block_on(r.store().own_rows_after(0, &head.db_id)).unwrap(), own);
+}
+
 #[test]
 fn a_reset_migrates_across_documents_keeps_unsynced_writes_and_swaps_at_once() {
     let server = v1_library();
@@ -157,6 +168,8 @@ fn a_reset_migrates_across_documents_keeps_unsynced_writes_and_swaps_at_once() {
     }
     let report = report.unwrap();
     assert!(report.snapshot && report.reset, "{report:?}");
+    own_rows_agree(&c);
+    assert_eq!(c.head().own_rows, Some(36), "6 writes of its own and 30 migrated documents");
     let rebuilt = report.rebuilt.clone().unwrap();
     assert_eq!((rebuilt.documents, rebuilt.migrated, rebuilt.kept, rebuilt.from_version), (33, 30, 6, Some(1)), "{rebuilt:?}");
     assert!(steps > 5, "the snapshot came in several chunks");
@@ -184,6 +197,9 @@ fn a_reset_migrates_across_documents_keeps_unsynced_writes_and_swaps_at_once() {
     pass(&c, &server, Limits::default()).unwrap();
     let again = pass(&server, &c, Limits::default()).unwrap();
     assert!(!again.snapshot && !again.reset, "no reset loop: {again:?}");
+    own_rows_agree(&c);
+    own_rows_agree(&server);
+    assert_eq!(server.head().own_rows, Some(0), "a relay logs only what it received");
     let on_server: Vec<_> = block_on(server.store().docs_after(None, 1000)).unwrap();
     let t04 = on_server.iter().find(|(c, d)| c == "tasks" && d.id == "t04").unwrap();
     assert_eq!(t04.1.doc.as_ref().unwrap()["label"], "tag 1", "the relay holds the migrated state");
@@ -314,6 +330,9 @@ fn an_upgrade_on_open_runs_migrations_that_read_other_documents() {
     let c = client_v2(to, Label::default());
     let t4 = block_on(c.get("tasks", "t04")).unwrap().unwrap().doc.unwrap();
     assert_eq!(Value::Object(t4), json!({"id": "t04", "label": "tag 1", "tagsThen": 3}));
+    own_rows_agree(&w);
+    own_rows_agree(&c);
+    assert_eq!(c.head().own_rows, Some(12 + 9), "the copied log's 12 writes and 9 migrated tasks");
 }
 
 /// A new v2 replica joining a library whose older-version data fits in one batch still
