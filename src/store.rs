@@ -45,8 +45,8 @@ pub struct Head {
     /// How many rows of the log are this replica's own (`Row::is_own`): counted as rows
     /// are logged (`Head::log`), so a replica opening with many unsynced writes knows how
     /// many without reading its log (`Store::own_rows_after` from row 0). `None`: not
-    /// known (a head stored before this count existed, or one a store rebuilt from
-    /// elsewhere), and it stays unknown.
+    /// known (a head stored before this count existed), and it stays unknown. Stores
+    /// keep it as written; only IndexedDB's `own_rows_after` reads it.
     #[serde(default, rename = "ownRows", skip_serializing_if = "Option::is_none")]
     pub own_rows: Option<u64>,
 }

@@ -77,10 +77,9 @@ struct HeadRow {
     clock: Option<String>,
 }
 
-/// The part of a head stored in `tidemark_libraries`: everything but max row and clock
-/// (and the own-row count, which several writers could not keep: `Head::own_rows`).
+/// The part of a head stored in `tidemark_libraries`: everything but max row and clock.
 fn fixed_part(head: &Head) -> Head {
-    Head { max_row: 0, clock: Stamp::zero(), own_rows: None, ..head.clone() }
+    Head { max_row: 0, clock: Stamp::zero(), ..head.clone() }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
