@@ -126,9 +126,27 @@ impl IdbStore {
     pub async fn open(name: &str, schema: &Schema) -> Result<IdbStore, Error> {
         check_name(name)?;
         schema.validate()?;
-        persist::ask_once();
         let dir = directory::open(name).await?;
-        let store = match Self::live_generation(name, schema, &dir).await {
+        let live = match directory::read_live(&dir).await {
+            Ok(live) => live,
+            Err(e) => {
+                dir.close();
+                return Err(e.into());
+            }
+        };
+        Self::open_in(name, schema, dir, live).await
+    }
+
+    /// `open` with the directory already open and its live pointer as read from it (what
+    /// `open_migrating` has in hand when there is nothing to migrate: opening the
+    /// directory again would cost a second database open on every page load).
+    async fn open_in(name: &str, schema: &Schema, dir: Database, live: Option<Live>) -> Result<IdbStore, Error> {
+        if let Err(e) = schema.validate() {
+            dir.close();
+            return Err(e.into());
+        }
+        persist::ask_once();
+        let store = match Self::live_generation(name, schema, &dir, live).await {
             Ok((live, db)) => Self::new(name, schema, live, dir, db),
             Err(e) => {
                 dir.close();
@@ -143,9 +161,8 @@ impl IdbStore {
         Ok(store)
     }
 
-    async fn live_generation(name: &str, schema: &Schema, dir: &Database) -> Result<(Live, Database), Error> {
+    async fn live_generation(name: &str, schema: &Schema, dir: &Database, mut live: Option<Live>) -> Result<(Live, Database), Error> {
         let layout = schema.layout();
-        let mut live = directory::read_live(dir).await?;
         if live.is_none() {
             let first = Live { generation: 1, db: generation::name(name, 1), schema_version: schema.version, layout: layout.clone() };
             let db = generation::create(name, 1, schema).await?;

@@ -26,16 +26,21 @@ impl IdbStore {
         let current = &schemas.current;
         loop {
             let dir = directory::open(name).await?;
-            let live = directory::read_live(&dir).await;
-            dir.close();
-            let live = match live? {
-                Some(l) if l.schema_version < current.version => l,
-                Some(l) if l.schema_version > current.version => {
+            let live = match directory::read_live(&dir).await {
+                Ok(Some(l)) if l.schema_version < current.version => l,
+                Ok(Some(l)) if l.schema_version > current.version => {
+                    dir.close();
                     return Err(MigrateError::Newer { stored: l.schema_version, current: current.version }.into());
                 }
-                // New, or already at this version: nothing to migrate.
-                _ => return IdbStore::open(name, current).await,
+                // New, or already at this version: nothing to migrate, and the directory
+                // just read serves the store.
+                Ok(live) => return IdbStore::open_in(name, current, dir, live).await,
+                Err(e) => {
+                    dir.close();
+                    return Err(e.into());
+                }
             };
+            dir.close();
             schemas.check_path(live.schema_version, migrator)?;
             let old_schema = schemas.get(live.schema_version).ok_or(MigrateError::MissingSchema(live.schema_version))?;
             if old_schema.layout() != live.layout {
