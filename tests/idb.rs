@@ -604,6 +604,25 @@ async fn single_writes_skip_the_read_unless_another_tab_wrote_meanwhile() {
     assert_eq!(ids(&k9.iter().map(to_map).collect::<Vec<_>>()), vec!["d00003".to_string()]);
     a.store().close();
     b.store().close();
+
+    // Reopened, the store knows the head (after one write) but none of the documents:
+    // a put of one that exists is guessed absent with the head still current, so the
+    // document is added rather than read; IndexedDB refuses the add, nothing of that
+    // attempt is written, and the write goes down the reading path.
+    let a = open_idb(&name, &schema).await;
+    a.write(vec![put(doc(5))]).await.unwrap();
+    let unread = a.store().unread_commits();
+    a.write(vec![put(doc(6))]).await.unwrap();
+    assert_eq!(a.store().unread_commits(), unread + 1, "a new document: added, no read");
+    a.write(vec![put(json!({"id": "d00002", "kind": "k7"}))]).await.unwrap();
+    assert_eq!(a.store().unread_commits(), unread + 1, "an existing document is never added over");
+    assert_eq!(a.get(ITEMS, "d00002").await.unwrap().unwrap().doc.unwrap(), obj(json!({"id": "d00002", "kind": "k7"})));
+    let k7 = a.query(ITEMS, &json!({"where": {"kind": "k7"}})).await.unwrap();
+    assert_eq!(ids(&k7.iter().map(to_map).collect::<Vec<_>>()), vec!["d00002".to_string()]);
+    let rows = a.store().rows_after(0, 100).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.row).collect::<Vec<_>>(), (1..=12).collect::<Vec<u64>>(), "no row of the refused attempt");
+    assert_eq!(a.store().head().await.unwrap().unwrap().max_row, 12);
+    a.store().close();
     IdbStore::delete_replica(&name).await.unwrap();
 }
 

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 
 use indexed_db_futures::database::Database;
+use indexed_db_futures::future::VoidRequest;
 use indexed_db_futures::internals::SystemRepr;
 use indexed_db_futures::object_store::ObjectStore;
 use indexed_db_futures::prelude::*;
@@ -122,7 +123,7 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
         commit.check(loaded_head.as_ref())?;
 
-        let written = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, texts)?;
+        let (written, _) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, texts, &|_, _| false)?;
         (commit, written)
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
@@ -140,7 +141,8 @@ pub struct Expected {
 /// then in one transaction asks for the head and the documents, puts what `f` wrote
 /// behind those requests (IndexedDB runs a transaction's requests in order, so the reads
 /// see what the puts replace, and no other transaction runs in between), and commits only
-/// if the reads match `expected`. `None`: they did not (or `f` refused the expected
+/// if the reads match `expected`. A document expected absent that `f` writes is not read
+/// but added: the add fails if it exists. `None`: they did not (or `f` refused the expected
 /// state), and nothing was written — the transaction is dropped, which aborts it, before
 /// the last put's result could let it commit. The merge texts as in `commit`.
 pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<(Commit, Vec<String>)>, Error> {
@@ -157,19 +159,35 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
     let written = {
         let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
         let head_req = meta.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?;
+        // A document expected absent that the commit writes is added, not read and put:
+        // IndexedDB refuses the add if the document exists (and the transaction aborts),
+        // which checks the expectation with one request fewer — a new document's write is
+        // the common single write (DESIGN §10's W2).
+        // (At most `SMALL_COMMIT` keys: plain scans, no hash sets.)
+        let mut added: Vec<(&str, &str)> = Vec::new();
         let mut doc_reqs = Vec::with_capacity(keys.len());
-        for (c, id) in keys {
+        for ((c, id), want) in keys.iter().zip(want) {
+            if want.is_none() && commit.docs.iter().any(|(wc, d)| wc == c && d.id == *id) {
+                added.push((c.as_str(), id.as_str()));
+                continue;
+            }
             let store = &stores[collections.binary_search(&c.as_str()).expect("scope holds every key's collection")];
-            doc_reqs.push(store.get::<JsValue, _, _>(JsValue::from_str(id)).primitive().map_err(from_idb)?);
+            doc_reqs.push((store.get::<JsValue, _, _>(JsValue::from_str(id)).primitive().map_err(from_idb)?, want));
         }
-        let written = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true)?;
+        let (written, adds) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true, &|c, id| added.iter().any(|(ac, aid)| *ac == c && *aid == id))?;
         let head = read_head(head_req).await?;
         if head.as_ref() != Some(&want_head) {
             return Ok(None);
         }
-        for (req, want) in doc_reqs.into_iter().zip(want) {
+        for (req, want) in doc_reqs {
             let found = req.await.map_err(from_idb)?;
             if found.as_ref().and_then(codec::merge_text) != want {
+                return Ok(None);
+            }
+        }
+        for add in adds {
+            // Refused (ConstraintError): the document exists after all.
+            if add.await.is_err() {
                 return Ok(None);
             }
         }
@@ -197,7 +215,7 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     {
         let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
-        put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false)?;
+        put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false, &|_, _| false)?;
     }
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
     // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
@@ -211,10 +229,24 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
 
 /// Puts what `commit` writes: documents (into the stores of `collections`, in order),
 /// the log rows as one record, resolutions, peer records and the head. Returns the
-/// documents' merge texts (`codec::merge_text`), in order, when `texts` asks for them.
-fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], stores: &[ObjectStore], meta: &ObjectStore, log: &ObjectStore, peer_store: &ObjectStore, texts: bool) -> Result<Vec<String>, Error> {
+/// documents' merge texts (`codec::merge_text`), in order, when `texts` asks for them,
+/// and the requests of the documents written with `add` (those `add` names: `commit_expected`'s
+/// expected-absent ones) rather than `put`.
+#[allow(clippy::too_many_arguments)]
+fn put_all(
+    commit: &Commit,
+    collections: &[&str],
+    indexes: &[&[Index]],
+    stores: &[ObjectStore],
+    meta: &ObjectStore,
+    log: &ObjectStore,
+    peer_store: &ObjectStore,
+    texts: bool,
+    add: &dyn Fn(&str, &str) -> bool,
+) -> Result<(Vec<String>, Vec<VoidRequest>), Error> {
     let slot = |collection: &str| collections.binary_search(&collection).ok();
     let mut merge_texts = Vec::new();
+    let mut adds = Vec::new();
     for slice in commit.docs.chunks(SLICE) {
         let mut out = Vec::with_capacity(slice.len());
         for (c, d) in slice {
@@ -222,9 +254,13 @@ fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], stores: 
             out.push(codec::DocOut::new(d, indexes[store])?);
         }
         let docs: js_sys::Array = codec::to_js(&out)?.unchecked_into();
-        for (i, (c, _)) in slice.iter().enumerate() {
-            let store = slot(c).expect("checked above");
-            stores[store].put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+        for (i, (c, d)) in slice.iter().enumerate() {
+            let store = &stores[slot(c).expect("checked above")];
+            if add(c, &d.id) {
+                adds.push(store.add(docs.get(i as u32)).primitive().map_err(from_idb)?);
+            } else {
+                store.put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+            }
         }
         if texts {
             merge_texts.extend(out.into_iter().map(codec::DocOut::into_merge_text));
@@ -245,7 +281,7 @@ fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], stores: 
     if commit.head.is_some() {
         meta.put(js.head()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
     }
-    Ok(merge_texts)
+    Ok((merge_texts, adds))
 }
 
 /// Below this many keys in one collection, plain gets are cheaper than a probe first.
