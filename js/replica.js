@@ -24,6 +24,8 @@ export class Replica {
   #handlers = new Map(EVENTS.map((e) => [e, new Set()]));
   #subs = new Set();
   #channel = null;
+  /** Collections changed since the last message to the other tabs (`#announce`). */
+  #unannounced = null;
   #leader = false;
   #releaseLock = null;
   #onNetwork = null;
@@ -36,7 +38,7 @@ export class Replica {
     // tell the other tabs of this replica.
     inner.setOnChange((collections) => {
       this.#changed(collections);
-      this.#channel?.postMessage({ collections });
+      this.#announce(collections);
     });
     // The page's network events: offline drops live sync's connection at once (so
     // status().online is never true on a dead socket), online reconnects at once.
@@ -125,6 +127,28 @@ export class Replica {
     return () => { sub.active = false; this.#subs.delete(sub); };
   }
 
+  /**
+   * Tells the other tabs which collections changed — after the write that changed them
+   * has resolved, not inside it: posting to a BroadcastChannel clones and sends a message,
+   * about a tenth of an awaited single write, and nothing in this tab waits for it. The
+   * collections of the commits made meanwhile go in one message.
+   */
+  #announce(collections) {
+    if (!this.#channel) return;
+    if (this.#unannounced) {
+      for (const c of collections) this.#unannounced.add(c);
+      return;
+    }
+    this.#unannounced = new Set(collections);
+    setTimeout(() => this.#flushAnnounce(), 0);
+  }
+
+  #flushAnnounce() {
+    const pending = this.#unannounced;
+    this.#unannounced = null;
+    if (pending?.size) this.#channel?.postMessage({ collections: [...pending] });
+  }
+
   #changed(collections) {
     for (const sub of this.#subs) {
       if (collections.includes(sub.collection)) this.#refresh(sub);
@@ -209,6 +233,8 @@ export class Replica {
     this.#closed = true;
     this.disconnect();
     this.#subs.clear();
+    // What this tab changed last still reaches the others.
+    this.#flushAnnounce();
     this.#channel?.close();
     if (this.#onNetwork) {
       globalThis.removeEventListener('online', this.#onNetwork);

@@ -96,6 +96,34 @@ test('two tabs of one replica see each other\'s writes live', async () => {
   for (const p of [a, b]) { await p.evaluate(() => window.db.close()); await p.close(); }
 });
 
+test('a tab tells the others what it changed once its writes resolve, and before it closes', async () => {
+  const a = await h.openPage();
+  const b = await h.openPage();
+  await open(a, 'announce');
+  await open(b, 'announce');
+  // What tab B hears on the replica's channel, beside the replica's own listener.
+  await b.evaluate(() => {
+    window.heard = [];
+    window.ear = new BroadcastChannel('tidemark:announce');
+    window.ear.onmessage = (e) => window.heard.push(e.data.collections);
+  });
+  await a.evaluate(() => Promise.all([
+    window.db.put('todos', { id: 'b1', title: 'one', list: 'inbox' }),
+    window.db.put('todos', { id: 'b2', title: 'two', list: 'inbox' }),
+    window.db.put('other', { id: 'o1' }),
+  ]));
+  await b.waitForFunction(() => window.calls.at(-1).join() === 'b1:one,b2:two', null, { timeout: 5000 });
+  await b.waitForFunction(() => new Set(window.heard.flat()).size === 2, null, { timeout: 5000 });
+  const heard = await b.evaluate(() => window.heard);
+  assert.deepEqual([...new Set(heard.flat())].sort(), ['other', 'todos']);
+  assert.ok(heard.length >= 1 && heard.length <= 3, `one message per commit at most: ${JSON.stringify(heard)}`);
+  // A write right before close() is still announced: tab B's live query shows it.
+  await a.evaluate(async () => { await window.db.put('todos', { id: 'b3', title: 'last', list: 'inbox' }); await window.db.close(); });
+  await b.waitForFunction(() => window.calls.at(-1).includes('b3:last'), null, { timeout: 5000 });
+  await b.evaluate(() => { window.ear.close(); return window.db.close(); });
+  for (const p of [a, b]) await p.close();
+});
+
 test('exactly one tab runs sync; when it closes another takes over without losing writes', async () => {
   const srv = await startServer();
   try {
