@@ -166,12 +166,13 @@ fn built(schemas: &Schemas, it: &mut Pending, view: View, head: &mut Head, rows:
         view.state.apply(&op);
         view.migration = Some(op);
     }
-    if let Some(mut op) = view.migration {
+    if let Some(op) = view.migration {
         // Output the layer is already built on (adopted from another replica) is not new.
         if migrated.as_ref() != Some(&op.ts) && it.layers.migration_root(current) != Some(&op.ts) {
             migrated = Some(op.ts.clone());
-            op.origin_row = head.max_row + 1;
-            rows.push(head.log(op, None));
+            let mut row = head.log(op, None);
+            row.op.origin_row = row.row;
+            rows.push(row);
         }
     }
     // The item is done with: its older layers move into the stored document.

@@ -381,7 +381,7 @@ impl<S: Store> Replica<S> {
             }
         };
         let me = self.head().db_id;
-        let local = commit.rows.iter().filter(|r| r.from.is_none() && r.op.origin == me).count() as u64;
+        let local = commit.rows.iter().filter(|r| r.is_own(&me)).count() as u64;
         self.committed(&commit);
         self.known.lock().expect("status lock").pending += local;
         Ok(())

@@ -290,7 +290,7 @@ pub trait Store {
             let rows = self.rows_after(after, 2000).await?;
             let Some(last) = rows.last() else { return Ok(n) };
             after = last.row;
-            n += rows.iter().filter(|r| r.from.is_none() && r.op.origin == origin).count() as u64;
+            n += rows.iter().filter(|r| r.is_own(origin)).count() as u64;
         }
     }
 

@@ -123,7 +123,7 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
         commit.check(loaded_head.as_ref())?;
 
-        let (written, _) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, texts, &|_, _| false)?;
+        let (written, _) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, texts, &[])?;
         (commit, written)
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
@@ -174,7 +174,7 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
             let store = &stores[collections.binary_search(&c.as_str()).expect("scope holds every key's collection")];
             doc_reqs.push((store.get::<JsValue, _, _>(JsValue::from_str(id)).primitive().map_err(from_idb)?, want));
         }
-        let (written, adds) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true, &|c, id| added.iter().any(|(ac, aid)| *ac == c && *aid == id))?;
+        let (written, adds) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true, &added)?;
         let head = read_head(head_req).await?;
         if head.as_ref() != Some(&want_head) {
             return Ok(None);
@@ -215,7 +215,7 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     {
         let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
-        put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false, &|_, _| false)?;
+        put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false, &[])?;
     }
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
     // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
@@ -230,8 +230,8 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
 /// Puts what `commit` writes: documents (into the stores of `collections`, in order),
 /// the log rows as one record, resolutions, peer records and the head. Returns the
 /// documents' merge texts (`codec::merge_text`), in order, when `texts` asks for them,
-/// and the requests of the documents written with `add` (those `add` names: `commit_expected`'s
-/// expected-absent ones) rather than `put`.
+/// and the requests of the documents written with `add` rather than `put` (those in
+/// `added`: `commit_expected`'s expected-absent ones).
 #[allow(clippy::too_many_arguments)]
 fn put_all(
     commit: &Commit,
@@ -242,7 +242,7 @@ fn put_all(
     log: &ObjectStore,
     peer_store: &ObjectStore,
     texts: bool,
-    add: &dyn Fn(&str, &str) -> bool,
+    added: &[(&str, &str)],
 ) -> Result<(Vec<String>, Vec<VoidRequest>), Error> {
     let slot = |collection: &str| collections.binary_search(&collection).ok();
     let mut merge_texts = Vec::new();
@@ -256,7 +256,7 @@ fn put_all(
         let docs: js_sys::Array = codec::to_js(&out)?.unchecked_into();
         for (i, (c, d)) in slice.iter().enumerate() {
             let store = &stores[slot(c).expect("checked above")];
-            if add(c, &d.id) {
+            if added.iter().any(|(ac, aid)| ac == c && *aid == d.id) {
                 adds.push(store.add(docs.get(i as u32)).primitive().map_err(from_idb)?);
             } else {
                 store.put(docs.get(i as u32)).primitive().map_err(from_idb)?;

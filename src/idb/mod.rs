@@ -139,12 +139,9 @@ impl IdbStore {
 
     /// `open` with the directory already open and its live pointer as read from it (what
     /// `open_migrating` has in hand when there is nothing to migrate: opening the
-    /// directory again would cost a second database open on every page load).
+    /// directory again would cost a second database open on every page load). `schema`
+    /// is validated by the caller, before the directory is opened.
     async fn open_in(name: &str, schema: &Schema, dir: Database, live: Option<Live>) -> Result<IdbStore, Error> {
-        if let Err(e) = schema.validate() {
-            dir.close();
-            return Err(e.into());
-        }
         persist::ask_once();
         let store = match Self::live_generation(name, schema, &dir, live).await {
             Ok((live, db)) => Self::new(name, schema, live, dir, db),

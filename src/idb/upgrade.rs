@@ -24,6 +24,7 @@ impl IdbStore {
     pub async fn open_migrating(name: &str, schemas: &Schemas, migrator: &dyn Migrator, progress: &mut impl FnMut(Progress)) -> Result<IdbStore, Error> {
         check_name(name)?;
         let current = &schemas.current;
+        current.validate()?;
         loop {
             let dir = directory::open(name).await?;
             let live = match directory::read_live(&dir).await {

@@ -474,7 +474,7 @@ const MAX_SKIP: i64 = 100_000;
 /// (`originRow` equal to its row) keeps the two equal.
 fn renumber(commit: &mut Commit, ids: &[i64], own: Option<&str>) {
     for (r, &id) in commit.rows.iter_mut().zip(ids) {
-        if r.from.is_none() && Some(r.op.origin.as_str()) == own && r.op.origin_row == r.row {
+        if own.is_some_and(|o| r.is_own(o)) && r.op.origin_row == r.row {
             r.op.origin_row = id as u64;
         }
         r.row = id as u64;

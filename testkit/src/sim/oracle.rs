@@ -132,7 +132,7 @@ pub fn points_are_honest(w: &World) -> Result<(), Violation> {
             // The mark for S as an origin.
             if rec.incoming > 0 {
                 if let Some(stamp) = &rec.newest {
-                    let claimed = logs[s].iter().filter(|row| row.from.is_none() && row.op.origin == sn.db_id && row.op.origin_row > 0);
+                    let claimed = logs[s].iter().filter(|row| row.is_own(&sn.db_id) && row.op.origin_row > 0);
                     if let Some(row) = claimed.filter(|row| row.op.origin_row as i64 <= rec.incoming && row.op.ts <= *stamp).find(|row| !views[r].holds(&row.op)) {
                         return Err(format!(
                             "P2 {}: its mark for {} (row {}, stamp {}) claims op {}/{} at {} (origin row {}) it does not hold",

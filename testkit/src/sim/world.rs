@@ -228,7 +228,7 @@ async fn write(r: &Rc<Replica<SimStore>>, w: Write) -> Result<(Op, Stamp), Error
     let rows = r.store().rows_after(head.max_row, usize::MAX).await?;
     let op = rows
         .into_iter()
-        .filter(|row| row.from.is_none() && row.op.origin == me && !tidemark::layers::is_migration(&row.op.ts))
+        .filter(|row| row.is_own(&me) && !tidemark::layers::is_migration(&row.op.ts))
         .filter(|row| row.op.collection == collection && row.op.id == id)
         .map(|row| row.op)
         .max_by(|a, b| a.ts.cmp(&b.ts))
