@@ -253,7 +253,7 @@ fn put_all(
             let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
             out.push(codec::DocOut::new(d, indexes[store])?);
         }
-        let docs: js_sys::Array = codec::to_js(&out)?.unchecked_into();
+        let docs = codec::records(&out)?;
         for (i, (c, d)) in slice.iter().enumerate() {
             let store = &stores[slot(c).expect("checked above")];
             if added.iter().any(|(ac, aid)| ac == c && *aid == d.id) {
