@@ -11,6 +11,8 @@
 // replica with unsynced writes syncing them — the snapshot staged, migrated and swapped in
 // — beside the same run's raw IndexedDB limit. It also prints the inclusive time of the
 // functions with the most of it (where a phase's time goes, callees included).
+// `node bench/profile.mjs sync` profiles the bench's initial sync (then its catch-up) the
+// same way: a fresh replica syncing 10,000 documents from a real server, beside the limit.
 // PROFILE_WASM=path/to/tidemark_bg.wasm profiles that wasm instead of the shipped one: the
 // shipped one has no function names (scripts/wasm-opt.sh drops them); one with names comes
 // from `wasm-bindgen --target web --out-dir DIR --out-name tidemark
@@ -116,6 +118,33 @@ function byPhase(profile, phases) {
     top: [...fns.entries()].filter(([f]) => /tidemark::|put|get|parse|stringify|JSON|indexed_db|migrat/i.test(f)).sort((a, b) => b[1] - a[1]).slice(0, 14).map(([fn, ms]) => ({ fn: fn.replace(/::h[0-9a-f]{16}/, ''), ms: +ms.toFixed(1) })) }));
 }
 
+/** The initial sync of the bench's `sync` section, profiled (see the top). */
+async function sync(context, url) {
+  const srv = await startServer();
+  try {
+    const page = await context.newPage();
+    await page.goto(`${url}/bench/page.html`);
+    await page.waitForFunction(() => window.ready === true);
+    const cdp = await context.newCDPSession(page);
+    await cdp.send('Profiler.enable');
+    await cdp.send('Profiler.setSamplingInterval', { interval: 100 });
+    const raw = await profiled(cdp, () => page.evaluate((n) => window.bench.rawLimit(n), `profile-limit-${Date.now()}`));
+    const library = `profile-sync-${Date.now()}`;
+    await page.evaluate(([u, l]) => window.bench.syncSeed(u, l), [srv.wsUrl, library]);
+    const load = +loadavg()[0].toFixed(2);
+    await cdp.send('Profiler.start');
+    const result = await page.evaluate(([u, l]) => window.bench.syncRun(u, l, 0), [srv.wsUrl, library]);
+    const { profile } = await cdp.send('Profiler.stop');
+    if (process.env.PROFILE_RAW) await writeFile(process.env.PROFILE_RAW, JSON.stringify(profile));
+    await page.close();
+    const figures = { initial_sync_ms: +result.initial_sync_ms.toFixed(0), catch_up_ms: +result.catch_up_ms.toFixed(0), raw_limit_ms: +raw.result.limit_ms.toFixed(0),
+      vs_limit: +(result.initial_sync_ms / raw.result.limit_ms).toFixed(2), loadavg: load };
+    return { limit: { figures: raw.result, ...raw.profile }, sync: { figures, ...summarize(profile) } };
+  } finally {
+    await srv.stop();
+  }
+}
+
 /** The reset of the bench's `migrate` section, profiled (see the top). */
 async function migrate(context, url) {
   const srv = await startServer();
@@ -171,6 +200,13 @@ async function main() {
   const dir = await mkdtemp(join(tmpdir(), 'tidemark-profile-'));
   const context = await chromium.launchPersistentContext(dir, { executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
   try {
+    if (lib === 'sync') {
+      const out = { lib, generated: new Date().toISOString(), ...(await sync(context, url)) };
+      print('raw IndexedDB limit', out.limit);
+      print('tidemark initial sync, then catch-up (sampled together)', out.sync);
+      await writeFile(join(BENCH, 'profile-sync.json'), JSON.stringify(out, null, 2) + '\n');
+      return;
+    }
     if (lib === 'migrate') {
       const out = { lib, generated: new Date().toISOString(), ...(await migrate(context, url)) };
       print('raw IndexedDB limit', out.limit);
