@@ -773,6 +773,100 @@ async fn rows_after_spans_commit_records() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
+/// `rows_after_except` passes over the log records whose rows all came from the sender it
+/// is told, and only those: a record of mixed rows, one of another sender's, the
+/// replica's own and a record written before records named their senders are returned
+/// whole, and the last row passed is the last row after `after`, left out or not.
+#[wasm_bindgen_test]
+async fn rows_after_except_passes_over_records_received_from_the_peer() {
+    let name = unique("t-except");
+    let schema = schema();
+    let idb = open_idb(&name, &schema).await;
+    let me = idb.status().db_id;
+    // Received rows, logged the way a pass logs them: numbered after the head, one record
+    // per commit.
+    async fn receive(idb: &Replica<IdbStore>, ops: Vec<(&str, &str)>) {
+        let template = idb.store().rows_after(0, 1).await.unwrap().remove(0).op;
+        let ops: Vec<(String, String)> = ops.into_iter().map(|(o, f)| (o.to_string(), f.to_string())).collect();
+        idb.store()
+            .commit(&[], &[], move |loaded| {
+                let mut head = loaded.head.unwrap();
+                let rows = ops
+                    .into_iter()
+                    .map(|(origin, from)| {
+                        let op = tidemark::op::Op { origin, origin_row: head.max_row + 1, ..template.clone() };
+                        head.log(op, Some(from))
+                    })
+                    .collect();
+                Ok(Commit { head: Some(head), rows, ..Commit::default() })
+            })
+            .await
+            .unwrap();
+    }
+    idb.write(vec![put(doc(0)), put(doc(1))]).await.unwrap(); // rows 1–2, own
+    receive(&idb, vec![("srv", "srv"), ("x", "srv"), ("srv", "srv")]).await; // 3–5, from srv
+    receive(&idb, vec![("srv", "srv"), ("x", "other")]).await; // 6–7, mixed
+    receive(&idb, vec![("srv", "srv"), ("srv", "srv"), ("y", "srv")]).await; // 8–10, from srv
+    receive(&idb, vec![("x", "other")]).await; // 11, from other
+    idb.write(vec![put(doc(2))]).await.unwrap(); // 12, own
+    receive(&idb, vec![("srv", "srv"), ("srv", "srv")]).await; // 13–14, from srv
+    assert_eq!(idb.store().head().await.unwrap().unwrap().max_row, 14);
+    let rows = |got: &(Vec<Row>, Option<u64>)| got.0.iter().map(|r| r.row).collect::<Vec<_>>();
+    for (after, limit, sender, want, last) in [
+        (0, 100, "srv", vec![1, 2, 6, 7, 11, 12], Some(14)),
+        (0, 2, "srv", vec![1, 2], Some(2)),
+        (2, 1, "srv", vec![6], Some(6)),
+        (2, 100, "srv", vec![6, 7, 11, 12], Some(14)),
+        (7, 100, "srv", vec![11, 12], Some(14)),
+        (9, 1, "srv", vec![11], Some(11)),
+        (12, 100, "srv", vec![], Some(14)),
+        (13, 100, "srv", vec![], Some(14)),
+        (14, 100, "srv", vec![], None),
+        (0, 100, "other", vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14], Some(14)),
+        (10, 100, "other", vec![12, 13, 14], Some(14)),
+        (0, 100, me.as_str(), (1..=14).collect(), Some(14)),
+    ] {
+        let got = idb.store().rows_after_except(after, limit, sender).await.unwrap();
+        assert_eq!((rows(&got), got.1), (want, last), "after {after}, limit {limit}, except {sender}");
+    }
+    // The rows returned are the log's own, not rebuilt.
+    let all = idb.store().rows_after(0, 100).await.unwrap();
+    let got = idb.store().rows_after_except(0, 100, "srv").await.unwrap().0;
+    assert_eq!(got, all.into_iter().filter(|r| [1, 2, 6, 7, 11, 12].contains(&r.row)).collect::<Vec<_>>());
+    // Records written before they named their senders are read, never passed over.
+    let db_name = idb.store().live().db.clone();
+    idb.store().close();
+    rewrite_log_as_objects(&db_name).await;
+    let idb = open_idb(&name, &schema).await;
+    let got = idb.store().rows_after_except(0, 100, "srv").await.unwrap();
+    assert_eq!((got.0.iter().map(|r| r.row).collect::<Vec<_>>(), got.1), ((1..=14).collect(), Some(14)));
+    idb.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
+/// A pass to a peer sends the replica's own rows and covers the rows it received from that
+/// peer without reading them (`Store::rows_after_except`), up to the end of the log: the
+/// receiver's point reaches the sender's last row even when received rows end the log.
+#[wasm_bindgen_test]
+async fn a_pass_back_to_the_peer_covers_the_rows_it_sent() {
+    let name = unique("t-echo");
+    let schema = schema();
+    let a = open_idb(&name, &schema).await;
+    let b = open_memory(&schema).await;
+    a.write(vec![put(doc(0)), put(doc(1))]).await.unwrap();
+    b.write((20..34).map(|i| put(json!({"id": format!("d{i:05}"), "kind": "b", "n": i}))).collect()).await.unwrap();
+    let got = sync_pass(&b, &a, Limits { per_diff: 14, max_diffs: 1 }).await;
+    assert!(!got.capped && got.end == 14, "{got:?}");
+    assert_eq!(a.head().max_row, 16, "A's 2 own rows and B's 14");
+    let back = sync_pass(&a, &b, Limits { per_diff: 5, max_diffs: 1 }).await;
+    assert!(!back.capped, "{back:?}");
+    assert_eq!((back.sent, back.end), (2, 16), "only A's own rows are sent, and every row is covered");
+    assert_eq!(b.query(ITEMS, &json!({})).await.unwrap().len(), 16);
+    assert_eq!(b.status().incoming.get(&a.head().db_id), Some(&16));
+    a.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
 /// Rewrites every log record of generation `db_name` in the form earlier versions wrote:
 /// `{ rows: [...] }` with the rows as objects, no `own` counts.
 async fn rewrite_log_as_objects(db_name: &str) {

@@ -318,24 +318,55 @@ extern "C" {
     fn rows(this: &LogRecord) -> JsValue;
     #[wasm_bindgen(method, getter)]
     fn own(this: &LogRecord) -> JsValue;
+    #[wasm_bindgen(method, getter)]
+    fn via(this: &LogRecord) -> JsValue;
+    #[wasm_bindgen(method, getter)]
+    fn last(this: &LogRecord) -> JsValue;
 }
 
-/// The log record of one commit's rows: `{ rows, own }`, `rows` their JSON text — nothing
-/// in JS ever looks inside a row, and one string is what IndexedDB clones fastest (a reset
-/// logs 10,000 snapshot registers and 10,000 migration ops, which as objects cost more to
-/// clone into IndexedDB and out again than the documents themselves) — and `own` the
-/// number of the replica's own rows (no sender) per origin, so that counting unsynced
-/// rows (`read::own_rows_after`) reads no row at all.
+/// The log record of one commit's rows: `{ rows, own, via, last }`, `rows` their JSON
+/// text — nothing in JS ever looks inside a row, and one string is what IndexedDB clones
+/// fastest (a reset logs 10,000 snapshot registers and 10,000 migration ops, which as
+/// objects cost more to clone into IndexedDB and out again than the documents themselves)
+/// — `own` the number of the replica's own rows (no sender) per origin, so that counting
+/// unsynced rows (`read::own_rows_after`) reads no row at all, `via` the number of the
+/// other rows per sender and `last` the last row's number, so that a pass to a peer passes
+/// over a record of rows all received from it without reading them (`log_only_from`).
 pub fn log_record(rows: &[Row]) -> Result<JsValue, StoreError> {
     let text = serde_json::to_string(rows).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
-    let counts = js_sys::Object::new();
-    for (origin, n) in own_counts(rows) {
-        js_sys::Reflect::set(&counts, &JsValue::from_str(origin), &JsValue::from(n)).map_err(|e| js_error(&e))?;
+    let counts = |pairs: BTreeMap<&str, u32>| -> Result<JsValue, StoreError> {
+        let object = js_sys::Object::new();
+        for (key, n) in pairs {
+            js_sys::Reflect::set(&object, &JsValue::from_str(key), &JsValue::from(n)).map_err(|e| js_error(&e))?;
+        }
+        Ok(object.into())
+    };
+    let mut via: BTreeMap<&str, u32> = BTreeMap::new();
+    for sender in rows.iter().filter_map(|r| r.from.as_deref()) {
+        *via.entry(sender).or_default() += 1;
     }
     let record = js_sys::Object::new();
-    js_sys::Reflect::set(&record, &JsValue::from_str("rows"), &JsValue::from_str(&text)).map_err(|e| js_error(&e))?;
-    js_sys::Reflect::set(&record, &JsValue::from_str("own"), &counts).map_err(|e| js_error(&e))?;
+    let set = |key: &str, value: &JsValue| js_sys::Reflect::set(&record, &JsValue::from_str(key), value).map(|_| ()).map_err(|e| js_error(&e));
+    set("rows", &JsValue::from_str(&text))?;
+    set("own", &counts(own_counts(rows))?)?;
+    set("via", &counts(via)?)?;
+    if let Some(last) = rows.last() {
+        set("last", &JsValue::from_f64(last.row as f64))?;
+    }
     Ok(record.into())
+}
+
+/// The last row of a log record whose rows all came from `sender` (`via` names it alone,
+/// `own` nobody); `None` for any other record, and for records of earlier versions, which
+/// say neither.
+pub fn log_only_from(record: &JsValue, sender: &str) -> Option<u64> {
+    let record = record.unchecked_ref::<LogRecord>();
+    let (own, via, last) = (record.own(), record.via(), record.last().as_f64()?);
+    if !own.is_object() || !via.is_object() || js_sys::Object::keys(own.unchecked_ref::<js_sys::Object>()).length() != 0 {
+        return None;
+    }
+    let senders = js_sys::Object::keys(via.unchecked_ref::<js_sys::Object>());
+    (senders.length() == 1 && senders.get(0).as_string().as_deref() == Some(sender)).then_some(last as u64)
 }
 
 /// How many of `rows` are each origin's own (no sender): a log record's `own`.

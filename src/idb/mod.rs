@@ -545,6 +545,10 @@ impl Store for IdbStore {
         read::rows_after(&self.db().await?, after, limit).await
     }
 
+    async fn rows_after_except(&self, after: u64, limit: usize, sender: &str) -> Result<(Vec<Row>, Option<u64>), StoreError> {
+        read::rows_after_except(&self.db().await?, after, limit, sender).await
+    }
+
     async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
         read::resolutions_after(&self.db().await?, after).await
     }

@@ -262,6 +262,36 @@ pub async fn rows_after(db: &Database, after: u64, limit: usize) -> Result<Vec<R
     Ok(rows)
 }
 
+/// `Store::rows_after_except`: `rows_after`, passing over the records whose rows all came
+/// from `sender` (`codec::log_only_from`) without decoding them.
+pub async fn rows_after_except(db: &Database, after: u64, limit: usize, sender: &str) -> Result<(Vec<Row>, Option<u64>), StoreError> {
+    let mut rows = Vec::new();
+    let mut last = None;
+    if limit == 0 {
+        return Ok((rows, last));
+    }
+    let tx = db.transaction(LOG).build().map_err(from_idb)?;
+    let log = tx.object_store(LOG).map_err(from_idb)?;
+    let Some(mut cursor) = log_records_from(&log, after).await? else { return Ok((rows, last)) };
+    while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
+        if let Some(end) = codec::log_only_from(&record, sender) {
+            last = last.max(Some(end).filter(|e| *e > after));
+            continue;
+        }
+        let batch: Vec<Row> = codec::log_rows(&record)?;
+        for row in batch {
+            if row.row > after {
+                last = Some(row.row);
+                rows.push(row);
+                if rows.len() == limit {
+                    return Ok((rows, last));
+                }
+            }
+        }
+    }
+    Ok((rows, last))
+}
+
 /// `Store::resolutions_after`: the resolution log's records in `meta` after `after`.
 pub async fn resolutions_after(db: &Database, after: u64) -> Result<Vec<Row>, StoreError> {
     let tx = db.transaction(META).build().map_err(from_idb)?;

@@ -337,11 +337,20 @@ impl Sender {
         let mut covers = diffs.cursor;
         let mut blocked = false;
         let mut scanned = 0usize;
+        // Rows the receiver sent us are never sent back while it echoes: the store may
+        // pass over runs of them without reading them (`Store::rows_after_except`).
+        let echo = diffs.filter.echoes.then(|| diffs.filter.peer.clone());
         'fill: while rows.len() < room.max(1) && scanned < per_diff.saturating_mul(SCAN_FACTOR) {
-            let chunk = replica.store().rows_after(covers.max(0) as u64, per_diff).await?;
-            if chunk.is_empty() {
-                break;
-            }
+            let after = covers.max(0) as u64;
+            let (chunk, last) = match &echo {
+                Some(peer) => replica.store().rows_after_except(after, per_diff, peer).await?,
+                None => {
+                    let chunk = replica.store().rows_after(after, per_diff).await?;
+                    let last = chunk.last().map(|r| r.row);
+                    (chunk, last)
+                }
+            };
+            let Some(last) = last else { break };
             for r in chunk {
                 if diffs.filter.sends(&r) {
                     if rows.len() == room {
@@ -358,6 +367,8 @@ impl Sender {
                 }
                 scanned += 1;
             }
+            // Every row up to `last` was passed: the ones left out came from the receiver.
+            covers = covers.max(last as Point);
         }
         if covers == diffs.cursor {
             return Ok(self.end(diffs, !blocked));
