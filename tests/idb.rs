@@ -773,6 +773,32 @@ async fn rows_after_spans_commit_records() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
+/// Long JS strings (a snapshot message, a log record) reach Rust through `TextEncoder`
+/// straight into wasm memory: the same text as wasm-bindgen's own conversion, for ASCII,
+/// for characters of 2, 3 and 4 bytes anywhere (past the first pass's room too), and
+/// for lone surrogates (U+FFFD in both).
+#[wasm_bindgen_test]
+fn long_strings_cross_into_rust_unchanged() {
+    let ascii = "x".repeat(5000);
+    let cases = [
+        ascii.clone(),
+        format!("é{ascii}"),
+        format!("{ascii}é日本🥛"),
+        "🥛".repeat(3000),
+        format!("{}日{}", "a".repeat(2047), "🥛é".repeat(1500)),
+    ];
+    for text in &cases {
+        let js = JsValue::from_str(text);
+        assert_eq!(tidemark::idb::codec::text_of(&js).as_deref(), Some(text.as_str()), "{} units", text.len());
+    }
+    // Lone surrogates, made in JS (a Rust string cannot hold one).
+    let lone: JsValue = js_sys::eval("'a'.repeat(3000) + '\\uD83E' + 'b'.repeat(10) + '\\uDC00'").unwrap();
+    let want = lone.as_string().unwrap();
+    assert!(want.contains('\u{FFFD}'));
+    assert_eq!(tidemark::idb::codec::text_of(&lone), Some(want));
+    assert_eq!(tidemark::idb::codec::text_of(&JsValue::from_f64(1.0)), None, "not a string");
+}
+
 /// `rows_after_except` passes over the log records whose rows all came from the sender it
 /// is told, and only those: a record of mixed rows, one of another sender's, the
 /// replica's own and a record written before records named their senders are returned

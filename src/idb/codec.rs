@@ -248,8 +248,13 @@ extern "C" {
     type Encoder;
     #[wasm_bindgen(constructor, js_class = "TextEncoder")]
     fn new() -> Encoder;
-    #[wasm_bindgen(method, js_class = "TextEncoder")]
-    fn encode(this: &Encoder, text: &JsValue) -> js_sys::Uint8Array;
+    #[wasm_bindgen(method, js_class = "TextEncoder", js_name = encodeInto)]
+    fn encode_into(this: &Encoder, text: &JsValue, into: &js_sys::Uint8Array) -> EncodedInto;
+    type EncodedInto;
+    #[wasm_bindgen(method, getter)]
+    fn read(this: &EncodedInto) -> f64;
+    #[wasm_bindgen(method, getter)]
+    fn written(this: &EncodedInto) -> f64;
 }
 
 thread_local! {
@@ -262,14 +267,33 @@ const LONG_TEXT: u32 = 2048;
 /// A JS string as a Rust string (`None`: not a string). wasm-bindgen's own conversion
 /// copies a string character by character in JS, which for the megabytes of a snapshot
 /// message, a log record or a batch of documents as JSON costs more than parsing them;
-/// a long string is encoded natively (`TextEncoder`) and copied in one go instead. Both
-/// turn a lone surrogate into U+FFFD.
+/// a long string is encoded natively (`TextEncoder`) instead. Both turn a lone surrogate
+/// into U+FFFD.
 pub fn text_of(value: &JsValue) -> Option<String> {
     let s = value.dyn_ref::<js_sys::JsString>()?;
     if s.length() < LONG_TEXT {
         return value.as_string();
     }
-    let bytes = ENCODER.with(|e| e.encode(value)).to_vec();
+    // Encoded straight into wasm memory (`encodeInto`), no copy in between: first into as
+    // many bytes as the string has units (enough for ASCII), then what is left into room
+    // for its worst case (3 bytes a unit). `encodeInto` never splits a character.
+    let units = s.length();
+    let mut bytes: Vec<u8> = Vec::with_capacity(units as usize);
+    let mut read = 0;
+    ENCODER.with(|e| {
+        while read < units {
+            let rest: JsValue = if read == 0 { value.clone() } else { s.substring(read, units).into() };
+            let filled = bytes.len();
+            // SAFETY: the view covers the vector's spare capacity and lives only through
+            // `encodeInto`, which allocates nothing in wasm memory (it cannot move).
+            let view = unsafe { js_sys::Uint8Array::view_mut_raw(bytes.as_mut_ptr().add(filled), bytes.capacity() - filled) };
+            let done = e.encode_into(&rest, &view);
+            // SAFETY: `encodeInto` initialized the `written` bytes after `filled`.
+            unsafe { bytes.set_len(filled + done.written() as usize) };
+            read += done.read() as u32;
+            bytes.reserve(3 * (units - read) as usize);
+        }
+    });
     Some(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
