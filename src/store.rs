@@ -257,12 +257,12 @@ pub trait Store {
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError>;
 
     /// `rows_after`, except that the store may leave out whole runs of rows that all came
-    /// from `sender`: a pass never sends a peer back the rows it got from that peer
-    /// (`send::Filter`), and after an initial sync or a catch-up a replica's log is mostly
-    /// such rows, read and decoded only to be passed over. Also returns the last row passed,
-    /// left out or returned (`None`: no row after `after`), so the pass covers the rows
-    /// left out. `limit` counts the rows returned. The default leaves nothing out.
-    async fn rows_after_except(&self, after: u64, limit: usize, sender: &str) -> Result<(Vec<Row>, Option<u64>), StoreError> {
+    /// from `sender` (when given): a pass never sends a peer back the rows it got from that
+    /// peer (`send::Filter`), and after an initial sync or a catch-up a replica's log is
+    /// mostly such rows, read and decoded only to be passed over. Also returns the last row
+    /// passed, left out or returned (`None`: no row after `after`), so the pass covers the
+    /// rows left out. `limit` counts the rows returned. The default leaves nothing out.
+    async fn rows_after_except(&self, after: u64, limit: usize, sender: Option<&str>) -> Result<(Vec<Row>, Option<u64>), StoreError> {
         let _ = sender;
         let rows = self.rows_after(after, limit).await?;
         let last = rows.last().map(|r| r.row);

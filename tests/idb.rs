@@ -852,19 +852,19 @@ async fn rows_after_except_passes_over_records_received_from_the_peer() {
         (10, 100, "other", vec![12, 13, 14], Some(14)),
         (0, 100, me.as_str(), (1..=14).collect(), Some(14)),
     ] {
-        let got = idb.store().rows_after_except(after, limit, sender).await.unwrap();
+        let got = idb.store().rows_after_except(after, limit, Some(sender)).await.unwrap();
         assert_eq!((rows(&got), got.1), (want, last), "after {after}, limit {limit}, except {sender}");
     }
     // The rows returned are the log's own, not rebuilt.
     let all = idb.store().rows_after(0, 100).await.unwrap();
-    let got = idb.store().rows_after_except(0, 100, "srv").await.unwrap().0;
+    let got = idb.store().rows_after_except(0, 100, Some("srv")).await.unwrap().0;
     assert_eq!(got, all.into_iter().filter(|r| [1, 2, 6, 7, 11, 12].contains(&r.row)).collect::<Vec<_>>());
     // Records written before they named their senders are read, never passed over.
     let db_name = idb.store().live().db.clone();
     idb.store().close();
     rewrite_log_as_objects(&db_name).await;
     let idb = open_idb(&name, &schema).await;
-    let got = idb.store().rows_after_except(0, 100, "srv").await.unwrap();
+    let got = idb.store().rows_after_except(0, 100, Some("srv")).await.unwrap();
     assert_eq!((got.0.iter().map(|r| r.row).collect::<Vec<_>>(), got.1), ((1..=14).collect(), Some(14)));
     idb.store().close();
     IdbStore::delete_replica(&name).await.unwrap();

@@ -542,10 +542,10 @@ impl Store for IdbStore {
     }
 
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
-        read::rows_after(&self.db().await?, after, limit).await
+        Ok(read::rows_after_except(&self.db().await?, after, limit, None).await?.0)
     }
 
-    async fn rows_after_except(&self, after: u64, limit: usize, sender: &str) -> Result<(Vec<Row>, Option<u64>), StoreError> {
+    async fn rows_after_except(&self, after: u64, limit: usize, sender: Option<&str>) -> Result<(Vec<Row>, Option<u64>), StoreError> {
         read::rows_after_except(&self.db().await?, after, limit, sender).await
     }
 

@@ -240,31 +240,10 @@ fn finish(kept: Vec<(Map<String, Value>, JsValue)>, plan: &Plan, primary_key: &s
         .collect()
 }
 
-pub async fn rows_after(db: &Database, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {
-    let mut rows = Vec::new();
-    if limit == 0 {
-        return Ok(rows);
-    }
-    let tx = db.transaction(LOG).build().map_err(from_idb)?;
-    let log = tx.object_store(LOG).map_err(from_idb)?;
-    let Some(mut cursor) = log_records_from(&log, after).await? else { return Ok(rows) };
-    while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
-        let batch: Vec<Row> = codec::log_rows(&record)?;
-        for row in batch {
-            if row.row > after {
-                rows.push(row);
-                if rows.len() == limit {
-                    return Ok(rows);
-                }
-            }
-        }
-    }
-    Ok(rows)
-}
-
-/// `Store::rows_after_except`: `rows_after`, passing over the records whose rows all came
-/// from `sender` (`codec::log_only_from`) without decoding them.
-pub async fn rows_after_except(db: &Database, after: u64, limit: usize, sender: &str) -> Result<(Vec<Row>, Option<u64>), StoreError> {
+/// `Store::rows_after_except` (and, with no `sender`, `Store::rows_after`): the rows after
+/// `after`, passing over the records whose rows all came from `sender`
+/// (`codec::log_only_from`) without decoding them.
+pub async fn rows_after_except(db: &Database, after: u64, limit: usize, sender: Option<&str>) -> Result<(Vec<Row>, Option<u64>), StoreError> {
     let mut rows = Vec::new();
     let mut last = None;
     if limit == 0 {
@@ -274,7 +253,7 @@ pub async fn rows_after_except(db: &Database, after: u64, limit: usize, sender: 
     let log = tx.object_store(LOG).map_err(from_idb)?;
     let Some(mut cursor) = log_records_from(&log, after).await? else { return Ok((rows, last)) };
     while let Some(record) = cursor.next_record::<JsValue>().await.map_err(from_idb)? {
-        if let Some(end) = codec::log_only_from(&record, sender) {
+        if let Some(end) = sender.and_then(|s| codec::log_only_from(&record, s)) {
             last = last.max(Some(end).filter(|e| *e > after));
             continue;
         }

@@ -341,15 +341,7 @@ impl Sender {
         // pass over runs of them without reading them (`Store::rows_after_except`).
         let echo = diffs.filter.echoes.then(|| diffs.filter.peer.clone());
         'fill: while rows.len() < room.max(1) && scanned < per_diff.saturating_mul(SCAN_FACTOR) {
-            let after = covers.max(0) as u64;
-            let (chunk, last) = match &echo {
-                Some(peer) => replica.store().rows_after_except(after, per_diff, peer).await?,
-                None => {
-                    let chunk = replica.store().rows_after(after, per_diff).await?;
-                    let last = chunk.last().map(|r| r.row);
-                    (chunk, last)
-                }
-            };
+            let (chunk, last) = replica.store().rows_after_except(covers.max(0) as u64, per_diff, echo.as_deref()).await?;
             let Some(last) = last else { break };
             for r in chunk {
                 if diffs.filter.sends(&r) {
