@@ -118,16 +118,22 @@ function byPhase(profile, phases) {
     top: [...fns.entries()].filter(([f]) => /tidemark::|put|get|parse|stringify|JSON|indexed_db|migrat/i.test(f)).sort((a, b) => b[1] - a[1]).slice(0, 14).map(([fn, ms]) => ({ fn: fn.replace(/::h[0-9a-f]{16}/, ''), ms: +ms.toFixed(1) })) }));
 }
 
+/** The bench page, loaded, with Chromium's sampling profiler enabled on it (100 µs). */
+async function benchPage(context, url) {
+  const page = await context.newPage();
+  await page.goto(`${url}/bench/page.html`);
+  await page.waitForFunction(() => window.ready === true);
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('Profiler.enable');
+  await cdp.send('Profiler.setSamplingInterval', { interval: 100 });
+  return { page, cdp };
+}
+
 /** The initial sync of the bench's `sync` section, profiled (see the top). */
 async function sync(context, url) {
   const srv = await startServer();
   try {
-    const page = await context.newPage();
-    await page.goto(`${url}/bench/page.html`);
-    await page.waitForFunction(() => window.ready === true);
-    const cdp = await context.newCDPSession(page);
-    await cdp.send('Profiler.enable');
-    await cdp.send('Profiler.setSamplingInterval', { interval: 100 });
+    const { page, cdp } = await benchPage(context, url);
     const raw = await profiled(cdp, () => page.evaluate((n) => window.bench.rawLimit(n), `profile-limit-${Date.now()}`));
     const library = `profile-sync-${Date.now()}`;
     await page.evaluate(([u, l]) => window.bench.syncSeed(u, l), [srv.wsUrl, library]);
@@ -149,16 +155,7 @@ async function sync(context, url) {
 async function migrate(context, url) {
   const srv = await startServer();
   try {
-    const open = async () => {
-      const page = await context.newPage();
-      await page.goto(`${url}/bench/page.html`);
-      await page.waitForFunction(() => window.ready === true);
-      return page;
-    };
-    const page = await open();
-    const cdp = await context.newCDPSession(page);
-    await cdp.send('Profiler.enable');
-    await cdp.send('Profiler.setSamplingInterval', { interval: 100 });
+    const { page, cdp } = await benchPage(context, url);
     // The limit profiled too: what raw IndexedDB's own writes cost in the same page.
     const raw = await profiled(cdp, () => page.evaluate((n) => window.bench.rawLimit(n), `profile-limit-${Date.now()}`));
     const limit = raw.result;
@@ -218,12 +215,7 @@ async function main() {
       await writeFile(join(BENCH, 'profile-migrate.json'), JSON.stringify(out, null, 2) + '\n');
       return;
     }
-    const page = await context.newPage();
-    await page.goto(`${url}/bench/page.html`);
-    await page.waitForFunction(() => window.ready === true);
-    const cdp = await context.newCDPSession(page);
-    await cdp.send('Profiler.enable');
-    await cdp.send('Profiler.setSamplingInterval', { interval: 100 });
+    const { page, cdp } = await benchPage(context, url);
     const name = `profile-${Date.now()}`;
     const write = await profiled(cdp, () => page.evaluate(([l, n]) => window.bench.write(l, n), [lib, name]));
     await page.reload();
