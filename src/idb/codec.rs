@@ -365,15 +365,11 @@ pub fn log_record(rows: &[Row]) -> Result<JsValue, StoreError> {
         }
         Ok(object.into())
     };
-    let mut via: BTreeMap<&str, u32> = BTreeMap::new();
-    for sender in rows.iter().filter_map(|r| r.from.as_deref()) {
-        *via.entry(sender).or_default() += 1;
-    }
     let record = js_sys::Object::new();
     let set = |key: &str, value: &JsValue| js_sys::Reflect::set(&record, &JsValue::from_str(key), value).map(|_| ()).map_err(|e| js_error(&e));
     set("rows", &JsValue::from_str(&text))?;
     set("own", &counts(own_counts(rows))?)?;
-    set("via", &counts(via)?)?;
+    set("via", &counts(via_counts(rows))?)?;
     if let Some(last) = rows.last() {
         set("last", &JsValue::from_f64(last.row as f64))?;
     }
@@ -395,11 +391,20 @@ pub fn log_only_from(record: &JsValue, sender: &str) -> Option<u64> {
 
 /// How many of `rows` are each origin's own (no sender): a log record's `own`.
 pub fn own_counts(rows: &[Row]) -> BTreeMap<&str, u32> {
-    let mut own: BTreeMap<&str, u32> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.from.is_none()) {
-        *own.entry(r.op.origin.as_str()).or_default() += 1;
+    tally(rows.iter().filter(|r| r.from.is_none()).map(|r| r.op.origin.as_str()))
+}
+
+/// How many of `rows` came from each sender: a log record's `via`.
+fn via_counts(rows: &[Row]) -> BTreeMap<&str, u32> {
+    tally(rows.iter().filter_map(|r| r.from.as_deref()))
+}
+
+fn tally<'a>(keys: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, u32> {
+    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+    for key in keys {
+        *counts.entry(key).or_default() += 1;
     }
-    own
+    counts
 }
 
 /// The rows of a log record, in either form (`log_record`'s, or earlier versions', whose

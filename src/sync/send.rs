@@ -339,9 +339,9 @@ impl Sender {
         let mut scanned = 0usize;
         // Rows the receiver sent us are never sent back while it echoes: the store may
         // pass over runs of them without reading them (`Store::rows_after_except`).
-        let echo = diffs.filter.echoes.then(|| diffs.filter.peer.clone());
+        let echo = diffs.filter.echoes.then_some(diffs.filter.peer.as_str());
         'fill: while rows.len() < room.max(1) && scanned < per_diff.saturating_mul(SCAN_FACTOR) {
-            let (chunk, last) = replica.store().rows_after_except(covers.max(0) as u64, per_diff, echo.as_deref()).await?;
+            let (chunk, last) = replica.store().rows_after_except(covers.max(0) as u64, per_diff, echo).await?;
             let Some(last) = last else { break };
             for r in chunk {
                 if diffs.filter.sends(&r) {
