@@ -17,7 +17,8 @@
 // shipped one has no function names (scripts/wasm-opt.sh drops them); one with names comes
 // from `wasm-bindgen --target web --out-dir DIR --out-name tidemark
 // target/wasm32-unknown-unknown/wasm-release/tidemark.wasm` (the same build, same glue).
-// PROFILE_RAW=file.cpuprofile keeps the whole profile (Chromium DevTools opens it).
+// PROFILE_RAW=file.cpuprofile keeps the whole profile (Chromium DevTools opens it); for a
+// library's phases, file-write.cpuprofile and file-read.cpuprofile.
 import { chromium } from 'playwright-core';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
@@ -71,10 +72,11 @@ function inclusive(profile, byId, total) {
     .map(([fn, ms]) => ({ fn, ms: +ms.toFixed(1), share: +(ms / total).toFixed(3) }));
 }
 
-async function profiled(cdp, fn) {
+async function profiled(cdp, fn, keep) {
   await cdp.send('Profiler.start');
   const result = await fn();
   const { profile } = await cdp.send('Profiler.stop');
+  if (keep && process.env.PROFILE_RAW) await writeFile(process.env.PROFILE_RAW.replace(/(\.cpuprofile)?$/, `-${keep}$1`), JSON.stringify(profile));
   return { result, profile: summarize(profile) };
 }
 
@@ -217,10 +219,10 @@ async function main() {
     }
     const { page, cdp } = await benchPage(context, url);
     const name = `profile-${Date.now()}`;
-    const write = await profiled(cdp, () => page.evaluate(([l, n]) => window.bench.write(l, n), [lib, name]));
+    const write = await profiled(cdp, () => page.evaluate(([l, n]) => window.bench.write(l, n), [lib, name]), 'write');
     await page.reload();
     await page.waitForFunction(() => window.ready === true);
-    const read = await profiled(cdp, () => page.evaluate(([l, n]) => window.bench.read(l, n), [lib, name]));
+    const read = await profiled(cdp, () => page.evaluate(([l, n]) => window.bench.read(l, n), [lib, name]), 'read');
     await page.evaluate(([l, n]) => window.bench.destroy(l, n), [lib, name]);
     const out = { lib, generated: new Date().toISOString(), write: { figures: write.result, ...write.profile }, read: { figures: read.result, ...read.profile } };
     for (const phase of ['write', 'read']) print(`${lib} ${phase} phase`, out[phase]);
