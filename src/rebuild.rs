@@ -19,25 +19,21 @@ use crate::store::{DocKey, Head, Row, StoredDoc};
 
 /// The stored form of a single-layer document state: the materialized view plus, for
 /// collections the schema declares, the primary key and index keys. A relay (no schema)
-/// stores the state as it is.
-pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: &DocState, version: u32) -> StoredDoc {
+/// stores the state as it is. Takes the state by value: its maps move into the stored
+/// document rather than being copied and then freed (every written document comes here).
+pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: DocState, version: u32) -> StoredDoc {
     let coll = schema.and_then(|s| s.collection(collection));
-    let doc = match coll {
-        Some(c) => state.materialize(&c.primary_key, id),
-        None => state.exists().then(|| state.doc.clone()),
-    };
+    let exists = state.exists();
+    let DocState { doc: mut fields, stamps, deleted, conflicts } = state;
+    let doc = exists.then(|| {
+        if let Some(c) = coll {
+            // As `DocState::materialize`: the primary key is the document's id.
+            fields.insert(c.primary_key.clone(), Value::String(id.to_string()));
+        }
+        fields
+    });
     let index_keys = coll.map(|c| index_keys(&c.index_list(), &doc)).unwrap_or_default();
-    StoredDoc {
-        id: id.to_string(),
-        doc,
-        stamps: state.stamps.clone(),
-        deleted: state.deleted,
-        version,
-        index_keys,
-        layers: BTreeMap::new(),
-        conflicts: state.conflicts.clone(),
-        migrated: None,
-    }
+    StoredDoc { id: id.to_string(), doc, stamps, deleted, version, index_keys, layers: BTreeMap::new(), conflicts, migrated: None }
 }
 
 /// Each index's key for a document: its fields encoded (`key::encode`), none when the
@@ -118,14 +114,15 @@ impl Rebuild<'_> {
         let current = schemas.current.version;
         let mut out: Vec<Option<(String, StoredDoc)>> = vec![None; items.len()];
         let mut slow = Vec::new();
-        for (n, it) in items.iter().enumerate() {
+        for (n, it) in items.iter_mut().enumerate() {
             let single = it.layers.0.keys().all(|v| *v == current);
             if single || (!it.remigrate && it.layers.migrated_into(current)) {
-                let state = it.layers.0.get(&current).cloned().unwrap_or_default();
-                let mut doc = stored_doc(Some(&schemas.current), &it.key.0, &it.key.1, &state, current);
-                doc.layers = it.layers.0.iter().filter(|(v, _)| **v != current).map(|(v, st)| (*v, st.clone())).collect();
-                doc.migrated = it.migrated.clone();
-                out[n] = Some((it.key.0.clone(), doc));
+                // Moved out of `it`, which nothing reads again (only the others go on).
+                let state = it.layers.0.remove(&current).unwrap_or_default();
+                let mut doc = stored_doc(Some(&schemas.current), &it.key.0, &it.key.1, state, current);
+                doc.layers = std::mem::take(&mut it.layers.0);
+                doc.migrated = it.migrated.take();
+                out[n] = Some((std::mem::take(&mut it.key.0), doc));
             } else {
                 slow.push(n);
             }
@@ -257,5 +254,44 @@ mod tests {
             assert!(!has_index_keys(&keys, indexes, &None), "a tombstone has no index keys");
         }
         assert!(has_index_keys(&Map::new(), indexes, &None));
+    }
+
+    /// `stored_doc` moves the state's fields in instead of materializing a copy: what it
+    /// stores must be what `DocState::materialize` shows (the primary key set to the id,
+    /// nothing for a deleted or empty state), and a relay's document the fields as they are.
+    #[test]
+    fn stored_doc_holds_the_materialized_view() {
+        use crate::clock::Stamp;
+        use crate::op::{Kind, Op};
+        let schema = Schema::from_json(json!({"version": 1, "collections": {"docs": {"primaryKey": "key", "indexes": {"byKind": "kind"}}}})).unwrap();
+        let op = |counter: u32, kind: Kind, fields: Option<Value>| Op {
+            origin: "n".into(),
+            origin_row: u64::from(counter),
+            ts: Stamp { version: 1, wall: 1, counter, node: "n".into() },
+            schema_version: 1,
+            collection: "docs".into(),
+            id: "a".into(),
+            kind,
+            fields: fields.and_then(|f| f.as_object().cloned()),
+            seen: None,
+            resolution: false,
+        };
+        let put = op(1, Kind::Put, Some(json!({"key": "other", "kind": "k1", "n": 2})));
+        let patch = op(3, Kind::Patch, Some(json!({"n": 5})));
+        let delete = op(2, Kind::Delete, None);
+        for ops in [vec![], vec![&put], vec![&put, &patch], vec![&put, &delete], vec![&delete], vec![&put, &delete, &patch]] {
+            let mut state = DocState::default();
+            for o in &ops {
+                state.apply(o);
+            }
+            let want = state.materialize("key", "a");
+            let stored = stored_doc(Some(&schema), "docs", "a", state.clone(), 1);
+            assert_eq!(stored.doc, want, "{ops:?}");
+            assert_eq!((&stored.stamps, stored.deleted, &stored.conflicts), (&state.stamps, state.deleted, &state.conflicts));
+            assert_eq!(stored.index_keys, index_keys(schema.collection("docs").unwrap().index_list(), &want));
+            let relay = stored_doc(None, "docs", "a", state.clone(), 1);
+            assert_eq!(relay.doc, state.exists().then(|| state.doc.clone()), "{ops:?}");
+            assert!(relay.index_keys.is_empty());
+        }
     }
 }

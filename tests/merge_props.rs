@@ -105,7 +105,7 @@ fn merge_all(ops: &[Op]) -> BTreeMap<String, DocState> {
 
 fn bytes(docs: &BTreeMap<String, DocState>) -> String {
     let s = schema();
-    let stored: Vec<_> = docs.iter().map(|(id, st)| stored_doc(Some(&s), "t", id, st, 1)).collect();
+    let stored: Vec<_> = docs.iter().map(|(id, st)| stored_doc(Some(&s), "t", id, st.clone(), 1)).collect();
     serde_json::to_string(&stored).unwrap()
 }
 
@@ -113,7 +113,7 @@ fn bytes(docs: &BTreeMap<String, DocState>) -> String {
 fn query_all(docs: &BTreeMap<String, DocState>) -> Vec<Vec<Map<String, Value>>> {
     let s = schema();
     let store = MemoryStore::new();
-    let stored: Vec<_> = docs.iter().map(|(id, st)| ("t".to_string(), stored_doc(Some(&s), "t", id, st, 1))).collect();
+    let stored: Vec<_> = docs.iter().map(|(id, st)| ("t".to_string(), stored_doc(Some(&s), "t", id, st.clone(), 1))).collect();
     block_on(store.commit(&[], &[], |_| Ok(Commit { docs: stored, ..Commit::default() }))).unwrap();
     let coll = &s.collections["t"];
     [

@@ -71,7 +71,7 @@ fn doc(collection: &str, id: &str, fields: Value, wall: u64) -> (String, StoredD
     };
     let mut state = DocState::default();
     state.apply(&op);
-    (collection.to_string(), stored_doc(Some(&schema()), collection, id, &state, 1))
+    (collection.to_string(), stored_doc(Some(&schema()), collection, id, state, 1))
 }
 
 fn row(n: u64, id: &str) -> Row {
