@@ -20,8 +20,11 @@ build: setup
 
 test: setup test-native test-browser test-e2e
 
+# The benches are built too (not run: `make bench` does), so a change that breaks them
+# fails here rather than in the next `make bench`.
 test-native: foreign-stores
 	cargo test --workspace
+	cargo build --workspace --benches
 
 # The real foreign stores the gateway tests run (server/tests/foreign.rs, DESIGN §11):
 # pouchdb-server 4.2.0 (a CouchDB-API server, run --in-memory) and json-server 0.17.4, pinned
