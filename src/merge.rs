@@ -92,6 +92,14 @@ fn contend(set: &mut Vec<Contender>, c: Contender) -> bool {
     true
 }
 
+/// A document's fields as apps see them: the primary key is always the document's id,
+/// whatever a write put there (`DocState::materialize`, and `rebuild::stored_doc`, which
+/// moves the fields in rather than copying them).
+pub fn with_primary_key(mut fields: Map<String, Value>, primary_key: &str, id: &str) -> Map<String, Value> {
+    fields.insert(primary_key.to_string(), Value::String(id.to_string()));
+    fields
+}
+
 impl DocState {
     /// Whether the document is visible: something was written and not hidden by a delete.
     pub fn exists(&self) -> bool {
@@ -104,12 +112,7 @@ impl DocState {
 
     /// The document as apps see it, with its primary key, or `None` when it doesn't exist.
     pub fn materialize(&self, primary_key: &str, id: &str) -> Option<Map<String, Value>> {
-        if !self.exists() {
-            return None;
-        }
-        let mut doc = self.doc.clone();
-        doc.insert(primary_key.to_string(), Value::String(id.to_string()));
-        Some(doc)
+        self.exists().then(|| with_primary_key(self.doc.clone(), primary_key, id))
     }
 
     /// Merges one op into the state. Returns whether anything changed.

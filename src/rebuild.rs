@@ -12,7 +12,7 @@ use crate::clock::Stamp;
 use crate::error::{Error, StoreError};
 use crate::key::encode;
 use crate::layers::Layers;
-use crate::merge::DocState;
+use crate::merge::{with_primary_key, DocState};
 use crate::migrate::{views, Forward, Item, Migrator, Schemas, View};
 use crate::schema::{Index, Schema};
 use crate::store::{DocKey, Head, Row, StoredDoc};
@@ -24,13 +24,10 @@ use crate::store::{DocKey, Head, Row, StoredDoc};
 pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: DocState, version: u32) -> StoredDoc {
     let coll = schema.and_then(|s| s.collection(collection));
     let exists = state.exists();
-    let DocState { doc: mut fields, stamps, deleted, conflicts } = state;
-    let doc = exists.then(|| {
-        if let Some(c) = coll {
-            // As `DocState::materialize`: the primary key is the document's id.
-            fields.insert(c.primary_key.clone(), Value::String(id.to_string()));
-        }
-        fields
+    let DocState { doc: fields, stamps, deleted, conflicts } = state;
+    let doc = exists.then(|| match coll {
+        Some(c) => with_primary_key(fields, &c.primary_key, id),
+        None => fields,
     });
     let index_keys = coll.map(|c| index_keys(&c.index_list(), &doc)).unwrap_or_default();
     StoredDoc { id: id.to_string(), doc, stamps, deleted, version, index_keys, layers: BTreeMap::new(), conflicts, migrated: None }
