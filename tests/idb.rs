@@ -110,8 +110,8 @@ async fn log_records(db_name: &str) -> Vec<(f64, usize)> {
         let store = tx.object_store("log").unwrap();
         let keys: Vec<f64> = store.get_all_keys::<f64>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
         let values: Vec<JsValue> = store.get_all::<JsValue>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
-        // A record holds its rows' JSON text (`codec::log_record`).
-        let counts = values.iter().map(|v| serde_json::from_str::<Vec<Value>>(&js_sys::Reflect::get(v, &"rows".into()).unwrap().as_string().unwrap()).unwrap().len());
+        // A record holds its rows' JSON text as UTF-8 bytes (`codec::log_record`).
+        let counts = values.iter().map(|v| serde_json::from_slice::<Vec<Value>>(&rows_bytes(v)).unwrap().len());
         keys.into_iter().zip(counts).collect()
     };
     db.close();
@@ -862,7 +862,7 @@ async fn rows_after_except_passes_over_records_received_from_the_peer() {
     // Records written before they named their senders are read, never passed over.
     let db_name = idb.store().live().db.clone();
     idb.store().close();
-    rewrite_log_as_objects(&db_name).await;
+    rewrite_log(&db_name, OldLog::Objects).await;
     let idb = open_idb(&name, &schema).await;
     let got = idb.store().rows_after_except(0, 100, Some("srv")).await.unwrap();
     assert_eq!((got.0.iter().map(|r| r.row).collect::<Vec<_>>(), got.1), ((1..=14).collect(), Some(14)));
@@ -893,9 +893,22 @@ async fn a_pass_back_to_the_peer_covers_the_rows_it_sent() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
-/// Rewrites every log record of generation `db_name` in the form earlier versions wrote:
-/// `{ rows: [...] }` with the rows as objects, no `own` counts.
-async fn rewrite_log_as_objects(db_name: &str) {
+/// A log record's `rows` as written now: a `Uint8Array` of their JSON text.
+fn rows_bytes(record: &JsValue) -> Vec<u8> {
+    js_sys::Reflect::get(record, &"rows".into()).unwrap().dyn_into::<js_sys::Uint8Array>().expect("rows are bytes").to_vec()
+}
+
+/// The forms earlier versions wrote a log record in.
+#[derive(Clone, Copy)]
+enum OldLog {
+    /// `{ rows: [...] }`, the rows as objects, no counts.
+    Objects,
+    /// `{ rows: "[...]", own, via, last }`, the rows' JSON as a string.
+    Text,
+}
+
+/// Rewrites every log record of generation `db_name` in an earlier version's form.
+async fn rewrite_log(db_name: &str, form: OldLog) {
     let db = Database::open(db_name).await.unwrap();
     {
         let tx = db.transaction("log").with_mode(indexed_db_futures::transaction::TransactionMode::Readwrite).build().unwrap();
@@ -903,10 +916,19 @@ async fn rewrite_log_as_objects(db_name: &str) {
         let keys: Vec<f64> = store.get_all_keys::<f64>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
         let values: Vec<JsValue> = store.get_all::<JsValue>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
         for (k, v) in keys.into_iter().zip(values) {
-            let text = js_sys::Reflect::get(&v, &"rows".into()).unwrap().as_string().unwrap();
-            let old = js_sys::Object::new();
-            js_sys::Reflect::set(&old, &"rows".into(), &js_sys::JSON::parse(&text).unwrap()).unwrap();
-            store.put(JsValue::from(old)).with_key(k).without_key_type().primitive().unwrap();
+            let text = String::from_utf8(rows_bytes(&v)).unwrap();
+            let old = match form {
+                OldLog::Objects => {
+                    let old = js_sys::Object::new();
+                    js_sys::Reflect::set(&old, &"rows".into(), &js_sys::JSON::parse(&text).unwrap()).unwrap();
+                    old.into()
+                }
+                OldLog::Text => {
+                    js_sys::Reflect::set(&v, &"rows".into(), &JsValue::from_str(&text)).unwrap();
+                    v
+                }
+            };
+            store.put(old).with_key(k).without_key_type().primitive().unwrap();
         }
         tx.commit().await.unwrap();
     }
@@ -929,6 +951,12 @@ async fn strip_own_rows(db_name: &str) {
 
 #[wasm_bindgen_test]
 async fn log_records_of_earlier_versions_still_read() {
+    for form in [OldLog::Objects, OldLog::Text] {
+        log_records_of_an_earlier_version_still_read(form).await;
+    }
+}
+
+async fn log_records_of_an_earlier_version_still_read(form: OldLog) {
     let name = unique("t-oldlog");
     let schema = schema();
     let idb = open_idb(&name, &schema).await;
@@ -937,9 +965,10 @@ async fn log_records_of_earlier_versions_still_read() {
     let before = idb.store().rows_after(0, 100).await.unwrap();
     let db_name = idb.store().live().db.clone();
     idb.store().close();
-    rewrite_log_as_objects(&db_name).await;
+    rewrite_log(&db_name, form).await;
     let idb = open_idb(&name, &schema).await;
-    // Rows as objects read back exactly as they were written; new records go beside them.
+    // Rows as objects or as text read back exactly as they were written; new records go
+    // beside them.
     assert_eq!(idb.store().rows_after(0, 100).await.unwrap(), before);
     idb.write((5..8).map(|i| put(doc(i))).collect()).await.unwrap();
     let all = idb.store().rows_after(0, 100).await.unwrap();
