@@ -11,12 +11,13 @@ use wasm_bindgen::prelude::*;
 use crate::error::{Error, WriteError};
 
 #[wasm_bindgen(inline_js = r#"
-export function tm_to_json(value, loose) {
+export function tm_to_json(value, loose, offset) {
   return JSON.stringify(value, function (key, v) {
     // `v` is what toJSON() returned (a Date is already a string here): judge the original.
     const raw = key === '' ? value : this[key];
     const t = typeof raw;
-    const at = key === '' ? 'the top level' : JSON.stringify(key);
+    // `value` may be a slice of a larger array starting at `offset` (`to_json_items`).
+    const at = key === '' ? 'the top level' : JSON.stringify(offset !== undefined && this === value ? String(offset + Number(key)) : key);
     // In queries and options an undefined property means "not given".
     if (loose && t === 'undefined' && key !== '' && !Array.isArray(this)) return undefined;
     if (t === 'function' || t === 'symbol' || t === 'bigint' || t === 'undefined') {
@@ -37,7 +38,7 @@ export function tm_to_json(value, loose) {
 "#)]
 extern "C" {
     #[wasm_bindgen(catch)]
-    fn tm_to_json(value: &JsValue, loose: bool) -> Result<JsValue, JsValue>;
+    fn tm_to_json(value: &JsValue, loose: bool, offset: Option<u32>) -> Result<JsValue, JsValue>;
 }
 
 /// Converts any JS value to JSON, refusing functions, symbols, bigints, undefined,
@@ -53,13 +54,40 @@ pub fn to_json_loose(value: &JsValue) -> Result<Value, Error> {
 }
 
 fn convert(value: &JsValue, loose: bool) -> Result<Value, Error> {
-    let text = tm_to_json(value, loose).map_err(|e| {
+    parse(value, loose, None)
+}
+
+/// `value` (at `offset` in a larger array, if it is a slice of one) through `tm_to_json`.
+fn parse(value: &JsValue, loose: bool, offset: Option<u32>) -> Result<Value, Error> {
+    let text = tm_to_json(value, loose, offset).map_err(|e| {
         let msg = e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).unwrap_or_else(|| format!("{e:?}"));
         WriteError::NotJson(msg)
     })?;
     // `undefined` (JSON.stringify of a lone function or undefined) is refused by the replacer.
     let text = crate::idb::codec::text_of(&text).unwrap_or_default();
     serde_json::from_str(&text).map_err(|e| WriteError::NotJson(e.to_string()).into())
+}
+
+/// Elements converted per `JSON.stringify` by `to_json_items`.
+const ITEMS_AT_ONCE: u32 = 128;
+
+/// The elements of a JS array, each as `to_json` converts it, `ITEMS_AT_ONCE` at a time:
+/// the JSON text of a whole batch of documents (~230 KB for 1,000) is a string V8 keeps
+/// in its large-object space until a full collection, where the text of a slice is
+/// young garbage gone at the next scavenge. Errors name an element by its index in the
+/// whole array, as `to_json` does.
+pub fn to_json_items(array: &js_sys::Array) -> Result<Vec<Value>, Error> {
+    let len = array.length();
+    let mut items = Vec::with_capacity(len as usize);
+    let mut start = 0;
+    while start < len {
+        let end = len.min(start + ITEMS_AT_ONCE);
+        if let Value::Array(part) = parse(&array.slice(start, end).into(), false, Some(start))? {
+            items.extend(part);
+        }
+        start = end;
+    }
+    Ok(items)
 }
 
 /// Converts a JS value that must be a plain object.

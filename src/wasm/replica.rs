@@ -14,7 +14,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use super::client::{self, Client, SyncConfig};
-use super::convert::{to_js, to_json, to_json_loose, to_object, to_string};
+use super::convert::{to_js, to_json, to_json_items, to_json_loose, to_object, to_string};
 use super::error::to_js as err_to_js;
 use crate::error::{Error, OpenError};
 use crate::idb::IdbStore;
@@ -157,7 +157,11 @@ impl JsReplica {
     /// Writes many whole documents in one transaction.
     #[wasm_bindgen(js_name = putMany)]
     pub fn put_many(&self, collection: JsValue, docs: JsValue) -> js_sys::Promise {
-        let parsed = to_string(&collection, "collection").and_then(|c| match to_json(&docs)? {
+        let items = match docs.dyn_ref::<js_sys::Array>() {
+            Some(array) => to_json_items(array).map(Value::Array),
+            None => to_json(&docs),
+        };
+        let parsed = to_string(&collection, "collection").and_then(|c| match items? {
             Value::Array(items) => items
                 .into_iter()
                 .map(|d| match d {

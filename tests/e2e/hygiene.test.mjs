@@ -61,6 +61,33 @@ test('every non-plain value is NOT_JSON in put, putMany, patch and query, and no
   await page.close();
 });
 
+test('putMany of many documents: every one arrives in order, and a refused one is named by its index in the whole array', async () => {
+  // putMany converts its array a slice at a time (to_json_items): the slices' seams and the
+  // index an error names must not show.
+  const page = await h.openPage();
+  const got = await page.evaluate(async (schema) => {
+    const db = await window.tidemark.openReplica({ name: 'put-many-slices', schema });
+    const docs = Array.from({ length: 300 }, (_, i) => ({ id: `d${String(i).padStart(3, '0')}`, title: `t${i}`, n: i, tags: [i, { at: i }] }));
+    await db.putMany('todos', docs);
+    const stored = await db.query('todos');
+    const code = async (f) => { try { await f(); return 'no error'; } catch (e) { return `${e.code}: ${e.message}`; } };
+    const before = db.status().maxRow;
+    const withDate = docs.map((d) => ({ ...d, id: `x${d.id}` }));
+    withDate[200] = new Date(0);
+    const withFunction = docs.map((d) => ({ ...d, id: `y${d.id}` }));
+    withFunction[257] = { id: 'f', v: () => 1 };
+    const refused = { element: await code(() => db.putMany('todos', withDate)), nested: await code(() => db.putMany('todos', withFunction)) };
+    const after = { maxRow: db.status().maxRow, count: (await db.query('todos')).length };
+    await db.close();
+    return { docs, stored, refused, before, after };
+  }, SCHEMA);
+  assert.deepEqual(got.stored, got.docs, 'all 300, as written, in id order');
+  assert.match(got.refused.element, /^NOT_JSON: .*a Date at "200" is not JSON/);
+  assert.match(got.refused.nested, /^NOT_JSON: .*a function at "v" is not JSON/);
+  assert.deepEqual(got.after, { maxRow: got.before, count: 300 }, 'a refused putMany writes nothing');
+  await page.close();
+});
+
 test('patching a missing or deleted document is NOT_FOUND, however it was deleted', async () => {
   const page = await h.openPage();
   const got = await page.evaluate(async ({ schema, ws }) => {
