@@ -12,24 +12,26 @@ use crate::error::{Error, WriteError};
 
 #[wasm_bindgen(inline_js = r#"
 export function tm_to_json(value, loose, offset) {
+  // Where a refused value is, for the error only (the replacer runs for every key of every
+  // document): `value` may be a slice of a larger array starting at `offset`
+  // (`to_json_items`).
+  const where = (holder, key) => key === '' ? 'the top level' : JSON.stringify(offset !== undefined && holder === value ? String(offset + Number(key)) : key);
   return JSON.stringify(value, function (key, v) {
     // `v` is what toJSON() returned (a Date is already a string here): judge the original.
     const raw = key === '' ? value : this[key];
     const t = typeof raw;
-    // `value` may be a slice of a larger array starting at `offset` (`to_json_items`).
-    const at = key === '' ? 'the top level' : JSON.stringify(offset !== undefined && this === value ? String(offset + Number(key)) : key);
     // In queries and options an undefined property means "not given".
     if (loose && t === 'undefined' && key !== '' && !Array.isArray(this)) return undefined;
     if (t === 'function' || t === 'symbol' || t === 'bigint' || t === 'undefined') {
-      throw new TypeError(`a ${t} at ${at} is not JSON`);
+      throw new TypeError(`a ${t} at ${where(this, key)} is not JSON`);
     }
-    if (t === 'number' && !Number.isFinite(raw)) throw new TypeError(`${raw} at ${at} is not JSON`);
+    if (t === 'number' && !Number.isFinite(raw)) throw new TypeError(`${raw} at ${where(this, key)} is not JSON`);
     if (raw !== null && t === 'object' && !Array.isArray(raw)) {
       const p = Object.getPrototypeOf(raw);
       if (p !== Object.prototype && p !== null) {
         const name = (raw.constructor && raw.constructor.name) || 'non-plain object';
         const hint = raw instanceof Date ? ' (store dates as numbers, e.g. date.getTime(), or ISO strings)' : ' (use plain objects and arrays)';
-        throw new TypeError(`a ${name} at ${at} is not JSON${hint}`);
+        throw new TypeError(`a ${name} at ${where(this, key)} is not JSON${hint}`);
       }
     }
     return v;
