@@ -102,8 +102,9 @@ impl Rebuild<'_> {
                 .map(|Pending { key: (c, id), mut layers, migrated, .. }| {
                     let v = layers.0.keys().next_back().copied().unwrap_or(0);
                     let state = layers.0.remove(&v).unwrap_or_default();
-                    let doc = state.exists().then(|| state.doc.clone());
-                    let stored = StoredDoc { id, doc, stamps: state.stamps, deleted: state.deleted, version: v, index_keys: Map::new(), layers: layers.0, conflicts: state.conflicts, migrated };
+                    let mut stored = stored_doc(None, &c, &id, state, v);
+                    stored.layers = layers.0;
+                    stored.migrated = migrated;
                     (c, stored)
                 })
                 .collect());

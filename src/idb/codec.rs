@@ -416,15 +416,15 @@ fn tally<'a>(keys: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, u32> {
 /// text of earlier versions, or the rows as objects of the earliest.
 pub fn log_rows<T: DeserializeOwned>(record: &JsValue) -> Result<Vec<T>, StoreError> {
     let rows = record.unchecked_ref::<LogRecord>().rows();
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("a log record: {e}"));
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("a log record: {e}"));
     if let Some(bytes) = rows.dyn_ref::<js_sys::Uint8Array>() {
         // Through `from_str` (a text check first): `from_slice` would add a second copy of
         // every row deserializer to the wasm (~30 KB).
-        let text = String::from_utf8(bytes.to_vec()).map_err(|e| StoreError::Corrupt(format!("a log record: {e}")))?;
-        return serde_json::from_str(&text).map_err(corrupt);
+        let text = String::from_utf8(bytes.to_vec()).map_err(|e| corrupt(&e))?;
+        return serde_json::from_str(&text).map_err(|e| corrupt(&e));
     }
     match text_of(&rows) {
-        Some(text) => serde_json::from_str(&text).map_err(corrupt),
+        Some(text) => serde_json::from_str(&text).map_err(|e| corrupt(&e)),
         None => from_js(&rows),
     }
 }

@@ -46,21 +46,17 @@ extern "C" {
 /// Converts any JS value to JSON, refusing functions, symbols, bigints, undefined,
 /// non-finite numbers, class instances and cycles (documents must be exactly JSON).
 pub fn to_json(value: &JsValue) -> Result<Value, Error> {
-    convert(value, false)
+    convert(value, false, None)
 }
 
 /// Like `to_json`, but object properties that are `undefined` are left out, as
 /// `JSON.stringify` does: for queries and options, where they mean "not given".
 pub fn to_json_loose(value: &JsValue) -> Result<Value, Error> {
-    convert(value, true)
-}
-
-fn convert(value: &JsValue, loose: bool) -> Result<Value, Error> {
-    parse(value, loose, None)
+    convert(value, true, None)
 }
 
 /// `value` (at `offset` in a larger array, if it is a slice of one) through `tm_to_json`.
-fn parse(value: &JsValue, loose: bool, offset: Option<u32>) -> Result<Value, Error> {
+fn convert(value: &JsValue, loose: bool, offset: Option<u32>) -> Result<Value, Error> {
     let text = tm_to_json(value, loose, offset).map_err(|e| {
         let msg = e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).unwrap_or_else(|| format!("{e:?}"));
         WriteError::NotJson(msg)
@@ -84,7 +80,7 @@ pub fn to_json_items(array: &js_sys::Array) -> Result<Vec<Value>, Error> {
     let mut start = 0;
     while start < len {
         let end = len.min(start + ITEMS_AT_ONCE);
-        if let Value::Array(part) = parse(&array.slice(start, end).into(), false, Some(start))? {
+        if let Value::Array(part) = convert(&array.slice(start, end).into(), false, Some(start))? {
             items.extend(part);
         }
         start = end;

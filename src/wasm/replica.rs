@@ -157,19 +157,22 @@ impl JsReplica {
     /// Writes many whole documents in one transaction.
     #[wasm_bindgen(js_name = putMany)]
     pub fn put_many(&self, collection: JsValue, docs: JsValue) -> js_sys::Promise {
-        let items = match docs.dyn_ref::<js_sys::Array>() {
-            Some(array) => to_json_items(array).map(Value::Array),
-            None => to_json(&docs),
-        };
-        let parsed = to_string(&collection, "collection").and_then(|c| match items? {
-            Value::Array(items) => items
+        let parsed = to_string(&collection, "collection").and_then(|c| {
+            let items = match docs.dyn_ref::<js_sys::Array>() {
+                Some(array) => to_json_items(array)?,
+                // Not an array, though it may turn into one (a `toJSON` that returns one).
+                None => match to_json(&docs)? {
+                    Value::Array(items) => items,
+                    _ => return Err(crate::error::WriteError::InvalidArgument("putMany takes an array of documents".into()).into()),
+                },
+            };
+            items
                 .into_iter()
                 .map(|d| match d {
                     Value::Object(doc) => Ok(Write::Put { collection: c.clone(), doc }),
                     _ => Err(crate::error::WriteError::InvalidDocument("putMany takes an array of objects".into()).into()),
                 })
-                .collect::<Result<Vec<_>, Error>>(),
-            _ => Err(crate::error::WriteError::InvalidArgument("putMany takes an array of documents".into()).into()),
+                .collect::<Result<Vec<_>, Error>>()
         });
         match parsed {
             Ok(writes) => write(self, |r| async move { r.write(writes).await }),
