@@ -317,6 +317,17 @@ pub trait Store {
         Ok(f(&self.peers().await?))
     }
 
+    /// Reads the record of `peer` as it is now, and every record, through `f`: a pass needs
+    /// the one record of the replica at the other end and a summary of all of them (the
+    /// table a sender forwards, the marks a receiver answers with). The summary only lets
+    /// the other side skip what it already holds, and what it says stays true as records
+    /// move forward, so a store that reads its records from elsewhere (PostgreSQL, with
+    /// thousands of clients) may lend every record as it read them a moment ago rather
+    /// than read them all at every pass; the one record is always current.
+    async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
+        self.with_peers(|all| f(all.get(peer), all)).await
+    }
+
     /// Up to `limit` stored documents (tombstones included) after `after` in the store's
     /// own (collection, id) order, for snapshots streamed page by page. Documents are
     /// never removed, so a scan that starts after the head was read sees every document

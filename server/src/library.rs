@@ -97,8 +97,9 @@ pub struct LibraryStore {
     landed: watch::Sender<u64>,
     /// The keys of recent log rows, for the snapshot decision of many pulls at once.
     recent: RecentRows,
-    /// Snapshot pages shared by pulls while no document changes; SQLite only (on
-    /// PostgreSQL other instances write too, unseen by this one).
+    /// Snapshot pages shared by pulls while no document changes. On PostgreSQL other
+    /// instances write too, unseen by this one: there a page serves only snapshots ending
+    /// at or below the persisted-up-to position when it was read (`DocPages::following_rows`).
     pages: Option<DocPages>,
 }
 
@@ -113,7 +114,7 @@ impl LibraryStore {
     }
 
     pub fn postgres(store: PgStore) -> LibraryStore {
-        LibraryStore { backend: Backend::Postgres(store), landed: watch::channel(0).0, recent: RecentRows::default(), pages: None }
+        LibraryStore { backend: Backend::Postgres(store), landed: watch::channel(0).0, recent: RecentRows::default(), pages: Some(DocPages::following_rows()) }
     }
 
     /// The PostgreSQL store, when the library lives there.
@@ -130,6 +131,9 @@ impl LibraryStore {
     }
 
     fn landed(&self, row: u64) {
+        if let Some(pages) = &self.pages {
+            pages.shown(row);
+        }
         self.landed.send_if_modified(|seen| {
             let moved = row > *seen;
             *seen = (*seen).max(row);
@@ -296,6 +300,10 @@ impl Store for LibraryStore {
 
     async fn with_peers<R>(&self, f: impl FnOnce(&BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
         each!(self, s => s.with_peers(f).await)
+    }
+
+    async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
+        each!(self, s => s.with_peer_and_summary(peer, f).await)
     }
 
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {

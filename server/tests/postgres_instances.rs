@@ -356,6 +356,45 @@ async fn a_client_of_an_idle_instance_sees_another_instances_write() {
     assert!(status["positions"].as_object().unwrap().contains_key("busy"), "{status}");
 }
 
+/// Snapshot pages an instance shares between pulls never hide another instance's write: a
+/// client that joins through `a` once a write through `b` is visible there gets it, though
+/// `a` kept pages made before the write, which it never saw under way
+/// (`DocPages::following_rows`: a page serves only snapshots ending at or below the row
+/// shown when it was read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shared_snapshot_pages_never_hide_another_instances_write() {
+    let db = db().await;
+    let a = db.instance("a");
+    let b = db.instance("b");
+    let writer = client().await;
+    for i in 0..30 {
+        writer.put("docs", doc(json!({"id": format!("d{i:02}"), "n": i}))).await.unwrap();
+    }
+    // Pages of 10 documents: a joiner's snapshot is several pages, each shared.
+    let limits = Limits { per_diff: 10, max_diffs: 100 };
+    sync_fully(&writer, &b, limits, None).await;
+    for n in 0..3 {
+        let written = b.status(LIB, None)["maxRow"].as_i64().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while persisted(&a) < written {
+            assert!(Instant::now() < deadline, "instance a never showed row {written}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Two joiners: the first makes the pages, the second is served them.
+        for j in 0..2 {
+            let joiner = client().await;
+            let first = round(&joiner, &a, limits, None).await.unwrap();
+            assert!(first.snapshot && !first.capped, "write {n}, joiner {j}: one snapshot round: {first:?}");
+            sync_fully(&joiner, &a, limits, None).await;
+            assert_eq!(docs(&joiner).await, docs(&writer).await, "write {n}, joiner {j}: the joiner holds every write shown");
+        }
+        // A change to a document of the first page and a new one on a later page, through b.
+        writer.put("docs", doc(json!({"id": "d00", "n": 100 + n}))).await.unwrap();
+        writer.put("docs", doc(json!({"id": format!("d25-{n}"), "n": n}))).await.unwrap();
+        sync_fully(&writer, &b, limits, None).await;
+    }
+}
+
 /// Three instances hold a library with rows; a fourth starts and serves it. Nobody's stream
 /// position or persisted position moves back, the newcomer starts at the persisted
 /// position (not 0), and a client that moves to it keeps its points and gets the rest.

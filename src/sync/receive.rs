@@ -116,8 +116,8 @@ impl<T: Store> Receiver<T> {
                 }
                 let (rec, point, matched, marks) = replica
                     .store()
-                    .with_peers(|all| {
-                        let rec = all.get(&self.peer).cloned().unwrap_or_else(PeerRecord::new);
+                    .with_peer_and_summary(&self.peer, |rec, all| {
+                        let rec = rec.cloned().unwrap_or_else(PeerRecord::new);
                         let (point, matched) = match rec.common_point(&sessions) {
                             Some((p, s)) => (p, Some(s)),
                             None => (-1, None),

@@ -134,7 +134,7 @@ impl Sender {
     pub async fn start<S: Store>(replica: &Replica<S>, peer: &str, session: &str, limits: Limits) -> Result<(Sender, Message), Error> {
         // The table we may forward is the one from before the pass began.
         let head = replica.head();
-        let (table, known) = replica.store().with_peers(|peers| (forwarded(peers, peer, &head.db_id), peers.get(peer).cloned())).await?;
+        let (table, known) = replica.store().with_peer_and_summary(peer, |known, all| (forwarded(all, peer, &head.db_id), known.cloned())).await?;
         let preflight = Message::Preflight {
             session: session.into(),
             db_id: head.db_id.clone(),
@@ -291,7 +291,7 @@ impl Sender {
     /// collections this replica does not store (rebuilt into document states) — or ends it.
     async fn snapshot_chunk<S: Store>(&mut self, replica: &Replica<S>, at: Cursor, end: Point, total: u64, table: Vec<TableEntry>) -> Result<Step<PassReport>, Error> {
         let (docs, next): (SnapshotDocs, Cursor) = match at {
-            Cursor::Docs(after) => match stored_page(replica, after.as_ref(), self.limits.per_diff).await? {
+            Cursor::Docs(after) => match stored_page(replica, after.as_ref(), self.limits.per_diff, end.max(0) as u64).await? {
                 Some((docs, last)) => (docs, Cursor::Docs(Some(last))),
                 None if replica.schema().is_some() => {
                     let (docs, next) = unkept_docs(replica, 0, end, self.limits.per_diff).await?;
@@ -448,10 +448,11 @@ async fn holds_older<S: Store>(replica: &Replica<S>, start: Point, version: u32,
 /// of its last; `None` when there are no more. A store that keeps its documents as text (a
 /// server's) hands them over as such, and they go out without being decoded.
 /// A store whose pages many readers share (`Store::doc_pages`) hands out a page another
-/// pull made while no document has changed since.
-async fn stored_page<S: Store>(replica: &Replica<S>, after: Option<&DocKey>, limit: usize) -> Result<Option<(SnapshotDocs, DocKey)>, Error> {
+/// pull made while no document has changed since, and which holds every change up to the
+/// snapshot's `end`.
+async fn stored_page<S: Store>(replica: &Replica<S>, after: Option<&DocKey>, limit: usize, end: u64) -> Result<Option<(SnapshotDocs, DocKey)>, Error> {
     let shared = replica.store().doc_pages();
-    if let Some((docs, last)) = shared.and_then(|p| p.get(after, limit)) {
+    if let Some((docs, last)) = shared.and_then(|p| p.get(after, limit, end)) {
         return Ok(Some((SnapshotDocs::Wire(docs), last)));
     }
     let seen = shared.and_then(|p| p.begin());

@@ -51,7 +51,7 @@ async fn live_key(db: &Database, name: &str) -> Result<String, Error> {
 pub(crate) async fn live(db: &Database, name: &str) -> Result<Arc<Generation>, Error> {
     let key = live_key(db, name).await?;
     let stream = db.stream(&key).await?;
-    Ok(Arc::new(Generation { key, stream }))
+    Ok(Arc::new(Generation::new(key, stream)))
 }
 
 /// Sets or clears the seal of the generation under `key`; sealing a sealed one fails with
