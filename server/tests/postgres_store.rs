@@ -278,3 +278,42 @@ fn a_later_instance_finds_the_library() {
     assert_eq!(block_on(on_late.store().rows_after(0, 10)).unwrap().len(), 1);
     block_on(late.leave()).unwrap();
 }
+
+/// A pass's view of the peer records on PostgreSQL (`Store::with_peer_and_summary`): the
+/// record it asks for is read as it is now; every record is lent from a summary read at
+/// most once a second, with this instance's own writes in it as soon as they commit and
+/// another instance's within the second.
+#[test]
+fn a_pass_reads_its_peer_now_and_the_summary_within_a_second() {
+    use tidemark::peer::PeerRecord;
+    use tidemark::store::Commit;
+    let name = library();
+    let a = replica(open(&pg().a, &name), 1_000);
+    let b = replica(open(&pg().b, &name), 1_000);
+    let write = |r: &Replica<PgStore>, peer: &str, row: i64| {
+        let mut rec = PeerRecord::new();
+        rec.note_incoming("s", row, false);
+        let peers = vec![(peer.to_string(), rec)];
+        block_on(r.store().commit(&[], &[peer.to_string()], move |_| Ok(Commit { peers, ..Commit::default() }))).unwrap();
+    };
+    let view = |r: &Replica<PgStore>, peer: &str, other: &str| {
+        block_on(r.store().with_peer_and_summary(peer, |one, all| (one.map(|p| p.incoming), all.get(other).map(|p| p.incoming)))).unwrap()
+    };
+    write(&a, "p", 1);
+    write(&a, "q", 1);
+    assert_eq!(view(&a, "p", "q"), (Some(1), Some(1)), "the summary is read at first use");
+    // This instance's own write: in the summary at once.
+    write(&a, "q", 2);
+    assert_eq!(view(&a, "p", "q"), (Some(1), Some(2)), "its own write, at once");
+    // Another instance's: the record asked for at once, the summary within a second.
+    write(&b, "p", 3);
+    write(&b, "q", 3);
+    let (one, _) = view(&a, "p", "q");
+    assert_eq!(one, Some(3), "the record a pass asks for is always current");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while view(&a, "p", "q").1 != Some(3) {
+        assert!(std::time::Instant::now() < deadline, "another instance's write never reached the summary");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(view(&a, "q", "p"), (Some(3), Some(3)));
+}
