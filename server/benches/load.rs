@@ -101,7 +101,7 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
     // its own new write up, what landed since its last pull down), then write once.
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        clients.push(Device { replica: support::client().await, pulled: None });
+        clients.push(Device { replica: support::client().await, pulled: None, pushed: None });
     }
     for chunk in clients.chunks_mut(100) {
         let synced = futures::future::join_all(chunk.iter_mut().map(|d| d.round(&url))).await;
@@ -139,11 +139,15 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
     let began = Instant::now();
     go.send(Some(began)).unwrap();
     let mut ms = Vec::new();
+    let mut pushed_ms = Vec::new();
     let mut errors = Vec::new();
     let mut pulled = 0u64;
     let mut done = Vec::with_capacity(n);
     for t in tasks {
         let (elapsed, r, c) = t.await.unwrap();
+        if let Some(at) = c.pushed {
+            pushed_ms.push(at.saturating_duration_since(began).as_secs_f64() * 1000.0);
+        }
         done.push(c);
         match r {
             Ok(received) => {
@@ -157,6 +161,7 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
     let (server_cpu, own_cpu) = (cpu_seconds(&server.pid().to_string()) - server_cpu, cpu_seconds("self") - own_cpu);
     drop(done);
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    pushed_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (_, peak) = memory(server.pid());
     if !errors.is_empty() {
         eprintln!("load: {} of {n} rounds failed, e.g. {}", errors.len(), errors[0]);
@@ -169,6 +174,10 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
         "peak_rss_mb": round2(peak),
         "errors": errors.len(),
         "rows_pulled_per_client": round2(pulled as f64 / n.max(1) as f64),
+        // When the devices' pushes ended (each pulls right after): the rounds start at
+        // once, so every push is served before most pulls begin.
+        "pushed_p50_ms": round2(quantile(&pushed_ms, 0.5)),
+        "pushed_max_ms": round2(quantile(&pushed_ms, 1.0)),
         // Where the time went: the whole run's wall time, the CPU the server and this
         // load generator used meanwhile (they share the machine), and its load average.
         "wall_s": round2(wall),
@@ -190,6 +199,8 @@ struct Device {
     replica: tidemark::Replica<tidemark::MemoryStore>,
     /// The session and point of its last pull: the server remembers them too.
     pulled: Option<(String, i64)>,
+    /// When its last round's push ended (the pull follows).
+    pushed: Option<Instant>,
 }
 
 /// The fields of a pull's frames a device acts on; rows and documents are skipped unread.
@@ -224,6 +235,7 @@ impl Device {
         let push = tidemark::peer::new_session();
         t.send(&start(&push, Direction::Push)).await.map_err(|e| err(&e))?;
         drive::send(c, &mut t, &server, &push, limits, &mut |_| {}).await.map_err(|e| err(&e))?;
+        self.pushed = Some(Instant::now());
         let session = tidemark::peer::new_session();
         t.send(&start(&session, Direction::Pull)).await.map_err(|e| err(&e))?;
         loop {
