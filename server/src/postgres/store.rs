@@ -67,7 +67,7 @@ pub struct PgStore {
 pub(crate) struct Generation {
     pub(crate) key: String,
     pub(crate) stream: Arc<Stream>,
-    /// The peer records lent for passes' summaries (`PgStore::summary`).
+    /// The peer records lent for passes' summaries (`PgStore::refresh_summary`).
     summary: Mutex<Summary>,
     /// Held by the one read of every record under way for the summary.
     reading: tokio::sync::Mutex<()>,
