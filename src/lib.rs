@@ -90,6 +90,7 @@ pub mod migrate;
 pub mod op;
 pub mod path;
 pub mod peer;
+pub mod peer_records;
 pub mod progress;
 pub mod query;
 pub mod rebuild;

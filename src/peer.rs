@@ -81,20 +81,6 @@ pub struct Mark {
     pub stamp: Stamp,
 }
 
-/// The marks a replica can vouch for, from its peer records: origins with a point and a
-/// stamp, at most `MAX_MARKS`, the most recently written first (the likeliest to matter).
-///
-/// Chosen by reference and copied last: a server holds a record per client, thousands.
-pub fn marks<'a>(records: impl Iterator<Item = (&'a String, &'a PeerRecord)>) -> Vec<Mark> {
-    let mut held: Vec<(&String, Point, &Stamp)> = records.filter(|(_, r)| r.incoming > 0).filter_map(|(id, r)| Some((id, r.incoming, r.newest.as_ref()?))).collect();
-    if held.len() > MAX_MARKS {
-        held.select_nth_unstable_by(MAX_MARKS - 1, |a, b| b.2.cmp(a.2));
-        held.truncate(MAX_MARKS);
-    }
-    held.sort_by(|a, b| b.2.cmp(a.2));
-    held.into_iter().map(|(id, row, stamp)| Mark { origin: id.clone(), row, stamp: stamp.clone() }).collect()
-}
-
 fn none() -> Point {
     -1
 }

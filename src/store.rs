@@ -21,6 +21,7 @@ use crate::layers::Layers;
 use crate::merge::{Contender, DocState};
 use crate::op::{Op, OpKey};
 use crate::peer::PeerRecord;
+use crate::peer_records::PeerRecords;
 use crate::query::Plan;
 use crate::schema::Schema;
 
@@ -324,8 +325,13 @@ pub trait Store {
     /// move forward, so a store that reads its records from elsewhere (PostgreSQL, with
     /// thousands of clients) may lend every record as it read them a moment ago rather
     /// than read them all at every pass; the one record is always current.
-    async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
-        self.with_peers(|all| f(all.get(peer), all)).await
+    ///
+    /// The summary takes the records newest first (`PeerRecords`): a store that keeps its
+    /// records in memory keeps that order with them; this default reads the records and
+    /// orders them.
+    async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &PeerRecords) -> R) -> Result<R, StoreError> {
+        let all = PeerRecords::new(self.peers().await?);
+        Ok(f(all.get(peer), &all))
     }
 
     /// Up to `limit` stored documents (tombstones included) after `after` in the store's

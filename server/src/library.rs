@@ -302,7 +302,7 @@ impl Store for LibraryStore {
         each!(self, s => s.with_peers(f).await)
     }
 
-    async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
+    async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &tidemark::peer_records::PeerRecords) -> R) -> Result<R, StoreError> {
         each!(self, s => s.with_peer_and_summary(peer, f).await)
     }
 

@@ -254,7 +254,7 @@ pub enum Message {
         matched: Option<String>,
         candidates: Vec<Entry>,
         sent_sessions: Vec<String>,
-        /// Per-origin marks (see `peer::marks`): what the receiver holds from each origin.
+        /// Per-origin marks (see `PeerRecords::marks`): what the receiver holds from each origin.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         marks: Vec<Mark>,
         /// The receiver takes only ops the sender wrote itself (origins are bound to

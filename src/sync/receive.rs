@@ -123,7 +123,7 @@ impl<T: Store> Receiver<T> {
                             None => (-1, None),
                         };
                         // Marks only matter when the sender has rows past the point.
-                        let marks = if point < max_row as Point { crate::peer::marks(all.iter()) } else { Vec::new() };
+                        let marks = if point < max_row as Point { all.marks() } else { Vec::new() };
                         (rec, point, matched, marks)
                     })
                     .await?;

@@ -18,7 +18,8 @@ use super::pass::{chunk_ack, is_idle, unexpected, wants_snapshot, Limits, PassRe
 use crate::clock::Stamp;
 use crate::error::{Error, StoreError, SyncError};
 use crate::layers::Layers;
-use crate::peer::{Entry, Mark, PeerRecord, Point, MAX_MARKS};
+use crate::peer::{Mark, PeerRecord, Point, MAX_MARKS};
+use crate::peer_records::PeerRecords;
 use crate::replica::Replica;
 use crate::store::{DocKey, Head, Row, RowKey, Store};
 
@@ -400,29 +401,20 @@ impl Sender {
 /// receiver never got.
 ///
 /// At most `MAX_FORWARDED` entries, those of the origins whose ops were merged most
-/// recently (like the marks): a shorter table only fast-forwards less. A server starts a
-/// pass for every pull of each of its clients over a table of all of them, so the entries
-/// are chosen by reference and only the kept ones are copied (ties in `newest` keep the
-/// records' order, as a stable sort would).
-fn forwarded(peers: &BTreeMap<String, PeerRecord>, peer: &str, me: &str) -> Vec<TableEntry> {
-    // (position in the records' order, db id, record, its newest incoming entry)
-    type Candidate<'a> = (usize, &'a String, &'a PeerRecord, &'a Entry);
-    let mut entries: Vec<Candidate> = peers
-        .iter()
+/// recently (like the marks), newest first: a shorter table only fast-forwards less. A
+/// server starts a pass for every pull of each of its clients over a table of all of them,
+/// so the entries come from the records' newest-first order (`PeerRecords`), which it keeps
+/// as records change, and only the kept ones are copied.
+fn forwarded(peers: &PeerRecords, peer: &str, me: &str) -> Vec<TableEntry> {
+    peers
+        .newest_first()
         .filter(|(id, _)| *id != peer && *id != me)
-        .filter_map(|(id, rec)| Some((id, rec, rec.in_history.iter().max_by_key(|e| e.row)?)))
-        .enumerate()
-        .map(|(i, (id, rec, e))| (i, id, rec, e))
-        .collect();
-    if entries.len() > crate::limits::MAX_FORWARDED {
-        let newest_first = |a: &Candidate, b: &Candidate| b.2.newest.cmp(&a.2.newest).then(a.0.cmp(&b.0));
-        // The newest MAX_FORWARDED first (a server may hold thousands of peers), then
-        // only those sorted.
-        entries.select_nth_unstable_by(crate::limits::MAX_FORWARDED - 1, newest_first);
-        entries.truncate(crate::limits::MAX_FORWARDED);
-        entries.sort_unstable_by(newest_first);
-    }
-    entries.into_iter().map(|(_, id, _, e)| TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() }).collect()
+        .filter_map(|(id, rec)| {
+            let e = rec.in_history.iter().max_by_key(|e| e.row)?;
+            Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
+        })
+        .take(crate::limits::MAX_FORWARDED)
+        .collect()
 }
 
 /// The receiver's preflight answer, as `begin` uses it.
@@ -541,6 +533,7 @@ async fn unkept_docs<S: Store>(replica: &Replica<S>, after: u64, end: Point, per
 mod tests {
     use super::*;
     use crate::clock::Stamp;
+    use crate::peer::Entry;
 
     fn record(wall: u64, row: Point) -> PeerRecord {
         let mut r = PeerRecord::new();
@@ -555,7 +548,7 @@ mod tests {
         let mut peers: BTreeMap<String, PeerRecord> = (0..n as u64).map(|i| (format!("o{i:04}"), record(1_000 + i, i as Point))).collect();
         peers.insert("receiver".into(), record(9_999, 1));
         peers.insert("me".into(), record(9_999, 1));
-        let table = forwarded(&peers, "receiver", "me");
+        let table = forwarded(&PeerRecords::new(peers.clone()), "receiver", "me");
         assert_eq!(table.len(), crate::limits::MAX_FORWARDED);
         let kept: std::collections::BTreeSet<_> = table.iter().map(|e| e.db_id.as_str()).collect();
         // The 50 oldest origins are left out; every newer one is there, with its entry.
@@ -564,15 +557,15 @@ mod tests {
         assert!(table.iter().all(|e| e.session == format!("s{}", 1_000 + e.row) && e.db_id != "receiver" && e.db_id != "me"));
         // A small table is forwarded whole.
         let few: BTreeMap<_, _> = peers.into_iter().filter(|(id, _)| id.starts_with('o')).take(10).collect();
-        assert_eq!(forwarded(&few, "receiver", "me").len(), 10);
+        assert_eq!(forwarded(&PeerRecords::new(few), "receiver", "me").len(), 10);
     }
 
     #[test]
-    fn a_truncated_table_is_ordered_newest_first_with_ties_in_the_records_order() {
+    fn a_table_is_ordered_newest_first_with_ties_in_the_records_order() {
         // Stamps repeat (every 7th origin shares one), so ties decide part of the cut.
         let n = crate::limits::MAX_FORWARDED * 2 + 3;
         let peers: BTreeMap<String, PeerRecord> = (0..n as u64).map(|i| (format!("o{i:04}"), record(1_000 + (i * 37) % 7, i as Point))).collect();
-        let table = forwarded(&peers, "receiver", "me");
+        let table = forwarded(&PeerRecords::new(peers.clone()), "receiver", "me");
         // What a stable sort of every entry by newest stamp, newest first, keeps.
         let mut all: Vec<(&String, &PeerRecord)> = peers.iter().collect();
         all.sort_by(|a, b| b.1.newest.cmp(&a.1.newest));

@@ -44,6 +44,7 @@ use tidemark::clock::Stamp;
 use tidemark::error::{Error as EngineError, StoreError};
 use tidemark::key::cmp_utf16;
 use tidemark::peer::PeerRecord;
+use tidemark::peer_records::PeerRecords;
 use tidemark::query::{Plan, Source};
 use tidemark::scan::select;
 use tidemark::store::{Commit, DocKey, Head, Loaded, Row, RowKey, Store, StoredDoc, StoredText};
@@ -94,7 +95,7 @@ const PEER_SUMMARY_AGE: Duration = Duration::from_secs(1);
 /// Every peer record as last read, with this instance's writes since applied.
 #[derive(Default)]
 struct Summary {
-    peers: BTreeMap<String, PeerRecord>,
+    peers: PeerRecords,
     /// When `peers` was read (`None`: not yet).
     read_at: Option<Instant>,
     /// While a read is under way: the records this instance wrote meanwhile, which the
@@ -248,7 +249,7 @@ impl PgStore {
         let written = s.written.take().unwrap_or_default();
         let mut peers = read?;
         peers.extend(written);
-        s.peers = peers;
+        s.peers = PeerRecords::new(peers);
         s.read_at = Some(Instant::now());
         Ok(())
     }
@@ -844,7 +845,7 @@ impl Store for PgStore {
     }
 
     /// The one record read now, the rest from the summary (`refresh_summary`).
-    async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
+    async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &PeerRecords) -> R) -> Result<R, StoreError> {
         let live = self.live();
         let (one, ()) = futures::try_join!(self.peer(peer), self.refresh_summary(&live))?;
         let s = live.summary();

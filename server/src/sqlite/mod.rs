@@ -23,7 +23,8 @@
 //! The peer records are also kept in memory (`Peers`), because every pass reads all of
 //! them (a server's library has one per client): loaded when the file opens, updated by
 //! the writer after each group commits (in commit order, before anyone is told), so
-//! `peers()` never reads or decodes the table. Only this process writes the file
+//! `peers()` never reads or decodes the table; and they are kept newest first
+//! (`PeerRecords`), so a pass's table and marks take the first few instead of sorting all. Only this process writes the file
 //! (another process writing it meanwhile is not supported).
 
 use std::collections::BTreeMap;
@@ -39,6 +40,7 @@ use tidemark::key::cmp_utf16;
 use tidemark::scan::select;
 use tidemark::query::{Plan, Source};
 use tidemark::peer::PeerRecord;
+use tidemark::peer_records::PeerRecords;
 use tidemark::store::{Commit, DocKey, Head, Loaded, Row, RowKey, Store, StoredDoc, StoredText};
 
 mod readers;
@@ -82,7 +84,7 @@ fn log_texts<T>(conn: &Connection, sql: &str, params: impl rusqlite::Params, bui
 }
 
 /// The committed peer records, as `peers()` returns them (see the module doc).
-pub(crate) type Peers = Arc<Mutex<BTreeMap<String, PeerRecord>>>;
+pub(crate) type Peers = Arc<Mutex<PeerRecords>>;
 
 /// A replica's storage in one SQLite database file.
 pub struct SqliteStore {
@@ -118,7 +120,7 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = connect(&path)?;
-        let peers: Peers = Arc::new(Mutex::new(read_peers(&conn)?));
+        let peers: Peers = Arc::new(Mutex::new(PeerRecords::new(read_peers(&conn)?)));
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(SqliteStore { readers: Arc::new(Readers::new(path.clone())), writer: Writer::start(conn, name, peers.clone())?, peers, path, waiters: Mutex::default() })
     }
@@ -289,7 +291,7 @@ impl SqliteStore {
 }
 
 /// The lock of the in-memory peer records (plain data: usable after a panic elsewhere).
-pub(crate) fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, BTreeMap<String, PeerRecord>> {
+pub(crate) fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, PeerRecords> {
     peers.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -387,11 +389,17 @@ impl Store for SqliteStore {
 
     /// From memory (see the module doc).
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
-        Ok(lock(&self.peers).clone())
+        Ok(lock(&self.peers).records().clone())
     }
 
     async fn with_peers<R>(&self, f: impl FnOnce(&BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
-        Ok(f(&lock(&self.peers)))
+        Ok(f(lock(&self.peers).records()))
+    }
+
+    /// From memory, in the order kept there (see the module doc).
+    async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &PeerRecords) -> R) -> Result<R, StoreError> {
+        let all = lock(&self.peers);
+        Ok(f(all.get(peer), &all))
     }
 
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
@@ -492,7 +500,7 @@ impl Store for SqliteStore {
                 drop(std::mem::replace(conn, Connection::open_in_memory().map_err(backend)?));
                 let renamed = std::fs::rename(&staged, &path).map_err(|e| StoreError::Backend(format!("cannot swap in {}: {e}", staged.display())));
                 *conn = connect(&path)?;
-                *lock(&peers) = read_peers(conn)?;
+                *lock(&peers) = PeerRecords::new(read_peers(conn)?);
                 renamed
             })
             .await;
