@@ -116,14 +116,6 @@ impl Store for MemoryStore {
         Ok(inner.peers.clone())
     }
 
-    async fn with_peers<R>(&self, f: impl FnOnce(&BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
-        let inner = self.inner.lock().unwrap();
-        if inner.closed {
-            return Err(StoreError::Closed);
-        }
-        Ok(f(&inner.peers))
-    }
-
     async fn docs_after(&self, after: Option<&DocKey>, limit: usize) -> Result<Vec<(String, StoredDoc)>, StoreError> {
         let inner = self.inner.lock().unwrap();
         if inner.closed {

@@ -1,7 +1,7 @@
 //! Every peer record of a replica, ordered by their newest stamps (`PeerRecords`).
 //!
 //! What a pass derives from all the records — the table a sender forwards
-//! (`sync::send`), the marks a receiver answers with (`peer::marks`) — takes the records
+//! (`sync::send`), the marks a receiver answers with (`PeerRecords::marks`) — takes the records
 //! whose ops were merged most recently: newest stamp first, ties by db id, records without
 //! a stamp last. A server holds a record per client, thousands, and starts a pass for
 //! every round of each of them: a store that keeps its records in memory keeps this order

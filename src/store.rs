@@ -311,13 +311,6 @@ pub trait Store {
     /// Every peer record, by peer db id.
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError>;
 
-    /// Reads the peer records through `f`, without copying them when the store keeps them
-    /// in memory: a pass needs one record and a short table from them, and a server with
-    /// thousands of clients would otherwise copy every record at every pass of every one.
-    async fn with_peers<R>(&self, f: impl FnOnce(&BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
-        Ok(f(&self.peers().await?))
-    }
-
     /// Reads the record of `peer` as it is now, and every record, through `f`: a pass needs
     /// the one record of the replica at the other end and a summary of all of them (the
     /// table a sender forwards, the marks a receiver answers with). The summary only lets
@@ -327,8 +320,9 @@ pub trait Store {
     /// than read them all at every pass; the one record is always current.
     ///
     /// The summary takes the records newest first (`PeerRecords`): a store that keeps its
-    /// records in memory keeps that order with them; this default reads the records and
-    /// orders them.
+    /// records in memory keeps that order with them (and lends them without copying: a
+    /// server would otherwise copy thousands of records at every pass); this default reads
+    /// the records and orders them.
     async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &PeerRecords) -> R) -> Result<R, StoreError> {
         let all = PeerRecords::new(self.peers().await?);
         Ok(f(all.get(peer), &all))

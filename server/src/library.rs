@@ -298,10 +298,6 @@ impl Store for LibraryStore {
         each!(self, s => s.peers().await)
     }
 
-    async fn with_peers<R>(&self, f: impl FnOnce(&BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
-        each!(self, s => s.with_peers(f).await)
-    }
-
     async fn with_peer_and_summary<R>(&self, peer: &str, f: impl FnOnce(Option<&PeerRecord>, &tidemark::peer_records::PeerRecords) -> R) -> Result<R, StoreError> {
         each!(self, s => s.with_peer_and_summary(peer, f).await)
     }

@@ -24,8 +24,9 @@
 //! them (a server's library has one per client): loaded when the file opens, updated by
 //! the writer after each group commits (in commit order, before anyone is told), so
 //! `peers()` never reads or decodes the table; and they are kept newest first
-//! (`PeerRecords`), so a pass's table and marks take the first few instead of sorting all. Only this process writes the file
-//! (another process writing it meanwhile is not supported).
+//! (`PeerRecords`), so a pass's table and marks take the first few instead of sorting all.
+//! Only this process writes the file (another process writing it meanwhile is not
+//! supported).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -390,10 +391,6 @@ impl Store for SqliteStore {
     /// From memory (see the module doc).
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
         Ok(lock(&self.peers).records().clone())
-    }
-
-    async fn with_peers<R>(&self, f: impl FnOnce(&BTreeMap<String, PeerRecord>) -> R) -> Result<R, StoreError> {
-        Ok(f(lock(&self.peers).records()))
     }
 
     /// From memory, in the order kept there (see the module doc).
