@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use crate::clock::Stamp;
 use crate::error::{Error, MigrateError};
 use crate::layers::{migration_output, strip_migrations, Layers, MIGRATION_NODE};
-use crate::merge::{DocState, ROOT};
+use crate::merge::{with_primary_key, DocState, ROOT};
 use crate::op::{Kind, Op};
 use crate::query::Query;
 use crate::schema::Schema;
@@ -142,7 +142,8 @@ pub struct View {
     /// The merge state of the app's version: the migration output as its root register
     /// (when the view came from older layers), the version's own writes over it. Stored
     /// as the document's current layer, so later writes merge over it without migrating
-    /// again.
+    /// again. When `migration` is set, its fields have moved into `doc` (the stored
+    /// document is `doc` with these stamps); otherwise they are whole.
     pub state: DocState,
     /// The migration output the view is built on, as an op to log, when the view came
     /// from older layers.
@@ -398,7 +399,16 @@ impl Forward {
                         state.merge_state(&own);
                     }
                 }
-                let doc = state.materialize(&coll.primary_key, it.id);
+                // The view takes the state's fields rather than a copy when nothing reads
+                // them again: below the app's version (the next step starts a new state from
+                // this view, and a document dropped at the end keeps only the stamps), and at
+                // it when the view is built on migration output (`rebuild::built` applies a
+                // withdrawal to the state only when there is none).
+                let moves = v < self.target || base.is_some();
+                let doc = match moves {
+                    true => state.exists().then(|| with_primary_key(std::mem::take(&mut state.doc), &coll.primary_key, it.id)),
+                    false => state.materialize(&coll.primary_key, it.id),
+                };
                 Some(Stepped::Kept { state, doc, base })
             })
             .collect())
