@@ -38,6 +38,21 @@ pub fn encode(v: Option<&Value>) -> Value {
     }
 }
 
+/// Whether `key` is `encode(v)`, told without building it: a written record's index keys
+/// are checked against its document's on every write (`rebuild::has_index_keys`).
+pub fn is_encoding(key: &Value, v: Option<&Value>) -> bool {
+    let Value::Array(parts) = key else { return false };
+    match (v, parts.as_slice()) {
+        (None, [t]) => *t == TAG_MISSING,
+        (Some(Value::Null), [t]) => *t == TAG_NULL,
+        (Some(Value::Bool(b)), [t, x]) => *t == TAG_BOOL && *x == u8::from(*b),
+        (Some(n @ Value::Number(_)), [t, x]) => *t == TAG_NUMBER && x == n,
+        (Some(Value::String(s)), [t, x]) => *t == TAG_STRING && x.as_str() == Some(s.as_str()),
+        (Some(other @ (Value::Array(_) | Value::Object(_))), [t, x]) => *t == TAG_JSON && x.as_str() == Some(other.to_string().as_str()),
+        _ => false,
+    }
+}
+
 /// The type tag of an encoded value.
 pub fn tag(encoded: &Value) -> u8 {
     encoded.get(0).and_then(Value::as_u64).unwrap_or(TAG_MISSING as u64) as u8
@@ -84,6 +99,20 @@ pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `is_encoding` says exactly what comparing with `encode` says, for every kind of
+    /// value against the encodings of every other.
+    #[test]
+    fn is_encoding_agrees_with_encode() {
+        let vals = [None, Some(json!(null)), Some(json!(false)), Some(json!(true)), Some(json!(0)), Some(json!(-5)), Some(json!(2.5)), Some(json!(1)), Some(json!("")), Some(json!("a")), Some(json!("1")), Some(json!([1])), Some(json!({"a": 1})), Some(json!([]))];
+        let mut keys: Vec<Value> = vals.iter().map(|v| encode(v.as_ref())).collect();
+        keys.extend([json!([]), json!("x"), json!([TAG_BOOL, 1, 0]), json!([TAG_STRING]), json!([TAG_NUMBER, "1"]), json!([TAG_JSON, [1]])]);
+        for v in &vals {
+            for k in &keys {
+                assert_eq!(is_encoding(k, v.as_ref()), *k == encode(v.as_ref()), "{k} against {v:?}");
+            }
+        }
+    }
 
     #[test]
     fn types_sort_in_a_fixed_order() {

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::clock::Stamp;
 use crate::error::{Error, StoreError};
-use crate::key::encode;
+use crate::key::{encode, is_encoding};
 use crate::layers::Layers;
 use crate::merge::{with_primary_key, DocState};
 use crate::migrate::{views, Forward, Item, Migrator, Schemas, View};
@@ -48,7 +48,7 @@ pub fn has_index_keys(keys: &Map<String, Value>, indexes: &[Index], doc: &Option
     let Some(doc) = doc else { return keys.is_empty() };
     keys.len() == indexes.len()
         && indexes.iter().all(|index| match keys.get(&index.name) {
-            Some(Value::Array(key)) => key.len() == index.fields.len() && key.iter().zip(&index.fields).all(|(k, f)| *k == encode(f.get(doc))),
+            Some(Value::Array(key)) => key.len() == index.fields.len() && key.iter().zip(&index.fields).all(|(k, f)| is_encoding(k, f.get(doc))),
             _ => false,
         })
 }
