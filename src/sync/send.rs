@@ -407,10 +407,10 @@ impl Sender {
 /// as records change, and only the kept ones are copied.
 fn forwarded(peers: &PeerRecords, peer: &str, me: &str) -> Vec<TableEntry> {
     peers
-        .newest_first()
-        .filter(|(id, _)| *id != peer && *id != me)
-        .filter_map(|(id, rec)| {
-            let e = rec.in_history.iter().max_by_key(|e| e.row)?;
+        .ranked()
+        .filter(|(id, _, _)| *id != peer && *id != me)
+        .filter_map(|(id, _, r)| {
+            let e = r.last_in.as_ref()?;
             Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
         })
         .take(crate::limits::MAX_FORWARDED)
