@@ -13,7 +13,8 @@ use super::pass::{chunk_ack, is_idle, unexpected, PassReport, Step};
 use super::reset::Reset;
 use crate::clock::Stamp;
 use crate::error::{Error, SyncError};
-use crate::peer::{Entry, PeerRecord, Point};
+use crate::peer::{Entry, Mark, PeerRecord, Point};
+use crate::peer_records::PeerRecords;
 use crate::progress::{Phase, Progress};
 use crate::replica::Replica;
 use crate::store::{Row, Store};
@@ -123,7 +124,7 @@ impl<T: Store> Receiver<T> {
                             None => (-1, None),
                         };
                         // Marks only matter when the sender has rows past the point.
-                        let marks = if point < max_row as Point { all.marks() } else { Vec::new() };
+                        let marks = if point < max_row as Point { answer_marks(all, &self.peer, self.bound) } else { Vec::new() };
                         (rec, point, matched, marks)
                     })
                     .await?;
@@ -268,4 +269,38 @@ fn note(report: &mut PassReport, a: apply::Applied) {
 /// Rows must be strictly ascending and inside the range the batch claims to cover.
 fn rows_within(rows: &[Row], after: Point, covers: Point) -> bool {
     rows.iter().all(|r| (r.row as Point) > after && (r.row as Point) <= covers) && rows.windows(2).all(|w| w[0].row < w[1].row)
+}
+
+/// The marks a preflight answer carries (the sender has rows past the point). A sender
+/// bound to its identity sends only its own ops and covers every other row, so only the
+/// mark of its own origin can spare it a row: that one alone, also when it is not among
+/// the newest `MAX_MARKS` — a server answers each of its thousands of clients' pushes, and
+/// building, sending and reading all the marks was much of such a pass.
+fn answer_marks(all: &PeerRecords, peer: &str, bound: bool) -> Vec<Mark> {
+    match bound {
+        true => all.mark_of(peer).into_iter().collect(),
+        false => all.marks(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::MAX_MARKS;
+
+    #[test]
+    fn a_bound_sender_gets_its_own_mark_alone_and_others_get_the_newest() {
+        let record = |wall: u64, incoming: Point| PeerRecord { incoming, newest: Some(Stamp { version: 1, wall, counter: 0, node: "n".into() }), ..PeerRecord::new() };
+        let mut records: BTreeMap<String, PeerRecord> = (0..MAX_MARKS as u64 + 10).map(|i| (format!("o{i:04}"), record(1_000 + i, 5))).collect();
+        // The client's record is older than the newest MAX_MARKS.
+        records.insert("client".into(), record(1, 7));
+        let all = PeerRecords::new(records);
+        let unbound = answer_marks(&all, "client", false);
+        assert_eq!(unbound.len(), MAX_MARKS);
+        assert!(unbound.iter().all(|m| m.origin != "client"));
+        let bound = answer_marks(&all, "client", true);
+        assert_eq!(bound, vec![Mark { origin: "client".into(), row: 7, stamp: Stamp { version: 1, wall: 1, counter: 0, node: "n".into() } }]);
+        // No mark for a client the receiver holds nothing from.
+        assert!(answer_marks(&all, "stranger", true).is_empty());
+    }
 }
