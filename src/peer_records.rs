@@ -70,12 +70,8 @@ impl PeerRecords {
         Some(old)
     }
 
-    /// Every record, the one with the newest stamp first (ties by db id; no stamp last).
-    pub fn newest_first(&self) -> impl Iterator<Item = (&String, &PeerRecord)> {
-        self.by_newest.keys().map(|(_, id)| (id, &self.records[id]))
-    }
-
-    /// Every record's db id, newest stamp and `Ranked` part, in `newest_first` order.
+    /// Every record's db id, newest stamp and `Ranked` part, the record with the newest
+    /// stamp first (ties by db id; no stamp last).
     pub fn ranked(&self) -> impl Iterator<Item = (&String, Option<&Stamp>, &Ranked)> {
         self.by_newest.iter().map(|((Reverse(newest), id), r)| (id, newest.as_ref(), r))
     }
@@ -84,19 +80,23 @@ impl PeerRecords {
     /// stamp, at most `MAX_MARKS`, the most recently written first (the likeliest to
     /// matter).
     pub fn marks(&self) -> Vec<Mark> {
-        self.ranked()
-            .filter(|(_, _, r)| r.incoming > 0)
-            .filter_map(|(id, newest, r)| Some(Mark { origin: id.clone(), row: r.incoming, stamp: newest?.clone() }))
-            .take(MAX_MARKS)
-            .collect()
+        self.ranked().filter_map(|(id, newest, r)| mark(id, r.incoming, newest)).take(MAX_MARKS).collect()
     }
 
     /// The mark of origin `id` alone, as `marks` would give it (a receiver bound to `id`
     /// takes only `id`'s ops, so no other mark can spare its sender a row).
     pub fn mark_of(&self, id: &str) -> Option<Mark> {
-        let r = self.records.get(id).filter(|r| r.incoming > 0)?;
-        Some(Mark { origin: id.to_string(), row: r.incoming, stamp: r.newest.clone()? })
+        let r = self.records.get(id)?;
+        mark(id, r.incoming, r.newest.as_ref())
     }
+}
+
+/// The mark of a record: only an origin with a point and a stamp has one.
+fn mark(id: &str, incoming: Point, newest: Option<&Stamp>) -> Option<Mark> {
+    if incoming <= 0 {
+        return None;
+    }
+    Some(Mark { origin: id.to_string(), row: incoming, stamp: newest?.clone() })
 }
 
 #[cfg(test)]
@@ -115,7 +115,7 @@ mod tests {
         }
     }
 
-    /// The order `newest_first` promises, by sorting.
+    /// The order `ranked` promises, by sorting.
     fn sorted(records: &BTreeMap<String, PeerRecord>) -> Vec<String> {
         let mut all: Vec<(&String, &PeerRecord)> = records.iter().collect();
         all.sort_by(|a, b| b.1.newest.cmp(&a.1.newest).then(a.0.cmp(b.0)));
@@ -137,7 +137,7 @@ mod tests {
                     book.insert(id.clone(), record(newest, rows));
                     plain.insert(id, record(newest, rows));
                 }
-                let order: Vec<String> = book.newest_first().map(|(id, _)| id.clone()).collect();
+                let order: Vec<String> = book.ranked().map(|(id, _, _)| id.clone()).collect();
                 prop_assert_eq!(&order, &sorted(&plain));
                 // What `ranked` lends is each record's, in the same order.
                 let ranked: Vec<(String, Option<Stamp>, Ranked)> = book.ranked().map(|(id, n, r)| (id.clone(), n.cloned(), r.clone())).collect();
@@ -150,7 +150,7 @@ mod tests {
             for id in plain.keys() {
                 prop_assert_eq!(book.mark_of(id), marks.iter().find(|m| m.origin == *id).cloned());
             }
-            let rebuilt: Vec<String> = PeerRecords::new(plain.clone()).newest_first().map(|(id, _)| id.clone()).collect();
+            let rebuilt: Vec<String> = PeerRecords::new(plain.clone()).ranked().map(|(id, _, _)| id.clone()).collect();
             prop_assert_eq!(rebuilt, sorted(&plain));
         }
     }
