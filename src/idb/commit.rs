@@ -253,8 +253,13 @@ fn put_all(
             let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
             out.push(codec::DocOut::new(d, indexes[store])?);
         }
-        let docs = codec::records(&out)?;
-        for (i, (c, d)) in slice.iter().enumerate() {
+        // A slice of one collection with nothing to add (a batch's, a reset's) is put by
+        // the call that makes its records.
+        let first = slice.first().map(|(c, _)| c);
+        let uniform = slice.iter().all(|(c, d)| Some(c) == first && !added.iter().any(|(ac, aid)| ac == c && *aid == d.id));
+        let into = first.filter(|_| uniform).map(|c| stores[slot(c).expect("checked above")].as_sys().clone().unchecked_into::<web_sys::IdbObjectStore>());
+        let docs = codec::records(&out, into.as_ref())?;
+        for (i, (c, d)) in slice.iter().enumerate().filter(|_| into.is_none()) {
             let store = &stores[slot(c).expect("checked above")];
             if added.iter().any(|(ac, aid)| ac == c && *aid == d.id) {
                 adds.push(store.add(docs.get(i as u32)).primitive().map_err(from_idb)?);
