@@ -126,18 +126,22 @@ impl<T: Store> Reset<T> {
     /// so both are final).
     async fn copy_log<S: Store<Staging = T>>(&self, replica: &Replica<S>, progress: &mut impl FnMut(Progress)) -> Result<Head, Error> {
         let mut head = replica.store().head().await?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
+        head.sealed = false;
         let total = head.max_row;
         let mut after = 0;
         loop {
             let rows = replica.store().rows_after(after, CHUNK).await?;
-            let Some(last) = rows.last() else { break };
-            after = last.row;
-            self.staging.commit(&[], &[], |_| Ok(Commit { rows, ..Commit::default() })).await?;
+            // The head goes with the last rows (a short page, or none): one transaction
+            // fewer before the first snapshot chunk can be staged.
+            let last_page = rows.len() < CHUNK;
+            after = rows.last().map_or(after, |r| r.row);
+            let with_head = last_page.then(|| head.clone());
+            self.staging.commit(&[], &[], |_| Ok(Commit { rows, head: with_head, ..Commit::default() })).await?;
             progress(Progress { phase: Phase::Copy, done: after.min(total), total });
+            if last_page {
+                return Ok(head);
+            }
         }
-        head.sealed = false;
-        self.staging.commit(&[], &[], |_| Ok(Commit { head: Some(head.clone()), ..Commit::default() })).await?;
-        Ok(head)
     }
 
     /// Stages one snapshot chunk.
