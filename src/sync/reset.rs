@@ -296,45 +296,53 @@ impl<T: Store> Reset<T> {
             }
             progress(Progress { phase: Phase::Merge, done: self.report.kept.min(total), total });
         }
-        // Live documents the snapshot also carried.
+        // Live documents the snapshot also carried: each chunk's staged states are read in
+        // the transaction that writes the merged ones (a get per document, awaited one by
+        // one, made a reset cost a round trip per unsynced write it kept).
         for chunk in merge.chunks(CHUNK) {
-            let mut finals: Vec<(DocKey, Layers, Option<Stamp>)> = Vec::new();
+            let mut ready: Vec<Pending> = Vec::new();
+            let mut reads: Vec<(&DocKey, &Layers, &Option<Stamp>)> = Vec::new();
             for (key, live, migrated) in chunk {
-                if let Some(staged) = self.older.get(key) {
-                    // Older-version data the live document already holds (and was
-                    // migrated from) changes nothing: the document keeps its migration.
-                    let mut both = live.clone();
-                    let changed = both.merge(staged, Output::Computed { version: current, held: false });
-                    if live.migrated_into(current) && !changed.iter().any(|(v, _)| *v < current) {
-                        self.older.remove(key);
-                        finals.push((key.clone(), both, migrated.clone()));
-                    } else if let Some(staged) = self.older.get_mut(key) {
-                        staged.merge(live, Output::Computed { version: current, held: true });
-                    }
+                let Some(staged) = self.older.get(key) else {
+                    reads.push((key, live, migrated));
                     continue;
-                }
-                let staged = self.staging.get(&key.0, &key.1).await?;
-                let mut layers = staged.as_ref().map(StoredDoc::all_layers).unwrap_or_default();
-                layers.merge(live, Output::Computed { version: current, held: true });
-                if layers.0.keys().any(|v| *v < current) {
-                    self.older.insert(key.clone(), layers);
-                } else {
-                    finals.push((key.clone(), layers, staged.and_then(|d| d.migrated).or_else(|| migrated.clone())));
+                };
+                // Older-version data the live document already holds (and was migrated
+                // from) changes nothing: the document keeps its migration.
+                let mut both = live.clone();
+                let changed = both.merge(staged, Output::Computed { version: current, held: false });
+                if live.migrated_into(current) && !changed.iter().any(|(v, _)| *v < current) {
+                    self.older.remove(key);
+                    ready.push(Pending { key: key.clone(), layers: both, migrated: migrated.clone(), remigrate: false });
+                } else if let Some(staged) = self.older.get_mut(key) {
+                    staged.merge(live, Output::Computed { version: current, held: true });
                 }
             }
-            if finals.is_empty() {
+            if ready.is_empty() && reads.is_empty() {
                 continue;
             }
-            let keys: Vec<DocKey> = finals.iter().map(|(k, _, _)| k.clone()).collect();
-            let items: Vec<Pending> = finals.into_iter().map(|(key, layers, migrated)| Pending { key, layers, migrated, remigrate: false }).collect();
+            // The ready ones' staged states are not needed: their keys come after the others'.
+            let keys: Vec<DocKey> = reads.iter().map(|(k, _, _)| (*k).clone()).chain(ready.iter().map(|p| p.key.clone())).collect();
+            let mut to_migrate: Vec<(DocKey, Layers)> = Vec::new();
             self.staging
                 .commit(&keys, &[], |loaded| {
                     let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?;
+                    let mut items: Vec<Pending> = ready;
+                    for ((key, live, migrated), staged) in reads.into_iter().zip(loaded.docs) {
+                        let mut layers = staged.as_ref().map(StoredDoc::all_layers).unwrap_or_default();
+                        layers.merge(live, Output::Computed { version: current, held: true });
+                        if layers.0.keys().any(|v| *v < current) {
+                            to_migrate.push((key.clone(), layers));
+                        } else {
+                            items.push(Pending { key: key.clone(), layers, migrated: staged.and_then(|d| d.migrated).or_else(|| migrated.clone()), remigrate: false });
+                        }
+                    }
                     let mut rows: Vec<Row> = Vec::new();
                     let docs = rebuild.docs(items, &mut head, &mut rows)?;
                     Ok(Commit { head: Some(head), docs, rows, peers: vec![] })
                 })
                 .await?;
+            self.older.extend(to_migrate);
         }
         // Every document with older-version data, migrated together.
         if let Some(v) = self.older.values().filter_map(|l| l.0.keys().next().copied()).min() {
