@@ -330,9 +330,12 @@ impl<T: Store> Reset<T> {
                     let mut items: Vec<Pending> = ready;
                     for ((key, live, migrated), staged) in reads.into_iter().zip(loaded.docs) {
                         let mut layers = staged.as_ref().map(StoredDoc::all_layers).unwrap_or_default();
-                        layers.merge(live, Output::Computed { version: current, held: true });
+                        let changed = layers.merge(live, Output::Computed { version: current, held: true });
                         if layers.0.keys().any(|v| *v < current) {
                             to_migrate.push((key.clone(), layers));
+                        } else if staged.as_ref().is_some_and(|d| d.migrated.is_some() || migrated.is_none()) && changed.iter().all(|(_, m)| m.is_empty()) {
+                            // Staged as it would be written (the replica's own writes of
+                            // this round come back in the snapshot): nothing to write.
                         } else {
                             items.push(Pending { key: key.clone(), layers, migrated: staged.and_then(|d| d.migrated).or_else(|| migrated.clone()), remigrate: false });
                         }
