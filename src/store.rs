@@ -345,6 +345,20 @@ pub trait Store {
     /// progress total.
     async fn doc_count(&self) -> Result<u64, StoreError>;
 
+    /// The keys of every stored document (tombstones included), in `docs_after`'s order.
+    /// A store that can list keys without reading the documents says so here; by default
+    /// they come from `docs_after`'s pages.
+    async fn doc_keys(&self) -> Result<Vec<DocKey>, StoreError> {
+        let mut keys: Vec<DocKey> = Vec::new();
+        loop {
+            let page = self.docs_after(keys.last(), 1000).await?;
+            if page.is_empty() {
+                return Ok(keys);
+            }
+            keys.extend(page.into_iter().map(|(c, d)| (c, d.id)));
+        }
+    }
+
     /// Where a new generation is built before it is swapped in (a reset, DESIGN §6).
     type Staging: Store<Doc = Self::Doc>;
 

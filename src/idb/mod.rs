@@ -509,6 +509,10 @@ impl Store for IdbStore {
         read::doc_count(&self.db().await?, &self.schema).await
     }
 
+    async fn doc_keys(&self) -> Result<Vec<DocKey>, StoreError> {
+        read::doc_keys(&self.db().await?, &self.schema).await
+    }
+
     type Staging = IdbStore;
 
     async fn stage(&self, schema: &Schema) -> Result<IdbStore, Error> {

@@ -434,6 +434,26 @@ pub async fn docs_after(db: &Database, schema: &Schema, after: Option<&(String, 
     Ok(out)
 }
 
+/// `Store::doc_keys`: every collection's ids (`getAllKeys`), no record read.
+pub async fn doc_keys(db: &Database, schema: &Schema) -> Result<Vec<(String, String)>, StoreError> {
+    let scope: Vec<String> = schema.collections.keys().map(|c| collection_store(c)).collect();
+    if scope.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tx = db.transaction(scope.as_slice()).build().map_err(from_idb)?;
+    let mut reqs = Vec::new();
+    for (name, store) in schema.collections.keys().zip(&scope) {
+        reqs.push((name, tx.object_store(store).map_err(from_idb)?.get_all_keys::<JsValue>().primitive().map_err(from_idb)?));
+    }
+    let mut keys = Vec::new();
+    for (name, req) in reqs {
+        for key in req.await.map_err(from_idb)? {
+            keys.push((name.clone(), key.map_err(from_idb)?.as_string().unwrap_or_default()));
+        }
+    }
+    Ok(keys)
+}
+
 /// How many documents every collection holds (tombstones included).
 pub async fn doc_count(db: &Database, schema: &Schema) -> Result<u64, StoreError> {
     let scope: Vec<String> = schema.collections.keys().map(|c| collection_store(c)).collect();

@@ -180,7 +180,7 @@ impl<T: Store> Reset<T> {
         // earlier chunk carried it.
         let alone_from = |l: &Layers| l.0.keys().next().copied().filter(|v| *v < current && rebuild.migrates_alone(*v));
         if self.live.is_none() && (0..current).any(|v| rebuild.migrates_alone(v)) {
-            self.live = Some(live_keys(replica).await?);
+            self.live = Some(replica.store().doc_keys().await?.into_iter().collect());
         }
         let (mut early, mut early_from) = (0u64, None::<u32>);
         let (live, staged) = (&self.live, &self.staged);
@@ -421,17 +421,5 @@ impl<T: Store> Reset<T> {
     pub async fn abandon<S: Store<Staging = T>>(self, replica: &Replica<S>, cause: Error) -> Error {
         let _ = replica.store().abandon(self.staging).await;
         cause
-    }
-}
-
-/// The keys of every document of the live generation (sealed while a reset runs).
-async fn live_keys<S: Store>(replica: &Replica<S>) -> Result<HashSet<DocKey>, Error> {
-    let mut keys = HashSet::new();
-    let mut after: Option<DocKey> = None;
-    loop {
-        let page = replica.store().docs_after(after.as_ref(), CHUNK).await?;
-        let Some((c, last)) = page.last() else { return Ok(keys) };
-        after = Some((c.clone(), last.id.clone()));
-        keys.extend(page.into_iter().map(|(c, d)| (c, d.id)));
     }
 }

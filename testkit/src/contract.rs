@@ -133,6 +133,7 @@ pub async fn empty_store_has_nothing<S: Store>(s: &S) {
     assert_eq!(everything(s).await, (None, vec![], vec![], BTreeMap::new()), "empty_store_has_nothing");
     assert_eq!(s.get("a", "x").await.unwrap(), None);
     assert_eq!(s.doc_count().await.unwrap(), 0);
+    assert!(s.doc_keys().await.unwrap().is_empty());
 }
 
 /// What a commit writes — head, documents (a tombstone too), log rows, peer records —
@@ -161,6 +162,8 @@ pub async fn a_commit_reads_back_exactly<S: Store>(s: &S) {
     assert_eq!(s.peers().await.unwrap(), c.peers.iter().cloned().collect::<BTreeMap<_, _>>(), "peers read back");
     assert_eq!(s.doc_count().await.unwrap(), 3);
     let mut all = s.docs_after(None, 10).await.unwrap();
+    let keys: Vec<(String, String)> = all.iter().map(|(c, d)| (c.clone(), d.id.clone())).collect();
+    assert_eq!(s.doc_keys().await.unwrap(), keys, "doc_keys lists docs_after's keys, in its order");
     let mut want = c.docs.clone();
     all.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
     want.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
