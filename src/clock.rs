@@ -28,8 +28,10 @@ pub const MAX_COUNTER: u32 = (1 << (4 * COUNTER_DIGITS)) - 1;
 pub const MAX_WALL: u64 = (1 << (4 * WALL_DIGITS)) - 1;
 /// Most hex digits version, wall and counter can take (each at most 16: a u64's).
 const HEAD_MAX: usize = 3 * 16;
-/// Stamps whose encoding fits this many bytes are serialized from the stack.
+/// Stamps whose encoding fits this many bytes are serialized from the stack (room for
+/// the head too).
 const INLINE: usize = 128;
+const _: () = assert!(INLINE >= HEAD_MAX);
 
 /// One point in hybrid-logical time.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -57,8 +59,9 @@ impl Stamp {
         out
     }
 
-    /// Writes the hex digits of version, wall and counter into `out`; returns how many.
-    fn encode_head(&self, out: &mut [u8; HEAD_MAX]) -> usize {
+    /// Writes the hex digits of version, wall and counter at the start of `out` (at least
+    /// `HEAD_MAX` bytes); returns how many.
+    fn encode_head(&self, out: &mut [u8]) -> usize {
         let mut n = 0;
         let mut hex = |value: u64, digits: usize| {
             // At least `digits`, more if the value needs them (as `{:0w$x}` would).
@@ -116,13 +119,11 @@ impl fmt::Display for Stamp {
 /// server's pass writes tens of thousands of them.
 impl Serialize for Stamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut head = [0u8; HEAD_MAX];
-        let n = self.encode_head(&mut head);
+        let mut buf = [0u8; INLINE];
+        let n = self.encode_head(&mut buf);
         if n + self.node.len() > INLINE {
             return s.serialize_str(&self.encode());
         }
-        let mut buf = [0u8; INLINE];
-        buf[..n].copy_from_slice(&head[..n]);
         buf[n..n + self.node.len()].copy_from_slice(self.node.as_bytes());
         s.serialize_str(std::str::from_utf8(&buf[..n + self.node.len()]).expect("hex digits and a str"))
     }

@@ -253,10 +253,10 @@ fn put_all(
             let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
             out.push(codec::DocOut::new(d, indexes[store])?);
         }
-        // A slice of one collection with nothing to add (a batch's, a reset's) is put by
-        // the call that makes its records.
+        // A slice of one collection, in a commit that adds nothing (a batch's, a reset's),
+        // is put by the call that makes its records.
         let first = slice.first().map(|(c, _)| c);
-        let uniform = slice.iter().all(|(c, d)| Some(c) == first && !added.iter().any(|(ac, aid)| ac == c && *aid == d.id));
+        let uniform = added.is_empty() && slice.iter().all(|(c, _)| Some(c) == first);
         let into = first.filter(|_| uniform).map(|c| stores[slot(c).expect("checked above")].as_sys().clone().unchecked_into::<web_sys::IdbObjectStore>());
         let docs = codec::records(&out, into.as_ref())?;
         for (i, (c, d)) in slice.iter().enumerate().filter(|_| into.is_none()) {
