@@ -255,16 +255,21 @@ fn put_all(
         }
         // A slice of one collection, in a commit that adds nothing (a batch's, a reset's),
         // is put by the call that makes its records.
-        let first = slice.first().map(|(c, _)| c);
-        let uniform = added.is_empty() && slice.iter().all(|(c, _)| Some(c) == first);
-        let into = first.filter(|_| uniform).map(|c| stores[slot(c).expect("checked above")].as_sys().clone().unchecked_into::<web_sys::IdbObjectStore>());
+        let into = match slice.first() {
+            Some((c, _)) if added.is_empty() && slice.iter().all(|(other, _)| other == c) => {
+                Some(stores[slot(c).expect("checked above")].as_sys().clone().unchecked_into::<web_sys::IdbObjectStore>())
+            }
+            _ => None,
+        };
         let docs = codec::records(&out, into.as_ref())?;
-        for (i, (c, d)) in slice.iter().enumerate().filter(|_| into.is_none()) {
-            let store = &stores[slot(c).expect("checked above")];
-            if added.iter().any(|(ac, aid)| ac == c && *aid == d.id) {
-                adds.push(store.add(docs.get(i as u32)).primitive().map_err(from_idb)?);
-            } else {
-                store.put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+        if into.is_none() {
+            for (i, (c, d)) in slice.iter().enumerate() {
+                let store = &stores[slot(c).expect("checked above")];
+                if added.iter().any(|(ac, aid)| ac == c && *aid == d.id) {
+                    adds.push(store.add(docs.get(i as u32)).primitive().map_err(from_idb)?);
+                } else {
+                    store.put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+                }
             }
         }
         if texts {

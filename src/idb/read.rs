@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use indexed_db_futures::cursor::{Cursor, CursorDirection};
 use indexed_db_futures::object_store::ObjectStore;
 use indexed_db_futures::database::Database;
+use indexed_db_futures::error::Error as IdbError;
 use indexed_db_futures::internals::SystemRepr;
 use indexed_db_futures::prelude::*;
 use serde_json::{Map, Value};
@@ -436,19 +437,11 @@ pub async fn docs_after(db: &Database, schema: &Schema, after: Option<&(String, 
 
 /// `Store::doc_keys`: every collection's ids (`getAllKeys`), no record read.
 pub async fn doc_keys(db: &Database, schema: &Schema) -> Result<Vec<(String, String)>, StoreError> {
-    let scope: Vec<String> = schema.collections.keys().map(|c| collection_store(c)).collect();
-    if scope.is_empty() {
-        return Ok(Vec::new());
-    }
-    let tx = db.transaction(scope.as_slice()).build().map_err(from_idb)?;
-    let mut reqs = Vec::new();
-    for (name, store) in schema.collections.keys().zip(&scope) {
-        reqs.push((name, tx.object_store(store).map_err(from_idb)?.get_all_keys::<JsValue>().primitive().map_err(from_idb)?));
-    }
+    let per = each_collection(db, schema, |store| store.get_all_keys::<JsValue>().primitive()).await?;
     let mut keys = Vec::new();
-    for (name, req) in reqs {
-        for key in req.await.map_err(from_idb)? {
-            keys.push((name.clone(), key.map_err(from_idb)?.as_string().unwrap_or_default()));
+    for (name, ids) in per {
+        for id in ids {
+            keys.push((name.clone(), id.map_err(from_idb)?.as_string().unwrap_or_default()));
         }
     }
     Ok(keys)
@@ -456,18 +449,28 @@ pub async fn doc_keys(db: &Database, schema: &Schema) -> Result<Vec<(String, Str
 
 /// How many documents every collection holds (tombstones included).
 pub async fn doc_count(db: &Database, schema: &Schema) -> Result<u64, StoreError> {
+    let per = each_collection(db, schema, |store| store.count().primitive()).await?;
+    Ok(per.into_iter().map(|(_, n)| n as u64).sum())
+}
+
+/// `request` made on every collection's store in one readonly transaction, all made before
+/// any is awaited; the answers with their collections, in the schema's order.
+async fn each_collection<'s, T, F>(db: &Database, schema: &'s Schema, request: impl Fn(&ObjectStore<'_>) -> Result<F, IdbError>) -> Result<Vec<(&'s String, T)>, StoreError>
+where
+    F: std::future::Future<Output = Result<T, IdbError>>,
+{
     let scope: Vec<String> = schema.collections.keys().map(|c| collection_store(c)).collect();
     if scope.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let tx = db.transaction(scope.as_slice()).build().map_err(from_idb)?;
     let mut reqs = Vec::new();
-    for name in &scope {
-        reqs.push(tx.object_store(name).map_err(from_idb)?.count().primitive().map_err(from_idb)?);
+    for (name, store) in schema.collections.keys().zip(&scope) {
+        reqs.push((name, request(&tx.object_store(store).map_err(from_idb)?).map_err(from_idb)?));
     }
-    let mut n = 0u64;
-    for r in reqs {
-        n += r.await.map_err(from_idb)? as u64;
+    let mut out = Vec::with_capacity(reqs.len());
+    for (name, req) in reqs {
+        out.push((name, req.await.map_err(from_idb)?));
     }
-    Ok(n)
+    Ok(out)
 }
