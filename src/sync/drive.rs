@@ -197,6 +197,12 @@ pub enum Signal {
 /// Server side, after the handshake: answers the client's passes (and pings) until it
 /// disconnects. Between messages it passes on `signals`: a poke when rows land (so a
 /// live client pulls at once), and the end of the connection when its token expires.
+///
+/// A poke is sent at once only between passes. During a pass it is held and sent when
+/// the pass ends — and dropped when that pass was a complete pull that reached past it
+/// (the client already has those rows). While thousands of clients run rounds at once,
+/// every commit would otherwise poke every one of them in the middle of its pass, for
+/// nothing: the pull they are about to run (or running) takes the rows anyway.
 pub async fn serve<S: Store, T: Transport>(
     replica: &Replica<S>,
     t: &mut T,
@@ -221,6 +227,8 @@ pub async fn serve_as<S: Store, T: Transport>(
     use futures::StreamExt;
     let mut serve = Serve::<S::Staging>::new(client, limits).bound(bound);
     let mut signalling = true;
+    // A poke held back during a pass, and how far the pass's pull reached.
+    let (mut held, mut reached): (Option<u64>, Option<u64>) = (None, None);
     let result = async {
         loop {
             let next = if signalling {
@@ -232,8 +240,12 @@ pub async fn serve_as<S: Store, T: Transport>(
                 Either::Left(t.recv().await)
             };
             let msg = match next {
-                Either::Right(Some(Signal::Landed(max_row))) => {
+                Either::Right(Some(Signal::Landed(max_row))) if serve.idle() => {
                     t.send(&Message::Poke { max_row }).await?;
+                    continue;
+                }
+                Either::Right(Some(Signal::Landed(max_row))) => {
+                    held = held.max(Some(max_row));
                     continue;
                 }
                 Either::Right(Some(Signal::Expired)) => return Err(fail(t, SyncError::TokenExpired.into()).await),
@@ -251,8 +263,21 @@ pub async fn serve_as<S: Store, T: Transport>(
                 Either::Left(Err(e)) => return Err(e.into()),
             };
             match serve.handle(replica, msg).await {
-                Ok(step) => send_all(t, step.out).await?,
+                Ok(step) => {
+                    for m in &step.out {
+                        if let Message::End { complete: true, max_row, .. } = m {
+                            reached = Some(*max_row);
+                        }
+                    }
+                    send_all(t, step.out).await?;
+                }
                 Err(e) => return Err(fail(t, e).await),
+            }
+            if serve.idle() {
+                if let Some(max_row) = held.take().filter(|h| reached.is_none_or(|r| h > &r)) {
+                    t.send(&Message::Poke { max_row }).await?;
+                }
+                reached = None;
             }
         }
     }

@@ -1,0 +1,184 @@
+//! When the server's side of a connection (`drive::serve_as`) pokes its client.
+//!
+//! Between passes a poke goes out at once. During a pass it is held: sent when a push
+//! ends (the client may not pull next), and dropped when a complete pull reached past it
+//! (the client already has those rows) — thousands of clients in the middle of rounds are
+//! not each poked at every commit. Driven one message at a time over in-memory pipes, with
+//! the client's own round (`session::Round`), so what is asserted is the exact order of
+//! frames the client sees.
+
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::rc::Rc;
+
+use futures::channel::mpsc;
+use futures::executor::LocalPool;
+use futures::task::LocalSpawnExt;
+use futures::FutureExt;
+use serde_json::json;
+use tidemark::memory::MemoryStore;
+use tidemark::sync::drive::{self, Signal};
+use tidemark::sync::session::Round;
+use tidemark::sync::transport::{pipe, Pipe};
+use tidemark::sync::{Limits, Message, Transport};
+use tidemark::Replica;
+use tidemark_testkit::scenarios::replica_at;
+
+struct World {
+    pool: LocalPool,
+    server: Rc<Replica<MemoryStore>>,
+    client: Replica<MemoryStore>,
+    writer: Replica<MemoryStore>,
+    /// The client's end of its connection to the server.
+    conn: Pipe,
+    signals: mpsc::UnboundedSender<Signal>,
+}
+
+fn doc(id: &str, n: i64) -> serde_json::Map<String, serde_json::Value> {
+    json!({"id": id, "n": n}).as_object().unwrap().clone()
+}
+
+fn world() -> World {
+    let mut pool = LocalPool::new();
+    let server = Rc::new(pool.run_until(Replica::open_relay(MemoryStore::new(), Box::new(|| 5_000))).unwrap());
+    let (conn, at_server) = pipe();
+    let (signals, landed) = mpsc::unbounded();
+    let client = replica_at(MemoryStore::new(), 1_000);
+    let id = client.head().db_id;
+    let s = server.clone();
+    pool.spawner()
+        .spawn_local(async move {
+            let mut t = at_server;
+            let _ = drive::serve_as(s.as_ref(), &mut t, &id, Limits::default(), false, landed).await;
+        })
+        .unwrap();
+    World { pool, server, client, writer: replica_at(MemoryStore::new(), 2_000), conn, signals }
+}
+
+impl World {
+    /// Another replica writes `n` documents through the server (a connection of its own);
+    /// returns the server's max row after it.
+    fn write_elsewhere(&mut self, n: usize) -> u64 {
+        let at = self.writer.head().max_row as usize;
+        let writes = (at..at + n).map(|i| tidemark::replica::Write::Put { collection: "docs".into(), doc: doc(&format!("w{i}"), i as i64) }).collect();
+        self.pool.run_until(self.writer.write(writes)).unwrap();
+        let (mut a, mut b) = pipe();
+        let (wid, sid) = (self.writer.head().db_id, self.server.head().db_id);
+        let session = tidemark::peer::new_session();
+        let (sent, got) = self.pool.run_until(futures::future::join(
+            drive::send(&self.writer, &mut a, &sid, &session, Limits::default(), &mut |_| {}),
+            drive::receive(self.server.as_ref(), &mut b, &wid, &session, &mut |_| {}),
+        ));
+        assert_eq!(sent.unwrap().sent, got.unwrap().received);
+        self.server.head().max_row
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            self.pool.run_until(self.conn.send(&m)).unwrap();
+        }
+    }
+
+    /// Everything the server has sent by the time it waits again.
+    fn drain(&mut self) -> Vec<Message> {
+        self.pool.run_until_stalled();
+        std::iter::from_fn(|| self.conn.recv().now_or_never().map(Result::unwrap)).collect()
+    }
+
+    /// Runs one round of the client's (push, then pull), calling `during` once with the
+    /// direction of the pass under way right after each of the server's answers is taken;
+    /// returns every frame the server sent, in order.
+    fn round(&mut self, mut during: impl FnMut(&mut World, tidemark::sync::Direction)) -> Vec<Message> {
+        let sid = self.server.head().db_id;
+        let (mut round, first) = self.pool.run_until(Round::start(&self.client, &sid, Limits::default())).unwrap();
+        self.send(first);
+        let mut seen = Vec::new();
+        loop {
+            let got = self.drain();
+            assert!(!got.is_empty(), "the server answered nothing; frames so far: {seen:?}");
+            let mut finished = false;
+            for m in got {
+                seen.push(m.clone());
+                if matches!(m, Message::Poke { .. }) {
+                    continue;
+                }
+                assert!(!finished, "a frame after the round ended: {m:?}");
+                let step = self.pool.run_until(round.handle(&self.client, m, &mut |_| {})).unwrap();
+                finished = step.done.is_some();
+                self.send(step.out);
+            }
+            if finished {
+                // Anything the server sends once the round is over (a poke it held).
+                seen.extend(self.drain());
+                return seen;
+            }
+            during(self, round.direction());
+        }
+    }
+}
+
+fn pokes(frames: &[Message]) -> Vec<u64> {
+    frames.iter().filter_map(|m| if let Message::Poke { max_row } = m { Some(*max_row) } else { None }).collect()
+}
+
+#[test]
+fn between_passes_a_poke_goes_out_at_once() {
+    let mut w = world();
+    let max_row = w.write_elsewhere(2);
+    w.signals.unbounded_send(Signal::Landed(max_row)).unwrap();
+    assert_eq!(w.drain(), vec![Message::Poke { max_row }]);
+}
+
+#[test]
+fn a_poke_during_a_push_waits_for_its_end() {
+    let mut w = world();
+    w.pool.run_until(w.client.put("docs", doc("mine", 1))).unwrap();
+    let mut landed = None;
+    let frames = w.round(|w, direction| {
+        if direction == tidemark::sync::Direction::Push && landed.is_none() {
+            let max_row = w.write_elsewhere(1);
+            w.signals.unbounded_send(Signal::Landed(max_row)).unwrap();
+            landed = Some(max_row);
+        }
+    });
+    let landed = landed.expect("rows landed during the push");
+    assert_eq!(pokes(&frames), vec![landed], "one poke: {frames:?}");
+    let done = frames.iter().position(|m| matches!(m, Message::Done { .. })).expect("the push's done");
+    let poke = frames.iter().position(|m| matches!(m, Message::Poke { .. })).unwrap();
+    assert_eq!(poke, done + 1, "held until the push ended, sent right after: {frames:?}");
+}
+
+#[test]
+fn a_pull_that_reached_past_a_held_poke_drops_it_and_one_that_did_not_sends_it() {
+    let mut w = world();
+    // The pull takes every row up to the server's max row when it begins: a poke for rows
+    // at or below that, held during the pull, tells the client nothing new.
+    let before = w.write_elsewhere(3);
+    let mut held = None;
+    let frames = w.round(|w, direction| {
+        if direction == tidemark::sync::Direction::Pull && held.is_none() {
+            w.signals.unbounded_send(Signal::Landed(before)).unwrap();
+            held = Some(before);
+        }
+    });
+    assert!(held.is_some());
+    assert_eq!(pokes(&frames), Vec::<u64>::new(), "the pull reached past it: {frames:?}");
+    let received: usize = frames.iter().map(|m| if let Message::Batch { rows, .. } = m { rows.len() } else { 0 }).sum();
+    assert_eq!(received, 3);
+
+    // Rows that land once the pull has begun are past what it reaches: the poke goes out
+    // after the pull, so the client runs another round.
+    let mut landed = None;
+    let frames = w.round(|w, direction| {
+        if direction == tidemark::sync::Direction::Pull && landed.is_none() {
+            let max_row = w.write_elsewhere(2);
+            w.signals.unbounded_send(Signal::Landed(max_row)).unwrap();
+            landed = Some(max_row);
+        }
+    });
+    let landed = landed.unwrap();
+    assert_eq!(pokes(&frames), vec![landed], "{frames:?}");
+    assert!(matches!(frames.last(), Some(Message::Poke { .. })), "after the pull ended: {frames:?}");
+    let end = frames.iter().find_map(|m| if let Message::End { max_row, .. } = m { Some(*max_row) } else { None }).unwrap();
+    assert!(end < landed, "the pull reached {end}, the rows landed up to {landed}");
+}
