@@ -25,6 +25,10 @@ use crate::peer_records::PeerRecords;
 use crate::query::Plan;
 use crate::schema::Schema;
 
+/// How many documents `Store::doc_keys`' default reads per `docs_after` page: the keys
+/// are kept, each page's documents dropped as soon as it is listed.
+pub const KEY_PAGE: usize = 1000;
+
 /// The replica's identity and positions, rewritten by every commit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -351,7 +355,7 @@ pub trait Store {
     async fn doc_keys(&self) -> Result<Vec<DocKey>, StoreError> {
         let mut keys: Vec<DocKey> = Vec::new();
         loop {
-            let page = self.docs_after(keys.last(), 1000).await?;
+            let page = self.docs_after(keys.last(), KEY_PAGE).await?;
             if page.is_empty() {
                 return Ok(keys);
             }
