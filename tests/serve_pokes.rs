@@ -20,7 +20,7 @@ use tidemark::memory::MemoryStore;
 use tidemark::sync::drive::{self, Signal};
 use tidemark::sync::session::Round;
 use tidemark::sync::transport::{pipe, Pipe};
-use tidemark::sync::{Limits, Message, Transport};
+use tidemark::sync::{Direction, Limits, Message, Transport};
 use tidemark::Replica;
 use tidemark_testkit::scenarios::replica_at;
 
@@ -88,7 +88,7 @@ impl World {
     /// Runs one round of the client's (push, then pull), calling `during` once with the
     /// direction of the pass under way right after each of the server's answers is taken;
     /// returns every frame the server sent, in order.
-    fn round(&mut self, mut during: impl FnMut(&mut World, tidemark::sync::Direction)) -> Vec<Message> {
+    fn round(&mut self, mut during: impl FnMut(&mut World, Direction)) -> Vec<Message> {
         let sid = self.server.head().db_id;
         let (mut round, first) = self.pool.run_until(Round::start(&self.client, &sid, Limits::default())).unwrap();
         self.send(first);
@@ -117,6 +117,23 @@ impl World {
     }
 }
 
+impl World {
+    /// A round during whose `pass` (once the server has answered in it) another replica
+    /// writes `n` documents through the server and the server hears that rows landed;
+    /// returns the frames and the max row the signal carried.
+    fn round_landing(&mut self, pass: Direction, n: usize) -> (Vec<Message>, u64) {
+        let mut landed = None;
+        let frames = self.round(|w, direction| {
+            if direction == pass && landed.is_none() {
+                let max_row = if n == 0 { w.server.head().max_row } else { w.write_elsewhere(n) };
+                w.signals.unbounded_send(Signal::Landed(max_row)).unwrap();
+                landed = Some(max_row);
+            }
+        });
+        (frames, landed.unwrap_or_else(|| panic!("the round had no {pass:?} pass")))
+    }
+}
+
 fn pokes(frames: &[Message]) -> Vec<u64> {
     frames.iter().filter_map(|m| if let Message::Poke { max_row } = m { Some(*max_row) } else { None }).collect()
 }
@@ -133,15 +150,7 @@ fn between_passes_a_poke_goes_out_at_once() {
 fn a_poke_during_a_push_waits_for_its_end() {
     let mut w = world();
     w.pool.run_until(w.client.put("docs", doc("mine", 1))).unwrap();
-    let mut landed = None;
-    let frames = w.round(|w, direction| {
-        if direction == tidemark::sync::Direction::Push && landed.is_none() {
-            let max_row = w.write_elsewhere(1);
-            w.signals.unbounded_send(Signal::Landed(max_row)).unwrap();
-            landed = Some(max_row);
-        }
-    });
-    let landed = landed.expect("rows landed during the push");
+    let (frames, landed) = w.round_landing(Direction::Push, 1);
     assert_eq!(pokes(&frames), vec![landed], "one poke: {frames:?}");
     let done = frames.iter().position(|m| matches!(m, Message::Done { .. })).expect("the push's done");
     let poke = frames.iter().position(|m| matches!(m, Message::Poke { .. })).unwrap();
@@ -154,29 +163,15 @@ fn a_pull_that_reached_past_a_held_poke_drops_it_and_one_that_did_not_sends_it()
     // The pull takes every row up to the server's max row when it begins: a poke for rows
     // at or below that, held during the pull, tells the client nothing new.
     let before = w.write_elsewhere(3);
-    let mut held = None;
-    let frames = w.round(|w, direction| {
-        if direction == tidemark::sync::Direction::Pull && held.is_none() {
-            w.signals.unbounded_send(Signal::Landed(before)).unwrap();
-            held = Some(before);
-        }
-    });
-    assert!(held.is_some());
+    let (frames, held) = w.round_landing(Direction::Pull, 0);
+    assert_eq!(held, before);
     assert_eq!(pokes(&frames), Vec::<u64>::new(), "the pull reached past it: {frames:?}");
     let received: usize = frames.iter().map(|m| if let Message::Batch { rows, .. } = m { rows.len() } else { 0 }).sum();
     assert_eq!(received, 3);
 
     // Rows that land once the pull has begun are past what it reaches: the poke goes out
     // after the pull, so the client runs another round.
-    let mut landed = None;
-    let frames = w.round(|w, direction| {
-        if direction == tidemark::sync::Direction::Pull && landed.is_none() {
-            let max_row = w.write_elsewhere(2);
-            w.signals.unbounded_send(Signal::Landed(max_row)).unwrap();
-            landed = Some(max_row);
-        }
-    });
-    let landed = landed.unwrap();
+    let (frames, landed) = w.round_landing(Direction::Pull, 2);
     assert_eq!(pokes(&frames), vec![landed], "{frames:?}");
     assert!(matches!(frames.last(), Some(Message::Poke { .. })), "after the pull ended: {frames:?}");
     let end = frames.iter().find_map(|m| if let Message::End { max_row, .. } = m { Some(*max_row) } else { None }).unwrap();
