@@ -53,11 +53,35 @@ impl PartialEq for ParsedIndexes {
 }
 
 /// An index over one field (`'done'`) or several (`['list', 'createdAt']`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum IndexFields {
     One(String),
     Many(Vec<String>),
+}
+
+/// Read by hand: an untagged enum's derived reader buffers its input to try each variant,
+/// machinery the wasm would carry for this one type.
+impl<'de> Deserialize<'de> for IndexFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = IndexFields;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name or a list of field names")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, field: &str) -> Result<IndexFields, E> {
+                Ok(IndexFields::One(field.to_owned()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<IndexFields, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(IndexFields::Many)
+            }
+        }
+        d.deserialize_any(Fields)
+    }
 }
 
 impl IndexFields {
@@ -163,6 +187,8 @@ mod tests {
         assert_eq!(idx.len(), 2);
         assert_eq!(idx[0].name, "byDone");
         assert_eq!(idx[1].fields.len(), 2);
+        assert_eq!(serde_json::to_value(&s).unwrap(), json!({"version": 2, "collections": {"todos": {"primaryKey": "id",
+            "indexes": {"byDone": "done", "byListDate": ["list", "createdAt"]}}}}), "written back as declared");
     }
 
     #[test]
@@ -177,6 +203,9 @@ mod tests {
             json!({"version": 1, "collections": {"t": {"primaryKey": "id", "indexes": {"i": "a..b"}}}}),
             json!({"version": "1", "collections": {"t": {"primaryKey": "id"}}}),
             json!({"version": 1, "collections": {"t": {"primaryKey": "id", "oops": 1}}}),
+            json!({"version": 1, "collections": {"t": {"primaryKey": "id", "indexes": {"i": 5}}}}),
+            json!({"version": 1, "collections": {"t": {"primaryKey": "id", "indexes": {"i": ["a", 5]}}}}),
+            json!({"version": 1, "collections": {"t": {"primaryKey": "id", "indexes": {"i": {"a": 1}}}}}),
         ] {
             assert!(Schema::from_json(bad.clone()).is_err(), "{bad}");
         }

@@ -16,8 +16,6 @@ use crate::merge::{Contender, DocState};
 use crate::layers::Layers;
 use crate::store::{Row, StoredDoc};
 
-pub const PROTOCOL_VERSION: u32 = 1;
-
 /// Which way rows flow in a pass, seen from the side that starts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -231,9 +229,39 @@ pub struct TableEntry {
     pub session: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
-pub enum Message {
+/// Declares the protocol's messages once, as the two enums that carry them: `Message`,
+/// written as an internally tagged object (`{"type":"ack",…}`, `frame` puts it in its
+/// envelope), and `Fields`, the same variants read with their `type` given apart
+/// (`frame::decode` reads `v` and `type` first and hands it the rest of the object as the
+/// variant's fields). serde's own reading of an internally tagged enum buffers every
+/// frame into a tree of values before it decodes it, which costs a second pass over each
+/// frame and, in the wasm, a buffering copy of every message type's decoder.
+macro_rules! messages {
+    ($($(#[$vm:meta])* $variant:ident { $($(#[$fm:meta])* $field:ident : $ty:ty),* $(,)? }),* $(,)?) => {
+        #[derive(Clone, Debug, PartialEq, Serialize)]
+        #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+        pub enum Message {
+            $($(#[$vm])* $variant { $($(#[$fm])* $field: $ty),* }),*
+        }
+
+        /// `Message`'s variants read as an externally tagged enum, from `frame::Typed`.
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+        pub(super) enum Fields {
+            $($variant { $($(#[$fm])* $field: $ty),* }),*
+        }
+
+        impl From<Fields> for Message {
+            fn from(fields: Fields) -> Message {
+                match fields {
+                    $(Fields::$variant { $($field),* } => Message::$variant { $($field),* }),*
+                }
+            }
+        }
+    };
+}
+
+messages! {
     Hello { library: String, #[serde(default)] token: Option<String>, db_id: String, schema_version: u32 },
     Welcome { db_id: String, max_row: u64, schema_version: u32 },
     Start { session: String, direction: Direction, per_diff: usize, max_diffs: usize },
@@ -306,112 +334,7 @@ pub enum Message {
     Poke { max_row: u64 },
 }
 
-/// The versioned envelope every frame travels in.
-#[derive(Debug, Deserialize)]
-struct Envelope {
-    /// Checked before the envelope is read (`decode`); here so it is not an unknown field.
-    #[allow(dead_code)]
-    v: u32,
-    #[serde(flatten)]
-    msg: Message,
-}
-
-/// The envelope as it is written: borrows the message (a batch is not copied to be sent).
-#[derive(Serialize)]
-struct EnvelopeRef<'a> {
-    v: u32,
-    #[serde(flatten)]
-    msg: &'a Message,
-}
-
-/// `batch` and `snapshot` frames read in one pass: rows and documents are most of what
-/// travels, and the generic path (a JSON tree, then an internally tagged enum inside a
-/// flattened envelope) builds each of them three times before it is decoded. Taken only
-/// for frames as `encode` writes them (`{"v":1,"type":"batch",…`) and only when it reads
-/// the whole frame; anything else takes the generic path, which also words every error.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchFrame {
-    #[allow(dead_code)]
-    v: u32,
-    #[serde(rename = "type")]
-    #[allow(dead_code)]
-    kind: serde::de::IgnoredAny,
-    session: String,
-    after: Point,
-    covers: Point,
-    rows: Vec<Row>,
-}
-
-/// See `BatchFrame`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SnapshotFrame {
-    #[allow(dead_code)]
-    v: u32,
-    #[serde(rename = "type")]
-    #[allow(dead_code)]
-    kind: serde::de::IgnoredAny,
-    session: String,
-    #[serde(default)]
-    after: u64,
-    docs: SnapshotDocs,
-}
-
-/// How every frame `encode` writes begins, up to its type's name.
-const FRAME_PREFIX: &str = concat!("{\"v\":", 1, ",\"type\":\"");
-const _: () = assert!(PROTOCOL_VERSION == 1, "FRAME_PREFIX spells the protocol version");
-
-/// The one-pass read of a `batch` or `snapshot` frame written by `encode`, if `text` is one.
-fn decode_bulk(text: &str) -> Option<Message> {
-    let rest = text.strip_prefix(FRAME_PREFIX)?;
-    if rest.starts_with("batch\"") {
-        let BatchFrame { session, after, covers, rows, .. } = serde_json::from_str(text).ok()?;
-        Some(Message::Batch { session, after, covers, rows })
-    } else if rest.starts_with("snapshot\"") {
-        let SnapshotFrame { session, after, docs, .. } = serde_json::from_str(text).ok()?;
-        Some(Message::Snapshot { session, after, docs })
-    } else {
-        None
-    }
-}
-
 impl Message {
-    pub fn encode(&self) -> String {
-        if let Message::Snapshot { session, after, docs: SnapshotDocs::Wire(docs) } = self {
-            // The frame serde writes for it, with each document's text as it is.
-            let session = serde_json::to_string(session).expect("strings serialize");
-            let mut out = String::with_capacity(64 + session.len() + docs.iter().map(|d| d.len() + 1).sum::<usize>());
-            out.push_str(FRAME_PREFIX);
-            out.push_str(&format!(r#"snapshot","session":{session},"after":{after},"docs":["#));
-            for (i, d) in docs.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(d);
-            }
-            out.push_str("]}");
-            return out;
-        }
-        serde_json::to_string(&EnvelopeRef { v: PROTOCOL_VERSION, msg: self }).expect("messages serialize")
-    }
-
-    /// Decodes one frame. Refuses other protocol versions, unknown types and malformed
-    /// JSON with a message fit to send back as a protocol error.
-    pub fn decode(text: &str) -> Result<Message, String> {
-        if let Some(msg) = decode_bulk(text) {
-            return Ok(msg);
-        }
-        let raw: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
-        match raw.get("v").and_then(Value::as_u64) {
-            Some(v) if v == PROTOCOL_VERSION as u64 => {}
-            Some(v) => return Err(format!("unsupported protocol version {v}; this side speaks {PROTOCOL_VERSION}")),
-            None => return Err("missing protocol version `v`".into()),
-        }
-        let env: Envelope = serde_json::from_value(raw).map_err(|e| format!("invalid message: {e}"))?;
-        Ok(env.msg)
-    }
-
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello { .. } => "hello",
@@ -436,85 +359,6 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn round_trip_in_envelope() {
-        let m = Message::Ack { session: "s".into(), point: 7 };
-        let text = m.encode();
-        assert!(text.contains("\"v\":1") && text.contains("\"type\":\"ack\""));
-        assert_eq!(Message::decode(&text).unwrap(), m);
-    }
-
-    #[test]
-    fn liveness_messages_round_trip() {
-        for m in [Message::Ping {}, Message::Pong {}, Message::Poke { max_row: 9 }] {
-            assert_eq!(Message::decode(&m.encode()).unwrap(), m);
-        }
-        assert_eq!(Message::Ping {}.encode(), r#"{"v":1,"type":"ping"}"#);
-        assert!(Message::decode(r#"{"v":1,"type":"ping","x":1}"#).is_err());
-    }
-
-    #[test]
-    fn refuses_bad_frames() {
-        assert!(Message::decode("garbage").is_err());
-        assert!(Message::decode(r#"{"type":"ack","session":"s","point":1}"#).is_err());
-        assert!(Message::decode(r#"{"v":2,"type":"ack","session":"s","point":1}"#).is_err());
-        assert!(Message::decode(r#"{"v":1,"type":"nope"}"#).is_err());
-        assert!(Message::decode(r#"{"v":1,"type":"ack","session":"s"}"#).is_err());
-        assert!(Message::decode(r#"{"v":1,"type":"ack","session":"s","point":1,"extra":2}"#).is_err());
-    }
-
-    /// A batch frame as a peer writes it, with `row`'s op and sender.
-    fn batch_text(extra: &str) -> String {
-        let ts = Stamp { version: 1, wall: 1_700_000_000_000, counter: 2, node: "a1".into() }.encode();
-        let op = format!(r#"{{"origin":"a1","originRow":3,"ts":"{ts}","schemaVersion":1,"collection":"docs","id":"x","kind":"put","fields":{{"id":"x","n":1.5,"s":"\u00e9\n"}}}}"#);
-        format!(r#"{{"v":1,"type":"batch","session":"s","after":2,"covers":9,"rows":[{{"row":9,"op":{op},"from":"b2"}}]{extra}}}"#)
-    }
-
-    #[test]
-    fn a_batch_reads_the_same_by_the_fast_path_and_the_generic_one() {
-        let text = batch_text("");
-        let fast = Message::decode(&text).unwrap();
-        let raw: Value = serde_json::from_str(&text).unwrap();
-        let generic = serde_json::from_value::<Envelope>(raw).unwrap().msg;
-        assert_eq!(fast, generic);
-        let Message::Batch { rows, covers, .. } = &fast else { panic!("a batch: {fast:?}") };
-        assert_eq!((rows.len(), *covers, rows[0].from.as_deref()), (1, 9, Some("b2")));
-        assert_eq!(Message::decode(&fast.encode()).unwrap(), fast, "what is written reads back");
-    }
-
-    #[test]
-    fn a_batch_with_anything_wrong_is_still_refused() {
-        assert!(Message::decode(&batch_text(r#","extra":1"#)).is_err());
-        assert!(Message::decode(&batch_text("").replace(r#""v":1"#, r#""v":2"#)).is_err());
-        assert!(Message::decode(&batch_text("").replace(r#""covers":9"#, r#""covers":"9""#)).is_err());
-        assert!(Message::decode(&batch_text("").replace(r#","session":"s""#, "")).is_err());
-    }
-
-    #[test]
-    fn a_snapshot_reads_the_same_by_the_fast_path_and_the_generic_one() {
-        let ts = |wall, node: &str| Stamp { version: 1, wall, counter: 0, node: node.into() };
-        let mut older = DocState::default();
-        older.apply_register("", &ts(5, "a1"), Some(serde_json::json!({"n": 1})));
-        let contender = Contender { ts: ts(7, "b2"), seen: None, value: Some(serde_json::json!("x")) };
-        let doc = SnapshotDoc {
-            collection: "docs".into(),
-            id: "x".into(),
-            doc: Some(serde_json::json!({"n": 2, "s": "\u{00e9}"}).as_object().unwrap().clone()),
-            stamps: BTreeMap::from([(String::new(), Stamp { version: 2, ..ts(6, "a1") })]),
-            deleted: false,
-            version: 2,
-            layers: BTreeMap::from([(1, older)]),
-            conflicts: BTreeMap::from([("s".to_string(), vec![contender])]),
-        };
-        let msg = Message::Snapshot { session: "s".into(), after: 3, docs: vec![doc.clone(), SnapshotDoc { id: "y".into(), doc: None, deleted: true, ..doc }].into() };
-        let text = msg.encode();
-        assert_eq!(decode_bulk(&text).as_ref(), Some(&msg), "read in one pass: {text}");
-        let generic = serde_json::from_value::<Envelope>(serde_json::from_str(&text).unwrap()).unwrap().msg;
-        assert_eq!(generic, msg);
-        assert!(Message::decode(&text.replacen(r#""docs":"#, r#""extra":1,"docs":"#, 1)).is_err(), "an unknown field is still refused");
-        assert!(Message::decode(&text.replacen(r#""session":"s","#, "", 1)).is_err());
-    }
 
     #[test]
     fn a_stored_document_passed_through_as_text_reads_as_from_stored_gives_it() {
@@ -545,15 +389,13 @@ mod tests {
             let expected = SnapshotDoc::from_stored("tasks\n".into(), stored);
             assert_eq!(serde_json::from_str::<SnapshotDoc>(&wire).unwrap(), expected, "{wire}");
             assert_eq!(wire, serde_json::to_string(&expected).unwrap(), "the same text, field for field");
-            // A chunk of them is the frame the decoded chunk makes, and decodes by either
-            // path to the decoded documents.
+            // A chunk of them is the frame the decoded chunk makes, and decodes to the
+            // decoded documents.
             let msg = Message::Snapshot { session: "s\"1".into(), after: 7, docs: SnapshotDocs::Wire(vec![wire.clone(), wire].into()) };
             let decoded = Message::Snapshot { session: "s\"1".into(), after: 7, docs: vec![expected.clone(), expected].into() };
             assert_eq!(msg.encode(), decoded.encode());
             assert_eq!(serde_json::to_string(&msg).unwrap(), serde_json::to_string(&decoded).unwrap());
-            let Some(Message::Snapshot { docs: SnapshotDocs::Decoded(fast), .. }) = decode_bulk(&msg.encode()) else { panic!("not read in one pass") };
-            assert_eq!(Message::Snapshot { session: "s\"1".into(), after: 7, docs: SnapshotDocs::Decoded(fast) }, decoded);
-            assert_eq!(serde_json::from_value::<Envelope>(serde_json::from_str(&msg.encode()).unwrap()).unwrap().msg, decoded);
+            assert_eq!(Message::decode(&msg.encode()).unwrap(), decoded);
         }
         assert!(SnapshotDoc::wire_from_stored("tasks", r#"{"id":"x","i":{}}"#).is_err(), "a stored text that must be decoded and is not a document is refused");
         assert!(SnapshotDocs::Wire(vec![r#"{"c":"tasks","id":"x"}"#.to_string()].into()).into_decoded().is_err());

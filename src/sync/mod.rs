@@ -1,6 +1,7 @@
 //! The replication protocol (DESIGN §5), implemented once for every pair of replicas.
 //!
-//! - `message`: the wire format; `transport`: how messages travel.
+//! - `message`: the wire messages; `frame`: their envelope, written and read;
+//!   `transport`: how messages travel.
 //! - `pass`: what both roles share (caps, reports, the snapshot and idle rules, `Step`).
 //! - `send` / `receive`: the two roles of a pass, as sans-IO state machines.
 //! - `apply`: what a receiver stores, atomically with the points it justifies.
@@ -10,6 +11,7 @@
 
 pub mod apply;
 pub mod drive;
+pub mod frame;
 pub mod live;
 pub mod message;
 pub mod pass;
