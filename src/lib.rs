@@ -97,6 +97,7 @@ pub mod rebuild;
 pub mod replica;
 pub mod scan;
 pub mod schema;
+pub mod sort;
 pub mod store;
 pub mod sync;
 pub mod upgrade;

@@ -40,7 +40,7 @@ impl MemoryStore {
     pub fn dump(&self, collection: &str) -> Vec<StoredDoc> {
         let inner = self.inner.lock().unwrap();
         let mut docs: Vec<StoredDoc> = inner.docs.get(collection).map(|m| m.values().cloned().collect()).unwrap_or_default();
-        docs.sort_by(|a, b| cmp_utf16(&a.id, &b.id));
+        crate::sort::sort_by(&mut docs, |a, b| cmp_utf16(&a.id, &b.id));
         docs
     }
 
@@ -127,7 +127,7 @@ impl Store for MemoryStore {
                 continue;
             }
             let mut ids: Vec<&StoredDoc> = docs.values().collect();
-            ids.sort_by(|a, b| cmp_utf16(&a.id, &b.id));
+            crate::sort::sort_by(&mut ids, |a, b| cmp_utf16(&a.id, &b.id));
             for d in ids {
                 if after.is_some_and(|(ac, aid)| c == ac && cmp_utf16(&d.id, aid) != Ordering::Greater) {
                     continue;

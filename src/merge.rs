@@ -87,7 +87,7 @@ fn contend(set: &mut Vec<Contender>, c: Contender) -> bool {
     }
     set.retain(|x| !c.saw(x));
     set.push(c);
-    set.sort_by(|a, b| b.ts.cmp(&a.ts));
+    crate::sort::sort_by(set, |a, b| b.ts.cmp(&a.ts));
     set.truncate(crate::limits::MAX_CONTENDERS);
     true
 }
@@ -215,7 +215,7 @@ impl DocState {
                 (p.clone(), s.clone(), v)
             })
             .collect();
-        out.sort_by(|a, b| a.1.cmp(&b.1));
+        crate::sort::sort_by(&mut out, |a, b| a.1.cmp(&b.1));
         out
     }
 
@@ -318,7 +318,7 @@ impl DocState {
             let p = Path::parse(path).expect("checked op paths");
             p.set(&mut self.doc, value.unwrap_or(Value::Null));
         }
-        keep.sort_by(|a, b| a.0.cmp(&b.0));
+        crate::sort::sort_by(&mut keep, |a, b| a.0.cmp(&b.0));
         for (stamp, p, v) in keep {
             Path::parse(&p).expect("stored path").set(&mut self.doc, v);
             self.stamps.insert(p, stamp);

@@ -104,7 +104,7 @@ pub fn check_patch(fields: &Map<String, Value>, primary_key: &str) -> Result<(),
         keys.push(k);
     }
     // Sorted, an ancestor comes right before its first descendant.
-    keys.sort_unstable();
+    crate::sort::sort(&mut keys);
     for w in keys.windows(2) {
         if is_ancestor(w[0], w[1]) {
             return Err(WriteError::InvalidPatch(format!("paths {:?} and {:?} overlap", w[0], w[1])));

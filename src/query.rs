@@ -80,7 +80,7 @@ impl Plan {
     pub fn finish(&self, docs: &mut Vec<Map<String, Value>>, primary_key: &str) {
         if let Some((field, desc)) = &self.sort {
             let pk = |d: &Map<String, Value>| d.get(primary_key).and_then(Value::as_str).unwrap_or("").to_string();
-            docs.sort_by(|a, b| {
+            crate::sort::sort_by(docs, |a, b| {
                 let o = cmp(&encode(field.get(a)), &encode(field.get(b))).then_with(|| key::cmp_utf16(&pk(a), &pk(b)));
                 if *desc { o.reverse() } else { o }
             });

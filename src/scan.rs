@@ -18,7 +18,7 @@ pub fn select<'a>(docs: impl IntoIterator<Item = &'a StoredDoc>, primary_key: &s
         Source::Get(id) => docs.into_iter().filter(|d| d.id == *id).collect(),
         Source::Primary => {
             let mut all: Vec<&StoredDoc> = docs.into_iter().collect();
-            all.sort_by(|a, b| cmp_utf16(&a.id, &b.id));
+            crate::sort::sort_by(&mut all, |a, b| cmp_utf16(&a.id, &b.id));
             all
         }
         Source::Index { name, lower, upper } => {
@@ -27,7 +27,7 @@ pub fn select<'a>(docs: impl IntoIterator<Item = &'a StoredDoc>, primary_key: &s
                 .filter_map(|d| d.index_keys.get(name).map(|k| (k, d)))
                 .filter(|(k, _)| above(k, lower.as_ref()) && below(k, upper.as_ref()))
                 .collect();
-            hits.sort_by(|a, b| cmp(a.0, b.0).then_with(|| cmp_utf16(&a.1.id, &b.1.id)));
+            crate::sort::sort_by(&mut hits, |a, b| cmp(a.0, b.0).then_with(|| cmp_utf16(&a.1.id, &b.1.id)));
             hits.into_iter().map(|(_, d)| d).collect()
         }
     };

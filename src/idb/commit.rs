@@ -80,7 +80,7 @@ pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 /// and each collection's indexes.
 fn scope_of<'k, 's>(schema: &'s Schema, names: impl Iterator<Item = &'k str>) -> (Vec<&'k str>, Vec<String>, Vec<&'s [Index]>) {
     let mut collections: Vec<&str> = names.collect();
-    collections.sort_unstable();
+    crate::sort::sort(&mut collections);
     collections.dedup();
     let mut scope = vec![META.to_string(), LOG.to_string(), PEERS.to_string()];
     scope.extend(collections.iter().map(|c| collection_store(c)));
@@ -311,7 +311,7 @@ async fn read_docs(keys: &[DocKey], collections: &[&str], stores: &[ObjectStore<
         if ids.len() < PROBE_MIN {
             continue;
         }
-        ids.sort_unstable_by(|a, b| crate::key::cmp_utf16(a, b));
+        crate::sort::sort_by(&mut ids, |a, b| crate::key::cmp_utf16(a, b));
         let range = web_sys::IdbKeyRange::bound(&JsValue::from_str(ids[0]), &JsValue::from_str(ids[ids.len() - 1])).map_err(|e| from_js(&e))?;
         let cap = 2 * ids.len() + 64;
         let req = store.get_all_keys::<JsValue>().with_query::<JsValue, JsValue>(range.into()).with_limit(cap as u32).primitive().map_err(from_idb)?;

@@ -108,9 +108,9 @@ fn build(db: &Database, schema: &Schema) -> indexed_db_futures::Result<()> {
 pub fn has_layout(db: &Database, schema: &Schema) -> Result<bool, StoreError> {
     let mut want: Vec<String> = vec![META.into(), LOG.into(), PEERS.into()];
     want.extend(schema.collections.keys().map(|c| collection_store(c)));
-    want.sort();
+    crate::sort::sort(&mut want);
     let mut have: Vec<String> = db.object_store_names().collect();
-    have.sort();
+    crate::sort::sort(&mut have);
     if have != want {
         return Ok(false);
     }
@@ -122,7 +122,7 @@ pub fn has_layout(db: &Database, schema: &Schema) -> Result<bool, StoreError> {
             return Ok(false);
         }
         let mut want: Vec<(String, String)> = c.index_list().iter().map(|i| (index_key_path(&i.name), i.name.clone())).collect();
-        want.sort();
+        crate::sort::sort(&mut want);
         let mut have = Vec::new();
         for index in store.index_names() {
             let path = match store.index(&index).map_err(from_idb)?.key_path() {
@@ -131,7 +131,7 @@ pub fn has_layout(db: &Database, schema: &Schema) -> Result<bool, StoreError> {
             };
             have.push((path, index));
         }
-        have.sort();
+        crate::sort::sort(&mut have);
         if have != want {
             return Ok(false);
         }

@@ -303,7 +303,7 @@ impl IdbStore {
         let f = self.on_change.borrow().clone();
         if let Some(f) = f {
             let mut names: Vec<&str> = commit.docs.iter().map(|(c, _)| c.as_str()).collect();
-            names.sort_unstable();
+            crate::sort::sort(&mut names);
             names.dedup();
             let arr: js_sys::Array = names.into_iter().map(JsValue::from_str).collect();
             let _ = f.call1(&JsValue::NULL, &arr);
@@ -359,7 +359,7 @@ impl IdbStore {
         if let Ok(Some(live)) = live {
             doomed.push(live.db);
         }
-        doomed.sort();
+        crate::sort::sort(&mut doomed);
         doomed.dedup();
         for db in doomed {
             generation::delete(&db).await?;

@@ -219,7 +219,7 @@ impl Sender {
         // (read now: a session remembered now carried rows up to its row then too).
         let mut start = point.max(-1);
         let mut cands = candidates;
-        cands.sort_by_key(|e| std::cmp::Reverse(e.row));
+        crate::sort::sort_by_key(&mut cands, |e| std::cmp::Reverse(e.row));
         let peers = if cands.is_empty() { BTreeMap::new() } else { replica.store().peers().await? };
         for c in &cands {
             let remembered = peers.values().flat_map(|p| p.out_history.iter()).filter(|e| e.session == c.session).map(|e| e.row).max();
