@@ -3,29 +3,41 @@
 //! Every `sort_by` at another element type or comparison compiles its own copy of the
 //! standard library's sort into the wasm (~4 KB each before wasm-opt; the module held
 //! about twenty). These sort positions instead, by one comparison called through `dyn`,
-//! so the module holds the standard sort once, and then move the elements into place.
+//! so the module holds the standard sort once, and then swap the elements into place.
 //! The lists sorted here are small or sorted once per batch: the indirect call costs
 //! nothing measurable against the bytes every page load downloads and compiles.
 
 use std::cmp::Ordering;
 
 /// Sorts `items` by `cmp`, stably: equal elements keep their order.
-pub fn sort_by<T>(items: &mut Vec<T>, mut cmp: impl FnMut(&T, &T) -> Ordering) {
+pub fn sort_by<T>(items: &mut [T], mut cmp: impl FnMut(&T, &T) -> Ordering) {
     if items.len() < 2 {
         return;
     }
-    let order = positions(items.len(), &mut |a, b| cmp(&items[a], &items[b]));
-    let mut slots: Vec<Option<T>> = items.drain(..).map(Some).collect();
-    items.extend(order.into_iter().map(|i| slots[i].take().expect("a permutation names each position once")));
+    let mut order = positions(items.len(), &mut |a, b| cmp(&items[a], &items[b]));
+    // `order[k]` is where position k's element is now: follow each cycle of the
+    // permutation with swaps, marking the positions done (no second buffer).
+    const DONE: usize = usize::MAX;
+    for start in 0..order.len() {
+        let mut k = start;
+        while order[k] != DONE {
+            let from = std::mem::replace(&mut order[k], DONE);
+            if from == start {
+                break;
+            }
+            items.swap(k, from);
+            k = from;
+        }
+    }
 }
 
 /// Sorts `items` by a key of each, stably.
-pub fn sort_by_key<T, K: Ord>(items: &mut Vec<T>, mut key: impl FnMut(&T) -> K) {
+pub fn sort_by_key<T, K: Ord>(items: &mut [T], mut key: impl FnMut(&T) -> K) {
     sort_by(items, |a, b| key(a).cmp(&key(b)));
 }
 
 /// Sorts `items` in their own order.
-pub fn sort<T: Ord>(items: &mut Vec<T>) {
+pub fn sort<T: Ord>(items: &mut [T]) {
     sort_by(items, T::cmp);
 }
 
