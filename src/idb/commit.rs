@@ -141,10 +141,10 @@ pub struct Expected {
 /// then in one transaction asks for the head and the documents, puts what `f` wrote
 /// behind those requests (IndexedDB runs a transaction's requests in order, so the reads
 /// see what the puts replace, and no other transaction runs in between), and commits only
-/// if the reads match `expected`. A document expected absent that `f` writes is not read
-/// but added: the add fails if it exists. `None`: they did not (or `f` refused the expected
-/// state), and nothing was written — the transaction is dropped, which aborts it, before
-/// the last put's result could let it commit. The merge texts as in `commit`.
+/// if the reads match `expected` (`tm_commit_if`). A document expected absent that `f`
+/// writes is not read but added: the add fails if it exists, and its failure aborts the
+/// transaction. `None`: they did not (or `f` refused the expected state), and nothing was
+/// written. The merge texts as in `commit`.
 pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<(Commit, Vec<String>)>, Error> {
     let Expected { head: want_head, docs } = expected;
     let (docs, want): (Vec<Option<StoredDoc>>, Vec<Option<String>>) = docs.into_iter().map(|d| d.map_or((None, None), |(d, m)| (Some(d), Some(m)))).unzip();
@@ -153,48 +153,70 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
     if commit.check(Some(&want_head)).is_err() {
         return Ok(None);
     }
+    // The head as `put_all` writes it (JSON text, parsed in JS): what `JSON.stringify`
+    // makes of the stored head if nobody wrote it since.
+    let want_head = serde_json::to_string(&want_head).map_err(|e| StoreError::Backend(e.to_string()))?;
     let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
-    let written = {
+    let (reads, wants, written) = {
         let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
-        let head_req = meta.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?;
+        let reads = js_sys::Array::new();
+        let wants = js_sys::Array::new();
+        reads.push(&meta.as_sys().get(&JsValue::from_str(HEAD)).map_err(|e| from_js(&e))?.into());
+        wants.push(&JsValue::from_str(&want_head));
         // A document expected absent that the commit writes is added, not read and put:
         // IndexedDB refuses the add if the document exists (and the transaction aborts),
         // which checks the expectation with one request fewer — a new document's write is
         // the common single write (DESIGN §10's W2).
         // (At most `SMALL_COMMIT` keys: plain scans, no hash sets.)
         let mut added: Vec<(&str, &str)> = Vec::new();
-        let mut doc_reqs = Vec::with_capacity(keys.len());
         for ((c, id), want) in keys.iter().zip(want) {
             if want.is_none() && commit.docs.iter().any(|(wc, d)| wc == c && d.id == *id) {
                 added.push((c.as_str(), id.as_str()));
                 continue;
             }
             let store = &stores[collections.binary_search(&c.as_str()).expect("scope holds every key's collection")];
-            doc_reqs.push((store.get::<JsValue, _, _>(JsValue::from_str(id)).primitive().map_err(from_idb)?, want));
+            reads.push(&store.as_sys().get(&JsValue::from_str(id)).map_err(|e| from_js(&e))?.into());
+            wants.push(&want.map_or(JsValue::NULL, |m| JsValue::from_str(&m)));
         }
-        let (written, adds) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true, &added)?;
-        let head = read_head(head_req).await?;
-        if head.as_ref() != Some(&want_head) {
-            return Ok(None);
-        }
-        for (req, want) in doc_reqs {
-            let found = req.await.map_err(from_idb)?;
-            if found.as_ref().and_then(codec::merge_text) != want {
-                return Ok(None);
-            }
-        }
-        for add in adds {
-            // Refused (ConstraintError): the document exists after all.
-            if add.await.is_err() {
-                return Ok(None);
-            }
-        }
-        written
+        // The adds' requests are not awaited: a failed one aborts the transaction.
+        let (written, _) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true, &added)?;
+        (reads, wants, written)
     };
-    tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
-    Ok(Some((commit, written)))
+    // Dropping `tx` afterwards would abort it, but by then it has completed or aborted.
+    let committed = wasm_bindgen_futures::JsFuture::from(tm_commit_if(&raw_tx, &reads, &wants)).await.map_err(|e| from_js(&e))?;
+    Ok(committed.is_truthy().then_some((commit, written)))
+}
+
+/// Commits `tx` when its reads find what `wants` says — `reads[0]` the head, as JSON
+/// text; then documents, by their merge text (`m`, `null` for none) — and aborts it
+/// otherwise. Decided in JS, in the last read's success handler, so the commit is asked
+/// for in the task the reads complete in, not after a trip through the Rust executor,
+/// and without waiting for the adds' results (an add that finds its document aborts the
+/// transaction with a `ConstraintError`; no other request of a commit can). Resolves to
+/// `true` once committed, `false` when refused (nothing written); rejects with the
+/// transaction's error if it aborts for any other reason.
+#[wasm_bindgen(inline_js = "export function tm_commit_if(tx, reads, wants) {
+  return new Promise((ok, fail) => {
+    let refused = false;
+    reads[reads.length - 1].addEventListener('success', () => {
+      for (let i = 0; i < reads.length; i++) {
+        const r = reads[i].result;
+        const got = r == null ? null : i === 0 ? JSON.stringify(r) : typeof r.m === 'string' ? r.m : null;
+        if (got !== wants[i]) { refused = true; tx.abort(); return; }
+      }
+      tx.commit();
+    });
+    tx.addEventListener('complete', () => ok(true));
+    tx.addEventListener('abort', () => {
+      if (refused || tx.error?.name === 'ConstraintError') ok(false);
+      else fail(tx.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+    });
+  });
+}")]
+extern "C" {
+    fn tm_commit_if(tx: &web_sys::IdbTransaction, reads: &js_sys::Array, wants: &js_sys::Array) -> js_sys::Promise;
 }
 
 /// Settles when a transaction completes; rejects with its error when it aborts. Listens
