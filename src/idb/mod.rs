@@ -246,6 +246,16 @@ impl IdbStore {
         self.log_reads.get()
     }
 
+    /// `Store::query`'s documents as the JS array the query hands back: the JS API
+    /// returns it as it is, without taking it apart into a `Vec` and building it again.
+    pub async fn query_docs(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<js_sys::Array, StoreError> {
+        let db = self.db().await?;
+        if !self.knows(collection) {
+            return Ok(js_sys::Array::new());
+        }
+        read::query(&db, collection, primary_key, plan).await
+    }
+
     /// How many commits were written without reading first (`Store::commit_expected`).
     pub fn unread_commits(&self) -> u64 {
         self.unread_commits.get()
@@ -538,11 +548,7 @@ impl Store for IdbStore {
     }
 
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<JsValue>, StoreError> {
-        let db = self.db().await?;
-        if !self.knows(collection) {
-            return Ok(Vec::new());
-        }
-        read::query(&db, collection, primary_key, plan).await
+        Ok(self.query_docs(collection, primary_key, plan).await?.iter().collect())
     }
 
     async fn rows_after(&self, after: u64, limit: usize) -> Result<Vec<Row>, StoreError> {

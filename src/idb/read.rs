@@ -110,17 +110,17 @@ macro_rules! on_source {
 }
 
 impl Scan<'_> {
-    /// Up to `limit` records in ascending order, in one request.
-    async fn get_all(&self, range: &JsValue, limit: Option<usize>) -> Result<Vec<JsValue>, StoreError> {
-        let records = on_source!(self, s => {
-            let req = s.get_all::<JsValue>().with_query::<JsValue, _>(range.clone());
-            match limit {
-                Some(n) => req.with_limit(u32::try_from(n).unwrap_or(u32::MAX)).primitive().map_err(from_idb)?.await,
-                None => req.primitive().map_err(from_idb)?.await,
-            }
-        })
-        .map_err(from_idb)?;
-        records.collect::<Result<Vec<_>, _>>().map_err(from_idb)
+    /// The documents of up to `limit` records of `range` in ascending order (reversed
+    /// when `reverse`), tombstones skipped, in one request — and how many records that
+    /// was. Picked out of the records in JS (`tm_docs`): a query's documents cross into
+    /// wasm and back as one array, not one by one.
+    async fn docs_in(&self, range: &JsValue, limit: Option<usize>, reverse: bool) -> Result<(js_sys::Array, usize), StoreError> {
+        let source: &JsValue = on_source!(self, s => s.as_sys().unchecked_ref());
+        let limit = limit.map_or(JsValue::UNDEFINED, |n| JsValue::from_f64(n.min(u32::MAX as usize) as f64));
+        let read = wasm_bindgen_futures::JsFuture::from(tm_docs(source, range, &limit, reverse)).await.map_err(|e| from_js(&e))?;
+        let docs: js_sys::Array = js_sys::Reflect::get(&read, &JsValue::from_str("docs")).map_err(|e| from_js(&e))?.unchecked_into();
+        let records = js_sys::Reflect::get(&read, &JsValue::from_str("records")).map_err(|e| from_js(&e))?.as_f64().unwrap_or(0.0) as usize;
+        Ok((docs, records))
     }
 
     /// Walks the records in `direction`, handing each document (tombstones skipped) to
@@ -142,18 +142,35 @@ impl Scan<'_> {
     }
 
     /// The documents of the whole range in scan order (tombstones skipped).
-    async fn docs(&self, range: &JsValue, reverse: bool) -> Result<Vec<JsValue>, StoreError> {
-        let mut docs: Vec<JsValue> = self.get_all(range, None).await?.iter().filter_map(doc_of).collect();
-        if reverse {
-            docs.reverse();
-        }
-        Ok(docs)
+    async fn docs(&self, range: &JsValue, reverse: bool) -> Result<js_sys::Array, StoreError> {
+        Ok(self.docs_in(range, None, reverse).await?.0)
     }
 }
 
-pub async fn query(db: &Database, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<JsValue>, StoreError> {
+/// `source.getAll(range, limit)` (an object store or an index), resolving to `{ docs,
+/// records }`: the records' documents (`d`, tombstones skipped; reversed when `reverse`)
+/// and how many records were read.
+#[wasm_bindgen(inline_js = "export function tm_docs(source, range, limit, reverse) {
+  return new Promise((ok, fail) => {
+    const req = limit === undefined ? source.getAll(range) : source.getAll(range, limit);
+    req.onsuccess = () => {
+      const records = req.result;
+      const docs = [];
+      for (const r of records) if (r.d != null) docs.push(r.d);
+      if (reverse) docs.reverse();
+      ok({ docs, records: records.length });
+    };
+    req.onerror = () => fail(req.error);
+  });
+}")]
+extern "C" {
+    fn tm_docs(source: &JsValue, range: &JsValue, limit: &JsValue, reverse: bool) -> js_sys::Promise;
+}
+
+/// The documents a planned query returns, as the array handed to JS.
+pub async fn query(db: &Database, collection: &str, primary_key: &str, plan: &Plan) -> Result<js_sys::Array, StoreError> {
     if plan.limit == Some(0) {
-        return Ok(Vec::new());
+        return Ok(js_sys::Array::new());
     }
     let store_name = collection_store(collection);
     let tx = db.transaction(store_name.as_str()).build().map_err(from_idb)?;
@@ -161,12 +178,12 @@ pub async fn query(db: &Database, collection: &str, primary_key: &str, plan: &Pl
     let (scan, range) = match &plan.source {
         Source::Get(id) => {
             let record: Option<JsValue> = os.get(JsValue::from_str(id)).primitive().map_err(from_idb)?.await.map_err(from_idb)?;
-            let docs: Vec<JsValue> = record.as_ref().and_then(doc_of).into_iter().collect();
+            let docs: js_sys::Array = record.as_ref().and_then(doc_of).into_iter().collect();
             return if plan.is_direct() { Ok(docs) } else { filter(docs, plan, primary_key) };
         }
         Source::Primary => (Scan::Store(&os), JsValue::UNDEFINED),
         Source::Index { name, lower, upper } => match key_range(lower.as_ref(), upper.as_ref())? {
-            None => return Ok(Vec::new()),
+            None => return Ok(js_sys::Array::new()),
             Some(range) => (Scan::Index(os.index(name).map_err(from_idb)?), range),
         },
     };
@@ -176,10 +193,8 @@ pub async fn query(db: &Database, collection: &str, primary_key: &str, plan: &Pl
         return match stop_after {
             None => scan.docs(&range, plan.reverse).await,
             Some(n) if !plan.reverse => {
-                let records = scan.get_all(&range, Some(n)).await?;
-                let full = records.len() == n;
-                let docs: Vec<JsValue> = records.iter().filter_map(doc_of).collect();
-                if docs.len() == records.len() || !full {
+                let (docs, records) = scan.docs_in(&range, Some(n), false).await?;
+                if docs.length() as usize == records || records < n {
                     return Ok(docs);
                 }
                 // Tombstones (only the primary store holds them) took some of the slots.
@@ -206,29 +221,29 @@ pub async fn query(db: &Database, collection: &str, primary_key: &str, plan: &Pl
 }
 
 /// The first `n` documents of a cursor walk.
-async fn collect(scan: &Scan<'_>, range: &JsValue, reverse: bool, n: usize) -> Result<Vec<JsValue>, StoreError> {
-    let mut docs = Vec::with_capacity(n);
+async fn collect(scan: &Scan<'_>, range: &JsValue, reverse: bool, n: usize) -> Result<js_sys::Array, StoreError> {
+    let docs = js_sys::Array::new();
     scan.walk(range, reverse, |doc| {
-        docs.push(doc);
-        Ok(docs.len() < n)
+        docs.push(&doc);
+        Ok((docs.length() as usize) < n)
     })
     .await?;
     Ok(docs)
 }
 
 /// Applies the plan's residual conditions, order and limit to scanned documents.
-fn filter(docs: Vec<JsValue>, plan: &Plan, primary_key: &str) -> Result<Vec<JsValue>, StoreError> {
-    if docs.is_empty() {
+fn filter(docs: js_sys::Array, plan: &Plan, primary_key: &str) -> Result<js_sys::Array, StoreError> {
+    if docs.length() == 0 {
         return Ok(docs);
     }
     // One stringify for the whole candidate set.
-    let maps: Vec<Map<String, Value>> = codec::from_js(&docs.iter().collect::<js_sys::Array>())?;
-    let kept = maps.into_iter().zip(docs).filter(|(m, _)| plan.matches(m)).collect();
+    let maps: Vec<Map<String, Value>> = codec::from_js(&docs)?;
+    let kept = maps.into_iter().zip(docs.iter()).filter(|(m, _)| plan.matches(m)).collect();
     finish(kept, plan, primary_key)
 }
 
 /// `plan.finish`, then back to the JS objects the documents came from.
-fn finish(kept: Vec<(Map<String, Value>, JsValue)>, plan: &Plan, primary_key: &str) -> Result<Vec<JsValue>, StoreError> {
+fn finish(kept: Vec<(Map<String, Value>, JsValue)>, plan: &Plan, primary_key: &str) -> Result<js_sys::Array, StoreError> {
     let id_of = |m: &Map<String, Value>| m.get(primary_key).and_then(Value::as_str).map(str::to_string);
     let (mut maps, objects): (Vec<_>, Vec<_>) = kept.into_iter().unzip();
     let mut by_id: HashMap<String, JsValue> = maps.iter().zip(objects).filter_map(|(m, o)| Some((id_of(m)?, o))).collect();

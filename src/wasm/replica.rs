@@ -231,8 +231,8 @@ impl JsReplica {
         let q = if query.is_undefined() { Ok(Value::Null) } else { to_json_loose(&query) };
         match (to_string(&collection, "collection"), q) {
             (Ok(c), Ok(q)) => run(&self.inner, |r| async move {
-                let docs = r.query(&c, &q).await?;
-                Ok(docs.into_iter().collect::<js_sys::Array>().into())
+                let (coll, plan) = r.plan(&c, &q)?;
+                Ok(r.store().query_docs(&c, &coll.primary_key, &plan).await?.into())
             }),
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
