@@ -159,6 +159,12 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
     let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
+    // `tm_commit_if` settles this transaction, not `Transaction::commit`: indexed_db_futures'
+    // listeners (one-shot closures) must not hear the error event an abort sends for each
+    // pending request — the second would throw.
+    raw_tx.set_onerror(None);
+    raw_tx.set_oncomplete(None);
+    raw_tx.set_onabort(None);
     let (reads, wants, written) = {
         let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
         let reads = js_sys::Array::new();
