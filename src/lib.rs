@@ -26,6 +26,7 @@
 //! | [`rebuild`] | layers → stored documents (views, index keys, migration rows) |
 //! | [`work`] | the one write path, for local writes and received rows alike |
 //! | [`upgrade`] | building a new generation at a newer schema version |
+//! | [`turns`] | call order: writes commit, and reads see them, in the order they were asked for |
 //! | [`replica`] | the public face: writes, reads, queries, status |
 //! | [`sync`] | the protocol: sans-IO sender/receiver machines, sessions, the connection driver |
 //! | `idb`, `wasm` | IndexedDB storage and the JS API (wasm32 only) |
@@ -100,6 +101,7 @@ pub mod schema;
 pub mod sort;
 pub mod store;
 pub mod sync;
+pub mod turns;
 pub mod upgrade;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod ts_types;

@@ -16,6 +16,7 @@ use crate::query::{Plan, Query};
 use crate::rebuild::Rebuild;
 use crate::schema::{Collection, Schema};
 use crate::store::{Commit, DocKey, Head, Store, StoredDoc};
+use crate::turns::Turns;
 use crate::work::{Tracking, Work};
 
 /// One write an app asks for.
@@ -107,6 +108,9 @@ pub struct Replica<S: Store> {
     known: Mutex<Known>,
     /// Ops set aside (for `status`), and those not yet reported as `error` events.
     quarantine: Mutex<(Vec<Quarantined>, Vec<Quarantined>)>,
+    /// The call order of the writes asked for through the JS API and of the reads after
+    /// them (`turns`).
+    turns: Turns,
 }
 
 /// A fresh random db id: 16 hex digits.
@@ -150,7 +154,7 @@ impl<S: Store> Replica<S> {
                 commit.head.expect("init writes the head")
             }
         };
-        let replica = Replica { store, schemas, migrator, now, max_clock_skew: AtomicU64::new(crate::limits::DEFAULT_MAX_CLOCK_SKEW_MS), head: Mutex::new(head), known: Mutex::new(Known::default()), quarantine: Mutex::default() };
+        let replica = Replica { store, schemas, migrator, now, max_clock_skew: AtomicU64::new(crate::limits::DEFAULT_MAX_CLOCK_SKEW_MS), head: Mutex::new(head), known: Mutex::new(Known::default()), quarantine: Mutex::default(), turns: Turns::default() };
         replica.refresh_status().await?;
         Ok(replica)
     }
@@ -220,6 +224,13 @@ impl<S: Store> Replica<S> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Where the writes asked for of this replica stand (`turns`): an API that lets
+    /// callers start writes without awaiting them takes a ticket per write and per read
+    /// as each is asked for, so they commit and read in the order they were asked for.
+    pub fn turns(&self) -> &Turns {
+        &self.turns
     }
 
     /// Gives the store back (to reopen it, as a restarted app would).

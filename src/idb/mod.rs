@@ -403,10 +403,24 @@ impl IdbStore {
     /// The app-visible document at `id` (`None`: absent, deleted, or a collection this
     /// store does not keep), straight from its record: what `get` in the JS API returns.
     pub async fn get_visible(&self, collection: &str, id: &str) -> Result<Option<JsValue>, StoreError> {
-        if self.schema.collection(collection).is_none() {
+        if !self.knows(collection) {
             return Ok(None);
         }
         read::get_visible(&self.db().await?, collection, id).await
+    }
+
+    /// `get_visible` as a promise (`read::get_visible_promise`) made at once, when the
+    /// generation can be read right away — the store open and bound to it, no staged
+    /// write to wait for; `None` otherwise (then `get_visible` waits for those). Its
+    /// errors are what `map_err` makes of IndexedDB's.
+    pub fn get_visible_now(&self, collection: &str, id: &str, map_err: &js_sys::Function) -> Option<js_sys::Promise> {
+        if self.closed.get() || self.stale.get() || self.handed_over.borrow().is_some() {
+            return None;
+        }
+        if !self.knows(collection) {
+            return Some(js_sys::Promise::resolve(&JsValue::UNDEFINED));
+        }
+        Some(read::get_visible_promise(&self.db.borrow(), collection, id, Some(map_err)))
     }
 
     fn knows(&self, collection: &str) -> bool {

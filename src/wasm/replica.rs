@@ -114,29 +114,45 @@ pub async fn delete_replica(name: String) -> Result<(), JsValue> {
     IdbStore::delete_replica(&name).await.map_err(err_to_js)
 }
 
-/// Runs `f` on the replica as a promise; errors become `Error`s with a `code`.
+/// Runs `f` on the replica as a promise; errors become `Error`s with a `code`. It runs
+/// once the writes asked for before it have finished (`Turns`): a read sees them.
 fn run<F, Fut>(inner: &Rc<Replica<IdbStore>>, f: F) -> js_sys::Promise
 where
     F: FnOnce(Rc<Replica<IdbStore>>) -> Fut,
     Fut: std::future::Future<Output = Result<JsValue, Error>> + 'static,
 {
+    let after = inner.turns().finished(inner.turns().asked());
     let fut = f(inner.clone());
-    future_to_promise(async move { fut.await.map_err(err_to_js) })
+    future_to_promise(async move {
+        after.await;
+        fut.await.map_err(err_to_js)
+    })
 }
 
-/// Like `run` for writes: on success, wakes live sync.
+/// Like `run` for writes: each commits after the writes asked for before it (`Turns`),
+/// and on success wakes live sync.
 fn write<F, Fut>(this: &JsReplica, f: F) -> js_sys::Promise
 where
     F: FnOnce(Rc<Replica<IdbStore>>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>> + 'static,
 {
+    let ticket = this.inner.turns().write_ticket();
     let fut = f(this.inner.clone());
     let shared = this.client.shared.clone();
     future_to_promise(async move {
-        fut.await.map_err(err_to_js)?;
+        ticket.turn().await;
+        let written = fut.await;
+        drop(ticket);
+        written.map_err(err_to_js)?;
         shared.wake();
         Ok(JsValue::UNDEFINED)
     })
+}
+
+thread_local! {
+    /// An IndexedDB error as the JS API reports it (`err_to_js`): the rejection of reads
+    /// made in JS (`JsReplica::get`).
+    static STORE_ERROR: Closure<dyn Fn(JsValue) -> JsValue> = Closure::new(|e: JsValue| err_to_js(crate::idb::error::from_js(&e).into()));
 }
 
 /// Validates arguments synchronously, so a bad call rejects without touching storage.
@@ -215,13 +231,18 @@ impl JsReplica {
         }
     }
 
-    /// The document, or `undefined`.
+    /// The document, or `undefined`. Read at once, in a promise JS makes
+    /// (`IdbStore::get_visible_now`), unless a write asked for before it has not finished
+    /// (`Turns`) or the store must first catch up with a swap or a staged write.
     pub fn get(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
         match (to_string(&collection, "collection"), to_string(&id, "id")) {
-            (Ok(c), Ok(id)) => run(&self.inner, |r| async move {
-                r.query_collection(&c)?;
-                Ok(r.store().get_visible(&c, &id).await?.unwrap_or(JsValue::UNDEFINED))
-            }),
+            (Ok(c), Ok(id)) => {
+                if let Err(e) = self.inner.query_collection(&c) {
+                    return reject(e.into());
+                }
+                let now = self.inner.turns().idle().then(|| STORE_ERROR.with(|f| self.inner.store().get_visible_now(&c, &id, f.as_ref().unchecked_ref()))).flatten();
+                now.unwrap_or_else(|| run(&self.inner, |r| async move { Ok(r.store().get_visible(&c, &id).await?.unwrap_or(JsValue::UNDEFINED)) }))
+            }
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
     }

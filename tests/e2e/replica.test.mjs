@@ -70,6 +70,35 @@ test('replicas with different names do not see each other', async () => {
   await page.close();
 });
 
+// Writes started together commit in the order they were asked for, and reads asked for
+// after them see them (`turns`): a single write's first attempt can be refused and made
+// again later, and `get` reads at once when no write is in flight.
+test('writes commit, and reads see them, in the order they were asked for, awaited or not', async () => {
+  const page = await h.openPage();
+  const got = await page.evaluate(async (schema) => {
+    const db = await window.tidemark.openReplica({ name: 'read-after-write', schema });
+    await db.putMany('todos', [{ id: 'a', title: 'v1' }, { id: 'n1', title: 'new' }]);
+    const seen = [];
+    for (let i = 2; i <= 12; i++) {
+      const writes = [db.put('todos', { id: 'a', title: `v${i}` }), db.put('todos', { id: `n${i}`, title: 'new' }),
+        db.patch('todos', 'a', { done: i % 2 === 0 }), db.patch('todos', `n${i}`, { seen: i }), db.delete('todos', `n${i - 1}`)];
+      const [a, fresh, gone, listed] = await Promise.all([db.get('todos', 'a'), db.get('todos', `n${i}`),
+        db.get('todos', `n${i - 1}`), db.query('todos')]);
+      seen.push([a?.title, a?.done, fresh?.title, fresh?.seen, gone, listed.map((d) => d.id).join()]);
+      await Promise.all(writes);
+      // Nothing in flight: read at once, and still the last write.
+      seen.push([(await db.get('todos', 'a'))?.title]);
+    }
+    await db.close();
+    return seen;
+  }, SCHEMA);
+  const want = [];
+  for (let i = 2; i <= 12; i++) want.push([`v${i}`, i % 2 === 0, 'new', i, undefined, `a,n${i}`], [`v${i}`]);
+  assert.deepEqual(got, want);
+  assert.deepEqual(h.errors, []);
+  await page.close();
+});
+
 test('bad input gives an Error with a code and changes nothing', async () => {
   const page = await h.openPage();
   const got = await page.evaluate(async (schema) => {
