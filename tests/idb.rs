@@ -605,13 +605,15 @@ async fn single_writes_skip_the_read_unless_another_tab_wrote_meanwhile() {
     a.store().close();
     b.store().close();
 
-    // Reopened, the store knows the head (after one write) but none of the documents:
-    // a put of one that exists is guessed absent with the head still current, so the
-    // document is added rather than read; IndexedDB refuses the add, nothing of that
-    // attempt is written, and the write goes down the reading path.
+    // Reopened, the store knows the head (read as it opened) but none of the documents:
+    // its first write of a new document goes without reading; a put of one that exists
+    // is guessed absent with the head still current, so the document is added rather
+    // than read; IndexedDB refuses the add, nothing of that attempt is written, and the
+    // write goes down the reading path.
     let a = open_idb(&name, &schema).await;
     a.write(vec![put(doc(5))]).await.unwrap();
     let unread = a.store().unread_commits();
+    assert_eq!(unread, 1, "the head read at open is known");
     a.write(vec![put(doc(6))]).await.unwrap();
     assert_eq!(a.store().unread_commits(), unread + 1, "a new document: added, no read");
     a.write(vec![put(json!({"id": "d00002", "kind": "k7"}))]).await.unwrap();

@@ -152,8 +152,12 @@ impl IdbStore {
         };
         // A tab that died mid-rebuild left the live generation sealed: lift the seal
         // (unless another tab is rebuilding right now).
-        if read::head(&store.db().await?).await?.is_some_and(|h| h.sealed) {
-            generations::recover(&store).await?;
+        let db = store.db().await?;
+        match read::head(&db).await? {
+            Some(h) if h.sealed => generations::recover(&store).await?,
+            // The first single write need not read it again (`commit_expected` checks it).
+            Some(h) => *store.known.borrow_mut() = Known { db: db.name(), head: Some(h), ..Known::default() },
+            None => {}
         }
         Ok(store)
     }
