@@ -75,6 +75,15 @@ async fn read_head(req: impl std::future::Future<Output = indexed_db_futures::Re
 /// What a commit makes of what it read.
 pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 
+/// What a store keeps of a commit it wrote, for the next one (`commit_expected`).
+#[derive(Default)]
+pub struct Written {
+    /// The documents' merge texts, in order, when the commit asked for them.
+    pub texts: Vec<String>,
+    /// The head as the JS object that was put (`None`: the commit wrote no head).
+    pub head: Option<JsValue>,
+}
+
 /// A readwrite transaction's collections (sorted, once each), its scope (the log, meta
 /// and peers stores — any commit may move a sync point — and each collection's store)
 /// and each collection's indexes.
@@ -92,7 +101,7 @@ fn scope_of<'k, 's>(schema: &'s Schema, names: impl Iterator<Item = &'k str>) ->
 /// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
 /// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
 /// With the commit, its documents' merge texts when `texts` asks for them (`put_all`).
-pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], texts: bool, f: Compute<'_>) -> Result<(Commit, Vec<String>), Error> {
+pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], texts: bool, f: Compute<'_>) -> Result<(Commit, Written), Error> {
     let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
@@ -134,6 +143,8 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
 /// stored document with its merge text (`codec::merge_text`), or `None` for no record.
 pub struct Expected {
     pub head: Head,
+    /// The head as a JS object, as `put_all` wrote it: what the stored one is compared with.
+    pub head_js: JsValue,
     pub docs: Vec<Option<(StoredDoc, String)>>,
 }
 
@@ -145,17 +156,14 @@ pub struct Expected {
 /// writes is not read but added: the add fails if it exists, and its failure aborts the
 /// transaction. `None`: they did not (or `f` refused the expected state), and nothing was
 /// written. The merge texts as in `commit`.
-pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<(Commit, Vec<String>)>, Error> {
-    let Expected { head: want_head, docs } = expected;
+pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<(Commit, Written)>, Error> {
+    let Expected { head: want_head, head_js, docs } = expected;
     let (docs, want): (Vec<Option<StoredDoc>>, Vec<Option<String>>) = docs.into_iter().map(|d| d.map_or((None, None), |(d, m)| (Some(d), Some(m)))).unzip();
     // What fails over the expected state is left to `commit`, over the stored one.
     let Ok(commit) = f(Loaded { head: Some(want_head.clone()), docs, peers: Vec::new() }) else { return Ok(None) };
     if commit.check(Some(&want_head)).is_err() {
         return Ok(None);
     }
-    // The head as `put_all` writes it (JSON text, parsed in JS): what `JSON.stringify`
-    // makes of the stored head if nobody wrote it since.
-    let want_head = serde_json::to_string(&want_head).map_err(|e| StoreError::Backend(e.to_string()))?;
     let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
@@ -170,7 +178,7 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
         let reads = js_sys::Array::new();
         let wants = js_sys::Array::new();
         reads.push(&meta.as_sys().get(&JsValue::from_str(HEAD)).map_err(|e| from_js(&e))?.into());
-        wants.push(&JsValue::from_str(&want_head));
+        wants.push(&head_js);
         // A document expected absent that the commit writes is added, not read and put:
         // IndexedDB refuses the add if the document exists (and the transaction aborts),
         // which checks the expectation with one request fewer — a new document's write is
@@ -195,8 +203,9 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
     Ok(committed.is_truthy().then_some((commit, written)))
 }
 
-/// Commits `tx` when its reads find what `wants` says — `reads[0]` the head, as JSON
-/// text; then documents, by their merge text (`m`, `null` for none) — and aborts it
+/// Commits `tx` when its reads find what `wants` says — `reads[0]` the head, the object
+/// last written (its fields are plain values: compared one by one, without making a
+/// string per write); then documents, by their merge text (`m`, `null` for none) — and aborts it
 /// otherwise. Decided in JS, in the last read's success handler, so the commit is asked
 /// for in the task the reads complete in, not after a trip through the Rust executor,
 /// and without waiting for the adds' results (an add that finds its document aborts the
@@ -209,8 +218,8 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
     reads[reads.length - 1].addEventListener('success', () => {
       for (let i = 0; i < reads.length; i++) {
         const r = reads[i].result;
-        const got = r == null ? null : i === 0 ? JSON.stringify(r) : typeof r.m === 'string' ? r.m : null;
-        if (got !== wants[i]) { refused = true; tx.abort(); return; }
+        const same = i === 0 ? sameFields(r, wants[0]) : (r == null ? null : typeof r.m === 'string' ? r.m : null) === wants[i];
+        if (!same) { refused = true; tx.abort(); return; }
       }
       tx.commit();
     });
@@ -220,6 +229,13 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
       else fail(tx.error ?? new DOMException('the transaction was aborted', 'AbortError'));
     });
   });
+}
+function sameFields(a, b) {
+  if (a == null || b == null) return a === b;
+  let n = 0;
+  for (const k in a) { if (a[k] !== b[k]) return false; n++; }
+  for (const k in b) n--;
+  return n === 0;
 }")]
 extern "C" {
     fn tm_commit_if(tx: &web_sys::IdbTransaction, reads: &js_sys::Array, wants: &js_sys::Array) -> js_sys::Promise;
@@ -237,13 +253,14 @@ extern "C" {
 /// when the transaction has completed. Only for a staging generation, which nobody else
 /// writes: nothing is checked against its head, and IndexedDB runs its transactions in
 /// the order they were made, so later ones see this one's writes.
-pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<wasm_bindgen_futures::JsFuture, Error> {
+pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<(wasm_bindgen_futures::JsFuture, Written), Error> {
     let (collections, scope, indexes) = scope_of(schema, commit.docs.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
+    let written;
     {
         let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
-        put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false, &[])?;
+        written = put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false, &[])?.0;
     }
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
     // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
@@ -252,14 +269,14 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
     if let std::task::Poll::Ready(r) = futures::poll!(committing.as_mut()) {
         r.map_err(|e| from_tx(e, &raw_tx))?;
     }
-    Ok(done)
+    Ok((done, written))
 }
 
 /// Puts what `commit` writes: documents (into the stores of `collections`, in order),
 /// the log rows as one record, resolutions, peer records and the head. Returns the
 /// documents' merge texts (`codec::merge_text`), in order, when `texts` asks for them,
-/// and the requests of the documents written with `add` rather than `put` (those in
-/// `added`: `commit_expected`'s expected-absent ones).
+/// with the head object put, and the requests of the documents written with `add` rather
+/// than `put` (those in `added`: `commit_expected`'s expected-absent ones).
 #[allow(clippy::too_many_arguments)]
 fn put_all(
     commit: &Commit,
@@ -271,7 +288,7 @@ fn put_all(
     peer_store: &ObjectStore,
     texts: bool,
     added: &[(&str, &str)],
-) -> Result<(Vec<String>, Vec<VoidRequest>), Error> {
+) -> Result<(Written, Vec<VoidRequest>), Error> {
     let slot = |collection: &str| collections.binary_search(&collection).ok();
     let mut merge_texts = Vec::new();
     let mut adds = Vec::new();
@@ -316,10 +333,11 @@ fn put_all(
     for (i, (id, _)) in commit.peers.iter().enumerate() {
         peer_store.put(peer_values.get(i as u32)).with_key(JsValue::from_str(id)).without_key_type().primitive().map_err(from_idb)?;
     }
-    if commit.head.is_some() {
-        meta.put(js.head()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
+    let head = commit.head.is_some().then(|| js.head());
+    if let Some(head) = &head {
+        meta.put(head.clone()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
     }
-    Ok((merge_texts, adds))
+    Ok((Written { texts: merge_texts, head }, adds))
 }
 
 /// Below this many keys in one collection, plain gets are cheaper than a probe first.

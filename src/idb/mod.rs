@@ -96,6 +96,9 @@ pub struct IdbStore {
 struct Known {
     db: String,
     head: Option<Head>,
+    /// `head` as the JS object last put (`commit::Written::head`); `None` when it was read
+    /// rather than written (then made from `head` when a commit needs it).
+    head_js: Option<JsValue>,
     docs: HashMap<DocKey, (StoredDoc, String)>,
     log: BTreeMap<u64, LogCounts>,
 }
@@ -274,19 +277,26 @@ impl IdbStore {
             return None;
         }
         let head = known.head.clone()?;
+        let head_js = match &known.head_js {
+            Some(js) => js.clone(),
+            None => codec::to_js(&head).ok()?,
+        };
+        known.head_js = Some(head_js.clone());
         let docs = keys.iter().map(|k| known.docs.remove(k)).collect();
-        Some(commit::Expected { head, docs })
+        Some(commit::Expected { head, head_js, docs })
     }
 
-    /// Takes note of what a commit wrote to generation `db` (`texts`: its documents' merge
-    /// texts, when it was small enough to remember them).
-    fn remember(&self, db: &str, commit: &Commit, texts: Vec<String>) {
+    /// Takes note of what a commit wrote to generation `db` (`written.texts`: its
+    /// documents' merge texts, when it was small enough to remember them).
+    fn remember(&self, db: &str, commit: &Commit, written: commit::Written) {
+        let commit::Written { texts, head: head_js } = written;
         let mut known = self.known.borrow_mut();
         if known.db != db {
             *known = Known { db: db.to_string(), ..Known::default() };
         }
         if let Some(h) = &commit.head {
             known.head = Some(h.clone());
+            known.head_js = head_js;
         }
         if let (Some(first), Some(last)) = (commit.rows.first(), commit.rows.last()) {
             if known.log.len() >= KNOWN_LOG {
@@ -487,8 +497,8 @@ impl Store for IdbStore {
             return Err(StoreError::Backend(format!("collection {c:?} is not in this store's schema")).into());
         }
         let name = db.name();
-        let (commit, texts) = commit::commit(&db, &self.schema, keys, peers, keys.len() <= SMALL_COMMIT, Box::new(f)).await?;
-        self.remember(&name, &commit, texts);
+        let (commit, written) = commit::commit(&db, &self.schema, keys, peers, keys.len() <= SMALL_COMMIT, Box::new(f)).await?;
+        self.remember(&name, &commit, written);
         self.changed(&commit);
         Ok(commit)
     }
@@ -500,9 +510,9 @@ impl Store for IdbStore {
         let db = self.db().await?;
         let name = db.name();
         if let Some(expected) = self.expected(&name, keys, absent).filter(|_| keys.iter().all(|(c, _)| self.knows(c))) {
-            if let Some((commit, texts)) = commit::commit_expected(&db, &self.schema, keys, expected, &f).await? {
+            if let Some((commit, written)) = commit::commit_expected(&db, &self.schema, keys, expected, &f).await? {
                 self.unread_commits.set(self.unread_commits.get() + 1);
-                self.remember(&name, &commit, texts);
+                self.remember(&name, &commit, written);
                 self.changed(&commit);
                 return Ok(commit);
             }
@@ -518,10 +528,10 @@ impl Store for IdbStore {
     /// the caller computes its next write while IndexedDB stores this one.
     async fn write_staged(&self, commit: Commit) -> Result<(), Error> {
         let db = self.bound_db().await?;
-        let done = commit::hand_over(&db, &self.schema, &commit).await?;
+        let (done, written) = commit::hand_over(&db, &self.schema, &commit).await?;
         // Remembered before it completes: if it fails, the staging generation is dropped,
         // and this store with it.
-        self.remember(&db.name(), &commit, Vec::new());
+        self.remember(&db.name(), &commit, written);
         let previous = self.handed_over.replace(Some(done));
         if let Some(previous) = previous {
             previous.await.map_err(|e| StoreError::from(error::from_js(&e)))?;
