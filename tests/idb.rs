@@ -628,6 +628,51 @@ async fn single_writes_skip_the_read_unless_another_tab_wrote_meanwhile() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
+/// A single write's fence (`idb::head`): another tab's commit that changes the head
+/// without logging a row (as a seal or a reset's mark does) takes the next row's key, so
+/// a single write computed from the head before it is refused and made again over the
+/// stored head — the change is kept — and rows go on being numbered one by one.
+#[wasm_bindgen_test]
+async fn a_head_changed_without_a_row_fences_the_single_writes_computed_before_it() {
+    let name = unique("t-fence");
+    let schema = schema();
+    let a = open_idb(&name, &schema).await;
+    a.write(vec![put(doc(1))]).await.unwrap();
+    assert_eq!(a.store().unread_commits(), 1);
+    // B moves the clock an hour ahead, logging nothing.
+    let b = open_idb(&name, &schema).await;
+    let ahead = b
+        .store()
+        .commit(&[], &[], |loaded| {
+            let mut head = loaded.head.expect("a head");
+            head.clock.wall += 3_600_000;
+            Ok(Commit { head: Some(head), ..Commit::default() })
+        })
+        .await
+        .unwrap()
+        .head
+        .unwrap();
+    // A's next write, computed from the head before B's change, is refused and made again.
+    a.write(vec![put(doc(2))]).await.unwrap();
+    assert_eq!(a.store().unread_commits(), 1, "the write computed before B's change never commits");
+    let head = a.store().head().await.unwrap().unwrap();
+    assert_eq!(head.max_row, 2);
+    assert!(head.clock > ahead.clock, "B's clock is kept, and A's stamp comes after it");
+    // A goes without reading again; B, whose change left the fence, reads once.
+    a.write(vec![put(doc(3))]).await.unwrap();
+    assert_eq!(a.store().unread_commits(), 2);
+    b.write(vec![put(doc(4))]).await.unwrap();
+    b.write(vec![put(doc(5))]).await.unwrap();
+    assert_eq!(b.store().unread_commits(), 1);
+    let rows = a.store().rows_after(0, 100).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.row).collect::<Vec<_>>(), (1..=5).collect::<Vec<u64>>());
+    assert!(rows.windows(2).all(|w| w[0].op.ts < w[1].op.ts), "stamps ascend with the rows");
+    assert_eq!(b.store().head().await.unwrap(), a.store().head().await.unwrap());
+    a.store().close();
+    b.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
 /// After a reset, counting the unsynced rows (`status().pending`) reads back none of the
 /// log records the store wrote — the copied log, the snapshot's chunks, the migration
 /// output — and comes to what reading them all gives; records another tab wrote are read.
@@ -913,10 +958,19 @@ enum OldLog {
 async fn rewrite_log(db_name: &str, form: OldLog) {
     let db = Database::open(db_name).await.unwrap();
     {
-        let tx = db.transaction("log").with_mode(indexed_db_futures::transaction::TransactionMode::Readwrite).build().unwrap();
+        let tx = db.transaction(["log", "meta"].as_slice()).with_mode(indexed_db_futures::transaction::TransactionMode::Readwrite).build().unwrap();
         let store = tx.object_store("log").unwrap();
         let keys: Vec<f64> = store.get_all_keys::<f64>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
         let values: Vec<JsValue> = store.get_all::<JsValue>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
+        // Versions that wrote these forms kept the head in the meta store only, never in a
+        // single write's log record (`idb::head`): it goes there.
+        let meta = tx.object_store("meta").unwrap();
+        let record: JsValue = meta.get::<JsValue, _, _>(JsValue::from_str("head")).primitive().unwrap().await.unwrap().unwrap();
+        let max_row = |h: &JsValue| js_sys::Reflect::get(h, &"maxRow".into()).unwrap().as_f64().unwrap();
+        let h = values.last().map(|v| js_sys::Reflect::get(v, &"h".into()).unwrap()).filter(JsValue::is_object);
+        if let Some(h) = h.filter(|h| max_row(h) > max_row(&record)) {
+            meta.put(h).with_key(JsValue::from_str("head")).without_key_type().primitive().unwrap();
+        }
         for (k, v) in keys.into_iter().zip(values) {
             let text = String::from_utf8(rows_bytes(&v)).unwrap();
             let old = match form {
@@ -927,6 +981,7 @@ async fn rewrite_log(db_name: &str, form: OldLog) {
                 }
                 OldLog::Text => {
                     js_sys::Reflect::set(&v, &"rows".into(), &JsValue::from_str(&text)).unwrap();
+                    js_sys::Reflect::delete_property(v.unchecked_ref::<js_sys::Object>(), &"h".into()).unwrap();
                     v
                 }
             };
@@ -941,11 +996,21 @@ async fn rewrite_log(db_name: &str, form: OldLog) {
 async fn strip_own_rows(db_name: &str) {
     let db = indexed_db_futures::database::Database::open(db_name).await.unwrap();
     {
-        let tx = db.transaction("meta").with_mode(indexed_db_futures::transaction::TransactionMode::Readwrite).build().unwrap();
+        let tx = db.transaction(["meta", "log"].as_slice()).with_mode(indexed_db_futures::transaction::TransactionMode::Readwrite).build().unwrap();
         let store = tx.object_store("meta").unwrap();
         let head: JsValue = store.get::<JsValue, _, _>(JsValue::from_str("head")).primitive().unwrap().await.unwrap().unwrap();
         assert!(js_sys::Reflect::delete_property(head.unchecked_ref::<js_sys::Object>(), &"ownRows".into()).unwrap());
         store.put(head).with_key(JsValue::from_str("head")).without_key_type().primitive().unwrap();
+        // A single write keeps its head in its log record (`idb::head`): there too.
+        let log = tx.object_store("log").unwrap();
+        let keys: Vec<f64> = log.get_all_keys::<f64>().primitive().unwrap().await.unwrap().map(|k| k.unwrap()).collect();
+        let last = *keys.last().unwrap();
+        let record: JsValue = log.get::<JsValue, _, _>(JsValue::from_f64(last)).primitive().unwrap().await.unwrap().unwrap();
+        let h = js_sys::Reflect::get(&record, &"h".into()).unwrap();
+        if h.is_object() {
+            assert!(js_sys::Reflect::delete_property(h.unchecked_ref::<js_sys::Object>(), &"ownRows".into()).unwrap());
+            log.put(record).with_key(JsValue::from_f64(last)).without_key_type().primitive().unwrap();
+        }
         tx.commit().await.unwrap();
     }
     db.close();

@@ -362,8 +362,9 @@ extern "C" {
 /// (no sender) per origin, so that counting unsynced rows (`read::own_rows_after`) reads
 /// no row at all, `via` the number of the other rows per sender and `last` the last row's
 /// number, so that a pass to a peer passes over a record of rows all received from it
-/// without reading them (`log_only_from`).
-pub fn log_record(rows: &[Row]) -> Result<JsValue, StoreError> {
+/// without reading them (`log_only_from`). A single write's record also holds the head
+/// it made (`h`, see `head`).
+pub fn log_record(rows: &[Row], head: Option<&JsValue>) -> Result<JsValue, StoreError> {
     let text = serde_json::to_string(rows).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
     let counts = |pairs: BTreeMap<&str, u32>| -> Result<JsValue, StoreError> {
         let object = js_sys::Object::new();
@@ -379,6 +380,9 @@ pub fn log_record(rows: &[Row]) -> Result<JsValue, StoreError> {
     set("via", &counts(via_counts(rows))?)?;
     if let Some(last) = rows.last() {
         set("last", &JsValue::from_f64(last.row as f64))?;
+    }
+    if let Some(head) = head {
+        set("h", head)?;
     }
     Ok(record.into())
 }

@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 
 use indexed_db_futures::database::Database;
-use indexed_db_futures::future::VoidRequest;
 use indexed_db_futures::internals::SystemRepr;
 use indexed_db_futures::object_store::ObjectStore;
 use indexed_db_futures::prelude::*;
@@ -20,7 +19,7 @@ use crate::schema::{Index, Schema};
 use crate::store::{Commit, DocKey, Head, Loaded, StoredDoc};
 use crate::peer::PeerRecord;
 
-use super::codec;
+use super::{codec, head};
 use super::error::{from_idb, from_js, from_tx};
 use super::generation::{collection_store, resolution_key, HEAD, LOG, META, PEERS};
 
@@ -67,21 +66,22 @@ impl<'t> Stores<'t> {
     }
 }
 
-/// The head a `get` of it in a commit's transaction found (`None`: no head yet).
-async fn read_head(req: impl std::future::Future<Output = indexed_db_futures::Result<Option<JsValue>>>) -> Result<Option<Head>, Error> {
-    Ok(req.await.map_err(from_idb)?.map(|h| codec::from_js::<Head>(&h)).transpose()?)
-}
-
 /// What a commit makes of what it read.
 pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 
-/// What a store keeps of a commit it wrote, for the next one (`commit_expected`).
-#[derive(Default)]
-pub struct Written {
-    /// The documents' merge texts, in order, when the commit asked for them.
-    pub texts: Vec<String>,
-    /// The head as the JS object that was put (`None`: the commit wrote no head).
-    pub head: Option<JsValue>,
+/// What a store keeps of a commit it wrote, for the next one (`commit_expected`): the
+/// documents' merge texts, in order, when the commit asked for them.
+pub type Written = Vec<String>;
+
+/// Where a commit writes the head it made (see `head`).
+#[derive(Clone, Copy, PartialEq)]
+enum HeadTo {
+    /// The meta store's record, beside a log record put at the commit's first row (or an
+    /// empty one there, `head::fence`, when it logs none): a commit that read the head.
+    Record,
+    /// Inside the log record, added (not put) at the commit's first row: a single write's,
+    /// which did not read the head and leaves its record alone.
+    Log,
 }
 
 /// A readwrite transaction's collections (sorted, once each), its scope (the log, meta
@@ -97,7 +97,7 @@ fn scope_of<'k, 's>(schema: &'s Schema, names: impl Iterator<Item = &'k str>) ->
     (collections, scope, indexes)
 }
 
-/// `Store::commit`: reads the head, the documents at `keys` and the records of `peers`,
+/// `Store::commit`: reads the head (`head::read`), the documents at `keys` and the records of `peers`,
 /// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
 /// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
 /// With the commit, its documents' merge texts when `texts` asks for them (`put_all`).
@@ -110,11 +110,11 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
         let slot = |collection: &str| collections.binary_search(&collection).ok();
 
-        let head_req = meta.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?;
+        let head_req = head::read(meta.as_sys().unchecked_ref(), log.as_sys().unchecked_ref());
         let peer_reqs = peers.iter().map(|p| peer_store.get::<JsValue, _, _>(JsValue::from_str(p)).primitive()).collect::<Result<Vec<_>, _>>().map_err(from_idb)?;
         let found = read_docs(keys, &collections, &stores).await?;
         // Issued first, so these completed before the documents did.
-        let head = read_head(head_req).await?;
+        let head = head_req.await?;
         let mut loaded_peers = Vec::with_capacity(peers.len());
         for req in peer_reqs {
             loaded_peers.push(req.await.map_err(from_idb)?.map(|p| codec::from_js::<PeerRecord>(&p)).transpose()?);
@@ -132,36 +132,40 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
         commit.check(loaded_head.as_ref())?;
 
-        let (written, _) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, texts, &[])?;
+        let written = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, texts, &[], HeadTo::Record)?;
+        if let (Some(_), Some(h), true) = (&loaded_head, &commit.head, commit.rows.is_empty()) {
+            head::fence(log.as_sys().unchecked_ref(), h)?;
+        }
         (commit, written)
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
     Ok(commit)
 }
 
-/// What a store expects to read for `Store::commit_expected`: the head, and per key the
+/// What a store expects to find for `Store::commit_expected`: the head, and per key the
 /// stored document with its merge text (`codec::merge_text`), or `None` for no record.
 pub struct Expected {
     pub head: Head,
-    /// The head as a JS object, as `put_all` wrote it: what the stored one is compared with.
-    pub head_js: JsValue,
     pub docs: Vec<Option<(StoredDoc, String)>>,
 }
 
 /// `Store::commit_expected`'s attempt without reading first: computes `f` over `expected`,
-/// then in one transaction asks for the head and the documents, puts what `f` wrote
-/// behind those requests (IndexedDB runs a transaction's requests in order, so the reads
-/// see what the puts replace, and no other transaction runs in between), and commits only
-/// if the reads match `expected` (`tm_commit_if`). A document expected absent that `f`
-/// writes is not read but added: the add fails if it exists, and its failure aborts the
-/// transaction. `None`: they did not (or `f` refused the expected state), and nothing was
-/// written. The merge texts as in `commit`.
+/// then in one transaction writes what `f` made, its log record added at the row after
+/// the expected head's with the new head inside (`head`): the add fails if any commit
+/// came between, so the documents this store knows are still as it knows them. A
+/// document expected absent that `f` writes is added too (the add fails if it exists);
+/// one it does not write is read, and the commit waits for that read to find nothing
+/// (`tm_commit_if`). Otherwise IndexedDB is asked to commit as soon as the requests are
+/// made. Any refusal aborts the transaction. `None`: refused (or `f` refused the
+/// expected state), and nothing was written. The merge texts as in `commit`.
 pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<(Commit, Written)>, Error> {
-    let Expected { head: want_head, head_js, docs } = expected;
-    let (docs, want): (Vec<Option<StoredDoc>>, Vec<Option<String>>) = docs.into_iter().map(|d| d.map_or((None, None), |(d, m)| (Some(d), Some(m)))).unzip();
+    let Expected { head: want_head, docs } = expected;
+    let known: Vec<bool> = docs.iter().map(Option::is_some).collect();
+    let docs = docs.into_iter().map(|d| d.map(|(d, _)| d)).collect();
     // What fails over the expected state is left to `commit`, over the stored one.
     let Ok(commit) = f(Loaded { head: Some(want_head.clone()), docs, peers: Vec::new() }) else { return Ok(None) };
-    if commit.check(Some(&want_head)).is_err() {
+    if commit.head.is_none() || commit.rows.is_empty() || commit.check(Some(&want_head)).is_err() {
+        // Without a row there is no fence: such a commit reads first.
         return Ok(None);
     }
     let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
@@ -173,72 +177,57 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
     raw_tx.set_onerror(None);
     raw_tx.set_oncomplete(None);
     raw_tx.set_onabort(None);
-    let (reads, wants, written) = {
+    let (reads, written) = {
         let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
         let reads = js_sys::Array::new();
-        let wants = js_sys::Array::new();
-        reads.push(&meta.as_sys().get(&JsValue::from_str(HEAD)).map_err(|e| from_js(&e))?.into());
-        wants.push(&head_js);
-        // A document expected absent that the commit writes is added, not read and put:
-        // IndexedDB refuses the add if the document exists (and the transaction aborts),
-        // which checks the expectation with one request fewer — a new document's write is
-        // the common single write (DESIGN §10's W2).
-        // (At most `SMALL_COMMIT` keys: plain scans, no hash sets.)
+        // A document expected absent that the commit writes is added, not read and put —
+        // a new document's write is the common single write (DESIGN §10's W2); a known one
+        // is put, the fence vouching for it. (At most `SMALL_COMMIT` keys: plain scans.)
         let mut added: Vec<(&str, &str)> = Vec::new();
-        for ((c, id), want) in keys.iter().zip(want) {
-            if want.is_none() && commit.docs.iter().any(|(wc, d)| wc == c && d.id == *id) {
+        for ((c, id), known) in keys.iter().zip(known) {
+            if known {
+                continue;
+            }
+            if commit.docs.iter().any(|(wc, d)| wc == c && d.id == *id) {
                 added.push((c.as_str(), id.as_str()));
                 continue;
             }
             let store = &stores[collections.binary_search(&c.as_str()).expect("scope holds every key's collection")];
             reads.push(&store.as_sys().get(&JsValue::from_str(id)).map_err(|e| from_js(&e))?.into());
-            wants.push(&want.map_or(JsValue::NULL, |m| JsValue::from_str(&m)));
         }
         // The adds' requests are not awaited: a failed one aborts the transaction.
-        let (written, _) = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true, &added)?;
-        (reads, wants, written)
+        let written = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true, &added, HeadTo::Log)?;
+        (reads, written)
     };
     // Dropping `tx` afterwards would abort it, but by then it has completed or aborted.
-    let committed = wasm_bindgen_futures::JsFuture::from(tm_commit_if(&raw_tx, &reads, &wants)).await.map_err(|e| from_js(&e))?;
+    let committed = wasm_bindgen_futures::JsFuture::from(tm_commit_if(&raw_tx, &reads)).await.map_err(|e| from_js(&e))?;
     Ok(committed.is_truthy().then_some((commit, written)))
 }
 
-/// Commits `tx` when its reads find what `wants` says — `reads[0]` the head, the object
-/// last written (its fields are plain values: compared one by one, without making a
-/// string per write); then documents, by their merge text (`m`, `null` for none) — and aborts it
-/// otherwise. Decided in JS, in the last read's success handler, so the commit is asked
-/// for in the task the reads complete in, not after a trip through the Rust executor,
-/// and without waiting for the adds' results (an add that finds its document aborts the
-/// transaction with a `ConstraintError`; no other request of a commit can). Resolves to
-/// `true` once committed, `false` when refused (nothing written); rejects with the
-/// transaction's error if it aborts for any other reason.
-#[wasm_bindgen(inline_js = "export function tm_commit_if(tx, reads, wants) {
+/// Commits `tx` at once, or, when it has `reads` (of documents expected absent), once the
+/// last of them is done and all found nothing — and aborts it otherwise. Decided in JS,
+/// in the last read's success handler, so the commit is asked for in the task the reads
+/// complete in, not after a trip through the Rust executor, and without waiting for the
+/// adds' results (an add that finds its key taken — a document, or the fence's log row —
+/// aborts the transaction with a `ConstraintError`; no other request of a commit can).
+/// Resolves to `true` once committed, `false` when refused (nothing written); rejects
+/// with the transaction's error if it aborts for any other reason.
+#[wasm_bindgen(inline_js = "export function tm_commit_if(tx, reads) {
   return new Promise((ok, fail) => {
     let refused = false;
-    reads[reads.length - 1].addEventListener('success', () => {
-      for (let i = 0; i < reads.length; i++) {
-        const r = reads[i].result;
-        const same = i === 0 ? sameFields(r, wants[0]) : (r == null ? null : typeof r.m === 'string' ? r.m : null) === wants[i];
-        if (!same) { refused = true; tx.abort(); return; }
-      }
-      tx.commit();
-    });
     tx.addEventListener('complete', () => ok(true));
     tx.addEventListener('abort', () => {
       if (refused || tx.error?.name === 'ConstraintError') ok(false);
       else fail(tx.error ?? new DOMException('the transaction was aborted', 'AbortError'));
     });
+    if (reads.length === 0) { tx.commit(); return; }
+    reads[reads.length - 1].addEventListener('success', () => {
+      if (reads.some((r) => r.result != null)) { refused = true; tx.abort(); } else tx.commit();
+    });
   });
-}
-function sameFields(a, b) {
-  if (a == null || b == null) return a === b;
-  let n = 0;
-  for (const k in a) { if (a[k] !== b[k]) return false; n++; }
-  for (const k in b) n--;
-  return n === 0;
 }")]
 extern "C" {
-    fn tm_commit_if(tx: &web_sys::IdbTransaction, reads: &js_sys::Array, wants: &js_sys::Array) -> js_sys::Promise;
+    fn tm_commit_if(tx: &web_sys::IdbTransaction, reads: &js_sys::Array) -> js_sys::Promise;
 }
 
 /// Settles when a transaction completes; rejects with its error when it aborts. Listens
@@ -260,7 +249,7 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
     let written;
     {
         let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
-        written = put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false, &[])?.0;
+        written = put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false, &[], HeadTo::Record)?;
     }
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
     // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
@@ -273,10 +262,10 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
 }
 
 /// Puts what `commit` writes: documents (into the stores of `collections`, in order),
-/// the log rows as one record, resolutions, peer records and the head. Returns the
-/// documents' merge texts (`codec::merge_text`), in order, when `texts` asks for them,
-/// with the head object put, and the requests of the documents written with `add` rather
-/// than `put` (those in `added`: `commit_expected`'s expected-absent ones).
+/// the log rows as one record, resolutions, peer records and the head (where `to` says).
+/// Returns the documents' merge texts (`codec::merge_text`), in order, when `texts` asks
+/// for them. The documents in `added` (`commit_expected`'s expected-absent ones) are
+/// written with `add` rather than `put`.
 #[allow(clippy::too_many_arguments)]
 fn put_all(
     commit: &Commit,
@@ -288,10 +277,10 @@ fn put_all(
     peer_store: &ObjectStore,
     texts: bool,
     added: &[(&str, &str)],
-) -> Result<(Written, Vec<VoidRequest>), Error> {
+    to: HeadTo,
+) -> Result<Written, Error> {
     let slot = |collection: &str| collections.binary_search(&collection).ok();
     let mut merge_texts = Vec::new();
-    let mut adds = Vec::new();
     for slice in commit.docs.chunks(SLICE) {
         let mut out = Vec::with_capacity(slice.len());
         for (c, d) in slice {
@@ -311,7 +300,7 @@ fn put_all(
             for (i, (c, d)) in slice.iter().enumerate() {
                 let store = &stores[slot(c).expect("checked above")];
                 if added.iter().any(|(ac, aid)| ac == c && *aid == d.id) {
-                    adds.push(store.add(docs.get(i as u32)).primitive().map_err(from_idb)?);
+                    store.add(docs.get(i as u32)).primitive().map_err(from_idb)?;
                 } else {
                     store.put(docs.get(i as u32)).primitive().map_err(from_idb)?;
                 }
@@ -323,8 +312,14 @@ fn put_all(
     }
     let batch = Batch { peers: commit.peers.iter().map(|(_, p)| p).collect(), head: commit.head.as_ref() };
     let js: BatchJs = codec::to_js(&batch)?.unchecked_into();
+    let head = commit.head.is_some().then(|| js.head());
     if let Some(first) = commit.rows.first() {
-        log.put(codec::log_record(&commit.rows)?).with_key(first.row as f64).without_key_type().primitive().map_err(from_idb)?;
+        let key = JsValue::from_f64(first.row as f64);
+        if to == HeadTo::Log {
+            log.as_sys().add_with_key(&codec::log_record(&commit.rows, head.as_ref())?, &key).map_err(|e| from_js(&e))?;
+        } else {
+            log.as_sys().put_with_key(&codec::log_record(&commit.rows, None)?, &key).map_err(|e| from_js(&e))?;
+        }
         for r in commit.rows.iter().filter(|r| r.op.resolution) {
             meta.put(codec::to_js(r)?).with_key(resolution_key(r.row)).without_key_type().primitive().map_err(from_idb)?;
         }
@@ -333,11 +328,10 @@ fn put_all(
     for (i, (id, _)) in commit.peers.iter().enumerate() {
         peer_store.put(peer_values.get(i as u32)).with_key(JsValue::from_str(id)).without_key_type().primitive().map_err(from_idb)?;
     }
-    let head = commit.head.is_some().then(|| js.head());
-    if let Some(head) = &head {
-        meta.put(head.clone()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
+    if let (Some(js_head), HeadTo::Record) = (&head, to) {
+        meta.put(js_head.clone()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
     }
-    Ok((Written { texts: merge_texts, head }, adds))
+    Ok(merge_texts)
 }
 
 /// Below this many keys in one collection, plain gets are cheaper than a probe first.

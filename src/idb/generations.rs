@@ -22,25 +22,29 @@ use wasm_bindgen::JsCast;
 
 use crate::error::{Error, StoreError};
 use crate::schema::Schema;
-use crate::store::Head;
 
 use super::directory::{self, Flip, Live};
 use super::error::from_idb;
-use super::generation::{self, HEAD, META};
-use super::{codec, locks, IdbStore};
+use super::error::from_js;
+use super::generation::{self, HEAD, LOG, META};
+use super::{codec, head, locks, IdbStore};
 
-/// Sets the head's seal in generation `db`; sealing an already sealed head fails.
+/// Sets the head's seal in generation `db`; sealing an already sealed head fails. A
+/// change of the head without a row: it takes the fence (`head::fence`), so a single
+/// write computed before the seal finds its row taken.
 async fn set_sealed(db: &Database, sealed: bool) -> Result<(), StoreError> {
-    let tx = db.transaction(META).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
+    let tx = db.transaction([META, LOG].as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     {
-        let store = tx.object_store(META).map_err(from_idb)?;
-        let head: Option<JsValue> = store.get(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?.await.map_err(from_idb)?;
-        let mut head: Head = codec::from_js(&head.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?)?;
+        let meta = tx.object_store(META).map_err(from_idb)?;
+        let log = tx.object_store(LOG).map_err(from_idb)?;
+        let (meta, log): (&web_sys::IdbObjectStore, &web_sys::IdbObjectStore) = (meta.as_sys().unchecked_ref(), log.as_sys().unchecked_ref());
+        let mut head = head::read(meta, log).await?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
         if head.sealed == sealed {
             return if sealed { Err(StoreError::Sealed) } else { Ok(()) };
         }
         head.sealed = sealed;
-        store.put(codec::to_js(&head)?).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
+        meta.put_with_key(&codec::to_js(&head)?, &JsValue::from_str(HEAD)).map_err(|e| from_js(&e))?;
+        head::fence(log, &head)?;
     }
     tx.commit().await.map_err(from_idb)
 }

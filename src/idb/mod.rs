@@ -6,6 +6,7 @@
 //! - `directory`: the live pointer and its compare-and-set flip.
 //! - `generation`: creating, checking and deleting generation databases.
 //! - `commit`: the one-transaction write path.
+//! - `head`: where the head is kept, and the fence that lets a single write go unread.
 //! - `read`: head, get, queries, log reads.
 //! - `codec`: the records' IndexedDB shape, and their way across the wasm boundary.
 //! - `keys`: index keys as order-preserving strings for the native indexes.
@@ -22,6 +23,7 @@ pub mod directory;
 pub mod error;
 pub mod generation;
 pub mod generations;
+pub mod head;
 pub mod keys;
 pub mod locks;
 pub mod persist;
@@ -96,11 +98,18 @@ pub struct IdbStore {
 struct Known {
     db: String,
     head: Option<Head>,
-    /// `head` as the JS object last put (`commit::Written::head`); `None` when it was read
-    /// rather than written (then made from `head` when a commit needs it).
-    head_js: Option<JsValue>,
     docs: HashMap<DocKey, (StoredDoc, String)>,
     log: BTreeMap<u64, LogCounts>,
+}
+
+/// What a commit was computed from (`IdbStore::remember`).
+#[derive(Clone, Copy)]
+enum Base {
+    /// What the store knew (`Known`), checked by the fence, or (a staging generation's
+    /// writes) what nobody else writes.
+    Known,
+    /// The head it read, with this `max_row` (`None`: no head yet).
+    Read(Option<u64>),
 }
 
 /// A log record's last row and its `own` counts (`codec::own_counts`).
@@ -277,26 +286,29 @@ impl IdbStore {
             return None;
         }
         let head = known.head.clone()?;
-        let head_js = match &known.head_js {
-            Some(js) => js.clone(),
-            None => codec::to_js(&head).ok()?,
-        };
-        known.head_js = Some(head_js.clone());
         let docs = keys.iter().map(|k| known.docs.remove(k)).collect();
-        Some(commit::Expected { head, head_js, docs })
+        Some(commit::Expected { head, docs })
     }
 
-    /// Takes note of what a commit wrote to generation `db` (`written.texts`: its
-    /// documents' merge texts, when it was small enough to remember them).
-    fn remember(&self, db: &str, commit: &Commit, written: commit::Written) {
-        let commit::Written { texts, head: head_js } = written;
+    /// Takes note of what a commit computed from `base` wrote to generation `db`
+    /// (`texts`: its documents' merge texts, when it was small enough to remember them).
+    fn remember(&self, db: &str, commit: &Commit, texts: commit::Written, base: Base) {
         let mut known = self.known.borrow_mut();
         if known.db != db {
             *known = Known { db: db.to_string(), ..Known::default() };
         }
+        if let Base::Read(read) = base {
+            // Another tab wrote since this store's last commit: the documents it knows may
+            // have changed (every commit that changes a document logs a row).
+            if known.head.as_ref().map(|h| h.max_row) != read {
+                known.docs.clear();
+            }
+        }
         if let Some(h) = &commit.head {
-            known.head = Some(h.clone());
-            known.head_js = head_js;
+            // A head changed without a row over a head it read left the fence on the next
+            // row (`commit::commit`): the next write reads first, and logs its rows over it.
+            let fenced = commit.rows.is_empty() && matches!(base, Base::Read(Some(_)));
+            known.head = (!fenced).then(|| h.clone());
         }
         if let (Some(first), Some(last)) = (commit.rows.first(), commit.rows.last()) {
             if known.log.len() >= KNOWN_LOG {
@@ -497,8 +509,13 @@ impl Store for IdbStore {
             return Err(StoreError::Backend(format!("collection {c:?} is not in this store's schema")).into());
         }
         let name = db.name();
-        let (commit, written) = commit::commit(&db, &self.schema, keys, peers, keys.len() <= SMALL_COMMIT, Box::new(f)).await?;
-        self.remember(&name, &commit, written);
+        let read = Cell::new(None);
+        let (commit, written) = commit::commit(&db, &self.schema, keys, peers, keys.len() <= SMALL_COMMIT, Box::new(|loaded: Loaded| {
+            read.set(loaded.head.as_ref().map(|h| h.max_row));
+            f(loaded)
+        }))
+        .await?;
+        self.remember(&name, &commit, written, Base::Read(read.get()));
         self.changed(&commit);
         Ok(commit)
     }
@@ -512,7 +529,7 @@ impl Store for IdbStore {
         if let Some(expected) = self.expected(&name, keys, absent).filter(|_| keys.iter().all(|(c, _)| self.knows(c))) {
             if let Some((commit, written)) = commit::commit_expected(&db, &self.schema, keys, expected, &f).await? {
                 self.unread_commits.set(self.unread_commits.get() + 1);
-                self.remember(&name, &commit, written);
+                self.remember(&name, &commit, written, Base::Known);
                 self.changed(&commit);
                 return Ok(commit);
             }
@@ -531,7 +548,7 @@ impl Store for IdbStore {
         let (done, written) = commit::hand_over(&db, &self.schema, &commit).await?;
         // Remembered before it completes: if it fails, the staging generation is dropped,
         // and this store with it.
-        self.remember(&db.name(), &commit, written);
+        self.remember(&db.name(), &commit, written, Base::Known);
         let previous = self.handed_over.replace(Some(done));
         if let Some(previous) = previous {
             previous.await.map_err(|e| StoreError::from(error::from_js(&e)))?;

@@ -27,7 +27,7 @@ use crate::peer::PeerRecord;
 
 use super::codec::{self, doc_of};
 use super::error::{from_idb, from_js};
-use super::generation::{collection_store, resolution_key, HEAD, LOG, MAX_ROW, META, PEERS};
+use super::generation::{collection_store, resolution_key, LOG, MAX_ROW, META, PEERS};
 use super::keys::key_string;
 
 /// Reads one record of `store` in its own readonly transaction.
@@ -53,8 +53,11 @@ async fn get_record(db: &Database, store: &str, key: JsValue) -> Result<Option<J
     Ok((!value.is_undefined()).then_some(value))
 }
 
+/// The head (`head::read`), in a readonly transaction of its own.
 pub async fn head(db: &Database) -> Result<Option<Head>, StoreError> {
-    get_record(db, META, JsValue::from_str(HEAD)).await?.map(|v| codec::from_js(&v)).transpose()
+    let tx = db.as_sys().transaction_with_str_sequence(&js_sys::Array::of2(&META.into(), &LOG.into())).map_err(|e| from_js(&e))?;
+    let (meta, log) = (tx.object_store(META).map_err(|e| from_js(&e))?, tx.object_store(LOG).map_err(|e| from_js(&e))?);
+    super::head::read(&meta, &log).await
 }
 
 /// `indexes` are the collection's, to rebuild the engine's index keys.
@@ -352,7 +355,7 @@ pub async fn own_rows_after(db: &Database, after: u64, origin: &str, counted: &d
     let tx = db.transaction([LOG, META].as_slice()).build().map_err(from_idb)?;
     let log = tx.object_store(LOG).map_err(from_idb)?;
     let meta = tx.object_store(META).map_err(from_idb)?;
-    let head: Option<Head> = meta.get::<JsValue, _, _>(JsValue::from_str(HEAD)).primitive().map_err(from_idb)?.await.map_err(from_idb)?.map(|h| codec::from_js(&h)).transpose()?;
+    let head = super::head::read(meta.as_sys().unchecked_ref(), log.as_sys().unchecked_ref()).await?;
     if let Some((total, max_row)) = head.filter(|h| h.db_id == origin).and_then(|h| Some((h.own_rows?, h.max_row))) {
         if after >= max_row {
             return Ok((0, 0));
