@@ -96,6 +96,37 @@ test('two tabs of one replica see each other\'s writes live', async () => {
   for (const p of [a, b]) { await p.evaluate(() => window.db.close()); await p.close(); }
 });
 
+test('two tabs writing one replica at the same time lose no write and number every row once', async () => {
+  const a = await h.openPage();
+  const b = await h.openPage();
+  await open(a, 'tabs-race');
+  await open(b, 'tabs-race');
+  await a.evaluate(() => window.db.put('todos', { id: 'shared', title: 'both tabs patch me', list: 'work' }));
+  // Each tab: 150 new documents and 15 patches of the shared one (a field of its own), in
+  // groups of 5 made at once — both tabs' writes interleave in one op log.
+  const run = (page, tab) => page.evaluate(async (tab) => {
+    for (let g = 0; g < 30; g++) {
+      const writes = [];
+      for (let k = 0; k < 5; k++) writes.push(window.db.put('todos', { id: `${tab}-${g * 5 + k}`, title: tab, list: 'work' }));
+      if (g % 2 === 0) writes.push(window.db.patch('todos', 'shared', { [tab]: g }));
+      await Promise.all(writes);
+    }
+  }, tab);
+  await Promise.all([run(a, 'a'), run(b, 'b')]);
+  for (const page of [a, b]) {
+    const got = await page.evaluate(async () => {
+      const docs = await window.db.query('todos');
+      const rows = (await window.db.recentOps(1000)).map((r) => r.row).sort((x, y) => x - y);
+      return { n: docs.length, shared: docs.find((d) => d.id === 'shared'), rows, maxRow: window.db.status().maxRow };
+    });
+    assert.equal(got.n, 301, 'every document of both tabs');
+    assert.deepEqual([got.shared.a, got.shared.b], [28, 28], 'each tab\'s last patch');
+    assert.equal(got.maxRow, 331);
+    assert.deepEqual(got.rows, Array.from({ length: 331 }, (_, i) => i + 1), 'rows 1..331, each once');
+  }
+  for (const p of [a, b]) { await p.evaluate(() => window.db.close()); await p.close(); }
+});
+
 test('a tab tells the others what it changed once its writes resolve, and before it closes', async () => {
   const a = await h.openPage();
   const b = await h.openPage();
