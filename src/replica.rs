@@ -140,7 +140,7 @@ impl<S: Store> Replica<S> {
     }
 
     async fn open_with(store: S, schemas: Option<Schemas>, migrator: Box<dyn Migrator>, now: WallClock) -> Result<Replica<S>, Error> {
-        let head = match store.head().await? {
+        let head = match store.opened_head().await? {
             Some(h) => h,
             None => {
                 let version = schemas.as_ref().map_or(0, |s| s.current.version);

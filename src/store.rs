@@ -218,6 +218,12 @@ pub trait Store {
     /// The head, or `None` for a store that was never initialized.
     async fn head(&self) -> Result<Option<Head>, StoreError>;
 
+    /// The head for a replica opening over this store (`Replica::open`): a store that
+    /// read it as it opened hands that back, once, rather than reading it again.
+    async fn opened_head(&self) -> Result<Option<Head>, StoreError> {
+        self.head().await
+    }
+
     /// Reads one stored document (tombstones included).
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError>;
 

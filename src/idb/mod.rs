@@ -80,6 +80,9 @@ pub struct IdbStore {
     handed_over: RefCell<Option<wasm_bindgen_futures::JsFuture>>,
     /// What this store last wrote to its generation, for `commit_expected`.
     known: RefCell<Known>,
+    /// The head as read while opening, for `Store::opened_head` (taken once; dropped by
+    /// the first commit).
+    opened: RefCell<Option<Head>>,
     /// Commits `commit_expected` made without reading first (tests read it).
     unread_commits: Cell<u64>,
     /// Log records `own_rows_after` had to read (tests read it).
@@ -168,7 +171,10 @@ impl IdbStore {
         match read::head(&db).await? {
             Some(h) if h.sealed => generations::recover(&store).await?,
             // The first single write need not read it again (`commit_expected` checks it).
-            Some(h) => *store.known.borrow_mut() = Known { db: db.name(), head: Some(h), ..Known::default() },
+            Some(h) => {
+                *store.opened.borrow_mut() = Some(h.clone());
+                *store.known.borrow_mut() = Known { db: db.name(), head: Some(h), ..Known::default() };
+            }
             None => {}
         }
         Ok(store)
@@ -251,6 +257,7 @@ impl IdbStore {
             rebinding: futures::lock::Mutex::new(()),
             handed_over: RefCell::new(None),
             known: RefCell::new(Known::default()),
+            opened: RefCell::new(None),
             unread_commits: Cell::new(0),
             log_reads: Cell::new(0),
         }
@@ -293,6 +300,7 @@ impl IdbStore {
     /// Takes note of what a commit computed from `base` wrote to generation `db`
     /// (`texts`: its documents' merge texts, when it was small enough to remember them).
     fn remember(&self, db: &str, commit: &Commit, texts: commit::Written, base: Base) {
+        self.opened.borrow_mut().take();
         let mut known = self.known.borrow_mut();
         if known.db != db {
             *known = Known { db: db.to_string(), ..Known::default() };
@@ -492,6 +500,16 @@ impl Store for IdbStore {
 
     async fn head(&self) -> Result<Option<Head>, StoreError> {
         read::head(&self.db().await?).await
+    }
+
+    /// The head `open` read (to check the seal), if nothing was committed and no other
+    /// generation bound since: opening a replica read it three times.
+    async fn opened_head(&self) -> Result<Option<Head>, StoreError> {
+        let db = self.db().await?;
+        match self.opened.borrow_mut().take() {
+            Some(h) if self.known.borrow().db == db.name() => Ok(Some(h)),
+            _ => read::head(&db).await,
+        }
     }
 
     async fn get(&self, collection: &str, id: &str) -> Result<Option<StoredDoc>, StoreError> {

@@ -360,6 +360,10 @@ pub async fn own_rows_after(db: &Database, after: u64, origin: &str, counted: &d
         if after >= max_row {
             return Ok((0, 0));
         }
+        if after == 0 {
+            // Every own row: what a replica that never pushed counts as it opens.
+            return Ok((total, 0));
+        }
         if after <= max_row - after {
             // The records holding rows 1..=after: those keyed at or below it, unless the
             // next one starts right after it, the last of them partly above it.
