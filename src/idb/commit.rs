@@ -66,6 +66,23 @@ impl<'t> Stores<'t> {
     }
 }
 
+/// The object stores `put_all` writes to, as web-sys has them. `meta` and `peers` are
+/// `None` when the transaction's scope leaves them out (a single write's: it writes no
+/// head record and no peer record, and meta only for a resolution).
+struct Writes {
+    meta: Option<web_sys::IdbObjectStore>,
+    log: web_sys::IdbObjectStore,
+    peers: Option<web_sys::IdbObjectStore>,
+    stores: Vec<web_sys::IdbObjectStore>,
+}
+
+impl Stores<'_> {
+    fn writes(&self) -> Writes {
+        let raw = |s: &ObjectStore| -> web_sys::IdbObjectStore { s.as_sys().clone().unchecked_into() };
+        Writes { meta: Some(raw(&self.meta)), log: raw(&self.log), peers: Some(raw(&self.peer_store)), stores: self.stores.iter().map(raw).collect() }
+    }
+}
+
 /// What a commit makes of what it read.
 pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 
@@ -107,7 +124,9 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     let commit = {
-        let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
+        let opened = Stores::of(&tx, &collections)?;
+        let writes = opened.writes();
+        let Stores { meta, log, peer_store, stores } = opened;
         let slot = |collection: &str| collections.binary_search(&collection).ok();
 
         let head_req = head::read(meta.as_sys().unchecked_ref(), log.as_sys().unchecked_ref());
@@ -132,9 +151,9 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
         commit.check(loaded_head.as_ref())?;
 
-        let written = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, texts, &[], HeadTo::Record)?;
+        let written = put_all(&commit, &collections, &indexes, &writes, texts, &[], HeadTo::Record)?;
         if let (Some(_), Some(h), true) = (&loaded_head, &commit.head, commit.rows.is_empty()) {
-            head::fence(log.as_sys().unchecked_ref(), h)?;
+            head::fence(&writes.log, h)?;
         }
         (commit, written)
     };
@@ -168,39 +187,56 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
         // Without a row there is no fence: such a commit reads first.
         return Ok(None);
     }
-    let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
-    let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
-    let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
-    // `tm_commit_if` settles this transaction, not `Transaction::commit`: indexed_db_futures'
-    // listeners (one-shot closures) must not hear the error event an abort sends for each
-    // pending request — the second would throw.
-    raw_tx.set_onerror(None);
-    raw_tx.set_oncomplete(None);
-    raw_tx.set_onabort(None);
-    let (reads, written) = {
-        let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
-        let reads = js_sys::Array::new();
-        // A document expected absent that the commit writes is added, not read and put —
-        // a new document's write is the common single write (DESIGN §10's W2); a known one
-        // is put, the fence vouching for it. (At most `SMALL_COMMIT` keys: plain scans.)
-        let mut added: Vec<(&str, &str)> = Vec::new();
-        for ((c, id), known) in keys.iter().zip(known) {
-            if known {
-                continue;
-            }
-            if commit.docs.iter().any(|(wc, d)| wc == c && d.id == *id) {
-                added.push((c.as_str(), id.as_str()));
-                continue;
-            }
-            let store = &stores[collections.binary_search(&c.as_str()).expect("scope holds every key's collection")];
-            reads.push(&store.as_sys().get(&JsValue::from_str(id)).map_err(|e| from_js(&e))?.into());
-        }
-        // The adds' requests are not awaited: a failed one aborts the transaction.
-        let written = put_all(&commit, &collections, &indexes, &stores, &meta, &log, &peer_store, true, &added, HeadTo::Log)?;
-        (reads, written)
+    let (collections, _, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
+    // Made with web-sys, not indexed_db_futures: nothing here is awaited but the outcome
+    // (`tm_commit_if`), and its `Transaction` would add listeners the abort of a refused
+    // write must not reach, and try to abort the finished transaction when dropped (an
+    // exception thrown and caught per write). Its scope is what a single write touches:
+    // the log, its collections, and meta only for a resolution's record.
+    let resolves = commit.rows.iter().any(|r| r.op.resolution);
+    let scope = js_sys::Array::new();
+    scope.push(&LOG.into());
+    if resolves {
+        scope.push(&META.into());
+    }
+    for c in &collections {
+        scope.push(&collection_store(c).into());
+    }
+    let tx = db.as_sys().transaction_with_str_sequence_and_mode(&scope, web_sys::IdbTransactionMode::Readwrite).map_err(|e| from_js(&e))?;
+    let store = |name: &str| tx.object_store(name).map_err(|e| from_js(&e));
+    let writes = Writes {
+        meta: if resolves { Some(store(META)?) } else { None },
+        log: store(LOG)?,
+        peers: None,
+        stores: collections.iter().map(|c| store(&collection_store(c))).collect::<Result<_, _>>()?,
     };
-    // Dropping `tx` afterwards would abort it, but by then it has completed or aborted.
-    let committed = wasm_bindgen_futures::JsFuture::from(tm_commit_if(&raw_tx, &reads)).await.map_err(|e| from_js(&e))?;
+    let reads = js_sys::Array::new();
+    // A document expected absent that the commit writes is added, not read and put —
+    // a new document's write is the common single write (DESIGN §10's W2); a known one
+    // is put, the fence vouching for it. (At most `SMALL_COMMIT` keys: plain scans.)
+    let mut added: Vec<(&str, &str)> = Vec::new();
+    for ((c, id), known) in keys.iter().zip(known) {
+        if known {
+            continue;
+        }
+        if commit.docs.iter().any(|(wc, d)| wc == c && d.id == *id) {
+            added.push((c.as_str(), id.as_str()));
+            continue;
+        }
+        let store = &writes.stores[collections.binary_search(&c.as_str()).expect("scope holds every key's collection")];
+        reads.push(&store.get(&JsValue::from_str(id)).map_err(|e| from_js(&e))?.into());
+    }
+    // An error before `tm_commit_if` drops `tx` uncommitted: IndexedDB aborts it once
+    // the task ends, and nothing is written. The adds' requests are not awaited: a
+    // failed one aborts the transaction.
+    let written = match put_all(&commit, &collections, &indexes, &writes, true, &added, HeadTo::Log) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = tx.abort();
+            return Err(e);
+        }
+    };
+    let committed = wasm_bindgen_futures::JsFuture::from(tm_commit_if(&tx, &reads)).await.map_err(|e| from_js(&e))?;
     Ok(committed.is_truthy().then_some((commit, written)))
 }
 
@@ -248,8 +284,7 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     let written;
     {
-        let Stores { meta, log, peer_store, stores } = Stores::of(&tx, &collections)?;
-        written = put_all(commit, &collections, &indexes, &stores, &meta, &log, &peer_store, false, &[], HeadTo::Record)?;
+        written = put_all(commit, &collections, &indexes, &Stores::of(&tx, &collections)?.writes(), false, &[], HeadTo::Record)?;
     }
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
     // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
@@ -266,19 +301,9 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
 /// Returns the documents' merge texts (`codec::merge_text`), in order, when `texts` asks
 /// for them. The documents in `added` (`commit_expected`'s expected-absent ones) are
 /// written with `add` rather than `put`.
-#[allow(clippy::too_many_arguments)]
-fn put_all(
-    commit: &Commit,
-    collections: &[&str],
-    indexes: &[&[Index]],
-    stores: &[ObjectStore],
-    meta: &ObjectStore,
-    log: &ObjectStore,
-    peer_store: &ObjectStore,
-    texts: bool,
-    added: &[(&str, &str)],
-    to: HeadTo,
-) -> Result<Written, Error> {
+fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], writes: &Writes, texts: bool, added: &[(&str, &str)], to: HeadTo) -> Result<Written, Error> {
+    let Writes { meta, log, peers: peer_store, stores } = writes;
+    let unscoped = |name: &str| StoreError::Backend(format!("commit wrote to {name}, outside its transaction's scope"));
     let slot = |collection: &str| collections.binary_search(&collection).ok();
     let mut merge_texts = Vec::new();
     for slice in commit.docs.chunks(SLICE) {
@@ -291,18 +316,19 @@ fn put_all(
         // is put by the call that makes its records.
         let into = match slice.first() {
             Some((c, _)) if added.is_empty() && slice.iter().all(|(other, _)| other == c) => {
-                Some(stores[slot(c).expect("checked above")].as_sys().clone().unchecked_into::<web_sys::IdbObjectStore>())
+                Some(&stores[slot(c).expect("checked above")])
             }
             _ => None,
         };
-        let docs = codec::records(&out, into.as_ref())?;
+        let docs = codec::records(&out, into)?;
         if into.is_none() {
             for (i, (c, d)) in slice.iter().enumerate() {
                 let store = &stores[slot(c).expect("checked above")];
+                let record = docs.get(i as u32);
                 if added.iter().any(|(ac, aid)| ac == c && *aid == d.id) {
-                    store.add(docs.get(i as u32)).primitive().map_err(from_idb)?;
+                    store.add(&record).map_err(|e| from_js(&e))?;
                 } else {
-                    store.put(docs.get(i as u32)).primitive().map_err(from_idb)?;
+                    store.put(&record).map_err(|e| from_js(&e))?;
                 }
             }
         }
@@ -316,20 +342,20 @@ fn put_all(
     if let Some(first) = commit.rows.first() {
         let key = JsValue::from_f64(first.row as f64);
         if to == HeadTo::Log {
-            log.as_sys().add_with_key(&codec::log_record(&commit.rows, head.as_ref())?, &key).map_err(|e| from_js(&e))?;
+            log.add_with_key(&codec::log_record(&commit.rows, head.as_ref())?, &key).map_err(|e| from_js(&e))?;
         } else {
-            log.as_sys().put_with_key(&codec::log_record(&commit.rows, None)?, &key).map_err(|e| from_js(&e))?;
+            log.put_with_key(&codec::log_record(&commit.rows, None)?, &key).map_err(|e| from_js(&e))?;
         }
         for r in commit.rows.iter().filter(|r| r.op.resolution) {
-            meta.put(codec::to_js(r)?).with_key(resolution_key(r.row)).without_key_type().primitive().map_err(from_idb)?;
+            meta.as_ref().ok_or_else(|| unscoped(META))?.put_with_key(&codec::to_js(r)?, &resolution_key(r.row)).map_err(|e| from_js(&e))?;
         }
     }
     let peer_values = js.peers();
     for (i, (id, _)) in commit.peers.iter().enumerate() {
-        peer_store.put(peer_values.get(i as u32)).with_key(JsValue::from_str(id)).without_key_type().primitive().map_err(from_idb)?;
+        peer_store.as_ref().ok_or_else(|| unscoped(PEERS))?.put_with_key(&peer_values.get(i as u32), &JsValue::from_str(id)).map_err(|e| from_js(&e))?;
     }
     if let (Some(js_head), HeadTo::Record) = (&head, to) {
-        meta.put(js_head.clone()).with_key(JsValue::from_str(HEAD)).without_key_type().primitive().map_err(from_idb)?;
+        meta.as_ref().ok_or_else(|| unscoped(META))?.put_with_key(js_head, &JsValue::from_str(HEAD)).map_err(|e| from_js(&e))?;
     }
     Ok(merge_texts)
 }
