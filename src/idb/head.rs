@@ -22,18 +22,27 @@ use super::codec;
 use super::error::from_js;
 use crate::error::StoreError;
 
-/// Reads the head from `meta` and the log's last record in one go (two requests of the
-/// caller's transaction) and resolves to the newer of the two heads, or `undefined`.
+/// Reads the head from `meta` and the key of the log's last record in one go (two
+/// requests of the caller's transaction), and that record only when it lies beyond the
+/// head's `maxRow` — a single write's (or a fence's), small: after a batch, the last
+/// record holds a thousand rows, and reading it for nothing cost ~400 KB of garbage per
+/// commit. Resolves to the newer of the two heads, or `undefined`.
 #[wasm_bindgen(inline_js = "export function tm_head(meta, log) {
   return new Promise((ok, fail) => {
     const record = meta.get('head');
-    const last = log.openCursor(null, 'prev');
+    const last = log.openKeyCursor(null, 'prev');
     record.onerror = () => fail(record.error);
     last.onerror = () => fail(last.error);
     last.onsuccess = () => {
       const head = record.result;
-      const h = last.result?.value?.h;
-      ok(h != null && (head == null || h.maxRow > head.maxRow) ? h : head);
+      const key = last.result?.key;
+      if (key == null || (head != null && key <= head.maxRow)) { ok(head); return; }
+      const newest = log.get(key);
+      newest.onerror = () => fail(newest.error);
+      newest.onsuccess = () => {
+        const h = newest.result?.h;
+        ok(h != null && (head == null || h.maxRow > head.maxRow) ? h : head);
+      };
     };
   });
 }")]
