@@ -673,6 +673,55 @@ async fn a_head_changed_without_a_row_fences_the_single_writes_computed_before_i
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
+/// A generation database's IndexedDB version is its format (`idb::generation::FORMAT`, 2):
+/// one of version 1 — written before single writes kept the head in their log records —
+/// opens as it is, and a build of version 1 cannot open one this build wrote: IndexedDB
+/// refuses the lower version, so such a build never numbers rows over writes whose head
+/// it cannot see.
+#[wasm_bindgen_test]
+async fn a_generation_carries_its_format_as_its_indexeddb_version() {
+    let name = unique("t-format");
+    let schema = schema();
+    // Generation 1 as version 1 laid it out, before any replica opened over it.
+    let g1 = format!("tidemark:{name}:g1");
+    let old = Database::open(&g1)
+        .with_version(1u32)
+        .with_on_upgrade_needed(|_, db| {
+            for store in ["meta", "log", "peers", "c:notes"] {
+                let s = db.create_object_store(store);
+                if store == "c:notes" {
+                    s.with_key_path(indexed_db_futures::KeyPath::One("id")).build()?;
+                } else {
+                    s.build()?;
+                }
+            }
+            let items = db.create_object_store("c:items").with_key_path(indexed_db_futures::KeyPath::One("id")).build()?;
+            for index in ["byKind", "byKindN", "byN"] {
+                items.create_index(index, indexed_db_futures::KeyPath::One(format!("i.{index}"))).build()?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    old.close();
+    let idb = open_idb(&name, &schema).await;
+    assert_eq!(idb.store().live().db, g1, "the version-1 generation is taken as it is");
+    idb.write(vec![put(doc(1))]).await.unwrap();
+    idb.write(vec![put(doc(2))]).await.unwrap();
+    idb.store().close();
+    let idb = open_idb(&name, &schema).await;
+    assert_eq!(idb.status().max_row, 2);
+    assert!(idb.get(ITEMS, "d00002").await.unwrap().is_some());
+    idb.store().close();
+    // What a version-1 build does to open it: refused, nothing changed.
+    let refused = Database::open(&g1).with_version(1u32).await;
+    assert!(refused.is_err(), "a version-1 build must not open a version-2 generation");
+    let idb = open_idb(&name, &schema).await;
+    assert_eq!(idb.status().max_row, 2);
+    idb.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
 /// After a reset, counting the unsynced rows (`status().pending`) reads back none of the
 /// log records the store wrote — the copied log, the snapshot's chunks, the migration
 /// output — and comes to what reading them all gives; records another tab wrote are read.

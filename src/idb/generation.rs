@@ -47,6 +47,14 @@ pub fn index_key_path(index: &str) -> String {
     format!("i.{index}")
 }
 
+/// The IndexedDB version of a generation database, which is the format of its data. 2
+/// since a single write keeps the head it made in its log record (`head`): a build of
+/// version 1 reads the head from `meta` alone and would number its rows over such writes,
+/// so it must not open one — IndexedDB refuses it with a `VersionError` (a lower version
+/// than the database's), and nothing is touched. A version-1 database opens as it is (its
+/// head is in `meta`) and is version 2 from then on.
+pub const FORMAT: u32 = 2;
+
 /// Opens generation database `db_name`, creating its stores for `schema` if it is new.
 /// Returns whether it was created by this call.
 pub async fn open(db_name: &str, schema: &Schema) -> Result<(Database, bool), StoreError> {
@@ -54,8 +62,11 @@ pub async fn open(db_name: &str, schema: &Schema) -> Result<(Database, bool), St
     let flag = created.clone();
     let schema = schema.clone();
     let db = Database::open(db_name)
-        .with_version(1u32)
-        .with_on_upgrade_needed(move |_, db| {
+        .with_version(FORMAT)
+        .with_on_upgrade_needed(move |event, db| {
+            if event.old_version() > 0.0 {
+                return Ok(());
+            }
             flag.set(true);
             build(&db, &schema)
         })
