@@ -238,10 +238,10 @@ pub trait Store {
     /// a store that remembers what it last read and wrote may first run `f` over that —
     /// the head and the documents at `keys` as it expects them stored, a key it knows
     /// nothing of expected absent when `absent` says every write is a whole put — and
-    /// write the result in one transaction that, before committing, reads the head and the
-    /// documents and aborts unless they are as expected (another tab wrote meanwhile, a
-    /// document already existed). Then it runs as `commit`. A single write so costs no
-    /// read round trip before it (DESIGN §10). By default, `commit`.
+    /// write the result in one transaction that aborts unless they are as expected (another
+    /// tab wrote meanwhile, a document already existed) — the IndexedDB store checks that
+    /// without reading (`idb::head`'s fence). Then it runs as `commit`. A single write so
+    /// costs no read round trip before it (DESIGN §10). By default, `commit`.
     async fn commit_expected<F>(&self, keys: &[DocKey], absent: bool, f: F) -> Result<Commit, Error>
     where
         F: Fn(Loaded) -> Result<Commit, Error>,

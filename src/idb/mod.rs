@@ -91,7 +91,8 @@ pub struct IdbStore {
 
 /// What an `IdbStore` last wrote to a generation: the head, and the documents of its
 /// last small commits with their merge texts. Only a guess — another tab may have written
-/// since — which `commit::commit_expected` checks inside the transaction it writes in.
+/// since — which `commit::commit_expected`'s fence checks in the transaction it writes in
+/// (`head`): its log record is added at the row after this head, taken if anyone wrote.
 ///
 /// Also the `own` counts of the log records it wrote (by first row): a record is never
 /// written again once committed, so these are exact, and counting the unsynced rows after
