@@ -186,12 +186,6 @@ pub struct DocIn {
     m: String,
 }
 
-impl DocOut<'_> {
-    /// The record's merge state as written (`merge_text` reads it back).
-    pub fn into_merge_text(self) -> String {
-        self.m
-    }
-}
 
 impl<'a> DocOut<'a> {
     /// `indexes` are the document's collection's, as `Collection::index_list` gives them.
@@ -443,12 +437,6 @@ pub fn log_own(record: &JsValue, origin: &str) -> Option<u64> {
         return None;
     }
     Some(js_sys::Reflect::get(&own, &JsValue::from_str(origin)).ok()?.as_f64().unwrap_or(0.0) as u64)
-}
-
-/// A stored record's merge state as the JSON text it was written as (`DocOut`'s `m`):
-/// every write to a document changes it (a new stamp), so the same text is the same state.
-pub fn merge_text(record: &JsValue) -> Option<String> {
-    record.unchecked_ref::<DocRecord>().m().as_string()
 }
 
 /// The app-visible document of a stored record, `None` for tombstones.

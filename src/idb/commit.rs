@@ -86,10 +86,6 @@ impl Stores<'_> {
 /// What a commit makes of what it read.
 pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 
-/// What a store keeps of a commit it wrote, for the next one (`commit_expected`): the
-/// documents' merge texts, in order, when the commit asked for them.
-pub type Written = Vec<String>;
-
 /// Where a commit writes the head it made (see `head`).
 #[derive(Clone, Copy, PartialEq)]
 enum HeadTo {
@@ -117,8 +113,7 @@ fn scope_of<'k, 's>(schema: &'s Schema, names: impl Iterator<Item = &'k str>) ->
 /// `Store::commit`: reads the head (`head::read`), the documents at `keys` and the records of `peers`,
 /// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
 /// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
-/// With the commit, its documents' merge texts when `texts` asks for them (`put_all`).
-pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], texts: bool, f: Compute<'_>) -> Result<(Commit, Written), Error> {
+pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>) -> Result<Commit, Error> {
     let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
@@ -151,21 +146,21 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         let commit = f(Loaded { head, docs: current, peers: loaded_peers })?;
         commit.check(loaded_head.as_ref())?;
 
-        let written = put_all(&commit, &collections, &indexes, &writes, texts, &[], HeadTo::Record)?;
+        put_all(&commit, &collections, &indexes, &writes, &[], HeadTo::Record)?;
         if let (Some(_), Some(h), true) = (&loaded_head, &commit.head, commit.rows.is_empty()) {
             head::fence(&writes.log, h)?;
         }
-        (commit, written)
+        commit
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
     Ok(commit)
 }
 
 /// What a store expects to find for `Store::commit_expected`: the head, and per key the
-/// stored document with its merge text (`codec::merge_text`), or `None` for no record.
+/// stored document, or `None` for no record.
 pub struct Expected {
     pub head: Head,
-    pub docs: Vec<Option<(StoredDoc, String)>>,
+    pub docs: Vec<Option<StoredDoc>>,
 }
 
 /// `Store::commit_expected`'s attempt without reading first: computes `f` over `expected`,
@@ -176,11 +171,10 @@ pub struct Expected {
 /// one it does not write is read, and the commit waits for that read to find nothing
 /// (`tm_commit_if`). Otherwise IndexedDB is asked to commit as soon as the requests are
 /// made. Any refusal aborts the transaction. `None`: refused (or `f` refused the
-/// expected state), and nothing was written. The merge texts as in `commit`.
-pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<(Commit, Written)>, Error> {
+/// expected state), and nothing was written.
+pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<Commit>, Error> {
     let Expected { head: want_head, docs } = expected;
     let known: Vec<bool> = docs.iter().map(Option::is_some).collect();
-    let docs = docs.into_iter().map(|d| d.map(|(d, _)| d)).collect();
     // What fails over the expected state is left to `commit`, over the stored one.
     let Ok(commit) = f(Loaded { head: Some(want_head.clone()), docs, peers: Vec::new() }) else { return Ok(None) };
     if commit.head.is_none() || commit.rows.is_empty() || commit.check(Some(&want_head)).is_err() {
@@ -229,15 +223,12 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
     // An error before `tm_commit_if` drops `tx` uncommitted: IndexedDB aborts it once
     // the task ends, and nothing is written. The adds' requests are not awaited: a
     // failed one aborts the transaction.
-    let written = match put_all(&commit, &collections, &indexes, &writes, true, &added, HeadTo::Log) {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = tx.abort();
-            return Err(e);
-        }
-    };
+    if let Err(e) = put_all(&commit, &collections, &indexes, &writes, &added, HeadTo::Log) {
+        let _ = tx.abort();
+        return Err(e);
+    }
     let committed = wasm_bindgen_futures::JsFuture::from(tm_commit_if(&tx, &reads)).await.map_err(|e| from_js(&e))?;
-    Ok(committed.is_truthy().then_some((commit, written)))
+    Ok(committed.is_truthy().then_some(commit))
 }
 
 /// Commits `tx` at once, or, when it has `reads` (of documents expected absent), once the
@@ -278,14 +269,11 @@ extern "C" {
 /// when the transaction has completed. Only for a staging generation, which nobody else
 /// writes: nothing is checked against its head, and IndexedDB runs its transactions in
 /// the order they were made, so later ones see this one's writes.
-pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<(wasm_bindgen_futures::JsFuture, Written), Error> {
+pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<wasm_bindgen_futures::JsFuture, Error> {
     let (collections, scope, indexes) = scope_of(schema, commit.docs.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
-    let written;
-    {
-        written = put_all(commit, &collections, &indexes, &Stores::of(&tx, &collections)?.writes(), false, &[], HeadTo::Record)?;
-    }
+    put_all(commit, &collections, &indexes, &Stores::of(&tx, &collections)?.writes(), &[], HeadTo::Record)?;
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
     // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
     // (so dropping it does not abort it); its completion is `done`'s to tell.
@@ -293,19 +281,17 @@ pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Resul
     if let std::task::Poll::Ready(r) = futures::poll!(committing.as_mut()) {
         r.map_err(|e| from_tx(e, &raw_tx))?;
     }
-    Ok((done, written))
+    Ok(done)
 }
 
 /// Puts what `commit` writes: documents (into the stores of `collections`, in order),
 /// the log rows as one record, resolutions, peer records and the head (where `to` says).
-/// Returns the documents' merge texts (`codec::merge_text`), in order, when `texts` asks
-/// for them. The documents in `added` (`commit_expected`'s expected-absent ones) are
+/// The documents in `added` (`commit_expected`'s expected-absent ones) are
 /// written with `add` rather than `put`.
-fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], writes: &Writes, texts: bool, added: &[(&str, &str)], to: HeadTo) -> Result<Written, Error> {
+fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], writes: &Writes, added: &[(&str, &str)], to: HeadTo) -> Result<(), Error> {
     let Writes { meta, log, peers: peer_store, stores } = writes;
     let unscoped = |name: &str| StoreError::Backend(format!("commit wrote to {name}, outside its transaction's scope"));
     let slot = |collection: &str| collections.binary_search(&collection).ok();
-    let mut merge_texts = Vec::new();
     for slice in commit.docs.chunks(SLICE) {
         let mut out = Vec::with_capacity(slice.len());
         for (c, d) in slice {
@@ -332,9 +318,6 @@ fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], writes: 
                 }
             }
         }
-        if texts {
-            merge_texts.extend(out.into_iter().map(codec::DocOut::into_merge_text));
-        }
     }
     let batch = Batch { peers: commit.peers.iter().map(|(_, p)| p).collect(), head: commit.head.as_ref() };
     let js: BatchJs = codec::to_js(&batch)?.unchecked_into();
@@ -357,7 +340,7 @@ fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], writes: 
     if let (Some(js_head), HeadTo::Record) = (&head, to) {
         meta.as_ref().ok_or_else(|| unscoped(META))?.put_with_key(js_head, &JsValue::from_str(HEAD)).map_err(|e| from_js(&e))?;
     }
-    Ok(merge_texts)
+    Ok(())
 }
 
 /// Below this many keys in one collection, plain gets are cheaper than a probe first.

@@ -90,7 +90,7 @@ pub struct IdbStore {
 }
 
 /// What an `IdbStore` last wrote to a generation: the head, and the documents of its
-/// last small commits with their merge texts. Only a guess — another tab may have written
+/// last small commits. Only a guess — another tab may have written
 /// since — which `commit::commit_expected`'s fence checks in the transaction it writes in
 /// (`head`): its log record is added at the row after this head, taken if anyone wrote.
 ///
@@ -102,7 +102,7 @@ pub struct IdbStore {
 struct Known {
     db: String,
     head: Option<Head>,
-    docs: HashMap<DocKey, (StoredDoc, String)>,
+    docs: HashMap<DocKey, StoredDoc>,
     log: BTreeMap<u64, LogCounts>,
 }
 
@@ -299,8 +299,8 @@ impl IdbStore {
     }
 
     /// Takes note of what a commit computed from `base` wrote to generation `db`
-    /// (`texts`: its documents' merge texts, when it was small enough to remember them).
-    fn remember(&self, db: &str, commit: &Commit, texts: commit::Written, base: Base) {
+    /// (its documents kept when `keep` says it was small enough to remember them).
+    fn remember(&self, db: &str, commit: &Commit, keep: bool, base: Base) {
         self.opened.borrow_mut().take();
         let mut known = self.known.borrow_mut();
         if known.db != db {
@@ -326,12 +326,12 @@ impl IdbStore {
             let own = codec::own_counts(&commit.rows).into_iter().map(|(o, n)| (o.to_string(), n)).collect();
             known.log.insert(first.row, LogCounts { last: last.row, own });
         }
-        if texts.len() == commit.docs.len() && commit.docs.len() <= SMALL_COMMIT {
-            if known.docs.len() + texts.len() > KNOWN_DOCS {
+        if keep && commit.docs.len() <= SMALL_COMMIT {
+            if known.docs.len() + commit.docs.len() > KNOWN_DOCS {
                 known.docs.clear();
             }
-            for ((c, d), m) in commit.docs.iter().zip(texts) {
-                known.docs.insert((c.clone(), d.id.clone()), (d.clone(), m));
+            for (c, d) in &commit.docs {
+                known.docs.insert((c.clone(), d.id.clone()), d.clone());
             }
         } else if !commit.docs.is_empty() {
             // A batch (a sync, a reset's, a large write): what it wrote is not kept, and
@@ -529,12 +529,12 @@ impl Store for IdbStore {
         }
         let name = db.name();
         let read = Cell::new(None);
-        let (commit, written) = commit::commit(&db, &self.schema, keys, peers, keys.len() <= SMALL_COMMIT, Box::new(|loaded: Loaded| {
+        let commit = commit::commit(&db, &self.schema, keys, peers, Box::new(|loaded: Loaded| {
             read.set(loaded.head.as_ref().map(|h| h.max_row));
             f(loaded)
         }))
         .await?;
-        self.remember(&name, &commit, written, Base::Read(read.get()));
+        self.remember(&name, &commit, keys.len() <= SMALL_COMMIT, Base::Read(read.get()));
         self.changed(&commit);
         Ok(commit)
     }
@@ -546,9 +546,9 @@ impl Store for IdbStore {
         let db = self.db().await?;
         let name = db.name();
         if let Some(expected) = self.expected(&name, keys, absent).filter(|_| keys.iter().all(|(c, _)| self.knows(c))) {
-            if let Some((commit, written)) = commit::commit_expected(&db, &self.schema, keys, expected, &f).await? {
+            if let Some(commit) = commit::commit_expected(&db, &self.schema, keys, expected, &f).await? {
                 self.unread_commits.set(self.unread_commits.get() + 1);
-                self.remember(&name, &commit, written, Base::Known);
+                self.remember(&name, &commit, true, Base::Known);
                 self.changed(&commit);
                 return Ok(commit);
             }
@@ -564,10 +564,10 @@ impl Store for IdbStore {
     /// the caller computes its next write while IndexedDB stores this one.
     async fn write_staged(&self, commit: Commit) -> Result<(), Error> {
         let db = self.bound_db().await?;
-        let (done, written) = commit::hand_over(&db, &self.schema, &commit).await?;
+        let done = commit::hand_over(&db, &self.schema, &commit).await?;
         // Remembered before it completes: if it fails, the staging generation is dropped,
         // and this store with it.
-        self.remember(&db.name(), &commit, written, Base::Known);
+        self.remember(&db.name(), &commit, false, Base::Known);
         let previous = self.handed_over.replace(Some(done));
         if let Some(previous) = previous {
             previous.await.map_err(|e| StoreError::from(error::from_js(&e)))?;
