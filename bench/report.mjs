@@ -152,7 +152,7 @@ export function render(r) {
     if (Object.values(B).some((x) => x?.heap_peak_mb)) {
       p('### Memory during W1–W4');
       p();
-      p('Peak used JS heap and wasm linear memory per run, median (min–max). The target (DESIGN §10): Tidemark\'s heap + wasm memory no more than Dexie\'s peak JS heap in the same run.');
+      p('Peak used JS heap and wasm linear memory per run, median (min–max), and the peak of the two together: their sum sampled at one moment (every 10 ms), the larger of the write phase\'s (W1, W3) and the read phase\'s (cold open, W4, W2), which run in two page loads with a wasm instance each. The target (DESIGN §10): Tidemark\'s heap + wasm memory no more than Dexie\'s peak JS heap in the same run.');
       p();
       p('| library | peak JS heap | wasm linear memory | heap + wasm | ÷ Dexie\'s peak JS heap |');
       p('|---|---|---|---|---|');

@@ -12,22 +12,31 @@ const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.floor(p * sor
 /**
  * Samples the page's used JS heap (performance.memory, precise with Chromium's
  * --enable-precise-memory-info) and, for Tidemark, the wasm linear memory, every 10 ms and at
- * start and stop; `stop()` returns the peaks in bytes. The samples run between awaited
+ * start and stop; `stop()` returns the peaks in bytes: of each, and of their sum taken at the
+ * same moment (the memory the page held at once). The samples run between awaited
  * IndexedDB requests, so a peak between two samples can be missed by up to 10 ms of
  * allocation: a floor, the same for every library.
  */
 function memorySampler(A) {
   const heap = () => performance.memory?.usedJSHeapSize ?? NaN;
   const wasm = () => A.wasmMemoryBytes?.() ?? 0;
-  let peakHeap = heap();
-  let peakWasm = wasm();
-  const sample = () => { peakHeap = Math.max(peakHeap, heap()); peakWasm = Math.max(peakWasm, wasm()); };
+  let peakHeap = 0;
+  let peakWasm = 0;
+  let peakSum = 0;
+  const sample = () => {
+    const h = heap();
+    const w = wasm();
+    peakHeap = Math.max(peakHeap, h);
+    peakWasm = Math.max(peakWasm, w);
+    peakSum = Math.max(peakSum, h + w);
+  };
+  sample();
   const timer = setInterval(sample, 10);
   return {
     stop() {
       sample();
       clearInterval(timer);
-      return { heap_peak_bytes: peakHeap, wasm_memory_bytes: peakWasm };
+      return { heap_peak_bytes: peakHeap, wasm_memory_bytes: peakWasm, sum_peak_bytes: peakSum };
     },
   };
 }
@@ -96,7 +105,7 @@ async function read(lib, name) {
   times.sort((a, b) => a - b);
   await A.close(db);
   const m = mem.stop();
-  return { read_heap_peak_bytes: m.heap_peak_bytes, read_wasm_memory_bytes: m.wasm_memory_bytes, cold_open_ms: cold, cold_load_ms: t1 - t0, w4_ms: w4, w2_p50_ms: pct(times, 0.5), w2_p95_ms: pct(times, 0.95), w2_total_ms: w2Total };
+  return { read_heap_peak_bytes: m.heap_peak_bytes, read_wasm_memory_bytes: m.wasm_memory_bytes, read_sum_peak_bytes: m.sum_peak_bytes, cold_open_ms: cold, cold_load_ms: t1 - t0, w4_ms: w4, w2_p50_ms: pct(times, 0.5), w2_p95_ms: pct(times, 0.95), w2_total_ms: w2Total };
 }
 
 async function destroy(lib, name) {
