@@ -785,6 +785,49 @@ async fn unsynced_rows_are_counted_without_reading_back_the_records_this_store_w
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
+/// Single writes are counted as runs (`Known`): the rows of this store's single writes,
+/// its batches, another tab's writes and its own again after them are counted from what it
+/// wrote where it wrote them, from every row; only the other tab's records are read.
+#[wasm_bindgen_test]
+async fn single_writes_are_counted_as_runs_without_reading_them_back() {
+    let name = unique("t-runs");
+    let schema = schema();
+    let a = open_idb(&name, &schema).await;
+    let origin = a.head().db_id;
+    // Rows 1-6: single writes; 7-9: one batch; 10-11: single writes.
+    for i in 0..6 {
+        a.write(vec![put(doc(i))]).await.unwrap();
+    }
+    a.write((6..9).map(|i| put(doc(i))).collect()).await.unwrap();
+    for i in 9..11 {
+        a.write(vec![put(doc(i))]).await.unwrap();
+    }
+    // Rows 12-13: another tab's (its own rows too: same origin, a record A did not write).
+    let b = open_idb(&name, &schema).await;
+    b.write(vec![put(doc(11))]).await.unwrap();
+    b.write(vec![put(doc(12))]).await.unwrap();
+    // Rows 14-16: A's single writes again, after them.
+    for i in 13..16 {
+        a.write(vec![put(doc(i))]).await.unwrap();
+    }
+    let all = a.store().rows_after(0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.row).collect::<Vec<_>>(), (1..=16).collect::<Vec<u64>>());
+    // Records read for each `after`: rows at or below it are counted up to half the log
+    // (and subtracted from the head's count), else the rows above it. Only the other tab's
+    // records (12, 13) are read when on the counted side, and A's batch when `after` falls
+    // inside it (7, 8: it is read to count its rows row by row); none of A's single writes.
+    let reads = [0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 1, 0, 0, 0, 0];
+    for after in 0..=16u64 {
+        let before = a.store().log_records_read();
+        let want = all.iter().filter(|r| r.row > after && r.is_own(&origin)).count() as u64;
+        assert_eq!(a.store().own_rows_after(after, &origin).await.unwrap(), want, "after {after}");
+        assert_eq!(a.store().log_records_read() - before, reads[after as usize], "records read counting after {after}");
+    }
+    a.store().close();
+    b.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
 #[wasm_bindgen_test]
 async fn replicas_with_different_names_are_separate() {
     let (a_name, b_name) = (unique("t-sep-a"), unique("t-sep-b"));

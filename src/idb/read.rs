@@ -344,25 +344,26 @@ struct OpOrigin {
 /// of the records this store wrote come from `counted` (by a record's first row), so
 /// only the others are read. A record that holds rows on both sides of `after` is read
 /// row by row — and only when it holds own rows at all, decoding of each only its
-/// number, origin and sender. Returns the count and how many records were read.
+/// number, origin and sender. Returns the count, how many records were read, and whether
+/// it counted the records at or below `after` (below).
 ///
 /// When the head (read in the same transaction) knows how many own rows the log holds
 /// (`Head::own_rows`) and fewer rows lie at or below `after` than above it, the rows
 /// below are counted and subtracted instead: a replica that never synced (`after` 0)
 /// reads no record at all, where counting the rows above read its whole log — about
 /// half of opening a replica holding 10,000 unsynced writes.
-pub async fn own_rows_after(db: &Database, after: u64, origin: &str, counted: &dyn Fn(u64) -> Option<u64>) -> Result<(u64, u64), StoreError> {
+pub async fn own_rows_after(db: &Database, after: u64, origin: &str, counted: &dyn Fn(u64) -> Option<u64>) -> Result<(u64, u64, bool), StoreError> {
     let tx = db.transaction([LOG, META].as_slice()).build().map_err(from_idb)?;
     let log = tx.object_store(LOG).map_err(from_idb)?;
     let meta = tx.object_store(META).map_err(from_idb)?;
     let head = super::head::read(meta.as_sys().unchecked_ref(), log.as_sys().unchecked_ref()).await?;
     if let Some((total, max_row)) = head.filter(|h| h.db_id == origin).and_then(|h| Some((h.own_rows?, h.max_row))) {
         if after >= max_row {
-            return Ok((0, 0));
+            return Ok((0, 0, false));
         }
         if after == 0 {
             // Every own row: what a replica that never pushed counts as it opens.
-            return Ok((total, 0));
+            return Ok((total, 0, false));
         }
         if after <= max_row - after {
             // The records holding rows 1..=after: those keyed at or below it, unless the
@@ -375,7 +376,7 @@ pub async fn own_rows_after(db: &Database, after: u64, origin: &str, counted: &d
             }
             let last = keys.len().wrapping_sub(1);
             let (below, read) = count_own(&log, keys.into_iter().enumerate().map(|(i, k)| (k, !whole && i == last)), origin, counted, |row| row <= after).await?;
-            return Ok((total.saturating_sub(below), read));
+            return Ok((total.saturating_sub(below), read, true));
         }
     }
     let start = first_log_record(&log, after).await?;
@@ -385,7 +386,8 @@ pub async fn own_rows_after(db: &Database, after: u64, origin: &str, counted: &d
     // after it (as it does after a push of everything up to a record's end, or a reset's
     // chunks): then its count serves and its rows are not parsed.
     let partly = |i: usize| i == 0 && start.is_some_and(|k| k != after + 1);
-    count_own(&log, keys.into_iter().enumerate().map(|(i, k)| (k, partly(i))), origin, counted, |row| row > after).await
+    let (n, read) = count_own(&log, keys.into_iter().enumerate().map(|(i, k)| (k, partly(i))), origin, counted, |row| row > after).await?;
+    Ok((n, read, false))
 }
 
 /// The own rows of `origin` in the log records `records` (first row, and whether only
