@@ -135,18 +135,20 @@ export class Replica {
    */
   #announce(collections) {
     if (!this.#channel) return;
+    // An array, not a Set: a commit names one collection or a few (and an awaited write
+    // announces alone), so `includes` is as quick and a Set per write was garbage.
     if (this.#unannounced) {
-      for (const c of collections) this.#unannounced.add(c);
+      for (const c of collections) if (!this.#unannounced.includes(c)) this.#unannounced.push(c);
       return;
     }
-    this.#unannounced = new Set(collections);
+    this.#unannounced = collections.slice();
     setTimeout(() => this.#flushAnnounce(), 0);
   }
 
   #flushAnnounce() {
     const pending = this.#unannounced;
     this.#unannounced = null;
-    if (pending?.size) this.#channel?.postMessage({ collections: [...pending] });
+    if (pending?.length) this.#channel?.postMessage({ collections: pending });
   }
 
   #changed(collections) {

@@ -230,6 +230,7 @@ impl IdbStore {
             Some(h) if h.sealed => generations::recover(&store).await?,
             // The first single write need not read it again (`commit_expected` checks it).
             Some(h) => {
+                codec::intern_names(None, Some(&h.db_id));
                 *store.opened.borrow_mut() = Some(h.clone());
                 *store.known.borrow_mut() = Known { db: db.name(), head: Some(h), ..Known::default() };
             }
@@ -277,6 +278,7 @@ impl IdbStore {
     }
 
     fn new(name: &str, schema: &Schema, live: Live, dir: Database, db: Database) -> IdbStore {
+        codec::intern_names(Some(schema), None);
         let closed = Rc::new(Cell::new(false));
         let stale = Rc::new(Cell::new(false));
         let on_dir_change = {
@@ -371,6 +373,9 @@ impl IdbStore {
             }
         }
         if let Some(h) = &commit.head {
+            if known.head.as_ref().is_none_or(|k| k.db_id != h.db_id) {
+                codec::intern_names(None, Some(&h.db_id));
+            }
             // A head changed without a row over a head it read left the fence on the next
             // row (`commit::commit`): the next write reads first, and logs its rows over it.
             let fenced = commit.rows.is_empty() && matches!(base, Base::Read(Some(_)));
