@@ -97,14 +97,17 @@ enum HeadTo {
     Log,
 }
 
-/// A readwrite transaction's collections (sorted, once each), its scope (the log, meta
-/// and peers stores — any commit may move a sync point — and each collection's store)
-/// and each collection's indexes.
-fn scope_of<'k, 's>(schema: &'s Schema, names: impl Iterator<Item = &'k str>) -> (Vec<&'k str>, Vec<String>, Vec<&'s [Index]>) {
+/// The stores besides the collections' that a commit's transaction holds: the log, meta
+/// and peers (any commit may move a sync point).
+const COMMIT_STORES: &[&str] = &[META, LOG, PEERS];
+
+/// A readwrite transaction's collections (sorted, once each), its scope (`stores`, then
+/// each collection's store) and each collection's indexes.
+fn scope_of<'k, 's>(schema: &'s Schema, stores: &[&str], names: impl Iterator<Item = &'k str>) -> (Vec<&'k str>, Vec<String>, Vec<&'s [Index]>) {
     let mut collections: Vec<&str> = names.collect();
     crate::sort::sort(&mut collections);
     collections.dedup();
-    let mut scope = vec![META.to_string(), LOG.to_string(), PEERS.to_string()];
+    let mut scope: Vec<String> = stores.iter().map(|s| s.to_string()).collect();
     scope.extend(collections.iter().map(|c| collection_store(c)));
     let indexes = collections.iter().map(|c| schema.collection(c).map_or(&[][..], |c| c.index_list())).collect();
     (collections, scope, indexes)
@@ -114,7 +117,7 @@ fn scope_of<'k, 's>(schema: &'s Schema, names: impl Iterator<Item = &'k str>) ->
 /// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
 /// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
 pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>) -> Result<Commit, Error> {
-    let (collections, scope, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
+    let (collections, scope, indexes) = scope_of(schema, COMMIT_STORES, keys.iter().map(|(c, _)| c.as_str()));
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
@@ -181,21 +184,15 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
         // Without a row there is no fence: such a commit reads first.
         return Ok(None);
     }
-    let (collections, _, indexes) = scope_of(schema, keys.iter().map(|(c, _)| c.as_str()));
     // Made with web-sys, not indexed_db_futures: nothing here is awaited but the outcome
     // (`tm_commit_if`), and its `Transaction` would add listeners the abort of a refused
     // write must not reach, and try to abort the finished transaction when dropped (an
     // exception thrown and caught per write). Its scope is what a single write touches:
     // the log, its collections, and meta only for a resolution's record.
     let resolves = commit.rows.iter().any(|r| r.op.resolution);
-    let scope = js_sys::Array::new();
-    scope.push(&LOG.into());
-    if resolves {
-        scope.push(&META.into());
-    }
-    for c in &collections {
-        scope.push(&collection_store(c).into());
-    }
+    let stores: &[&str] = if resolves { &[LOG, META] } else { &[LOG] };
+    let (collections, scope, indexes) = scope_of(schema, stores, keys.iter().map(|(c, _)| c.as_str()));
+    let scope: js_sys::Array = scope.iter().map(|s| JsValue::from_str(s)).collect();
     let tx = db.as_sys().transaction_with_str_sequence_and_mode(&scope, web_sys::IdbTransactionMode::Readwrite).map_err(|e| from_js(&e))?;
     let store = |name: &str| tx.object_store(name).map_err(|e| from_js(&e));
     let writes = Writes {
@@ -270,7 +267,7 @@ extern "C" {
 /// writes: nothing is checked against its head, and IndexedDB runs its transactions in
 /// the order they were made, so later ones see this one's writes.
 pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<wasm_bindgen_futures::JsFuture, Error> {
-    let (collections, scope, indexes) = scope_of(schema, commit.docs.iter().map(|(c, _)| c.as_str()));
+    let (collections, scope, indexes) = scope_of(schema, COMMIT_STORES, commit.docs.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     put_all(commit, &collections, &indexes, &Stores::of(&tx, &collections)?.writes(), &[], HeadTo::Record)?;
