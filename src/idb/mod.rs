@@ -504,7 +504,7 @@ impl IdbStore {
     /// generation can be read right away — the store open and bound to it, no staged
     /// write to wait for; `None` otherwise (then `get_visible` waits for those). Its
     /// errors are what `map_err` makes of IndexedDB's.
-    pub fn get_visible_now(&self, collection: &str, id: &str, map_err: &js_sys::Function) -> Option<js_sys::Promise> {
+    pub fn get_visible_now(&self, collection: &str, id: &JsValue, map_err: &js_sys::Function) -> Option<js_sys::Promise> {
         if self.closed.get() || self.stale.get() || self.handed_over.borrow().is_some() {
             return None;
         }

@@ -69,7 +69,7 @@ pub async fn get(db: &Database, collection: &str, indexes: &[Index], id: &str) -
 /// tombstone): the stored record's `d`, with no decoding of the merge state and no JSON
 /// round trip, as queries return it.
 pub async fn get_visible(db: &Database, collection: &str, id: &str) -> Result<Option<JsValue>, StoreError> {
-    let doc = wasm_bindgen_futures::JsFuture::from(get_visible_promise(db, collection, id, None)).await.map_err(|e| from_js(&e))?;
+    let doc = wasm_bindgen_futures::JsFuture::from(get_visible_promise(db, collection, &JsValue::from_str(id), None)).await.map_err(|e| from_js(&e))?;
     Ok((!doc.is_undefined()).then_some(doc))
 }
 
@@ -77,7 +77,7 @@ pub async fn get_visible(db: &Database, collection: &str, id: &str) -> Result<Op
 /// or `undefined`: the record and its `d` never pass through wasm, and the JS API's `get`
 /// hands this promise back as it is (DESIGN §10, W4). It rejects with what `map_err`
 /// makes of IndexedDB's error (the error itself without it).
-pub fn get_visible_promise(db: &Database, collection: &str, id: &str, map_err: Option<&js_sys::Function>) -> js_sys::Promise {
+pub fn get_visible_promise(db: &Database, collection: &str, id: &JsValue, map_err: Option<&js_sys::Function>) -> js_sys::Promise {
     tm_get_doc(db.as_sys().unchecked_ref(), &collection_store(collection), id, map_err.map_or(&JsValue::UNDEFINED, |f| f.as_ref()))
 }
 
@@ -94,7 +94,7 @@ pub fn get_visible_promise(db: &Database, collection: &str, id: &str, map_err: O
   });
 }")]
 extern "C" {
-    fn tm_get_doc(db: &JsValue, store: &str, id: &str, map_err: &JsValue) -> js_sys::Promise;
+    fn tm_get_doc(db: &JsValue, store: &str, id: &JsValue, map_err: &JsValue) -> js_sys::Promise;
 }
 
 /// The IDBKeyRange for an index scan over the string form of the bounds (see `keys`);

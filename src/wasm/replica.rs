@@ -234,14 +234,20 @@ impl JsReplica {
     /// The document, or `undefined`. Read at once, in a promise JS makes
     /// (`IdbStore::get_visible_now`), unless a write asked for before it has not finished
     /// (`Turns`) or the store must first catch up with a swap or a staged write.
+    /// The id goes on to IndexedDB as the JS string it came as (only the slower path
+    /// reads it into Rust).
     pub fn get(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
-        match (to_string(&collection, "collection"), to_string(&id, "id")) {
-            (Ok(c), Ok(id)) => {
+        let id_ok = if id.is_string() { Ok(()) } else { to_string(&id, "id").map(|_| ()) };
+        match (to_string(&collection, "collection"), id_ok) {
+            (Ok(c), Ok(())) => {
                 if let Err(e) = self.inner.query_collection(&c) {
                     return reject(e.into());
                 }
                 let now = self.inner.turns().idle().then(|| STORE_ERROR.with(|f| self.inner.store().get_visible_now(&c, &id, f.as_ref().unchecked_ref()))).flatten();
-                now.unwrap_or_else(|| run(&self.inner, |r| async move { Ok(r.store().get_visible(&c, &id).await?.unwrap_or(JsValue::UNDEFINED)) }))
+                now.unwrap_or_else(|| {
+                    let id = id.as_string().unwrap_or_default();
+                    run(&self.inner, |r| async move { Ok(r.store().get_visible(&c, &id).await?.unwrap_or(JsValue::UNDEFINED)) })
+                })
             }
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
