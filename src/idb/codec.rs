@@ -186,7 +186,6 @@ pub struct DocIn {
     m: String,
 }
 
-
 impl<'a> DocOut<'a> {
     /// `indexes` are the document's collection's, as `Collection::index_list` gives them.
     pub fn new(doc: &'a StoredDoc, indexes: &[Index]) -> Result<DocOut<'a>, StoreError> {
@@ -388,21 +387,24 @@ extern "C" {
 }
 
 /// Caches as JS strings (wasm-bindgen's `intern`) the names every commit hands to JS: the
-/// generation's store names and `schema`'s collections, and `origin` (the replica's db id,
-/// the key of its own rows' counts). Each crossing of one of them otherwise decoded a new
-/// JS string from wasm memory: ten of the fourteen strings a single write made. Interned
-/// strings stay for the page's life; these are few.
-pub fn intern_names(schema: Option<&Schema>, origin: Option<&str>) {
+/// generation's store names and `schema`'s collections. Each crossing of one of them
+/// otherwise decoded a new JS string from wasm memory: with the replica's db id
+/// (`intern_origin`), ten of the fourteen strings a single write made. Interned strings stay
+/// for the page's life; these are few.
+pub fn intern_names(schema: &Schema) {
     for name in [super::generation::LOG, super::generation::META, super::generation::PEERS, super::generation::HEAD] {
         wasm_bindgen::intern(name);
     }
-    for c in schema.into_iter().flat_map(|s| s.collections.keys()) {
+    for c in schema.collections.keys() {
         wasm_bindgen::intern(c);
         wasm_bindgen::intern(&super::generation::collection_store(c));
     }
-    if let Some(origin) = origin {
-        wasm_bindgen::intern(origin);
-    }
+}
+
+/// Caches the replica's db id as a JS string (see `intern_names`): the key of its own rows'
+/// counts in every log record it writes.
+pub fn intern_origin(db_id: &str) {
+    wasm_bindgen::intern(db_id);
 }
 
 /// The last row of a log record whose rows all came from `sender` (`via` names it alone,

@@ -113,8 +113,8 @@ impl Known {
     /// instead of one each (a thousand single writes kept ~330 KB of wasm memory).
     fn logged(&mut self, rows: &[Row]) {
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else { return };
-        if let [row] = rows {
-            if row.from.is_none() {
+        let counts = match rows {
+            [row] if row.from.is_none() => {
                 if let Some(mut entry) = self.log.last_entry() {
                     if let LogCounts::Singles { last, origin } = entry.get_mut() {
                         if *last + 1 == row.row && *origin == row.op.origin {
@@ -123,18 +123,14 @@ impl Known {
                         }
                     }
                 }
-                if self.log.len() >= KNOWN_LOG {
-                    self.log.clear();
-                }
-                self.log.insert(row.row, LogCounts::Singles { last: row.row, origin: row.op.origin.clone() });
-                return;
+                LogCounts::Singles { last: row.row, origin: row.op.origin.clone() }
             }
-        }
+            _ => LogCounts::Record { last: last.row, own: codec::own_counts(rows).into_iter().map(|(o, n)| (o.to_string(), n)).collect() },
+        };
         if self.log.len() >= KNOWN_LOG {
             self.log.clear();
         }
-        let own = codec::own_counts(rows).into_iter().map(|(o, n)| (o.to_string(), n)).collect();
-        self.log.insert(first.row, LogCounts::Record { last: last.row, own });
+        self.log.insert(first.row, counts);
     }
 
     /// The own rows of `origin` in the log record that starts at row `first`, if that is
@@ -230,7 +226,7 @@ impl IdbStore {
             Some(h) if h.sealed => generations::recover(&store).await?,
             // The first single write need not read it again (`commit_expected` checks it).
             Some(h) => {
-                codec::intern_names(None, Some(&h.db_id));
+                codec::intern_origin(&h.db_id);
                 *store.opened.borrow_mut() = Some(h.clone());
                 *store.known.borrow_mut() = Known { db: db.name(), head: Some(h), ..Known::default() };
             }
@@ -278,7 +274,7 @@ impl IdbStore {
     }
 
     fn new(name: &str, schema: &Schema, live: Live, dir: Database, db: Database) -> IdbStore {
-        codec::intern_names(Some(schema), None);
+        codec::intern_names(schema);
         let closed = Rc::new(Cell::new(false));
         let stale = Rc::new(Cell::new(false));
         let on_dir_change = {
@@ -374,7 +370,7 @@ impl IdbStore {
         }
         if let Some(h) = &commit.head {
             if known.head.as_ref().is_none_or(|k| k.db_id != h.db_id) {
-                codec::intern_names(None, Some(&h.db_id));
+                codec::intern_origin(&h.db_id);
             }
             // A head changed without a row over a head it read left the fence on the next
             // row (`commit::commit`): the next write reads first, and logs its rows over it.

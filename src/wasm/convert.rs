@@ -97,9 +97,16 @@ pub fn to_object(value: &JsValue, what: &str) -> Result<Map<String, Value>, Erro
 }
 
 pub fn to_string(value: &JsValue, what: &str) -> Result<String, Error> {
-    value
-        .as_string()
-        .ok_or_else(|| WriteError::InvalidArgument(format!("{what} must be a string")).into())
+    value.as_string().ok_or_else(|| not_a_string(what))
+}
+
+/// That `value` is a JS string, without reading it into Rust (`get` hands its id on as it is).
+pub fn check_string(value: &JsValue, what: &str) -> Result<(), Error> {
+    if value.is_string() { Ok(()) } else { Err(not_a_string(what)) }
+}
+
+fn not_a_string(what: &str) -> Error {
+    WriteError::InvalidArgument(format!("{what} must be a string")).into()
 }
 
 /// JSON → a JS value (objects as plain objects).

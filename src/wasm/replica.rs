@@ -14,7 +14,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use super::client::{self, Client, SyncConfig};
-use super::convert::{to_js, to_json, to_json_items, to_json_loose, to_object, to_string};
+use super::convert::{check_string, to_js, to_json, to_json_items, to_json_loose, to_object, to_string};
 use super::error::to_js as err_to_js;
 use crate::error::{Error, OpenError};
 use crate::idb::IdbStore;
@@ -237,8 +237,7 @@ impl JsReplica {
     /// The id goes on to IndexedDB as the JS string it came as (only the slower path
     /// reads it into Rust).
     pub fn get(&self, collection: JsValue, id: JsValue) -> js_sys::Promise {
-        let id_ok = if id.is_string() { Ok(()) } else { to_string(&id, "id").map(|_| ()) };
-        match (to_string(&collection, "collection"), id_ok) {
+        match (to_string(&collection, "collection"), check_string(&id, "id")) {
             (Ok(c), Ok(())) => {
                 if let Err(e) = self.inner.query_collection(&c) {
                     return reject(e.into());
