@@ -11,6 +11,7 @@
 //! against every store (memory, SQLite, IndexedDB, PostgreSQL).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -91,6 +92,24 @@ impl Row {
     /// its peers acknowledged (`Store::own_rows_after`).
     pub fn is_own(&self, origin: &str) -> bool {
         self.from.is_none() && self.op.origin == origin
+    }
+
+    /// The row's JSON as a batch carries it, from its op's JSON text as a store keeps it:
+    /// the text serde writes for the `Row` (a server sends its stored rows as they are,
+    /// `message::BatchRows`).
+    pub fn wire_text(row: u64, op: &str, from: Option<&str>) -> String {
+        let from = from.map(|f| serde_json::to_string(f).expect("strings serialize"));
+        let mut out = String::with_capacity(24 + op.len() + from.as_ref().map_or(0, |f| f.len() + 8));
+        out.push_str("{\"row\":");
+        out.push_str(&row.to_string());
+        out.push_str(",\"op\":");
+        out.push_str(op);
+        if let Some(f) = from {
+            out.push_str(",\"from\":");
+            out.push_str(&f);
+        }
+        out.push('}');
+        out
     }
 }
 
@@ -303,6 +322,16 @@ pub trait Store {
     /// them without reading or copying anything.
     async fn with_row_keys_after<R>(&self, after: u64, limit: usize, f: impl FnOnce(&[RowKey]) -> R) -> Result<R, StoreError> {
         Ok(f(&self.row_keys_after(after, limit).await?))
+    }
+
+    /// Passes `rows_after(after, limit)`'s rows to `f` as their keys and, beside them, their
+    /// wire text (`Row::wire_text`), if the store keeps rows so: a server's, whose many
+    /// pulls send the same recent rows, each read and written as text once rather than
+    /// decoded and encoded again for every pull. `None` (the default): the store keeps no
+    /// such text, and a sender reads `rows_after_except`.
+    async fn with_wire_rows_after<R>(&self, after: u64, limit: usize, f: impl FnOnce(&[RowKey], &[Arc<str>]) -> R) -> Result<Option<R>, StoreError> {
+        let _ = (after, limit, f);
+        Ok(None)
     }
 
     /// How many rows after `after` are local writes of `origin` (logged here, not received):

@@ -42,7 +42,7 @@ use tidemark::Replica;
 use tokio::sync::{watch, OnceCell};
 
 use crate::postgres::{Database, PgStore};
-use crate::recent_rows::RecentRows;
+use crate::recent_rows::{RecentRows, WireRows};
 use crate::sqlite::SqliteStore;
 
 /// A server's copy of one library.
@@ -233,6 +233,13 @@ macro_rules! each {
     };
 }
 
+impl LibraryStore {
+    /// The backend's log rows with their wire text (`RecentRows` keeps them).
+    async fn wire_rows_after(&self, after: u64, limit: usize) -> Result<WireRows, StoreError> {
+        each!(self, s => s.wire_rows_after(after, limit).await)
+    }
+}
+
 impl Store for LibraryStore {
     type Doc = Map<String, Value>;
 
@@ -287,7 +294,11 @@ impl Store for LibraryStore {
     }
 
     async fn with_row_keys_after<R>(&self, after: u64, limit: usize, f: impl FnOnce(&[RowKey]) -> R) -> Result<R, StoreError> {
-        self.recent.with_after(after, limit, |a, n| self.row_keys_after(a, n), f).await
+        self.recent.with_after(after, limit, |a, n| self.wire_rows_after(a, n), |keys, _| f(keys)).await
+    }
+
+    async fn with_wire_rows_after<R>(&self, after: u64, limit: usize, f: impl FnOnce(&[RowKey], &[Arc<str>]) -> R) -> Result<Option<R>, StoreError> {
+        self.recent.with_after(after, limit, |a, n| self.wire_rows_after(a, n), f).await.map(Some)
     }
 
     async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {

@@ -12,13 +12,35 @@ use serde::de::{self, Deserialize, DeserializeSeed, EnumAccess, IntoDeserializer
 use serde::Serialize;
 use serde_json::Value;
 
-use super::message::{Fields, Message, SnapshotDocs};
+use super::message::{BatchRows, Fields, Message, SnapshotDocs};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// How every frame `encode` writes begins, up to its type's name.
 const FRAME_PREFIX: &str = concat!("{\"v\":", 1, ",\"type\":\"");
 const _: () = assert!(PROTOCOL_VERSION == 1, "FRAME_PREFIX spells the protocol version");
+
+/// The frame serde writes for a message of `kind` whose last field, `list`, holds items
+/// in wire form: each item's text as it is (`message::Wired`). `fields` are the numbers
+/// between the session and the list, in the message's field order.
+fn wired_frame<S: AsRef<str>>(kind: &str, session: &str, fields: &[(&str, &dyn std::fmt::Display)], list: &str, items: &[S]) -> String {
+    let session = serde_json::to_string(session).expect("strings serialize");
+    let mut out = String::with_capacity(64 + session.len() + items.iter().map(|d| d.as_ref().len() + 1).sum::<usize>());
+    out.push_str(FRAME_PREFIX);
+    out.push_str(&format!(r#"{kind}","session":{session}"#));
+    for (name, value) in fields {
+        out.push_str(&format!(r#","{name}":{value}"#));
+    }
+    out.push_str(&format!(r#","{list}":["#));
+    for (i, d) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(d.as_ref());
+    }
+    out.push_str("]}");
+    out
+}
 
 /// The envelope as it is written: borrows the message (a batch is not copied to be sent).
 #[derive(Serialize)]
@@ -30,22 +52,11 @@ struct EnvelopeRef<'a> {
 
 impl Message {
     pub fn encode(&self) -> String {
-        if let Message::Snapshot { session, after, docs: SnapshotDocs::Wire(docs) } = self {
-            // The frame serde writes for it, with each document's text as it is.
-            let session = serde_json::to_string(session).expect("strings serialize");
-            let mut out = String::with_capacity(64 + session.len() + docs.iter().map(|d| d.len() + 1).sum::<usize>());
-            out.push_str(FRAME_PREFIX);
-            out.push_str(&format!(r#"snapshot","session":{session},"after":{after},"docs":["#));
-            for (i, d) in docs.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(d);
-            }
-            out.push_str("]}");
-            return out;
+        match self {
+            Message::Snapshot { session, after, docs: SnapshotDocs::Wire(docs) } => wired_frame("snapshot", session, &[("after", after)], "docs", docs),
+            Message::Batch { session, after, covers, rows: BatchRows::Wire(rows) } => wired_frame("batch", session, &[("after", after), ("covers", covers)], "rows", rows),
+            _ => serde_json::to_string(&EnvelopeRef { v: PROTOCOL_VERSION, msg: self }).expect("messages serialize"),
         }
-        serde_json::to_string(&EnvelopeRef { v: PROTOCOL_VERSION, msg: self }).expect("messages serialize")
     }
 
     /// Decodes one frame. Refuses other protocol versions, unknown types and malformed
@@ -172,6 +183,7 @@ mod tests {
     use crate::clock::Stamp;
     use crate::merge::{Contender, DocState};
     use crate::peer::{Entry, Mark};
+    use crate::store::Row;
     use crate::sync::message::SnapshotDoc;
 
     /// The frame with its keys in another order (sorted: `v` and `type` last), as another
@@ -278,10 +290,29 @@ mod tests {
     fn a_batch_reads_in_one_pass_and_in_any_order() {
         let text = batch_text("");
         let msg = read_in_order(&text).unwrap();
-        let Message::Batch { rows, covers, .. } = &msg else { panic!("a batch: {msg:?}") };
+        let Message::Batch { rows: BatchRows::Decoded(rows), covers, .. } = &msg else { panic!("a batch: {msg:?}") };
         assert_eq!((rows.len(), *covers, rows[0].from.as_deref()), (1, 9, Some("b2")));
         assert_eq!(Message::decode(&reordered(&text)).unwrap(), msg);
         reads_back(&msg);
+    }
+
+    #[test]
+    fn a_batch_of_rows_as_stored_text_is_the_frame_of_the_decoded_rows() {
+        let Message::Batch { rows: BatchRows::Decoded(rows), .. } = Message::decode(&batch_text("")).unwrap() else { panic!("a batch") };
+        for from in [None, Some("b\"2\u{e9}")] {
+            let row = Row { from: from.map(Into::into), ..rows[0].clone() };
+            // A store keeps the op as the JSON serde writes for it.
+            let wire = Row::wire_text(row.row, &serde_json::to_string(&row.op).unwrap(), row.from.as_deref());
+            assert_eq!(wire, serde_json::to_string(&row).unwrap(), "the text serde writes for the row");
+            let shared: std::sync::Arc<str> = wire.into();
+            let sent = Message::Batch { session: "s\"1".into(), after: 2, covers: 9, rows: BatchRows::Wire(vec![shared.clone(), shared].into()) };
+            let decoded = Message::Batch { session: "s\"1".into(), after: 2, covers: 9, rows: vec![row.clone(), row].into() };
+            assert_eq!(sent.encode(), decoded.encode());
+            assert_eq!(serde_json::to_string(&sent).unwrap(), serde_json::to_string(&decoded).unwrap());
+            assert_eq!(Message::decode(&sent.encode()).unwrap(), decoded);
+        }
+        let bad: std::sync::Arc<str> = r#"{"row":1}"#.into();
+        assert!(BatchRows::Wire(vec![bad].into()).into_decoded().is_err(), "a wire row that is not a row is refused");
     }
 
     #[test]

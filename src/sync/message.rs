@@ -6,6 +6,7 @@
 //! chunks each answered by `ack`, and closes with `end`/`done`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -50,24 +51,44 @@ pub struct SnapshotDoc {
     pub conflicts: BTreeMap<String, Vec<Contender>>,
 }
 
-/// A snapshot chunk's documents: decoded, or already as their wire text. A server keeps
-/// documents as JSON text and sends the same ones to every client that joins; decoding
-/// each into a `SnapshotDoc` only to encode it again cost more than reading it, so such a
-/// store's documents go out as text (`SnapshotDoc::wire_from_stored`), written into the
-/// frame as they are (`Message::encode`). What is read off the wire is always `Decoded`.
+/// A message's list of items — a snapshot chunk's documents, a batch's rows — decoded, or
+/// already as their wire text. A server keeps documents and log rows as JSON text and
+/// sends the same ones to many clients; decoding each only to encode it again cost more
+/// than reading it, so such a store's items go out as text, written into the frame as they
+/// are (`Message::encode`). What is read off the wire is always `Decoded`.
 #[derive(Clone, Debug)]
-pub enum SnapshotDocs {
-    Decoded(Vec<SnapshotDoc>),
-    /// Each a `SnapshotDoc`'s JSON text; shared, as the same page goes to many clients
-    /// (`doc_pages`).
-    Wire(std::sync::Arc<[String]>),
+pub enum Wired<T, S> {
+    Decoded(Vec<T>),
+    /// Each an item's JSON text; shared, as the same texts go to many clients.
+    Wire(Arc<[S]>),
 }
 
-impl SnapshotDocs {
+/// A snapshot chunk's documents (`SnapshotDoc::wire_from_stored` makes their text; a
+/// server shares whole pages of it, `doc_pages`).
+pub type SnapshotDocs = Wired<SnapshotDoc, String>;
+
+/// A batch's rows (a server keeps recent rows' text, `Row::wire_text`, each shared by
+/// every batch that carries it).
+pub type BatchRows = Wired<Row, Arc<str>>;
+
+/// An item a message carries as a list, and what a protocol error calls it.
+pub trait WireItem: serde::de::DeserializeOwned + Serialize + PartialEq {
+    const WHAT: &'static str;
+}
+
+impl WireItem for SnapshotDoc {
+    const WHAT: &'static str = "snapshot document";
+}
+
+impl WireItem for Row {
+    const WHAT: &'static str = "row";
+}
+
+impl<T: WireItem, S: AsRef<str>> Wired<T, S> {
     pub fn len(&self) -> usize {
         match self {
-            SnapshotDocs::Decoded(d) => d.len(),
-            SnapshotDocs::Wire(w) => w.len(),
+            Wired::Decoded(d) => d.len(),
+            Wired::Wire(w) => w.len(),
         }
     }
 
@@ -75,52 +96,52 @@ impl SnapshotDocs {
         self.len() == 0
     }
 
-    /// The documents, decoding any in wire form (a chunk handed over in process, never
-    /// through a frame). A wire document that does not decode is a protocol error.
-    pub fn into_decoded(self) -> Result<Vec<SnapshotDoc>, String> {
+    /// The items, decoding any in wire form (a message handed over in process, never
+    /// through a frame). A wire item that does not decode is a protocol error.
+    pub fn into_decoded(self) -> Result<Vec<T>, String> {
         match self {
-            SnapshotDocs::Decoded(d) => Ok(d),
-            SnapshotDocs::Wire(w) => decode_wire(&w),
+            Wired::Decoded(d) => Ok(d),
+            Wired::Wire(w) => decode_wire(&w),
         }
     }
 }
 
-/// Wire documents decoded, read in place.
-fn decode_wire(docs: &[String]) -> Result<Vec<SnapshotDoc>, String> {
-    docs.iter().map(|d| serde_json::from_str(d).map_err(|e| format!("invalid snapshot document: {e}"))).collect()
+/// Wire items decoded, read in place.
+fn decode_wire<T: WireItem, S: AsRef<str>>(items: &[S]) -> Result<Vec<T>, String> {
+    items.iter().map(|d| serde_json::from_str(d.as_ref()).map_err(|e| format!("invalid {}: {e}", T::WHAT))).collect()
 }
 
-impl From<Vec<SnapshotDoc>> for SnapshotDocs {
-    fn from(docs: Vec<SnapshotDoc>) -> Self {
-        SnapshotDocs::Decoded(docs)
+impl<T, S> From<Vec<T>> for Wired<T, S> {
+    fn from(items: Vec<T>) -> Self {
+        Wired::Decoded(items)
     }
 }
 
-/// Equal when they hold the same documents, whatever their form.
-impl PartialEq for SnapshotDocs {
+/// Equal when they hold the same items, whatever their form.
+impl<T: WireItem, S: AsRef<str>> PartialEq for Wired<T, S> {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (SnapshotDocs::Decoded(a), SnapshotDocs::Decoded(b)) => a == b,
-            (SnapshotDocs::Decoded(a), SnapshotDocs::Wire(b)) | (SnapshotDocs::Wire(b), SnapshotDocs::Decoded(a)) => decode_wire(b).ok().as_ref() == Some(a),
-            (SnapshotDocs::Wire(a), SnapshotDocs::Wire(b)) => decode_wire(a).ok() == decode_wire(b).ok(),
+            (Wired::Decoded(a), Wired::Decoded(b)) => a == b,
+            (Wired::Decoded(a), Wired::Wire(b)) | (Wired::Wire(b), Wired::Decoded(a)) => decode_wire::<T, S>(b).ok().as_ref() == Some(a),
+            (Wired::Wire(a), Wired::Wire(b)) => decode_wire::<T, S>(a).ok() == decode_wire::<T, S>(b).ok(),
         }
     }
 }
 
-/// Wire documents serialize decoded here (serde has no way to write text as it is);
+/// Wire items serialize decoded here (serde has no way to write text as it is);
 /// `Message::encode` writes them into the frame without this.
-impl Serialize for SnapshotDocs {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl<T: WireItem, S: AsRef<str>> Serialize for Wired<T, S> {
+    fn serialize<Z: serde::Serializer>(&self, s: Z) -> Result<Z::Ok, Z::Error> {
         match self {
-            SnapshotDocs::Decoded(d) => d.serialize(s),
-            SnapshotDocs::Wire(w) => decode_wire(w).map_err(serde::ser::Error::custom)?.serialize(s),
+            Wired::Decoded(d) => d.serialize(s),
+            Wired::Wire(w) => decode_wire::<T, S>(w).map_err(serde::ser::Error::custom)?.serialize(s),
         }
     }
 }
 
-impl<'de> Deserialize<'de> for SnapshotDocs {
+impl<'de, T: WireItem, S> Deserialize<'de> for Wired<T, S> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Vec::<SnapshotDoc>::deserialize(d).map(SnapshotDocs::Decoded)
+        Vec::<T>::deserialize(d).map(Wired::Decoded)
     }
 }
 
@@ -304,7 +325,7 @@ messages! {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         resolutions: Vec<Row>,
     },
-    Batch { session: String, after: Point, covers: Point, rows: Vec<Row> },
+    Batch { session: String, after: Point, covers: Point, rows: BatchRows },
     /// `after`: how many snapshot documents the sender sent in this pass before this chunk,
     /// which the receiver checks against what it has taken: a duplicated chunk, or one
     /// that overtook a lost one, ends the pass instead of counting as the next.

@@ -174,6 +174,7 @@ impl<T: Store> Receiver<T> {
                 Ok(Step::send(vec![]))
             }
             (State::Receiving { snapshot: false, shared, point, expected, total }, Message::Batch { session, after, covers, rows }) if session == self.session => {
+                let rows = rows.into_decoded().map_err(SyncError::Protocol)?;
                 if after != expected || covers <= after || !rows_within(&rows, after, covers) {
                     return Err(SyncError::Protocol(format!("batch ({after}, {covers}] does not follow {expected}")).into());
                 }

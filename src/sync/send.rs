@@ -11,9 +11,10 @@
 //! nothing is never capped.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use super::apply;
-use super::message::{Message, SnapshotDoc, SnapshotDocs, TableEntry};
+use super::message::{BatchRows, Message, SnapshotDoc, SnapshotDocs, TableEntry};
 use super::pass::{chunk_ack, is_idle, unexpected, wants_snapshot, Limits, PassReport, Phase, Progress, Step};
 use crate::clock::Stamp;
 use crate::error::{Error, StoreError, SyncError};
@@ -334,35 +335,13 @@ impl Sender {
     async fn next_batch<S: Store>(&mut self, replica: &Replica<S>, mut diffs: Diffs) -> Result<Step<PassReport>, Error> {
         let per_diff = self.limits.per_diff;
         let room = if diffs.filled < self.limits.max_diffs { per_diff } else { 0 };
-        let mut rows: Vec<Row> = Vec::new();
-        let mut covers = diffs.cursor;
-        let mut blocked = false;
-        let mut scanned = 0usize;
-        // Rows the receiver sent us are never sent back while it echoes: the store may
-        // pass over runs of them without reading them (`Store::rows_after_except`).
-        let echo = diffs.filter.echoes.then_some(diffs.filter.peer.as_str());
-        'fill: while rows.len() < room.max(1) && scanned < per_diff.saturating_mul(SCAN_FACTOR) {
-            let (chunk, last) = replica.store().rows_after_except(covers.max(0) as u64, per_diff, echo).await?;
-            let Some(last) = last else { break };
-            for r in chunk {
-                if diffs.filter.sends(&r) {
-                    if rows.len() == room {
-                        blocked = true;
-                        break 'fill;
-                    }
-                    covers = r.row as Point;
-                    rows.push(r);
-                    if rows.len() == per_diff {
-                        break 'fill;
-                    }
-                } else {
-                    covers = r.row as Point;
-                }
-                scanned += 1;
+        let (rows, covers, blocked) = match fill_wire(replica, &diffs.filter, Filling::new(diffs.cursor, room, per_diff)).await? {
+            Some(f) => (BatchRows::Wire(f.rows.into()), f.covers, f.blocked),
+            None => {
+                let f = fill_decoded(replica, &diffs.filter, Filling::new(diffs.cursor, room, per_diff)).await?;
+                (BatchRows::Decoded(f.rows), f.covers, f.blocked)
             }
-            // Every row up to `last` was passed: the ones left out came from the receiver.
-            covers = covers.max(last as Point);
-        }
+        };
         if covers == diffs.cursor {
             return Ok(self.end(diffs, !blocked));
         }
@@ -391,6 +370,89 @@ impl Sender {
             incoming: complete.then_some(diffs.table),
         }])
     }
+}
+
+/// A batch being filled (`Sender::next_batch`): up to `per_diff` rows to send (none when
+/// `room` is 0: `max_diffs` batches carried rows), in whichever form the store gives them,
+/// covering every row the receiver holds on the way, so its point moves past them.
+struct Filling<T> {
+    rows: Vec<T>,
+    covers: Point,
+    room: usize,
+    per_diff: usize,
+    /// The next row to send did not fit (the pass ends capped).
+    blocked: bool,
+    scanned: usize,
+}
+
+impl<T> Filling<T> {
+    fn new(cursor: Point, room: usize, per_diff: usize) -> Self {
+        Filling { rows: Vec::new(), covers: cursor, room, per_diff, blocked: false, scanned: 0 }
+    }
+
+    /// Whether to read more rows: the batch has room, and not too many were passed over.
+    fn more(&self) -> bool {
+        self.rows.len() < self.room.max(1) && self.scanned < self.per_diff.saturating_mul(SCAN_FACTOR)
+    }
+
+    /// Takes rows in order, each with its number and whether the filter sends it. False
+    /// once the batch is full or the next row to send does not fit: the rows after it are
+    /// not covered.
+    fn take(&mut self, rows: impl Iterator<Item = (u64, bool, T)>) -> bool {
+        for (row, sends, r) in rows {
+            if sends {
+                if self.rows.len() == self.room {
+                    self.blocked = true;
+                    return false;
+                }
+                self.covers = row as Point;
+                self.rows.push(r);
+                if self.rows.len() == self.per_diff {
+                    return false;
+                }
+            } else {
+                self.covers = row as Point;
+            }
+            self.scanned += 1;
+        }
+        true
+    }
+}
+
+/// Fills a batch with rows as their wire text, if the store keeps them so
+/// (`Store::with_wire_rows_after`); `None` if it does not.
+async fn fill_wire<S: Store>(replica: &Replica<S>, filter: &Filter, mut fill: Filling<Arc<str>>) -> Result<Option<Filling<Arc<str>>>, Error> {
+    while fill.more() {
+        let at = fill.covers.max(0) as u64;
+        let taken = replica
+            .store()
+            .with_wire_rows_after(at, fill.per_diff, |keys, texts| {
+                let go_on = fill.take(keys.iter().zip(texts).map(|(k, t)| (k.row, filter.sends_key(k), t.clone())));
+                (go_on, keys.last().map(|k| k.row))
+            })
+            .await?;
+        let Some((go_on, last)) = taken else { return Ok(None) };
+        let Some(last) = last.filter(|_| go_on) else { break };
+        fill.covers = fill.covers.max(last as Point);
+    }
+    Ok(Some(fill))
+}
+
+/// Fills a batch with decoded rows. Rows the receiver sent us are never sent back while it
+/// echoes: the store may pass over runs of them without reading them
+/// (`Store::rows_after_except`).
+async fn fill_decoded<S: Store>(replica: &Replica<S>, filter: &Filter, mut fill: Filling<Row>) -> Result<Filling<Row>, Error> {
+    let echo = filter.echoes.then_some(filter.peer.as_str());
+    while fill.more() {
+        let (chunk, last) = replica.store().rows_after_except(fill.covers.max(0) as u64, fill.per_diff, echo).await?;
+        let Some(last) = last else { break };
+        if !fill.take(chunk.into_iter().map(|r| (r.row, filter.sends(&r), r))) {
+            break;
+        }
+        // Every row up to `last` was passed: the ones left out came from the receiver.
+        fill.covers = fill.covers.max(last as Point);
+    }
+    Ok(fill)
 }
 
 /// The table a pass to `peer` forwards, from the records taken before it began: the

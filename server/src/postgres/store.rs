@@ -52,6 +52,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::IsolationLevel;
 
 use super::database::{Database, Shared};
+use crate::recent_rows::{wire_row, WireRows};
 use super::{generation, Allocation, Error, Stream};
 
 /// A library's storage on PostgreSQL, as one instance sees it.
@@ -719,6 +720,13 @@ impl PgStore {
     async fn log_rows(&self, sql: &'static str, after: u64, n: i64) -> Result<Vec<Row>, StoreError> {
         let rows = self.log_texts(sql, after, n).await?;
         rows.into_iter().map(|(row, op, from)| Ok(Row { row: row as u64, op: decode("log row", &op)?, from })).collect()
+    }
+
+    /// The log rows after `after` (at most `limit`) with their wire text, for a library's
+    /// recent rows (`RecentRows`): each op's text is read once and passed on as it is.
+    pub async fn wire_rows_after(&self, after: u64, limit_rows: usize) -> Result<WireRows, StoreError> {
+        let rows = self.log_texts(ROWS_AFTER, after, limit(limit_rows)).await?;
+        rows.into_iter().map(|(row, op, from)| wire_row(row as u64, &op, from)).collect()
     }
 
     /// The log rows `sql` selects, their ops as stored text.

@@ -48,6 +48,7 @@ mod readers;
 mod writer;
 
 use readers::Readers;
+use crate::recent_rows::{wire_row, WireRows};
 use writer::{CommitJob, Job, Writer};
 
 /// The layout version this code writes, kept in `PRAGMA user_version`.
@@ -117,6 +118,14 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
 }
 
 impl SqliteStore {
+    /// The log rows after `after` (at most `limit`) with their wire text, for a library's
+    /// recent rows (`RecentRows`): each op's text is read once and passed on as it is.
+    pub async fn wire_rows_after(&self, after: u64, limit: usize) -> Result<WireRows, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| log_texts(conn, ROWS_AFTER, params![after, limit], wire_row).map(WireRows::from_iter)).await
+    }
+
     /// Opens (creating if needed) the database at `path` and makes sure its tables exist.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
