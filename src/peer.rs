@@ -38,6 +38,15 @@ pub struct Entry {
     pub transitive: bool,
 }
 
+/// One row of a sender's `incoming` table, forwarded after a complete pass (`end`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableEntry {
+    pub db_id: String,
+    pub row: Point,
+    pub session: String,
+}
+
 /// One replica's record of one peer (keyed by the peer's db id).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

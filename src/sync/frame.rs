@@ -12,7 +12,7 @@ use serde::de::{self, Deserialize, DeserializeSeed, EnumAccess, IntoDeserializer
 use serde::Serialize;
 use serde_json::Value;
 
-use super::message::{BatchRows, Fields, Message, SnapshotDocs};
+use super::message::{BatchRows, Fields, Message, SnapshotDocs, Table};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -55,6 +55,7 @@ impl Message {
         match self {
             Message::Snapshot { session, after, docs: SnapshotDocs::Wire(docs) } => wired_frame("snapshot", session, &[("after", after)], "docs", docs),
             Message::Batch { session, after, covers, rows: BatchRows::Wire(rows) } => wired_frame("batch", session, &[("after", after), ("covers", covers)], "rows", rows),
+            Message::End { session, complete, max_row, incoming: Some(Table::Wire(table)) } => wired_frame("end", session, &[("complete", complete), ("maxRow", max_row)], "incoming", table),
             _ => serde_json::to_string(&EnvelopeRef { v: PROTOCOL_VERSION, msg: self }).expect("messages serialize"),
         }
     }
@@ -184,6 +185,7 @@ mod tests {
     use crate::merge::{Contender, DocState};
     use crate::peer::{Entry, Mark};
     use crate::store::Row;
+    use crate::sync::message::TableEntry;
     use crate::sync::message::SnapshotDoc;
 
     /// The frame with its keys in another order (sorted: `v` and `type` last), as another
@@ -244,7 +246,7 @@ mod tests {
             },
             Message::Begin { session: "s".into(), start: 2, snapshot: false, total: 7, resolutions: vec![] },
             Message::Ack { session: "s".into(), point: 7 },
-            Message::End { session: "s".into(), complete: true, max_row: 8, incoming: Some(vec![]) },
+            Message::End { session: "s".into(), complete: true, max_row: 8, incoming: Some(vec![].into()) },
             Message::End { session: "s".into(), complete: false, max_row: 8, incoming: None },
             Message::Done { session: "s".into() },
             Message::Error { code: "SYNC_PROTOCOL".into(), message: "no \"such\" thing".into() },
@@ -294,6 +296,20 @@ mod tests {
         assert_eq!((rows.len(), *covers, rows[0].from.as_deref()), (1, 9, Some("b2")));
         assert_eq!(Message::decode(&reordered(&text)).unwrap(), msg);
         reads_back(&msg);
+    }
+
+    #[test]
+    fn an_end_with_its_table_as_text_is_the_frame_of_the_decoded_table() {
+        let entries = vec![TableEntry { db_id: "a\"1".into(), row: 7, session: "s\u{e9}".into() }, TableEntry { db_id: "b".into(), row: -1, session: "t".into() }];
+        let texts: Vec<std::sync::Arc<str>> = entries.iter().map(|e| serde_json::to_string(e).unwrap().into()).collect();
+        for complete in [true, false] {
+            let sent = Message::End { session: "s\"1".into(), complete, max_row: 9, incoming: Some(Table::Wire(texts.clone().into())) };
+            let decoded = Message::End { session: "s\"1".into(), complete, max_row: 9, incoming: Some(entries.clone().into()) };
+            assert_eq!(sent.encode(), decoded.encode());
+            assert_eq!(Message::decode(&sent.encode()).unwrap(), decoded);
+        }
+        let bad: std::sync::Arc<str> = r#"{"dbId":"a"}"#.into();
+        assert!(Table::Wire(vec![bad].into()).into_decoded().is_err(), "a wire entry that is not an entry is refused");
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub type SnapshotDocs = Wired<SnapshotDoc, String>;
 /// every batch that carries it).
 pub type BatchRows = Wired<Row, Arc<str>>;
 
+/// The `incoming` table an `end` forwards (a server keeps each peer's entry as text,
+/// `PeerRecords::ranked`, and forwards the same entries in every pass).
+pub type Table = Wired<TableEntry, Arc<str>>;
+
 /// An item a message carries as a list, and what a protocol error calls it.
 pub trait WireItem: serde::de::DeserializeOwned + Serialize + PartialEq {
     const WHAT: &'static str;
@@ -82,6 +86,10 @@ impl WireItem for SnapshotDoc {
 
 impl WireItem for Row {
     const WHAT: &'static str = "row";
+}
+
+impl WireItem for TableEntry {
+    const WHAT: &'static str = "table entry";
 }
 
 impl<T: WireItem, S: AsRef<str>> Wired<T, S> {
@@ -241,14 +249,7 @@ impl SnapshotDoc {
     }
 }
 
-/// One row of a sender's `incoming` table, forwarded after a complete pass.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TableEntry {
-    pub db_id: String,
-    pub row: Point,
-    pub session: String,
-}
+pub use crate::peer::TableEntry;
 
 /// Declares the protocol's messages once, as the two enums that carry them: `Message`,
 /// written as an internally tagged object (`{"type":"ack",…}`, `frame` puts it in its
@@ -343,7 +344,7 @@ messages! {
     Ack { session: String, point: Point },
     /// `max_row`: for a snapshot, the sender's max row it represents. `incoming`: the
     /// sender's table taken before the pass, present only when the pass is complete.
-    End { session: String, complete: bool, max_row: u64, #[serde(default)] incoming: Option<Vec<TableEntry>> },
+    End { session: String, complete: bool, max_row: u64, #[serde(default)] incoming: Option<Table> },
     Done { session: String },
     Error { code: String, message: String },
     /// Either side, at any time: are you there? Answered at once with `pong`. Browsers

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::apply;
-use super::message::Message;
+use super::message::{Message, Table};
 use super::pass::{chunk_ack, is_idle, unexpected, PassReport, Step};
 use super::reset::Reset;
 use crate::clock::Stamp;
@@ -227,7 +227,7 @@ impl<T: Store> Receiver<T> {
                 }
                 let end = if snapshot { max_row as Point } else { expected };
                 // A bound peer cannot vouch for other replicas: its table is not taken.
-                let table = if complete && !self.bound { incoming.unwrap_or_default() } else { Vec::new() };
+                let table = if complete && !self.bound { incoming.map(Table::into_decoded).transpose().map_err(SyncError::Protocol)?.unwrap_or_default() } else { Vec::new() };
                 if table.len() > crate::limits::MAX_TABLE_ENTRIES {
                     return Err(SyncError::Protocol(format!("a forwarded table of {} entries; at most {}", table.len(), crate::limits::MAX_TABLE_ENTRIES)).into());
                 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::apply;
-use super::message::{BatchRows, Message, SnapshotDoc, SnapshotDocs, TableEntry};
+use super::message::{BatchRows, Message, SnapshotDoc, SnapshotDocs, Table};
 use super::pass::{chunk_ack, is_idle, unexpected, wants_snapshot, Limits, PassReport, Phase, Progress, Step};
 use crate::clock::Stamp;
 use crate::error::{Error, StoreError, SyncError};
@@ -41,11 +41,11 @@ enum State {
     /// Preflight sent; waiting for the receiver's point. What the pass needs of the peer
     /// records taken before it began — the peer's own and the table to forward — not all
     /// of them: a server holds one per client, and every pass would hold them all.
-    Preflight { known: Option<PeerRecord>, table: Vec<TableEntry>, head: Head },
+    Preflight { known: Option<PeerRecord>, table: Table, head: Head },
     /// Sending rows after `cursor`; `pending` is the batch waiting for its ack.
     Diffs { diffs: Diffs, pending: Option<Sent> },
     /// Sending a snapshot from `at`; a chunk waits for its ack.
-    Snapshot { at: Cursor, end: Point, total: u64, table: Vec<TableEntry>, pending: u64 },
+    Snapshot { at: Cursor, end: Point, total: u64, table: Table, pending: u64 },
     /// `end` sent; waiting for `done`.
     Ending { outcome: Outcome },
     Done,
@@ -111,7 +111,7 @@ struct Diffs {
     filter: Filter,
     /// Batches that carried rows: only those count against `maxDiffs`.
     filled: usize,
-    table: Vec<TableEntry>,
+    table: Table,
     max_row: u64,
     matched: bool,
     point: Point,
@@ -212,7 +212,7 @@ impl Sender {
     }
 
     /// Chooses where to start and how (snapshot or diffs), and sends the first chunk.
-    async fn begin<S: Store>(&mut self, replica: &Replica<S>, known: Option<PeerRecord>, table: Vec<TableEntry>, head: Head, answer: Answer) -> Result<Step<PassReport>, Error> {
+    async fn begin<S: Store>(&mut self, replica: &Replica<S>, known: Option<PeerRecord>, table: Table, head: Head, answer: Answer) -> Result<Step<PassReport>, Error> {
         let Answer { point, matched, candidates, sent_sessions, their_max, their_version, marks, own_only } = answer;
         let me = head.db_id.clone();
         let mine = known.clone().unwrap_or_else(PeerRecord::new);
@@ -260,7 +260,7 @@ impl Sender {
         }
         self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
         // A receiver that takes only our own ops gets no table.
-        let table = if own_only { Vec::new() } else { table };
+        let table = if own_only { Table::Decoded(Vec::new()) } else { table };
         let total = if snapshot { replica.store().doc_count().await? } else { gap };
         // Resolutions go first, uncapped: no receiver shows a conflict already settled
         // (DESIGN §11). A snapshot carries them in its document states.
@@ -291,7 +291,7 @@ impl Sender {
 
     /// Sends the next chunk of a snapshot — stored documents, then log rows of
     /// collections this replica does not store (rebuilt into document states) — or ends it.
-    async fn snapshot_chunk<S: Store>(&mut self, replica: &Replica<S>, at: Cursor, end: Point, total: u64, table: Vec<TableEntry>) -> Result<Step<PassReport>, Error> {
+    async fn snapshot_chunk<S: Store>(&mut self, replica: &Replica<S>, at: Cursor, end: Point, total: u64, table: Table) -> Result<Step<PassReport>, Error> {
         let (docs, next): (SnapshotDocs, Cursor) = match at {
             Cursor::Docs(after) => match stored_page(replica, after.as_ref(), self.limits.per_diff, end.max(0) as u64).await? {
                 Some((docs, last)) => (docs, Cursor::Docs(Some(last))),
@@ -466,17 +466,15 @@ async fn fill_decoded<S: Store>(replica: &Replica<S>, filter: &Filter, mut fill:
 /// recently (like the marks), newest first: a shorter table only fast-forwards less. A
 /// server starts a pass for every pull of each of its clients over a table of all of them,
 /// so the entries come from the records' newest-first order (`PeerRecords`), which it keeps
-/// as records change, and only the kept ones are copied.
-fn forwarded(peers: &PeerRecords, peer: &str, me: &str) -> Vec<TableEntry> {
-    peers
+/// as records change, each entry already as its text: a pass shares them, copying none.
+fn forwarded(peers: &PeerRecords, peer: &str, me: &str) -> Table {
+    let entries: Vec<Arc<str>> = peers
         .ranked()
         .filter(|(id, _, _)| *id != peer && *id != me)
-        .filter_map(|(id, _, r)| {
-            let e = r.last_in.as_ref()?;
-            Some(TableEntry { db_id: id.clone(), row: e.row, session: e.session.clone() })
-        })
+        .filter_map(|(_, _, r)| r.forward.clone())
         .take(crate::limits::MAX_FORWARDED)
-        .collect()
+        .collect();
+    Table::Wire(entries.into())
 }
 
 /// The receiver's preflight answer, as `begin` uses it.
@@ -610,7 +608,7 @@ mod tests {
         let mut peers: BTreeMap<String, PeerRecord> = (0..n as u64).map(|i| (format!("o{i:04}"), record(1_000 + i, i as Point))).collect();
         peers.insert("receiver".into(), record(9_999, 1));
         peers.insert("me".into(), record(9_999, 1));
-        let table = forwarded(&PeerRecords::new(peers.clone()), "receiver", "me");
+        let table = forwarded(&PeerRecords::new(peers.clone()), "receiver", "me").into_decoded().unwrap();
         assert_eq!(table.len(), crate::limits::MAX_FORWARDED);
         let kept: std::collections::BTreeSet<_> = table.iter().map(|e| e.db_id.as_str()).collect();
         // The 50 oldest origins are left out; every newer one is there, with its entry.
@@ -627,7 +625,7 @@ mod tests {
         // Stamps repeat (every 7th origin shares one), so ties decide part of the cut.
         let n = crate::limits::MAX_FORWARDED * 2 + 3;
         let peers: BTreeMap<String, PeerRecord> = (0..n as u64).map(|i| (format!("o{i:04}"), record(1_000 + (i * 37) % 7, i as Point))).collect();
-        let table = forwarded(&PeerRecords::new(peers.clone()), "receiver", "me");
+        let table = forwarded(&PeerRecords::new(peers.clone()), "receiver", "me").into_decoded().unwrap();
         // What a stable sort of every entry by newest stamp, newest first, keeps.
         let mut all: Vec<(&String, &PeerRecord)> = peers.iter().collect();
         all.sort_by(|a, b| b.1.newest.cmp(&a.1.newest));
