@@ -317,7 +317,8 @@ fn read_peers(conn: &Connection) -> Result<BTreeMap<String, PeerRecord>, StoreEr
 }
 
 pub(crate) fn read_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
-    let text: Option<String> = conn.query_row("SELECT state FROM head WHERE id = 0", [], |r| r.get(0)).optional().map_err(backend)?;
+    let mut stmt = conn.prepare_cached("SELECT state FROM head WHERE id = 0").map_err(backend)?;
+    let text: Option<String> = stmt.query_row([], |r| r.get(0)).optional().map_err(backend)?;
     text.map(|t| decode("head", &t)).transpose()
 }
 
@@ -342,7 +343,7 @@ fn load_collection(conn: &Connection, collection: &str) -> Result<Vec<StoredDoc>
 /// Writes what a commit returned, inside the writer's open transaction.
 pub(crate) fn write_commit(tx: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if let Some(h) = &commit.head {
-        tx.execute("INSERT OR REPLACE INTO head (id, state) VALUES (0, ?1)", params![encode(h)?]).map_err(backend)?;
+        tx.prepare_cached("INSERT OR REPLACE INTO head (id, state) VALUES (0, ?1)").map_err(backend)?.execute(params![encode(h)?]).map_err(backend)?;
     }
     let mut put_doc = tx.prepare_cached("INSERT OR REPLACE INTO docs (collection, id, state) VALUES (?1, ?2, ?3)").map_err(backend)?;
     for (c, d) in &commit.docs {
