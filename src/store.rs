@@ -98,18 +98,10 @@ impl Row {
     /// the text serde writes for the `Row` (a server sends its stored rows as they are,
     /// `message::BatchRows`).
     pub fn wire_text(row: u64, op: &str, from: Option<&str>) -> String {
-        let from = from.map(|f| serde_json::to_string(f).expect("strings serialize"));
-        let mut out = String::with_capacity(24 + op.len() + from.as_ref().map_or(0, |f| f.len() + 8));
-        out.push_str("{\"row\":");
-        out.push_str(&row.to_string());
-        out.push_str(",\"op\":");
-        out.push_str(op);
-        if let Some(f) = from {
-            out.push_str(",\"from\":");
-            out.push_str(&f);
+        match from {
+            Some(from) => format!(r#"{{"row":{row},"op":{op},"from":{}}}"#, serde_json::to_string(from).expect("strings serialize")),
+            None => format!(r#"{{"row":{row},"op":{op}}}"#),
         }
-        out.push('}');
-        out
     }
 }
 
@@ -128,6 +120,15 @@ pub struct RowKey {
     pub row: u64,
     pub op: OpKey,
     pub from: Option<String>,
+}
+
+impl RowKey {
+    /// A logged row's key from its op's JSON text as a store keeps it, reading only the
+    /// fields the key holds.
+    pub fn from_stored(row: u64, op: &str, from: Option<String>) -> Result<RowKey, StoreError> {
+        let op = serde_json::from_str(op).map_err(|e| StoreError::Corrupt(format!("log row: {e}")))?;
+        Ok(RowKey { row, op, from })
+    }
 }
 
 impl From<Row> for RowKey {

@@ -41,9 +41,8 @@ pub struct WireRows {
 /// A row for the run from its op's text as the store keeps it (the JSON serde writes for
 /// the op): its key read from that text, and the text a batch carries (`Row::wire_text`).
 pub fn wire_row(row: u64, op: &str, from: Option<String>) -> Result<(RowKey, Arc<str>), StoreError> {
-    let key = serde_json::from_str(op).map_err(|e| StoreError::Corrupt(format!("log row: {e}")))?;
     let text = Row::wire_text(row, op, from.as_deref()).into();
-    Ok((RowKey { row, op: key, from }, text))
+    Ok((RowKey::from_stored(row, op, from)?, text))
 }
 
 impl FromIterator<(RowKey, Arc<str>)> for WireRows {

@@ -839,7 +839,7 @@ impl Store for PgStore {
 
     async fn row_keys_after(&self, after: u64, limit_rows: usize) -> Result<Vec<RowKey>, StoreError> {
         let rows = self.log_texts(ROWS_AFTER, after, limit(limit_rows)).await?;
-        rows.into_iter().map(|(row, op, from)| Ok(RowKey { row: row as u64, op: decode("log row", &op)?, from })).collect()
+        rows.into_iter().map(|(row, op, from)| RowKey::from_stored(row as u64, &op, from)).collect()
     }
 
     /// The resolution log, up to the persisted-up-to position like every read of the log.

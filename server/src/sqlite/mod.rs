@@ -447,7 +447,7 @@ impl Store for SqliteStore {
     async fn row_keys_after(&self, after: u64, limit: usize) -> Result<Vec<RowKey>, StoreError> {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(move |conn| log_texts(conn, ROWS_AFTER, params![after, limit], |row, op, from| Ok(RowKey { row, op: decode("log row", op)?, from }))).await
+        self.read(move |conn| log_texts(conn, ROWS_AFTER, params![after, limit], RowKey::from_stored)).await
     }
 
     async fn resolutions_after(&self, after: u64) -> Result<Vec<Row>, StoreError> {
