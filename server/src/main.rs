@@ -90,6 +90,8 @@ struct Serve {
     #[arg(long, default_value_t = 120)]
     idle_timeout: u64,
     /// Another server to replicate every library with (ws://HOST:PORT/v1/sync); repeatable.
+    /// Needs --secret (or --peer-secret): a server forwards other replicas' ops only to
+    /// servers that share the secret, and takes them only from those.
     #[arg(long = "peer", value_name = "URL")]
     peers: Vec<String>,
     /// Milliseconds between rounds with each peer once caught up.
@@ -175,6 +177,13 @@ fn serve(args: Serve) -> ExitCode {
         }
     }
     let peer_secret = args.peer_secret.clone().or_else(|| args.secret.clone()).map(String::into_bytes);
+    // Origins are bound to identity (DESIGN §5): a connection without a peer token pushes
+    // only ops it wrote itself, so a link without one would bring nothing of this
+    // server's rows to the peer.
+    if !peer_urls.is_empty() && peer_secret.is_none() {
+        eprintln!("--peer needs --secret (or --peer-secret): servers forward other replicas' ops only to servers that share the secret");
+        return ExitCode::from(2);
+    }
     let postgres = match (&args.postgres, &args.instance) {
         (Some(url), Some(instance)) => {
             if !tidemark_server::library::valid_name(instance) {

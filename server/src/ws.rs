@@ -177,10 +177,11 @@ async fn run(app: &App, t: &mut WsTransport, remote: IpAddr) -> Outcome {
         return Outcome::Quiet;
     }
     tracing::info!(library, client = db_id, user = user.as_deref().unwrap_or("-"), "sync connection");
-    // Origins are bound to identity: with a secret, only a peer server's token (minted
-    // with the secret for `peers::PEER_USER`) may forward other replicas' ops; without a
-    // secret the server is open and cannot tell servers from clients.
-    let bound = s.secret.is_some() && !peer_server;
+    // Origins are bound to identity (DESIGN §5): only a peer server's token (minted with
+    // the secret for `peers::PEER_USER`) may forward other replicas' ops. Every other
+    // connection — any connection to a server without a secret — pushes only ops whose
+    // origin is the db id it said hello with.
+    let bound = !peer_server;
     match drive::serve_as(lib.as_ref(), t, &db_id, s.limits, bound, signals(lib.store().subscribe(), expires)).await {
         Ok(()) => Outcome::Quiet,
         Err(Error::Sync(e)) => transport_failure(t, e),

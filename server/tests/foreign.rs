@@ -150,7 +150,12 @@ fn id_text(v: &Value) -> String {
 }
 
 fn foreign_status(server: &Server) -> Vec<Value> {
-    let (code, body) = support::http_get(server.addr, "/v1/foreign", None);
+    foreign_status_as(server, None)
+}
+
+/// `foreign_status` of a server with a secret, with a `*` token.
+fn foreign_status_as(server: &Server, bearer: Option<&str>) -> Vec<Value> {
+    let (code, body) = support::http_get(server.addr, "/v1/foreign", bearer);
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     v["stores"].as_array().unwrap().clone()
@@ -158,8 +163,13 @@ fn foreign_status(server: &Server) -> Vec<Value> {
 
 /// Waits until every gateway has run `n` more complete rounds without an error.
 fn quiet_rounds(server: &Server, n: u64) {
-    let start: Vec<u64> = foreign_status(server).iter().map(|s| s["rounds"].as_u64().unwrap()).collect();
-    wait("gateway rounds", || foreign_status(server).iter().zip(&start).all(|(s, r0)| s["rounds"].as_u64().unwrap() >= r0 + n && s["lastError"].is_null()));
+    quiet_rounds_as(server, n, None)
+}
+
+/// `quiet_rounds` of a server with a secret, with a `*` token.
+fn quiet_rounds_as(server: &Server, n: u64, bearer: Option<&str>) {
+    let start: Vec<u64> = foreign_status_as(server, bearer).iter().map(|s| s["rounds"].as_u64().unwrap()).collect();
+    wait("gateway rounds", || foreign_status_as(server, bearer).iter().zip(&start).all(|(s, r0)| s["rounds"].as_u64().unwrap() >= r0 + n && s["lastError"].is_null()));
 }
 
 fn gateway(data: &Path, hm: Option<&Store>, rt: Option<&Store>, env: &[(&str, &str)]) -> Server {
@@ -454,11 +464,14 @@ async fn a_record_received_transitively_reaches_the_other_foreign_store() {
     let (code, _) = http(hm.addr, "PUT", "/hm/task-1", Some(&json!({"title": "From HM"})));
     assert_eq!(code, 201);
     let dir = tempfile::tempdir().unwrap();
-    let a = gateway(&dir.path().join("a"), Some(&hm), None, &[]);
+    // A takes other replicas' ops only from servers with its secret: B presents it.
+    let secret = "a-s3cret";
+    let a = gateway_with(&dir.path().join("a"), Some(&hm), None, &[], &["--secret".into(), secret.into()]);
+    let a_ops = tidemark_server::auth::issue(secret.as_bytes(), &tidemark_server::auth::Claims { library: "*".into(), user: "ops".into(), exp: None });
     // B knows the library already (an app wrote there first), and syncs with A.
     let app = client().await;
     let b_dir = dir.path().join("b");
-    let peer = vec!["--peer".to_string(), a.ws_url(), "--peer-poll-ms".into(), "100".into()];
+    let peer = vec!["--peer".to_string(), a.ws_url(), "--peer-poll-ms".into(), "100".into(), "--peer-secret".into(), secret.into()];
     let b = gateway_with(&b_dir, None, Some(&rt), &[], &peer);
     app.put("docs", obj(json!({"id": "bob", "title": "From Bob's app"}))).await.unwrap();
     round(&app, &b, Limits::default(), None).await.unwrap();
@@ -469,7 +482,7 @@ async fn a_record_received_transitively_reaches_the_other_foreign_store() {
     assert_eq!(code, 201);
     let ticket = id_text(&made["id"]);
     wait("RT's ticket in HM, through B and A", || hm_docs(&hm).contains_key(&ticket));
-    quiet_rounds(&a, 3);
+    quiet_rounds_as(&a, 3, Some(&a_ops));
     quiet_rounds(&b, 3);
     let rt_now = rt_list(&rt);
     assert_eq!(rt_now.len(), 3, "one copy of each record in RT: {rt_now:?}");
@@ -478,7 +491,7 @@ async fn a_record_received_transitively_reaches_the_other_foreign_store() {
     assert!(hm_now.values().all(|(rev, _)| rev.starts_with("1-")), "{hm_now:?}");
     assert_eq!(rt_get(&rt, "task-1").unwrap(), json!({"id": "task-1", "title": "From HM"}));
     // A's HM origin is a plain origin at B (it came through A), never a point B holds for RT.
-    let hm_origin = foreign_status(&a)[0]["origin"].as_str().unwrap().to_string();
+    let hm_origin = foreign_status_as(&a, Some(&a_ops))[0]["origin"].as_str().unwrap().to_string();
     let rt_origin = foreign_status(&b)[0]["origin"].as_str().unwrap().to_string();
     assert_ne!(hm_origin, rt_origin);
     let b_status = b.status(LIB, None);

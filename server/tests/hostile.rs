@@ -193,24 +193,36 @@ async fn far_future_stamps_are_refused() {
     assert_eq!(push(&lenient, vec![row(1, "z", "put", Some(json!({"id": "z"})), now + 25 * 3_600_000)]).await, refused());
 }
 
-/// Origins are bound to identity: with a secret, a client connection may push only ops
-/// whose origin is its own db id. A forged origin (another replica's db id, which the
+/// Origins are bound to identity: a client connection may push only ops whose origin is
+/// its own db id, on a server with a secret (the connection is a token's user's) and on
+/// one without (only servers that share a secret forward other replicas' ops). A forged origin (another replica's db id, which the
 /// server would treat as that replica's echo and never send it) is refused and nothing is
 /// stored; honest clients — including one holding many rows of other origins, which once
 /// pushed them as a snapshot — push their own rows and converge; the victim receives
 /// every real write.
 #[tokio::test]
 async fn forged_origins_are_refused_on_client_connections() {
+    forged_origins_are_refused(Some("s3cret")).await;
+}
+
+#[tokio::test]
+async fn forged_origins_are_refused_on_a_server_without_a_secret() {
+    forged_origins_are_refused(None).await;
+}
+
+async fn forged_origins_are_refused(secret: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
-    let secret = "s3cret";
-    let server = Server::start(&dir.path().join("data"), &["--secret", secret]);
-    let token = tidemark_server::auth::issue(secret.as_bytes(), &tidemark_server::auth::Claims { library: LIB.into(), user: "eve".into(), exp: None });
+    let server = match secret {
+        Some(secret) => Server::start(&dir.path().join("data"), &["--secret", secret]),
+        None => Server::start(&dir.path().join("data"), &[]),
+    };
+    let token = secret.map(|secret| tidemark_server::auth::issue(secret.as_bytes(), &tidemark_server::auth::Claims { library: LIB.into(), user: "eve".into(), exp: None }));
     let limits = Limits { per_diff: 50, max_diffs: 100 };
     let victim = client().await;
     put_all(&victim, (0..10).map(|i| format!("v{i}")), 1).await;
-    sync_fully(&victim, &server, limits, Some(token.clone())).await;
+    sync_fully(&victim, &server, limits, token.clone()).await;
     let victim_id = victim.head().db_id;
-    let max = server.max_row(LIB, Some(&token));
+    let max = server.max_row(LIB, token.as_deref());
     let before = server.stored(LIB, "docs");
 
     let mut ws = raw_ws(&server).await;
@@ -232,16 +244,16 @@ async fn forged_origins_are_refused_on_client_connections() {
     }
     assert_eq!(answer(&mut ws).await, refused(), "a forged origin");
     assert_eq!(server.stored(LIB, "docs"), before, "nothing was stored");
-    assert_eq!(server.max_row(LIB, Some(&token)), max);
+    assert_eq!(server.max_row(LIB, token.as_deref()), max);
 
     // An honest client that holds the victim's rows and writes many of its own: its push
     // covers the victim's rows and sends its own 200, as diffs.
     let honest = client().await;
-    sync_fully(&honest, &server, limits, Some(token.clone())).await;
+    sync_fully(&honest, &server, limits, token.clone()).await;
     put_all(&honest, (0..200).map(|i| format!("h{i:03}")), 1).await;
     let mut sent = 0;
     for _ in 0..20 {
-        let r = round(&honest, &server, limits, Some(token.clone())).await.unwrap();
+        let r = round(&honest, &server, limits, token.clone()).await.unwrap();
         assert!(!r.push.snapshot, "a bound push never goes as a snapshot");
         sent += r.sent;
         if !r.capped {
@@ -249,7 +261,7 @@ async fn forged_origins_are_refused_on_client_connections() {
         }
     }
     assert_eq!(sent, 200, "only its own rows were sent");
-    sync_fully(&victim, &server, limits, Some(token.clone())).await;
+    sync_fully(&victim, &server, limits, token.clone()).await;
     assert_eq!(docs(&victim).await.len(), 210, "the victim receives every real write");
     assert_eq!(docs(&victim).await, docs(&honest).await);
 }
@@ -290,15 +302,19 @@ async fn end_with_table(server: &Server, token: Option<&str>, entries: usize) ->
     (got, took)
 }
 
-/// The 100,000-entry `incoming` table: refused with a protocol error (the limit is
-/// `MAX_TABLE_ENTRIES`) and nothing recorded; `/healthz` answers while the server reads
-/// it; a table at the limit is merged; and a client connection on a server with a secret
+/// The 100,000-entry `incoming` table a peer server forwards: refused with a protocol
+/// error (the limit is `MAX_TABLE_ENTRIES`) and nothing recorded; `/healthz` answers
+/// while the server reads it; a table at the limit is merged; and a client connection
 /// cannot forward a table at all (it is not taken).
 #[tokio::test]
 async fn huge_forwarded_tables_are_refused_and_never_stall_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]);
-    let peers_of = |s: &Server, token: Option<&str>| s.status(LIB, token)["peers"].as_object().map_or(0, |m| m.len());
+    let secret = "s3cret";
+    let server = Server::start(&dir.path().join("data"), &["--secret", secret]);
+    let token_of = |user: &str| tidemark_server::auth::issue(secret.as_bytes(), &tidemark_server::auth::Claims { library: LIB.into(), user: user.into(), exp: None });
+    // Only servers that share the secret forward tables: a peer server's token.
+    let peer = token_of(tidemark_server::peers::PEER_USER);
+    let peers_of = |s: &Server| s.status(LIB, Some(&peer))["peers"].as_object().map_or(0, |m| m.len());
     let addr = server.addr;
     let probe = std::thread::spawn(move || {
         // Health probes all through the attack: each answers.
@@ -311,26 +327,30 @@ async fn huge_forwarded_tables_are_refused_and_never_stall_the_server() {
         }
         worst
     });
-    let (answer, took) = end_with_table(&server, None, 100_000).await;
+    let (answer, took) = end_with_table(&server, Some(&peer), 100_000).await;
     assert_eq!(answer, refused(), "100,000 entries");
     let worst = probe.join().unwrap();
     eprintln!("100,000-entry table refused in {took:?}; slowest /healthz during it {worst:?}");
-    assert_eq!(peers_of(&server, None), 0, "no peer record was stored");
+    assert_eq!(peers_of(&server), 0, "no peer record was stored");
 
-    let (answer, took) = end_with_table(&server, None, limits::MAX_TABLE_ENTRIES).await;
+    let (answer, took) = end_with_table(&server, Some(&peer), limits::MAX_TABLE_ENTRIES).await;
     assert_eq!(answer, Answer::Acked, "a table at the limit is merged");
     eprintln!("{}-entry table merged in {took:?}", limits::MAX_TABLE_ENTRIES);
-    assert_eq!(peers_of(&server, None), limits::MAX_TABLE_ENTRIES + 1);
+    assert_eq!(peers_of(&server), limits::MAX_TABLE_ENTRIES + 1);
     assert!(server.healthy());
 
-    // With a secret, a client's table is not taken.
+    // A client's table is not taken, on a server with a secret or without one.
     let dir2 = tempfile::tempdir().unwrap();
-    let secret = "s3cret";
     let guarded = Server::start(&dir2.path().join("data"), &["--secret", secret]);
-    let token = tidemark_server::auth::issue(secret.as_bytes(), &tidemark_server::auth::Claims { library: LIB.into(), user: "eve".into(), exp: None });
+    let token = token_of("eve");
     let (answer, _) = end_with_table(&guarded, Some(&token), 5_000).await;
     assert_eq!(answer, Answer::Acked);
-    assert_eq!(peers_of(&guarded, Some(&token)), 1, "only the client's own record");
+    assert_eq!(guarded.status(LIB, Some(&token))["peers"].as_object().map_or(0, |m| m.len()), 1, "only the client's own record");
+    let dir3 = tempfile::tempdir().unwrap();
+    let open = Server::start(&dir3.path().join("data"), &[]);
+    let (answer, _) = end_with_table(&open, None, 5_000).await;
+    assert_eq!(answer, Answer::Acked);
+    assert_eq!(open.status(LIB, None)["peers"].as_object().map_or(0, |m| m.len()), 1, "only the client's own record");
 }
 
 /// One bad op never stops a library: a put whose document's primary key contradicts its

@@ -23,6 +23,23 @@ use tidemark_server::auth;
 /// Milliseconds between peer rounds in these tests.
 const POLL_MS: &str = "100";
 
+/// The secret the servers of `line` share: servers forward other replicas' ops only to
+/// servers that share it (`--peer` needs it), and every client connection is then bound
+/// to its own origin.
+const SECRET: &str = "line-s3cret";
+
+/// A client's token for `library` on the servers of `line` (or `*`: the listing and
+/// the peer status). One user for every client: a db id belongs to the first user who
+/// syncs with it.
+fn tok(library: &str) -> Option<String> {
+    Some(auth::issue(SECRET.as_bytes(), &auth::Claims { library: library.into(), user: "t".into(), exp: None }))
+}
+
+/// `tok`, for the HTTP endpoints.
+fn bearer(library: &str) -> String {
+    tok(library).unwrap()
+}
+
 /// How long anything may take to propagate.
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -62,7 +79,7 @@ fn line(dir: &Path, extra: &[&str]) -> Vec<Node> {
     let peers = [vec![ws(&addrs[1])], vec![ws(&addrs[2])], vec![ws(&addrs[1])]];
     (0..3)
         .map(|i| {
-            let mut args: Vec<String> = vec!["--peer-poll-ms".into(), POLL_MS.into()];
+            let mut args: Vec<String> = vec!["--secret".into(), SECRET.into(), "--peer-poll-ms".into(), POLL_MS.into()];
             for p in &peers[i] {
                 args.extend(["--peer".into(), p.clone()]);
             }
@@ -97,7 +114,7 @@ fn same_everywhere(nodes: &[Node], library: &str, want: usize) -> Result<(), Str
 /// Whether every peer link of every server is connected and caught up (lag 0, no error).
 fn caught_up(nodes: &[Node], library: &str) -> Result<(), String> {
     for n in nodes {
-        for p in n.server.peers(None).as_array().unwrap() {
+        for p in n.server.peers(Some(&bearer("*"))).as_array().unwrap() {
             let l = &p["libraries"][library];
             if p["connected"] != true || l["lag"] != 0 || !l["lastError"].is_null() || l["lastRound"].is_null() {
                 return Err(format!("{}: {p}", n.listen));
@@ -120,7 +137,7 @@ fn ids(prefix: &str, n: usize) -> impl Iterator<Item = String> + '_ {
 /// A fresh client's documents through `server` (what a new device would see).
 async fn fresh_docs(server: &Server) -> Vec<serde_json::Map<String, Value>> {
     let c = client().await;
-    sync_fully(&c, server, Limits::default(), None).await;
+    sync_fully(&c, server, Limits::default(), tok(LIB)).await;
     docs(&c).await
 }
 
@@ -135,7 +152,7 @@ async fn writes_on_every_server_converge_everywhere() {
     let mut clients = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let c = writer(ids(&format!("s{}-", i + 1), 40), i as i64).await;
-        sync_fully(&c, &n.server, limits, None).await;
+        sync_fully(&c, &n.server, limits, tok(LIB)).await;
         clients.push(c);
     }
     // The same document on 1 and 3 (3 writes later, so its version wins), and a delete on 2
@@ -143,19 +160,19 @@ async fn writes_on_every_server_converge_everywhere() {
     put_all(&clients[0], std::iter::once("shared".to_string()), 1).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     put_all(&clients[2], std::iter::once("shared".to_string()), 3).await;
-    sync_fully(&clients[0], &nodes[0].server, limits, None).await;
-    sync_fully(&clients[2], &nodes[2].server, limits, None).await;
+    sync_fully(&clients[0], &nodes[0].server, limits, tok(LIB)).await;
+    sync_fully(&clients[2], &nodes[2].server, limits, tok(LIB)).await;
     eventually("s1-000 reaches server 2", || {
         nodes[1].server.stored(LIB, "docs").contains_key("s1-000").then_some(()).ok_or_else(|| "not yet".into())
     })
     .await;
     let deleter = client().await;
-    sync_fully(&deleter, &nodes[1].server, limits, None).await;
+    sync_fully(&deleter, &nodes[1].server, limits, tok(LIB)).await;
     deleter.delete("docs", "s1-000").await.unwrap();
-    sync_fully(&deleter, &nodes[1].server, limits, None).await;
+    sync_fully(&deleter, &nodes[1].server, limits, tok(LIB)).await;
     // A library only server 3 holds.
     let other = writer(ids("o", 7), 1).await;
-    round_lib(&other, &nodes[2].server, "other", limits, None).await.unwrap();
+    round_lib(&other, &nodes[2].server, "other", limits, tok("other")).await.unwrap();
 
     // 3 × 40 + "shared"; the deleted document stays as a tombstone.
     eventually("the servers converge", || same_everywhere(&nodes, LIB, 121)).await;
@@ -170,25 +187,25 @@ async fn writes_on_every_server_converge_everywhere() {
         assert_eq!(fresh_docs(&n.server).await, first);
     }
     for c in &clients {
-        sync_fully(c, &nodes[0].server, limits, None).await;
+        sync_fully(c, &nodes[0].server, limits, tok(LIB)).await;
         assert_eq!(docs(c).await, first);
     }
 
     // The listing, and the status of server 1's only peer.
-    let (code, body) = nodes[0].server.get("/v1/libraries", None);
+    let (code, body) = nodes[0].server.get("/v1/libraries", Some(&bearer("*")));
     assert_eq!((code, serde_json::from_str::<Value>(&body).unwrap()), (200, json!({"libraries": ["lib", "other"]})));
-    let peers = nodes[0].server.peers(None);
+    let peers = nodes[0].server.peers(Some(&bearer("*")));
     let p = &peers.as_array().unwrap()[0];
     assert_eq!((p["url"].as_str().unwrap(), &p["connected"]), (nodes[1].url().as_str(), &json!(true)), "{peers}");
     let l = &p["libraries"][LIB];
-    let two = nodes[1].server.status(LIB, None);
+    let two = nodes[1].server.status(LIB, Some(&bearer(LIB)));
     assert_eq!(l["peerDbId"], two["dbId"], "{peers}");
     assert_eq!((&l["incoming"], &l["peerMaxRow"], &l["lag"]), (&two["maxRow"], &two["maxRow"], &json!(0)), "{peers}");
-    assert_eq!(l["outgoing"], nodes[0].server.status(LIB, None)["maxRow"], "{peers}");
+    assert_eq!(l["outgoing"], nodes[0].server.status(LIB, Some(&bearer(LIB)))["maxRow"], "{peers}");
     assert!(l["lastRound"].as_u64().is_some() && l["rounds"].as_u64().unwrap() > 0 && l["lastError"].is_null(), "{peers}");
     // Server 2's status lists server 1 like any client, with its points.
-    let one_id = nodes[0].server.db_id(LIB);
-    assert_eq!(two["peers"][&one_id]["incoming"], nodes[0].server.status(LIB, None)["maxRow"]);
+    let one_id = nodes[0].server.status(LIB, Some(&bearer(LIB)))["dbId"].as_str().unwrap().to_string();
+    assert_eq!(two["peers"][&one_id]["incoming"], nodes[0].server.status(LIB, Some(&bearer(LIB)))["maxRow"]);
 }
 
 /// A client that synced with server 1 and then moves to server 3 transfers only what
@@ -202,15 +219,15 @@ async fn a_client_moving_to_another_server_transfers_only_what_is_missing() {
     // Some history on servers 2 and 3 first.
     for (i, n) in nodes.iter().enumerate().skip(1) {
         let c = writer(ids(&format!("h{i}-"), 30), 1).await;
-        sync_fully(&c, &n.server, limits, None).await;
+        sync_fully(&c, &n.server, limits, tok(LIB)).await;
     }
     let mover = writer(ids("m", 100), 1).await;
-    sync_fully(&mover, &nodes[0].server, limits, None).await;
+    sync_fully(&mover, &nodes[0].server, limits, tok(LIB)).await;
     eventually("everything everywhere", || same_everywhere(&nodes, LIB, 160)).await;
     // Live sync keeps running rounds: until one pulls nothing new, so its push covered
     // every row the mover holds (the rows it pulled are echoes, covered but not sent).
     for _ in 0..10 {
-        if round(&mover, &nodes[0].server, limits, None).await.unwrap().received == 0 {
+        if round(&mover, &nodes[0].server, limits, tok(LIB)).await.unwrap().received == 0 {
             break;
         }
     }
@@ -218,40 +235,40 @@ async fn a_client_moving_to_another_server_transfers_only_what_is_missing() {
     // and server 1 knows (through 2) how far server 3's rows go; then the mover's last
     // round with server 1 brings that knowledge home.
     let mover_id = mover.head().db_id;
-    let three_id = nodes[2].server.db_id(LIB);
+    let three_id = nodes[2].server.status(LIB, Some(&bearer(LIB)))["dbId"].as_str().unwrap().to_string();
     let mover_max = mover.head().max_row as i64;
     let mut three_max = 0;
     eventually("the checkpoints travel", || {
-        three_max = nodes[2].server.max_row(LIB, None);
-        let at3 = nodes[2].server.status(LIB, None)["peers"][&mover_id]["incoming"].as_i64().unwrap_or(-1);
-        let at1 = nodes[0].server.status(LIB, None)["peers"][&three_id]["incoming"].as_i64().unwrap_or(-1);
+        three_max = nodes[2].server.max_row(LIB, Some(&bearer(LIB)));
+        let at3 = nodes[2].server.status(LIB, Some(&bearer(LIB)))["peers"][&mover_id]["incoming"].as_i64().unwrap_or(-1);
+        let at1 = nodes[0].server.status(LIB, Some(&bearer(LIB)))["peers"][&three_id]["incoming"].as_i64().unwrap_or(-1);
         (at3 == mover_max && at1 == three_max as i64).then_some(()).ok_or(format!("server 3 holds the mover to {at3} of {mover_max}; server 1 holds server 3 to {at1} of {three_max}"))
     })
     .await;
-    let last = round(&mover, &nodes[0].server, limits, None).await.unwrap();
+    let last = round(&mover, &nodes[0].server, limits, tok(LIB)).await.unwrap();
     assert_eq!((last.sent, last.received), (0, 0));
     let before = mover.head().max_row;
 
     // The mover is away: 5 offline writes; 20 writes on server 2 and 10 on server 3.
     put_all(&mover, ids("away", 5), 1).await;
     let two = writer(ids("w2-", 20), 1).await;
-    sync_fully(&two, &nodes[1].server, limits, None).await;
+    sync_fully(&two, &nodes[1].server, limits, tok(LIB)).await;
     let three = writer(ids("w3-", 10), 1).await;
-    sync_fully(&three, &nodes[2].server, limits, None).await;
+    sync_fully(&three, &nodes[2].server, limits, tok(LIB)).await;
     eventually("the new writes reach server 3", || {
         let n = nodes[2].server.stored(LIB, "docs").len();
         (n == 190).then_some(()).ok_or(format!("{n} documents"))
     })
     .await;
 
-    let moved = round(&mover, &nodes[2].server, limits, None).await.unwrap();
+    let moved = round(&mover, &nodes[2].server, limits, tok(LIB)).await.unwrap();
     assert!(!moved.capped && !moved.push.snapshot && !moved.pull.snapshot, "{moved:?}");
     assert_eq!((moved.push.start, moved.sent), (before as i64, 5), "pushes only its 5 offline writes: {moved:?}");
     assert_eq!((moved.pull.start, moved.received), (three_max as i64, 30), "pulls only the 30 rows written since it left: {moved:?}");
     assert_eq!(docs(&mover).await.len(), 195);
     // For contrast: a client with the same documents but no shared history would have
     // pulled everything server 3 holds beyond its own writes.
-    assert!(nodes[2].server.max_row(LIB, None) > 150);
+    assert!(nodes[2].server.max_row(LIB, Some(&bearer(LIB))) > 150);
     eventually("the offline writes spread", || same_everywhere(&nodes, LIB, 195)).await;
     assert_eq!(fresh_docs(&nodes[0].server).await, docs(&mover).await);
 }
@@ -269,23 +286,23 @@ async fn a_client_moving_at_once_transfers_exactly_what_is_missing() {
     let limits = Limits::default();
     for (i, n) in nodes.iter().enumerate().skip(1) {
         let c = writer(ids(&format!("h{i}-"), 30), 1).await;
-        sync_fully(&c, &n.server, limits, None).await;
+        sync_fully(&c, &n.server, limits, tok(LIB)).await;
     }
     let mover = writer(ids("m", 100), 1).await;
-    sync_fully(&mover, &nodes[0].server, limits, None).await;
+    sync_fully(&mover, &nodes[0].server, limits, tok(LIB)).await;
     eventually("everything everywhere", || same_everywhere(&nodes, LIB, 160)).await;
     for _ in 0..100 {
         if docs(&mover).await.len() == 160 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        round(&mover, &nodes[0].server, limits, None).await.unwrap();
+        round(&mover, &nodes[0].server, limits, tok(LIB)).await.unwrap();
     }
     assert_eq!(docs(&mover).await.len(), 160);
 
     put_all(&mover, ids("away", 5), 1).await;
     let two = writer(ids("w2-", 20), 1).await;
-    sync_fully(&two, &nodes[1].server, limits, None).await;
+    sync_fully(&two, &nodes[1].server, limits, tok(LIB)).await;
     // Ten writes on server 3, one at a time, each passed on to server 2: more passes than
     // server 3's session history holds, so no checkpoint the mover learned about server 3
     // can be confirmed any more.
@@ -293,7 +310,7 @@ async fn a_client_moving_at_once_transfers_exactly_what_is_missing() {
     for k in 0..10 {
         let id = format!("w3-{k:03}");
         put_all(&three, std::iter::once(id.clone()), 1).await;
-        sync_fully(&three, &nodes[2].server, limits, None).await;
+        sync_fully(&three, &nodes[2].server, limits, tok(LIB)).await;
         eventually("each write reaches server 2", || nodes[1].server.stored(LIB, "docs").contains_key(&id).then_some(()).ok_or_else(|| "not yet".into())).await;
     }
     eventually("the new writes reach server 3", || {
@@ -302,14 +319,14 @@ async fn a_client_moving_at_once_transfers_exactly_what_is_missing() {
     })
     .await;
 
-    let moved = round(&mover, &nodes[2].server, limits, None).await.unwrap();
+    let moved = round(&mover, &nodes[2].server, limits, tok(LIB)).await.unwrap();
     eprintln!(
         "moving client: pushed {} rows (push from {}), pulled {} rows (pull from {} of server 3's {})",
         moved.sent,
         moved.push.start,
         moved.received,
         moved.pull.start,
-        nodes[2].server.max_row(LIB, None)
+        nodes[2].server.max_row(LIB, Some(&bearer(LIB)))
     );
     assert!(!moved.capped && !moved.push.snapshot && !moved.pull.snapshot, "{moved:?}");
     assert_eq!(moved.pull.start, -1, "no checkpoint to start the pull from");
@@ -335,21 +352,21 @@ async fn a_server_restored_from_an_old_copy_loses_nothing_anywhere() {
     let mut clients = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let c = writer(ids(&format!("a{}-", i + 1), 30), 1).await;
-        sync_fully(&c, &n.server, limits, None).await;
+        sync_fully(&c, &n.server, limits, tok(LIB)).await;
         clients.push(c);
     }
     eventually("first convergence", || same_everywhere(&nodes, LIB, 90)).await;
     let saved = dir.path().join("s2-backup.sqlite");
     backup(&nodes[1], &saved);
-    let at_backup = nodes[1].server.max_row(LIB, None);
+    let at_backup = nodes[1].server.max_row(LIB, Some(&bearer(LIB)));
 
     // After the backup, writes through every server — server 2's included — spread.
     for (i, n) in nodes.iter().enumerate() {
         put_all(&clients[i], ids(&format!("b{}-", i + 1), 20), 2).await;
-        sync_fully(&clients[i], &n.server, limits, None).await;
+        sync_fully(&clients[i], &n.server, limits, tok(LIB)).await;
     }
     eventually("second convergence", || same_everywhere(&nodes, LIB, 150)).await;
-    assert!(nodes[1].server.max_row(LIB, None) > at_backup);
+    assert!(nodes[1].server.max_row(LIB, Some(&bearer(LIB))) > at_backup);
 
     // Restore server 2 while it is down; its peers keep running (and retrying).
     nodes[1].server.kill();
@@ -359,16 +376,16 @@ async fn a_server_restored_from_an_old_copy_loses_nothing_anywhere() {
         let _ = std::fs::remove_file(format!("{}{side}", file.display()));
     }
     put_all(&clients[0], ids("c1-", 10), 3).await;
-    sync_fully(&clients[0], &nodes[0].server, limits, None).await;
+    sync_fully(&clients[0], &nodes[0].server, limits, tok(LIB)).await;
     nodes[1].restart();
-    assert_eq!(nodes[1].server.max_row(LIB, None), at_backup);
+    assert_eq!(nodes[1].server.max_row(LIB, Some(&bearer(LIB))), at_backup);
     // Its peers alone give it back every row it lost — among them the writes its own
     // client made through it after the backup, which it had passed on before the restore.
     eventually("server 2 gets back what it lost from its peers", || same_everywhere(&nodes, LIB, 160)).await;
     // New writes on the restored server reuse row numbers its peers once pulled from it;
     // they reach them all the same.
     put_all(&clients[1], ids("c2-", 10), 3).await;
-    let r = round(&clients[1], &nodes[1].server, limits, None).await.unwrap();
+    let r = round(&clients[1], &nodes[1].server, limits, tok(LIB)).await.unwrap();
     assert!(r.sent >= 10 && !r.capped, "{r:?}");
 
     eventually("every row is back everywhere", || same_everywhere(&nodes, LIB, 170)).await;
@@ -379,7 +396,7 @@ async fn a_server_restored_from_an_old_copy_loses_nothing_anywhere() {
         assert_eq!(fresh_docs(&n.server).await, all);
     }
     for c in &clients {
-        sync_fully(c, &nodes[1].server, limits, None).await;
+        sync_fully(c, &nodes[1].server, limits, tok(LIB)).await;
         assert_eq!(docs(c).await, all);
     }
 }
@@ -426,7 +443,8 @@ async fn servers_with_a_secret_replicate_with_their_own_tokens() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Bad `--peer` values stop the server at start with a clear message.
+/// Bad `--peer` values, and `--peer` without a secret, stop the server at start with a
+/// clear message.
 #[test]
 fn bad_peer_addresses_are_refused_at_start() {
     for bad in ["http://127.0.0.1:1/v1/sync", "wss://example.com/v1/sync", "ws://:80/"] {
@@ -434,6 +452,10 @@ fn bad_peer_addresses_are_refused_at_start() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("invalid peer"), "{bad}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // A peer without a secret to present could forward nothing: refused, not started.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark-server")).args(["--peer", "ws://127.0.0.1:1/v1/sync"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--peer needs --secret"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The peer store's view of a client (its record on server `n`), for debugging failures.
