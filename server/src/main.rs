@@ -115,8 +115,8 @@ struct Serve {
     /// Most snapshots the server sends one client per minute (0: no limit).
     #[arg(long, default_value_t = 10)]
     max_client_snapshots: u32,
-    /// How many pull turns (reading and sending one batch) run at once across all
-    /// connections; later ones wait their turn, at most 5 s.
+    /// How many pull passes run at once across all connections; a later pull waits for a
+    /// place (first come, first served), at most 30 s.
     #[arg(long, default_value_t = tidemark_server::socket::PULLS_AT_ONCE as u64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pulls_at_once: u64,
     /// Most peer records (sync points of clients and servers) a library keeps; beyond it
