@@ -441,7 +441,11 @@ impl Registry {
             Storage::Sqlite(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| fail(name, StoreError::Backend(format!("cannot create {}: {e}", dir.display())).into()))?;
                 let path = dir.join(format!("{name}.sqlite"));
-                LibraryStore::sqlite(SqliteStore::open(&path).map_err(|e| fail(name, e.into()))?)
+                // Opening creates tables and reads every peer record, and may wait on
+                // SQLite's busy timeout: SQLite work never blocks the async runtime.
+                let opened = tokio::task::spawn_blocking(move || SqliteStore::open(&path)).await;
+                let opened = opened.map_err(|e| fail(name, StoreError::Backend(format!("opening the library failed: {e}")).into()))?;
+                LibraryStore::sqlite(opened.map_err(|e| fail(name, e.into()))?)
             }
             Storage::Postgres(db) => LibraryStore::postgres(PgStore::open(db, name).await.map_err(|e| fail(name, StoreError::Backend(e.to_string()).into()))?),
         };
