@@ -44,7 +44,7 @@ build-server: setup
 	cargo build --release -p tidemark-server
 
 # The fixture apps of the end-to-end tests (tests/e2e/fixtures/*): each folder's pinned
-# bundler (Vite 5/6/8, esbuild, webpack, React) from its own lockfile. Idempotent: a folder
+# bundler (Vite 5/6/7/8, esbuild, webpack, React) from its own lockfile. Idempotent: a folder
 # is installed again only when its lockfile is newer than what npm installed.
 fixtures:
 	@for lock in tests/e2e/fixtures/*/package-lock.json; do dir=$${lock%/package-lock.json}; \

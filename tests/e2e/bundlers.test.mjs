@@ -20,7 +20,7 @@ let chromium;
 before(async () => {
   srv = await startServer();
   packed = await pack();
-  for (const name of ['vite5', 'vite6', 'vite8', 'esbuild', 'webpack']) await install(fixture(name), packed);
+  for (const name of ['vite5', 'vite6', 'vite7', 'vite8', 'esbuild', 'webpack']) await install(fixture(name), packed);
   chromium = await browser();
 });
 
@@ -83,10 +83,10 @@ async function serve(root, fn) {
   }
 }
 
-// Vite 5 and 6 pre-bundle dependencies with esbuild, which moves the module away from its
+// Vite 5, 6 and 7 pre-bundle dependencies with esbuild, which moves the module away from its
 // wasm: the dev entry falls back to the embedded copy. Vite 8's optimizer (Rolldown)
 // rewrites the URL, so the packaged file is streamed there.
-for (const [name, version, devSource] of [['vite5', '5', 'embedded'], ['vite6', '6', 'embedded'], ['vite8', '8', 'packaged']]) {
+for (const [name, version, devSource] of [['vite5', '5', 'embedded'], ['vite6', '6', 'embedded'], ['vite7', '7', 'embedded'], ['vite8', '8', 'packaged']]) {
   test(`Vite ${version} dev server: works without configuration (wasm: ${devSource} copy)`, async () => {
     const dir = await prepare(name);
     const dev = await viteDev(dir);
