@@ -92,6 +92,12 @@ impl Plan {
 }
 
 impl Cond {
+    /// A condition nothing meets (an empty `in`): what a field's operators that contradict
+    /// each other come to.
+    pub fn never() -> Cond {
+        Cond::In(Vec::new())
+    }
+
     pub fn matches(&self, v: Option<&Value>) -> bool {
         match self {
             Cond::Eq(want) => equal(v, want),
@@ -184,7 +190,7 @@ impl Query {
                     Value::Object(w) => {
                         for (field, c) in w {
                             let path = Path::parse(field).ok_or_else(|| bad(format!("{field:?} is not a field path")))?;
-                            query.conds.push((path, parse_cond(field, c)?));
+                            query.conds.extend(parse_conds(field, c)?.into_iter().map(|c| (path.clone(), c)));
                         }
                     }
                     _ => return Err(bad("`where` must be an object of field conditions".into())),
@@ -220,6 +226,18 @@ impl Query {
     /// Chooses how to answer this query in `collection`.
     pub fn plan(&self, collection: &Collection) -> Plan {
         let pk = &collection.primary_key;
+        // A query nothing can meet reads nothing: IndexedDB answers a limit of 0 before it
+        // reads, the other stores after one lookup (of the empty id), whose document, if
+        // there is one, the condition and the limit drop.
+        if let Some((path, never)) = self.conds.iter().find(|(_, c)| *c == Cond::never()) {
+            return Plan {
+                source: Source::Get(String::new()),
+                reverse: false,
+                residual: vec![(path.clone(), never.clone())],
+                sort: None,
+                limit: Some(0),
+            };
+        }
         // A primary key lookup beats any index.
         if let Some((_, Cond::Eq(Value::String(id)))) = self.conds.iter().find(|(p, c)| p.dotted() == *pk && matches!(c, Cond::Eq(_))) {
             return Plan {
@@ -311,15 +329,20 @@ impl Query {
     }
 }
 
-fn parse_cond(field: &str, c: &Value) -> Result<Cond, QueryError> {
+/// Parses one field's condition into the conditions it stands for, all of which a document
+/// must meet: a field's operators are ANDed. Each operator is checked on its own first (an
+/// unknown one, or a value of the wrong kind, is refused); the conjunction is then put in
+/// the form the planner serves best: an `eq` or `in` becomes the values that meet every
+/// other operator, the range operators (with a `startsWith`) one range, and a combination
+/// nothing can meet one `never` condition.
+fn parse_conds(field: &str, c: &Value) -> Result<Vec<Cond>, QueryError> {
     const OPS: [&str; 8] = ["eq", "ne", "in", "gt", "gte", "lt", "lte", "startsWith"];
-    const ALONE: [&str; 4] = ["eq", "ne", "in", "startsWith"];
     let bad = |m: String| QueryError::Invalid(format!("condition on {field:?}: {m}"));
     // An object is always a set of operators, never a value to compare with: equality on
     // an object is `{ eq: {...} }`, so a typo'd operator cannot silently match nothing.
     let ops = match c {
         Value::Object(o) => o,
-        other => return Ok(Cond::Eq(other.clone())),
+        other => return Ok(vec![Cond::Eq(other.clone())]),
     };
     if ops.is_empty() {
         return Err(bad("an empty object is not a condition: give a value, or operators (eq, ne, in, gt, gte, lt, lte, startsWith)".into()));
@@ -327,68 +350,112 @@ fn parse_cond(field: &str, c: &Value) -> Result<Cond, QueryError> {
     if let Some(k) = ops.keys().find(|k| !OPS.contains(&k.as_str())) {
         return Err(bad(format!("unknown operator {k:?}: use eq, ne, in, gt, gte, lt, lte, startsWith (for equality with an object, use {{ eq: {{...}} }})")));
     }
-    if ops.len() == 1 {
-        let (k, v) = ops.iter().next().expect("one operator");
+    let (mut eq, mut ne, mut one_of, mut prefix, mut range) = (None, None, None, None, None);
+    for (k, v) in ops {
         match k.as_str() {
-            "eq" => return Ok(Cond::Eq(v.clone())),
-            "ne" => return Ok(Cond::Ne(v.clone())),
-            "in" => {
-                return match v {
-                    Value::Array(values) => Ok(Cond::In(values.clone())),
-                    _ => Err(bad("in needs an array of values".into())),
+            "eq" => eq = Some(v.clone()),
+            "ne" => ne = Some(v.clone()),
+            "in" => match v {
+                Value::Array(values) => one_of = Some(values.clone()),
+                _ => return Err(bad("in needs an array of values".into())),
+            },
+            "startsWith" => match v {
+                Value::String(s) => prefix = Some(s.clone()),
+                _ => return Err(bad("startsWith needs a string".into())),
+            },
+            op => {
+                if !matches!(v, Value::Number(_) | Value::String(_)) {
+                    return Err(bad("range bounds must be numbers or strings".into()));
                 }
+                let e = encode(Some(v));
+                let t = key::tag(&e);
+                // A range stays within its bound's type: [t] is below and [t+1] above
+                // every value of it.
+                let (lower, upper) = match op {
+                    "gt" => ((e, false), (Value::Array(vec![(t + 1).into()]), false)),
+                    "gte" => ((e, true), (Value::Array(vec![(t + 1).into()]), false)),
+                    "lt" => ((Value::Array(vec![t.into()]), true), (e, false)),
+                    _ => ((Value::Array(vec![t.into()]), true), (e, true)),
+                };
+                range = Some(match range {
+                    None => (lower, upper),
+                    Some((lo, hi)) => (tighter(lo, lower, Ordering::Greater), tighter(hi, upper, Ordering::Less)),
+                });
             }
-            "startsWith" => {
-                return match v {
-                    Value::String(s) => Ok(Cond::StartsWith(s.clone())),
-                    _ => Err(bad("startsWith needs a string".into())),
-                }
-            }
-            _ => {}
         }
     }
-    if let Some(k) = ALONE.iter().find(|k| ops.contains_key(**k)) {
-        return Err(bad(format!("{k} cannot be combined with other operators")));
+    let range = range.map(|(lower, upper)| Cond::Range { lower, upper });
+    // A lone operator is its own condition.
+    if ops.len() == 1 {
+        let only = match (eq, one_of, prefix) {
+            (Some(v), _, _) => Cond::Eq(v),
+            (_, Some(values), _) => Cond::In(values),
+            (_, _, Some(p)) => Cond::StartsWith(p),
+            _ => ne.map(Cond::Ne).or(range).expect("one known operator"),
+        };
+        return Ok(vec![only]);
     }
-    if (ops.contains_key("gt") && ops.contains_key("gte")) || (ops.contains_key("lt") && ops.contains_key("lte")) {
-        return Err(bad("give at most one lower (gt/gte) and one upper (lt/lte) bound".into()));
+    let prefix = prefix.map(Cond::StartsWith);
+    // Equality with one value, or with one of a list, is narrowed to the values the other
+    // operators accept: a value equal to one of them meets every operator it meets.
+    let not = ne.clone().map(Cond::Ne);
+    let others = || range.iter().chain(&prefix).chain(&not);
+    if let Some(v) = eq {
+        let ok = others().all(|c| c.matches(Some(&v))) && one_of.is_none_or(|values| values.iter().any(|w| equal(Some(&v), w)));
+        return Ok(vec![if ok { Cond::Eq(v) } else { Cond::never() }]);
     }
-    let mut ty = None;
-    let mut enc = |v: &Value| -> Result<Value, QueryError> {
-        let e = encode(Some(v));
-        let t = key::tag(&e);
-        if !matches!(v, Value::Number(_) | Value::String(_)) {
-            return Err(bad("range bounds must be numbers or strings".into()));
+    if let Some(values) = one_of {
+        let kept: Vec<Value> = values.into_iter().filter(|v| others().all(|c| c.matches(Some(v)))).collect();
+        return Ok(vec![if kept.is_empty() { Cond::never() } else { Cond::In(kept) }]);
+    }
+    // What is left is a range, a prefix (itself a range of strings) and a `ne`. The range
+    // the index scans is their intersection; the prefix stays a condition of its own, so
+    // the filter checks it as it checks a lone one.
+    let range = match (range, &prefix) {
+        (Some(Cond::Range { lower, upper }), Some(p)) => {
+            let (lo, hi) = p.bounds();
+            Some(Cond::Range { lower: tighter(lower, lo, Ordering::Greater), upper: tighter(upper, hi, Ordering::Less) })
         }
-        if ty.is_some_and(|x| x != t) {
-            return Err(bad("both range bounds must have the same type".into()));
+        (r, _) => r,
+    };
+    if let Some(Cond::Range { lower, upper }) = &range {
+        let empty = match cmp(&lower.0, &upper.0) {
+            Ordering::Greater => true,
+            Ordering::Equal => !(lower.1 && upper.1),
+            Ordering::Less => false,
+        };
+        if empty {
+            return Ok(vec![Cond::never()]);
         }
-        ty = Some(t);
-        Ok(e)
-    };
-    let lower = match (ops.get("gt"), ops.get("gte")) {
-        (Some(v), _) => Some((enc(v)?, false)),
-        (_, Some(v)) => Some((enc(v)?, true)),
-        _ => None,
-    };
-    let upper = match (ops.get("lt"), ops.get("lte")) {
-        (Some(v), _) => Some((enc(v)?, false)),
-        (_, Some(v)) => Some((enc(v)?, true)),
-        _ => None,
-    };
-    let t = ty.expect("at least one bound");
-    // A one-sided range stays within its type: [t] is below and [t+1] above every value of it.
-    Ok(Cond::Range {
-        lower: lower.unwrap_or((Value::Array(vec![t.into()]), true)),
-        upper: upper.unwrap_or((Value::Array(vec![(t + 1).into()]), false)),
-    })
+    }
+    // A `ne` whose value the range or prefix already leaves out says nothing more.
+    let ne = ne.filter(|v| range.iter().chain(&prefix).all(|c| c.matches(Some(v)))).map(Cond::Ne);
+    Ok(range.into_iter().chain(prefix).chain(ne).collect())
+}
+
+/// The tighter of two bounds: the one further in `direction` (`Greater` for lower bounds,
+/// `Less` for upper ones); on equal keys, exclusive if either is.
+fn tighter(a: (Value, bool), b: (Value, bool), direction: Ordering) -> (Value, bool) {
+    match cmp(&a.0, &b.0) {
+        Ordering::Equal => (a.0, a.1 && b.1),
+        o if o == direction => a,
+        _ => b,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::schema::Schema;
+    use crate::store::StoredDoc;
     use serde_json::json;
+
+    /// The one condition a field's operators parse to.
+    fn parse_cond(field: &str, c: &Value) -> Result<Cond, QueryError> {
+        let mut conds = parse_conds(field, c)?;
+        assert_eq!(conds.len(), 1, "{c}");
+        Ok(conds.remove(0))
+    }
 
     fn todos() -> Collection {
         Schema::from_json(json!({"version": 1, "collections": {"todos": {"primaryKey": "id",
@@ -435,7 +502,7 @@ mod tests {
     #[test]
     fn bad_queries_are_refused() {
         for q in [json!(5), json!({"where": 1}), json!({"limit": -1}), json!({"orderBy": {"a": "up"}}),
-            json!({"where": {"a": {"gt": 1, "zz": 2}}}), json!({"where": {"a": {"gt": 1, "lt": "x"}}}),
+            json!({"where": {"a": {"gt": 1, "zz": 2}}}), json!({"where": {"a": {"gt": 1, "lt": true}}}),
             json!({"where": {"a": {"gt": true}}}), json!({"select": 1}), json!({"where": {"a": {"startsWith": 1}}})] {
             assert!(Query::parse(&q).is_err(), "{q}");
         }
@@ -444,7 +511,9 @@ mod tests {
     #[test]
     fn unknown_operators_are_refused_not_compared() {
         for q in [json!({"where": {"n": {"between": 3}}}), json!({"where": {"v": {"$gt": 3}}}), json!({"where": {"v": {}}}),
-            json!({"where": {"v": {"in": 3}}}), json!({"where": {"v": {"in": [1], "gt": 0}}}), json!({"where": {"v": {"ne": 1, "lt": 5}}})] {
+            json!({"where": {"v": {"in": 3}}}), json!({"where": {"v": {"in": [1], "gt": 0, "zz": 1}}}),
+            json!({"where": {"v": {"ne": 1, "lt": 5, "startsWith": 5}}}), json!({"where": {"v": {"eq": 1, "in": 1}}}),
+            json!({"where": {"v": {"ne": 1, "gte": [1]}}})] {
             let e = Query::parse(&q).unwrap_err();
             assert_eq!(crate::error::Error::from(e).code(), "INVALID_QUERY", "{q}");
         }
@@ -473,7 +542,7 @@ mod tests {
         let p = Query::parse(&json!({"where": {"done": {"ne": true}}})).unwrap().plan(&todos());
         assert_eq!(p.source, Source::Primary);
         let p = Query::parse(&json!({"where": {"done": {"in": []}}})).unwrap().plan(&todos());
-        assert_eq!(p.source, Source::Primary);
+        assert_eq!(p.limit, Some(0), "an empty in reads nothing");
     }
 
     #[test]
@@ -483,5 +552,221 @@ mod tests {
         assert!(!c.matches(Some(&json!("11"))));
         assert!(!c.matches(Some(&json!(9))));
         assert!(!c.matches(None));
+    }
+
+    /// Stored documents of `coll`, with their index keys, for `scan::select`.
+    fn stored(coll: &Collection, docs: &[Value]) -> Vec<StoredDoc> {
+        docs.iter()
+            .map(|d| {
+                let doc = d.as_object().cloned();
+                StoredDoc {
+                    id: d["id"].as_str().unwrap().to_string(),
+                    index_keys: crate::rebuild::index_keys(coll.index_list(), &doc),
+                    doc,
+                    stamps: Default::default(),
+                    deleted: false,
+                    version: 1,
+                    layers: Default::default(),
+                    conflicts: Default::default(),
+                    migrated: None,
+                }
+            })
+            .collect()
+    }
+
+    fn ids_of(coll: &Collection, docs: &[StoredDoc], q: Value) -> Vec<String> {
+        let plan = Query::parse(&q).unwrap_or_else(|e| panic!("{q}: {e}")).plan(coll);
+        crate::scan::select(docs, &coll.primary_key, &plan).iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn operators_on_one_field_are_anded() {
+        let coll = todos();
+        let titles = ["ab", "abc", "b", "a", "ba", "abd"];
+        let docs = stored(&coll, &(0..6).map(|i| json!({"id": format!("t{i}"), "list": if i % 2 == 0 { "a" } else { "b" },
+            "createdAt": i * 5, "title": titles[i], "done": i > 2})).collect::<Vec<_>>());
+        for (q, want) in [
+            (json!({"createdAt": {"gte": 0, "ne": 15}}), vec!["t0", "t1", "t2", "t4", "t5"]),
+            (json!({"createdAt": {"in": [5, 10, 15], "gt": 5}}), vec!["t2", "t3"]),
+            (json!({"createdAt": {"in": [5, 10, 15], "ne": 10, "lte": 15}}), vec!["t1", "t3"]),
+            (json!({"createdAt": {"eq": 10, "in": [5, 10]}}), vec!["t2"]),
+            (json!({"createdAt": {"eq": 10, "gte": 10, "ne": 5}}), vec!["t2"]),
+            (json!({"createdAt": {"gt": 0, "gte": 10, "lt": 25, "lte": 20}}), vec!["t2", "t3", "t4"]),
+            (json!({"title": {"startsWith": "ab", "gt": "ab", "ne": "abd"}}), vec!["t1"]),
+            (json!({"title": {"startsWith": "a", "lt": "abd", "in": ["a", "abc", "b"]}}), vec!["t1", "t3"]),
+            (json!({"list": {"eq": "a", "ne": "b"}, "createdAt": {"gte": 0, "ne": 10}}), vec!["t0", "t4"]),
+            (json!({"list": {"in": ["a", "b"], "ne": "b"}, "done": {"ne": false, "in": [true, null]}}), vec!["t4"]),
+        ] {
+            let mut got = ids_of(&coll, &docs, json!({"where": q}));
+            got.sort();
+            assert_eq!(got, want, "{q}");
+        }
+        // In a compound index with an order and a limit.
+        let q = json!({"where": {"list": {"eq": "a", "in": ["a", "c"]}, "createdAt": {"gt": 0, "ne": 10}}, "orderBy": {"createdAt": "desc"}, "limit": 5});
+        assert_eq!(ids_of(&coll, &docs, q), vec!["t4"]);
+    }
+
+    #[test]
+    fn combined_operators_use_an_index_for_what_it_can_serve() {
+        // eq with operators it meets is the equality alone: a compound prefix, exact.
+        let q = json!({"where": {"list": {"eq": "inbox", "ne": "x", "in": ["inbox", "y"]}, "createdAt": {"gte": 10, "lt": 20}}, "orderBy": "createdAt"});
+        let p = Query::parse(&q).unwrap().plan(&todos());
+        assert!(matches!(&p.source, Source::Index { name, .. } if name == "byListDate"), "{p:?}");
+        assert!(p.is_direct(), "{p:?}");
+        // The range's part is scanned, the ne filtered.
+        let p = Query::parse(&json!({"where": {"list": "inbox", "createdAt": {"gte": 10, "ne": 15}}})).unwrap().plan(&todos());
+        let Source::Index { name, lower: Some(lo), upper: Some(hi) } = &p.source else { panic!("{p:?}") };
+        assert_eq!(name, "byListDate");
+        assert_eq!(lo.key, json!([[4, "inbox"], [3, 10]]));
+        assert_eq!((&hi.key, hi.open), (&json!([[4, "inbox"], [4]]), true));
+        assert_eq!(p.residual, vec![(Path::parse("createdAt").unwrap(), Cond::Ne(json!(15)))]);
+        // A ne the range already leaves out is dropped.
+        let p = Query::parse(&json!({"where": {"list": "inbox", "createdAt": {"gte": 10, "ne": 5}}})).unwrap().plan(&todos());
+        assert!(p.is_direct(), "{p:?}");
+        // in narrowed by a range: one index range from its smallest to its largest kept value.
+        let p = Query::parse(&json!({"where": {"done": {"in": [1, 3, 2, "x", null], "gt": 1}}})).unwrap().plan(&todos());
+        let Source::Index { lower: Some(lo), upper: Some(hi), .. } = &p.source else { panic!("{p:?}") };
+        assert_eq!((&lo.key, &hi.key), (&json!([[3, 2]]), &json!([[3, 3], [9]])));
+        assert_eq!(p.residual, vec![(Path::parse("done").unwrap(), Cond::In(vec![json!(3), json!(2)]))]);
+        // Several bounds: the tightest on each side.
+        let c = parse_cond("n", &json!({"gt": 1, "gte": 1, "lt": 9, "lte": 8})).unwrap();
+        assert_eq!(c, Cond::Range { lower: (json!([3, 1]), false), upper: (json!([3, 8]), true) });
+        // A prefix and a range: the index scans their intersection, the prefix is checked too.
+        let conds = parse_conds("s", &json!({"startsWith": "ab", "lt": "abc"})).unwrap();
+        assert_eq!(conds, vec![Cond::Range { lower: (json!([4, "ab"]), true), upper: (json!([4, "abc"]), false) }, Cond::StartsWith("ab".into())]);
+    }
+
+    #[test]
+    fn contradictions_match_nothing_and_read_nothing() {
+        for c in [json!({"eq": 1, "ne": 1}), json!({"eq": 1.0, "in": [2, "1"]}), json!({"gt": 5, "lt": 1}), json!({"gte": 3, "lt": 3}),
+            json!({"gt": 1, "lt": "x"}), json!({"in": [1, 2], "gt": 5}), json!({"startsWith": "a", "lt": "a"}), json!({"eq": 1, "startsWith": "1"}),
+            json!({"startsWith": "a", "gte": 0}), json!({"in": [1], "ne": 1.0}), json!({"eq": {"a": 1}, "gt": 0})] {
+            assert_eq!(parse_cond("done", &c).unwrap(), Cond::never(), "{c}");
+            let p = Query::parse(&json!({"where": {"list": "inbox", "done": c}, "orderBy": "createdAt"})).unwrap().plan(&todos());
+            assert_eq!((p.limit, p.sort.is_none()), (Some(0), true), "{c}");
+            assert!(!p.matches(json!({"done": 1}).as_object().unwrap()));
+        }
+        // A store answers the plan with nothing, a document with the empty id included.
+        let coll = todos();
+        let docs = stored(&coll, &[json!({"id": "", "done": 1}), json!({"id": "a", "done": 1})]);
+        assert!(ids_of(&coll, &docs, json!({"where": {"done": {"eq": 1, "ne": 1}}})).is_empty());
+        // Equal values meet both: not a contradiction.
+        assert_eq!(parse_cond("n", &json!({"eq": 1, "in": [1.0], "gte": 1, "lte": 1.0})).unwrap(), Cond::Eq(json!(1)));
+    }
+
+    mod combined {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const OPS: [&str; 8] = ["eq", "ne", "in", "gt", "gte", "lt", "lte", "startsWith"];
+        const STRINGS: [&str; 7] = ["", "a", "ab", "abc", "b", "ba", "1"];
+        const IDS: [&str; 9] = ["", "a", "ab", "abc", "b", "ba", "1", "x", "y"];
+
+        fn value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                (-2i64..6).prop_map(Value::from),
+                Just(json!(1.5)),
+                Just(json!(2.0)),
+                prop::sample::select(&STRINGS[..]).prop_map(Value::from),
+            ]
+        }
+
+        fn bound() -> impl Strategy<Value = Value> {
+            prop_oneof![(-2i64..6).prop_map(Value::from), Just(json!(1.5)), prop::sample::select(&STRINGS[..]).prop_map(Value::from)]
+        }
+
+        fn operand(op: &'static str) -> BoxedStrategy<Value> {
+            match op {
+                "eq" | "ne" => value().boxed(),
+                "in" => prop::collection::vec(value(), 0..4).prop_map(Value::from).boxed(),
+                "startsWith" => prop::sample::select(&STRINGS[..4]).prop_map(Value::from).boxed(),
+                _ => bound().boxed(),
+            }
+        }
+
+        /// A field's condition: a plain value, or one to four operators.
+        fn condition() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                1 => value(),
+                4 => prop::sample::subsequence(&OPS[..], 1..=4)
+                    .prop_flat_map(|ops| ops.into_iter().map(|op| operand(op).prop_map(move |v| (op, v))).collect::<Vec<_>>())
+                    .prop_map(|ops| Value::Object(ops.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+            ]
+        }
+
+        fn collection() -> Collection {
+            Schema::from_json(json!({"version": 1, "collections": {"t": {"primaryKey": "id",
+                "indexes": {"byN": "n", "byS": "s", "byNS": ["n", "s"], "bySN": ["s", "n"]}}}}))
+            .unwrap()
+            .collections["t"]
+            .clone()
+        }
+
+        /// Whether a document meets a condition, each operator checked on its own.
+        fn meets(c: &Value, v: Option<&Value>) -> bool {
+            match c {
+                Value::Object(ops) => ops.iter().all(|(op, x)| parse_cond("f", &json!({op: x})).unwrap().matches(v)),
+                plain => equal(v, plain),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// A query answered through its plan (an index, a lookup or a scan, then the
+            /// residual filter) finds exactly the documents that meet every operator.
+            #[test]
+            fn plans_answer_as_every_operator_checked_alone(
+                docs in prop::collection::vec(prop::option::of((prop::option::of(value()), prop::option::of(value()))), IDS.len()),
+                conds in prop::collection::btree_map(prop::sample::select(vec!["n", "s", "id"]), condition(), 0..=2),
+                order in prop::option::of((prop::sample::select(vec!["n", "s", "id"]), any::<bool>(), prop::option::of(0usize..5))),
+            ) {
+                let coll = collection();
+                let docs: Vec<Value> = IDS.iter().zip(docs).filter_map(|(id, d)| {
+                    let (n, s) = d?;
+                    let mut m = Map::new();
+                    m.insert("id".into(), json!(id));
+                    n.map(|n| m.insert("n".into(), n));
+                    s.map(|s| m.insert("s".into(), s));
+                    Some(Value::Object(m))
+                }).collect();
+                let conds: Map<String, Value> = conds.into_iter().map(|(f, c)| (f.to_string(), c)).collect();
+                let mut q = json!({"where": conds});
+                let mut want: Vec<&Value> = docs.iter().filter(|d| conds.iter().all(|(f, c)| meets(c, d.get(f)))).collect();
+                // Every combination of known operators with values of the right kinds is a query.
+                prop_assert!(Query::parse(&q).is_ok(), "refused {}", q);
+                if let Some((field, desc, limit)) = order {
+                    q["orderBy"] = json!({field: if desc { "desc" } else { "asc" }});
+                    let key = |d: &&Value| encode(d.get(field));
+                    want.sort_by(|a, b| cmp(&key(a), &key(b)));
+                    if desc {
+                        want.reverse();
+                    }
+                    if let Some(n) = limit {
+                        q["limit"] = json!(n);
+                        want.truncate(n);
+                    }
+                    let plan = Query::parse(&q).unwrap().plan(&coll);
+                    let got = crate::scan::select(&stored(&coll, &docs), "id", &plan);
+                    let got_keys: Vec<Value> = got.iter().map(|d| encode(d.get(field))).collect();
+                    let want_keys: Vec<Value> = want.iter().map(|d| encode(d.get(field))).collect();
+                    let same = got_keys.len() == want_keys.len() && got_keys.iter().zip(&want_keys).all(|(a, b)| cmp(a, b) == Ordering::Equal);
+                    prop_assert!(same, "{} planned as {:?}: {:?}, not {:?}", q, plan, got_keys, want_keys);
+                    let all: Vec<&Value> = docs.iter().filter(|d| conds.iter().all(|(f, c)| meets(c, d.get(f)))).collect();
+                    for d in &got {
+                        prop_assert!(all.iter().any(|w| w.as_object() == Some(d)), "{} returned {:?}", q, d);
+                    }
+                } else {
+                    let mut got = ids_of(&coll, &stored(&coll, &docs), q.clone());
+                    got.sort();
+                    let mut want: Vec<String> = want.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+                    want.sort();
+                    prop_assert_eq!(got, want, "{}", q);
+                }
+            }
+        }
     }
 }

@@ -42,10 +42,12 @@ async function typed(): Promise<void> {
   const open: Todo[] = await db.query('todos', { where: { done: false, createdAt: { gte: 10, lt: 20 } }, orderBy: { createdAt: 'desc' }, limit: 5 });
   const byTitle = await db.query('todos', { where: { title: { startsWith: 'Mi' }, 'meta.by': 'me' }, orderBy: 'createdAt' });
   const titles: string[] = byTitle.map((t) => t.title);
+  // Operators on one field combine.
+  const some: Todo[] = await db.query('todos', { where: { createdAt: { gte: 0, ne: 15 }, list: { in: ['a', 'b'], ne: 'b', startsWith: 'a' } } });
   const notes: Note[] = await db.query('notes');
   db.subscribe('todos', { where: { list: 'inbox' } }, (live) => live.map((t) => t.done));
   db.subscribeDoc('notes', 'n', (note) => note?.text.toUpperCase());
-  console.log(one?.title, open.length, titles, notes);
+  console.log(one?.title, open.length, titles, notes, some);
 
   // @ts-expect-error a collection the schema does not declare
   await db.put('todoz', todo);
