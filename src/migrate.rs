@@ -27,6 +27,7 @@ use crate::merge::{with_primary_key, DocState, ROOT};
 use crate::op::{Kind, Op};
 use crate::query::Query;
 use crate::schema::Schema;
+use crate::store::StoredDoc;
 
 /// Turns documents of version `to − 1` into version `to`.
 pub trait Migrator: Send + Sync {
@@ -193,22 +194,26 @@ impl Context for StepReads<'_> {
 
     fn query(&self, reader: usize, collection: &str, query: &Value) -> Result<Vec<Map<String, Value>>, MigrateError> {
         let Some(coll) = self.schema.collection(collection) else { return Ok(Vec::new()) };
-        let plan = Query::parse(query).map_err(|e| MigrateError::Failed(format!("ctx.query({collection:?}): {e}")))?.plan(coll);
-        let mut out = Vec::new();
+        let query = Query::parse(query).map_err(|e| MigrateError::Failed(format!("ctx.query({collection:?}): {e}")))?;
+        let plan = query.plan(coll);
+        // Every condition is checked here (a plan's filter leaves out what its index
+        // scan guarantees); the documents that meet them, with their index keys, then go
+        // through the selection every store without native indexes answers with, for the
+        // order, ties and limit a query of the live store gives.
+        let mut hits = Vec::new();
         for (j, it) in self.items.iter().enumerate() {
             if it.collection != collection {
                 continue;
             }
             // The result depends on every document of the collection, matching or not.
             self.note(reader, self.below[j].as_ref());
-            if let Some(doc) = &self.prev[j] {
-                if plan.matches(doc) {
-                    out.push(doc.clone());
-                }
+            if let Some(doc) = self.prev[j].as_ref().filter(|d| query.matches(d)) {
+                let doc = Some(doc.clone());
+                let index_keys = crate::rebuild::index_keys(coll.index_list(), &doc);
+                hits.push(StoredDoc { id: it.id.to_string(), doc, stamps: BTreeMap::new(), deleted: false, version: 0, index_keys, layers: BTreeMap::new(), conflicts: BTreeMap::new(), migrated: None });
             }
         }
-        plan.finish(&mut out, &coll.primary_key);
-        Ok(out)
+        Ok(crate::scan::select(&hits, &coll.primary_key, &plan))
     }
 }
 
@@ -668,5 +673,48 @@ mod tests {
         assert_eq!(s.check_path(0, &Steps), Err(MigrateError::MissingSchema(0)));
         assert_eq!(s.check_path(1, &NoMigrations), Err(MigrateError::MissingMigration(2)));
         assert!(matches!(s.check_path(4, &Steps), Err(MigrateError::Newer { .. })));
+    }
+
+    /// Reads the other documents of the collection through `ctx.query` in step 2.
+    struct Reads(std::sync::Mutex<Vec<Vec<Value>>>);
+    impl Migrator for Reads {
+        fn has_step(&self, to: u32) -> bool {
+            to == 2
+        }
+        fn migrate(&self, _to: u32, _c: &str, docs: Vec<Map<String, Value>>, ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+            for q in [json!({"where": {"done": true}}), json!({"where": {"id": "b"}}), json!({"orderBy": {"n": "desc"}}),
+                json!({"where": {"n": {"gte": 2, "ne": 3}}}), json!({"where": {"done": false}, "orderBy": "n", "limit": 1}),
+                json!({"where": {"n": {"in": [1, 2], "gt": 2}}}), json!({})] {
+                let ids = ctx.query(0, "todos", &q)?.iter().map(|d| d["id"].clone()).collect();
+                self.0.lock().unwrap().push(ids);
+            }
+            Ok(docs.into_iter().map(Some).collect())
+        }
+    }
+
+    /// `ctx.query` answers as a query of the store does: by every condition, including
+    /// those an index serves, and in the order the query asks for.
+    #[test]
+    fn ctx_query_checks_every_condition_and_orders_as_asked() {
+        let s = |v: u32| Schema::from_json(json!({"version": v, "collections": {"todos": {"primaryKey": "id", "indexes": {"byDone": "done", "byN": "n"}}}})).unwrap();
+        let schemas = Schemas::new(s(2), vec![s(1)]).unwrap();
+        let layers: Vec<Layers> = [("c", false, 2), ("a", true, 1), ("b", false, 3)]
+            .iter()
+            .map(|(id, done, n)| {
+                let mut o = op(1, *n, Kind::Put, Some(json!({"id": id, "done": done, "n": n})));
+                o.id = id.to_string();
+                let mut l = Layers::default();
+                l.apply(&o);
+                l
+            })
+            .collect();
+        let items: Vec<Item> = ["c", "a", "b"].iter().zip(&layers).map(|(id, layers)| Item { collection: "todos", id, layers }).collect();
+        let reads = Reads(std::sync::Mutex::new(Vec::new()));
+        views(&schemas, &reads, "me", &items).unwrap();
+        let want: Vec<Vec<Value>> = [vec!["a"], vec!["b"], vec!["b", "c", "a"], vec!["c"], vec!["c"], vec![], vec!["a", "b", "c"]]
+            .iter()
+            .map(|ids| ids.iter().map(|id| json!(id)).collect())
+            .collect();
+        assert_eq!(reads.0.into_inner().unwrap(), want);
     }
 }

@@ -223,6 +223,12 @@ impl Query {
         Ok(query)
     }
 
+    /// Whether a document meets every condition of the query, whatever a plan's source
+    /// would already guarantee.
+    pub fn matches(&self, doc: &Map<String, Value>) -> bool {
+        self.conds.iter().all(|(p, c)| c.matches(p.get(doc)))
+    }
+
     /// Chooses how to answer this query in `collection`.
     pub fn plan(&self, collection: &Collection) -> Plan {
         let pk = &collection.primary_key;
