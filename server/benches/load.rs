@@ -4,7 +4,8 @@
 //! - `rounds N…`: N devices of one library, each synced once and then holding one new
 //!   write, run one round (connect, hello, push, pull) at the same moment; per-device latency
 //!   from that moment to the end of its round (p50, p99, max), and the server's peak RSS. A
-//!   fresh server per N. The devices pull without merging (`Device`).
+//!   fresh server per N. The devices pull without merging (`Device`). Where a round's time
+//!   goes: `steps_p50_ms`, when the devices were through each step (p50).
 //! - `idle N`: N live clients connect and greet, then stay connected doing nothing (the
 //!   server pings them); the server's RSS once all are held.
 //! - `instances`: 1 and then 3 instances on one PostgreSQL database (a private cluster, fsync
@@ -101,7 +102,7 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
     // its own new write up, what landed since its last pull down), then write once.
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        clients.push(Device { replica: support::client().await, pulled: None, pushed: None });
+        clients.push(Device { replica: support::client().await, pulled: None, pushed: None, steps: Vec::new() });
     }
     for chunk in clients.chunks_mut(100) {
         let synced = futures::future::join_all(chunk.iter_mut().map(|d| d.round(&url))).await;
@@ -140,6 +141,7 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
     go.send(Some(began)).unwrap();
     let mut ms = Vec::new();
     let mut pushed_ms = Vec::new();
+    let mut steps: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     let mut errors = Vec::new();
     let mut pulled = 0u64;
     let mut done = Vec::with_capacity(n);
@@ -147,6 +149,9 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
         let (elapsed, r, c) = t.await.unwrap();
         if let Some(at) = c.pushed {
             pushed_ms.push(at.saturating_duration_since(began).as_secs_f64() * 1000.0);
+        }
+        for (name, at) in &c.steps {
+            steps.entry(*name).or_default().push(at.saturating_duration_since(began).as_secs_f64() * 1000.0);
         }
         done.push(c);
         match r {
@@ -163,6 +168,15 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
     ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     pushed_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let (_, peak) = memory(server.pid());
+    // When the devices reached each step of the round (p50 from the start): the pushes,
+    // the wait for a pull's admission (`preflight`), the rows (`begin` → the end).
+    let steps_p50: serde_json::Map<String, Value> = steps
+        .into_iter()
+        .map(|(name, mut v)| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            (name.to_string(), json!(round2(quantile(&v, 0.5))))
+        })
+        .collect();
     if !errors.is_empty() {
         eprintln!("load: {} of {n} rounds failed, e.g. {}", errors.len(), errors[0]);
     }
@@ -178,6 +192,7 @@ async fn rounds(n: usize, backing: &Backing) -> Value {
         // once, so every push is served before most pulls begin.
         "pushed_p50_ms": round2(quantile(&pushed_ms, 0.5)),
         "pushed_max_ms": round2(quantile(&pushed_ms, 1.0)),
+        "steps_p50_ms": steps_p50,
         // Where the time went: the whole run's wall time, the CPU the server and this
         // load generator used meanwhile (they share the machine), and its load average.
         "wall_s": round2(wall),
@@ -201,6 +216,9 @@ struct Device {
     pulled: Option<(String, i64)>,
     /// When its last round's push ended (the pull follows).
     pushed: Option<Instant>,
+    /// When each step of its last round ended: connected, hello answered, push done,
+    /// the pull's preflight received (its admission), the pull's first frame of rows.
+    steps: Vec<(&'static str, Instant)>,
 }
 
 /// The fields of a pull's frames a device acts on; rows and documents are skipped unread.
@@ -237,19 +255,25 @@ impl Device {
         let err = |e: &dyn std::fmt::Display| e.to_string();
         let c = &self.replica;
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(device_config()), true).await.map_err(|e| err(&e))?;
+        self.steps = vec![("connected", Instant::now())];
         let mut t = Client { ws };
         let server = drive::hello(c, &mut t, LIB, None).await.map_err(|e| err(&e))?;
+        self.steps.push(("hello", Instant::now()));
         let limits = Limits::default();
         let start = |session: &String, direction| Message::Start { session: session.clone(), direction, per_diff: limits.per_diff, max_diffs: limits.max_diffs };
         let push = tidemark::peer::new_session();
         t.send(&start(&push, Direction::Push)).await.map_err(|e| err(&e))?;
         drive::send(c, &mut t, &server, &push, limits, &mut |_| {}).await.map_err(|e| err(&e))?;
         self.pushed = Some(Instant::now());
+        self.steps.push(("pushed", Instant::now()));
         let session = tidemark::peer::new_session();
         t.send(&start(&session, Direction::Pull)).await.map_err(|e| err(&e))?;
         loop {
             match t.recv().await.map_err(|e| err(&e))? {
-                Message::Preflight { .. } => break,
+                Message::Preflight { .. } => {
+                    self.steps.push(("preflight", Instant::now()));
+                    break;
+                }
                 // Rows landed meanwhile: the server says so between and during passes.
                 Message::Poke { .. } => continue,
                 other => return Err(format!("expected preflight, got {}", other.kind())),
@@ -287,7 +311,10 @@ impl Device {
             let f: PullFrame = serde_json::from_str(text.as_str()).map_err(|e| err(&e))?;
             let ack = |point| Message::Ack { session: session.clone(), point };
             match f.kind.as_str() {
-                "begin" => expected = f.start,
+                "begin" => {
+                    self.steps.push(("begin", Instant::now()));
+                    expected = f.start;
+                }
                 "poke" => {}
                 "batch" => {
                     received += f.rows.len() as u64;
