@@ -165,7 +165,8 @@ export interface OpenOptions<S extends Schema = Schema> {
   history?: readonly Schema[];
   /**
    * One entry per version step: `migrations[v]` turns a document of version v−1 into
-   * version v (return `null` to drop it); `null` declares a step whose changes are all
+   * version v (return `null` to drop it; returning `undefined`, a forgotten `return`, is
+   * `MIGRATION_FAILED` and changes nothing); `null` declares a step whose changes are all
    * declarative (indexes, added or dropped collections, `defaults`). Functions must be
    * synchronous and deterministic: every replica migrating the same document must compute
    * the same result.

@@ -112,6 +112,10 @@ pub enum MigrateError {
     /// the document: `Failed`).
     #[error("a migration threw on document {index} of its batch: {message}")]
     Threw { index: usize, message: String },
+    /// The app's function returned `undefined` for the `index`-th document of a batch (a
+    /// forgotten `return`, most likely): never read as "delete", which is `null`.
+    #[error("a migration returned undefined for document {index} of its batch: return the document, or null to delete it")]
+    ReturnedUndefined { index: usize },
 }
 
 /// Any Tidemark error.
@@ -165,7 +169,7 @@ impl Error {
                 MigrateError::MissingMigration(_) => "MISSING_MIGRATION",
                 MigrateError::Newer { .. } => "VERSION_TOO_OLD",
                 MigrateError::BadHistory(_) => "INVALID_SCHEMA",
-                MigrateError::Failed(_) | MigrateError::Threw { .. } => "MIGRATION_FAILED",
+                MigrateError::Failed(_) | MigrateError::Threw { .. } | MigrateError::ReturnedUndefined { .. } => "MIGRATION_FAILED",
             },
             Error::Sync(e) => match e {
                 SyncError::Connection(_) => "SYNC_CONNECTION",
@@ -252,6 +256,8 @@ mod tests {
             MigrateError::Newer { stored: 2, current: 1 }.into(),
             MigrateError::BadHistory(String::new()).into(),
             MigrateError::Failed(String::new()).into(),
+            MigrateError::Threw { index: 0, message: String::new() }.into(),
+            MigrateError::ReturnedUndefined { index: 0 }.into(),
             SyncError::Connection(String::new()).into(),
             SyncError::Protocol(String::new()).into(),
             SyncError::NotConfigured.into(),

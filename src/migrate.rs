@@ -354,6 +354,12 @@ impl Forward {
                             let id = idx.get(index).map_or("?", |&i| items[i].id);
                             MigrateError::Failed(format!("migrations[{v}] threw on {coll}/{id}: {message}"))
                         }
+                        MigrateError::ReturnedUndefined { index } => {
+                            let id = idx.get(index).map_or("?", |&i| items[i].id);
+                            MigrateError::Failed(format!(
+                                "migrations[{v}] returned undefined for {coll}/{id}: return the document, or null to delete it (is a `return` missing?)"
+                            ))
+                        }
                         other => other,
                     })?;
                     if out.len() != idx.len() {
@@ -716,5 +722,26 @@ mod tests {
             .map(|ids| ids.iter().map(|id| json!(id)).collect())
             .collect();
         assert_eq!(reads.0.into_inner().unwrap(), want);
+    }
+
+    /// A step whose function returned undefined (the JS migrator's report) fails naming
+    /// the document; it is never a delete.
+    #[test]
+    fn a_step_returning_undefined_fails_naming_the_document() {
+        struct Forgot;
+        impl Migrator for Forgot {
+            fn has_step(&self, to: u32) -> bool {
+                to == 2 || to == 3
+            }
+            fn migrate(&self, _to: u32, _c: &str, _docs: Vec<Map<String, Value>>, _ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
+                Err(MigrateError::ReturnedUndefined { index: 0 })
+            }
+        }
+        let mut l = Layers::default();
+        l.apply(&op(1, 10, Kind::Put, Some(json!({"id": "a", "title": "Milk"}))));
+        let Err(e) = views(&schemas(), &Forgot, "me", &[Item { collection: "todos", id: "a", layers: &l }]) else { panic!("migrated") };
+        assert_eq!(e.code(), "MIGRATION_FAILED");
+        let message = e.to_string();
+        assert!(message.contains("todos/a") && message.contains("return the document, or null to delete it"), "{message}");
     }
 }

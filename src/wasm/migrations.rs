@@ -1,5 +1,6 @@
 //! The app's migration functions as the engine's `Migrator`: `migrations[v]` turns a
-//! document of version v−1 into version v (or `null` to drop it), `migrations[v] = null`
+//! document of version v−1 into version v (or `null` to drop it; `undefined`, a forgotten
+//! `return`, is `MIGRATION_FAILED`, never a drop), `migrations[v] = null`
 //! declares a step with only declarative changes. Documents cross to JS in batches (one
 //! call per step, collection and transaction), not one by one.
 //!
@@ -39,7 +40,9 @@ export function tm_migrate(fn, text, collection, get, query) {
     } catch (e) {
       return JSON.stringify({ threw: i, message: e instanceof Error ? e.message : String(e) });
     }
-    out.push(r ?? null);
+    // Only null deletes: undefined is most likely a forgotten return, and must not wipe data.
+    if (r === undefined) return JSON.stringify({ undefined: i });
+    out.push(r);
   }
   return JSON.stringify({ docs: out });
 }
@@ -146,10 +149,12 @@ impl Migrator for JsMigrator {
             threw: Option<usize>,
             #[serde(default)]
             message: String,
+            undefined: Option<usize>,
         }
         match serde_json::from_str(&out) {
             Ok(Outcome { docs: Some(docs), .. }) => Ok(docs),
             Ok(Outcome { threw: Some(threw), message, .. }) => Err(query_error.borrow_mut().take().unwrap_or(MigrateError::Threw { index: threw, message })),
+            Ok(Outcome { undefined: Some(index), .. }) => Err(MigrateError::ReturnedUndefined { index }),
             Ok(_) => Err(MigrateError::Failed(format!("migrations[{to}] returned something that is not JSON documents"))),
             Err(e) => Err(MigrateError::Failed(format!("migrations[{to}] returned something that is not JSON documents: {e}"))),
         }

@@ -70,7 +70,7 @@ test('open at v1, write 1,000 documents, reopen at v3: migrated through two step
   await page.close();
 });
 
-test('a missing migration or an unknown old schema is an error and the live store is untouched', async () => {
+test('a missing migration, an unknown old schema, a throwing step or one returning undefined is an error and the live store is untouched', async () => {
   const page = await h.openPage();
   await inPage(page, { name: 'refuse', schema: V1, body: (db) => db.put('todos', { id: 'a', title: 'kept' }) });
   const noStep = await inPage(page, { name: 'refuse', schema: V3, history: [V1, V2], steps: { 2: RENAME }, body: () => 'opened' });
@@ -79,8 +79,18 @@ test('a missing migration or an unknown old schema is an error and the live stor
   assert.equal(noSchema.error, 'MISSING_SCHEMA');
   const throws = await inPage(page, { name: 'refuse', schema: V2, history: [V1], steps: { 2: '() => { throw new Error("boom"); }' }, body: () => 'opened' });
   assert.equal(throws.error, 'MIGRATION_FAILED');
+  // A step that returns undefined (a forgotten `return`) fails; it never deletes.
+  const forgot = await inPage(page, { name: 'refuse', schema: V2, history: [V1], steps: { 2: '(doc) => { doc.name = doc.title; }' }, body: () => 'opened' });
+  assert.equal(forgot.error, 'MIGRATION_FAILED');
+  assert.match(forgot.message, /todos\/a/, 'names the collection and id');
+  assert.match(forgot.message, /returned undefined.*return the document, or null to delete it/);
   const still = await inPage(page, { name: 'refuse', schema: V1, body: async (db) => ({ doc: await db.get('todos', 'a'), v: db.status().schemaVersion }) });
   assert.deepEqual(still.out, { doc: { id: 'a', title: 'kept' }, v: 1 });
+  // null does delete.
+  await inPage(page, { name: 'refuse', schema: V1, body: (db) => db.put('todos', { id: 'b', title: 'dropped' }) });
+  const dropped = await inPage(page, { name: 'refuse', schema: V2, history: [V1], steps: { 2: `(doc) => doc.id === 'b' ? null : (${RENAME})(doc)` },
+    body: async (db) => db.query('todos') });
+  assert.deepEqual(dropped.out, [{ id: 'a', name: 'kept' }]);
   // And an app older than the stored data is refused instead of corrupting it.
   await inPage(page, { name: 'newer', schema: V2, history: [V1], steps: { 2: RENAME }, body: (db) => db.put('todos', { id: 'x', name: 'v2' }) });
   const old = await inPage(page, { name: 'newer', schema: V1, body: () => 'opened' });

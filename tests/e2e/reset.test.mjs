@@ -207,7 +207,7 @@ test('a migration that reads other documents works the same on open and on reset
   } finally { await srv.stop(); }
 });
 
-test('a missing schema, a missing migration or a throwing one is an error during sync; nothing is hidden and writes still push', async () => {
+test('a missing schema, a missing migration, a throwing one or one returning undefined is an error during sync; nothing is hidden and writes still push', async () => {
   const srv = await startServer();
   try {
     const page = await h.openPage();
@@ -216,6 +216,8 @@ test('a missing schema, a missing migration or a throwing one is an error during
       { name: 'err-noschema', history: [], steps: { 2: LABEL }, code: 'MISSING_SCHEMA' },
       { name: 'err-nostep', history: [V1], steps: {}, code: 'MISSING_MIGRATION' },
       { name: 'err-throws', history: [V1], steps: { 2: `(doc) => { if (doc.id === 't00013') throw new Error('boom'); return doc; }` }, code: 'MIGRATION_FAILED' },
+      // A forgotten return is an error, not a delete.
+      { name: 'err-undefined', history: [V1], steps: { 2: `(doc) => { if (doc.id !== 't00013') return doc; }` }, code: 'MIGRATION_FAILED' },
     ];
     for (const c of cases) {
       const r = await inPage(page, { name: c.name, schema: V2, history: c.history, steps: c.steps, sync, arg: c.name, body: async (db, name) => {

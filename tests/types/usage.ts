@@ -59,6 +59,8 @@ async function main(): Promise<void> {
   await db.query('todos', { orderBy: { createdAt: 'up' } });
   // @ts-expect-error the schema is required
   await openReplica({ name: 'x' });
+  // @ts-expect-error a step returns the document or null: undefined (no `return`) is MIGRATION_FAILED
+  await openReplica({ name: 'x', schema: { version: 2, collections: { todos: { primaryKey: 'id' } } }, history: [v1], migrations: { 2: (doc: Doc) => { doc.list = 'inbox'; } } });
 }
 
 void main;
