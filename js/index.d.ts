@@ -289,12 +289,33 @@ export type ErrorCode =
   | 'MISSING_MIGRATION'
   | 'VERSION_TOO_OLD'
   | 'MIGRATION_FAILED'
+  /** `connect()` or `syncNow()` on a replica opened without `sync`. */
   | 'SYNC_NOT_CONFIGURED'
   | 'SYNC_CONNECTION'
   | 'SYNC_PROTOCOL'
+  /** The server refused with a code outside this list. */
   | 'SYNC_REFUSED'
   /** A received op could not be applied and was set aside: see `status().quarantined`. */
   | 'OP_QUARANTINED'
+  // The server's own codes, which a refusal or fault received from it keeps (as `error`
+  // events of sync, and from `syncNow()`).
+  /** The sync token is missing or invalid. */
+  | 'UNAUTHORIZED'
+  /** The token does not grant this library. */
+  | 'FORBIDDEN'
+  /** The token expired (at `hello` or on a live connection); a `sync.token` function is called again. */
+  | 'SYNC_TOKEN_EXPIRED'
+  | 'BAD_LIBRARY'
+  | 'UNKNOWN_LIBRARY'
+  | 'TIMEOUT'
+  /** A frame over the server's limit: send smaller batches (`perDiff`). */
+  | 'FRAME_TOO_LARGE'
+  | 'INTERNAL'
+  | 'DISK_FULL'
+  /** Over the server's per-client connection limit; retried later. */
+  | 'TOO_MANY_CONNECTIONS'
+  /** Over the server's per-client pass or snapshot rate; retried later. */
+  | 'RATE_LIMITED'
   /** The wasm module could not be fetched or instantiated; the message names the URL. Retry with `load()`. */
   | 'WASM_LOAD_FAILED'
   /** No IndexedDB or WebAssembly here (Node, server-side rendering): open replicas in a browser or worker. */

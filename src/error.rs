@@ -273,6 +273,27 @@ mod tests {
         assert_eq!(remote("made up"), "SYNC_REFUSED");
         assert_eq!(remote("SYNC_TOKEN_EXPIRED"), "SYNC_TOKEN_EXPIRED");
     }
+
+    /// The `ErrorCode` union of js/index.d.ts lists exactly the codes a JS `Error` can
+    /// carry: every code here, and the two the JS wrapper makes before the engine loads.
+    #[test]
+    fn the_typescript_error_codes_are_these() {
+        let dts = include_str!("../js/index.d.ts");
+        let start = dts.find("export type ErrorCode =").expect("ErrorCode in index.d.ts");
+        // One `| 'CODE'` per line, between comments; the last ends with `;`.
+        let mut declared = Vec::new();
+        for line in dts[start..].lines().skip(1).map(str::trim) {
+            let Some(code) = line.strip_prefix("| '") else { continue };
+            declared.push(code.trim_end_matches(';').strip_suffix('\'').expect("| 'CODE'"));
+            if line.ends_with(';') {
+                break;
+            }
+        }
+        declared.sort();
+        let mut want: Vec<&str> = CODES.iter().copied().chain(["WASM_LOAD_FAILED", "UNSUPPORTED_ENVIRONMENT"]).collect();
+        want.sort();
+        assert_eq!(declared, want);
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -25,6 +25,8 @@ async function main(): Promise<void> {
   const capped: boolean = report.capped || report.reset || report.snapshot;
   db.on('progress', ({ direction, done, total }) => `${direction} ${done}/${total}`);
   db.on('error', (e: TidemarkError) => e.code === 'SYNC_CONNECTION');
+  // The server's codes a refusal keeps are codes too.
+  db.on('error', (e: TidemarkError) => e.code === 'SYNC_TOKEN_EXPIRED' || e.code === 'RATE_LIMITED' || e.code === 'FRAME_TOO_LARGE');
   db.on('futureVersion', ({ version }) => version);
   const off = db.on('sync', (r) => r.sent + r.received);
   off();
