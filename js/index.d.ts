@@ -407,7 +407,10 @@ export declare class Replica<D = { [collection: string]: Doc }> {
   off<K extends keyof EventMap>(type: K, handler: (payload: EventMap[K]) => void): void;
   /** One sync round: push local rows, then pull the server's. */
   syncNow(): Promise<SyncReport>;
-  /** Live sync with reconnect and exponential backoff. */
+  /**
+   * Live sync with reconnect and exponential backoff. Throws `SYNC_NOT_CONFIGURED` at once
+   * (and changes nothing) on a replica opened without `sync`.
+   */
   connect(): void;
   disconnect(): void;
   /** Writes a whole document; fields it lacks are removed. */

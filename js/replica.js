@@ -202,13 +202,16 @@ export class Replica {
    * Live sync: reconnects with exponential backoff and pushes local writes as they happen.
    * With several tabs of one replica, exactly one runs it (a Web Lock); when that tab
    * closes, the next waiting tab takes over, and pushes whatever any tab wrote meanwhile.
+   * A replica opened without `sync` throws `SYNC_NOT_CONFIGURED` here, at once, and
+   * changes nothing.
    */
   connect() {
     if (this.#closed || this.#releaseLock) return;
+    this.#inner.checkSync();
     const locks = globalThis.navigator?.locks;
     if (!locks) {
-      this.#leader = true;
       this.#inner.connect();
+      this.#leader = true;
       return;
     }
     let release;
@@ -217,11 +220,18 @@ export class Replica {
     locks.request(`tidemark:${this.#name}:sync`, async () => {
       if (this.#releaseLock !== release) return;
       this.#leader = true;
-      await this.#inner.refresh().catch(() => {});
-      this.#inner.connect();
-      await held;
-      this.#leader = false;
-    }).catch((e) => this.#emit('error', e));
+      try {
+        await this.#inner.refresh().catch(() => {});
+        this.#inner.connect();
+        await held;
+      } finally {
+        this.#leader = false;
+      }
+    }).catch((e) => {
+      // Live sync did not start: a later connect() tries again.
+      if (this.#releaseLock === release) this.#releaseLock = null;
+      this.#emit('error', e);
+    });
   }
 
   disconnect() {

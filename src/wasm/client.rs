@@ -231,6 +231,11 @@ impl Client {
         self.config.as_ref().ok_or_else(|| SyncError::NotConfigured.into())
     }
 
+    /// `SYNC_NOT_CONFIGURED` when the replica was opened without `sync`.
+    pub fn check(&self) -> Result<(), Error> {
+        self.config().map(|_| ())
+    }
+
     fn parts(&self, replica: &Replica<IdbStore>) -> Result<(BrowserEnv, JsEvents, Config), Error> {
         let cfg = self.config()?;
         let env = BrowserEnv { url: cfg.url.clone(), token: cfg.token.clone() };

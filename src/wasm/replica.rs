@@ -285,6 +285,14 @@ impl JsReplica {
         client::connect(self.inner.clone(), &self.client).map_err(err_to_js)
     }
 
+    /// Throws `SYNC_NOT_CONFIGURED` when the replica was opened without `sync`: the
+    /// wrapper's `connect()` asks before it waits for the sync lock, so it throws at once
+    /// and changes nothing, with or without Web Locks.
+    #[wasm_bindgen(js_name = checkSync)]
+    pub fn check_sync(&self) -> Result<(), JsValue> {
+        self.client.check().map_err(err_to_js)
+    }
+
     /// Stops live sync.
     pub fn disconnect(&self) {
         self.client.shared.stop();

@@ -156,3 +156,41 @@ test('bad input gives an Error with a code and changes nothing', async () => {
   assert.deepEqual(h.errors, []);
   await page.close();
 });
+
+test('connect() on a replica opened without sync throws SYNC_NOT_CONFIGURED at once, with or without Web Locks, and changes nothing', async () => {
+  const page = await h.openPage();
+  const got = await page.evaluate(async (schema) => {
+    const db = await window.tidemark.openReplica({ name: 'no-sync', schema });
+    const errors = [];
+    db.on('error', (e) => errors.push(e.code));
+    const attempt = () => {
+      try { db.connect(); return 'no error'; } catch (e) { return e instanceof Error ? e.code : `not an Error: ${e}`; }
+    };
+    const withLocks = [attempt(), attempt()];
+    const afterLocks = db.status();
+    // The same without Web Locks (older browsers, some workers).
+    Object.defineProperty(navigator, 'locks', { value: undefined, configurable: true });
+    let withoutLocks;
+    try { withoutLocks = [attempt(), attempt()]; } finally { delete navigator.locks; }
+    const afterNoLocks = db.status();
+    // Whatever the lock request would have done has had its turn.
+    await new Promise((r) => setTimeout(r, 200));
+    const syncNow = await db.syncNow().then(() => 'no error', (e) => e.code);
+    await db.put('todos', { id: 'a' });
+    const still = await db.get('todos', 'a');
+    await db.close();
+    return { hasLocks: !!navigator.locks, withLocks, withoutLocks, afterLocks, afterNoLocks, errors, syncNow, still };
+  }, SCHEMA);
+  assert.equal(got.hasLocks, true, 'Chromium has Web Locks (the first path)');
+  assert.deepEqual(got.withLocks, ['SYNC_NOT_CONFIGURED', 'SYNC_NOT_CONFIGURED']);
+  assert.deepEqual(got.withoutLocks, ['SYNC_NOT_CONFIGURED', 'SYNC_NOT_CONFIGURED']);
+  for (const s of [got.afterLocks, got.afterNoLocks]) {
+    assert.equal(s.leader, false, 'no tab became the sync leader');
+    assert.equal(s.online, false);
+  }
+  assert.deepEqual(got.errors, [], 'thrown, not an error event');
+  assert.equal(got.syncNow, 'SYNC_NOT_CONFIGURED');
+  assert.deepEqual(got.still, { id: 'a' });
+  assert.deepEqual(h.errors, []);
+  await page.close();
+});
