@@ -220,6 +220,16 @@ export type Patch<T> = { [P in FieldPath<T>]?: Scalar<FieldType<T, P>> };
 
 // ---------------------------------------------------------------- status and reports
 
+/** `db.storage()`: the browser's estimate for the whole origin; `null` where it does not tell. */
+export interface StorageReport {
+  /** Bytes stored by this origin (every replica of the app, and anything else it keeps). */
+  usage: number | null;
+  /** Bytes the origin may store. */
+  quota: number | null;
+  /** Whether the data is exempt from eviction under storage pressure (asked for at open). */
+  persisted: boolean | null;
+}
+
 export interface Status {
   dbId: string;
   schemaVersion: number;
@@ -462,6 +472,8 @@ export declare class Replica<D = { [collection: string]: Doc }> {
   /** The newest op-log rows, newest first. */
   recentOps(limit?: number): Promise<LogRow[]>;
   status(): Status;
+  /** The browser's storage for this origin: usage, quota, and whether it is persistent. */
+  storage(): Promise<StorageReport>;
   close(): Promise<void>;
 }
 

@@ -91,6 +91,20 @@ export class Replica {
   /** The newest `limit` op-log rows, newest first: `[{ row, op, from }]`. */
   recentOps(limit = 20) { return this.#inner.recentOps(limit); }
 
+  /**
+   * The browser's storage for this origin (DESIGN §4: report usage): `{ usage, quota,
+   * persisted }` — bytes used and allowed (the browser's estimate for the whole origin,
+   * every replica of the app included) and whether the data is exempt from eviction (the
+   * replica asks for that when it opens). `null` for what the browser does not tell.
+   */
+  async storage() {
+    const s = globalThis.navigator?.storage;
+    const ask = async (method) => (typeof s?.[method] === 'function' ? s[method]().catch(() => null) : null);
+    const [estimate, persisted] = await Promise.all([ask('estimate'), ask('persisted')]);
+    const bytes = (n) => (typeof n === 'number' ? n : null);
+    return { usage: bytes(estimate?.usage), quota: bytes(estimate?.quota), persisted: typeof persisted === 'boolean' ? persisted : null };
+  }
+
   /** The replica's name (its IndexedDB name prefix). */
   get name() { return this.#name; }
 

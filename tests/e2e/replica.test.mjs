@@ -194,3 +194,24 @@ test('connect() on a replica opened without sync throws SYNC_NOT_CONFIGURED at o
   assert.deepEqual(h.errors, []);
   await page.close();
 });
+
+test('storage() reports the origin\'s usage and quota, and grows with what the replica stores', async () => {
+  const page = await h.openPage();
+  const got = await page.evaluate(async (schema) => {
+    const db = await window.tidemark.openReplica({ name: 'usage', schema });
+    const before = await db.storage();
+    const docs = Array.from({ length: 2000 }, (_, i) => ({ id: `u${i}`, title: 'x'.repeat(500), createdAt: i }));
+    await db.putMany('todos', docs);
+    const after = await db.storage();
+    await db.close();
+    return { before, after };
+  }, SCHEMA);
+  for (const r of [got.before, got.after]) {
+    assert.deepEqual(Object.keys(r).sort(), ['persisted', 'quota', 'usage']);
+    assert.equal(typeof r.usage, 'number');
+    assert.ok(r.quota > r.usage, JSON.stringify(r));
+    assert.equal(typeof r.persisted, 'boolean');
+  }
+  assert.ok(got.after.usage > got.before.usage, `1 MB written shows in usage: ${JSON.stringify(got)}`);
+  await page.close();
+});

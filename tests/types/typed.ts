@@ -48,6 +48,10 @@ async function typed(): Promise<void> {
   db.subscribe('todos', { where: { list: 'inbox' } }, (live) => live.map((t) => t.done));
   db.subscribeDoc('notes', 'n', (note) => note?.text.toUpperCase());
   console.log(one?.title, open.length, titles, notes, some);
+  const { usage, quota, persisted } = await db.storage();
+  const free: number | null = usage === null || quota === null ? null : quota - usage;
+  const kept: boolean | null = persisted;
+  console.log(free, kept);
 
   // @ts-expect-error a collection the schema does not declare
   await db.put('todoz', todo);
