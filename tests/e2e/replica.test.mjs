@@ -215,3 +215,48 @@ test('storage() reports the origin\'s usage and quota, and grows with what the r
   assert.ok(got.after.usage > got.before.usage, `1 MB written shows in usage: ${JSON.stringify(got)}`);
   await page.close();
 });
+
+test('a write refused for lack of space is QUOTA_EXCEEDED and stores nothing of itself', async () => {
+  // A browser of its own: Chromium takes an origin's quota as its IndexedDB first opens
+  // there, so the override below must come before anything of the origin is open.
+  const browser = await h.newContext();
+  const page = await browser.openPage();
+  const origin = new URL(page.url()).origin;
+  const cdp = await page.context().newCDPSession(page);
+  // The origin may store only a few MB more than it does.
+  const usage = await page.evaluate(async () => (await navigator.storage.estimate()).usage);
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: usage + 4 * 1024 * 1024 });
+  try {
+    const got = await page.evaluate(async (schema) => {
+      const db = await window.tidemark.openReplica({ name: 'quota', schema });
+      await db.putMany('todos', Array.from({ length: 50 }, (_, i) => ({ id: `q${i}`, title: 'small', createdAt: i })));
+      const before = db.status().maxRow;
+      // Text that does not compress: the backing store compresses what it writes.
+      const noise = (n) => { let s = ''; while (s.length < n) s += Math.random().toString(36).slice(2); return s.slice(0, n); };
+      const big = Array.from({ length: 400 }, (_, i) => ({ id: `big${i}`, title: noise(20000), createdAt: 1000 + i }));
+      const many = await db.putMany('todos', big).then(() => null, (e) => e.code);
+      const single = await db.put('todos', { id: 'huge', title: noise(6_000_000) }).then(() => null, (e) => e.code);
+      const all = await db.query('todos', {});
+      window.quotaDb = db;
+      return { many, single, ids: all.map((d) => d.id), before, after: db.status().maxRow };
+    }, SCHEMA);
+    const detail = JSON.stringify({ ...got, ids: got.ids.length });
+    assert.equal(got.many, 'QUOTA_EXCEEDED', detail);
+    assert.equal(got.single, 'QUOTA_EXCEEDED', detail);
+    assert.equal(got.ids.length, 50, `nothing of the refused writes is stored: ${detail}`);
+    assert.ok(got.ids.every((id) => id.startsWith('q')));
+    assert.equal(got.after, got.before, 'no op of theirs was logged');
+  } finally {
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin });
+  }
+  // A write that fits still goes through.
+  const after = await page.evaluate(async () => {
+    const db = window.quotaDb;
+    await db.put('todos', { id: 'later', title: 'fits' });
+    const n = (await db.query('todos', {})).length;
+    await db.close();
+    return n;
+  });
+  assert.equal(after, 51);
+  await browser.close();
+});
