@@ -208,9 +208,9 @@ impl Context for StepReads<'_> {
             // The result depends on every document of the collection, matching or not.
             self.note(reader, self.below[j].as_ref());
             if let Some(doc) = self.prev[j].as_ref().filter(|d| query.matches(d)) {
-                let doc = Some(doc.clone());
-                let index_keys = crate::rebuild::index_keys(coll.index_list(), &doc);
-                hits.push(StoredDoc { id: it.id.to_string(), doc, stamps: BTreeMap::new(), deleted: false, version: 0, index_keys, layers: BTreeMap::new(), conflicts: BTreeMap::new(), migrated: None });
+                // Each index's key, as `rebuild::index_keys` gives it (which sits above this module).
+                let index_keys = coll.index_list().iter().map(|ix| (ix.name.clone(), Value::Array(ix.fields.iter().map(|f| crate::key::encode(f.get(doc))).collect()))).collect();
+                hits.push(StoredDoc { id: it.id.to_string(), doc: Some(doc.clone()), stamps: BTreeMap::new(), deleted: false, version: 0, index_keys, layers: BTreeMap::new(), conflicts: BTreeMap::new(), migrated: None });
             }
         }
         Ok(crate::scan::select(&hits, &coll.primary_key, &plan))
