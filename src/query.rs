@@ -160,12 +160,15 @@ fn equal(v: Option<&Value>, want: &Value) -> bool {
 }
 
 /// The smallest string greater than every string starting with `p` (in UTF-16 order), if
-/// one is easy to name.
+/// one is easy to name. After U+D7FF come the characters beyond the BMP (their UTF-16
+/// starts with a surrogate, D800 and up), the first of them U+10000 — not U+E000, which
+/// would take in every string going on with such a character (an emoji) after `p`
+/// without `p`'s last character.
 fn successor(p: &str) -> Option<String> {
     let mut chars: Vec<char> = p.chars().collect();
     let last = chars.pop()?;
     let next = match last as u32 {
-        0xD7FF => '\u{E000}',
+        0xD7FF => '\u{10000}',
         0xFFFF => return None,
         n => char::from_u32(n + 1)?,
     };
@@ -583,6 +586,24 @@ mod tests {
     fn ids_of(coll: &Collection, docs: &[StoredDoc], q: Value) -> Vec<String> {
         let plan = Query::parse(&q).unwrap_or_else(|e| panic!("{q}: {e}")).plan(coll);
         crate::scan::select(docs, &coll.primary_key, &plan).iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn a_prefix_range_ends_where_the_prefix_does_in_utf16_order() {
+        assert_eq!(successor("ab").as_deref(), Some("ac"));
+        assert_eq!(successor("a\u{D7FF}").as_deref(), Some("a\u{10000}"));
+        assert_eq!(successor("a\u{1F600}").as_deref(), Some("a\u{1F601}"));
+        assert_eq!(successor("a\u{FFFF}"), None);
+        // Served by an index: the prefix ending in U+D7FF takes neither "a" + an emoji nor
+        // "a" + U+E000, and takes what starts with it.
+        let coll = Schema::from_json(json!({"version": 1, "collections": {"t": {"primaryKey": "id", "indexes": {"byTitle": "title"}}}})).unwrap().collections["t"].clone();
+        let titles = ["a\u{D7FF}", "a\u{D7FF}\u{1F600}", "a\u{1F600}", "a\u{E000}", "a\u{D7FE}", "a\u{FFFF}"];
+        let docs = stored(&coll, &titles.iter().enumerate().map(|(i, t)| json!({"id": format!("t{i}"), "title": t})).collect::<Vec<_>>());
+        let q = json!({"where": {"title": {"startsWith": "a\u{D7FF}"}}});
+        assert!(matches!(Query::parse(&q).unwrap().plan(&coll).source, Source::Index { .. }));
+        let mut got = ids_of(&coll, &docs, q);
+        got.sort();
+        assert_eq!(got, vec!["t0", "t1"]);
     }
 
     #[test]
