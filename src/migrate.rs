@@ -208,8 +208,7 @@ impl Context for StepReads<'_> {
             // The result depends on every document of the collection, matching or not.
             self.note(reader, self.below[j].as_ref());
             if let Some(doc) = self.prev[j].as_ref().filter(|d| query.matches(d)) {
-                // Each index's key, as `rebuild::index_keys` gives it (which sits above this module).
-                let index_keys = coll.index_list().iter().map(|ix| (ix.name.clone(), Value::Array(ix.fields.iter().map(|f| crate::key::encode(f.get(doc))).collect()))).collect();
+                let index_keys = coll.index_list().iter().map(|ix| (ix.name.clone(), ix.key_of(doc))).collect();
                 hits.push(StoredDoc { id: it.id.to_string(), doc: Some(doc.clone()), stamps: BTreeMap::new(), deleted: false, version: 0, index_keys, layers: BTreeMap::new(), conflicts: BTreeMap::new(), migrated: None });
             }
         }

@@ -100,6 +100,13 @@ pub struct Index {
     pub fields: Vec<Path>,
 }
 
+impl Index {
+    /// The document's key in this index: its fields encoded (`key::encode`), in order.
+    pub fn key_of(&self, doc: &Map<String, Value>) -> Value {
+        Value::Array(self.fields.iter().map(|f| crate::key::encode(f.get(doc))).collect())
+    }
+}
+
 impl Schema {
     /// Parses and validates a schema given as JSON.
     pub fn from_json(value: serde_json::Value) -> Result<Schema, SchemaError> {
