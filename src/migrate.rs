@@ -208,8 +208,7 @@ impl Context for StepReads<'_> {
             // The result depends on every document of the collection, matching or not.
             self.note(reader, self.below[j].as_ref());
             if let Some(doc) = self.prev[j].as_ref().filter(|d| query.matches(d)) {
-                let index_keys = coll.index_list().iter().map(|ix| (ix.name.clone(), ix.key_of(doc))).collect();
-                hits.push(StoredDoc { id: it.id.to_string(), doc: Some(doc.clone()), stamps: BTreeMap::new(), deleted: false, version: 0, index_keys, layers: BTreeMap::new(), conflicts: BTreeMap::new(), migrated: None });
+                hits.push(StoredDoc::queried(it.id, doc.clone(), coll.index_list()));
             }
         }
         Ok(crate::scan::select(&hits, &coll.primary_key, &plan))
@@ -348,17 +347,14 @@ impl Forward {
                 Some(c) => {
                     let docs: Vec<_> = input.unwrap_or_else(|| idx.iter().map(|&i| self.prev[i].clone().expect("grouped")).collect());
                     reads.batch = idx.clone();
+                    // The document of the batch a step failed on, by its place in the batch.
+                    let id = |index: usize| idx.get(index).map_or("?", |&i| items[i].id);
                     let out = migrator.migrate(v, coll, docs, &reads).map_err(|e| match e {
-                        MigrateError::Threw { index, message } => {
-                            let id = idx.get(index).map_or("?", |&i| items[i].id);
-                            MigrateError::Failed(format!("migrations[{v}] threw on {coll}/{id}: {message}"))
-                        }
-                        MigrateError::ReturnedUndefined { index } => {
-                            let id = idx.get(index).map_or("?", |&i| items[i].id);
-                            MigrateError::Failed(format!(
-                                "migrations[{v}] returned undefined for {coll}/{id}: return the document, or null to delete it (is a `return` missing?)"
-                            ))
-                        }
+                        MigrateError::Threw { index, message } => MigrateError::Failed(format!("migrations[{v}] threw on {coll}/{}: {message}", id(index))),
+                        MigrateError::ReturnedUndefined { index } => MigrateError::Failed(format!(
+                            "migrations[{v}] returned undefined for {coll}/{}: return the document, or null to delete it (is a `return` missing?)",
+                            id(index)
+                        )),
                         other => other,
                     })?;
                     if out.len() != idx.len() {

@@ -565,22 +565,7 @@ mod tests {
 
     /// Stored documents of `coll`, with their index keys, for `scan::select`.
     fn stored(coll: &Collection, docs: &[Value]) -> Vec<StoredDoc> {
-        docs.iter()
-            .map(|d| {
-                let doc = d.as_object().cloned();
-                StoredDoc {
-                    id: d["id"].as_str().unwrap().to_string(),
-                    index_keys: crate::rebuild::index_keys(coll.index_list(), &doc),
-                    doc,
-                    stamps: Default::default(),
-                    deleted: false,
-                    version: 1,
-                    layers: Default::default(),
-                    conflicts: Default::default(),
-                    migrated: None,
-                }
-            })
-            .collect()
+        docs.iter().map(|d| StoredDoc::queried(d["id"].as_str().unwrap(), d.as_object().unwrap().clone(), coll.index_list())).collect()
     }
 
     fn ids_of(coll: &Collection, docs: &[StoredDoc], q: Value) -> Vec<String> {

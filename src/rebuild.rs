@@ -37,7 +37,7 @@ pub fn stored_doc(schema: Option<&Schema>, collection: &str, id: &str, state: Do
 /// document does not exist (so it drops out of every index).
 pub fn index_keys(indexes: &[Index], doc: &Option<Map<String, Value>>) -> Map<String, Value> {
     let Some(doc) = doc else { return Map::new() };
-    indexes.iter().map(|index| (index.name.clone(), index.key_of(doc))).collect()
+    crate::schema::index_keys(indexes, doc)
 }
 
 /// Whether `keys` are exactly what `index_keys` gives for `doc`, checked without building

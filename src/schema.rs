@@ -107,6 +107,11 @@ impl Index {
     }
 }
 
+/// The document's key in each of `indexes`, by index name.
+pub fn index_keys(indexes: &[Index], doc: &Map<String, Value>) -> Map<String, Value> {
+    indexes.iter().map(|index| (index.name.clone(), index.key_of(doc))).collect()
+}
+
 impl Schema {
     /// Parses and validates a schema given as JSON.
     pub fn from_json(value: serde_json::Value) -> Result<Schema, SchemaError> {

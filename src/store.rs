@@ -174,6 +174,13 @@ pub struct StoredDoc {
 }
 
 impl StoredDoc {
+    /// A document as a query selects among them (`scan::select`): its view `doc` with its
+    /// key in each of `indexes`, and no write history (stamps, layers, conflicts).
+    pub fn queried(id: &str, doc: Map<String, Value>, indexes: &[crate::schema::Index]) -> StoredDoc {
+        let index_keys = crate::schema::index_keys(indexes, &doc);
+        StoredDoc { id: id.to_string(), doc: Some(doc), stamps: BTreeMap::new(), deleted: false, version: 0, index_keys, layers: BTreeMap::new(), conflicts: BTreeMap::new(), migrated: None }
+    }
+
     /// The merge state of the layer of version `version`.
     pub fn state(&self) -> DocState {
         DocState { doc: self.doc.clone().unwrap_or_default(), stamps: self.stamps.clone(), deleted: self.deleted, conflicts: self.conflicts.clone() }
