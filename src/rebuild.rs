@@ -92,6 +92,17 @@ impl Rebuild<'_> {
         version < schemas.current.version && self.check_version(version).is_ok() && (version + 1..=schemas.current.version).all(|v| !self.migrator.reads_others(v))
     }
 
+    /// Whether data of an older schema version must reach this replica as a snapshot: some
+    /// version it knows migrates only together with other documents (a step on its path
+    /// reads them through `ctx`). A diff pass carries just the rows past the point — a late
+    /// old write, not the older-version documents it may read (a collection this schema
+    /// dropped is not stored at all) — so migrating it there could compute another result
+    /// than every replica that staged the same data (DESIGN §6: migrations read the data as
+    /// it stood at version v−1; migrations are deterministic).
+    pub fn older_as_snapshot(&self) -> bool {
+        self.schemas.is_some_and(|s| s.history.keys().any(|&v| !self.migrates_alone(v)))
+    }
+
     /// Builds the stored form of each item. Appends migration rows to `rows`, numbering
     /// them after `head.max_row`.
     pub fn docs(&self, mut items: Vec<Pending>, head: &mut Head, rows: &mut Vec<Row>) -> Result<Vec<(String, StoredDoc)>, Error> {

@@ -42,6 +42,9 @@ impl Migrator for Steps {
     fn has_step(&self, to: u32) -> bool {
         to == 2 || to == 3
     }
+    fn reads_others(&self, _to: u32) -> bool {
+        false
+    }
     fn migrate(&self, to: u32, _c: &str, docs: Vec<Map<String, Value>>, _ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
         Ok(docs
             .into_iter()
@@ -180,14 +183,16 @@ fn mixed_versions_converge_and_future_ops_wait_for_the_upgrade() {
     for r in [&old_writer, &new_writer] {
         pass(r, &server);
     }
-    // The v2 replica gets the v1 op (diffs, it already holds half the rows) and migrates it.
+    // The v2 replica, which never pulled, gets the v1 op by snapshot (a reset: DESIGN §6)
+    // and migrates it, keeping its own write.
     let rep = pass(&server, &new_writer);
-    assert!(!rep.snapshot);
+    assert!(rep.snapshot && rep.reset, "{rep:?}");
     assert_eq!(q(&new_writer, "todos", json!({"orderBy": "id"})), vec![json!({"id": "a", "name": "from v1", "done": false}), json!({"id": "b", "name": "from v2", "done": false})]);
     // A late v1 patch (after the v2 replica migrated) is migrated forward again.
     block_on(old_writer.patch("todos", "a", obj(json!({"title": "late v1 edit"})))).unwrap();
     pass(&old_writer, &server);
-    pass(&server, &new_writer);
+    let rep = pass(&server, &new_writer);
+    assert!(!rep.snapshot, "its migrations read nothing else: diffs, that document rebuilt alone: {rep:?}");
     assert_eq!(q(&new_writer, "todos", json!({"where": {"id": "a"}}))[0]["name"], "late v1 edit");
     // The v1 replica stores the v2 op without applying it, and says so.
     let rep = pass(&server, &old_writer);

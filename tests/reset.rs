@@ -354,6 +354,69 @@ fn a_joiner_gets_older_data_within_one_batch_as_a_snapshot_so_migrations_read_dr
     assert!(!rep.snapshot, "same version: diffs, {rep:?}");
 }
 
+/// A v2 replica holding unsynced writes that never pulled from the library still joins by
+/// snapshot when the library's older-version data fits in one batch (DESIGN §9's reset
+/// scenario at its smallest): staged, migrated reading the dropped tags, its writes
+/// re-applied, no reset on the next sync, and the server ends with the migrated state a
+/// fresh replica agrees with. (Before, a replica with any write of its own got diffs: no
+/// reset, and every migrated task's label was null.)
+#[test]
+fn a_joiner_holding_unsynced_writes_gets_older_data_within_one_batch_as_a_snapshot() {
+    let server = v1_library();
+    let c = with_writes(MemoryStore::new(), 2);
+    let rep = pass(&server, &c, Limits::default()).unwrap();
+    assert!(rep.snapshot && rep.reset, "{rep:?}");
+    let got = tasks(&c);
+    assert_eq!(got.len(), 32, "30 migrated tasks and its 2 own");
+    for t in got.iter().filter(|t| t["id"].as_str().unwrap().starts_with('t')) {
+        let n: usize = t["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(t["label"], json!(format!("tag {}", n % 3)), "{t:?}");
+    }
+    assert!(got.iter().filter(|t| t["label"] == "own").count() == 2, "its unsynced writes are kept");
+    pass(&c, &server, Limits::default()).unwrap();
+    let again = pass(&server, &c, Limits::default()).unwrap();
+    assert!(!again.snapshot && !again.reset, "no reset loop: {again:?}");
+    let fresh = client_v2(MemoryStore::new(), Label::default());
+    pass(&server, &fresh, Limits::default()).unwrap();
+    assert_eq!(tasks(&fresh), tasks(&c), "the server holds the migrated state and the writes");
+}
+
+/// A v1 write arriving after a v2 replica has synced — a v1 app still in use — reaches a
+/// replica whose migrations read other documents as a snapshot (`older_as_snapshot`), not
+/// diffs: its migration finds the tag the new task points at, which the v2 schema dropped
+/// and a diff pass would not carry, and it agrees with a replica that joins afterwards. A
+/// replica whose migrations read nothing else takes the same write as diffs, migrated
+/// alone (no reset).
+#[test]
+fn a_late_older_write_reaches_a_replica_whose_migrations_read_others_as_a_snapshot() {
+    let server = v1_library();
+    let c = client_v2(MemoryStore::new(), Label::default());
+    assert!(pass(&server, &c, Limits::default()).unwrap().reset);
+    let renamed = renaming(MemoryStore::new(), Arc::new(AtomicUsize::new(0)));
+    assert!(pass(&server, &renamed, Limits::default()).unwrap().reset);
+
+    let late = writer_v1(2_000);
+    pass(&server, &late, Limits::default()).unwrap();
+    block_on(late.put("tasks", obj(json!({"id": "t99", "title": "late", "tagId": "g2"})))).unwrap();
+    pass(&late, &server, Limits::default()).unwrap();
+
+    let rep = pass(&server, &c, Limits::default()).unwrap();
+    assert!(rep.snapshot && rep.reset, "{rep:?}");
+    let t99 = block_on(c.get("tasks", "t99")).unwrap().unwrap().doc.unwrap();
+    assert_eq!(t99["label"], "tag 2", "the migration read the dropped tag: {t99:?}");
+    assert_eq!(tasks(&c).len(), 31);
+    let again = pass(&server, &c, Limits::default()).unwrap();
+    assert!(!again.snapshot && !again.reset, "no reset loop: {again:?}");
+    let fresh = client_v2(MemoryStore::new(), Label::default());
+    pass(&server, &fresh, Limits::default()).unwrap();
+    assert_eq!(tasks(&fresh), tasks(&c));
+
+    let rep = pass(&server, &renamed, Limits::default()).unwrap();
+    assert!(!rep.snapshot && !rep.reset, "migrated alone, by diffs: {rep:?}");
+    let t99 = block_on(renamed.get("tasks", "t99")).unwrap().unwrap().doc.unwrap();
+    assert_eq!(t99["name"], "late");
+}
+
 /// A reset of more documents than one slice (the last migration step is computed and
 /// written 1,000 documents at a time): every document is migrated exactly once, a task in
 /// a later slice still reads the tags of the first one, and the result — values and the

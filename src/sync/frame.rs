@@ -231,6 +231,7 @@ mod tests {
                 sent_sessions: vec!["a".into()],
                 marks: vec![mark.clone(), mark],
                 own_only: true,
+                older_as_snapshot: true,
             },
             Message::Point {
                 session: "s".into(),
@@ -243,6 +244,7 @@ mod tests {
                 sent_sessions: vec![],
                 marks: vec![],
                 own_only: false,
+                older_as_snapshot: false,
             },
             Message::Begin { session: "s".into(), start: 2, snapshot: false, total: 7, resolutions: vec![] },
             Message::Ack { session: "s".into(), point: 7 },
@@ -257,7 +259,7 @@ mod tests {
             reads_back(&msg);
         }
         assert_eq!(Message::Ping {}.encode(), r#"{"v":1,"type":"ping"}"#);
-        assert!(!Message::Point { session: "s".into(), db_id: "d".into(), max_row: 5, schema_version: 1, point: 0, matched: None, candidates: vec![], sent_sessions: vec![], marks: vec![], own_only: false }
+        assert!(!Message::Point { session: "s".into(), db_id: "d".into(), max_row: 5, schema_version: 1, point: 0, matched: None, candidates: vec![], sent_sessions: vec![], marks: vec![], own_only: false, older_as_snapshot: false }
             .encode()
             .contains("marks"), "empty marks and a false own_only are left out");
     }

@@ -312,6 +312,11 @@ messages! {
         /// forwarded table; every other row is covered, not sent.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         own_only: bool,
+        /// The receiver's migrations read other documents (`Rebuild::older_as_snapshot`):
+        /// rows of an older schema version reach it as a snapshot, staged and migrated
+        /// together (DESIGN §6), never as diffs its migrations could not read around.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        older_as_snapshot: bool,
     },
     /// Sender → receiver: the pass starts after `start`, by diffs or by snapshot; `total`
     /// is how many rows (or snapshot documents) there are to move, for progress.

@@ -144,6 +144,7 @@ impl<T: Store> Receiver<T> {
                     sent_sessions: rec.out_history.iter().map(|e| e.session.clone()).collect(),
                     marks,
                     own_only: self.bound,
+                    older_as_snapshot: replica.rebuild().older_as_snapshot(),
                 }]))
             }
             (State::Begin { point, shared, ceiling, their_max }, Message::Begin { session, start, snapshot, total, resolutions }) if session == self.session => {

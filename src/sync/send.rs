@@ -161,7 +161,7 @@ impl Sender {
     /// Takes the receiver's next message.
     pub async fn handle<S: Store>(&mut self, replica: &Replica<S>, msg: Message, progress: &mut impl FnMut(Progress)) -> Result<Step<PassReport>, Error> {
         match (std::mem::replace(&mut self.state, State::Done), msg) {
-            (State::Preflight { known, table, head }, Message::Point { session, db_id, max_row, schema_version, point, matched, candidates, sent_sessions, marks, own_only })
+            (State::Preflight { known, table, head }, Message::Point { session, db_id, max_row, schema_version, point, matched, candidates, sent_sessions, marks, own_only, older_as_snapshot })
                 if session == self.session =>
             {
                 if db_id != self.peer {
@@ -173,7 +173,7 @@ impl Sender {
                 if marks.len() > MAX_MARKS {
                     return Err(SyncError::Protocol(format!("{} marks in a preflight answer; at most {MAX_MARKS}", marks.len())).into());
                 }
-                self.begin(replica, known, table, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, their_version: schema_version, marks, own_only }).await
+                self.begin(replica, known, table, head, Answer { point, matched, candidates, sent_sessions, their_max: max_row, their_version: schema_version, marks, own_only, older_as_snapshot }).await
             }
             (State::Diffs { diffs, pending: Some(sent) }, Message::Ack { session, point }) if session == self.session => {
                 if point != sent.covers {
@@ -213,7 +213,7 @@ impl Sender {
 
     /// Chooses where to start and how (snapshot or diffs), and sends the first chunk.
     async fn begin<S: Store>(&mut self, replica: &Replica<S>, known: Option<PeerRecord>, table: Table, head: Head, answer: Answer) -> Result<Step<PassReport>, Error> {
-        let Answer { point, matched, candidates, sent_sessions, their_max, their_version, marks, own_only } = answer;
+        let Answer { point, matched, candidates, sent_sessions, their_max, their_version, marks, own_only, older_as_snapshot } = answer;
         let me = head.db_id.clone();
         let mine = known.clone().unwrap_or_else(PeerRecord::new);
         // Fast-forward through a transitive entry only if we still remember its session
@@ -250,13 +250,16 @@ impl Sender {
             let sending = count_sent(replica, start, threshold + 1, &filter).await?;
             snapshot = wants_snapshot(head.max_row, sending, self.limits.per_diff, false);
         }
-        // A replica joining from nothing gets a snapshot when the library is more than one
-        // batch (the gap is all of it); within one batch, when the batch holds data of an
-        // older schema version than the joiner's: a snapshot is staged and migrated in one
-        // batch (DESIGN §6), so migrations read every document — also of collections the
-        // joiner's schema dropped, which rows of a diff pass would never store.
-        if !snapshot && gap > 0 && point < 0 && their_max == 0 && their_version > 0 {
-            snapshot = holds_older(replica, start, their_version, self.limits.per_diff).await?;
+        // Older-version data goes as a snapshot, staged and migrated in one batch (DESIGN
+        // §6), where diffs would leave the receiver's migrations without what they read:
+        // to a replica that never took rows from us (joining, perhaps holding unsynced
+        // writes, which its reset re-applies), whose migrations then read every document —
+        // also of collections its schema dropped, which a diff pass never stores; and to a
+        // receiver whose migrations read other documents (`older_as_snapshot`), for a late
+        // write of an older version as well. The rows this pass would send are looked at.
+        if !snapshot && !own_only && gap > 0 && their_version > 0 && (point < 0 || older_as_snapshot) {
+            let limit = self.limits.per_diff.saturating_mul(self.limits.max_diffs);
+            snapshot = sends_older(replica, start, their_version, limit, self.limits.per_diff, &filter).await?;
         }
         self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
         // A receiver that takes only our own ops gets no table.
@@ -488,12 +491,25 @@ struct Answer {
     their_version: u32,
     marks: Vec<Mark>,
     own_only: bool,
+    /// Older-version rows must reach it as a snapshot (`Message::Point`).
+    older_as_snapshot: bool,
 }
 
-/// Whether the first `limit` rows after `start` hold an op of a schema version below `version`.
-async fn holds_older<S: Store>(replica: &Replica<S>, start: Point, version: u32, limit: usize) -> Result<bool, Error> {
-    let rows = replica.store().rows_after(start.max(0) as u64, limit.max(1)).await?;
-    Ok(rows.iter().any(|r| r.op.schema_version < version))
+/// Whether the first `limit` rows after `start` hold an op of a schema version below
+/// `version` that `filter` sends (read `chunk` rows at a time, stopping at the first).
+async fn sends_older<S: Store>(replica: &Replica<S>, start: Point, version: u32, limit: usize, chunk: usize, filter: &Filter) -> Result<bool, Error> {
+    let mut after = start.max(0) as u64;
+    let mut seen = 0;
+    while seen < limit {
+        let rows = replica.store().rows_after(after, chunk.min(limit - seen).max(1)).await?;
+        let Some(last) = rows.last() else { return Ok(false) };
+        if rows.iter().any(|r| r.op.schema_version < version && filter.sends(r)) {
+            return Ok(true);
+        }
+        after = last.row;
+        seen += rows.len();
+    }
+    Ok(false)
 }
 
 /// The next page of stored documents after `after` as a snapshot sends them, and the key
