@@ -207,6 +207,46 @@ test('a migration that reads other documents works the same on open and on reset
   } finally { await srv.stop(); }
 });
 
+test('older-version data within one batch reaches a v2 replica holding its own writes, and a later v1 write reaches it, by reset: the migration reads the dropped tags', async () => {
+  const srv = await startServer();
+  try {
+    const page = await h.openPage();
+    const v1 = await seedV1(page, srv, 'late', 10);
+    const sync = { url: srv.wsUrl, library: 'late' }; // default perDiff: all of it fits one batch
+    const all = async (db) => (await db.query('tasks', { orderBy: 'id' }));
+    const joined = await inPage(page, { name: 'late-v2', schema: V2, history: [V1], steps: { 2: LABEL }, sync, body: async (db) => {
+      await db.put('tasks', { id: 'mine', title: 'mine', label: 'own' });
+      const report = await db.syncNow();
+      return { reset: report.reset, t4: await db.get('tasks', 't00004'), mine: await db.get('tasks', 'mine'), n: (await db.query('tasks')).length };
+    } });
+    assert.equal(joined.out.reset, true, 'a replica with unsynced writes joins by reset');
+    assert.equal(joined.events.reset.length, 1);
+    assert.deepEqual(joined.out.t4, { id: 't00004', title: 'task 4', label: 'tag 1' });
+    assert.deepEqual(joined.out.mine, { id: 'mine', title: 'mine', label: 'own' });
+    assert.equal(joined.out.n, 11);
+    // A v1 app still in use writes a task pointing at a tag the v2 schema dropped.
+    await inPage(page, { name: 'late-v1', schema: V1, sync: v1, body: async (db) => {
+      await db.syncNow();
+      await db.put('tasks', { id: 't99999', title: 'late', tagId: 'g2' });
+      await db.syncNow();
+    } });
+    const late = await inPage(page, { name: 'late-v2', schema: V2, history: [V1], steps: { 2: LABEL }, sync, body: async (db) => {
+      const report = await db.syncNow();
+      const again = await db.syncNow();
+      return { reset: report.reset, again: again.reset, t99999: await db.get('tasks', 't99999') };
+    } });
+    assert.equal(late.out.reset, true, 'its migration reads other documents: the late v1 write comes by reset');
+    assert.equal(late.out.again, false, 'no reset loop');
+    assert.equal(late.events.reset.length, 1);
+    assert.deepEqual(late.out.t99999, { id: 't99999', title: 'late', label: 'tag 2' });
+    const mine = await inPage(page, { name: 'late-v2', schema: V2, history: [V1], steps: { 2: LABEL }, body: all });
+    const fresh = await inPage(page, { name: 'late-fresh', schema: V2, history: [V1], steps: { 2: LABEL }, sync, body: async (db) => { await db.syncNow(); return db.query('tasks', { orderBy: 'id' }); } });
+    assert.equal(fresh.out.length, 12);
+    assert.deepEqual(fresh.out, mine.out, 'a replica joining afterwards holds the same documents');
+    await page.close();
+  } finally { await srv.stop(); }
+});
+
 test('a missing schema, a missing migration, a throwing one or one returning undefined is an error during sync; nothing is hidden and writes still push', async () => {
   const srv = await startServer();
   try {
