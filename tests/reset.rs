@@ -384,7 +384,8 @@ fn a_joiner_holding_unsynced_writes_gets_older_data_within_one_batch_as_a_snapsh
 /// A v1 write arriving after a v2 replica has synced — a v1 app still in use — reaches a
 /// replica whose migrations read other documents as a snapshot (`older_as_snapshot`), not
 /// diffs: its migration finds the tag the new task points at, which the v2 schema dropped
-/// and a diff pass would not carry, and it agrees with a replica that joins afterwards. A
+/// and a diff pass would not carry, and it agrees with a replica that joins afterwards;
+/// a later v1 edit of a tag migrates the tasks that read it again, everywhere. A
 /// replica whose migrations read nothing else takes the same write as diffs, migrated
 /// alone (no reset).
 #[test]
@@ -410,6 +411,22 @@ fn a_late_older_write_reaches_a_replica_whose_migrations_read_others_as_a_snapsh
     let fresh = client_v2(MemoryStore::new(), Label::default());
     pass(&server, &fresh, Limits::default()).unwrap();
     assert_eq!(tasks(&fresh), tasks(&c));
+
+    // A v1 app relabels a tag the tasks copied: the replicas that migrated already migrate
+    // those tasks again (their migration read it), and agree with one joining now.
+    block_on(late.put("tags", obj(json!({"id": "g1", "label": "tag one relabelled"})))).unwrap();
+    pass(&late, &server, Limits::default()).unwrap();
+    let rep = pass(&server, &c, Limits::default()).unwrap();
+    assert!(rep.snapshot && rep.reset, "{rep:?}");
+    let label = |r: &Replica<MemoryStore>| block_on(r.get("tasks", "t01")).unwrap().unwrap().doc.unwrap()["label"].clone();
+    assert_eq!(label(&c), "tag one relabelled");
+    pass(&c, &server, Limits::default()).unwrap();
+    assert!(pass(&server, &fresh, Limits::default()).unwrap().reset);
+    let joiner = client_v2(MemoryStore::new(), Label::default());
+    pass(&server, &joiner, Limits::default()).unwrap();
+    assert_eq!(label(&joiner), "tag one relabelled");
+    assert_eq!(tasks(&fresh), tasks(&c));
+    assert_eq!(tasks(&joiner), tasks(&c));
 
     let rep = pass(&server, &renamed, Limits::default()).unwrap();
     assert!(!rep.snapshot && !rep.reset, "migrated alone, by diffs: {rep:?}");

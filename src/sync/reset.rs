@@ -308,10 +308,14 @@ impl<T: Store> Reset<T> {
                     continue;
                 };
                 // Older-version data the live document already holds (and was migrated
-                // from) changes nothing: the document keeps its migration.
+                // from) changes nothing — the document keeps its migration — unless its
+                // migration reads other documents, whose older-version data this snapshot
+                // may have changed (a v1 app relabelling the tag a task copies): it is
+                // migrated again with the rest, as a replica joining now would migrate it.
                 let mut both = live.clone();
                 let changed = both.merge(staged, Output::Computed { version: current, held: false });
-                if live.migrated_into(current) && !changed.iter().any(|(v, _)| *v < current) {
+                let alone = both.0.keys().next().is_none_or(|&v| v >= current || rebuild.migrates_alone(v));
+                if alone && live.migrated_into(current) && !changed.iter().any(|(v, _)| *v < current) {
                     self.older.remove(key);
                     ready.push(Pending { key: key.clone(), layers: both, migrated: migrated.clone(), remigrate: false });
                 } else if let Some(staged) = self.older.get_mut(key) {
