@@ -207,7 +207,7 @@ test('a migration that reads other documents works the same on open and on reset
   } finally { await srv.stop(); }
 });
 
-test('older-version data within one batch reaches a v2 replica holding its own writes, and a later v1 write reaches it, by reset: the migration reads the dropped tags', async () => {
+test('older-version data within one batch reaches a v2 replica holding its own writes, and later v1 writes reach it, by reset: the migration reads the dropped tags, again after a relabel', async () => {
   const srv = await startServer();
   try {
     const page = await h.openPage();
@@ -239,6 +239,18 @@ test('older-version data within one batch reaches a v2 replica holding its own w
     assert.equal(late.out.again, false, 'no reset loop');
     assert.equal(late.events.reset.length, 1);
     assert.deepEqual(late.out.t99999, { id: 't99999', title: 'late', label: 'tag 2' });
+    // The v1 app relabels a tag the tasks copied: the v2 replica migrates them again.
+    await inPage(page, { name: 'late-v1', schema: V1, sync: v1, body: async (db) => {
+      await db.put('tags', { id: 'g1', label: 'tag one relabelled' });
+      await db.syncNow();
+    } });
+    const relabelled = await inPage(page, { name: 'late-v2', schema: V2, history: [V1], steps: { 2: LABEL }, sync, body: async (db) => {
+      const report = await db.syncNow();
+      await db.syncNow();
+      return { reset: report.reset, t4: await db.get('tasks', 't00004') };
+    } });
+    assert.equal(relabelled.out.reset, true);
+    assert.deepEqual(relabelled.out.t4, { id: 't00004', title: 'task 4', label: 'tag one relabelled' });
     const mine = await inPage(page, { name: 'late-v2', schema: V2, history: [V1], steps: { 2: LABEL }, body: all });
     const fresh = await inPage(page, { name: 'late-fresh', schema: V2, history: [V1], steps: { 2: LABEL }, sync, body: async (db) => { await db.syncNow(); return db.query('tasks', { orderBy: 'id' }); } });
     assert.equal(fresh.out.length, 12);
