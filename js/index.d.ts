@@ -379,6 +379,8 @@ export interface SyncReport {
   snapshot: boolean;
   /** The server answered with a snapshot of older-version data, migrated on arrival. */
   reset: boolean;
+  /** The newest schema version of ops pulled but not applied (newer than the app's; `futureVersion` fires too). */
+  futureVersion?: number;
   push: PassReport;
   pull: PassReport;
 }

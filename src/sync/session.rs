@@ -31,6 +31,11 @@ pub struct RoundReport {
     pub snapshot: bool,
     /// Whether the local store was rebuilt from older-version data (schema migrations).
     pub reset: bool,
+    /// The newest schema version of ops pulled but not applied, newer than the app's (the
+    /// `futureVersion` event says the same): the app should upgrade.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(all(test, not(target_arch = "wasm32")), ts(optional))]
+    pub future_version: Option<u32>,
     pub push: PassReport,
     pub pull: PassReport,
 }
@@ -120,6 +125,7 @@ impl<T: Store> Round<T> {
                     capped: push.capped || pull.capped,
                     snapshot: pull.snapshot,
                     reset: pull.reset,
+                    future_version: pull.future_version,
                     push,
                     pull,
                 };

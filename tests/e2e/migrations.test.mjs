@@ -198,6 +198,7 @@ test('mixed versions: v2 migrates v1 ops; v1 stores v2 ops, raises futureVersion
     const b = await v1(async (db) => { const r = await db.syncNow(); return { r, docs: await db.query('todos') }; });
     assert.deepEqual(b.out.docs, [{ id: 'old', title: 'from v1', done: false }], 'v2 ops are stored, not applied');
     assert.deepEqual(b.events.futureVersion, [{ version: 2, current: 1 }]);
+    assert.equal(b.out.r.futureVersion, 2, "the round's report says so too");
     const c = await inPage(page, { name: 'mx-v1', schema: V2, history: [V1], steps: { 2: RENAME }, sync, body: (db) => db.query('todos', { orderBy: 'id' }) });
     assert.deepEqual(c.out, a.out, 'after upgrading, the stored v2 ops apply');
     await page.close();

@@ -24,4 +24,9 @@ snapshot: boolean,
 /**
  * Whether the local store was rebuilt from older-version data (schema migrations).
  */
-reset: boolean, push: PassReport, pull: PassReport, };
+reset: boolean, 
+/**
+ * The newest schema version of ops pulled but not applied, newer than the app's (the
+ * `futureVersion` event says the same): the app should upgrade.
+ */
+futureVersion?: number, push: PassReport, pull: PassReport, };
