@@ -115,7 +115,7 @@ pub fn index_keys(indexes: &[Index], doc: &Map<String, Value>) -> Map<String, Va
 impl Schema {
     /// Parses and validates a schema given as JSON.
     pub fn from_json(value: serde_json::Value) -> Result<Schema, SchemaError> {
-        let schema: Schema = serde_json::from_value(value).map_err(|e| SchemaError::Invalid(e.to_string()))?;
+        let schema: Schema = serde_json::from_value(value).map_err(|e| SchemaError::Invalid(in_js_terms(&e.to_string())))?;
         schema.validate()?;
         Ok(schema)
     }
@@ -185,10 +185,31 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
 }
 
+
+/// A serde message about a schema in the words of the JS value the app wrote: "expected
+/// u32" names a Rust type, "a map" and "a sequence" are an object and an array there.
+fn in_js_terms(message: &str) -> String {
+    [("u32", "a whole number"), ("u64", "a whole number"), ("a map", "an object"), ("map", "object"), ("a sequence", "an array"), ("sequence", "array"), ("unit value", "null")]
+        .iter()
+        .fold(message.to_string(), |m, (rust, js)| m.replace(&format!(" {rust}"), &format!(" {js}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Messages about a malformed schema name JS types, never Rust ones (DESIGN §7).
+    #[test]
+    fn a_malformed_schema_is_described_in_js_terms() {
+        let message = |v| Schema::from_json(v).unwrap_err().to_string();
+        let version = message(json!({"version": "1", "collections": {"t": {"primaryKey": "id"}}}));
+        assert!(version.contains("expected a whole number") && !version.contains("u32"), "{version}");
+        let collections = message(json!({"version": 1, "collections": [1]}));
+        assert!(collections.contains("invalid type: array, expected an object"), "{collections}");
+        let collection = message(json!({"version": 1, "collections": {"t": []}}));
+        assert!(!collection.contains("sequence") && !collection.contains("map"), "{collection}");
+    }
 
     #[test]
     fn parses_the_design_example() {

@@ -107,6 +107,8 @@ fn run<T>(pool: &mut LocalPool, clock: &Clock, fut: impl Future<Output = T>) -> 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Serve,
+    /// Answers the hello with `SYNC_TOKEN_EXPIRED`, as a server whose secret says so.
+    Expired,
     /// Serves until `Server::swallow` is set, then neither reads nor writes nor closes.
     Swallowing,
 }
@@ -171,6 +173,10 @@ impl Env for TestEnv {
                 let mut far = Gate { inner: far, shut };
                 // The server's half of the handshake, then its passes.
                 let Ok(Message::Hello { db_id, .. }) = far.recv().await else { return };
+                if mode == Mode::Expired {
+                    let _ = far.send(&Message::Error { code: "SYNC_TOKEN_EXPIRED".into(), message: "the token expired".into() }).await;
+                    return;
+                }
                 let head = server.replica.head();
                 let welcome = Message::Welcome { db_id: head.db_id, max_row: head.max_row, schema_version: 0 };
                 if far.send(&welcome).await.is_ok() {
@@ -445,6 +451,30 @@ fn an_expired_static_token_stops_live_sync_and_a_renewing_one_reconnects() {
         } else {
             assert_eq!((env.tokens.get(), w.server.connects.get()), (1, 1), "no retry with the same expired token");
             assert_eq!(w.log.rounds.borrow().len(), 1);
+        }
+    }
+}
+
+/// `syncNow()` with a token the server says expired: a renewing token is asked for again
+/// and the round goes through on a second connection; a static one is refused once.
+#[test]
+fn sync_now_asks_a_renewing_token_again_when_the_server_says_it_expired() {
+    for renews in [false, true] {
+        let mut w = world();
+        futures::executor::block_on(w.client.put("docs", doc(json!({"id": "a", "n": 1})))).unwrap();
+        w.server.modes.borrow_mut().push(Mode::Expired);
+        let env = w.env(0, renews);
+        let cfg = Config::new("lib", Limits::default());
+        let result = run(&mut w.pool, &w.clock, live::once(&w.client, &env, &cfg, &w.shared, w.log.as_ref()));
+        if renews {
+            let report = result.unwrap();
+            assert_eq!(report.sent, 1);
+            assert_eq!((env.tokens.get(), w.server.connects.get()), (2, 2), "a fresh token on a second connection");
+            assert_eq!(w.errors(), Vec::<String>::new(), "the renewed round succeeded: nothing to report");
+        } else {
+            assert_eq!(result.unwrap_err().code(), "SYNC_TOKEN_EXPIRED");
+            assert_eq!((env.tokens.get(), w.server.connects.get()), (1, 1));
+            assert_eq!(w.errors(), vec!["SYNC_TOKEN_EXPIRED"]);
         }
     }
 }

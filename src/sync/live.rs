@@ -365,11 +365,16 @@ async fn round<S: Store, E: Env, V: Events>(replica: &Replica<S>, t: &mut Watche
 /// One round over a fresh connection: what `syncNow()` does. Failures are reported to
 /// `events` and returned.
 pub async fn once<S: Store, E: Env, V: Events>(replica: &Replica<S>, env: &E, cfg: &Config, shared: &Shared, events: &V) -> Result<RoundReport, Error> {
-    let result = async {
+    let attempt = || async {
         let (mut t, server) = open(replica, env, cfg, None).await?;
         round(replica, &mut t, &server, cfg, shared, events).await
+    };
+    let mut result = attempt().await;
+    // A token the server says expired is asked for again, once, where the app can renew
+    // it (DESIGN §7); a pass cut off by the expiry resumes from its checkpoint.
+    if env.renews_token() && result.as_ref().is_err_and(|e| e.code() == TOKEN_EXPIRED) {
+        result = attempt().await;
     }
-    .await;
     if let Err(e) = &result {
         events.error(e);
     }

@@ -108,9 +108,37 @@ async fn open(options: JsValue) -> Result<JsReplica, Error> {
     Ok(JsReplica { inner: Rc::new(replica), client: Rc::new(Client::new(sync)) })
 }
 
+/// Refuses a condition whose value is `undefined` (`{ where: { owner: user?.id } }` before
+/// the user loaded): elsewhere in a query an undefined property means "not given", as in
+/// `JSON.stringify`, but dropping a condition would return every document.
+fn undefined_condition(query: &JsValue) -> Result<(), Error> {
+    let conditions = js_sys::Reflect::get(query, &JsValue::from_str("where")).unwrap_or(JsValue::UNDEFINED);
+    let undefined = properties(&conditions).find_map(|(field, value)| match value.is_undefined() {
+        true => Some(field),
+        // An operator object's operands: `{ n: { gte: undefined } }`.
+        false => properties(&value).find(|(_, operand)| operand.is_undefined()).map(|(op, _)| format!("{field}.{op}")),
+    });
+    match undefined {
+        Some(path) => Err(crate::error::QueryError::Invalid(format!("where.{path} is undefined: give the condition a value, or leave the field out to match any")).into()),
+        None => Ok(()),
+    }
+}
+
+/// The own enumerable properties of a plain object (none for anything else).
+fn properties(value: &JsValue) -> impl Iterator<Item = (String, JsValue)> {
+    let object = value.dyn_ref::<js_sys::Object>().filter(|_| !js_sys::Array::is_array(value));
+    object.map(js_sys::Object::entries).into_iter().flat_map(|entries| entries.to_vec()).map(|pair| {
+        let pair: js_sys::Array = pair.unchecked_into();
+        (pair.get(0).as_string().unwrap_or_default(), pair.get(1))
+    })
+}
+
 /// Deletes every database of the replica `name` (close it first).
 #[wasm_bindgen(js_name = deleteReplica)]
-pub async fn delete_replica(name: String) -> Result<(), JsValue> {
+pub async fn delete_replica(name: JsValue) -> Result<(), JsValue> {
+    let Some(name) = name.as_string() else {
+        return Err(err_to_js(bad_options("deleteReplica(name) takes the replica's name: the string given to openReplica({ name })")));
+    };
     IdbStore::delete_replica(&name).await.map_err(err_to_js)
 }
 
@@ -254,7 +282,7 @@ impl JsReplica {
 
     /// Documents matching `{ where, orderBy, limit }`, as an array.
     pub fn query(&self, collection: JsValue, query: JsValue) -> js_sys::Promise {
-        let q = if query.is_undefined() { Ok(Value::Null) } else { to_json_loose(&query) };
+        let q = if query.is_undefined() { Ok(Value::Null) } else { undefined_condition(&query).and_then(|()| to_json_loose(&query)) };
         match (to_string(&collection, "collection"), q) {
             (Ok(c), Ok(q)) => run(&self.inner, |r| async move {
                 let (coll, plan) = r.plan(&c, &q)?;

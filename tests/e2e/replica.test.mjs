@@ -123,6 +123,12 @@ test('bad input gives an Error with a code and changes nothing', async () => {
       queryType: () => db.query('todos', 'all'),
       manyNotArray: () => db.putMany('todos', { id: 'x' }),
       manyOneBad: () => db.putMany('todos', [{ id: 'ok1' }, { title: 'no id' }]),
+      // An undefined condition (a value not loaded yet) would otherwise match everything.
+      whereUndefined: () => db.query('todos', { where: { title: undefined } }),
+      operandUndefined: () => db.query('todos', { where: { createdAt: { gte: undefined } } }),
+      deleteUndefined: () => window.tidemark.deleteReplica(undefined),
+      deleteNumber: () => window.tidemark.deleteReplica(42),
+      deleteObject: () => window.tidemark.deleteReplica({}),
     };
     const codes = {};
     for (const [k, f] of Object.entries(attempts)) {
@@ -130,6 +136,8 @@ test('bad input gives an Error with a code and changes nothing', async () => {
     }
     let openCode;
     try { await window.tidemark.openReplica({ name: 'x', schema: { version: 0, collections: {} } }); } catch (e) { openCode = e.code; }
+    let schemaMessage;
+    try { await window.tidemark.openReplica({ name: 'x', schema: { version: '1', collections: { t: { primaryKey: 'id' } } } }); } catch (e) { schemaMessage = e.message; }
     let optCode;
     try { await window.tidemark.openReplica({ name: 'x', schema, bogus: 1 }); } catch (e) { optCode = e.code; }
     // In queries, an undefined property means "not given" (as in JSON.stringify).
@@ -139,14 +147,18 @@ test('bad input gives an Error with a code and changes nothing', async () => {
     await db.close();
     let closedCode;
     try { await db.get('todos', 'keep'); } catch (e) { closedCode = e.code; }
-    return { codes, all, loose, maxRow: status.maxRow, openCode, optCode, closedCode };
+    return { codes, all, loose, maxRow: status.maxRow, openCode, optCode, closedCode, schemaMessage };
   }, SCHEMA);
   assert.deepEqual(got.codes, {
     unknownCollection: 'UNKNOWN_COLLECTION', missingKey: 'MISSING_PRIMARY_KEY', numberKey: 'MISSING_PRIMARY_KEY',
     fn: 'NOT_JSON', undefinedField: 'NOT_JSON', cyclic: 'NOT_JSON', bigint: 'NOT_JSON', map: 'NOT_JSON', notObject: 'INVALID_DOCUMENT',
     collectionType: 'INVALID_ARGUMENT', patchMissing: 'NOT_FOUND', patchKey: 'INVALID_PATCH', idType: 'INVALID_ARGUMENT',
     badQuery: 'INVALID_QUERY', queryType: 'INVALID_QUERY', manyNotArray: 'INVALID_ARGUMENT', manyOneBad: 'MISSING_PRIMARY_KEY',
+    whereUndefined: 'INVALID_QUERY', operandUndefined: 'INVALID_QUERY',
+    deleteUndefined: 'INVALID_OPTIONS', deleteNumber: 'INVALID_OPTIONS', deleteObject: 'INVALID_OPTIONS',
   });
+  assert.match(got.schemaMessage, /expected a whole number/);
+  assert.doesNotMatch(got.schemaMessage, /u32/, 'JS terms, never a Rust type');
   assert.deepEqual(got.all, ['keep']);
   assert.equal(got.loose, 1);
   assert.equal(got.maxRow, 1);
