@@ -236,6 +236,7 @@ export interface Status {
   maxRow: number;
   incoming: { [dbId: string]: number };
   outgoing: { [dbId: string]: number };
+  /** Connected to the server: this tab, or the tab of this replica that runs live sync. */
   online: boolean;
   pending: number;
   /** A reset began and has not completed yet; the next sync that receives a snapshot completes it. */

@@ -4,6 +4,9 @@
 // wasm module is loaded. See index.d.ts for the types.
 
 const EVENTS = ['sync', 'progress', 'reset', 'error', 'futureVersion', 'online', 'change'];
+/** How often the tab running live sync tells the others it is online, and how long they believe it. */
+const HEARTBEAT_MS = 2000;
+const LEADER_SILENT_MS = 5000;
 
 /** An `Error` with a stable `code`, like the ones the engine throws. */
 export function tidemarkError(code, message, cause) {
@@ -29,11 +32,20 @@ export class Replica {
   #leader = false;
   #releaseLock = null;
   #onNetwork = null;
+  /** When the tab running live sync last said it was online (`#heard`); 0: it is not. */
+  #leaderOnlineAt = 0;
+  #heartbeat = null;
 
   constructor(inner, name) {
     this.#inner = inner;
     this.#name = name;
-    inner.setEmitter((type, payload) => this.#emit(type, payload));
+    inner.setEmitter((type, payload) => {
+      this.#emit(type, payload);
+      // The other tabs' status() follows this tab's sync: their points, pending count and
+      // (from the tab running live sync) online state.
+      if (type === 'sync') this.#tellSync(payload);
+      else if (type === 'online') this.#tellSync(undefined);
+    });
     // Every committed transaction in this tab: re-run the live queries it touches, and
     // tell the other tabs of this replica.
     inner.setOnChange((collections) => {
@@ -52,8 +64,12 @@ export class Replica {
       this.#channel = new BroadcastChannel(`tidemark:${name}`);
       this.#channel.onmessage = (e) => {
         if (this.#closed) return;
-        // Another tab wrote or synced: its rows are in the same database.
-        this.#inner.refresh().then(() => this.#changed(e.data?.collections ?? []), () => {});
+        const { collections = [], sync } = e.data ?? {};
+        // Another tab wrote or synced: its rows and sync points are in the same database.
+        this.#inner.refresh().then(() => {
+          this.#changed(collections);
+          if (sync) this.#heard(sync);
+        }, () => {});
       };
     }
   }
@@ -165,6 +181,37 @@ export class Replica {
     if (pending?.length) this.#channel?.postMessage({ collections: pending });
   }
 
+  /**
+   * Tells the other tabs this tab synced (`report`: a round's, then they emit `sync` too) or
+   * that its connection went up or down; the tab running live sync also says whether it
+   * is online, and repeats it every 2 s while it is (`#heartbeat`).
+   */
+  #tellSync(report) {
+    if (!this.#channel || this.#closed) return;
+    const online = this.#leader && this.#inner.status().online;
+    this.#channel.postMessage({ sync: { report, leader: this.#leader, online } });
+    if (online && !this.#heartbeat) {
+      this.#heartbeat = setInterval(() => {
+        if (this.#leader && this.#inner.status().online && !this.#closed) this.#channel?.postMessage({ sync: { leader: true, online: true } });
+        else this.#stopHeartbeat();
+      }, HEARTBEAT_MS);
+    } else if (!online) this.#stopHeartbeat();
+  }
+
+  #stopHeartbeat() {
+    clearInterval(this.#heartbeat);
+    this.#heartbeat = null;
+  }
+
+  /** Another tab synced or its connection changed (`#tellSync`). */
+  #heard({ report, leader, online }) {
+    const before = this.status().online;
+    if (leader) this.#leaderOnlineAt = online ? Date.now() : 0;
+    if (report !== undefined) this.#emit('sync', report);
+    const now = this.status().online;
+    if (now !== before) this.#emit('online', now);
+  }
+
   #changed(collections) {
     for (const sub of this.#subs) {
       if (collections.includes(sub.collection)) this.#refresh(sub);
@@ -206,8 +253,16 @@ export class Replica {
     }
   }
 
-  /** `{ dbId, schemaVersion, maxRow, incoming, outgoing, online, pending, leader }`. */
-  status() { return { ...this.#inner.status(), leader: this.#leader }; }
+  /**
+   * `{ dbId, schemaVersion, maxRow, incoming, outgoing, online, pending, leader }`. In a tab
+   * that does not run live sync, `online` says whether the tab that does is connected (as
+   * it said within the last few seconds), and the points and `pending` follow its rounds.
+   */
+  status() {
+    const s = this.#inner.status();
+    if (!s.online && !this.#leader && Date.now() - this.#leaderOnlineAt < LEADER_SILENT_MS) s.online = true;
+    return { ...s, leader: this.#leader };
+  }
 
   /** One sync round (push, then pull); resolves to { sent, received, batches, capped, snapshot, reset }. */
   syncNow() { return this.#inner.syncNow(); }
@@ -252,6 +307,8 @@ export class Replica {
     this.#inner.disconnect();
     this.#releaseLock?.();
     this.#releaseLock = null;
+    if (this.#heartbeat) this.#channel?.postMessage({ sync: { leader: true, online: false } });
+    this.#stopHeartbeat();
   }
 
   async close() {

@@ -192,6 +192,40 @@ test('exactly one tab runs sync; when it closes another takes over without losin
   } finally { await srv.stop(); }
 });
 
+test('a tab that does not run sync follows the one that does: online, pending and its sync events', async () => {
+  const srv = await startServer();
+  try {
+    const sync = { url: srv.wsUrl, library: 'follow' };
+    const a = await h.openPage();
+    const b = await h.openPage();
+    await open(a, 'follow', sync);
+    await open(b, 'follow', sync);
+    await b.evaluate(() => {
+      window.events = [];
+      window.db.on('sync', () => window.events.push('sync'));
+      window.db.on('online', (on) => window.events.push(`online:${on}`));
+    });
+    assert.deepEqual(await b.evaluate(() => [window.db.status().online, window.db.status().leader]), [false, false]);
+    await a.evaluate(() => window.db.connect());
+    await a.waitForFunction(() => window.db.status().leader && window.db.status().online);
+    await b.waitForFunction(() => window.db.status().online, null, { timeout: 5000 });
+    assert.equal(await b.evaluate(() => window.db.status().leader), false);
+    // B writes; A's live sync pushes it; B's status says so, as A's does.
+    await b.evaluate(() => window.db.put('todos', { id: 'from-b', title: 'b', list: 'inbox' }));
+    await b.waitForFunction(() => window.db.status().pending === 0 && window.events.includes('sync'), null, { timeout: 5000 });
+    assert.equal(await a.evaluate(() => window.db.status().pending), 0);
+    // Still online while A stays connected and quiet (it repeats it), offline at once when it disconnects.
+    await settle(6000);
+    assert.equal(await b.evaluate(() => window.db.status().online), true);
+    await a.evaluate(() => window.db.disconnect());
+    await b.waitForFunction(() => !window.db.status().online, null, { timeout: 2000 });
+    const events = await b.evaluate(() => window.events);
+    assert.equal(events.filter((e) => e.startsWith('online')).at(-1), 'online:false');
+    assert.ok(events.includes('online:true'), JSON.stringify(events));
+    await a.close(); await b.close();
+  } finally { await srv.stop(); }
+});
+
 test('a conflict on the same field resolves the same way in two browsers', async () => {
   const srv = await startServer();
   const other = await h.newContext();
