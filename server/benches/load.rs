@@ -299,6 +299,7 @@ impl Device {
             sent_sessions: sent.out_history.iter().map(|e| e.session.clone()).collect(),
             marks: vec![],
             own_only: false,
+            older_as_snapshot: false,
         };
         t.send(&answer).await.map_err(|e| err(&e))?;
         let (mut expected, mut received, mut snapshot) = (point, 0u64, false);
