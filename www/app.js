@@ -272,8 +272,9 @@ class Board {
     // Connection state and pending writes.
     let state;
     if (!this.wantOnline) state = 'offline';
+    // Another tab runs live sync: this one's status follows it (online while it is).
+    else if (s.leader === false && (s.online || Date.now() - this.connectedAt > 1200)) state = 'follower';
     else if (s.online) state = 'online';
-    else if (s.leader === false && Date.now() - this.connectedAt > 1200) state = 'follower';
     else state = 'connecting';
     const conn = this.$('.badge.conn');
     conn.dataset.state = state;
