@@ -65,6 +65,11 @@ export class Replica {
       this.#channel.onmessage = (e) => {
         if (this.#closed) return;
         const { collections = [], sync } = e.data ?? {};
+        // The sync tab's heartbeat or connection change: nothing new is stored.
+        if (sync && sync.report === undefined && collections.length === 0) {
+          this.#heard(sync);
+          return;
+        }
         // Another tab wrote or synced: its rows and sync points are in the same database.
         this.#inner.refresh().then(() => {
           this.#changed(collections);

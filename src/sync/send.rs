@@ -258,8 +258,8 @@ impl Sender {
         // receiver whose migrations read other documents (`older_as_snapshot`), for a late
         // write of an older version as well. The rows this pass would send are looked at.
         if !snapshot && !own_only && gap > 0 && their_version > 0 && (point < 0 || older_as_snapshot) {
-            let limit = self.limits.per_diff.saturating_mul(self.limits.max_diffs);
-            snapshot = sends_older(replica, start, their_version, limit, self.limits.per_diff, &filter).await?;
+            let limit = self.limits.per_diff.saturating_mul(self.limits.max_diffs) as u64;
+            snapshot = sends_older(replica, start, their_version, limit, &filter).await?;
         }
         self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
         // A receiver that takes only our own ops gets no table.
@@ -495,23 +495,6 @@ struct Answer {
     older_as_snapshot: bool,
 }
 
-/// Whether the first `limit` rows after `start` hold an op of a schema version below
-/// `version` that `filter` sends (read `chunk` rows at a time, stopping at the first).
-async fn sends_older<S: Store>(replica: &Replica<S>, start: Point, version: u32, limit: usize, chunk: usize, filter: &Filter) -> Result<bool, Error> {
-    let mut after = start.max(0) as u64;
-    let mut seen = 0;
-    while seen < limit {
-        let rows = replica.store().rows_after(after, chunk.min(limit - seen).max(1)).await?;
-        let Some(last) = rows.last() else { return Ok(false) };
-        if rows.iter().any(|r| r.op.schema_version < version && filter.sends(r)) {
-            return Ok(true);
-        }
-        after = last.row;
-        seen += rows.len();
-    }
-    Ok(false)
-}
-
 /// The next page of stored documents after `after` as a snapshot sends them, and the key
 /// of its last; `None` when there are no more. A store that keeps its documents as text (a
 /// server's) hands them over as such, and they go out without being decoded.
@@ -542,19 +525,42 @@ async fn stored_page<S: Store>(replica: &Replica<S>, after: Option<&DocKey>, lim
 /// Each read takes no more rows than could still be needed to reach `limit` (a server
 /// counts this for every pull that looks like a snapshot).
 async fn count_sent<S: Store>(replica: &Replica<S>, start: Point, limit: u64, filter: &Filter) -> Result<u64, Error> {
-    const CHUNK: u64 = 2000;
-    let mut after = start.max(0) as u64;
     let mut n = 0;
-    loop {
-        let take = CHUNK.min(limit - n).max(1) as usize;
-        let counted = replica.store().with_row_keys_after(after, take, |rows| Some((rows.last()?.row, rows.iter().filter(|r| filter.sends_key(r)).count()))).await?;
-        let Some((last, sent)) = counted else { return Ok(n) };
-        after = last;
-        n += sent as u64;
-        if n >= limit {
-            return Ok(n);
-        }
+    walk_keys(replica, start, limit, |rows| {
+        n += rows.iter().filter(|r| filter.sends_key(r)).count() as u64;
+        limit.saturating_sub(n)
+    })
+    .await?;
+    Ok(n)
+}
+
+/// Whether the first `limit` rows after `start` hold an op of a schema version below
+/// `version` that `filter` sends. From the rows' keys alone: an op's stamp carries its
+/// schema version (`apply::check_remote` refuses one whose does not).
+async fn sends_older<S: Store>(replica: &Replica<S>, start: Point, version: u32, limit: u64, filter: &Filter) -> Result<bool, Error> {
+    let (mut older, mut left) = (false, limit);
+    walk_keys(replica, start, limit, |rows| {
+        older = rows.iter().any(|r| r.op.ts.version < version && filter.sends_key(r));
+        left = left.saturating_sub(rows.len() as u64);
+        if older { 0 } else { left }
+    })
+    .await?;
+    Ok(older)
+}
+
+/// Hands the keys of the rows after `start` to `f` a chunk at a time — at most 2,000 rows,
+/// and no more than `f` last said it still wants (`want` at first) — until it wants none
+/// or the log ends.
+async fn walk_keys<S: Store>(replica: &Replica<S>, start: Point, want: u64, mut f: impl FnMut(&[RowKey]) -> u64) -> Result<(), Error> {
+    const CHUNK: u64 = 2000;
+    let (mut after, mut want) = (start.max(0) as u64, want);
+    while want > 0 {
+        let take = CHUNK.min(want) as usize;
+        let chunk = replica.store().with_row_keys_after(after, take, |rows| Some((rows.last()?.row, f(rows)))).await?;
+        let Some((last, more)) = chunk else { return Ok(()) };
+        (after, want) = (last, more);
     }
+    Ok(())
 }
 
 /// The next snapshot documents rebuilt from log rows (after row `after`, up to `end`) of
