@@ -62,6 +62,20 @@ pub struct Rebuild<'a> {
     pub migrator: &'a dyn Migrator,
 }
 
+/// A replica's `Rebuild`, owned (`Replica::rebuilder`): a closure handed to
+/// `Store::commit_owned` may run on another thread, after the call that made it returned.
+#[derive(Clone)]
+pub struct Rebuilder {
+    pub schemas: Option<std::sync::Arc<Schemas>>,
+    pub migrator: std::sync::Arc<dyn Migrator>,
+}
+
+impl Rebuilder {
+    pub fn get(&self) -> Rebuild<'_> {
+        Rebuild { schemas: self.schemas.as_deref(), migrator: self.migrator.as_ref() }
+    }
+}
+
 /// One document to rebuild.
 pub struct Pending {
     pub key: DocKey,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
@@ -13,7 +13,7 @@ use crate::migrate::{Migrator, NoMigrations, Schemas};
 use crate::op::{check_doc, check_patch, Kind};
 use crate::peer::PeerRecord;
 use crate::query::{Plan, Query};
-use crate::rebuild::Rebuild;
+use crate::rebuild::{Rebuild, Rebuilder};
 use crate::schema::{Collection, Schema};
 use crate::store::{Commit, DocKey, Head, Store, StoredDoc};
 use crate::turns::Turns;
@@ -99,8 +99,9 @@ pub struct Replica<S: Store> {
     store: S,
     /// `None` for a relay (the server): it stores and forwards every collection without
     /// knowing the app's schema, and accepts no local writes.
-    schemas: Option<Schemas>,
-    migrator: Box<dyn Migrator>,
+    /// Shared (`Arc`) so a commit's closure can own a `Rebuilder` (`Store::commit_owned`).
+    schemas: Option<Arc<Schemas>>,
+    migrator: Arc<dyn Migrator>,
     now: WallClock,
     /// `maxClockSkew` in ms: received stamps further ahead of `now` are refused.
     max_clock_skew: AtomicU64,
@@ -154,13 +155,14 @@ impl<S: Store> Replica<S> {
                 commit.head.expect("init writes the head")
             }
         };
+        let (schemas, migrator) = (schemas.map(Arc::new), Arc::from(migrator));
         let replica = Replica { store, schemas, migrator, now, max_clock_skew: AtomicU64::new(crate::limits::DEFAULT_MAX_CLOCK_SKEW_MS), head: Mutex::new(head), known: Mutex::new(Known::default()), quarantine: Mutex::default(), turns: Turns::default() };
         replica.refresh_status().await?;
         Ok(replica)
     }
 
     pub fn schema(&self) -> Option<&Schema> {
-        self.schemas.as_ref().map(|s| &s.current)
+        self.schemas.as_deref().map(|s| &s.current)
     }
 
     /// The schema version this replica writes under (a relay: its head's).
@@ -186,7 +188,12 @@ impl<S: Store> Replica<S> {
 
     /// How this replica turns document layers into stored documents.
     pub fn rebuild(&self) -> Rebuild<'_> {
-        Rebuild { schemas: self.schemas.as_ref(), migrator: self.migrator.as_ref() }
+        Rebuild { schemas: self.schemas.as_deref(), migrator: self.migrator.as_ref() }
+    }
+
+    /// `rebuild`, owned: for a commit's closure that must own what it uses.
+    pub fn rebuilder(&self) -> Rebuilder {
+        Rebuilder { schemas: self.schemas.clone(), migrator: self.migrator.clone() }
     }
 
     /// The head as of the last commit this replica made or loaded.

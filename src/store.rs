@@ -261,6 +261,19 @@ pub trait Store {
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>;
 
+    /// As `commit`, for an `f` that owns everything it uses: a store that commits on a
+    /// thread of its own (the server's SQLite writer) runs it there, inside its open
+    /// transaction, instead of handing what it read to the caller's task and waiting for
+    /// the answer — on a busy server that wait, not the work, was most of a commit's turn
+    /// on the one writer. The bookkeeping commits of every pass (peer records) take this
+    /// path. By default, `commit`.
+    async fn commit_owned<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
+    where
+        F: FnOnce(Loaded) -> Result<Commit, Error> + Send + 'static,
+    {
+        self.commit(keys, peers, f).await
+    }
+
     /// As `commit` (no peer records), for a replica's own write, whose `f` may run twice:
     /// a store that remembers what it last read and wrote may first run `f` over that —
     /// the head and the documents at `keys` as it expects them stored, a key it knows

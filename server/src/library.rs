@@ -240,6 +240,40 @@ impl LibraryStore {
     }
 }
 
+/// `f`, with every peer record it writes stamped with the time, for pruning (see the
+/// module doc).
+fn stamped<F>(f: F) -> impl FnOnce(Loaded) -> Result<Commit, Error>
+where
+    F: FnOnce(Loaded) -> Result<Commit, Error>,
+{
+    let now = wall_clock_ms();
+    move |loaded| {
+        let mut c = f(loaded)?;
+        for (_, rec) in &mut c.peers {
+            rec.seen = Some(now);
+        }
+        Ok(c)
+    }
+}
+
+impl LibraryStore {
+    /// Runs a commit (`commit`, not yet polled) of the documents at `keys`: the snapshot
+    /// pages wait for it to end, and on SQLite its rows are shown to clients at once (on
+    /// PostgreSQL when the persisted-up-to position reaches them: the registry's watcher
+    /// reports that).
+    async fn committing(&self, keys: &[DocKey], commit: impl std::future::Future<Output = Result<Commit, Error>>) -> Result<Commit, Error> {
+        // A commit writes documents only at the keys it reads (the store contract).
+        let writing = self.doc_pages().filter(|_| !keys.is_empty()).map(DocPages::writing);
+        let commit = commit.await;
+        drop(writing);
+        let commit = commit?;
+        if let (Backend::Sqlite(_), Some(last)) = (&self.backend, commit.rows.last()) {
+            self.landed(last.row);
+        }
+        Ok(commit)
+    }
+}
+
 impl Store for LibraryStore {
     type Doc = Map<String, Value>;
 
@@ -255,26 +289,16 @@ impl Store for LibraryStore {
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>,
     {
-        // Every record written is stamped with the time, for pruning (see the module doc).
-        let now = wall_clock_ms();
-        let f = move |loaded| {
-            let mut c = f(loaded)?;
-            for (_, rec) in &mut c.peers {
-                rec.seen = Some(now);
-            }
-            Ok(c)
-        };
-        // A commit writes documents only at the keys it reads (the store contract).
-        let writing = self.doc_pages().filter(|_| !keys.is_empty()).map(DocPages::writing);
-        let commit = each!(self, s => s.commit(keys, peers, f).await);
-        drop(writing);
-        let commit = commit?;
-        // On PostgreSQL rows become visible when the persisted-up-to position reaches them
-        // (the registry's watcher reports that); on SQLite at once.
-        if let (Backend::Sqlite(_), Some(last)) = (&self.backend, commit.rows.last()) {
-            self.landed(last.row);
-        }
-        Ok(commit)
+        let f = stamped(f);
+        each!(self, s => self.committing(keys, s.commit(keys, peers, f)).await)
+    }
+
+    async fn commit_owned<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
+    where
+        F: FnOnce(Loaded) -> Result<Commit, Error> + Send + 'static,
+    {
+        let f = stamped(f);
+        each!(self, s => self.committing(keys, s.commit_owned(keys, peers, f)).await)
     }
 
     async fn query(&self, collection: &str, primary_key: &str, plan: &Plan) -> Result<Vec<Map<String, Value>>, StoreError> {

@@ -7,6 +7,8 @@
 //! re-sent and echoed rows are never stored twice.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use super::message::{SnapshotDoc, TableEntry};
 use crate::clock::Stamp;
@@ -142,14 +144,19 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     let newest = newest_by_origin(&replica.head().db_id, rows.iter().map(|r| &r.op));
     let mut ids = vec![peer.to_string()];
     ids.extend(newest.keys().filter(|o| o.as_str() != peer).cloned());
-    let rebuild = replica.rebuild();
-    let mut applied = Applied::default();
+    // Owned by the closure, which a store may run on its writer thread (`commit_owned`).
+    let rebuild = replica.rebuilder();
+    let session = session.to_string();
+    let (from, read) = (peer.to_string(), (keys.clone(), ids.clone()));
+    let future_version = Arc::new(AtomicU32::new(0));
+    let newer = future_version.clone();
     let commit = replica
         .store()
-        .commit(&keys, &ids, |loaded| {
+        .commit_owned(&keys, &ids, move |loaded| {
+            let (keys, ids) = read;
             let mut recs: Vec<PeerRecord> = loaded.peers.iter().map(|p| p.clone().unwrap_or_else(PeerRecord::new)).collect();
             if let Some(covers) = covers {
-                recs[0].note_incoming(session, covers, false);
+                recs[0].note_incoming(&session, covers, false);
             }
             for (id, rec) in ids.iter().zip(recs.iter_mut()) {
                 if let Some(stamp) = newest.get(id) {
@@ -167,13 +174,14 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
                     continue;
                 }
                 if current.is_some_and(|c| r.op.schema_version > c) {
-                    applied.future_version = applied.future_version.max(r.op.schema_version);
+                    newer.fetch_max(r.op.schema_version, Ordering::Relaxed);
                 }
-                w.receive(slot, r.op, peer);
+                w.receive(slot, r.op, &from);
             }
-            w.finish(&rebuild, &keys, changed)
+            w.finish(&rebuild.get(), &keys, changed)
         })
         .await?;
+    let applied = Applied { future_version: future_version.load(Ordering::Relaxed), ..Applied::default() };
     replica.committed(&commit);
     replica.quarantine(set_aside);
     Ok(applied)
@@ -319,11 +327,14 @@ pub fn newest_in_docs(me: &str, docs: &[SnapshotDoc]) -> BTreeMap<String, Stamp>
 async fn finish<S: Store>(replica: &Replica<S>, peer: &str, reached: Option<(&str, Point)>, table: Vec<TableEntry>, newest: BTreeMap<String, Stamp>) -> Result<(), Error> {
     let me = replica.head().db_id;
     let ids = closed_ids(&me, peer, &table, &newest);
+    let (peer, reached) = (peer.to_string(), reached.map(|(s, p)| (s.to_string(), p)));
+    let read = ids.clone();
     let commit = replica
         .store()
-        .commit(&[], &ids, |loaded| {
-            let before: std::collections::BTreeMap<String, PeerRecord> = ids.iter().cloned().zip(loaded.peers).filter_map(|(id, p)| Some((id, p?))).collect();
-            Ok(Commit { peers: close_pass(&before, &me, peer, reached, &table, &newest), ..Commit::default() })
+        .commit_owned(&[], &ids, move |loaded| {
+            let before: std::collections::BTreeMap<String, PeerRecord> = read.into_iter().zip(loaded.peers).filter_map(|(id, p)| Some((id, p?))).collect();
+            let reached = reached.as_ref().map(|(s, p)| (s.as_str(), *p));
+            Ok(Commit { peers: close_pass(&before, &me, &peer, reached, &table, &newest), ..Commit::default() })
         })
         .await?;
     replica.committed(&commit);
@@ -378,15 +389,16 @@ pub(crate) fn close_pass(
 
 /// Records `outgoing[peer]` after a complete idle pass, without a session (see `pass`).
 pub async fn note_idle_sent<S: Store>(replica: &Replica<S>, peer: &str, row: Point) -> Result<(), Error> {
+    let peer = peer.to_string();
     let commit = replica
         .store()
-        .commit(&[], &[peer.to_string()], |loaded| {
+        .commit_owned(&[], &[peer.clone()], move |loaded| {
             let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
             if rec.outgoing >= row {
                 return Ok(Commit::default());
             }
             rec.merge_outgoing(row);
-            Ok(Commit { peers: vec![(peer.to_string(), rec)], ..Commit::default() })
+            Ok(Commit { peers: vec![(peer, rec)], ..Commit::default() })
         })
         .await?;
     replica.committed(&commit);
@@ -396,15 +408,16 @@ pub async fn note_idle_sent<S: Store>(replica: &Replica<S>, peer: &str, row: Poi
 /// Records on the sending side that the peer acknowledged own rows up to `row` in
 /// `session`; after a complete pass also `outgoing[peer]`.
 pub async fn note_sent<S: Store>(replica: &Replica<S>, peer: &str, session: &str, row: Point, complete: bool) -> Result<(), Error> {
+    let (peer, session) = (peer.to_string(), session.to_string());
     let commit = replica
         .store()
-        .commit(&[], &[peer.to_string()], |loaded| {
+        .commit_owned(&[], &[peer.clone()], move |loaded| {
             let mut rec = loaded.peers.into_iter().next().flatten().unwrap_or_else(PeerRecord::new);
-            rec.note_outgoing(session, row);
+            rec.note_outgoing(&session, row);
             if complete {
                 rec.merge_outgoing(row);
             }
-            Ok(Commit { peers: vec![(peer.to_string(), rec)], ..Commit::default() })
+            Ok(Commit { peers: vec![(peer, rec)], ..Commit::default() })
         })
         .await?;
     replica.committed(&commit);

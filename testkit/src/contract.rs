@@ -46,6 +46,7 @@ pub async fn all<F: Fixture>(f: &F) {
     documents_page_once_each(&f.fresh().await).await;
     queries_see_existing_documents_only::<F>(&f.fresh().await).await;
     the_resolution_log_holds_resolutions_only(&f.fresh().await).await;
+    an_owned_commit_is_a_commit(&f.fresh().await).await;
 }
 
 fn stamp(wall: u64) -> Stamp {
@@ -231,6 +232,37 @@ pub async fn a_failed_commit_writes_nothing<S: Store>(s: &S) {
         .await;
     assert!(res.is_err());
     assert_eq!(everything(s).await, before, "a_failed_commit_writes_nothing");
+}
+
+/// `commit_owned` (which a store may run elsewhere, e.g. on its writer thread) keeps
+/// `commit`'s contract: it is handed what it names, writes what it returns, and one that
+/// fails, or whose rows do not follow the head, writes nothing.
+pub async fn an_owned_commit_is_a_commit<S: Store>(s: &S) {
+    let c = seed();
+    put(s, c.clone()).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let into = seen.clone();
+    let rec = peer(42);
+    let written = rec.clone();
+    s.commit_owned(&[key("a", "x"), key("a", "nope")], &["peer1".to_string(), "other".to_string()], move |loaded| {
+        *into.lock().unwrap() = Some(loaded);
+        Ok(Commit { peers: vec![("other".to_string(), written)], ..Commit::default() })
+    })
+    .await
+    .unwrap();
+    let loaded = seen.lock().unwrap().take().expect("the closure ran");
+    assert_eq!(loaded.head, c.head);
+    assert_eq!(loaded.docs, vec![Some(c.docs[0].1.clone()), None]);
+    assert_eq!(loaded.peers, vec![Some(c.peers[0].1.clone()), None]);
+    let (_, _, _, peers) = everything(s).await;
+    assert_eq!(peers.get("other").map(|p| p.incoming), Some(rec.incoming), "an owned commit writes what it returns");
+
+    let before = everything(s).await;
+    let refused = s.commit_owned(&[key("a", "x")], &["peer1".to_string()], |_| Err(Error::Store(tidemark::error::StoreError::Backend("refused by the engine".into())))).await;
+    assert!(refused.is_err());
+    let reused = Commit { head: Some(head(10)), docs: vec![doc("a", "x", json!({"n": 99}), 9)], rows: vec![row(3, "x")], peers: vec![] };
+    assert!(s.commit_owned(&[key("a", "x")], &[], move |_| Ok(reused)).await.is_err(), "a reused row number is refused");
+    assert_eq!(everything(s).await, before, "a refused owned commit writes nothing");
 }
 
 /// Rows are numbered after the head and strictly ascending: a commit that would reuse a

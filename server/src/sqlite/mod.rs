@@ -49,7 +49,7 @@ mod writer;
 
 use readers::Readers;
 use crate::recent_rows::{wire_row, WireRows};
-use writer::{CommitJob, Job, Writer};
+use writer::{CommitJob, Compute, Job, Writer};
 
 /// The layout version this code writes, kept in `PRAGMA user_version`.
 const FORMAT: i64 = 1;
@@ -388,14 +388,25 @@ impl Store for SqliteStore {
         let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
         let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        self.writer.send(Job::Commit(CommitJob { keys: keys.to_vec(), peers: peers.to_vec(), loaded: loaded_tx, answer: answer_rx, done: done_tx }))?;
+        let compute = Compute::Caller { loaded: loaded_tx, answer: answer_rx };
+        self.writer.send(Job::Commit(CommitJob { keys: keys.to_vec(), peers: peers.to_vec(), compute, done: done_tx }))?;
         let loaded = loaded_rx.await.map_err(|_| StoreError::Closed)??;
         // If `f` fails, or the check does, the answer is dropped and the writer rolls back.
         let loaded_head = loaded.head.clone();
         let commit = f(loaded)?;
         commit.check(loaded_head.as_ref())?;
         answer_tx.send(commit).map_err(|_| StoreError::Closed)?;
-        Ok(done_rx.await.map_err(|_| StoreError::Closed)??)
+        done_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// `f` runs on the writer thread, in the group transaction (`writer::Compute::Here`).
+    async fn commit_owned<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
+    where
+        F: FnOnce(Loaded) -> Result<Commit, Error> + Send + 'static,
+    {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.writer.send(Job::Commit(CommitJob { keys: keys.to_vec(), peers: peers.to_vec(), compute: Compute::Here(Box::new(f)), done: done_tx }))?;
+        done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// From memory (see the module doc).
@@ -556,6 +567,23 @@ mod tests {
         let mut r = PeerRecord::new();
         r.note_incoming("s1", incoming, false);
         r
+    }
+
+    /// A commit computed on the writer thread that panics fails alone: the writer goes on
+    /// serving commits, and the panicking one wrote nothing.
+    #[test]
+    fn a_panic_in_an_owned_commit_fails_that_commit_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("lib.sqlite")).unwrap();
+        futures::executor::block_on(async {
+            let init = |l: Loaded| Ok(Commit { head: Some(l.head.unwrap_or_else(|| Head::new("me".into(), 0))), ..Commit::default() });
+            store.commit(&[], &[], init).await.unwrap();
+            let panicked = store.commit_owned(&[], &["a".to_string()], |_| -> Result<Commit, Error> { panic!("a bug in the engine") }).await;
+            assert_eq!(panicked.unwrap_err().code(), "STORAGE_ERROR");
+            store.commit_owned(&[], &["b".to_string()], |_| Ok(Commit { peers: vec![("b".into(), record(3))], ..Commit::default() })).await.unwrap();
+            let peers = store.peers().await.unwrap();
+            assert_eq!(peers.keys().collect::<Vec<_>>(), ["b"]);
+        });
     }
 
     /// The in-memory peer records follow every commit, a conditional removal and a

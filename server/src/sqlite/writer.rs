@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
-use tidemark::error::StoreError;
+use tidemark::error::{Error, StoreError};
 use tidemark::store::{Commit, DocKey, Loaded};
 use tokio::sync::oneshot;
 
@@ -31,12 +31,49 @@ const MAX_GROUP: usize = 512;
 pub(crate) struct CommitJob {
     pub(crate) keys: Vec<DocKey>,
     pub(crate) peers: Vec<String>,
-    /// What the commit read, sent to the caller.
-    pub(crate) loaded: oneshot::Sender<Result<Loaded, StoreError>>,
-    /// The caller's answer: what to write (dropped: nothing).
-    pub(crate) answer: oneshot::Receiver<Commit>,
+    /// Where what the commit read becomes what it writes.
+    pub(crate) compute: Compute,
     /// The outcome, once the group committed: the commit as written.
-    pub(crate) done: oneshot::Sender<Result<Commit, StoreError>>,
+    pub(crate) done: oneshot::Sender<Result<Commit, Error>>,
+}
+
+/// Where a commit's writes are computed from what it read.
+pub(crate) enum Compute {
+    /// On the caller's task (`Store::commit`: its closure may borrow): what the commit read
+    /// is sent there, and the writer waits for the answer (dropped: nothing).
+    Caller { loaded: oneshot::Sender<Result<Loaded, StoreError>>, answer: oneshot::Receiver<Commit> },
+    /// Here, on the writer thread (`Store::commit_owned`), with no wait for a task that a
+    /// busy runtime has not scheduled yet. The commit is checked against the head it read,
+    /// as the caller's path does.
+    Here(Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + Send>),
+}
+
+impl Compute {
+    /// Tells the caller the commit failed before anything was computed.
+    fn fail(self, done: oneshot::Sender<Result<Commit, Error>>, e: StoreError) {
+        if let Compute::Caller { loaded, .. } = self {
+            let _ = loaded.send(Err(e.clone()));
+        }
+        let _ = done.send(Err(e.into()));
+    }
+
+    /// What to write, given what the commit read; `None` when the caller went away (the
+    /// outcome is then nobody's to hear), `Some(Err)` when `f` or the check refused.
+    fn run(self, read: Loaded) -> Option<Result<Commit, Error>> {
+        match self {
+            Compute::Caller { loaded, answer } => {
+                loaded.send(Ok(read)).ok()?;
+                answer.blocking_recv().ok().map(Ok)
+            }
+            Compute::Here(f) => {
+                let head = read.head.clone();
+                // A panic in `f` fails this commit, not the writer every commit needs.
+                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(read)))
+                    .unwrap_or_else(|_| Err(StoreError::Backend("a commit's computation panicked".into()).into()));
+                Some(made.and_then(|c| c.check(head.as_ref()).map(|()| c).map_err(Error::from)))
+            }
+        }
+    }
 }
 
 /// Work for the writer thread.
@@ -88,10 +125,9 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
             Job::Commit(c) => c,
         };
         let mut after = None;
-        let mut group: Vec<(oneshot::Sender<Result<Commit, StoreError>>, Commit)> = Vec::new();
+        let mut group: Vec<(oneshot::Sender<Result<Commit, Error>>, Commit)> = Vec::new();
         if let Err(e) = exec(&conn, "BEGIN IMMEDIATE") {
-            let _ = first.loaded.send(Err(e.clone()));
-            let _ = first.done.send(Err(e));
+            first.compute.fail(first.done, e);
             continue;
         }
         group.extend(one(&conn, first));
@@ -124,7 +160,7 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
             Err(e) => {
                 let _ = exec(&conn, "ROLLBACK");
                 for (done, _) in group {
-                    let _ = done.send(Err(e.clone()));
+                    let _ = done.send(Err(e.clone().into()));
                 }
             }
         }
@@ -137,11 +173,10 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
 /// One commit inside the open group transaction, under a savepoint. Returns what to report
 /// once the group commits; `None` when it was rolled back (its caller already knows why, or
 /// went away).
-fn one(conn: &Connection, job: CommitJob) -> Option<(oneshot::Sender<Result<Commit, StoreError>>, Commit)> {
-    let CommitJob { keys, peers, loaded, answer, done } = job;
+fn one(conn: &Connection, job: CommitJob) -> Option<(oneshot::Sender<Result<Commit, Error>>, Commit)> {
+    let CommitJob { keys, peers, compute, done } = job;
     if let Err(e) = exec(conn, "SAVEPOINT c") {
-        let _ = loaded.send(Err(e.clone()));
-        let _ = done.send(Err(e));
+        compute.fail(done, e);
         return None;
     }
     let undo = || {
@@ -158,25 +193,25 @@ fn one(conn: &Connection, job: CommitJob) -> Option<(oneshot::Sender<Result<Comm
         Ok(r) => r,
         Err(e) => {
             undo();
-            let _ = loaded.send(Err(e.clone()));
-            let _ = done.send(Err(e));
+            compute.fail(done, e);
             return None;
         }
     };
-    if loaded.send(Ok(read)).is_err() {
-        undo();
-        return None;
-    }
-    // The engine's closure runs on the caller's task; its answer comes back here.
-    let Ok(commit) = answer.blocking_recv() else {
-        undo();
-        return None;
+    let commit = match compute.run(read) {
+        Some(Ok(commit)) => commit,
+        refused => {
+            undo();
+            if let Some(Err(e)) = refused {
+                let _ = done.send(Err(e));
+            }
+            return None;
+        }
     };
     match write_commit(conn, &commit).and_then(|()| exec(conn, "RELEASE c")) {
         Ok(()) => Some((done, commit)),
         Err(e) => {
             undo();
-            let _ = done.send(Err(e));
+            let _ = done.send(Err(e.into()));
             None
         }
     }
