@@ -2,10 +2,12 @@
 //! SQLite write (and no fsync) ever runs on the async runtime, and that **groups commits**.
 //!
 //! Commits queue up on a channel. The writer opens one transaction, and for each commit in
-//! the queue: a savepoint; read what the commit names and hand it to the caller; wait for the
-//! caller's answer (the engine's closure runs on the caller's task); write it and release
-//! the savepoint — or roll back to it, if the engine refused, the caller went away or a write
-//! failed, which leaves the other commits of the group untouched. Then ONE `COMMIT` (one
+//! the queue: a savepoint; read what the commit names and compute what it writes — here, when
+//! the engine's closure owns what it uses (`Store::commit_owned`: a pass's pushes and
+//! bookkeeping), or else on the caller's task, handing it what was read and waiting for its
+//! answer (`Compute`); write it and release the savepoint — or roll back to it, if the engine
+//! refused, the caller went away or a write failed, which leaves the other commits of the
+//! group untouched. Then ONE `COMMIT` (one
 //! fsync) for the whole group, and only then is each caller told its commit is done. A commit
 //! is thus still all-or-nothing and durable before it is acknowledged; a group that fails to
 //! commit fails every commit in it, and nobody has been told otherwise. Later commits of a
