@@ -106,6 +106,13 @@ impl Rebuild<'_> {
         version < schemas.current.version && self.check_version(version).is_ok() && (version + 1..=schemas.current.version).all(|v| !self.migrator.reads_others(v))
     }
 
+    /// `migrates_alone` of every version below the app's, indexed by version: for a loop
+    /// over many documents, which asks it per document (it walks the migration path).
+    pub fn alone_by_version(&self) -> Vec<bool> {
+        let current = self.schemas.map_or(0, |s| s.current.version);
+        (0..current).map(|v| self.migrates_alone(v)).collect()
+    }
+
     /// Whether data of an older schema version must reach this replica as a snapshot: some
     /// version it knows migrates only together with other documents (a step on its path
     /// reads them through `ctx`). A diff pass carries just the rows past the point — a late
