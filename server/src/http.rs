@@ -162,7 +162,7 @@ async fn status(Path(library): Path<String>, State(app): State<Arc<App>>, header
         db_id: head.db_id,
         max_row: head.max_row,
         peers,
-        positions: stream.as_ref().map(|s| s.positions()),
+        positions: stream.as_ref().map(|s| s.announced_positions()),
         persisted_up_to: stream.map(|s| s.persisted_up_to()),
     })
     .into_response()

@@ -203,12 +203,14 @@ async fn three_instances_converge_with_nothing_lost_or_duplicated() {
     let stored = db.log_len().await;
     loop {
         let ps: Vec<i64> = servers.iter().map(|s| persisted(s)).collect();
-        if ps.iter().all(|p| *p == ps[0] && *p >= stored) {
-            let status = servers[0].status(LIB, None);
-            assert_eq!(status["positions"].as_object().unwrap().len(), 3, "{status}");
+        // Idle, every writer announces the newest row it has seen (DESIGN §12), and every
+        // instance's status shows each writer's position as announced — its own included.
+        let positions: Vec<Value> = servers.iter().map(|s| s.status(LIB, None)["positions"].clone()).collect();
+        let settled = |p: &Value| p.as_object().is_some_and(|p| p.len() == 3 && p.values().all(|r| r.as_i64() == Some(ps[0])));
+        if ps.iter().all(|p| *p == ps[0] && *p >= stored) && positions.iter().all(settled) {
             break;
         }
-        assert!(Instant::now() < deadline, "the instances never agreed on the persisted position: {ps:?}");
+        assert!(Instant::now() < deadline, "the instances never agreed on the persisted position and every writer's: {ps:?} {positions:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -549,6 +549,12 @@ impl Stream {
         self.state().tracker.positions()
     }
 
+    /// Every known writer's position as announced, ours with the idle advance: what the
+    /// status shows (`Tracker::announced_positions`).
+    pub fn announced_positions(&self) -> BTreeMap<String, i64> {
+        self.state().tracker.announced_positions()
+    }
+
     /// The newest position we can vouch for for `instance` (for ourselves, our token).
     pub fn current_token_for_writer(&self, instance: &str) -> i64 {
         self.state().tracker.token_for_writer(instance)

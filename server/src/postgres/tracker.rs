@@ -352,6 +352,18 @@ impl Tracker {
         self.positions.clone()
     }
 
+    /// `positions` as announced: ours with the idle advance (`token_for_writer`), which is
+    /// what `stream_positions` holds and the other instances read — `positions` keeps ours
+    /// as of our last write, as Synapse's `get_positions` does. For the status, so an
+    /// operator reads the same figure for a writer whichever instance answers.
+    pub(crate) fn announced_positions(&self) -> BTreeMap<String, i64> {
+        let mut positions = self.positions.clone();
+        if let Some(ours) = positions.get_mut(&self.instance) {
+            *ours = (*ours).max(self.max_local);
+        }
+        positions
+    }
+
     /// The newest position we can vouch for for `instance` (`get_current_token_for_writer`):
     /// ours is our token; a writer we do not know is taken to start at the persisted-up-to
     /// position (a new writer wrote nothing below it).
@@ -407,6 +419,18 @@ mod tests {
         assert_eq!(t.persisted_up_to(), 2);
         t.set_held(false);
         assert_eq!(t.persisted_up_to(), 5);
+    }
+
+    /// An idle writer's own entry in the status moves with the newest row it has seen,
+    /// while `positions` (Synapse's `get_positions`) keeps its last write.
+    #[test]
+    fn our_announced_position_includes_the_idle_advance() {
+        let mut t = Tracker::new("me", true);
+        t.load_positions([("me".into(), 1, 1), ("other".into(), 1, 1)]);
+        t.finish_load();
+        t.advance("other", 3);
+        assert_eq!(t.positions().get("me"), Some(&1));
+        assert_eq!(t.announced_positions(), BTreeMap::from([("me".to_string(), 3), ("other".to_string(), 3)]));
     }
 
     #[test]
