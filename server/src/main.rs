@@ -68,9 +68,11 @@ struct Serve {
     /// The demo page, served at `/`.
     #[arg(long, default_value = "./www")]
     www: PathBuf,
-    /// The npm package directory, served at `/js/`.
-    #[arg(long, default_value = "./js")]
-    pkg: PathBuf,
+    /// The npm package directory, served at `/js/` (the demo page imports it from there).
+    /// By default the `js` directory beside the `--www` directory, else `./js`: the
+    /// repository's layout, wherever the server is started from.
+    #[arg(long)]
+    pkg: Option<PathBuf>,
     /// Most rows per batch the server sends.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     per_diff: u64,
@@ -203,8 +205,8 @@ fn serve(args: Serve) -> ExitCode {
     };
     let settings = Settings {
         data: args.data,
+        pkg: args.pkg.unwrap_or_else(|| beside(&args.www, "js")),
         www: args.www,
-        pkg: args.pkg,
         limits: Limits { per_diff: args.per_diff as usize, max_diffs: args.max_diffs as usize },
         secret: args.secret.map(String::into_bytes),
         max_frame: args.max_frame.max(1024),
@@ -308,4 +310,14 @@ async fn shutdown() {
         _ = term => {}
     }
     tracing::info!("shutting down");
+}
+
+/// The directory `name` beside `dir` (its sibling) when there is one, else `./name`.
+fn beside(dir: &std::path::Path, name: &str) -> PathBuf {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let sibling = parent.join(name);
+    if sibling.is_dir() { sibling } else { PathBuf::from(".").join(name) }
 }

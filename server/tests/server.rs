@@ -376,8 +376,10 @@ async fn concurrent_clients_on_one_library() {
     assert_eq!(docs(&check).await.len(), 1_200);
 }
 
-/// The demo page and the package are served as files; `/healthz` answers; SIGTERM stops
-/// the server promptly even with a sync connection open.
+/// The demo page and the package are served as files — the package from the `js`
+/// directory beside `--www` when `--pkg` is not given, wherever the server was started
+/// from; `/healthz` answers; SIGTERM stops the server promptly even with a sync connection
+/// open.
 #[tokio::test]
 async fn serves_files_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -387,7 +389,7 @@ async fn serves_files_and_stops_on_sigterm() {
     std::fs::write(www.join("index.html"), "<!doctype html><title>demo</title>").unwrap();
     std::fs::write(pkg.join("index.js"), "export const x = 1;").unwrap();
     std::fs::write(pkg.join("pkg/tidemark_bg.wasm"), b"\0asm").unwrap();
-    let mut server = Server::start(&dir.path().join("data"), &["--www", www.to_str().unwrap(), "--pkg", pkg.to_str().unwrap()]);
+    let mut server = Server::start(&dir.path().join("data"), &["--www", www.to_str().unwrap()]);
     assert!(server.healthy());
     let (code, body) = server.get("/", None);
     assert_eq!((code, body.contains("<title>demo</title>")), (200, true));
