@@ -120,7 +120,10 @@ impl WsTransport {
         SyncError::Protocol(message)
     }
 
-    /// Sends a close frame and waits briefly for the client's, so the close is clean.
+    /// Sends a close frame and waits briefly for the client's, so the close is clean. When
+    /// the client closed first, the WebSocket library has queued its answer (the client's
+    /// code echoed) and refuses another close frame: that answer is flushed instead, or the
+    /// client would see the connection drop (1006) rather than close.
     pub async fn close(mut self, code: u16, reason: &str) {
         // Close reasons are limited to 123 bytes by the WebSocket protocol.
         let mut reason = reason.to_string();
@@ -129,6 +132,7 @@ impl WsTransport {
         }
         let frame = Frame::Close(Some(CloseFrame { code, reason: reason.into() }));
         if self.socket.send(frame).await.is_err() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), futures::SinkExt::flush(&mut self.socket)).await;
             return;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), async {

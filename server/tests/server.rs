@@ -16,6 +16,8 @@ use tidemark::store::Store;
 use tidemark::Write;
 use tidemark_server::auth;
 use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 /// Offline writes on two clients, including conflicting ones, a patch and a delete: after
 /// syncing through the server both hold byte-identical documents.
@@ -221,6 +223,34 @@ async fn a_server_restored_from_a_backup_gets_back_what_it_lost() {
     assert_eq!(all.len(), 135, "every row the server lost came back");
     for r in [&a, &b, &c] {
         assert_eq!(docs(r).await, all);
+    }
+}
+
+/// A client that closes the connection gets the closing handshake answered (RFC 6455 §5.5.1:
+/// a close frame back, with its code), so its close is clean — a browser reports
+/// `wasClean` and 1000, not 1006 — after a hello and mid-way through a session alike.
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    for greet in [false, true] {
+        let mut ws = raw_ws(&server).await;
+        if greet {
+            ws.send(raw_hello("closer", None)).await.unwrap();
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await.expect("an answer to hello");
+            assert!(matches!(answer, Some(Ok(Frame::Text(_)))), "{answer:?}");
+        }
+        ws.send(Frame::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() }))).await.unwrap();
+        let mut echoed = None;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(Ok(f)) = ws.next().await {
+                if let Frame::Close(c) = f {
+                    echoed = Some(c.map(|c| c.code));
+                }
+            }
+        })
+        .await;
+        assert_eq!(echoed, Some(Some(CloseCode::Normal)), "after hello: {greet}");
     }
 }
 
