@@ -334,6 +334,59 @@ async fn an_instance_killed_mid_write_loses_nothing() {
     assert_eq!(db.log_len().await, 1_500, "each write logged once");
 }
 
+/// An instance dies between committing rows and storing its position (simulated: its
+/// position row is locked from outside, so its commits land but the position update after
+/// them waits; then it is killed). Once it is dropped as dead, the rows it committed but
+/// never announced are shown by the survivor — read back from the table — rather than
+/// staying hidden until some other writer's rows pass them (DESIGN §12: a writer that dies
+/// does not pin the position forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_a_dead_writer_committed_but_never_announced_are_shown() {
+    let db = db().await;
+    let a = db.instance("a");
+    let mut b = db.instance("b");
+    let writer = client().await;
+    put_all(&writer, (0..20).map(|n| format!("w{n}")), 1).await;
+    sync_fully(&writer, &b, Limits::default(), None).await;
+    let reader = client().await;
+    until("the reader on a gets the first writes", &reader, &a, |d| d.len() == 20).await;
+
+    let (holder, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.execute("SELECT 1 FROM stream_positions WHERE library = $1 AND instance = 'b' FOR NO KEY UPDATE", &[&LIB]).await.unwrap();
+    put_all(&writer, (20..25).map(|n| format!("w{n}")), 2).await;
+    let before = db.log_len().await;
+    let url = b.ws_url();
+    let pushing = tokio::spawn(async move {
+        let _ = round_url(&writer, &url, Limits::default(), Duration::from_secs(20)).await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.log_len().await < before + 5 {
+        assert!(Instant::now() < deadline, "b's writes never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.kill();
+    // Only this test's database: other tests on the shared cluster run instances named b too.
+    db.sql
+        .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tidemark-server b' AND datname = current_database()", &[])
+        .await
+        .unwrap();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    pushing.abort();
+    let stored = db.last_allocated().await;
+    assert_eq!(db.stored_positions().await.get("b").copied(), Some(20), "b never stored its position past its last commit");
+
+    // b goes once it is stale (10 s); nobody writes meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while persisted(&a) < stored {
+        assert!(Instant::now() < deadline, "a never showed b's committed rows: persisted {} of {stored}, positions {}", persisted(&a), a.status(LIB, None)["positions"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    until("the reader on a gets b's last writes", &reader, &a, |d| d.len() == 25).await;
+    assert!(db.duplicated_ops().await.is_empty(), "an op was stored twice");
+}
+
 /// A client of an instance nobody writes to sees a write made through another instance: the
 /// idle instance hears of it (NOTIFY, or its periodic re-read) and shows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -51,6 +51,10 @@
 //! - a writer that is only paused (SIGSTOP, a long GC) with a transaction open keeps its lock
 //!   and is never dropped: it pins the position until it finishes, as it must (an
 //!   `idle_in_transaction_session_timeout` on the server bounds how long, by aborting it);
+//! - rows a dropped writer committed after the last position it stored (it died between a
+//!   commit and storing its position) are finished, yet nobody will announce them: after any
+//!   writer is removed, [`Positions::refresh`] reads the committed rows above the
+//!   persisted-up-to position, which then steps through them;
 //! - a dropped writer that was alive after all finds its row gone at its next allocation or
 //!   heartbeat and joins again before allocating: its new ids are above everything allocated
 //!   before, and others learn of it first (the joining argument above).
@@ -398,6 +402,27 @@ impl Positions {
             if let Some(stream) = streams.iter().find(|s| s.library == library) {
                 stream.apply(Event::Gone(instance, Some(joined)));
             }
+        }
+        // A writer removed (here, by a notification, or by a re-read) may have committed rows
+        // it never announced: they are finished, so read them (`Tracker::take_removed`).
+        for stream in &streams {
+            let after = {
+                let mut state = stream.state();
+                if state.loading || !state.tracker.take_removed() {
+                    continue;
+                }
+                state.tracker.persisted_up_to()
+            };
+            let ids = match rows_above(&client, &shared.config, &stream.library, after).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    stream.state().tracker.keep_removed();
+                    return Err(e);
+                }
+            };
+            let mut state = stream.state();
+            state.tracker.load_rows(&ids);
+            stream.publish(&state);
         }
         Ok(())
     }

@@ -44,6 +44,8 @@ pub(crate) struct Tracker {
     /// Our token: our position, or more when we have nothing in flight.
     max_local: i64,
     held: bool,
+    /// A writer was removed since `take_removed` last asked.
+    removed: bool,
     /// When each writer's entry was last confirmed, in `stamp` units (see `remove_absent`).
     learned: BTreeMap<String, u64>,
     stamp: u64,
@@ -64,6 +66,7 @@ impl Tracker {
             max_seen: 0,
             max_local: 0,
             held: false,
+            removed: false,
             learned: BTreeMap::new(),
             stamp: 0,
         }
@@ -259,8 +262,23 @@ impl Tracker {
         self.joined.remove(instance);
         self.learned.remove(instance);
         if self.positions.remove(instance).is_some() {
+            self.removed = true;
             self.add_persisted(None);
         }
+    }
+
+    /// Whether a writer was removed since the last call. Its rows that committed after the
+    /// last position it announced (it died between a commit and storing its position) are
+    /// finished, but nobody will announce them: the caller reads the committed rows above
+    /// the persisted-up-to position and hands them to `load_rows`, so they do not stay
+    /// hidden until some other writer's rows pass them.
+    pub(crate) fn take_removed(&mut self) -> bool {
+        std::mem::take(&mut self.removed)
+    }
+
+    /// Asks `take_removed` to say so again (the read it led to failed).
+    pub(crate) fn keep_removed(&mut self) {
+        self.removed = true;
     }
 
     /// The current stamp, taken before a table read is issued (see [`Tracker::remove_absent`]).
