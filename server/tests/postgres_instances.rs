@@ -534,3 +534,24 @@ async fn instances_share_db_id_owners_and_prune_peer_records() {
     assert!(db.duplicated_ops().await.is_empty(), "a re-sent row is stored once");
     assert_eq!(round(&first, &a, Limits::default(), Some(token("eve"))).await.expect_err("bound again").code(), "FORBIDDEN");
 }
+
+/// A database the server cannot use is refused at start with what PostgreSQL said — the
+/// database does not exist, the connection was refused — not just "db error".
+#[test]
+fn an_unusable_database_is_refused_at_start_saying_why() {
+    let cluster = PgCluster::shared();
+    let missing = cluster.url("no_such_database");
+    let refused = "postgres://postgres@127.0.0.1:1/tidemark".to_string();
+    for (url, says) in [(missing, "does not exist"), (refused, "refused")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tidemark-server"))
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path())
+            .args(["--postgres", &url, "--instance", "x"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: {stderr}");
+        assert!(stderr.to_lowercase().contains(says), "{url}: {stderr}");
+    }
+}

@@ -26,9 +26,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 /// What can go wrong talking to PostgreSQL. `code()` gives a stable name for each kind.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", with_causes(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("postgres pool: {0}")]
+    #[error("postgres pool: {}", with_causes(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("instance {0:?} is not a writer: it cannot allocate row ids")]
     NotAWriter(String),
@@ -42,6 +42,22 @@ pub enum Error {
     Config(String),
     #[error("a database task failed: {0}")]
     Task(String),
+}
+
+/// An error with the errors that caused it: tokio-postgres shows only "db error" or "error
+/// connecting to server" and keeps what the database said (the database does not exist, a
+/// password was refused, the connection was refused) in its source.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl Error {
