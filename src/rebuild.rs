@@ -106,11 +106,12 @@ impl Rebuild<'_> {
         version < schemas.current.version && self.check_version(version).is_ok() && (version + 1..=schemas.current.version).all(|v| !self.migrator.reads_others(v))
     }
 
-    /// `migrates_alone` of every version below the app's, indexed by version: for a loop
-    /// over many documents, which asks it per document (it walks the migration path).
-    pub fn alone_by_version(&self) -> Vec<bool> {
+    /// `migrates_alone`, worked out once for every version below the app's: for a loop over
+    /// many documents, which asks it per document (it walks the migration path).
+    pub fn alone_by_version(&self) -> impl Fn(u32) -> bool {
         let current = self.schemas.map_or(0, |s| s.current.version);
-        (0..current).map(|v| self.migrates_alone(v)).collect()
+        let alone: Vec<bool> = (0..current).map(|v| self.migrates_alone(v)).collect();
+        move |v| alone.get(v as usize).copied().unwrap_or(false)
     }
 
     /// Whether data of an older schema version must reach this replica as a snapshot: some

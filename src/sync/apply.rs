@@ -146,14 +146,13 @@ pub async fn apply_rows<S: Store>(replica: &Replica<S>, peer: &str, session: &st
     ids.extend(newest.keys().filter(|o| o.as_str() != peer).cloned());
     // Owned by the closure, which a store may run on its writer thread (`commit_owned`).
     let rebuild = replica.rebuilder();
-    let session = session.to_string();
-    let (from, read) = (peer.to_string(), (keys.clone(), ids.clone()));
+    let (from, session) = (peer.to_string(), session.to_string());
+    let (read_keys, read_ids) = (keys.clone(), ids.clone());
     let future_version = Arc::new(AtomicU32::new(0));
     let newer = future_version.clone();
     let commit = replica
         .store()
-        .commit_owned(&keys, &ids, move |loaded| {
-            let (keys, ids) = read;
+        .commit_owned(&read_keys, &read_ids, move |loaded| {
             let mut recs: Vec<PeerRecord> = loaded.peers.iter().map(|p| p.clone().unwrap_or_else(PeerRecord::new)).collect();
             if let Some(covers) = covers {
                 recs[0].note_incoming(&session, covers, false);

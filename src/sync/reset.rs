@@ -178,10 +178,9 @@ impl<T: Store> Reset<T> {
         // reads no other document depends on nothing else), and it is migrated once: the
         // live generation does not hold it (or it would merge with that at the end) and no
         // earlier chunk carried it.
-        let alone_by_version = rebuild.alone_by_version();
-        let migrates_alone = |v: u32| alone_by_version.get(v as usize).copied().unwrap_or(false);
+        let migrates_alone = rebuild.alone_by_version();
         let alone_from = |l: &Layers| l.0.keys().next().copied().filter(|v| migrates_alone(*v));
-        if self.live.is_none() && alone_by_version.contains(&true) {
+        if self.live.is_none() && (0..current).any(&migrates_alone) {
             self.live = Some(replica.store().doc_keys().await?.into_iter().collect());
         }
         let (mut early, mut early_from) = (0u64, None::<u32>);
@@ -301,7 +300,7 @@ impl<T: Store> Reset<T> {
         // Live documents the snapshot also carried: each chunk's staged states are read in
         // the transaction that writes the merged ones (a get per document, awaited one by
         // one, made a reset cost a round trip per unsynced write it kept).
-        let alone_by_version = rebuild.alone_by_version();
+        let migrates_alone = rebuild.alone_by_version();
         for chunk in merge.chunks(CHUNK) {
             let mut ready: Vec<Pending> = Vec::new();
             let mut reads: Vec<(&DocKey, &Layers, &Option<Stamp>)> = Vec::new();
@@ -317,7 +316,7 @@ impl<T: Store> Reset<T> {
                 // migrated again with the rest, as a replica joining now would migrate it.
                 let mut both = live.clone();
                 let changed = both.merge(staged, Output::Computed { version: current, held: false });
-                let alone = both.0.keys().next().is_none_or(|&v| v >= current || alone_by_version.get(v as usize).copied().unwrap_or(false));
+                let alone = both.0.keys().next().is_none_or(|&v| v >= current || migrates_alone(v));
                 if alone && live.migrated_into(current) && !changed.iter().any(|(v, _)| *v < current) {
                     self.older.remove(key);
                     ready.push(Pending { key: key.clone(), layers: both, migrated: migrated.clone(), remigrate: false });
