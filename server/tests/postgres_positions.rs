@@ -997,6 +997,125 @@ async fn listener_reconnects_after_losing_its_connection() {
     .await;
 }
 
+/// A TCP relay to the cluster: `cut` closes every connection through it and refuses new
+/// ones (counting the attempts) until `restore` — an outage of only the connections made
+/// through it.
+struct Relay {
+    port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Relay {
+            port: listener.local_addr().unwrap().port(),
+            open: Arc::new(true.into()),
+            refused: Arc::default(),
+            accepted: Arc::default(),
+            links: Arc::default(),
+        };
+        let (open, refused, accepted, links) = (relay.open.clone(), relay.refused.clone(), relay.accepted.clone(), relay.links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open.load(Ordering::SeqCst) {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                accepted.fetch_add(1, Ordering::SeqCst);
+                links.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        relay
+    }
+
+    /// `pg` with its connections made through the relay.
+    fn config(&self, pg: &tokio_postgres::Config) -> tokio_postgres::Config {
+        let mut through = tokio_postgres::Config::new();
+        through.host("127.0.0.1").port(self.port);
+        through.user(pg.get_user().unwrap()).dbname(pg.get_dbname().unwrap());
+        if let Some(password) = pg.get_password() {
+            through.password(password);
+        }
+        through
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// While the LISTEN connection is down and cannot be re-established, the re-reads alone move
+/// the persisted-up-to position on (its clients keep getting rows) — yet never past the
+/// in-flight id of a writer that joined meanwhile, unheard; once the connection is back,
+/// notifications move it again.
+#[tokio::test]
+async fn rereads_move_positions_on_while_the_listen_connection_is_down() {
+    let db = db().await;
+    let (_pa, a) = writer(&db, "a").await;
+    let relay = Relay::start(db.pg.get_ports()[0]).await;
+    let pb = Positions::open(db.pool.clone(), config("b", false))
+        .await
+        .unwrap();
+    pb.listen(relay.config(&db.pg)).await.unwrap();
+    let b = pb.stream(LIB).await.unwrap();
+    let ids = write(&db, &a, "a", 1).await;
+    eventually("b is notified", || async { b.persisted_up_to() >= ids[0] }).await;
+
+    relay.cut();
+    eventually("b tries to listen again", || async { relay.refused() > 0 }).await;
+    let ids = write(&db, &a, "a", 2).await;
+    pb.refresh().await.unwrap(); // what b's one-second tick does
+    assert_eq!(b.persisted_up_to(), ids[1], "a re-read moves b on while it cannot listen");
+
+    // A writer joins unheard and holds an id in flight; rows committed above it stay unshown.
+    let (_pc, c) = writer(&db, "c").await;
+    let mut client = db.pool.get().await.unwrap();
+    let txn = client.transaction().await.unwrap();
+    let in_flight = c.allocate(&txn, 1).await.unwrap();
+    let held = in_flight.ids()[0];
+    let above = write(&db, &a, "a", 1).await;
+    assert!(above[0] > held);
+    pb.refresh().await.unwrap();
+    assert!(b.persisted_up_to() < held, "b passed c's in-flight row {held}: {}", b.persisted_up_to());
+    txn.execute("INSERT INTO foobar VALUES ($1, $2, $3)", &[&LIB, &"c", &held]).await.unwrap();
+    txn.commit().await.unwrap();
+    in_flight.committed().await.unwrap();
+    pb.refresh().await.unwrap();
+    assert!(b.persisted_up_to() >= held, "c's row committed: {}", b.persisted_up_to());
+
+    relay.restore();
+    eventually("b connects again", || async { relay.accepted() == 2 }).await;
+    let (_pd, d) = writer(&db, "d").await;
+    let ids = write(&db, &d, "d", 1).await;
+    // b has no ticker here: only its new connection (its notifications, or the re-read
+    // made on it) can tell it of d.
+    eventually("b hears of d's row", || async { b.positions().get("d") == Some(&ids[0]) }).await;
+}
+
 /// Two live processes cannot share an instance name; a reader cannot allocate.
 #[tokio::test]
 async fn instance_names_are_exclusive_and_readers_cannot_write() {

@@ -63,9 +63,17 @@
 //! Positions arrive by LISTEN/NOTIFY (channel `tidemark_positions`, payload
 //! `{"l": library, "i": instance, "r": row, "j": joined}` or `{"l", "i", "k": "gone", "j"}`),
 //! sent in the same statement as the change they announce, and by re-reading
-//! `stream_positions` every tick in case a notification was missed. While the LISTEN
-//! connection is down the instance may miss a writer joining, so every library's
-//! persisted-up-to position is held until it is back and the table re-read.
+//! `stream_positions` every tick in case a notification was missed. Each source is sound on
+//! its own: notifications arrive in commit order, so a writer's join is heard before any id
+//! it drew; a re-read is one snapshot, which shows every writer whose join committed before
+//! any position it shows had been reached. What must not be mixed is a writer set from before
+//! a gap in the notifications with notifications after it: a writer that joined in the gap
+//! (its notification lost) would be unknown while others' news moved past its ids. So:
+//! - while the LISTEN connection is down nothing is heard, and the re-reads alone move the
+//!   positions on (clients keep seeing new rows, their own writes included);
+//! - from the moment it is back, every library is **held** until a re-read issued on the new
+//!   connection has completed: notifications received meanwhile are collected but move
+//!   nothing (`Link::complete_since`).
 //!
 //! # Using it from a store
 //! Open a [`Positions`] per process, a [`Stream`] per library; in each commit's transaction
@@ -151,13 +159,13 @@ struct Shared {
     link: Link,
 }
 
-/// Whether this instance hears every notification: its LISTEN connection's state.
+/// Which LISTEN connection notifications come from (module doc, "Hearing about other
+/// writers").
 #[derive(Default)]
 struct Link {
     enabled: AtomicBool,
-    connected: AtomicBool,
-    /// Bumped on every (re)connection, so a read issued before a loss is not taken as proof
-    /// that nothing was missed.
+    /// Bumped on every (re)connection, once its LISTEN is in place: a read issued before a
+    /// reconnection may predate a writer that joined while the connection was down.
     epoch: AtomicU64,
 }
 
@@ -167,10 +175,12 @@ impl Link {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Whether a read issued at `mark` saw everything a missed notification could have said.
+    /// Whether a read issued at `mark` covers every writer that notifications heard since
+    /// could concern: it was issued after the current connection's LISTEN (or during the
+    /// outage after it, when nothing is heard at all), so any writer missing from it joined
+    /// later, and its join notification arrives before any news of its ids.
     fn complete_since(&self, mark: u64) -> bool {
-        !self.enabled.load(Ordering::SeqCst)
-            || (self.connected.load(Ordering::SeqCst) && self.epoch.load(Ordering::SeqCst) == mark)
+        !self.enabled.load(Ordering::SeqCst) || self.epoch.load(Ordering::SeqCst) == mark
     }
 }
 
@@ -232,7 +242,8 @@ impl Positions {
     /// Opens a dedicated LISTEN connection on `pg` and applies every position announced on it.
     /// It also holds a session lock on the instance name, so two live processes cannot use
     /// one name ([`Error::InstanceInUse`]). A lost connection is re-established; meanwhile
-    /// the persisted-up-to positions are held (see the module doc).
+    /// the re-reads move the positions on, and after it the persisted-up-to positions are
+    /// held until a re-read on the new connection (see the module doc).
     ///
     /// Call it before opening any stream: a stream opened earlier may have missed a writer
     /// joining, and notifications about that writer's later ids would then mislead it.
@@ -244,7 +255,6 @@ impl Positions {
         let shared = &self.inner.shared;
         shared.link.enabled.store(true, Ordering::SeqCst);
         shared.link.epoch.fetch_add(1, Ordering::SeqCst);
-        shared.link.connected.store(true, Ordering::SeqCst);
         let task = tokio::spawn(listen_loop(Arc::downgrade(&self.inner), pg, link));
         lock(&self.inner.tasks).push(task);
         Ok(())
@@ -384,9 +394,7 @@ impl Positions {
             let found = stored.remove(&stream.library).unwrap_or_default();
             let mut state = stream.state();
             let present: BTreeSet<String> = found.iter().map(|(i, _, _)| i.clone()).collect();
-            for (instance, row, joined) in found {
-                state.tracker.observe(&instance, row, Some(joined));
-            }
+            state.tracker.observe_all(found.into_iter().map(|(instance, row, joined)| (instance, row, Some(joined))));
             for gone in state.tracker.remove_absent(&present, issued) {
                 tracing::info!(library = %stream.library, instance = %gone, "writer left");
             }
@@ -489,13 +497,10 @@ impl Positions {
         }
     }
 
-    /// The LISTEN connection is gone: hold every library until it is back (module doc).
-    fn lost_link(&self) {
-        self.inner
-            .shared
-            .link
-            .connected
-            .store(false, Ordering::SeqCst);
+    /// The LISTEN connection is back: hold every library until a re-read issued on it
+    /// completes (module doc). Called before its epoch begins, so no read issued earlier
+    /// releases the hold.
+    fn hold_after_gap(&self) {
         for stream in lock(&self.inner.streams).values() {
             let mut state = stream.state();
             state.held = true;
@@ -1104,8 +1109,9 @@ async fn connect_listener(
     })
 }
 
-/// Applies notifications as they come; when the connection is lost, holds every library and
-/// reconnects, then re-reads the table (which releases them).
+/// Applies notifications as they come; when the connection is lost, reconnects (the ticks'
+/// re-reads go on meanwhile), holds every library, and re-reads the table (which releases
+/// them) before applying the new connection's first notification.
 async fn listen_loop(weak: Weak<Inner>, pg: tokio_postgres::Config, mut link: ListenLink) {
     loop {
         while let Some(notification) = link.notifications.recv().await {
@@ -1114,8 +1120,7 @@ async fn listen_loop(weak: Weak<Inner>, pg: tokio_postgres::Config, mut link: Li
         }
         let Some(inner) = weak.upgrade() else { return };
         let positions = Positions { inner };
-        tracing::warn!(instance = %positions.instance(), "LISTEN connection lost; holding positions until it is back");
-        positions.lost_link();
+        tracing::warn!(instance = %positions.instance(), "LISTEN connection lost; following positions by re-reading until it is back");
         let instance = positions.instance().to_string();
         drop(positions);
         let mut backoff = Duration::from_millis(100);
@@ -1132,9 +1137,8 @@ async fn listen_loop(weak: Weak<Inner>, pg: tokio_postgres::Config, mut link: Li
         };
         let Some(inner) = weak.upgrade() else { return };
         let positions = Positions { inner };
-        let shared = &positions.inner.shared;
-        shared.link.epoch.fetch_add(1, Ordering::SeqCst);
-        shared.link.connected.store(true, Ordering::SeqCst);
+        positions.hold_after_gap();
+        positions.inner.shared.link.epoch.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = positions.refresh().await {
             tracing::warn!(error = %e, "re-reading positions after reconnecting");
         }

@@ -14,8 +14,9 @@
 //! Differences from Synapse: positions start at 0 and ids at 1 (Synapse starts at 1 and 2),
 //! so "no position" is told apart by `Option` rather than by zero; writers can be removed
 //! (a dead or departed writer, see `positions`); and the tracker can be *held* — while the
-//! instance may have missed news of a writer (its LISTEN connection was down), evidence is
-//! collected but the persisted-up-to position does not move.
+//! instance may have missed news of a writer (its LISTEN connection is back after a gap, and
+//! the table has not been re-read since), evidence is collected but the persisted-up-to
+//! position does not move.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -213,12 +214,31 @@ impl Tracker {
     /// belongs to when known. Positions only move forward; a writer we did not know joins the
     /// minimum; news about an incarnation older than the one we know is ignored.
     pub(crate) fn observe(&mut self, instance: &str, row: i64, joined: Option<i64>) {
+        self.observe_all([(instance.to_string(), row, joined)]);
+    }
+
+    /// Several writers' positions from one read of the table (or one allocation's), taken
+    /// together: the persisted-up-to position is worked out once all of them are in. One at
+    /// a time, a writer the read shows at an advanced position could move it past the
+    /// in-flight ids of a writer the same read shows joining, before that one is known.
+    pub(crate) fn observe_all(&mut self, read: impl IntoIterator<Item = (String, i64, Option<i64>)>) {
+        let mut any = false;
+        for (instance, row, joined) in read {
+            any |= self.note(&instance, row, joined);
+        }
+        if any {
+            self.add_persisted(None);
+        }
+    }
+
+    /// `observe` without working out the persisted-up-to position. Whether it took the news.
+    fn note(&mut self, instance: &str, row: i64, joined: Option<i64>) -> bool {
         if instance == self.instance {
-            return;
+            return false;
         }
         if let (Some(&known), Some(joined)) = (self.joined.get(instance), joined) {
             if joined < known {
-                return;
+                return false;
             }
         }
         if let Some(joined) = joined {
@@ -229,23 +249,24 @@ impl Tracker {
         let entry = self.positions.entry(instance.to_string()).or_insert(row);
         *entry = (*entry).max(row);
         self.max_seen = self.max_seen.max(row);
-        self.add_persisted(Some(row));
+        self.known.push(Reverse(row));
+        true
     }
 
     /// Writers found in `stream_positions` by an allocating transaction *after* its ids were
     /// drawn: any writer whose ids could be below ours had joined by then. Only writers (or
     /// incarnations) we did not know are taken; known ones keep what we were told.
     pub(crate) fn learn_new(&mut self, stored: impl IntoIterator<Item = (String, i64, i64)>) {
-        for (instance, row, joined) in stored {
-            let new = match self.joined.get(&instance) {
-                _ if !self.positions.contains_key(&instance) => true,
-                Some(&known) => joined > known,
+        let new: Vec<(String, i64, Option<i64>)> = stored
+            .into_iter()
+            .filter(|(instance, _, joined)| match self.joined.get(instance) {
+                _ if !self.positions.contains_key(instance) => true,
+                Some(known) => joined > known,
                 None => false,
-            };
-            if new {
-                self.observe(&instance, row, Some(joined));
-            }
-        }
+            })
+            .map(|(instance, row, joined)| (instance, row, Some(joined)))
+            .collect();
+        self.observe_all(new);
     }
 
     /// A writer that is gone for good (it left, or was found dead with nothing in flight):
@@ -437,6 +458,30 @@ mod tests {
         assert_eq!(t.persisted_up_to(), 2);
         t.set_held(false);
         assert_eq!(t.persisted_up_to(), 5);
+    }
+
+    /// One read of the table that shows a writer past an id and another writer joining
+    /// below it (that id in flight) never moves the position past the joiner's start,
+    /// whatever order the read lists them in; so does one allocation's.
+    #[test]
+    fn writers_from_one_read_are_taken_together() {
+        let reader = || {
+            let mut t = Tracker::new("me", false);
+            t.load_positions([("a".into(), 3, 1)]);
+            assert_eq!(t.finish_load(), None);
+            t
+        };
+        let mut t = reader();
+        t.observe_all([("a".into(), 5, Some(1)), ("c".into(), 3, Some(2))]);
+        assert_eq!(t.persisted_up_to(), 3, "c may hold 4 in flight");
+        t.observe("c", 4, Some(2));
+        assert_eq!(t.persisted_up_to(), 5);
+
+        let mut t = Tracker::new("me", true);
+        t.load_positions([("a".into(), 3, 1)]);
+        t.finish_load();
+        t.learn_new([("a".into(), 5, 1), ("c".into(), 3, 2), ("d".into(), 3, 3)]);
+        assert_eq!(t.persisted_up_to(), 3);
     }
 
     /// An idle writer's own entry in the status moves with the newest row it has seen,
