@@ -54,7 +54,9 @@
 //! - rows a dropped writer committed after the last position it stored (it died between a
 //!   commit and storing its position) are finished, yet nobody will announce them: after any
 //!   writer is removed, [`Positions::refresh`] reads the committed rows above the
-//!   persisted-up-to position, which then steps through them;
+//!   persisted-up-to position, which then steps through them — up to the first id it drew
+//!   and never committed (rolled back as it died): nobody vouches for that id until a later
+//!   write passes it, so rows above it wait for the library's next write;
 //! - a dropped writer that was alive after all finds its row gone at its next allocation or
 //!   heartbeat and joins again before allocating: its new ids are above everything allocated
 //!   before, and others learn of it first (the joining argument above).
