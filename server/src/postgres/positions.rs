@@ -56,7 +56,10 @@
 //!   writer is removed, [`Positions::refresh`] reads the committed rows above the
 //!   persisted-up-to position, which then steps through them — up to the first id it drew
 //!   and never committed (rolled back as it died): nobody vouches for that id until a later
-//!   write passes it, so rows above it wait for the library's next write;
+//!   write passes it, so rows above it wait for the library's next write (an idle writer
+//!   cannot vouch for it by announcing the sequence's value: others step through announced
+//!   positions as finished ids, and that value may be another writer's id in flight — the
+//!   tracker simulation finds that case at once);
 //! - a dropped writer that was alive after all finds its row gone at its next allocation or
 //!   heartbeat and joins again before allocating: its new ids are above everything allocated
 //!   before, and others learn of it first (the joining argument above).
