@@ -214,7 +214,9 @@ impl Tracker {
     /// belongs to when known. Positions only move forward; a writer we did not know joins the
     /// minimum; news about an incarnation older than the one we know is ignored.
     pub(crate) fn observe(&mut self, instance: &str, row: i64, joined: Option<i64>) {
-        self.observe_all([(instance.to_string(), row, joined)]);
+        if self.note(instance, row, joined) {
+            self.add_persisted(None);
+        }
     }
 
     /// Several writers' positions from one read of the table (or one allocation's), taken
@@ -468,13 +470,9 @@ mod tests {
     /// whatever order the read lists them in; so does one allocation's.
     #[test]
     fn writers_from_one_read_are_taken_together() {
-        let reader = || {
-            let mut t = Tracker::new("me", false);
-            t.load_positions([("a".into(), 3, 1)]);
-            assert_eq!(t.finish_load(), None);
-            t
-        };
-        let mut t = reader();
+        let mut t = Tracker::new("me", false);
+        t.load_positions([("a".into(), 3, 1)]);
+        assert_eq!(t.finish_load(), None);
         t.observe_all([("a".into(), 5, Some(1)), ("c".into(), 3, Some(2))]);
         assert_eq!(t.persisted_up_to(), 3, "c may hold 4 in flight");
         t.observe("c", 4, Some(2));
