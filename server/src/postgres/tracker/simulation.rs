@@ -5,8 +5,9 @@
 //! is down; re-reads issued at one moment and applied at another; writers crashing,
 //! restarting, and dropped as dead. After every step no instance may show a row id that some
 //! transaction still holds (DESIGN §12: "no client's point passes a row that another writer
-//! allocated but has not committed"), nor move backwards; once everything is finished and
-//! everyone has heard and re-read, every instance shows every committed row.
+//! allocated but has not committed"), nor move backwards; once everything is finished,
+//! everyone has heard and re-read, and one more row is written, every instance shows every
+//! committed row.
 //!
 //! It checks the rules the tracker and its driver follow, not the SQL: each step is one
 //! statement's effect, as `positions` makes it.
