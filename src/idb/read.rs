@@ -81,32 +81,11 @@ pub fn get_visible_promise(db: &Database, collection: &str, id: &JsValue, map_er
     tm_get_doc(db.as_sys().unchecked_ref(), &collection_store(collection), id, map_err.map_or(&JsValue::UNDEFINED, |f| f.as_ref()))
 }
 
-/// A get goes on the readonly transaction of the previous one while that one is still
-/// active — an app awaiting one get after another calls the next from the previous one's
-/// success handler — instead of a transaction of its own each time (~10% of 1,000 awaited
-/// gets in raw IndexedDB on this machine, DESIGN §10's W4). At most `REUSE` gets share one,
-/// so a long run of reads holds a writer (another tab's) back only briefly; a transaction
-/// that is no longer active throws, and the get takes a new one. Only ever used when no
-/// write of this replica is in flight (`JsReplica::get`), so a get never reads from before
-/// a write it was asked after.
-#[wasm_bindgen(inline_js = "const REUSE = 64;
-let shared = null;
-export function tm_get_doc(db, store, id, mapErr) {
+#[wasm_bindgen(inline_js = "export function tm_get_doc(db, store, id, mapErr) {
   return new Promise((ok, fail) => {
     const no = (e) => fail(mapErr ? mapErr(e) : e);
     try {
-      let req;
-      const s = shared;
-      if (s !== null && s.db === db && s.store === store && s.left > 0) {
-        try { req = s.tx.objectStore(store).get(id); s.left--; } catch { req = undefined; }
-      }
-      if (req === undefined) {
-        const tx = db.transaction(store);
-        const mine = { db, store, tx, left: REUSE - 1 };
-        shared = mine;
-        tx.oncomplete = tx.onabort = () => { if (shared === mine) shared = null; };
-        req = tx.objectStore(store).get(id);
-      }
+      const req = db.transaction(store).objectStore(store).get(id);
       req.onsuccess = () => { const d = req.result?.d; ok(d == null ? undefined : d); };
       req.onerror = () => no(req.error);
     } catch (e) {
