@@ -14,7 +14,8 @@
 //! start later find them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -1002,15 +1003,14 @@ async fn listener_reconnects_after_losing_its_connection() {
 /// through it.
 struct Relay {
     port: u16,
-    open: Arc<std::sync::atomic::AtomicBool>,
-    refused: Arc<std::sync::atomic::AtomicUsize>,
-    accepted: Arc<std::sync::atomic::AtomicUsize>,
-    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    open: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+    links: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Relay {
     async fn start(to: u16) -> Relay {
-        use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let relay = Relay {
             port: listener.local_addr().unwrap().port(),
@@ -1049,22 +1049,22 @@ impl Relay {
     }
 
     fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.open.store(false, Ordering::SeqCst);
         for link in self.links.lock().unwrap().drain(..) {
             link.abort();
         }
     }
 
     fn restore(&self) {
-        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.open.store(true, Ordering::SeqCst);
     }
 
     fn refused(&self) -> usize {
-        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+        self.refused.load(Ordering::SeqCst)
     }
 
     fn accepted(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 

@@ -403,8 +403,7 @@ impl Positions {
             for gone in state.tracker.remove_absent(&present, issued) {
                 tracing::info!(library = %stream.library, instance = %gone, "writer left");
             }
-            if state.held && shared.link.complete_since(mark) {
-                state.held = false;
+            if shared.link.complete_since(mark) {
                 state.tracker.set_held(false);
             }
             stream.publish(&state);
@@ -507,9 +506,7 @@ impl Positions {
     /// releases the hold.
     fn hold_after_gap(&self) {
         for stream in lock(&self.inner.streams).values() {
-            let mut state = stream.state();
-            state.held = true;
-            state.tracker.set_held(true);
+            stream.state().tracker.set_held(true);
         }
     }
 }
@@ -545,7 +542,6 @@ struct State {
     /// Until loaded, news is kept here and applied after the start-up read.
     loading: bool,
     pending: Vec<Event>,
-    held: bool,
     /// Our position as last stored in `stream_positions`.
     announced: i64,
 }
@@ -553,7 +549,6 @@ struct State {
 impl Stream {
     fn new(library: &str, shared: Arc<Shared>) -> Arc<Stream> {
         let tracker = Tracker::new(&shared.config.instance, shared.config.writer);
-        let held = false;
         Arc::new(Stream {
             library: library.to_string(),
             sequence: OnceLock::new(),
@@ -562,7 +557,6 @@ impl Stream {
                 tracker,
                 loading: true,
                 pending: Vec::new(),
-                held,
                 announced: 0,
             }),
             loaded: tokio::sync::OnceCell::new(),
@@ -729,9 +723,8 @@ impl Stream {
         }
 
         let mut state = self.state();
-        let held = state.held || !shared.link.complete_since(mark);
-        tracker.set_held(held);
-        state.held = held;
+        // A hold set while this read was under way (`hold_after_gap`) carries over.
+        tracker.set_held(state.tracker.held() || !shared.link.complete_since(mark));
         state.tracker = tracker;
         state.announced = announced;
         state.loading = false;

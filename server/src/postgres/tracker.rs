@@ -326,6 +326,11 @@ impl Tracker {
         gone
     }
 
+    /// Whether the persisted-up-to position is held (`set_held`).
+    pub(crate) fn held(&self) -> bool {
+        self.held
+    }
+
     /// Holds (or releases) the persisted-up-to position: see the module doc.
     pub(crate) fn set_held(&mut self, held: bool) {
         if self.held != held {

@@ -86,7 +86,6 @@ struct Node {
     /// After a reconnection, notifications wait until the re-read made on it is done
     /// (`listen_loop`).
     blocked: bool,
-    held: bool,
     epoch: u64,
     /// Re-reads issued and not yet applied: (link epoch, tracker stamp, what they read,
     /// whether it is a reconnection's own, which notifications wait for).
@@ -111,7 +110,7 @@ impl Node {
             announced = db.table[name].0;
         }
         let shown = tracker.persisted_up_to();
-        Node { name: name.into(), writer, tracker, cursor, blocked: false, held: false, epoch: 1, reads: Vec::new(), txns: Vec::new(), announced, shown }
+        Node { name: name.into(), writer, tracker, cursor, blocked: false, epoch: 1, reads: Vec::new(), txns: Vec::new(), announced, shown }
     }
 
     fn rejoin(&mut self, db: &mut Db) {
@@ -367,7 +366,6 @@ fn node_step(db: &mut Db, node: &mut Node, s: &Step) {
         Step::Reconnect(_) => {
             if node.cursor.is_none() && !node.blocked {
                 // `hold_after_gap`, then the new epoch, LISTEN in place, and its re-read.
-                node.held = true;
                 node.tracker.set_held(true);
                 node.epoch += 1;
                 node.cursor = Some(db.notes.len());
@@ -389,8 +387,7 @@ fn node_step(db: &mut Db, node: &mut Node, s: &Step) {
                 let present: BTreeSet<String> = read.iter().map(|(i, _, _)| i.clone()).collect();
                 node.tracker.observe_all(read.into_iter().map(|(i, r, j)| (i, r, Some(j))));
                 node.tracker.remove_absent(&present, issued);
-                if node.held && mark == node.epoch {
-                    node.held = false;
+                if mark == node.epoch {
                     node.tracker.set_held(false);
                 }
                 if own {
@@ -533,6 +530,6 @@ fn notifications_after_a_gap_wait_for_a_reread() -> Result<(), TestCaseError> {
         w.run(&s);
         w.check()?;
     }
-    prop_assert!(w.nodes[3].as_ref().is_some_and(|n| !n.held), "released by the re-read");
+    prop_assert!(w.nodes[3].as_ref().is_some_and(|n| !n.tracker.held()), "released by the re-read");
     Ok(())
 }
