@@ -20,7 +20,8 @@
 //! and takes a new one when the client is back; so clients that stop reading hold places
 //! for at most `GRACE` at a time. A turn waits at most `ADMISSION_WAIT` for a place and then
 //! goes ahead without one. While a turn waits, the client's protocol pings are answered
-//! (its deadline counts the server's silence).
+//! (its deadline counts the server's silence), and it is not poked (`Transport::waiting`):
+//! the pull it waits for takes the rows that land meanwhile.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -221,6 +222,10 @@ impl Transport for WsTransport {
         }
         self.admit().await?;
         Ok(self.waiting.lock().expect("waiting lock").take().expect("a turn admitted").msg)
+    }
+
+    fn waiting(&self) -> bool {
+        self.waiting.lock().expect("waiting lock").is_some()
     }
 }
 

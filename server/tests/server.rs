@@ -434,6 +434,83 @@ async fn serves_files_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A client whose pull waits for the server's turn is not poked while it waits: rows land
+/// meanwhile, but the pull it is waiting to run takes them (with thousands of clients
+/// queued, every commit poked every one of them). Its first message is the pull's
+/// preflight, and after that pull, which reached past the rows, no poke follows either.
+#[tokio::test]
+async fn a_pull_waiting_its_turn_is_not_poked() {
+    use tidemark::sync::Transport as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--pulls-at-once", "1"]);
+    let limits = Limits { per_diff: 100, max_diffs: 10 };
+    let start = |direction| Message::Start { session: tidemark::peer::new_session(), direction, per_diff: 100, max_diffs: 10 };
+    // The holder takes the only place and keeps it (it does not answer the preflight).
+    let holder = client().await;
+    let (mut h, _) = hello(&holder, &server, None).await.unwrap();
+    h.send(&start(Direction::Pull)).await.unwrap();
+    assert_eq!(h.recv().await.unwrap().kind(), "preflight");
+    // The waiter asks for a pull and waits for the place.
+    let waiter = client().await;
+    let (mut w, _) = hello(&waiter, &server, None).await.unwrap();
+    let pull = start(Direction::Pull);
+    w.send(&pull).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Meanwhile another client pushes twice: two commits land.
+    let pusher = client().await;
+    let (mut p, server_id) = hello(&pusher, &server, None).await.unwrap();
+    for i in 0..2 {
+        put_all(&pusher, std::iter::once(format!("p{i}")), i).await;
+        let push = start(Direction::Push);
+        let Message::Start { session, .. } = &push else { unreachable!() };
+        let session = session.clone();
+        p.send(&push).await.unwrap();
+        drive::send(&pusher, &mut p, &server_id, &session, limits, &mut |_| {}).await.unwrap();
+    }
+    assert_eq!(server.max_row(LIB, None), 2, "both rows landed while the pull waited");
+    // The holder goes away; its place goes to the waiter, whose first message is its preflight.
+    drop(h);
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), w.recv()).await.expect("the waiter's turn came").unwrap();
+    assert_eq!(first.kind(), "preflight", "no poke before the pull it waited for: {first:?}");
+    // The pull runs to its end and takes both rows; no poke follows it.
+    let Message::Start { session, .. } = &pull else { unreachable!() };
+    let head = waiter.head();
+    w.send(&Message::Point {
+        session: session.clone(),
+        db_id: head.db_id.clone(),
+        max_row: head.max_row,
+        schema_version: head.schema_version,
+        point: -1,
+        matched: None,
+        candidates: vec![],
+        sent_sessions: vec![],
+        marks: vec![],
+        own_only: false,
+        older_as_snapshot: false,
+    })
+    .await
+    .unwrap();
+    let mut rows = 0;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), w.recv()).await.expect("the pull goes on").unwrap() {
+            Message::Begin { .. } => {}
+            Message::Batch { covers, rows: batch, .. } => {
+                rows += batch.len();
+                w.send(&Message::Ack { session: session.clone(), point: covers }).await.unwrap();
+            }
+            Message::End { complete, .. } => {
+                assert!(complete, "one batch holds both rows");
+                w.send(&Message::Done { session: session.clone() }).await.unwrap();
+                break;
+            }
+            other => panic!("unexpected message during the pull: {other:?}"),
+        }
+    }
+    assert_eq!(rows, 2, "the pull took both rows");
+    let after = tokio::time::timeout(std::time::Duration::from_millis(500), w.recv()).await;
+    assert!(after.is_err(), "no poke for rows the pull already took: {after:?}");
+}
+
 /// With one place for pull turns (`--pulls-at-once 1`), 40 clients syncing at once in small
 /// batches all wait their turns and converge: a turn cut short by a poke while it waits
 /// keeps its message and its place in the queue, and nothing is lost or stored twice.

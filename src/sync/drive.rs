@@ -198,10 +198,11 @@ pub enum Signal {
 /// disconnects. Between messages it passes on `signals`: a poke when rows land (so a
 /// live client pulls at once), and the end of the connection when its token expires.
 ///
-/// A poke is sent at once only between passes. During a pass it is held and sent when
-/// the pass ends — and dropped when that pass was a complete pull that reached past it
-/// (the client already has those rows). While thousands of clients run rounds at once,
-/// every commit would otherwise poke every one of them in the middle of its pass, for
+/// A poke is sent at once only between passes. During a pass — or while the client's pull
+/// waits for the server's turn (`Transport::waiting`) — it is held and sent when the pass
+/// ends, and dropped when that pass was a complete pull that reached past it (the client
+/// already has those rows). While thousands of clients run rounds at once, every commit
+/// would otherwise poke every one of them in the middle of its pass, or of its wait, for
 /// nothing: the pull they are about to run (or running) takes the rows anyway.
 pub async fn serve<S: Store, T: Transport>(
     replica: &Replica<S>,
@@ -240,7 +241,7 @@ pub async fn serve_as<S: Store, T: Transport>(
                 Either::Left(t.recv().await)
             };
             let msg = match next {
-                Either::Right(Some(Signal::Landed(max_row))) if serve.idle() => {
+                Either::Right(Some(Signal::Landed(max_row))) if serve.idle() && !t.waiting() => {
                     t.send(&Message::Poke { max_row }).await?;
                     continue;
                 }

@@ -11,6 +11,14 @@ use crate::error::SyncError;
 pub trait Transport {
     async fn send(&mut self, msg: &Message) -> Result<(), SyncError>;
     async fn recv(&mut self) -> Result<Message, SyncError>;
+
+    /// Whether a message from the peer has arrived but is held back until the server
+    /// has a place for the pass it asks for (a server's admission of pull passes): the
+    /// peer is in a pass the engine has not seen begin. A poke then waits as during a pass
+    /// (`drive::serve`).
+    fn waiting(&self) -> bool {
+        false
+    }
 }
 
 /// One end of an in-memory connection. Frames go through `encode`/`decode`, so tests
