@@ -434,6 +434,24 @@ async fn serves_files_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A transport that notes the kind of every message it receives.
+struct Recording<'a> {
+    inner: &'a mut Client,
+    kinds: Vec<&'static str>,
+}
+
+impl tidemark::sync::Transport for Recording<'_> {
+    async fn send(&mut self, msg: &Message) -> Result<(), tidemark::error::SyncError> {
+        self.inner.send(msg).await
+    }
+
+    async fn recv(&mut self) -> Result<Message, tidemark::error::SyncError> {
+        let msg = self.inner.recv().await?;
+        self.kinds.push(msg.kind());
+        Ok(msg)
+    }
+}
+
 /// A client whose pull waits for the server's turn is not poked while it waits: rows land
 /// meanwhile, but the pull it is waiting to run takes them (with thousands of clients
 /// queued, every commit poked every one of them). Its first message is the pull's
@@ -468,45 +486,18 @@ async fn a_pull_waiting_its_turn_is_not_poked() {
         drive::send(&pusher, &mut p, &server_id, &session, limits, &mut |_| {}).await.unwrap();
     }
     assert_eq!(server.max_row(LIB, None), 2, "both rows landed while the pull waited");
-    // The holder goes away; its place goes to the waiter, whose first message is its preflight.
+    // The holder goes away and its place goes to the waiter, whose pull runs: the first
+    // message it hears is the pull's preflight, and the pull takes both rows.
     drop(h);
-    let first = tokio::time::timeout(std::time::Duration::from_secs(10), w.recv()).await.expect("the waiter's turn came").unwrap();
-    assert_eq!(first.kind(), "preflight", "no poke before the pull it waited for: {first:?}");
-    // The pull runs to its end and takes both rows; no poke follows it.
     let Message::Start { session, .. } = &pull else { unreachable!() };
-    let head = waiter.head();
-    w.send(&Message::Point {
-        session: session.clone(),
-        db_id: head.db_id.clone(),
-        max_row: head.max_row,
-        schema_version: head.schema_version,
-        point: -1,
-        matched: None,
-        candidates: vec![],
-        sent_sessions: vec![],
-        marks: vec![],
-        own_only: false,
-        older_as_snapshot: false,
-    })
-    .await
-    .unwrap();
-    let mut rows = 0;
-    loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), w.recv()).await.expect("the pull goes on").unwrap() {
-            Message::Begin { .. } => {}
-            Message::Batch { covers, rows: batch, .. } => {
-                rows += batch.len();
-                w.send(&Message::Ack { session: session.clone(), point: covers }).await.unwrap();
-            }
-            Message::End { complete, .. } => {
-                assert!(complete, "one batch holds both rows");
-                w.send(&Message::Done { session: session.clone() }).await.unwrap();
-                break;
-            }
-            other => panic!("unexpected message during the pull: {other:?}"),
-        }
-    }
-    assert_eq!(rows, 2, "the pull took both rows");
+    let mut heard = Recording { inner: &mut w, kinds: Vec::new() };
+    let mut progress = |_| {};
+    let pull = drive::receive(&waiter, &mut heard, &server_id, session, &mut progress);
+    tokio::time::timeout(std::time::Duration::from_secs(10), pull).await.expect("the waiter's turn came").unwrap();
+    assert_eq!(heard.kinds.first().copied(), Some("preflight"), "no poke before the pull it waited for: {:?}", heard.kinds);
+    assert!(!heard.kinds.contains(&"poke"), "{:?}", heard.kinds);
+    let ids: Vec<String> = docs(&waiter).await.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, ["p0", "p1"], "the pull took both rows");
     let after = tokio::time::timeout(std::time::Duration::from_millis(500), w.recv()).await;
     assert!(after.is_err(), "no poke for rows the pull already took: {after:?}");
 }
