@@ -48,6 +48,7 @@ impl Readers {
         let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(backend)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
         conn.execute_batch("PRAGMA query_only = 1;").map_err(backend)?;
+        super::stable_plans(&conn)?;
         Ok(conn)
     }
 
