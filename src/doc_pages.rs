@@ -1,11 +1,13 @@
-//! Pages of text made from a store's documents, shared by every reader while no document
-//! changes (`DocPages`).
+//! Pages of text made from a store's documents, and their count, shared by every reader
+//! while no document changes (`DocPages`).
 //!
 //! A server sends the same snapshot pages to every client that joins or falls far behind;
 //! when thousands pull at once, each reading and converting the same thousand documents
 //! was most of its work. A store shared by many readers (a server's library) owns one of
 //! these, brackets every write with `writing`, and the sender keeps the pages it made
-//! (`sync::send`), keyed by where they start and how long they are.
+//! (`sync::send`), keyed by where they start and how long they are — and the number of
+//! documents, which every snapshot announces first (its `total`): counting them was a
+//! read of its own per pull.
 //!
 //! A page is only ever handed out while it is as new as any state a reader could have seen:
 //! writes are counted when they start and when they finish (a seqlock with many writers),
@@ -51,6 +53,8 @@ struct State {
     /// while no write was under way and none had finished since `finished` took its
     /// current value.
     pages: Vec<(Option<DocKey>, usize, u64, Page)>,
+    /// (the row shown when it was begun, the number of documents), kept as pages are.
+    count: Option<(u64, u64)>,
 }
 
 /// Marks a write under way until dropped (finished, failed or cancelled alike).
@@ -91,6 +95,7 @@ impl DocPages {
         let mut s = self.lock();
         s.started += 1;
         s.pages.clear();
+        s.count = None;
         Writing(self)
     }
 
@@ -108,6 +113,26 @@ impl DocPages {
     pub fn begin(&self) -> Option<Seen> {
         let s = self.lock();
         (s.started == s.finished).then_some(Seen(s.finished, s.shown.unwrap_or(u64::MAX)))
+    }
+
+    /// The number of documents for a snapshot ending at row `end`, if one was kept for
+    /// the current state (as `get` hands out pages).
+    pub fn count(&self, end: u64) -> Option<u64> {
+        let s = self.lock();
+        if s.started != s.finished {
+            return None;
+        }
+        s.count.filter(|(shown, _)| *shown >= end).map(|(_, n)| n)
+    }
+
+    /// Keeps a count of the documents made since `begin` returned `seen`, unless a write
+    /// started meanwhile (as `keep` keeps pages).
+    pub fn keep_count(&self, seen: Seen, n: u64) {
+        let mut s = self.lock();
+        if s.started != seen.0 || s.finished != seen.0 || s.count.is_some_and(|(shown, _)| shown >= seen.1) {
+            return;
+        }
+        s.count = Some((seen.1, n));
     }
 
     /// Keeps a page read since `begin` returned `seen`, unless a write started meanwhile.
@@ -155,6 +180,33 @@ mod tests {
         let seen = pages.begin().unwrap();
         pages.keep(seen, None, 10, page("b"));
         assert_eq!(pages.get(None, 10, 0).unwrap().0[0], "b");
+    }
+
+    #[test]
+    fn the_count_is_kept_and_dropped_as_pages_are() {
+        let pages = DocPages::following_rows();
+        pages.shown(5);
+        let seen = pages.begin().unwrap();
+        pages.keep_count(seen, 7);
+        assert_eq!(pages.count(5), Some(7));
+        assert_eq!(pages.count(6), None, "a snapshot ending past the row shown when it was begun counts its own");
+        // One begun before a write that ended meanwhile is not kept.
+        let seen = pages.begin().unwrap();
+        let w = pages.writing();
+        assert_eq!(pages.count(5), None, "a write drops the count");
+        drop(w);
+        pages.keep_count(seen, 8);
+        assert_eq!(pages.count(0), None);
+        let seen = pages.begin().unwrap();
+        pages.keep_count(seen, 9);
+        assert_eq!(pages.count(5), Some(9));
+        // An older one does not replace a newer.
+        let old = pages.begin().unwrap();
+        pages.shown(9);
+        let new = pages.begin().unwrap();
+        pages.keep_count(new, 10);
+        pages.keep_count(old, 11);
+        assert_eq!(pages.count(9), Some(10));
     }
 
     #[test]

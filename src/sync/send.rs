@@ -264,7 +264,7 @@ impl Sender {
         self.report = PassReport { start, end: start, snapshot, peer_max_row: their_max, ..Default::default() };
         // A receiver that takes only our own ops gets no table.
         let table = if own_only { Table::Decoded(Vec::new()) } else { table };
-        let total = if snapshot { replica.store().doc_count().await? } else { gap };
+        let total = if snapshot { doc_total(replica, head.max_row).await? } else { gap };
         // Resolutions go first, uncapped: no receiver shows a conflict already settled
         // (DESIGN §11). A snapshot carries them in its document states.
         let resolutions = match snapshot {
@@ -519,6 +519,22 @@ async fn stored_page<S: Store>(replica: &Replica<S>, after: Option<&DocKey>, lim
     let page = replica.store().docs_after(after, limit).await?;
     let Some(last) = page.last().map(|(c, d)| (c.clone(), d.id.clone())) else { return Ok(None) };
     Ok(Some((SnapshotDocs::Decoded(page.into_iter().map(|(c, d)| SnapshotDoc::from_stored(c, d)).collect()), last)))
+}
+
+/// How many documents a snapshot ending at row `end` sends (its `total`): counted by the
+/// store, or the count another pull made while no document has changed since
+/// (`Store::doc_pages`, as `stored_page` shares pages).
+async fn doc_total<S: Store>(replica: &Replica<S>, end: u64) -> Result<u64, Error> {
+    let shared = replica.store().doc_pages();
+    if let Some(n) = shared.and_then(|p| p.count(end)) {
+        return Ok(n);
+    }
+    let seen = shared.and_then(|p| p.begin());
+    let n = replica.store().doc_count().await?;
+    if let (Some(p), Some(seen)) = (shared, seen) {
+        p.keep_count(seen, n);
+    }
+    Ok(n)
 }
 
 /// How many rows after `start` the filter lets through, counting no further than `limit`.
