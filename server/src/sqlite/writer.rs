@@ -13,11 +13,20 @@
 //! commit fails every commit in it, and nobody has been told otherwise. Later commits of a
 //! group read what earlier ones wrote (same connection): they commit together or not at all.
 //!
+//! While commits keep coming (the last group ended less than `BUSY` ago), a group that
+//! begins with bookkeeping alone (a commit that reads no document: a pass's peer records,
+//! which every pull writes as it ends) waits up to `BOOKKEEPING_DELAY` for more commits to
+//! join it before it begins: when thousands of clients pull, their ends arrive a few at a
+//! time, and each group is one fsync and a write of the same record pages. A commit that
+//! reads documents (rows pushed, local writes) ends the wait at once, and is never held back
+//! itself; on a quiet server nothing waits.
+//!
 //! Other work that needs the write connection (sealing, a generation swap) runs between
 //! groups, as a job.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tidemark::error::{Error, StoreError};
@@ -28,6 +37,12 @@ use super::{backend, lock, read_doc, read_head, read_peer, write_commit, Peers};
 
 /// Most commits in one group.
 const MAX_GROUP: usize = 512;
+
+/// The longest a group of bookkeeping waits for more commits before it begins.
+const BOOKKEEPING_DELAY: Duration = Duration::from_millis(2);
+
+/// How recently the last group must have ended for a group of bookkeeping to wait.
+const BUSY: Duration = Duration::from_millis(10);
 
 /// One commit, as the caller hands it to the writer.
 pub(crate) struct CommitJob {
@@ -82,8 +97,11 @@ impl Compute {
 pub(crate) enum Job {
     Commit(CommitJob),
     /// Runs with the write connection between groups (it may replace the connection).
-    Exclusive(Box<dyn FnOnce(&mut Connection) + Send>),
+    Exclusive(Exclusive),
 }
+
+/// Work that needs the write connection to itself.
+pub(crate) type Exclusive = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// The writer thread of one file; dropping it ends the thread once the queue is empty and
 /// waits for it (so the file is closed when this returns).
@@ -118,6 +136,7 @@ impl Drop for Writer {
 }
 
 fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
+    let mut last_group: Option<Instant> = None;
     while let Ok(job) = queue.recv() {
         let first = match job {
             Job::Exclusive(f) => {
@@ -126,14 +145,24 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
             }
             Job::Commit(c) => c,
         };
-        let mut after = None;
+        let busy = last_group.is_some_and(|t| t.elapsed() < BUSY);
+        let (joined, mut after) = if busy && first.keys.is_empty() { gather(&queue, BOOKKEEPING_DELAY) } else { (Vec::new(), None) };
         let mut group: Vec<(oneshot::Sender<Result<Commit, Error>>, Commit)> = Vec::new();
         if let Err(e) = exec(&conn, "BEGIN IMMEDIATE") {
-            first.compute.fail(first.done, e);
+            first.compute.fail(first.done, e.clone());
+            for c in joined {
+                c.compute.fail(c.done, e.clone());
+            }
+            if let Some(f) = after {
+                f(&mut conn);
+            }
             continue;
         }
         group.extend(one(&conn, first));
-        while group.len() < MAX_GROUP {
+        for c in joined {
+            group.extend(one(&conn, c));
+        }
+        while after.is_none() && group.len() < MAX_GROUP {
             match queue.try_recv() {
                 Ok(Job::Commit(c)) => group.extend(one(&conn, c)),
                 Ok(Job::Exclusive(f)) => {
@@ -166,10 +195,33 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
                 }
             }
         }
+        last_group = Some(Instant::now());
         if let Some(f) = after {
             f(&mut conn);
         }
     }
+}
+
+/// The commits that join a group begun by bookkeeping, arriving within `delay`: until one
+/// that reads documents (which joins and ends the wait), a job for the connection (which
+/// ends it, to run after the group), or `MAX_GROUP`.
+fn gather(queue: &mpsc::Receiver<Job>, delay: Duration) -> (Vec<CommitJob>, Option<Exclusive>) {
+    let until = Instant::now() + delay;
+    let mut joined = Vec::new();
+    while joined.len() + 1 < MAX_GROUP {
+        match queue.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(Job::Commit(c)) => {
+                let reads_documents = !c.keys.is_empty();
+                joined.push(c);
+                if reads_documents {
+                    break;
+                }
+            }
+            Ok(Job::Exclusive(f)) => return (joined, Some(f)),
+            Err(_) => break,
+        }
+    }
+    (joined, None)
 }
 
 /// One commit inside the open group transaction, under a savepoint. Returns what to report
@@ -223,4 +275,53 @@ fn one(conn: &Connection, job: CommitJob) -> Option<(oneshot::Sender<Result<Comm
 /// commit: parsing them again each time was ~5% of the writer thread's work).
 fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
     conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(keys: &[&str]) -> Job {
+        let (done, _) = oneshot::channel();
+        let keys = keys.iter().map(|k| ("docs".to_string(), k.to_string())).collect();
+        Job::Commit(CommitJob { keys, peers: vec![], compute: Compute::Here(Box::new(|_| Ok(Commit::default()))), done })
+    }
+
+    fn key_counts(joined: &[CommitJob]) -> Vec<usize> {
+        joined.iter().map(|c| c.keys.len()).collect()
+    }
+
+    /// Bookkeeping that arrives within the delay joins the group; a commit that reads
+    /// documents joins and ends the wait; a job for the connection ends it too.
+    #[test]
+    fn a_bookkeeping_group_waits_for_more_until_a_document_write_comes() {
+        let (tx, queue) = mpsc::channel();
+        let sender = std::thread::spawn(move || {
+            tx.send(job(&[])).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(job(&[])).unwrap();
+            tx.send(job(&["a", "b"])).unwrap();
+            tx.send(job(&[])).unwrap();
+            tx
+        });
+        let started = Instant::now();
+        let (joined, after) = gather(&queue, Duration::from_secs(20));
+        assert!(started.elapsed() < Duration::from_secs(10), "the document write ended the wait");
+        assert_eq!(key_counts(&joined), [0, 0, 2], "the bookkeeping that came meanwhile, then the document write");
+        assert!(after.is_none());
+        let tx = sender.join().unwrap();
+        // What came after the document write starts the next group.
+        assert!(matches!(queue.try_recv(), Ok(Job::Commit(c)) if c.keys.is_empty()));
+        // Nothing more within the delay: the group begins with what it has.
+        let (joined, _) = gather(&queue, Duration::from_millis(30));
+        assert!(joined.is_empty());
+        // A job for the connection ends the wait, to run after the group.
+        tx.send(job(&[])).unwrap();
+        tx.send(Job::Exclusive(Box::new(|_| {}))).unwrap();
+        tx.send(job(&[])).unwrap();
+        let (joined, after) = gather(&queue, Duration::from_secs(20));
+        assert_eq!(key_counts(&joined), [0]);
+        assert!(after.is_some());
+        assert!(matches!(queue.try_recv(), Ok(Job::Commit(_))), "the commit after it waits for the next group");
+    }
 }
