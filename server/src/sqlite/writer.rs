@@ -13,13 +13,14 @@
 //! commit fails every commit in it, and nobody has been told otherwise. Later commits of a
 //! group read what earlier ones wrote (same connection): they commit together or not at all.
 //!
-//! While commits keep coming (the last group ended less than `BUSY` ago), a group that
-//! begins with bookkeeping alone (a commit that reads no document: a pass's peer records,
-//! which every pull writes as it ends) waits up to `BOOKKEEPING_DELAY` for more commits to
-//! join it before it begins: when thousands of clients pull, their ends arrive a few at a
-//! time, and each group is one fsync and a write of the same record pages. A commit that
+//! While several clients' commits keep coming (the last group held more than one commit and
+//! ended less than `BUSY` ago), a group that begins with bookkeeping alone (a commit that
+//! reads no document: a pass's peer records, which a pull writes as its batches are
+//! acknowledged and as it ends) waits up to `BOOKKEEPING_DELAY` for more commits to join it
+//! before it begins: when thousands of clients pull, their acknowledgements arrive a few at
+//! a time, and each group is one fsync and a write of the same record pages. A commit that
 //! reads documents (rows pushed, local writes) ends the wait at once, and is never held back
-//! itself; on a quiet server nothing waits.
+//! itself; a lone client's pass (groups of one) and a quiet server never wait.
 //!
 //! Other work that needs the write connection (sealing, a generation swap) runs between
 //! groups, as a job.
@@ -41,7 +42,8 @@ const MAX_GROUP: usize = 512;
 /// The longest a group of bookkeeping waits for more commits before it begins.
 const BOOKKEEPING_DELAY: Duration = Duration::from_millis(2);
 
-/// How recently the last group must have ended for a group of bookkeeping to wait.
+/// How recently the last group (of more than one commit) must have ended for a group of
+/// bookkeeping to wait.
 const BUSY: Duration = Duration::from_millis(10);
 
 /// One commit, as the caller hands it to the writer.
@@ -136,7 +138,8 @@ impl Drop for Writer {
 }
 
 fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
-    let mut last_group: Option<Instant> = None;
+    // When the last group ended, and how many commits it held.
+    let mut last_group: Option<(Instant, usize)> = None;
     while let Ok(job) = queue.recv() {
         let first = match job {
             Job::Exclusive(f) => {
@@ -145,7 +148,7 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
             }
             Job::Commit(c) => c,
         };
-        let busy = last_group.is_some_and(|t| t.elapsed() < BUSY);
+        let busy = last_group.is_some_and(|(t, n)| n > 1 && t.elapsed() < BUSY);
         let (joined, mut after) = if busy && first.keys.is_empty() { gather(&queue, BOOKKEEPING_DELAY) } else { (Vec::new(), None) };
         let mut group: Vec<(oneshot::Sender<Result<Commit, Error>>, Commit)> = Vec::new();
         if let Err(e) = exec(&conn, "BEGIN IMMEDIATE") {
@@ -172,6 +175,7 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
                 Err(_) => break,
             }
         }
+        let size = group.len();
         match exec(&conn, "COMMIT") {
             Ok(()) => {
                 // In commit order, before anyone hears of it: a later commit of the same
@@ -195,7 +199,7 @@ fn run(mut conn: Connection, queue: mpsc::Receiver<Job>, peers: Peers) {
                 }
             }
         }
-        last_group = Some(Instant::now());
+        last_group = Some((Instant::now(), size));
         if let Some(f) = after {
             f(&mut conn);
         }
