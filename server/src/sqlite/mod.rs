@@ -232,7 +232,6 @@ fn remove_db_files(path: &Path) {
     }
 }
 
-/// Opens a connection in WAL mode with full sync and makes sure the tables exist.
 /// Keeps each prepared statement's query plan whatever values are bound to it (SQLite's
 /// query planner stability guarantee). The bundled SQLite is built with STAT4, under which
 /// a statement with a bound value in a range on an indexed column (`row > ?1`, `(collection,
@@ -244,6 +243,7 @@ pub(crate) fn stable_plans(conn: &Connection) -> Result<(), StoreError> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map(|_| ()).map_err(backend)
 }
 
+/// Opens a connection in WAL mode with full sync and makes sure the tables exist.
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     {
         let conn = Connection::open(path).map_err(backend)?;
