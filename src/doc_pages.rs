@@ -57,6 +57,18 @@ struct State {
     count: Option<(u64, u64)>,
 }
 
+impl State {
+    /// No write is under way: what is kept serves readers.
+    fn settled(&self) -> bool {
+        self.started == self.finished
+    }
+
+    /// No write started since `seen`: what was made since may be kept.
+    fn unchanged_since(&self, seen: Seen) -> bool {
+        self.started == seen.0 && self.finished == seen.0
+    }
+}
+
 /// Marks a write under way until dropped (finished, failed or cancelled alike).
 pub struct Writing<'a>(&'a DocPages);
 
@@ -103,7 +115,7 @@ impl DocPages {
     /// one was kept for the current state.
     pub fn get(&self, after: Option<&DocKey>, limit: usize, end: u64) -> Option<Page> {
         let s = self.lock();
-        if s.started != s.finished {
+        if !s.settled() {
             return None;
         }
         s.pages.iter().find(|(a, n, shown, _)| a.as_ref() == after && *n == limit && *shown >= end).map(|(_, _, _, p)| p.clone())
@@ -112,14 +124,14 @@ impl DocPages {
     /// Call before reading a page to keep; `None` while a write is under way.
     pub fn begin(&self) -> Option<Seen> {
         let s = self.lock();
-        (s.started == s.finished).then_some(Seen(s.finished, s.shown.unwrap_or(u64::MAX)))
+        s.settled().then_some(Seen(s.finished, s.shown.unwrap_or(u64::MAX)))
     }
 
     /// The number of documents for a snapshot ending at row `end`, if one was kept for
     /// the current state (as `get` hands out pages).
     pub fn count(&self, end: u64) -> Option<u64> {
         let s = self.lock();
-        if s.started != s.finished {
+        if !s.settled() {
             return None;
         }
         s.count.filter(|(shown, _)| *shown >= end).map(|(_, n)| n)
@@ -129,7 +141,7 @@ impl DocPages {
     /// started meanwhile (as `keep` keeps pages).
     pub fn keep_count(&self, seen: Seen, n: u64) {
         let mut s = self.lock();
-        if s.started != seen.0 || s.finished != seen.0 || s.count.is_some_and(|(shown, _)| shown >= seen.1) {
+        if !s.unchanged_since(seen) || s.count.is_some_and(|(shown, _)| shown >= seen.1) {
             return;
         }
         s.count = Some((seen.1, n));
@@ -138,7 +150,7 @@ impl DocPages {
     /// Keeps a page read since `begin` returned `seen`, unless a write started meanwhile.
     pub fn keep(&self, seen: Seen, after: Option<&DocKey>, limit: usize, page: Page) {
         let mut s = self.lock();
-        if s.started != seen.0 || s.finished != seen.0 {
+        if !s.unchanged_since(seen) {
             return;
         }
         // A page of the same place begun later replaces this one: it serves every
