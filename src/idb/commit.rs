@@ -19,7 +19,7 @@ use crate::schema::{Index, Schema};
 use crate::store::{Commit, DocKey, Head, Loaded, StoredDoc};
 use crate::peer::PeerRecord;
 
-use super::{codec, head};
+use super::{codec, head, read};
 use super::error::{from_idb, from_js, from_tx};
 use super::generation::{collection_store, resolution_key, HEAD, LOG, META, PEERS};
 
@@ -120,6 +120,7 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
     let (collections, scope, indexes) = scope_of(schema, COMMIT_STORES, keys.iter().map(|(c, _)| c.as_str()));
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
+    read::forget_read_ahead(db.as_sys());
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     let commit = {
         let opened = Stores::of(&tx, &collections)?;
@@ -194,6 +195,7 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
     let (collections, scope, indexes) = scope_of(schema, stores, keys.iter().map(|(c, _)| c.as_str()));
     let scope: js_sys::Array = scope.iter().map(|s| JsValue::from_str(s)).collect();
     let tx = db.as_sys().transaction_with_str_sequence_and_mode(&scope, web_sys::IdbTransactionMode::Readwrite).map_err(|e| from_js(&e))?;
+    read::forget_read_ahead(db.as_sys());
     let store = |name: &str| tx.object_store(name).map_err(|e| from_js(&e));
     let writes = Writes {
         meta: if resolves { Some(store(META)?) } else { None },
@@ -269,6 +271,7 @@ extern "C" {
 pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<wasm_bindgen_futures::JsFuture, Error> {
     let (collections, scope, indexes) = scope_of(schema, COMMIT_STORES, commit.docs.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
+    read::forget_read_ahead(db.as_sys());
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     put_all(commit, &collections, &indexes, &Stores::of(&tx, &collections)?.writes(), &[], HeadTo::Record)?;
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));

@@ -510,6 +510,12 @@ impl IdbStore {
         Some(read::get_visible_promise(&self.db.borrow(), collection, id, Some(map_err)))
     }
 
+    /// Drops the documents `get` read ahead (`read::get_visible_promise`): another tab
+    /// changed the replica.
+    pub fn forget_read_ahead(&self) {
+        read::forget_read_ahead(self.db.borrow().as_sys());
+    }
+
     fn knows(&self, collection: &str) -> bool {
         self.schema.collections.contains_key(collection)
     }

@@ -350,6 +350,9 @@ impl JsReplica {
     /// new generation in (this tab follows it); when the log grew (another tab wrote),
     /// wakes live sync so the writes are pushed at once.
     pub fn refresh(&self) -> js_sys::Promise {
+        // At once, not in turn: no `get` asked after this call may be answered from
+        // documents read before the other tab's write (`read::get_visible_promise`).
+        self.inner.store().forget_read_ahead();
         let shared = self.client.shared.clone();
         run(&self.inner, |r| async move {
             let before = r.head().max_row;

@@ -126,6 +126,89 @@ test('a run of awaited gets reads every document, and sees writes asked for betw
   await page.close();
 });
 
+test('gets in ascending id order read ahead: far fewer requests, the same answers, each object the app\'s own, and never older than a write the page could know of', async () => {
+  const page = await h.openPage();
+  const other = await h.openPage();
+  const id = (i) => `r${String(i).padStart(3, '0')}`;
+  const got = await page.evaluate(async ({ schema, ids }) => {
+    // Counts the requests reaching IndexedDB's object stores for single documents.
+    const count = { get: 0, getAll: 0 };
+    for (const m of ['get', 'getAll']) {
+      const real = IDBObjectStore.prototype[m];
+      IDBObjectStore.prototype[m] = function (...a) { if (this.name === 'c:todos') count[m]++; return real.apply(this, a); };
+    }
+    window.db = await window.tidemark.openReplica({ name: 'ahead', schema });
+    const db = window.db;
+    // Every third id is never written; r100..r109 are written and then deleted (tombstones).
+    await db.putMany('todos', ids.filter((_, i) => i % 3 !== 2).map((k) => ({ id: k, n: k })));
+    for (let i = 100; i < 110; i++) if (i % 3 !== 2) await db.delete('todos', ids[i]);
+    const before = { ...count };
+    const walk = [];
+    for (const k of ids) walk.push((await db.get('todos', k))?.n ?? null);
+    const walked = { get: count.get - before.get, getAll: count.getAll - before.getAll };
+    // The same ids from both ends at once (up, down, up, …): no walk, one plain request per get.
+    const scrambled = ids.map((_, i) => ids[i % 2 === 0 ? i / 2 : ids.length - 1 - (i - 1) / 2]);
+    const mid = { ...count };
+    const random = [];
+    for (const k of scrambled) random.push((await db.get('todos', k))?.n ?? null);
+    const randomly = { get: count.get - mid.get, getAll: count.getAll - mid.getAll };
+    // A document asked twice while read ahead: two objects, the first one's changes stay the app's.
+    await db.get('todos', ids[0]); await db.get('todos', ids[1]); await db.get('todos', ids[3]);
+    const a = await db.get('todos', ids[4]);
+    a.n = 'mutated by the app';
+    const b = await db.get('todos', ids[4]);
+    // A write of this replica between gets of a walk (awaited, and asked but not awaited).
+    const own = [];
+    for (let i = 150; i < 160; i++) {
+      own.push((await db.get('todos', ids[i]))?.n ?? null);
+      if (i === 152) await db.put('todos', { id: ids[153], n: 'own write' });
+      if (i === 155) db.patch('todos', ids[156], { n: 'asked, not awaited' });
+    }
+    // What was read ahead serves only this turn of the event loop: within it, no request;
+    // after a timer, the next get of the walk asks IndexedDB again.
+    for (let i = 270; i < 280; i++) await db.get('todos', ids[i]);
+    const c0 = count.get + count.getAll;
+    const inTurn = (await db.get('todos', ids[280]))?.n;
+    const c1 = count.get + count.getAll;
+    await new Promise((ok) => setTimeout(ok, 0));
+    const nextTurn = (await db.get('todos', ids[282]))?.n;
+    const turns = { inTurn, nextTurn, requestsInTurn: c1 - c0, requestsNextTurn: count.get + count.getAll - c1 };
+    // Start a walk whose read ahead covers r200..r2xx, and leave it to the other tab.
+    const start = [];
+    for (let i = 200; i < 203; i++) start.push((await db.get('todos', ids[i]))?.n ?? null);
+    return { walk, walked, random, randomly, same: a === b, b: b.n, own, turns, start };
+  }, { schema: SCHEMA, ids: Array.from({ length: 300 }, (_, i) => id(i)) });
+  const want = Array.from({ length: 300 }, (_, i) => (i % 3 === 2 || (i >= 100 && i < 110) ? null : id(i)));
+  assert.deepEqual(got.walk, want, 'a walk in id order answers every get as IndexedDB holds it');
+  assert.ok(got.walked.getAll > 0 && got.walked.get + got.walked.getAll <= 40,
+    `300 gets in order took ${got.walked.get} get and ${got.walked.getAll} getAll requests`);
+  assert.deepEqual(got.random, Array.from({ length: 300 }, (_, i) => want[i % 2 === 0 ? i / 2 : 299 - (i - 1) / 2]));
+  assert.equal(got.randomly.getAll, 0, 'gets out of order never read ahead');
+  assert.equal(got.randomly.get, 300);
+  assert.equal(got.same, false);
+  assert.equal(got.b, id(4), 'the app\'s change to a document it got is not what the next get returns');
+  assert.deepEqual(got.own, [150, 151, 152, 'own write', 154, 155, 'asked, not awaited', 157, 158, 159].map((v) => (typeof v === 'number' ? id(v) : v)).map((v, i) => ((150 + i) % 3 === 2 ? null : v)));
+  assert.deepEqual(got.turns, { inTurn: id(280), nextTurn: id(282), requestsInTurn: 0, requestsNextTurn: 1 });
+  // Another tab writes ahead of the walk; this tab's next get (a later task) sees it at
+  // once, before any change notice is awaited.
+  await other.evaluate(async (schema) => {
+    const db = await window.tidemark.openReplica({ name: 'ahead', schema });
+    await db.put('todos', { id: 'r203', n: 'other tab' });
+    await db.delete('todos', 'r204');
+    await db.close();
+  }, SCHEMA);
+  const after = await page.evaluate(async () => {
+    const out = [];
+    for (const k of ['r203', 'r204', 'r205', 'r206']) out.push((await window.db.get('todos', k))?.n ?? null);
+    await window.db.close();
+    return out;
+  });
+  assert.deepEqual(after, ['other tab', null, 'r205', null]);
+  assert.deepEqual(h.errors, []);
+  await other.close();
+  await page.close();
+});
+
 test('bad input gives an Error with a code and changes nothing', async () => {
   const page = await h.openPage();
   const got = await page.evaluate(async (schema) => {
