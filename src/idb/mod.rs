@@ -80,13 +80,27 @@ pub struct IdbStore {
     handed_over: RefCell<Option<wasm_bindgen_futures::JsFuture>>,
     /// What this store last wrote to its generation, for `commit_expected`.
     known: RefCell<Known>,
-    /// The head as read while opening, for `Store::opened_head` (taken once; dropped by
+    /// What opening read, for the replica's first reads (each taken once; all dropped by
     /// the first commit).
-    opened: RefCell<Option<Head>>,
+    opened: RefCell<Opened>,
     /// Commits `commit_expected` made without reading first (tests read it).
     unread_commits: Cell<u64>,
     /// Log records `own_rows_after` had to read (tests read it).
     log_reads: Cell<u64>,
+}
+
+/// The head and peer records opening read from generation `db` in one transaction, handed
+/// to the replica's first reads as it opens (`Store::opened_head`, `peers`, and
+/// `own_rows_after` from row 0, which the head answers) instead of each reading them again
+/// in a transaction of its own: opening read the head three times and the peers once, in
+/// four transactions one after another.
+#[derive(Default)]
+struct Opened {
+    db: String,
+    head: Option<Head>,
+    peers: Option<BTreeMap<String, PeerRecord>>,
+    /// The head's count of its own rows, with its db id.
+    own_rows: Option<(String, u64)>,
 }
 
 /// What an `IdbStore` last wrote to a generation: the head, and the documents of its
@@ -222,15 +236,16 @@ impl IdbStore {
         // A tab that died mid-rebuild left the live generation sealed: lift the seal
         // (unless another tab is rebuilding right now).
         let db = store.db().await?;
-        match read::head(&db).await? {
-            Some(h) if h.sealed => generations::recover(&store).await?,
+        match read::head_and_peers(&db).await? {
+            (Some(h), _) if h.sealed => generations::recover(&store).await?,
             // The first single write need not read it again (`commit_expected` checks it).
-            Some(h) => {
+            (Some(h), peers) => {
                 codec::intern_origin(&h.db_id);
-                *store.opened.borrow_mut() = Some(h.clone());
+                let own_rows = h.own_rows.map(|n| (h.db_id.clone(), n));
+                *store.opened.borrow_mut() = Opened { db: db.name(), head: Some(h.clone()), peers: Some(peers), own_rows };
                 *store.known.borrow_mut() = Known { db: db.name(), head: Some(h), ..Known::default() };
             }
-            None => {}
+            (None, _) => {}
         }
         Ok(store)
     }
@@ -313,7 +328,7 @@ impl IdbStore {
             rebinding: futures::lock::Mutex::new(()),
             handed_over: RefCell::new(None),
             known: RefCell::new(Known::default()),
-            opened: RefCell::new(None),
+            opened: RefCell::new(Opened::default()),
             unread_commits: Cell::new(0),
             log_reads: Cell::new(0),
         }
@@ -356,7 +371,7 @@ impl IdbStore {
     /// Takes note of what a commit computed from `base` wrote to generation `db`
     /// (its documents kept when `keep` says it was small enough to remember them).
     fn remember(&self, db: &str, commit: &Commit, keep: bool, base: Base) {
-        self.opened.borrow_mut().take();
+        *self.opened.borrow_mut() = Opened::default();
         let mut known = self.known.borrow_mut();
         if known.db != db {
             *known = Known { db: db.to_string(), ..Known::default() };
@@ -510,6 +525,15 @@ impl IdbStore {
         Some(read::get_visible_promise(&self.db.borrow(), collection, id, Some(map_err)))
     }
 
+    /// `take` of what opening read, while it is of `db` (no other generation bound since).
+    fn opened<T>(&self, db: &Database, take: impl FnOnce(&mut Opened) -> Option<T>) -> Option<T> {
+        let mut opened = self.opened.borrow_mut();
+        if opened.db != db.name() {
+            return None;
+        }
+        take(&mut opened)
+    }
+
     /// Drops the documents `get` read ahead (`read::get_visible_promise`): another tab
     /// changed the replica.
     pub fn forget_read_ahead(&self) {
@@ -565,9 +589,9 @@ impl Store for IdbStore {
     /// generation bound since: opening a replica read it three times.
     async fn opened_head(&self) -> Result<Option<Head>, StoreError> {
         let db = self.db().await?;
-        match self.opened.borrow_mut().take() {
-            Some(h) if self.known.borrow().db == db.name() => Ok(Some(h)),
-            _ => read::head(&db).await,
+        match self.opened(&db, |o| o.head.take()) {
+            Some(h) => Ok(Some(h)),
+            None => read::head(&db).await,
         }
     }
 
@@ -615,7 +639,11 @@ impl Store for IdbStore {
     }
 
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
-        read::peers(&self.db().await?).await
+        let db = self.db().await?;
+        match self.opened(&db, |o| o.peers.take()) {
+            Some(peers) => Ok(peers),
+            None => read::peers(&db).await,
+        }
     }
 
     /// Hands the write to IndexedDB and returns once the one before it has completed:
@@ -687,6 +715,12 @@ impl Store for IdbStore {
 
     async fn own_rows_after(&self, after: u64, origin: &str) -> Result<u64, StoreError> {
         let db = self.db().await?;
+        // Every own row (a replica that never pushed, as it opens): the head opening read says.
+        if after == 0 {
+            if let Some((_, n)) = self.opened(&db, |o| o.own_rows.take_if(|(id, _)| id == origin)) {
+                return Ok(n);
+            }
+        }
         let name = db.name();
         let counted = |first: u64| {
             let known = self.known.borrow();

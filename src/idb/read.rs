@@ -516,7 +516,19 @@ async fn log_records_from<'a>(log: &'a ObjectStore<'a>, after: u64) -> Result<Op
 /// Every peer record, keyed by peer db id, from one transaction.
 pub async fn peers(db: &Database) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
     let tx = db.transaction(PEERS).build().map_err(from_idb)?;
-    let store = tx.object_store(PEERS).map_err(from_idb)?;
+    peer_records(&tx.object_store(PEERS).map_err(from_idb)?).await
+}
+
+/// The head and every peer record as of one transaction: what opening a replica reads
+/// (`IdbStore::open`), in one round of requests.
+pub async fn head_and_peers(db: &Database) -> Result<(Option<Head>, BTreeMap<String, PeerRecord>), StoreError> {
+    let tx = db.transaction([META, LOG, PEERS].as_slice()).build().map_err(from_idb)?;
+    let (meta, log, peers) = (tx.object_store(META).map_err(from_idb)?, tx.object_store(LOG).map_err(from_idb)?, tx.object_store(PEERS).map_err(from_idb)?);
+    let (head, peers) = futures::join!(super::head::read(meta.as_sys().unchecked_ref(), log.as_sys().unchecked_ref()), peer_records(&peers));
+    Ok((head?, peers?))
+}
+
+async fn peer_records(store: &ObjectStore<'_>) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
     let keys = store.get_all_keys::<JsValue>().primitive().map_err(from_idb)?;
     let values = store.get_all::<JsValue>().primitive().map_err(from_idb)?;
     let keys = keys.await.map_err(from_idb)?.map(|k| k.map(|k| k.as_string().unwrap_or_default())).collect::<Result<Vec<String>, _>>().map_err(from_idb)?;

@@ -255,3 +255,49 @@ test('maxClockSkew: a replica refuses ops stamped further ahead than its bound a
     assert.equal(got.bad, 'INVALID_OPTIONS');
   } finally { await srv.stop(); }
 });
+
+test('opening reads the head and the peer records in one transaction, and status() after a reopen is what it was', async () => {
+  const srv = await startServer();
+  try {
+    const page = await h.openPage();
+    // Status before closing, and after opening again with the transactions the opening
+    // made on the replica's live generation (not its directory).
+    const reopen = (name, sync, writes) => page.evaluate(async ({ name, schema, sync, writes }) => {
+      const pick = ({ dbId, maxRow, incoming, outgoing, pending }) => ({ dbId, maxRow, incoming, outgoing, pending });
+      let db = await window.tidemark.openReplica({ name, schema, sync });
+      await db.putMany('todos', Array.from({ length: 20 }, (_, i) => ({ id: `p${i}`, n: i })));
+      if (sync) await db.syncNow();
+      for (let i = 0; i < writes; i++) await db.put('todos', { id: `q${i}`, n: i });
+      const before = pick(db.status());
+      await db.close();
+      const txs = [];
+      const real = IDBDatabase.prototype.transaction;
+      IDBDatabase.prototype.transaction = function (stores, mode) {
+        if (/:g\d+$/.test(this.name)) txs.push([...(typeof stores === 'string' ? [stores] : stores)].sort().join(','));
+        return real.call(this, stores, mode);
+      };
+      try {
+        db = await window.tidemark.openReplica({ name, schema, sync });
+      } finally {
+        IDBDatabase.prototype.transaction = real;
+      }
+      const after = pick(db.status());
+      await db.close();
+      return { before, after, txs: txs.filter((t) => /meta|peers|log/.test(t)) };
+    }, { name, schema: SCHEMA, sync, writes });
+    // Never synced: every row is unsynced, which the head counts — one transaction reads all.
+    const local = await reopen('reopen-local', undefined, 3);
+    assert.equal(local.before.pending, 23);
+    assert.deepEqual(local.after, local.before);
+    assert.deepEqual(local.txs, ['log,meta,peers']);
+    // Synced, then two writes: the unsynced rows after the acknowledged point are counted
+    // from the log, in a second transaction.
+    const synced = await reopen('reopen-synced', { url: srv.wsUrl, library: 'reopen' }, 2);
+    assert.equal(synced.before.pending, 2);
+    assert.equal(Object.keys(synced.before.outgoing).length, 1, 'the server acknowledged the sync');
+    assert.deepEqual(synced.after, synced.before);
+    assert.deepEqual(synced.txs, ['log,meta,peers', 'log,meta']);
+    assert.deepEqual(h.errors, []);
+    await page.close();
+  } finally { await srv.stop(); }
+});
