@@ -86,7 +86,9 @@ pub async fn get_visible(db: &Database, collection: &str, id: &str) -> Result<Op
 /// "absent" for an id the read covered and did not find. One request for many records
 /// costs little more than one for one record, and IndexedDB's time per get is mostly the
 /// request's (W4 reads 1,000 ids in order, a stride of 7 apart). Gets in any other order
-/// never read ahead, so they pay nothing for it.
+/// never read ahead, so they pay nothing for it; nor do gets asked while a read ahead is
+/// under way (`Promise.all` over ids in order): each would read a window of its own that
+/// no other could use.
 /// The records read ahead serve only the gets asked before the event loop turns (the
 /// awaited gets chained on the read's answer, which run as microtasks): anything the page
 /// can learn of another tab's writes (a change notice, a message) arrives as a later task,
@@ -114,7 +116,7 @@ export function tm_forget_read_ahead(db) {
 }
 export function tm_get_doc(db, store, id, mapErr) {
   let s = AHEAD.get(db.name);
-  if (!s) AHEAD.set(db.name, s = { epoch: 0, buf: null, store: null, last: null, walk: 0 });
+  if (!s) AHEAD.set(db.name, s = { epoch: 0, buf: null, store: null, last: null, walk: 0, reading: false });
   const b = s.buf;
   if (b && b.db === db && b.store === store && id >= b.lo && (b.hi === null || id <= b.hi)) {
     const i = b.ids.indexOf(id);
@@ -128,7 +130,9 @@ export function tm_get_doc(db, store, id, mapErr) {
   s.walk = s.store === store && s.last !== null && id > s.last ? s.walk + 1 : 0;
   s.store = store;
   s.last = id;
-  const n = s.walk >= 2 ? Math.min(MOST, FIRST << Math.min(s.walk - 2, 3)) : 0;
+  // One read ahead at a time: gets asked together (not awaited one by one) would each
+  // read their own window of records, and none of them could use another's.
+  const n = s.walk >= 2 && !s.reading ? Math.min(MOST, FIRST << Math.min(s.walk - 2, 3)) : 0;
   const epoch = s.epoch;
   return new Promise((ok, fail) => {
     const no = (e) => fail(mapErr ? mapErr(e) : e);
@@ -141,7 +145,9 @@ export function tm_get_doc(db, store, id, mapErr) {
         return;
       }
       const req = os.getAll(IDBKeyRange.lowerBound(id), n);
+      s.reading = true;
       req.onsuccess = () => {
+        s.reading = false;
         const recs = req.result;
         const found = recs.length > 0 && recs[0].id === id ? recs[0].d ?? undefined : undefined;
         if (s.epoch === epoch) {
@@ -156,7 +162,7 @@ export function tm_get_doc(db, store, id, mapErr) {
         }
         ok(found);
       };
-      req.onerror = () => no(req.error);
+      req.onerror = () => { s.reading = false; no(req.error); };
     } catch (e) {
       no(e);
     }

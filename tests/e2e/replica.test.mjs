@@ -173,10 +173,15 @@ test('gets in ascending id order read ahead: far fewer requests, the same answer
     await new Promise((ok) => setTimeout(ok, 0));
     const nextTurn = (await db.get('todos', ids[282]))?.n;
     const turns = { inTurn, nextTurn, requestsInTurn: c1 - c0, requestsNextTurn: count.get + count.getAll - c1 };
+    // Gets asked together, in order, not awaited one by one: one read ahead at a time, so
+    // no more requests than one per get.
+    const c2 = { ...count };
+    const together = (await Promise.all(ids.slice(10, 90).map((k) => db.get('todos', k)))).map((d) => d?.n ?? null);
+    const concurrently = { get: count.get - c2.get, getAll: count.getAll - c2.getAll };
     // Start a walk whose read ahead covers r200..r2xx, and leave it to the other tab.
     const start = [];
     for (let i = 200; i < 203; i++) start.push((await db.get('todos', ids[i]))?.n ?? null);
-    return { walk, walked, random, randomly, same: a === b, b: b.n, own, turns, start };
+    return { walk, walked, random, randomly, same: a === b, b: b.n, own, turns, together, concurrently, start };
   }, { schema: SCHEMA, ids: Array.from({ length: 300 }, (_, i) => id(i)) });
   const want = Array.from({ length: 300 }, (_, i) => (i % 3 === 2 || (i >= 100 && i < 110) ? null : id(i)));
   assert.deepEqual(got.walk, want, 'a walk in id order answers every get as IndexedDB holds it');
@@ -189,6 +194,9 @@ test('gets in ascending id order read ahead: far fewer requests, the same answer
   assert.equal(got.b, id(4), 'the app\'s change to a document it got is not what the next get returns');
   assert.deepEqual(got.own, [150, 151, 152, 'own write', 154, 155, 'asked, not awaited', 157, 158, 159].map((v) => (typeof v === 'number' ? id(v) : v)).map((v, i) => ((150 + i) % 3 === 2 ? null : v)));
   assert.deepEqual(got.turns, { inTurn: id(280), nextTurn: id(282), requestsInTurn: 0, requestsNextTurn: 1 });
+  assert.deepEqual(got.together, want.slice(10, 90));
+  assert.ok(got.concurrently.getAll <= 1 && got.concurrently.get + got.concurrently.getAll <= 80,
+    `80 gets asked together took ${got.concurrently.get} get and ${got.concurrently.getAll} getAll requests`);
   // Another tab writes ahead of the walk; this tab's next get (a later task) sees it at
   // once, before any change notice is awaited.
   await other.evaluate(async (schema) => {
