@@ -88,7 +88,9 @@ pub async fn get_visible(db: &Database, collection: &str, id: &str) -> Result<Op
 /// request's (W4 reads 1,000 ids in order, a stride of 7 apart). Gets in any other order
 /// never read ahead, so they pay nothing for it; nor do gets asked while a read ahead is
 /// under way (`Promise.all` over ids in order): each would read a window of its own that
-/// no other could use.
+/// no other could use. A window no get used (a walk in steps wider than the window, or
+/// gets a task apart, whose windows expire unread) holds the next read ahead back for
+/// twice as many gets each time, up to 64, until a window is used again.
 /// The records read ahead serve only the gets asked before the event loop turns (the
 /// awaited gets chained on the read's answer, which run as microtasks): anything the page
 /// can learn of another tab's writes (a change notice, a message) arrives as a later task,
@@ -110,13 +112,19 @@ pub fn forget_read_ahead(db: &web_sys::IdbDatabase) {
 
 #[wasm_bindgen(inline_js = "const AHEAD = new Map();
 const FIRST = 8, MOST = 64;
+// A window nobody used (the walk skipped past it, or the next get came in a later task): read
+// ahead again only after twice as many gets as the last time (8, 16, … 64), until one is used.
+function wasted(s) {
+  s.backoff = Math.min(MOST, Math.max(FIRST, s.backoff * 2));
+  s.walk = -s.backoff;
+}
 export function tm_forget_read_ahead(db) {
   const s = AHEAD.get(db.name);
   if (s) { s.epoch++; s.buf = null; }
 }
 export function tm_get_doc(db, store, id, mapErr) {
   let s = AHEAD.get(db.name);
-  if (!s) AHEAD.set(db.name, s = { epoch: 0, buf: null, store: null, last: null, walk: 0, reading: false });
+  if (!s) AHEAD.set(db.name, s = { epoch: 0, buf: null, store: null, last: null, walk: 0, backoff: 0, reading: false });
   const b = s.buf;
   if (b && b.db === db && b.store === store && id >= b.lo && (b.hi === null || id <= b.hi)) {
     const i = b.ids.indexOf(id);
@@ -124,10 +132,16 @@ export function tm_get_doc(db, store, id, mapErr) {
     const d = b.docs[i];
     if (d !== null) {
       b.docs[i] = null;
+      b.hits++;
+      s.backoff = 0;
       return Promise.resolve(d);
     }
   }
-  s.walk = s.store === store && s.last !== null && id > s.last ? s.walk + 1 : 0;
+  if (b && b.store === store && b.hits === 0 && b.hi !== null && id > b.hi) {
+    s.buf = null;
+    wasted(s);
+  }
+  s.walk = s.store === store && s.last !== null && id > s.last ? s.walk + 1 : -s.backoff;
   s.store = store;
   s.last = id;
   // One read ahead at a time: gets asked together (not awaited one by one) would each
@@ -155,10 +169,14 @@ export function tm_get_doc(db, store, id, mapErr) {
           // A tombstone (no `d`) is an id found absent, as a missing one is; null: handed out.
           const docs = recs.map((r) => r.d ?? undefined);
           if (found !== undefined) docs[0] = null;
-          const buf = s.buf = { db, store, lo: id, hi: recs.length === n ? ids[ids.length - 1] : null, ids, docs };
+          const buf = s.buf = { db, store, lo: id, hi: recs.length === n ? ids[ids.length - 1] : null, ids, docs, hits: 0 };
           // Kept for this turn of the event loop only: what the page learns later (another
           // tab's change, a message) comes in a later task, which reads IndexedDB again.
-          setTimeout(() => { if (s.buf === buf) s.buf = null; }, 0);
+          setTimeout(() => {
+            if (s.buf !== buf) return;
+            s.buf = null;
+            if (buf.hits === 0) wasted(s);
+          }, 0);
         }
         ok(found);
       };

@@ -146,6 +146,15 @@ test('gets in ascending id order read ahead: far fewer requests, the same answer
     const walk = [];
     for (const k of ids) walk.push((await db.get('todos', k))?.n ?? null);
     const walked = { get: count.get - before.get, getAll: count.getAll - before.getAll };
+    // What was read ahead serves only this turn of the event loop: within it, no request;
+    // after a timer, the next get of the walk asks IndexedDB again.
+    for (let i = 270; i < 280; i++) await db.get('todos', ids[i]);
+    const c0 = count.get + count.getAll;
+    const inTurn = (await db.get('todos', ids[280]))?.n;
+    const c1 = count.get + count.getAll;
+    await new Promise((ok) => setTimeout(ok, 0));
+    const nextTurn = (await db.get('todos', ids[282]))?.n;
+    const turns = { inTurn, nextTurn, requestsInTurn: c1 - c0, requestsNextTurn: count.get + count.getAll - c1 };
     // The same ids from both ends at once (up, down, up, …): no walk, one plain request per get.
     const scrambled = ids.map((_, i) => ids[i % 2 === 0 ? i / 2 : ids.length - 1 - (i - 1) / 2]);
     const mid = { ...count };
@@ -164,24 +173,29 @@ test('gets in ascending id order read ahead: far fewer requests, the same answer
       if (i === 152) await db.put('todos', { id: ids[153], n: 'own write' });
       if (i === 155) db.patch('todos', ids[156], { n: 'asked, not awaited' });
     }
-    // What was read ahead serves only this turn of the event loop: within it, no request;
-    // after a timer, the next get of the walk asks IndexedDB again.
-    for (let i = 270; i < 280; i++) await db.get('todos', ids[i]);
-    const c0 = count.get + count.getAll;
-    const inTurn = (await db.get('todos', ids[280]))?.n;
-    const c1 = count.get + count.getAll;
-    await new Promise((ok) => setTimeout(ok, 0));
-    const nextTurn = (await db.get('todos', ids[282]))?.n;
-    const turns = { inTurn, nextTurn, requestsInTurn: c1 - c0, requestsNextTurn: count.get + count.getAll - c1 };
     // Gets asked together, in order, not awaited one by one: one read ahead at a time, so
     // no more requests than one per get.
     const c2 = { ...count };
     const together = (await Promise.all(ids.slice(10, 90).map((k) => db.get('todos', k)))).map((d) => d?.n ?? null);
     const concurrently = { get: count.get - c2.get, getAll: count.getAll - c2.getAll };
-    // Start a walk whose read ahead covers r200..r2xx, and leave it to the other tab.
+    // Windows nobody uses hold the next read ahead back: gets a task apart (each window
+    // expires unread), and a walk in steps wider than a window.
+    const c3 = { ...count };
+    const apart = [];
+    for (let i = 0; i < 60; i++) {
+      apart.push((await db.get('todos', ids[i]))?.n ?? null);
+      await new Promise((ok) => setTimeout(ok, 0));
+    }
+    const spaced = { get: count.get - c3.get, getAll: count.getAll - c3.getAll };
+    await db.get('todos', ids[299]);
+    const c4 = { ...count };
+    const sparse = [];
+    for (let i = 0; i < 300; i += 20) sparse.push((await db.get('todos', ids[i]))?.n ?? null);
+    const skipping = { get: count.get - c4.get, getAll: count.getAll - c4.getAll };
+    // A walk up to r202 (reading ahead unless held back), then the other tab writes ahead of it.
     const start = [];
     for (let i = 200; i < 203; i++) start.push((await db.get('todos', ids[i]))?.n ?? null);
-    return { walk, walked, random, randomly, same: a === b, b: b.n, own, turns, together, concurrently, start };
+    return { walk, walked, random, randomly, same: a === b, b: b.n, own, turns, together, concurrently, apart, spaced, sparse, skipping, start };
   }, { schema: SCHEMA, ids: Array.from({ length: 300 }, (_, i) => id(i)) });
   const want = Array.from({ length: 300 }, (_, i) => (i % 3 === 2 || (i >= 100 && i < 110) ? null : id(i)));
   assert.deepEqual(got.walk, want, 'a walk in id order answers every get as IndexedDB holds it');
@@ -197,6 +211,10 @@ test('gets in ascending id order read ahead: far fewer requests, the same answer
   assert.deepEqual(got.together, want.slice(10, 90));
   assert.ok(got.concurrently.getAll <= 1 && got.concurrently.get + got.concurrently.getAll <= 80,
     `80 gets asked together took ${got.concurrently.get} get and ${got.concurrently.getAll} getAll requests`);
+  assert.deepEqual(got.apart, want.slice(0, 60));
+  assert.ok(got.spaced.getAll <= 4, `60 gets a task apart read ahead ${got.spaced.getAll} times`);
+  assert.deepEqual(got.sparse, want.filter((_, i) => i % 20 === 0));
+  assert.ok(got.skipping.getAll <= 2, `15 gets 20 ids apart read ahead ${got.skipping.getAll} times`);
   // Another tab writes ahead of the walk; this tab's next get (a later task) sees it at
   // once, before any change notice is awaited.
   await other.evaluate(async (schema) => {
