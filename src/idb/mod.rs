@@ -516,13 +516,32 @@ impl IdbStore {
     /// write to wait for; `None` otherwise (then `get_visible` waits for those). Its
     /// errors are what `map_err` makes of IndexedDB's.
     pub fn get_visible_now(&self, collection: &str, id: &JsValue, map_err: &js_sys::Function) -> Option<js_sys::Promise> {
-        if self.closed.get() || self.stale.get() || self.handed_over.borrow().is_some() {
+        if !self.readable_now() {
             return None;
         }
         if !self.knows(collection) {
             return Some(js_sys::Promise::resolve(&JsValue::UNDEFINED));
         }
         Some(read::get_visible_promise(&self.db.borrow(), collection, id, Some(map_err)))
+    }
+
+    /// `query_docs` of a direct plan without a limit as a promise made at once
+    /// (`read::query_promise`), when the generation can be read right away (as for
+    /// `get_visible_now`); `None` otherwise, or for another plan.
+    pub fn query_now(&self, collection: &str, plan: &Plan, map_err: &js_sys::Function) -> Option<Result<js_sys::Promise, StoreError>> {
+        if !self.readable_now() {
+            return None;
+        }
+        if !self.knows(collection) {
+            return Some(Ok(js_sys::Promise::resolve(&JsValue::from(js_sys::Array::new()))));
+        }
+        read::query_promise(&self.db.borrow(), collection, plan, map_err).transpose()
+    }
+
+    /// Whether a read can go to the bound generation at once: the store open and bound to
+    /// it, no staged write to wait for.
+    fn readable_now(&self) -> bool {
+        !self.closed.get() && !self.stale.get() && self.handed_over.borrow().is_none()
     }
 
     /// `take` of what opening read, while it is of `db` (no other generation bound since).

@@ -284,10 +284,23 @@ impl JsReplica {
     pub fn query(&self, collection: JsValue, query: JsValue) -> js_sys::Promise {
         let q = if query.is_undefined() { Ok(Value::Null) } else { undefined_condition(&query).and_then(|()| to_json_loose(&query)) };
         match (to_string(&collection, "collection"), q) {
-            (Ok(c), Ok(q)) => run(&self.inner, |r| async move {
-                let (coll, plan) = r.plan(&c, &q)?;
-                Ok(r.store().query_docs(&c, &coll.primary_key, &plan).await?.into())
-            }),
+            (Ok(c), Ok(q)) => {
+                // No write waiting and a direct plan: IndexedDB is asked at once, in a promise
+                // JS makes (`IdbStore::query_now`), as for `get`.
+                if self.inner.turns().idle() {
+                    let now = match self.inner.plan(&c, &q) {
+                        Ok((_, plan)) => STORE_ERROR.with(|f| self.inner.store().query_now(&c, &plan, f.as_ref().unchecked_ref())),
+                        Err(e) => return reject(e),
+                    };
+                    if let Some(now) = now {
+                        return now.unwrap_or_else(|e| reject(e.into()));
+                    }
+                }
+                run(&self.inner, |r| async move {
+                    let (coll, plan) = r.plan(&c, &q)?;
+                    Ok(r.store().query_docs(&c, &coll.primary_key, &plan).await?.into())
+                })
+            }
             (Err(e), _) | (_, Err(e)) => reject(e),
         }
     }
