@@ -525,7 +525,7 @@ impl IdbStore {
         Some(read::get_visible_promise(&self.db.borrow(), collection, id, Some(map_err)))
     }
 
-    /// `query_docs` of a direct plan without a limit as a promise made at once
+    /// `query_docs` of a direct plan read in one request as a promise made at once
     /// (`read::query_promise`), when the generation can be read right away (as for
     /// `get_visible_now`); `None` otherwise, or for another plan.
     pub fn query_now(&self, collection: &str, plan: &Plan, map_err: &js_sys::Function) -> Option<Result<js_sys::Promise, StoreError>> {

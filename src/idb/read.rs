@@ -272,23 +272,26 @@ impl Scan<'_> {
 /// `source.getAll(range, limit)` (an object store or an index), resolving to `{ docs,
 /// records }`: the records' documents (`d`, tombstones skipped; reversed when `reverse`)
 /// and how many records were read.
-/// A direct plan without a limit (`Plan::is_direct`) as the promise JS makes at once
+/// A direct plan (`Plan::is_direct`) read by one `getAll` as the promise JS makes at once
 /// (`tm_query_docs`), resolving to its documents: what `query` hands back for it, without
 /// a wasm future awaiting the read in between (as `get_visible_promise` for gets). Its
-/// rejections are what `map_err` makes of IndexedDB's errors. `None`: another plan.
+/// rejections are what `map_err` makes of IndexedDB's errors. `None`: another plan — a
+/// limit the scan cannot stop at by itself (descending, or on the primary store, whose
+/// tombstones take slots) goes the general way (`query`).
 pub fn query_promise(db: &Database, collection: &str, plan: &Plan, map_err: &js_sys::Function) -> Result<Option<js_sys::Promise>, StoreError> {
-    if !plan.is_direct() || plan.limit.is_some() {
+    if !plan.is_direct() || plan.limit == Some(0) {
         return Ok(None);
     }
-    let (index, range) = match &plan.source {
-        Source::Get(_) => return Ok(None),
-        Source::Primary => (JsValue::UNDEFINED, JsValue::UNDEFINED),
-        Source::Index { name, lower, upper } => match key_range(lower.as_ref(), upper.as_ref())? {
+    let (index, range) = match (&plan.source, plan.limit) {
+        (Source::Primary, None) => (JsValue::UNDEFINED, JsValue::UNDEFINED),
+        (Source::Index { name, lower, upper }, limit) if limit.is_none() || !plan.reverse => match key_range(lower.as_ref(), upper.as_ref())? {
             None => return Ok(Some(js_sys::Promise::resolve(&JsValue::from(js_sys::Array::new())))),
             Some(range) => (JsValue::from_str(name), range),
         },
+        _ => return Ok(None),
     };
-    Ok(Some(tm_query_docs(db.as_sys().unchecked_ref(), &collection_store(collection), &index, &range, plan.reverse, map_err)))
+    let limit = plan.limit.map_or(JsValue::UNDEFINED, |n| JsValue::from_f64(n as f64));
+    Ok(Some(tm_query_docs(db.as_sys().unchecked_ref(), &collection_store(collection), &index, &range, &limit, plan.reverse, map_err)))
 }
 
 #[wasm_bindgen(inline_js = "export function tm_docs(source, range, limit, reverse) {
@@ -304,7 +307,7 @@ pub fn query_promise(db: &Database, collection: &str, plan: &Plan, map_err: &js_
     req.onerror = () => fail(req.error);
   });
 }
-export function tm_query_docs(db, store, index, range, reverse, mapErr) {
+export function tm_query_docs(db, store, index, range, limit, reverse, mapErr) {
   let source;
   try {
     const os = db.transaction(store).objectStore(store);
@@ -312,11 +315,11 @@ export function tm_query_docs(db, store, index, range, reverse, mapErr) {
   } catch (e) {
     return Promise.reject(mapErr(e));
   }
-  return tm_docs(source, range, undefined, reverse).then((r) => r.docs, (e) => { throw mapErr(e); });
+  return tm_docs(source, range, limit, reverse).then((r) => r.docs, (e) => { throw mapErr(e); });
 }")]
 extern "C" {
     fn tm_docs(source: &JsValue, range: &JsValue, limit: &JsValue, reverse: bool) -> js_sys::Promise;
-    fn tm_query_docs(db: &JsValue, store: &str, index: &JsValue, range: &JsValue, reverse: bool, map_err: &js_sys::Function) -> js_sys::Promise;
+    fn tm_query_docs(db: &JsValue, store: &str, index: &JsValue, range: &JsValue, limit: &JsValue, reverse: bool, map_err: &js_sys::Function) -> js_sys::Promise;
 }
 
 /// The documents a planned query returns, as the array handed to JS.

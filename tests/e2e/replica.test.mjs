@@ -249,6 +249,7 @@ test('a query that needs no filtering asks IndexedDB at once when no write is in
     try {
       const direct = await during(() => db.query('todos', { where: { done: true } }));
       const all = await during(() => db.query('todos'));
+      const limited = await during(() => db.query('todos', { where: { done: true }, limit: 2 }));
       const sorted = await during(() => db.query('todos', { where: { list: 'l' }, orderBy: { createdAt: 'desc' }, limit: 3 }));
       const write = db.put('todos', { id: 'q10', done: true });
       const afterWrite = await during(() => db.query('todos', { where: { done: true } }));
@@ -257,6 +258,7 @@ test('a query that needs no filtering asks IndexedDB at once when no write is in
       return {
         direct: [direct.at.includes('c:todos'), direct.result.map((d) => d.id).join()],
         all: [all.at.includes('c:todos'), all.result.length],
+        limited: [limited.at.includes('c:todos'), limited.result.map((d) => d.id).join()],
         sorted: sorted.result.map((d) => d.id).join(),
         afterWrite: [afterWrite.at.includes('c:todos'), afterWrite.result.map((d) => d.id).join()],
         unknown,
@@ -269,6 +271,7 @@ test('a query that needs no filtering asks IndexedDB at once when no write is in
   assert.deepEqual(got, {
     direct: [true, 'q0,q2,q4,q6,q8'],
     all: [true, 10],
+    limited: [true, 'q0,q2'],
     sorted: 'q9,q8,q7',
     afterWrite: [false, 'q0,q10,q2,q4,q6,q8'],
     unknown: 'UNKNOWN_COLLECTION',
