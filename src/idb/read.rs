@@ -269,9 +269,6 @@ impl Scan<'_> {
     }
 }
 
-/// `source.getAll(range, limit)` (an object store or an index), resolving to `{ docs,
-/// records }`: the records' documents (`d`, tombstones skipped; reversed when `reverse`)
-/// and how many records were read.
 /// A direct plan (`Plan::is_direct`) read by one `getAll` as the promise JS makes at once
 /// (`tm_query_docs`), resolving to its documents: what `query` hands back for it, without
 /// a wasm future awaiting the read in between (as `get_visible_promise` for gets). Its
@@ -294,6 +291,9 @@ pub fn query_promise(db: &Database, collection: &str, plan: &Plan, map_err: &js_
     Ok(Some(tm_query_docs(db.as_sys().unchecked_ref(), &collection_store(collection), &index, &range, &limit, plan.reverse, map_err)))
 }
 
+/// `source.getAll(range, limit)` (an object store or an index), resolving to `{ docs,
+/// records }`: the records' documents (`d`, tombstones skipped; reversed when `reverse`)
+/// and how many records were read.
 #[wasm_bindgen(inline_js = "export function tm_docs(source, range, limit, reverse) {
   return new Promise((ok, fail) => {
     const req = limit === undefined ? source.getAll(range) : source.getAll(range, limit);
