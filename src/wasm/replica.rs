@@ -285,20 +285,26 @@ impl JsReplica {
         let q = if query.is_undefined() { Ok(Value::Null) } else { undefined_condition(&query).and_then(|()| to_json_loose(&query)) };
         match (to_string(&collection, "collection"), q) {
             (Ok(c), Ok(q)) => {
-                // No write waiting and a direct plan: IndexedDB is asked at once, in a promise
-                // JS makes (`IdbStore::query_now`), as for `get`.
-                if self.inner.turns().idle() {
-                    let now = match self.inner.plan(&c, &q) {
-                        Ok((_, plan)) => STORE_ERROR.with(|f| self.inner.store().query_now(&c, &plan, f.as_ref().unchecked_ref())),
+                // No write waiting: planned now, and for a direct plan IndexedDB is asked at
+                // once, in a promise JS makes (`IdbStore::query_now`), as for `get`.
+                let planned = if self.inner.turns().idle() {
+                    let (key, plan) = match self.inner.plan(&c, &q) {
+                        Ok((coll, plan)) => (coll.primary_key.clone(), plan),
                         Err(e) => return reject(e),
                     };
-                    if let Some(now) = now {
+                    if let Some(now) = STORE_ERROR.with(|f| self.inner.store().query_now(&c, &plan, f.as_ref().unchecked_ref())) {
                         return now.unwrap_or_else(|e| reject(e.into()));
                     }
-                }
+                    Some((key, plan))
+                } else {
+                    None
+                };
                 run(&self.inner, |r| async move {
-                    let (coll, plan) = r.plan(&c, &q)?;
-                    Ok(r.store().query_docs(&c, &coll.primary_key, &plan).await?.into())
+                    let (key, plan) = match planned {
+                        Some(planned) => planned,
+                        None => r.plan(&c, &q).map(|(coll, plan)| (coll.primary_key.clone(), plan))?,
+                    };
+                    Ok(r.store().query_docs(&c, &key, &plan).await?.into())
                 })
             }
             (Err(e), _) | (_, Err(e)) => reject(e),
