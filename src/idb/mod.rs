@@ -535,7 +535,7 @@ impl IdbStore {
         if !self.knows(collection) {
             return Some(Ok(js_sys::Promise::resolve(&JsValue::from(js_sys::Array::new()))));
         }
-        read::query_promise(&self.db.borrow(), collection, plan, map_err).transpose()
+        read::query_promise(&self.db.borrow(), collection, plan, Some(map_err)).transpose()
     }
 
     /// Whether a read can go to the bound generation at once: the store open and bound to

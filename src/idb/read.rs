@@ -272,10 +272,11 @@ impl Scan<'_> {
 /// A direct plan (`Plan::is_direct`) read by one `getAll` as the promise JS makes at once
 /// (`tm_query_docs`), resolving to its documents: what `query` hands back for it, without
 /// a wasm future awaiting the read in between (as `get_visible_promise` for gets). Its
-/// rejections are what `map_err` makes of IndexedDB's errors. `None`: another plan — a
-/// limit the scan cannot stop at by itself (descending, or on the primary store, whose
-/// tombstones take slots) goes the general way (`query`).
-pub fn query_promise(db: &Database, collection: &str, plan: &Plan, map_err: &js_sys::Function) -> Result<Option<js_sys::Promise>, StoreError> {
+/// rejections are what `map_err` makes of IndexedDB's errors (the errors themselves
+/// without it). `None`: another plan — a limit the scan cannot stop at by itself
+/// (descending, or on the primary store, whose tombstones take slots) goes the general way
+/// (`query`, which hands the plans this takes to it).
+pub fn query_promise(db: &Database, collection: &str, plan: &Plan, map_err: Option<&js_sys::Function>) -> Result<Option<js_sys::Promise>, StoreError> {
     if !plan.is_direct() || plan.limit == Some(0) {
         return Ok(None);
     }
@@ -288,7 +289,8 @@ pub fn query_promise(db: &Database, collection: &str, plan: &Plan, map_err: &js_
         _ => return Ok(None),
     };
     let limit = plan.limit.map_or(JsValue::UNDEFINED, |n| JsValue::from_f64(n as f64));
-    Ok(Some(tm_query_docs(db.as_sys().unchecked_ref(), &collection_store(collection), &index, &range, &limit, plan.reverse, map_err)))
+    let map_err = map_err.map_or(JsValue::UNDEFINED, |f| f.clone().into());
+    Ok(Some(tm_query_docs(db.as_sys().unchecked_ref(), &collection_store(collection), &index, &range, &limit, plan.reverse, &map_err)))
 }
 
 /// `source.getAll(range, limit)` (an object store or an index), resolving to `{ docs,
@@ -308,24 +310,28 @@ pub fn query_promise(db: &Database, collection: &str, plan: &Plan, map_err: &js_
   });
 }
 export function tm_query_docs(db, store, index, range, limit, reverse, mapErr) {
+  const no = (e) => (mapErr ? mapErr(e) : e);
   let source;
   try {
     const os = db.transaction(store).objectStore(store);
     source = index === undefined ? os : os.index(index);
   } catch (e) {
-    return Promise.reject(mapErr(e));
+    return Promise.reject(no(e));
   }
-  return tm_docs(source, range, limit, reverse).then((r) => r.docs, (e) => { throw mapErr(e); });
+  return tm_docs(source, range, limit, reverse).then((r) => r.docs, (e) => { throw no(e); });
 }")]
 extern "C" {
     fn tm_docs(source: &JsValue, range: &JsValue, limit: &JsValue, reverse: bool) -> js_sys::Promise;
-    fn tm_query_docs(db: &JsValue, store: &str, index: &JsValue, range: &JsValue, limit: &JsValue, reverse: bool, map_err: &js_sys::Function) -> js_sys::Promise;
+    fn tm_query_docs(db: &JsValue, store: &str, index: &JsValue, range: &JsValue, limit: &JsValue, reverse: bool, map_err: &JsValue) -> js_sys::Promise;
 }
 
 /// The documents a planned query returns, as the array handed to JS.
 pub async fn query(db: &Database, collection: &str, primary_key: &str, plan: &Plan) -> Result<js_sys::Array, StoreError> {
     if plan.limit == Some(0) {
         return Ok(js_sys::Array::new());
+    }
+    if let Some(docs) = query_promise(db, collection, plan, None)? {
+        return wasm_bindgen_futures::JsFuture::from(docs).await.map(|d| d.unchecked_into()).map_err(|e| from_js(&e));
     }
     let store_name = collection_store(collection);
     let tx = db.transaction(store_name.as_str()).build().map_err(from_idb)?;
@@ -345,6 +351,8 @@ pub async fn query(db: &Database, collection: &str, primary_key: &str, plan: &Pl
     // The scan may stop after `limit` hits only when nothing reorders them afterwards.
     let stop_after = if plan.sort.is_none() { plan.limit } else { None };
     if plan.is_direct() {
+        // What one `getAll` answers went to `query_promise` above; left here are a limit on
+        // the primary store and a descending one.
         return match stop_after {
             None => scan.docs(&range, plan.reverse).await,
             Some(n) if !plan.reverse => {
