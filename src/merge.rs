@@ -286,8 +286,9 @@ impl DocState {
             ops.push(rebuilt(ts, kind, fields, None));
         }
         for (path, c) in merged.contenders {
-            let seen = BTreeMap::from([(path.clone(), c.seen.unwrap_or_else(Stamp::zero))]);
-            ops.push(rebuilt(c.ts, Kind::Patch, Some(Map::from_iter([(path, c.value.unwrap_or(Value::Null))])), Some(seen)));
+            let seen = crate::sort::map_from([(path.clone(), c.seen.unwrap_or_else(Stamp::zero))]);
+            let fields = crate::sort::object_from([(path, c.value.unwrap_or(Value::Null))]);
+            ops.push(rebuilt(c.ts, Kind::Patch, Some(fields), Some(seen)));
         }
         ops
     }

@@ -16,7 +16,7 @@
 //! orders after the output it replaces (`settle`), so relays keep the newest.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
@@ -77,34 +77,37 @@ impl Migrator for NoMigrations {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schemas {
     pub current: Schema,
-    pub history: BTreeMap<u32, Schema>,
+    /// The older schemas, each version once, in version order. A list, not a map: there
+    /// are few, and a map type of its own would add its code to the wasm.
+    pub history: Vec<Schema>,
 }
 
 impl Schemas {
     pub fn new(current: Schema, history: Vec<Schema>) -> Result<Schemas, Error> {
-        let mut map = BTreeMap::new();
+        let mut sorted: Vec<Schema> = Vec::new();
         for s in history {
             s.validate()?;
             if s.version >= current.version {
                 return Err(MigrateError::BadHistory(format!("history has version {} but the current schema is version {}", s.version, current.version)).into());
             }
-            if map.insert(s.version, s).is_some() {
-                return Err(MigrateError::BadHistory("two history schemas share a version".into()).into());
+            match sorted.binary_search_by_key(&s.version, |h| h.version) {
+                Ok(_) => return Err(MigrateError::BadHistory("two history schemas share a version".into()).into()),
+                Err(at) => sorted.insert(at, s),
             }
         }
-        Ok(Schemas { current, history: map })
+        Ok(Schemas { current, history: sorted })
     }
 
     /// Whether any known schema, current or older, has `collection`.
     pub fn knows(&self, collection: &str) -> bool {
-        self.current.collection(collection).is_some() || self.history.values().any(|s| s.collection(collection).is_some())
+        self.current.collection(collection).is_some() || self.history.iter().any(|s| s.collection(collection).is_some())
     }
 
     pub fn get(&self, version: u32) -> Option<&Schema> {
         if version == self.current.version {
             Some(&self.current)
         } else {
-            self.history.get(&version)
+            self.history.iter().find(|s| s.version == version)
         }
     }
 
@@ -315,10 +318,16 @@ impl Forward {
     /// whose history starts after `v`.
     fn step(&mut self, schemas: &Schemas, migrator: &dyn Migrator, items: &[Item], v: u32, below: &[Option<Stamp>], range: std::ops::Range<usize>) -> Result<Vec<Option<Stepped>>, Error> {
         let schema = schemas.get(v).expect("reachable versions have schemas");
-        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        // By collection name, a list rather than a map: a step sees a few collections, and a
+        // map type of its own would add its code to the wasm.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for i in range.clone() {
             if self.starts[i].is_some_and(|s| s < v) && self.prev[i].is_some() {
-                groups.entry(items[i].collection).or_default().push(i);
+                let c = items[i].collection;
+                match groups.binary_search_by(|(g, _)| (*g).cmp(c)) {
+                    Ok(g) => groups[g].1.push(i),
+                    Err(g) => groups.insert(g, (c, vec![i])),
+                }
             }
         }
         // A migration that reads no other document gets its input views moved to it:
@@ -326,7 +335,7 @@ impl Forward {
         // others gets copies, for its context reads every view as it stood.
         let mut inputs: Vec<Vec<Map<String, Value>>> = match migrator.reads_others(v) {
             true => Vec::new(),
-            false => groups.values().map(|idx| idx.iter().map(|&i| self.prev[i].take().expect("grouped")).collect()).collect(),
+            false => groups.iter().map(|(_, idx)| idx.iter().map(|&i| self.prev[i].take().expect("grouped")).collect()).collect(),
         };
         inputs.reverse();
         let mut migrated: Vec<Option<Option<Map<String, Value>>>> = vec![None; range.len()];

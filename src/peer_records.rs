@@ -50,7 +50,7 @@ impl Ranked {
 
 impl PeerRecords {
     pub fn new(records: BTreeMap<String, PeerRecord>) -> PeerRecords {
-        let by_newest = records.iter().map(|(id, r)| ((Reverse(r.newest.clone()), id.clone()), Ranked::of(id, r))).collect();
+        let by_newest = crate::sort::map_from(records.iter().map(|(id, r)| ((Reverse(r.newest.clone()), id.clone()), Ranked::of(id, r))));
         PeerRecords { records, by_newest }
     }
 

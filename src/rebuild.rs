@@ -122,7 +122,7 @@ impl Rebuild<'_> {
     /// than every replica that staged the same data (DESIGN §6: migrations read the data as
     /// it stood at version v−1; migrations are deterministic).
     pub fn older_as_snapshot(&self) -> bool {
-        self.schemas.is_some_and(|s| s.history.keys().any(|&v| !self.migrates_alone(v)))
+        self.schemas.is_some_and(|s| s.history.iter().any(|h| !self.migrates_alone(h.version)))
     }
 
     /// Builds the stored form of each item. Appends migration rows to `rows`, numbering

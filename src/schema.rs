@@ -109,7 +109,7 @@ impl Index {
 
 /// The document's key in each of `indexes`, by index name.
 pub fn index_keys(indexes: &[Index], doc: &Map<String, Value>) -> Map<String, Value> {
-    indexes.iter().map(|index| (index.name.clone(), index.key_of(doc))).collect()
+    crate::sort::object_from(indexes.iter().map(|index| (index.name.clone(), index.key_of(doc))))
 }
 
 impl Schema {

@@ -103,12 +103,13 @@ impl Work {
     /// (deletes write no path: `write` asks only for puts and patches).
     fn seen(&self, slot: usize, kind: Kind, fields: Option<&Map<String, Value>>, primary_key: &str) -> BTreeMap<String, Stamp> {
         let layer = self.layers[slot].as_ref().and_then(|l| l.0.get(&self.version));
-        fields
-            .into_iter()
-            .flat_map(|f| f.keys())
-            .filter(|p| kind == Kind::Patch || *p != primary_key)
-            .map(|p| (p.clone(), layer.and_then(|l| l.seen_at(p)).unwrap_or_else(Stamp::zero)))
-            .collect()
+        crate::sort::map_from(
+            fields
+                .into_iter()
+                .flat_map(|f| f.keys())
+                .filter(|p| kind == Kind::Patch || *p != primary_key)
+                .map(|p| (p.clone(), layer.and_then(|l| l.seen_at(p)).unwrap_or_else(Stamp::zero))),
+        )
     }
 
     /// Takes note of a received stamp, so later local stamps order after it.

@@ -95,8 +95,15 @@ struct LayerOut<'a> {
 }
 
 /// Key–value pairs written as a JSON object, in the order given (already key order where
-/// they come from a map): no map is built only to be written out.
+/// they come from a map): no map is built only to be written out. Read back, the object's
+/// entries in the order written: no map type is compiled only to be read into and taken apart.
 struct Pairs<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for Pairs<K, V> {
+    fn default() -> Self {
+        Pairs(Vec::new())
+    }
+}
 
 impl<K, V> Pairs<K, V> {
     fn is_empty(&self) -> bool {
@@ -107,6 +114,28 @@ impl<K, V> Pairs<K, V> {
 impl<K: Serialize, V: Serialize> Serialize for Pairs<K, V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Pairs<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<K, V> {
+            type Value = Pairs<K, V>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(entry) = a.next_entry()? {
+                    pairs.push(entry);
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        d.deserialize_map(Entries(std::marker::PhantomData))
     }
 }
 
@@ -171,7 +200,7 @@ struct MergeIn {
     #[serde(default)]
     i: Option<Map<String, Value>>,
     #[serde(default)]
-    l: BTreeMap<u32, LayerIn>,
+    l: Pairs<u32, LayerIn>,
     #[serde(default)]
     m: Option<Value>,
     #[serde(default)]
@@ -207,11 +236,10 @@ impl DocIn {
         let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("document {:?}: {e}", self.id));
         let m: MergeIn = serde_json::from_str(&self.m).map_err(|e| corrupt(&e))?;
         let index_keys = m.i.unwrap_or_else(|| index_keys(indexes, &self.d));
-        let layers = m
-            .l
-            .into_iter()
-            .map(|(v, l)| Ok((v, l.into_state(self.d.as_ref()).map_err(|e| corrupt(&e))?)))
-            .collect::<Result<_, StoreError>>()?;
+        let mut layers = BTreeMap::new();
+        for (v, l) in m.l.0 {
+            layers.insert(v, l.into_state(self.d.as_ref()).map_err(|e| corrupt(&e))?);
+        }
         let migrated = match m.m {
             Some(Value::Bool(true)) => m.s.get(crate::merge::ROOT).cloned(),
             Some(stamp @ Value::String(_)) => Some(serde_json::from_value(stamp).map_err(|e| corrupt(&e))?),
@@ -360,7 +388,7 @@ extern "C" {
 pub fn log_record(rows: &[Row], head: Option<&JsValue>) -> Result<JsValue, StoreError> {
     let text = serde_json::to_string(rows).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
     // Each count as a name and a number, side by side.
-    let counts = |pairs: BTreeMap<&str, u32>| {
+    let counts = |pairs: Vec<(&str, u32)>| {
         let flat = js_sys::Array::new();
         for (key, n) in pairs {
             flat.push(&JsValue::from_str(key));
@@ -421,19 +449,24 @@ pub fn log_only_from(record: &JsValue, sender: &str) -> Option<u64> {
 }
 
 /// How many of `rows` are each origin's own (no sender): a log record's `own`.
-pub fn own_counts(rows: &[Row]) -> BTreeMap<&str, u32> {
+pub fn own_counts(rows: &[Row]) -> Vec<(&str, u32)> {
     tally(rows.iter().filter(|r| r.from.is_none()).map(|r| r.op.origin.as_str()))
 }
 
 /// How many of `rows` came from each sender: a log record's `via`.
-fn via_counts(rows: &[Row]) -> BTreeMap<&str, u32> {
+fn via_counts(rows: &[Row]) -> Vec<(&str, u32)> {
     tally(rows.iter().filter_map(|r| r.from.as_deref()))
 }
 
-fn tally<'a>(keys: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, u32> {
-    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+/// Each key with its count, in key order. A list, not a map: a record's rows have few
+/// origins and senders, and a map type of its own would add its code to the wasm.
+fn tally<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<(&'a str, u32)> {
+    let mut counts: Vec<(&str, u32)> = Vec::new();
     for key in keys {
-        *counts.entry(key).or_default() += 1;
+        match counts.binary_search_by(|(k, _)| (*k).cmp(key)) {
+            Ok(i) => counts[i].1 += 1,
+            Err(i) => counts.insert(i, (key, 1)),
+        }
     }
     counts
 }

@@ -117,7 +117,9 @@ struct Known {
     db: String,
     head: Option<Head>,
     docs: HashMap<DocKey, StoredDoc>,
-    log: BTreeMap<u64, LogCounts>,
+    /// By first row, in row order. A list, not a map: records are noted in row order (at
+    /// the end), and a map type of its own would add its code to the wasm.
+    log: Vec<(u64, LogCounts)>,
 }
 
 impl Known {
@@ -129,8 +131,8 @@ impl Known {
         let (Some(first), Some(last)) = (rows.first(), rows.last()) else { return };
         let counts = match rows {
             [row] if row.from.is_none() => {
-                if let Some(mut entry) = self.log.last_entry() {
-                    if let LogCounts::Singles { last, origin } = entry.get_mut() {
+                if let Some((_, entry)) = self.log.last_mut() {
+                    if let LogCounts::Singles { last, origin } = entry {
                         if *last + 1 == row.row && *origin == row.op.origin {
                             *last = row.row;
                             return;
@@ -144,14 +146,18 @@ impl Known {
         if self.log.len() >= KNOWN_LOG {
             self.log.clear();
         }
-        self.log.insert(first.row, counts);
+        match self.log.binary_search_by_key(&first.row, |(k, _)| *k) {
+            Ok(i) => self.log[i].1 = counts,
+            Err(i) => self.log.insert(i, (first.row, counts)),
+        }
     }
 
     /// The own rows of `origin` in the log record that starts at row `first`, if that is
     /// one this store wrote.
     fn own_in(&self, first: u64, origin: &str) -> Option<u64> {
-        match self.log.range(..=first).next_back()? {
-            (&key, LogCounts::Record { own, .. }) if key == first => Some(u64::from(own.get(origin).copied().unwrap_or(0))),
+        let at = self.log.partition_point(|(k, _)| *k <= first).checked_sub(1)?;
+        match &self.log[at] {
+            (key, LogCounts::Record { own, .. }) if *key == first => Some(own.iter().find(|(o, _)| o == origin).map_or(0, |(_, n)| u64::from(*n))),
             (_, LogCounts::Singles { last, origin: o }) if first <= *last => Some(u64::from(o == origin)),
             _ => None,
         }
@@ -171,7 +177,7 @@ enum Base {
 /// What `Known` keeps of the log records it wrote, by the first row they hold.
 enum LogCounts {
     /// One record: its last row and its `own` counts (`codec::own_counts`).
-    Record { last: u64, own: BTreeMap<String, u32> },
+    Record { last: u64, own: Vec<(String, u32)> },
     /// The records of rows `key..=last`, one row each, every one an own row of `origin`.
     Singles { last: u64, origin: String },
 }
@@ -751,7 +757,7 @@ impl Store for IdbStore {
         // while it grows and stays past half the log (if not, they are read). Counted from
         // below, they are what the next count reads.
         if !below {
-            self.known.borrow_mut().log.retain(|_, c| c.last() > after);
+            self.known.borrow_mut().log.retain(|(_, c)| c.last() > after);
         }
         Ok(n)
     }

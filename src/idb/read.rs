@@ -599,7 +599,7 @@ async fn peer_records(store: &ObjectStore<'_>) -> Result<BTreeMap<String, PeerRe
     let keys = keys.await.map_err(from_idb)?.map(|k| k.map(|k| k.as_string().unwrap_or_default())).collect::<Result<Vec<String>, _>>().map_err(from_idb)?;
     let values = values.await.map_err(from_idb)?.collect::<Result<js_sys::Array, _>>().map_err(from_idb)?;
     let records: Vec<PeerRecord> = codec::from_js(&values)?;
-    Ok(keys.into_iter().zip(records).collect())
+    Ok(crate::sort::map_from(keys.into_iter().zip(records)))
 }
 
 /// The head and every stored document (tombstones included) as of one transaction, so a

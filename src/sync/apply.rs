@@ -237,7 +237,7 @@ pub(crate) fn check_snapshot<S: Store>(replica: &Replica<S>, docs: &[SnapshotDoc
                         return Err(bad("a tracked write saw a stamp not older than its own".into()));
                     }
                     if let Some(v) = &c.value {
-                        limits::check_doc(&serde_json::Map::from_iter([(path.clone(), v.clone())])).map_err(bad)?;
+                        limits::check_doc(&crate::sort::object_from([(path.clone(), v.clone())])).map_err(bad)?;
                     }
                 }
             }

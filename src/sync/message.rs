@@ -177,24 +177,40 @@ impl SnapshotDoc {
     }
 }
 
-/// Version-keyed maps travel with string keys: messages are internally tagged enums,
-/// which serde buffers, and buffered map keys only read back as strings.
+/// Version-keyed maps travel as JSON objects: the versions are their string keys.
 mod version_keys {
     use std::collections::BTreeMap;
+    use std::fmt;
 
-    use serde::{de::Error, Deserialize, Deserializer, Serialize, Serializer};
+    use serde::de::{Error, MapAccess, Visitor};
+    use serde::{Deserializer, Serializer};
 
     use crate::merge::DocState;
 
+    // Written and read entry by entry: a map of string keys in between would be a map
+    // type of its own, whose code the wasm carries.
     pub fn serialize<S: Serializer>(m: &BTreeMap<u32, DocState>, s: S) -> Result<S::Ok, S::Error> {
-        m.iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<String, &DocState>>().serialize(s)
+        s.collect_map(m.iter().map(|(k, v)| (k.to_string(), v)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, DocState>, D::Error> {
-        BTreeMap::<String, DocState>::deserialize(d)?
-            .into_iter()
-            .map(|(k, v)| k.parse::<u32>().map(|k| (k, v)).map_err(|_| D::Error::custom(format!("layer version {k:?} is not a number"))))
-            .collect()
+        struct Versions;
+        impl<'de> Visitor<'de> for Versions {
+            type Value = BTreeMap<u32, DocState>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of layer versions")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut m = BTreeMap::new();
+                while let Some((k, v)) = a.next_entry::<String, DocState>()? {
+                    m.insert(k.parse::<u32>().map_err(|_| A::Error::custom(format!("layer version {k:?} is not a number")))?, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(Versions)
     }
 }
 

@@ -11,7 +11,6 @@
 //! } });
 //! ```
 
-use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use wasm_bindgen::prelude::*;
@@ -53,8 +52,9 @@ extern "C" {
 }
 
 pub struct JsMigrator {
-    /// Step → the app's function, or `None` for a declarative-only step.
-    steps: BTreeMap<u32, Option<js_sys::Function>>,
+    /// Step → the app's function, or `None` for a declarative-only step; as declared (each
+    /// version once). A list: there are few, and a map type of its own adds code to the wasm.
+    steps: Vec<(u32, Option<js_sys::Function>)>,
 }
 
 // wasm32 runs this on one thread only; the engine asks for Send + Sync because the
@@ -65,7 +65,7 @@ unsafe impl Sync for JsMigrator {}
 impl JsMigrator {
     /// Reads `options.migrations`: `{ [version]: function | null }`.
     pub fn from_js(value: &JsValue) -> Result<JsMigrator, String> {
-        let mut steps = BTreeMap::new();
+        let mut steps = Vec::new();
         if value.is_undefined() || value.is_null() {
             return Ok(JsMigrator { steps });
         }
@@ -83,22 +83,29 @@ impl JsMigrator {
             } else {
                 Some(f.dyn_into::<js_sys::Function>().map_err(|_| format!("migrations[{version}] must be a function or null"))?)
             };
-            steps.insert(version, step);
+            steps.push((version, step));
         }
         Ok(JsMigrator { steps })
     }
 }
 
+impl JsMigrator {
+    /// Step `to`: `Some(None)` for a declarative-only step, `None` if none is declared.
+    fn step(&self, to: u32) -> Option<&Option<js_sys::Function>> {
+        self.steps.iter().find(|(v, _)| *v == to).map(|(_, f)| f)
+    }
+}
+
 impl Migrator for JsMigrator {
     fn has_step(&self, to: u32) -> bool {
-        self.steps.contains_key(&to)
+        self.step(to).is_some()
     }
 
     /// A function declared with fewer than three parameters, `(doc, collection)`, has no
     /// `ctx` to read through (`tm_migrate` passes none to it); a declarative step reads
     /// nothing.
     fn reads_others(&self, to: u32) -> bool {
-        match self.steps.get(&to) {
+        match self.step(to) {
             Some(Some(f)) => f.length() >= 3,
             Some(None) => false,
             None => true,
@@ -106,7 +113,7 @@ impl Migrator for JsMigrator {
     }
 
     fn migrate(&self, to: u32, collection: &str, docs: Vec<Map<String, Value>>, ctx: &dyn Context) -> Result<Vec<Option<Map<String, Value>>>, MigrateError> {
-        let f = match self.steps.get(&to) {
+        let f = match self.step(to) {
             None => return Err(MigrateError::MissingMigration(to)),
             Some(None) => return Ok(docs.into_iter().map(Some).collect()),
             Some(Some(f)) => f,
