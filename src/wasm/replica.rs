@@ -150,7 +150,9 @@ where
     Fut: std::future::Future<Output = Result<JsValue, Error>> + 'static,
 {
     let after = inner.turns().finished(inner.turns().asked());
-    let fut = f(inner.clone());
+    // Boxed: one promise wrapper serves every method, where each future type compiled its
+    // own copy of it into the wasm.
+    let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<JsValue, Error>>>> = Box::pin(f(inner.clone()));
     future_to_promise(async move {
         after.await;
         fut.await.map_err(err_to_js)
@@ -165,7 +167,8 @@ where
     Fut: std::future::Future<Output = Result<(), Error>> + 'static,
 {
     let ticket = this.inner.turns().write_ticket();
-    let fut = f(this.inner.clone());
+    // Boxed, as in `run`.
+    let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>> = Box::pin(f(this.inner.clone()));
     let shared = this.client.shared.clone();
     future_to_promise(async move {
         ticket.turn().await;
