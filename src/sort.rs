@@ -48,7 +48,9 @@ pub fn sort<T: Ord>(items: &mut [T]) {
 /// `BTreeMap`'s own `collect` sorts the pairs with the standard sort and then builds the
 /// tree from the sorted run, both compiled anew for every map type and iterator it collects
 /// (~3 KB of wasm each; the module held a dozen). Inserting them one at a time uses the
-/// `insert` each map type compiles anyway; the maps collected are small.
+/// `insert` each map type compiles anyway. The maps collected are small, or made once: a
+/// server's peer records as it loads them, where 10,000 take ~1.4 ms by insert against
+/// ~0.6 ms collected (natively, random keys), once per load.
 pub fn map_from<K: Ord, V>(pairs: impl IntoIterator<Item = (K, V)>) -> BTreeMap<K, V> {
     let mut map = BTreeMap::new();
     for (k, v) in pairs {
