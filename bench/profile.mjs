@@ -20,7 +20,7 @@
 // PROFILE_RAW=file.cpuprofile keeps the whole profile (Chromium DevTools opens it); for a
 // library's phases, file-write.cpuprofile and file-read.cpuprofile.
 import { chromium } from 'playwright-core';
-import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,6 +29,7 @@ import { bundle } from './build.mjs';
 import { startStatic } from './serve.mjs';
 import { CHROMIUM_ARGS } from '../tests/e2e/harness.mjs';
 import { startServer } from '../tests/e2e/server.mjs';
+import { renameWasm } from '../scripts/short-imports.mjs';
 
 const BENCH = fileURLToPath(new URL('.', import.meta.url));
 const lib = process.argv[2] ?? 'tidemark';
@@ -194,7 +195,11 @@ async function migrate(context, url) {
 
 async function main() {
   await bundle();
-  if (process.env.PROFILE_WASM) await copyFile(process.env.PROFILE_WASM, join(BENCH, 'dist/pkg/tidemark_bg.wasm'));
+  if (process.env.PROFILE_WASM) {
+    // Its imports named as js/build.mjs named the bundle's (scripts/short-imports.mjs).
+    const short = new Map(Object.entries(JSON.parse(await readFile(join(BENCH, '../js/pkg/imports.json'), 'utf8'))));
+    await writeFile(join(BENCH, 'dist/pkg/tidemark_bg.wasm'), renameWasm(await readFile(process.env.PROFILE_WASM), short));
+  }
   const { server, url } = await startStatic();
   const dir = await mkdtemp(join(tmpdir(), 'tidemark-profile-'));
   const context = await chromium.launchPersistentContext(dir, { executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });

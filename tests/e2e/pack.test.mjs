@@ -47,6 +47,19 @@ test('the tarball holds the entry points, their types, the wasm and its embedded
   assert.doesNotMatch(generated, /import\.meta\.url/);
 });
 
+test('the wasm imports its glue by short names, each defined once by the glue, and no hashed name is left (scripts/short-imports.mjs)', async () => {
+  const wasm = await readFile(join(PKG_DIR, 'pkg/tidemark_bg.wasm'));
+  const glue = await readFile(join(PKG_DIR, 'pkg/tidemark.js'), 'utf8');
+  const names = WebAssembly.Module.imports(new WebAssembly.Module(wasm)).filter((i) => i.module === './tidemark_bg.js').map((i) => i.name);
+  assert.ok(names.length > 100, `the wasm imports ${names.length} functions from its glue`);
+  assert.equal(new Set(names).size, names.length, 'no import name repeats');
+  for (const name of names) {
+    assert.match(name, /^[a-zA-Z]{1,2}$/, `${name} is a short name`);
+    assert.equal(glue.match(new RegExp(`^\\s+${name}: function\\(`, 'gm'))?.length, 1, `the glue defines ${name} once`);
+  }
+  assert.doesNotMatch(glue, /__wbg_\w+_[0-9a-f]{16}/, 'the glue keeps no hashed import name');
+});
+
 test('package.json: exports with types for every entry, side effects, repository, license, an optional React peer', () => {
   assert.equal(manifest.name, 'tidemark');
   assert.equal(manifest.license, 'MIT');
