@@ -89,6 +89,7 @@ pub mod memory;
 pub mod merge;
 pub mod migrate;
 pub mod op;
+pub mod pairs;
 pub mod path;
 pub mod peer;
 pub mod peer_records;

@@ -323,11 +323,7 @@ impl Forward {
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for i in range.clone() {
             if self.starts[i].is_some_and(|s| s < v) && self.prev[i].is_some() {
-                let c = items[i].collection;
-                match groups.binary_search_by(|(g, _)| (*g).cmp(c)) {
-                    Ok(g) => groups[g].1.push(i),
-                    Err(g) => groups.insert(g, (c, vec![i])),
-                }
+                crate::sort::sorted_entry(&mut groups, items[i].collection, Vec::new).push(i);
             }
         }
         // A migration that reads no other document gets its input views moved to it:

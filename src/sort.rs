@@ -59,6 +59,20 @@ pub fn map_from<K: Ord, V>(pairs: impl IntoIterator<Item = (K, V)>) -> BTreeMap<
     map
 }
 
+/// The value at `key` in `list`, a list of pairs sorted by key, added by `new` where there is
+/// none: a small map's `entry(key).or_insert_with(new)` kept as a list, which compiles no
+/// map type of its own.
+pub fn sorted_entry<K: Ord, V>(list: &mut Vec<(K, V)>, key: K, new: impl FnOnce() -> V) -> &mut V {
+    let at = match list.binary_search_by(|(k, _)| k.cmp(&key)) {
+        Ok(at) => at,
+        Err(at) => {
+            list.insert(at, (key, new()));
+            at
+        }
+    };
+    &mut list[at].1
+}
+
 /// A JSON object of `pairs`, as [`map_from`] makes a map (`serde_json::Map` is a
 /// `BTreeMap` whose `collect` sorts the same way).
 pub fn object_from(pairs: impl IntoIterator<Item = (String, serde_json::Value)>) -> serde_json::Map<String, serde_json::Value> {
@@ -112,6 +126,15 @@ mod tests {
             let expected: serde_json::Map<String, serde_json::Value> = json(&pairs).into_iter().collect();
             prop_assert_eq!(object_from(json(&pairs)), expected);
         }
+    }
+
+    #[test]
+    fn sorted_entries_stay_in_key_order_and_are_made_once() {
+        let mut list: Vec<(&str, u32)> = Vec::new();
+        for key in ["m", "c", "x", "c", "a", "m", "c"] {
+            *sorted_entry(&mut list, key, || 0) += 1;
+        }
+        assert_eq!(list, [("a", 1), ("c", 3), ("m", 2), ("x", 1)]);
     }
 
     #[test]

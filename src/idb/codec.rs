@@ -24,6 +24,7 @@ use crate::clock::Stamp;
 use crate::error::StoreError;
 use crate::rebuild::{has_index_keys, index_keys};
 use crate::merge::{Contender, DocState};
+use crate::pairs::Pairs;
 use crate::schema::{Index, Schema};
 use crate::store::{Row, StoredDoc};
 
@@ -92,51 +93,6 @@ struct LayerOut<'a> {
     deleted: bool,
     #[serde(skip_serializing_if = "no_conflicts")]
     conflicts: &'a BTreeMap<String, Vec<Contender>>,
-}
-
-/// Key–value pairs written as a JSON object, in the order given (already key order where
-/// they come from a map): no map is built only to be written out. Read back, the object's
-/// entries in the order written: no map type is compiled only to be read into and taken apart.
-struct Pairs<K, V>(Vec<(K, V)>);
-
-impl<K, V> Default for Pairs<K, V> {
-    fn default() -> Self {
-        Pairs(Vec::new())
-    }
-}
-
-impl<K, V> Pairs<K, V> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl<K: Serialize, V: Serialize> Serialize for Pairs<K, V> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-    }
-}
-
-impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Pairs<K, V> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Entries<K, V>(std::marker::PhantomData<(K, V)>);
-        impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<K, V> {
-            type Value = Pairs<K, V>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut pairs = Vec::new();
-                while let Some(entry) = a.next_entry()? {
-                    pairs.push(entry);
-                }
-                Ok(Pairs(pairs))
-            }
-        }
-        d.deserialize_map(Entries(std::marker::PhantomData))
-    }
 }
 
 impl<'a> LayerOut<'a> {
@@ -463,10 +419,7 @@ fn via_counts(rows: &[Row]) -> Vec<(&str, u32)> {
 fn tally<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<(&'a str, u32)> {
     let mut counts: Vec<(&str, u32)> = Vec::new();
     for key in keys {
-        match counts.binary_search_by(|(k, _)| (*k).cmp(key)) {
-            Ok(i) => counts[i].1 += 1,
-            Err(i) => counts.insert(i, (key, 1)),
-        }
+        *crate::sort::sorted_entry(&mut counts, key, || 0) += 1;
     }
     counts
 }

@@ -180,12 +180,12 @@ impl SnapshotDoc {
 /// Version-keyed maps travel as JSON objects: the versions are their string keys.
 mod version_keys {
     use std::collections::BTreeMap;
-    use std::fmt;
 
-    use serde::de::{Error, MapAccess, Visitor};
-    use serde::{Deserializer, Serializer};
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::merge::DocState;
+    use crate::pairs::Pairs;
 
     // Written and read entry by entry: a map of string keys in between would be a map
     // type of its own, whose code the wasm carries.
@@ -194,23 +194,11 @@ mod version_keys {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, DocState>, D::Error> {
-        struct Versions;
-        impl<'de> Visitor<'de> for Versions {
-            type Value = BTreeMap<u32, DocState>;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of layer versions")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut m = BTreeMap::new();
-                while let Some((k, v)) = a.next_entry::<String, DocState>()? {
-                    m.insert(k.parse::<u32>().map_err(|_| A::Error::custom(format!("layer version {k:?} is not a number")))?, v);
-                }
-                Ok(m)
-            }
+        let mut m = BTreeMap::new();
+        for (k, v) in Pairs::<String, DocState>::deserialize(d)?.0 {
+            m.insert(k.parse::<u32>().map_err(|_| D::Error::custom(format!("layer version {k:?} is not a number")))?, v);
         }
-        d.deserialize_map(Versions)
+        Ok(m)
     }
 }
 
