@@ -4,6 +4,7 @@
 //! thus stored together or not at all. Nothing but IndexedDB requests is awaited while
 //! the transaction is open, or it would auto-commit half-done.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 
 use indexed_db_futures::database::Database;
@@ -34,8 +35,18 @@ struct Batch<'a> {
 
 /// Documents encoded (one `JSON.parse`) and put per slice: IndexedDB starts storing the
 /// first ones while the rest are encoded, where one batch of all made it wait for the
-/// whole encoding (a reset writes 10,000 in one transaction).
+/// whole encoding (a reset writes 10,000 in one transaction). The first slice is small:
+/// until its puts are made IndexedDB has nothing to store, and for a batch of 1,000
+/// documents that wait is main-thread time W1 pays in full, where the later slices' is
+/// hidden behind the storing of the ones before.
 const SLICE: usize = 256;
+const FIRST_SLICE: usize = 32;
+
+/// `docs` in the slices `put_all` encodes and puts: `FIRST_SLICE`, then `SLICE` each.
+fn slices<T>(docs: &[T]) -> impl Iterator<Item = &[T]> {
+    let (first, rest) = docs.split_at(docs.len().min(FIRST_SLICE));
+    std::iter::once(first).filter(|s| !s.is_empty()).chain(rest.chunks(SLICE))
+}
 
 #[wasm_bindgen]
 extern "C" {
@@ -83,6 +94,10 @@ impl Stores<'_> {
     }
 }
 
+/// What earlier writes left to free (`Store::retire`): a commit frees it once its own
+/// requests are made, while IndexedDB stores them.
+pub type Retired = Vec<Box<dyn std::any::Any>>;
+
 /// What a commit makes of what it read.
 pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 
@@ -116,7 +131,7 @@ fn scope_of<'k, 's>(schema: &'s Schema, stores: &[&str], names: impl Iterator<It
 /// `Store::commit`: reads the head (`head::read`), the documents at `keys` and the records of `peers`,
 /// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
 /// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
-pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>) -> Result<Commit, Error> {
+pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>, retired: Retired) -> Result<Commit, Error> {
     let (collections, scope, indexes) = scope_of(schema, COMMIT_STORES, keys.iter().map(|(c, _)| c.as_str()));
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
@@ -154,6 +169,7 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         if let (Some(_), Some(h), true) = (&loaded_head, &commit.head, commit.rows.is_empty()) {
             head::fence(&writes.log, h)?;
         }
+        drop(retired);
         commit
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
@@ -176,7 +192,7 @@ pub struct Expected {
 /// (`tm_commit_if`). Otherwise IndexedDB is asked to commit as soon as the requests are
 /// made. Any refusal aborts the transaction. `None`: refused (or `f` refused the
 /// expected state), and nothing was written.
-pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<Commit>, Error> {
+pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>, retired: &RefCell<Retired>) -> Result<Option<Commit>, Error> {
     let Expected { head: want_head, docs } = expected;
     let known: Vec<bool> = docs.iter().map(Option::is_some).collect();
     // What fails over the expected state is left to `commit`, over the stored one.
@@ -226,6 +242,7 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
         let _ = tx.abort();
         return Err(e);
     }
+    retired.borrow_mut().clear();
     let committed = wasm_bindgen_futures::JsFuture::from(tm_commit_if(&tx, &reads)).await.map_err(|e| from_js(&e))?;
     Ok(committed.is_truthy().then_some(commit))
 }
@@ -268,12 +285,13 @@ extern "C" {
 /// when the transaction has completed. Only for a staging generation, which nobody else
 /// writes: nothing is checked against its head, and IndexedDB runs its transactions in
 /// the order they were made, so later ones see this one's writes.
-pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<wasm_bindgen_futures::JsFuture, Error> {
+pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit, retired: Retired) -> Result<wasm_bindgen_futures::JsFuture, Error> {
     let (collections, scope, indexes) = scope_of(schema, COMMIT_STORES, commit.docs.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     read::forget_read_ahead(db.as_sys());
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     put_all(commit, &collections, &indexes, &Stores::of(&tx, &collections)?.writes(), &[], HeadTo::Record)?;
+    drop(retired);
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
     // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
     // (so dropping it does not abort it); its completion is `done`'s to tell.
@@ -292,7 +310,7 @@ fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], writes: 
     let Writes { meta, log, peers: peer_store, stores } = writes;
     let unscoped = |name: &str| StoreError::Backend(format!("commit wrote to {name}, outside its transaction's scope"));
     let slot = |collection: &str| collections.binary_search(&collection).ok();
-    for slice in commit.docs.chunks(SLICE) {
+    for slice in slices(&commit.docs) {
         let mut out = Vec::with_capacity(slice.len());
         for (c, d) in slice {
             let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
