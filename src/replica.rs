@@ -402,8 +402,6 @@ impl<S: Store> Replica<S> {
         let local = commit.rows.iter().filter(|r| r.is_own(&me)).count() as u64;
         self.committed(&commit);
         self.known.lock().expect("status lock").pending += local;
-        // A batch's documents, rows and keys, freed by the store when it suits it.
-        self.store.retire(Box::new((commit, writes, keys, index)));
         Ok(())
     }
 

@@ -290,15 +290,6 @@ pub trait Store {
         self.commit(keys, &[], f).await
     }
 
-    /// Takes what a finished write leaves behind to free: its commit and its inputs. A
-    /// store whose commits wait on storage in another process may free it while the next
-    /// commit's requests are being stored (the IndexedDB store): for a batch of 1,000
-    /// documents that is ~2 ms of freeing, which would otherwise fall between the
-    /// transaction's completion and the write's promise resolving. By default, at once.
-    fn retire(&self, garbage: Box<dyn std::any::Any>) {
-        drop(garbage);
-    }
-
     /// Writes `commit` without reading anything first: for building a staging generation,
     /// which nobody else writes, so nothing is checked against its head. A reset writes
     /// its migrated documents this way, slice after slice, each handed to the store while

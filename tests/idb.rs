@@ -572,39 +572,6 @@ async fn a_failing_write_leaves_the_store_unchanged() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
-/// What a write leaves behind (its commit, its inputs) is freed by the store's next
-/// commit once that commit's requests are made — the single write's path, the reading
-/// path and a staging write's alike — or when the store closes, never before.
-#[wasm_bindgen_test]
-async fn what_a_write_leaves_is_freed_by_the_next_commit_or_on_close() {
-    use std::cell::Cell;
-    use std::rc::Rc;
-    struct Freed(Rc<Cell<u32>>);
-    impl Drop for Freed {
-        fn drop(&mut self) {
-            self.0.set(self.0.get() + 1);
-        }
-    }
-    let name = unique("t-retire");
-    let idb = open_idb(&name, &schema()).await;
-    let freed = Rc::new(Cell::new(0));
-    // A batch (the reading path), then a single write (the path that reads nothing first).
-    for writes in [(0..40).map(|i| put(doc(i))).collect::<Vec<_>>(), vec![put(doc(50))]] {
-        idb.store().retire(Box::new(Freed(freed.clone())));
-        idb.store().retire(Box::new(Freed(freed.clone())));
-        let before = freed.get();
-        assert!(idb.get(ITEMS, "d00001").await.is_ok());
-        assert_eq!(freed.get(), before, "a read frees nothing");
-        idb.write(writes).await.unwrap();
-        assert_eq!(freed.get(), before + 2, "the next commit frees what was left");
-    }
-    assert_eq!(idb.store().get(ITEMS, "d00050").await.unwrap().unwrap().id, "d00050");
-    idb.store().retire(Box::new(Freed(freed.clone())));
-    idb.store().close();
-    assert_eq!(freed.get(), 5, "closing frees what was left");
-    IdbStore::delete_replica(&name).await.unwrap();
-}
-
 /// DESIGN §10: a single write costs no read round trip before it. The store writes what
 /// it computed from what it last wrote, behind reads of the head and the documents in the
 /// same transaction, and commits only if those match: another tab's writes in between, or

@@ -4,7 +4,6 @@
 //! thus stored together or not at all. Nothing but IndexedDB requests is awaited while
 //! the transaction is open, or it would auto-commit half-done.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 
 use indexed_db_futures::database::Database;
@@ -94,10 +93,6 @@ impl Stores<'_> {
     }
 }
 
-/// What earlier writes left to free (`Store::retire`): a commit frees it once its own
-/// requests are made, while IndexedDB stores them.
-pub type Retired = Vec<Box<dyn std::any::Any>>;
-
 /// What a commit makes of what it read.
 pub type Compute<'a> = Box<dyn FnOnce(Loaded) -> Result<Commit, Error> + 'a>;
 
@@ -131,7 +126,7 @@ fn scope_of<'k, 's>(schema: &'s Schema, stores: &[&str], names: impl Iterator<It
 /// `Store::commit`: reads the head (`head::read`), the documents at `keys` and the records of `peers`,
 /// and writes what `f` makes of them. Not generic over `f`: one copy of this (large)
 /// future serves every caller, where one per closure type added ~32 KB of gzipped wasm.
-pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>, retired: Retired) -> Result<Commit, Error> {
+pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[String], f: Compute<'_>) -> Result<Commit, Error> {
     let (collections, scope, indexes) = scope_of(schema, COMMIT_STORES, keys.iter().map(|(c, _)| c.as_str()));
 
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
@@ -169,7 +164,6 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         if let (Some(_), Some(h), true) = (&loaded_head, &commit.head, commit.rows.is_empty()) {
             head::fence(&writes.log, h)?;
         }
-        drop(retired);
         commit
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;
@@ -192,7 +186,7 @@ pub struct Expected {
 /// (`tm_commit_if`). Otherwise IndexedDB is asked to commit as soon as the requests are
 /// made. Any refusal aborts the transaction. `None`: refused (or `f` refused the
 /// expected state), and nothing was written.
-pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>, retired: &RefCell<Retired>) -> Result<Option<Commit>, Error> {
+pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], expected: Expected, f: &dyn Fn(Loaded) -> Result<Commit, Error>) -> Result<Option<Commit>, Error> {
     let Expected { head: want_head, docs } = expected;
     let known: Vec<bool> = docs.iter().map(Option::is_some).collect();
     // What fails over the expected state is left to `commit`, over the stored one.
@@ -242,7 +236,6 @@ pub async fn commit_expected(db: &Database, schema: &Schema, keys: &[DocKey], ex
         let _ = tx.abort();
         return Err(e);
     }
-    retired.borrow_mut().clear();
     let committed = wasm_bindgen_futures::JsFuture::from(tm_commit_if(&tx, &reads)).await.map_err(|e| from_js(&e))?;
     Ok(committed.is_truthy().then_some(commit))
 }
@@ -285,13 +278,12 @@ extern "C" {
 /// when the transaction has completed. Only for a staging generation, which nobody else
 /// writes: nothing is checked against its head, and IndexedDB runs its transactions in
 /// the order they were made, so later ones see this one's writes.
-pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit, retired: Retired) -> Result<wasm_bindgen_futures::JsFuture, Error> {
+pub async fn hand_over(db: &Database, schema: &Schema, commit: &Commit) -> Result<wasm_bindgen_futures::JsFuture, Error> {
     let (collections, scope, indexes) = scope_of(schema, COMMIT_STORES, commit.docs.iter().map(|(c, _)| c.as_str()));
     let tx = db.transaction(scope.as_slice()).with_mode(TransactionMode::Readwrite).build().map_err(from_idb)?;
     read::forget_read_ahead(db.as_sys());
     let raw_tx: web_sys::IdbTransaction = tx.as_sys().clone().unchecked_into();
     put_all(commit, &collections, &indexes, &Stores::of(&tx, &collections)?.writes(), &[], HeadTo::Record)?;
-    drop(retired);
     let done = wasm_bindgen_futures::JsFuture::from(tm_tx_done(&raw_tx));
     // The first poll of `commit` asks IndexedDB to commit and marks the transaction done
     // (so dropping it does not abort it); its completion is `done`'s to tell.

@@ -87,9 +87,6 @@ pub struct IdbStore {
     unread_commits: Cell<u64>,
     /// Log records `own_rows_after` had to read (tests read it).
     log_reads: Cell<u64>,
-    /// What finished writes left to free (`Store::retire`): freed by the next commit once
-    /// its requests are made, while IndexedDB stores them, or when the store closes.
-    retired: RefCell<Vec<Box<dyn std::any::Any>>>,
 }
 
 /// The head and peer records opening read from generation `db` in one transaction, handed
@@ -339,7 +336,6 @@ impl IdbStore {
             known: RefCell::new(Known::default()),
             opened: RefCell::new(Opened::default()),
             unread_commits: Cell::new(0),
-            retired: RefCell::new(Vec::new()),
             log_reads: Cell::new(0),
         }
     }
@@ -455,7 +451,6 @@ impl IdbStore {
             db.as_sys().set_onversionchange(None);
             self.dir.as_sys().close();
             db.as_sys().close();
-            self.retired.borrow_mut().clear();
             if let Some(release) = self.rebuild_lock.borrow_mut().take() {
                 let _ = release.call0(&JsValue::NULL);
             }
@@ -641,11 +636,10 @@ impl Store for IdbStore {
         }
         let name = db.name();
         let read = Cell::new(None);
-        let retired = std::mem::take(&mut *self.retired.borrow_mut());
         let commit = commit::commit(&db, &self.schema, keys, peers, Box::new(|loaded: Loaded| {
             read.set(loaded.head.as_ref().map(|h| h.max_row));
             f(loaded)
-        }), retired)
+        }))
         .await?;
         self.remember(&name, &commit, keys.len() <= SMALL_COMMIT, Base::Read(read.get()));
         self.changed(&commit);
@@ -659,7 +653,7 @@ impl Store for IdbStore {
         let db = self.db().await?;
         let name = db.name();
         if let Some(expected) = self.expected(&name, keys, absent).filter(|_| keys.iter().all(|(c, _)| self.knows(c))) {
-            if let Some(commit) = commit::commit_expected(&db, &self.schema, keys, expected, &f, &self.retired).await? {
+            if let Some(commit) = commit::commit_expected(&db, &self.schema, keys, expected, &f).await? {
                 self.unread_commits.set(self.unread_commits.get() + 1);
                 self.remember(&name, &commit, true, Base::Known);
                 self.changed(&commit);
@@ -667,10 +661,6 @@ impl Store for IdbStore {
             }
         }
         self.commit(keys, &[], f).await
-    }
-
-    fn retire(&self, garbage: Box<dyn std::any::Any>) {
-        self.retired.borrow_mut().push(garbage);
     }
 
     async fn peers(&self) -> Result<BTreeMap<String, PeerRecord>, StoreError> {
@@ -685,8 +675,7 @@ impl Store for IdbStore {
     /// the caller computes its next write while IndexedDB stores this one.
     async fn write_staged(&self, commit: Commit) -> Result<(), Error> {
         let db = self.bound_db().await?;
-        let retired = std::mem::take(&mut *self.retired.borrow_mut());
-        let done = commit::hand_over(&db, &self.schema, &commit, retired).await?;
+        let done = commit::hand_over(&db, &self.schema, &commit).await?;
         // Remembered before it completes: if it fails, the staging generation is dropped,
         // and this store with it.
         self.remember(&db.name(), &commit, false, Base::Known);
