@@ -572,6 +572,44 @@ async fn a_failing_write_leaves_the_store_unchanged() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
+/// A commit's records cross into JS as UTF-8 bytes, read there as character codes 1,024
+/// at a time when they are ASCII and by `TextDecoder` otherwise (`codec::tm_records`): a
+/// batch of plain documents, one where a few hold text outside ASCII (at and past chunk
+/// boundaries, U+0080–U+00FF among them, which read as codes would pass for Latin-1),
+/// and single writes of such documents all read back exactly, as the memory store has them.
+#[wasm_bindgen_test]
+async fn documents_outside_ascii_read_back_exactly_beside_ascii_ones() {
+    let name = unique("t-text");
+    let schema = schema();
+    let idb = open_idb(&name, &schema).await;
+    let memory = open_memory(&schema).await;
+    let odd = ["\u{80}", "\u{FF}", "é", "ÿÿ", "日本語", "\u{1F600}", "a\u{7F}b", "\u{10FFFF}"];
+    let plain = |i: usize| json!({"id": format!("p{i:04}"), "kind": format!("k{}", i % 5), "n": i, "title": "x".repeat(i % 1500)});
+    let unusual = |i: usize| {
+        let mut d = plain(i);
+        d["id"] = json!(format!("u{i:04}{}", odd[i % odd.len()]));
+        d["title"] = json!(format!("{}{}", "x".repeat((i * 97) % 1100), odd[(i + 3) % odd.len()]));
+        d
+    };
+    write_both(&idb, &memory, (0..300).map(|i| put(plain(i))).collect()).await;
+    write_both(&idb, &memory, (300..600).map(|i| put(if i % 37 == 5 { unusual(i) } else { plain(i) })).collect()).await;
+    for i in 600..608 {
+        write_both(&idb, &memory, vec![put(unusual(i))]).await;
+    }
+    let ids: Vec<String> = (0..608)
+        .map(|i| if (300..600).contains(&i) && i % 37 == 5 || i >= 600 { unusual(i) } else { plain(i) })
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.iter().filter(|id| !id.is_ascii()).count() > 10);
+    for id in &ids {
+        let want = memory.get(ITEMS, id).await.unwrap().unwrap().doc;
+        assert_eq!(idb.get(ITEMS, id).await.unwrap().unwrap().doc, want, "{id}");
+        assert!(want.is_some());
+    }
+    idb.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
 /// DESIGN §10: a single write costs no read round trip before it. The store writes what
 /// it computed from what it last wrote, behind reads of the head and the documents in the
 /// same transaction, and commits only if those match: another tab's writes in between, or
