@@ -572,18 +572,18 @@ async fn a_failing_write_leaves_the_store_unchanged() {
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
-/// A commit's records cross into JS as UTF-8 bytes, read there as character codes 1,024
-/// at a time when they are ASCII and by `TextDecoder` otherwise (`codec::tm_records`): a
-/// batch of plain documents, one where a few hold text outside ASCII (at and past chunk
-/// boundaries, U+0080–U+00FF among them, which read as codes would pass for Latin-1),
-/// and single writes of such documents all read back exactly, as the memory store has them.
+/// A commit's records cross into JS as UTF-8 bytes, decoded there into UTF-16 code units
+/// 1,024 at a time (`codec::tm_records`): a batch of plain documents, one where a few hold
+/// text outside ASCII (every UTF-8 length, the first and last code point of each, a
+/// surrogate pair at and past a chunk's boundary), and single writes of such documents
+/// all read back exactly, as the memory store has them.
 #[wasm_bindgen_test]
 async fn documents_outside_ascii_read_back_exactly_beside_ascii_ones() {
     let name = unique("t-text");
     let schema = schema();
     let idb = open_idb(&name, &schema).await;
     let memory = open_memory(&schema).await;
-    let odd = ["\u{80}", "\u{FF}", "é", "ÿÿ", "日本語", "\u{1F600}", "a\u{7F}b", "\u{10FFFF}"];
+    let odd = ["\u{80}", "\u{FF}", "é", "ÿÿ", "日本語", "\u{1F600}", "a\u{7F}b", "\u{10FFFF}", "\u{7FF}\u{800}", "\u{D7FF}\u{E000}\u{FFFF}", "\u{10000}"];
     let plain = |i: usize| json!({"id": format!("p{i:04}"), "kind": format!("k{}", i % 5), "n": i, "title": "x".repeat(i % 1500)});
     let unusual = |i: usize| {
         let mut d = plain(i);

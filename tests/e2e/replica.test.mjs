@@ -392,7 +392,7 @@ test('batch writes leave no text outside the JS heap for a full collection to fr
   // Strings TextDecoder returns are external (their characters outside V8's heap) and no
   // young collection frees them: when the records' JSON crossed into JS that way, every
   // batch of 1,000 documents left ~0.36 MB behind (DevTools' backing storage), which a
-  // page still held after reloading. Now it crosses as bytes read into an ordinary string.
+  // page still held after reloading. Now it crosses as bytes decoded into an ordinary string.
   const browser = await h.newContext();
   const page = await browser.openPage();
   const cdp = await page.context().newCDPSession(page);
@@ -401,7 +401,9 @@ test('batch writes leave no text outside the JS heap for a full collection to fr
   await page.evaluate(async (schema) => {
     const db = await window.tidemark.openReplica({ name: 'backing', schema });
     for (let b = 0; b < 8; b++) {
-      await db.putMany('todos', Array.from({ length: 1000 }, (_, i) => ({ id: `b${b}-${i}`, title: `todo ${i} `.repeat(12), createdAt: i })));
+      // Text outside ASCII in half the batches: it is decoded the same way.
+      const title = (i) => (b % 2 ? `todo ${i} ` : `tâche ${i} 日本 😀 `).repeat(12);
+      await db.putMany('todos', Array.from({ length: 1000 }, (_, i) => ({ id: `b${b}-${i}`, title: title(i), createdAt: i })));
     }
     await db.close();
     // Young garbage: a few scavenges, no full collection.
