@@ -1,5 +1,5 @@
 // Builds the package's pkg/ folder from wasm-pack's output (`node js/build.mjs pkg js/pkg`,
-// run by `make build`): copies the generated module, its types and snippets and the wasm;
+// run by `make build`): copies the generated module, its types, the snippets it imports and the wasm;
 // removes the generated module's own default wasm URL (the entry points always pass a
 // source, and that `new URL(…, import.meta.url)` would make esbuild warn and other tools
 // emit a second copy); and writes pkg/tidemark_bg.embedded.js, the wasm gzip-compressed
@@ -15,12 +15,18 @@ const [from = 'pkg', to = 'js/pkg'] = process.argv.slice(2);
 
 await rm(to, { recursive: true, force: true });
 await mkdir(to, { recursive: true });
-for (const f of ['tidemark.js', 'tidemark.d.ts', 'tidemark_bg.wasm', 'snippets']) {
-  await cp(join(from, f), join(to, f), { recursive: true });
+for (const f of ['tidemark.js', 'tidemark.d.ts', 'tidemark_bg.wasm']) {
+  await cp(join(from, f), join(to, f));
 }
-
 const gluePath = join(to, 'tidemark.js');
 const glue = await readFile(gluePath, 'utf8');
+// Only the snippets the generated module imports: wasm-pack never clears `from`, so a
+// snippet the code no longer has (an `inline_js` merged into another) stays there.
+for (const [, snippet] of glue.matchAll(/from ['"]\.\/(snippets\/[^'"]+)['"]/g)) {
+  await mkdir(join(to, snippet, '..'), { recursive: true });
+  await cp(join(from, snippet), join(to, snippet));
+}
+
 const defaultUrl = /module_or_path = new URL\('tidemark_bg\.wasm', import\.meta\.url\);/;
 if (!defaultUrl.test(glue)) {
   throw new Error(`${gluePath}: the default wasm URL wasm-bindgen writes was not found; update js/build.mjs for this wasm-bindgen version`);

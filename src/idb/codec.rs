@@ -306,12 +306,26 @@ export function tm_records(json, ms, into) {
   if (into) for (let i = 0; i < a.length; i++) into.put(a[i]);
   return a;
 }
-export function tm_parse(json) { return JSON.parse(text(json)); }"#)]
+export function tm_parse(json) { return JSON.parse(text(json)); }
+// A log record as one object literal, made in one call: set property by property from
+// Rust, every key crossed as a new string and the object grew its properties one at a
+// time (about a sixth of the JS garbage of a single write). Its rows come as a view of
+// wasm memory: a single write's few are kept as a string (a new ArrayBuffer cost more
+// than the decoding), a batch's as a copy of the bytes (`log_record`).
+export function tm_log_record(rows, own, via, last, h) {
+  rows = rows.length < 4096 ? text(rows) : rows.slice();
+  const o = {}, v = {};
+  for (let i = 0; i < own.length; i += 2) o[own[i]] = own[i + 1];
+  for (let i = 0; i < via.length; i += 2) v[via[i]] = via[i + 1];
+  if (last === undefined) return { rows, own: o, via: v };
+  return h === undefined ? { rows, own: o, via: v, last } : { rows, own: o, via: v, last, h };
+}"#)]
 extern "C" {
     #[wasm_bindgen(catch)]
     fn tm_records(json: &[u8], ms: &[u8], into: Option<&web_sys::IdbObjectStore>) -> Result<js_sys::Array, JsValue>;
     #[wasm_bindgen(catch)]
     fn tm_parse(json: &[u8]) -> Result<JsValue, JsValue>;
+    fn tm_log_record(rows: &[u8], own: &js_sys::Array, via: &js_sys::Array, last: Option<f64>, h: Option<&JsValue>) -> JsValue;
 }
 
 /// The IndexedDB records of `docs`, as one array: their JSON text without `m`, parsed in
@@ -369,7 +383,9 @@ extern "C" {
 /// wasm memory and JS as one copy each way, with no UTF-16 decoding or encoding, and a
 /// batch's rows (~400 KB for 1,000 documents) do not sit in the JS heap as a string, which
 /// V8 keeps in its large-object space until a full collection (measured: W1 left ~12 MB
-/// of garbage behind, most of it such strings). `own` the number of the replica's own rows
+/// of garbage behind, most of it such strings). Under 4 KB of text (a single write's) they
+/// are a string (`tm_log_record`): the new ArrayBuffer cost more than the decoding (W2 p50
+/// −1–5% in two interleaved A/Bs of 11 pairs). `own` the number of the replica's own rows
 /// (no sender) per origin, so that counting unsynced rows (`read::own_rows_after`) reads
 /// no row at all, `via` the number of the other rows per sender and `last` the last row's
 /// number, so that a pass to a peer passes over a record of rows all received from it
@@ -387,22 +403,9 @@ pub fn log_record(rows: &[Row], head: Option<&JsValue>) -> Result<JsValue, Store
         flat
     };
     let last = rows.last().map(|r| r.row as f64);
-    Ok(tm_log_record(&js_sys::Uint8Array::from(text.as_bytes()), &counts(own_counts(rows)), &counts(via_counts(rows)), last, head))
+    Ok(tm_log_record(text.as_bytes(), &counts(own_counts(rows)), &counts(via_counts(rows)), last, head))
 }
 
-// The record as one object literal, made in one call: set property by property from Rust,
-// every key crossed as a new string and the object grew its properties one at a time
-// (about a sixth of the JS garbage of a single write).
-#[wasm_bindgen(inline_js = "export function tm_log_record(rows, own, via, last, h) {
-  const o = {}, v = {};
-  for (let i = 0; i < own.length; i += 2) o[own[i]] = own[i + 1];
-  for (let i = 0; i < via.length; i += 2) v[via[i]] = via[i + 1];
-  if (last === undefined) return { rows, own: o, via: v };
-  return h === undefined ? { rows, own: o, via: v, last } : { rows, own: o, via: v, last, h };
-}")]
-extern "C" {
-    fn tm_log_record(rows: &js_sys::Uint8Array, own: &js_sys::Array, via: &js_sys::Array, last: Option<f64>, h: Option<&JsValue>) -> JsValue;
-}
 
 /// Caches as JS strings (wasm-bindgen's `intern`) the names every commit hands to JS: the
 /// generation's store names and `schema`'s collections. Each crossing of one of them
