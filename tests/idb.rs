@@ -102,20 +102,24 @@ async fn database_exists(name: &str) -> bool {
     list.iter().any(|d| js_sys::Reflect::get(&d, &"name".into()).unwrap().as_string().as_deref() == Some(name))
 }
 
-/// (key, number of rows) of every record of a generation's `log` store.
-async fn log_records(db_name: &str) -> Vec<(f64, usize)> {
+/// (key, record) of every record of a generation's `log` store.
+async fn log_values(db_name: &str) -> Vec<(f64, JsValue)> {
     let db = Database::open(db_name).await.unwrap();
     let out = {
         let tx = db.transaction("log").build().unwrap();
         let store = tx.object_store("log").unwrap();
         let keys: Vec<f64> = store.get_all_keys::<f64>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
         let values: Vec<JsValue> = store.get_all::<JsValue>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap();
-        // A record holds its rows' JSON text (`codec::log_record`).
-        let counts = values.iter().map(|v| serde_json::from_slice::<Vec<Value>>(&rows_bytes(v)).unwrap().len());
-        keys.into_iter().zip(counts).collect()
+        keys.into_iter().zip(values).collect()
     };
     db.close();
     out
+}
+
+/// (key, number of rows) of every record of a generation's `log` store.
+async fn log_records(db_name: &str) -> Vec<(f64, usize)> {
+    // A record holds its rows' JSON text (`codec::log_record`).
+    log_values(db_name).await.into_iter().map(|(k, v)| (k, serde_json::from_slice::<Vec<Value>>(&rows_bytes(&v)).unwrap().len())).collect()
 }
 
 fn queries() -> Vec<Value> {
@@ -620,14 +624,8 @@ async fn a_single_write_logs_its_rows_as_text_and_a_batch_as_bytes() {
     let idb = open_idb(&name, &schema).await;
     idb.write((0..200).map(|i| put(doc(i))).collect()).await.unwrap();
     idb.write(vec![put(doc(500))]).await.unwrap();
-    let db = Database::open(idb.store().live().db.as_str()).await.unwrap();
-    let values: Vec<JsValue> = {
-        let tx = db.transaction("log").build().unwrap();
-        let store = tx.object_store("log").unwrap();
-        store.get_all::<JsValue>().primitive().unwrap().await.unwrap().collect::<Result<_, _>>().unwrap()
-    };
-    db.close();
-    let rows = |v: &JsValue| js_sys::Reflect::get(v, &"rows".into()).unwrap();
+    let values = log_values(&idb.store().live().db).await;
+    let rows = |(_, v): &(f64, JsValue)| js_sys::Reflect::get(v, &"rows".into()).unwrap();
     assert_eq!(values.len(), 2);
     assert!(rows(&values[0]).is_instance_of::<js_sys::Uint8Array>(), "the batch's rows are bytes");
     assert!(rows(&values[1]).is_string(), "the single write's rows are a string");

@@ -406,7 +406,6 @@ pub fn log_record(rows: &[Row], head: Option<&JsValue>) -> Result<JsValue, Store
     Ok(tm_log_record(text.as_bytes(), &counts(own_counts(rows)), &counts(via_counts(rows)), last, head))
 }
 
-
 /// Caches as JS strings (wasm-bindgen's `intern`) the names every commit hands to JS: the
 /// generation's store names and `schema`'s collections. Each crossing of one of them
 /// otherwise decoded a new JS string from wasm memory: with the replica's db id
