@@ -155,6 +155,50 @@ test('a tab tells the others what it changed once its writes resolve, and before
   for (const p of [a, b]) await p.close();
 });
 
+test('a tab alone posts nothing per write; the next tab to open hears what changed meanwhile, and a tab closed is left alone', async () => {
+  // Every message a page posts on any BroadcastChannel, counted before the replica opens.
+  const counting = () => {
+    window.posted = [];
+    const post = BroadcastChannel.prototype.postMessage;
+    BroadcastChannel.prototype.postMessage = function (m) { window.posted.push(m); return post.call(this, m); };
+  };
+  const a = await h.openPage();
+  await a.evaluate(counting);
+  await open(a, 'alone');
+  await a.evaluate(async () => {
+    for (let i = 0; i < 20; i++) await window.db.put('todos', { id: `q${i}`, title: 'quiet', list: 'inbox' });
+    await window.db.put('other', { id: 'o1' });
+    await new Promise((r) => setTimeout(r, 50));
+  });
+  assert.deepEqual(await a.evaluate(() => window.posted.map((m) => Object.keys(m).join())), ['hello'], 'only its own hello');
+  // Tab B listens on the channel before its replica opens: tab A answers the hello with
+  // the collections it changed while alone.
+  const b = await h.openPage();
+  await b.evaluate(() => {
+    window.heard = [];
+    window.ear = new BroadcastChannel('tidemark:alone');
+    window.ear.onmessage = (e) => window.heard.push(e.data);
+  });
+  await open(b, 'alone');
+  await b.waitForFunction(() => window.heard.some((m) => m.here), null, { timeout: 5000 });
+  const here = await b.evaluate(() => window.heard.find((m) => m.here));
+  assert.deepEqual([...here.collections].sort(), ['other', 'todos']);
+  // Now that it knows tab B, tab A tells it of each write, and B's live query follows.
+  await a.evaluate(() => window.db.put('todos', { id: 'q20', title: 'heard', list: 'inbox' }));
+  await b.waitForFunction(() => window.calls.at(-1).includes('q20:heard'), null, { timeout: 5000 });
+  // Tab A closes: it says so, and tab B, alone again, posts nothing per write.
+  await a.evaluate(() => window.db.close());
+  await b.waitForFunction(() => window.heard.some((m) => m.bye), null, { timeout: 5000 });
+  await b.evaluate(counting);
+  await b.evaluate(async () => {
+    for (let i = 0; i < 5; i++) await window.db.put('todos', { id: `b${i}`, title: 'alone again', list: 'inbox' });
+    await new Promise((r) => setTimeout(r, 50));
+  });
+  assert.deepEqual(await b.evaluate(() => window.posted), []);
+  await b.evaluate(() => { window.ear.close(); return window.db.close(); });
+  for (const p of [a, b]) await p.close();
+});
+
 test('exactly one tab runs sync; when it closes another takes over without losing writes', async () => {
   const srv = await startServer();
   try {
