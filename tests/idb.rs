@@ -765,10 +765,32 @@ async fn a_head_changed_without_a_row_fences_the_single_writes_computed_before_i
 async fn a_generation_carries_its_format_as_its_indexeddb_version() {
     let name = unique("t-format");
     let schema = schema();
-    // Generation 1 as version 1 laid it out, before any replica opened over it.
+    let g1 = old_generation(&name, 1).await;
+    let idb = open_idb(&name, &schema).await;
+    assert_eq!(idb.store().live().db, g1, "the version-1 generation is taken as it is");
+    idb.write(vec![put(doc(1))]).await.unwrap();
+    idb.write(vec![put(doc(2))]).await.unwrap();
+    idb.store().close();
+    let idb = open_idb(&name, &schema).await;
+    assert_eq!(idb.status().max_row, 2);
+    assert!(idb.get(ITEMS, "d00002").await.unwrap().is_some());
+    idb.store().close();
+    // What a version-1 build does to open it: refused, nothing changed.
+    let refused = Database::open(&g1).with_version(1u32).await;
+    assert!(refused.is_err(), "a version-1 build must not open a version-2 generation");
+    let idb = open_idb(&name, &schema).await;
+    assert_eq!(idb.status().max_row, 2);
+    idb.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+}
+
+/// Generation 1 of replica `name` as IndexedDB version `version` of the format laid it
+/// out, with its index keys in an object (`KeyPlace::Nested`), before any replica opened
+/// over it. Returns its database name.
+async fn old_generation(name: &str, version: u32) -> String {
     let g1 = format!("tidemark:{name}:g1");
     let old = Database::open(&g1)
-        .with_version(1u32)
+        .with_version(version)
         .with_on_upgrade_needed(|_, db| {
             for store in ["meta", "log", "peers", "c:notes"] {
                 let s = db.create_object_store(store);
@@ -787,22 +809,65 @@ async fn a_generation_carries_its_format_as_its_indexeddb_version() {
         .await
         .unwrap();
     old.close();
-    let idb = open_idb(&name, &schema).await;
-    assert_eq!(idb.store().live().db, g1, "the version-1 generation is taken as it is");
-    idb.write(vec![put(doc(1))]).await.unwrap();
-    idb.write(vec![put(doc(2))]).await.unwrap();
-    idb.store().close();
-    let idb = open_idb(&name, &schema).await;
-    assert_eq!(idb.status().max_row, 2);
-    assert!(idb.get(ITEMS, "d00002").await.unwrap().is_some());
-    idb.store().close();
-    // What a version-1 build does to open it: refused, nothing changed.
-    let refused = Database::open(&g1).with_version(1u32).await;
-    assert!(refused.is_err(), "a version-1 build must not open a version-2 generation");
-    let idb = open_idb(&name, &schema).await;
-    assert_eq!(idb.status().max_row, 2);
-    idb.store().close();
-    IdbStore::delete_replica(&name).await.unwrap();
+    g1
+}
+
+/// An items record as stored, and the names of its properties, sorted.
+async fn raw_record(db_name: &str, id: &str) -> (JsValue, Vec<String>) {
+    let db = Database::open(db_name).await.unwrap();
+    let store = tidemark::idb::generation::collection_store(ITEMS);
+    let tx = db.transaction(store.as_str()).build().unwrap();
+    let record: JsValue = tx.object_store(&store).unwrap().get(JsValue::from_str(id)).primitive().unwrap().await.unwrap().unwrap();
+    drop(tx);
+    db.close();
+    let mut keys: Vec<String> = js_sys::Object::keys(record.unchecked_ref::<js_sys::Object>()).iter().map(|k| k.as_string().unwrap()).collect();
+    keys.sort();
+    (record, keys)
+}
+
+/// A new generation's records hold their index keys at their top (`${index}`), which its
+/// native indexes read; a generation made before keeps them in an object (`i.{index}`), and
+/// what this build writes there (single writes and batches) is still found through its
+/// indexes. Both answer every query as the memory store does, and a tombstone holds no keys.
+#[wasm_bindgen_test]
+async fn index_keys_sit_where_the_generation_keeps_them() {
+    let schema = schema();
+    for old in [false, true] {
+        let name = unique("t-keyplace");
+        if old {
+            old_generation(&name, 2).await;
+        }
+        let memory = open_memory(&schema).await;
+        let idb = open_idb(&name, &schema).await;
+        let batch: Vec<Write> = (0..300).map(|i| put(doc(i))).collect();
+        write_both(&idb, &memory, batch).await;
+        for i in 300..310 {
+            write_both(&idb, &memory, vec![put(doc(i))]).await;
+        }
+        write_both(&idb, &memory, vec![Write::Delete { collection: ITEMS.into(), id: "d00007".into() }]).await;
+        let db = idb.store().live().db;
+        for id in ["d00001", "d00305"] {
+            let (record, keys) = raw_record(&db, id).await;
+            if old {
+                assert_eq!(keys, ["d", "i", "id", "m"], "{id} in the older generation");
+                let i = js_sys::Reflect::get(&record, &"i".into()).unwrap();
+                let mut names: Vec<String> = js_sys::Object::keys(i.unchecked_ref::<js_sys::Object>()).iter().map(|k| k.as_string().unwrap()).collect();
+                names.sort();
+                assert_eq!(names, ["byKind", "byKindN", "byN"]);
+            } else {
+                assert_eq!(keys, ["$byKind", "$byKindN", "$byN", "d", "id", "m"], "{id} in a new generation");
+            }
+        }
+        let (_, keys) = raw_record(&db, "d00007").await;
+        assert_eq!(keys, ["d", "id", "m"], "a tombstone holds no index keys");
+        for q in queries() {
+            let want = memory.query(ITEMS, &q).await.unwrap();
+            let got: Vec<Map<String, Value>> = idb.query(ITEMS, &q).await.unwrap().iter().map(to_map).collect();
+            assert_eq!(got, want, "{q} (older generation: {old})");
+        }
+        idb.store().close();
+        IdbStore::delete_replica(&name).await.unwrap();
+    }
 }
 
 /// After a reset, counting the unsynced rows (`status().pending`) reads back none of the

@@ -7,8 +7,9 @@
 //! A document is stored as `{ id, d, m, i }`: `d` is the app's document, handed to JS as
 //! is; `m` is the rest of the engine's `StoredDoc` (merge stamps, tombstone flag, schema
 //! version, conflict tracking, older-version layers written as their difference from `d`)
-//! as one JSON string; `i` holds each index key in the string form of `keys`,
-//! for the native indexes (`i.{index}`), absent for tombstones. Every JS object and every
+//! as one JSON string; `${index}` holds each index key in the string form of `keys`,
+//! for the native indexes, absent for tombstones (in generations made before
+//! `KeyPlace::Top`, an object `i` holds them: `i.{index}`). Every JS object and every
 //! byte of a record is rebuilt by every read that returns it, so the parts only Rust
 //! reads are kept as one short string. The engine's own index keys are derived from `d`
 //! on read, and carried in `m` only in the unusual case that they differ from that.
@@ -29,20 +30,50 @@ use crate::schema::{Index, Schema};
 use crate::store::{Row, StoredDoc};
 
 use super::error::from_js as js_error;
+use super::generation::KeyPlace;
 use super::keys::key_string;
 
 /// A document as written to IndexedDB (`records` makes the JS objects).
-#[derive(Serialize)]
 pub struct DocOut<'a> {
     id: &'a str,
     d: &'a Option<Map<String, Value>>,
     /// Not in the records' JSON text: it is JSON text itself, and written inside it every
     /// one of its quotes would be escaped by serde and unescaped by `JSON.parse`
     /// (profiled: most of a reset's string escaping). `records` sets it on each object.
-    #[serde(skip)]
     m: String,
-    #[serde(skip_serializing_if = "Pairs::is_empty")]
     i: Pairs<&'a str, String>,
+    place: KeyPlace,
+}
+
+/// `{ id, d, ${index}… }`, or `{ id, d, i: { {index}… } }` for a `KeyPlace::Nested`
+/// generation; no keys for a tombstone.
+impl Serialize for DocOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("id", self.id)?;
+        map.serialize_entry("d", self.d)?;
+        if !self.i.is_empty() {
+            match self.place {
+                KeyPlace::Nested => map.serialize_entry("i", &self.i)?,
+                KeyPlace::Top => {
+                    for (name, key) in &self.i.0 {
+                        map.serialize_entry(&TopKey(name), key)?;
+                    }
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+/// An index's name as its key's property at the top of a record (`KeyPlace::Top`).
+struct TopKey<'a>(&'a str);
+
+impl Serialize for TopKey<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("${}", self.0))
+    }
 }
 
 /// What `m` holds: everything of a `StoredDoc` but its id, its document and (usually)
@@ -172,8 +203,9 @@ pub struct DocIn {
 }
 
 impl<'a> DocOut<'a> {
-    /// `indexes` are the document's collection's, as `Collection::index_list` gives them.
-    pub fn new(doc: &'a StoredDoc, indexes: &[Index]) -> Result<DocOut<'a>, StoreError> {
+    /// `indexes` are the document's collection's, as `Collection::index_list` gives them;
+    /// `place` where its store's records hold their keys (`generation::key_place`).
+    pub fn new(doc: &'a StoredDoc, indexes: &[Index], place: KeyPlace) -> Result<DocOut<'a>, StoreError> {
         // Naming every field (no `..`) turns a field added to `StoredDoc` into a compile
         // error here, rather than a field silently left out of the stored record.
         let StoredDoc { id, doc: d, stamps, deleted, version, index_keys: i, layers, migrated, conflicts } = doc;
@@ -183,7 +215,7 @@ impl<'a> DocOut<'a> {
         let merge = MergeOut { s: stamps, t: *deleted, v: *version, i: (!derived).then_some(i), l, m, x: conflicts };
         let m = serde_json::to_string(&merge).map_err(|e| StoreError::Backend(format!("cannot encode a record: {e}")))?;
         let i = Pairs(i.iter().map(|(name, key)| (name.as_str(), key_string(key))).collect());
-        Ok(DocOut { id, d, m, i })
+        Ok(DocOut { id, d, m, i, place })
     }
 }
 

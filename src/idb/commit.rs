@@ -21,7 +21,7 @@ use crate::peer::PeerRecord;
 
 use super::{codec, head, read};
 use super::error::{from_idb, from_js, from_tx};
-use super::generation::{collection_store, resolution_key, HEAD, LOG, META, PEERS};
+use super::generation::{self, collection_store, resolution_key, KeyPlace, HEAD, LOG, META, PEERS};
 
 /// A commit's peer records and head, encoded together so they cross into JS with a
 /// single `JSON.parse`. Documents go in slices (`SLICE`), the log rows as one string of
@@ -302,11 +302,17 @@ fn put_all(commit: &Commit, collections: &[&str], indexes: &[&[Index]], writes: 
     let Writes { meta, log, peers: peer_store, stores } = writes;
     let unscoped = |name: &str| StoreError::Backend(format!("commit wrote to {name}, outside its transaction's scope"));
     let slot = |collection: &str| collections.binary_search(&collection).ok();
+    // Where each collection's records hold their index keys, asked of its store once.
+    let mut places: Vec<Option<KeyPlace>> = vec![None; stores.len()];
     for slice in slices(&commit.docs) {
         let mut out = Vec::with_capacity(slice.len());
         for (c, d) in slice {
             let store = slot(c).ok_or_else(|| StoreError::Backend(format!("commit wrote {c}/{} without reading it first: pass its key to commit", d.id)))?;
-            out.push(codec::DocOut::new(d, indexes[store])?);
+            let place = match places[store] {
+                Some(place) => place,
+                None => *places[store].insert(generation::key_place(&stores[store], indexes[store])?.unwrap_or(KeyPlace::Top)),
+            };
+            out.push(codec::DocOut::new(d, indexes[store], place)?);
         }
         // A slice of one collection, in a commit that adds nothing (a batch's, a reset's),
         // is put by the call that makes its records.
