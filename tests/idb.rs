@@ -756,11 +756,12 @@ async fn a_head_changed_without_a_row_fences_the_single_writes_computed_before_i
     IdbStore::delete_replica(&name).await.unwrap();
 }
 
-/// A generation database's IndexedDB version is its format (`idb::generation::FORMAT`, 2):
+/// A generation database's IndexedDB version is its format (`idb::generation::FORMAT`, 3):
 /// one of version 1 — written before single writes kept the head in their log records —
-/// opens as it is, and a build of version 1 cannot open one this build wrote: IndexedDB
-/// refuses the lower version, so such a build never numbers rows over writes whose head
-/// it cannot see.
+/// opens as it is, and builds of versions 1 and 2 cannot open one this build opened or
+/// made: IndexedDB refuses the lower version, so such a build never numbers rows over
+/// writes whose head it cannot see, nor writes index keys where a new generation's indexes
+/// do not read them.
 #[wasm_bindgen_test]
 async fn a_generation_carries_its_format_as_its_indexeddb_version() {
     let name = unique("t-format");
@@ -775,12 +776,25 @@ async fn a_generation_carries_its_format_as_its_indexeddb_version() {
     assert_eq!(idb.status().max_row, 2);
     assert!(idb.get(ITEMS, "d00002").await.unwrap().is_some());
     idb.store().close();
-    // What a version-1 build does to open it: refused, nothing changed.
-    let refused = Database::open(&g1).with_version(1u32).await;
-    assert!(refused.is_err(), "a version-1 build must not open a version-2 generation");
+    // What a version-1 or version-2 build does to open it: refused, nothing changed.
+    for version in [1u32, 2] {
+        let refused = Database::open(&g1).with_version(version).await;
+        assert!(refused.is_err(), "a version-{version} build must not open a version-3 generation");
+    }
     let idb = open_idb(&name, &schema).await;
     assert_eq!(idb.status().max_row, 2);
     idb.store().close();
+    IdbStore::delete_replica(&name).await.unwrap();
+    // A generation this build makes is of its format, and refused to older builds.
+    let name = unique("t-format-new");
+    let idb = open_idb(&name, &schema).await;
+    idb.write(vec![put(doc(1))]).await.unwrap();
+    let g = idb.store().live().db;
+    idb.store().close();
+    let db = Database::open(&g).await.unwrap();
+    assert_eq!(db.version(), tidemark::idb::generation::FORMAT as f64);
+    db.close();
+    assert!(Database::open(&g).with_version(2u32).await.is_err(), "a version-2 build must not open a new generation");
     IdbStore::delete_replica(&name).await.unwrap();
 }
 

@@ -4,7 +4,7 @@
 //! points and sessions, keyed by peer db id) and one store per collection,
 //! `c:{collection}`, keyed by document id, with one native index per schema index over
 //! the record's key `${index}` (see `codec` for the records, `keys` for the keys).
-//! Generations made before 2026-12-07 keep their index keys in an object, `i.{index}`
+//! Generations made by earlier builds keep their index keys in an object, `i.{index}`
 //! (`KeyPlace::Nested`): they are read and written as they are.
 //!
 //! The object stores and indexes are only ever created when the database is new, because
@@ -74,9 +74,12 @@ impl KeyPlace {
 /// since a single write keeps the head it made in its log record (`head`): a build of
 /// version 1 reads the head from `meta` alone and would number its rows over such writes,
 /// so it must not open one — IndexedDB refuses it with a `VersionError` (a lower version
-/// than the database's), and nothing is touched. A version-1 database opens as it is (its
-/// head is in `meta`) and is version 2 from then on.
-pub const FORMAT: u32 = 2;
+/// than the database's), and nothing is touched. 3 since new generations hold their index
+/// keys at their records' top (`KeyPlace::Top`): a build of version 2 would write them into
+/// an object no index reads (a tab of it that follows another tab's swap checks no
+/// layout), so the documents would drop out of every query. An older database opens as it
+/// is (its head where it keeps it, its keys in their place) and is version 3 from then on.
+pub const FORMAT: u32 = 3;
 
 /// Opens generation database `db_name`, creating its stores for `schema` if it is new.
 /// Returns whether it was created by this call.
