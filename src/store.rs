@@ -222,6 +222,26 @@ impl Commit {
         }
         Ok(())
     }
+
+    /// Drops what its callers do not read once a store has written it: the documents'
+    /// contents (kept: which documents, by collection and id) and the ops' fields (kept:
+    /// every row's number, origin and sender). Callers read a commit's head, peers and
+    /// rows (`Replica::committed`, the count of its own rows); freeing a batch's
+    /// thousand documents while the backend still stores them, not after, took ~2.7 ms
+    /// off each of W1's batches (of ~115) in a timeline of IndexedDB's calls.
+    pub fn shed(&mut self) {
+        for (_, d) in &mut self.docs {
+            d.doc = None;
+            d.stamps = BTreeMap::new();
+            d.index_keys = Map::new();
+            d.layers = BTreeMap::new();
+            d.conflicts = BTreeMap::new();
+        }
+        for r in &mut self.rows {
+            r.op.fields = None;
+            r.op.seen = None;
+        }
+    }
 }
 
 /// What a commit reads before computing its writes: the head, the documents at the keys
@@ -256,7 +276,8 @@ pub trait Store {
 
     /// Reads the head, the documents at `keys` and the records of `peers`, passes them to
     /// `f`, and writes what it returns, all in one transaction. If `f` fails, nothing is
-    /// written. A commit may only write documents whose keys it read.
+    /// written. A commit may only write documents whose keys it read. The commit comes
+    /// back as written, or shed (`Commit::shed`) when the store freed it while writing.
     async fn commit<F>(&self, keys: &[DocKey], peers: &[String], f: F) -> Result<Commit, Error>
     where
         F: FnOnce(Loaded) -> Result<Commit, Error>;
@@ -440,4 +461,40 @@ pub trait Store {
     /// Waits until the live generation is no longer sealed — swapped or abandoned, here or
     /// in another tab — and binds to whichever generation is live then.
     async fn settle(&self) -> Result<(), Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::Kind;
+    use serde_json::json;
+
+    /// `shed` frees the documents' contents and the ops' fields, and keeps their keys and
+    /// every row's number, origin and sender.
+    #[test]
+    fn a_shed_commit_keeps_its_keys_only() {
+        let stamp = Stamp { version: 1, wall: 5, counter: 0, node: "n0".into() };
+        let fields = json!({"id": "x", "t": "a body"}).as_object().cloned();
+        let doc = StoredDoc {
+            id: "x".into(),
+            doc: fields.clone(),
+            stamps: BTreeMap::from([("t".to_string(), stamp.clone())]),
+            deleted: false,
+            version: 1,
+            index_keys: json!({"byT": "a body"}).as_object().cloned().unwrap(),
+            layers: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            migrated: None,
+        };
+        let op = Op { origin: "n0".into(), origin_row: 5, ts: stamp.clone(), schema_version: 1, collection: "a".into(), id: "x".into(), kind: Kind::Put, fields, seen: Some(BTreeMap::from([("t".to_string(), stamp)])), resolution: false };
+        let mut c = Commit { head: Some(Head::new("db".into(), 1)), docs: vec![("a".into(), doc)], rows: vec![Row { row: 5, op, from: Some("peer".into()) }], peers: vec![] };
+        c.shed();
+        let (coll, d) = &c.docs[0];
+        assert_eq!((coll.as_str(), d.id.as_str()), ("a", "x"));
+        assert_eq!((&d.doc, d.stamps.len(), d.index_keys.len()), (&None, 0, 0), "the document's contents are freed");
+        let r = &c.rows[0];
+        assert_eq!((r.row, r.op.origin.as_str(), r.from.as_deref(), r.op.id.as_str()), (5, "n0", Some("peer"), "x"));
+        assert_eq!((&r.op.fields, &r.op.seen), (&None, &None), "the op's fields are freed");
+        assert!(c.head.is_some());
+    }
 }

@@ -164,6 +164,12 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
         if let (Some(_), Some(h), true) = (&loaded_head, &commit.head, commit.rows.is_empty()) {
             head::fence(&writes.log, h)?;
         }
+        // Freed while IndexedDB stores it rather than after: a commit too large for the
+        // store to remember its documents (`IdbStore::remember`) needs only their keys.
+        let mut commit = commit;
+        if commit.docs.len() > super::SMALL_COMMIT {
+            commit.shed();
+        }
         commit
     };
     tx.commit().await.map_err(|e| from_tx(e, &raw_tx))?;

@@ -679,6 +679,8 @@ impl Store for IdbStore {
         // Remembered before it completes: if it fails, the staging generation is dropped,
         // and this store with it.
         self.remember(&db.name(), &commit, false, Base::Known);
+        // Freed while IndexedDB stores it, not after the wait for the one before.
+        drop(commit);
         let previous = self.handed_over.replace(Some(done));
         if let Some(previous) = previous {
             previous.await.map_err(|e| StoreError::from(error::from_js(&e)))?;

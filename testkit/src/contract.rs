@@ -47,6 +47,7 @@ pub async fn all<F: Fixture>(f: &F) {
     queries_see_existing_documents_only::<F>(&f.fresh().await).await;
     the_resolution_log_holds_resolutions_only(&f.fresh().await).await;
     an_owned_commit_is_a_commit(&f.fresh().await).await;
+    a_commit_returns_what_callers_read(&f.fresh().await).await;
 }
 
 fn stamp(wall: u64) -> Stamp {
@@ -263,6 +264,33 @@ pub async fn an_owned_commit_is_a_commit<S: Store>(s: &S) {
     let reused = Commit { head: Some(head(10)), docs: vec![doc("a", "x", json!({"n": 99}), 9)], rows: vec![row(3, "x")], peers: vec![] };
     assert!(s.commit_owned(&[key("a", "x")], &[], move |_| Ok(reused)).await.is_err(), "a reused row number is refused");
     assert_eq!(everything(s).await, before, "a refused owned commit writes nothing");
+}
+
+/// What a commit returns, written as is or shed (`Commit::shed`, a store freeing a large
+/// commit while it writes), holds what callers read: the head, the peer records, every
+/// row's number, origin, sender and document, and every document's key. Small and large
+/// commits alike (an IndexedDB store sheds those it does not remember, over 8 documents).
+pub async fn a_commit_returns_what_callers_read<S: Store>(s: &S) {
+    for n in [3u64, 40] {
+        let base = s.head().await.unwrap().map_or(0, |h| h.max_row);
+        let ids: Vec<String> = (0..n).map(|i| format!("r{n}-{i:03}")).collect();
+        let c = Commit {
+            head: Some(head(base + n)),
+            docs: ids.iter().enumerate().map(|(i, id)| doc("a", id, json!({"n": i, "t": "x".repeat(40)}), base + i as u64 + 1)).collect(),
+            rows: ids.iter().enumerate().map(|(i, id)| row(base + i as u64 + 1, id)).collect(),
+            peers: vec![("peer1".into(), peer(n as i64))],
+        };
+        let returned = put(s, c.clone()).await.unwrap();
+        assert_eq!(returned.head, c.head, "{n} documents: the head");
+        assert_eq!(returned.peers, c.peers, "{n} documents: the peer records");
+        let rows = |c: &Commit| c.rows.iter().map(|r| (r.row, r.op.origin.clone(), r.from.clone(), r.op.collection.clone(), r.op.id.clone(), r.is_own("n0"))).collect::<Vec<_>>();
+        assert_eq!(rows(&returned), rows(&c), "{n} documents: each row's number, origin, sender and document");
+        let keys = |c: &Commit| c.docs.iter().map(|(coll, d)| (coll.clone(), d.id.clone())).collect::<Vec<_>>();
+        assert_eq!(keys(&returned), keys(&c), "{n} documents: which documents it wrote");
+        for (coll, d) in &c.docs {
+            assert_eq!(s.get(coll, &d.id).await.unwrap().as_ref(), Some(d), "{n} documents: {coll}/{} as written", d.id);
+        }
+    }
 }
 
 /// Rows are numbered after the head and strictly ascending: a commit that would reuse a
