@@ -162,6 +162,37 @@ test('a failed wasm load names its URL and does not poison later loads; another 
   await page.close();
 });
 
+test('load() asks IndexedDB something while the wasm loads, once, and a failure of that question changes nothing', async () => {
+  for (const broken of [null, 'throws', 'rejects']) {
+    const page = await h.openPage();
+    const got = await page.evaluate(async ([schema, broken]) => {
+      const { load, openReplica } = window.tidemark;
+      const calls = [];
+      const databases = IDBFactory.prototype.databases;
+      IDBFactory.prototype.databases = function () {
+        calls.push(typeof WebAssembly.Memory);
+        if (broken === 'throws') throw new DOMException('no', 'SecurityError');
+        if (broken === 'rejects') return Promise.reject(new DOMException('no', 'UnknownError'));
+        return databases.call(this);
+      };
+      const loading = load();
+      const asked = calls.length; // before the load resolved: while it was under way
+      await loading;
+      await load();
+      const db = await openReplica({ name: 'warmed-' + broken, schema });
+      await db.put('todos', { id: 'a', done: false });
+      const doc = await db.get('todos', 'a');
+      await db.close();
+      return { asked, calls: calls.length, doc };
+    }, [SCHEMA, broken]);
+    assert.equal(got.asked, 1, `${broken}: asked as the load began`);
+    assert.equal(got.calls, 1, `${broken}: asked once, not again by a second load() or the open`);
+    assert.deepEqual(got.doc, { id: 'a', done: false }, `${broken}: the replica opens and works`);
+    await page.close();
+  }
+  assert.deepEqual(h.errors, [], 'no uncaught page errors (a rejected question is caught)');
+});
+
 test('in Node, every entry point imports safely and using the API is UNSUPPORTED_ENVIRONMENT', async () => {
   for (const entry of ['index.js', 'dev.js', 'embedded.js']) {
     const mod = await import(`../../js/${entry}`);
