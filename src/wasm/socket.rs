@@ -1,7 +1,8 @@
 //! The browser's WebSocket as a protocol `Transport`. Frames arrive through callbacks, so
 //! they are queued in a channel that `recv` awaits; a close or error ends the channel and
 //! the pass fails cleanly with `SYNC_CONNECTION` (the stored points make the next pass
-//! resume where this one stopped).
+//! resume where this one stopped). Each frame is decoded as it arrives: a pass that is
+//! waiting for IndexedDB to store one chunk decodes the next meanwhile, instead of after.
 
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
@@ -14,7 +15,7 @@ use crate::sync::{Message, Transport};
 
 pub struct WsTransport {
     ws: WebSocket,
-    rx: mpsc::UnboundedReceiver<String>,
+    rx: mpsc::UnboundedReceiver<Result<Message, SyncError>>,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
     _on_error: Closure<dyn FnMut(web_sys::Event)>,
@@ -24,7 +25,7 @@ impl WsTransport {
     /// Opens a WebSocket to `url` and waits until it is open (or fails).
     pub async fn connect(url: &str) -> Result<WsTransport, SyncError> {
         let ws = WebSocket::new(url).map_err(|e| SyncError::Connection(format!("cannot open {url}: {e:?}")))?;
-        let (tx, rx) = mpsc::unbounded::<String>();
+        let (tx, rx) = mpsc::unbounded::<Result<Message, SyncError>>();
         let (open_tx, open_rx) = oneshot::channel::<Result<(), String>>();
         let open_tx = std::rc::Rc::new(std::cell::RefCell::new(Some(open_tx)));
 
@@ -32,7 +33,7 @@ impl WsTransport {
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
             match crate::idb::codec::text_of(&e.data()) {
                 Some(text) => {
-                    let _ = tx_msg.unbounded_send(text);
+                    let _ = tx_msg.unbounded_send(Message::decode(&text).map_err(SyncError::Protocol));
                 }
                 // The protocol is text only: a binary frame ends the connection.
                 None => tx_msg.close_channel(),
@@ -88,8 +89,7 @@ impl Transport for WsTransport {
     }
 
     async fn recv(&mut self) -> Result<Message, SyncError> {
-        let text = self.rx.next().await.ok_or_else(|| SyncError::Connection("the server closed the connection".into()))?;
-        Message::decode(&text).map_err(SyncError::Protocol)
+        self.rx.next().await.ok_or_else(|| SyncError::Connection("the server closed the connection".into()))?
     }
 }
 

@@ -301,3 +301,40 @@ test('opening reads the head and the peer records in one transaction, and status
     await page.close();
   } finally { await srv.stop(); }
 });
+
+test('a frame the replica cannot read ends the pass with SYNC_PROTOCOL and changes nothing; the next pass to a real server syncs', async () => {
+  const srv = await startServer();
+  try {
+    const page = await h.openPage();
+    // A server that answers whatever the replica says with a frame that is not a message
+    // (frames are decoded as they arrive, ahead of the pass that reads them).
+    const fake = 'ws://127.0.0.1:9/fake-sync';
+    let said = 0;
+    await page.routeWebSocket(fake, (ws) => {
+      ws.onMessage(() => { said++; ws.send('{"v":1,"type":"nonsense"'); ws.send('{"v":1,"type":"nonsense"}'); });
+    });
+    const got = await page.evaluate(async ({ fake, real, schema }) => {
+      const { openReplica } = window.tidemark;
+      const code = (p) => p.then(() => 'ok', (e) => e.code);
+      const a = await openReplica({ name: 'bad-frames', schema, sync: { url: fake, library: 'frames' } });
+      await a.put('todos', { id: 'mine', n: 1 });
+      const before = a.status();
+      const bad = await code(a.syncNow());
+      const after = a.status();
+      const doc = await a.get('todos', 'mine');
+      await a.close();
+      const b = await openReplica({ name: 'bad-frames', schema, sync: { url: real, library: 'frames' } });
+      const good = await code(b.syncNow());
+      const pending = b.status().pending;
+      await b.close();
+      return { bad, before, after, doc, good, pending };
+    }, { fake, real: srv.wsUrl, schema: SCHEMA });
+    assert.ok(said >= 1, 'the replica spoke to the fake server');
+    assert.equal(got.bad, 'SYNC_PROTOCOL');
+    assert.deepEqual({ ...got.after, online: false }, { ...got.before, online: false }, 'the failed pass moved no sync point');
+    assert.deepEqual(got.doc, { id: 'mine', n: 1 });
+    assert.equal(got.good, 'ok');
+    assert.equal(got.pending, 0, 'the write reached the real server');
+    await page.close();
+  } finally { await srv.stop(); }
+});
