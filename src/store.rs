@@ -226,9 +226,9 @@ impl Commit {
     /// Drops what its callers do not read once a store has written it: the documents'
     /// contents (kept: which documents, by collection and id) and the ops' fields (kept:
     /// every row's number, origin and sender). Callers read a commit's head, peers and
-    /// rows (`Replica::committed`, the count of its own rows); freeing a batch's
-    /// thousand documents while the backend still stores them, not after, took ~2.7 ms
-    /// off each of W1's batches (of ~115) in a timeline of IndexedDB's calls.
+    /// rows (`Replica::committed`, the count of its own rows). Freeing a batch's
+    /// thousand documents while the backend still stores them, not after, took the time
+    /// from a W1 batch's completion to its resolved promise from ~4 to ~2 ms (of ~115).
     pub fn shed(&mut self) {
         for (_, d) in &mut self.docs {
             d.doc = None;
