@@ -117,6 +117,10 @@ export class Replica {
     if (alone) this.#quiet = [];
     if (answer) this.#channel?.postMessage(quiet.length ? { here: this.#tab, collections: quiet } : { here: this.#tab });
     else if (quiet.length) this.#channel?.postMessage({ collections: quiet });
+    // A tab that just opened (or one met after a time alone, when this one said nothing:
+    // `#tellSync`) hears at once that the tab running live sync is online, not at its
+    // next heartbeat.
+    if ((answer || alone) && this.#leader && this.#inner.status().online) this.#channel?.postMessage({ sync: { leader: true, online: true } });
   }
 
   #emit(type, payload) {
@@ -235,16 +239,18 @@ export class Replica {
   /**
    * Tells the other tabs this tab synced (`report`: a round's, then they emit `sync` too) or
    * that its connection went up or down; the tab running live sync also says whether it
-   * is online, and repeats it every 2 s while it is (`#heartbeat`).
+   * is online, and repeats it every 2 s while it is (`#heartbeat`). With no other tab
+   * listening nothing is posted: one that opens later reads the sync points from the
+   * database, and hears from the tab running live sync as they meet (`#met`).
    */
   #tellSync(report) {
     if (!this.#channel || this.#closed) return;
     const online = this.#leader && this.#inner.status().online;
-    this.#channel.postMessage({ sync: { report, leader: this.#leader, online } });
+    if (this.#peers.size > 0) this.#channel.postMessage({ sync: { report, leader: this.#leader, online } });
     if (online && !this.#heartbeat) {
       this.#heartbeat = setInterval(() => {
-        if (this.#leader && this.#inner.status().online && !this.#closed) this.#channel?.postMessage({ sync: { leader: true, online: true } });
-        else this.#stopHeartbeat();
+        if (!this.#leader || !this.#inner.status().online || this.#closed) this.#stopHeartbeat();
+        else if (this.#peers.size > 0) this.#channel?.postMessage({ sync: { leader: true, online: true } });
       }, HEARTBEAT_MS);
     } else if (!online) this.#stopHeartbeat();
   }
@@ -358,7 +364,7 @@ export class Replica {
     this.#inner.disconnect();
     this.#releaseLock?.();
     this.#releaseLock = null;
-    if (this.#heartbeat) this.#channel?.postMessage({ sync: { leader: true, online: false } });
+    if (this.#heartbeat && this.#peers.size > 0) this.#channel?.postMessage({ sync: { leader: true, online: false } });
     this.#stopHeartbeat();
   }
 

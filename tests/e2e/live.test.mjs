@@ -199,6 +199,42 @@ test('a tab alone posts nothing per write; the next tab to open hears what chang
   for (const p of [a, b]) await p.close();
 });
 
+test('a tab running live sync alone posts nothing on the channel; a tab that opens hears at once that it is online, then follows its syncs', async () => {
+  const srv = await startServer();
+  try {
+    const sync = { url: srv.wsUrl, library: 'alone-sync' };
+    const a = await h.openPage();
+    await a.evaluate(() => {
+      window.posted = [];
+      const post = BroadcastChannel.prototype.postMessage;
+      BroadcastChannel.prototype.postMessage = function (m) { window.posted.push(m); return post.call(this, m); };
+    });
+    await open(a, 'alone-sync', sync);
+    await a.evaluate(() => window.db.connect());
+    await a.waitForFunction(() => window.db.status().leader && window.db.status().online);
+    await a.evaluate(() => window.db.put('todos', { id: 'a1', title: 'from a', list: 'inbox' }));
+    await a.waitForFunction(() => window.db.status().pending === 0, null, { timeout: 5000 });
+    // Past a heartbeat (every 2 s while online): still only its own hello.
+    await settle(2500);
+    assert.deepEqual(await a.evaluate(() => window.posted.map((m) => Object.keys(m).join())), ['hello'], 'no sync reports, no heartbeats');
+    // Tab B opens: it hears that A is online as they meet, well before A's next heartbeat.
+    const b = await h.openPage();
+    await open(b, 'alone-sync', sync);
+    await b.waitForFunction(() => window.db.status().online, null, { timeout: 1500 });
+    assert.equal(await b.evaluate(() => window.db.status().leader), false);
+    const told = await a.evaluate(() => window.posted.map((m) => Object.keys(m)[0]));
+    assert.deepEqual(told.slice(0, 3), ['hello', 'here', 'sync'], JSON.stringify(told));
+    // From now on A tells B of its syncs: B's write is pushed by A, and B's status says so.
+    await b.evaluate(() => {
+      window.events = [];
+      window.db.on('sync', () => window.events.push('sync'));
+      return window.db.put('todos', { id: 'b1', title: 'from b', list: 'inbox' });
+    });
+    await b.waitForFunction(() => window.db.status().pending === 0 && window.events.includes('sync'), null, { timeout: 5000 });
+    for (const p of [a, b]) { await p.evaluate(() => window.db.close()); await p.close(); }
+  } finally { await srv.stop(); }
+});
+
 test('exactly one tab runs sync; when it closes another takes over without losing writes', async () => {
   const srv = await startServer();
   try {
