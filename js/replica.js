@@ -120,7 +120,7 @@ export class Replica {
     // A tab that just opened (or one met after a time alone, when this one said nothing:
     // `#tellSync`) hears at once that the tab running live sync is online, not at its
     // next heartbeat.
-    if ((answer || alone) && this.#leader && this.#inner.status().online) this.#channel?.postMessage({ sync: { leader: true, online: true } });
+    if ((answer || alone) && this.#leader && this.#inner.status().online) this.#sayOnline();
   }
 
   #emit(type, payload) {
@@ -250,9 +250,14 @@ export class Replica {
     if (online && !this.#heartbeat) {
       this.#heartbeat = setInterval(() => {
         if (!this.#leader || !this.#inner.status().online || this.#closed) this.#stopHeartbeat();
-        else if (this.#peers.size > 0) this.#channel?.postMessage({ sync: { leader: true, online: true } });
+        else if (this.#peers.size > 0) this.#sayOnline();
       }, HEARTBEAT_MS);
     } else if (!online) this.#stopHeartbeat();
+  }
+
+  /** The tab running live sync says it is online (`#heard` in the others). */
+  #sayOnline() {
+    this.#channel?.postMessage({ sync: { leader: true, online: true } });
   }
 
   #stopHeartbeat() {

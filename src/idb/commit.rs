@@ -165,9 +165,9 @@ pub async fn commit(db: &Database, schema: &Schema, keys: &[DocKey], peers: &[St
             head::fence(&writes.log, h)?;
         }
         // Freed while IndexedDB stores it rather than after: a commit too large for the
-        // store to remember its documents (`IdbStore::remember`) needs only their keys.
+        // store to remember its documents (`keeps_docs`) needs only their keys.
         let mut commit = commit;
-        if commit.docs.len() > super::SMALL_COMMIT {
+        if !super::keeps_docs(commit.docs.len()) {
             commit.shed();
         }
         commit

@@ -201,6 +201,13 @@ const KNOWN_LOG: usize = 4096;
 /// documents is probed with one request, `commit::read_docs`).
 const SMALL_COMMIT: usize = 8;
 
+/// Whether `remember` keeps the documents of a commit that wrote `docs` of them. One that
+/// it does not keep is shed as it is written (`commit::commit`), so the two must agree: a
+/// shed document remembered would be a wrong base for the next write.
+fn keeps_docs(docs: usize) -> bool {
+    docs <= SMALL_COMMIT
+}
+
 /// The most documents `Known` keeps (then it starts over). A document an app writes again
 /// soon (the edits of one screen) is among them; a long run of writes to ever new documents
 /// only churns them. Each costs ~1.8 KB of wasm memory, which never shrinks: at 512 a
@@ -399,7 +406,7 @@ impl IdbStore {
             known.head = (!fenced).then(|| h.clone());
         }
         known.logged(&commit.rows);
-        if keep && commit.docs.len() <= SMALL_COMMIT {
+        if keep && keeps_docs(commit.docs.len()) {
             if known.docs.len() + commit.docs.len() > KNOWN_DOCS {
                 known.docs.clear();
             }

@@ -23,6 +23,12 @@ async function open(page, name, sync) {
 }
 const calls = (page) => page.evaluate(() => window.calls);
 const settle = (ms = 300) => new Promise((r) => setTimeout(r, ms));
+/** Counts every message the page posts on any BroadcastChannel (in `window.posted`). */
+const counting = () => {
+  window.posted = [];
+  const post = BroadcastChannel.prototype.postMessage;
+  BroadcastChannel.prototype.postMessage = function (m) { window.posted.push(m); return post.call(this, m); };
+};
 
 test('a live query fires at once, on changes that alter it, and not on others', async () => {
   const page = await h.openPage();
@@ -156,12 +162,6 @@ test('a tab tells the others what it changed once its writes resolve, and before
 });
 
 test('a tab alone posts nothing per write; the next tab to open hears what changed meanwhile, and a tab closed is left alone', async () => {
-  // Every message a page posts on any BroadcastChannel, counted before the replica opens.
-  const counting = () => {
-    window.posted = [];
-    const post = BroadcastChannel.prototype.postMessage;
-    BroadcastChannel.prototype.postMessage = function (m) { window.posted.push(m); return post.call(this, m); };
-  };
   const a = await h.openPage();
   await a.evaluate(counting);
   await open(a, 'alone');
@@ -204,11 +204,7 @@ test('a tab running live sync alone posts nothing on the channel; a tab that ope
   try {
     const sync = { url: srv.wsUrl, library: 'alone-sync' };
     const a = await h.openPage();
-    await a.evaluate(() => {
-      window.posted = [];
-      const post = BroadcastChannel.prototype.postMessage;
-      BroadcastChannel.prototype.postMessage = function (m) { window.posted.push(m); return post.call(this, m); };
-    });
+    await a.evaluate(counting);
     await open(a, 'alone-sync', sync);
     await a.evaluate(() => window.db.connect());
     await a.waitForFunction(() => window.db.status().leader && window.db.status().online);
