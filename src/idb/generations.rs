@@ -29,7 +29,7 @@ use super::error::from_js;
 use super::generation::{self, HEAD, LOG, META};
 use super::{codec, head, locks, IdbStore};
 
-/// Sets the head's seal in generation `db`; sealing an already sealed head fails. A
+/// Sets the head's seal in generation `db` (a head already so is left as it is). A
 /// change of the head without a row: it takes the fence (`head::fence`), so a single
 /// write computed before the seal finds its row taken.
 async fn set_sealed(db: &Database, sealed: bool) -> Result<(), StoreError> {
@@ -40,7 +40,7 @@ async fn set_sealed(db: &Database, sealed: bool) -> Result<(), StoreError> {
         let (meta, log): (&web_sys::IdbObjectStore, &web_sys::IdbObjectStore) = (meta.as_sys().unchecked_ref(), log.as_sys().unchecked_ref());
         let mut head = head::read(meta, log).await?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
         if head.sealed == sealed {
-            return if sealed { Err(StoreError::Sealed) } else { Ok(()) };
+            return Ok(());
         }
         head.sealed = sealed;
         meta.put_with_key(&codec::to_js(&head)?, &JsValue::from_str(HEAD)).map_err(|e| from_js(&e))?;
@@ -56,9 +56,10 @@ pub async fn stage(store: &IdbStore, schema: &Schema) -> Result<IdbStore, Error>
     }
     let db = store.db().await?;
     let release = locks::acquire(&locks::rebuild(&store.replica), true, true).await?.ok_or(StoreError::Sealed)?;
-    // A seal left by a rebuilder that died is lifted first (we hold the lock: nobody
-    // else is rebuilding).
-    if let Err(e) = drop_leftover(store, &db).await {
+    // What a rebuilder that died left is dropped first (we hold the lock: nobody else is
+    // rebuilding). A seal it left becomes this rebuild's: sealing leaves a sealed head as
+    // it is, so lifting that seal first would only cost a transaction.
+    if let Err(e) = drop_leftover_staging(store).await {
         locks::release(&release);
         return Err(e.into());
     }
@@ -94,13 +95,19 @@ pub async fn stage(store: &IdbStore, schema: &Schema) -> Result<IdbStore, Error>
 
 /// Deletes what a rebuild that died left (its staging generation) and unseals `db`.
 async fn drop_leftover(store: &IdbStore, db: &Database) -> Result<(), StoreError> {
+    drop_leftover_staging(store).await?;
+    set_sealed(db, false).await
+}
+
+/// Deletes the staging generation a rebuild that died left, and forgets its record.
+async fn drop_leftover_staging(store: &IdbStore) -> Result<(), StoreError> {
     if let Some(left) = directory::read_staging(&store.dir).await? {
         if left.db != store.live().db {
             generation::delete(&left.db).await?;
         }
         directory::write_staging(&store.dir, None).await?;
     }
-    set_sealed(db, false).await
+    Ok(())
 }
 
 async fn unseal(store: &IdbStore, db: &Database) -> Result<(), StoreError> {

@@ -83,6 +83,9 @@ pub struct Reset<T> {
     /// write is handed over (`Store::write_staged`) and the next chunk is computed while
     /// IndexedDB stores it.
     head: Option<Head>,
+    /// The live generation's clock, final since the seal: the swapped-in head's is never
+    /// behind it.
+    live_clock: Stamp,
     /// Documents migrated as they arrived, and the oldest version among them.
     migrated_early: u64,
     early_from: Option<u32>,
@@ -112,12 +115,13 @@ impl<T: Store> Reset<T> {
             future_version: 0,
             live: None,
             head: None,
+            live_clock: Stamp::zero(),
             migrated_early: 0,
             early_from: None,
             report: ResetReport::default(),
         };
         match reset.copy_log(replica, progress).await {
-            Ok(head) => Ok(Reset { head: Some(head), ..reset }),
+            Ok(head) => Ok(Reset { live_clock: head.clock.clone(), head: Some(head), ..reset }),
             Err(e) => Err(reset.abandon(replica, e).await),
         }
     }
@@ -128,6 +132,12 @@ impl<T: Store> Reset<T> {
         let mut head = replica.store().head().await?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
         head.sealed = false;
         let total = head.max_row;
+        if total == 0 {
+            // No rows (a replica's first sync): nothing to copy, and the head is written
+            // with the first chunk (`chunk` computes from it, kept in memory) or at the end.
+            progress(Progress { phase: Phase::Copy, done: 0, total });
+            return Ok(head);
+        }
         let mut after = 0;
         loop {
             let rows = replica.store().rows_after(after, CHUNK).await?;
@@ -243,15 +253,12 @@ impl<T: Store> Reset<T> {
         newest: BTreeMap<String, Stamp>,
         progress: &mut impl FnMut(Progress),
     ) -> Result<ResetReport, Error> {
-        let written = match self.build(replica, session, end, table, &newest, progress).await {
-            Ok(w) => w,
-            Err(e) => return Err(self.abandon(replica, e).await),
-        };
+        if let Err(e) = self.build(replica, session, end, table, &newest, progress).await {
+            return Err(self.abandon(replica, e).await);
+        }
         let report = std::mem::take(&mut self.report);
         progress(Progress { phase: Phase::Swap, done: 0, total: 1 });
-        // What the last staging commit wrote is freed while the swap waits for IndexedDB.
-        let (swapped, ()) = futures::future::join(replica.store().swap(self.staging), async move { drop(written) }).await;
-        swapped?;
+        replica.store().swap(self.staging).await?;
         replica.reload_head().await?;
         progress(Progress { phase: Phase::Swap, done: 1, total: 1 });
         Ok(report)
@@ -265,16 +272,20 @@ impl<T: Store> Reset<T> {
         table: Vec<TableEntry>,
         newest: &BTreeMap<String, Stamp>,
         progress: &mut impl FnMut(Progress),
-    ) -> Result<Commit, Error> {
+    ) -> Result<(), Error> {
         let current = replica.version();
         let rebuild = replica.rebuild();
+        // The live generation is sealed, so its documents and peer records are final: both
+        // are asked for at once. (A store answers them after the staging writes still in
+        // flight; asked one after the other, each waited its own turn after those.)
+        let (total, live_peers) = futures::future::join(replica.store().doc_count(), replica.store().peers()).await;
+        let (total, mut peers) = (total?, live_peers?);
         // The live documents: those the snapshot did not carry are copied as they are
         // (or join the migration when they hold older-version data); the others merge
         // into their staged state. Their registers are already in the copied log.
-        let total = replica.store().doc_count().await?;
         let mut after: Option<DocKey> = None;
         let mut merge: Vec<(DocKey, Layers, Option<Stamp>)> = Vec::new();
-        loop {
+        while total > 0 {
             let page = replica.store().docs_after(after.as_ref(), CHUNK).await?;
             let Some((c, last)) = page.last() else { break };
             after = Some((c.clone(), last.id.clone()));
@@ -330,7 +341,8 @@ impl<T: Store> Reset<T> {
             // The ready ones' staged states are not needed: their keys come after the others'.
             let keys: Vec<DocKey> = reads.iter().map(|(k, _, _)| (*k).clone()).chain(ready.iter().map(|p| p.key.clone())).collect();
             let mut to_migrate: Vec<(DocKey, Layers)> = Vec::new();
-            self.staging
+            let merged = self
+                .staging
                 .commit(&keys, &[], |loaded| {
                     let mut head = loaded.head.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?;
                     let mut items: Vec<Pending> = ready;
@@ -351,6 +363,7 @@ impl<T: Store> Reset<T> {
                     Ok(Commit { head: Some(head), docs, rows, peers: vec![] })
                 })
                 .await?;
+            self.head = merged.head;
             self.older.extend(to_migrate);
         }
         // Every document with older-version data, migrated together.
@@ -360,7 +373,11 @@ impl<T: Store> Reset<T> {
         let keeps = |c: &str| replica.schema().is_some_and(|s| s.collection(c).is_some());
         self.report.from_version = self.older.iter().filter(|(k, _)| keeps(&k.0)).filter_map(|(_, l)| l.0.keys().next().copied()).chain(self.early_from).min();
         let older = std::mem::take(&mut self.older);
-        let mut head = self.staging.head().await?.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?;
+        // The staging head as this reset last wrote it (`self.head` follows every write).
+        let mut head = match self.head.clone() {
+            Some(h) => h,
+            None => self.staging.head().await?.ok_or_else(|| StoreError::Corrupt("the staging generation has no head".into()))?,
+        };
         let items: Vec<Pending> = older.into_iter().map(|(key, layers)| Pending { key, layers, migrated: None, remigrate: true }).collect();
         let early = self.migrated_early;
         let n = items.iter().filter(|p| keeps(&p.key.0)).count() as u64 + early;
@@ -403,18 +420,16 @@ impl<T: Store> Reset<T> {
         self.report.migrated = built;
         // The peer records closed for this pass and the head, in one transaction after
         // every slice: until it lands, the staging generation's head says nothing of it.
-        let mut peers = replica.store().peers().await?;
+        // Nothing is read for it (the swap waits for it to be stored).
         for (id, rec) in close_pass(&peers, &head.db_id, &self.peer, Some((session, end)), &table, newest) {
             peers.insert(id, rec);
         }
-        let ids: Vec<String> = peers.keys().cloned().collect();
-        let live = replica.store().head().await?.ok_or_else(|| StoreError::Corrupt("store has no head".into()))?;
-        head.clock = head.clock.max(live.clock);
+        head.clock = head.clock.max(self.live_clock.clone());
         head.sealed = false;
         head.reset_pending = false;
-        let written = self.staging.commit(&[], &ids, move |_| Ok(Commit { head: Some(head), docs: vec![], rows: vec![], peers: peers.into_iter().collect() })).await?;
+        self.staging.write_staged(Commit { head: Some(head), docs: vec![], rows: vec![], peers: peers.into_iter().collect() }).await?;
         progress(Progress { phase: Phase::Migrate, done: n, total: n });
-        Ok(written)
+        Ok(())
     }
 
     /// The newest schema version of ops stored but not applied.
