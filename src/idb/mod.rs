@@ -101,6 +101,9 @@ struct Opened {
     peers: Option<BTreeMap<String, PeerRecord>>,
     /// The head's count of its own rows, with its db id.
     own_rows: Option<(String, u64)>,
+    /// Opening found no head (a new replica): the replica's first read of it need not ask
+    /// again before the commit that makes one.
+    no_head: bool,
 }
 
 /// What an `IdbStore` last wrote to a generation: the head, and the documents of its
@@ -255,10 +258,10 @@ impl IdbStore {
             (Some(h), peers) => {
                 codec::intern_origin(&h.db_id);
                 let own_rows = h.own_rows.map(|n| (h.db_id.clone(), n));
-                *store.opened.borrow_mut() = Opened { db: db.name(), head: Some(h.clone()), peers: Some(peers), own_rows };
+                *store.opened.borrow_mut() = Opened { db: db.name(), head: Some(h.clone()), peers: Some(peers), own_rows, no_head: false };
                 *store.known.borrow_mut() = Known { db: db.name(), head: Some(h), ..Known::default() };
             }
-            (None, _) => {}
+            (None, _) => *store.opened.borrow_mut() = Opened { db: db.name(), no_head: true, ..Opened::default() },
         }
         Ok(store)
     }
@@ -621,8 +624,8 @@ impl Store for IdbStore {
     /// generation bound since: opening a replica read it three times.
     async fn opened_head(&self) -> Result<Option<Head>, StoreError> {
         let db = self.db().await?;
-        match self.opened(&db, |o| o.head.take()) {
-            Some(h) => Ok(Some(h)),
+        match self.opened(&db, |o| if std::mem::take(&mut o.no_head) { Some(None) } else { o.head.take().map(Some) }) {
+            Some(h) => Ok(h),
             None => read::head(&db).await,
         }
     }
@@ -649,6 +652,11 @@ impl Store for IdbStore {
         }))
         .await?;
         self.remember(&name, &commit, keys.len() <= SMALL_COMMIT, Base::Read(read.get()));
+        // The commit that made the head of a generation that had none (a new replica's)
+        // left its log as empty as it found it: counting the own rows needs no read.
+        if let (None, Some(h), true) = (read.get(), &commit.head, commit.rows.is_empty()) {
+            *self.opened.borrow_mut() = Opened { db: name.clone(), own_rows: Some((h.db_id.clone(), 0)), ..Opened::default() };
+        }
         self.changed(&commit);
         Ok(commit)
     }
