@@ -102,7 +102,7 @@ struct Opened {
     /// The head's count of its own rows, with its db id.
     own_rows: Option<(String, u64)>,
     /// Opening found no head (a new replica): the replica's first read of it need not ask
-    /// again before the commit that makes one.
+    /// again before the commit that makes one (which resets all this).
     no_head: bool,
 }
 
@@ -624,7 +624,7 @@ impl Store for IdbStore {
     /// generation bound since: opening a replica read it three times.
     async fn opened_head(&self) -> Result<Option<Head>, StoreError> {
         let db = self.db().await?;
-        match self.opened(&db, |o| if std::mem::take(&mut o.no_head) { Some(None) } else { o.head.take().map(Some) }) {
+        match self.opened(&db, |o| if o.no_head { Some(None) } else { o.head.take().map(Some) }) {
             Some(h) => Ok(h),
             None => read::head(&db).await,
         }
@@ -651,10 +651,13 @@ impl Store for IdbStore {
             f(loaded)
         }))
         .await?;
+        let opened_headless = self.opened(&db, |o| o.no_head.then_some(())).is_some();
         self.remember(&name, &commit, keys.len() <= SMALL_COMMIT, Base::Read(read.get()));
-        // The commit that made the head of a generation that had none (a new replica's)
-        // left its log as empty as it found it: counting the own rows needs no read.
-        if let (None, Some(h), true) = (read.get(), &commit.head, commit.rows.is_empty()) {
+        // The commit that made the head of a live generation that had none when this store
+        // opened it (a new replica's) found its log empty — a live generation logs no row
+        // without a head (a staging one does: its copied log comes first) — and wrote no
+        // row: counting the own rows needs no read.
+        if let (true, None, Some(h), true) = (opened_headless, read.get(), &commit.head, commit.rows.is_empty()) {
             *self.opened.borrow_mut() = Opened { db: name.clone(), own_rows: Some((h.db_id.clone(), 0)), ..Opened::default() };
         }
         self.changed(&commit);
