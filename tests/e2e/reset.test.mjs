@@ -183,6 +183,46 @@ test('a tab closed mid-reset reopens with the old state, says a reset is pending
   } finally { await srv.stop(); }
 });
 
+// A replica that never wrote copies no log into its staging generation: the staging head is
+// written with the first chunk. Cut off after some chunks, it reopens empty, still pending,
+// and its next sync stages everything again, once.
+test('a new replica whose first sync (a reset) is cut off reopens empty and completes it on the next sync, once', async () => {
+  const srv = await startServer({ perDiff: 50 });
+  try {
+    const page = await h.openPage();
+    const sync = await seedV1(page, srv, 'cut-new', 600);
+    await page.evaluate(async ({ V1, V2, LABEL, sync }) => {
+      const db = await window.tidemark.openReplica({ name: 'cut-new-v2', schema: V2, history: [V1], migrations: { 2: (0, eval)(`(${LABEL})`) }, sync });
+      window.copied = [];
+      let chunks = 0;
+      db.on('progress', (p) => {
+        if (p.phase === 'copy') window.copied.push(p.total);
+        if (p.phase === 'snapshot' && ++chunks === 4) window.midway = true;
+      });
+      db.syncNow().catch(() => {});
+    }, { V1, V2, LABEL, sync });
+    await page.waitForFunction(() => window.midway === true);
+    const copied = await page.evaluate(() => window.copied);
+    await page.close();
+    assert.deepEqual(copied, [0], 'a replica with no rows has no log to copy');
+    const page2 = await h.openPage();
+    const r = await inPage(page2, { name: 'cut-new-v2', schema: V2, history: [V1], steps: { 2: LABEL }, sync, body: async (db) => {
+      const before = { count: (await db.query('tasks')).length, pending: db.status().resetPending, maxRow: db.status().maxRow };
+      const first = await db.syncNow();
+      const second = await db.syncNow();
+      return { before, first, second, count: (await db.query('tasks')).length, t7: await db.get('tasks', 't00007'), pending: db.status().resetPending };
+    } });
+    assert.deepEqual(r.out.before, { count: 0, pending: true, maxRow: 0 }, 'nothing of the cut-off reset is visible; it is still pending');
+    assert.ok(r.out.first.reset, 'the next sync completes the reset');
+    assert.equal(r.events.reset.length, 1, 'the app hears reset once');
+    assert.ok(!r.out.second.reset && !r.out.second.snapshot, 'no reset loop');
+    assert.equal(r.out.count, 600);
+    assert.deepEqual(r.out.t7, { id: 't00007', title: 'task 7', label: 'tag 1' }, 'migrated on the way in');
+    assert.equal(r.out.pending, false);
+    await page2.close();
+  } finally { await srv.stop(); }
+});
+
 test('a migration that reads other documents works the same on open and on reset', async () => {
   const srv = await startServer();
   try {
