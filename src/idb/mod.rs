@@ -651,7 +651,7 @@ impl Store for IdbStore {
             f(loaded)
         }))
         .await?;
-        let opened_headless = self.opened(&db, |o| o.no_head.then_some(())).is_some();
+        let opened_headless = { let o = self.opened.borrow(); o.no_head && o.db == name };
         self.remember(&name, &commit, keys.len() <= SMALL_COMMIT, Base::Read(read.get()));
         // The commit that made the head of a live generation that had none when this store
         // opened it (a new replica's) found its log empty — a live generation logs no row
