@@ -3,18 +3,20 @@
 //! Between passes a poke goes out at once. During a pass it is held: sent when a push
 //! ends (the client may not pull next), and dropped when a complete pull reached past it
 //! (the client already has those rows) — thousands of clients in the middle of rounds are
-//! not each poked at every commit. Driven one message at a time over in-memory pipes, with
-//! the client's own round (`session::Round`), so what is asserted is the exact order of
-//! frames the client sees.
+//! not each poked at every commit. The signals are not even listened to during a pass:
+//! they are taken when it ends (a token that expired meanwhile ends the connection then).
+//! Driven one message at a time over in-memory pipes, with the client's own round
+//! (`session::Round`), so what is asserted is the exact order of frames the client sees.
 
 #![cfg(not(target_arch = "wasm32"))]
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use futures::channel::mpsc;
 use futures::executor::LocalPool;
 use futures::task::LocalSpawnExt;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::json;
 use tidemark::memory::MemoryStore;
 use tidemark::sync::drive::{self, Signal};
@@ -32,6 +34,8 @@ struct World {
     /// The client's end of its connection to the server.
     conn: Pipe,
     signals: mpsc::UnboundedSender<Signal>,
+    /// How many times the server's side polled its signals.
+    polls: Rc<Cell<usize>>,
 }
 
 fn doc(id: &str, n: i64) -> serde_json::Map<String, serde_json::Value> {
@@ -42,7 +46,13 @@ fn world() -> World {
     let mut pool = LocalPool::new();
     let server = Rc::new(pool.run_until(Replica::open_relay(MemoryStore::new(), Box::new(|| 5_000))).unwrap());
     let (conn, at_server) = pipe();
-    let (signals, landed) = mpsc::unbounded();
+    let (signals, mut landed) = mpsc::unbounded();
+    let polls = Rc::new(Cell::new(0));
+    let counted = polls.clone();
+    let landed = futures::stream::poll_fn(move |cx| {
+        counted.set(counted.get() + 1);
+        landed.poll_next_unpin(cx)
+    });
     let client = replica_at(MemoryStore::new(), 1_000);
     let id = client.head().db_id;
     let s = server.clone();
@@ -52,7 +62,7 @@ fn world() -> World {
             let _ = drive::serve_as(s.as_ref(), &mut t, &id, Limits::default(), false, landed).await;
         })
         .unwrap();
-    World { pool, server, client, writer: replica_at(MemoryStore::new(), 2_000), conn, signals }
+    World { pool, server, client, writer: replica_at(MemoryStore::new(), 2_000), conn, signals, polls }
 }
 
 impl World {
@@ -82,7 +92,8 @@ impl World {
     /// Everything the server has sent by the time it waits again.
     fn drain(&mut self) -> Vec<Message> {
         self.pool.run_until_stalled();
-        std::iter::from_fn(|| self.conn.recv().now_or_never().map(Result::unwrap)).collect()
+        // Until nothing is waiting, or the server's side has closed the connection.
+        std::iter::from_fn(|| self.conn.recv().now_or_never().and_then(Result::ok)).collect()
     }
 
     /// Runs one round of the client's (push, then pull), calling `during` once with the
@@ -97,15 +108,24 @@ impl World {
             let got = self.drain();
             assert!(!got.is_empty(), "the server answered nothing; frames so far: {seen:?}");
             let mut finished = false;
+            let (from, mut closed) = (seen.len(), false);
+            seen.extend(got.iter().cloned());
             for m in got {
-                seen.push(m.clone());
-                if matches!(m, Message::Poke { .. }) {
+                if closed || matches!(m, Message::Poke { .. }) {
                     continue;
                 }
                 assert!(!finished, "a frame after the round ended: {m:?}");
-                let step = self.pool.run_until(round.handle(&self.client, m, &mut |_| {})).unwrap();
+                // A refusal (the server's `error`) ends the round: the frames tell.
+                let Ok(step) = self.pool.run_until(round.handle(&self.client, m, &mut |_| {})) else { return seen };
                 finished = step.done.is_some();
-                self.send(step.out);
+                // The server may have closed the connection after what it sent.
+                for out in step.out {
+                    closed = closed || self.pool.run_until(self.conn.send(&out)).is_err();
+                }
+            }
+            if closed {
+                assert!(seen.len() > from, "closed without a word: {seen:?}");
+                return seen;
             }
             if finished {
                 // Anything the server sends once the round is over (a poke it held).
@@ -176,4 +196,53 @@ fn a_pull_that_reached_past_a_held_poke_drops_it_and_one_that_did_not_sends_it()
     assert!(matches!(frames.last(), Some(Message::Poke { .. })), "after the pull ended: {frames:?}");
     let end = frames.iter().find_map(|m| if let Message::End { max_row, .. } = m { Some(*max_row) } else { None }).unwrap();
     assert!(end < landed, "the pull reached {end}, the rows landed up to {landed}");
+}
+
+#[test]
+fn signals_are_not_listened_to_during_a_pass_and_what_landed_is_taken_at_its_end() {
+    let mut w = world();
+    w.pool.run_until(w.client.put("docs", doc("mine", 1))).unwrap();
+    let (mut polls_at, mut landed) = (None, Vec::new());
+    let frames = w.round(|w, direction| {
+        if direction != Direction::Push {
+            return;
+        }
+        match polls_at {
+            // Three commits land during the push, each signalled.
+            None => {
+                for _ in 0..3 {
+                    let max_row = w.write_elsewhere(1);
+                    w.signals.unbounded_send(Signal::Landed(max_row)).unwrap();
+                    landed.push(max_row);
+                }
+                polls_at = Some(w.polls.get());
+            }
+            // The server took the client's next message in the pass and never looked.
+            Some(at) => assert_eq!(w.polls.get(), at, "the signals were polled during the push"),
+        }
+    });
+    assert!(polls_at.is_some(), "the push had more than one step: {frames:?}");
+    assert_eq!(pokes(&frames), vec![*landed.last().unwrap()], "one poke, for the newest rows: {frames:?}");
+    let done = frames.iter().position(|m| matches!(m, Message::Done { .. })).expect("the push's done");
+    let poke = frames.iter().position(|m| matches!(m, Message::Poke { .. })).unwrap();
+    assert_eq!(poke, done + 1, "taken when the push ended: {frames:?}");
+}
+
+#[test]
+fn a_token_that_expires_during_a_pass_ends_the_connection_when_the_pass_ends() {
+    let mut w = world();
+    w.pool.run_until(w.client.put("docs", doc("mine", 1))).unwrap();
+    let mut expired = false;
+    let frames = w.round(|w, direction| {
+        if direction == Direction::Push && !expired {
+            w.signals.unbounded_send(Signal::Expired).unwrap();
+            expired = true;
+        }
+    });
+    let done = frames.iter().position(|m| matches!(m, Message::Done { .. })).unwrap_or_else(|| panic!("the push finished: {frames:?}"));
+    let error = frames.iter().position(|m| matches!(m, Message::Error { code, .. } if code == "SYNC_TOKEN_EXPIRED")).unwrap_or_else(|| panic!("the expiry was told: {frames:?}"));
+    assert!(error > done, "after the push: {frames:?}");
+    assert!(!frames.iter().any(|m| matches!(m, Message::Preflight { .. } | Message::Begin { .. }) && frames.iter().position(|x| x == m) > Some(done)), "no pull was served after: {frames:?}");
+    // The connection is over: the server's side has returned and dropped its end.
+    assert!(w.pool.run_until(w.conn.recv()).is_err(), "the connection is closed");
 }
