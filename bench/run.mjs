@@ -534,6 +534,9 @@ function pkgVersion(name) {
   try { return JSON.parse(readFileSync(join(BENCH, 'node_modules', name, 'package.json'), 'utf8')).version; } catch { return null; }
 }
 
+/** Each section's name (BENCH_ONLY) and its key in results.json. */
+const SECTION_KEYS = { engine: 'engine', size: 'size', load: 'load', browser: 'browser', sync: 'sync', migrate: 'reset_migrate', poke: 'poke' };
+
 async function main() {
   const path = join(BENCH, 'results.json');
   const prev = existsSync(path) && ONLY ? JSON.parse(await readFile(path, 'utf8')) : {};
@@ -593,6 +596,10 @@ async function main() {
   } else {
     results.machine.chromium = prev.machine?.chromium ?? chromiumVersion();
   }
+  // Sections kept from the previous run (BENCH_ONLY) name the commit they were measured at.
+  const carried = Object.entries(SECTION_KEYS).filter(([s, key]) => !wants(s) && prev[key])
+    .map(([, key]) => [key, prev.carried?.[key] ?? prev.commit]);
+  if (carried.length) results.carried = Object.fromEntries(carried);
   results.machine.loadavg_end = loadavg().map((x) => +x.toFixed(2));
   results.duration_s = Math.round((Date.now() - t0) / 1000);
   await writeFile(path, JSON.stringify(results, null, 2) + '\n');
