@@ -240,16 +240,14 @@ pub async fn serve_as<S: Store, T: Transport>(
     let result = async {
         loop {
             let quiet = !serve.idle() || t.waiting();
-            if signalling && !quiet {
+            if !quiet {
                 // What landed or expired while the pass ran, as one signal of each kind.
-                while let Some(next) = signals.next().now_or_never() {
-                    match next {
-                        Some(Signal::Landed(max_row)) => held = held.max(Some(max_row)),
-                        Some(Signal::Expired) => return Err(fail(t, SyncError::TokenExpired.into()).await),
-                        None => signalling = false,
-                    }
-                    if !signalling {
-                        break;
+                while signalling {
+                    match signals.next().now_or_never() {
+                        None => break,
+                        Some(Some(Signal::Landed(max_row))) => held = held.max(Some(max_row)),
+                        Some(Some(Signal::Expired)) => return Err(fail(t, SyncError::TokenExpired.into()).await),
+                        Some(None) => signalling = false,
                     }
                 }
                 if let Some(max_row) = held.take().filter(|h| reached.is_none_or(|r| h > &r)) {
