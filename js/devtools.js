@@ -81,6 +81,8 @@ export class TidemarkDevtools extends Base {
   #timer = null;
   #running = false;
   #again = false;
+  /** Passes in a row that found the op log newer than `status()` (see `#render`). */
+  #behind = 0;
   #progress = null;
   #error = null;
   #parts = null;
@@ -216,11 +218,21 @@ export class TidemarkDevtools extends Base {
     let ops;
     let conflicts;
     try {
-      status = db.status();
       ops = await db.recentOps(Number(this.getAttribute('ops')) || 12);
       // A replica-wide list, where a replica reports one (`conflicts()` with no arguments);
       // Tidemark's own `conflicts(collection, id)` answers per document and is not called.
       conflicts = typeof db.conflicts === 'function' ? (db.conflicts.length === 0 ? await db.conflicts() : undefined) : db.conflicts;
+      // Read after the op log, so the head is never older than the list under it: a write
+      // that committed while the log was read is in both, or (its status not yet updated)
+      // the panel is read again rather than drawn with a head and lists that disagree.
+      status = db.status();
+      const newest = ops.length ? ops[0].row : 0;
+      if (newest > status.maxRow && this.#behind < 3) {
+        this.#behind += 1;
+        this.#again = true;
+        return;
+      }
+      this.#behind = 0;
     } catch (e) {
       p.error.hidden = false;
       p.error.textContent = `${e.code ? `${e.code}: ` : ''}${e.message}`;

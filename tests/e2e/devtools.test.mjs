@@ -136,3 +136,37 @@ test('without a replica it says so, and it follows a replica it is given later',
   await until('replica B', () => window.part('.head .db-name')[0] === 'dt-b');
   assert.deepEqual(h.errors, []);
 });
+
+test('writes committing while the panel reads the op log never draw a head that disagrees with the lists under it', async () => {
+  const drawn = await page.evaluate(async ({ schema }) => {
+    const db = await window.tidemark.openReplica({ name: 'dt-c', schema });
+    const el = document.createElement('tidemark-devtools');
+    document.body.append(el);
+    el.db = db;
+    const root = el.shadowRoot;
+    const states = [];
+    const observer = new MutationObserver(() => {
+      const rows = root.querySelector('.head .muted')?.textContent.match(/· (\d+) rows/)?.[1];
+      const newest = root.querySelector('.ops li')?.textContent.match(/^#(\d+)/)?.[1] ?? '0';
+      const pending = root.querySelectorAll('.pending li:not(.none)').length;
+      const badge = root.querySelector('.head .unsynced')?.textContent ?? '0 pending';
+      if (rows !== undefined) states.push({ rows, newest, pending, badge });
+    });
+    observer.observe(root, { subtree: true, childList: true, characterData: true });
+    // Asked together: the first write's change event starts a pass whose op-log read waits
+    // for the writes asked before it, so that read sees rows the first status did not.
+    const writes = [db.put('todos', { id: 'c1' }), db.patch('todos', 'c1', { title: 'x' }), db.put('todos', { id: 'c2' })];
+    await Promise.all(writes);
+    const settled = () => states.at(-1)?.rows === '3' && states.at(-1)?.newest === '3';
+    for (let i = 0; i < 100 && !settled(); i++) await new Promise((r) => setTimeout(r, 20));
+    observer.disconnect();
+    el.remove();
+    await db.close();
+    return states;
+  }, { schema: SCHEMA });
+  assert.deepEqual(drawn.at(-1), { rows: '3', newest: '3', pending: 3, badge: '3 pending' }, JSON.stringify(drawn));
+  for (const s of drawn) {
+    assert.equal(s.rows, s.newest, `head and op log drawn together: ${JSON.stringify(drawn)}`);
+    assert.equal(s.badge, `${s.pending} pending`, `head and pending rows drawn together: ${JSON.stringify(drawn)}`);
+  }
+});
