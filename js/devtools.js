@@ -218,16 +218,18 @@ export class TidemarkDevtools extends Base {
     let ops;
     let conflicts;
     try {
+      const before = db.status().maxRow;
       ops = await db.recentOps(Number(this.getAttribute('ops')) || 12);
       // A replica-wide list, where a replica reports one (`conflicts()` with no arguments);
       // Tidemark's own `conflicts(collection, id)` answers per document and is not called.
       conflicts = typeof db.conflicts === 'function' ? (db.conflicts.length === 0 ? await db.conflicts() : undefined) : db.conflicts;
-      // Read after the op log, so the head is never older than the list under it: a write
-      // that committed while the log was read is in both, or (its status not yet updated)
-      // the panel is read again rather than drawn with a head and lists that disagree.
+      // Read after the op log, so the head is never older than the lists under it. Rows
+      // that landed while the log was read (the status moved) or that the status does not
+      // show yet (the log is newer) make the panel read again rather than draw a head and
+      // lists that disagree.
       status = db.status();
       const newest = ops.length ? ops[0].row : 0;
-      if (newest > status.maxRow && this.#behind < 3) {
+      if ((newest > status.maxRow || status.maxRow !== before) && this.#behind < 3) {
         this.#behind += 1;
         this.#again = true;
         return;
