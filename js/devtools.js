@@ -147,6 +147,8 @@ export class TidemarkDevtools extends Base {
     this.#offs = EVENTS.map((type) => db.on(type, (payload) => {
       if (type === 'sync') { this.#progress = null; this.#error = null; }
       if (type === 'error') { this.#error = payload; this.#progress = null; }
+      // The round's end hides the bar at once, not after the re-read that follows.
+      if (type === 'sync' || type === 'error') this.#drawProgress();
       this.refresh();
     }));
     // Progress is drawn at once, without re-reading the replica.

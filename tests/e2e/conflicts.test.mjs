@@ -53,7 +53,8 @@ test('concurrent edits keep the losing value until one replica resolves them', a
       const events = [];
       const stop = db.subscribeDoc('tasks', 't1', (d) => events.push(d?.title));
       for (;;) { if (!(await db.syncNow()).capped) break; }
-      await new Promise((r) => setTimeout(r, 200));
+      // The live query answers after the sync's commit: wait for its answer (or 5 s).
+      for (let i = 0; i < 250 && events.at(-1) !== 'agreed'; i++) await new Promise((r) => setTimeout(r, 20));
       stop();
       return { doc: await db.get('tasks', 't1'), conflicts: await db.conflicts('tasks', 't1'), events };
     });
