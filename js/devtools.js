@@ -81,7 +81,7 @@ export class TidemarkDevtools extends Base {
   #timer = null;
   #running = false;
   #again = false;
-  /** Passes in a row that found the op log newer than `status()` (see `#render`). */
+  /** Passes in a row that read again: `status()` moved during, or lagged, the op-log read (`#render`). */
   #behind = 0;
   #progress = null;
   #error = null;
