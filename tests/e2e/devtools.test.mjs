@@ -158,7 +158,7 @@ test('writes committing while the panel reads the op log never draw a head that 
     const writes = [db.put('todos', { id: 'c1' }), db.patch('todos', 'c1', { title: 'x' }), db.put('todos', { id: 'c2' })];
     await Promise.all(writes);
     const settled = () => states.at(-1)?.rows === '3' && states.at(-1)?.newest === '3';
-    for (let i = 0; i < 100 && !settled(); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 250 && !settled(); i++) await new Promise((r) => setTimeout(r, 20));
     observer.disconnect();
     el.remove();
     await db.close();
