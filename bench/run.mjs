@@ -578,8 +578,8 @@ async function main() {
   if (wants('engine')) results.engine = await section('engine', engine);
   if (wants('size')) results.size = await section('size', sizes);
   if (wants('load')) results.load = await section('load', load);
-  const inBrowser = [['browser', 'browser', browserWorkloads], ['sync', 'sync', syncWorkloads], ['migrate', 'reset_migrate', migrateWorkload], ['poke', 'poke', pokeWorkload]]
-    .filter(([s]) => wants(s));
+  const inBrowser = [['browser', browserWorkloads], ['sync', syncWorkloads], ['migrate', migrateWorkload], ['poke', pokeWorkload]]
+    .filter(([s]) => wants(s)).map(([s, fn]) => [s, SECTION_KEYS[s], fn]);
   if (inBrowser.length) {
     const done = new Set();
     try {

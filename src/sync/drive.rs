@@ -241,7 +241,8 @@ pub async fn serve_as<S: Store, T: Transport>(
         loop {
             let quiet = !serve.idle() || t.waiting();
             if !quiet {
-                // What landed or expired while the pass ran, as one signal of each kind.
+                // What landed or expired while the pass ran (or was just taken between
+                // passes), as one signal of each kind.
                 while signalling {
                     match signals.next().now_or_never() {
                         None => break,
@@ -264,10 +265,8 @@ pub async fn serve_as<S: Store, T: Transport>(
                 Either::Left(t.recv().await)
             };
             let msg = match next {
-                Either::Right(Some(Signal::Landed(max_row))) if serve.idle() && !t.waiting() => {
-                    t.send(&Message::Poke { max_row }).await?;
-                    continue;
-                }
+                // Sent by the top of the loop: at once between passes, or, when the
+                // transport started waiting for a place meanwhile, when the pass ends.
                 Either::Right(Some(Signal::Landed(max_row))) => {
                     held = held.max(Some(max_row));
                     continue;
